@@ -1,0 +1,4 @@
+//! The job graphs, each wiring source -> exchange -> state -> filter -> actions in one
+//! readable function.
+
+pub mod trigger;

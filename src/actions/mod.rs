@@ -1,0 +1,110 @@
+//! What happens to an event that passed the filter: a debug print, or a webhook call.
+//! Failures are logged and counted; the job goes on.
+
+mod payload;
+mod webhook;
+
+pub use payload::Payload;
+pub use webhook::WebhookClient;
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::config::ActionsSettings;
+use crate::log_limit::LogLimiter;
+use crate::model::{EnrichedEvent, Time};
+use crate::operators::async_bridge::AsyncBridge;
+use crate::operators::held::HeldTimes;
+use crate::operators::now_ms;
+use crate::stats::Stats;
+
+/// The configured action, shared by the workers of a process.
+#[derive(Clone)]
+pub enum Action {
+    Debug,
+    Webhook { client: WebhookClient, max_in_flight: usize },
+}
+
+impl Action {
+    pub fn from_settings(s: &ActionsSettings) -> Result<Action, String> {
+        if s.debug.enabled {
+            return Ok(Action::Debug);
+        }
+        let client = WebhookClient::new(&s.webhook.url, std::time::Duration::from_millis(s.webhook.timeout_ms))?;
+        Ok(Action::Webhook { client, max_in_flight: s.webhook.max_in_flight })
+    }
+}
+
+/// Runs `action` for every event of `triggered`. The returned stream carries no data;
+/// its frontier passes a time only when every action for that time has completed.
+pub fn run_actions<'s>(
+    triggered: Stream<'s, Time, Vec<EnrichedEvent>>,
+    action: Action,
+    runtime: tokio::runtime::Handle,
+    stats: Rc<Stats>,
+) -> Stream<'s, Time, Vec<()>> {
+    let scope = triggered.scope();
+    triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Actions", move |_cap, info| {
+        let activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut bridge: AsyncBridge<(Time, Result<(), String>)> = AsyncBridge::new(runtime, activator);
+        let mut held = HeldTimes::default();
+        // Bodies waiting for an in-flight slot.
+        let mut queued: VecDeque<(Time, bytes::Bytes)> = VecDeque::new();
+        let mut fail_log = LogLimiter::default();
+        move |(input, _frontier), _output| {
+            input.for_each_stamp(|cap, batches| {
+                let Some(&time) = cap.least() else { return };
+                for batch in batches {
+                    for ev in batch.drain(..) {
+                        let payload = Payload::new(&ev, now_ms());
+                        match &action {
+                            Action::Debug => match payload.to_pretty_json() {
+                                Ok(json) => {
+                                    tracing::info!(target: "event_trigger::action::debug", "triggered:\n{json}");
+                                    Stats::add(&stats.actions_ok, 1);
+                                }
+                                Err(e) => {
+                                    tracing::error!("cannot serialize triggered event: {e}");
+                                    Stats::add(&stats.actions_failed, 1);
+                                }
+                            },
+                            Action::Webhook { .. } => match payload.to_json() {
+                                Ok(body) => {
+                                    held.hold(time, || cap.delayed(&time, 0));
+                                    queued.push_back((time, body.into()));
+                                }
+                                Err(e) => {
+                                    tracing::error!("cannot serialize triggered event: {e}");
+                                    Stats::add(&stats.actions_failed, 1);
+                                }
+                            },
+                        }
+                    }
+                }
+            });
+            if let Action::Webhook { client, max_in_flight } = &action {
+                for (time, result) in bridge.drain() {
+                    match result {
+                        Ok(()) => Stats::add(&stats.actions_ok, 1),
+                        Err(e) => {
+                            Stats::add(&stats.actions_failed, 1);
+                            if let Some(held_back) = fail_log.allow() {
+                                tracing::error!(held_back, "webhook call failed: {e}");
+                            }
+                        }
+                    }
+                    held.release(time);
+                }
+                while bridge.in_flight() < *max_in_flight {
+                    let Some((time, body)) = queued.pop_front() else { break };
+                    let client = client.clone();
+                    bridge.spawn(async move { (time, client.post(body).await) });
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,69 @@
+use serde::Serialize;
+
+use crate::model::{EnrichedEvent, HistoryEntry, Profile, UserEvent, Visit};
+
+/// The webhook body of the Flink job: `{"event", "userProfile", "currentVisit",
+/// "eventHistory", "triggeredAt"}`, inner objects with their snake_case JSON names.
+#[derive(Serialize)]
+pub struct Payload<'a> {
+    pub event: &'a UserEvent,
+    #[serde(rename = "userProfile")]
+    pub user_profile: &'a Profile,
+    #[serde(rename = "currentVisit")]
+    pub current_visit: Option<&'a Visit>,
+    #[serde(rename = "eventHistory")]
+    pub event_history: &'a [HistoryEntry],
+    #[serde(rename = "triggeredAt")]
+    pub triggered_at: u64,
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(ev: &'a EnrichedEvent, triggered_at: u64) -> Self {
+        Payload {
+            event: &ev.event,
+            user_profile: &ev.profile,
+            current_visit: ev.visit.as_ref(),
+            event_history: &ev.history,
+            triggered_at,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    pub fn to_pretty_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ProfileData, UserState};
+
+    #[test]
+    fn body_has_the_flink_jobs_shape() {
+        let ev = crate::decode::decode(
+            br#"{"event_id":"e1","user_id":"u1","event_type":"page_view","timestamp":7,"parameters":{"custom_params":{"a":1},"utm_source":"g"}}"#,
+        )
+        .unwrap();
+        let state = UserState::from_profile(
+            ProfileData {
+                profile: Profile { country: Some("US".into()), ..Default::default() },
+                visit: Some(Visit { actions: 2, ..Default::default() }),
+                history: vec![],
+            },
+            0,
+        );
+        let enriched = EnrichedEvent::snapshot(ev, &state);
+        let v: serde_json::Value = serde_json::from_slice(&Payload::new(&enriched, 99).to_json().unwrap()).unwrap();
+        assert_eq!(v["event"]["event_type"], "page_view");
+        assert_eq!(v["event"]["parameters"]["custom_params"]["a"], 1);
+        assert_eq!(v["event"]["is_https"], false);
+        assert_eq!(v["userProfile"]["country"], "US");
+        assert_eq!(v["currentVisit"]["actions"], 2);
+        assert_eq!(v["eventHistory"], serde_json::json!([]));
+        assert_eq!(v["triggeredAt"], 99);
+    }
+}

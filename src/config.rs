@@ -1,0 +1,402 @@
+//! `config/application.yml`, layered: built-in defaults, then the YAML file, then the
+//! environment (`EVENT_TRIGGER__SECTION__KEY`, hyphens written as `_`).
+//!
+//! Every section rejects unknown keys and every value is type-checked at start, so a
+//! typo fails the start naming the key instead of being silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Load {
+        file: String,
+        source: config::ConfigError,
+    },
+    #[error("{file}: `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub source: SourceSettings,
+    pub profile_api: ProfileApiSettings,
+    pub filter: FilterSettings,
+    pub actions: ActionsSettings,
+    pub state: StateSettings,
+    /// The Flink job called this section `flink:`; both names are accepted.
+    #[serde(alias = "flink")]
+    pub engine: EngineSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub consumer_group_id: String,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: "localhost:9092".into(),
+            topic: "user-events".into(),
+            consumer_group_id: "event-trigger".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceType {
+    #[default]
+    Kafka,
+    File,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceSettings {
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// JSONL file for `type: file`; `-` reads standard input.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProfileApiSettings {
+    /// `http(s)://host:port[/prefix]`, or `file://PATH` to a `profiles.jsonl` snapshot.
+    pub base_url: String,
+    pub timeout_ms: u64,
+    /// Users whose profile is being fetched at once, per worker.
+    pub max_in_flight: usize,
+    /// Accepted for the Flink job's config; retries arrive with the operations work.
+    pub retry_attempts: u32,
+}
+
+impl Default for ProfileApiSettings {
+    fn default() -> Self {
+        ProfileApiSettings {
+            base_url: "http://localhost:8080".into(),
+            timeout_ms: 5000,
+            max_in_flight: 256,
+            retry_attempts: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FilterSettings {
+    pub script_path: PathBuf,
+    /// rhai operations one evaluation may take before it is stopped (and rejected).
+    pub max_operations: u64,
+}
+
+impl Default for FilterSettings {
+    fn default() -> Self {
+        FilterSettings {
+            script_path: "scripts/filter.rhai".into(),
+            max_operations: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ActionsSettings {
+    pub webhook: WebhookSettings,
+    pub debug: DebugSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebhookSettings {
+    pub url: String,
+    pub timeout_ms: u64,
+    /// Requests under way at once, per worker.
+    pub max_in_flight: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            url: "http://localhost:8080/webhook".into(),
+            timeout_ms: 5000,
+            max_in_flight: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DebugSettings {
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSettings {
+    pub max_history: usize,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings { max_history: 100 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackend {
+    #[default]
+    Hashmap,
+    Rocksdb,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EngineSettings {
+    /// Worker threads per process when `-w` is not given.
+    pub parallelism: usize,
+    pub checkpoint_interval_ms: u64,
+    pub state_backend: StateBackend,
+    pub state_ttl_minutes: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            parallelism: 1,
+            checkpoint_interval_ms: 60_000,
+            state_backend: StateBackend::Hashmap,
+            state_ttl_minutes: 10,
+        }
+    }
+}
+
+impl EngineSettings {
+    pub fn state_ttl_ms(&self) -> u64 {
+        self.state_ttl_minutes.saturating_mul(60_000)
+    }
+}
+
+/// Environment overrides as a `config` source. The stock `config::Environment` cannot
+/// map `PROFILE_API` to `profile-api`, so this one does: `__` separates levels, `_`
+/// stands for `-`, names are lower-cased. Values stay strings; the `config`
+/// deserializer parses them into the field's type.
+#[derive(Clone, Debug)]
+struct EnvOverrides(Vec<(String, String)>);
+
+impl EnvOverrides {
+    fn from_env() -> Self {
+        Self::from_vars(std::env::vars())
+    }
+
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        EnvOverrides(
+            vars.into_iter()
+                .filter_map(|(k, v)| {
+                    let rest = k.strip_prefix(ENV_PREFIX)?;
+                    let key = rest
+                        .split("__")
+                        .map(|part| part.to_ascii_lowercase().replace('_', "-"))
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    Some((key, v))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl config::Source for EnvOverrides {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let origin = "the environment".to_string();
+        Ok(self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    config::Value::new(Some(&origin), config::ValueKind::String(v.clone())),
+                )
+            })
+            .collect())
+    }
+}
+
+impl Settings {
+    /// Loads `path` (which must exist) with the process environment on top.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, EnvOverrides::from_env())
+    }
+
+    /// Loads `path` with the given variables as the environment (for tests).
+    pub fn load_with_vars(
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, EnvOverrides::from_vars(vars))
+    }
+
+    fn load_with_env(path: &Path, env: EnvOverrides) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::Invalid {
+                file,
+                key: "--config".into(),
+                reason: "no such file".into(),
+            });
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .add_source(env)
+            .build()
+            .map_err(|source| ConfigError::Load {
+                file: file.clone(),
+                source,
+            })?;
+        let settings: Settings =
+            serde_path_to_error::deserialize(built).map_err(|e| ConfigError::Invalid {
+                file: file.clone(),
+                key: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
+        settings.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            file,
+            key: key.into(),
+            reason,
+        })?;
+        Ok(settings)
+    }
+
+    /// Checks between keys that serde cannot express.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.source.kind == SourceType::File && self.source.path.is_none() {
+            return Err(("source.path", "required when source.type is file".into()));
+        }
+        let base = &self.profile_api.base_url;
+        if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file://")) {
+            return Err((
+                "profile-api.base-url",
+                format!("`{base}` must start with http://, https:// or file://"),
+            ));
+        }
+        if !self.actions.debug.enabled {
+            let url = &self.actions.webhook.url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    "actions.webhook.url",
+                    format!("`{url}` must start with http:// or https://"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("profile-api.max-in-flight", self.profile_api.max_in_flight),
+            ("actions.webhook.max-in-flight", self.actions.webhook.max_in_flight),
+            ("engine.parallelism", self.engine.parallelism),
+            ("state.max-history", self.state.max_history),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if self.engine.state_ttl_minutes == 0 {
+            return Err(("engine.state-ttl-minutes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(yaml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut f = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+        Settings::load_with_vars(
+            f.path(),
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let s = load("source:\n  type: file\n  path: x.jsonl\n", &[]).unwrap();
+        assert_eq!(s.profile_api.timeout_ms, 5000);
+        assert_eq!(s.state.max_history, 100);
+        assert_eq!(s.engine.state_ttl_ms(), 600_000);
+        assert_eq!(s.source.kind, SourceType::File);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_hyphens_as_underscores() {
+        let s = load(
+            "profile-api:\n  base-url: http://a\n  timeout-ms: 10\n",
+            &[
+                ("EVENT_TRIGGER__PROFILE_API__BASE_URL", "http://b:1"),
+                ("EVENT_TRIGGER__PROFILE_API__TIMEOUT_MS", "250"),
+                ("EVENT_TRIGGER__ACTIONS__DEBUG__ENABLED", "true"),
+                ("OTHER__PROFILE_API__BASE_URL", "http://ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.profile_api.base_url, "http://b:1");
+        assert_eq!(s.profile_api.timeout_ms, 250);
+        assert!(s.actions.debug.enabled);
+    }
+
+    #[test]
+    fn unknown_key_fails_naming_it() {
+        let err = load("profile-api:\n  timeout-msx: 10\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("timeout-msx"), "{err}");
+        let err = load("engnie:\n  parallelism: 2\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("engnie"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_fails_naming_the_key() {
+        let err = load("profile-api:\n  timeout-ms: soon\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("profile-api.timeout-ms"), "{err}");
+        let err = load("engine:\n  parallelism: 1\n", &[("EVENT_TRIGGER__ENGINE__PARALLELISM", "two")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("parallelism"), "{err}");
+    }
+
+    #[test]
+    fn cross_key_rules_are_checked() {
+        let err = load("source:\n  type: file\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("source.path"), "{err}");
+        let err = load("profile-api:\n  base-url: ftp://x\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("profile-api.base-url"), "{err}");
+        let err = load("profile-api:\n  max-in-flight: 0\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("max-in-flight"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load_with_vars(Path::new("/nonexistent.yml"), []).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.yml"));
+    }
+}

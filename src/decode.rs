@@ -1,0 +1,259 @@
+//! JSON `UserEvent` decoding, as strict as the Flink job's Jackson mapper: unknown fields
+//! are ignored, but a wrongly typed field (`"user_id": 7`, `"timestamp": "12"`) makes the
+//! message invalid, and so does a missing `user_id` or `event_type`.
+//!
+//! Decoding borrows from the input (no `serde_json::Value` tree) and copies each string
+//! once, into the `Arc<str>` the rest of the job shares.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::model::{RawJson, UserEvent};
+
+/// Why a message was skipped; `as_str` is the label used in counters and logs.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("malformed or wrongly typed JSON: {0}")]
+    Json(String),
+    #[error("missing required field `{0}`")]
+    MissingField(&'static str),
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::NotUtf8 => "not_utf8",
+            DecodeError::Json(_) => "bad_json",
+            DecodeError::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+/// Java's primitive fields read a JSON `null` as their default (Jackson's behaviour with
+/// `FAIL_ON_NULL_FOR_PRIMITIVES` off, as in the original job).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    domain: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "null_default")]
+    is_first_in_visit: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    is_last_in_visit: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    is_first_event: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    is_current: bool,
+    #[serde(borrow, default)]
+    event_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_displayname: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    integration: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    app: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    platform: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "null_default")]
+    is_https: bool,
+    #[serde(borrow, default)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "null_default")]
+    duration: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    timestamp: i64,
+    #[serde(default, deserialize_with = "null_default")]
+    triggerable: bool,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
+}
+
+/// The shape `parameters` must have; only checked, the text is kept as it came.
+#[derive(Deserialize)]
+#[allow(dead_code)] // fields exist to be type-checked by serde
+struct WireParameters<'a> {
+    #[serde(borrow, default)]
+    custom_params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    utm_source: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    utm_campaign: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    utm_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    utm_medium: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    utm_term: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    utm_id: Option<Cow<'a, str>>,
+}
+
+fn text(s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
+    s.map(|s| Arc::from(s.as_ref()))
+}
+
+fn json_err(e: serde_json::Error) -> DecodeError {
+    DecodeError::Json(e.to_string())
+}
+
+/// Validates a `parameters` value and returns it as raw JSON (`None` for `null`).
+pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
+    let s = raw.get();
+    if s == "null" {
+        return Ok(None);
+    }
+    if !s.starts_with('{') {
+        return Err(DecodeError::Json("parameters must be an object".into()));
+    }
+    let p: WireParameters<'_> = serde_json::from_str(s).map_err(json_err)?;
+    if let Some(custom) = p.custom_params {
+        let c = custom.get();
+        if !(c.starts_with('{') || c == "null") {
+            return Err(DecodeError::Json(
+                "parameters.custom_params must be an object".into(),
+            ));
+        }
+    }
+    Ok(Some(RawJson(Arc::from(s))))
+}
+
+/// Decodes one message.
+///
+/// ```
+/// use event_trigger::decode::{decode, DecodeError};
+/// let ev = decode(br#"{"user_id":"u1","event_type":"click","timestamp":5}"#).unwrap();
+/// assert_eq!(&*ev.user_id, "u1");
+/// assert_eq!(ev.timestamp, 5);
+/// assert_eq!(decode(br#"{"user_id":7,"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
+/// assert_eq!(decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
+/// ```
+pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let s = std::str::from_utf8(trimmed).map_err(|_| DecodeError::NotUtf8)?;
+    // serde would read a JSON array as a struct's fields in order; only objects are events.
+    if !s.starts_with('{') {
+        return Err(DecodeError::Json("not a JSON object".into()));
+    }
+    let w: WireEvent<'_> = serde_json::from_str(s).map_err(json_err)?;
+    let user_id = w.user_id.ok_or(DecodeError::MissingField("user_id"))?;
+    let event_type = w.event_type.ok_or(DecodeError::MissingField("event_type"))?;
+    let parameters = match w.parameters {
+        Some(raw) => parameters(raw)?,
+        None => None,
+    };
+    Ok(UserEvent {
+        event_id: text(w.event_id),
+        user_id: Arc::from(user_id.as_ref()),
+        domain: text(w.domain),
+        is_first_in_visit: w.is_first_in_visit,
+        is_last_in_visit: w.is_last_in_visit,
+        is_first_event: w.is_first_event,
+        is_current: w.is_current,
+        event_name: text(w.event_name),
+        event_displayname: text(w.event_displayname),
+        integration: text(w.integration),
+        app: text(w.app),
+        platform: text(w.platform),
+        is_https: w.is_https,
+        event_type: Arc::from(event_type.as_ref()),
+        duration: w.duration,
+        timestamp: w.timestamp,
+        triggerable: w.triggerable,
+        parameters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{"event_id":"evt_1","user_id":"user_0000001","domain":"shop.example.com","is_first_in_visit":true,"is_last_in_visit":false,"is_first_event":false,"is_current":true,"event_name":"home_page","event_displayname":"Home Page","integration":"web","app":"main_app","platform":"web","is_https":true,"event_type":"page_view","duration":12,"timestamp":1764000000000,"triggerable":true,"parameters":{"custom_params":{"page_title":"Home","value":1.5},"utm_source":"google","utm_campaign":"","utm_content":"banner","utm_medium":"cpc","utm_term":"","utm_id":"c001"},"unknown":[1,2]}"#;
+
+    #[test]
+    fn decodes_every_field_of_the_wire_format() {
+        let ev = decode(FULL.as_bytes()).unwrap();
+        assert_eq!(ev.event_id.as_deref(), Some("evt_1"));
+        assert_eq!(&*ev.event_type, "page_view");
+        assert!(ev.is_first_in_visit && ev.is_https && ev.triggerable && !ev.is_first_event);
+        assert_eq!(ev.duration, 12);
+        assert_eq!(ev.timestamp, 1_764_000_000_000);
+        let p = ev.parameters.unwrap();
+        assert!(p.as_str().contains(r#""utm_source":"google""#));
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let ev = decode(br#"{"user_id":"a\/b \u00e9","event_type":"x\"y"}"#).unwrap();
+        assert_eq!(&*ev.user_id, "a/b é");
+        assert_eq!(&*ev.event_type, "x\"y");
+    }
+
+    #[test]
+    fn invalid_messages_are_classified() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"   ", "empty"),
+            (b"not json", "bad_json"),
+            (b"[]", "bad_json"),
+            (br#"[null, "u1", null, false, false, false, false, null, null, null, null, null, false, "click"]"#, "bad_json"),
+            (br#"{"event_id": "broken""#, "bad_json"),
+            (br#"{"user_id": 7, "event_type": "click"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":"12"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":1.5}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":99999999999999999999}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","is_https":"yes"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":[]}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":{"utm_source":3}}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":{"custom_params":"x"}}"#, "bad_json"),
+            (br#"{"event_type": "click"}"#, "missing_field"),
+            (br#"{"user_id": "user_0000001"}"#, "missing_field"),
+            (br#"{"user_id": null, "event_type": "click"}"#, "missing_field"),
+            (b"\xff\xfe{}", "not_utf8"),
+        ];
+        for (input, reason) in cases {
+            let got = decode(input);
+            assert_eq!(
+                got.as_ref().map_err(|e| e.reason()),
+                Err(*reason),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn nulls_in_primitive_fields_read_as_defaults_like_jackson() {
+        let ev = decode(br#"{"user_id":"u","event_type":"c","timestamp":null,"is_https":null,"parameters":null}"#).unwrap();
+        assert_eq!(ev.timestamp, 0);
+        assert!(!ev.is_https);
+        assert!(ev.parameters.is_none());
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let got = decode(br#"{"user_id":"a","user_id":"b","event_type":"c"}"#);
+        assert_eq!(got.map_err(|e| e.reason()), Err("bad_json"));
+    }
+}

@@ -1,0 +1,518 @@
+//! The rule that decides which enriched events trigger actions: a rhai script with
+//! `event`, `user` (the profile), `visit` and `history` in scope.
+//!
+//! The data is exposed through getters on handles that share the operator's state (no
+//! per-event maps are built, and nothing can be assigned into it); `history` is turned
+//! into a rhai array only when a script reads it. Fields answer to their JSON names and
+//! to the Flink job's camelCase names (`event.event_type` and `event.eventType`).
+//!
+//! Fail-safe: only a `true` result passes. `false` rejects; a non-bool result or any
+//! error (including running out of the operations budget) rejects and is counted.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
+
+use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{path}: cannot read filter script: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Compile {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The outcome for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass,
+    Reject,
+    /// Rejected because the script failed or did not return a bool.
+    Error(String),
+}
+
+/// Limits that keep a buggy or hostile script from stalling a worker.
+#[derive(Clone, Debug)]
+pub struct FilterLimits {
+    pub max_operations: u64,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits { max_operations: 100_000 }
+    }
+}
+
+/// A compiled filter. Holds an `Engine`, which is not `Send`: build one per worker.
+pub struct Filter {
+    engine: Engine,
+    ast: AST,
+    bound: Rc<RefCell<Option<Bound>>>,
+}
+
+/// What the script sees during one evaluation.
+struct Bound {
+    event: Arc<UserEvent>,
+    user: Arc<Profile>,
+    visit: Option<Arc<Visit>>,
+    history: Arc<VecDeque<HistoryEntry>>,
+}
+
+#[derive(Clone)]
+struct EventRef(Arc<UserEvent>);
+#[derive(Clone)]
+struct UserRef(Arc<Profile>);
+#[derive(Clone)]
+struct VisitRef(Arc<Visit>);
+#[derive(Clone)]
+struct HistoryRef(Arc<VecDeque<HistoryEntry>>, usize);
+#[derive(Clone)]
+struct ParamsRef(RawJson);
+
+fn text<S: AsRef<str>>(s: &Option<S>) -> Dynamic {
+    match s {
+        Some(s) => Dynamic::from(ImmutableString::from(s.as_ref())),
+        None => Dynamic::UNIT,
+    }
+}
+
+fn params(p: &Option<RawJson>) -> Dynamic {
+    match p {
+        Some(raw) => Dynamic::from(ParamsRef(raw.clone())),
+        None => Dynamic::UNIT,
+    }
+}
+
+/// `(json name, Flink job's camelCase name)`; one name when they agree.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("event_id", "eventId"),
+    ("user_id", "userId"),
+    ("domain", "domain"),
+    ("is_first_in_visit", "isFirstInVisit"),
+    ("is_last_in_visit", "isLastInVisit"),
+    ("is_first_event", "isFirstEvent"),
+    ("is_current", "isCurrent"),
+    ("event_name", "eventName"),
+    ("event_displayname", "eventDisplayname"),
+    ("integration", "integration"),
+    ("app", "app"),
+    ("platform", "platform"),
+    ("is_https", "isHttps"),
+    ("event_type", "eventType"),
+    ("duration", "duration"),
+    ("timestamp", "timestamp"),
+    ("triggerable", "triggerable"),
+    ("parameters", "parameters"),
+];
+
+fn event_field(e: &UserEvent, name: &str) -> Dynamic {
+    match name {
+        "event_id" => text(&e.event_id),
+        "user_id" => Dynamic::from(ImmutableString::from(&*e.user_id)),
+        "domain" => text(&e.domain),
+        "is_first_in_visit" => e.is_first_in_visit.into(),
+        "is_last_in_visit" => e.is_last_in_visit.into(),
+        "is_first_event" => e.is_first_event.into(),
+        "is_current" => e.is_current.into(),
+        "event_name" => text(&e.event_name),
+        "event_displayname" => text(&e.event_displayname),
+        "integration" => text(&e.integration),
+        "app" => text(&e.app),
+        "platform" => text(&e.platform),
+        "is_https" => e.is_https.into(),
+        "event_type" => Dynamic::from(ImmutableString::from(&*e.event_type)),
+        "duration" => e.duration.into(),
+        "timestamp" => e.timestamp.into(),
+        "triggerable" => e.triggerable.into(),
+        "parameters" => params(&e.parameters),
+        _ => Dynamic::UNIT,
+    }
+}
+
+const PROFILE_FIELDS: &[(&str, &str)] = &[
+    ("user_id", "userId"),
+    ("country", "country"),
+    ("city", "city"),
+    ("language", "language"),
+    ("continent", "continent"),
+    ("timezone", "timezone"),
+];
+
+fn profile_field(p: &Profile, name: &str) -> Dynamic {
+    match name {
+        "user_id" => text(&p.user_id),
+        "country" => text(&p.country),
+        "city" => text(&p.city),
+        "language" => text(&p.language),
+        "continent" => text(&p.continent),
+        "timezone" => text(&p.timezone),
+        _ => Dynamic::UNIT,
+    }
+}
+
+const VISIT_FIELDS: &[(&str, &str)] = &[
+    ("uuid", "uuid"),
+    ("timestamp", "timestamp"),
+    ("os", "os"),
+    ("browser", "browser"),
+    ("device", "device"),
+    ("landing_page", "landingPage"),
+    ("referrer_type", "referrerType"),
+    ("referrer_url", "referrerUrl"),
+    ("referrer_query", "referrerQuery"),
+    ("duration", "duration"),
+    ("actions", "actions"),
+    ("is_first_visit", "isFirstVisit"),
+    ("screen", "screen"),
+    ("ip", "ip"),
+];
+
+fn visit_field(v: &Visit, name: &str) -> Dynamic {
+    match name {
+        "uuid" => text(&v.uuid),
+        "timestamp" => v.timestamp.into(),
+        "os" => text(&v.os),
+        "browser" => text(&v.browser),
+        "device" => text(&v.device),
+        "landing_page" => text(&v.landing_page),
+        "referrer_type" => text(&v.referrer_type),
+        "referrer_url" => text(&v.referrer_url),
+        "referrer_query" => text(&v.referrer_query),
+        "duration" => v.duration.into(),
+        "actions" => v.actions.into(),
+        "is_first_visit" => v.is_first_visit.into(),
+        "screen" => text(&v.screen),
+        "ip" => text(&v.ip),
+        _ => Dynamic::UNIT,
+    }
+}
+
+const HISTORY_FIELDS: &[(&str, &str)] = &[
+    ("event_id", "eventId"),
+    ("event_name", "eventName"),
+    ("event_type", "eventType"),
+    ("timestamp", "timestamp"),
+    ("parameters", "parameters"),
+];
+
+fn history_field(h: &HistoryEntry, name: &str) -> Dynamic {
+    match name {
+        "event_id" => text(&h.event_id),
+        "event_name" => text(&h.event_name),
+        "event_type" => text(&h.event_type),
+        "timestamp" => h.timestamp.into(),
+        "parameters" => params(&h.parameters),
+        _ => Dynamic::UNIT,
+    }
+}
+
+const PARAM_FIELDS: &[(&str, &str)] = &[
+    ("custom_params", "customParams"),
+    ("utm_source", "utmSource"),
+    ("utm_campaign", "utmCampaign"),
+    ("utm_content", "utmContent"),
+    ("utm_medium", "utmMedium"),
+    ("utm_term", "utmTerm"),
+    ("utm_id", "utmId"),
+];
+
+fn param_field(p: &RawJson, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+    // Parameters stay raw JSON in the state; reading one parses them (rare in filters).
+    let value: serde_json::Value = serde_json::from_str(p.as_str()).map_err(|e| e.to_string())?;
+    match value.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(Dynamic::UNIT),
+        Some(v) => rhai::serde::to_dynamic(v),
+    }
+}
+
+/// Registers a getter under both names of each field, and an indexer by either name.
+macro_rules! register_fields {
+    ($engine:expr, $ty:ty, $fields:expr, |$x:ident, $name:ident| $get:expr) => {{
+        for &(json, camel) in $fields {
+            $engine.register_get(json, move |$x: &mut $ty| {
+                let $name = json;
+                $get
+            });
+            if camel != json {
+                $engine.register_get(camel, move |$x: &mut $ty| {
+                    let $name = json;
+                    $get
+                });
+            }
+        }
+        // Also the fallback of `x.field` for names without a getter: an unknown field
+        // is an error (and so a reject), not a silent `()`.
+        $engine.register_indexer_get(|$x: &mut $ty, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            let Some($name) = $fields.iter().find(|(j, c)| *j == key || *c == key).map(|(j, _)| *j) else {
+                return Err(format!("no field `{key}`").into());
+            };
+            Ok($get)
+        });
+    }};
+}
+
+impl Filter {
+    /// Reads and compiles `path`; errors name the file, line and column.
+    pub fn from_file(path: &Path, limits: &FilterLimits) -> Result<Filter, FilterError> {
+        let script = std::fs::read_to_string(path).map_err(|e| FilterError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::compile(&script, &path.display().to_string(), limits)
+    }
+
+    /// Compiles `script`; `origin` names it in errors.
+    pub fn compile(script: &str, origin: &str, limits: &FilterLimits) -> Result<Filter, FilterError> {
+        let bound: Rc<RefCell<Option<Bound>>> = Rc::new(RefCell::new(None));
+        let mut engine = Engine::new();
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(32)
+            .set_max_expr_depths(64, 32)
+            .set_max_string_size(1 << 20)
+            .set_max_array_size(100_000)
+            .set_max_map_size(10_000)
+            .set_max_variables(1_000)
+            .disable_symbol("eval")
+            .on_print(|s| tracing::debug!(target: "event_trigger::filter", "script print: {s}"))
+            .on_debug(|s, _, pos| tracing::debug!(target: "event_trigger::filter", "script debug at {pos}: {s}"));
+        engine.register_type_with_name::<EventRef>("Event");
+        engine.register_type_with_name::<UserRef>("UserProfile");
+        engine.register_type_with_name::<VisitRef>("Visit");
+        engine.register_type_with_name::<HistoryRef>("HistoryEntry");
+        engine.register_type_with_name::<ParamsRef>("Parameters");
+        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| event_field(&e.0, name));
+        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| profile_field(&u.0, name));
+        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| visit_field(&v.0, name));
+        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| history_field(&h.0[h.1], name));
+        for &(json, camel) in PARAM_FIELDS {
+            engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
+            if camel != json {
+                engine.register_get(camel, move |p: &mut ParamsRef| param_field(&p.0, json));
+            }
+        }
+
+        let resolver = Rc::clone(&bound);
+        #[allow(deprecated)] // `on_var` is marked volatile, not deprecated
+        engine.on_var(move |name, _index, ctx| {
+            if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name) {
+                return Ok(None);
+            }
+            let bound = resolver.borrow();
+            let Some(b) = bound.as_ref() else { return Ok(None) };
+            Ok(Some(match name {
+                "event" => Dynamic::from(EventRef(b.event.clone())),
+                "user" => Dynamic::from(UserRef(b.user.clone())),
+                "visit" => match &b.visit {
+                    Some(v) => Dynamic::from(VisitRef(v.clone())),
+                    None => Dynamic::UNIT,
+                },
+                _ => Dynamic::from_array(
+                    (0..b.history.len())
+                        .map(|i| Dynamic::from(HistoryRef(b.history.clone(), i)))
+                        .collect(),
+                ),
+            }))
+        });
+
+        let ast = engine.compile(script).map_err(|e| FilterError::Compile {
+            path: origin.to_string(),
+            line: e.1.line().unwrap_or(0),
+            column: e.1.position().unwrap_or(0),
+            message: e.0.to_string(),
+        })?;
+        Ok(Filter { engine, ast, bound })
+    }
+
+    /// Judges one event against its user's state.
+    pub fn judge(&self, view: EnrichedView<'_>) -> Verdict {
+        *self.bound.borrow_mut() = Some(Bound {
+            event: Arc::new(view.event.clone()),
+            user: view.state.profile.clone(),
+            visit: view.state.visit.clone(),
+            history: view.state.history.clone(),
+        });
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &self.ast);
+        // Drop the handles now, so the state's Arcs are unshared again before the next
+        // event updates them (no copy-on-write).
+        *self.bound.borrow_mut() = None;
+        match result {
+            Ok(v) => match v.as_bool() {
+                Ok(true) => Verdict::Pass,
+                Ok(false) => Verdict::Reject,
+                Err(type_name) => Verdict::Error(format!("script returned {type_name}, not a bool")),
+            },
+            Err(e) => Verdict::Error(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ProfileData, UserState};
+
+    fn event(event_type: &str) -> UserEvent {
+        UserEvent {
+            event_id: Some("e1".into()),
+            user_id: "u/1".into(),
+            event_type: event_type.into(),
+            duration: 42,
+            timestamp: 1000,
+            is_first_in_visit: true,
+            parameters: Some(RawJson(
+                r#"{"custom_params":{"page_title":"Sale","value":12.5},"utm_source":"google"}"#.into(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn state(country: Option<&str>, history_types: &[&str]) -> UserState {
+        let history = history_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| HistoryEntry {
+                event_id: Some(format!("h{i}").into()),
+                event_name: None,
+                event_type: Some((*t).into()),
+                timestamp: i as i64,
+                parameters: None,
+            })
+            .collect();
+        UserState::from_profile(
+            ProfileData {
+                profile: Profile { country: country.map(String::from), ..Default::default() },
+                visit: Some(Visit { actions: 7, landing_page: Some("/sale".into()), ..Default::default() }),
+                history,
+            },
+            0,
+        )
+    }
+
+    fn judge(script: &str, ev: &UserEvent, st: &UserState) -> Verdict {
+        let f = Filter::compile(script, "test.rhai", &FilterLimits::default()).unwrap();
+        f.judge(EnrichedView { event: ev, state: st })
+    }
+
+    #[test]
+    fn seed_filter_with_json_and_camel_case_names() {
+        let us = state(Some("US"), &[]);
+        let de = state(Some("DE"), &[]);
+        for script in [
+            r#"event.event_type == "page_view" && user.country == "US""#,
+            r#"event.eventType == "page_view" && user.country == "US""#,
+        ] {
+            assert_eq!(judge(script, &event("page_view"), &us), Verdict::Pass);
+            assert_eq!(judge(script, &event("click"), &us), Verdict::Reject);
+            assert_eq!(judge(script, &event("page_view"), &de), Verdict::Reject);
+        }
+    }
+
+    #[test]
+    fn empty_profile_fields_are_unit_and_compare_false() {
+        let empty = UserState::empty(0);
+        let s = r#"event.event_type == "page_view" && user.country == "US""#;
+        assert_eq!(judge(s, &event("page_view"), &empty), Verdict::Reject);
+        // A missing visit is `()`: reading a field of it is an error, hence a reject.
+        assert!(matches!(judge("visit.actions > 0", &event("x"), &empty), Verdict::Error(_)));
+        assert_eq!(judge("visit == ()", &event("x"), &empty), Verdict::Pass);
+    }
+
+    #[test]
+    fn history_len_iteration_and_filtering() {
+        let st = state(Some("DE"), &["page_view", "click", "page_view", "page_view"]);
+        let ev = event("click");
+        assert_eq!(judge("history.len() == 4", &ev, &st), Verdict::Pass);
+        assert_eq!(
+            judge(r#"history.filter(|h| h.event_type == "page_view").len() >= 3"#, &ev, &st),
+            Verdict::Pass
+        );
+        assert_eq!(judge(r#"history.filter(|h| h.eventType == "click").len() == 2"#, &ev, &st), Verdict::Reject);
+        let loop_script = r#"
+            let n = 0;
+            for h in history { if h.event_type == "page_view" { n += 1; } }
+            n == 3 && history[history.len() - 1].event_id == "h3"
+        "#;
+        assert_eq!(judge(loop_script, &ev, &st), Verdict::Pass);
+    }
+
+    #[test]
+    fn all_event_visit_and_parameter_fields_are_readable() {
+        let st = state(Some("US"), &[]);
+        let ev = event("page_view");
+        for script in [
+            "event.duration == 42 && event.timestamp == 1000 && event.is_first_in_visit && event.isFirstInVisit",
+            r#"event.user_id == "u/1" && event.userId == "u/1" && event.eventId == "e1""#,
+            r#"visit.actions == 7 && visit.landingPage == "/sale" && visit.landing_page == "/sale""#,
+            r#"event.parameters.utm_source == "google" && event.parameters.utmSource == "google""#,
+            r#"event.parameters.custom_params.page_title == "Sale" && event.parameters.customParams.value > 12.0"#,
+            r#"event["event_type"] == "page_view" && event["eventType"] == "page_view""#,
+            "event.domain == ()",
+        ] {
+            assert_eq!(judge(script, &ev, &st), Verdict::Pass, "{script}");
+        }
+    }
+
+    #[test]
+    fn errors_and_non_bools_reject() {
+        let st = state(Some("US"), &[]);
+        let ev = event("page_view");
+        assert!(matches!(judge("event.no_such_field == 1", &ev, &st), Verdict::Error(_)));
+        assert!(matches!(judge("42", &ev, &st), Verdict::Error(_)));
+        assert!(matches!(judge(r#"throw "boom""#, &ev, &st), Verdict::Error(_)));
+        assert!(matches!(judge("1 / 0 == 1", &ev, &st), Verdict::Error(_)));
+    }
+
+    #[test]
+    fn endless_loops_and_huge_strings_are_stopped() {
+        let st = state(Some("US"), &[]);
+        let ev = event("page_view");
+        assert!(matches!(judge("loop { } true", &ev, &st), Verdict::Error(_)));
+        assert!(matches!(judge(r#"let s = "x"; loop { s += s; } true"#, &ev, &st), Verdict::Error(_)));
+        assert!(matches!(judge("fn f(x) { f(x) } f(1)", &ev, &st), Verdict::Error(_)));
+    }
+
+    #[test]
+    fn data_is_read_only_and_nothing_leaks_between_events() {
+        let st = state(Some("US"), &["click"]);
+        let ev = event("page_view");
+        assert!(matches!(judge(r#"event.event_type = "x"; true"#, &ev, &st), Verdict::Error(_)));
+        let f = Filter::compile(
+            "let seen = 1; history.push(1); history.len() == 1",
+            "t",
+            &FilterLimits::default(),
+        )
+        .unwrap();
+        let view = EnrichedView { event: &ev, state: &st };
+        assert!(matches!(f.judge(view), Verdict::Error(e) if e.contains("constant")));
+        assert!(matches!(f.judge(view), Verdict::Error(_)));
+        assert_eq!(st.history.len(), 1);
+        // After judging, the state's parts are unshared again.
+        assert_eq!(Arc::strong_count(&st.history), 1);
+    }
+
+    #[test]
+    fn eval_is_disabled() {
+        let err = Filter::compile(r#"eval("true")"#, "f.rhai", &FilterLimits::default());
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn compile_errors_name_file_and_line() {
+        let err = Filter::compile("true &&\n(", "rules/f.rhai", &FilterLimits::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("rules/f.rhai:2:"), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The wire-compatible data model of the Flink job: events, the Profile API's answers,
+//! the per-user checkpoint and what leaves the state operator.
+//!
+//! Strings are `Arc<str>` so that an event, the history entry made from it and the
+//! enriched copy handed to the actions share one allocation instead of three.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Processing time in epoch milliseconds: the timestamp of every stream in the job.
+pub type Time = u64;
+
+/// A shared, immutable string.
+pub type Text = Arc<str>;
+
+/// One `UserEvent` as producers send it. Fields absent on the wire are `None` (strings)
+/// or their Java defaults (`false`, `0`), as the Flink job's POJO saw them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserEvent {
+    pub event_id: Option<Text>,
+    pub user_id: Text,
+    pub domain: Option<Text>,
+    pub is_first_in_visit: bool,
+    pub is_last_in_visit: bool,
+    pub is_first_event: bool,
+    pub is_current: bool,
+    pub event_name: Option<Text>,
+    pub event_displayname: Option<Text>,
+    pub integration: Option<Text>,
+    pub app: Option<Text>,
+    pub platform: Option<Text>,
+    pub is_https: bool,
+    pub event_type: Text,
+    pub duration: i64,
+    pub timestamp: i64,
+    pub triggerable: bool,
+    /// The `parameters` object exactly as it arrived (validated JSON text), kept raw:
+    /// decoding it into a tree per event would cost more than everything else together,
+    /// and most filters never look inside.
+    pub parameters: Option<RawJson>,
+}
+
+/// A validated JSON document kept as text. In JSON it is written (and read) as the
+/// document itself; in the binary exchange format, as a string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawJson(pub Text);
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let raw: &serde_json::value::RawValue =
+                serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+            raw.serialize(s)
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+            Ok(RawJson(Arc::from(raw.get())))
+        } else {
+            Ok(RawJson(Arc::from(String::deserialize(d)?)))
+        }
+    }
+}
+
+impl RawJson {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `GET /users/{id}/profile`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    pub user_id: Option<String>,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    pub language: Option<String>,
+    pub continent: Option<String>,
+    pub timezone: Option<String>,
+}
+
+/// `GET /users/{id}/visit`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Visit {
+    pub uuid: Option<String>,
+    pub timestamp: i64,
+    pub os: Option<String>,
+    pub browser: Option<String>,
+    pub device: Option<String>,
+    pub landing_page: Option<String>,
+    pub referrer_type: Option<String>,
+    pub referrer_url: Option<String>,
+    pub referrer_query: Option<String>,
+    pub duration: i64,
+    pub actions: i64,
+    pub is_first_visit: bool,
+    pub screen: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// One entry of `GET /users/{id}/history`, and what every event appends to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub event_id: Option<Text>,
+    pub event_name: Option<Text>,
+    pub event_type: Option<Text>,
+    pub timestamp: i64,
+    pub parameters: Option<RawJson>,
+}
+
+/// What the Profile API knows of a user: the three answers together.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileData {
+    pub profile: Profile,
+    pub visit: Option<Visit>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The per-user checkpoint kept by the state operator (the original's `UserCheckpoint`).
+///
+/// The parts are behind `Arc`s so the filter can look at them without a copy; the
+/// operator mutates them with `Arc::make_mut`, which copies only if a reader still holds
+/// one (none does once an evaluation has finished).
+#[derive(Clone, Debug)]
+pub struct UserState {
+    pub profile: Arc<Profile>,
+    pub visit: Option<Arc<Visit>>,
+    pub history: Arc<VecDeque<HistoryEntry>>,
+    /// Processing time of the last event, for the TTL.
+    pub last_activity: Time,
+    /// The time under which the TTL index last queued this user.
+    pub ttl_mark: Time,
+}
+
+impl UserState {
+    pub fn from_profile(data: ProfileData, now: Time) -> Self {
+        UserState {
+            profile: Arc::new(data.profile),
+            visit: data.visit.map(Arc::new),
+            history: Arc::new(data.history.into()),
+            last_activity: now,
+            ttl_mark: now,
+        }
+    }
+
+    /// The original's checkpoint after a failed fetch: an empty profile, no visit, no
+    /// history.
+    pub fn empty(now: Time) -> Self {
+        Self::from_profile(ProfileData::default(), now)
+    }
+}
+
+/// What the filter looks at: an event and its user's state after the event was applied.
+#[derive(Clone, Copy, Debug)]
+pub struct EnrichedView<'a> {
+    pub event: &'a UserEvent,
+    pub state: &'a UserState,
+}
+
+/// An event that passed the filter, with a snapshot of its user's data, on its way to
+/// the actions.
+#[derive(Clone, Debug)]
+pub struct EnrichedEvent {
+    pub event: UserEvent,
+    pub profile: Arc<Profile>,
+    pub visit: Option<Visit>,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl EnrichedEvent {
+    pub fn snapshot(event: UserEvent, state: &UserState) -> Self {
+        EnrichedEvent {
+            event,
+            profile: state.profile.clone(),
+            visit: state.visit.as_deref().cloned(),
+            history: state.history.iter().cloned().collect(),
+        }
+    }
+}

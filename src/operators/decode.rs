@@ -1,0 +1,42 @@
+//! Messages (raw bytes) to `UserEvent`s; invalid ones are counted, logged at a limited
+//! rate and skipped.
+
+use std::rc::Rc;
+
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::log_limit::LogLimiter;
+use crate::model::{Time, UserEvent};
+use crate::stats::Stats;
+
+/// Decodes each message of `messages`.
+pub fn decode<'s>(
+    messages: Stream<'s, Time, Vec<Vec<u8>>>,
+    stats: Rc<Stats>,
+) -> Stream<'s, Time, Vec<UserEvent>> {
+    let mut limiter = LogLimiter::default();
+    messages.unary(Pipeline, "Decode", move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, batches| {
+                let mut session = output.session(&cap);
+                for batch in batches {
+                    Stats::add(&stats.events_read, batch.len() as u64);
+                    for msg in batch.drain(..) {
+                        match crate::decode::decode(&msg) {
+                            Ok(ev) => session.give(ev),
+                            Err(e) => {
+                                Stats::add(&stats.invalid, 1);
+                                if let Some(held_back) = limiter.allow() {
+                                    let preview = String::from_utf8_lossy(&msg[..msg.len().min(120)]);
+                                    tracing::warn!(reason = e.reason(), held_back, "invalid message skipped: {e}; message starts {preview:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    })
+}

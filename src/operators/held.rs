@@ -1,0 +1,60 @@
+//! Capabilities held for work in progress (a fetch or a webhook call), counted by time.
+//!
+//! Holding a capability at the least time still in progress keeps the frontier
+//! downstream from passing work that has not finished: the probe of a bounded run, and
+//! later the checkpoints, rely on that.
+
+use std::collections::BTreeMap;
+
+use timely::dataflow::operators::Capability;
+
+use crate::model::Time;
+
+#[derive(Default)]
+pub struct HeldTimes {
+    counts: BTreeMap<Time, usize>,
+    /// A capability at the least time in `counts`, if any.
+    cap: Option<Capability<Time>>,
+}
+
+impl HeldTimes {
+    /// Holds `time`, using `cap` (for a time `<= time`) if nothing is held yet.
+    pub fn hold(&mut self, time: Time, cap: impl FnOnce() -> Capability<Time>) {
+        *self.counts.entry(time).or_insert(0) += 1;
+        match &mut self.cap {
+            None => self.cap = Some(cap().delayed(&time)),
+            Some(held) if time < *held.time() => *held = cap().delayed(&time),
+            Some(_) => {}
+        }
+    }
+
+    /// A capability for `time`, which must be held.
+    pub fn capability_for(&self, time: Time) -> Capability<Time> {
+        let held = self.cap.as_ref().expect("capability_for a time that is not held");
+        held.delayed(&time)
+    }
+
+    /// Releases one hold of `time`.
+    pub fn release(&mut self, time: Time) {
+        if let Some(n) = self.counts.get_mut(&time) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&time);
+            }
+        }
+        match self.counts.keys().next() {
+            None => self.cap = None,
+            Some(least) => {
+                if let Some(cap) = &mut self.cap
+                    && cap.time() < least
+                {
+                    cap.downgrade(least);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}

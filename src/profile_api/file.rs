@@ -1,0 +1,90 @@
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use super::{FetchError, ProfileLine, ProfileSourceError};
+use crate::model::ProfileData;
+
+/// `profiles.jsonl` held in memory, one JSON line per known user.
+///
+/// Lines stay text and are parsed on each look-up, as the HTTP API's bodies are: a
+/// snapshot stands in for the API, so it should cost what parsing its answers costs.
+pub struct ProfileSnapshot {
+    lines: HashMap<Box<str>, Box<str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct UserIdOnly<'a> {
+    #[serde(borrow)]
+    user_id: std::borrow::Cow<'a, str>,
+}
+
+impl ProfileSnapshot {
+    pub fn load(path: &Path) -> Result<Self, ProfileSourceError> {
+        let err = |reason: String| ProfileSourceError::Snapshot {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        Self::from_reader(std::io::BufReader::new(file)).map_err(err)
+    }
+
+    /// Reads the snapshot; a line without a string `user_id` is an error naming the line.
+    pub fn from_reader(reader: impl BufRead) -> Result<Self, String> {
+        let mut lines = HashMap::new();
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let id: UserIdOnly<'_> = serde_json::from_str(&line)
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            lines.insert(id.user_id.into(), line.into_boxed_str());
+        }
+        Ok(ProfileSnapshot { lines })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn raw(&self, user_id: &str) -> Option<&str> {
+        self.lines.get(user_id).map(|l| &**l)
+    }
+
+    pub fn lookup(&self, user_id: &str) -> Result<ProfileData, FetchError> {
+        let line = self.raw(user_id).ok_or(FetchError::UnknownUser)?;
+        let parsed: ProfileLine =
+            serde_json::from_str(line).map_err(|e| FetchError::BadSnapshot(e.to_string()))?;
+        Ok(parsed.into_data())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_known_users_and_reports_unknown_ones() {
+        let text = "{\"user_id\":\"u1\",\"profile\":{\"user_id\":\"u1\",\"country\":\"US\"},\"visit\":{\"actions\":3},\"history\":[{\"event_id\":\"h\",\"event_type\":\"click\",\"timestamp\":1}]}\n\n";
+        let snap = ProfileSnapshot::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(snap.len(), 1);
+        let data = snap.lookup("u1").unwrap();
+        assert_eq!(data.profile.country.as_deref(), Some("US"));
+        assert_eq!(data.visit.unwrap().actions, 3);
+        assert_eq!(data.history.len(), 1);
+        assert_eq!(snap.lookup("u2"), Err(FetchError::UnknownUser));
+    }
+
+    #[test]
+    fn a_line_without_user_id_is_refused_with_its_number() {
+        let err = ProfileSnapshot::from_reader("{\"user_id\":\"a\"}\n{\"x\":1}\n".as_bytes())
+            .err()
+            .unwrap();
+        assert!(err.starts_with("line 2:"), "{err}");
+    }
+}

@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::de::DeserializeOwned;
+
+use super::{FetchError, ProfileSourceError};
+use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+
+/// What may stay unescaped in a path segment (RFC 3986 unreserved); everything else in a
+/// user id, `/`, `?`, `%` and non-ASCII included, is percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Bodies larger than this are refused: a broken API must not fill our memory.
+const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The HTTP Profile API. One `reqwest::Client` (connection pool with keep-alive) is
+/// shared by every worker of the process.
+#[derive(Clone)]
+pub struct HttpProfileApi {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl HttpProfileApi {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProfileSourceError> {
+        let client = crate::http_client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ProfileSourceError::Client(e.to_string()))?;
+        Ok(HttpProfileApi { client, base: base_url.trim_end_matches('/').to_string() })
+    }
+
+    /// `{base}/users/{id}/{what}` with the id percent-encoded.
+    ///
+    /// ```
+    /// # use event_trigger::profile_api::HttpProfileApi;
+    /// # use std::time::Duration;
+    /// let api = HttpProfileApi::new("http://api:8080/", Duration::from_secs(1)).unwrap();
+    /// assert_eq!(api.url("a/b?c%é", "visit"), "http://api:8080/users/a%2Fb%3Fc%25%C3%A9/visit");
+    /// ```
+    pub fn url(&self, user_id: &str, what: &str) -> String {
+        format!("{}/users/{}/{}", self.base, utf8_percent_encode(user_id, SEGMENT), what)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, FetchError> {
+        let request_err = |e: reqwest::Error| FetchError::Request {
+            url: url.clone(),
+            reason: error_chain(&e),
+        };
+        let mut resp = self.client.get(&url).send().await.map_err(request_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(FetchError::Status { url, status: status.as_u16() });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(FetchError::Body {
+                    url,
+                    reason: format!("larger than {MAX_BODY_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| FetchError::Body { url, reason: e.to_string() })
+    }
+
+    /// The three GETs, concurrently; any failure fails the fetch.
+    pub async fn fetch(&self, user_id: &str) -> Result<ProfileData, FetchError> {
+        let (profile, visit, history) = tokio::join!(
+            self.get::<Profile>(self.url(user_id, "profile")),
+            self.get::<Option<Visit>>(self.url(user_id, "visit")),
+            self.get::<Option<Vec<HistoryEntry>>>(self.url(user_id, "history")),
+        );
+        Ok(ProfileData {
+            profile: profile?,
+            visit: visit?,
+            history: history?.unwrap_or_default(),
+        })
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

@@ -1,0 +1,143 @@
+//! The Profile API: where a user's profile, visit and history come from on the user's
+//! first event (or after the state expired).
+//!
+//! Two back ends behind one `ProfileSource`: the HTTP API (`http(s)://`) and a
+//! `profiles.jsonl` snapshot (`file://`) for demos, tests and benchmarks.
+
+mod file;
+mod http;
+
+pub use file::ProfileSnapshot;
+pub use http::{HttpProfileApi, error_chain};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ProfileApiSettings;
+use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    #[error("request to {url} failed: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} answered a body that is not the expected JSON: {reason}")]
+    Body { url: String, reason: String },
+    #[error("user unknown to the profile snapshot")]
+    UnknownUser,
+    #[error("snapshot line for the user is not valid: {0}")]
+    BadSnapshot(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileSourceError {
+    #[error("profile-api.base-url: cannot read snapshot {path}: {reason}")]
+    Snapshot { path: String, reason: String },
+    #[error("profile-api.base-url: {0}")]
+    Client(String),
+}
+
+/// One line of `profiles.jsonl`: the three answers of the API together.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ProfileLine {
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    #[serde(default)]
+    pub visit: Option<Visit>,
+    #[serde(default)]
+    pub history: Option<Vec<HistoryEntry>>,
+}
+
+impl ProfileLine {
+    pub fn into_data(self) -> ProfileData {
+        ProfileData {
+            profile: self.profile.unwrap_or_default(),
+            visit: self.visit,
+            history: self.history.unwrap_or_default(),
+        }
+    }
+}
+
+/// Where profiles come from; cheap to clone, shared by the workers of a process.
+#[derive(Clone)]
+pub enum ProfileSource {
+    Http(HttpProfileApi),
+    Snapshot(Arc<ProfileSnapshot>),
+}
+
+impl ProfileSource {
+    pub fn from_settings(s: &ProfileApiSettings) -> Result<Self, ProfileSourceError> {
+        if let Some(path) = s.base_url.strip_prefix("file://") {
+            let snapshot = ProfileSnapshot::load(std::path::Path::new(path))?;
+            return Ok(ProfileSource::Snapshot(Arc::new(snapshot)));
+        }
+        let api = HttpProfileApi::new(&s.base_url, Duration::from_millis(s.timeout_ms))?;
+        Ok(ProfileSource::Http(api))
+    }
+}
+
+/// A finished look-up: the user and what the API said.
+pub type Fetched = (crate::model::Text, Result<ProfileData, FetchError>);
+
+/// Look-ups of one worker: HTTP requests run on the tokio runtime and come back through
+/// the bridge; snapshot look-ups finish at once.
+pub enum Fetcher {
+    Http {
+        api: HttpProfileApi,
+        bridge: crate::operators::async_bridge::AsyncBridge<Fetched>,
+    },
+    Snapshot {
+        snapshot: Arc<ProfileSnapshot>,
+        done: std::collections::VecDeque<Fetched>,
+    },
+}
+
+impl Fetcher {
+    pub fn new(
+        source: &ProfileSource,
+        runtime: tokio::runtime::Handle,
+        activator: timely::scheduling::SyncActivator,
+    ) -> Self {
+        match source {
+            ProfileSource::Http(api) => Fetcher::Http {
+                api: api.clone(),
+                bridge: crate::operators::async_bridge::AsyncBridge::new(runtime, activator),
+            },
+            ProfileSource::Snapshot(snapshot) => Fetcher::Snapshot {
+                snapshot: snapshot.clone(),
+                done: Default::default(),
+            },
+        }
+    }
+
+    pub fn start(&mut self, user: crate::model::Text) {
+        match self {
+            Fetcher::Http { api, bridge } => {
+                let api = api.clone();
+                bridge.spawn(async move {
+                    let result = api.fetch(&user).await;
+                    (user, result)
+                });
+            }
+            Fetcher::Snapshot { snapshot, done } => {
+                let result = snapshot.lookup(&user);
+                done.push_back((user, result));
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Fetcher::Http { bridge, .. } => bridge.in_flight(),
+            Fetcher::Snapshot { done, .. } => done.len(),
+        }
+    }
+
+    pub fn next_done(&mut self) -> Option<Fetched> {
+        match self {
+            Fetcher::Http { bridge, .. } => bridge.drain().next(),
+            Fetcher::Snapshot { done, .. } => done.pop_front(),
+        }
+    }
+}
