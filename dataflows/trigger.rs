@@ -16,11 +16,17 @@ use crate::actions::{Action, run_actions};
 use crate::config::{Settings, SourceType};
 use crate::filter::{Filter, FilterLimits};
 use crate::model::Time;
+use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
 use crate::operators::user_state::{UserStateConfig, user_state};
 use crate::profile_api::ProfileSource;
 use crate::sources::file::file_source;
 use crate::stats::{Counts, Stats, Summary};
+
+/// Events that may wait for look-ups, per look-up slot, before the source pauses.
+const PENDING_PER_LOOKUP: usize = 64;
+/// Events that may wait for a webhook slot, per slot, before the source pauses.
+const QUEUED_PER_DELIVERY: usize = 4;
 
 /// Everything a worker needs, prepared once per process before the workers start, so
 /// that bad settings fail before anything runs.
@@ -89,11 +95,16 @@ pub fn run(
         let p = prepared.clone();
         let filter = Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
 
+        // Bounds on what waits for the outside world; past them the source pauses.
+        let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
+        let deliveries = Backlog::new(p.action.max_in_flight() * QUEUED_PER_DELIVERY);
+        let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
+
         let probe = worker.dataflow::<Time, _, _>(|scope| {
-            let messages = file_source(scope, p.input.clone(), failed.clone());
+            let messages = file_source(scope, p.input.clone(), gate, failed.clone());
             let events = decode(messages, stats.clone());
-            let triggered = user_state(events, p.state.clone(), &p.profiles, runtime.clone(), filter, stats.clone());
-            let done = run_actions(triggered, p.action.clone(), runtime.clone(), stats.clone());
+            let triggered = user_state(events, p.state.clone(), &p.profiles, runtime.clone(), filter, lookups, stats.clone());
+            let done = run_actions(triggered, p.action.clone(), runtime.clone(), deliveries, stats.clone());
             done.probe().0
         });
         while !probe.done() {

@@ -18,6 +18,7 @@ use crate::config::ActionsSettings;
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, Time};
 use crate::operators::async_bridge::AsyncBridge;
+use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::operators::now_ms;
 use crate::stats::Stats;
@@ -30,6 +31,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// Actions under way at once per worker (debug prints complete at once).
+    pub fn max_in_flight(&self) -> usize {
+        match self {
+            Action::Debug => 1,
+            Action::Webhook { max_in_flight, .. } => *max_in_flight,
+        }
+    }
+
     pub fn from_settings(s: &ActionsSettings) -> Result<Action, String> {
         if s.debug.enabled {
             return Ok(Action::Debug);
@@ -41,10 +50,14 @@ impl Action {
 
 /// Runs `action` for every event of `triggered`. The returned stream carries no data;
 /// its frontier passes a time only when every action for that time has completed.
+///
+/// Webhook calls run asynchronously, at most `max_in_flight` at once; events beyond that
+/// wait here, and `backlog` tells the source how many.
 pub fn run_actions<'s>(
     triggered: Stream<'s, Time, Vec<EnrichedEvent>>,
     action: Action,
     runtime: tokio::runtime::Handle,
+    backlog: Backlog,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<()>> {
     let scope = triggered.scope();
@@ -52,17 +65,16 @@ pub fn run_actions<'s>(
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
         let mut bridge: AsyncBridge<(Time, Result<(), String>)> = AsyncBridge::new(runtime, activator);
         let mut held = HeldTimes::default();
-        // Bodies waiting for an in-flight slot.
-        let mut queued: VecDeque<(Time, bytes::Bytes)> = VecDeque::new();
+        // Events waiting for an in-flight slot; serialized only when sent.
+        let mut queued: VecDeque<(Time, EnrichedEvent)> = VecDeque::new();
         let mut fail_log = LogLimiter::default();
         move |(input, _frontier), _output| {
             input.for_each_stamp(|cap, batches| {
                 let Some(&time) = cap.least() else { return };
                 for batch in batches {
                     for ev in batch.drain(..) {
-                        let payload = Payload::new(&ev, now_ms());
                         match &action {
-                            Action::Debug => match payload.to_pretty_json() {
+                            Action::Debug => match Payload::new(&ev, now_ms()).to_pretty_json() {
                                 Ok(json) => {
                                     tracing::info!(target: "event_trigger::action::debug", "triggered:\n{json}");
                                     Stats::add(&stats.actions_ok, 1);
@@ -72,16 +84,10 @@ pub fn run_actions<'s>(
                                     Stats::add(&stats.actions_failed, 1);
                                 }
                             },
-                            Action::Webhook { .. } => match payload.to_json() {
-                                Ok(body) => {
-                                    held.hold(time, || cap.delayed(&time, 0));
-                                    queued.push_back((time, body.into()));
-                                }
-                                Err(e) => {
-                                    tracing::error!("cannot serialize triggered event: {e}");
-                                    Stats::add(&stats.actions_failed, 1);
-                                }
-                            },
+                            Action::Webhook { .. } => {
+                                held.hold(time, || cap.delayed(&time, 0));
+                                queued.push_back((time, ev));
+                            }
                         }
                     }
                 }
@@ -100,10 +106,19 @@ pub fn run_actions<'s>(
                     held.release(time);
                 }
                 while bridge.in_flight() < *max_in_flight {
-                    let Some((time, body)) = queued.pop_front() else { break };
+                    let Some((time, ev)) = queued.pop_front() else { break };
                     let client = client.clone();
-                    bridge.spawn(async move { (time, client.post(body).await) });
+                    bridge.spawn(async move {
+                        let body = Payload::new(&ev, now_ms()).to_json();
+                        drop(ev);
+                        let result = match body {
+                            Ok(body) => client.post(body.into()).await,
+                            Err(e) => Err(format!("cannot serialize triggered event: {e}")),
+                        };
+                        (time, result)
+                    });
                 }
+                backlog.set(queued.len());
             }
         }
     })

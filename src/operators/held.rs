@@ -13,6 +13,8 @@ use crate::model::Time;
 #[derive(Default)]
 pub struct HeldTimes {
     counts: BTreeMap<Time, usize>,
+    /// Holds in all of `counts`.
+    total: usize,
     /// A capability at the least time in `counts`, if any.
     cap: Option<Capability<Time>>,
 }
@@ -21,6 +23,7 @@ impl HeldTimes {
     /// Holds `time`, using `cap` (for a time `<= time`) if nothing is held yet.
     pub fn hold(&mut self, time: Time, cap: impl FnOnce() -> Capability<Time>) {
         *self.counts.entry(time).or_insert(0) += 1;
+        self.total += 1;
         match &mut self.cap {
             None => self.cap = Some(cap().delayed(&time)),
             Some(held) if time < *held.time() => *held = cap().delayed(&time),
@@ -38,6 +41,7 @@ impl HeldTimes {
     pub fn release(&mut self, time: Time) {
         if let Some(n) = self.counts.get_mut(&time) {
             *n -= 1;
+            self.total -= 1;
             if *n == 0 {
                 self.counts.remove(&time);
             }
@@ -56,5 +60,10 @@ impl HeldTimes {
 
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
+    }
+
+    /// Holds in total (work items in progress).
+    pub fn len(&self) -> usize {
+        self.total
     }
 }

@@ -1,6 +1,7 @@
 //! The job's timely operators, each a function over a stream.
 
 pub mod async_bridge;
+pub mod backpressure;
 pub mod decode;
 pub mod held;
 pub mod user_state;

@@ -22,6 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::filter::{Filter, Verdict};
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Text, Time, UserEvent, UserState};
+use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
@@ -207,13 +208,15 @@ impl Manager {
 /// Keeps each user's state, applies every event to it, and emits the events that
 /// `filter` passes, enriched with their user's data.
 ///
-/// `events` is exchanged on a stable hash of `user_id`.
+/// `events` is exchanged on a stable hash of `user_id`. `backlog` tells the source how
+/// many events wait for a look-up.
 pub fn user_state<'s>(
     events: Stream<'s, Time, Vec<UserEvent>>,
     cfg: UserStateConfig,
     profiles: &ProfileSource,
     runtime: tokio::runtime::Handle,
     filter: Filter,
+    backlog: Backlog,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
     let scope = events.scope();
@@ -256,6 +259,7 @@ pub fn user_state<'s>(
             m.complete_fetches(|held, time, out| {
                 output.session(&held.capability_for(time)).give(out);
             });
+            backlog.set(m.held.len());
             if let Some(&now) = frontier.frontier().first() {
                 let expired = m.ttl.expire(now, &mut m.store);
                 Stats::add(&m.stats.expired, expired);

@@ -14,12 +14,15 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use crate::model::Time;
+use crate::operators::backpressure::Gate;
 use crate::operators::now_ms;
 
 /// Lines handed downstream per batch, and how long one activation may read before it
 /// yields to the rest of the dataflow.
 const BATCH_LINES: usize = 1024;
 const SLICE: Duration = Duration::from_millis(5);
+/// How soon a paused source looks at the gate again.
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// The part of the input one worker reads.
 pub struct LineReader {
@@ -83,9 +86,13 @@ impl LineReader {
 /// Emits the lines of `path` (this worker's share), stamped with the processing time;
 /// finishes after the last line. An I/O error ends the input early and is logged and
 /// reported through `failed`.
+///
+/// While `gate` is closed (a later stage is full) it reads nothing, only moving its
+/// time with the clock, and looks again shortly.
 pub fn file_source<'s>(
     scope: Scope<'s, Time>,
     path: PathBuf,
+    gate: Gate,
     failed: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Stream<'s, Time, Vec<Vec<u8>>> {
     let (index, peers) = (scope.index(), scope.peers());
@@ -108,6 +115,10 @@ pub fn file_source<'s>(
             let now = now_ms();
             if now > *c.time() {
                 c.downgrade(&now);
+            }
+            if !gate.is_open() {
+                activator.activate_after(PAUSE);
+                return;
             }
             let started = Instant::now();
             let mut session = output.session(&*c);
