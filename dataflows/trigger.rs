@@ -43,6 +43,17 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(settings: &Settings) -> anyhow::Result<Prepared> {
+        let limits = FilterLimits {
+            max_operations: settings.filter.max_operations,
+        };
+        let script_path = &settings.filter.script_path;
+        // Compiled here once so a broken script fails the start with file and line;
+        // each worker compiles its own copy (rhai's Engine is not `Send`).
+        Filter::from_file(script_path, &limits)?;
+        let script = std::fs::read_to_string(script_path)
+            .with_context(|| format!("filter.script-path: {}", script_path.display()))?;
+        let profiles = ProfileSource::from_settings(&settings.profile_api)?;
+        let action = Action::from_settings(&settings.actions).map_err(|e| anyhow!(e))?;
         let input = match settings.source.kind {
             SourceType::File => settings
                 .source
@@ -56,15 +67,6 @@ impl Prepared {
         if input.as_os_str() != "-" && !input.is_file() {
             bail!("source.path: {}: no such file", input.display());
         }
-        let limits = FilterLimits { max_operations: settings.filter.max_operations };
-        let script_path = &settings.filter.script_path;
-        // Compiled here once so a broken script fails the start with file and line;
-        // each worker compiles its own copy (rhai's Engine is not `Send`).
-        Filter::from_file(script_path, &limits)?;
-        let script = std::fs::read_to_string(script_path)
-            .with_context(|| format!("filter.script-path: {}", script_path.display()))?;
-        let profiles = ProfileSource::from_settings(&settings.profile_api)?;
-        let action = Action::from_settings(&settings.actions).map_err(|e| anyhow!(e))?;
         Ok(Prepared {
             input,
             profiles,
@@ -93,7 +95,8 @@ pub fn run(
         let stats = Rc::new(Stats::default());
         let failed = Rc::new(Cell::new(false));
         let p = prepared.clone();
-        let filter = Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
+        let filter =
+            Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
 
         // Bounds on what waits for the outside world; past them the source pauses.
         let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
@@ -103,8 +106,22 @@ pub fn run(
         let probe = worker.dataflow::<Time, _, _>(|scope| {
             let messages = file_source(scope, p.input.clone(), gate, failed.clone());
             let events = decode(messages, stats.clone());
-            let triggered = user_state(events, p.state.clone(), &p.profiles, runtime.clone(), filter, lookups, stats.clone());
-            let done = run_actions(triggered, p.action.clone(), runtime.clone(), deliveries, stats.clone());
+            let triggered = user_state(
+                events,
+                p.state.clone(),
+                &p.profiles,
+                runtime.clone(),
+                filter,
+                lookups,
+                stats.clone(),
+            );
+            let done = run_actions(
+                triggered,
+                p.action.clone(),
+                runtime.clone(),
+                deliveries,
+                stats.clone(),
+            );
             done.probe().0
         });
         while !probe.done() {

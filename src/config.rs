@@ -174,7 +174,8 @@ pub struct EngineSettings {
     pub parallelism: usize,
     pub checkpoint_interval_ms: u64,
     pub state_backend: StateBackend,
-    pub state_ttl_minutes: u64,
+    /// Idle time after which a user's state is dropped; fractions are allowed.
+    pub state_ttl_minutes: f64,
 }
 
 impl Default for EngineSettings {
@@ -183,14 +184,15 @@ impl Default for EngineSettings {
             parallelism: 1,
             checkpoint_interval_ms: 60_000,
             state_backend: StateBackend::Hashmap,
-            state_ttl_minutes: 10,
+            state_ttl_minutes: 10.0,
         }
     }
 }
 
 impl EngineSettings {
     pub fn state_ttl_ms(&self) -> u64 {
-        self.state_ttl_minutes.saturating_mul(60_000)
+        // `as` saturates; validation keeps the value finite and positive.
+        (self.state_ttl_minutes * 60_000.0).round() as u64
     }
 }
 
@@ -280,11 +282,13 @@ impl Settings {
                 key: e.path().to_string(),
                 reason: e.inner().to_string(),
             })?;
-        settings.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            file,
-            key: key.into(),
-            reason,
-        })?;
+        settings
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file,
+                key: key.into(),
+                reason,
+            })?;
         Ok(settings)
     }
 
@@ -294,7 +298,10 @@ impl Settings {
             return Err(("source.path", "required when source.type is file".into()));
         }
         let base = &self.profile_api.base_url;
-        if !(base.starts_with("http://") || base.starts_with("https://") || base.starts_with("file://")) {
+        if !(base.starts_with("http://")
+            || base.starts_with("https://")
+            || base.starts_with("file://"))
+        {
             return Err((
                 "profile-api.base-url",
                 format!("`{base}` must start with http://, https:// or file://"),
@@ -311,7 +318,10 @@ impl Settings {
         }
         for (key, value) in [
             ("profile-api.max-in-flight", self.profile_api.max_in_flight),
-            ("actions.webhook.max-in-flight", self.actions.webhook.max_in_flight),
+            (
+                "actions.webhook.max-in-flight",
+                self.actions.webhook.max_in_flight,
+            ),
             ("engine.parallelism", self.engine.parallelism),
             ("state.max-history", self.state.max_history),
         ] {
@@ -319,8 +329,12 @@ impl Settings {
                 return Err((key, "must be at least 1".into()));
             }
         }
-        if self.engine.state_ttl_minutes == 0 {
-            return Err(("engine.state-ttl-minutes", "must be at least 1".into()));
+        let ttl = self.engine.state_ttl_minutes;
+        if !(ttl.is_finite() && ttl * 60_000.0 >= 1.0) {
+            return Err((
+                "engine.state-ttl-minutes",
+                format!("{ttl} is not a positive duration"),
+            ));
         }
         Ok(())
     }
@@ -368,29 +382,44 @@ mod tests {
 
     #[test]
     fn unknown_key_fails_naming_it() {
-        let err = load("profile-api:\n  timeout-msx: 10\n", &[]).unwrap_err().to_string();
+        let err = load("profile-api:\n  timeout-msx: 10\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timeout-msx"), "{err}");
-        let err = load("engnie:\n  parallelism: 2\n", &[]).unwrap_err().to_string();
+        let err = load("engnie:\n  parallelism: 2\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("engnie"), "{err}");
     }
 
     #[test]
     fn wrong_type_fails_naming_the_key() {
-        let err = load("profile-api:\n  timeout-ms: soon\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("profile-api.timeout-ms"), "{err}");
-        let err = load("engine:\n  parallelism: 1\n", &[("EVENT_TRIGGER__ENGINE__PARALLELISM", "two")])
+        let err = load("profile-api:\n  timeout-ms: soon\n", &[])
             .unwrap_err()
             .to_string();
+        assert!(err.contains("profile-api.timeout-ms"), "{err}");
+        let err = load(
+            "engine:\n  parallelism: 1\n",
+            &[("EVENT_TRIGGER__ENGINE__PARALLELISM", "two")],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("parallelism"), "{err}");
     }
 
     #[test]
     fn cross_key_rules_are_checked() {
-        let err = load("source:\n  type: file\n", &[]).unwrap_err().to_string();
+        let err = load("source:\n  type: file\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source.path"), "{err}");
-        let err = load("profile-api:\n  base-url: ftp://x\n", &[]).unwrap_err().to_string();
+        let err = load("profile-api:\n  base-url: ftp://x\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("profile-api.base-url"), "{err}");
-        let err = load("profile-api:\n  max-in-flight: 0\n", &[]).unwrap_err().to_string();
+        let err = load("profile-api:\n  max-in-flight: 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max-in-flight"), "{err}");
     }
 

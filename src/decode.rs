@@ -158,7 +158,9 @@ pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
     }
     let w: WireEvent<'_> = serde_json::from_str(s).map_err(json_err)?;
     let user_id = w.user_id.ok_or(DecodeError::MissingField("user_id"))?;
-    let event_type = w.event_type.ok_or(DecodeError::MissingField("event_type"))?;
+    let event_type = w
+        .event_type
+        .ok_or(DecodeError::MissingField("event_type"))?;
     let parameters = match w.parameters {
         Some(raw) => parameters(raw)?,
         None => None,

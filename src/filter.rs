@@ -49,7 +49,9 @@ pub struct FilterLimits {
 
 impl Default for FilterLimits {
     fn default() -> Self {
-        FilterLimits { max_operations: 100_000 }
+        FilterLimits {
+            max_operations: 100_000,
+        }
     }
 }
 
@@ -252,12 +254,18 @@ macro_rules! register_fields {
         }
         // Also the fallback of `x.field` for names without a getter: an unknown field
         // is an error (and so a reject), not a silent `()`.
-        $engine.register_indexer_get(|$x: &mut $ty, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
-            let Some($name) = $fields.iter().find(|(j, c)| *j == key || *c == key).map(|(j, _)| *j) else {
-                return Err(format!("no field `{key}`").into());
-            };
-            Ok($get)
-        });
+        $engine.register_indexer_get(
+            |$x: &mut $ty, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+                let Some($name) = $fields
+                    .iter()
+                    .find(|(j, c)| *j == key || *c == key)
+                    .map(|(j, _)| *j)
+                else {
+                    return Err(format!("no field `{key}`").into());
+                };
+                Ok($get)
+            },
+        );
     }};
 }
 
@@ -272,7 +280,11 @@ impl Filter {
     }
 
     /// Compiles `script`; `origin` names it in errors.
-    pub fn compile(script: &str, origin: &str, limits: &FilterLimits) -> Result<Filter, FilterError> {
+    pub fn compile(
+        script: &str,
+        origin: &str,
+        limits: &FilterLimits,
+    ) -> Result<Filter, FilterError> {
         let bound: Rc<RefCell<Option<Bound>>> = Rc::new(RefCell::new(None));
         let mut engine = Engine::new();
         engine
@@ -291,10 +303,18 @@ impl Filter {
         engine.register_type_with_name::<VisitRef>("Visit");
         engine.register_type_with_name::<HistoryRef>("HistoryEntry");
         engine.register_type_with_name::<ParamsRef>("Parameters");
-        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| event_field(&e.0, name));
-        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| profile_field(&u.0, name));
-        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| visit_field(&v.0, name));
-        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| history_field(&h.0[h.1], name));
+        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| event_field(
+            &e.0, name
+        ));
+        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| profile_field(
+            &u.0, name
+        ));
+        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| visit_field(
+            &v.0, name
+        ));
+        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| history_field(
+            &h.0[h.1], name
+        ));
         for &(json, camel) in PARAM_FIELDS {
             engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
             if camel != json {
@@ -305,11 +325,14 @@ impl Filter {
         let resolver = Rc::clone(&bound);
         #[allow(deprecated)] // `on_var` is marked volatile, not deprecated
         engine.on_var(move |name, _index, ctx| {
-            if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name) {
+            if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name)
+            {
                 return Ok(None);
             }
             let bound = resolver.borrow();
-            let Some(b) = bound.as_ref() else { return Ok(None) };
+            let Some(b) = bound.as_ref() else {
+                return Ok(None);
+            };
             Ok(Some(match name {
                 "event" => Dynamic::from(EventRef(b.event.clone())),
                 "user" => Dynamic::from(UserRef(b.user.clone())),
@@ -342,7 +365,9 @@ impl Filter {
             visit: view.state.visit.clone(),
             history: view.state.history.clone(),
         });
-        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &self.ast);
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &self.ast);
         // Drop the handles now, so the state's Arcs are unshared again before the next
         // event updates them (no copy-on-write).
         *self.bound.borrow_mut() = None;
@@ -350,7 +375,9 @@ impl Filter {
             Ok(v) => match v.as_bool() {
                 Ok(true) => Verdict::Pass,
                 Ok(false) => Verdict::Reject,
-                Err(type_name) => Verdict::Error(format!("script returned {type_name}, not a bool")),
+                Err(type_name) => {
+                    Verdict::Error(format!("script returned {type_name}, not a bool"))
+                }
             },
             Err(e) => Verdict::Error(e.to_string()),
         }
@@ -371,7 +398,8 @@ mod tests {
             timestamp: 1000,
             is_first_in_visit: true,
             parameters: Some(RawJson(
-                r#"{"custom_params":{"page_title":"Sale","value":12.5},"utm_source":"google"}"#.into(),
+                r#"{"custom_params":{"page_title":"Sale","value":12.5},"utm_source":"google"}"#
+                    .into(),
             )),
             ..Default::default()
         }
@@ -391,8 +419,15 @@ mod tests {
             .collect();
         UserState::from_profile(
             ProfileData {
-                profile: Profile { country: country.map(String::from), ..Default::default() },
-                visit: Some(Visit { actions: 7, landing_page: Some("/sale".into()), ..Default::default() }),
+                profile: Profile {
+                    country: country.map(String::from),
+                    ..Default::default()
+                },
+                visit: Some(Visit {
+                    actions: 7,
+                    landing_page: Some("/sale".into()),
+                    ..Default::default()
+                }),
                 history,
             },
             0,
@@ -401,7 +436,10 @@ mod tests {
 
     fn judge(script: &str, ev: &UserEvent, st: &UserState) -> Verdict {
         let f = Filter::compile(script, "test.rhai", &FilterLimits::default()).unwrap();
-        f.judge(EnrichedView { event: ev, state: st })
+        f.judge(EnrichedView {
+            event: ev,
+            state: st,
+        })
     }
 
     #[test]
@@ -424,20 +462,37 @@ mod tests {
         let s = r#"event.event_type == "page_view" && user.country == "US""#;
         assert_eq!(judge(s, &event("page_view"), &empty), Verdict::Reject);
         // A missing visit is `()`: reading a field of it is an error, hence a reject.
-        assert!(matches!(judge("visit.actions > 0", &event("x"), &empty), Verdict::Error(_)));
+        assert!(matches!(
+            judge("visit.actions > 0", &event("x"), &empty),
+            Verdict::Error(_)
+        ));
         assert_eq!(judge("visit == ()", &event("x"), &empty), Verdict::Pass);
     }
 
     #[test]
     fn history_len_iteration_and_filtering() {
-        let st = state(Some("DE"), &["page_view", "click", "page_view", "page_view"]);
+        let st = state(
+            Some("DE"),
+            &["page_view", "click", "page_view", "page_view"],
+        );
         let ev = event("click");
         assert_eq!(judge("history.len() == 4", &ev, &st), Verdict::Pass);
         assert_eq!(
-            judge(r#"history.filter(|h| h.event_type == "page_view").len() >= 3"#, &ev, &st),
+            judge(
+                r#"history.filter(|h| h.event_type == "page_view").len() >= 3"#,
+                &ev,
+                &st
+            ),
             Verdict::Pass
         );
-        assert_eq!(judge(r#"history.filter(|h| h.eventType == "click").len() == 2"#, &ev, &st), Verdict::Reject);
+        assert_eq!(
+            judge(
+                r#"history.filter(|h| h.eventType == "click").len() == 2"#,
+                &ev,
+                &st
+            ),
+            Verdict::Reject
+        );
         let loop_script = r#"
             let n = 0;
             for h in history { if h.event_type == "page_view" { n += 1; } }
@@ -467,9 +522,15 @@ mod tests {
     fn errors_and_non_bools_reject() {
         let st = state(Some("US"), &[]);
         let ev = event("page_view");
-        assert!(matches!(judge("event.no_such_field == 1", &ev, &st), Verdict::Error(_)));
+        assert!(matches!(
+            judge("event.no_such_field == 1", &ev, &st),
+            Verdict::Error(_)
+        ));
         assert!(matches!(judge("42", &ev, &st), Verdict::Error(_)));
-        assert!(matches!(judge(r#"throw "boom""#, &ev, &st), Verdict::Error(_)));
+        assert!(matches!(
+            judge(r#"throw "boom""#, &ev, &st),
+            Verdict::Error(_)
+        ));
         assert!(matches!(judge("1 / 0 == 1", &ev, &st), Verdict::Error(_)));
     }
 
@@ -477,23 +538,38 @@ mod tests {
     fn endless_loops_and_huge_strings_are_stopped() {
         let st = state(Some("US"), &[]);
         let ev = event("page_view");
-        assert!(matches!(judge("loop { } true", &ev, &st), Verdict::Error(_)));
-        assert!(matches!(judge(r#"let s = "x"; loop { s += s; } true"#, &ev, &st), Verdict::Error(_)));
-        assert!(matches!(judge("fn f(x) { f(x) } f(1)", &ev, &st), Verdict::Error(_)));
+        assert!(matches!(
+            judge("loop { } true", &ev, &st),
+            Verdict::Error(_)
+        ));
+        assert!(matches!(
+            judge(r#"let s = "x"; loop { s += s; } true"#, &ev, &st),
+            Verdict::Error(_)
+        ));
+        assert!(matches!(
+            judge("fn f(x) { f(x) } f(1)", &ev, &st),
+            Verdict::Error(_)
+        ));
     }
 
     #[test]
     fn data_is_read_only_and_nothing_leaks_between_events() {
         let st = state(Some("US"), &["click"]);
         let ev = event("page_view");
-        assert!(matches!(judge(r#"event.event_type = "x"; true"#, &ev, &st), Verdict::Error(_)));
+        assert!(matches!(
+            judge(r#"event.event_type = "x"; true"#, &ev, &st),
+            Verdict::Error(_)
+        ));
         let f = Filter::compile(
             "let seen = 1; history.push(1); history.len() == 1",
             "t",
             &FilterLimits::default(),
         )
         .unwrap();
-        let view = EnrichedView { event: &ev, state: &st };
+        let view = EnrichedView {
+            event: &ev,
+            state: &st,
+        };
         assert!(matches!(f.judge(view), Verdict::Error(e) if e.contains("constant")));
         assert!(matches!(f.judge(view), Verdict::Error(_)));
         assert_eq!(st.history.len(), 1);

@@ -63,7 +63,12 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Socket
                         let (parts, body) = req.into_parts();
                         let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
                             Ok(b) => b.to_bytes(),
-                            Err(_) => return Ok::<_, hyper::Error>(reply(StatusCode::PAYLOAD_TOO_LARGE, "{}")),
+                            Err(_) => {
+                                return Ok::<_, hyper::Error>(reply(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "{}",
+                                ));
+                            }
                         };
                         Ok(handler(Request::from_parts(parts, body)).await)
                     }

@@ -15,7 +15,13 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     pub fn new(burst: u32, period: Duration) -> Self {
-        LogLimiter { period, burst, window_start: Instant::now(), in_window: 0, suppressed: 0 }
+        LogLimiter {
+            period,
+            burst,
+            window_start: Instant::now(),
+            in_window: 0,
+            suppressed: 0,
+        }
     }
 
     /// `Some(n)` when this message may be logged, `n` being how many were held back

@@ -83,7 +83,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Validate { config } => validate(&config),
-        Command::MockApi { profiles, listen, log_webhooks } => mock_api(&profiles, listen, log_webhooks),
+        Command::MockApi {
+            profiles,
+            listen,
+            log_webhooks,
+        } => mock_api(&profiles, listen, log_webhooks),
         Command::Demo { threads } => demo(threads),
     };
     match result {
@@ -136,9 +140,15 @@ fn validate(config: &Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     event_trigger::filter::Filter::from_file(
         &settings.filter.script_path,
-        &event_trigger::filter::FilterLimits { max_operations: settings.filter.max_operations },
+        &event_trigger::filter::FilterLimits {
+            max_operations: settings.filter.max_operations,
+        },
     )?;
-    println!("{}: ok (filter {} compiles)", config.display(), settings.filter.script_path.display());
+    println!(
+        "{}: ok (filter {} compiles)",
+        config.display(),
+        settings.filter.script_path.display()
+    );
     Ok(())
 }
 
@@ -170,7 +180,10 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     let runtime = tokio_runtime()?;
     let api = Arc::new(MockApi::load(&profiles, 3).map_err(anyhow::Error::msg)?);
     let addr = runtime.block_on(api.clone().serve("127.0.0.1:0".parse()?))?;
-    tracing::info!("demo: Profile API and webhook receiver on http://{addr}, {} users", api.users());
+    tracing::info!(
+        "demo: Profile API and webhook receiver on http://{addr}, {} users",
+        api.users()
+    );
 
     let mut settings = Settings::default();
     settings.source.kind = SourceType::File;
@@ -178,18 +191,29 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     settings.profile_api.base_url = format!("http://{addr}");
     settings.actions.webhook.url = format!("http://{addr}/webhook");
     settings.filter.script_path = script;
-    tracing::info!("demo: filter is: {}", DEMO_FILTER.lines().last().unwrap_or_default());
+    tracing::info!(
+        "demo: filter is: {}",
+        DEMO_FILTER.lines().last().unwrap_or_default()
+    );
     let prepared = Prepared::new(&settings)?;
-    let summary = trigger::run(prepared, timely::Config::process(threads), runtime.handle().clone())?;
+    let summary = trigger::run(
+        prepared,
+        timely::Config::process(threads),
+        runtime.handle().clone(),
+    )?;
     let received = api.webhooks.load(std::sync::atomic::Ordering::Relaxed);
     if let Some(summary) = summary {
         println!("{summary}");
         println!(
             "demo: the webhook receiver got {received} calls; the Profile API answered {} requests",
-            api.profile_requests.load(std::sync::atomic::Ordering::Relaxed)
+            api.profile_requests
+                .load(std::sync::atomic::Ordering::Relaxed)
         );
         if summary.counts.passed != received {
-            bail!("{} events passed but {received} webhooks arrived", summary.counts.passed);
+            bail!(
+                "{} events passed but {received} webhooks arrived",
+                summary.counts.passed
+            );
         }
     }
     Ok(())

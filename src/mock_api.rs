@@ -35,14 +35,25 @@ impl MockApi {
     pub fn load(path: &Path, log_webhooks: u64) -> Result<MockApi, String> {
         let file = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut users = HashMap::new();
-        for (n, line) in file.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in file
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let v: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| format!("{}: line {}: {e}", path.display(), n + 1))?;
-            let Some(id) = v.get("user_id").and_then(|u| u.as_str()) else { continue };
-            let render = |k: &str| Bytes::from(v.get(k).unwrap_or(&serde_json::Value::Null).to_string());
+            let Some(id) = v.get("user_id").and_then(|u| u.as_str()) else {
+                continue;
+            };
+            let render =
+                |k: &str| Bytes::from(v.get(k).unwrap_or(&serde_json::Value::Null).to_string());
             users.insert(
                 id.to_string(),
-                Answers { profile: render("profile"), visit: render("visit"), history: render("history") },
+                Answers {
+                    profile: render("profile"),
+                    visit: render("visit"),
+                    history: render("history"),
+                },
             );
         }
         Ok(MockApi {
@@ -79,7 +90,10 @@ impl MockApi {
             self.profile_requests.fetch_add(1, Ordering::Relaxed);
             let id = percent_decode_str(id).decode_utf8_lossy();
             let Some(a) = self.users.get(id.as_ref()) else {
-                return (StatusCode::NOT_FOUND, Bytes::from_static(b"{\"error\":\"unknown user\"}"));
+                return (
+                    StatusCode::NOT_FOUND,
+                    Bytes::from_static(b"{\"error\":\"unknown user\"}"),
+                );
             };
             return match what {
                 "profile" => (StatusCode::OK, a.profile.clone()),

@@ -52,7 +52,11 @@ pub struct TtlIndex {
 
 impl TtlIndex {
     pub fn new(ttl_ms: u64) -> Self {
-        TtlIndex { ttl: ttl_ms, granularity: (ttl_ms / 16).max(1), queue: VecDeque::new() }
+        TtlIndex {
+            ttl: ttl_ms,
+            granularity: (ttl_ms / 16).max(1),
+            queue: VecDeque::new(),
+        }
     }
 
     pub fn is_expired(&self, state: &UserState, now: Time) -> bool {
@@ -74,8 +78,12 @@ impl TtlIndex {
             if t.saturating_add(self.ttl) > now {
                 break;
             }
-            let Some((t, user)) = self.queue.pop_front() else { break };
-            let Some(state) = store.get_mut(&user) else { continue };
+            let Some((t, user)) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(state) = store.get_mut(&user) else {
+                continue;
+            };
             if state.ttl_mark != t {
                 continue; // a later entry of this user is queued
             }

@@ -104,9 +104,15 @@ mod tests {
         let s = Stats::default();
         Stats::add(&s.events_read, 10);
         Stats::add(&s.passed, 3);
-        let summary = Summary { counts: s.counts(), elapsed_s: 2.0 };
+        let summary = Summary {
+            counts: s.counts(),
+            elapsed_s: 2.0,
+        };
         let line = summary.to_string();
-        assert!(line.contains("events_read=10 ") && line.ends_with("events_per_s=5"), "{line}");
+        assert!(
+            line.contains("events_read=10 ") && line.ends_with("events_per_s=5"),
+            "{line}"
+        );
         assert_eq!(Summary::parse_counts(&line), Some(s.counts()));
     }
 }

@@ -27,7 +27,10 @@ use crate::stats::Stats;
 #[derive(Clone)]
 pub enum Action {
     Debug,
-    Webhook { client: WebhookClient, max_in_flight: usize },
+    Webhook {
+        client: WebhookClient,
+        max_in_flight: usize,
+    },
 }
 
 impl Action {
@@ -43,8 +46,14 @@ impl Action {
         if s.debug.enabled {
             return Ok(Action::Debug);
         }
-        let client = WebhookClient::new(&s.webhook.url, std::time::Duration::from_millis(s.webhook.timeout_ms))?;
-        Ok(Action::Webhook { client, max_in_flight: s.webhook.max_in_flight })
+        let client = WebhookClient::new(
+            &s.webhook.url,
+            std::time::Duration::from_millis(s.webhook.timeout_ms),
+        )?;
+        Ok(Action::Webhook {
+            client,
+            max_in_flight: s.webhook.max_in_flight,
+        })
     }
 }
 

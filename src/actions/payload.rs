@@ -50,14 +50,21 @@ mod tests {
         .unwrap();
         let state = UserState::from_profile(
             ProfileData {
-                profile: Profile { country: Some("US".into()), ..Default::default() },
-                visit: Some(Visit { actions: 2, ..Default::default() }),
+                profile: Profile {
+                    country: Some("US".into()),
+                    ..Default::default()
+                },
+                visit: Some(Visit {
+                    actions: 2,
+                    ..Default::default()
+                }),
                 history: vec![],
             },
             0,
         );
         let enriched = EnrichedEvent::snapshot(ev, &state);
-        let v: serde_json::Value = serde_json::from_slice(&Payload::new(&enriched, 99).to_json().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&Payload::new(&enriched, 99).to_json().unwrap()).unwrap();
         assert_eq!(v["event"]["event_type"], "page_view");
         assert_eq!(v["event"]["parameters"]["custom_params"]["a"], 1);
         assert_eq!(v["event"]["is_https"], false);

@@ -32,7 +32,11 @@ impl WebhookClient {
             tracing::debug!(status = status.as_u16(), "webhook delivered");
             Ok(())
         } else {
-            Err(format!("POST {} answered HTTP {}", self.url, status.as_u16()))
+            Err(format!(
+                "POST {} answered HTTP {}",
+                self.url,
+                status.as_u16()
+            ))
         }
     }
 }

@@ -19,7 +19,13 @@ pub struct AsyncBridge<R> {
 impl<R: Send + 'static> AsyncBridge<R> {
     pub fn new(runtime: Handle, activator: SyncActivator) -> Self {
         let (sender, receiver) = mpsc::channel();
-        AsyncBridge { runtime, activator, sender, receiver, in_flight: 0 }
+        AsyncBridge {
+            runtime,
+            activator,
+            sender,
+            receiver,
+            in_flight: 0,
+        }
     }
 
     /// Starts `work`; its result comes back through `drain`.

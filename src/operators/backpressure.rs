@@ -18,7 +18,10 @@ pub struct Backlog {
 
 impl Backlog {
     pub fn new(limit: usize) -> Self {
-        Backlog { held: Rc::new(Cell::new(0)), limit }
+        Backlog {
+            held: Rc::new(Cell::new(0)),
+            limit,
+        }
     }
 
     pub fn set(&self, held: usize) {

@@ -29,8 +29,13 @@ pub fn decode<'s>(
                             Err(e) => {
                                 Stats::add(&stats.invalid, 1);
                                 if let Some(held_back) = limiter.allow() {
-                                    let preview = String::from_utf8_lossy(&msg[..msg.len().min(120)]);
-                                    tracing::warn!(reason = e.reason(), held_back, "invalid message skipped: {e}; message starts {preview:?}");
+                                    let preview =
+                                        String::from_utf8_lossy(&msg[..msg.len().min(120)]);
+                                    tracing::warn!(
+                                        reason = e.reason(),
+                                        held_back,
+                                        "invalid message skipped: {e}; message starts {preview:?}"
+                                    );
                                 }
                             }
                         }

@@ -33,7 +33,10 @@ impl HeldTimes {
 
     /// A capability for `time`, which must be held.
     pub fn capability_for(&self, time: Time) -> Capability<Time> {
-        let held = self.cap.as_ref().expect("capability_for a time that is not held");
+        let held = self
+            .cap
+            .as_ref()
+            .expect("capability_for a time that is not held");
         held.delayed(&time)
     }
 

@@ -126,6 +126,8 @@ struct Manager {
 }
 
 /// What became of an event offered to the state.
+// Returned and matched at once, never stored: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Offer {
     /// Applied; `Some` if it passed the filter.
     Applied(Option<EnrichedEvent>),
@@ -150,7 +152,8 @@ impl Manager {
             Stats::add(&self.stats.expired, 1);
         }
         let user = ev.user_id.clone();
-        self.pending.insert(user.clone(), VecDeque::from([(time, ev)]));
+        self.pending
+            .insert(user.clone(), VecDeque::from([(time, ev)]));
         if self.fetcher.in_flight() < self.max_in_flight {
             self.start_fetch(user);
         } else {
@@ -171,7 +174,9 @@ impl Manager {
             let mut progressed = false;
             while let Some((user, result)) = self.fetcher.next_done() {
                 progressed = true;
-                let Some(queue) = self.pending.remove(&user) else { continue };
+                let Some(queue) = self.pending.remove(&user) else {
+                    continue;
+                };
                 let first = queue.front().map(|(t, _)| *t).unwrap_or_default();
                 let mut state = match result {
                     Ok(data) => UserState::from_profile(data, first),
@@ -194,7 +199,9 @@ impl Manager {
                 self.store.insert(user, state);
             }
             while self.fetcher.in_flight() < self.max_in_flight {
-                let Some(user) = self.waiting.pop_front() else { break };
+                let Some(user) = self.waiting.pop_front() else {
+                    break;
+                };
                 progressed = true;
                 self.start_fetch(user);
             }
@@ -262,7 +269,15 @@ pub fn user_state<'s>(
             backlog.set(m.held.len());
             if let Some(&now) = frontier.frontier().first() {
                 let expired = m.ttl.expire(now, &mut m.store);
+                if expired > 0 {
+                    tracing::debug!(
+                        expired,
+                        users = m.store.len(),
+                        "state TTL expired idle users"
+                    );
+                }
                 Stats::add(&m.stats.expired, expired);
+                tracing::trace!(now, queued = m.ttl.queued(), "frontier moved");
             }
         }
     })

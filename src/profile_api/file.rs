@@ -37,8 +37,8 @@ impl ProfileSnapshot {
             if line.trim().is_empty() {
                 continue;
             }
-            let id: UserIdOnly<'_> = serde_json::from_str(&line)
-                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            let id: UserIdOnly<'_> =
+                serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", n + 1))?;
             lines.insert(id.user_id.into(), line.into_boxed_str());
         }
         Ok(ProfileSnapshot { lines })

@@ -8,7 +8,11 @@ use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
 
 /// What may stay unescaped in a path segment (RFC 3986 unreserved); everything else in a
 /// user id, `/`, `?`, `%` and non-ASCII included, is percent-encoded.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Bodies larger than this are refused: a broken API must not fill our memory.
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -27,7 +31,10 @@ impl HttpProfileApi {
             .timeout(timeout)
             .build()
             .map_err(|e| ProfileSourceError::Client(e.to_string()))?;
-        Ok(HttpProfileApi { client, base: base_url.trim_end_matches('/').to_string() })
+        Ok(HttpProfileApi {
+            client,
+            base: base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     /// `{base}/users/{id}/{what}` with the id percent-encoded.
@@ -39,7 +46,12 @@ impl HttpProfileApi {
     /// assert_eq!(api.url("a/b?c%é", "visit"), "http://api:8080/users/a%2Fb%3Fc%25%C3%A9/visit");
     /// ```
     pub fn url(&self, user_id: &str, what: &str) -> String {
-        format!("{}/users/{}/{}", self.base, utf8_percent_encode(user_id, SEGMENT), what)
+        format!(
+            "{}/users/{}/{}",
+            self.base,
+            utf8_percent_encode(user_id, SEGMENT),
+            what
+        )
     }
 
     async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, FetchError> {
@@ -50,7 +62,10 @@ impl HttpProfileApi {
         let mut resp = self.client.get(&url).send().await.map_err(request_err)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(FetchError::Status { url, status: status.as_u16() });
+            return Err(FetchError::Status {
+                url,
+                status: status.as_u16(),
+            });
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
@@ -62,7 +77,10 @@ impl HttpProfileApi {
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| FetchError::Body { url, reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| FetchError::Body {
+            url,
+            reason: e.to_string(),
+        })
     }
 
     /// The three GETs, concurrently; any failure fails the fetch.

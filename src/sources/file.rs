@@ -2,12 +2,14 @@
 //!
 //! A file is split among all workers of the cluster by byte range, each worker reading
 //! the lines that start in its range (the first worker of a range boundary finishes the
-//! line it is in), so reading and decoding scale with workers. Standard input is read by
-//! worker 0 alone.
+//! line it is in), so reading and decoding scale with workers. Standard input and pipes
+//! are read by worker 0 alone, on a reader thread, so a quiet writer never stalls the
+//! worker.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::generic::operator::source;
@@ -23,10 +25,12 @@ const BATCH_LINES: usize = 1024;
 const SLICE: Duration = Duration::from_millis(5);
 /// How soon a paused source looks at the gate again.
 const PAUSE: Duration = Duration::from_millis(1);
+/// How often an idle stream source moves its time on.
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// The part of the input one worker reads.
 pub struct LineReader {
-    reader: Box<dyn BufRead>,
+    reader: BufReader<Box<dyn Read + Send>>,
     /// Bytes consumed so far, as an offset in the file.
     pos: u64,
     /// Lines starting at or after this offset belong to the next worker.
@@ -34,32 +38,35 @@ pub struct LineReader {
 }
 
 impl LineReader {
-    /// The share of `path` for worker `index` of `peers` (`-` is standard input, all of
-    /// it for worker 0).
+    /// The share of the regular file `path` for worker `index` of `peers`.
     pub fn open(path: &Path, index: usize, peers: usize) -> io::Result<LineReader> {
-        if path == Path::new("-") {
-            let end = if index == 0 { u64::MAX } else { 0 };
-            return Ok(LineReader { reader: Box::new(BufReader::new(io::stdin())), pos: 0, end });
-        }
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
         let start = len * index as u64 / peers as u64;
         let end = len * (index as u64 + 1) / peers as u64;
-        let mut pos = start;
-        if start > 0 {
-            // The line that contains `start - 1` belongs to the previous worker.
-            file.seek(SeekFrom::Start(start - 1))?;
-            let mut reader = BufReader::with_capacity(1 << 16, file);
-            let mut skipped = Vec::new();
-            pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
-            return Ok(LineReader { reader: Box::new(reader), pos, end });
+        if start == 0 {
+            let reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
+            return Ok(LineReader {
+                reader,
+                pos: 0,
+                end,
+            });
         }
-        Ok(LineReader { reader: Box::new(BufReader::with_capacity(1 << 16, file)), pos, end })
+        // The line that contains `start - 1` belongs to the previous worker.
+        file.seek(SeekFrom::Start(start - 1))?;
+        let mut reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
+        let mut skipped = Vec::new();
+        let pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
+        Ok(LineReader { reader, pos, end })
     }
 
-    /// A reader over in-memory bytes (tests and benchmarks).
-    pub fn from_reader(r: impl Read + 'static) -> LineReader {
-        LineReader { reader: Box::new(BufReader::new(r)), pos: 0, end: u64::MAX }
+    /// A reader over a whole stream (tests, benchmarks, pipes).
+    pub fn from_reader(r: impl Read + Send + 'static) -> LineReader {
+        LineReader {
+            reader: BufReader::new(Box::new(r)),
+            pos: 0,
+            end: u64::MAX,
+        }
     }
 
     /// The next line of this worker's share, without its line ending.
@@ -81,11 +88,77 @@ impl LineReader {
         }
         Ok(Some(line))
     }
+
+    /// True when the next line can be read without waiting on the underlying reader.
+    fn has_buffered_line(&self) -> bool {
+        self.reader.buffer().contains(&b'\n')
+    }
 }
 
-/// Emits the lines of `path` (this worker's share), stamped with the processing time;
-/// finishes after the last line. An I/O error ends the input early and is logged and
-/// reported through `failed`.
+/// Where a worker's lines come from.
+enum Lines {
+    /// A regular file: read in place, it never blocks for long.
+    File(LineReader),
+    /// A pipe or standard input, which may wait for its writer: a thread reads it and
+    /// hands over batches, so the worker never blocks and its clock keeps moving.
+    Stream(mpsc::Receiver<io::Result<Vec<Vec<u8>>>>),
+    Done,
+}
+
+impl Lines {
+    fn open(path: &Path, index: usize, peers: usize) -> io::Result<Lines> {
+        let is_stdin = path == Path::new("-");
+        if !is_stdin && std::fs::metadata(path)?.is_file() {
+            return LineReader::open(path, index, peers).map(Lines::File);
+        }
+        if index != 0 {
+            return Ok(Lines::Done); // a stream is read by worker 0 alone
+        }
+        let reader = if is_stdin {
+            LineReader::from_reader(io::stdin())
+        } else {
+            LineReader::from_reader(File::open(path)?)
+        };
+        Ok(Lines::Stream(spawn_reader(reader)))
+    }
+}
+
+/// Reads `reader` on a thread of its own; a batch is sent as soon as no further line is
+/// already buffered, so interactive input arrives without delay. The channel is bounded:
+/// when the job falls behind, the thread waits.
+fn spawn_reader(mut reader: LineReader) -> mpsc::Receiver<io::Result<Vec<Vec<u8>>>> {
+    let (tx, rx) = mpsc::sync_channel(16);
+    std::thread::spawn(move || {
+        loop {
+            let mut batch = Vec::new();
+            loop {
+                match reader.next_line() {
+                    Ok(Some(line)) => batch.push(line),
+                    Ok(None) => {
+                        let _ = tx.send(Ok(batch));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Ok(batch));
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+                if batch.len() >= BATCH_LINES || !reader.has_buffered_line() {
+                    break;
+                }
+            }
+            if tx.send(Ok(batch)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Emits the lines of `path` (this worker's share of a regular file; all of a pipe or
+/// of standard input `-` on worker 0), stamped with the processing time; finishes after
+/// the last line. An I/O error ends the input early, logged and reported via `failed`.
 ///
 /// While `gate` is closed (a later stage is full) it reads nothing, only moving its
 /// time with the clock, and looks again shortly.
@@ -99,19 +172,13 @@ pub fn file_source<'s>(
     source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
-        let mut reader = match LineReader::open(&path, index, peers) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::error!(path = %path.display(), "cannot open input: {e}");
-                failed.set(true);
-                None
-            }
-        };
+        let mut lines = Lines::open(&path, index, peers).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), "cannot open input: {e}");
+            failed.set(true);
+            Lines::Done
+        });
         move |output| {
-            let (Some(c), Some(r)) = (cap.as_mut(), reader.as_mut()) else {
-                cap = None;
-                return;
-            };
+            let Some(c) = cap.as_mut() else { return };
             let now = now_ms();
             if now > *c.time() {
                 c.downgrade(&now);
@@ -122,30 +189,61 @@ pub fn file_source<'s>(
             }
             let started = Instant::now();
             let mut session = output.session(&*c);
-            let mut done = false;
-            'slice: while started.elapsed() < SLICE {
-                for _ in 0..BATCH_LINES {
-                    match r.next_line() {
-                        Ok(Some(line)) => session.give(line),
-                        Ok(None) => {
-                            done = true;
-                            break 'slice;
-                        }
-                        Err(e) => {
-                            tracing::error!(path = %path.display(), "read failed, input ends here: {e}");
-                            failed.set(true);
-                            done = true;
-                            break 'slice;
+            let mut error = None;
+            let done = match &mut lines {
+                Lines::Done => true,
+                Lines::File(r) => loop {
+                    if started.elapsed() >= SLICE {
+                        activator.activate();
+                        break false;
+                    }
+                    let mut ended = false;
+                    for _ in 0..BATCH_LINES {
+                        match r.next_line() {
+                            Ok(Some(line)) => session.give(line),
+                            Ok(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Err(e) => {
+                                error = Some(e);
+                                ended = true;
+                                break;
+                            }
                         }
                     }
-                }
-            }
+                    if ended {
+                        break true;
+                    }
+                },
+                Lines::Stream(rx) => loop {
+                    match rx.try_recv() {
+                        Ok(Ok(batch)) => session.give_iterator(batch.into_iter()),
+                        Ok(Err(e)) => {
+                            error = Some(e);
+                            break true;
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => break true,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            // Nothing yet: look again soon, so time (and TTL) moves on.
+                            activator.activate_after(IDLE_POLL);
+                            break false;
+                        }
+                    }
+                    if started.elapsed() >= SLICE {
+                        activator.activate();
+                        break false;
+                    }
+                },
+            };
             drop(session);
+            if let Some(e) = error {
+                tracing::error!(path = %path.display(), "read failed, input ends here: {e}");
+                failed.set(true);
+            }
             if done {
                 cap = None;
-                reader = None;
-            } else {
-                activator.activate();
+                lines = Lines::Done;
             }
         }
     })
@@ -172,7 +270,9 @@ mod tests {
     #[test]
     fn byte_ranges_cover_every_line_exactly_once() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let all: Vec<String> = (0..500).map(|i| format!("{}{i}", "x".repeat(i % 37))).collect();
+        let all: Vec<String> = (0..500)
+            .map(|i| format!("{}{i}", "x".repeat(i % 37)))
+            .collect();
         for l in &all {
             writeln!(f, "{l}").unwrap();
         }
@@ -189,6 +289,9 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"a\r\n\nb").unwrap();
         f.flush().unwrap();
-        assert_eq!(lines_of(f.path(), 1), vec![vec!["a".to_string(), String::new(), "b".to_string()]]);
+        assert_eq!(
+            lines_of(f.path(), 1),
+            vec![vec!["a".to_string(), String::new(), "b".to_string()]]
+        );
     }
 }

@@ -1,0 +1,378 @@
+//! The binary's interface: commands, exit codes, config loading, clusters of processes,
+//! and a streaming input with state expiring on an idle clock.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use event_trigger::config::{Settings, StateBackend};
+use serde_json::json;
+
+#[test]
+fn the_flink_jobs_config_loads_unchanged() {
+    let s = Settings::load(std::path::Path::new("tests/fixtures/flink-application.yml")).unwrap();
+    assert_eq!(s.kafka.consumer_group_id, "event-trigger-group");
+    assert_eq!(s.engine.parallelism, 1);
+    assert_eq!(s.engine.checkpoint_interval_ms, 60_000);
+    assert_eq!(s.engine.state_backend, StateBackend::Hashmap);
+    assert_eq!(s.engine.state_ttl_ms(), 600_000);
+    assert_eq!(s.profile_api.retry_attempts, 3);
+    assert!(s.actions.debug.enabled);
+    let out = Command::new(binary())
+        .args([
+            "validate",
+            "--config",
+            "tests/fixtures/flink-application.yml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_repositorys_config_validates_and_runs_the_sample() {
+    let out = Command::new(binary()).args(["validate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary())
+        .args(["run", "-w", "2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = summary_of(&out.stdout);
+    assert_eq!(counts.events_read, 2000);
+    assert!(counts.passed > 0 && counts.actions_ok == counts.passed);
+}
+
+#[test]
+fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_script = dir.path().join("ok.rhai");
+    std::fs::write(&good_script, "true").unwrap();
+    let bad_script = dir.path().join("bad.rhai");
+    std::fs::write(&bad_script, "event.event_type ==\n  && (").unwrap();
+    let cases = [
+        ("profile-api:\n  timeot-ms: 5\n".to_string(), "timeot-ms"),
+        (
+            "engine:\n  parallelism: many\n".to_string(),
+            "engine.parallelism",
+        ),
+        (
+            "flink:\n  state-backend: leveldb\n".to_string(),
+            "state-backend",
+        ),
+        (
+            format!("filter:\n  script-path: {}\n", bad_script.display()),
+            "bad.rhai:2:",
+        ),
+        (
+            "filter:\n  script-path: /no/such.rhai\n".to_string(),
+            "/no/such.rhai",
+        ),
+    ];
+    for (yaml, needle) in cases {
+        let cfg = dir.path().join("c.yml");
+        std::fs::write(&cfg, &yaml).unwrap();
+        for cmd in ["validate", "run"] {
+            let out = Command::new(binary())
+                .args([cmd, "--config", cfg.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {yaml}: {err}");
+            assert!(
+                err.contains(needle),
+                "{cmd} {yaml}: expected {needle:?} in {err}"
+            );
+        }
+    }
+    let out = Command::new(binary())
+        .args(["run", "--config", "/no/such.yml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source:\n  type: file\n  path: /no/events.jsonl\nfilter:\n  script-path: {}\n",
+            good_script.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/events.jsonl"));
+}
+
+#[test]
+fn two_processes_give_the_same_counts_as_one_worker() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(3000, 300, 5);
+    let events = w.write_events(dir.path());
+    let api = ProfileApi::start(&rt, w.behaviours());
+    let receiver = Receiver::start(&rt);
+    let s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    let single = run(&s, 1, &rt);
+
+    let cluster_receiver = Receiver::start(&rt);
+    let mut s2 = s.clone();
+    s2.actions.webhook.url = cluster_receiver.url();
+    let cfg = write_config(dir.path(), "cluster.yml", &s2, "");
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port()),
+    )
+    .unwrap();
+    let procs: Vec<_> = (0..2)
+        .map(|p| {
+            Command::new(binary())
+                .args([
+                    "run",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "-w",
+                    "1",
+                    "-n",
+                    "2",
+                    "-p",
+                    &p.to_string(),
+                ])
+                .args(["-h", hosts.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = procs
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap())
+        .collect();
+    for o in &outputs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let counts = summary_of(&outputs[0].stdout);
+    assert_eq!(counts, single, "2 processes x 1 worker vs -w 1");
+    assert!(
+        !String::from_utf8_lossy(&outputs[1].stdout).contains("summary:"),
+        "one summary, from process 0"
+    );
+    let mut a = receiver.event_ids();
+    let mut b = cluster_receiver.event_ids();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert_eq!(a, w.expected_us_page_views());
+}
+
+#[test]
+fn idle_state_expires_by_the_clock_and_is_fetched_again() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let api = ProfileApi::start(
+        &rt,
+        HashMap::from([
+            (
+                "u1".to_string(),
+                Behaviour::Answer {
+                    profile: json!({"country": "US"}),
+                    visit: json!({"actions": 0}),
+                    history: json!([]),
+                },
+            ),
+            (
+                "u2".to_string(),
+                Behaviour::Answer {
+                    profile: json!({"country": "DE"}),
+                    visit: json!({"actions": 0}),
+                    history: json!([]),
+                },
+            ),
+        ]),
+    );
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        std::path::Path::new("-"),
+        &api.base_url(),
+        &receiver.url(),
+        "true",
+    );
+    s.source.path = Some("-".into());
+    // 0.005 minutes = 300 ms of inactivity.
+    let cfg = write_config(
+        dir.path(),
+        "ttl.yml",
+        &s,
+        "engine:\n  state-ttl-minutes: 0.005\n",
+    );
+    let mut child = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut send = |id: &str, user: &str| {
+        writeln!(
+            stdin,
+            "{}",
+            json!({"event_id": id, "user_id": user, "event_type": "x"})
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+    };
+    send("1", "u1");
+    send("2", "u2");
+    std::thread::sleep(Duration::from_millis(100));
+    send("3", "u1"); // within the TTL: state reused
+    std::thread::sleep(Duration::from_millis(1200)); // idle: both expire without any event
+    send("4", "u1"); // fetched again, history starts over
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = summary_of(&out.stdout);
+    assert_eq!(counts.passed, 4);
+    assert_eq!(
+        counts.expired, 2,
+        "both users expired while no event arrived"
+    );
+    assert_eq!(counts.fetched, 3);
+    assert_eq!(api.lookups()["u1"], 2);
+    assert_eq!(api.lookups()["u2"], 1);
+    let bodies = receiver.bodies.lock().unwrap();
+    let actions = |id: &str| {
+        bodies
+            .iter()
+            .find(|(b, _)| b["event"]["event_id"] == id)
+            .map(|(b, _)| b["currentVisit"]["actions"].clone())
+            .unwrap()
+    };
+    assert_eq!(actions("1"), 1);
+    assert_eq!(actions("3"), 2, "state kept within the TTL");
+    assert_eq!(actions("4"), 1, "state fetched again after expiry");
+}
+
+#[test]
+fn mock_api_serves_profiles_and_counts_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(10, 10, 6);
+    let profiles = w.write_profiles(dir.path());
+    let port = closed_port();
+    let mut child = Command::new(binary())
+        .args([
+            "mock-api",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let client = event_trigger::http_client::builder().build().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if client.get(format!("{base}/stats")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let api =
+            event_trigger::profile_api::HttpProfileApi::new(&base, Duration::from_secs(2)).unwrap();
+        let known = api.fetch("a/b").await;
+        let unknown = api.fetch("nobody").await;
+        let posted = client
+            .post(format!("{base}/webhook"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let stats: serde_json::Value = serde_json::from_slice(
+            &client
+                .get(format!("{base}/stats"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        (known, unknown, posted, stats)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let (known, unknown, posted, stats) = result;
+    let known = known.unwrap();
+    assert_eq!(known.profile.user_id.as_deref(), Some("a/b"));
+    assert_eq!(
+        known.profile.country,
+        w.users["a/b"].0["country"].as_str().map(String::from)
+    );
+    assert!(matches!(
+        unknown,
+        Err(event_trigger::profile_api::FetchError::Status { status: 404, .. })
+    ));
+    assert!(posted.is_success());
+    assert_eq!(stats["webhooks"], 1);
+}
+
+#[test]
+fn demo_runs_with_no_external_services() {
+    let out = Command::new(binary())
+        .args(["demo"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let counts = summary_of(&out.stdout);
+    assert!(counts.passed > 100);
+    assert!(
+        stdout.contains(&format!("webhook receiver got {} calls", counts.passed)),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,410 @@
+//! Real parts for the integration tests: HTTP servers on 127.0.0.1 (a Profile API with
+//! per-user behaviour, a webhook receiver that records what it gets), a deterministic
+//! workload, and runners for the job in-process and as processes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_trigger::config::{Settings, SourceType};
+use event_trigger::dataflows::trigger::{self, Prepared};
+use event_trigger::http_server::{self, reply};
+use event_trigger::stats::{Counts, Summary};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What the test Profile API does for one user.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Answer {
+        profile: Value,
+        visit: Value,
+        history: Value,
+    },
+    /// Answers like `Answer`, after a delay.
+    Slow {
+        delay: Duration,
+        profile: Value,
+        visit: Value,
+        history: Value,
+    },
+    Status(u16),
+    Garbage,
+}
+
+/// A Profile API on 127.0.0.1; unknown users get 404. Records each request's user id
+/// (percent-decoded) and what was asked.
+pub struct ProfileApi {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<(String, String, Instant)>>>,
+}
+
+impl ProfileApi {
+    pub fn start(rt: &tokio::runtime::Runtime, users: HashMap<String, Behaviour>) -> ProfileApi {
+        let users = Arc::new(users);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let handler = http_server::handler(move |req| {
+            let users = users.clone();
+            let log = log.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let Some((id, what)) = path
+                    .strip_prefix("/users/")
+                    .and_then(|r| r.rsplit_once('/'))
+                else {
+                    return reply(StatusCode::NOT_FOUND, "{}");
+                };
+                let id = percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .to_string();
+                log.lock()
+                    .unwrap()
+                    .push((id.clone(), what.to_string(), Instant::now()));
+                let pick = |p: &Value, v: &Value, h: &Value| match what {
+                    "profile" => p.to_string(),
+                    "visit" => v.to_string(),
+                    _ => h.to_string(),
+                };
+                match users.get(&id) {
+                    None => reply(StatusCode::NOT_FOUND, "{}"),
+                    Some(Behaviour::Answer {
+                        profile,
+                        visit,
+                        history,
+                    }) => reply(StatusCode::OK, pick(profile, visit, history)),
+                    Some(Behaviour::Slow {
+                        delay,
+                        profile,
+                        visit,
+                        history,
+                    }) => {
+                        tokio::time::sleep(*delay).await;
+                        reply(StatusCode::OK, pick(profile, visit, history))
+                    }
+                    Some(Behaviour::Status(code)) => {
+                        reply(StatusCode::from_u16(*code).unwrap(), "oops")
+                    }
+                    Some(Behaviour::Garbage) => reply(StatusCode::OK, "<html>not json"),
+                }
+            }
+        });
+        let addr = rt
+            .block_on(http_server::serve("127.0.0.1:0".parse().unwrap(), handler))
+            .unwrap();
+        ProfileApi { addr, requests }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Look-ups per user (a look-up is three requests; counted by `profile`).
+    pub fn lookups(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for (id, what, _) in self.requests.lock().unwrap().iter() {
+            if what == "profile" {
+                *out.entry(id.clone()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+}
+
+/// A webhook receiver on 127.0.0.1 that records every body, in arrival order.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<(Value, Instant)>>>,
+}
+
+impl Receiver {
+    pub fn start(rt: &tokio::runtime::Runtime) -> Receiver {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        let handler = http_server::handler(move |req| {
+            let sink = sink.clone();
+            async move {
+                let ok = req
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v == "application/json")
+                    .unwrap_or(false);
+                let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+                if !ok || body.is_null() {
+                    return reply(StatusCode::BAD_REQUEST, "{}");
+                }
+                sink.lock().unwrap().push((body, Instant::now()));
+                reply(StatusCode::OK, Bytes::from_static(b"{}"))
+            }
+        });
+        let addr = rt
+            .block_on(http_server::serve("127.0.0.1:0".parse().unwrap(), handler))
+            .unwrap();
+        Receiver { addr, bodies }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/webhook", self.addr)
+    }
+
+    pub fn event_ids(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _)| {
+                b["event"]["event_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// A port nobody listens on.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A deterministic workload: events (with some invalid lines) and the profiles of the
+/// users the API knows, including ids that need percent-encoding.
+pub struct Workload {
+    pub lines: Vec<String>,
+    /// user id -> (profile, visit, history)
+    pub users: HashMap<String, (Value, Value, Value)>,
+}
+
+pub const ODD_IDS: &[&str] = &["a/b", "q?x=1&y", "100%", "ünï-cödé", "sp ace", "#frag"];
+
+impl Workload {
+    pub fn generate(events: usize, users: usize, seed: u64) -> Workload {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let ids: Vec<String> = (0..users)
+            .map(|i| {
+                if i < ODD_IDS.len() {
+                    ODD_IDS[i].to_string()
+                } else {
+                    format!("user_{i:05}")
+                }
+            })
+            .collect();
+        let mut profiles = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            if i % 20 == 19 {
+                continue; // unknown to the API
+            }
+            let country = ["US", "DE", "FR"][next(3) as usize];
+            let history: Vec<Value> = (0..next(4))
+                .map(|k| json!({"event_id": format!("h_{i}_{k}"), "event_name": "home_page", "event_type": "page_view", "timestamp": 1000 + k, "parameters": {"custom_params": {}, "utm_source": "g"}}))
+                .collect();
+            profiles.insert(
+                id.clone(),
+                (
+                    json!({"user_id": id, "country": country, "city": "X", "language": "en", "continent": "EU", "timezone": "UTC"}),
+                    json!({"uuid": format!("v{i}"), "timestamp": 5, "os": "Linux", "actions": next(10), "is_first_visit": false}),
+                    Value::Array(history),
+                ),
+            );
+        }
+        let broken = [
+            "",
+            "not json",
+            r#"{"user_id": 7, "event_type": "click"}"#,
+            "[]",
+            r#"{"event_type":"click"}"#,
+        ];
+        let lines = (0..events)
+            .map(|n| {
+                if n % 97 == 13 {
+                    return broken[n % broken.len()].to_string();
+                }
+                let user = &ids[next(users as u64) as usize];
+                let et = ["page_view", "page_view", "click", "purchase"][next(4) as usize];
+                json!({"event_id": format!("evt_{n:07}"), "user_id": user, "event_type": et, "event_name": "n",
+                       "is_first_in_visit": next(10) == 0, "timestamp": 2000 + n, "duration": next(1000),
+                       "parameters": {"custom_params": {"v": next(100)}, "utm_source": "google"}})
+                .to_string()
+            })
+            .collect();
+        Workload {
+            lines,
+            users: profiles,
+        }
+    }
+
+    pub fn write_events(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("events.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for l in &self.lines {
+            writeln!(f, "{l}").unwrap();
+        }
+        path
+    }
+
+    pub fn write_profiles(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("profiles.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut ids: Vec<_> = self.users.keys().collect();
+        ids.sort();
+        for id in ids {
+            let (p, v, h) = &self.users[id];
+            writeln!(
+                f,
+                "{}",
+                json!({"user_id": id, "profile": p, "visit": v, "history": h})
+            )
+            .unwrap();
+        }
+        path
+    }
+
+    pub fn behaviours(&self) -> HashMap<String, Behaviour> {
+        self.users
+            .iter()
+            .map(|(id, (p, v, h))| {
+                (
+                    id.clone(),
+                    Behaviour::Answer {
+                        profile: p.clone(),
+                        visit: v.clone(),
+                        history: h.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Event ids the seed filter must pass, computed without the job: valid page views
+    /// of users the API knows in the US.
+    pub fn expected_us_page_views(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user_id"].is_string() && e["event_type"] == "page_view")
+            .filter(|e| {
+                let uid = e["user_id"].as_str().unwrap();
+                self.users
+                    .get(uid)
+                    .map(|(p, _, _)| p["country"] == "US")
+                    .unwrap_or(false)
+            })
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn invalid_lines(&self) -> u64 {
+        self.lines
+            .iter()
+            .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+            .count() as u64
+    }
+
+    pub fn distinct_valid_users(&self) -> u64 {
+        let mut ids: Vec<String> = self
+            .lines
+            .iter()
+            .filter_map(|l| event_trigger::decode::decode(l.as_bytes()).ok())
+            .map(|e| e.user_id.to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() as u64
+    }
+}
+
+pub const SEED_FILTER: &str = r#"event.eventType == "page_view" && user.country == "US""#;
+
+/// Settings for a file-source run in `dir`.
+pub fn settings(
+    dir: &Path,
+    events: &Path,
+    profiles_base: &str,
+    webhook_url: &str,
+    script: &str,
+) -> Settings {
+    let script_path = dir.join("filter.rhai");
+    std::fs::write(&script_path, script).unwrap();
+    let mut s = Settings::default();
+    s.source.kind = SourceType::File;
+    s.source.path = Some(events.to_path_buf());
+    s.profile_api.base_url = profiles_base.to_string();
+    s.profile_api.timeout_ms = 2000;
+    s.actions.webhook.url = webhook_url.to_string();
+    s.actions.webhook.timeout_ms = 2000;
+    s.filter.script_path = script_path;
+    s
+}
+
+/// Runs the job in this process with `workers` threads.
+pub fn run(settings: &Settings, workers: usize, rt: &tokio::runtime::Runtime) -> Counts {
+    let prepared = Prepared::new(settings).unwrap();
+    run_prepared(prepared, workers, rt)
+}
+
+pub fn run_prepared(prepared: Prepared, workers: usize, rt: &tokio::runtime::Runtime) -> Counts {
+    let summary: Summary = trigger::run(
+        prepared,
+        timely::Config::process(workers),
+        rt.handle().clone(),
+    )
+    .unwrap()
+    .expect("worker 0 is in this process");
+    summary.counts
+}
+
+/// Writes `settings` as a YAML config the binary can load.
+pub fn write_config(dir: &Path, name: &str, s: &Settings, extra: &str) -> PathBuf {
+    let path = dir.join(name);
+    let yaml = format!(
+        "source:\n  type: file\n  path: \"{}\"\nprofile-api:\n  base-url: \"{}\"\n  timeout-ms: {}\nfilter:\n  script-path: \"{}\"\nactions:\n  webhook:\n    url: \"{}\"\n{}",
+        s.source.path.as_ref().unwrap().display(),
+        s.profile_api.base_url,
+        s.profile_api.timeout_ms,
+        s.filter.script_path.display(),
+        s.actions.webhook.url,
+        extra
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_event-trigger")
+}
+
+/// Parses the summary line out of a run's standard output.
+pub fn summary_of(stdout: &[u8]) -> Counts {
+    let out = String::from_utf8_lossy(stdout);
+    out.lines()
+        .find_map(Summary::parse_counts)
+        .unwrap_or_else(|| panic!("no summary in output: {out}"))
+}

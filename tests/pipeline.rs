@@ -1,0 +1,399 @@
+//! The job end to end, on real HTTP servers on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn counts_are_exact_and_equal_at_one_and_two_workers_over_http_and_file_profiles() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(4000, 400, 1);
+    let events = w.write_events(dir.path());
+    let api = ProfileApi::start(&rt, w.behaviours());
+    let expected = w.expected_us_page_views();
+    assert!(
+        expected.len() > 300,
+        "workload too small: {}",
+        expected.len()
+    );
+
+    let mut all = Vec::new();
+    for (workers, base) in [
+        (1, api.base_url()),
+        (2, api.base_url()),
+        (
+            2,
+            format!("file://{}", w.write_profiles(dir.path()).display()),
+        ),
+    ] {
+        let receiver = Receiver::start(&rt);
+        let s = settings(dir.path(), &events, &base, &receiver.url(), SEED_FILTER);
+        let counts = run(&s, workers, &rt);
+        let mut got = receiver.event_ids();
+        got.sort();
+        assert_eq!(got, expected, "-w {workers} {base}: webhooks received");
+        assert_eq!(counts.events_read, w.lines.len() as u64);
+        assert_eq!(counts.invalid, w.invalid_lines());
+        assert_eq!(counts.passed, expected.len() as u64);
+        assert_eq!(counts.actions_ok, expected.len() as u64);
+        assert_eq!(
+            counts.fetched,
+            w.distinct_valid_users(),
+            "one look-up per user"
+        );
+        let unknown = w.distinct_valid_users() - w.users.len() as u64;
+        assert_eq!(
+            counts.fetch_errors, unknown,
+            "unknown users get empty checkpoints"
+        );
+        assert_eq!(
+            counts.passed + counts.rejected + counts.script_errors,
+            counts.events_read - counts.invalid
+        );
+        all.push(counts);
+    }
+    assert_eq!(all[0], all[1]);
+    assert_eq!(all[1], all[2]);
+    // Ids such as "a/b" and "100%" reached the API intact, percent-encoded on the wire.
+    let looked_up = api.lookups();
+    for odd in ODD_IDS.iter().filter(|id| w.users.contains_key(**id)) {
+        if w.lines
+            .iter()
+            .any(|l| l.contains(&format!("\"user_id\":{}", json!(odd))))
+        {
+            assert_eq!(
+                looked_up.get(*odd),
+                Some(&2),
+                "{odd} looked up once per HTTP run"
+            );
+        }
+    }
+}
+
+#[test]
+fn state_is_applied_in_order_and_webhook_body_has_the_original_shape() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        json!({"event_id": "a1", "user_id": "alice", "event_type": "page_view", "timestamp": 10, "is_first_in_visit": true}),
+        json!({"event_id": "a2", "user_id": "alice", "event_type": "click", "timestamp": 20}),
+        json!({"event_id": "a3", "user_id": "alice", "event_type": "page_view", "timestamp": 30, "parameters": {"custom_params": {"k": [1, 2]}, "utm_source": "x"}}),
+    ];
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(
+        &events,
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let api = ProfileApi::start(
+        &rt,
+        HashMap::from([(
+            "alice".to_string(),
+            Behaviour::Answer {
+                profile: json!({"user_id": "alice", "country": "US"}),
+                visit: json!({"uuid": "v", "timestamp": 1, "actions": 5}),
+                history: json!([{"event_id": "old", "event_type": "purchase", "timestamp": 1}]),
+            },
+        )]),
+    );
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        "true",
+    );
+    s.state.max_history = 3;
+    let counts = run(&s, 1, &rt);
+    assert_eq!(counts.passed, 3);
+    let bodies = receiver.bodies.lock().unwrap();
+    let by_id: HashMap<String, &serde_json::Value> = bodies
+        .iter()
+        .map(|(b, _)| (b["event"]["event_id"].as_str().unwrap().to_string(), b))
+        .collect();
+    let hist = |id: &str| -> Vec<String> {
+        by_id[id]["eventHistory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["event_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(hist("a1"), ["old", "a1"]);
+    assert_eq!(hist("a2"), ["old", "a1", "a2"]);
+    assert_eq!(
+        hist("a3"),
+        ["a1", "a2", "a3"],
+        "capped at max-history, oldest dropped"
+    );
+    assert_eq!(by_id["a1"]["currentVisit"]["actions"], 6);
+    assert_eq!(
+        by_id["a1"]["currentVisit"]["timestamp"], 10,
+        "is_first_in_visit starts the visit"
+    );
+    assert_eq!(by_id["a3"]["currentVisit"]["actions"], 8);
+    assert_eq!(by_id["a3"]["currentVisit"]["timestamp"], 10);
+    let a3 = by_id["a3"];
+    assert_eq!(a3["userProfile"]["country"], "US");
+    assert_eq!(
+        a3["event"]["parameters"]["custom_params"]["k"],
+        json!([1, 2])
+    );
+    assert!(a3["triggeredAt"].as_u64().unwrap() > 1_700_000_000_000);
+    for key in [
+        "event",
+        "userProfile",
+        "currentVisit",
+        "eventHistory",
+        "triggeredAt",
+    ] {
+        assert!(a3.get(key).is_some(), "{key}");
+    }
+}
+
+#[test]
+fn a_slow_fetch_holds_only_its_users_events_and_keeps_their_order() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let answer = |country: &str| Behaviour::Answer {
+        profile: json!({"country": country}),
+        visit: json!(null),
+        history: json!([]),
+    };
+    let api = ProfileApi::start(
+        &rt,
+        HashMap::from([
+            (
+                "slow".to_string(),
+                Behaviour::Slow {
+                    delay: Duration::from_millis(800),
+                    profile: json!({"country": "US"}),
+                    visit: json!(null),
+                    history: json!([]),
+                },
+            ),
+            ("fast".to_string(), answer("US")),
+        ]),
+    );
+    let mut lines = String::new();
+    for i in 0..20 {
+        let user = if i % 2 == 0 { "slow" } else { "fast" };
+        lines += &json!({"event_id": format!("{user}-{i:02}"), "user_id": user, "event_type": "page_view"}).to_string();
+        lines.push('\n');
+    }
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let receiver = Receiver::start(&rt);
+    let s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        "true",
+    );
+    // One worker reads the whole file, so input order is file order (with more workers a
+    // file is split by byte range and only each worker's share keeps its order).
+    let counts = run(&s, 1, &rt);
+    assert_eq!(counts.passed, 20);
+
+    let bodies = receiver.bodies.lock().unwrap();
+    let slow: Vec<_> = bodies
+        .iter()
+        .filter(|(b, _)| b["event"]["user_id"] == "slow")
+        .collect();
+    let fast: Vec<_> = bodies
+        .iter()
+        .filter(|(b, _)| b["event"]["user_id"] == "fast")
+        .collect();
+    let slow_history_at_end: Vec<_> = slow
+        .iter()
+        .map(|(b, _)| b["eventHistory"].as_array().unwrap().len())
+        .collect();
+    // Each of the slow user's events saw the ones before it: applied in input order.
+    let mut sorted = slow_history_at_end.clone();
+    sorted.sort();
+    assert_eq!(sorted, (1..=10).collect::<Vec<_>>());
+    for (b, _) in &slow {
+        let hist: Vec<_> = b["eventHistory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["event_id"].as_str().unwrap())
+            .collect();
+        let mut in_order = hist.clone();
+        in_order.sort();
+        assert_eq!(hist, in_order, "history in input order");
+        assert_eq!(
+            hist.last().unwrap(),
+            &b["event"]["event_id"].as_str().unwrap()
+        );
+    }
+    // The fast user's events were all delivered before the slow fetch came back.
+    let last_fast = fast.iter().map(|(_, t)| *t).max().unwrap();
+    let first_slow = slow.iter().map(|(_, t)| *t).min().unwrap();
+    assert!(
+        last_fast < first_slow,
+        "other users' events must not wait for a slow fetch"
+    );
+}
+
+#[test]
+fn api_failures_give_empty_checkpoints_and_events_still_flow() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let api = ProfileApi::start(
+        &rt,
+        HashMap::from([
+            (
+                "ok".to_string(),
+                Behaviour::Answer {
+                    profile: json!({"country": "US"}),
+                    visit: json!({"actions": 1}),
+                    history: json!([]),
+                },
+            ),
+            ("e500".to_string(), Behaviour::Status(500)),
+            ("garbage".to_string(), Behaviour::Garbage),
+            (
+                "wrongtype".to_string(),
+                Behaviour::Answer {
+                    profile: json!({"country": 7}),
+                    visit: json!({}),
+                    history: json!([]),
+                },
+            ),
+            (
+                "timeout".to_string(),
+                Behaviour::Slow {
+                    delay: Duration::from_secs(5),
+                    profile: json!({}),
+                    visit: json!({}),
+                    history: json!([]),
+                },
+            ),
+        ]),
+    );
+    let users = ["ok", "e500", "garbage", "wrongtype", "timeout", "unknown"];
+    let lines: String = users
+        .iter()
+        .map(|u| json!({"event_id": u, "user_id": u, "event_type": "page_view"}).to_string() + "\n")
+        .collect();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let receiver = Receiver::start(&rt);
+    // Empty checkpoints: no country, no visit, only the event in the history.
+    let script = r#"user.country == () && visit == () && history.len() == 1"#;
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        script,
+    );
+    s.profile_api.timeout_ms = 300;
+    let started = std::time::Instant::now();
+    let counts = run(&s, 2, &rt);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the timeout bounds the wait"
+    );
+    assert_eq!(counts.fetched, 6);
+    assert_eq!(counts.fetch_errors, 5);
+    assert_eq!(counts.passed, 5);
+    assert_eq!(counts.rejected, 1);
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, ["e500", "garbage", "timeout", "unknown", "wrongtype"]);
+}
+
+#[test]
+fn script_errors_reject_count_and_do_not_stop_the_job() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(500, 50, 2);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    // Throws for click events, loops forever for purchases, passes page views.
+    let script = r#"
+        if event.event_type == "click" { throw "no clicks" }
+        if event.event_type == "purchase" { loop { } }
+        true
+    "#;
+    let s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &receiver.url(),
+        script,
+    );
+    let counts = run(&s, 2, &rt);
+    let valid = w.lines.len() as u64 - w.invalid_lines();
+    let page_views = w
+        .lines
+        .iter()
+        .filter(|l| l.contains("\"event_type\":\"page_view\""))
+        .count() as u64;
+    assert_eq!(counts.passed, page_views);
+    assert_eq!(counts.script_errors, valid - page_views);
+    assert_eq!(counts.rejected, 0);
+    assert_eq!(receiver.event_ids().len() as u64, page_views);
+}
+
+#[test]
+fn webhook_down_is_counted_and_the_job_finishes() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(600, 60, 3);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let down = format!("http://127.0.0.1:{}/webhook", closed_port());
+    let s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &down,
+        SEED_FILTER,
+    );
+    let counts = run(&s, 2, &rt);
+    assert!(counts.passed > 0);
+    assert_eq!(counts.actions_failed, counts.passed);
+    assert_eq!(counts.actions_ok, 0);
+}
+
+#[test]
+fn webhook_answering_errors_is_counted_as_failed() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let handler = event_trigger::http_server::handler(|_req| async {
+        event_trigger::http_server::reply(hyper::StatusCode::SERVICE_UNAVAILABLE, "{}")
+    });
+    let addr = rt
+        .block_on(event_trigger::http_server::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+        ))
+        .unwrap();
+    let w = Workload::generate(300, 30, 4);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &format!("http://{addr}/x"),
+        "true",
+    );
+    let counts = run(&s, 1, &rt);
+    assert_eq!(counts.actions_failed, counts.passed);
+    assert_eq!(counts.passed, w.lines.len() as u64 - w.invalid_lines());
+}
