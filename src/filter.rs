@@ -592,3 +592,30 @@ mod tests {
         assert!(err.starts_with("rules/f.rhai:2:"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod readme_examples {
+    use super::*;
+
+    /// Every rhai example in the README compiles.
+    #[test]
+    fn readme_filter_examples_compile() {
+        let readme = include_str!("../README.md");
+        let mut blocks = readme.split("```rhai\n").skip(1);
+        let block = blocks.next().expect("a rhai block in the README");
+        let block = &block[..block.find("```").unwrap()];
+        let mut examples = Vec::new();
+        for chunk in block.split("\n\n") {
+            let lines: Vec<&str> = chunk.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+            if lines.len() == 2 && !lines[0].starts_with("let") {
+                examples.extend(lines.iter().map(|l| l.to_string()));
+            } else if !lines.is_empty() {
+                examples.push(lines.join("\n"));
+            }
+        }
+        assert!(examples.len() >= 4);
+        for ex in examples {
+            Filter::compile(&ex, "README", &FilterLimits::default()).unwrap_or_else(|e| panic!("{ex}: {e}"));
+        }
+    }
+}
