@@ -606,7 +606,10 @@ mod readme_examples {
         let block = &block[..block.find("```").unwrap()];
         let mut examples = Vec::new();
         for chunk in block.split("\n\n") {
-            let lines: Vec<&str> = chunk.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+            let lines: Vec<&str> = chunk
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
             if lines.len() == 2 && !lines[0].starts_with("let") {
                 examples.extend(lines.iter().map(|l| l.to_string()));
             } else if !lines.is_empty() {
@@ -615,7 +618,8 @@ mod readme_examples {
         }
         assert!(examples.len() >= 4);
         for ex in examples {
-            Filter::compile(&ex, "README", &FilterLimits::default()).unwrap_or_else(|e| panic!("{ex}: {e}"));
+            Filter::compile(&ex, "README", &FilterLimits::default())
+                .unwrap_or_else(|e| panic!("{ex}: {e}"));
         }
     }
 }
