@@ -115,7 +115,7 @@ fn dataflow(c: &mut Criterion) {
     s.filter.script_path = script;
     // Debug prints with no log subscriber installed: the action's cost is the rendering.
     s.actions.debug.enabled = true;
-    let prepared = Arc::new(Prepared::new(&s).unwrap());
+    let prepared = Arc::new(Prepared::new(&s, true).unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let mut g = c.benchmark_group("dataflow");

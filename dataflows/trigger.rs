@@ -10,10 +10,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
+use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
 use crate::actions::{Action, run_actions};
-use crate::config::{Settings, SourceType};
+use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::filter::{Filter, FilterLimits};
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
@@ -21,6 +22,7 @@ use crate::operators::decode::decode;
 use crate::operators::user_state::{UserStateConfig, user_state};
 use crate::profile_api::ProfileSource;
 use crate::sources::file::file_source;
+use crate::sources::kafka::{KafkaReader, SharedReader, kafka_source};
 use crate::stats::{Counts, Stats, Summary};
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
@@ -28,11 +30,25 @@ const PENDING_PER_LOOKUP: usize = 64;
 /// Events that may wait for a webhook slot, per slot, before the source pauses.
 const QUEUED_PER_DELIVERY: usize = 4;
 
+/// Where events come from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A JSONL file, a pipe, or standard input (`-`): read to its end.
+    File(PathBuf),
+    /// A Kafka topic with this many partitions; `bounded` reads to the end of each
+    /// partition and finishes, otherwise the job runs until stopped.
+    Kafka {
+        settings: KafkaSettings,
+        partitions: i32,
+        bounded: bool,
+    },
+}
+
 /// Everything a worker needs, prepared once per process before the workers start, so
 /// that bad settings fail before anything runs.
 #[derive(Clone)]
 pub struct Prepared {
-    pub input: PathBuf,
+    pub input: Input,
     pub profiles: ProfileSource,
     pub action: Action,
     pub script: String,
@@ -42,7 +58,9 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(settings: &Settings) -> anyhow::Result<Prepared> {
+    /// `bounded` makes a Kafka source finish at the end of its partitions (a file
+    /// source always finishes at its end).
+    pub fn new(settings: &Settings, bounded: bool) -> anyhow::Result<Prepared> {
         let limits = FilterLimits {
             max_operations: settings.filter.max_operations,
         };
@@ -55,18 +73,26 @@ impl Prepared {
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         let action = Action::from_settings(&settings.actions).map_err(|e| anyhow!(e))?;
         let input = match settings.source.kind {
-            SourceType::File => settings
-                .source
-                .path
-                .clone()
-                .ok_or_else(|| anyhow!("source.path: required when source.type is file"))?,
-            SourceType::Kafka => bail!(
-                "source.type: kafka is not available in this build yet; use `source.type: file` with `source.path`"
-            ),
+            SourceType::File => {
+                let path = settings
+                    .source
+                    .path
+                    .clone()
+                    .ok_or_else(|| anyhow!("source.path: required when source.type is file"))?;
+                if path.as_os_str() != "-" && !path.exists() {
+                    bail!("source.path: {}: no such file", path.display());
+                }
+                Input::File(path)
+            }
+            SourceType::Kafka => {
+                let partitions = crate::kafka::topic_partitions(&settings.kafka)?;
+                Input::Kafka {
+                    settings: settings.kafka.clone(),
+                    partitions,
+                    bounded,
+                }
+            }
         };
-        if input.as_os_str() != "-" && !input.is_file() {
-            bail!("source.path: {}: no such file", input.display());
-        }
         Ok(Prepared {
             input,
             profiles,
@@ -83,7 +109,7 @@ impl Prepared {
     }
 }
 
-/// Runs the job to the end of its input on the cluster `config` describes. Returns the
+/// Runs the job to the end of its input (forever for an unbounded Kafka source) on the cluster `config` describes. Returns the
 /// summary, summed over all workers, in the process that hosts worker 0.
 pub fn run(
     prepared: Prepared,
@@ -97,14 +123,37 @@ pub fn run(
         let p = prepared.clone();
         let filter =
             Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
+        let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
+            Input::Kafka {
+                settings,
+                partitions,
+                bounded,
+            } => Some(
+                KafkaReader::open(
+                    settings,
+                    *partitions,
+                    worker.index(),
+                    worker.peers(),
+                    *bounded,
+                )
+                .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
+            ),
+            Input::File(_) => None,
+        }));
 
         // Bounds on what waits for the outside world; past them the source pauses.
         let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
         let deliveries = Backlog::new(p.action.max_in_flight() * QUEUED_PER_DELIVERY);
         let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
+        // Passes a time once every action for it is done: ends bounded runs, and lets
+        // the Kafka source commit offsets only for finished events.
+        let probe = ProbeHandle::new();
 
-        let probe = worker.dataflow::<Time, _, _>(|scope| {
-            let messages = file_source(scope, p.input.clone(), gate, failed.clone());
+        worker.dataflow::<Time, _, _>(|scope| {
+            let messages = match &p.input {
+                Input::File(path) => file_source(scope, path.clone(), gate, failed.clone()),
+                Input::Kafka { .. } => kafka_source(scope, kafka.clone(), probe.clone(), gate),
+            };
             let events = decode(messages, stats.clone());
             let triggered = user_state(
                 events,
@@ -115,17 +164,22 @@ pub fn run(
                 lookups,
                 stats.clone(),
             );
-            let done = run_actions(
+            run_actions(
                 triggered,
                 p.action.clone(),
                 runtime.clone(),
                 deliveries,
                 stats.clone(),
-            );
-            done.probe().0
+            )
+            .probe_with(&probe);
         });
         while !probe.done() {
             worker.step_or_park(None);
+        }
+        // Everything is done: the last offsets can be committed.
+        if let Some(reader) = kafka.borrow_mut().as_mut() {
+            reader.settle(&probe);
+            reader.commit(rdkafka::consumer::CommitMode::Sync);
         }
         let elapsed_s = started.elapsed().as_secs_f64();
         if failed.get() {

@@ -46,6 +46,13 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     pub topic: String,
     pub consumer_group_id: String,
+    /// Where to start a partition: the group's committed offset (falling back to the
+    /// end, as the Flink job's `latest`), the beginning, or the end.
+    pub start_from: StartFrom,
+    /// Passed to librdkafka as they are (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// How long to wait for the broker at start before giving up.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for KafkaSettings {
@@ -54,8 +61,20 @@ impl Default for KafkaSettings {
             bootstrap_servers: "localhost:9092".into(),
             topic: "user-events".into(),
             consumer_group_id: "event-trigger".into(),
+            start_from: StartFrom::Committed,
+            properties: Default::default(),
+            connect_timeout_ms: 10_000,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    #[default]
+    Committed,
+    Earliest,
+    Latest,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

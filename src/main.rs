@@ -40,6 +40,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         log_webhooks: u64,
     },
+    /// Loads a JSONL file into a Kafka topic, keyed by user_id (creates the topic if
+    /// missing).
+    Produce {
+        #[arg(long)]
+        topic: String,
+        /// Partitions of the topic when it is created.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Broker list (default: kafka.bootstrap-servers of the config).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        #[arg(long, default_value = "config/application.yml")]
+        config: PathBuf,
+        /// The events, one per line; `-` for standard input.
+        file: PathBuf,
+    },
     /// Runs the job on built-in sample data with an in-process Profile API and webhook
     /// receiver: no external services needed.
     Demo {
@@ -55,6 +71,10 @@ enum Command {
 struct RunArgs {
     #[arg(long, default_value = "config/application.yml")]
     config: PathBuf,
+    /// Kafka: read each partition to its end, finish once every action is done, print
+    /// the summary and exit (for backfills, tests and benchmarks).
+    #[arg(long)]
+    bounded: bool,
     /// Worker threads per process (default: engine.parallelism).
     #[arg(short = 'w', long = "threads")]
     threads: Option<usize>,
@@ -88,6 +108,13 @@ fn main() -> std::process::ExitCode {
             listen,
             log_webhooks,
         } => mock_api(&profiles, listen, log_webhooks),
+        Command::Produce {
+            topic,
+            partitions,
+            bootstrap_servers,
+            config,
+            file,
+        } => produce(&topic, partitions, bootstrap_servers, &config, &file),
         Command::Demo { threads } => demo(threads),
     };
     match result {
@@ -128,7 +155,7 @@ fn timely_config(args: &RunArgs, parallelism: usize) -> anyhow::Result<timely::C
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&args.config)?;
     let config = timely_config(&args, settings.engine.parallelism)?;
-    let prepared = Prepared::new(&settings)?;
+    let prepared = Prepared::new(&settings, args.bounded)?;
     let runtime = tokio_runtime()?;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");
@@ -164,6 +191,63 @@ fn mock_api(profiles: &Path, listen: SocketAddr, log_webhooks: u64) -> anyhow::R
     })
 }
 
+fn produce(
+    topic: &str,
+    partitions: i32,
+    bootstrap_servers: Option<String>,
+    config: &Path,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let mut kafka = if config.is_file() {
+        Settings::load(config)?.kafka
+    } else {
+        Default::default()
+    };
+    if let Some(servers) = bootstrap_servers {
+        kafka.bootstrap_servers = servers;
+    }
+    let runtime = tokio_runtime()?;
+    runtime.block_on(event_trigger::kafka::ensure_topic(
+        &kafka, topic, partitions,
+    ))?;
+    let (total, input): (Option<u64>, Box<dyn std::io::BufRead>) = if file == Path::new("-") {
+        (None, Box::new(std::io::stdin().lock()))
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+        (
+            Some(f.metadata()?.len()),
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+        )
+    };
+    let started = std::time::Instant::now();
+    // The bar follows bytes (the file's size is known, its line count is not).
+    let progress = |p: event_trigger::kafka::Produced| {
+        let n = p.messages;
+        let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        match total {
+            Some(t) if t > 0 => {
+                let filled = ((p.bytes + n) * 30 / t).min(30) as usize;
+                eprint!(
+                    "\r[{}{}] {n} messages {:.0} msg/s ",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled),
+                    rate
+                );
+            }
+            _ => eprint!("\r{n} messages {:.0} msg/s ", rate),
+        }
+    };
+    let done = event_trigger::kafka::produce(&kafka, topic, input, progress)?;
+    eprintln!();
+    println!(
+        "produced {} messages ({} bytes) to {topic} in {:.2} s",
+        done.messages,
+        done.bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 const DEMO_EVENTS: &[u8] = include_bytes!("../config/demo/events.jsonl");
 const DEMO_PROFILES: &[u8] = include_bytes!("../config/demo/profiles.jsonl");
 const DEMO_FILTER: &str = "// Page views of users in the US.\nevent.event_type == \"page_view\" && user.country == \"US\"\n";
@@ -195,7 +279,7 @@ fn demo(threads: usize) -> anyhow::Result<()> {
         "demo: filter is: {}",
         DEMO_FILTER.lines().last().unwrap_or_default()
     );
-    let prepared = Prepared::new(&settings)?;
+    let prepared = Prepared::new(&settings, true)?;
     let summary = trigger::run(
         prepared,
         timely::Config::process(threads),

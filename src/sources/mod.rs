@@ -2,3 +2,4 @@
 //! processing time, and keeps its capability moving with the clock.
 
 pub mod file;
+pub mod kafka;

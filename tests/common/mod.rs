@@ -366,7 +366,7 @@ pub fn settings(
 
 /// Runs the job in this process with `workers` threads.
 pub fn run(settings: &Settings, workers: usize, rt: &tokio::runtime::Runtime) -> Counts {
-    let prepared = Prepared::new(settings).unwrap();
+    let prepared = Prepared::new(settings, true).unwrap();
     run_prepared(prepared, workers, rt)
 }
 

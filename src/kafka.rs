@@ -1,0 +1,216 @@
+//! Kafka plumbing shared by the source and the `produce` tool: client configuration
+//! from settings, the start-up check of broker and topic, and the loader.
+
+use std::borrow::Cow;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("kafka.bootstrap-servers: cannot reach {servers} within {waited:?}: {reason}")]
+    Unreachable {
+        servers: String,
+        waited: Duration,
+        reason: String,
+    },
+    #[error("kafka.topic: topic `{0}` does not exist")]
+    NoTopic(String),
+    #[error("kafka: {0}")]
+    Client(String),
+}
+
+/// The job's librdkafka client context: its log lines go to `tracing`, and the
+/// end-of-partition notices of bounded reads (which librdkafka also reports as a
+/// "global error") are logged at debug, not as errors.
+pub struct JobContext;
+
+impl rdkafka::ClientContext for JobContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(p) => tracing::debug!(partition = p, "kafka: {reason}"),
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!("kafka: {reason}")
+            }
+            e => tracing::error!("kafka: {e}: {reason}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for JobContext {}
+
+/// librdkafka settings for this job: `kafka.*` first, `kafka.properties` on top.
+pub fn client_config(s: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &s.bootstrap_servers);
+    for (k, v) in &s.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Partition count of the topic; fails when the broker does not answer within
+/// `kafka.connect-timeout-ms` or the topic is missing.
+pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
+    let consumer: BaseConsumer = client_config(s)
+        .set("group.id", &s.consumer_group_id)
+        .create()
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let waited = Duration::from_millis(s.connect_timeout_ms);
+    let md = consumer
+        .fetch_metadata(Some(&s.topic), waited)
+        .map_err(|e| KafkaSetupError::Unreachable {
+            servers: s.bootstrap_servers.clone(),
+            waited,
+            reason: e.to_string(),
+        })?;
+    let topic = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == s.topic)
+        .ok_or_else(|| KafkaSetupError::NoTopic(s.topic.clone()))?;
+    if topic.error().is_some() || topic.partitions().is_empty() {
+        return Err(KafkaSetupError::NoTopic(s.topic.clone()));
+    }
+    Ok(topic.partitions().len() as i32)
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub async fn ensure_topic(
+    s: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(s)
+        .create()
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts =
+        AdminOptions::new().operation_timeout(Some(Duration::from_millis(s.connect_timeout_ms)));
+    let results =
+        admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| KafkaSetupError::Unreachable {
+                servers: s.bootstrap_servers.clone(),
+                waited: Duration::from_millis(s.connect_timeout_ms),
+                reason: e.to_string(),
+            })?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaSetupError::Client(format!(
+                    "creating topic {name}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct KeyOnly<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+}
+
+/// The message key of a line: its `user_id`, so a user's events share a partition.
+/// Lines without one (invalid events) go unkeyed; the job counts them as it would from
+/// a file.
+pub fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
+    serde_json::from_slice::<KeyOnly<'_>>(line).ok()?.user_id
+}
+
+/// What `produce` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Loads every line of `input` into `topic`, keyed by user id, at full speed; calls
+/// `progress` with the counts so far about every 200 ms. Waits until every message is
+/// acknowledged.
+pub fn produce(
+    s: &KafkaSettings,
+    topic: &str,
+    input: impl BufRead,
+    mut progress: impl FnMut(Produced),
+) -> Result<Produced, KafkaSetupError> {
+    let producer: BaseProducer = client_config(s)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "lz4")
+        .create()
+        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let mut done = Produced {
+        messages: 0,
+        bytes: 0,
+    };
+    let mut last = Instant::now();
+    for line in input.split(b'\n') {
+        let mut line = line.map_err(|e| KafkaSetupError::Client(format!("reading input: {e}")))?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let key = key_of(&line).map(|k| k.into_owned());
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(&line);
+        if let Some(k) = key.as_deref() {
+            record = record.key(k);
+        }
+        let mut pending = record;
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    pending = back;
+                }
+                Err((e, _)) => {
+                    return Err(KafkaSetupError::Client(format!(
+                        "producing to {topic}: {e}"
+                    )));
+                }
+            }
+        }
+        done.messages += 1;
+        done.bytes += line.len() as u64;
+        if last.elapsed() >= Duration::from_millis(200) {
+            producer.poll(Duration::ZERO);
+            progress(done);
+            last = Instant::now();
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| KafkaSetupError::Client(format!("flushing to {topic}: {e}")))?;
+    progress(done);
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_the_user_id_when_there_is_one() {
+        assert_eq!(
+            key_of(br#"{"a":[1,{"b":2}],"user_id":"u\/1"}"#).as_deref(),
+            Some("u/1")
+        );
+        assert_eq!(key_of(b"not json"), None);
+        assert_eq!(key_of(br#"{"user_id":7}"#), None);
+    }
+}
