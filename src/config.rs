@@ -443,6 +443,27 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_keep_their_dotted_names() {
+        let s = load(
+            "kafka:\n  start-from: earliest\n  properties:\n    security.protocol: SASL_SSL\n    sasl.mechanism: PLAIN\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.start_from, StartFrom::Earliest);
+        assert_eq!(
+            s.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            s.kafka.properties.get("sasl.mechanism").map(String::as_str),
+            Some("PLAIN")
+        );
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err = Settings::load_with_vars(Path::new("/nonexistent.yml"), []).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.yml"));

@@ -205,6 +205,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn properties_pass_through_and_win() {
+        let mut s = KafkaSettings::default();
+        s.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        s.properties
+            .insert("bootstrap.servers".into(), "other:9093".into());
+        let c = client_config(&s);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("bootstrap.servers"), Some("other:9093"));
+    }
+
+    #[test]
     fn key_is_the_user_id_when_there_is_one() {
         assert_eq!(
             key_of(br#"{"a":[1,{"b":2}],"user_id":"u\/1"}"#).as_deref(),

@@ -260,7 +260,8 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     std::fs::write(&script, DEMO_FILTER)?;
 
     // librdkafka's in-process mock cluster stands in for Kafka.
-    let cluster = rdkafka::mocking::MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
+    let cluster = rdkafka::mocking::MockCluster::new(1)
+        .context("cannot start the in-process Kafka cluster")?;
     let mut settings = Settings::default();
     settings.source.kind = SourceType::Kafka;
     settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
@@ -270,7 +271,8 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     cluster
         .create_topic(&settings.kafka.topic, 4, 1)
         .context("cannot create the demo topic")?;
-    let produced = event_trigger::kafka::produce(&settings.kafka, &settings.kafka.topic, DEMO_EVENTS, |_| {})?;
+    let produced =
+        event_trigger::kafka::produce(&settings.kafka, &settings.kafka.topic, DEMO_EVENTS, |_| {})?;
     tracing::info!(
         "demo: produced {} sample events to topic {} (4 partitions) on the in-process Kafka cluster",
         produced.messages,
@@ -280,12 +282,18 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     let runtime = tokio_runtime()?;
     let api = Arc::new(MockApi::load(&profiles, 3).map_err(anyhow::Error::msg)?);
     let addr = runtime.block_on(api.clone().serve("127.0.0.1:0".parse()?))?;
-    tracing::info!("demo: Profile API and webhook receiver on http://{addr}, {} users", api.users());
+    tracing::info!(
+        "demo: Profile API and webhook receiver on http://{addr}, {} users",
+        api.users()
+    );
 
     settings.profile_api.base_url = format!("http://{addr}");
     settings.actions.webhook.url = format!("http://{addr}/webhook");
     settings.filter.script_path = script;
-    tracing::info!("demo: filter is: {}", DEMO_FILTER.lines().last().unwrap_or_default());
+    tracing::info!(
+        "demo: filter is: {}",
+        DEMO_FILTER.lines().last().unwrap_or_default()
+    );
     let prepared = Prepared::new(&settings, true)?;
     let summary = trigger::run(
         prepared,
