@@ -145,41 +145,7 @@ fn two_processes_give_the_same_counts_as_one_worker() {
     let mut s2 = s.clone();
     s2.actions.webhook.url = cluster_receiver.url();
     let cfg = write_config(dir.path(), "cluster.yml", &s2, "");
-    let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port()),
-    )
-    .unwrap();
-    let procs: Vec<_> = (0..2)
-        .map(|p| {
-            Command::new(binary())
-                .args([
-                    "run",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "-w",
-                    "1",
-                    "-n",
-                    "2",
-                    "-p",
-                    &p.to_string(),
-                ])
-                .args(["-h", hosts.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outputs: Vec<_> = procs
-        .into_iter()
-        .map(|p| p.wait_with_output().unwrap())
-        .collect();
-    for o in &outputs {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let outputs = run_cluster(dir.path(), &cfg, &["-w", "1"], 2);
     let counts = summary_of(&outputs[0].stdout);
     assert_eq!(counts, single, "2 processes x 1 worker vs -w 1");
     assert!(

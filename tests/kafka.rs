@@ -174,40 +174,7 @@ fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes()
     let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     let cfg = dir.path().join("kafka.yml");
     std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
-    let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port()),
-    )
-    .unwrap();
-    let procs: Vec<_> = (0..2)
-        .map(|p| {
-            Command::new(binary())
-                .args([
-                    "run",
-                    "--bounded",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "-n",
-                    "2",
-                    "-p",
-                    &p.to_string(),
-                ])
-                .args(["-h", hosts.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = procs
-        .into_iter()
-        .map(|p| p.wait_with_output().unwrap())
-        .collect();
-    for o in &outs {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let outs = run_cluster(dir.path(), &cfg, &["--bounded"], 2);
     assert_eq!(
         summary_of(&outs[0].stdout),
         from_file,
@@ -227,32 +194,8 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
     reset_group(&topic, &group, 4);
 
     // A slow receiver, so the first run is still busy when it is killed.
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sink = received.clone();
-    let handler = event_trigger::http_server::handler(move |req| {
-        let sink = sink.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let v: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
-            sink.lock()
-                .unwrap()
-                .push(v["event"]["event_id"].as_str().unwrap().to_string());
-            event_trigger::http_server::reply(hyper::StatusCode::OK, "{}")
-        }
-    });
-    let addr = rt
-        .block_on(event_trigger::http_server::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            handler,
-        ))
-        .unwrap();
-    let mut s = kafka_job(
-        dir.path(),
-        &topic,
-        &group,
-        &profiles,
-        &format!("http://{addr}/hook"),
-    );
+    let receiver = Receiver::start_slow(&rt, Duration::from_millis(20));
+    let mut s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     s.actions.webhook.max_in_flight = 4;
     let cfg = dir.path().join("crash.yml");
     std::fs::write(&cfg, kafka_yaml(&s) + "    max-in-flight: 4\n").unwrap();
@@ -286,7 +229,7 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
     }
     first.kill().unwrap(); // SIGKILL: no chance to commit anything more
     first.wait().unwrap();
-    let delivered_before_crash = received.lock().unwrap().len();
+    let delivered_before_crash = receiver.received();
 
     let resumed_from = committed_total(&topic, &group, 4);
     assert!(
@@ -306,7 +249,7 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
         "resumed from the committed offsets"
     );
 
-    let mut got = received.lock().unwrap().clone();
+    let mut got = receiver.event_ids();
     got.sort();
     got.dedup();
     assert_eq!(

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -30,31 +29,13 @@ fn broker_lost_while_running_then_back_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // A slow receiver and few webhook slots: backpressure spreads the reading over
     // seconds, so the outage falls in the middle of it.
-    let received = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = received.clone();
-    let handler = event_trigger::http_server::handler(move |req| {
-        let sink = sink.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let v: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
-            sink.lock()
-                .unwrap()
-                .push(v["event"]["event_id"].as_str().unwrap().to_string());
-            event_trigger::http_server::reply(hyper::StatusCode::OK, "{}")
-        }
-    });
-    let addr = rt
-        .block_on(event_trigger::http_server::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            handler,
-        ))
-        .unwrap();
+    let receiver = Receiver::start_slow(&rt, Duration::from_millis(5));
     let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
     let mut s = settings(
         dir.path(),
         std::path::Path::new("-"),
         &profiles,
-        &format!("http://{addr}/"),
+        &receiver.url(),
         SEED_FILTER,
     );
     s.source.kind = SourceType::Kafka;
@@ -68,11 +49,11 @@ fn broker_lost_while_running_then_back_loses_nothing() {
             .unwrap()
             .unwrap()
     });
-    while received.lock().unwrap().len() < 50 {
+    while receiver.received() < 50 {
         std::thread::sleep(Duration::from_millis(10));
     }
     cluster.broker_down(1).unwrap();
-    let during = received.lock().unwrap().len();
+    let during = receiver.received();
     std::thread::sleep(Duration::from_secs(3));
     cluster.broker_up(1).unwrap();
     let summary = job.join().unwrap();
@@ -86,7 +67,7 @@ fn broker_lost_while_running_then_back_loses_nothing() {
         w.lines.len() as u64,
         "nothing skipped"
     );
-    let mut got = received.lock().unwrap().clone();
+    let mut got = receiver.event_ids();
     got.sort();
     assert_eq!(
         got,

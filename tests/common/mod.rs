@@ -132,11 +132,17 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(rt: &tokio::runtime::Runtime) -> Receiver {
+        Self::start_slow(rt, Duration::ZERO)
+    }
+
+    /// A receiver that takes `delay` to answer each call.
+    pub fn start_slow(rt: &tokio::runtime::Runtime, delay: Duration) -> Receiver {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let sink = bodies.clone();
         let handler = http_server::handler(move |req| {
             let sink = sink.clone();
             async move {
+                tokio::time::sleep(delay).await;
                 let ok = req
                     .headers()
                     .get("content-type")
@@ -158,6 +164,10 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("http://{}/webhook", self.addr)
+    }
+
+    pub fn received(&self) -> usize {
+        self.bodies.lock().unwrap().len()
     }
 
     pub fn event_ids(&self) -> Vec<String> {
@@ -399,6 +409,50 @@ pub fn write_config(dir: &Path, name: &str, s: &Settings, extra: &str) -> PathBu
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_event-trigger")
+}
+
+/// Runs `event-trigger run --config CONFIG EXTRA... -n N -p I -h HOSTS` as `processes`
+/// processes on 127.0.0.1, waits for all and checks they succeeded.
+pub fn run_cluster(
+    dir: &Path,
+    config: &Path,
+    extra: &[&str],
+    processes: usize,
+) -> Vec<std::process::Output> {
+    let hosts = dir.join("hosts.txt");
+    let lines: String = (0..processes)
+        .map(|_| format!("127.0.0.1:{}\n", closed_port()))
+        .collect();
+    std::fs::write(&hosts, lines).unwrap();
+    let n = processes.to_string();
+    let children: Vec<_> = (0..processes)
+        .map(|p| {
+            std::process::Command::new(binary())
+                .args(["run", "--config", config.to_str().unwrap()])
+                .args(extra)
+                .args([
+                    "-n",
+                    &n,
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hosts.to_str().unwrap(),
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outputs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    outputs
 }
 
 /// Parses the summary line out of a run's standard output.
