@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::intern::Interner;
 use crate::model::{RawJson, UserEvent};
 
 /// Why a message was skipped; `as_str` is the label used in counters and logs.
@@ -111,6 +112,34 @@ fn text(s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
     s.map(|s| Arc::from(s.as_ref()))
 }
 
+fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
+    s.map(|s| interner.intern(&s))
+}
+
+/// Decodes messages, sharing the strings that repeat across events (type, name,
+/// domain, platform ...) instead of allocating them for each event.
+#[derive(Default)]
+pub struct Decoder {
+    interner: Interner,
+}
+
+impl Decoder {
+    /// Decodes one message.
+    ///
+    /// ```
+    /// use event_trigger::decode::{Decoder, DecodeError};
+    /// let mut d = Decoder::default();
+    /// let ev = d.decode(br#"{"user_id":"u1","event_type":"click","timestamp":5}"#).unwrap();
+    /// assert_eq!(&*ev.user_id, "u1");
+    /// assert_eq!(ev.timestamp, 5);
+    /// assert_eq!(d.decode(br#"{"user_id":7,"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
+    /// assert_eq!(d.decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
+    /// ```
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<UserEvent, DecodeError> {
+        decode_with(bytes, &mut self.interner)
+    }
+}
+
 fn json_err(e: serde_json::Error) -> DecodeError {
     DecodeError::Json(e.to_string())
 }
@@ -136,17 +165,12 @@ pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
     Ok(Some(RawJson(Arc::from(s))))
 }
 
-/// Decodes one message.
-///
-/// ```
-/// use event_trigger::decode::{decode, DecodeError};
-/// let ev = decode(br#"{"user_id":"u1","event_type":"click","timestamp":5}"#).unwrap();
-/// assert_eq!(&*ev.user_id, "u1");
-/// assert_eq!(ev.timestamp, 5);
-/// assert_eq!(decode(br#"{"user_id":7,"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
-/// assert_eq!(decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
-/// ```
+/// Decodes one message (without sharing strings; see `Decoder`).
 pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
+    decode_with(bytes, &mut Interner::default())
+}
+
+fn decode_with(bytes: &[u8], interner: &mut Interner) -> Result<UserEvent, DecodeError> {
     let trimmed = bytes.trim_ascii();
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
@@ -168,18 +192,18 @@ pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
     Ok(UserEvent {
         event_id: text(w.event_id),
         user_id: Arc::from(user_id.as_ref()),
-        domain: text(w.domain),
+        domain: shared(interner, w.domain),
         is_first_in_visit: w.is_first_in_visit,
         is_last_in_visit: w.is_last_in_visit,
         is_first_event: w.is_first_event,
         is_current: w.is_current,
-        event_name: text(w.event_name),
-        event_displayname: text(w.event_displayname),
-        integration: text(w.integration),
-        app: text(w.app),
-        platform: text(w.platform),
+        event_name: shared(interner, w.event_name),
+        event_displayname: shared(interner, w.event_displayname),
+        integration: shared(interner, w.integration),
+        app: shared(interner, w.app),
+        platform: shared(interner, w.platform),
         is_https: w.is_https,
-        event_type: Arc::from(event_type.as_ref()),
+        event_type: interner.intern(&event_type),
         duration: w.duration,
         timestamp: w.timestamp,
         triggerable: w.triggerable,
@@ -203,6 +227,20 @@ mod tests {
         assert_eq!(ev.timestamp, 1_764_000_000_000);
         let p = ev.parameters.unwrap();
         assert!(p.as_str().contains(r#""utm_source":"google""#));
+    }
+
+    #[test]
+    fn repeated_strings_are_shared_by_a_decoder() {
+        let mut d = Decoder::default();
+        let a = d.decode(FULL.as_bytes()).unwrap();
+        let b = d.decode(FULL.as_bytes()).unwrap();
+        assert!(Arc::ptr_eq(&a.event_type, &b.event_type));
+        assert!(Arc::ptr_eq(
+            a.platform.as_ref().unwrap(),
+            b.platform.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&a.user_id, &b.user_id));
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod filter;
 pub mod http_client;
 pub mod http_server;
+pub mod intern;
 pub mod kafka;
 pub mod log_limit;
 pub mod mock_api;

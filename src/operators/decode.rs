@@ -17,6 +17,7 @@ pub fn decode<'s>(
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
     let mut limiter = LogLimiter::default();
+    let mut decoder = crate::decode::Decoder::default();
     messages.unary(Pipeline, "Decode", move |_, _| {
         move |input, output| {
             input.for_each_stamp(|cap, batches| {
@@ -24,7 +25,7 @@ pub fn decode<'s>(
                 for batch in batches {
                     Stats::add(&stats.events_read, batch.len() as u64);
                     for msg in batch.drain(..) {
-                        match crate::decode::decode(&msg) {
+                        match decoder.decode(&msg) {
                             Ok(ev) => session.give(ev),
                             Err(e) => {
                                 Stats::add(&stats.invalid, 1);

@@ -14,12 +14,13 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::filter::{Filter, Verdict};
+use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Text, Time, UserEvent, UserState};
 use crate::operators::backpressure::Backlog;
@@ -37,29 +38,11 @@ pub struct UserStateConfig {
     pub max_in_flight: usize,
 }
 
-/// Shares repeated strings (event types and names) among history entries.
-#[derive(Default)]
-struct Interner(FxHashSet<Text>);
-
-impl Interner {
-    /// Bounded, so a producer sending unique names cannot grow it without limit.
-    const MAX: usize = 4096;
-
-    fn get(&mut self, s: &Text) -> Text {
-        if let Some(shared) = self.0.get(s) {
-            return shared.clone();
-        }
-        if self.0.len() < Self::MAX {
-            self.0.insert(s.clone());
-        }
-        s.clone()
-    }
-}
-
 /// Applies events to a user's state and judges them.
 struct Applier {
     max_history: usize,
     filter: Filter,
+    /// Events that crossed workers arrive with their own copies of type and name.
     interner: Interner,
     stats: Rc<Stats>,
     script_log: LogLimiter,
@@ -73,8 +56,8 @@ impl Applier {
         let history = Arc::make_mut(&mut state.history);
         history.push_back(HistoryEntry {
             event_id: ev.event_id.clone(),
-            event_name: ev.event_name.as_ref().map(|n| self.interner.get(n)),
-            event_type: Some(self.interner.get(&ev.event_type)),
+            event_name: ev.event_name.as_ref().map(|n| self.interner.share(n)),
+            event_type: Some(self.interner.share(&ev.event_type)),
             timestamp: ev.timestamp,
             parameters: ev.parameters.clone(),
         });
