@@ -76,16 +76,35 @@ fn filter(c: &mut Criterion) {
         ),
     ] {
         let f = Filter::compile(script, name, &FilterLimits::default()).unwrap();
-        g.bench_function(name, |b| {
+        let mode = if f.is_native() {
+            "native"
+        } else {
+            "interpreted"
+        };
+        g.bench_function(format!("{name} ({mode})"), |b| {
             b.iter(|| {
                 for e in &events {
-                    std::hint::black_box(f.judge(EnrichedView {
+                    let view = EnrichedView {
                         event: e,
                         state: &state,
-                    }));
+                    };
+                    std::hint::black_box(f.judge(view));
                 }
             })
         });
+        if f.is_native() {
+            g.bench_function(format!("{name} (interpreted)"), |b| {
+                b.iter(|| {
+                    for e in &events {
+                        let view = EnrichedView {
+                            event: e,
+                            state: &state,
+                        };
+                        std::hint::black_box(f.interpret(view));
+                    }
+                })
+            });
+        }
     }
     g.finish();
 }

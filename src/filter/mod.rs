@@ -19,6 +19,8 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 
 use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visit};
 
+mod compiled;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     #[error("{path}: cannot read filter script: {reason}")]
@@ -60,6 +62,8 @@ pub struct Filter {
     engine: Engine,
     ast: AST,
     bound: Rc<RefCell<Option<Bound>>>,
+    /// The script as a native tree, when it is in the subset `compiled` handles.
+    native: Option<compiled::Node>,
 }
 
 /// What the script sees during one evaluation.
@@ -354,11 +358,33 @@ impl Filter {
             column: e.1.position().unwrap_or(0),
             message: e.0.to_string(),
         })?;
-        Ok(Filter { engine, ast, bound })
+        let native = compiled::compile(&ast);
+        tracing::debug!(native = native.is_some(), "filter {origin} compiled");
+        Ok(Filter {
+            engine,
+            ast,
+            bound,
+            native,
+        })
+    }
+
+    /// True when the script runs as a native tree (see `compiled`), not interpreted.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     /// Judges one event against its user's state.
     pub fn judge(&self, view: EnrichedView<'_>) -> Verdict {
+        if let Some(node) = &self.native
+            && let Ok(pass) = node.eval(&view)
+        {
+            return if pass { Verdict::Pass } else { Verdict::Reject };
+        }
+        self.interpret(view)
+    }
+
+    /// Judges one event with the rhai interpreter (the reference for the native tree).
+    pub fn interpret(&self, view: EnrichedView<'_>) -> Verdict {
         *self.bound.borrow_mut() = Some(Bound {
             event: Arc::new(view.event.clone()),
             user: view.state.profile.clone(),
@@ -600,7 +626,7 @@ mod readme_examples {
     /// Every rhai example in the README compiles.
     #[test]
     fn readme_filter_examples_compile() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let mut blocks = readme.split("```rhai\n").skip(1);
         let block = blocks.next().expect("a rhai block in the README");
         let block = &block[..block.find("```").unwrap()];
