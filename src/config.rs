@@ -148,6 +148,32 @@ pub struct WebhookSettings {
     pub timeout_ms: u64,
     /// Requests under way at once, per worker.
     pub max_in_flight: usize,
+    /// Signs each body (HMAC-SHA256, `X-Signature-256`); best given through the
+    /// environment (`EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET`) or `secret-file`.
+    pub secret: Option<Secret>,
+    /// A file holding the secret (trailing newline ignored).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// A secret value: never printed (`Debug` shows `***`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for WebhookSettings {
@@ -156,6 +182,24 @@ impl Default for WebhookSettings {
             url: "http://localhost:8080/webhook".into(),
             timeout_ms: 5000,
             max_in_flight: 256,
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The signing secret, from `secret` or read from `secret-file`.
+    pub fn signing_secret(&self) -> Result<Option<Secret>, String> {
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                Err("actions.webhook: give `secret` or `secret-file`, not both".into())
+            }
+            (Some(s), None) => Ok(Some(s.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
+                .map_err(|e| format!("actions.webhook.secret-file: {}: {e}", path.display())),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -460,6 +504,37 @@ mod tests {
         assert_eq!(
             s.kafka.properties.get("sasl.mechanism").map(String::as_str),
             Some("PLAIN")
+        );
+    }
+
+    #[test]
+    fn webhook_secret_is_never_printed() {
+        let s = load("x-unused: 1\n", &[]).err().unwrap().to_string();
+        assert!(s.contains("x-unused"));
+        let s = load("actions:\n  webhook:\n    secret: hunter2\n", &[]).unwrap();
+        assert_eq!(
+            s.actions
+                .webhook
+                .signing_secret()
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "hunter2"
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = load(
+            "source:\n  type: kafka\n",
+            &[("EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.actions
+                .webhook
+                .signing_secret()
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "from-env"
         );
     }
 

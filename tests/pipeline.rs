@@ -397,3 +397,39 @@ fn webhook_answering_errors_is_counted_as_failed() {
     assert_eq!(counts.actions_failed, counts.passed);
     assert_eq!(counts.passed, w.lines.len() as u64 - w.invalid_lines());
 }
+
+#[test]
+fn webhooks_are_signed_and_carry_an_idempotency_key() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 30, 9);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "s3cr3t\n").unwrap();
+    s.actions.webhook.secret_file = Some(secret_file);
+    let counts = run(&s, 2, &rt);
+    assert!(counts.passed > 0);
+    let calls = receiver.raw.lock().unwrap();
+    assert_eq!(calls.len() as u64, counts.passed);
+    for (body, key, sig) in calls.iter() {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            key.as_deref(),
+            v["event"]["event_id"].as_str(),
+            "Idempotency-Key is the event id"
+        );
+        assert_eq!(
+            sig.as_deref(),
+            Some(event_trigger::actions::signature(b"s3cr3t", body).as_str())
+        );
+    }
+}

@@ -5,7 +5,7 @@ mod payload;
 mod webhook;
 
 pub use payload::Payload;
-pub use webhook::WebhookClient;
+pub use webhook::{WebhookClient, signature};
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -49,6 +49,7 @@ impl Action {
         let client = WebhookClient::new(
             &s.webhook.url,
             std::time::Duration::from_millis(s.webhook.timeout_ms),
+            s.webhook.signing_secret()?,
         )?;
         Ok(Action::Webhook {
             client,
@@ -118,10 +119,12 @@ pub fn run_actions<'s>(
                     let Some((time, ev)) = queued.pop_front() else { break };
                     let client = client.clone();
                     bridge.spawn(async move {
-                        let body = Payload::new(&ev, now_ms()).to_json();
+                        let now = now_ms();
+                        let body = Payload::new(&ev, now).to_json();
+                        let event_id = ev.event.event_id.clone();
                         drop(ev);
                         let result = match body {
-                            Ok(body) => client.post(body.into()).await,
+                            Ok(body) => client.post(body.into(), event_id, now).await,
                             Err(e) => Err(format!("cannot serialize triggered event: {e}")),
                         };
                         (time, result)

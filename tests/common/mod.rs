@@ -128,6 +128,8 @@ impl ProfileApi {
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<(Value, Instant)>>>,
+    /// Per call: the raw body and its `Idempotency-Key` and `X-Signature-256` headers.
+    pub raw: Arc<Mutex<Vec<(Bytes, Option<String>, Option<String>)>>>,
 }
 
 impl Receiver {
@@ -138,11 +140,25 @@ impl Receiver {
     /// A receiver that takes `delay` to answer each call.
     pub fn start_slow(rt: &tokio::runtime::Runtime, delay: Duration) -> Receiver {
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
         let sink = bodies.clone();
+        let raw_sink = raw.clone();
         let handler = http_server::handler(move |req| {
             let sink = sink.clone();
+            let raw_sink = raw_sink.clone();
             async move {
                 tokio::time::sleep(delay).await;
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from)
+                };
+                raw_sink.lock().unwrap().push((
+                    req.body().clone(),
+                    header("idempotency-key"),
+                    header("x-signature-256"),
+                ));
                 let ok = req
                     .headers()
                     .get("content-type")
@@ -159,7 +175,7 @@ impl Receiver {
         let addr = rt
             .block_on(http_server::serve("127.0.0.1:0".parse().unwrap(), handler))
             .unwrap();
-        Receiver { addr, bodies }
+        Receiver { addr, bodies, raw }
     }
 
     pub fn url(&self) -> String {
