@@ -124,12 +124,15 @@ impl ProfileApi {
     }
 }
 
+/// One webhook call as received: the raw body, `Idempotency-Key`, `X-Signature-256`.
+pub type RawCall = (Bytes, Option<String>, Option<String>);
+
 /// A webhook receiver on 127.0.0.1 that records every body, in arrival order.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<(Value, Instant)>>>,
     /// Per call: the raw body and its `Idempotency-Key` and `X-Signature-256` headers.
-    pub raw: Arc<Mutex<Vec<(Bytes, Option<String>, Option<String>)>>>,
+    pub raw: Arc<Mutex<Vec<RawCall>>>,
 }
 
 impl Receiver {
