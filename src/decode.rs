@@ -162,7 +162,7 @@ pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
             ));
         }
     }
-    Ok(Some(RawJson(Arc::from(s))))
+    Ok(Some(RawJson::from(raw.to_owned())))
 }
 
 /// Decodes one message (without sharing strings; see `Decoder`).

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Processing time in epoch milliseconds: the timestamp of every stream in the job.
 pub type Time = u64;
@@ -42,19 +43,43 @@ pub struct UserEvent {
     pub parameters: Option<RawJson>,
 }
 
-/// A validated JSON document kept as text. In JSON it is written (and read) as the
-/// document itself; in the binary exchange format, as a string.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawJson(pub Text);
+/// A validated JSON document kept as its text. In JSON it is written (and read) as the
+/// document itself, without being parsed again; in the binary exchange format, as a
+/// string (checked once on arrival).
+#[derive(Clone, Debug)]
+pub struct RawJson(Arc<RawValue>);
+
+impl RawJson {
+    /// Checks `text` is one JSON document.
+    pub fn parse(text: &str) -> serde_json::Result<RawJson> {
+        RawValue::from_string(text.to_string()).map(RawJson::from)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> Self {
+        RawJson(Arc::from(raw))
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RawJson {}
 
 impl Serialize for RawJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            let raw: &serde_json::value::RawValue =
-                serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
-            raw.serialize(s)
+            self.0.serialize(s)
         } else {
-            s.serialize_str(&self.0)
+            s.serialize_str(self.as_str())
         }
     }
 }
@@ -62,17 +87,13 @@ impl Serialize for RawJson {
 impl<'de> Deserialize<'de> for RawJson {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
-            let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-            Ok(RawJson(Arc::from(raw.get())))
+            Ok(Box::<RawValue>::deserialize(d)?.into())
         } else {
-            Ok(RawJson(Arc::from(String::deserialize(d)?)))
+            let text = String::deserialize(d)?;
+            RawValue::from_string(text)
+                .map(RawJson::from)
+                .map_err(serde::de::Error::custom)
         }
-    }
-}
-
-impl RawJson {
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

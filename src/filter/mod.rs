@@ -423,10 +423,12 @@ mod tests {
             duration: 42,
             timestamp: 1000,
             is_first_in_visit: true,
-            parameters: Some(RawJson(
-                r#"{"custom_params":{"page_title":"Sale","value":12.5},"utm_source":"google"}"#
-                    .into(),
-            )),
+            parameters: Some(
+                RawJson::parse(
+                    r#"{"custom_params":{"page_title":"Sale","value":12.5},"utm_source":"google"}"#,
+                )
+                .unwrap(),
+            ),
             ..Default::default()
         }
     }
