@@ -29,7 +29,11 @@ impl<'a> Payload<'a> {
     }
 
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(self)
+        // Sized for the usual body up front: growing a ~10 KB buffer by doubling copied
+        // it several times per event.
+        let mut out = Vec::with_capacity(1024 + 512 * self.event_history.len());
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
     }
 
     pub fn to_pretty_json(&self) -> serde_json::Result<String> {
