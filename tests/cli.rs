@@ -194,12 +194,12 @@ fn idle_state_expires_by_the_clock_and_is_fetched_again() {
         "true",
     );
     s.source.path = Some("-".into());
-    // 0.005 minutes = 300 ms of inactivity.
+    // 0.01 minutes = 600 ms of inactivity (wide margins: CI machines are busy).
     let cfg = write_config(
         dir.path(),
         "ttl.yml",
         &s,
-        "engine:\n  state-ttl-minutes: 0.005\n",
+        "engine:\n  state-ttl-minutes: 0.01\n",
     );
     let mut child = Command::new(binary())
         .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
@@ -223,7 +223,7 @@ fn idle_state_expires_by_the_clock_and_is_fetched_again() {
     send("2", "u2");
     std::thread::sleep(Duration::from_millis(100));
     send("3", "u1"); // within the TTL: state reused
-    std::thread::sleep(Duration::from_millis(1200)); // idle: both expire without any event
+    std::thread::sleep(Duration::from_millis(2500)); // idle: both expire without any event
     send("4", "u1"); // fetched again, history starts over
     drop(stdin);
     let out = child.wait_with_output().unwrap();
