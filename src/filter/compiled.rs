@@ -13,21 +13,14 @@
 
 use rhai::{AST, Expr, FnCallExpr, Stmt};
 
-use crate::model::{EnrichedView, Profile, UserEvent, Visit};
-
-/// A value the tree computes, borrowed from the state or the script.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Val<'x> {
-    Unit,
-    Bool(bool),
-    Int(i64),
-    Str(&'x str),
-}
+use super::fields::{self, Field};
+use crate::model::EnrichedView;
 
 /// The tree cannot decide this event as rhai would: ask the interpreter.
 #[derive(Debug)]
 pub struct Undecided;
 
+type Val<'x> = Field<'x>;
 type Res<'x> = Result<Val<'x>, Undecided>;
 
 #[derive(Clone, Copy, Debug)]
@@ -163,72 +156,13 @@ impl Compiler {
 /// of the scalar fields the tree reads.
 fn canonical(root: Root, name: &str) -> Option<&'static str> {
     let table: &[(&'static str, &'static str)] = match root {
-        Root::Event => super::EVENT_FIELDS,
-        Root::User => super::PROFILE_FIELDS,
-        Root::Visit => super::VISIT_FIELDS,
+        Root::Event => fields::EVENT_FIELDS,
+        Root::User => fields::PROFILE_FIELDS,
+        Root::Visit => fields::VISIT_FIELDS,
     };
     let (json, _) = table.iter().find(|(j, c)| *j == name || *c == name)?;
     // Parameters are maps parsed on demand: left to the interpreter.
     (*json != "parameters").then_some(*json)
-}
-
-fn opt(s: &Option<impl AsRef<str>>) -> Val<'_> {
-    s.as_ref().map_or(Val::Unit, |s| Val::Str(s.as_ref()))
-}
-
-fn event_field<'x>(e: &'x UserEvent, name: &str) -> Res<'x> {
-    Ok(match name {
-        "event_id" => opt(&e.event_id),
-        "user_id" => Val::Str(&e.user_id),
-        "domain" => opt(&e.domain),
-        "is_first_in_visit" => Val::Bool(e.is_first_in_visit),
-        "is_last_in_visit" => Val::Bool(e.is_last_in_visit),
-        "is_first_event" => Val::Bool(e.is_first_event),
-        "is_current" => Val::Bool(e.is_current),
-        "event_name" => opt(&e.event_name),
-        "event_displayname" => opt(&e.event_displayname),
-        "integration" => opt(&e.integration),
-        "app" => opt(&e.app),
-        "platform" => opt(&e.platform),
-        "is_https" => Val::Bool(e.is_https),
-        "event_type" => Val::Str(&e.event_type),
-        "duration" => Val::Int(e.duration),
-        "timestamp" => Val::Int(e.timestamp),
-        "triggerable" => Val::Bool(e.triggerable),
-        _ => return Err(Undecided),
-    })
-}
-
-fn profile_field<'x>(p: &'x Profile, name: &str) -> Res<'x> {
-    Ok(match name {
-        "user_id" => opt(&p.user_id),
-        "country" => opt(&p.country),
-        "city" => opt(&p.city),
-        "language" => opt(&p.language),
-        "continent" => opt(&p.continent),
-        "timezone" => opt(&p.timezone),
-        _ => return Err(Undecided),
-    })
-}
-
-fn visit_field<'x>(v: &'x Visit, name: &str) -> Res<'x> {
-    Ok(match name {
-        "uuid" => opt(&v.uuid),
-        "timestamp" => Val::Int(v.timestamp),
-        "os" => opt(&v.os),
-        "browser" => opt(&v.browser),
-        "device" => opt(&v.device),
-        "landing_page" => opt(&v.landing_page),
-        "referrer_type" => opt(&v.referrer_type),
-        "referrer_url" => opt(&v.referrer_url),
-        "referrer_query" => opt(&v.referrer_query),
-        "duration" => Val::Int(v.duration),
-        "actions" => Val::Int(v.actions),
-        "is_first_visit" => Val::Bool(v.is_first_visit),
-        "screen" => opt(&v.screen),
-        "ip" => opt(&v.ip),
-        _ => return Err(Undecided),
-    })
 }
 
 fn boolean(v: Val<'_>) -> Result<bool, Undecided> {
@@ -252,12 +186,12 @@ impl Node {
                 LitVal::Int(i) => Val::Int(*i),
                 LitVal::Str(s) => Val::Str(s),
             }),
-            Node::Field(root, name) => match root {
-                Root::Event => event_field(view.event, name),
-                Root::User => profile_field(&view.state.profile, name),
+            Node::Field(root, name) => Ok(match root {
+                Root::Event => fields::event(view.event, name),
+                Root::User => fields::profile(&view.state.profile, name),
                 // A field of a missing visit is an error in rhai.
-                Root::Visit => visit_field(view.state.visit.as_deref().ok_or(Undecided)?, name),
-            },
+                Root::Visit => fields::visit(view.state.visit.as_deref().ok_or(Undecided)?, name),
+            }),
             Node::HistoryLen => Ok(Val::Int(view.state.history.len() as i64)),
             Node::Not(x) => Ok(Val::Bool(!boolean(x.value(view)?)?)),
             Node::And(xs) => {
@@ -306,7 +240,7 @@ fn compare<'x>(op: Cmp, a: Val<'x>, b: Val<'x>) -> Res<'x> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EVENT_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
+    use super::super::fields::{EVENT_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
     use super::super::{Filter, FilterLimits, Verdict};
     use crate::model::{
         EnrichedView, HistoryEntry, Profile, ProfileData, UserEvent, UserState, Visit,

@@ -20,6 +20,9 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visit};
 
 mod compiled;
+mod fields;
+
+use fields::{EVENT_FIELDS, Field, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
@@ -85,152 +88,16 @@ struct HistoryRef(Arc<VecDeque<HistoryEntry>>, usize);
 #[derive(Clone)]
 struct ParamsRef(RawJson);
 
-fn text<S: AsRef<str>>(s: &Option<S>) -> Dynamic {
-    match s {
-        Some(s) => Dynamic::from(ImmutableString::from(s.as_ref())),
-        None => Dynamic::UNIT,
+/// A field as rhai sees it.
+fn dynamic(f: Field<'_>) -> Dynamic {
+    match f {
+        Field::Unit => Dynamic::UNIT,
+        Field::Bool(b) => b.into(),
+        Field::Int(i) => i.into(),
+        Field::Str(s) => Dynamic::from(ImmutableString::from(s)),
+        Field::Params(raw) => Dynamic::from(ParamsRef(raw.clone())),
     }
 }
-
-fn params(p: &Option<RawJson>) -> Dynamic {
-    match p {
-        Some(raw) => Dynamic::from(ParamsRef(raw.clone())),
-        None => Dynamic::UNIT,
-    }
-}
-
-/// `(json name, Flink job's camelCase name)`; one name when they agree.
-const EVENT_FIELDS: &[(&str, &str)] = &[
-    ("event_id", "eventId"),
-    ("user_id", "userId"),
-    ("domain", "domain"),
-    ("is_first_in_visit", "isFirstInVisit"),
-    ("is_last_in_visit", "isLastInVisit"),
-    ("is_first_event", "isFirstEvent"),
-    ("is_current", "isCurrent"),
-    ("event_name", "eventName"),
-    ("event_displayname", "eventDisplayname"),
-    ("integration", "integration"),
-    ("app", "app"),
-    ("platform", "platform"),
-    ("is_https", "isHttps"),
-    ("event_type", "eventType"),
-    ("duration", "duration"),
-    ("timestamp", "timestamp"),
-    ("triggerable", "triggerable"),
-    ("parameters", "parameters"),
-];
-
-fn event_field(e: &UserEvent, name: &str) -> Dynamic {
-    match name {
-        "event_id" => text(&e.event_id),
-        "user_id" => Dynamic::from(ImmutableString::from(&*e.user_id)),
-        "domain" => text(&e.domain),
-        "is_first_in_visit" => e.is_first_in_visit.into(),
-        "is_last_in_visit" => e.is_last_in_visit.into(),
-        "is_first_event" => e.is_first_event.into(),
-        "is_current" => e.is_current.into(),
-        "event_name" => text(&e.event_name),
-        "event_displayname" => text(&e.event_displayname),
-        "integration" => text(&e.integration),
-        "app" => text(&e.app),
-        "platform" => text(&e.platform),
-        "is_https" => e.is_https.into(),
-        "event_type" => Dynamic::from(ImmutableString::from(&*e.event_type)),
-        "duration" => e.duration.into(),
-        "timestamp" => e.timestamp.into(),
-        "triggerable" => e.triggerable.into(),
-        "parameters" => params(&e.parameters),
-        _ => Dynamic::UNIT,
-    }
-}
-
-const PROFILE_FIELDS: &[(&str, &str)] = &[
-    ("user_id", "userId"),
-    ("country", "country"),
-    ("city", "city"),
-    ("language", "language"),
-    ("continent", "continent"),
-    ("timezone", "timezone"),
-];
-
-fn profile_field(p: &Profile, name: &str) -> Dynamic {
-    match name {
-        "user_id" => text(&p.user_id),
-        "country" => text(&p.country),
-        "city" => text(&p.city),
-        "language" => text(&p.language),
-        "continent" => text(&p.continent),
-        "timezone" => text(&p.timezone),
-        _ => Dynamic::UNIT,
-    }
-}
-
-const VISIT_FIELDS: &[(&str, &str)] = &[
-    ("uuid", "uuid"),
-    ("timestamp", "timestamp"),
-    ("os", "os"),
-    ("browser", "browser"),
-    ("device", "device"),
-    ("landing_page", "landingPage"),
-    ("referrer_type", "referrerType"),
-    ("referrer_url", "referrerUrl"),
-    ("referrer_query", "referrerQuery"),
-    ("duration", "duration"),
-    ("actions", "actions"),
-    ("is_first_visit", "isFirstVisit"),
-    ("screen", "screen"),
-    ("ip", "ip"),
-];
-
-fn visit_field(v: &Visit, name: &str) -> Dynamic {
-    match name {
-        "uuid" => text(&v.uuid),
-        "timestamp" => v.timestamp.into(),
-        "os" => text(&v.os),
-        "browser" => text(&v.browser),
-        "device" => text(&v.device),
-        "landing_page" => text(&v.landing_page),
-        "referrer_type" => text(&v.referrer_type),
-        "referrer_url" => text(&v.referrer_url),
-        "referrer_query" => text(&v.referrer_query),
-        "duration" => v.duration.into(),
-        "actions" => v.actions.into(),
-        "is_first_visit" => v.is_first_visit.into(),
-        "screen" => text(&v.screen),
-        "ip" => text(&v.ip),
-        _ => Dynamic::UNIT,
-    }
-}
-
-const HISTORY_FIELDS: &[(&str, &str)] = &[
-    ("event_id", "eventId"),
-    ("event_name", "eventName"),
-    ("event_type", "eventType"),
-    ("timestamp", "timestamp"),
-    ("parameters", "parameters"),
-];
-
-fn history_field(h: &HistoryEntry, name: &str) -> Dynamic {
-    match name {
-        "event_id" => text(&h.event_id),
-        "event_name" => text(&h.event_name),
-        "event_type" => text(&h.event_type),
-        "timestamp" => h.timestamp.into(),
-        "parameters" => params(&h.parameters),
-        _ => Dynamic::UNIT,
-    }
-}
-
-const PARAM_FIELDS: &[(&str, &str)] = &[
-    ("custom_params", "customParams"),
-    ("utm_source", "utmSource"),
-    ("utm_campaign", "utmCampaign"),
-    ("utm_content", "utmContent"),
-    ("utm_medium", "utmMedium"),
-    ("utm_term", "utmTerm"),
-    ("utm_id", "utmId"),
-];
 
 fn param_field(p: &RawJson, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
     // Parameters stay raw JSON in the state; reading one parses them (rare in filters).
@@ -307,17 +174,17 @@ impl Filter {
         engine.register_type_with_name::<VisitRef>("Visit");
         engine.register_type_with_name::<HistoryRef>("HistoryEntry");
         engine.register_type_with_name::<ParamsRef>("Parameters");
-        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| event_field(
-            &e.0, name
+        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| dynamic(
+            fields::event(&e.0, name)
         ));
-        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| profile_field(
-            &u.0, name
+        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| dynamic(
+            fields::profile(&u.0, name)
         ));
-        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| visit_field(
-            &v.0, name
+        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| dynamic(
+            fields::visit(&v.0, name)
         ));
-        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| history_field(
-            &h.0[h.1], name
+        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| dynamic(
+            fields::history(&h.0[h.1], name)
         ));
         for &(json, camel) in PARAM_FIELDS {
             engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
