@@ -22,39 +22,17 @@ fn the_flink_jobs_config_loads_unchanged() {
     assert_eq!(s.engine.state_ttl_ms(), 600_000);
     assert_eq!(s.profile_api.retry_attempts, 3);
     assert!(s.actions.debug.enabled);
-    let out = Command::new(binary())
-        .args([
-            "validate",
-            "--config",
-            "tests/fixtures/flink-application.yml",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok([
+        "validate",
+        "--config",
+        "tests/fixtures/flink-application.yml",
+    ]);
 }
 
 #[test]
 fn the_repositorys_config_validates_and_runs_the_sample() {
-    let out = Command::new(binary()).args(["validate"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(binary())
-        .args(["run", "-w", "2"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(["validate"]);
+    let out = run_ok(["run", "-w", "2"]);
     let counts = summary_of(&out.stdout);
     assert_eq!(counts.events_read, 2000);
     assert!(counts.passed > 0 && counts.actions_ok == counts.passed);
@@ -324,16 +302,7 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
 
 #[test]
 fn demo_runs_with_no_external_services() {
-    let out = Command::new(binary())
-        .args(["demo"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let counts = summary_of(&out.stdout);
     assert!(counts.passed > 100);

@@ -324,24 +324,17 @@ fn produce_command_creates_the_topic_and_keys_by_user() {
     let w = Workload::generate(500, 50, 13);
     let events = w.write_events(dir.path());
     let topic = unique("produced");
-    let out = Command::new(binary())
-        .args([
-            "produce",
-            "--topic",
-            &topic,
-            "--partitions",
-            "3",
-            "--bootstrap-servers",
-            broker(),
-        ])
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let events = events.display().to_string();
+    let out = run_ok([
+        "produce",
+        "--topic",
+        &topic,
+        "--partitions",
+        "3",
+        "--bootstrap-servers",
+        broker(),
+        &events,
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("produced 500 messages"));
     assert_eq!(
         event_trigger::kafka::topic_partitions(&kafka_settings(&topic, "x")).unwrap(),

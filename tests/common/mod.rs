@@ -474,6 +474,25 @@ pub fn run_cluster(
     outputs
 }
 
+/// Runs the binary with `args` to its end and checks it succeeded.
+pub fn run_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Parses the summary line out of a run's standard output.
 pub fn summary_of(stdout: &[u8]) -> Counts {
     let out = String::from_utf8_lossy(stdout);
