@@ -20,6 +20,16 @@ fn broker_lost_while_running_then_back_loses_nothing() {
         topic: "events".into(),
         consumer_group_id: "outage".into(),
         start_from: StartFrom::Earliest,
+        // Small fetches and a small local queue: without them librdkafka would have the
+        // whole topic prefetched before the outage begins.
+        properties: [
+            ("max.partition.fetch.bytes", "4096"),
+            ("queued.max.messages.kbytes", "8"),
+            ("queued.min.messages", "5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
         ..Default::default()
     };
     let w = Workload::generate(6000, 300, 21);
