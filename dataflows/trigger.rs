@@ -21,6 +21,7 @@ use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
 use crate::operators::user_state::{UserStateConfig, user_state};
 use crate::profile_api::ProfileSource;
+use crate::shutdown::StopFlag;
 use crate::sources::file::file_source;
 use crate::sources::kafka::{KafkaReader, SharedReader, kafka_source};
 use crate::stats::{Counts, Stats, Summary};
@@ -55,6 +56,8 @@ pub struct Prepared {
     pub script_origin: String,
     pub limits: FilterLimits,
     pub state: UserStateConfig,
+    /// Once set, the sources stop reading and the run finishes its work in flight.
+    pub stop: StopFlag,
 }
 
 impl Prepared {
@@ -105,6 +108,7 @@ impl Prepared {
                 max_history: settings.state.max_history,
                 max_in_flight: settings.profile_api.max_in_flight,
             },
+            stop: StopFlag::default(),
         })
     }
 }
@@ -151,8 +155,12 @@ pub fn run(
 
         worker.dataflow::<Time, _, _>(|scope| {
             let messages = match &p.input {
-                Input::File(path) => file_source(scope, path.clone(), gate, failed.clone()),
-                Input::Kafka { .. } => kafka_source(scope, kafka.clone(), probe.clone(), gate),
+                Input::File(path) => {
+                    file_source(scope, path.clone(), gate, p.stop.clone(), failed.clone())
+                }
+                Input::Kafka { .. } => {
+                    kafka_source(scope, kafka.clone(), probe.clone(), gate, p.stop.clone())
+                }
             };
             let events = decode(messages, stats.clone());
             let triggered = user_state(

@@ -15,6 +15,7 @@ pub mod model;
 pub mod operators;
 pub mod partition;
 pub mod profile_api;
+pub mod shutdown;
 pub mod sources;
 pub mod state;
 pub mod stats;

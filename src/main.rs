@@ -157,6 +157,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = timely_config(&args, settings.engine.parallelism)?;
     let prepared = Prepared::new(&settings, args.bounded)?;
     let runtime = tokio_runtime()?;
+    prepared
+        .stop
+        .on_signals(runtime.handle())
+        .context("cannot install the stop signal handlers")?;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");
     }

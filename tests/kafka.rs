@@ -372,3 +372,53 @@ fn produce_command_creates_the_topic_and_keys_by_user() {
     }
     assert_eq!(n, 500);
 }
+
+#[test]
+fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(2000, 200, 14);
+    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
+    let topic = unique("stop");
+    load_topic(&rt, &topic, 4, &w.lines);
+    let group = unique("group");
+    reset_group(&topic, &group, 4);
+    let receiver = Receiver::start(&rt);
+    let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
+    let cfg = dir.path().join("stop.yml");
+    std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
+
+    // Unbounded: it would run forever. Stop it once everything has been delivered.
+    let child = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let expected = w.expected_us_page_views();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.received() < expected.len() {
+        assert!(Instant::now() < deadline, "the job delivered too little");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop signal"));
+    let counts = summary_of(&out.stdout);
+    assert_eq!(counts.events_read, w.lines.len() as u64);
+    assert_eq!(counts.actions_ok, expected.len() as u64);
+
+    // Everything it processed was committed on the way out.
+    let again = run_kafka(&s, 1, &rt);
+    assert_eq!(again.events_read, 0);
+}

@@ -18,6 +18,7 @@ use timely::dataflow::{Scope, Stream};
 use crate::model::Time;
 use crate::operators::backpressure::Gate;
 use crate::operators::now_ms;
+use crate::shutdown::StopFlag;
 
 /// Lines handed downstream per batch, and how long one activation may read before it
 /// yields to the rest of the dataflow.
@@ -162,10 +163,12 @@ fn spawn_reader(mut reader: LineReader) -> mpsc::Receiver<io::Result<Vec<Vec<u8>
 ///
 /// While `gate` is closed (a later stage is full) it reads nothing, only moving its
 /// time with the clock, and looks again shortly.
+/// It also ends, early, once `stop` is set.
 pub fn file_source<'s>(
     scope: Scope<'s, Time>,
     path: PathBuf,
     gate: Gate,
+    stop: StopFlag,
     failed: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Stream<'s, Time, Vec<Vec<u8>>> {
     let (index, peers) = (scope.index(), scope.peers());
@@ -182,6 +185,11 @@ pub fn file_source<'s>(
             let now = now_ms();
             if now > *c.time() {
                 c.downgrade(&now);
+            }
+            if stop.is_set() {
+                cap = None;
+                lines = Lines::Done;
+                return;
             }
             if !gate.is_open() {
                 activator.activate_after(PAUSE);

@@ -33,6 +33,7 @@ use crate::log_limit::LogLimiter;
 use crate::model::Time;
 use crate::operators::backpressure::Gate;
 use crate::operators::now_ms;
+use crate::shutdown::StopFlag;
 
 /// Messages per activation at most, and how long one activation may read.
 const BATCH: usize = 4096;
@@ -230,12 +231,13 @@ pub type SharedReader = Rc<RefCell<Option<KafkaReader>>>;
 
 /// Emits the messages of this worker's partitions, stamped with the processing time,
 /// and commits offsets once `probe` shows their events' actions done. Ends when a
-/// bounded read is complete; otherwise runs until the process stops.
+/// bounded read is complete or `stop` is set.
 pub fn kafka_source<'s>(
     scope: Scope<'s, Time>,
     reader: SharedReader,
     probe: ProbeHandle<Time>,
     gate: Gate,
+    stop: StopFlag,
 ) -> Stream<'s, Time, Vec<Vec<u8>>> {
     source(scope, "KafkaSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
@@ -253,6 +255,10 @@ pub fn kafka_source<'s>(
             r.settle(&probe);
             if r.last_commit.elapsed() >= COMMIT_EVERY {
                 r.commit(CommitMode::Async);
+            }
+            if stop.is_set() {
+                cap = None;
+                return;
             }
             if !gate.is_open() {
                 activator.activate_after(PAUSE);
