@@ -10,7 +10,7 @@
 # vendored build has the fix). Storage is in memory: a restart starts empty.
 set -euo pipefail
 
-TANSU_HOME=${TANSU_HOME:-$HOME/.cache/event-trigger/tansu}
+TANSU_HOME=${TANSU_HOME:-${HOME:-/tmp}/.cache/event-trigger/tansu}
 TANSU_PORT=${TANSU_PORT:-19092}
 TANSU_BIN=$TANSU_HOME/tansu
 PIDFILE=$TANSU_HOME/tansu-$TANSU_PORT.pid
