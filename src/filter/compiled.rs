@@ -1,6 +1,6 @@
 //! A native evaluator for the filter scripts most rules are: one expression over the
-//! fields of `event`, `user`, `visit` and history entries, with literals, comparisons,
-//! `&&`, `||`, `!` and `history.len()`.
+//! fields of `event`, `user` and `visit`, with literals, comparisons, `&&`, `||`, `!`,
+//! `history.len()` and `history.filter(|h| ...).len()`.
 //!
 //! The script is still parsed (and checked) by rhai; the parsed AST is translated into
 //! a small tree of nodes that reads the state in place, with no `Dynamic`, no scope and
@@ -11,10 +11,10 @@
 //! and hand the event to the interpreter: the verdicts are rhai's in every case, and the
 //! property test in this module checks that on random scripts and states.
 
-use rhai::{AST, Expr, FnCallExpr, Stmt};
+use rhai::{AST, ASTNode, Expr, FnCallExpr, FnPtr, Position, Stmt};
 
 use super::fields::{self, Field};
-use crate::model::EnrichedView;
+use crate::model::{EnrichedView, HistoryEntry};
 
 /// The tree cannot decide this event as rhai would: ask the interpreter.
 #[derive(Debug)]
@@ -28,6 +28,8 @@ pub enum Root {
     Event,
     User,
     Visit,
+    /// The history entry a `history.filter` closure is looking at.
+    Entry,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +47,8 @@ pub enum Node {
     Lit(LitVal),
     Field(Root, &'static str),
     HistoryLen,
+    /// `history.filter(|h| pred).len()`.
+    HistoryCount(Box<Node>),
     Not(Box<Node>),
     And(Vec<Node>),
     Or(Vec<Node>),
@@ -64,12 +68,20 @@ pub fn compile(ast: &AST) -> Option<Node> {
     let [stmt] = ast.statements() else {
         return None;
     };
-    Compiler.stmt(stmt)
+    Compiler {
+        ast,
+        entry_var: None,
+    }
+    .stmt(stmt)
 }
 
-struct Compiler;
+struct Compiler<'a> {
+    ast: &'a AST,
+    /// Inside a `history.filter` closure: the name of its parameter.
+    entry_var: Option<String>,
+}
 
-impl Compiler {
+impl Compiler<'_> {
     fn stmt(&self, s: &Stmt) -> Option<Node> {
         match s {
             Stmt::Expr(e) => self.expr(e),
@@ -124,10 +136,9 @@ impl Compiler {
 
     fn dot(&self, lhs: &Expr, rhs: &Expr) -> Option<Node> {
         let var = Self::variable(lhs)?;
-        if var == "history" {
-            return self.history(rhs);
-        }
         let root = match var {
+            v if Some(v) == self.entry_var.as_deref() => Root::Entry,
+            "history" if self.entry_var.is_none() => return self.history(rhs),
             "event" => Root::Event,
             "user" => Root::User,
             "visit" => Root::Visit,
@@ -140,13 +151,69 @@ impl Compiler {
         Some(Node::Field(root, field))
     }
 
-    /// `history.len()`. (Closures such as `history.filter(|h| ...)` are left to the
-    /// interpreter: rhai does not expose a closure's body to translate.)
+    /// `history.len()` or `history.filter(|h| ...).len()`.
     fn history(&self, rhs: &Expr) -> Option<Node> {
         match rhs {
             Expr::MethodCall(m, _) if m.name == "len" && m.args.is_empty() => {
                 Some(Node::HistoryLen)
             }
+            Expr::Dot(b, _, _) => {
+                let (Expr::MethodCall(filter, _), Expr::MethodCall(len, _)) = (&b.lhs, &b.rhs)
+                else {
+                    return None;
+                };
+                if filter.name != "filter" || len.name != "len" || !len.args.is_empty() {
+                    return None;
+                }
+                let [Expr::DynamicConstant(f, _)] = filter.args.as_slice() else {
+                    return None;
+                };
+                let name = f.read_lock::<FnPtr>()?.fn_name().to_string();
+                Some(Node::HistoryCount(Box::new(self.closure(&name)?)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The body of the one-parameter script function `name` (a closure), as a tree over
+    /// one history entry. rhai does not export the type of a function's body, so its
+    /// statement is found by walking the AST (which visits function bodies after the
+    /// script's own statements) and matching the function's source range.
+    fn closure(&self, name: &str) -> Option<Node> {
+        let def = self
+            .ast
+            .iter_fn_def()
+            .find(|d| d.name == name && d.params.len() == 1)?;
+        let param = def.params[0].to_string();
+        if ["event", "user", "visit", "history"].contains(&param.as_str()) {
+            return None;
+        }
+        let key = |p: Position| (p.line().unwrap_or(0), p.position().unwrap_or(0));
+        let start = key(def.body.start_position());
+        // A closure whose body is one expression has no end position: its statement
+        // sits exactly at the start.
+        let end = match def.body.end_position() {
+            p if p.is_none() => start,
+            p => key(p),
+        };
+        let inner = Compiler {
+            ast: self.ast,
+            entry_var: Some(param),
+        };
+        let script_statements = self.ast.statements().len();
+        let (mut seen, mut bodies) = (0, Vec::new());
+        self.ast.walk(&mut |path: &[ASTNode]| {
+            if let [ASTNode::Stmt(stmt)] = path {
+                seen += 1;
+                let at = key(stmt.position());
+                if seen > script_statements && start <= at && at <= end {
+                    bodies.push(inner.stmt(stmt));
+                }
+            }
+            true
+        });
+        match bodies.as_mut_slice() {
+            [one] => one.take(),
             _ => None,
         }
     }
@@ -159,6 +226,7 @@ fn canonical(root: Root, name: &str) -> Option<&'static str> {
         Root::Event => fields::EVENT_FIELDS,
         Root::User => fields::PROFILE_FIELDS,
         Root::Visit => fields::VISIT_FIELDS,
+        Root::Entry => fields::HISTORY_FIELDS,
     };
     let (json, _) = table.iter().find(|(j, c)| *j == name || *c == name)?;
     // Parameters are maps parsed on demand: left to the interpreter.
@@ -175,10 +243,10 @@ fn boolean(v: Val<'_>) -> Result<bool, Undecided> {
 impl Node {
     /// The script's result for `view`, or `Undecided`.
     pub fn eval(&self, view: &EnrichedView<'_>) -> Result<bool, Undecided> {
-        boolean(self.value(view)?)
+        boolean(self.value(view, None)?)
     }
 
-    fn value<'x>(&'x self, view: &EnrichedView<'x>) -> Res<'x> {
+    fn value<'x>(&'x self, view: &EnrichedView<'x>, entry: Option<&'x HistoryEntry>) -> Res<'x> {
         match self {
             Node::Lit(l) => Ok(match l {
                 LitVal::Unit => Val::Unit,
@@ -191,12 +259,22 @@ impl Node {
                 Root::User => fields::profile(&view.state.profile, name),
                 // A field of a missing visit is an error in rhai.
                 Root::Visit => fields::visit(view.state.visit.as_deref().ok_or(Undecided)?, name),
+                Root::Entry => fields::history(entry.ok_or(Undecided)?, name),
             }),
             Node::HistoryLen => Ok(Val::Int(view.state.history.len() as i64)),
-            Node::Not(x) => Ok(Val::Bool(!boolean(x.value(view)?)?)),
+            Node::HistoryCount(pred) => {
+                let mut n = 0;
+                for h in view.state.history.iter() {
+                    if boolean(pred.value(view, Some(h))?)? {
+                        n += 1;
+                    }
+                }
+                Ok(Val::Int(n))
+            }
+            Node::Not(x) => Ok(Val::Bool(!boolean(x.value(view, entry)?)?)),
             Node::And(xs) => {
                 for x in xs {
-                    if !boolean(x.value(view)?)? {
+                    if !boolean(x.value(view, entry)?)? {
                         return Ok(Val::Bool(false));
                     }
                 }
@@ -204,13 +282,13 @@ impl Node {
             }
             Node::Or(xs) => {
                 for x in xs {
-                    if boolean(x.value(view)?)? {
+                    if boolean(x.value(view, entry)?)? {
                         return Ok(Val::Bool(true));
                     }
                 }
                 Ok(Val::Bool(false))
             }
-            Node::Compare(op, a, b) => compare(*op, a.value(view)?, b.value(view)?),
+            Node::Compare(op, a, b) => compare(*op, a.value(view, entry)?, b.value(view, entry)?),
         }
     }
 }
@@ -222,6 +300,8 @@ fn compare<'x>(op: Cmp, a: Val<'x>, b: Val<'x>) -> Res<'x> {
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Bool(x), Val::Bool(y)) if matches!(op, Cmp::Eq | Cmp::Ne) => Some(x.cmp(&y)),
         (Val::Unit, Val::Unit) if matches!(op, Cmp::Eq | Cmp::Ne) => Some(Ordering::Equal),
+        // Parameters are never read by the tree; anything else here is a type mismatch.
+        (Val::Params(_), _) | (_, Val::Params(_)) => return Err(Undecided),
         _ => None,
     };
     Ok(Val::Bool(match (op, ord) {
@@ -240,7 +320,7 @@ fn compare<'x>(op: Cmp, a: Val<'x>, b: Val<'x>) -> Res<'x> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fields::{EVENT_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
+    use super::super::fields::{EVENT_FIELDS, HISTORY_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
     use super::super::{Filter, FilterLimits, Verdict};
     use crate::model::{
         EnrichedView, HistoryEntry, Profile, ProfileData, UserEvent, UserState, Visit,
@@ -269,7 +349,24 @@ mod tests {
             0 => format!("{:?}", r.pick(STRS)),
             1 => format!("{}", r.next(5) as i64 - 1),
             2 => ["true", "false", "()"][r.next(3)].to_string(),
-            3 => "history.len()".to_string(),
+            3 if r.next(2) == 0 => "history.len()".to_string(),
+            3 => {
+                let (json, camel) = *r.pick(HISTORY_FIELDS);
+                let field = if json == "parameters" {
+                    "timestamp"
+                } else if r.next(2) == 0 {
+                    json
+                } else {
+                    camel
+                };
+                let op = r.pick(&["==", "!=", "<", ">="]);
+                let lit = if r.next(2) == 0 {
+                    format!("{:?}", r.pick(STRS))
+                } else {
+                    format!("{}", r.next(3))
+                };
+                format!("history.filter(|h| h.{field} {op} {lit}).len()")
+            }
             _ => {
                 let (root, table) = *r.pick(&[
                     ("event", EVENT_FIELDS),
@@ -327,9 +424,9 @@ mod tests {
         });
         let history = (0..r.next(4))
             .map(|i| HistoryEntry {
-                event_id: None,
+                event_id: opt_str(r).map(Into::into),
                 event_name: None,
-                event_type: Some("click".into()),
+                event_type: opt_str(r).map(Into::into),
                 timestamp: i as i64,
                 parameters: None,
             })
@@ -404,6 +501,7 @@ mod tests {
             r#"event.eventType == "page_view" && user.country == "US""#,
             r#"event.event_type != "click" || (user.country == "DE" && history.len() >= 2)"#,
             r#"!(event.is_https) && event.duration > 0 && user.city != ()"#,
+            r#"user.country == "DE" && history.filter(|h| h.eventType == "click").len() >= 1"#,
         ] {
             let f = Filter::compile(script, "t", &FilterLimits::default()).unwrap();
             let node = f.native.as_ref().unwrap();
@@ -428,7 +526,9 @@ mod tests {
     fn scripts_outside_the_subset_are_interpreted() {
         for script in [
             "let x = 1; x == 1",
-            r#"history.filter(|h| h.event_type == "click").len() > 0"#,
+            r#"history.filter(|h| h.event_type == event.event_type).len() > 0"#,
+            r#"history.filter(|h| h.parameters.utm_source == "g").len() > 0"#,
+            "history.filter(|event| event.timestamp > 1).len() > 0",
             r#"event.parameters.utm_source == "g""#,
             r#"event["event_type"] == "x""#,
             "event.duration + 1 > 2",
