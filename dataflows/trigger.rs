@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
@@ -68,11 +68,11 @@ impl Prepared {
             max_operations: settings.filter.max_operations,
         };
         let script_path = &settings.filter.script_path;
+        let script = Filter::read(script_path)?;
+        let script_origin = script_path.display().to_string();
         // Compiled here once so a broken script fails the start with file and line;
         // each worker compiles its own copy (rhai's Engine is not `Send`).
-        Filter::from_file(script_path, &limits)?;
-        let script = std::fs::read_to_string(script_path)
-            .with_context(|| format!("filter.script-path: {}", script_path.display()))?;
+        Filter::compile(&script, &script_origin, &limits)?;
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         let action = Action::from_settings(&settings.actions).map_err(|e| anyhow!(e))?;
         let input = match settings.source.kind {
@@ -101,7 +101,7 @@ impl Prepared {
             profiles,
             action,
             script,
-            script_origin: script_path.display().to_string(),
+            script_origin,
             limits,
             state: UserStateConfig {
                 ttl_ms: settings.engine.state_ttl_ms(),

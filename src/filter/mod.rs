@@ -143,11 +143,16 @@ macro_rules! register_fields {
 impl Filter {
     /// Reads and compiles `path`; errors name the file, line and column.
     pub fn from_file(path: &Path, limits: &FilterLimits) -> Result<Filter, FilterError> {
-        let script = std::fs::read_to_string(path).map_err(|e| FilterError::Read {
+        let script = Self::read(path)?;
+        Self::compile(&script, &path.display().to_string(), limits)
+    }
+
+    /// The script at `path`, with an error naming the file.
+    pub fn read(path: &Path) -> Result<String, FilterError> {
+        std::fs::read_to_string(path).map_err(|e| FilterError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
-        })?;
-        Self::compile(&script, &path.display().to_string(), limits)
+        })
     }
 
     /// Compiles `script`; `origin` names it in errors.
