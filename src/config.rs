@@ -509,33 +509,23 @@ mod tests {
 
     #[test]
     fn webhook_secret_is_never_printed() {
+        let secret = |s: &Settings| {
+            s.actions
+                .webhook
+                .signing_secret()
+                .unwrap()
+                .unwrap()
+                .expose()
+                .to_string()
+        };
         let s = load("x-unused: 1\n", &[]).err().unwrap().to_string();
         assert!(s.contains("x-unused"));
         let s = load("actions:\n  webhook:\n    secret: hunter2\n", &[]).unwrap();
-        assert_eq!(
-            s.actions
-                .webhook
-                .signing_secret()
-                .unwrap()
-                .unwrap()
-                .expose(),
-            "hunter2"
-        );
+        assert_eq!(secret(&s), "hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
-        let s = load(
-            "source:\n  type: kafka\n",
-            &[("EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET", "from-env")],
-        )
-        .unwrap();
-        assert_eq!(
-            s.actions
-                .webhook
-                .signing_secret()
-                .unwrap()
-                .unwrap()
-                .expose(),
-            "from-env"
-        );
+        let env = [("EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET", "from-env")];
+        let s = load("source:\n  type: kafka\n", &env).unwrap();
+        assert_eq!(secret(&s), "from-env");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -144,24 +143,16 @@ fn idle_state_expires_by_the_clock_and_is_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
     let api = ProfileApi::start(
         &rt,
-        HashMap::from([
+        [
             (
-                "u1".to_string(),
-                Behaviour::Answer {
-                    profile: json!({"country": "US"}),
-                    visit: json!({"actions": 0}),
-                    history: json!([]),
-                },
+                "u1",
+                Behaviour::answer(json!({"country": "US"}), json!({"actions": 0})),
             ),
             (
-                "u2".to_string(),
-                Behaviour::Answer {
-                    profile: json!({"country": "DE"}),
-                    visit: json!({"actions": 0}),
-                    history: json!([]),
-                },
+                "u2",
+                Behaviour::answer(json!({"country": "DE"}), json!({"actions": 0})),
             ),
-        ]),
+        ],
     );
     let receiver = Receiver::start(&rt);
     let mut s = settings(

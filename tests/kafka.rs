@@ -70,6 +70,28 @@ fn load_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32, lines:
     assert_eq!(done.messages, lines.len() as u64);
 }
 
+/// A fresh group whose `start-from: committed` reads `topic` from the beginning.
+fn fresh_group(topic: &str) -> String {
+    let group = unique("group");
+    reset_group(topic, &group, 4);
+    group
+}
+
+/// A workload of `events` events over `users` users in a new 4-partition topic, and its
+/// profiles as a `file://` snapshot in `dir`: `(workload, profiles base URL, topic)`.
+fn loaded_workload(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    prefix: &str,
+    (events, users, seed): (usize, usize, u64),
+) -> (Workload, String, String) {
+    let w = Workload::generate(events, users, seed);
+    let profiles = format!("file://{}", w.write_profiles(dir).display());
+    let topic = unique(prefix);
+    load_topic(rt, &topic, 4, &w.lines);
+    (w, profiles, topic)
+}
+
 /// Commits offset 0 of every partition for `group`: "start from the beginning" for a
 /// group whose `start-from: committed` would otherwise fall back to the end.
 fn reset_group(topic: &str, group: &str, partitions: i32) {
@@ -133,10 +155,7 @@ fn kafka_yaml(s: &Settings) -> String {
 fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::generate(3000, 300, 11);
-    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
-    let topic = unique("events");
-    load_topic(&rt, &topic, 4, &w.lines);
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "events", (3000, 300, 11));
 
     let file_receiver = Receiver::start(&rt);
     let from_file = run(
@@ -153,8 +172,7 @@ fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes()
     let expected = w.expected_us_page_views();
 
     for workers in [1, 2] {
-        let group = unique("group");
-        reset_group(&topic, &group, 4);
+        let group = fresh_group(&topic);
         let receiver = Receiver::start(&rt);
         let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
         let counts = run_kafka(&s, workers, &rt);
@@ -168,8 +186,7 @@ fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes()
     }
 
     // Two processes of one worker each.
-    let group = unique("group");
-    reset_group(&topic, &group, 4);
+    let group = fresh_group(&topic);
     let receiver = Receiver::start(&rt);
     let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     let cfg = dir.path().join("kafka.yml");
@@ -186,12 +203,8 @@ fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes()
 fn a_run_killed_midway_and_restarted_loses_no_event() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::generate(12_000, 300, 12);
-    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
-    let topic = unique("crash");
-    load_topic(&rt, &topic, 4, &w.lines);
-    let group = unique("group");
-    reset_group(&topic, &group, 4);
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "crash", (12_000, 300, 12));
+    let group = fresh_group(&topic);
 
     // A slow receiver, so the first run is still busy when it is killed.
     let receiver = Receiver::start_slow(&rt, Duration::from_millis(20));
@@ -377,12 +390,8 @@ fn produce_command_creates_the_topic_and_keys_by_user() {
 fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::generate(2000, 200, 14);
-    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
-    let topic = unique("stop");
-    load_topic(&rt, &topic, 4, &w.lines);
-    let group = unique("group");
-    reset_group(&topic, &group, 4);
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "stop", (2000, 200, 14));
+    let group = fresh_group(&topic);
     let receiver = Receiver::start(&rt);
     let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     let cfg = dir.path().join("stop.yml");

@@ -95,14 +95,14 @@ fn state_is_applied_in_order_and_webhook_body_has_the_original_shape() {
     .unwrap();
     let api = ProfileApi::start(
         &rt,
-        HashMap::from([(
-            "alice".to_string(),
+        [(
+            "alice",
             Behaviour::Answer {
                 profile: json!({"user_id": "alice", "country": "US"}),
                 visit: json!({"uuid": "v", "timestamp": 1, "actions": 5}),
                 history: json!([{"event_id": "old", "event_type": "purchase", "timestamp": 1}]),
             },
-        )]),
+        )],
     );
     let receiver = Receiver::start(&rt);
     let mut s = settings(
@@ -164,16 +164,12 @@ fn state_is_applied_in_order_and_webhook_body_has_the_original_shape() {
 fn a_slow_fetch_holds_only_its_users_events_and_keeps_their_order() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let answer = |country: &str| Behaviour::Answer {
-        profile: json!({"country": country}),
-        visit: json!(null),
-        history: json!([]),
-    };
+    let answer = |country: &str| Behaviour::answer(json!({"country": country}), json!(null));
     let api = ProfileApi::start(
         &rt,
-        HashMap::from([
+        [
             (
-                "slow".to_string(),
+                "slow",
                 Behaviour::Slow {
                     delay: Duration::from_millis(800),
                     profile: json!({"country": "US"}),
@@ -181,8 +177,8 @@ fn a_slow_fetch_holds_only_its_users_events_and_keeps_their_order() {
                     history: json!([]),
                 },
             ),
-            ("fast".to_string(), answer("US")),
-        ]),
+            ("fast", answer("US")),
+        ],
     );
     let mut lines = String::new();
     for i in 0..20 {
@@ -252,27 +248,19 @@ fn api_failures_give_empty_checkpoints_and_events_still_flow() {
     let dir = tempfile::tempdir().unwrap();
     let api = ProfileApi::start(
         &rt,
-        HashMap::from([
+        [
             (
-                "ok".to_string(),
-                Behaviour::Answer {
-                    profile: json!({"country": "US"}),
-                    visit: json!({"actions": 1}),
-                    history: json!([]),
-                },
+                "ok",
+                Behaviour::answer(json!({"country": "US"}), json!({"actions": 1})),
             ),
-            ("e500".to_string(), Behaviour::Status(500)),
-            ("garbage".to_string(), Behaviour::Garbage),
+            ("e500", Behaviour::Status(500)),
+            ("garbage", Behaviour::Garbage),
             (
-                "wrongtype".to_string(),
-                Behaviour::Answer {
-                    profile: json!({"country": 7}),
-                    visit: json!({}),
-                    history: json!([]),
-                },
+                "wrongtype",
+                Behaviour::answer(json!({"country": 7}), json!({})),
             ),
             (
-                "timeout".to_string(),
+                "timeout",
                 Behaviour::Slow {
                     delay: Duration::from_secs(5),
                     profile: json!({}),
@@ -280,7 +268,7 @@ fn api_failures_give_empty_checkpoints_and_events_still_flow() {
                     history: json!([]),
                 },
             ),
-        ]),
+        ],
     );
     let users = ["ok", "e500", "garbage", "wrongtype", "timeout", "unknown"];
     let lines: String = users

@@ -45,6 +45,17 @@ pub enum Behaviour {
     Garbage,
 }
 
+impl Behaviour {
+    /// Answers `profile` and `visit`, with an empty history.
+    pub fn answer(profile: Value, visit: Value) -> Behaviour {
+        Behaviour::Answer {
+            profile,
+            visit,
+            history: json!([]),
+        }
+    }
+}
+
 /// A Profile API on 127.0.0.1; unknown users get 404. Records each request's user id
 /// (percent-decoded) and what was asked.
 pub struct ProfileApi {
@@ -53,7 +64,12 @@ pub struct ProfileApi {
 }
 
 impl ProfileApi {
-    pub fn start(rt: &tokio::runtime::Runtime, users: HashMap<String, Behaviour>) -> ProfileApi {
+    pub fn start<K: Into<String>>(
+        rt: &tokio::runtime::Runtime,
+        users: impl IntoIterator<Item = (K, Behaviour)>,
+    ) -> ProfileApi {
+        let users: HashMap<String, Behaviour> =
+            users.into_iter().map(|(k, b)| (k.into(), b)).collect();
         let users = Arc::new(users);
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
