@@ -92,15 +92,20 @@ fn loaded_workload(
     (w, profiles, topic)
 }
 
-/// Commits offset 0 of every partition for `group`: "start from the beginning" for a
-/// group whose `start-from: committed` would otherwise fall back to the end.
-fn reset_group(topic: &str, group: &str, partitions: i32) {
-    // Auto-commit off: on close it would commit whatever the consumer had fetched.
-    let c: BaseConsumer = event_trigger::kafka::client_config(&kafka_settings(topic, group))
+/// A consumer of `group` that only commits what it is told to (auto-commit would, on
+/// close, commit whatever it had fetched).
+fn group_consumer(topic: &str, group: &str) -> BaseConsumer {
+    event_trigger::kafka::client_config(&kafka_settings(topic, group))
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Commits offset 0 of every partition for `group`: "start from the beginning" for a
+/// group whose `start-from: committed` would otherwise fall back to the end.
+fn reset_group(topic: &str, group: &str, partitions: i32) {
+    let c = group_consumer(topic, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Offset(0))
@@ -275,11 +280,7 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
 
 /// Sum of the offsets `group` has committed on `topic`.
 fn committed_total(topic: &str, group: &str, partitions: i32) -> i64 {
-    let c: BaseConsumer = event_trigger::kafka::client_config(&kafka_settings(topic, group))
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let c = group_consumer(topic, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
