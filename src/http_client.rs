@@ -14,3 +14,15 @@ pub fn builder() -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
 }
+
+/// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

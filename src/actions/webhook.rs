@@ -68,7 +68,7 @@ impl WebhookClient {
         }
         let resp =
             request.body(body).send().await.map_err(|e| {
-                format!("POST {}: {}", self.url, crate::profile_api::error_chain(&e))
+                format!("POST {}: {}", self.url, crate::http_client::error_chain(&e))
             })?;
         let status = resp.status();
         if status.is_success() {

@@ -4,6 +4,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
 use super::{FetchError, ProfileSourceError};
+use crate::http_client::error_chain;
 use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
 
 /// What may stay unescaped in a path segment (RFC 3986 unreserved); everything else in a
@@ -96,16 +97,4 @@ impl HttpProfileApi {
             history: history?.unwrap_or_default(),
         })
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }

@@ -8,7 +8,7 @@ mod file;
 mod http;
 
 pub use file::ProfileSnapshot;
-pub use http::{HttpProfileApi, error_chain};
+pub use http::HttpProfileApi;
 
 use std::sync::Arc;
 use std::time::Duration;
