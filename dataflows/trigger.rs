@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! source -> decode -> exchange(user_id) + user state + filter -> actions -> probe
+//!                  restored checkpoint -> exchange(user_id) -^
 //! ```
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
@@ -14,16 +16,21 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
 use crate::actions::{Action, run_actions};
+use crate::checkpoint::manifest::find_latest;
+use crate::checkpoint::{CheckpointConfig, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::filter::{Filter, FilterLimits};
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
+use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateConfig, user_state};
 use crate::profile_api::ProfileSource;
 use crate::shutdown::StopFlag;
 use crate::sources::file::file_source;
-use crate::sources::kafka::{KafkaReader, SharedReader, kafka_source};
+use crate::sources::kafka::{
+    Finished, KafkaReader, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
+};
 use crate::stats::{Counts, Stats, Summary};
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
@@ -56,6 +63,10 @@ pub struct Prepared {
     pub script_origin: String,
     pub limits: FilterLimits,
     pub state: UserStateConfig,
+    /// Checkpoints to take (Kafka sources only: a file is read whole each run).
+    pub checkpoints: Option<CheckpointConfig>,
+    /// The checkpoint to start from, if any.
+    pub restore: Option<Arc<Restore>>,
     /// Once set, the sources stop reading and the run finishes its work in flight.
     pub stop: StopFlag,
 }
@@ -96,8 +107,45 @@ impl Prepared {
                 }
             }
         };
+        let checkpoints = match (&input, settings.engine.checkpoint_interval_ms) {
+            (Input::Kafka { .. }, interval) if interval > 0 => Some(CheckpointConfig {
+                dir: settings.engine.checkpoint_dir.clone(),
+                interval_ms: interval,
+                retained: settings.engine.checkpoints_retained,
+            }),
+            _ => None,
+        };
+        let restore = checkpoints
+            .as_ref()
+            .and_then(|c| find_latest(&c.dir))
+            .map(|r| {
+                tracing::info!(
+                    epoch = r.manifest.epoch,
+                    users = r.manifest.users(),
+                    workers = r.manifest.workers,
+                    offsets = ?r.manifest.offsets,
+                    dir = %r.dir.display(),
+                    "restoring the latest checkpoint"
+                );
+                Arc::new(r)
+            });
+        if let (Some(r), Input::Kafka { settings: k, .. }) = (&restore, &input)
+            && (r.manifest.topic != k.topic || r.manifest.group != k.consumer_group_id)
+        {
+            bail!(
+                "engine.checkpoint-dir: {} holds checkpoints of topic `{}` for group `{}`, \
+                 not of `{}` for `{}`: give each job its own directory",
+                settings.engine.checkpoint_dir.display(),
+                r.manifest.topic,
+                r.manifest.group,
+                k.topic,
+                k.consumer_group_id
+            );
+        }
         Ok(Prepared {
             input,
+            checkpoints,
+            restore,
             profiles,
             action,
             script,
@@ -139,6 +187,10 @@ pub fn run(
                     worker.index(),
                     worker.peers(),
                     *bounded,
+                    p.restore.as_ref().map(|r| &r.manifest.offsets),
+                    p.checkpoints
+                        .clone()
+                        .map(|c| SourceCheckpoints::new(c, worker.index(), worker.peers())),
                 )
                 .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
             ),
@@ -159,13 +211,25 @@ pub fn run(
                     file_source(scope, path.clone(), gate, p.stop.clone(), failed.clone())
                 }
                 Input::Kafka { .. } => {
-                    kafka_source(scope, kafka.clone(), probe.clone(), gate, p.stop.clone())
+                    let finished = Finished::default();
+                    finished_beacon(scope, finished.clone());
+                    kafka_source(
+                        scope,
+                        kafka.clone(),
+                        probe.clone(),
+                        gate,
+                        p.stop.clone(),
+                        finished,
+                    )
                 }
             };
             let events = decode(messages, stats.clone());
+            let restored = restore_source(scope, p.restore.clone());
             let triggered = user_state(
                 events,
+                restored,
                 p.state.clone(),
+                p.checkpoints.clone(),
                 &p.profiles,
                 runtime.clone(),
                 filter,

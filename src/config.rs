@@ -235,7 +235,12 @@ pub enum StateBackend {
 pub struct EngineSettings {
     /// Worker threads per process when `-w` is not given.
     pub parallelism: usize,
+    /// Processing-time epochs between checkpoints; 0 turns checkpoints off.
     pub checkpoint_interval_ms: u64,
+    /// Where checkpoints are written; a shared filesystem for a multi-process cluster.
+    pub checkpoint_dir: PathBuf,
+    /// Completed checkpoints kept; older ones are deleted.
+    pub checkpoints_retained: usize,
     pub state_backend: StateBackend,
     /// Idle time after which a user's state is dropped; fractions are allowed.
     pub state_ttl_minutes: f64,
@@ -246,6 +251,8 @@ impl Default for EngineSettings {
         EngineSettings {
             parallelism: 1,
             checkpoint_interval_ms: 60_000,
+            checkpoint_dir: PathBuf::from("checkpoints"),
+            checkpoints_retained: 3,
             state_backend: StateBackend::Hashmap,
             state_ttl_minutes: 10.0,
         }
@@ -387,10 +394,20 @@ impl Settings {
             ),
             ("engine.parallelism", self.engine.parallelism),
             ("state.max-history", self.state.max_history),
+            (
+                "engine.checkpoints-retained",
+                self.engine.checkpoints_retained,
+            ),
         ] {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));
             }
+        }
+        if self.engine.state_backend == StateBackend::Rocksdb {
+            return Err((
+                "engine.state-backend",
+                "rocksdb is not built into this version; use hashmap (see the README)".into(),
+            ));
         }
         let ttl = self.engine.state_ttl_minutes;
         if !(ttl.is_finite() && ttl * 60_000.0 >= 1.0) {

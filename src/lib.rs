@@ -2,6 +2,7 @@
 //! the user's profile and judged by a rhai rule; built on timely dataflow.
 
 pub mod actions;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod filter;

@@ -272,6 +272,9 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     settings.kafka.topic = "user-events".into();
     settings.kafka.consumer_group_id = "event-trigger-demo".into();
     settings.kafka.start_from = event_trigger::config::StartFrom::Earliest;
+    // The demo's cluster lives as long as the demo: so do its checkpoints.
+    let checkpoints = tempfile::tempdir().context("cannot create a checkpoint directory")?;
+    settings.engine.checkpoint_dir = checkpoints.path().to_path_buf();
     cluster
         .create_topic(&settings.kafka.topic, 4, 1)
         .context("cannot create the demo topic")?;

@@ -151,8 +151,9 @@ pub struct ProfileData {
 ///
 /// The parts are behind `Arc`s so the filter can look at them without a copy; the
 /// operator mutates them with `Arc::make_mut`, which copies only if a reader still holds
-/// one (none does once an evaluation has finished).
-#[derive(Clone, Debug)]
+/// one (none does once an evaluation has finished). Serialized in checkpoints, and
+/// through the exchange when a checkpoint is restored onto the workers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UserState {
     pub profile: Arc<Profile>,
     pub visit: Option<Arc<Visit>>,

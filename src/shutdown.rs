@@ -3,19 +3,34 @@
 //! and the job exits 0. A second signal exits at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Set once a stop was asked for; read by the sources.
+use crate::model::Time;
+
+/// Set once a stop was asked for, with the processing time it was asked at; read by the
+/// sources. Every worker of a process sees the same time, so they agree on the epoch of
+/// the final checkpoint.
 #[derive(Clone, Debug, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub struct StopFlag(Arc<AtomicU64>);
 
 impl StopFlag {
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.stopped_at().is_some()
+    }
+
+    /// When the stop was asked for, if it was.
+    pub fn stopped_at(&self) -> Option<Time> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     pub fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        let now = crate::operators::now_ms().max(1);
+        let _ = self
+            .0
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Sets the flag on the first SIGINT or SIGTERM (handled on `runtime`); exits the

@@ -23,6 +23,12 @@ pub struct MemoryStore {
     users: FxHashMap<Text, UserState>,
 }
 
+impl MemoryStore {
+    pub fn iter(&self) -> impl Iterator<Item = (&Text, &UserState)> {
+        self.users.iter()
+    }
+}
+
 impl StateStore for MemoryStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
         self.users.get_mut(user)

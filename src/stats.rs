@@ -49,6 +49,7 @@ counters! {
     script_errors: "events rejected because the script failed",
     actions_ok: "actions completed",
     actions_failed: "actions that failed (logged, not retried)",
+    restored: "users restored from a checkpoint",
 }
 
 impl Stats {

@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
 use event_trigger::config::{KafkaSettings, Settings, SourceType, StartFrom};
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
@@ -132,6 +134,8 @@ fn kafka_job(
     s.source.kind = SourceType::Kafka;
     s.source.path = None;
     s.kafka = kafka_settings(topic, group);
+    // One job, one checkpoint directory.
+    s.engine.checkpoint_dir = dir.join(format!("checkpoints-{group}"));
     s
 }
 
@@ -146,13 +150,14 @@ fn run_kafka(
 
 fn kafka_yaml(s: &Settings) -> String {
     format!(
-        "source:\n  type: kafka\nkafka:\n  bootstrap-servers: \"{}\"\n  topic: {}\n  consumer-group-id: {}\n  start-from: committed\nprofile-api:\n  base-url: \"{}\"\nfilter:\n  script-path: \"{}\"\nactions:\n  webhook:\n    url: \"{}\"\n",
+        "source:\n  type: kafka\nkafka:\n  bootstrap-servers: \"{}\"\n  topic: {}\n  consumer-group-id: {}\n  start-from: committed\nprofile-api:\n  base-url: \"{}\"\nfilter:\n  script-path: \"{}\"\nactions:\n  webhook:\n    url: \"{}\"\nengine:\n  checkpoint-dir: \"{}\"\n",
         s.kafka.bootstrap_servers,
         s.kafka.topic,
         s.kafka.consumer_group_id,
         s.profile_api.base_url,
         s.filter.script_path.display(),
-        s.actions.webhook.url
+        s.actions.webhook.url,
+        s.engine.checkpoint_dir.display()
     )
 }
 
@@ -204,20 +209,75 @@ fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes()
     );
 }
 
+/// Where each event of `topic` sits: event id -> (partition, offset).
+fn event_positions(topic: &str, count: usize) -> HashMap<String, (i32, i64)> {
+    let c = group_consumer(topic, &unique("positions"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = HashMap::new();
+    let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(60));
+    while seen < count {
+        assert!(
+            Instant::now() < deadline,
+            "read {seen} of {count} messages back"
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            seen += 1;
+            let id = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                .and_then(|v| v["event_id"].as_str().map(String::from));
+            if let Some(id) = id {
+                out.insert(id, (m.partition(), m.offset()));
+            }
+        }
+    }
+    out
+}
+
+/// The users a checkpoint holds.
+fn users_in(restore: &event_trigger::checkpoint::Restore) -> HashSet<String> {
+    restore
+        .part_paths()
+        .iter()
+        .flat_map(|p| event_trigger::checkpoint::read_part(p).unwrap())
+        .map(|(u, _)| u.to_string())
+        .collect()
+}
+
+/// Issue #4's crash test: runs killed with SIGKILL at random moments (once restarted
+/// with another number of workers) and a last run to the end lose no event, repeat only
+/// events after the checkpoint they restarted from, and look up no restored user again.
 #[test]
-fn a_run_killed_midway_and_restarted_loses_no_event() {
+fn sigkilled_runs_restart_from_their_checkpoints() {
+    let events: usize = std::env::var("EVENT_TRIGGER_CRASH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "crash", (12_000, 300, 12));
+    let w = Workload::generate(events, events / 20, 12);
+    let topic = unique("crash");
+    load_topic(&rt, &topic, 4, &w.lines);
+    let positions = event_positions(&topic, w.lines.len());
     let group = fresh_group(&topic);
-
-    // A slow receiver, so the first run is still busy when it is killed.
-    let receiver = Receiver::start_slow(&rt, Duration::from_millis(20));
-    let mut s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
-    s.actions.webhook.max_in_flight = 4;
+    let api = ProfileApi::start(&rt, w.behaviours());
+    // A receiver slow enough that each run is still busy when it is killed.
+    let receiver = Receiver::start_slow(&rt, Duration::from_millis(2));
+    let mut s = kafka_job(dir.path(), &topic, &group, &api.base_url(), &receiver.url());
+    s.engine.checkpoint_interval_ms = 200;
+    let checkpoints = s.engine.checkpoint_dir.clone();
     let cfg = dir.path().join("crash.yml");
-    std::fs::write(&cfg, kafka_yaml(&s) + "    max-in-flight: 4\n").unwrap();
-    let start = || {
+    std::fs::write(
+        &cfg,
+        kafka_yaml(&s) + "  checkpoint-interval-ms: 200\nstate:\n  max-history: 20\n",
+    )
+    .unwrap();
+    let start = |workers: &str| {
         Command::new(binary())
             .args([
                 "run",
@@ -225,49 +285,127 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
                 "--config",
                 cfg.to_str().unwrap(),
                 "-w",
-                "2",
+                workers,
             ])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CRASH_LOG").unwrap_or("warn".into()),
+            )
+            .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__MAX_IN_FLIGHT", "8")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let mut first = start();
-    // Kill it once it has committed some progress (offsets commit only after the
-    // actions of the events before them are done), in the middle of the work.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed_total(&topic, &group, 4) == 0 {
-        assert!(Instant::now() < deadline, "the first run committed nothing");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    first.kill().unwrap(); // SIGKILL: no chance to commit anything more
-    first.wait().unwrap();
-    let delivered_before_crash = receiver.received();
+    let newest = || event_trigger::checkpoint::manifest::find_latest(&checkpoints);
+    let mut jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
 
-    let resumed_from = committed_total(&topic, &group, 4);
-    assert!(
-        resumed_from > 0 && resumed_from < w.lines.len() as i64,
-        "killed midway: {resumed_from}"
-    );
-    let second = start().wait_with_output().unwrap();
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    let counts = summary_of(&second.stdout);
-    assert_eq!(
-        counts.events_read,
-        w.lines.len() as u64 - resumed_from as u64,
-        "resumed from the committed offsets"
-    );
+    for (run, workers) in ["2", "2", "1", "2"].into_iter().enumerate() {
+        let restored = newest();
+        let from: BTreeMap<i32, i64> = restored
+            .as_ref()
+            .map(|r| r.manifest.offsets.clone())
+            .unwrap_or_default();
+        let restored_users = restored.as_ref().map(users_in).unwrap_or_default();
+        let (delivered_before, requests_before) =
+            (receiver.received(), api.requests.lock().unwrap().len());
+        let started = Instant::now();
+        let mut job = start(workers);
+        let last_run = run == 3;
+        if last_run {
+            let out = job.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let counts = summary_of(&out.stdout);
+            assert_eq!(counts.restored as usize, restored_users.len(), "last run");
+            // It ended with a final checkpoint at the end of the topic, and committed it.
+            let end = newest().expect("a final checkpoint");
+            assert_eq!(
+                end.manifest.offsets.values().sum::<i64>(),
+                w.lines.len() as i64
+            );
+            assert_eq!(committed_total(&topic, &group, 4), w.lines.len() as i64);
+        } else {
+            // Killed at a random moment after it completed a checkpoint of its own that
+            // got further than the one it started from.
+            let read = |r: &event_trigger::checkpoint::Restore| -> i64 {
+                r.manifest.offsets.values().sum()
+            };
+            let before = restored.as_ref().map(read).unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while newest()
+                .filter(|r| r.manifest.users() > 0)
+                .map(|r| read(&r))
+                .unwrap_or_default()
+                <= before
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "run {run} completed no checkpoint"
+                );
+                if job.try_wait().unwrap().is_some() {
+                    let out = job.wait_with_output().unwrap();
+                    panic!(
+                        "run {run} ended before it was killed: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            jitter = jitter
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            std::thread::sleep(Duration::from_millis((jitter >> 33) % 250));
+            assert!(
+                job.try_wait().unwrap().is_none(),
+                "run {run} ended before it was killed"
+            );
+            eprintln!(
+                "run {run}: -w {workers}, killed {:?} after its start, {} deliveries so far",
+                started.elapsed(),
+                receiver.received()
+            );
+            job.kill().unwrap(); // SIGKILL
+            job.wait().unwrap();
+        }
+
+        // Only events at or after the checkpoint it started from were delivered again.
+        let ids = receiver.event_ids();
+        for id in &ids[delivered_before..] {
+            let (p, o) = positions[id];
+            let start = from.get(&p).copied().unwrap_or(0);
+            assert!(
+                o >= start,
+                "run {run} delivered {id} at {p}:{o}, before its checkpoint ({start})"
+            );
+        }
+        // No user restored from the checkpoint was looked up again.
+        let again: Vec<String> = api.requests.lock().unwrap()[requests_before..]
+            .iter()
+            .filter(|(u, what, _)| what == "profile" && restored_users.contains(u))
+            .map(|(u, _, _)| u.clone())
+            .collect();
+        assert!(
+            again.is_empty(),
+            "run {run} looked up restored users again: {again:?}"
+        );
+        if run > 0 {
+            assert!(
+                !restored_users.is_empty(),
+                "run {run} restored a checkpoint"
+            );
+        }
+    }
 
     let mut got = receiver.event_ids();
+    let delivered = got.len();
     got.sort();
     got.dedup();
     assert_eq!(
@@ -275,7 +413,10 @@ fn a_run_killed_midway_and_restarted_loses_no_event() {
         w.expected_us_page_views(),
         "every passing event delivered at least once"
     );
-    assert!(delivered_before_crash > 0);
+    eprintln!(
+        "crash test: {events} events, {} passing, {delivered} deliveries over 4 runs",
+        got.len()
+    );
 }
 
 /// Sum of the offsets `group` has committed on `topic`.
@@ -428,7 +569,18 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
     assert_eq!(counts.events_read, w.lines.len() as u64);
     assert_eq!(counts.actions_ok, expected.len() as u64);
 
-    // Everything it processed was committed on the way out.
+    // On the way out it took a final checkpoint (at the end of what it read, with every
+    // user) and committed it.
+    let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
+        .expect("a final checkpoint");
+    assert_eq!(
+        last.manifest.offsets.values().sum::<i64>(),
+        w.lines.len() as i64
+    );
+    assert_eq!(last.manifest.users(), w.distinct_valid_users());
     let again = run_kafka(&s, 1, &rt);
     assert_eq!(again.events_read, 0);
+    // The next run starts from it: every user restored, none looked up.
+    assert_eq!(again.restored, w.distinct_valid_users());
+    assert_eq!(again.fetched, 0);
 }

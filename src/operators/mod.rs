@@ -4,6 +4,7 @@ pub mod async_bridge;
 pub mod backpressure;
 pub mod decode;
 pub mod held;
+pub mod restore;
 pub mod user_state;
 
 /// Processing time now, in epoch milliseconds: the clock sources stamp events with.

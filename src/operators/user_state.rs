@@ -14,10 +14,14 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use timely::scheduling::SyncActivator;
+
+use crate::checkpoint::{CheckpointConfig, PartWriter};
 
 use crate::filter::{Filter, Verdict};
 use crate::intern::Interner;
@@ -91,6 +95,32 @@ impl Applier {
     }
 }
 
+/// Checkpoints taken by this operator (see `crate::checkpoint`).
+struct Snapshots {
+    cfg: CheckpointConfig,
+    worker: usize,
+    /// Events stamped at or after this epoch wait in the stash until its snapshot is
+    /// taken. Unknown until the frontier is first seen.
+    next: Option<Time>,
+    /// The latest time applied before `next` was known.
+    max_seen: Time,
+    in_progress: Option<InProgress>,
+    /// Held at the last epoch whose part is on disk (at first, at the start): nothing
+    /// downstream passes an epoch before this worker's part of it exists.
+    cap: Option<Capability<Time>>,
+    /// Wakes the operator when a part is written (one per writer).
+    activator: Box<dyn Fn() -> SyncActivator>,
+}
+
+/// A snapshot being written.
+struct InProgress {
+    epoch: Time,
+    /// Users being looked up when it started: their state (after their events before
+    /// `epoch`) joins the part when the look-up finishes.
+    owed: FxHashSet<Text>,
+    writer: PartWriter,
+}
+
 /// The operator's state between activations.
 struct Manager {
     max_in_flight: usize,
@@ -100,8 +130,12 @@ struct Manager {
     pending: FxHashMap<Text, VecDeque<(Time, UserEvent)>>,
     /// Users with pending events whose look-up waits for a free slot.
     waiting: VecDeque<Text>,
-    /// Times of the events in `pending`.
+    /// Events that arrived early: while a checkpoint is restored, or stamped at or after
+    /// the next epoch before the frontier reached it.
+    stash: Vec<(Time, UserEvent)>,
+    /// Times of the events in `pending` and `stash`.
     held: HeldTimes,
+    snapshots: Option<Snapshots>,
     fetcher: Fetcher,
     applier: Applier,
     stats: Rc<Stats>,
@@ -152,7 +186,7 @@ impl Manager {
 
     /// Completes finished look-ups: builds each user's state and applies the events
     /// that waited for it, passing `emit` those that pass, with their times.
-    fn complete_fetches(&mut self, mut emit: impl FnMut(&HeldTimes, Time, EnrichedEvent)) {
+    fn complete_fetches(&mut self, emit: &mut impl FnMut(&HeldTimes, Time, EnrichedEvent)) {
         loop {
             let mut progressed = false;
             while let Some((user, result)) = self.fetcher.next_done() {
@@ -172,13 +206,23 @@ impl Manager {
                     }
                 };
                 self.ttl.touched(&user, &mut state, true);
+                let mut owed = self.owed_epoch(&user);
                 for (time, ev) in queue {
+                    if let Some(epoch) = owed
+                        && time >= epoch
+                    {
+                        self.pay_owed(&user, &state);
+                        owed = None;
+                    }
                     if let Some(out) = self.applier.apply(time, ev, &mut state) {
                         emit(&self.held, time, out);
                     }
                     self.held.release(time);
                 }
                 self.ttl.touched(&user, &mut state, false);
+                if owed.is_some() {
+                    self.pay_owed(&user, &state);
+                }
                 self.store.insert(user, state);
             }
             while self.fetcher.in_flight() < self.max_in_flight {
@@ -195,14 +239,188 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Whether an event stamped `time` must wait in the stash.
+    fn must_wait(&mut self, restoring: bool, time: Time) -> bool {
+        match &mut self.snapshots {
+            _ if restoring => true,
+            Some(s) => match s.next {
+                Some(next) => time >= next,
+                None => {
+                    s.max_seen = s.max_seen.max(time);
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// A user restored from a checkpoint.
+    fn restore(&mut self, user: Text, mut state: UserState) {
+        self.ttl.touched(&user, &mut state, true);
+        self.store.insert(user, state);
+        Stats::add(&self.stats.restored, 1);
+    }
+
+    /// Offers stashed events stamped before `limit`, in time order.
+    fn drain_stash(&mut self, limit: Time, emit: &mut impl FnMut(&HeldTimes, Time, EnrichedEvent)) {
+        if self.stash.is_empty() {
+            return;
+        }
+        // Stable: a user's events keep their order within a time.
+        self.stash.sort_by_key(|(t, _)| *t);
+        let split = self.stash.partition_point(|(t, _)| *t < limit);
+        let ready: Vec<_> = self.stash.drain(..split).collect();
+        for (time, ev) in ready {
+            match self.offer(time, ev) {
+                Offer::Applied(out) => {
+                    if let Some(out) = out {
+                        emit(&self.held, time, out);
+                    }
+                    self.held.release(time);
+                }
+                Offer::Queued => {} // its hold moves with it to the look-up queue
+            }
+        }
+    }
+
+    /// Acts on the input frontier: takes the snapshot of an epoch it reached, lets
+    /// stashed events through, expires idle users. `None`: the input has ended.
+    fn on_frontier(
+        &mut self,
+        frontier: Option<Time>,
+        emit: &mut impl FnMut(&HeldTimes, Time, EnrichedEvent),
+    ) {
+        let Some(now) = frontier else {
+            self.drain_stash(Time::MAX, emit);
+            return;
+        };
+        let Some(s) = &mut self.snapshots else {
+            self.drain_stash(Time::MAX, emit);
+            self.expire(now);
+            return;
+        };
+        match s.next {
+            // Time 0 is the dataflow's start, before the sources read their clocks.
+            None if now > 0 => s.next = Some(s.cfg.epoch_after(now.max(s.max_seen))),
+            // A snapshot still being written holds the next one back: events from `next`
+            // on stay stashed (and, counted in the backlog, slow the source) meanwhile.
+            Some(next) if now >= next && s.in_progress.is_none() => {
+                let epoch = s.cfg.epoch_at(now);
+                s.next = Some(s.cfg.epoch_after(now));
+                self.drain_stash(epoch, emit);
+                self.start_snapshot(epoch);
+            }
+            _ => {}
+        }
+        if let Some(next) = self.snapshots.as_ref().and_then(|s| s.next) {
+            self.drain_stash(next, emit);
+        }
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Time) {
+        let expired = self.ttl.expire(now, &mut self.store);
+        if expired > 0 {
+            tracing::debug!(
+                expired,
+                users = self.store.len(),
+                "state TTL expired idle users"
+            );
+        }
+        Stats::add(&self.stats.expired, expired);
+    }
+
+    /// Starts writing this worker's part of `epoch`: a shallow copy of the store now,
+    /// the users being looked up as their look-ups finish.
+    fn start_snapshot(&mut self, epoch: Time) {
+        let Some(s) = &mut self.snapshots else { return };
+        let owed: FxHashSet<Text> = self.pending.keys().cloned().collect();
+        let records: Vec<(Text, UserState)> = self
+            .store
+            .iter()
+            .map(|(u, st)| (u.clone(), st.clone()))
+            .collect();
+        let writer = PartWriter::start(s.cfg.state_path(epoch, s.worker), (s.activator)());
+        writer.send(records);
+        tracing::debug!(
+            epoch,
+            users = self.store.len(),
+            owed = owed.len(),
+            "checkpoint started"
+        );
+        s.in_progress = Some(InProgress {
+            epoch,
+            owed,
+            writer,
+        });
+    }
+
+    /// The epoch `user`'s state is owed to, if a snapshot waits for it.
+    fn owed_epoch(&self, user: &Text) -> Option<Time> {
+        let p = self.snapshots.as_ref()?.in_progress.as_ref()?;
+        p.owed.contains(user).then_some(p.epoch)
+    }
+
+    fn pay_owed(&mut self, user: &Text, state: &UserState) {
+        if let Some(p) = self.snapshots.as_mut().and_then(|s| s.in_progress.as_mut())
+            && p.owed.remove(user)
+        {
+            p.writer.send(vec![(user.clone(), state.clone())]);
+        }
+    }
+
+    /// Finishes the snapshot once nothing is owed; once its part is on disk, lets the
+    /// frontier downstream pass its epoch. With the input ended, lets go entirely.
+    fn settle_snapshot(&mut self, ended: bool) {
+        let Some(s) = &mut self.snapshots else { return };
+        if let Some(p) = &mut s.in_progress {
+            if p.owed.is_empty() {
+                p.writer.finish();
+            }
+            if let Some(result) = p.writer.poll() {
+                match result {
+                    Ok(info) => tracing::info!(
+                        epoch = p.epoch,
+                        worker = s.worker,
+                        users = info.users,
+                        bytes = info.bytes,
+                        ms = info.duration.as_millis() as u64,
+                        "checkpoint part written"
+                    ),
+                    Err(e) => tracing::error!(
+                        epoch = p.epoch,
+                        "checkpoint part not written, the checkpoint will not complete: {e}"
+                    ),
+                }
+                if let Some(cap) = &mut s.cap
+                    && *cap.time() < p.epoch
+                {
+                    cap.downgrade(&p.epoch);
+                }
+                s.in_progress = None;
+            }
+        }
+        if ended && s.in_progress.is_none() {
+            s.cap = None;
+        }
+    }
+}
+
 /// Keeps each user's state, applies every event to it, and emits the events that
 /// `filter` passes, enriched with their user's data.
 ///
-/// `events` is exchanged on a stable hash of `user_id`. `backlog` tells the source how
-/// many events wait for a look-up.
+/// `events` is exchanged on a stable hash of `user_id`; so is `restored` (the users of a
+/// checkpoint being restored), so a checkpoint lands on the right workers whatever their
+/// number. Events wait until the restore is complete. With `checkpoints`, this
+/// operator writes its worker's part of each checkpoint. `backlog` tells the source how
+/// many events wait (for a look-up, or for a restore or snapshot).
+#[allow(clippy::too_many_arguments)]
 pub fn user_state<'s>(
     events: Stream<'s, Time, Vec<UserEvent>>,
+    restored: Stream<'s, Time, Vec<(Text, UserState)>>,
     cfg: UserStateConfig,
+    checkpoints: Option<CheckpointConfig>,
     profiles: &ProfileSource,
     runtime: tokio::runtime::Handle,
     filter: Filter,
@@ -211,57 +429,85 @@ pub fn user_state<'s>(
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
     let scope = events.scope();
     let profiles = profiles.clone();
-    let pact = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
-    events.unary_frontier(pact, "UserState", move |_cap, info| {
-        let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let mut m = Manager {
-            max_in_flight: cfg.max_in_flight,
-            store: MemoryStore::default(),
-            ttl: TtlIndex::new(cfg.ttl_ms),
-            pending: FxHashMap::default(),
-            waiting: VecDeque::new(),
-            held: HeldTimes::default(),
-            fetcher: Fetcher::new(&profiles, runtime, activator),
-            applier: Applier {
-                max_history: cfg.max_history,
-                filter,
-                interner: Interner::default(),
-                stats: stats.clone(),
-                script_log: LogLimiter::default(),
-            },
-            stats,
-            fetch_log: LogLimiter::default(),
-        };
-        move |(input, frontier), output| {
-            input.for_each_stamp(|cap, batches| {
-                let Some(&time) = cap.least() else { return };
-                let mut session = output.session(&cap);
-                for batch in batches {
-                    for ev in batch.drain(..) {
-                        match m.offer(time, ev) {
-                            Offer::Applied(Some(out)) => session.give(out),
-                            Offer::Applied(None) => {}
-                            Offer::Queued => m.held.hold(time, || cap.delayed(&time, 0)),
+    let by_user = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
+    let by_restored_user = Exchange::new(|r: &(Text, UserState)| user_hash(&r.0));
+    events.binary_frontier(
+        restored,
+        by_user,
+        by_restored_user,
+        "UserState",
+        move |cap, info| {
+            let worker = scope.worker().clone();
+            let address = info.address.to_vec();
+            let activator = worker.sync_activator_for(address.clone());
+            let snapshots = checkpoints.map(|cfg| Snapshots {
+                cfg,
+                worker: worker.index(),
+                next: None,
+                max_seen: 0,
+                in_progress: None,
+                cap: Some(cap),
+                activator: Box::new(move || worker.sync_activator_for(address.clone())),
+            });
+            let mut m = Manager {
+                max_in_flight: cfg.max_in_flight,
+                store: MemoryStore::default(),
+                ttl: TtlIndex::new(cfg.ttl_ms),
+                pending: FxHashMap::default(),
+                waiting: VecDeque::new(),
+                stash: Vec::new(),
+                held: HeldTimes::default(),
+                snapshots,
+                fetcher: Fetcher::new(&profiles, runtime, activator),
+                applier: Applier {
+                    max_history: cfg.max_history,
+                    filter,
+                    interner: Interner::default(),
+                    stats: stats.clone(),
+                    script_log: LogLimiter::default(),
+                },
+                stats,
+                fetch_log: LogLimiter::default(),
+            };
+            move |(input, frontier), (restore, restore_frontier), output| {
+                restore.for_each(|_, records| {
+                    for (user, state) in records.drain(..) {
+                        m.restore(user, state);
+                    }
+                });
+                let restoring = !restore_frontier.frontier().is_empty();
+                input.for_each_stamp(|cap, batches| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for batch in batches {
+                        for ev in batch.drain(..) {
+                            if m.must_wait(restoring, time) {
+                                m.held.hold(time, || cap.delayed(&time, 0));
+                                m.stash.push((time, ev));
+                                continue;
+                            }
+                            match m.offer(time, ev) {
+                                Offer::Applied(Some(out)) => session.give(out),
+                                Offer::Applied(None) => {}
+                                Offer::Queued => m.held.hold(time, || cap.delayed(&time, 0)),
+                            }
                         }
                     }
+                });
+                let mut emit = |held: &HeldTimes, time: Time, out: EnrichedEvent| {
+                    output.session(&held.capability_for(time)).give(out);
+                };
+                let ended = frontier.frontier().is_empty() && !restoring;
+                m.settle_snapshot(false);
+                if !restoring {
+                    m.on_frontier(frontier.frontier().first().copied(), &mut emit);
                 }
-            });
-            m.complete_fetches(|held, time, out| {
-                output.session(&held.capability_for(time)).give(out);
-            });
-            backlog.set(m.held.len());
-            if let Some(&now) = frontier.frontier().first() {
-                let expired = m.ttl.expire(now, &mut m.store);
-                if expired > 0 {
-                    tracing::debug!(
-                        expired,
-                        users = m.store.len(),
-                        "state TTL expired idle users"
-                    );
-                }
-                Stats::add(&m.stats.expired, expired);
-                tracing::trace!(now, queued = m.ttl.queued(), "frontier moved");
+                // After the frontier: stashed events let through may have started look-ups
+                // that (from a snapshot file) are done at once.
+                m.complete_fetches(&mut emit);
+                m.settle_snapshot(ended);
+                backlog.set(m.held.len());
             }
-        }
-    })
+        },
+    )
 }

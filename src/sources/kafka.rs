@@ -27,6 +27,8 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
+use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::manifest::{self, Incomplete, OffsetsPart};
 use crate::config::{KafkaSettings, StartFrom};
 use crate::kafka::{JobContext, client_config};
 use crate::log_limit::LogLimiter;
@@ -45,10 +47,35 @@ const PAUSE: Duration = Duration::from_millis(1);
 /// How often done offsets are committed while running.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
+/// A source's share of the checkpoints.
+pub struct SourceCheckpoints {
+    pub cfg: CheckpointConfig,
+    pub worker: usize,
+    pub peers: usize,
+    /// Epochs passed, whose manifest worker 0 writes once the probe passes them.
+    to_complete: VecDeque<Time>,
+}
+
+impl SourceCheckpoints {
+    pub fn new(cfg: CheckpointConfig, worker: usize, peers: usize) -> Self {
+        SourceCheckpoints {
+            cfg,
+            worker,
+            peers,
+            to_complete: VecDeque::new(),
+        }
+    }
+}
+
+/// Epochs crossed at once beyond which the older ones get no offsets (a stall that
+/// long skips checkpoints anyway).
+const MAX_EPOCHS_CROSSED: usize = 3;
+
 /// One worker's consumer and the offsets it owes the group.
 pub struct KafkaReader {
     consumer: BaseConsumer<JobContext>,
     topic: String,
+    group: String,
     partitions: Vec<i32>,
     bounded: bool,
     /// Partitions that reached their end (bounded runs).
@@ -57,6 +84,9 @@ pub struct KafkaReader {
     in_flight: VecDeque<(Time, Vec<(i32, i64)>)>,
     /// Next offsets whose events are all done, not yet committed.
     done: BTreeMap<i32, i64>,
+    /// Next offset to read per partition, where known: what a checkpoint records.
+    positions: BTreeMap<i32, i64>,
+    checkpoints: Option<SourceCheckpoints>,
     last_commit: Instant,
     errors: LogLimiter,
 }
@@ -70,6 +100,8 @@ impl KafkaReader {
         index: usize,
         peers: usize,
         bounded: bool,
+        restore: Option<&BTreeMap<i32, i64>>,
+        checkpoints: Option<SourceCheckpoints>,
     ) -> Result<KafkaReader, KafkaError> {
         let reset = match s.start_from {
             StartFrom::Earliest => "earliest",
@@ -114,6 +146,15 @@ impl KafkaReader {
         } else {
             tpl.set_all_offsets(start)?;
         }
+        // A restored checkpoint says where to go on; partitions it does not know start
+        // as configured.
+        let mut positions = BTreeMap::new();
+        for &p in &partitions {
+            if let Some(&o) = restore.and_then(|r| r.get(&p)) {
+                tpl.set_partition_offset(&s.topic, p, Offset::Offset(o))?;
+                positions.insert(p, o);
+            }
+        }
         consumer.assign(&tpl)?;
         if partitions.is_empty() {
             tracing::warn!(
@@ -128,11 +169,14 @@ impl KafkaReader {
         Ok(KafkaReader {
             consumer,
             topic: s.topic.clone(),
+            group: s.consumer_group_id.clone(),
             partitions,
             bounded,
             at_end: Vec::new(),
             in_flight: VecDeque::new(),
             done: BTreeMap::new(),
+            positions,
+            checkpoints,
             last_commit: Instant::now(),
             errors: LogLimiter::default(),
         })
@@ -162,6 +206,7 @@ impl KafkaReader {
                         Some(entry) => entry.1 = entry.1.max(o),
                         None => next.push((p, o)),
                     }
+                    self.positions.insert(p, o);
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if !self.at_end.contains(&p) {
@@ -225,39 +270,186 @@ impl KafkaReader {
     }
 }
 
+impl KafkaReader {
+    /// The epoch this source stops at when stopped at `stopped_at`, with checkpoints on:
+    /// its clock goes to it and no further, so every worker's state reaches it and the
+    /// final checkpoint is taken there.
+    fn final_epoch(&self, stopped_at: Time) -> Option<Time> {
+        let c = self.checkpoints.as_ref()?;
+        Some(c.cfg.epoch_after(stopped_at))
+    }
+
+    /// The clock moves from `from` to `to`: records the offsets of every epoch passed.
+    fn crossed(&mut self, from: Time, to: Time) {
+        let Some(c) = &mut self.checkpoints else {
+            return;
+        };
+        let mut epochs: Vec<Time> = Vec::new();
+        let mut e = c.cfg.epoch_at(to);
+        // From 0 (the dataflow's start) only the current epoch is crossed for real.
+        let limit = if from == 0 { 1 } else { MAX_EPOCHS_CROSSED };
+        while e > from && epochs.len() < limit {
+            epochs.push(e);
+            e = e.saturating_sub(c.cfg.interval_ms);
+        }
+        let part = OffsetsPart {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            offsets: self.positions.clone(),
+        };
+        for &epoch in epochs.iter().rev() {
+            if let Err(e) = manifest::write_offsets(&c.cfg, epoch, c.worker, &part) {
+                tracing::error!(
+                    epoch,
+                    "checkpoint offsets not written, the checkpoint will not complete: {e}"
+                );
+            }
+            if c.worker == 0 {
+                c.to_complete.push_back(epoch);
+            }
+        }
+    }
+
+    /// Worker 0: writes the manifest of every epoch the probe has passed.
+    fn complete_checkpoints(&mut self, probe: &ProbeHandle<Time>) {
+        let Some(c) = &mut self.checkpoints else {
+            return;
+        };
+        while let Some(&epoch) = c.to_complete.front() {
+            if probe.less_than(&epoch) {
+                break;
+            }
+            c.to_complete.pop_front();
+            match manifest::complete(&c.cfg, epoch, c.peers) {
+                Ok(m) => {
+                    tracing::info!(
+                        epoch,
+                        users = m.users(),
+                        bytes = m.bytes(),
+                        partitions = m.offsets.len(),
+                        "checkpoint complete"
+                    );
+                    manifest::prune(&c.cfg);
+                }
+                Err(Incomplete::Missing(path)) => {
+                    tracing::debug!(epoch, "checkpoint skipped: {} is missing", path.display())
+                }
+                Err(Incomplete::Failed(e)) => tracing::warn!(epoch, "checkpoint failed: {e}"),
+            }
+        }
+    }
+
+    /// True once every epoch up to `epoch` was completed or given up.
+    fn completed_through(&self, epoch: Time) -> bool {
+        self.checkpoints
+            .as_ref()
+            .is_none_or(|c| c.to_complete.front().is_none_or(|&e| e > epoch))
+    }
+}
+
 /// Shared between the source operator and the worker's run loop, which commits the last
 /// offsets once everything is done.
 pub type SharedReader = Rc<RefCell<Option<KafkaReader>>>;
 
+/// How the workers of a bounded run learn that every source has read to its end: each
+/// source says so once, to every worker. A source that is done waits for the others
+/// (its clock still moving, its checkpoint duties still done) so that all of them end
+/// at one final checkpoint.
+#[derive(Clone, Default)]
+pub struct Finished {
+    /// This worker's source is done reading.
+    pub here: Rc<std::cell::Cell<bool>>,
+    /// Sources known to be done, over all workers.
+    pub everywhere: Rc<std::cell::Cell<usize>>,
+}
+
+/// Tells every worker once this worker's source is done (see `Finished`).
+pub fn finished_beacon(scope: Scope<'_, Time>, finished: Finished) {
+    use timely::dataflow::operators::Inspect;
+    use timely::dataflow::operators::vec::Broadcast;
+    let here = finished.here.clone();
+    source(scope, "Finished", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        move |output| {
+            if here.get() {
+                if let Some(c) = cap.take() {
+                    output.session(&c).give(());
+                }
+            } else {
+                activator.activate_after(IDLE_POLL);
+            }
+        }
+    })
+    .container::<Vec<()>>()
+    .broadcast()
+    .inspect(move |_| finished.everywhere.set(finished.everywhere.get() + 1));
+}
+
 /// Emits the messages of this worker's partitions, stamped with the processing time,
 /// and commits offsets once `probe` shows their events' actions done. Ends when a
-/// bounded read is complete or `stop` is set.
+/// bounded read is complete everywhere or `stop` is set; with checkpoints on, after a
+/// final checkpoint.
 pub fn kafka_source<'s>(
     scope: Scope<'s, Time>,
     reader: SharedReader,
     probe: ProbeHandle<Time>,
     gate: Gate,
     stop: StopFlag,
+    finished: Finished,
 ) -> Stream<'s, Time, Vec<Vec<u8>>> {
+    let peers = scope.peers();
     source(scope, "KafkaSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
+        // When this source began to end: a stop, or every source at its end.
+        let mut ending: Option<Time> = None;
         move |output| {
             let mut guard = reader.borrow_mut();
             let (Some(c), Some(r)) = (cap.as_mut(), guard.as_mut()) else {
                 cap = None;
+                finished.here.set(true);
                 return;
             };
-            let now = now_ms();
+            if r.finished() {
+                finished.here.set(true);
+            }
+            if ending.is_none() {
+                ending = stop
+                    .stopped_at()
+                    .or_else(|| (finished.everywhere.get() >= peers).then(now_ms));
+            }
+            // Once ending, with checkpoints on, the clock jumps to the final epoch (no
+            // event will carry a later time, so there is no need to wait for it) and the
+            // source waits there until the probe passed it: the final checkpoint taken,
+            // its offsets committed.
+            let final_epoch = ending.and_then(|t| r.final_epoch(t));
+            let now = final_epoch.unwrap_or_else(now_ms);
             if now > *c.time() {
+                r.crossed(*c.time(), now);
                 c.downgrade(&now);
             }
             r.settle(&probe);
+            r.complete_checkpoints(&probe);
             if r.last_commit.elapsed() >= COMMIT_EVERY {
                 r.commit(CommitMode::Async);
             }
-            if stop.is_set() {
-                cap = None;
+            let checkpointing = r.checkpoints.is_some();
+            if ending.is_some() || (r.finished() && !checkpointing) {
+                match final_epoch {
+                    Some(e) if probe.less_than(&e) || !r.completed_through(e) => {
+                        activator.activate_after(IDLE_POLL);
+                    }
+                    _ => {
+                        cap = None;
+                        finished.here.set(true);
+                    }
+                }
+                return;
+            }
+            if r.finished() {
+                // Done here; the clock and the checkpoints go on until all are done.
+                activator.activate_after(IDLE_POLL);
                 return;
             }
             if !gate.is_open() {
@@ -267,9 +459,7 @@ pub fn kafka_source<'s>(
             let mut session = output.session(&*c);
             let n = r.read(now, |payload| session.give(payload));
             drop(session);
-            if r.finished() {
-                cap = None;
-            } else if n > 0 {
+            if n > 0 || r.finished() {
                 activator.activate();
             } else {
                 activator.activate_after(IDLE_POLL);

@@ -19,6 +19,11 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 pub fn runtime() -> tokio::runtime::Runtime {
+    // RUST_LOG=... shows the job's log under `cargo test -- --nocapture`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -406,6 +411,7 @@ pub fn settings(
     s.actions.webhook.url = webhook_url.to_string();
     s.actions.webhook.timeout_ms = 2000;
     s.filter.script_path = script_path;
+    s.engine.checkpoint_dir = dir.join("checkpoints");
     s
 }
 

@@ -1,0 +1,328 @@
+//! The files of a checkpoint: written whole or not at all (temporary file, fsync,
+//! rename, fsync of the directory), and checked when read back.
+//!
+//! A state part is `MAGIC`, then per user a `1` byte and the bincode of
+//! `(user, UserState)`, then a `0` byte, then the trailer: the number of users, the xxh3
+//! of everything before the trailer (both u64 little-endian), and `MAGIC` again.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use timely::scheduling::SyncActivator;
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::model::{Text, UserState};
+
+const MAGIC: &[u8; 8] = b"ETSTATE1";
+const TRAILER: usize = 8 + 8 + MAGIC.len();
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl CheckpointError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Writes `path` so that it either does not exist or is complete: `write` fills a
+/// temporary file beside it, which is synced and renamed over `path`, and the directory
+/// is synced so the rename survives a crash. Returns the file's size.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let bytes = file.metadata()?.len();
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(bytes)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// What a finished part holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartInfo {
+    pub users: u64,
+    pub bytes: u64,
+    /// From the start of the snapshot to the part being on disk.
+    pub duration: Duration,
+}
+
+/// Counts and hashes what passes through, for the trailer.
+struct Hashing<'a> {
+    inner: &'a mut dyn Write,
+    hasher: Xxh3Default,
+}
+
+impl Write for Hashing<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One worker's state part, written on a thread of its own so the worker keeps
+/// processing: it takes the records in chunks (the shallow copy of the store first,
+/// then users whose look-ups were running), and finishes once `finish` is called.
+pub struct PartWriter {
+    // Unbounded, but it never holds more than one copy of this worker's users, which
+    // the copy itself already costs.
+    records: Option<mpsc::Sender<Vec<(Text, UserState)>>>,
+    done: mpsc::Receiver<io::Result<PartInfo>>,
+}
+
+impl PartWriter {
+    /// Starts writing `path`; `activator` is woken when the part is on disk (or failed).
+    pub fn start(path: PathBuf, activator: SyncActivator) -> PartWriter {
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel::<Vec<(Text, UserState)>>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || {
+                let result = write_part(&path, rx);
+                let _ = done_tx.send(result.map(|(users, bytes)| PartInfo {
+                    users,
+                    bytes,
+                    duration: started.elapsed(),
+                }));
+                let _ = activator.activate();
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start a checkpoint writer: {e}"));
+        PartWriter {
+            records: Some(tx),
+            done,
+        }
+    }
+
+    pub fn send(&self, records: Vec<(Text, UserState)>) {
+        if let Some(tx) = &self.records {
+            // A closed channel means the writer failed; `poll` reports why.
+            let _ = tx.send(records);
+        }
+    }
+
+    /// No more records: the writer completes the file.
+    pub fn finish(&mut self) {
+        self.records = None;
+    }
+
+    /// The outcome, once the writer is done.
+    pub fn poll(&self) -> Option<io::Result<PartInfo>> {
+        match self.done.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Some(Err(io::Error::other("the checkpoint writer stopped")))
+            }
+        }
+    }
+}
+
+/// Writes the records of `chunks` as a state part; returns its users and size.
+pub fn write_part(
+    path: &Path,
+    chunks: impl IntoIterator<Item = Vec<(Text, UserState)>>,
+) -> io::Result<(u64, u64)> {
+    let mut users = 0u64;
+    let bytes = write_atomic(path, |out| {
+        let mut h = Hashing {
+            inner: out,
+            hasher: Xxh3Default::new(),
+        };
+        h.write_all(MAGIC)?;
+        for chunk in chunks {
+            for record in chunk {
+                h.write_all(&[1])?;
+                bincode::serialize_into(&mut h, &record).map_err(io::Error::other)?;
+                users += 1;
+            }
+        }
+        h.write_all(&[0])?;
+        let hash = h.hasher.digest();
+        out.write_all(&users.to_le_bytes())?;
+        out.write_all(&hash.to_le_bytes())?;
+        out.write_all(MAGIC)
+    })?;
+    Ok((users, bytes))
+}
+
+fn read_whole(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| CheckpointError::io(path, e))?;
+    Ok(bytes)
+}
+
+/// Checks a state part is whole and unchanged; returns its number of users and size.
+pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
+    let bytes = read_whole(path)?;
+    let (users, _) = check(path, &bytes)?;
+    Ok((users, bytes.len() as u64))
+}
+
+/// The users and size a state part says it has, from its trailer alone (the part is
+/// checked in full when it is restored).
+pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
+    use std::io::{Seek, SeekFrom};
+    let io = |e| CheckpointError::io(path, e);
+    let mut f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len < (MAGIC.len() + 1 + TRAILER) as u64 {
+        return Err(CheckpointError::corrupt(path, "not a whole state part"));
+    }
+    let mut t = [0u8; TRAILER];
+    f.seek(SeekFrom::End(-(TRAILER as i64))).map_err(io)?;
+    f.read_exact(&mut t).map_err(io)?;
+    if &t[16..] != MAGIC {
+        return Err(CheckpointError::corrupt(path, "not a whole state part"));
+    }
+    let mut users = [0u8; 8];
+    users.copy_from_slice(&t[..8]);
+    Ok((u64::from_le_bytes(users), len))
+}
+
+/// The records between the magic and the trailer, once the hash matched.
+fn check<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u64, &'a [u8]), CheckpointError> {
+    if bytes.len() < MAGIC.len() + 1 + TRAILER
+        || &bytes[..MAGIC.len()] != MAGIC
+        || &bytes[bytes.len() - MAGIC.len()..] != MAGIC
+    {
+        return Err(CheckpointError::corrupt(path, "not a whole state part"));
+    }
+    let body_end = bytes.len() - TRAILER;
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (users, hash) = (word(body_end), word(body_end + 8));
+    let mut hasher = Xxh3Default::new();
+    hasher.update(&bytes[..body_end]);
+    if hasher.digest() != hash {
+        return Err(CheckpointError::corrupt(path, "checksum mismatch"));
+    }
+    Ok((users, &bytes[MAGIC.len()..body_end]))
+}
+
+/// Reads a state part back, checked.
+pub fn read_part(path: &Path) -> Result<Vec<(Text, UserState)>, CheckpointError> {
+    let bytes = read_whole(path)?;
+    let (users, mut body) = check(path, &bytes)?;
+    let mut records = Vec::with_capacity(users as usize);
+    loop {
+        let Some((&tag, rest)) = body.split_first() else {
+            return Err(CheckpointError::corrupt(path, "no end marker"));
+        };
+        body = rest;
+        if tag == 0 {
+            break;
+        }
+        let record: (Text, UserState) = bincode::deserialize_from(&mut body)
+            .map_err(|e| CheckpointError::corrupt(path, e.to_string()))?;
+        records.push(record);
+    }
+    if records.len() as u64 != users {
+        return Err(CheckpointError::corrupt(path, "user count mismatch"));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HistoryEntry, ProfileData, RawJson};
+
+    fn sample(n: usize) -> Vec<(Text, UserState)> {
+        (0..n)
+            .map(|i| {
+                let mut data = ProfileData::default();
+                data.profile.country = Some("US".into());
+                data.history.push(HistoryEntry {
+                    event_id: Some(format!("e{i}").into()),
+                    event_name: None,
+                    event_type: Some("page_view".into()),
+                    timestamp: i as i64,
+                    parameters: Some(RawJson::parse(r#"{"a":[1,2]}"#).unwrap()),
+                });
+                (
+                    format!("u{i}").into(),
+                    UserState::from_profile(data, 1000 + i as u64),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_part_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chk/state-0.bin");
+        let records = sample(100);
+        let written = write_part(&path, [records.clone()]).unwrap();
+        assert_eq!(verify_part(&path).unwrap(), written);
+        assert_eq!(part_trailer(&path).unwrap(), written);
+        let back = read_part(&path).unwrap();
+        assert_eq!(back.len(), 100);
+        for ((u1, s1), (u2, s2)) in records.iter().zip(&back) {
+            assert_eq!(u1, u2);
+            assert_eq!(s1.profile, s2.profile);
+            assert_eq!(s1.history, s2.history);
+            assert_eq!(s1.last_activity, s2.last_activity);
+        }
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_flipped_byte_or_a_cut_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-0.bin");
+        write_part(&path, [sample(10)]).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x40;
+        std::fs::write(&path, &flipped).unwrap();
+        let err = read_part(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        std::fs::write(&path, &good[..good.len() - 5]).unwrap();
+        let err = verify_part(&path).unwrap_err().to_string();
+        assert!(err.contains("not a whole state part"), "{err}");
+    }
+}

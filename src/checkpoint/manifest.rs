@@ -1,0 +1,286 @@
+//! Completing a checkpoint (the manifest, written last), finding the newest complete
+//! one to restore, and keeping only the last few.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::files::{CheckpointError, part_trailer, verify_part, write_atomic};
+use super::{CheckpointConfig, parse_epoch_dir};
+use crate::model::Time;
+
+const MANIFEST: &str = "MANIFEST.json";
+
+/// One worker's source positions at an epoch: the next offset to read per partition.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffsetsPart {
+    pub topic: String,
+    /// The consumer group the offsets were committed for.
+    pub group: String,
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartEntry {
+    pub file: String,
+    pub users: u64,
+    pub bytes: u64,
+}
+
+/// A complete checkpoint: what every worker wrote for `epoch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub epoch: Time,
+    /// Workers of the run that wrote it (a restore may use another number).
+    pub workers: usize,
+    pub topic: String,
+    pub group: String,
+    /// Next offset to read, per partition, over all workers.
+    pub offsets: BTreeMap<i32, i64>,
+    pub parts: Vec<PartEntry>,
+}
+
+impl Manifest {
+    pub fn users(&self) -> u64 {
+        self.parts.iter().map(|p| p.users).sum()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
+    }
+}
+
+/// A checkpoint chosen for restoring.
+#[derive(Clone, Debug)]
+pub struct Restore {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Restore {
+    pub fn part_paths(&self) -> Vec<PathBuf> {
+        self.manifest
+            .parts
+            .iter()
+            .map(|p| self.dir.join(&p.file))
+            .collect()
+    }
+}
+
+pub fn write_offsets(
+    cfg: &CheckpointConfig,
+    epoch: Time,
+    worker: usize,
+    part: &OffsetsPart,
+) -> std::io::Result<()> {
+    let path = cfg.offsets_path(epoch, worker);
+    let json = serde_json::to_vec(part).map_err(std::io::Error::other)?;
+    write_atomic(&path, |w| w.write_all(&json)).map(|_| ())
+}
+
+/// Why a checkpoint could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum Incomplete {
+    /// A worker did not write its part of this epoch (it skipped it, still writing the
+    /// one before): not an error, the next epoch will do.
+    #[error("{0} is missing")]
+    Missing(PathBuf),
+    #[error(transparent)]
+    Failed(#[from] CheckpointError),
+}
+
+/// Writes the manifest of `epoch` once every worker's parts are there. Called by worker
+/// 0 once its probe passed `epoch`, which (see the module notes) comes after every part
+/// that will be written for `epoch` was written.
+pub fn complete(
+    cfg: &CheckpointConfig,
+    epoch: Time,
+    workers: usize,
+) -> Result<Manifest, Incomplete> {
+    let mut manifest = Manifest {
+        epoch,
+        workers,
+        topic: String::new(),
+        group: String::new(),
+        offsets: BTreeMap::new(),
+        parts: Vec::with_capacity(workers),
+    };
+    for w in 0..workers {
+        let offsets = cfg.offsets_path(epoch, w);
+        let state = cfg.state_path(epoch, w);
+        for path in [&offsets, &state] {
+            if !path.exists() {
+                return Err(Incomplete::Missing(path.clone()));
+            }
+        }
+        let text = std::fs::read(&offsets).map_err(|e| CheckpointError::io(&offsets, e))?;
+        let part: OffsetsPart = serde_json::from_slice(&text)
+            .map_err(|e| CheckpointError::corrupt(&offsets, e.to_string()))?;
+        manifest.topic = part.topic;
+        manifest.group = part.group;
+        manifest.offsets.extend(part.offsets);
+        let (users, bytes) = part_trailer(&state)?;
+        manifest.parts.push(PartEntry {
+            file: format!("state-{w}.bin"),
+            users,
+            bytes,
+        });
+    }
+    let path = cfg.epoch_dir(epoch).join(MANIFEST);
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| CheckpointError::corrupt(&path, e.to_string()))?;
+    write_atomic(&path, |w| w.write_all(&json)).map_err(|e| CheckpointError::io(&path, e))?;
+    Ok(manifest)
+}
+
+/// Epoch directories under `dir`, oldest first.
+fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(Time, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let epoch = parse_epoch_dir(e.file_name().to_str()?)?;
+            Some((epoch, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest checkpoint whose manifest and parts are all whole; newer ones that are
+/// not are skipped with a warning.
+pub fn find_latest(dir: &Path) -> Option<Restore> {
+    for (epoch, path) in epochs(dir).into_iter().rev() {
+        let manifest_path = path.join(MANIFEST);
+        if !manifest_path.exists() {
+            continue; // never completed: a crash or a skipped epoch
+        }
+        match load(&path, &manifest_path) {
+            Ok(restore) => return Some(restore),
+            Err(e) => tracing::warn!(epoch, "checkpoint skipped, trying an older one: {e}"),
+        }
+    }
+    None
+}
+
+fn load(dir: &Path, manifest_path: &Path) -> Result<Restore, CheckpointError> {
+    let text = std::fs::read(manifest_path).map_err(|e| CheckpointError::io(manifest_path, e))?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| CheckpointError::corrupt(manifest_path, e.to_string()))?;
+    for part in &manifest.parts {
+        let path = dir.join(&part.file);
+        let (users, bytes) = verify_part(&path)?;
+        if (users, bytes) != (part.users, part.bytes) {
+            return Err(CheckpointError::corrupt(&path, "differs from the manifest"));
+        }
+    }
+    Ok(Restore {
+        dir: dir.to_path_buf(),
+        manifest,
+    })
+}
+
+/// Keeps the newest `retained` complete checkpoints; deletes older ones, and the
+/// incomplete directories older than the newest complete one (newer ones may still be
+/// being written).
+pub fn prune(cfg: &CheckpointConfig) {
+    let all = epochs(&cfg.dir);
+    let complete: Vec<Time> = all
+        .iter()
+        .filter(|(_, p)| p.join(MANIFEST).exists())
+        .map(|(e, _)| *e)
+        .collect();
+    let Some(&newest) = complete.last() else {
+        return;
+    };
+    let keep_from = complete[complete.len().saturating_sub(cfg.retained)];
+    for (epoch, path) in all {
+        let is_complete = complete.contains(&epoch);
+        let stale = if is_complete {
+            epoch < keep_from
+        } else {
+            epoch < newest
+        };
+        if stale && let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), "cannot delete an old checkpoint: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::files::write_part;
+    use crate::model::UserState;
+
+    fn cfg(dir: &Path) -> CheckpointConfig {
+        CheckpointConfig {
+            dir: dir.to_path_buf(),
+            interval_ms: 1000,
+            retained: 2,
+        }
+    }
+
+    fn write_epoch(c: &CheckpointConfig, epoch: Time, workers: usize, with_state: bool) {
+        for w in 0..workers {
+            let part = OffsetsPart {
+                topic: "t".into(),
+                group: "g".into(),
+                offsets: BTreeMap::from([(w as i32, epoch as i64)]),
+            };
+            write_offsets(c, epoch, w, &part).unwrap();
+            if with_state {
+                let users = vec![(format!("u{w}").into(), UserState::empty(epoch))];
+                write_part(&c.state_path(epoch, w), [users]).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn complete_merges_the_parts_and_restore_finds_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        write_epoch(&c, 1000, 2, true);
+        let m = complete(&c, 1000, 2).unwrap();
+        assert_eq!(m.offsets, BTreeMap::from([(0, 1000), (1, 1000)]));
+        assert_eq!(m.users(), 2);
+        write_epoch(&c, 2000, 2, false); // state parts never written
+        assert!(matches!(complete(&c, 2000, 2), Err(Incomplete::Missing(_))));
+        let r = find_latest(dir.path()).unwrap();
+        assert_eq!(r.manifest, m);
+        assert_eq!(r.part_paths().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        for epoch in [1000, 2000] {
+            write_epoch(&c, epoch, 1, true);
+            complete(&c, epoch, 1).unwrap();
+        }
+        let part = c.state_path(2000, 0);
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&part, bytes).unwrap();
+        assert_eq!(find_latest(dir.path()).unwrap().manifest.epoch, 1000);
+    }
+
+    #[test]
+    fn prune_keeps_the_last_complete_ones_and_newer_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        for epoch in [1000, 2000, 3000, 4000] {
+            write_epoch(&c, epoch, 1, true);
+            if epoch != 2000 {
+                complete(&c, epoch, 1).unwrap();
+            }
+        }
+        write_epoch(&c, 5000, 1, false); // in progress
+        prune(&c);
+        let left: Vec<Time> = epochs(dir.path()).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(left, vec![3000, 4000, 5000]);
+    }
+}

@@ -1,0 +1,100 @@
+//! Consistent checkpoints of user state and Kafka offsets, and recovery from the newest
+//! complete one.
+//!
+//! Epochs are processing times, multiples of `engine.checkpoint-interval-ms`. The
+//! checkpoint of epoch `E` holds, for every worker, the offsets after exactly the events
+//! stamped before `E` and the user state after exactly those events. Nothing stops:
+//!
+//! - a source writes its offsets for `E` when its clock first passes `E` (every event it
+//!   emitted before is stamped `< E`, none after);
+//! - the user-state operator, once its input frontier reaches `E`, copies its state (the
+//!   parts are `Arc`s: a shallow copy) and hands it to a writer thread; events stamped
+//!   `>= E` that arrived early wait in a stash until then, so the copy holds exactly the
+//!   events `< E`. Users whose profile look-up is still running are added as their
+//!   look-ups finish. Until its part is on disk the operator holds a capability below
+//!   `E`, so nothing downstream can pass `E` before the part exists;
+//! - once the probe after the actions passes `E` (every action for events `< E` done, and
+//!   by the capability above every part written), worker 0 checks every part is there
+//!   and writes the manifest, last. Only a checkpoint with a manifest is ever restored.
+//!
+//! Layout, write-once files that a shared filesystem (or an object store behind one)
+//! holds as well as a local disk:
+//!
+//! ```text
+//! <checkpoint-dir>/chk-<epoch, 16 digits>/offsets-<worker>.json
+//! <checkpoint-dir>/chk-<epoch>/state-<worker>.bin
+//! <checkpoint-dir>/chk-<epoch>/MANIFEST.json
+//! ```
+
+pub mod files;
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+use crate::model::Time;
+
+pub use files::{PartInfo, PartWriter, read_part};
+pub use manifest::{Manifest, Restore};
+
+/// Where and how often checkpoints are taken.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    pub dir: PathBuf,
+    pub interval_ms: u64,
+    pub retained: usize,
+}
+
+impl CheckpointConfig {
+    /// The latest epoch at or before `t`.
+    pub fn epoch_at(&self, t: Time) -> Time {
+        t / self.interval_ms * self.interval_ms
+    }
+
+    /// The first epoch strictly after `t`.
+    pub fn epoch_after(&self, t: Time) -> Time {
+        self.epoch_at(t).saturating_add(self.interval_ms)
+    }
+
+    pub fn epoch_dir(&self, epoch: Time) -> PathBuf {
+        epoch_dir(&self.dir, epoch)
+    }
+
+    pub fn offsets_path(&self, epoch: Time, worker: usize) -> PathBuf {
+        self.epoch_dir(epoch).join(format!("offsets-{worker}.json"))
+    }
+
+    pub fn state_path(&self, epoch: Time, worker: usize) -> PathBuf {
+        self.epoch_dir(epoch).join(format!("state-{worker}.bin"))
+    }
+}
+
+pub fn epoch_dir(dir: &Path, epoch: Time) -> PathBuf {
+    dir.join(format!("chk-{epoch:016}"))
+}
+
+/// The epoch a `chk-<epoch>` directory name stands for.
+pub fn parse_epoch_dir(name: &str) -> Option<Time> {
+    name.strip_prefix("chk-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_multiples_of_the_interval() {
+        let c = CheckpointConfig {
+            dir: "x".into(),
+            interval_ms: 1000,
+            retained: 3,
+        };
+        assert_eq!(c.epoch_at(1999), 1000);
+        assert_eq!(c.epoch_at(2000), 2000);
+        assert_eq!(c.epoch_after(1999), 2000);
+        assert_eq!(c.epoch_after(2000), 3000);
+        let dir = c.epoch_dir(2000);
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_epoch_dir(name), Some(2000));
+        assert!(name < c.epoch_dir(10_000).file_name().unwrap().to_str().unwrap());
+    }
+}
