@@ -501,6 +501,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max-in-flight"), "{err}");
+        let err = load("engine:\n  checkpoints-retained: 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.checkpoints-retained"), "{err}");
+        // Asked for and not built: refused, not silently kept in memory.
+        let err = load("engine:\n  state-backend: rocksdb\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.state-backend"), "{err}");
     }
 
     #[test]

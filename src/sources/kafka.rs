@@ -174,7 +174,9 @@ impl KafkaReader {
             bounded,
             at_end: Vec::new(),
             in_flight: VecDeque::new(),
-            done: BTreeMap::new(),
+            // A restored checkpoint's offsets are done (its actions completed before it
+            // did): the group learns them even for partitions with nothing new to read.
+            done: positions.clone(),
             positions,
             checkpoints,
             last_commit: Instant::now(),
