@@ -166,13 +166,21 @@ pub fn write_part(
             hasher: Xxh3Default::new(),
         };
         h.write_all(MAGIC)?;
+        // Each record is encoded into one buffer and written (and hashed) in one call:
+        // bincode's many small writes through the hasher were most of the cost.
+        let mut buf = Vec::with_capacity(64 * 1024);
         for chunk in chunks {
             for record in chunk {
-                h.write_all(&[1])?;
-                bincode::serialize_into(&mut h, &record).map_err(io::Error::other)?;
+                buf.push(1);
+                bincode::serialize_into(&mut buf, &record).map_err(io::Error::other)?;
                 users += 1;
+                if buf.len() >= 60 * 1024 {
+                    h.write_all(&buf)?;
+                    buf.clear();
+                }
             }
         }
+        h.write_all(&buf)?;
         h.write_all(&[0])?;
         let hash = h.hasher.digest();
         out.write_all(&users.to_le_bytes())?;

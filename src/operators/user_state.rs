@@ -100,10 +100,13 @@ struct Snapshots {
     cfg: CheckpointConfig,
     worker: usize,
     /// Events stamped at or after this epoch wait in the stash until its snapshot is
-    /// taken. Unknown until the frontier is first seen.
+    /// taken. None while a snapshot is being written (events then go through: the next
+    /// snapshot will be of a later epoch), and before the frontier is first seen.
     next: Option<Time>,
-    /// The latest time applied before `next` was known.
-    max_seen: Time,
+    /// The epoch of the last snapshot (at first, the epoch the run started in).
+    last: Option<Time>,
+    /// The latest time of an event applied.
+    max_applied: Time,
     in_progress: Option<InProgress>,
     /// Held at the last epoch whose part is on disk (at first, at the start): nothing
     /// downstream passes an epoch before this worker's part of it exists.
@@ -244,13 +247,13 @@ impl Manager {
     fn must_wait(&mut self, restoring: bool, time: Time) -> bool {
         match &mut self.snapshots {
             _ if restoring => true,
-            Some(s) => match s.next {
-                Some(next) => time >= next,
-                None => {
-                    s.max_seen = s.max_seen.max(time);
-                    false
+            Some(s) => {
+                if s.next.is_some_and(|next| time >= next) {
+                    return true;
                 }
-            },
+                s.max_applied = s.max_applied.max(time);
+                false
+            }
             None => false,
         }
     }
@@ -271,6 +274,11 @@ impl Manager {
         self.stash.sort_by_key(|(t, _)| *t);
         let split = self.stash.partition_point(|(t, _)| *t < limit);
         let ready: Vec<_> = self.stash.drain(..split).collect();
+        if let Some(s) = &mut self.snapshots
+            && let Some((t, _)) = ready.last()
+        {
+            s.max_applied = s.max_applied.max(*t);
+        }
         for (time, ev) in ready {
             match self.offer(time, ev) {
                 Offer::Applied(out) => {
@@ -300,22 +308,40 @@ impl Manager {
             self.expire(now);
             return;
         };
-        match s.next {
-            // Time 0 is the dataflow's start, before the sources read their clocks.
-            None if now > 0 => s.next = Some(s.cfg.epoch_after(now.max(s.max_seen))),
-            // A snapshot still being written holds the next one back: events from `next`
-            // on stay stashed (and, counted in the backlog, slow the source) meanwhile.
-            Some(next) if now >= next && s.in_progress.is_none() => {
+        match s.last {
+            // Time 0 is the dataflow's start, before the sources read their clocks; the
+            // epoch the run starts in is not snapshotted (nothing happened yet).
+            None if now > 0 => s.last = Some(s.cfg.epoch_at(now)),
+            None => {}
+            Some(last) if s.in_progress.is_none() => {
                 let epoch = s.cfg.epoch_at(now);
-                s.next = Some(s.cfg.epoch_after(now));
-                self.drain_stash(epoch, emit);
-                self.start_snapshot(epoch);
+                if epoch > last {
+                    self.drain_stash(epoch, emit);
+                    let s = self.snapshots.as_mut().expect("checked above");
+                    // Every event applied is before `epoch` unless events went through
+                    // while the previous snapshot was written; then a later epoch will do.
+                    if s.max_applied < epoch {
+                        s.last = Some(epoch);
+                        s.next = None;
+                        self.start_snapshot(epoch);
+                    }
+                }
             }
-            _ => {}
+            Some(_) => {}
         }
-        if let Some(next) = self.snapshots.as_ref().and_then(|s| s.next) {
-            self.drain_stash(next, emit);
+        // Not writing: events from the next epoch on wait for its snapshot.
+        if let Some(s) = &mut self.snapshots
+            && s.last.is_some()
+            && s.in_progress.is_none()
+            && s.next.is_none()
+        {
+            s.next = Some(s.cfg.epoch_after(now.max(s.max_applied)));
         }
+        let through = self
+            .snapshots
+            .as_ref()
+            .map_or(Time::MAX, |s| s.next.unwrap_or(Time::MAX));
+        self.drain_stash(through, emit);
         self.expire(now);
     }
 
@@ -444,7 +470,8 @@ pub fn user_state<'s>(
                 cfg,
                 worker: worker.index(),
                 next: None,
-                max_seen: 0,
+                last: None,
+                max_applied: 0,
                 in_progress: None,
                 cap: Some(cap),
                 activator: Box::new(move || worker.sync_activator_for(address.clone())),

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# What checkpoints cost: the job through Kafka (Tansu, started here) with checkpoints off,
+# every 60 s and every 1 s; the size and duration of the final checkpoint; and how long a
+# restart takes to restore it.
+#
+#   scripts/bench-checkpoints.sh [WORKLOAD_DIR] [EVENTS] [USERS]
+#
+# Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
+# ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
+# engine's (look-ups from a file:// snapshot, state, checkpoints), not the webhooks'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WL=${1:-/tmp/event-trigger-wl-1m}
+EVENTS=${2:-2000000}
+USERS=${3:-1000000}
+GEN=../shared/bench/gen_events.py
+
+if [ ! -s "$WL/events.jsonl" ]; then
+  python3 "$GEN" "$WL" --events "$EVENTS" --users "$USERS"
+fi
+EVENTS=$(wc -l < "$WL/events.jsonl")
+cargo build --release --quiet
+BIN=target/release/event-trigger
+# shellcheck source=scripts/broker.sh
+source scripts/broker.sh
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+TOPIC=ckbench-$$
+"$BIN" produce --bootstrap-servers "$EVENT_TRIGGER_TEST_BROKER" --topic "$TOPIC" "$WL/events.jsonl" >/dev/null 2>&1
+echo 'false' > "$TMP/filter.rhai"
+
+config() { # interval group dir
+  cat > "$TMP/$2.yml" <<YML
+source: { type: kafka }
+kafka: { bootstrap-servers: "$EVENT_TRIGGER_TEST_BROKER", topic: $TOPIC, consumer-group-id: $2, start-from: earliest }
+profile-api: { base-url: "file://$WL/profiles.jsonl" }
+filter: { script-path: "$TMP/filter.rhai" }
+actions: { debug: { enabled: true } }
+engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3" }
+YML
+  echo "$TMP/$2.yml"
+}
+
+run() { # config -> "wall user sys rss" and the log in $TMP/err
+  RUST_LOG=info /usr/bin/time -f '%e %U %S %M' -o "$TMP/time" "$BIN" run --bounded -w 2 --config "$1" \
+    >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err" >&2; exit 1; }
+  cat "$TMP/time"
+}
+
+printf '%-12s %10s %10s %10s %12s %16s %12s\n' interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB
+for interval in 0 60000 1000; do
+  dir=$TMP/ck-$interval
+  cfg=$(config $interval "g$interval" "$dir")
+  read -r wall user sys rss <<<"$(run "$cfg")"
+  el=$(sed -n 's/.* elapsed_s=\([0-9.]*\).*/\1/p' "$TMP/out")
+  n=$(grep -c 'checkpoint complete' "$TMP/err" || true)
+  last=$(grep 'checkpoint complete' "$TMP/err" | tail -1 || true)
+  users=$(sed -n 's/.*users[^0-9]*\([0-9]*\).*/\1/p' <<<"$last")
+  bytes=$(sed -n 's/.*bytes[^0-9]*\([0-9]*\).*/\1/p' <<<"$last")
+  awk -v i=$interval -v n="$EVENTS" -v el="$el" -v u="$user" -v s="$sys" -v rss="$rss" -v c="$n" \
+      -v users="${users:-0}" -v bytes="${bytes:-0}" \
+    'BEGIN { printf "%-12s %10.0f %12.2f %10.0f %12d %16d %12.1f\n", i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576 }'
+  if [ "$interval" = 1000 ]; then
+    echo "part writes at 1 s (ms, per worker; the last one is the final checkpoint):"
+    grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*/  w\1 users=\2 bytes=\3 ms=\4/p' | tail -6
+    # Restart on the same group and directory: restores every user, reads nothing new.
+    read -r wall user sys rss <<<"$(run "$cfg")"
+    echo "restart: $(grep '^summary:' "$TMP/out" | grep -o 'restored=[0-9]*') in ${wall}s wall, peak RSS $((rss / 1024)) MiB"
+  fi
+done
