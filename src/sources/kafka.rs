@@ -326,6 +326,8 @@ impl KafkaReader {
                 Ok(m) => {
                     tracing::info!(
                         epoch,
+                        // From the epoch to its manifest: parts written, actions done.
+                        ms = now_ms().saturating_sub(epoch),
                         users = m.users(),
                         bytes = m.bytes(),
                         partitions = m.offsets.len(),
