@@ -67,6 +67,8 @@ pub struct Prepared {
     pub checkpoints: Option<CheckpointConfig>,
     /// The checkpoint to start from, if any.
     pub restore: Option<Arc<Restore>>,
+    /// Longer messages are skipped as invalid, unparsed.
+    pub max_message_bytes: usize,
     /// Once set, the sources stop reading and the run finishes its work in flight.
     pub stop: StopFlag,
 }
@@ -146,6 +148,7 @@ impl Prepared {
             input,
             checkpoints,
             restore,
+            max_message_bytes: settings.kafka.max_message_bytes,
             profiles,
             action,
             script,
@@ -223,7 +226,7 @@ pub fn run(
                     )
                 }
             };
-            let events = decode(messages, stats.clone());
+            let events = decode(messages, p.max_message_bytes, stats.clone());
             let restored = restore_source(scope, p.restore.clone());
             let triggered = user_state(
                 events,

@@ -53,6 +53,9 @@ pub struct KafkaSettings {
     pub properties: std::collections::BTreeMap<String, String>,
     /// How long to wait for the broker at start before giving up.
     pub connect_timeout_ms: u64,
+    /// Messages longer than this (of either source) are counted invalid and skipped
+    /// before being parsed.
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaSettings {
@@ -64,6 +67,7 @@ impl Default for KafkaSettings {
             start_from: StartFrom::Committed,
             properties: Default::default(),
             connect_timeout_ms: 10_000,
+            max_message_bytes: 1 << 20,
         }
     }
 }

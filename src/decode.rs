@@ -25,6 +25,8 @@ pub enum DecodeError {
     Json(String),
     #[error("missing required field `{0}`")]
     MissingField(&'static str),
+    #[error("{0} bytes, over the limit of {1} (kafka.max-message-bytes)")]
+    TooLarge(usize, usize),
 }
 
 impl DecodeError {
@@ -34,6 +36,7 @@ impl DecodeError {
             DecodeError::NotUtf8 => "not_utf8",
             DecodeError::Json(_) => "bad_json",
             DecodeError::MissingField(_) => "missing_field",
+            DecodeError::TooLarge(..) => "too_large",
         }
     }
 }
@@ -118,12 +121,32 @@ fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<Arc<str>> 
 
 /// Decodes messages, sharing the strings that repeat across events (type, name,
 /// domain, platform ...) instead of allocating them for each event.
-#[derive(Default)]
 pub struct Decoder {
     interner: Interner,
+    max_bytes: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::with_limit(usize::MAX)
+    }
 }
 
 impl Decoder {
+    /// A decoder that refuses messages longer than `max_bytes` without parsing them.
+    ///
+    /// ```
+    /// use event_trigger::decode::Decoder;
+    /// let mut d = Decoder::with_limit(16);
+    /// assert_eq!(d.decode(br#"{"user_id":"u1","event_type":"click"}"#).unwrap_err().reason(), "too_large");
+    /// ```
+    pub fn with_limit(max_bytes: usize) -> Self {
+        Decoder {
+            interner: Interner::default(),
+            max_bytes,
+        }
+    }
+
     /// Decodes one message.
     ///
     /// ```
@@ -136,6 +159,9 @@ impl Decoder {
     /// assert_eq!(d.decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
     /// ```
     pub fn decode(&mut self, bytes: &[u8]) -> Result<UserEvent, DecodeError> {
+        if bytes.len() > self.max_bytes {
+            return Err(DecodeError::TooLarge(bytes.len(), self.max_bytes));
+        }
         decode_with(bytes, &mut self.interner)
     }
 }

@@ -421,3 +421,42 @@ fn webhooks_are_signed_and_carry_an_idempotency_key() {
         );
     }
 }
+
+#[test]
+fn messages_over_the_size_limit_are_skipped_unparsed_and_the_rest_flows() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let big_params = "x".repeat(4000);
+    let lines = [
+        r#"{"event_id":"e1","user_id":"u1","event_type":"page_view"}"#.to_string(),
+        format!(
+            r#"{{"event_id":"big","user_id":"u1","event_type":"page_view","parameters":{{"custom_params":{{"blob":"{big_params}"}}}}}}"#
+        ),
+        // Over the limit even though it is not JSON: it is never parsed.
+        "y".repeat(5000),
+        r#"{"event_id":"e2","user_id":"u2","event_type":"page_view"}"#.to_string(),
+    ];
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &receiver.url(),
+        "true",
+    );
+    s.kafka.max_message_bytes = 1000;
+    let counts = run(&s, 1, &rt);
+    assert_eq!((counts.events_read, counts.invalid), (4, 2));
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, ["e1", "e2"]);
+
+    // Under a limit that fits it, the big event is an event like any other.
+    s.kafka.max_message_bytes = 1 << 20;
+    let counts = run(&s, 1, &rt);
+    assert_eq!((counts.events_read, counts.invalid), (4, 1));
+}

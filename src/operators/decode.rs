@@ -11,13 +11,14 @@ use crate::log_limit::LogLimiter;
 use crate::model::{Time, UserEvent};
 use crate::stats::Stats;
 
-/// Decodes each message of `messages`.
+/// Decodes each message of `messages`; those over `max_bytes` are skipped unparsed.
 pub fn decode<'s>(
     messages: Stream<'s, Time, Vec<Vec<u8>>>,
+    max_bytes: usize,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
     let mut limiter = LogLimiter::default();
-    let mut decoder = crate::decode::Decoder::default();
+    let mut decoder = crate::decode::Decoder::with_limit(max_bytes);
     messages.unary(Pipeline, "Decode", move |_, _| {
         move |input, output| {
             input.for_each_stamp(|cap, batches| {
