@@ -106,8 +106,10 @@ pub struct ProfileApiSettings {
     pub timeout_ms: u64,
     /// Users whose profile is being fetched at once, per worker.
     pub max_in_flight: usize,
-    /// Accepted for the Flink job's config; retries arrive with the operations work.
+    /// Further tries of a request that failed transiently (connection, timeout, 429,
+    /// 5xx), with jittered exponential backoff from `retry-backoff-ms`.
     pub retry_attempts: u32,
+    pub retry_backoff_ms: u64,
 }
 
 impl Default for ProfileApiSettings {
@@ -117,6 +119,7 @@ impl Default for ProfileApiSettings {
             timeout_ms: 5000,
             max_in_flight: 256,
             retry_attempts: 3,
+            retry_backoff_ms: 100,
         }
     }
 }

@@ -460,3 +460,82 @@ fn messages_over_the_size_limit_are_skipped_unparsed_and_the_rest_flows() {
     let counts = run(&s, 1, &rt);
     assert_eq!((counts.events_read, counts.invalid), (4, 1));
 }
+
+#[test]
+fn transient_api_failures_are_retried_with_backoff_and_404_is_not() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let us = Behaviour::answer(json!({"country": "US"}), json!(null));
+    let api = ProfileApi::start(
+        &rt,
+        [
+            (
+                "flaky",
+                Behaviour::FailFirst {
+                    failures: 2,
+                    status: 503,
+                    then: Box::new(us.clone()),
+                },
+            ),
+            (
+                "throttled",
+                Behaviour::FailFirst {
+                    failures: 1,
+                    status: 429,
+                    then: Box::new(us),
+                },
+            ),
+        ],
+    );
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        [
+            r#"{"event_id":"f","user_id":"flaky","event_type":"page_view"}"#,
+            r#"{"event_id":"t","user_id":"throttled","event_type":"page_view"}"#,
+            r#"{"event_id":"g","user_id":"ghost","event_type":"page_view"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    s.profile_api.retry_attempts = 3;
+    s.profile_api.retry_backoff_ms = 20;
+    let counts = run(&s, 1, &rt);
+    // The flaky and the throttled user got their real profiles; the unknown one was
+    // asked once and got an empty checkpoint.
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, ["f", "t"]);
+    assert_eq!(counts.fetch_errors, 1);
+    let lookups = api.lookups();
+    assert_eq!(lookups["flaky"], 3);
+    assert_eq!(lookups["throttled"], 2);
+    assert_eq!(lookups["ghost"], 1);
+
+    // Without retries the first failure is final: an empty checkpoint, counted.
+    let api2 = ProfileApi::start(
+        &rt,
+        [(
+            "flaky",
+            Behaviour::FailFirst {
+                failures: 1,
+                status: 500,
+                then: Box::new(Behaviour::answer(json!({"country": "US"}), json!(null))),
+            },
+        )],
+    );
+    s.profile_api.base_url = api2.base_url();
+    s.profile_api.retry_attempts = 0;
+    let counts = run(&s, 1, &rt);
+    assert_eq!(counts.fetch_errors, 3);
+    assert_eq!(counts.passed, 0);
+    assert_eq!(api2.lookups()["flaky"], 1);
+}

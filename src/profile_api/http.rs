@@ -17,6 +17,8 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Bodies larger than this are refused: a broken API must not fill our memory.
 const MAX_BODY_BYTES: usize = 4 << 20;
+/// The longest wait between tries, whatever the backoff or `Retry-After` asks.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The HTTP Profile API. One `reqwest::Client` (connection pool with keep-alive) is
 /// shared by every worker of the process.
@@ -24,6 +26,8 @@ const MAX_BODY_BYTES: usize = 4 << 20;
 pub struct HttpProfileApi {
     client: reqwest::Client,
     base: String,
+    retries: u32,
+    backoff: Duration,
 }
 
 impl HttpProfileApi {
@@ -35,7 +39,18 @@ impl HttpProfileApi {
         Ok(HttpProfileApi {
             client,
             base: base_url.trim_end_matches('/').to_string(),
+            retries: 0,
+            backoff: Duration::from_millis(100),
         })
+    }
+
+    /// Tries a transiently failed request `retries` more times, waiting a random time up
+    /// to `backoff * 2^attempt` between tries (full jitter: clients that failed together
+    /// do not come back together), or what the API's `Retry-After` says.
+    pub fn with_retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retries = retries;
+        self.backoff = backoff;
+        self
     }
 
     /// `{base}/users/{id}/{what}` with the id percent-encoded.
@@ -56,32 +71,64 @@ impl HttpProfileApi {
     }
 
     async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, FetchError> {
-        let request_err = |e: reqwest::Error| FetchError::Request {
-            url: url.clone(),
-            reason: error_chain(&e),
+        let mut attempt = 0;
+        loop {
+            match self.get_once(&url).await {
+                Err((e, retry_after)) if attempt < self.retries && e.is_transient() => {
+                    let wait = retry_after
+                        .unwrap_or_else(|| jittered(self.backoff, attempt, &url))
+                        .min(MAX_BACKOFF);
+                    tracing::debug!(%url, attempt, ?wait, "profile look-up will be retried: {e}");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                result => return result.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// One try; a failure comes with the `Retry-After` the API asked for, if any.
+    async fn get_once<T: DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<T, (FetchError, Option<Duration>)> {
+        let request_err = |e: reqwest::Error| {
+            let e = FetchError::Request {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            };
+            (e, None)
         };
-        let mut resp = self.client.get(&url).send().await.map_err(request_err)?;
+        let mut resp = self.client.get(url).send().await.map_err(request_err)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(FetchError::Status {
-                url,
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let e = FetchError::Status {
+                url: url.to_string(),
                 status: status.as_u16(),
-            });
+            };
+            return Err((e, retry_after));
         }
+        let body_err = |reason: String| {
+            let e = FetchError::Body {
+                url: url.to_string(),
+                reason,
+            };
+            (e, None)
+        };
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(FetchError::Body {
-                    url,
-                    reason: format!("larger than {MAX_BODY_BYTES} bytes"),
-                });
+                return Err(body_err(format!("larger than {MAX_BODY_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| FetchError::Body {
-            url,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&body).map_err(|e| body_err(e.to_string()))
     }
 
     /// The three GETs, concurrently; any failure fails the fetch.
@@ -96,5 +143,36 @@ impl HttpProfileApi {
             visit: visit?,
             history: history?.unwrap_or_default(),
         })
+    }
+}
+
+/// A random wait in `[0, backoff * 2^attempt]`.
+fn jittered(backoff: Duration, attempt: u32, url: &str) -> Duration {
+    let ceiling = backoff.saturating_mul(1 << attempt.min(16));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let r =
+        xxhash_rust::xxh3::xxh3_64_with_seed(url.as_bytes(), u64::from(nanos) ^ u64::from(attempt));
+    ceiling.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_stays_under_its_ceiling() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..5 {
+            for _ in 0..50 {
+                let w = jittered(base, attempt, "http://x/users/u/profile");
+                assert!(w <= base * (1 << attempt), "{w:?} at {attempt}");
+            }
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..50).map(|_| jittered(base, 3, "u")).collect();
+        assert!(spread.len() > 10, "jitter spreads the waits");
     }
 }

@@ -30,6 +30,18 @@ pub enum FetchError {
     BadSnapshot(String),
 }
 
+impl FetchError {
+    /// Worth trying again: the request did not get through, or the API said it is
+    /// overloaded or broken for now. A 404 or a body of the wrong shape will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Request { .. } => true,
+            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileSourceError {
     #[error("profile-api.base-url: cannot read snapshot {path}: {reason}")]
@@ -72,7 +84,8 @@ impl ProfileSource {
             let snapshot = ProfileSnapshot::load(std::path::Path::new(path))?;
             return Ok(ProfileSource::Snapshot(Arc::new(snapshot)));
         }
-        let api = HttpProfileApi::new(&s.base_url, Duration::from_millis(s.timeout_ms))?;
+        let api = HttpProfileApi::new(&s.base_url, Duration::from_millis(s.timeout_ms))?
+            .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms));
         Ok(ProfileSource::Http(api))
     }
 }

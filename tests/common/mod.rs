@@ -48,6 +48,12 @@ pub enum Behaviour {
     },
     Status(u16),
     Garbage,
+    /// Answers `status` to the first `failures` requests of each kind, then as `then`.
+    FailFirst {
+        failures: usize,
+        status: u16,
+        then: Box<Behaviour>,
+    },
 }
 
 impl Behaviour {
@@ -92,15 +98,29 @@ impl ProfileApi {
                 let id = percent_encoding::percent_decode_str(id)
                     .decode_utf8_lossy()
                     .to_string();
-                log.lock()
-                    .unwrap()
-                    .push((id.clone(), what.to_string(), Instant::now()));
+                let seen = {
+                    let mut log = log.lock().unwrap();
+                    log.push((id.clone(), what.to_string(), Instant::now()));
+                    log.iter().filter(|(i, w, _)| *i == id && w == what).count()
+                };
+                let mut behaviour = users.get(&id);
+                while let Some(Behaviour::FailFirst {
+                    failures,
+                    status,
+                    then,
+                }) = behaviour
+                {
+                    if seen <= *failures {
+                        return reply(StatusCode::from_u16(*status).unwrap(), "busy");
+                    }
+                    behaviour = Some(then);
+                }
                 let pick = |p: &Value, v: &Value, h: &Value| match what {
                     "profile" => p.to_string(),
                     "visit" => v.to_string(),
                     _ => h.to_string(),
                 };
-                match users.get(&id) {
+                match behaviour {
                     None => reply(StatusCode::NOT_FOUND, "{}"),
                     Some(Behaviour::Answer {
                         profile,
@@ -120,6 +140,7 @@ impl ProfileApi {
                         reply(StatusCode::from_u16(*code).unwrap(), "oops")
                     }
                     Some(Behaviour::Garbage) => reply(StatusCode::OK, "<html>not json"),
+                    Some(Behaviour::FailFirst { .. }) => unreachable!("unwrapped above"),
                 }
             }
         });
