@@ -158,6 +158,7 @@ impl Prepared {
                 ttl_ms: settings.engine.state_ttl_ms(),
                 max_history: settings.state.max_history,
                 max_in_flight: settings.profile_api.max_in_flight,
+                min_refetch_ms: settings.profile_api.min_refetch_interval_ms,
             },
             stop: StopFlag::default(),
         })

@@ -110,6 +110,9 @@ pub struct ProfileApiSettings {
     /// 5xx), with jittered exponential backoff from `retry-backoff-ms`.
     pub retry_attempts: u32,
     pub retry_backoff_ms: u64,
+    /// After a failed look-up (empty checkpoint), the user's first event this long
+    /// after looks it up again.
+    pub min_refetch_interval_ms: u64,
 }
 
 impl Default for ProfileApiSettings {
@@ -120,6 +123,7 @@ impl Default for ProfileApiSettings {
             max_in_flight: 256,
             retry_attempts: 3,
             retry_backoff_ms: 100,
+            min_refetch_interval_ms: 60_000,
         }
     }
 }

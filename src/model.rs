@@ -162,6 +162,8 @@ pub struct UserState {
     pub last_activity: Time,
     /// The time under which the TTL index last queued this user.
     pub ttl_mark: Time,
+    /// Set when the look-up failed: from this time on, the next event looks it up again.
+    pub refetch_after: Option<Time>,
 }
 
 impl UserState {
@@ -172,6 +174,7 @@ impl UserState {
             history: Arc::new(data.history.into()),
             last_activity: now,
             ttl_mark: now,
+            refetch_after: None,
         }
     }
 

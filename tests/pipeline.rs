@@ -539,3 +539,97 @@ fn transient_api_failures_are_retried_with_backoff_and_404_is_not() {
     assert_eq!(counts.passed, 0);
     assert_eq!(api2.lookups()["flaky"], 1);
 }
+
+/// Runs the job on a named pipe fed with `first`, then (once the Profile API saw one
+/// look-up and a moment passed) `second`; returns the counts.
+fn run_two_moments(
+    rt: &tokio::runtime::Runtime,
+    s: &event_trigger::config::Settings,
+    api: &ProfileApi,
+    first: &str,
+    second: &str,
+) -> event_trigger::stats::Counts {
+    let fifo = s.source.path.clone().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let requests = api.requests.clone();
+    let (first, second) = (first.to_string(), second.to_string());
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writeln!(pipe, "{first}").unwrap();
+        pipe.flush().unwrap();
+        while requests.lock().unwrap().len() < 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        writeln!(pipe, "{second}").unwrap();
+    });
+    let counts = run(s, 1, rt);
+    writer.join().unwrap();
+    counts
+}
+
+#[test]
+fn after_a_failed_look_up_the_user_is_looked_up_again_once_the_interval_passed() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = || {
+        ProfileApi::start(
+            &rt,
+            [(
+                "u",
+                Behaviour::FailFirst {
+                    failures: 1,
+                    status: 500,
+                    then: Box::new(Behaviour::answer(json!({"country": "US"}), json!(null))),
+                },
+            )],
+        )
+    };
+    let first = r#"{"event_id":"e1","user_id":"u","event_type":"page_view"}"#;
+    let second = r#"{"event_id":"e2","user_id":"u","event_type":"page_view"}"#;
+
+    let api = flaky();
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &dir.path().join("events.pipe"),
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    s.profile_api.retry_attempts = 0;
+    s.profile_api.min_refetch_interval_ms = 50;
+    let counts = run_two_moments(&rt, &s, &api, first, second);
+    // The first event met the empty checkpoint; the second, later than the interval,
+    // had the user looked up again, now with a profile.
+    assert_eq!(api.lookups()["u"], 2);
+    assert_eq!(receiver.event_ids(), ["e2"]);
+    assert_eq!((counts.fetched, counts.fetch_errors), (2, 1));
+    let body = &receiver.bodies.lock().unwrap()[0].0;
+    assert_eq!(body["userProfile"]["country"], "US");
+    let history: Vec<_> = body["eventHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(history, ["e1", "e2"], "what it did meanwhile is kept");
+
+    // Within the interval the empty checkpoint stays.
+    let api = flaky();
+    let receiver = Receiver::start(&rt);
+    s.profile_api.base_url = api.base_url();
+    s.actions.webhook.url = receiver.url();
+    s.profile_api.min_refetch_interval_ms = 60_000;
+    let counts = run_two_moments(&rt, &s, &api, first, second);
+    assert_eq!(api.lookups()["u"], 1);
+    assert_eq!(counts.passed, 0);
+}

@@ -40,6 +40,9 @@ pub struct UserStateConfig {
     pub max_history: usize,
     /// Look-ups under way at once on this worker; users beyond it wait their turn.
     pub max_in_flight: usize,
+    /// After a failed look-up, the user is looked up again on its first event this
+    /// long after (instead of keeping the empty checkpoint for the whole TTL).
+    pub min_refetch_ms: u64,
 }
 
 /// Applies events to a user's state and judges them.
@@ -131,6 +134,10 @@ struct Manager {
     ttl: TtlIndex,
     /// Users being looked up, with their events that arrived meanwhile, in order.
     pending: FxHashMap<Text, VecDeque<(Time, UserEvent)>>,
+    /// The state of users looked up again after a failed look-up, meanwhile.
+    refetching: FxHashMap<Text, UserState>,
+    /// After a failed look-up, how long until a user's next event looks it up again.
+    min_refetch_ms: u64,
     /// Users with pending events whose look-up waits for a free slot.
     waiting: VecDeque<Text>,
     /// Events that arrived early: while a checkpoint is restored, or stamped at or after
@@ -162,14 +169,22 @@ impl Manager {
             return Offer::Queued;
         }
         if let Some(state) = self.store.get_mut(&ev.user_id) {
-            if !self.ttl.is_expired(state, time) {
+            let retry_due = state.refetch_after.is_some_and(|t| time >= t);
+            if !self.ttl.is_expired(state, time) && !retry_due {
                 state.last_activity = state.last_activity.max(time);
                 self.ttl.touched(&ev.user_id, state, false);
                 return Offer::Applied(self.applier.apply(time, ev, state));
             }
-            // Expired but not swept yet: never served (Flink's NeverReturnExpired).
-            self.store.remove(&ev.user_id);
-            Stats::add(&self.stats.expired, 1);
+            if retry_due && !self.ttl.is_expired(state, time) {
+                // Its last look-up failed: look it up again, keeping what it did since.
+                if let Some(state) = self.store.remove(&ev.user_id) {
+                    self.refetching.insert(ev.user_id.clone(), state);
+                }
+            } else {
+                // Expired but not swept yet: never served (Flink's NeverReturnExpired).
+                self.store.remove(&ev.user_id);
+                Stats::add(&self.stats.expired, 1);
+            }
         }
         let user = ev.user_id.clone();
         self.pending
@@ -198,14 +213,29 @@ impl Manager {
                     continue;
                 };
                 let first = queue.front().map(|(t, _)| *t).unwrap_or_default();
-                let mut state = match result {
-                    Ok(data) => UserState::from_profile(data, first),
-                    Err(e) => {
+                let before = self.refetching.remove(&user);
+                let mut state = match (result, before) {
+                    (Ok(data), None) => UserState::from_profile(data, first),
+                    // A look-up again after a failed one: the API's data, then the
+                    // events seen since.
+                    (Ok(data), Some(old)) => {
+                        let mut state = UserState::from_profile(data, first);
+                        let history = Arc::make_mut(&mut state.history);
+                        history.extend(old.history.iter().cloned());
+                        while history.len() > self.applier.max_history {
+                            history.pop_front();
+                        }
+                        state.last_activity = old.last_activity.max(first);
+                        state
+                    }
+                    (Err(e), before) => {
                         Stats::add(&self.stats.fetch_errors, 1);
                         if let Some(held_back) = self.fetch_log.allow() {
                             tracing::warn!(%user, held_back, "profile look-up failed, using an empty checkpoint: {e}");
                         }
-                        UserState::empty(first)
+                        let mut state = before.unwrap_or_else(|| UserState::empty(first));
+                        state.refetch_after = Some(first.saturating_add(self.min_refetch_ms));
+                        state
                     }
                 };
                 self.ttl.touched(&user, &mut state, true);
@@ -481,6 +511,8 @@ pub fn user_state<'s>(
                 store: MemoryStore::default(),
                 ttl: TtlIndex::new(cfg.ttl_ms),
                 pending: FxHashMap::default(),
+                refetching: FxHashMap::default(),
+                min_refetch_ms: cfg.min_refetch_ms,
                 waiting: VecDeque::new(),
                 stash: Vec::new(),
                 held: HeldTimes::default(),
