@@ -445,6 +445,12 @@ mod tests {
         )
     }
 
+    /// Asserts `yaml` fails to load with an error that names `key`.
+    fn fails_naming(yaml: &str, key: &str) {
+        let err = load(yaml, &[]).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+
     #[test]
     fn defaults_fill_what_the_file_leaves_out() {
         let s = load("source:\n  type: file\n  path: x.jsonl\n", &[]).unwrap();
@@ -473,22 +479,16 @@ mod tests {
 
     #[test]
     fn unknown_key_fails_naming_it() {
-        let err = load("profile-api:\n  timeout-msx: 10\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("timeout-msx"), "{err}");
-        let err = load("engnie:\n  parallelism: 2\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("engnie"), "{err}");
+        fails_naming("profile-api:\n  timeout-msx: 10\n", "timeout-msx");
+        fails_naming("engnie:\n  parallelism: 2\n", "engnie");
     }
 
     #[test]
     fn wrong_type_fails_naming_the_key() {
-        let err = load("profile-api:\n  timeout-ms: soon\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("profile-api.timeout-ms"), "{err}");
+        fails_naming(
+            "profile-api:\n  timeout-ms: soon\n",
+            "profile-api.timeout-ms",
+        );
         let err = load(
             "engine:\n  parallelism: 1\n",
             &[("EVENT_TRIGGER__ENGINE__PARALLELISM", "two")],
@@ -500,27 +500,21 @@ mod tests {
 
     #[test]
     fn cross_key_rules_are_checked() {
-        let err = load("source:\n  type: file\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("source.path"), "{err}");
-        let err = load("profile-api:\n  base-url: ftp://x\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("profile-api.base-url"), "{err}");
-        let err = load("profile-api:\n  max-in-flight: 0\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("max-in-flight"), "{err}");
-        let err = load("engine:\n  checkpoints-retained: 0\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("engine.checkpoints-retained"), "{err}");
+        fails_naming("source:\n  type: file\n", "source.path");
+        fails_naming(
+            "profile-api:\n  base-url: ftp://x\n",
+            "profile-api.base-url",
+        );
+        fails_naming("profile-api:\n  max-in-flight: 0\n", "max-in-flight");
+        fails_naming(
+            "engine:\n  checkpoints-retained: 0\n",
+            "engine.checkpoints-retained",
+        );
         // Asked for and not built: refused, not silently kept in memory.
-        let err = load("engine:\n  state-backend: rocksdb\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("engine.state-backend"), "{err}");
+        fails_naming(
+            "engine:\n  state-backend: rocksdb\n",
+            "engine.state-backend",
+        );
     }
 
     #[test]

@@ -195,12 +195,7 @@ fn idle_state_expires_by_the_clock_and_is_fetched_again() {
     std::thread::sleep(Duration::from_millis(2500)); // idle: both expire without any event
     send("4", "u1"); // fetched again, history starts over
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = wait_ok(child);
     let counts = summary_of(&out.stdout);
     assert_eq!(counts.passed, 4);
     assert_eq!(

@@ -322,12 +322,7 @@ fn sigkilled_runs_restart_from_their_checkpoints() {
         let mut job = start(workers);
         let last_run = run == 3;
         if last_run {
-            let out = job.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = wait_ok(job);
             let counts = summary_of(&out.stdout);
             assert_eq!(counts.restored as usize, restored_count, "last run");
             // It ended with a final checkpoint at the end of the topic, and committed it.
@@ -564,12 +559,7 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = wait_ok(child);
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop signal"));
     let counts = summary_of(&out.stdout);
     assert_eq!(counts.events_read, w.lines.len() as u64);

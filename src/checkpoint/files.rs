@@ -218,29 +218,30 @@ pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
     let mut t = [0u8; TRAILER];
     f.seek(SeekFrom::End(-(TRAILER as i64))).map_err(io)?;
     f.read_exact(&mut t).map_err(io)?;
-    if &t[16..] != MAGIC {
+    let (users, _) = trailer(path, &t)?;
+    Ok((users, len))
+}
+
+/// The users and the hash a trailer records, if it ends with the magic.
+fn trailer(path: &Path, t: &[u8]) -> Result<(u64, u64), CheckpointError> {
+    if t.len() != TRAILER || &t[16..] != MAGIC {
         return Err(CheckpointError::corrupt(path, "not a whole state part"));
     }
-    let mut users = [0u8; 8];
-    users.copy_from_slice(&t[..8]);
-    Ok((u64::from_le_bytes(users), len))
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&t[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    Ok((word(0), word(8)))
 }
 
 /// The records between the magic and the trailer, once the hash matched.
 fn check<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u64, &'a [u8]), CheckpointError> {
-    if bytes.len() < MAGIC.len() + 1 + TRAILER
-        || &bytes[..MAGIC.len()] != MAGIC
-        || &bytes[bytes.len() - MAGIC.len()..] != MAGIC
-    {
+    if bytes.len() < MAGIC.len() + 1 + TRAILER || &bytes[..MAGIC.len()] != MAGIC {
         return Err(CheckpointError::corrupt(path, "not a whole state part"));
     }
     let body_end = bytes.len() - TRAILER;
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(w)
-    };
-    let (users, hash) = (word(body_end), word(body_end + 8));
+    let (users, hash) = trailer(path, &bytes[body_end..])?;
     let mut hasher = Xxh3Default::new();
     hasher.update(&bytes[..body_end]);
     if hasher.digest() != hash {

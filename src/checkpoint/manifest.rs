@@ -151,6 +151,10 @@ fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
 
 /// The newest checkpoint whose manifest and parts are all whole; newer ones that are
 /// not are skipped with a warning.
+///
+/// Every part is read and hashed here, and again when it is restored: reading twice is
+/// the price of choosing before the dataflow starts, when falling back to an older
+/// checkpoint is still possible (a bad part found mid-restore could only be dropped).
 pub fn find_latest(dir: &Path) -> Option<Restore> {
     for (epoch, path) in epochs(dir).into_iter().rev() {
         let manifest_path = path.join(MANIFEST);

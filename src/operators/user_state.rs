@@ -273,7 +273,8 @@ impl Manager {
 }
 
 impl Manager {
-    /// Whether an event stamped `time` must wait in the stash.
+    /// Whether an event stamped `time` must wait in the stash; one that need not is
+    /// about to be applied, and its time is recorded for the next snapshot's choice.
     fn must_wait(&mut self, restoring: bool, time: Time) -> bool {
         match &mut self.snapshots {
             _ if restoring => true,

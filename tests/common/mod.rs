@@ -523,11 +523,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = std::process::Command::new(binary())
+    let child = std::process::Command::new(binary())
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    wait_ok(child)
+}
+
+/// Waits for `child` (with piped output) and checks it exited 0, showing its log if not.
+pub fn wait_ok(child: std::process::Child) -> std::process::Output {
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
