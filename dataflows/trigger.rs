@@ -31,6 +31,7 @@ use crate::sources::file::file_source;
 use crate::sources::kafka::{
     Finished, KafkaReader, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
 };
+use crate::state::Backend;
 use crate::stats::{Counts, Stats, Summary};
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
@@ -69,6 +70,8 @@ pub struct Prepared {
     pub restore: Option<Arc<Restore>>,
     /// Longer messages are skipped as invalid, unparsed.
     pub max_message_bytes: usize,
+    /// Where the workers keep their users.
+    pub backend: Backend,
     /// Once set, the sources stop reading and the run finishes its work in flight.
     pub stop: StopFlag,
 }
@@ -144,8 +147,11 @@ impl Prepared {
                 k.consumer_group_id
             );
         }
+        let backend = settings.engine.backend();
+        backend.check()?;
         Ok(Prepared {
             input,
+            backend,
             checkpoints,
             restore,
             max_message_bytes: settings.kafka.max_message_bytes,
@@ -179,6 +185,7 @@ pub fn run(
         let p = prepared.clone();
         let filter =
             Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
+        let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
         let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
             Input::Kafka {
                 settings,
@@ -192,9 +199,13 @@ pub fn run(
                     worker.peers(),
                     *bounded,
                     p.restore.as_ref().map(|r| &r.manifest.offsets),
-                    p.checkpoints
-                        .clone()
-                        .map(|c| SourceCheckpoints::new(c, worker.index(), worker.peers())),
+                    p.checkpoints.clone().map(|c| {
+                        let c = SourceCheckpoints::new(c, worker.index(), worker.peers());
+                        match &p.restore {
+                            Some(r) => c.restored(r.manifest.epoch),
+                            None => c,
+                        }
+                    }),
                 )
                 .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
             ),
@@ -237,6 +248,7 @@ pub fn run(
                 &p.profiles,
                 runtime.clone(),
                 filter,
+                store,
                 lookups,
                 stats.clone(),
             );

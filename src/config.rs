@@ -253,6 +253,11 @@ pub struct EngineSettings {
     /// Completed checkpoints kept; older ones are deleted.
     pub checkpoints_retained: usize,
     pub state_backend: StateBackend,
+    /// Where the `rocksdb` backend keeps each worker's database: local disk, emptied
+    /// at start (state comes back from the checkpoint).
+    pub state_dir: PathBuf,
+    /// Users per worker the `rocksdb` backend keeps decoded in memory.
+    pub state_cache_users: usize,
     /// Idle time after which a user's state is dropped; fractions are allowed.
     pub state_ttl_minutes: f64,
 }
@@ -265,12 +270,24 @@ impl Default for EngineSettings {
             checkpoint_dir: PathBuf::from("checkpoints"),
             checkpoints_retained: 3,
             state_backend: StateBackend::Hashmap,
+            state_dir: PathBuf::from("state"),
+            state_cache_users: 100_000,
             state_ttl_minutes: 10.0,
         }
     }
 }
 
 impl EngineSettings {
+    pub fn backend(&self) -> crate::state::Backend {
+        match self.state_backend {
+            StateBackend::Hashmap => crate::state::Backend::Memory,
+            StateBackend::Rocksdb => crate::state::Backend::Rocksdb {
+                dir: self.state_dir.clone(),
+                cache_users: self.state_cache_users,
+            },
+        }
+    }
+
     pub fn state_ttl_ms(&self) -> u64 {
         // `as` saturates; validation keeps the value finite and positive.
         (self.state_ttl_minutes * 60_000.0).round() as u64
@@ -409,15 +426,18 @@ impl Settings {
                 "engine.checkpoints-retained",
                 self.engine.checkpoints_retained,
             ),
+            ("engine.state-cache-users", self.engine.state_cache_users),
         ] {
             if value == 0 {
                 return Err((key, "must be at least 1".into()));
             }
         }
-        if self.engine.state_backend == StateBackend::Rocksdb {
+        if self.engine.state_backend == StateBackend::Rocksdb && !cfg!(feature = "rocksdb") {
             return Err((
                 "engine.state-backend",
-                "rocksdb is not built into this version; use hashmap (see the README)".into(),
+                "rocksdb is not built into this binary; build it with `--features rocksdb` \
+                 (see the README)"
+                    .into(),
             ));
         }
         let ttl = self.engine.state_ttl_minutes;
@@ -510,10 +530,35 @@ mod tests {
             "engine:\n  checkpoints-retained: 0\n",
             "engine.checkpoints-retained",
         );
-        // Asked for and not built: refused, not silently kept in memory.
         fails_naming(
-            "engine:\n  state-backend: rocksdb\n",
-            "engine.state-backend",
+            "engine:\n  state-cache-users: 0\n",
+            "engine.state-cache-users",
+        );
+        // Asked for and not built: refused, not silently kept in memory.
+        if !cfg!(feature = "rocksdb") {
+            fails_naming(
+                "engine:\n  state-backend: rocksdb\n",
+                "engine.state-backend",
+            );
+        }
+    }
+
+    #[test]
+    fn the_rocksdb_backend_takes_its_directory_and_cache() {
+        if !cfg!(feature = "rocksdb") {
+            return;
+        }
+        let s = load(
+            "engine:\n  state-backend: rocksdb\n  state-dir: /var/lib/et\n  state-cache-users: 5\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.engine.backend(),
+            crate::state::Backend::Rocksdb {
+                dir: "/var/lib/et".into(),
+                cache_users: 5
+            }
         );
     }
 

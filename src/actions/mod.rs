@@ -79,25 +79,24 @@ pub fn run_actions<'s>(
         let mut queued: VecDeque<(Time, EnrichedEvent)> = VecDeque::new();
         let mut fail_log = LogLimiter::default();
         move |(input, _frontier), _output| {
-            input.for_each_stamp(|cap, batches| {
+            // In arrival order, so a user's actions start in the order of its events.
+            input.for_each(|cap, batch| {
                 let Some(&time) = cap.least() else { return };
-                for batch in batches {
-                    for ev in batch.drain(..) {
-                        match &action {
-                            Action::Debug => match Payload::new(&ev, now_ms()).to_pretty_json() {
-                                Ok(json) => {
-                                    tracing::info!(target: "event_trigger::action::debug", "triggered:\n{json}");
-                                    Stats::add(&stats.actions_ok, 1);
-                                }
-                                Err(e) => {
-                                    tracing::error!("cannot serialize triggered event: {e}");
-                                    Stats::add(&stats.actions_failed, 1);
-                                }
-                            },
-                            Action::Webhook { .. } => {
-                                held.hold(time, || cap.delayed(&time, 0));
-                                queued.push_back((time, ev));
+                for ev in batch.drain(..) {
+                    match &action {
+                        Action::Debug => match Payload::new(&ev, now_ms()).to_pretty_json() {
+                            Ok(json) => {
+                                tracing::info!(target: "event_trigger::action::debug", "triggered:\n{json}");
+                                Stats::add(&stats.actions_ok, 1);
                             }
+                            Err(e) => {
+                                tracing::error!("cannot serialize triggered event: {e}");
+                                Stats::add(&stats.actions_failed, 1);
+                            }
+                        },
+                        Action::Webhook { .. } => {
+                            held.hold(time, || cap.delayed(&time, 0));
+                            queued.push_back((time, ev));
                         }
                     }
                 }

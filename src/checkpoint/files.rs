@@ -95,9 +95,17 @@ impl Write for Hashing<'_> {
     }
 }
 
+/// Records a state backend hands over already encoded, as the key (the user id) and the
+/// value (bincode of its `UserState`) it stores them under: RocksDB's checkpoint is
+/// copied into the part without decoding a user. The closure calls `each` per record.
+pub type EncodedRecords = Box<dyn FnOnce(RecordSink<'_>) -> io::Result<()> + Send>;
+
+/// Takes one encoded record: the user id and bincode of its `UserState`.
+pub type RecordSink<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>;
+
 /// One worker's state part, written on a thread of its own so the worker keeps
-/// processing: it takes the records in chunks (the shallow copy of the store first,
-/// then users whose look-ups were running), and finishes once `finish` is called.
+/// processing: it takes the records in chunks (the copy of the store first, then users
+/// whose look-ups were running), and finishes once `finish` is called.
 pub struct PartWriter {
     // Unbounded, but it never holds more than one copy of this worker's users, which
     // the copy itself already costs.
@@ -106,15 +114,20 @@ pub struct PartWriter {
 }
 
 impl PartWriter {
-    /// Starts writing `path`; `activator` is woken when the part is on disk (or failed).
-    pub fn start(path: PathBuf, activator: SyncActivator) -> PartWriter {
+    /// Starts writing `path`, `base` first if given; `activator` is woken when the part
+    /// is on disk (or failed).
+    pub fn start(
+        path: PathBuf,
+        base: Option<EncodedRecords>,
+        activator: SyncActivator,
+    ) -> PartWriter {
         let started = Instant::now();
         let (tx, rx) = mpsc::channel::<Vec<(Text, UserState)>>();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let result = write_part(&path, rx);
+                let result = write_part(&path, base, rx);
                 let _ = done_tx.send(result.map(|(users, bytes)| PartInfo {
                     users,
                     bytes,
@@ -154,35 +167,73 @@ impl PartWriter {
     }
 }
 
-/// Writes the records of `chunks` as a state part; returns its users and size.
+/// Encodes records into a part body, hashing as it goes.
+struct Encoder<'a> {
+    out: Hashing<'a>,
+    // Each record is encoded into one buffer and written (and hashed) in one call:
+    // bincode's many small writes through the hasher were most of the cost.
+    buf: Vec<u8>,
+    users: u64,
+}
+
+impl Encoder<'_> {
+    fn typed(&mut self, record: &(Text, UserState)) -> io::Result<()> {
+        self.buf.push(1);
+        bincode::serialize_into(&mut self.buf, record).map_err(io::Error::other)?;
+        self.done_one()
+    }
+
+    /// The same bytes as `typed` gives, from the user id and bincode of its state
+    /// (bincode writes a string as its u64 length and bytes, a tuple as its fields).
+    fn encoded(&mut self, user: &[u8], state: &[u8]) -> io::Result<()> {
+        self.buf.push(1);
+        self.buf
+            .extend_from_slice(&(user.len() as u64).to_le_bytes());
+        self.buf.extend_from_slice(user);
+        self.buf.extend_from_slice(state);
+        self.done_one()
+    }
+
+    fn done_one(&mut self) -> io::Result<()> {
+        self.users += 1;
+        if self.buf.len() >= 60 * 1024 {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Writes a state part of the records of `base` then of `chunks`; returns its users and
+/// size.
 pub fn write_part(
     path: &Path,
+    base: Option<EncodedRecords>,
     chunks: impl IntoIterator<Item = Vec<(Text, UserState)>>,
 ) -> io::Result<(u64, u64)> {
     let mut users = 0u64;
     let bytes = write_atomic(path, |out| {
-        let mut h = Hashing {
-            inner: out,
-            hasher: Xxh3Default::new(),
+        let mut e = Encoder {
+            out: Hashing {
+                inner: out,
+                hasher: Xxh3Default::new(),
+            },
+            buf: Vec::with_capacity(64 * 1024),
+            users: 0,
         };
-        h.write_all(MAGIC)?;
-        // Each record is encoded into one buffer and written (and hashed) in one call:
-        // bincode's many small writes through the hasher were most of the cost.
-        let mut buf = Vec::with_capacity(64 * 1024);
+        e.out.write_all(MAGIC)?;
+        if let Some(base) = base {
+            base(&mut |user, state| e.encoded(user, state))?;
+        }
         for chunk in chunks {
-            for record in chunk {
-                buf.push(1);
-                bincode::serialize_into(&mut buf, &record).map_err(io::Error::other)?;
-                users += 1;
-                if buf.len() >= 60 * 1024 {
-                    h.write_all(&buf)?;
-                    buf.clear();
-                }
+            for record in &chunk {
+                e.typed(record)?;
             }
         }
-        h.write_all(&buf)?;
-        h.write_all(&[0])?;
-        let hash = h.hasher.digest();
+        e.buf.push(0);
+        e.out.write_all(&e.buf)?;
+        users = e.users;
+        let hash = e.out.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
         out.write_all(MAGIC)
@@ -303,7 +354,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chk/state-0.bin");
         let records = sample(100);
-        let written = write_part(&path, [records.clone()]).unwrap();
+        let written = write_part(&path, None, [records.clone()]).unwrap();
         assert_eq!(verify_part(&path).unwrap(), written);
         assert_eq!(part_trailer(&path).unwrap(), written);
         let back = read_part(&path).unwrap();
@@ -323,7 +374,7 @@ mod tests {
     fn a_flipped_byte_or_a_cut_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state-0.bin");
-        write_part(&path, [sample(10)]).unwrap();
+        write_part(&path, None, [sample(10)]).unwrap();
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 0x40;
@@ -333,5 +384,38 @@ mod tests {
         std::fs::write(&path, &good[..good.len() - 5]).unwrap();
         let err = verify_part(&path).unwrap_err().to_string();
         assert!(err.contains("not a whole state part"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod encoded_tests {
+    use super::*;
+    use crate::model::UserState;
+
+    #[test]
+    fn encoded_records_read_back_like_typed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let typed = dir.path().join("typed.bin");
+        let mixed = dir.path().join("mixed.bin");
+        let users: Vec<(Text, UserState)> = (0..5)
+            .map(|i| (format!("ü/{i}").into(), UserState::empty(i)))
+            .collect();
+        write_part(&typed, None, [users.clone()]).unwrap();
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = users[..3]
+            .iter()
+            .map(|(u, s)| (u.as_bytes().to_vec(), bincode::serialize(s).unwrap()))
+            .collect();
+        let base: EncodedRecords = Box::new(move |each| {
+            for (u, s) in &encoded {
+                each(u, s)?;
+            }
+            Ok(())
+        });
+        write_part(&mixed, Some(base), [users[3..].to_vec()]).unwrap();
+        assert_eq!(
+            std::fs::read(&typed).unwrap(),
+            std::fs::read(&mixed).unwrap()
+        );
+        assert_eq!(read_part(&mixed).unwrap().len(), 5);
     }
 }

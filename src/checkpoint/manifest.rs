@@ -237,7 +237,7 @@ mod tests {
             write_offsets(c, epoch, w, &part).unwrap();
             if with_state {
                 let users = vec![(format!("u{w}").into(), UserState::empty(epoch))];
-                write_part(&c.state_path(epoch, w), [users]).unwrap();
+                write_part(&c.state_path(epoch, w), None, [users]).unwrap();
             }
         }
     }

@@ -21,24 +21,23 @@ pub fn decode<'s>(
     let mut decoder = crate::decode::Decoder::with_limit(max_bytes);
     messages.unary(Pipeline, "Decode", move |_, _| {
         move |input, output| {
-            input.for_each_stamp(|cap, batches| {
+            // In arrival order (`for_each_stamp` sorts containers by time, unstably):
+            // a user's events must stay in the order they were read.
+            input.for_each(|cap, batch| {
                 let mut session = output.session(&cap);
-                for batch in batches {
-                    Stats::add(&stats.events_read, batch.len() as u64);
-                    for msg in batch.drain(..) {
-                        match decoder.decode(&msg) {
-                            Ok(ev) => session.give(ev),
-                            Err(e) => {
-                                Stats::add(&stats.invalid, 1);
-                                if let Some(held_back) = limiter.allow() {
-                                    let preview =
-                                        String::from_utf8_lossy(&msg[..msg.len().min(120)]);
-                                    tracing::warn!(
-                                        reason = e.reason(),
-                                        held_back,
-                                        "invalid message skipped: {e}; message starts {preview:?}"
-                                    );
-                                }
+                Stats::add(&stats.events_read, batch.len() as u64);
+                for msg in batch.drain(..) {
+                    match decoder.decode(&msg) {
+                        Ok(ev) => session.give(ev),
+                        Err(e) => {
+                            Stats::add(&stats.invalid, 1);
+                            if let Some(held_back) = limiter.allow() {
+                                let preview = String::from_utf8_lossy(&msg[..msg.len().min(120)]);
+                                tracing::warn!(
+                                    reason = e.reason(),
+                                    held_back,
+                                    "invalid message skipped: {e}; message starts {preview:?}"
+                                );
                             }
                         }
                     }

@@ -31,7 +31,7 @@ use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
-use crate::state::{MemoryStore, StateStore, TtlIndex};
+use crate::state::{StateStore, Store, TtlIndex};
 use crate::stats::Stats;
 
 #[derive(Clone, Debug)]
@@ -130,7 +130,7 @@ struct InProgress {
 /// The operator's state between activations.
 struct Manager {
     max_in_flight: usize,
-    store: MemoryStore,
+    store: Store,
     ttl: TtlIndex,
     /// Users being looked up, with their events that arrived meanwhile, in order.
     pending: FxHashMap<Text, VecDeque<(Time, UserEvent)>>,
@@ -277,7 +277,9 @@ impl Manager {
     /// about to be applied, and its time is recorded for the next snapshot's choice.
     fn must_wait(&mut self, restoring: bool, time: Time) -> bool {
         match &mut self.snapshots {
-            _ if restoring => true,
+            // Behind stashed events, so that a user's events keep their order: the stash
+            // is drained only once the frontier is looked at, after the input.
+            _ if restoring || !self.stash.is_empty() => true,
             Some(s) => {
                 if s.next.is_some_and(|next| time >= next) {
                     return true;
@@ -388,18 +390,26 @@ impl Manager {
         Stats::add(&self.stats.expired, expired);
     }
 
-    /// Starts writing this worker's part of `epoch`: a shallow copy of the store now,
-    /// the users being looked up as their look-ups finish.
+    /// Starts writing this worker's part of `epoch`: a copy of the store now (shallow,
+    /// or a RocksDB checkpoint), the users being looked up as their look-ups finish.
     fn start_snapshot(&mut self, epoch: Time) {
         let Some(s) = &mut self.snapshots else { return };
         let owed: FxHashSet<Text> = self.pending.keys().cloned().collect();
-        let records: Vec<(Text, UserState)> = self
-            .store
-            .iter()
-            .map(|(u, st)| (u.clone(), st.clone()))
-            .collect();
-        let writer = PartWriter::start(s.cfg.state_path(epoch, s.worker), (s.activator)());
-        writer.send(records);
+        let copy = match self.store.snapshot() {
+            Ok(copy) => copy,
+            Err(e) => {
+                // Without its part this epoch's checkpoint never completes; the next
+                // epoch tries again.
+                tracing::error!(epoch, worker = s.worker, "checkpoint part not started: {e}");
+                return;
+            }
+        };
+        let writer = PartWriter::start(
+            s.cfg.state_path(epoch, s.worker),
+            copy.encoded,
+            (s.activator)(),
+        );
+        writer.send(copy.records);
         tracing::debug!(
             epoch,
             users = self.store.len(),
@@ -471,7 +481,8 @@ impl Manager {
 /// checkpoint being restored), so a checkpoint lands on the right workers whatever their
 /// number. Events wait until the restore is complete. With `checkpoints`, this
 /// operator writes its worker's part of each checkpoint. `backlog` tells the source how
-/// many events wait (for a look-up, or for a restore or snapshot).
+/// many events wait (for a look-up, or for a restore or snapshot). `store` holds the
+/// users (in memory or in RocksDB).
 #[allow(clippy::too_many_arguments)]
 pub fn user_state<'s>(
     events: Stream<'s, Time, Vec<UserEvent>>,
@@ -481,6 +492,7 @@ pub fn user_state<'s>(
     profiles: &ProfileSource,
     runtime: tokio::runtime::Handle,
     filter: Filter,
+    store: Store,
     backlog: Backlog,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
@@ -509,7 +521,7 @@ pub fn user_state<'s>(
             });
             let mut m = Manager {
                 max_in_flight: cfg.max_in_flight,
-                store: MemoryStore::default(),
+                store,
                 ttl: TtlIndex::new(cfg.ttl_ms),
                 pending: FxHashMap::default(),
                 refetching: FxHashMap::default(),
@@ -536,21 +548,21 @@ pub fn user_state<'s>(
                     }
                 });
                 let restoring = !restore_frontier.frontier().is_empty();
-                input.for_each_stamp(|cap, batches| {
+                // In arrival order: a user's events must be applied in the order they
+                // were read (`for_each_stamp` sorts containers by time, unstably).
+                input.for_each(|cap, batch| {
                     let Some(&time) = cap.least() else { return };
                     let mut session = output.session(&cap);
-                    for batch in batches {
-                        for ev in batch.drain(..) {
-                            if m.must_wait(restoring, time) {
-                                m.held.hold(time, || cap.delayed(&time, 0));
-                                m.stash.push((time, ev));
-                                continue;
-                            }
-                            match m.offer(time, ev) {
-                                Offer::Applied(Some(out)) => session.give(out),
-                                Offer::Applied(None) => {}
-                                Offer::Queued => m.held.hold(time, || cap.delayed(&time, 0)),
-                            }
+                    for ev in batch.drain(..) {
+                        if m.must_wait(restoring, time) {
+                            m.held.hold(time, || cap.delayed(&time, 0));
+                            m.stash.push((time, ev));
+                            continue;
+                        }
+                        match m.offer(time, ev) {
+                            Offer::Applied(Some(out)) => session.give(out),
+                            Offer::Applied(None) => {}
+                            Offer::Queued => m.held.hold(time, || cap.delayed(&time, 0)),
                         }
                     }
                 });

@@ -54,6 +54,10 @@ pub struct SourceCheckpoints {
     pub peers: usize,
     /// Epochs passed, whose manifest worker 0 writes once the probe passes them.
     to_complete: VecDeque<Time>,
+    /// The epoch of the checkpoint this run restored: the clock starts there, so every
+    /// checkpoint this run takes is of a later epoch (a final checkpoint's epoch may be
+    /// ahead of the wall clock, and must not be written again).
+    floor: Time,
 }
 
 impl SourceCheckpoints {
@@ -63,7 +67,14 @@ impl SourceCheckpoints {
             worker,
             peers,
             to_complete: VecDeque::new(),
+            floor: 0,
         }
+    }
+
+    /// After restoring the checkpoint of `epoch`.
+    pub fn restored(mut self, epoch: Time) -> Self {
+        self.floor = epoch;
+        self
     }
 }
 
@@ -278,7 +289,13 @@ impl KafkaReader {
     /// final checkpoint is taken there.
     fn final_epoch(&self, stopped_at: Time) -> Option<Time> {
         let c = self.checkpoints.as_ref()?;
-        Some(c.cfg.epoch_after(stopped_at))
+        Some(c.cfg.epoch_after(stopped_at.max(c.floor)))
+    }
+
+    /// The time to stamp what is read now: the wall clock, but never before the epoch
+    /// of the restored checkpoint.
+    fn clock(&self) -> Time {
+        now_ms().max(self.checkpoints.as_ref().map_or(0, |c| c.floor))
     }
 
     /// The clock moves from `from` to `to`: records the offsets of every epoch passed.
@@ -428,7 +445,7 @@ pub fn kafka_source<'s>(
             // source waits there until the probe passed it: the final checkpoint taken,
             // its offsets committed.
             let final_epoch = ending.and_then(|t| r.final_epoch(t));
-            let now = final_epoch.unwrap_or_else(now_ms);
+            let now = final_epoch.unwrap_or_else(|| r.clock());
             if now > *c.time() {
                 r.crossed(*c.time(), now);
                 c.downgrade(&now);

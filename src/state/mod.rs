@@ -1,20 +1,139 @@
 //! Where per-user state lives, and when it expires.
+//!
+//! Two backends behind one `StateStore`: `MemoryStore`, a hash map (the default), and,
+//! with the `rocksdb` cargo feature, `RocksStore`: RocksDB on local disk with a bounded
+//! cache of users in front, for state larger than memory. Both snapshot into the same
+//! checkpoint format, so a checkpoint written by one restores into the other.
+
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
 
 use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
 
+use crate::checkpoint::files::EncodedRecords;
 use crate::model::{Text, Time, UserState};
 
-/// The state store of one worker: the in-memory map now, RocksDB later, behind the
-/// same few calls.
+/// The state store of one worker.
 pub trait StateStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState>;
+    /// Adds a user the store does not hold.
     fn insert(&mut self, user: Text, state: UserState);
     fn remove(&mut self, user: &str) -> Option<UserState>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A copy of a store's users at one moment, for a checkpoint part: records to write,
+/// and, from RocksDB, a checkpoint of its own read by the part's writer thread.
+pub struct StoreSnapshot {
+    pub records: Vec<(Text, UserState)>,
+    pub encoded: Option<EncodedRecords>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("engine.state-dir: {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("state snapshot: {0}")]
+    Snapshot(String),
+    #[error(
+        "engine.state-backend: rocksdb is not built into this binary; build with \
+         `--features rocksdb` (see the README)"
+    )]
+    NotBuilt,
+}
+
+impl From<StateError> for io::Error {
+    fn from(e: StateError) -> io::Error {
+        io::Error::other(e.to_string())
+    }
+}
+
+/// Which store the workers keep their users in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    Memory,
+    /// One RocksDB per worker under `dir` (emptied at start: state comes back from the
+    /// checkpoint), with up to `cache_users` users per worker kept decoded in memory.
+    Rocksdb {
+        dir: PathBuf,
+        cache_users: usize,
+    },
+}
+
+impl Backend {
+    /// Checks, before any worker starts, that the backend can be used here.
+    pub fn check(&self) -> Result<(), StateError> {
+        match self {
+            Backend::Memory => Ok(()),
+            #[cfg(feature = "rocksdb")]
+            Backend::Rocksdb { dir, .. } => rocks::check_dir(dir),
+            #[cfg(not(feature = "rocksdb"))]
+            Backend::Rocksdb { .. } => Err(StateError::NotBuilt),
+        }
+    }
+
+    /// Opens the store of worker `worker`.
+    pub fn open(&self, worker: usize) -> Result<Store, StateError> {
+        match self {
+            Backend::Memory => Ok(Store::Memory(MemoryStore::default())),
+            #[cfg(feature = "rocksdb")]
+            Backend::Rocksdb { dir, cache_users } => Ok(Store::Rocks(Box::new(
+                rocks::RocksStore::open(&dir.join(format!("worker-{worker}")), *cache_users)?,
+            ))),
+            #[cfg(not(feature = "rocksdb"))]
+            Backend::Rocksdb { .. } => {
+                let _ = worker;
+                Err(StateError::NotBuilt)
+            }
+        }
+    }
+}
+
+/// The store a worker uses, as chosen by `engine.state-backend`.
+pub enum Store {
+    Memory(MemoryStore),
+    #[cfg(feature = "rocksdb")]
+    // Boxed: a large struct, reached once per event through one pointer.
+    Rocks(Box<rocks::RocksStore>),
+}
+
+macro_rules! each_store {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Store::Memory($s) => $e,
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// The users now, for a checkpoint part.
+    pub fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        each_store!(self, s => s.snapshot())
+    }
+}
+
+impl StateStore for Store {
+    #[inline]
+    fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
+        each_store!(self, s => s.get_mut(user))
+    }
+    fn insert(&mut self, user: Text, state: UserState) {
+        each_store!(self, s => s.insert(user, state))
+    }
+    fn remove(&mut self, user: &str) -> Option<UserState> {
+        each_store!(self, s => s.remove(user))
+    }
+    fn len(&self) -> usize {
+        each_store!(self, s => s.len())
     }
 }
 
@@ -27,9 +146,22 @@ impl MemoryStore {
     pub fn iter(&self) -> impl Iterator<Item = (&Text, &UserState)> {
         self.users.iter()
     }
+
+    /// A shallow copy: the parts of each state are `Arc`s.
+    fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        Ok(StoreSnapshot {
+            records: self
+                .users
+                .iter()
+                .map(|(u, st)| (u.clone(), st.clone()))
+                .collect(),
+            encoded: None,
+        })
+    }
 }
 
 impl StateStore for MemoryStore {
+    #[inline]
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
         self.users.get_mut(user)
     }

@@ -1,0 +1,433 @@
+//! The RocksDB backend: each worker keeps its users in a RocksDB of its own on local
+//! disk, for state larger than memory, with a bounded cache of decoded users in front
+//! (the operator works on a user's state in place, as it does over the hash map).
+//!
+//! The local database is scratch: it is emptied at start, and what survives a restart
+//! is the checkpoint. A snapshot writes the dirty cached users, flushes, and takes a
+//! RocksDB checkpoint (hard links to the SST files, no copy); the part writer reads it on
+//! its own thread, copies its records into the portable part unchanged (keys are user
+//! ids, values bincode of `UserState`, as in the part) and deletes it. Writes skip the
+//! WAL for the same reason: nothing is ever recovered from the local database.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use rustc_hash::FxHashMap;
+
+use super::{StateError, StateStore, StoreSnapshot};
+use crate::checkpoint::files::{EncodedRecords, RecordSink};
+use crate::log_limit::LogLimiter;
+use crate::model::{Text, UserState};
+
+/// Shared by the worker's tables: index and filter blocks, and the hot data blocks.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+struct Slot {
+    state: UserState,
+    /// Changed since it was last written to the database.
+    dirty: bool,
+    /// Used since the clock hand last passed it (CLOCK's reference bit).
+    used: bool,
+    /// Matches its entry in the clock; older entries of the same user are stale.
+    ticket: u64,
+}
+
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    /// At most `capacity` users, decoded.
+    cache: FxHashMap<Text, Slot>,
+    /// Eviction order (CLOCK): cached users with their tickets, oldest first.
+    clock: VecDeque<(Text, u64)>,
+    next_ticket: u64,
+    capacity: usize,
+    /// Users in the store, cached or not.
+    users: usize,
+    write: WriteOptions,
+    snapshots: u64,
+    errors: LogLimiter,
+}
+
+/// Checks `dir` can hold the workers' databases, before any worker starts.
+pub fn check_dir(dir: &Path) -> Result<(), StateError> {
+    let fail = |e: io::Error| StateError::Open {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let mut table = BlockBasedOptions::default();
+    // Most reads are point look-ups of users, many of them absent (new users).
+    table.set_bloom_filter(10.0, false);
+    table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+    table.set_cache_index_and_filter_blocks(true);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+impl RocksStore {
+    /// Opens an empty database at `path` (whatever was there is removed), caching up
+    /// to `capacity` users.
+    pub fn open(path: &Path, capacity: usize) -> Result<RocksStore, StateError> {
+        let fail = |reason: String| StateError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let opts = options();
+        if path.exists() {
+            // Fails while another process has it open (RocksDB's LOCK file).
+            DB::destroy(&opts, path).map_err(|e| fail(e.to_string()))?;
+        }
+        remove_snapshots(path);
+        let db = DB::open(&opts, path).map_err(|e| fail(e.to_string()))?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        Ok(RocksStore {
+            db,
+            path: path.to_path_buf(),
+            cache: FxHashMap::default(),
+            clock: VecDeque::new(),
+            next_ticket: 0,
+            capacity: capacity.max(1),
+            users: 0,
+            write,
+            snapshots: 0,
+            errors: LogLimiter::default(),
+        })
+    }
+
+    fn log_error(&mut self, what: &str, user: &str, e: impl std::fmt::Display) {
+        if let Some(held_back) = self.errors.allow() {
+            tracing::error!(%user, held_back, path = %self.path.display(), "state store: {what}: {e}");
+        }
+    }
+
+    /// The user's state from the database, if it is there and readable.
+    fn read(&mut self, user: &str) -> Option<UserState> {
+        let read = self
+            .db
+            .get_pinned(user.as_bytes())
+            .map(|found| found.map(|bytes| bincode::deserialize::<UserState>(&bytes)));
+        let decoded = match read {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => return None,
+            Err(e) => {
+                self.log_error("read failed, the user is looked up again", user, e);
+                return None;
+            }
+        };
+        match decoded {
+            Ok(state) => Some(state),
+            Err(e) => {
+                self.log_error("undecodable state dropped", user, e);
+                self.users = self.users.saturating_sub(1);
+                if let Err(e) = self.db.delete_opt(user.as_bytes(), &self.write) {
+                    self.log_error("delete failed", user, e);
+                }
+                None
+            }
+        }
+    }
+
+    fn cache_insert(&mut self, user: Text, state: UserState, dirty: bool) -> &mut Slot {
+        self.make_room();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.clock.push_back((user.clone(), ticket));
+        let slot = Slot {
+            state,
+            dirty,
+            used: true,
+            ticket,
+        };
+        match self.cache.entry(user) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert(slot);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(slot),
+        }
+    }
+
+    /// Evicts users (writing the dirty ones) until one more fits: the first users the
+    /// clock reaches that were not used since it last passed them.
+    fn make_room(&mut self) {
+        if self.cache.len() < self.capacity {
+            if self.clock.len() > 2 * self.capacity + 1024 {
+                let cache = &self.cache;
+                self.clock
+                    .retain(|(u, t)| cache.get(u).is_some_and(|s| s.ticket == *t));
+            }
+            return;
+        }
+        // Evicts a sixteenth at a time, so that the writes go in batches.
+        let target = self.capacity - self.capacity.div_ceil(16).min(self.capacity);
+        let mut batch = WriteBatch::default();
+        while self.cache.len() > target {
+            let Some((user, ticket)) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.cache.get_mut(&user) else {
+                continue;
+            };
+            if slot.ticket != ticket {
+                continue;
+            }
+            if slot.used {
+                slot.used = false;
+                self.clock.push_back((user, ticket));
+                continue;
+            }
+            let Some(slot) = self.cache.remove(&user) else {
+                continue;
+            };
+            if slot.dirty {
+                match bincode::serialize(&slot.state) {
+                    Ok(bytes) => batch.put(user.as_bytes(), bytes),
+                    Err(e) => self.log_error("state not encodable, dropped", &user, e),
+                }
+            }
+        }
+        if let Err(e) = self.db.write_opt(batch, &self.write) {
+            self.log_error("write of evicted users failed, their state is lost", "*", e);
+        }
+    }
+
+    /// Writes every dirty cached user to the database.
+    fn write_dirty(&mut self) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for (user, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
+            let bytes = bincode::serialize(&slot.state)
+                .map_err(|e| StateError::Snapshot(format!("user {user}: {e}")))?;
+            batch.put(user.as_bytes(), bytes);
+            slot.dirty = false;
+        }
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| StateError::Snapshot(e.to_string()))
+    }
+
+    /// Takes a RocksDB checkpoint of every user now; the part writer reads it.
+    pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        self.write_dirty()?;
+        let fail = |e: rocksdb::Error| StateError::Snapshot(e.to_string());
+        // The writes skipped the WAL: the memtable must reach the SST files that the
+        // checkpoint links.
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db.flush_opt(&flush).map_err(fail)?;
+        self.snapshots += 1;
+        let dir = snapshot_dir(&self.path, self.snapshots);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| StateError::Snapshot(e.to_string()))?;
+        }
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&dir))
+            .map_err(fail)?;
+        let encoded: EncodedRecords = Box::new(move |each| {
+            let result = copy_records(&dir, each);
+            let _ = std::fs::remove_dir_all(&dir);
+            result
+        });
+        Ok(StoreSnapshot {
+            records: Vec::new(),
+            encoded: Some(encoded),
+        })
+    }
+}
+
+fn copy_records(dir: &Path, each: RecordSink<'_>) -> io::Result<()> {
+    let db = DB::open_for_read_only(&Options::default(), dir, false).map_err(io::Error::other)?;
+    for item in db.iterator(IteratorMode::Start) {
+        let (user, state) = item.map_err(io::Error::other)?;
+        each(&user, &state)?;
+    }
+    Ok(())
+}
+
+fn snapshot_dir(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".snapshot-{n}"));
+    path.with_file_name(name)
+}
+
+/// Removes the snapshot directories a previous run of this worker left behind.
+fn remove_snapshots(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.snapshot-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl StateStore for RocksStore {
+    fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
+        if !self.cache.contains_key(user) {
+            let state = self.read(user)?;
+            // Dirty from here on: the caller is handed it to change.
+            return Some(&mut self.cache_insert(user.into(), state, true).state);
+        }
+        let slot = self.cache.get_mut(user)?;
+        slot.used = true;
+        slot.dirty = true;
+        Some(&mut slot.state)
+    }
+
+    fn insert(&mut self, user: Text, state: UserState) {
+        let known = self.cache.contains_key(&*user)
+            || matches!(self.db.get_pinned(user.as_bytes()), Ok(Some(_)));
+        if !known {
+            self.users += 1;
+        }
+        self.cache_insert(user, state, true);
+    }
+
+    fn remove(&mut self, user: &str) -> Option<UserState> {
+        let state = match self.cache.remove(user) {
+            Some(slot) => Some(slot.state),
+            None => self.read(user),
+        }?;
+        // It may have been written before, cached or not.
+        if let Err(e) = self.db.delete_opt(user.as_bytes(), &self.write) {
+            self.log_error("delete failed", user, e);
+        }
+        self.users = self.users.saturating_sub(1);
+        Some(state)
+    }
+
+    fn len(&self) -> usize {
+        self.users
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::files::{read_part, write_part};
+    use crate::model::{HistoryEntry, ProfileData};
+    use crate::state::MemoryStore;
+
+    fn state(i: u64) -> UserState {
+        let mut data = ProfileData::default();
+        data.profile.country = Some(format!("C{i}"));
+        data.history.push(HistoryEntry {
+            event_id: Some(format!("e{i}").into()),
+            event_name: None,
+            event_type: Some("page_view".into()),
+            timestamp: i as i64,
+            parameters: None,
+        });
+        UserState::from_profile(data, i)
+    }
+
+    /// Applies the same operations to both stores, checking they agree.
+    fn same_as_memory(capacity: usize) -> (tempfile::TempDir, RocksStore, MemoryStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = RocksStore::open(&dir.path().join("worker-0"), capacity).unwrap();
+        let mut memory = MemoryStore::default();
+        for i in 0..200u64 {
+            let user: Text = format!("u{}", i % 70).into();
+            match (rocks.get_mut(&user), memory.get_mut(&user)) {
+                (Some(r), Some(m)) => {
+                    assert_eq!(r.profile, m.profile);
+                    assert_eq!(r.last_activity, m.last_activity);
+                    r.last_activity = i;
+                    m.last_activity = i;
+                }
+                (None, None) => {
+                    rocks.insert(user.clone(), state(i));
+                    memory.insert(user, state(i));
+                }
+                (r, m) => panic!("{user}: rocks {:?} memory {:?}", r.is_some(), m.is_some()),
+            }
+            if i % 7 == 0 {
+                let user = format!("u{}", (i / 7) % 70);
+                let (r, m) = (rocks.remove(&user), memory.remove(&user));
+                assert_eq!(r.map(|s| s.last_activity), m.map(|s| s.last_activity));
+            }
+            assert_eq!(rocks.len(), memory.len());
+        }
+        (dir, rocks, memory)
+    }
+
+    #[test]
+    fn agrees_with_the_hash_map_through_evictions() {
+        let (_dir, rocks, _) = same_as_memory(8);
+        assert!(rocks.cache.len() <= 8);
+        assert!(rocks.clock.len() <= 2 * 8 + 1024);
+    }
+
+    #[test]
+    fn a_snapshot_holds_every_user_as_the_hash_map_would() {
+        let (dir, mut rocks, mut memory) = same_as_memory(8);
+        let from_rocks = dir.path().join("rocks.bin");
+        let from_memory = dir.path().join("memory.bin");
+        let s = rocks.snapshot().unwrap();
+        write_part(&from_rocks, s.encoded, [s.records]).unwrap();
+        let s = memory.snapshot().unwrap();
+        write_part(&from_memory, s.encoded, [s.records]).unwrap();
+        let sorted = |path: &Path| {
+            let mut users: Vec<_> = read_part(path)
+                .unwrap()
+                .into_iter()
+                .map(|(u, s)| (u, s.last_activity, s.profile))
+                .collect();
+            users.sort_by(|a, b| a.0.cmp(&b.0));
+            users
+        };
+        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
+        assert_eq!(sorted(&from_rocks).len(), memory.len());
+        // The RocksDB checkpoint is removed once copied.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".snapshot-"))
+            .collect();
+        assert!(left.is_empty());
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-0");
+        let _first = RocksStore::open(&path, 10).unwrap();
+        let err = RocksStore::open(&path, 10).err().unwrap().to_string();
+        assert!(err.starts_with("engine.state-dir: "), "{err}");
+        assert!(err.contains("worker-0"), "{err}");
+    }
+
+    #[test]
+    fn a_reopened_store_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-0");
+        {
+            let mut s = RocksStore::open(&path, 2).unwrap();
+            for i in 0..10 {
+                s.insert(format!("u{i}").into(), state(i));
+            }
+            s.snapshot().unwrap();
+        }
+        let mut s = RocksStore::open(&path, 2).unwrap();
+        assert_eq!(s.len(), 0);
+        assert!(s.get_mut("u1").is_none());
+    }
+}
