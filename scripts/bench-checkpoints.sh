@@ -4,6 +4,7 @@
 # restart takes to restore it.
 #
 #   scripts/bench-checkpoints.sh [WORKLOAD_DIR] [EVENTS] [USERS]
+#   BACKENDS="hashmap rocksdb" scripts/bench-checkpoints.sh ...   # the state backends to run
 #
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
@@ -19,24 +20,32 @@ if [ ! -s "$WL/events.jsonl" ]; then
   python3 "$GEN" "$WL" --events "$EVENTS" --users "$USERS"
 fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
-cargo build --release --quiet
+BACKENDS=${BACKENDS:-hashmap}
+FEATURES=""
+if [[ " $BACKENDS " == *" rocksdb "* ]]; then
+  # shellcheck source=scripts/rocksdb.sh
+  source scripts/rocksdb.sh
+  FEATURES=$EVENT_TRIGGER_FEATURES
+fi
+# shellcheck disable=SC2086
+cargo build --release --quiet $FEATURES
 BIN=target/release/event-trigger
 # shellcheck source=scripts/broker.sh
-source scripts/broker.sh
+source scripts/broker.sh start
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+trap 'rm -rf "$TMP"; scripts/broker.sh stop' EXIT
 TOPIC=ckbench-$$
 "$BIN" produce --bootstrap-servers "$EVENT_TRIGGER_TEST_BROKER" --topic "$TOPIC" "$WL/events.jsonl" >/dev/null 2>&1
 echo 'false' > "$TMP/filter.rhai"
 
-config() { # interval group dir
+config() { # interval group dir backend
   cat > "$TMP/$2.yml" <<YML
 source: { type: kafka }
 kafka: { bootstrap-servers: "$EVENT_TRIGGER_TEST_BROKER", topic: $TOPIC, consumer-group-id: $2, start-from: earliest }
 profile-api: { base-url: "file://$WL/profiles.jsonl" }
 filter: { script-path: "$TMP/filter.rhai" }
 actions: { debug: { enabled: true } }
-engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3" }
+engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3", state-backend: $4, state-dir: "$TMP/state-$2" }
 YML
   echo "$TMP/$2.yml"
 }
@@ -47,24 +56,30 @@ run() { # config -> "wall user sys rss" and the log in $TMP/err
   cat "$TMP/time"
 }
 
-printf '%-12s %10s %10s %10s %12s %16s %12s\n' interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB
+printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms
+for backend in $BACKENDS; do
 for interval in 0 60000 1000; do
-  dir=$TMP/ck-$interval
-  cfg=$(config $interval "g$interval" "$dir")
+  dir=$TMP/ck-$backend-$interval
+  cfg=$(config $interval "g$backend$interval" "$dir" "$backend")
   read -r wall user sys rss <<<"$(run "$cfg")"
   el=$(sed -n 's/.* elapsed_s=\([0-9.]*\).*/\1/p' "$TMP/out")
   n=$(grep -c 'checkpoint complete' "$TMP/err" || true)
   last=$(grep 'checkpoint complete' "$TMP/err" | tail -1 || true)
   users=$(sed -n 's/.*users[^0-9]*\([0-9]*\).*/\1/p' <<<"$last")
   bytes=$(sed -n 's/.*bytes[^0-9]*\([0-9]*\).*/\1/p' <<<"$last")
-  awk -v i=$interval -v n="$EVENTS" -v el="$el" -v u="$user" -v s="$sys" -v rss="$rss" -v c="$n" \
-      -v users="${users:-0}" -v bytes="${bytes:-0}" \
-    'BEGIN { printf "%-12s %10.0f %12.2f %10.0f %12d %16d %12.1f\n", i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576 }'
+  # The final checkpoint's part writes (one per worker, -w 2): the longer, in ms, from
+  # the snapshot's start to the part on disk.
+  part_ms=$(grep 'checkpoint part written' "$TMP/err" | tail -2 \
+    | sed -n 's/.* ms[^0-9]*\([0-9]*\).*/\1/p' | sort -n | tail -1 || true)
+  awk -v b="$backend" -v i=$interval -v n="$EVENTS" -v el="$el" -v u="$user" -v s="$sys" -v rss="$rss" -v c="$n" \
+      -v users="${users:-0}" -v bytes="${bytes:-0}" -v pms="${part_ms:-0}" \
+    'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms }'
   if [ "$interval" = 1000 ]; then
-    echo "part writes at 1 s (ms, per worker; the last one is the final checkpoint):"
+    echo "part writes at 1 s (ms, per worker; the last ones are the final checkpoint's):"
     grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*/  w\1 users=\2 bytes=\3 ms=\4/p' | tail -6
     # Restart on the same group and directory: restores every user, reads nothing new.
     read -r wall user sys rss <<<"$(run "$cfg")"
-    echo "restart: $(grep '^summary:' "$TMP/out" | grep -o 'restored=[0-9]*') in ${wall}s wall, peak RSS $((rss / 1024)) MiB"
+    echo "$backend restart: $(grep '^summary:' "$TMP/out" | grep -o 'restored=[0-9]*') in ${wall}s wall, peak RSS $((rss / 1024)) MiB"
   fi
+done
 done

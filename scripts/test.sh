@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=rocksdb.sh
 source scripts/rocksdb.sh
 # shellcheck source=broker.sh
-source scripts/broker.sh
+source scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
 # shellcheck disable=SC2086 # EVENT_TRIGGER_FEATURES is a list of arguments
 cargo test $EVENT_TRIGGER_FEATURES "$@"

@@ -258,6 +258,9 @@ pub struct EngineSettings {
     pub state_dir: PathBuf,
     /// Users per worker the `rocksdb` backend keeps decoded in memory.
     pub state_cache_users: usize,
+    /// After a stop signal, how long the work in flight may take before the process
+    /// exits without a final checkpoint.
+    pub shutdown_timeout_ms: u64,
     /// Idle time after which a user's state is dropped; fractions are allowed.
     pub state_ttl_minutes: f64,
 }
@@ -272,6 +275,7 @@ impl Default for EngineSettings {
             state_backend: StateBackend::Hashmap,
             state_dir: PathBuf::from("state"),
             state_cache_users: 100_000,
+            shutdown_timeout_ms: 30_000,
             state_ttl_minutes: 10.0,
         }
     }

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -161,7 +162,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio_runtime()?;
     prepared
         .stop
-        .on_signals(runtime.handle())
+        .on_signals(
+            runtime.handle(),
+            Duration::from_millis(settings.engine.shutdown_timeout_ms),
+        )
         .context("cannot install the stop signal handlers")?;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");

@@ -1,9 +1,12 @@
 //! Graceful stop on SIGINT/SIGTERM: the sources stop reading and finish, in-flight
 //! look-ups and actions complete, the last offsets are committed, the summary is printed
-//! and the job exits 0. A second signal exits at once.
+//! and the job exits 0. A second signal, or the work in flight outlasting the grace
+//! period, exits at once (with 130 or 1): what was not checkpointed is read again by
+//! the next run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::model::Time;
 
@@ -34,8 +37,13 @@ impl StopFlag {
     }
 
     /// Sets the flag on the first SIGINT or SIGTERM (handled on `runtime`); exits the
-    /// process with 130 on the second.
-    pub fn on_signals(&self, runtime: &tokio::runtime::Handle) -> std::io::Result<()> {
+    /// process with 130 on the second, and with 1 if the run has not ended `grace`
+    /// after the first.
+    pub fn on_signals(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        grace: Duration,
+    ) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = {
             let _guard = runtime.enter();
@@ -54,6 +62,15 @@ impl StopFlag {
                 }
                 tracing::info!("stop signal: reading no more, finishing the work in flight");
                 flag.set();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    tracing::error!(
+                        grace_ms = grace.as_millis() as u64,
+                        "the work in flight outlasted engine.shutdown-timeout-ms: exiting \
+                         without a final checkpoint (the next run goes on from the last one)"
+                    );
+                    std::process::exit(1);
+                });
             }
         });
         Ok(())
