@@ -117,6 +117,7 @@ impl Prepared {
                 dir: settings.engine.checkpoint_dir.clone(),
                 interval_ms: interval,
                 retained: settings.engine.checkpoints_retained,
+                restored_epoch: 0,
             }),
             _ => None,
         };
@@ -134,6 +135,10 @@ impl Prepared {
                 );
                 Arc::new(r)
             });
+        let mut checkpoints = checkpoints;
+        if let (Some(c), Some(r)) = (&mut checkpoints, &restore) {
+            c.restored_epoch = r.manifest.epoch;
+        }
         if let (Some(r), Input::Kafka { settings: k, .. }) = (&restore, &input)
             && (r.manifest.topic != k.topic || r.manifest.group != k.consumer_group_id)
         {
@@ -199,13 +204,9 @@ pub fn run(
                     worker.peers(),
                     *bounded,
                     p.restore.as_ref().map(|r| &r.manifest.offsets),
-                    p.checkpoints.clone().map(|c| {
-                        let c = SourceCheckpoints::new(c, worker.index(), worker.peers());
-                        match &p.restore {
-                            Some(r) => c.restored(r.manifest.epoch),
-                            None => c,
-                        }
-                    }),
+                    p.checkpoints
+                        .clone()
+                        .map(|c| SourceCheckpoints::new(c, worker.index(), worker.peers())),
                 )
                 .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
             ),

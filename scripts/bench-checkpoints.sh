@@ -5,6 +5,7 @@
 #
 #   scripts/bench-checkpoints.sh [WORKLOAD_DIR] [EVENTS] [USERS]
 #   BACKENDS="hashmap rocksdb" scripts/bench-checkpoints.sh ...   # the state backends to run
+#   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
 #
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
@@ -57,8 +58,10 @@ run() { # config -> "wall user sys rss" and the log in $TMP/err
 }
 
 printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms
+INTERVALS=${INTERVALS:-0 60000 1000}
+last_interval=${INTERVALS##* }
 for backend in $BACKENDS; do
-for interval in 0 60000 1000; do
+for interval in $INTERVALS; do
   dir=$TMP/ck-$backend-$interval
   cfg=$(config $interval "g$backend$interval" "$dir" "$backend")
   read -r wall user sys rss <<<"$(run "$cfg")"
@@ -77,6 +80,8 @@ for interval in 0 60000 1000; do
   if [ "$interval" = 1000 ]; then
     echo "part writes at 1 s (ms, per worker; the last ones are the final checkpoint's):"
     grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*/  w\1 users=\2 bytes=\3 ms=\4/p' | tail -6
+  fi
+  if [ "$interval" = "$last_interval" ] && [ "$interval" != 0 ]; then
     # Restart on the same group and directory: restores every user, reads nothing new.
     read -r wall user sys rss <<<"$(run "$cfg")"
     echo "$backend restart: $(grep '^summary:' "$TMP/out" | grep -o 'restored=[0-9]*') in ${wall}s wall, peak RSS $((rss / 1024)) MiB"

@@ -789,3 +789,50 @@ fn a_stop_that_cannot_drain_exits_after_the_shutdown_timeout() {
     );
     assert!(committed_total(&topic, &group, 4) < w.lines.len() as i64);
 }
+
+/// A bounded restart with nothing new to read jumps its clock to the final epoch while it
+/// is still restoring; it must still take that checkpoint and end. (It hung: the state
+/// operator took the first epoch it saw, the final one, for the epoch the run started in,
+/// and never wrote its part.)
+#[test]
+fn a_bounded_restart_with_nothing_new_restores_checkpoints_and_ends() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "again", (300_000, 200_000, 17));
+    let group = fresh_group(&topic);
+    let receiver = Receiver::start(&rt);
+    let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
+    std::fs::write(&s.filter.script_path, "false").unwrap();
+    assert_eq!(run_kafka(&s, 2, &rt).events_read, w.lines.len() as u64);
+    let first = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
+        .expect("a final checkpoint");
+    let cfg = dir.path().join("again.yml");
+    std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "run",
+            "--bounded",
+            "-w",
+            "2",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the restarted run did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = summary_of(&wait_ok(child).stdout);
+    assert_eq!(counts.events_read, 0);
+    assert_eq!(counts.restored, first.manifest.users());
+    let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir).unwrap();
+    assert!(last.manifest.epoch > first.manifest.epoch);
+    assert_eq!(last.manifest.users(), first.manifest.users());
+}

@@ -241,24 +241,41 @@ pub fn write_part(
     Ok((users, bytes))
 }
 
-fn read_whole(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| CheckpointError::io(path, e))?;
-    Ok(bytes)
-}
-
-/// Checks a state part is whole and unchanged; returns its number of users and size.
+/// Checks a state part is whole and unchanged, reading it in pieces; returns its number
+/// of users and size.
 pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
-    let bytes = read_whole(path)?;
-    let (users, _) = check(path, &bytes)?;
-    Ok((users, bytes.len() as u64))
+    let (users, hash, len) = trailer_of(path)?;
+    let io = |e| CheckpointError::io(path, e);
+    let mut body = File::open(path).map_err(io)?.take(len - TRAILER as u64);
+    let mut hasher = Xxh3Default::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut first = true;
+    loop {
+        let n = body.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        if first && !buf[..n].starts_with(MAGIC) {
+            return Err(CheckpointError::corrupt(path, "not a whole state part"));
+        }
+        first = false;
+        hasher.update(&buf[..n]);
+    }
+    if hasher.digest() != hash {
+        return Err(CheckpointError::corrupt(path, "checksum mismatch"));
+    }
+    Ok((users, len))
 }
 
 /// The users and size a state part says it has, from its trailer alone (the part is
 /// checked in full when it is restored).
 pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
+    let (users, _, len) = trailer_of(path)?;
+    Ok((users, len))
+}
+
+/// The users and hash a part's trailer records, and the part's size.
+fn trailer_of(path: &Path) -> Result<(u64, u64, u64), CheckpointError> {
     use std::io::{Seek, SeekFrom};
     let io = |e| CheckpointError::io(path, e);
     let mut f = File::open(path).map_err(io)?;
@@ -269,8 +286,8 @@ pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
     let mut t = [0u8; TRAILER];
     f.seek(SeekFrom::End(-(TRAILER as i64))).map_err(io)?;
     f.read_exact(&mut t).map_err(io)?;
-    let (users, _) = trailer(path, &t)?;
-    Ok((users, len))
+    let (users, hash) = trailer(path, &t)?;
+    Ok((users, hash, len))
 }
 
 /// The users and the hash a trailer records, if it ends with the magic.
@@ -286,40 +303,101 @@ fn trailer(path: &Path, t: &[u8]) -> Result<(u64, u64), CheckpointError> {
     Ok((word(0), word(8)))
 }
 
-/// The records between the magic and the trailer, once the hash matched.
-fn check<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u64, &'a [u8]), CheckpointError> {
-    if bytes.len() < MAGIC.len() + 1 + TRAILER || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(CheckpointError::corrupt(path, "not a whole state part"));
-    }
-    let body_end = bytes.len() - TRAILER;
-    let (users, hash) = trailer(path, &bytes[body_end..])?;
-    let mut hasher = Xxh3Default::new();
-    hasher.update(&bytes[..body_end]);
-    if hasher.digest() != hash {
-        return Err(CheckpointError::corrupt(path, "checksum mismatch"));
-    }
-    Ok((users, &bytes[MAGIC.len()..body_end]))
+/// Hashes what is read through it.
+struct HashingRead<R> {
+    inner: R,
+    hasher: Xxh3Default,
 }
 
-/// Reads a state part back, checked.
-pub fn read_part(path: &Path) -> Result<Vec<(Text, UserState)>, CheckpointError> {
-    let bytes = read_whole(path)?;
-    let (users, mut body) = check(path, &bytes)?;
-    let mut records = Vec::with_capacity(users as usize);
-    loop {
-        let Some((&tag, rest)) = body.split_first() else {
-            return Err(CheckpointError::corrupt(path, "no end marker"));
-        };
-        body = rest;
-        if tag == 0 {
-            break;
-        }
-        let record: (Text, UserState) = bincode::deserialize_from(&mut body)
-            .map_err(|e| CheckpointError::corrupt(path, e.to_string()))?;
-        records.push(record);
+impl<R: Read> Read for HashingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    if records.len() as u64 != users {
-        return Err(CheckpointError::corrupt(path, "user count mismatch"));
+}
+
+/// Reads a state part's users a chunk at a time, so that restoring a part takes memory
+/// for a chunk, not for the part; the checksum and count are checked at its end.
+pub struct PartReader {
+    path: PathBuf,
+    body: HashingRead<io::BufReader<io::Take<File>>>,
+    users: u64,
+    hash: u64,
+    read: u64,
+    ended: bool,
+}
+
+impl PartReader {
+    pub fn open(path: &Path) -> Result<PartReader, CheckpointError> {
+        let (users, hash, len) = trailer_of(path)?;
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let mut body = HashingRead {
+            inner: io::BufReader::with_capacity(1 << 20, file.take(len - TRAILER as u64)),
+            hasher: Xxh3Default::new(),
+        };
+        let mut magic = [0u8; MAGIC.len()];
+        body.read_exact(&mut magic)
+            .map_err(|e| CheckpointError::io(path, e))?;
+        if &magic != MAGIC {
+            return Err(CheckpointError::corrupt(path, "not a whole state part"));
+        }
+        Ok(PartReader {
+            path: path.to_path_buf(),
+            body,
+            users,
+            hash,
+            read: 0,
+            ended: false,
+        })
+    }
+
+    /// Up to `max` more users; `None` once the part is read to its end and checked.
+    pub fn next_chunk(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<Vec<(Text, UserState)>>, CheckpointError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
+        let mut chunk = Vec::with_capacity(max.min(4096));
+        while chunk.len() < max {
+            let mut tag = [0u8; 1];
+            self.body
+                .read_exact(&mut tag)
+                .map_err(|_| corrupt("no end marker".into()))?;
+            if tag[0] == 0 {
+                self.ended = true;
+                let mut rest = [0u8; 1];
+                let trailing = self.body.read(&mut rest).unwrap_or(0);
+                if trailing != 0 || self.body.hasher.digest() != self.hash {
+                    return Err(corrupt("checksum mismatch".into()));
+                }
+                if self.read != self.users {
+                    return Err(corrupt("user count mismatch".into()));
+                }
+                break;
+            }
+            let record: (Text, UserState) =
+                bincode::deserialize_from(&mut self.body).map_err(|e| corrupt(e.to_string()))?;
+            self.read += 1;
+            chunk.push(record);
+        }
+        if chunk.is_empty() && self.ended {
+            return Ok(None);
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// Reads a state part back whole, checked (before anything is decoded).
+pub fn read_part(path: &Path) -> Result<Vec<(Text, UserState)>, CheckpointError> {
+    verify_part(path)?;
+    let mut reader = PartReader::open(path)?;
+    let mut records = Vec::new();
+    while let Some(chunk) = reader.next_chunk(usize::MAX)? {
+        records.extend(chunk);
     }
     Ok(records)
 }
@@ -368,6 +446,33 @@ mod tests {
         // No temporary file is left beside it.
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_part_is_read_in_chunks_and_checked_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-0.bin");
+        write_part(&path, None, [sample(10)]).unwrap();
+        let mut reader = PartReader::open(&path).unwrap();
+        let mut sizes = Vec::new();
+        while let Some(chunk) = reader.next_chunk(3).unwrap() {
+            sizes.push(chunk.len());
+        }
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        // A byte changed inside a record decodes, but fails the checksum at the end.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(2).position(|w| w == b"US").unwrap();
+        bytes[at] = b'X';
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reader = PartReader::open(&path).unwrap();
+        let err = loop {
+            match reader.next_chunk(4) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("a changed part read as whole"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(err.contains("checksum mismatch"), "{err}");
     }
 
     #[test]

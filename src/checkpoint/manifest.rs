@@ -224,6 +224,7 @@ mod tests {
             dir: dir.to_path_buf(),
             interval_ms: 1000,
             retained: 2,
+            restored_epoch: 0,
         }
     }
 

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Time;
 
-pub use files::{PartInfo, PartWriter, read_part};
+pub use files::{PartInfo, PartReader, PartWriter, read_part};
 pub use manifest::{Manifest, Restore};
 
 /// Where and how often checkpoints are taken.
@@ -42,6 +42,10 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     pub interval_ms: u64,
     pub retained: usize,
+    /// The epoch of the checkpoint this run restored (0 if none). The run's clock starts
+    /// there, so every checkpoint it takes is of a later epoch: a final checkpoint's
+    /// epoch is ahead of the wall clock, and must not be written again.
+    pub restored_epoch: Time,
 }
 
 impl CheckpointConfig {
@@ -87,6 +91,7 @@ mod tests {
             dir: "x".into(),
             interval_ms: 1000,
             retained: 3,
+            restored_epoch: 0,
         };
         assert_eq!(c.epoch_at(1999), 1000);
         assert_eq!(c.epoch_at(2000), 2000);

@@ -7,11 +7,15 @@ use std::sync::Arc;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::checkpoint::{Restore, read_part};
+use crate::checkpoint::{PartReader, Restore};
 use crate::model::{Text, Time, UserState};
 
+/// Users emitted per activation: a restore holds this many decoded users at a time, not
+/// a whole part (with RocksDB, state may not fit in memory).
+const CHUNK: usize = 8192;
+
 /// Emits the users of `restore`'s parts, each part read by one worker (part `i` by
-/// worker `i % peers`), one part per activation; then ends.
+/// worker `i % peers`), a chunk per activation; then ends.
 pub fn restore_source<'s>(
     scope: Scope<'s, Time>,
     restore: Option<Arc<Restore>>,
@@ -28,23 +32,35 @@ pub fn restore_source<'s>(
             .map(|(_, p)| p)
             .collect();
         let mut cap = Some(cap);
+        let mut reading: Option<PartReader> = None;
         move |output| {
             let Some(c) = &cap else { return };
-            match parts.pop() {
-                Some(path) => {
-                    match read_part(&path) {
-                        Ok(mut users) => {
-                            tracing::debug!(part = %path.display(), users = users.len(), "restoring");
-                            output.session(c).give_container(&mut users);
-                        }
-                        // Checked at start; a part that went bad since loses its users'
-                        // state (they are looked up again), not the run.
-                        Err(e) => tracing::error!("checkpoint part not restored: {e}"),
+            if reading.is_none() {
+                let Some(path) = parts.pop() else {
+                    cap = None;
+                    return;
+                };
+                match PartReader::open(&path) {
+                    Ok(reader) => {
+                        tracing::debug!(part = %path.display(), "restoring");
+                        reading = Some(reader);
                     }
-                    activator.activate();
+                    // Checked at start; a part that went bad since loses its users'
+                    // state (they are looked up again), not the run.
+                    Err(e) => tracing::error!("checkpoint part not restored: {e}"),
                 }
-                None => cap = None,
             }
+            if let Some(reader) = &mut reading {
+                match reader.next_chunk(CHUNK) {
+                    Ok(Some(mut users)) => output.session(c).give_container(&mut users),
+                    Ok(None) => reading = None,
+                    Err(e) => {
+                        tracing::error!("checkpoint part not restored in full: {e}");
+                        reading = None;
+                    }
+                }
+            }
+            activator.activate();
         }
     })
 }

@@ -29,6 +29,7 @@ use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Text, Time, UserEvent, UserState};
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
+use crate::operators::now_ms;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
 use crate::state::{StateStore, Store, TtlIndex};
@@ -106,7 +107,9 @@ struct Snapshots {
     /// taken. None while a snapshot is being written (events then go through: the next
     /// snapshot will be of a later epoch), and before the frontier is first seen.
     next: Option<Time>,
-    /// The epoch of the last snapshot (at first, the epoch the run started in).
+    /// The epoch of the last snapshot; at first, the epoch the run starts in (or the
+    /// restored one), which has nothing to snapshot. Set before any frontier is seen:
+    /// the first one seen may already be the final epoch, after a long restore.
     last: Option<Time>,
     /// The latest time of an event applied.
     max_applied: Time,
@@ -510,10 +513,10 @@ pub fn user_state<'s>(
             let address = info.address.to_vec();
             let activator = worker.sync_activator_for(address.clone());
             let snapshots = checkpoints.map(|cfg| Snapshots {
+                last: Some(cfg.epoch_at(now_ms()).max(cfg.restored_epoch)),
                 cfg,
                 worker: worker.index(),
                 next: None,
-                last: None,
                 max_applied: 0,
                 in_progress: None,
                 cap: Some(cap),

@@ -54,10 +54,6 @@ pub struct SourceCheckpoints {
     pub peers: usize,
     /// Epochs passed, whose manifest worker 0 writes once the probe passes them.
     to_complete: VecDeque<Time>,
-    /// The epoch of the checkpoint this run restored: the clock starts there, so every
-    /// checkpoint this run takes is of a later epoch (a final checkpoint's epoch may be
-    /// ahead of the wall clock, and must not be written again).
-    floor: Time,
 }
 
 impl SourceCheckpoints {
@@ -67,14 +63,7 @@ impl SourceCheckpoints {
             worker,
             peers,
             to_complete: VecDeque::new(),
-            floor: 0,
         }
-    }
-
-    /// After restoring the checkpoint of `epoch`.
-    pub fn restored(mut self, epoch: Time) -> Self {
-        self.floor = epoch;
-        self
     }
 }
 
@@ -289,13 +278,17 @@ impl KafkaReader {
     /// final checkpoint is taken there.
     fn final_epoch(&self, stopped_at: Time) -> Option<Time> {
         let c = self.checkpoints.as_ref()?;
-        Some(c.cfg.epoch_after(stopped_at.max(c.floor)))
+        Some(c.cfg.epoch_after(stopped_at.max(c.cfg.restored_epoch)))
     }
 
     /// The time to stamp what is read now: the wall clock, but never before the epoch
     /// of the restored checkpoint.
     fn clock(&self) -> Time {
-        now_ms().max(self.checkpoints.as_ref().map_or(0, |c| c.floor))
+        now_ms().max(
+            self.checkpoints
+                .as_ref()
+                .map_or(0, |c| c.cfg.restored_epoch),
+        )
     }
 
     /// The clock moves from `from` to `to`: records the offsets of every epoch passed.
