@@ -110,7 +110,7 @@ struct Snapshots {
     /// The epoch of the last snapshot; at first, the epoch the run starts in (or the
     /// restored one), which has nothing to snapshot. Set before any frontier is seen:
     /// the first one seen may already be the final epoch, after a long restore.
-    last: Option<Time>,
+    last: Time,
     /// The latest time of an event applied.
     max_applied: Time,
     in_progress: Option<InProgress>,
@@ -344,34 +344,27 @@ impl Manager {
             self.expire(now);
             return;
         };
-        match s.last {
-            // Time 0 is the dataflow's start, before the sources read their clocks; the
-            // epoch the run starts in is not snapshotted (nothing happened yet).
-            None if now > 0 => s.last = Some(s.cfg.epoch_at(now)),
-            None => {}
-            Some(last) if s.in_progress.is_none() => {
-                let epoch = s.cfg.epoch_at(now);
-                if epoch > last {
-                    self.drain_stash(epoch, emit);
-                    let s = self.snapshots.as_mut().expect("checked above");
-                    // Every event applied is before `epoch` unless events went through
-                    // while the previous snapshot was written; then a later epoch will do.
-                    if s.max_applied < epoch {
-                        s.last = Some(epoch);
-                        s.next = None;
-                        self.start_snapshot(epoch);
-                    }
+        let last = s.last;
+        if s.in_progress.is_none() {
+            let epoch = s.cfg.epoch_at(now);
+            if epoch > last {
+                self.drain_stash(epoch, emit);
+                let s = self.snapshots.as_mut().expect("checked above");
+                // Every event applied is before `epoch` unless events went through while
+                // the previous snapshot was written; then a later epoch will do.
+                if s.max_applied < epoch {
+                    s.last = epoch;
+                    s.next = None;
+                    self.start_snapshot(epoch);
                 }
             }
-            Some(_) => {}
         }
         // Not writing: events from the next epoch on wait for its snapshot.
         if let Some(s) = &mut self.snapshots
-            && s.last.is_some()
             && s.in_progress.is_none()
             && s.next.is_none()
         {
-            s.next = Some(s.cfg.epoch_after(now.max(s.max_applied)));
+            s.next = Some(s.cfg.epoch_after(now.max(s.max_applied).max(s.last)));
         }
         let through = self
             .snapshots
@@ -513,7 +506,7 @@ pub fn user_state<'s>(
             let address = info.address.to_vec();
             let activator = worker.sync_activator_for(address.clone());
             let snapshots = checkpoints.map(|cfg| Snapshots {
-                last: Some(cfg.epoch_at(now_ms()).max(cfg.restored_epoch)),
+                last: cfg.epoch_at(now_ms()).max(cfg.restored_epoch),
                 cfg,
                 worker: worker.index(),
                 next: None,
