@@ -161,6 +161,25 @@ fn kafka_yaml(s: &Settings) -> String {
     )
 }
 
+/// Starts the job's binary on `cfg` with `args` after `run`, its output piped.
+fn start_run(cfg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(binary())
+        .arg("run")
+        .args(args)
+        .args(["--config", cfg.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The newest complete checkpoint of the job `s` configures.
+fn latest_checkpoint(s: &Settings) -> event_trigger::checkpoint::Restore {
+    event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
+        .expect("a complete checkpoint")
+}
+
 #[test]
 fn bounded_runs_match_the_file_source_at_one_and_two_workers_and_two_processes() {
     let rt = runtime();
@@ -566,13 +585,7 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
     std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
 
     // Unbounded: it would run forever. Stop it once everything has been delivered.
-    let child = Command::new(binary())
-        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_run(&cfg, &["-w", "2"], &[("RUST_LOG", "info")]);
     let expected = w.expected_us_page_views();
     let deadline = Instant::now() + Duration::from_secs(60);
     while receiver.received() < expected.len() {
@@ -592,8 +605,7 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
 
     // On the way out it took a final checkpoint (at the end of what it read, with every
     // user) and committed it.
-    let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
-        .expect("a final checkpoint");
+    let last = latest_checkpoint(&s);
     assert_eq!(
         last.manifest.offsets.values().sum::<i64>(),
         w.lines.len() as i64
@@ -682,10 +694,6 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
         s.engine.state_cache_users = 16;
         s
     };
-    let latest = |s: &Settings| {
-        event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
-            .expect("a final checkpoint")
-    };
     let after_first = expected_histories(&w, first);
     let after_all = expected_histories(&w, &w.lines);
     let runs: Vec<_> = pairs
@@ -697,7 +705,7 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
             let counts = run_kafka(&s, 1, &rt);
             assert_eq!(counts.events_read, first.len() as u64);
             assert_histories(
-                &histories(&latest(&s)),
+                &histories(&latest_checkpoint(&s)),
                 &after_first,
                 &format!("{before:?}"),
             );
@@ -712,7 +720,11 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
     let whole_receiver = Receiver::start(&rt);
     let whole = job(&whole_group, StateBackend::Hashmap, &whole_receiver);
     assert_eq!(run_kafka(&whole, 2, &rt).events_read, w.lines.len() as u64);
-    assert_histories(&histories(&latest(&whole)), &after_all, "one run");
+    assert_histories(
+        &histories(&latest_checkpoint(&whole)),
+        &after_all,
+        "one run",
+    );
     let mut expected = whole_receiver.event_ids();
     expected.sort();
     assert!(expected.len() > 20, "the filter passes too little to tell");
@@ -720,7 +732,7 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
     for ((group, receiver), (before, after)) in runs.iter().zip(pairs) {
         let label = format!("{before:?} then {after:?}");
         let s = job(group, *after, receiver);
-        let restored = latest(&s);
+        let restored = latest_checkpoint(&s);
         let restored_state = histories(&restored);
         let counts = run_kafka(&s, 2, &rt);
         assert_eq!(counts.events_read, second.len() as u64, "{label}");
@@ -728,10 +740,14 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
         let mut got = receiver.event_ids();
         got.sort();
         assert_eq!(got, expected, "{label}");
-        let last = latest(&s);
+        let last = latest_checkpoint(&s);
         assert!(last.manifest.epoch > restored.manifest.epoch, "{label}");
         assert_eq!(histories(&restored), restored_state, "{label}");
-        assert_eq!(histories(&last), histories(&latest(&whole)), "{label}");
+        assert_eq!(
+            histories(&last),
+            histories(&latest_checkpoint(&whole)),
+            "{label}"
+        );
     }
 }
 
@@ -765,15 +781,15 @@ fn a_stop_that_cannot_drain_exits_after_the_shutdown_timeout() {
     let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     let cfg = dir.path().join("hang.yml");
     std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
-    let child = Command::new(binary())
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__TIMEOUT_MS", "600000")
-        .env("EVENT_TRIGGER__ENGINE__SHUTDOWN_TIMEOUT_MS", "1500")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_run(
+        &cfg,
+        &[],
+        &[
+            ("EVENT_TRIGGER__ACTIONS__WEBHOOK__TIMEOUT_MS", "600000"),
+            ("EVENT_TRIGGER__ENGINE__SHUTDOWN_TIMEOUT_MS", "1500"),
+            ("RUST_LOG", "info"),
+        ],
+    );
     // Long enough to read the topic and call the webhook.
     std::thread::sleep(Duration::from_secs(3));
     let stopped = Instant::now();
@@ -808,23 +824,10 @@ fn a_bounded_restart_with_nothing_new_restores_checkpoints_and_ends() {
     let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
     std::fs::write(&s.filter.script_path, "false").unwrap();
     assert_eq!(run_kafka(&s, 2, &rt).events_read, w.lines.len() as u64);
-    let first = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
-        .expect("a final checkpoint");
+    let first = latest_checkpoint(&s);
     let cfg = dir.path().join("again.yml");
     std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
-    let mut child = Command::new(binary())
-        .args([
-            "run",
-            "--bounded",
-            "-w",
-            "2",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start_run(&cfg, &["--bounded", "-w", "2"], &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -836,7 +839,7 @@ fn a_bounded_restart_with_nothing_new_restores_checkpoints_and_ends() {
     let counts = summary_of(&wait_ok(child).stdout);
     assert_eq!(counts.events_read, 0);
     assert_eq!(counts.restored, first.manifest.users());
-    let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir).unwrap();
+    let last = latest_checkpoint(&s);
     assert!(last.manifest.epoch > first.manifest.epoch);
     assert_eq!(last.manifest.users(), first.manifest.users());
 }

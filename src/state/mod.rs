@@ -9,7 +9,6 @@
 pub mod rocks;
 
 use std::collections::VecDeque;
-use std::io;
 use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
@@ -47,12 +46,6 @@ pub enum StateError {
          `--features rocksdb` (see the README)"
     )]
     NotBuilt,
-}
-
-impl From<StateError> for io::Error {
-    fn from(e: StateError) -> io::Error {
-        io::Error::other(e.to_string())
-    }
 }
 
 /// Which store the workers keep their users in.
@@ -143,10 +136,6 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn iter(&self) -> impl Iterator<Item = (&Text, &UserState)> {
-        self.users.iter()
-    }
-
     /// A shallow copy: the parts of each state are `Arc`s.
     fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {
