@@ -17,7 +17,7 @@ use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
 use crate::actions::{Action, run_actions};
 use crate::checkpoint::manifest::find_latest;
-use crate::checkpoint::{CheckpointConfig, Restore};
+use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::filter::{Filter, FilterLimits};
 use crate::model::Time;
@@ -222,12 +222,16 @@ pub fn run(
         let probe = ProbeHandle::new();
 
         worker.dataflow::<Time, _, _>(|scope| {
+            let ending = Ending::default();
             let messages = match &p.input {
                 Input::File(path) => {
                     file_source(scope, path.clone(), gate, p.stop.clone(), failed.clone())
                 }
                 Input::Kafka { .. } => {
-                    let finished = Finished::default();
+                    let finished = Finished {
+                        ending: ending.clone(),
+                        ..Finished::default()
+                    };
                     finished_beacon(scope, finished.clone());
                     kafka_source(
                         scope,
@@ -245,7 +249,7 @@ pub fn run(
                 events,
                 restored,
                 p.state.clone(),
-                p.checkpoints.clone(),
+                p.checkpoints.clone().map(|c| (c, ending)),
                 &p.profiles,
                 runtime.clone(),
                 filter,

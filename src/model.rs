@@ -153,7 +153,7 @@ pub struct ProfileData {
 /// operator mutates them with `Arc::make_mut`, which copies only if a reader still holds
 /// one (none does once an evaluation has finished). Serialized in checkpoints, and
 /// through the exchange when a checkpoint is restored onto the workers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
     pub profile: Arc<Profile>,
     pub visit: Option<Arc<Visit>>,
@@ -183,6 +183,23 @@ impl UserState {
     pub fn empty(now: Time) -> Self {
         Self::from_profile(ProfileData::default(), now)
     }
+}
+
+/// A user whose Profile API look-up had not finished when a checkpoint was taken, as the
+/// checkpoint keeps it: looked up again on restore, then its events are applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingUser {
+    /// Its state before the look-up, when it is a look-up again after a failed one.
+    pub before: Option<UserState>,
+    /// Its events that wait for the look-up, in order, with their times.
+    pub events: Vec<(Time, UserEvent)>,
+}
+
+/// A user as a checkpoint holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SavedUser {
+    State(UserState),
+    Pending(PendingUser),
 }
 
 /// What the filter looks at: an event and its user's state after the event was applied.

@@ -2,8 +2,10 @@
 //! rename, fsync of the directory), and checked when read back.
 //!
 //! A state part is `MAGIC`, then per user a `1` byte and the bincode of
-//! `(user, UserState)`, then a `0` byte, then the trailer: the number of users, the xxh3
-//! of everything before the trailer (both u64 little-endian), and `MAGIC` again.
+//! `(user, UserState)`, or for a user whose look-up was still running a `2` byte and the
+//! bincode of `(user, PendingUser)`; then a `0` byte, then the trailer: the number of
+//! users, the xxh3 of everything before the trailer (both u64 little-endian), and `MAGIC`
+//! again.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -14,10 +16,14 @@ use std::time::{Duration, Instant};
 use timely::scheduling::SyncActivator;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::model::{Text, UserState};
+use crate::model::{PendingUser, SavedUser, Text, UserState};
 
 const MAGIC: &[u8; 8] = b"ETSTATE1";
 const TRAILER: usize = 8 + 8 + MAGIC.len();
+/// Record tags.
+const END: u8 = 0;
+const STATE: u8 = 1;
+const PENDING: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -103,31 +109,30 @@ pub type EncodedRecords = Box<dyn FnOnce(RecordSink<'_>) -> io::Result<()> + Sen
 /// Takes one encoded record: the user id and bincode of its `UserState`.
 pub type RecordSink<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>;
 
+/// What a snapshot hands its part writer: the store's users (some maybe already
+/// encoded) and the users whose look-ups were running.
+pub struct PartRecords {
+    pub base: Option<EncodedRecords>,
+    pub states: Vec<(Text, UserState)>,
+    pub pending: Vec<(Text, PendingUser)>,
+}
+
 /// One worker's state part, written on a thread of its own so the worker keeps
-/// processing: it takes the records in chunks (the copy of the store first, then users
-/// whose look-ups were running), and finishes once `finish` is called.
+/// processing.
 pub struct PartWriter {
-    // Unbounded, but it never holds more than one copy of this worker's users, which
-    // the copy itself already costs.
-    records: Option<mpsc::Sender<Vec<(Text, UserState)>>>,
     done: mpsc::Receiver<io::Result<PartInfo>>,
 }
 
 impl PartWriter {
-    /// Starts writing `path`, `base` first if given; `activator` is woken when the part
-    /// is on disk (or failed).
-    pub fn start(
-        path: PathBuf,
-        base: Option<EncodedRecords>,
-        activator: SyncActivator,
-    ) -> PartWriter {
+    /// Starts writing `records` to `path`; `activator` is woken when the part is on disk
+    /// (or failed).
+    pub fn start(path: PathBuf, records: PartRecords, activator: SyncActivator) -> PartWriter {
         let started = Instant::now();
-        let (tx, rx) = mpsc::channel::<Vec<(Text, UserState)>>();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let result = write_part(&path, base, rx);
+                let result = write_part(&path, records);
                 let _ = done_tx.send(result.map(|(users, bytes)| PartInfo {
                     users,
                     bytes,
@@ -137,22 +142,7 @@ impl PartWriter {
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start a checkpoint writer: {e}"));
-        PartWriter {
-            records: Some(tx),
-            done,
-        }
-    }
-
-    pub fn send(&self, records: Vec<(Text, UserState)>) {
-        if let Some(tx) = &self.records {
-            // A closed channel means the writer failed; `poll` reports why.
-            let _ = tx.send(records);
-        }
-    }
-
-    /// No more records: the writer completes the file.
-    pub fn finish(&mut self) {
-        self.records = None;
+        PartWriter { done }
     }
 
     /// The outcome, once the writer is done.
@@ -177,16 +167,22 @@ struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    fn typed(&mut self, record: &(Text, UserState)) -> io::Result<()> {
-        self.buf.push(1);
-        bincode::serialize_into(&mut self.buf, record).map_err(io::Error::other)?;
+    fn typed(&mut self, user: &Text, state: &UserState) -> io::Result<()> {
+        self.buf.push(STATE);
+        bincode::serialize_into(&mut self.buf, &(user, state)).map_err(io::Error::other)?;
+        self.done_one()
+    }
+
+    fn pending(&mut self, user: &Text, pending: &PendingUser) -> io::Result<()> {
+        self.buf.push(PENDING);
+        bincode::serialize_into(&mut self.buf, &(user, pending)).map_err(io::Error::other)?;
         self.done_one()
     }
 
     /// The same bytes as `typed` gives, from the user id and bincode of its state
     /// (bincode writes a string as its u64 length and bytes, a tuple as its fields).
     fn encoded(&mut self, user: &[u8], state: &[u8]) -> io::Result<()> {
-        self.buf.push(1);
+        self.buf.push(STATE);
         self.buf
             .extend_from_slice(&(user.len() as u64).to_le_bytes());
         self.buf.extend_from_slice(user);
@@ -204,13 +200,8 @@ impl Encoder<'_> {
     }
 }
 
-/// Writes a state part of the records of `base` then of `chunks`; returns its users and
-/// size.
-pub fn write_part(
-    path: &Path,
-    base: Option<EncodedRecords>,
-    chunks: impl IntoIterator<Item = Vec<(Text, UserState)>>,
-) -> io::Result<(u64, u64)> {
+/// Writes a state part of `records`; returns its users and size.
+pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
     let mut users = 0u64;
     let bytes = write_atomic(path, |out| {
         let mut e = Encoder {
@@ -222,15 +213,16 @@ pub fn write_part(
             users: 0,
         };
         e.out.write_all(MAGIC)?;
-        if let Some(base) = base {
+        if let Some(base) = records.base {
             base(&mut |user, state| e.encoded(user, state))?;
         }
-        for chunk in chunks {
-            for record in &chunk {
-                e.typed(record)?;
-            }
+        for (user, state) in &records.states {
+            e.typed(user, state)?;
         }
-        e.buf.push(0);
+        for (user, pending) in &records.pending {
+            e.pending(user, pending)?;
+        }
+        e.buf.push(END);
         e.out.write_all(&e.buf)?;
         users = e.users;
         let hash = e.out.hasher.digest();
@@ -239,6 +231,18 @@ pub fn write_part(
         out.write_all(MAGIC)
     })?;
     Ok((users, bytes))
+}
+
+/// A part of users' states alone (tests and tools).
+pub fn write_states(path: &Path, states: Vec<(Text, UserState)>) -> io::Result<(u64, u64)> {
+    write_part(
+        path,
+        PartRecords {
+            base: None,
+            states,
+            pending: Vec::new(),
+        },
+    )
 }
 
 /// Checks a state part is whole and unchanged, reading it in pieces; returns its number
@@ -356,31 +360,43 @@ impl PartReader {
     pub fn next_chunk(
         &mut self,
         max: usize,
-    ) -> Result<Option<Vec<(Text, UserState)>>, CheckpointError> {
+    ) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
         if self.ended {
             return Ok(None);
         }
         let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
+        let decode = |e: bincode::Error| corrupt(e.to_string());
         let mut chunk = Vec::with_capacity(max.min(4096));
         while chunk.len() < max {
             let mut tag = [0u8; 1];
             self.body
                 .read_exact(&mut tag)
                 .map_err(|_| corrupt("no end marker".into()))?;
-            if tag[0] == 0 {
-                self.ended = true;
-                let mut rest = [0u8; 1];
-                let trailing = self.body.read(&mut rest).unwrap_or(0);
-                if trailing != 0 || self.body.hasher.digest() != self.hash {
-                    return Err(corrupt("checksum mismatch".into()));
+            let record = match tag[0] {
+                END => {
+                    self.ended = true;
+                    let mut rest = [0u8; 1];
+                    let trailing = self.body.read(&mut rest).unwrap_or(0);
+                    if trailing != 0 || self.body.hasher.digest() != self.hash {
+                        return Err(corrupt("checksum mismatch".into()));
+                    }
+                    if self.read != self.users {
+                        return Err(corrupt("user count mismatch".into()));
+                    }
+                    break;
                 }
-                if self.read != self.users {
-                    return Err(corrupt("user count mismatch".into()));
+                STATE => {
+                    let (user, state): (Text, UserState) =
+                        bincode::deserialize_from(&mut self.body).map_err(decode)?;
+                    (user, SavedUser::State(state))
                 }
-                break;
-            }
-            let record: (Text, UserState) =
-                bincode::deserialize_from(&mut self.body).map_err(|e| corrupt(e.to_string()))?;
+                PENDING => {
+                    let (user, pending): (Text, PendingUser) =
+                        bincode::deserialize_from(&mut self.body).map_err(decode)?;
+                    (user, SavedUser::Pending(pending))
+                }
+                other => return Err(corrupt(format!("unknown record tag {other}"))),
+            };
             self.read += 1;
             chunk.push(record);
         }
@@ -392,7 +408,7 @@ impl PartReader {
 }
 
 /// Reads a state part back whole, checked (before anything is decoded).
-pub fn read_part(path: &Path) -> Result<Vec<(Text, UserState)>, CheckpointError> {
+pub fn read_part(path: &Path) -> Result<Vec<(Text, SavedUser)>, CheckpointError> {
     verify_part(path)?;
     let mut reader = PartReader::open(path)?;
     let mut records = Vec::new();
@@ -432,17 +448,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chk/state-0.bin");
         let records = sample(100);
-        let written = write_part(&path, None, [records.clone()]).unwrap();
+        let pending = vec![(
+            Text::from("looked-up"),
+            PendingUser {
+                before: Some(records[0].1.clone()),
+                events: vec![(
+                    7,
+                    crate::model::UserEvent {
+                        user_id: "looked-up".into(),
+                        event_id: Some("e".into()),
+                        parameters: Some(RawJson::parse(r#"{"k":1}"#).unwrap()),
+                        ..Default::default()
+                    },
+                )],
+            },
+        )];
+        let written = write_part(
+            &path,
+            PartRecords {
+                base: None,
+                states: records.clone(),
+                pending: pending.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(written.0, 101);
         assert_eq!(verify_part(&path).unwrap(), written);
         assert_eq!(part_trailer(&path).unwrap(), written);
         let back = read_part(&path).unwrap();
-        assert_eq!(back.len(), 100);
-        for ((u1, s1), (u2, s2)) in records.iter().zip(&back) {
-            assert_eq!(u1, u2);
-            assert_eq!(s1.profile, s2.profile);
-            assert_eq!(s1.history, s2.history);
-            assert_eq!(s1.last_activity, s2.last_activity);
-        }
+        let expected: Vec<(Text, SavedUser)> = records
+            .into_iter()
+            .map(|(u, s)| (u, SavedUser::State(s)))
+            .chain(pending.into_iter().map(|(u, p)| (u, SavedUser::Pending(p))))
+            .collect();
+        assert_eq!(back, expected);
         // No temporary file is left beside it.
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -452,7 +491,7 @@ mod tests {
     fn a_part_is_read_in_chunks_and_checked_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state-0.bin");
-        write_part(&path, None, [sample(10)]).unwrap();
+        write_states(&path, sample(10)).unwrap();
         let mut reader = PartReader::open(&path).unwrap();
         let mut sizes = Vec::new();
         while let Some(chunk) = reader.next_chunk(3).unwrap() {
@@ -479,7 +518,7 @@ mod tests {
     fn a_flipped_byte_or_a_cut_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state-0.bin");
-        write_part(&path, None, [sample(10)]).unwrap();
+        write_states(&path, sample(10)).unwrap();
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 0x40;
@@ -505,7 +544,7 @@ mod encoded_tests {
         let users: Vec<(Text, UserState)> = (0..5)
             .map(|i| (format!("ü/{i}").into(), UserState::empty(i)))
             .collect();
-        write_part(&typed, None, [users.clone()]).unwrap();
+        write_states(&typed, users.clone()).unwrap();
         let encoded: Vec<(Vec<u8>, Vec<u8>)> = users[..3]
             .iter()
             .map(|(u, s)| (u.as_bytes().to_vec(), bincode::serialize(s).unwrap()))
@@ -516,7 +555,15 @@ mod encoded_tests {
             }
             Ok(())
         });
-        write_part(&mixed, Some(base), [users[3..].to_vec()]).unwrap();
+        write_part(
+            &mixed,
+            PartRecords {
+                base: Some(base),
+                states: users[3..].to_vec(),
+                pending: Vec::new(),
+            },
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read(&typed).unwrap(),
             std::fs::read(&mixed).unwrap()

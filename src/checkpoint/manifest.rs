@@ -216,7 +216,7 @@ pub fn prune(cfg: &CheckpointConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::files::write_part;
+    use crate::checkpoint::files::write_states;
     use crate::model::UserState;
 
     fn cfg(dir: &Path) -> CheckpointConfig {
@@ -238,7 +238,7 @@ mod tests {
             write_offsets(c, epoch, w, &part).unwrap();
             if with_state {
                 let users = vec![(format!("u{w}").into(), UserState::empty(epoch))];
-                write_part(&c.state_path(epoch, w), None, [users]).unwrap();
+                write_states(&c.state_path(epoch, w), users).unwrap();
             }
         }
     }

@@ -10,12 +10,15 @@
 //! - the user-state operator, once its input frontier reaches `E`, copies its state (the
 //!   parts are `Arc`s: a shallow copy) and hands it to a writer thread; events stamped
 //!   `>= E` that arrived early wait in a stash until then, so the copy holds exactly the
-//!   events `< E`. Users whose profile look-up is still running are added as their
-//!   look-ups finish. Until its part is on disk the operator holds a capability below
+//!   events `< E`. A user whose profile look-up is still running is saved as its events
+//!   that wait for it (a restore looks it up again and applies them); their held times
+//!   move to `E`, so the checkpoint does not wait for the look-up (but the final one
+//!   does, see `Ending`). Until its part is on disk the operator holds a capability below
 //!   `E`, so nothing downstream can pass `E` before the part exists;
-//! - once the probe after the actions passes `E` (every action for events `< E` done, and
-//!   by the capability above every part written), worker 0 checks every part is there
-//!   and writes the manifest, last. Only a checkpoint with a manifest is ever restored.
+//! - once the probe after the actions passes `E` (every action for events `< E` done but
+//!   those saved with their users, and by the capability above every part written),
+//!   worker 0 checks every part is there and writes the manifest, last. Only a
+//!   checkpoint with a manifest is ever restored.
 //!
 //! Layout, write-once files that a shared filesystem (or an object store behind one)
 //! holds as well as a local disk:
@@ -29,11 +32,13 @@
 pub mod files;
 pub mod manifest;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::model::Time;
 
-pub use files::{PartInfo, PartReader, PartWriter, read_part};
+pub use files::{PartInfo, PartReader, PartRecords, PartWriter, read_part, write_states};
 pub use manifest::{Manifest, Restore};
 
 /// Where and how often checkpoints are taken.
@@ -69,6 +74,22 @@ impl CheckpointConfig {
 
     pub fn state_path(&self, epoch: Time, worker: usize) -> PathBuf {
         self.epoch_dir(epoch).join(format!("state-{worker}.bin"))
+    }
+}
+
+/// Set on a worker once its source is ending (its clock at its final epoch). The final
+/// checkpoint then waits for the look-ups running, so that a graceful restart repeats
+/// nothing; other checkpoints save those users' events instead of waiting.
+#[derive(Clone, Default)]
+pub struct Ending(Rc<Cell<bool>>);
+
+impl Ending {
+    pub fn set(&self) {
+        self.0.set(true);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.get()
     }
 }
 

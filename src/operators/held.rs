@@ -31,6 +31,15 @@ impl HeldTimes {
         }
     }
 
+    /// Moves one hold of `from` to `to`, which is not earlier.
+    pub fn move_later(&mut self, from: Time, to: Time) {
+        debug_assert!(to >= from);
+        *self.counts.entry(to).or_insert(0) += 1;
+        self.total += 1;
+        // The held capability is at or before `from`, so before `to`: good for both.
+        self.release(from);
+    }
+
     /// A capability for `time`, which must be held.
     pub fn capability_for(&self, time: Time) -> Capability<Time> {
         let held = self

@@ -8,7 +8,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use crate::checkpoint::{PartReader, Restore};
-use crate::model::{Text, Time, UserState};
+use crate::model::{SavedUser, Text, Time};
 
 /// Users emitted per activation: a restore holds this many decoded users at a time, not
 /// a whole part (with RocksDB, state may not fit in memory).
@@ -19,7 +19,7 @@ const CHUNK: usize = 8192;
 pub fn restore_source<'s>(
     scope: Scope<'s, Time>,
     restore: Option<Arc<Restore>>,
-) -> Stream<'s, Time, Vec<(Text, UserState)>> {
+) -> Stream<'s, Time, Vec<(Text, SavedUser)>> {
     let (index, peers) = (scope.index(), scope.peers());
     source(scope, "Restore", move |cap, info| {
         let activator = scope.activator_for(info.address);

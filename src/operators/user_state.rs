@@ -4,7 +4,9 @@
 //! Input is exchanged on `user_id`, so each user lives on exactly one worker. A user's
 //! look-up runs asynchronously (other users' events keep flowing); the user's events
 //! that arrive meanwhile wait, in order, and are applied when it completes. While they
-//! wait their times are held, so no frontier downstream passes them.
+//! wait their times are held, so no frontier downstream passes them; a checkpoint that
+//! saves a waiting user (its events, to be looked up again on restore) moves those holds
+//! to its epoch, so it completes without waiting for the Profile API.
 //!
 //! The filter runs here, on the state in place: only the events it passes are copied
 //! out with a snapshot of their user's data. (Flink copies every enriched event, history
@@ -14,19 +16,22 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::scheduling::SyncActivator;
 
-use crate::checkpoint::{CheckpointConfig, PartWriter};
+use crate::checkpoint::{CheckpointConfig, Ending, PartWriter};
 
 use crate::filter::{Filter, Verdict};
 use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
-use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Text, Time, UserEvent, UserState};
+use crate::model::{
+    EnrichedEvent, EnrichedView, HistoryEntry, PendingUser, SavedUser, Text, Time, UserEvent,
+    UserState,
+};
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::operators::now_ms;
@@ -119,15 +124,23 @@ struct Snapshots {
     cap: Option<Capability<Time>>,
     /// Wakes the operator when a part is written (one per writer).
     activator: Box<dyn Fn() -> SyncActivator>,
+    ending: Ending,
+    /// The final snapshot waits for the look-ups running (see `Ending`).
+    awaiting_lookups: bool,
 }
 
 /// A snapshot being written.
 struct InProgress {
     epoch: Time,
-    /// Users being looked up when it started: their state (after their events before
-    /// `epoch`) joins the part when the look-up finishes.
-    owed: FxHashSet<Text>,
     writer: PartWriter,
+}
+
+/// An event waiting for its user's look-up.
+struct Queued {
+    time: Time,
+    /// The time held for it: its own, or the epoch of a checkpoint that saved it.
+    held: Time,
+    event: UserEvent,
 }
 
 /// The operator's state between activations.
@@ -136,7 +149,7 @@ struct Manager {
     store: Store,
     ttl: TtlIndex,
     /// Users being looked up, with their events that arrived meanwhile, in order.
-    pending: FxHashMap<Text, VecDeque<(Time, UserEvent)>>,
+    pending: FxHashMap<Text, VecDeque<Queued>>,
     /// The state of users looked up again after a failed look-up, meanwhile.
     refetching: FxHashMap<Text, UserState>,
     /// After a failed look-up, how long until a user's next event looks it up again.
@@ -168,7 +181,11 @@ enum Offer {
 impl Manager {
     fn offer(&mut self, time: Time, ev: UserEvent) -> Offer {
         if let Some(queue) = self.pending.get_mut(&ev.user_id) {
-            queue.push_back((time, ev));
+            queue.push_back(Queued {
+                time,
+                held: time,
+                event: ev,
+            });
             return Offer::Queued;
         }
         if let Some(state) = self.store.get_mut(&ev.user_id) {
@@ -190,14 +207,23 @@ impl Manager {
             }
         }
         let user = ev.user_id.clone();
-        self.pending
-            .insert(user.clone(), VecDeque::from([(time, ev)]));
+        let queued = Queued {
+            time,
+            held: time,
+            event: ev,
+        };
+        self.look_up(user, VecDeque::from([queued]));
+        Offer::Queued
+    }
+
+    /// Looks `user` up, its `queue` of events waiting for it.
+    fn look_up(&mut self, user: Text, queue: VecDeque<Queued>) {
+        self.pending.insert(user.clone(), queue);
         if self.fetcher.in_flight() < self.max_in_flight {
             self.start_fetch(user);
         } else {
             self.waiting.push_back(user);
         }
-        Offer::Queued
     }
 
     fn start_fetch(&mut self, user: Text) {
@@ -215,7 +241,7 @@ impl Manager {
                 let Some(queue) = self.pending.remove(&user) else {
                     continue;
                 };
-                let first = queue.front().map(|(t, _)| *t).unwrap_or_default();
+                let first = queue.front().map(|q| q.time).unwrap_or_default();
                 let before = self.refetching.remove(&user);
                 let mut state = match (result, before) {
                     (Ok(data), None) => UserState::from_profile(data, first),
@@ -242,23 +268,13 @@ impl Manager {
                     }
                 };
                 self.ttl.touched(&user, &mut state, true);
-                let mut owed = self.owed_epoch(&user);
-                for (time, ev) in queue {
-                    if let Some(epoch) = owed
-                        && time >= epoch
-                    {
-                        self.pay_owed(&user, &state);
-                        owed = None;
+                for q in queue {
+                    if let Some(out) = self.applier.apply(q.time, q.event, &mut state) {
+                        emit(&self.held, q.held, out);
                     }
-                    if let Some(out) = self.applier.apply(time, ev, &mut state) {
-                        emit(&self.held, time, out);
-                    }
-                    self.held.release(time);
+                    self.held.release(q.held);
                 }
                 self.ttl.touched(&user, &mut state, false);
-                if owed.is_some() {
-                    self.pay_owed(&user, &state);
-                }
                 self.store.insert(user, state);
             }
             while self.fetcher.in_flight() < self.max_in_flight {
@@ -294,11 +310,40 @@ impl Manager {
         }
     }
 
-    /// A user restored from a checkpoint.
-    fn restore(&mut self, user: Text, mut state: UserState) {
-        self.ttl.touched(&user, &mut state, true);
-        self.store.insert(user, state);
+    /// A user restored from a checkpoint. One that was being looked up is looked up
+    /// again, its events held at `hold` (a time that `cap` can give).
+    fn restore(
+        &mut self,
+        user: Text,
+        saved: SavedUser,
+        hold: Time,
+        cap: impl Fn() -> Capability<Time>,
+    ) {
         Stats::add(&self.stats.restored, 1);
+        match saved {
+            SavedUser::State(mut state) => {
+                self.ttl.touched(&user, &mut state, true);
+                self.store.insert(user, state);
+            }
+            SavedUser::Pending(p) => {
+                if let Some(before) = p.before {
+                    self.refetching.insert(user.clone(), before);
+                }
+                let queue = p
+                    .events
+                    .into_iter()
+                    .map(|(time, event)| {
+                        self.held.hold(hold, &cap);
+                        Queued {
+                            time,
+                            held: hold,
+                            event,
+                        }
+                    })
+                    .collect();
+                self.look_up(user, queue);
+            }
+        }
     }
 
     /// Offers stashed events stamped before `limit`, in time order.
@@ -350,12 +395,18 @@ impl Manager {
             if epoch > last {
                 self.drain_stash(epoch, emit);
                 let s = self.snapshots.as_mut().expect("checked above");
+                s.awaiting_lookups = s.ending.get() && !self.pending.is_empty();
                 // Every event applied is before `epoch` unless events went through while
                 // the previous snapshot was written; then a later epoch will do.
                 if s.max_applied < epoch {
-                    s.last = epoch;
-                    s.next = None;
-                    self.start_snapshot(epoch);
+                    if s.awaiting_lookups {
+                        // Later events wait until it is taken.
+                        s.next = Some(epoch);
+                    } else {
+                        s.last = epoch;
+                        s.next = None;
+                        self.start_snapshot(epoch);
+                    }
                 }
             }
         }
@@ -387,10 +438,11 @@ impl Manager {
     }
 
     /// Starts writing this worker's part of `epoch`: a copy of the store now (shallow,
-    /// or a RocksDB checkpoint), the users being looked up as their look-ups finish.
+    /// or a RocksDB checkpoint), and the users being looked up as their events, to be
+    /// looked up again on restore. Their events' holds move to `epoch`: the checkpoint
+    /// holds them, so it need not wait for their look-ups.
     fn start_snapshot(&mut self, epoch: Time) {
         let Some(s) = &mut self.snapshots else { return };
-        let owed: FxHashSet<Text> = self.pending.keys().cloned().collect();
         let copy = match self.store.snapshot() {
             Ok(copy) => copy,
             Err(e) => {
@@ -400,69 +452,66 @@ impl Manager {
                 return;
             }
         };
-        let writer = PartWriter::start(
-            s.cfg.state_path(epoch, s.worker),
-            copy.encoded,
-            (s.activator)(),
-        );
-        writer.send(copy.records);
+        let mut pending = Vec::with_capacity(self.pending.len());
+        for (user, queue) in &mut self.pending {
+            for q in queue.iter_mut() {
+                if q.held < epoch {
+                    self.held.move_later(q.held, epoch);
+                    q.held = epoch;
+                }
+            }
+            let saved = PendingUser {
+                before: self.refetching.get(user).cloned(),
+                events: queue.iter().map(|q| (q.time, q.event.clone())).collect(),
+            };
+            pending.push((user.clone(), saved));
+        }
         tracing::debug!(
             epoch,
             users = self.store.len(),
-            owed = owed.len(),
+            pending = pending.len(),
             "checkpoint started"
         );
-        s.in_progress = Some(InProgress {
-            epoch,
-            owed,
-            writer,
-        });
+        let writer = PartWriter::start(
+            s.cfg.state_path(epoch, s.worker),
+            copy.into_part(pending),
+            (s.activator)(),
+        );
+        s.in_progress = Some(InProgress { epoch, writer });
     }
 
-    /// The epoch `user`'s state is owed to, if a snapshot waits for it.
-    fn owed_epoch(&self, user: &Text) -> Option<Time> {
-        let p = self.snapshots.as_ref()?.in_progress.as_ref()?;
-        p.owed.contains(user).then_some(p.epoch)
+    /// The final snapshot waited for look-ups, and they are done.
+    fn snapshot_can_stop_waiting(&self) -> bool {
+        self.pending.is_empty() && self.snapshots.as_ref().is_some_and(|s| s.awaiting_lookups)
     }
 
-    fn pay_owed(&mut self, user: &Text, state: &UserState) {
-        if let Some(p) = self.snapshots.as_mut().and_then(|s| s.in_progress.as_mut())
-            && p.owed.remove(user)
-        {
-            p.writer.send(vec![(user.clone(), state.clone())]);
-        }
-    }
-
-    /// Finishes the snapshot once nothing is owed; once its part is on disk, lets the
-    /// frontier downstream pass its epoch. With the input ended, lets go entirely.
+    /// Once the snapshot's part is on disk, lets the frontier downstream pass its
+    /// epoch. With the input ended, lets go entirely.
     fn settle_snapshot(&mut self, ended: bool) {
         let Some(s) = &mut self.snapshots else { return };
-        if let Some(p) = &mut s.in_progress {
-            if p.owed.is_empty() {
-                p.writer.finish();
+        if let Some(p) = &mut s.in_progress
+            && let Some(result) = p.writer.poll()
+        {
+            match result {
+                Ok(info) => tracing::info!(
+                    epoch = p.epoch,
+                    worker = s.worker,
+                    users = info.users,
+                    bytes = info.bytes,
+                    ms = info.duration.as_millis() as u64,
+                    "checkpoint part written"
+                ),
+                Err(e) => tracing::error!(
+                    epoch = p.epoch,
+                    "checkpoint part not written, the checkpoint will not complete: {e}"
+                ),
             }
-            if let Some(result) = p.writer.poll() {
-                match result {
-                    Ok(info) => tracing::info!(
-                        epoch = p.epoch,
-                        worker = s.worker,
-                        users = info.users,
-                        bytes = info.bytes,
-                        ms = info.duration.as_millis() as u64,
-                        "checkpoint part written"
-                    ),
-                    Err(e) => tracing::error!(
-                        epoch = p.epoch,
-                        "checkpoint part not written, the checkpoint will not complete: {e}"
-                    ),
-                }
-                if let Some(cap) = &mut s.cap
-                    && *cap.time() < p.epoch
-                {
-                    cap.downgrade(&p.epoch);
-                }
-                s.in_progress = None;
+            if let Some(cap) = &mut s.cap
+                && *cap.time() < p.epoch
+            {
+                cap.downgrade(&p.epoch);
             }
+            s.in_progress = None;
         }
         if ended && s.in_progress.is_none() {
             s.cap = None;
@@ -476,15 +525,16 @@ impl Manager {
 /// `events` is exchanged on a stable hash of `user_id`; so is `restored` (the users of a
 /// checkpoint being restored), so a checkpoint lands on the right workers whatever their
 /// number. Events wait until the restore is complete. With `checkpoints`, this
-/// operator writes its worker's part of each checkpoint. `backlog` tells the source how
+/// operator writes its worker's part of each checkpoint (`Ending` tells it which is the
+/// last). `backlog` tells the source how
 /// many events wait (for a look-up, or for a restore or snapshot). `store` holds the
 /// users (in memory or in RocksDB).
 #[allow(clippy::too_many_arguments)]
 pub fn user_state<'s>(
     events: Stream<'s, Time, Vec<UserEvent>>,
-    restored: Stream<'s, Time, Vec<(Text, UserState)>>,
+    restored: Stream<'s, Time, Vec<(Text, SavedUser)>>,
     cfg: UserStateConfig,
-    checkpoints: Option<CheckpointConfig>,
+    checkpoints: Option<(CheckpointConfig, Ending)>,
     profiles: &ProfileSource,
     runtime: tokio::runtime::Handle,
     filter: Filter,
@@ -495,7 +545,7 @@ pub fn user_state<'s>(
     let scope = events.scope();
     let profiles = profiles.clone();
     let by_user = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
-    let by_restored_user = Exchange::new(|r: &(Text, UserState)| user_hash(&r.0));
+    let by_restored_user = Exchange::new(|r: &(Text, SavedUser)| user_hash(&r.0));
     events.binary_frontier(
         restored,
         by_user,
@@ -505,7 +555,8 @@ pub fn user_state<'s>(
             let worker = scope.worker().clone();
             let address = info.address.to_vec();
             let activator = worker.sync_activator_for(address.clone());
-            let snapshots = checkpoints.map(|cfg| Snapshots {
+            let wake = scope.activator_for(info.address.clone());
+            let snapshots = checkpoints.map(|(cfg, ending)| Snapshots {
                 last: cfg.epoch_at(now_ms()).max(cfg.restored_epoch),
                 cfg,
                 worker: worker.index(),
@@ -514,6 +565,8 @@ pub fn user_state<'s>(
                 in_progress: None,
                 cap: Some(cap),
                 activator: Box::new(move || worker.sync_activator_for(address.clone())),
+                ending,
+                awaiting_lookups: false,
             });
             let mut m = Manager {
                 max_in_flight: cfg.max_in_flight,
@@ -538,9 +591,13 @@ pub fn user_state<'s>(
                 fetch_log: LogLimiter::default(),
             };
             move |(input, frontier), (restore, restore_frontier), output| {
-                restore.for_each(|_, records| {
-                    for (user, state) in records.drain(..) {
-                        m.restore(user, state);
+                restore.for_each(|cap, records| {
+                    // A restored user's events that wait for a look-up again are held at
+                    // the run's first epoch, not before: the restored checkpoint has them.
+                    let first = m.snapshots.as_ref().map_or(0, |s| s.last);
+                    let hold = cap.least().map_or(first, |t| first.max(*t));
+                    for (user, saved) in records.drain(..) {
+                        m.restore(user, saved, hold, || cap.delayed(&hold, 0));
                     }
                 });
                 let restoring = !restore_frontier.frontier().is_empty();
@@ -574,6 +631,9 @@ pub fn user_state<'s>(
                 // that (from a snapshot file) are done at once.
                 m.complete_fetches(&mut emit);
                 m.settle_snapshot(ended);
+                if m.snapshot_can_stop_waiting() {
+                    wake.activate();
+                }
                 backlog.set(m.held.len());
             }
         },

@@ -27,8 +27,8 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::checkpoint::CheckpointConfig;
 use crate::checkpoint::manifest::{self, Incomplete, OffsetsPart};
+use crate::checkpoint::{CheckpointConfig, Ending};
 use crate::config::{KafkaSettings, StartFrom};
 use crate::kafka::{JobContext, client_config};
 use crate::log_limit::LogLimiter;
@@ -375,6 +375,8 @@ pub struct Finished {
     pub here: Rc<std::cell::Cell<bool>>,
     /// Sources known to be done, over all workers.
     pub everywhere: Rc<std::cell::Cell<usize>>,
+    /// Set once this worker's source is ending (stopped, or all sources done).
+    pub ending: Ending,
 }
 
 /// Tells every worker once this worker's source is done (see `Finished`).
@@ -432,6 +434,9 @@ pub fn kafka_source<'s>(
                 ending = stop
                     .stopped_at()
                     .or_else(|| (finished.everywhere.get() >= peers).then(now_ms));
+                if ending.is_some() {
+                    finished.ending.set();
+                }
             }
             // Once ending, with checkpoints on, the clock jumps to the final epoch (no
             // event will carry a later time, so there is no need to wait for it) and the

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
 
-use crate::checkpoint::files::EncodedRecords;
-use crate::model::{Text, Time, UserState};
+use crate::checkpoint::files::{EncodedRecords, PartRecords};
+use crate::model::{PendingUser, Text, Time, UserState};
 
 /// The state store of one worker.
 pub trait StateStore {
@@ -33,6 +33,17 @@ pub trait StateStore {
 pub struct StoreSnapshot {
     pub records: Vec<(Text, UserState)>,
     pub encoded: Option<EncodedRecords>,
+}
+
+impl StoreSnapshot {
+    /// What the part writer takes: these users, and `pending` (users being looked up).
+    pub fn into_part(self, pending: Vec<(Text, PendingUser)>) -> PartRecords {
+        PartRecords {
+            base: self.encoded,
+            states: self.records,
+            pending,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -329,7 +329,7 @@ impl StateStore for RocksStore {
 mod tests {
     use super::*;
     use crate::checkpoint::files::{read_part, write_part};
-    use crate::model::{HistoryEntry, ProfileData};
+    use crate::model::{HistoryEntry, ProfileData, SavedUser};
     use crate::state::MemoryStore;
 
     fn state(i: u64) -> UserState {
@@ -388,14 +388,17 @@ mod tests {
         let from_rocks = dir.path().join("rocks.bin");
         let from_memory = dir.path().join("memory.bin");
         let s = rocks.snapshot().unwrap();
-        write_part(&from_rocks, s.encoded, [s.records]).unwrap();
+        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
         let s = memory.snapshot().unwrap();
-        write_part(&from_memory, s.encoded, [s.records]).unwrap();
+        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
         let sorted = |path: &Path| {
             let mut users: Vec<_> = read_part(path)
                 .unwrap()
                 .into_iter()
-                .map(|(u, s)| (u, s.last_activity, s.profile))
+                .map(|(u, saved)| match saved {
+                    SavedUser::State(s) => (u, s.last_activity, s.profile),
+                    SavedUser::Pending(_) => panic!("no user is pending"),
+                })
                 .collect();
             users.sort_by(|a, b| a.0.cmp(&b.0));
             users

@@ -84,9 +84,13 @@ impl ProfileApi {
         let users = Arc::new(users);
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        // Requests so far by user and kind: counting them in `requests` took a scan of
+        // every request per request, which slowed a long test's API to time-outs.
+        let counts: Arc<Mutex<HashMap<(String, String), usize>>> = Arc::default();
         let handler = http_server::handler(move |req| {
             let users = users.clone();
             let log = log.clone();
+            let counts = counts.clone();
             async move {
                 let path = req.uri().path().to_string();
                 let Some((id, what)) = path
@@ -98,10 +102,14 @@ impl ProfileApi {
                 let id = percent_encoding::percent_decode_str(id)
                     .decode_utf8_lossy()
                     .to_string();
+                log.lock()
+                    .unwrap()
+                    .push((id.clone(), what.to_string(), Instant::now()));
                 let seen = {
-                    let mut log = log.lock().unwrap();
-                    log.push((id.clone(), what.to_string(), Instant::now()));
-                    log.iter().filter(|(i, w, _)| *i == id && w == what).count()
+                    let mut counts = counts.lock().unwrap();
+                    let n = counts.entry((id.clone(), what.to_string())).or_insert(0);
+                    *n += 1;
+                    *n
                 };
                 let mut behaviour = users.get(&id);
                 while let Some(Behaviour::FailFirst {
