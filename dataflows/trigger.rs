@@ -19,6 +19,7 @@ use crate::actions::{Action, run_actions};
 use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
+use crate::dead_letter::DeadLetters;
 use crate::filter::{Filter, FilterLimits};
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
@@ -74,6 +75,8 @@ pub struct Prepared {
     pub backend: Backend,
     /// Once set, the sources stop reading and the run finishes its work in flight.
     pub stop: StopFlag,
+    /// Where invalid messages and failed deliveries go, if anywhere.
+    pub dead_letters: Option<DeadLetters>,
 }
 
 impl Prepared {
@@ -90,7 +93,12 @@ impl Prepared {
         // each worker compiles its own copy (rhai's Engine is not `Send`).
         Filter::compile(&script, &script_origin, &limits)?;
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
-        let action = Action::from_settings(&settings.actions).map_err(|e| anyhow!(e))?;
+        let dead_letters = match &settings.dead_letter.path {
+            Some(path) => Some(DeadLetters::open(path)?),
+            None => None,
+        };
+        let action = Action::from_settings(&settings.actions, dead_letters.clone())
+            .map_err(|e| anyhow!(e))?;
         let input = match settings.source.kind {
             SourceType::File => {
                 let path = settings
@@ -172,6 +180,7 @@ impl Prepared {
                 min_refetch_ms: settings.profile_api.min_refetch_interval_ms,
             },
             stop: StopFlag::default(),
+            dead_letters,
         })
     }
 }
@@ -243,7 +252,12 @@ pub fn run(
                     )
                 }
             };
-            let events = decode(messages, p.max_message_bytes, stats.clone());
+            let events = decode(
+                messages,
+                p.max_message_bytes,
+                p.dead_letters.clone(),
+                stats.clone(),
+            );
             let restored = restore_source(scope, p.restore.clone());
             let triggered = user_state(
                 events,

@@ -38,6 +38,16 @@ pub struct Settings {
     /// The Flink job called this section `flink:`; both names are accepted.
     #[serde(alias = "flink")]
     pub engine: EngineSettings,
+    pub dead_letter: DeadLetterSettings,
+}
+
+/// Where what the job cannot handle goes (see `crate::dead_letter`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeadLetterSettings {
+    /// A JSON-lines file, appended to; unset: invalid messages and failed deliveries are
+    /// only logged and counted.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -164,6 +174,12 @@ pub struct WebhookSettings {
     pub secret: Option<Secret>,
     /// A file holding the secret (trailing newline ignored).
     pub secret_file: Option<PathBuf>,
+    /// Further tries of a delivery that failed transiently (connection, timeout, 408,
+    /// 429, 5xx), with jittered exponential backoff from `retry-backoff-ms`, or the
+    /// receiver's `Retry-After`, at most `retry-max-wait-ms` each.
+    pub retry_attempts: u32,
+    pub retry_backoff_ms: u64,
+    pub retry_max_wait_ms: u64,
 }
 
 /// A secret value: never printed (`Debug` shows `***`).
@@ -195,6 +211,9 @@ impl Default for WebhookSettings {
             max_in_flight: 256,
             secret: None,
             secret_file: None,
+            retry_attempts: 3,
+            retry_backoff_ms: 200,
+            retry_max_wait_ms: 30_000,
         }
     }
 }
@@ -479,6 +498,8 @@ mod tests {
     fn defaults_fill_what_the_file_leaves_out() {
         let s = load("source:\n  type: file\n  path: x.jsonl\n", &[]).unwrap();
         assert_eq!(s.profile_api.timeout_ms, 5000);
+        assert_eq!(s.actions.webhook.retry_attempts, 3);
+        assert_eq!(s.dead_letter.path, None);
         assert_eq!(s.state.max_history, 100);
         assert_eq!(s.engine.state_ttl_ms(), 600_000);
         assert_eq!(s.source.kind, SourceType::File);
@@ -504,6 +525,8 @@ mod tests {
     #[test]
     fn unknown_key_fails_naming_it() {
         fails_naming("profile-api:\n  timeout-msx: 10\n", "timeout-msx");
+        fails_naming("dead-letter:\n  paht: x\n", "paht");
+        fails_naming("actions:\n  webhook:\n    retry-attempts: -1\n", "retry-attempts");
         fails_naming("engnie:\n  parallelism: 2\n", "engnie");
     }
 

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod checkpoint;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod filter;
 pub mod http_client;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod operators;
 pub mod partition;
 pub mod profile_api;
+pub mod retry;
 pub mod shutdown;
 pub mod sources;
 pub mod state;

@@ -48,8 +48,10 @@ counters! {
     rejected: "events the filter rejected (false or not a bool)",
     script_errors: "events rejected because the script failed",
     actions_ok: "actions completed",
-    actions_failed: "actions that failed (logged, not retried)",
+    actions_failed: "actions that failed after their retries (logged, and dead-lettered if a file is set)",
+    actions_retried: "webhook tries after the first",
     restored: "users restored from a checkpoint",
+    dead_letters: "records written to the dead-letter file",
 }
 
 impl Stats {

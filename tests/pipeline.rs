@@ -3,9 +3,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
+use event_trigger::dead_letter::{DeadLetters, Kind};
 use serde_json::json;
 
 #[test]
@@ -337,33 +340,159 @@ fn script_errors_reject_count_and_do_not_stop_the_job() {
     assert_eq!(receiver.event_ids().len() as u64, page_views);
 }
 
+/// With the webhook down, every delivery is tried again and then written to the
+/// dead-letter file with the body it would have sent; invalid messages go there too, as
+/// read. Nothing is dropped silently, and the job finishes.
 #[test]
-fn webhook_down_is_counted_and_the_job_finishes() {
+fn webhook_down_and_invalid_messages_go_to_the_dead_letter_file() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(600, 60, 3);
     let events = w.write_events(dir.path());
     let profiles = w.write_profiles(dir.path());
     let down = format!("http://127.0.0.1:{}/webhook", closed_port());
-    let s = settings(
+    let mut s = settings(
         dir.path(),
         &events,
         &format!("file://{}", profiles.display()),
         &down,
         SEED_FILTER,
     );
+    s.actions.webhook.retry_attempts = 2;
+    s.actions.webhook.retry_backoff_ms = 10;
+    let dead = dir.path().join("dead/letters.jsonl");
+    s.dead_letter.path = Some(dead.clone());
     let counts = run(&s, 2, &rt);
-    assert!(counts.passed > 0);
+    let expected = w.expected_us_page_views();
+    assert_eq!(counts.passed, expected.len() as u64);
     assert_eq!(counts.actions_failed, counts.passed);
+    assert_eq!(counts.actions_retried, 2 * counts.passed);
     assert_eq!(counts.actions_ok, 0);
+    assert_eq!(counts.dead_letters, counts.passed + w.invalid_lines());
+
+    let letters = DeadLetters::read(&dead).unwrap();
+    assert_eq!(letters.len() as u64, counts.dead_letters);
+    let mut failed: Vec<String> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::WebhookFailed)
+        .map(|l| {
+            assert!(l.reason.contains(&down), "{}", l.reason);
+            let body: serde_json::Value = serde_json::from_slice(&l.bytes()).unwrap();
+            assert_eq!(body["userProfile"]["country"], "US");
+            body["event"]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(failed, expected, "every failed delivery, with its body");
+    let mut invalid: Vec<Vec<u8>> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::InvalidMessage)
+        .map(|l| l.bytes())
+        .collect();
+    let mut want: Vec<Vec<u8>> = w
+        .lines
+        .iter()
+        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    invalid.sort();
+    want.sort();
+    assert_eq!(invalid, want, "every invalid message, as read");
 }
 
+/// A receiver that answers 503, then 429 with `Retry-After: 1`, then 200 to each event
+/// gets every event: each delivery is tried three times, the third after the second by
+/// at least the second the receiver asked for.
 #[test]
-fn webhook_answering_errors_is_counted_as_failed() {
+fn a_webhook_that_fails_then_recovers_receives_every_event() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let handler = event_trigger::http_server::handler(|_req| async {
-        event_trigger::http_server::reply(hyper::StatusCode::SERVICE_UNAVAILABLE, "{}")
+    let calls: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
+    let seen = calls.clone();
+    let handler = event_trigger::http_server::handler(move |req| {
+        let seen = seen.clone();
+        async move {
+            let key = req
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                let times = seen.entry(key).or_default();
+                times.push(Instant::now());
+                times.len()
+            };
+            let mut resp = event_trigger::http_server::reply(
+                match n {
+                    1 => hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    2 => hyper::StatusCode::TOO_MANY_REQUESTS,
+                    _ => hyper::StatusCode::OK,
+                },
+                "{}",
+            );
+            if n == 2 {
+                resp.headers_mut()
+                    .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+            }
+            resp
+        }
+    });
+    let addr = rt
+        .block_on(event_trigger::http_server::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+        ))
+        .unwrap();
+    let w = Workload::generate(300, 30, 5);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &format!("http://{addr}/x"),
+        SEED_FILTER,
+    );
+    s.actions.webhook.retry_backoff_ms = 10;
+    s.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    let counts = run(&s, 2, &rt);
+    let expected = w.expected_us_page_views();
+    assert!(!expected.is_empty());
+    assert_eq!(counts.actions_ok, expected.len() as u64);
+    assert_eq!(counts.actions_failed, 0);
+    assert_eq!(counts.actions_retried, 2 * counts.actions_ok);
+    assert_eq!(
+        counts.dead_letters,
+        w.invalid_lines(),
+        "only invalid messages"
+    );
+    let calls = calls.lock().unwrap();
+    let mut keys: Vec<_> = calls.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, expected);
+    for (key, times) in calls.iter() {
+        assert_eq!(times.len(), 3, "{key}");
+        let waited = times[2] - times[1];
+        assert!(
+            waited >= Duration::from_millis(950),
+            "{key}: Retry-After honoured, waited {waited:?}"
+        );
+    }
+}
+
+/// A receiver that refuses a body (4xx other than 408 and 429) will refuse it again:
+/// no retry, the failure counted.
+#[test]
+fn webhook_answering_a_client_error_is_failed_at_once() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let count = hits.clone();
+    let handler = event_trigger::http_server::handler(move |_req| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async { event_trigger::http_server::reply(hyper::StatusCode::UNPROCESSABLE_ENTITY, "{}") }
     });
     let addr = rt
         .block_on(event_trigger::http_server::serve(
@@ -382,8 +511,10 @@ fn webhook_answering_errors_is_counted_as_failed() {
         "true",
     );
     let counts = run(&s, 1, &rt);
-    assert_eq!(counts.actions_failed, counts.passed);
     assert_eq!(counts.passed, w.lines.len() as u64 - w.invalid_lines());
+    assert_eq!(counts.actions_failed, counts.passed);
+    assert_eq!(counts.actions_retried, 0);
+    assert_eq!(hits.load(Ordering::Relaxed), counts.passed);
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! What happens to an event that passed the filter: a debug print, or a webhook call.
-//! Failures are logged and counted; the job goes on.
+//! Webhook calls that fail transiently are tried again with backoff; a delivery that
+//! still fails is logged, counted, and written to the dead-letter file if one is set;
+//! the job goes on.
 
 mod payload;
 mod webhook;
 
 pub use payload::Payload;
-pub use webhook::{WebhookClient, signature};
+pub use webhook::{Delivery, DeliveryError, WebhookClient, signature};
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -15,12 +17,14 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::config::ActionsSettings;
+use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, Time};
 use crate::operators::async_bridge::AsyncBridge;
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::operators::now_ms;
+use crate::retry::RetryPolicy;
 use crate::stats::Stats;
 
 /// The configured action, shared by the workers of a process.
@@ -30,6 +34,7 @@ pub enum Action {
     Webhook {
         client: WebhookClient,
         max_in_flight: usize,
+        dead_letters: Option<DeadLetters>,
     },
 }
 
@@ -42,19 +47,83 @@ impl Action {
         }
     }
 
-    pub fn from_settings(s: &ActionsSettings) -> Result<Action, String> {
+    pub fn from_settings(
+        s: &ActionsSettings,
+        dead_letters: Option<DeadLetters>,
+    ) -> Result<Action, String> {
         if s.debug.enabled {
             return Ok(Action::Debug);
         }
+        let ms = std::time::Duration::from_millis;
+        let retry = RetryPolicy {
+            retries: s.webhook.retry_attempts,
+            backoff: ms(s.webhook.retry_backoff_ms),
+            max_wait: ms(s.webhook.retry_max_wait_ms),
+        };
         let client = WebhookClient::new(
             &s.webhook.url,
-            std::time::Duration::from_millis(s.webhook.timeout_ms),
+            ms(s.webhook.timeout_ms),
             s.webhook.signing_secret()?,
+            retry,
         )?;
         Ok(Action::Webhook {
             client,
             max_in_flight: s.webhook.max_in_flight,
+            dead_letters,
         })
+    }
+}
+
+/// How a webhook action ended.
+struct Outcome {
+    retries: u32,
+    failure: Option<String>,
+    /// For a failure, with a dead-letter file: whether it was written.
+    dead_lettered: Option<Result<(), String>>,
+}
+
+/// Delivers `ev`; a delivery that fails for good goes to `dead_letters` (synced to disk
+/// before the action counts as done) with the body it would have sent.
+async fn deliver(
+    client: &WebhookClient,
+    ev: EnrichedEvent,
+    dead_letters: Option<DeadLetters>,
+) -> Outcome {
+    let body = match Payload::new(&ev, now_ms()).to_json() {
+        Ok(body) => bytes::Bytes::from(body),
+        Err(e) => {
+            return Outcome {
+                retries: 0,
+                failure: Some(format!("cannot serialize triggered event: {e}")),
+                dead_lettered: None,
+            };
+        }
+    };
+    let event_id = ev.event.event_id.clone();
+    drop(ev);
+    let delivery = client.deliver(body.clone(), event_id).await;
+    let Err(reason) = delivery.result else {
+        return Outcome {
+            retries: delivery.retries,
+            failure: None,
+            dead_lettered: None,
+        };
+    };
+    let dead_lettered = match dead_letters {
+        Some(dl) => {
+            let letter = DeadLetter::new(Kind::WebhookFailed, reason.clone(), &body, now_ms());
+            let written = tokio::task::spawn_blocking(move || dl.write(&[letter]))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            Some(written)
+        }
+        None => None,
+    };
+    Outcome {
+        retries: delivery.retries,
+        failure: Some(reason),
+        dead_lettered,
     }
 }
 
@@ -73,7 +142,7 @@ pub fn run_actions<'s>(
     let scope = triggered.scope();
     triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Actions", move |_cap, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let mut bridge: AsyncBridge<(Time, Result<(), String>)> = AsyncBridge::new(runtime, activator);
+        let mut bridge: AsyncBridge<(Time, Outcome)> = AsyncBridge::new(runtime, activator);
         let mut held = HeldTimes::default();
         // Events waiting for an in-flight slot; serialized only when sent.
         let mut queued: VecDeque<(Time, EnrichedEvent)> = VecDeque::new();
@@ -101,14 +170,20 @@ pub fn run_actions<'s>(
                     }
                 }
             });
-            if let Action::Webhook { client, max_in_flight } = &action {
-                for (time, result) in bridge.drain() {
-                    match result {
-                        Ok(()) => Stats::add(&stats.actions_ok, 1),
-                        Err(e) => {
+            if let Action::Webhook { client, max_in_flight, dead_letters } = &action {
+                for (time, outcome) in bridge.drain() {
+                    Stats::add(&stats.actions_retried, u64::from(outcome.retries));
+                    match outcome.failure {
+                        None => Stats::add(&stats.actions_ok, 1),
+                        Some(e) => {
                             Stats::add(&stats.actions_failed, 1);
+                            match outcome.dead_lettered {
+                                Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
+                                Some(Err(dl)) => tracing::error!("failed delivery not dead-lettered: {dl}"),
+                                None => {}
+                            }
                             if let Some(held_back) = fail_log.allow() {
-                                tracing::error!(held_back, "webhook call failed: {e}");
+                                tracing::error!(held_back, retries = outcome.retries, "webhook call failed: {e}");
                             }
                         }
                     }
@@ -117,17 +192,8 @@ pub fn run_actions<'s>(
                 while bridge.in_flight() < *max_in_flight {
                     let Some((time, ev)) = queued.pop_front() else { break };
                     let client = client.clone();
-                    bridge.spawn(async move {
-                        let now = now_ms();
-                        let body = Payload::new(&ev, now).to_json();
-                        let event_id = ev.event.event_id.clone();
-                        drop(ev);
-                        let result = match body {
-                            Ok(body) => client.post(body.into(), event_id, now).await,
-                            Err(e) => Err(format!("cannot serialize triggered event: {e}")),
-                        };
-                        (time, result)
-                    });
+                    let dead_letters = dead_letters.clone();
+                    bridge.spawn(async move { (time, deliver(&client, ev, dead_letters).await) });
                 }
                 backlog.set(queued.len());
             }

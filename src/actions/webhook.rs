@@ -4,6 +4,7 @@ use hmac::{KeyInit, Mac};
 
 use crate::config::Secret;
 use crate::model::Text;
+use crate::retry::{RetryPolicy, is_transient_status, retry_after};
 
 /// `sha256=<hex HMAC-SHA256 of body>`, the value of `X-Signature-256`.
 ///
@@ -22,16 +23,38 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// A delivery that did not succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryError {
+    pub reason: String,
+    /// Worth another try (connection, timeout, 408, 429, 5xx).
+    pub transient: bool,
+    pub retry_after: Option<Duration>,
+}
+
+/// How a delivery ended, and the tries it took after the first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub result: Result<(), String>,
+    pub retries: u32,
+}
+
 /// POSTs bodies to the webhook URL; one pooled client per process.
 #[derive(Clone)]
 pub struct WebhookClient {
     client: reqwest::Client,
     url: reqwest::Url,
     secret: Option<Secret>,
+    retry: RetryPolicy,
 }
 
 impl WebhookClient {
-    pub fn new(url: &str, timeout: Duration, secret: Option<Secret>) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        secret: Option<Secret>,
+        retry: RetryPolicy,
+    ) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("actions.webhook.url: {e}"))?;
         let client = crate::http_client::builder()
             .timeout(timeout)
@@ -41,17 +64,54 @@ impl WebhookClient {
             client,
             url,
             secret,
+            retry,
         })
     }
 
-    /// One delivery: `Ok` on a 2xx answer. The event id goes in `Idempotency-Key`, so a
-    /// receiver can drop the repeats an at-least-once job may send after a restart.
+    /// Delivers `body`, trying again after transient failures as the retry policy says.
+    pub async fn deliver(&self, body: bytes::Bytes, event_id: Option<Text>) -> Delivery {
+        let mut retries = 0;
+        loop {
+            match self
+                .post(body.clone(), event_id.clone(), crate::operators::now_ms())
+                .await
+            {
+                Ok(()) => {
+                    return Delivery {
+                        result: Ok(()),
+                        retries,
+                    };
+                }
+                Err(e) if e.transient && retries < self.retry.retries => {
+                    let wait = self.retry.wait(retries, e.retry_after, self.url.as_str());
+                    tracing::debug!(
+                        attempt = retries,
+                        ?wait,
+                        "webhook call will be retried: {}",
+                        e.reason
+                    );
+                    tokio::time::sleep(wait).await;
+                    retries += 1;
+                }
+                Err(e) => {
+                    return Delivery {
+                        result: Err(e.reason),
+                        retries,
+                    };
+                }
+            }
+        }
+    }
+
+    /// One try: `Ok` on a 2xx answer. The event id goes in `Idempotency-Key`, so a
+    /// receiver can drop the repeats of retries, and those an at-least-once job sends
+    /// after a restart.
     pub async fn post(
         &self,
         body: bytes::Bytes,
         event_id: Option<Text>,
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -66,20 +126,21 @@ impl WebhookClient {
                 signature(secret.expose().as_bytes(), &body),
             );
         }
-        let resp =
-            request.body(body).send().await.map_err(|e| {
-                format!("POST {}: {}", self.url, crate::http_client::error_chain(&e))
-            })?;
+        let resp = request.body(body).send().await.map_err(|e| DeliveryError {
+            reason: format!("POST {}: {}", self.url, crate::http_client::error_chain(&e)),
+            transient: true,
+            retry_after: None,
+        })?;
         let status = resp.status();
         if status.is_success() {
             tracing::debug!(status = status.as_u16(), "webhook delivered");
             Ok(())
         } else {
-            Err(format!(
-                "POST {} answered HTTP {}",
-                self.url,
-                status.as_u16()
-            ))
+            Err(DeliveryError {
+                reason: format!("POST {} answered HTTP {}", self.url, status.as_u16()),
+                transient: is_transient_status(status.as_u16()),
+                retry_after: retry_after(resp.headers()),
+            })
         }
     }
 }

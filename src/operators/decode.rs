@@ -7,18 +7,24 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
 use crate::model::{Time, UserEvent};
+use crate::operators::now_ms;
 use crate::stats::Stats;
 
 /// Decodes each message of `messages`; those over `max_bytes` are skipped unparsed.
+/// Invalid messages go to `dead_letters`, if given, as they were read.
 pub fn decode<'s>(
     messages: Stream<'s, Time, Vec<Vec<u8>>>,
     max_bytes: usize,
+    dead_letters: Option<DeadLetters>,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
     let mut limiter = LogLimiter::default();
+    let mut dead_log = LogLimiter::default();
     let mut decoder = crate::decode::Decoder::with_limit(max_bytes);
+    let mut letters = Vec::new();
     messages.unary(Pipeline, "Decode", move |_, _| {
         move |input, output| {
             // In arrival order (`for_each_stamp` sorts containers by time, unstably):
@@ -31,6 +37,15 @@ pub fn decode<'s>(
                         Ok(ev) => session.give(ev),
                         Err(e) => {
                             Stats::add(&stats.invalid, 1);
+                            if dead_letters.is_some() {
+                                let reason = format!("{}: {e}", e.reason());
+                                letters.push(DeadLetter::new(
+                                    Kind::InvalidMessage,
+                                    reason,
+                                    &msg,
+                                    now_ms(),
+                                ));
+                            }
                             if let Some(held_back) = limiter.allow() {
                                 let preview = String::from_utf8_lossy(&msg[..msg.len().min(120)]);
                                 tracing::warn!(
@@ -43,6 +58,24 @@ pub fn decode<'s>(
                     }
                 }
             });
+            // Once per activation: a sync per message would be a disk's pace.
+            if let Some(dl) = &dead_letters
+                && !letters.is_empty()
+            {
+                match dl.write(&letters) {
+                    Ok(()) => Stats::add(&stats.dead_letters, letters.len() as u64),
+                    Err(e) => {
+                        if let Some(held_back) = dead_log.allow() {
+                            tracing::error!(
+                                held_back,
+                                lost = letters.len(),
+                                "invalid messages not dead-lettered: {e}"
+                            );
+                        }
+                    }
+                }
+                letters.clear();
+            }
         }
     })
 }

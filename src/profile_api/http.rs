@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use super::{FetchError, ProfileSourceError};
 use crate::http_client::error_chain;
 use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+use crate::retry::{RetryPolicy, retry_after};
 
 /// What may stay unescaped in a path segment (RFC 3986 unreserved); everything else in a
 /// user id, `/`, `?`, `%` and non-ASCII included, is percent-encoded.
@@ -26,8 +27,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct HttpProfileApi {
     client: reqwest::Client,
     base: String,
-    retries: u32,
-    backoff: Duration,
+    retry: RetryPolicy,
 }
 
 impl HttpProfileApi {
@@ -39,17 +39,18 @@ impl HttpProfileApi {
         Ok(HttpProfileApi {
             client,
             base: base_url.trim_end_matches('/').to_string(),
-            retries: 0,
-            backoff: Duration::from_millis(100),
+            retry: RetryPolicy {
+                retries: 0,
+                backoff: Duration::from_millis(100),
+                max_wait: MAX_BACKOFF,
+            },
         })
     }
 
-    /// Tries a transiently failed request `retries` more times, waiting a random time up
-    /// to `backoff * 2^attempt` between tries (full jitter: clients that failed together
-    /// do not come back together), or what the API's `Retry-After` says.
+    /// Tries a transiently failed request `retries` more times (see `RetryPolicy`).
     pub fn with_retries(mut self, retries: u32, backoff: Duration) -> Self {
-        self.retries = retries;
-        self.backoff = backoff;
+        self.retry.retries = retries;
+        self.retry.backoff = backoff;
         self
     }
 
@@ -74,10 +75,8 @@ impl HttpProfileApi {
         let mut attempt = 0;
         loop {
             match self.get_once(&url).await {
-                Err((e, retry_after)) if attempt < self.retries && e.is_transient() => {
-                    let wait = retry_after
-                        .unwrap_or_else(|| jittered(self.backoff, attempt, &url))
-                        .min(MAX_BACKOFF);
+                Err((e, retry_after)) if attempt < self.retry.retries && e.is_transient() => {
+                    let wait = self.retry.wait(attempt, retry_after, &url);
                     tracing::debug!(%url, attempt, ?wait, "profile look-up will be retried: {e}");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -102,12 +101,7 @@ impl HttpProfileApi {
         let mut resp = self.client.get(url).send().await.map_err(request_err)?;
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(resp.headers());
             let e = FetchError::Status {
                 url: url.to_string(),
                 status: status.as_u16(),
@@ -143,36 +137,5 @@ impl HttpProfileApi {
             visit: visit?,
             history: history?.unwrap_or_default(),
         })
-    }
-}
-
-/// A random wait in `[0, backoff * 2^attempt]`.
-fn jittered(backoff: Duration, attempt: u32, url: &str) -> Duration {
-    let ceiling = backoff.saturating_mul(1 << attempt.min(16));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let r =
-        xxhash_rust::xxh3::xxh3_64_with_seed(url.as_bytes(), u64::from(nanos) ^ u64::from(attempt));
-    ceiling.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_stays_under_its_ceiling() {
-        let base = Duration::from_millis(100);
-        for attempt in 0..5 {
-            for _ in 0..50 {
-                let w = jittered(base, attempt, "http://x/users/u/profile");
-                assert!(w <= base * (1 << attempt), "{w:?} at {attempt}");
-            }
-        }
-        let spread: std::collections::HashSet<_> =
-            (0..50).map(|_| jittered(base, 3, "u")).collect();
-        assert!(spread.len() > 10, "jitter spreads the waits");
     }
 }

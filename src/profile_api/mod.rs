@@ -36,7 +36,7 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Request { .. } => true,
-            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
+            FetchError::Status { status, .. } => crate::retry::is_transient_status(*status),
             _ => false,
         }
     }
