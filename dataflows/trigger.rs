@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use timely::dataflow::ProbeHandle;
@@ -21,6 +21,7 @@ use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
 use crate::filter::{Filter, FilterLimits};
+use crate::metrics::WorkerMetrics;
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
@@ -280,9 +281,18 @@ pub fn run(
             )
             .probe_with(&probe);
         });
+        // Parked at most this long, so the metrics stay fresh while nothing happens.
+        const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+        let mut metrics = WorkerMetrics::new(worker.index());
+        let mut published = Instant::now();
         while !probe.done() {
-            worker.step_or_park(None);
+            worker.step_or_park(Some(PUBLISH_EVERY));
+            if published.elapsed() >= PUBLISH_EVERY {
+                metrics.publish(&stats);
+                published = Instant::now();
+            }
         }
+        metrics.publish(&stats);
         // Everything is done: the last offsets can be committed.
         if let Some(reader) = kafka.borrow_mut().as_mut() {
             reader.settle(&probe);

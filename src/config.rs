@@ -39,6 +39,55 @@ pub struct Settings {
     #[serde(alias = "flink")]
     pub engine: EngineSettings,
     pub dead_letter: DeadLetterSettings,
+    pub metrics: MetricsSettings,
+    pub logging: LoggingSettings,
+}
+
+/// Prometheus metrics and the progress line (see `crate::metrics`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsSettings {
+    /// `host:port` to serve `/metrics` on; unset: none. The shipped
+    /// `config/application.yml` sets 127.0.0.1:9898.
+    pub listen: Option<String>,
+    /// A progress line in the log this often; 0: none.
+    pub log_interval_s: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: None,
+            log_interval_s: 10,
+        }
+    }
+}
+
+impl MetricsSettings {
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        match self.listen.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(a) => a
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("`{a}` is not host:port ({e})")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoggingSettings {
+    /// `json`: one JSON object per line (tracing's JSON format), for log collectors.
+    pub format: LogFormat,
 }
 
 /// Where what the job cannot handle goes (see `crate::dead_letter`).
@@ -415,6 +464,9 @@ impl Settings {
 
     /// Checks between keys that serde cannot express.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Err(reason) = self.metrics.listen_addr() {
+            return Err(("metrics.listen", reason));
+        }
         if self.source.kind == SourceType::File && self.source.path.is_none() {
             return Err(("source.path", "required when source.type is file".into()));
         }
@@ -526,7 +578,10 @@ mod tests {
     fn unknown_key_fails_naming_it() {
         fails_naming("profile-api:\n  timeout-msx: 10\n", "timeout-msx");
         fails_naming("dead-letter:\n  paht: x\n", "paht");
-        fails_naming("actions:\n  webhook:\n    retry-attempts: -1\n", "retry-attempts");
+        fails_naming(
+            "actions:\n  webhook:\n    retry-attempts: -1\n",
+            "retry-attempts",
+        );
         fails_naming("engnie:\n  parallelism: 2\n", "engnie");
     }
 

@@ -30,13 +30,26 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every `reason`, in `reason_index` order.
+    pub const REASONS: [&'static str; 5] = [
+        "empty",
+        "not_utf8",
+        "bad_json",
+        "missing_field",
+        "too_large",
+    ];
+
     pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.reason_index()]
+    }
+
+    pub fn reason_index(&self) -> usize {
         match self {
-            DecodeError::Empty => "empty",
-            DecodeError::NotUtf8 => "not_utf8",
-            DecodeError::Json(_) => "bad_json",
-            DecodeError::MissingField(_) => "missing_field",
-            DecodeError::TooLarge(..) => "too_large",
+            DecodeError::Empty => 0,
+            DecodeError::NotUtf8 => 1,
+            DecodeError::Json(_) => 2,
+            DecodeError::MissingField(_) => 3,
+            DecodeError::TooLarge(..) => 4,
         }
     }
 }

@@ -34,6 +34,11 @@ pub enum KafkaSetupError {
 pub struct JobContext;
 
 impl rdkafka::ClientContext for JobContext {
+    /// Consumer lag per partition, for the metrics (`statistics.interval.ms`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::metrics::global().record_lag(&statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(p) => tracing::debug!(partition = p, "kafka: {reason}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use event_trigger::config::{Settings, SourceType};
+use event_trigger::config::{LogFormat, Settings, SourceType};
 use event_trigger::dataflows::trigger::{self, Prepared};
 use event_trigger::mock_api::MockApi;
 
@@ -92,17 +92,29 @@ struct RunArgs {
     help: Option<bool>,
 }
 
-fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+/// Logs to standard error, as text or as JSON lines (`logging.format`); `RUST_LOG`
+/// filters.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
         // Colours for a terminal only: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // `run` logs as its configuration says, once it is read.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Validate { config } => validate(&config),
@@ -156,10 +168,17 @@ fn timely_config(args: &RunArgs, parallelism: usize) -> anyhow::Result<timely::C
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = Settings::load(&args.config)?;
+    let settings = Settings::load(&args.config);
+    init_logging(
+        settings
+            .as_ref()
+            .map_or(LogFormat::Text, |s| s.logging.format),
+    );
+    let settings = settings?;
     let config = timely_config(&args, settings.engine.parallelism)?;
     let prepared = Prepared::new(&settings, args.bounded)?;
     let runtime = tokio_runtime()?;
+    serve_metrics(&settings, &runtime)?;
     prepared
         .stop
         .on_signals(
@@ -169,6 +188,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot install the stop signal handlers")?;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");
+    }
+    Ok(())
+}
+
+/// Serves `/metrics` if `metrics.listen` is set, and logs progress lines.
+fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if let Some(listen) = settings.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+        let addr = runtime
+            .block_on(event_trigger::metrics::serve(listen))
+            .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    if settings.metrics.log_interval_s > 0 {
+        runtime.spawn(event_trigger::metrics::log_progress(Duration::from_secs(
+            settings.metrics.log_interval_s,
+        )));
     }
     Ok(())
 }
@@ -307,6 +342,9 @@ fn demo(threads: usize) -> anyhow::Result<()> {
         "demo: filter is: {}",
         DEMO_FILTER.lines().last().unwrap_or_default()
     );
+    // Metrics on a port of the system's choice: a demo must not fail on a busy port.
+    settings.metrics.listen = Some("127.0.0.1:0".into());
+    serve_metrics(&settings, &runtime)?;
     let prepared = Prepared::new(&settings, true)?;
     let summary = trigger::run(
         prepared,

@@ -11,9 +11,19 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {
-        /// Counters of one worker.
+        /// Counters of one worker, and gauges of what it holds now (for the metrics;
+        /// not in the summary).
         #[derive(Debug, Default)]
-        pub struct Stats { $(#[doc = $doc] pub $name: Cell<u64>,)* }
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: Cell<u64>,)*
+            /// Invalid messages by `DecodeError::REASONS`.
+            pub invalid_by_reason: [Cell<u64>; crate::decode::DecodeError::REASONS.len()],
+            pub users: Cell<u64>,
+            pub lookups_in_flight: Cell<u64>,
+            pub lookup_backlog: Cell<u64>,
+            pub actions_in_flight: Cell<u64>,
+            pub action_backlog: Cell<u64>,
+        }
 
         /// Counters summed over workers.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +31,13 @@ macro_rules! counters {
 
         impl Stats {
             pub fn counts(&self) -> Counts { Counts { $($name: self.$name.get(),)* } }
+        }
+
+        impl Counts {
+            /// Each counter's name, description and value, in declaration order.
+            pub fn named(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc, self.$name),)*]
+            }
         }
 
         impl std::ops::AddAssign for Counts {

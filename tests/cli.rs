@@ -101,6 +101,30 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/events.jsonl"));
 }
 
+/// A metrics address that is not `host:port`, or a port taken, fails the start naming
+/// `metrics.listen`.
+#[test]
+fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    for (listen, needle) in [
+        ("nonsense", "not host:port"),
+        (busy.as_str(), "cannot listen"),
+    ] {
+        let out = Command::new(binary())
+            .args(["run", "--config", "config/application.yml"])
+            .env("EVENT_TRIGGER__METRICS__LISTEN", listen)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listen}: {err}");
+        assert!(
+            err.contains("metrics.listen") && err.contains(needle),
+            "{listen}: {err}"
+        );
+    }
+}
+
 #[test]
 fn two_processes_give_the_same_counts_as_one_worker() {
     let rt = runtime();

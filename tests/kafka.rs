@@ -1005,3 +1005,131 @@ fn a_checkpoint_saves_a_user_whose_look_up_hangs_and_a_restart_replays_it() {
         "final checkpoint",
     );
 }
+
+/// The sum of a metric's samples over its labels, in OpenMetrics text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue #5's metrics: scraped over HTTP from a running job, they agree with what the
+/// job did; the progress line comes as JSON when `logging.format` says so.
+#[test]
+fn metrics_are_served_and_agree_with_the_work_done() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _, topic) = loaded_workload(&rt, dir.path(), "metrics", (3000, 300, 19));
+    let group = fresh_group(&topic);
+    let receiver = Receiver::start(&rt);
+    let api = ProfileApi::start(&rt, w.behaviours());
+    let s = kafka_job(dir.path(), &topic, &group, &api.base_url(), &receiver.url());
+    let cfg = dir.path().join("metrics.yml");
+    let yaml = kafka_yaml(&s).replace(
+        "\nkafka:\n",
+        "\nkafka:\n  properties:\n    statistics.interval.ms: \"200\"\n",
+    ) + "  checkpoint-interval-ms: 200\nmetrics:\n  log-interval-s: 1\nlogging:\n  format: json\n";
+    std::fs::write(&cfg, yaml).unwrap();
+    let port = closed_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = start_run(
+        &cfg,
+        &["-w", "2"],
+        &[
+            ("EVENT_TRIGGER__METRICS__LISTEN", &listen),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let expected = w.expected_us_page_views().len() as f64;
+    let scrape = || {
+        rt.block_on(async {
+            let client = event_trigger::http_client::builder().build().ok()?;
+            let resp = client
+                .get(format!("http://{listen}/metrics"))
+                .send()
+                .await
+                .ok()?;
+            let ctype = resp
+                .headers()
+                .get("content-type")?
+                .to_str()
+                .ok()?
+                .to_string();
+            assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+            resp.text().await.ok()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        if let Some(text) = scrape()
+            && metric_sum(&text, "event_trigger_actions_ok_total") == expected
+            && metric_sum(&text, "event_trigger_checkpoints_completed_total") >= 1.0
+            && text.contains("event_trigger_kafka_consumer_lag{")
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never caught up: {:?}",
+            scrape()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = wait_ok(child);
+    let counts = summary_of(&out.stdout);
+
+    let sum = |name: &str| metric_sum(&text, name);
+    assert_eq!(sum("event_trigger_events_read_total"), w.lines.len() as f64);
+    assert_eq!(sum("event_trigger_invalid_total"), w.invalid_lines() as f64);
+    assert_eq!(
+        sum("event_trigger_invalid_by_reason_total"),
+        w.invalid_lines() as f64
+    );
+    assert!(
+        text.contains(r#"event_trigger_invalid_by_reason_total{worker="0",reason="bad_json"}"#)
+            || text
+                .contains(r#"event_trigger_invalid_by_reason_total{worker="1",reason="bad_json"}"#)
+    );
+    assert_eq!(sum("event_trigger_passed_total"), expected);
+    assert_eq!(
+        sum("event_trigger_state_users"),
+        w.distinct_valid_users() as f64
+    );
+    assert_eq!(
+        sum("event_trigger_fetched_total"),
+        w.distinct_valid_users() as f64
+    );
+    assert_eq!(
+        sum("event_trigger_lookup_seconds_count"),
+        w.distinct_valid_users() as f64
+    );
+    assert_eq!(sum("event_trigger_lookup_backlog_events"), 0.0);
+    assert_eq!(sum("event_trigger_kafka_consumer_lag"), 0.0, "all read");
+    assert!(sum("event_trigger_checkpoint_bytes") > 0.0);
+    assert!(text.contains(r#"event_trigger_events_read_total{worker="1"}"#));
+    // The summary of the run says the same.
+    assert_eq!(counts.events_read, w.lines.len() as u64);
+    assert_eq!(counts.actions_ok as f64, expected);
+
+    // Logs are JSON lines, progress lines among them, the last with every event read.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let progress: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .filter(|v| v["fields"]["message"] == "progress")
+        .collect();
+    assert!(!progress.is_empty(), "{stderr}");
+    assert!(
+        progress
+            .iter()
+            .any(|p| p["fields"]["events_read"] == w.lines.len() as u64),
+        "{progress:?}"
+    );
+}

@@ -196,6 +196,8 @@ pub fn run_actions<'s>(
                     bridge.spawn(async move { (time, deliver(&client, ev, dead_letters).await) });
                 }
                 backlog.set(queued.len());
+                stats.actions_in_flight.set(bridge.in_flight() as u64);
+                stats.action_backlog.set(queued.len() as u64);
             }
         }
     })

@@ -37,6 +37,7 @@ pub fn decode<'s>(
                         Ok(ev) => session.give(ev),
                         Err(e) => {
                             Stats::add(&stats.invalid, 1);
+                            Stats::add(&stats.invalid_by_reason[e.reason_index()], 1);
                             if dead_letters.is_some() {
                                 let reason = format!("{}: {e}", e.reason());
                                 letters.push(DeadLetter::new(

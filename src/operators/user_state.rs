@@ -635,6 +635,9 @@ pub fn user_state<'s>(
                     wake.activate();
                 }
                 backlog.set(m.held.len());
+                m.stats.users.set(m.store.len() as u64);
+                m.stats.lookups_in_flight.set(m.fetcher.in_flight() as u64);
+                m.stats.lookup_backlog.set(m.held.len() as u64);
             }
         },
     )

@@ -33,6 +33,15 @@ pub enum FetchError {
 impl FetchError {
     /// Worth trying again: the request did not get through, or the API said it is
     /// overloaded or broken for now. A 404 or a body of the wrong shape will not change.
+    /// For the metrics: `request`, `status` or `body`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Request { .. } => "request",
+            FetchError::Status { .. } => "status",
+            _ => "body",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Request { .. } => true,
@@ -129,7 +138,12 @@ impl Fetcher {
             Fetcher::Http { api, bridge } => {
                 let api = api.clone();
                 bridge.spawn(async move {
+                    let started = std::time::Instant::now();
                     let result = api.fetch(&user).await;
+                    crate::metrics::global().record_lookup(
+                        started.elapsed(),
+                        result.as_ref().err().map(FetchError::kind),
+                    );
                     (user, result)
                 });
             }

@@ -107,7 +107,12 @@ impl KafkaReader {
             StartFrom::Earliest => "earliest",
             StartFrom::Committed | StartFrom::Latest => "latest",
         };
-        let consumer: BaseConsumer<JobContext> = client_config(s)
+        let mut config = client_config(s);
+        if !s.properties.contains_key("statistics.interval.ms") {
+            // Consumer lag for the metrics, from librdkafka's statistics.
+            config.set("statistics.interval.ms", "5000");
+        }
+        let consumer: BaseConsumer<JobContext> = config
             .set("group.id", &s.consumer_group_id)
             .set("client.id", format!("event-trigger-worker-{index}"))
             .set("enable.auto.commit", "false")
@@ -334,6 +339,12 @@ impl KafkaReader {
             c.to_complete.pop_front();
             match manifest::complete(&c.cfg, epoch, c.peers) {
                 Ok(m) => {
+                    crate::metrics::global().record_checkpoint(
+                        epoch,
+                        Duration::from_millis(now_ms().saturating_sub(epoch)),
+                        m.users(),
+                        m.bytes(),
+                    );
                     tracing::info!(
                         epoch,
                         // From the epoch to its manifest: parts written, actions done.

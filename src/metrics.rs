@@ -1,0 +1,479 @@
+//! Prometheus metrics, served on `metrics.listen` at `/metrics` (OpenMetrics text).
+//!
+//! Workers count in plain `Cell`s (`Stats`, no atomics on the hot path) and publish the
+//! increments into the process's registry about once a second (`WorkerMetrics`); the
+//! rest (look-up latency, checkpoints, consumer lag) is recorded where it happens, off
+//! the hot path, into the process-wide `Metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::stats::{Counts, Stats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub worker: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+/// The metrics of this process.
+pub struct Metrics {
+    registry: Registry,
+    /// One family per summary counter, labelled by worker.
+    counters: Vec<(&'static str, Family<WorkerLabel, Counter>)>,
+    invalid_by_reason: Family<ReasonLabel, Counter>,
+    users: Family<WorkerLabel, Gauge>,
+    lookups_in_flight: Family<WorkerLabel, Gauge>,
+    lookups_waiting: Family<WorkerLabel, Gauge>,
+    actions_in_flight: Family<WorkerLabel, Gauge>,
+    actions_waiting: Family<WorkerLabel, Gauge>,
+    /// Seconds per Profile API look-up (three requests, retries included).
+    pub lookup_seconds: Histogram,
+    pub lookup_errors: Family<KindLabel, Counter>,
+    pub checkpoints_completed: Counter,
+    /// From a checkpoint's epoch to its manifest, of the last one completed.
+    pub checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub checkpoint_bytes: Gauge,
+    pub checkpoint_users: Gauge,
+    pub checkpoint_epoch_ms: Gauge,
+    pub consumer_lag: Family<PartitionLabel, Gauge>,
+    /// Sums over the workers of this process, for the progress line.
+    totals: Totals,
+    lags: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+}
+
+/// Process totals of the summary counters.
+struct Totals(Vec<(&'static str, std::sync::atomic::AtomicU64)>);
+
+impl Totals {
+    fn add(&self, name: &str, n: u64) {
+        if let Some((_, v)) = self.0.iter().find(|(k, _)| *k == name) {
+            v.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(0, |(_, v)| v.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The process's metrics (one registry per process, as Prometheus scrapes processes).
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("event_trigger");
+        let counters = Counts::default()
+            .named()
+            .into_iter()
+            .map(|(name, help, _)| {
+                let family = Family::<WorkerLabel, Counter>::default();
+                registry.register(name, help, family.clone());
+                (name, family)
+            })
+            .collect();
+        let invalid_by_reason = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "invalid_by_reason",
+            "messages skipped as invalid, by reason",
+            invalid_by_reason.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Family::<WorkerLabel, Gauge>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let users = gauge(&mut registry, "state_users", "users in state");
+        let lookups_in_flight = gauge(
+            &mut registry,
+            "lookups_in_flight",
+            "Profile API look-ups under way",
+        );
+        let lookups_waiting = gauge(
+            &mut registry,
+            "lookup_backlog_events",
+            "events waiting for their user's look-up (or a restore, or a snapshot)",
+        );
+        let actions_in_flight = gauge(
+            &mut registry,
+            "actions_in_flight",
+            "webhook calls under way, retries included",
+        );
+        let actions_waiting = gauge(
+            &mut registry,
+            "action_backlog_events",
+            "events waiting for a webhook slot",
+        );
+        let lookup_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "lookup_seconds",
+            "Profile API look-up latency (three requests, retries included)",
+            lookup_seconds.clone(),
+        );
+        let lookup_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "lookup_errors",
+            "failed look-ups by kind (request, status, body)",
+            lookup_errors.clone(),
+        );
+        let checkpoints_completed = Counter::default();
+        registry.register(
+            "checkpoints_completed",
+            "checkpoints completed (manifest written)",
+            checkpoints_completed.clone(),
+        );
+        let checkpoint_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "checkpoint_duration_seconds",
+            "last checkpoint: from its epoch to its manifest",
+            checkpoint_seconds.clone(),
+        );
+        let checkpoint_bytes = Gauge::default();
+        registry.register(
+            "checkpoint_bytes",
+            "last checkpoint: size of its state parts",
+            checkpoint_bytes.clone(),
+        );
+        let checkpoint_users = Gauge::default();
+        registry.register(
+            "checkpoint_users",
+            "last checkpoint: users it holds",
+            checkpoint_users.clone(),
+        );
+        let checkpoint_epoch_ms = Gauge::default();
+        registry.register(
+            "checkpoint_epoch_ms",
+            "last checkpoint: its epoch (ms since the epoch)",
+            checkpoint_epoch_ms.clone(),
+        );
+        let consumer_lag = Family::<PartitionLabel, Gauge>::default();
+        registry.register(
+            "kafka_consumer_lag",
+            "messages behind the partition's end (librdkafka statistics)",
+            consumer_lag.clone(),
+        );
+        Metrics {
+            registry,
+            counters,
+            invalid_by_reason,
+            users,
+            lookups_in_flight,
+            lookups_waiting,
+            actions_in_flight,
+            actions_waiting,
+            lookup_seconds,
+            lookup_errors,
+            checkpoints_completed,
+            checkpoint_seconds,
+            checkpoint_bytes,
+            checkpoint_users,
+            checkpoint_epoch_ms,
+            consumer_lag,
+            totals: Totals(
+                Counts::default()
+                    .named()
+                    .into_iter()
+                    .map(|(name, _, _)| (name, Default::default()))
+                    .collect(),
+            ),
+            lags: Default::default(),
+        }
+    }
+
+    /// The process's totals so far and the consumer lag, for the progress line.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            events_read: self.totals.get("events_read"),
+            invalid: self.totals.get("invalid"),
+            passed: self.totals.get("passed"),
+            actions_ok: self.totals.get("actions_ok"),
+            actions_failed: self.totals.get("actions_failed"),
+            fetch_errors: self.totals.get("fetch_errors"),
+            script_errors: self.totals.get("script_errors"),
+            lag: self
+                .lags
+                .lock()
+                .map(|l| l.values().sum())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn record_lookup(&self, took: Duration, error_kind: Option<&str>) {
+        self.lookup_seconds.observe(took.as_secs_f64());
+        if let Some(kind) = error_kind {
+            self.lookup_errors
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc();
+        }
+    }
+
+    pub fn record_checkpoint(&self, epoch: u64, took: Duration, users: u64, bytes: u64) {
+        self.checkpoints_completed.inc();
+        self.checkpoint_seconds.set(took.as_secs_f64());
+        self.checkpoint_users.set(users as i64);
+        self.checkpoint_bytes.set(bytes as i64);
+        self.checkpoint_epoch_ms.set(epoch as i64);
+    }
+
+    /// librdkafka's statistics: the lag of each partition this client consumes.
+    pub fn record_lag(&self, stats: &rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    let label = PartitionLabel {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    };
+                    self.consumer_lag.get_or_create(&label).set(p.consumer_lag);
+                    if let Ok(mut lags) = self.lags.lock() {
+                        lags.insert((topic.clone(), *partition), p.consumer_lag);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a worker publishes; it keeps what it published last, to add the difference.
+pub struct WorkerMetrics {
+    label: WorkerLabel,
+    last: Counts,
+    last_invalid: Vec<u64>,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: usize) -> WorkerMetrics {
+        WorkerMetrics {
+            label: WorkerLabel {
+                worker: worker.to_string(),
+            },
+            last: Counts::default(),
+            last_invalid: vec![0; crate::decode::DecodeError::REASONS.len()],
+        }
+    }
+
+    /// Adds what `stats` counted since the last call, and sets the gauges.
+    pub fn publish(&mut self, stats: &Stats) {
+        let m = global();
+        let now = stats.counts();
+        // `counters` was built from `named()`: the same fields in the same order.
+        for ((name, family), ((_, _, new), (_, _, old))) in m
+            .counters
+            .iter()
+            .zip(now.named().into_iter().zip(self.last.named()))
+        {
+            // Also when 0: the series exists from the start, for dashboards.
+            family
+                .get_or_create(&self.label)
+                .inc_by(new.saturating_sub(old));
+            m.totals.add(name, new.saturating_sub(old));
+        }
+        self.last = now;
+        for (i, reason) in crate::decode::DecodeError::REASONS.iter().enumerate() {
+            let n = stats.invalid_by_reason[i].get();
+            if n > self.last_invalid[i] {
+                m.invalid_by_reason
+                    .get_or_create(&ReasonLabel {
+                        worker: self.label.worker.clone(),
+                        reason: (*reason).to_string(),
+                    })
+                    .inc_by(n - self.last_invalid[i]);
+                self.last_invalid[i] = n;
+            }
+        }
+        let set = |family: &Family<WorkerLabel, Gauge>, v: u64| {
+            family.get_or_create(&self.label).set(v as i64);
+        };
+        set(&m.users, stats.users.get());
+        set(&m.lookups_in_flight, stats.lookups_in_flight.get());
+        set(&m.lookups_waiting, stats.lookup_backlog.get());
+        set(&m.actions_in_flight, stats.actions_in_flight.get());
+        set(&m.actions_waiting, stats.action_backlog.get());
+    }
+}
+
+/// What the progress line reports: totals of this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub events_read: u64,
+    pub invalid: u64,
+    pub passed: u64,
+    pub actions_ok: u64,
+    pub actions_failed: u64,
+    pub fetch_errors: u64,
+    pub script_errors: u64,
+    pub lag: i64,
+}
+
+/// Logs a line every `every`: the totals and the rate of events since the last line.
+pub async fn log_progress(every: Duration) {
+    let mut last = global().progress();
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let now = global().progress();
+        let rate = (now.events_read - last.events_read) as f64 / every.as_secs_f64();
+        tracing::info!(
+            events_per_s = rate.round() as u64,
+            events_read = now.events_read,
+            lag = now.lag,
+            passed = now.passed,
+            actions_ok = now.actions_ok,
+            actions_failed = now.actions_failed,
+            invalid = now.invalid,
+            fetch_errors = now.fetch_errors,
+            script_errors = now.script_errors,
+            "progress"
+        );
+        last = now;
+    }
+}
+
+/// Serves `/metrics` on `listen`; returns the address bound.
+pub async fn serve(listen: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+    let handler = crate::http_server::handler(|req| async move {
+        if req.uri().path() != "/metrics" {
+            return crate::http_server::reply(hyper::StatusCode::NOT_FOUND, "see /metrics\n");
+        }
+        let mut resp = crate::http_server::reply(hyper::StatusCode::OK, global().encode());
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        resp
+    });
+    crate::http_server::serve(listen, handler).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric names the registry declares (`# TYPE <name> <type>`), each family given
+    /// a series first (one without any is not written at all).
+    fn declared() -> std::collections::BTreeSet<String> {
+        let m = global();
+        m.record_lookup(Duration::from_millis(3), Some("request"));
+        m.consumer_lag
+            .get_or_create(&PartitionLabel {
+                topic: "t".into(),
+                partition: "0".into(),
+            })
+            .set(0);
+        let stats = Stats::default();
+        Stats::add(&stats.invalid_by_reason[0], 1);
+        WorkerMetrics::new(98).publish(&stats);
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_publishes_what_it_counted_since_its_last_publish() {
+        let stats = Stats::default();
+        let mut w = WorkerMetrics::new(97);
+        Stats::add(&stats.events_read, 5);
+        Stats::add(&stats.invalid_by_reason[2], 1);
+        stats.users.set(3);
+        w.publish(&stats);
+        Stats::add(&stats.events_read, 2);
+        w.publish(&stats);
+        let text = global().encode();
+        assert!(
+            text.contains("event_trigger_events_read_total{worker=\"97\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "event_trigger_invalid_by_reason_total{worker=\"97\",reason=\"bad_json\"} 1\n"
+        ));
+        assert!(text.contains("event_trigger_state_users{worker=\"97\"} 3\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Catches a dashboard that drifted from the metrics: every metric its queries name
+    /// must be one the job declares.
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_the_job_exports() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/grafana/event-trigger.json"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let declared = declared();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for (at, _) in expr.match_indices("event_trigger_") {
+                    let name: String = expr[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let base = ["_total", "_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    assert!(
+                        declared.contains(base),
+                        "{name} (panel {}) is not a metric of the job: {declared:?}",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried > 20, "{queried}");
+        // And every summary counter is on the dashboard.
+        let text = std::fs::read_to_string(path).unwrap();
+        for (name, _, _) in Counts::default().named() {
+            assert!(
+                text.contains(&format!("event_trigger_{name}_total")),
+                "{name} is not on the dashboard"
+            );
+        }
+    }
+}
