@@ -172,6 +172,9 @@ pub struct ProfileApiSettings {
     /// After a failed look-up (empty checkpoint), the user's first event this long
     /// after looks it up again.
     pub min_refetch_interval_ms: u64,
+    /// Requests to the API per second from this process, retries included (a look-up
+    /// is three); 0: no limit beyond `max-in-flight`.
+    pub max_requests_per_second: u32,
 }
 
 impl Default for ProfileApiSettings {
@@ -183,6 +186,7 @@ impl Default for ProfileApiSettings {
             retry_attempts: 3,
             retry_backoff_ms: 100,
             min_refetch_interval_ms: 60_000,
+            max_requests_per_second: 0,
         }
     }
 }

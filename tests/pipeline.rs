@@ -764,3 +764,57 @@ fn after_a_failed_look_up_the_user_is_looked_up_again_once_the_interval_passed()
     assert_eq!(api.lookups()["u"], 1);
     assert_eq!(counts.passed, 0);
 }
+
+/// `profile-api.max-requests-per-second`, measured from the API's side: no second holds
+/// more requests than the rate and its burst (a tenth of it), and nothing is dropped:
+/// the events of users waiting for the limiter wait with them.
+#[test]
+fn profile_api_requests_are_held_to_the_rate_limit() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(1200, 200, 21);
+    let events = w.write_events(dir.path());
+    let api = ProfileApi::start(&rt, w.behaviours());
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    let rate = 300;
+    s.profile_api.max_requests_per_second = rate;
+    let counts = run(&s, 2, &rt);
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, w.expected_us_page_views(), "nothing dropped");
+
+    let times: Vec<Instant> = api.requests.lock().unwrap().iter().map(|r| r.2).collect();
+    assert_eq!(times.len() as u64, 3 * counts.fetched);
+    let most_in_a_second = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let allowed = (rate + rate / 10) as usize;
+    // Requests let go on time reach the server a little bunched (scheduling): 2% slack.
+    assert!(
+        most_in_a_second <= allowed + allowed / 50,
+        "{most_in_a_second} requests in a second, limit {rate}/s"
+    );
+    let first = times.iter().min().unwrap();
+    let last = times.iter().max().unwrap();
+    let least = Duration::from_secs_f64((times.len() - allowed) as f64 / rate as f64);
+    assert!(
+        *last - *first >= least,
+        "{} requests in {:?}, at {rate}/s they take at least {least:?}",
+        times.len(),
+        *last - *first
+    );
+}

@@ -1,5 +1,9 @@
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
@@ -28,6 +32,8 @@ pub struct HttpProfileApi {
     client: reqwest::Client,
     base: String,
     retry: RetryPolicy,
+    /// Shared by the workers of the process: the API's limit is the process's.
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl HttpProfileApi {
@@ -44,6 +50,7 @@ impl HttpProfileApi {
                 backoff: Duration::from_millis(100),
                 max_wait: MAX_BACKOFF,
             },
+            limiter: None,
         })
     }
 
@@ -51,6 +58,18 @@ impl HttpProfileApi {
     pub fn with_retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.retry.retries = retries;
         self.retry.backoff = backoff;
+        self
+    }
+
+    /// At most `per_second` requests a second, tries included, spread out: the burst
+    /// allowed is a tenth of a second's worth.
+    pub fn with_rate_limit(mut self, per_second: u32) -> Self {
+        self.limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(per_second / 10).unwrap_or(NonZeroU32::MIN);
+            Arc::new(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
         self
     }
 
@@ -98,6 +117,11 @@ impl HttpProfileApi {
             };
             (e, None)
         };
+        if let Some(limiter) = &self.limiter {
+            // Waits on the runtime, not the worker: the look-up stays in flight, and its
+            // user's events wait behind it (and the source behind them).
+            limiter.until_ready().await;
+        }
         let mut resp = self.client.get(url).send().await.map_err(request_err)?;
         let status = resp.status();
         if !status.is_success() {

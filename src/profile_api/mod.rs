@@ -94,7 +94,8 @@ impl ProfileSource {
             return Ok(ProfileSource::Snapshot(Arc::new(snapshot)));
         }
         let api = HttpProfileApi::new(&s.base_url, Duration::from_millis(s.timeout_ms))?
-            .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms));
+            .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms))
+            .with_rate_limit(s.max_requests_per_second);
         Ok(ProfileSource::Http(api))
     }
 }
