@@ -31,8 +31,9 @@ use crate::profile_api::ProfileSource;
 use crate::shutdown::StopFlag;
 use crate::sources::file::file_source;
 use crate::sources::kafka::{
-    Finished, KafkaReader, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
+    Finished, KafkaReader, Plan, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
 };
+use crate::sources::replay::ReplayFrom;
 use crate::state::Backend;
 use crate::stats::{Counts, Stats, Summary};
 
@@ -52,6 +53,10 @@ pub enum Input {
         settings: KafkaSettings,
         partitions: i32,
         bounded: bool,
+        /// Where a replay starts (`run --from-offset/--from-timestamp`).
+        replay: Option<ReplayFrom>,
+        /// Offsets go to the consumer group (not in a dry run).
+        commit: bool,
     },
 }
 
@@ -118,6 +123,8 @@ impl Prepared {
                     settings: settings.kafka.clone(),
                     partitions,
                     bounded,
+                    replay: None,
+                    commit: true,
                 }
             }
         };
@@ -186,6 +193,37 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Makes this run a replay from `from`, with state starting empty (the checkpoint is
+    /// not restored: its state is later than the replay's start); a `dry_run` prints
+    /// what would be triggered instead of acting, and writes nothing: no checkpoint, no
+    /// group offsets, no dead letters.
+    pub fn replay(&mut self, from: Option<ReplayFrom>, dry_run: bool) -> anyhow::Result<()> {
+        let Input::Kafka { replay, commit, .. } = &mut self.input else {
+            bail!("--from-offset, --from-timestamp and --dry-run read a Kafka source");
+        };
+        if let Some(from) = from {
+            if let Some(r) = self.restore.take() {
+                tracing::info!(
+                    epoch = r.manifest.epoch,
+                    "replay: checkpoint not restored, state starts empty"
+                );
+            }
+            *replay = Some(from);
+        }
+        if dry_run {
+            *commit = false;
+            self.checkpoints = None;
+            self.dead_letters = None;
+            self.action = Action::Debug;
+            tracing::info!(
+                "dry run: triggered events are printed, nothing is acted on or committed"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs the job to the end of its input (forever for an unbounded Kafka source) on the cluster `config` describes. Returns the
 /// summary, summed over all workers, in the process that hosts worker 0.
 pub fn run(
@@ -206,6 +244,8 @@ pub fn run(
                 settings,
                 partitions,
                 bounded,
+                replay,
+                commit,
             } => Some(
                 KafkaReader::open(
                     settings,
@@ -213,7 +253,11 @@ pub fn run(
                     worker.index(),
                     worker.peers(),
                     *bounded,
-                    p.restore.as_ref().map(|r| &r.manifest.offsets),
+                    Plan {
+                        restore: p.restore.as_ref().map(|r| &r.manifest.offsets),
+                        replay: replay.as_ref(),
+                        commit: *commit,
+                    },
                     p.checkpoints
                         .clone()
                         .map(|c| SourceCheckpoints::new(c, worker.index(), worker.peers())),

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use event_trigger::config::{LogFormat, Settings, SourceType};
 use event_trigger::dataflows::trigger::{self, Prepared};
 use event_trigger::mock_api::MockApi;
+use event_trigger::sources::replay::ReplayFrom;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -76,6 +77,18 @@ struct RunArgs {
     /// the summary and exit (for backfills, tests and benchmarks).
     #[arg(long)]
     bounded: bool,
+    /// Kafka: replay from these offsets, `PARTITION:OFFSET[,...]` (other partitions start
+    /// as configured); state starts empty.
+    #[arg(long, value_name = "P:O,...", conflicts_with = "from_timestamp")]
+    from_offset: Option<String>,
+    /// Kafka: replay from the first message at or after this time (ms since the epoch,
+    /// or RFC 3339); state starts empty.
+    #[arg(long, value_name = "TIME")]
+    from_timestamp: Option<String>,
+    /// Print what would be triggered instead of acting; commit no offsets, write no
+    /// checkpoint (to try a filter on old traffic).
+    #[arg(long)]
+    dry_run: bool,
     /// Worker threads per process (default: engine.parallelism).
     #[arg(short = 'w', long = "threads")]
     threads: Option<usize>,
@@ -176,7 +189,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let settings = settings?;
     let config = timely_config(&args, settings.engine.parallelism)?;
-    let prepared = Prepared::new(&settings, args.bounded)?;
+    let mut prepared = Prepared::new(&settings, args.bounded)?;
+    let from = match (&args.from_offset, &args.from_timestamp) {
+        (Some(o), _) => Some(ReplayFrom::parse_offsets(o)?),
+        (None, Some(t)) => Some(ReplayFrom::parse_timestamp(t)?),
+        (None, None) => None,
+    };
+    if from.is_some() || args.dry_run {
+        prepared.replay(from, args.dry_run)?;
+    }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
     prepared

@@ -1133,3 +1133,109 @@ fn metrics_are_served_and_agree_with_the_work_done() {
         "{progress:?}"
     );
 }
+
+/// Issue #5's replay: `--from-timestamp` re-triggers exactly the events produced from
+/// that time on, `--from-offset` exactly those from those offsets, and `--dry-run`
+/// prints what it would trigger and changes nothing (no webhook, no commit, no
+/// checkpoint).
+#[test]
+fn replays_re_trigger_exactly_the_events_from_their_start() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(2000, 200, 23);
+    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
+    let topic = unique("replay");
+    let (early, late) = w.lines.split_at(1000);
+    load_topic(&rt, &topic, 4, early);
+    std::thread::sleep(Duration::from_millis(1500));
+    let from_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 200;
+    load_topic_more(&topic, late);
+    let passing = |lines: &[String]| {
+        Workload {
+            lines: lines.to_vec(),
+            users: w.users.clone(),
+        }
+        .expected_us_page_views()
+    };
+    let positions = event_positions(&topic, w.lines.len());
+    let group = fresh_group(&topic);
+    let receiver = Receiver::start(&rt);
+    let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
+    let cfg = dir.path().join("replay.yml");
+    std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
+    let new_deliveries = |since: usize| {
+        let mut ids = receiver.event_ids()[since..].to_vec();
+        ids.sort();
+        ids
+    };
+
+    // The whole topic once.
+    wait_ok(start_run(&cfg, &["--bounded", "-w", "2"], &[]));
+    assert_eq!(new_deliveries(0), w.expected_us_page_views());
+
+    // From a time: the late batch again, nothing of the early one.
+    let before = receiver.received();
+    let at = from_time.to_string();
+    wait_ok(start_run(
+        &cfg,
+        &["--bounded", "--from-timestamp", &at],
+        &[],
+    ));
+    assert_eq!(new_deliveries(before), passing(late), "--from-timestamp");
+
+    // From offsets: partition 0 from offset 10; the others go on from the group's
+    // offsets (their end).
+    let before = receiver.received();
+    wait_ok(start_run(
+        &cfg,
+        &["--bounded", "--from-offset", "0:10"],
+        &[],
+    ));
+    let mut want: Vec<String> = w
+        .expected_us_page_views()
+        .into_iter()
+        .filter(|id| positions[id].0 == 0 && positions[id].1 >= 10)
+        .collect();
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(new_deliveries(before), want, "--from-offset");
+
+    // A dry run of partition 1: printed, not delivered, nothing committed or checkpointed.
+    let before = receiver.received();
+    let committed = committed_total(&topic, &group, 4);
+    let epoch = latest_checkpoint(&s).manifest.epoch;
+    let out = wait_ok(start_run(
+        &cfg,
+        &["--bounded", "--dry-run", "--from-offset", "1:0"],
+        &[("RUST_LOG", "info")],
+    ));
+    assert_eq!(receiver.received(), before, "a dry run calls no webhook");
+    let printed = String::from_utf8_lossy(&out.stderr);
+    let want: Vec<String> = w
+        .expected_us_page_views()
+        .into_iter()
+        .filter(|id| positions[id].0 == 1)
+        .collect();
+    assert_eq!(
+        printed.matches("triggered:").count(),
+        want.len(),
+        "{printed}"
+    );
+    for id in &want {
+        assert!(printed.contains(&format!("\"{id}\"")), "{id} not printed");
+    }
+    assert_eq!(committed_total(&topic, &group, 4), committed);
+    assert_eq!(latest_checkpoint(&s).manifest.epoch, epoch);
+}
+
+/// Adds `lines` to an existing topic.
+fn load_topic_more(topic: &str, lines: &[String]) {
+    let s = kafka_settings(topic, "loader");
+    let input = lines.join("\n");
+    let done = event_trigger::kafka::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
+    assert_eq!(done.messages, lines.len() as u64);
+}

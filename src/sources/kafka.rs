@@ -36,6 +36,7 @@ use crate::model::Time;
 use crate::operators::backpressure::Gate;
 use crate::operators::now_ms;
 use crate::shutdown::StopFlag;
+use crate::sources::replay::ReplayFrom;
 
 /// Messages per activation at most, and how long one activation may read.
 const BATCH: usize = 4096;
@@ -88,7 +89,20 @@ pub struct KafkaReader {
     positions: BTreeMap<i32, i64>,
     checkpoints: Option<SourceCheckpoints>,
     last_commit: Instant,
+    /// Offsets go to the consumer group (not in a dry run).
+    commit: bool,
     errors: LogLimiter,
+}
+
+/// Where a reader starts, over its configured `start-from`, and whether it commits.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan<'a> {
+    /// The offsets of the checkpoint restored.
+    pub restore: Option<&'a BTreeMap<i32, i64>>,
+    /// A replay's start, over both.
+    pub replay: Option<&'a ReplayFrom>,
+    /// Offsets go to the consumer group (not in a dry run).
+    pub commit: bool,
 }
 
 impl KafkaReader {
@@ -100,9 +114,10 @@ impl KafkaReader {
         index: usize,
         peers: usize,
         bounded: bool,
-        restore: Option<&BTreeMap<i32, i64>>,
+        plan: Plan<'_>,
         checkpoints: Option<SourceCheckpoints>,
     ) -> Result<KafkaReader, KafkaError> {
+        let restore = plan.restore;
         let reset = match s.start_from {
             StartFrom::Earliest => "earliest",
             StartFrom::Committed | StartFrom::Latest => "latest",
@@ -160,6 +175,36 @@ impl KafkaReader {
                 positions.insert(p, o);
             }
         }
+        match plan.replay {
+            Some(ReplayFrom::Offsets(offsets)) => {
+                for &p in &partitions {
+                    if let Some(&o) = offsets.get(&p) {
+                        tpl.set_partition_offset(&s.topic, p, Offset::Offset(o))?;
+                    }
+                }
+            }
+            Some(ReplayFrom::Timestamp(ms)) if !partitions.is_empty() => {
+                let mut times = TopicPartitionList::new();
+                for &p in &partitions {
+                    times.add_partition_offset(&s.topic, p, Offset::Offset(*ms))?;
+                }
+                let found = consumer
+                    .offsets_for_times(times, Duration::from_millis(s.connect_timeout_ms))?;
+                for e in found.elements() {
+                    // `End` where no message is that recent.
+                    tpl.set_partition_offset(&s.topic, e.partition(), e.offset())?;
+                }
+            }
+            _ => {}
+        }
+        if plan.replay.is_some() {
+            let from: Vec<_> = tpl
+                .elements()
+                .iter()
+                .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                .collect();
+            tracing::info!(worker = index, ?from, "replay: reading from");
+        }
         consumer.assign(&tpl)?;
         if partitions.is_empty() {
             tracing::warn!(
@@ -185,6 +230,7 @@ impl KafkaReader {
             positions,
             checkpoints,
             last_commit: Instant::now(),
+            commit: plan.commit,
             errors: LogLimiter::default(),
         })
     }
@@ -256,6 +302,9 @@ impl KafkaReader {
     /// Commits what `settle` found done (asynchronously while running, synchronously
     /// at the end).
     pub fn commit(&mut self, mode: CommitMode) {
+        if !self.commit {
+            self.done.clear();
+        }
         if self.done.is_empty() {
             return;
         }
