@@ -20,6 +20,7 @@ use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
+use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::{Filter, FilterLimits};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
@@ -70,6 +71,8 @@ pub struct Prepared {
     pub script: String,
     pub script_origin: String,
     pub limits: FilterLimits,
+    /// Later versions of the script (hot reload), published by `filter::reload::watch`.
+    pub filter_versions: FilterVersions,
     pub state: UserStateConfig,
     /// Checkpoints to take (Kafka sources only: a file is read whole each run).
     pub checkpoints: Option<CheckpointConfig>,
@@ -181,6 +184,7 @@ impl Prepared {
             script,
             script_origin,
             limits,
+            filter_versions: FilterVersions::default(),
             state: UserStateConfig {
                 ttl_ms: settings.engine.state_ttl_ms(),
                 max_history: settings.state.max_history,
@@ -238,6 +242,12 @@ pub fn run(
         let p = prepared.clone();
         let filter =
             Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
+        let filters = Filters::new(
+            filter,
+            p.filter_versions.clone(),
+            p.script_origin.clone(),
+            p.limits.clone(),
+        );
         let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
         let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
             Input::Kafka {
@@ -311,7 +321,7 @@ pub fn run(
                 p.checkpoints.clone().map(|c| (c, ending)),
                 &p.profiles,
                 runtime.clone(),
-                filter,
+                filters,
                 store,
                 lookups,
                 stats.clone(),

@@ -197,6 +197,9 @@ pub struct FilterSettings {
     pub script_path: PathBuf,
     /// rhai operations one evaluation may take before it is stopped (and rejected).
     pub max_operations: u64,
+    /// `run` reads the script again this often and switches to it if it changed and
+    /// compiles (also on SIGHUP); 0: never.
+    pub reload_interval_ms: u64,
 }
 
 impl Default for FilterSettings {
@@ -204,6 +207,7 @@ impl Default for FilterSettings {
         FilterSettings {
             script_path: "scripts/filter.rhai".into(),
             max_operations: 100_000,
+            reload_interval_ms: 1000,
         }
     }
 }

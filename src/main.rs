@@ -200,6 +200,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
+    if settings.filter.reload_interval_ms > 0 {
+        runtime.spawn(event_trigger::filter::reload::watch(
+            settings.filter.script_path.clone(),
+            prepared.limits.clone(),
+            prepared.filter_versions.clone(),
+            Duration::from_millis(settings.filter.reload_interval_ms),
+            prepared.script.clone(),
+            prepared
+                .checkpoints
+                .as_ref()
+                .map_or(0, |c| c.restored_epoch),
+        ));
+    }
     prepared
         .stop
         .on_signals(

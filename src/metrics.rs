@@ -60,6 +60,8 @@ pub struct Metrics {
     pub checkpoint_users: Gauge,
     pub checkpoint_epoch_ms: Gauge,
     pub consumer_lag: Family<PartitionLabel, Gauge>,
+    pub filter_reloads: Counter,
+    pub filter_reload_failures: Counter,
     /// Sums over the workers of this process, for the progress line.
     totals: Totals,
     lags: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
@@ -181,8 +183,22 @@ impl Metrics {
             "messages behind the partition's end (librdkafka statistics)",
             consumer_lag.clone(),
         );
+        let filter_reloads = Counter::default();
+        registry.register(
+            "filter_reloads",
+            "filter scripts reloaded (changed on disk, or SIGHUP)",
+            filter_reloads.clone(),
+        );
+        let filter_reload_failures = Counter::default();
+        registry.register(
+            "filter_reload_failures",
+            "changed filter scripts refused (did not compile; the old one stays)",
+            filter_reload_failures.clone(),
+        );
         Metrics {
             registry,
+            filter_reloads,
+            filter_reload_failures,
             counters,
             invalid_by_reason,
             users,

@@ -21,6 +21,7 @@ use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visi
 
 mod compiled;
 mod fields;
+pub mod reload;
 
 use fields::{EVENT_FIELDS, Field, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
 

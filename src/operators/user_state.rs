@@ -25,7 +25,8 @@ use timely::scheduling::SyncActivator;
 
 use crate::checkpoint::{CheckpointConfig, Ending, PartWriter};
 
-use crate::filter::{Filter, Verdict};
+use crate::filter::Verdict;
+use crate::filter::reload::Filters;
 use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
 use crate::model::{
@@ -54,7 +55,7 @@ pub struct UserStateConfig {
 /// Applies events to a user's state and judges them.
 struct Applier {
     max_history: usize,
-    filter: Filter,
+    filters: Filters,
     /// Events that crossed workers arrive with their own copies of type and name.
     interner: Interner,
     stats: Rc<Stats>,
@@ -84,7 +85,7 @@ impl Applier {
             }
             visit.actions += 1;
         }
-        match self.filter.judge(EnrichedView { event: &ev, state }) {
+        match self.filters.judge(time, EnrichedView { event: &ev, state }) {
             Verdict::Pass => {
                 Stats::add(&self.stats.passed, 1);
                 Some(EnrichedEvent::snapshot(ev, state))
@@ -537,7 +538,7 @@ pub fn user_state<'s>(
     checkpoints: Option<(CheckpointConfig, Ending)>,
     profiles: &ProfileSource,
     runtime: tokio::runtime::Handle,
-    filter: Filter,
+    filters: Filters,
     store: Store,
     backlog: Backlog,
     stats: Rc<Stats>,
@@ -582,7 +583,7 @@ pub fn user_state<'s>(
                 fetcher: Fetcher::new(&profiles, runtime, activator),
                 applier: Applier {
                     max_history: cfg.max_history,
-                    filter,
+                    filters,
                     interner: Interner::default(),
                     stats: stats.clone(),
                     script_log: LogLimiter::default(),
@@ -591,6 +592,7 @@ pub fn user_state<'s>(
                 fetch_log: LogLimiter::default(),
             };
             move |(input, frontier), (restore, restore_frontier), output| {
+                m.applier.filters.refresh();
                 restore.for_each(|cap, records| {
                     // A restored user's events that wait for a look-up again are held at
                     // the run's first epoch, not before: the restored checkpoint has them.

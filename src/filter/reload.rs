@@ -1,0 +1,211 @@
+//! Hot reload of the filter script: a watcher notices the script file change (or
+//! SIGHUP), compiles the new script, and if it compiles publishes it with the processing
+//! time it takes effect at, a little in the future; if not, the old one stays and the
+//! log says why.
+//!
+//! Every worker judges an event stamped `t` by the newest version in effect at `t`. A
+//! version is published before its time comes, and a worker looks for new versions at
+//! the start of every activation, so no event is judged by a version it should not be:
+//! an event stamped at or after the switch was read after the version was published. The
+//! workers of one process therefore switch at the same time; processes watch the file
+//! each, and switch at their own time (see the README).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Filter, FilterError, FilterLimits, Verdict};
+use crate::model::{EnrichedView, Time};
+
+/// How long after it is noticed a new version takes effect (rounded up to a second).
+const SWITCH_DELAY_MS: Time = 1000;
+
+/// A script and the time it takes effect at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub number: u64,
+    pub at: Time,
+    pub script: String,
+}
+
+/// The versions published in this process (the first, from the start, is number 0).
+#[derive(Clone, Debug, Default)]
+pub struct FilterVersions {
+    versions: Arc<Mutex<Vec<Version>>>,
+    published: Arc<AtomicU64>,
+}
+
+impl FilterVersions {
+    /// Publishes `script` to take effect at `at`.
+    pub fn publish(&self, script: String, at: Time) -> u64 {
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let number = v.len() as u64 + 1;
+        v.push(Version { number, at, script });
+        self.published.store(number, Ordering::Release);
+        number
+    }
+
+    /// Versions after `seen`, if any.
+    fn after(&self, seen: u64) -> Vec<Version> {
+        if self.published.load(Ordering::Acquire) == seen {
+            return Vec::new();
+        }
+        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().filter(|v| v.number > seen).cloned().collect()
+    }
+}
+
+/// A worker's compiled versions.
+pub struct Filters {
+    /// By `at`, ascending; the first is in effect from the start.
+    compiled: Vec<(Time, Filter)>,
+    source: FilterVersions,
+    seen: u64,
+    origin: String,
+    limits: FilterLimits,
+}
+
+impl Filters {
+    pub fn new(
+        first: Filter,
+        source: FilterVersions,
+        origin: String,
+        limits: FilterLimits,
+    ) -> Self {
+        Filters {
+            compiled: vec![(0, first)],
+            source,
+            seen: 0,
+            origin,
+            limits,
+        }
+    }
+
+    /// Compiles versions published since the last look (once per activation: a load
+    /// of an atomic when there are none).
+    pub fn refresh(&mut self) {
+        for v in self.source.after(self.seen) {
+            self.seen = v.number;
+            // Compiled by the watcher already; a failure here would be a bug, and leaves
+            // the previous version in effect.
+            match Filter::compile(&v.script, &self.origin, &self.limits) {
+                Ok(f) => {
+                    let at = self.compiled.partition_point(|(t, _)| *t <= v.at);
+                    self.compiled.insert(at, (v.at, f));
+                }
+                Err(e) => tracing::error!(version = v.number, "filter version not compiled: {e}"),
+            }
+        }
+    }
+
+    /// Judges an event stamped `time` by the version in effect then.
+    pub fn judge(&self, time: Time, view: EnrichedView<'_>) -> Verdict {
+        let i = self.compiled.partition_point(|(t, _)| *t <= time);
+        self.compiled[i.saturating_sub(1)].1.judge(view)
+    }
+}
+
+/// Watches `path`: every `every`, and on SIGHUP, reads it; a changed script that
+/// compiles is published to take effect a second later, one that does not is logged.
+/// `floor`: the sources' clocks start there (a restored epoch may be ahead of the wall
+/// clock); a switch is never before it.
+pub async fn watch(
+    path: PathBuf,
+    limits: FilterLimits,
+    versions: FilterVersions,
+    every: Duration,
+    mut current: String,
+    floor: Time,
+) {
+    let origin = path.display().to_string();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => None } } => {
+                tracing::info!("SIGHUP: reading the filter script again");
+            }
+        }
+        let script = match Filter::read(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                if !current.is_empty() {
+                    tracing::warn!("filter not reloaded, the current one stays: {e}");
+                }
+                continue;
+            }
+        };
+        if script == current {
+            continue;
+        }
+        match check(&script, &origin, &limits) {
+            Ok(()) => {
+                let now = crate::operators::now_ms().max(floor);
+                let at = (now + SWITCH_DELAY_MS).div_ceil(1000) * 1000;
+                let number = versions.publish(script.clone(), at);
+                crate::metrics::global().filter_reloads.inc();
+                tracing::info!(version = number, at, "filter reloaded from {origin}");
+            }
+            Err(e) => {
+                crate::metrics::global().filter_reload_failures.inc();
+                tracing::error!("filter not reloaded, the current one stays: {e}");
+            }
+        }
+        current = script;
+    }
+}
+
+fn check(script: &str, origin: &str, limits: &FilterLimits) -> Result<(), FilterError> {
+    Filter::compile(script, origin, limits).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{UserEvent, UserState};
+
+    fn verdict(f: &Filters, time: Time, event_type: &str) -> Verdict {
+        let ev = UserEvent {
+            user_id: "u".into(),
+            event_type: event_type.into(),
+            ..Default::default()
+        };
+        f.judge(
+            time,
+            EnrichedView {
+                event: &ev,
+                state: &UserState::empty(0),
+            },
+        )
+    }
+
+    #[test]
+    fn each_event_is_judged_by_the_version_in_effect_at_its_time() {
+        let limits = FilterLimits::default();
+        let first = Filter::compile(r#"event.event_type == "a""#, "f", &limits).unwrap();
+        let versions = FilterVersions::default();
+        let mut f = Filters::new(first, versions.clone(), "f".into(), limits);
+        versions.publish(r#"event.event_type == "b""#.into(), 2000);
+        assert_eq!(
+            verdict(&f, 2500, "a"),
+            Verdict::Pass,
+            "not seen before refresh"
+        );
+        f.refresh();
+        assert_eq!(verdict(&f, 1999, "a"), Verdict::Pass);
+        assert_eq!(verdict(&f, 1999, "b"), Verdict::Reject);
+        assert_eq!(verdict(&f, 2000, "a"), Verdict::Reject);
+        assert_eq!(verdict(&f, 2000, "b"), Verdict::Pass);
+        versions.publish(r#"event.event_type == "c""#.into(), 3000);
+        f.refresh();
+        assert_eq!(verdict(&f, 2999, "b"), Verdict::Pass);
+        assert_eq!(verdict(&f, 3000, "c"), Verdict::Pass);
+        assert_eq!(
+            verdict(&f, 100, "a"),
+            Verdict::Pass,
+            "old times keep the first"
+        );
+    }
+}
