@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
-use crate::actions::{Action, run_actions};
+use crate::actions::{Actions, run_actions};
 use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
@@ -67,7 +67,7 @@ pub enum Input {
 pub struct Prepared {
     pub input: Input,
     pub profiles: ProfileSource,
-    pub action: Action,
+    pub actions: Actions,
     pub script: String,
     pub script_origin: String,
     pub limits: FilterLimits,
@@ -106,8 +106,13 @@ impl Prepared {
             Some(path) => Some(DeadLetters::open(path)?),
             None => None,
         };
-        let action = Action::from_settings(&settings.actions, dead_letters.clone())
+        let actions = Actions::from_settings(&settings.actions, dead_letters.clone())
             .map_err(|e| anyhow!(e))?;
+        for (i, a) in actions.0.iter().enumerate() {
+            if let Some(f) = &a.filter {
+                Filter::compile(f, &format!("actions[{i}].filter"), &limits)?;
+            }
+        }
         let input = match settings.source.kind {
             SourceType::File => {
                 let path = settings
@@ -180,7 +185,7 @@ impl Prepared {
             restore,
             max_message_bytes: settings.kafka.max_message_bytes,
             profiles,
-            action,
+            actions,
             script,
             script_origin,
             limits,
@@ -219,7 +224,7 @@ impl Prepared {
             *commit = false;
             self.checkpoints = None;
             self.dead_letters = None;
-            self.action = Action::Debug;
+            self.actions = Actions::debug();
             tracing::info!(
                 "dry run: triggered events are printed, nothing is acted on or committed"
             );
@@ -242,12 +247,30 @@ pub fn run(
         let p = prepared.clone();
         let filter =
             Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
+        let per_action = p
+            .actions
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.filter
+                    .as_ref()
+                    .map(|f| Filter::compile(f, &format!("actions[{i}].filter"), &p.limits))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         let filters = Filters::new(
             filter,
             p.filter_versions.clone(),
             p.script_origin.clone(),
             p.limits.clone(),
-        );
+        )
+        .with_actions(if per_action.iter().any(Option::is_some) {
+            per_action
+        } else {
+            Vec::new()
+        });
         let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
         let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
             Input::Kafka {
@@ -279,7 +302,7 @@ pub fn run(
 
         // Bounds on what waits for the outside world; past them the source pauses.
         let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
-        let deliveries = Backlog::new(p.action.max_in_flight() * QUEUED_PER_DELIVERY);
+        let deliveries = Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY);
         let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
         // Passes a time once every action for it is done: ends bounded runs, and lets
         // the Kafka source commit offsets only for finished events.
@@ -328,7 +351,7 @@ pub fn run(
             );
             run_actions(
                 triggered,
-                p.action.clone(),
+                p.actions.clone(),
                 runtime.clone(),
                 deliveries,
                 stats.clone(),

@@ -212,11 +212,219 @@ impl Default for FilterSettings {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+/// `actions:` either as the Flink job had it (a map: one `webhook`, or `debug` when
+/// enabled), or a list of actions, each with its own settings and optionally a filter.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActionsSettings {
     pub webhook: WebhookSettings,
     pub debug: DebugSettings,
+    /// The list form; when given, `webhook` and `debug` are not used.
+    pub list: Option<Vec<ActionSpec>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct SingleAction {
+    webhook: WebhookSettings,
+    debug: DebugSettings,
+}
+
+impl<'de> Deserialize<'de> for ActionsSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = ActionsSettings;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map (webhook:, debug:) or a list of actions")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let one =
+                    SingleAction::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ActionsSettings {
+                    webhook: one.webhook,
+                    debug: one.debug,
+                    list: None,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let list = Vec::<ActionSpec>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(ActionsSettings {
+                    list: Some(list),
+                    ..Default::default()
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    Webhook,
+    Debug,
+}
+
+/// One action of the list form. A webhook takes the keys of `actions.webhook`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ActionSpec {
+    #[serde(rename = "type")]
+    pub kind: ActionKind,
+    /// For logs and dead letters; `<type>-<position>` if not given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A rhai expression, like the filter script, that the events of this action must
+    /// also pass (after the filter).
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub retry_attempts: Option<u32>,
+    #[serde(default)]
+    pub retry_backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_max_wait_ms: Option<u64>,
+}
+
+impl ActionSpec {
+    /// The webhook's settings: the defaults of `actions.webhook`, overridden.
+    pub fn webhook(&self) -> WebhookSettings {
+        let d = WebhookSettings::default();
+        WebhookSettings {
+            url: self.url.clone().unwrap_or(d.url),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
+            max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
+            secret: self.secret.clone(),
+            secret_file: self.secret_file.clone(),
+            retry_attempts: self.retry_attempts.unwrap_or(d.retry_attempts),
+            retry_backoff_ms: self.retry_backoff_ms.unwrap_or(d.retry_backoff_ms),
+            retry_max_wait_ms: self.retry_max_wait_ms.unwrap_or(d.retry_max_wait_ms),
+        }
+    }
+
+    fn has_webhook_keys(&self) -> bool {
+        self.url.is_some()
+            || self.timeout_ms.is_some()
+            || self.max_in_flight.is_some()
+            || self.secret.is_some()
+            || self.secret_file.is_some()
+            || self.retry_attempts.is_some()
+            || self.retry_backoff_ms.is_some()
+            || self.retry_max_wait_ms.is_some()
+    }
+}
+
+impl ActionsSettings {
+    /// The actions to run, each with its name: the list, or the single one.
+    pub fn specs(&self) -> Vec<(String, ActionSpec)> {
+        let single = |kind| ActionSpec {
+            kind,
+            name: None,
+            filter: None,
+            url: None,
+            timeout_ms: None,
+            max_in_flight: None,
+            secret: None,
+            secret_file: None,
+            retry_attempts: None,
+            retry_backoff_ms: None,
+            retry_max_wait_ms: None,
+        };
+        match &self.list {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let kind = match a.kind {
+                        ActionKind::Webhook => "webhook",
+                        ActionKind::Debug => "debug",
+                    };
+                    (a.name.clone().unwrap_or(format!("{kind}-{i}")), a.clone())
+                })
+                .collect(),
+            None if self.debug.enabled => vec![("debug".into(), single(ActionKind::Debug))],
+            None => {
+                let w = &self.webhook;
+                let spec = ActionSpec {
+                    url: Some(w.url.clone()),
+                    timeout_ms: Some(w.timeout_ms),
+                    max_in_flight: Some(w.max_in_flight),
+                    secret: w.secret.clone(),
+                    secret_file: w.secret_file.clone(),
+                    retry_attempts: Some(w.retry_attempts),
+                    retry_backoff_ms: Some(w.retry_backoff_ms),
+                    retry_max_wait_ms: Some(w.retry_max_wait_ms),
+                    ..single(ActionKind::Webhook)
+                };
+                vec![("webhook".into(), spec)]
+            }
+        }
+    }
+
+    /// Checks of the list form; the key named is `actions[i].<key>`.
+    fn check_list(&self) -> Result<(), (String, String)> {
+        let Some(list) = &self.list else {
+            return Ok(());
+        };
+        if list.is_empty() {
+            return Err(("actions".into(), "the list is empty".into()));
+        }
+        if list.len() > 64 {
+            return Err(("actions".into(), "at most 64 actions".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, (name, a)) in self.specs().into_iter().enumerate() {
+            if !names.insert(name.clone()) {
+                return Err((
+                    format!("actions[{i}].name"),
+                    format!("`{name}` is used twice"),
+                ));
+            }
+            match a.kind {
+                ActionKind::Webhook => {
+                    let url = a.url.as_deref().unwrap_or_default();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err((
+                            format!("actions[{i}].url"),
+                            format!("`{url}` must start with http:// or https://"),
+                        ));
+                    }
+                    if a.max_in_flight == Some(0) {
+                        return Err((
+                            format!("actions[{i}].max-in-flight"),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                }
+                ActionKind::Debug if a.has_webhook_keys() => {
+                    return Err((
+                        format!("actions[{i}]"),
+                        "webhook keys (url, timeout-ms, ...) on a `type: debug` action".into(),
+                    ));
+                }
+                ActionKind::Debug => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -462,11 +670,9 @@ impl Settings {
             })?;
         settings
             .validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file,
-                key: key.into(),
-                reason,
-            })?;
+            .map_err(|(key, reason)| (key.to_string(), reason))
+            .and_then(|()| settings.actions.check_list())
+            .map_err(|(key, reason)| ConfigError::Invalid { file, key, reason })?;
         Ok(settings)
     }
 
@@ -488,7 +694,7 @@ impl Settings {
                 format!("`{base}` must start with http://, https:// or file://"),
             ));
         }
-        if !self.actions.debug.enabled {
+        if !self.actions.debug.enabled && self.actions.list.is_none() {
             let url = &self.actions.webhook.url;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err((
@@ -552,6 +758,64 @@ mod tests {
     fn fails_naming(yaml: &str, key: &str) {
         let err = load(yaml, &[]).unwrap_err().to_string();
         assert!(err.contains(key), "{err}");
+    }
+
+    #[test]
+    fn actions_come_as_the_single_map_or_as_a_list() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let one = load(
+            &format!("{src}actions:\n  webhook:\n    url: http://a/x\n"),
+            &[],
+        )
+        .unwrap();
+        let specs = one.actions.specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            (specs[0].0.as_str(), specs[0].1.url.as_deref()),
+            ("webhook", Some("http://a/x"))
+        );
+        let debug = load(
+            &format!("{src}actions:\n  debug:\n    enabled: true\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(debug.actions.specs()[0].1.kind, ActionKind::Debug);
+        let list = load(
+            &format!("{src}actions:\n  - type: webhook\n    url: http://a/x\n    retry-attempts: 1\n  - type: debug\n    name: print\n    filter: 'true'\n"),
+            &[],
+        )
+        .unwrap();
+        let specs = list.actions.specs();
+        assert_eq!(specs[0].0, "webhook-0");
+        assert_eq!(specs[0].1.webhook().retry_attempts, 1);
+        assert_eq!(
+            specs[0].1.webhook().timeout_ms,
+            5000,
+            "the webhook defaults"
+        );
+        assert_eq!(
+            (specs[1].0.as_str(), specs[1].1.filter.as_deref()),
+            ("print", Some("true"))
+        );
+        // Mistakes name the action and the key.
+        fails_naming(
+            &format!("{src}actions:\n  - type: webhook\n"),
+            "actions[0].url",
+        );
+        fails_naming(
+            &format!("{src}actions:\n  - type: debug\n    url: http://a\n"),
+            "actions[0]",
+        );
+        fails_naming(&format!("{src}actions:\n  - type: webhok\n"), "webhok");
+        fails_naming(
+            &format!("{src}actions:\n  - type: debug\n    urll: x\n"),
+            "urll",
+        );
+        fails_naming(
+            &format!("{src}actions:\n  - type: debug\n    name: a\n  - type: debug\n    name: a\n"),
+            "actions[1].name",
+        );
+        fails_naming(&format!("{src}actions: []\n"), "actions");
     }
 
     #[test]

@@ -244,12 +244,15 @@ fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyh
 
 fn validate(config: &Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    event_trigger::filter::Filter::from_file(
-        &settings.filter.script_path,
-        &event_trigger::filter::FilterLimits {
-            max_operations: settings.filter.max_operations,
-        },
-    )?;
+    let limits = event_trigger::filter::FilterLimits {
+        max_operations: settings.filter.max_operations,
+    };
+    event_trigger::filter::Filter::from_file(&settings.filter.script_path, &limits)?;
+    for (i, (_, action)) in settings.actions.specs().iter().enumerate() {
+        if let Some(f) = &action.filter {
+            event_trigger::filter::Filter::compile(f, &format!("actions[{i}].filter"), &limits)?;
+        }
+    }
     println!(
         "{}: ok (filter {} compiles)",
         config.display(),

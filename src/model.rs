@@ -217,15 +217,19 @@ pub struct EnrichedEvent {
     pub profile: Arc<Profile>,
     pub visit: Option<Visit>,
     pub history: Vec<HistoryEntry>,
+    /// The actions it is for (bit `i`: the `i`-th configured action).
+    pub targets: u64,
 }
 
 impl EnrichedEvent {
-    pub fn snapshot(event: UserEvent, state: &UserState) -> Self {
+    /// `targets`: the actions it is for, as bits by the actions' order.
+    pub fn snapshot(event: UserEvent, state: &UserState, targets: u64) -> Self {
         EnrichedEvent {
             event,
             profile: state.profile.clone(),
             visit: state.visit.as_deref().cloned(),
             history: state.history.iter().cloned().collect(),
+            targets,
         }
     }
 }

@@ -62,6 +62,13 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
             "filter:\n  script-path: /no/such.rhai\n".to_string(),
             "/no/such.rhai",
         ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nactions:\n  - type: debug\n    filter: 'event.('\n",
+                good_script.display()
+            ),
+            "actions[0].filter",
+        ),
     ];
     for (yaml, needle) in cases {
         let cfg = dir.path().join("c.yml");

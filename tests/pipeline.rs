@@ -818,3 +818,57 @@ fn profile_api_requests_are_held_to_the_rate_limit() {
         *last - *first
     );
 }
+
+/// Issue #5's several actions, from the list form of `actions:` in a config file: two
+/// webhooks, one with a filter of its own, and a debug print whose filter passes
+/// nothing; each receiver gets exactly its events.
+#[test]
+fn several_actions_each_get_the_events_their_filters_pass() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(1500, 150, 31);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let (all, long) = (Receiver::start(&rt), Receiver::start(&rt));
+    let script = dir.path().join("filter.rhai");
+    std::fs::write(&script, SEED_FILTER).unwrap();
+    let cfg = dir.path().join("actions.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{ type: file, path: \"{}\" }}\nprofile-api: {{ base-url: \"file://{}\" }}\nfilter: {{ script-path: \"{}\" }}\nactions:\n  - type: webhook\n    name: all\n    url: \"{}\"\n  - type: webhook\n    name: long-visits\n    url: \"{}\"\n    retry-attempts: 0\n    filter: 'event.duration > 500'\n  - type: debug\n    filter: 'false'\n",
+            events.display(),
+            profiles.display(),
+            script.display(),
+            all.url(),
+            long.url()
+        ),
+    )
+    .unwrap();
+    let s = event_trigger::config::Settings::load(&cfg).unwrap();
+    let counts = run(&s, 2, &rt);
+
+    let expected = w.expected_us_page_views();
+    let duration: HashMap<String, i64> = w
+        .lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["event_id"].as_str()?.to_string(), v["duration"].as_i64()?)))
+        .collect();
+    let mut want_long: Vec<String> = expected
+        .iter()
+        .filter(|id| duration[*id] > 500)
+        .cloned()
+        .collect();
+    want_long.sort();
+    let sorted = |r: &Receiver| {
+        let mut ids = r.event_ids();
+        ids.sort();
+        ids
+    };
+    assert_eq!(sorted(&all), expected);
+    assert_eq!(sorted(&long), want_long);
+    assert!(!want_long.is_empty() && want_long.len() < expected.len());
+    assert_eq!(counts.passed, expected.len() as u64);
+    assert_eq!(counts.actions_ok, (expected.len() + want_long.len()) as u64);
+}

@@ -1,4 +1,6 @@
-//! What happens to an event that passed the filter: a debug print, or a webhook call.
+//! What happens to an event that passed the filter: debug prints and webhook calls, one
+//! or several actions per event (each may have a filter of its own, judged with the
+//! main one in the state operator; the event carries which actions it is for).
 //! Webhook calls that fail transiently are tried again with backoff; a delivery that
 //! still fails is logged, counted, and written to the dead-letter file if one is set;
 //! the job goes on.
@@ -11,12 +13,13 @@ pub use webhook::{Delivery, DeliveryError, WebhookClient, signature};
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::config::ActionsSettings;
+use crate::config::{ActionKind, ActionsSettings};
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, Time};
@@ -27,7 +30,7 @@ use crate::operators::now_ms;
 use crate::retry::RetryPolicy;
 use crate::stats::Stats;
 
-/// The configured action, shared by the workers of a process.
+/// One action, shared by the workers of a process.
 #[derive(Clone)]
 pub enum Action {
     Debug,
@@ -46,31 +49,68 @@ impl Action {
             Action::Webhook { max_in_flight, .. } => *max_in_flight,
         }
     }
+}
 
+/// A configured action: its name, what it does, and the filter of its own, if any.
+#[derive(Clone)]
+pub struct NamedAction {
+    pub name: String,
+    pub action: Action,
+    pub filter: Option<String>,
+}
+
+/// The actions of the job, in the order configured (at most 64: an event carries which
+/// it is for as bits of a `u64`).
+#[derive(Clone)]
+pub struct Actions(pub Vec<NamedAction>);
+
+impl Actions {
     pub fn from_settings(
         s: &ActionsSettings,
         dead_letters: Option<DeadLetters>,
-    ) -> Result<Action, String> {
-        if s.debug.enabled {
-            return Ok(Action::Debug);
+    ) -> Result<Actions, String> {
+        let mut out = Vec::new();
+        for (name, spec) in s.specs() {
+            let action = match spec.kind {
+                ActionKind::Debug => Action::Debug,
+                ActionKind::Webhook => {
+                    let w = spec.webhook();
+                    let ms = std::time::Duration::from_millis;
+                    let retry = RetryPolicy {
+                        retries: w.retry_attempts,
+                        backoff: ms(w.retry_backoff_ms),
+                        max_wait: ms(w.retry_max_wait_ms),
+                    };
+                    let client =
+                        WebhookClient::new(&w.url, ms(w.timeout_ms), w.signing_secret()?, retry)?;
+                    Action::Webhook {
+                        client,
+                        max_in_flight: w.max_in_flight,
+                        dead_letters: dead_letters.clone(),
+                    }
+                }
+            };
+            out.push(NamedAction {
+                name,
+                action,
+                filter: spec.filter,
+            });
         }
-        let ms = std::time::Duration::from_millis;
-        let retry = RetryPolicy {
-            retries: s.webhook.retry_attempts,
-            backoff: ms(s.webhook.retry_backoff_ms),
-            max_wait: ms(s.webhook.retry_max_wait_ms),
-        };
-        let client = WebhookClient::new(
-            &s.webhook.url,
-            ms(s.webhook.timeout_ms),
-            s.webhook.signing_secret()?,
-            retry,
-        )?;
-        Ok(Action::Webhook {
-            client,
-            max_in_flight: s.webhook.max_in_flight,
-            dead_letters,
-        })
+        Ok(Actions(out))
+    }
+
+    /// The debug print alone (a dry run).
+    pub fn debug() -> Actions {
+        Actions(vec![NamedAction {
+            name: "debug".into(),
+            action: Action::Debug,
+            filter: None,
+        }])
+    }
+
+    /// Actions under way at once per worker, over all actions.
+    pub fn max_in_flight(&self) -> usize {
+        self.0.iter().map(|a| a.action.max_in_flight()).sum()
     }
 }
 
@@ -86,7 +126,8 @@ struct Outcome {
 /// before the action counts as done) with the body it would have sent.
 async fn deliver(
     client: &WebhookClient,
-    ev: EnrichedEvent,
+    name: &str,
+    ev: Arc<EnrichedEvent>,
     dead_letters: Option<DeadLetters>,
 ) -> Outcome {
     let body = match Payload::new(&ev, now_ms()).to_json() {
@@ -109,6 +150,7 @@ async fn deliver(
             dead_lettered: None,
         };
     };
+    let reason = format!("{name}: {reason}");
     let dead_lettered = match dead_letters {
         Some(dl) => {
             let letter = DeadLetter::new(Kind::WebhookFailed, reason.clone(), &body, now_ms());
@@ -127,14 +169,26 @@ async fn deliver(
     }
 }
 
-/// Runs `action` for every event of `triggered`. The returned stream carries no data;
-/// its frontier passes a time only when every action for that time has completed.
+/// A webhook action's calls: waiting, and under way.
+struct Lane {
+    index: usize,
+    name: String,
+    client: WebhookClient,
+    max_in_flight: usize,
+    dead_letters: Option<DeadLetters>,
+    queued: VecDeque<(Time, Arc<EnrichedEvent>)>,
+    in_flight: usize,
+}
+
+/// Runs the actions of `actions` each event of `triggered` is for. The returned stream
+/// carries no data; its frontier passes a time only when every action for that time has
+/// completed.
 ///
-/// Webhook calls run asynchronously, at most `max_in_flight` at once; events beyond that
-/// wait here, and `backlog` tells the source how many.
+/// Webhook calls run asynchronously, at most `max_in_flight` at once per action; events
+/// beyond that wait here, and `backlog` tells the source how many.
 pub fn run_actions<'s>(
     triggered: Stream<'s, Time, Vec<EnrichedEvent>>,
-    action: Action,
+    actions: Actions,
     runtime: tokio::runtime::Handle,
     backlog: Backlog,
     stats: Rc<Stats>,
@@ -142,63 +196,94 @@ pub fn run_actions<'s>(
     let scope = triggered.scope();
     triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Actions", move |_cap, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let mut bridge: AsyncBridge<(Time, Outcome)> = AsyncBridge::new(runtime, activator);
+        let mut bridge: AsyncBridge<(usize, Time, Outcome)> = AsyncBridge::new(runtime, activator);
         let mut held = HeldTimes::default();
-        // Events waiting for an in-flight slot; serialized only when sent.
-        let mut queued: VecDeque<(Time, EnrichedEvent)> = VecDeque::new();
+        let mut lanes: Vec<Lane> = actions
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(index, a)| match &a.action {
+                Action::Webhook { client, max_in_flight, dead_letters } => Some(Lane {
+                    index,
+                    name: a.name.clone(),
+                    client: client.clone(),
+                    max_in_flight: *max_in_flight,
+                    dead_letters: dead_letters.clone(),
+                    queued: VecDeque::new(),
+                    in_flight: 0,
+                }),
+                Action::Debug => None,
+            })
+            .collect();
+        let debug: Vec<usize> = actions
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a.action, Action::Debug))
+            .map(|(i, _)| i)
+            .collect();
         let mut fail_log = LogLimiter::default();
         move |(input, _frontier), _output| {
             // In arrival order, so a user's actions start in the order of its events.
             input.for_each(|cap, batch| {
                 let Some(&time) = cap.least() else { return };
                 for ev in batch.drain(..) {
-                    match &action {
-                        Action::Debug => match Payload::new(&ev, now_ms()).to_pretty_json() {
+                    let targets = ev.targets;
+                    let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
+                    for &i in debug.iter().filter(|&&i| wanted(i)) {
+                        match Payload::new(&ev, now_ms()).to_pretty_json() {
                             Ok(json) => {
-                                tracing::info!(target: "event_trigger::action::debug", "triggered:\n{json}");
+                                tracing::info!(target: "event_trigger::action::debug", action = %actions.0[i].name, "triggered:\n{json}");
                                 Stats::add(&stats.actions_ok, 1);
                             }
                             Err(e) => {
                                 tracing::error!("cannot serialize triggered event: {e}");
                                 Stats::add(&stats.actions_failed, 1);
                             }
-                        },
-                        Action::Webhook { .. } => {
+                        }
+                    }
+                    if lanes.iter().any(|l| wanted(l.index)) {
+                        let ev = Arc::new(ev);
+                        for lane in lanes.iter_mut().filter(|l| wanted(l.index)) {
                             held.hold(time, || cap.delayed(&time, 0));
-                            queued.push_back((time, ev));
+                            lane.queued.push_back((time, ev.clone()));
                         }
                     }
                 }
             });
-            if let Action::Webhook { client, max_in_flight, dead_letters } = &action {
-                for (time, outcome) in bridge.drain() {
-                    Stats::add(&stats.actions_retried, u64::from(outcome.retries));
-                    match outcome.failure {
-                        None => Stats::add(&stats.actions_ok, 1),
-                        Some(e) => {
-                            Stats::add(&stats.actions_failed, 1);
-                            match outcome.dead_lettered {
-                                Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
-                                Some(Err(dl)) => tracing::error!("failed delivery not dead-lettered: {dl}"),
-                                None => {}
-                            }
-                            if let Some(held_back) = fail_log.allow() {
-                                tracing::error!(held_back, retries = outcome.retries, "webhook call failed: {e}");
-                            }
+            for (lane, time, outcome) in bridge.drain() {
+                lanes[lane].in_flight -= 1;
+                Stats::add(&stats.actions_retried, u64::from(outcome.retries));
+                match outcome.failure {
+                    None => Stats::add(&stats.actions_ok, 1),
+                    Some(e) => {
+                        Stats::add(&stats.actions_failed, 1);
+                        match outcome.dead_lettered {
+                            Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
+                            Some(Err(dl)) => tracing::error!("failed delivery not dead-lettered: {dl}"),
+                            None => {}
+                        }
+                        if let Some(held_back) = fail_log.allow() {
+                            tracing::error!(held_back, retries = outcome.retries, "webhook call failed: {e}");
                         }
                     }
-                    held.release(time);
                 }
-                while bridge.in_flight() < *max_in_flight {
-                    let Some((time, ev)) = queued.pop_front() else { break };
-                    let client = client.clone();
-                    let dead_letters = dead_letters.clone();
-                    bridge.spawn(async move { (time, deliver(&client, ev, dead_letters).await) });
-                }
-                backlog.set(queued.len());
-                stats.actions_in_flight.set(bridge.in_flight() as u64);
-                stats.action_backlog.set(queued.len() as u64);
+                held.release(time);
             }
+            for (at, lane) in lanes.iter_mut().enumerate() {
+                while lane.in_flight < lane.max_in_flight {
+                    let Some((time, ev)) = lane.queued.pop_front() else { break };
+                    lane.in_flight += 1;
+                    let client = lane.client.clone();
+                    let name = lane.name.clone();
+                    let dead_letters = lane.dead_letters.clone();
+                    bridge.spawn(async move { (at, time, deliver(&client, &name, ev, dead_letters).await) });
+                }
+            }
+            let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();
+            backlog.set(queued);
+            stats.actions_in_flight.set(lanes.iter().map(|l| l.in_flight as u64).sum());
+            stats.action_backlog.set(queued as u64);
         }
     })
 }

@@ -66,7 +66,7 @@ mod tests {
             },
             0,
         );
-        let enriched = EnrichedEvent::snapshot(ev, &state);
+        let enriched = EnrichedEvent::snapshot(ev, &state, u64::MAX);
         let v: serde_json::Value =
             serde_json::from_slice(&Payload::new(&enriched, 99).to_json().unwrap()).unwrap();
         assert_eq!(v["event"]["event_type"], "page_view");

@@ -56,10 +56,12 @@ impl FilterVersions {
     }
 }
 
-/// A worker's compiled versions.
+/// A worker's filters: the versions of the script, and the actions' own filters.
 pub struct Filters {
     /// By `at`, ascending; the first is in effect from the start.
     compiled: Vec<(Time, Filter)>,
+    /// Per action, in their order: its own filter, if it has one.
+    per_action: Vec<Option<Filter>>,
     source: FilterVersions,
     seen: u64,
     origin: String,
@@ -75,6 +77,7 @@ impl Filters {
     ) -> Self {
         Filters {
             compiled: vec![(0, first)],
+            per_action: Vec::new(),
             source,
             seen: 0,
             origin,
@@ -97,6 +100,30 @@ impl Filters {
                 Err(e) => tracing::error!(version = v.number, "filter version not compiled: {e}"),
             }
         }
+    }
+
+    /// Gives the actions' own filters (none: every action takes every event passed).
+    pub fn with_actions(mut self, per_action: Vec<Option<Filter>>) -> Self {
+        self.per_action = per_action;
+        self
+    }
+
+    /// The actions a passed event is for, as bits by their order; and the errors of
+    /// action filters that failed (their actions do not get the event).
+    pub fn targets(&self, view: EnrichedView<'_>) -> (u64, Vec<String>) {
+        if self.per_action.is_empty() {
+            return (u64::MAX, Vec::new());
+        }
+        let mut bits = 0;
+        let mut errors = Vec::new();
+        for (i, f) in self.per_action.iter().enumerate() {
+            match f.as_ref().map(|f| f.judge(view)) {
+                None | Some(Verdict::Pass) => bits |= 1 << i,
+                Some(Verdict::Reject) => {}
+                Some(Verdict::Error(e)) => errors.push(e),
+            }
+        }
+        (bits, errors)
     }
 
     /// Judges an event stamped `time` by the version in effect then.

@@ -88,7 +88,14 @@ impl Applier {
         match self.filters.judge(time, EnrichedView { event: &ev, state }) {
             Verdict::Pass => {
                 Stats::add(&self.stats.passed, 1);
-                Some(EnrichedEvent::snapshot(ev, state))
+                let (targets, errors) = self.filters.targets(EnrichedView { event: &ev, state });
+                for reason in errors {
+                    Stats::add(&self.stats.script_errors, 1);
+                    if let Some(held_back) = self.script_log.allow() {
+                        tracing::warn!(user = %ev.user_id, held_back, "an action's filter failed, that action skipped: {reason}");
+                    }
+                }
+                (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
             }
             Verdict::Reject => {
                 Stats::add(&self.stats.rejected, 1);
