@@ -29,6 +29,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub worker: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
 }
@@ -46,6 +52,10 @@ pub struct Metrics {
     counters: Vec<(&'static str, Family<WorkerLabel, Counter>)>,
     invalid_by_reason: Family<ReasonLabel, Counter>,
     users: Family<WorkerLabel, Gauge>,
+    state_bytes: Family<WorkerLabel, Gauge>,
+    action_ok: Family<ActionLabel, Counter>,
+    action_failed: Family<ActionLabel, Counter>,
+    action_retries: Family<ActionLabel, Counter>,
     lookups_in_flight: Family<WorkerLabel, Gauge>,
     lookups_waiting: Family<WorkerLabel, Gauge>,
     actions_in_flight: Family<WorkerLabel, Gauge>,
@@ -115,6 +125,27 @@ impl Metrics {
             g
         };
         let users = gauge(&mut registry, "state_users", "users in state");
+        let state_bytes = gauge(
+            &mut registry,
+            "state_bytes",
+            "encoded size of the users at the last checkpoint part (an estimate of the state's size)",
+        );
+        let by_action = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<ActionLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let action_ok = by_action(&mut registry, "action_ok", "actions completed, by action");
+        let action_failed = by_action(
+            &mut registry,
+            "action_failed",
+            "actions failed after their retries, by action",
+        );
+        let action_retries = by_action(
+            &mut registry,
+            "action_retries",
+            "webhook tries after the first, by action",
+        );
         let lookups_in_flight = gauge(
             &mut registry,
             "lookups_in_flight",
@@ -202,6 +233,10 @@ impl Metrics {
             counters,
             invalid_by_reason,
             users,
+            state_bytes,
+            action_ok,
+            action_failed,
+            action_retries,
             lookups_in_flight,
             lookups_waiting,
             actions_in_flight,
@@ -292,6 +327,7 @@ pub struct WorkerMetrics {
     label: WorkerLabel,
     last: Counts,
     last_invalid: Vec<u64>,
+    last_actions: Vec<crate::stats::ActionCounts>,
 }
 
 impl WorkerMetrics {
@@ -302,6 +338,7 @@ impl WorkerMetrics {
             },
             last: Counts::default(),
             last_invalid: vec![0; crate::decode::DecodeError::REASONS.len()],
+            last_actions: Vec::new(),
         }
     }
 
@@ -338,6 +375,25 @@ impl WorkerMetrics {
             family.get_or_create(&self.label).set(v as i64);
         };
         set(&m.users, stats.users.get());
+        set(&m.state_bytes, stats.state_bytes.get());
+        let per_action = stats.per_action.borrow();
+        for (i, now) in per_action.iter().enumerate() {
+            let before = self.last_actions.get(i).cloned().unwrap_or_default();
+            let label = ActionLabel {
+                worker: self.label.worker.clone(),
+                action: now.name.clone(),
+            };
+            m.action_ok
+                .get_or_create(&label)
+                .inc_by(now.ok.saturating_sub(before.ok));
+            m.action_failed
+                .get_or_create(&label)
+                .inc_by(now.failed.saturating_sub(before.failed));
+            m.action_retries
+                .get_or_create(&label)
+                .inc_by(now.retried.saturating_sub(before.retried));
+        }
+        self.last_actions = per_action.clone();
         set(&m.lookups_in_flight, stats.lookups_in_flight.get());
         set(&m.lookups_waiting, stats.lookup_backlog.get());
         set(&m.actions_in_flight, stats.actions_in_flight.get());
@@ -434,7 +490,14 @@ mod tests {
         Stats::add(&stats.events_read, 5);
         Stats::add(&stats.invalid_by_reason[2], 1);
         stats.users.set(3);
+        *stats.per_action.borrow_mut() = vec![crate::stats::ActionCounts {
+            name: "crm".into(),
+            ok: 4,
+            failed: 1,
+            retried: 2,
+        }];
         w.publish(&stats);
+        stats.per_action.borrow_mut()[0].ok += 1;
         Stats::add(&stats.events_read, 2);
         w.publish(&stats);
         let text = global().encode();
@@ -446,6 +509,13 @@ mod tests {
             "event_trigger_invalid_by_reason_total{worker=\"97\",reason=\"bad_json\"} 1\n"
         ));
         assert!(text.contains("event_trigger_state_users{worker=\"97\"} 3\n"));
+        assert!(text.contains("event_trigger_action_ok_total{worker=\"97\",action=\"crm\"} 5\n"));
+        assert!(
+            text.contains("event_trigger_action_failed_total{worker=\"97\",action=\"crm\"} 1\n")
+        );
+        assert!(
+            text.contains("event_trigger_action_retries_total{worker=\"97\",action=\"crm\"} 2\n")
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -23,6 +23,10 @@ macro_rules! counters {
             pub lookup_backlog: Cell<u64>,
             pub actions_in_flight: Cell<u64>,
             pub action_backlog: Cell<u64>,
+            /// Per action, in their order (the summary sums them).
+            pub per_action: std::cell::RefCell<Vec<ActionCounts>>,
+            /// Encoded size of this worker's users at its last checkpoint part.
+            pub state_bytes: Cell<u64>,
         }
 
         /// Counters summed over workers.
@@ -69,6 +73,15 @@ counters! {
     actions_retried: "webhook tries after the first",
     restored: "users restored from a checkpoint",
     dead_letters: "records written to the dead-letter file",
+}
+
+/// What one action did on one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionCounts {
+    pub name: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub retried: u64,
 }
 
 impl Stats {

@@ -223,6 +223,22 @@ pub fn run_actions<'s>(
             .map(|(i, _)| i)
             .collect();
         let mut fail_log = LogLimiter::default();
+        *stats.per_action.borrow_mut() = actions
+            .0
+            .iter()
+            .map(|a| crate::stats::ActionCounts {
+                name: a.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let count = move |stats: &Stats, i: usize, ok: bool, retried: u32| {
+            let mut per = stats.per_action.borrow_mut();
+            if let Some(c) = per.get_mut(i) {
+                c.ok += u64::from(ok);
+                c.failed += u64::from(!ok);
+                c.retried += u64::from(retried);
+            }
+        };
         move |(input, _frontier), _output| {
             // In arrival order, so a user's actions start in the order of its events.
             input.for_each(|cap, batch| {
@@ -235,10 +251,12 @@ pub fn run_actions<'s>(
                             Ok(json) => {
                                 tracing::info!(target: "event_trigger::action::debug", action = %actions.0[i].name, "triggered:\n{json}");
                                 Stats::add(&stats.actions_ok, 1);
+                                count(&stats, i, true, 0);
                             }
                             Err(e) => {
                                 tracing::error!("cannot serialize triggered event: {e}");
                                 Stats::add(&stats.actions_failed, 1);
+                                count(&stats, i, false, 0);
                             }
                         }
                     }
@@ -253,6 +271,7 @@ pub fn run_actions<'s>(
             });
             for (lane, time, outcome) in bridge.drain() {
                 lanes[lane].in_flight -= 1;
+                count(&stats, lanes[lane].index, outcome.failure.is_none(), outcome.retries);
                 Stats::add(&stats.actions_retried, u64::from(outcome.retries));
                 match outcome.failure {
                     None => Stats::add(&stats.actions_ok, 1),

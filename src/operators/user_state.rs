@@ -501,14 +501,17 @@ impl Manager {
             && let Some(result) = p.writer.poll()
         {
             match result {
-                Ok(info) => tracing::info!(
-                    epoch = p.epoch,
-                    worker = s.worker,
-                    users = info.users,
-                    bytes = info.bytes,
-                    ms = info.duration.as_millis() as u64,
-                    "checkpoint part written"
-                ),
+                Ok(info) => {
+                    self.stats.state_bytes.set(info.bytes);
+                    tracing::info!(
+                        epoch = p.epoch,
+                        worker = s.worker,
+                        users = info.users,
+                        bytes = info.bytes,
+                        ms = info.duration.as_millis() as u64,
+                        "checkpoint part written"
+                    )
+                }
                 Err(e) => tracing::error!(
                     epoch = p.epoch,
                     "checkpoint part not written, the checkpoint will not complete: {e}"
