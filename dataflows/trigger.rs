@@ -102,9 +102,10 @@ impl Prepared {
         // each worker compiles its own copy (rhai's Engine is not `Send`).
         Filter::compile(&script, &script_origin, &limits)?;
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
-        let dead_letters = match &settings.dead_letter.path {
-            Some(path) => Some(DeadLetters::open(path)?),
-            None => None,
+        let dead_letters = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
+            (Some(path), _) => Some(DeadLetters::open(path)?),
+            (None, Some(topic)) => Some(DeadLetters::kafka(&settings.kafka, topic)?),
+            (None, None) => None,
         };
         let actions = Actions::from_settings(&settings.actions, dead_letters.clone())
             .map_err(|e| anyhow!(e))?;

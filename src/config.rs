@@ -97,6 +97,8 @@ pub struct DeadLetterSettings {
     /// A JSON-lines file, appended to; unset: invalid messages and failed deliveries are
     /// only logged and counted.
     pub path: Option<PathBuf>,
+    /// Or a Kafka topic on `kafka.bootstrap-servers`, one message per record.
+    pub topic: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -678,6 +680,9 @@ impl Settings {
 
     /// Checks between keys that serde cannot express.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.dead_letter.path.is_some() && self.dead_letter.topic.is_some() {
+            return Err(("dead-letter", "give `path` or `topic`, not both".into()));
+        }
         if let Err(reason) = self.metrics.listen_addr() {
             return Err(("metrics.listen", reason));
         }

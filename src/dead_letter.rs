@@ -1,25 +1,36 @@
-//! The dead-letter file (`dead-letter.path`): what the job could not handle, one JSON
-//! object per line with the reason and the original bytes, so that nothing is dropped
-//! silently: messages that are not valid events, and webhook deliveries that still
-//! failed after their retries.
+//! Dead letters: what the job could not handle, as JSON objects with the reason and the
+//! original bytes, so that nothing is dropped silently: messages that are not valid
+//! events, and webhook deliveries that still failed after their retries. They go to a
+//! JSON-lines file (`dead-letter.path`) or a Kafka topic (`dead-letter.topic`, one
+//! message per record, on the job's brokers).
 //!
-//! Records are appended and synced to disk before the job moves on (the work they stand
-//! for counts as done, and its offsets may be committed right after), so they survive a
-//! crash of the machine as well as of the job. One file per process: processes on one
-//! machine need paths of their own (`EVENT_TRIGGER__DEAD_LETTER__PATH` per process).
+//! A record is on disk (appended and synced) or acknowledged by the brokers before the
+//! job moves on (the work it stands for counts as done, and its offsets may be committed
+//! right after), so it survives a crash of the machine as well as of the job. One file
+//! per process: processes on one machine need paths of their own
+//! (`EVENT_TRIGGER__DEAD_LETTER__PATH` per process); a topic takes every process.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-#[error("dead-letter.path: {path}: {source}")]
-pub struct DeadLetterError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum DeadLetterError {
+    #[error("dead-letter.path: {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dead-letter.topic: {topic}: {reason}")]
+    Kafka { topic: String, reason: String },
 }
 
 /// Why a record is there.
@@ -62,7 +73,7 @@ impl DeadLetter {
         }
     }
 
-    /// The original bytes back.
+    /// The original bytes back (for tools and tests).
     pub fn bytes(&self) -> Vec<u8> {
         match (&self.payload, &self.payload_hex) {
             (Some(text), _) => text.as_bytes().to_vec(),
@@ -72,23 +83,83 @@ impl DeadLetter {
     }
 }
 
-/// The dead-letter file of this process, shared by its workers.
+/// Where this process's dead letters go, shared by its workers.
 #[derive(Clone)]
 pub struct DeadLetters {
-    file: Arc<Mutex<File>>,
-    path: Arc<PathBuf>,
+    sink: Arc<Sink>,
+}
+
+enum Sink {
+    File { file: Mutex<File>, path: PathBuf },
+    Kafka(KafkaSink),
+}
+
+/// A producer that waits for the brokers' acknowledgement of every record.
+struct KafkaSink {
+    producer: BaseProducer<Failures>,
+    topic: String,
+    timeout: Duration,
+}
+
+/// Counts deliveries the brokers refused (librdkafka reports them on `poll`/`flush`).
+#[derive(Default)]
+struct Failures(AtomicU64);
+
+impl rdkafka::ClientContext for Failures {}
+
+impl rdkafka::producer::ProducerContext for Failures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::error!("dead letter not delivered: {e}");
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeadLetters({})", self.path.display())
+        match &*self.sink {
+            Sink::File { path, .. } => write!(f, "DeadLetters({})", path.display()),
+            Sink::Kafka(k) => write!(f, "DeadLetters(topic {})", k.topic),
+        }
     }
 }
 
 impl DeadLetters {
+    /// Produces to `topic` on the brokers of `kafka` (acks from all in-sync replicas,
+    /// idempotent).
+    pub fn kafka(
+        kafka: &crate::config::KafkaSettings,
+        topic: &str,
+    ) -> Result<DeadLetters, DeadLetterError> {
+        let err = |reason: String| DeadLetterError::Kafka {
+            topic: topic.to_string(),
+            reason,
+        };
+        let producer: BaseProducer<Failures> = crate::kafka::client_config(kafka)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create_with_context(Failures::default())
+            .map_err(|e| err(e.to_string()))?;
+        // Fails the start, naming the key, if the brokers or the topic are not there.
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_millis(kafka.connect_timeout_ms))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(DeadLetters {
+            sink: Arc::new(Sink::Kafka(KafkaSink {
+                producer,
+                topic: topic.to_string(),
+                timeout: Duration::from_millis(kafka.connect_timeout_ms.max(10_000)),
+            })),
+        })
+    }
+
     /// Opens `path` for appending, creating it (and its directory) if need be.
     pub fn open(path: &Path) -> Result<DeadLetters, DeadLetterError> {
-        let err = |source| DeadLetterError {
+        let err = |source| DeadLetterError::File {
             path: path.to_path_buf(),
             source,
         };
@@ -101,33 +172,36 @@ impl DeadLetters {
             .open(path)
             .map_err(err)?;
         Ok(DeadLetters {
-            file: Arc::new(Mutex::new(file)),
-            path: Arc::new(path.to_path_buf()),
+            sink: Arc::new(Sink::File {
+                file: Mutex::new(file),
+                path: path.to_path_buf(),
+            }),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends `letters`, in one write, and syncs them to disk.
+    /// Writes `letters` (a file: in one write, synced; a topic: acknowledged).
     pub fn write(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
         if letters.is_empty() {
             return Ok(());
         }
-        let err = |source| DeadLetterError {
-            path: self.path.to_path_buf(),
-            source,
-        };
-        let mut buf = Vec::new();
-        for letter in letters {
-            serde_json::to_writer(&mut buf, letter).map_err(|e| err(e.into()))?;
-            buf.push(b'\n');
+        match &*self.sink {
+            Sink::File { file, path } => {
+                let err = |source| DeadLetterError::File {
+                    path: path.clone(),
+                    source,
+                };
+                let mut buf = Vec::new();
+                for letter in letters {
+                    serde_json::to_writer(&mut buf, letter).map_err(|e| err(e.into()))?;
+                    buf.push(b'\n');
+                }
+                // A worker that panicked while holding the lock left the file as it was.
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                file.write_all(&buf).map_err(err)?;
+                file.sync_data().map_err(err)
+            }
+            Sink::Kafka(k) => k.write(letters),
         }
-        // A worker that panicked while holding the lock left the file as it was.
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(&buf).map_err(err)?;
-        file.sync_data().map_err(err)
     }
 
     /// Reads a dead-letter file back (tests and tools).
@@ -136,6 +210,38 @@ impl DeadLetters {
             .lines()
             .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
             .collect()
+    }
+}
+
+impl KafkaSink {
+    fn write(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
+        let err = |reason: String| DeadLetterError::Kafka {
+            topic: self.topic.clone(),
+            reason,
+        };
+        let failed_before = self.producer.context().0.load(Ordering::Relaxed);
+        for letter in letters {
+            let payload = serde_json::to_vec(letter).map_err(|e| err(e.to_string()))?;
+            let mut record = BaseRecord::<(), [u8]>::to(&self.topic).payload(&payload);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        self.producer.poll(Duration::from_millis(10));
+                        record = back;
+                    }
+                    Err((e, _)) => return Err(err(e.to_string())),
+                }
+            }
+        }
+        // Acknowledged before the work counts as done.
+        self.producer
+            .flush(self.timeout)
+            .map_err(|e| err(format!("not acknowledged: {e}")))?;
+        if self.producer.context().0.load(Ordering::Relaxed) > failed_before {
+            return Err(err("a record was refused by the brokers".into()));
+        }
+        Ok(())
     }
 }
 

@@ -56,18 +56,22 @@ fn kafka_settings(topic: &str, group: &str) -> KafkaSettings {
     }
 }
 
+/// Creates `topic` with `partitions` partitions.
+fn create_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32) {
+    let s = kafka_settings(topic, "loader");
+    let _guard = TOPICS.lock().unwrap();
+    match MOCK.get() {
+        Some(m) => m.0.create_topic(topic, partitions, 1).unwrap(),
+        None => rt
+            .block_on(event_trigger::kafka::ensure_topic(&s, topic, partitions))
+            .unwrap(),
+    }
+}
+
 /// Creates `topic` and loads `lines` into it with the job's own loader.
 fn load_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32, lines: &[String]) {
     let s = kafka_settings(topic, "loader");
-    {
-        let _guard = TOPICS.lock().unwrap();
-        match MOCK.get() {
-            Some(m) => m.0.create_topic(topic, partitions, 1).unwrap(),
-            None => rt
-                .block_on(event_trigger::kafka::ensure_topic(&s, topic, partitions))
-                .unwrap(),
-        }
-    }
+    create_topic(rt, topic, partitions);
     let input = lines.join("\n");
     let done = event_trigger::kafka::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
     assert_eq!(done.messages, lines.len() as u64);
@@ -1368,4 +1372,71 @@ fn a_filter_reloaded_under_load_judges_each_event_once_by_one_version() {
         clicks > 100,
         "the new filter judged events: {clicks} clicks"
     );
+}
+
+/// Dead letters to a Kafka topic: every invalid message and every delivery that failed
+/// (the webhook is down) is a message there, with its original bytes.
+#[test]
+fn dead_letters_go_to_a_kafka_topic() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "dlq-src", (800, 80, 37));
+    let group = fresh_group(&topic);
+    let dead = unique("dlq");
+    create_topic(&rt, &dead, 1);
+    let down = format!("http://127.0.0.1:{}/webhook", closed_port());
+    let mut s = kafka_job(dir.path(), &topic, &group, &profiles, &down);
+    s.actions.webhook.retry_attempts = 0;
+    s.dead_letter.topic = Some(dead.clone());
+    let counts = run_kafka(&s, 2, &rt);
+    let expected = w.expected_us_page_views();
+    assert_eq!(
+        counts.dead_letters,
+        w.invalid_lines() + expected.len() as u64
+    );
+
+    let c = group_consumer(&dead, &unique("dlq-reader"));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&dead, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (letters.len() as u64) < counts.dead_letters {
+        assert!(
+            Instant::now() < deadline,
+            "{} dead letters read",
+            letters.len()
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let letter: event_trigger::dead_letter::DeadLetter =
+                serde_json::from_slice(m.payload().unwrap()).unwrap();
+            letters.push(letter);
+        }
+    }
+    use event_trigger::dead_letter::Kind;
+    let mut failed: Vec<String> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::WebhookFailed)
+        .map(|l| {
+            let body: serde_json::Value = serde_json::from_slice(&l.bytes()).unwrap();
+            body["event"]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(failed, expected);
+    let mut invalid: Vec<Vec<u8>> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::InvalidMessage)
+        .map(|l| l.bytes())
+        .collect();
+    let mut want: Vec<Vec<u8>> = w
+        .lines
+        .iter()
+        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    invalid.sort();
+    want.sort();
+    assert_eq!(invalid, want);
 }
