@@ -143,11 +143,23 @@ impl DeadLetters {
             .set("linger.ms", "5")
             .create_with_context(Failures::default())
             .map_err(|e| err(e.to_string()))?;
-        // Fails the start, naming the key, if the brokers or the topic are not there.
-        producer
+        // Fails the start, naming the key, if the brokers or the topic are not there. All
+        // topics are asked for: asking for this one would create it on brokers that
+        // create topics on demand.
+        let metadata = producer
             .client()
-            .fetch_metadata(Some(topic), Duration::from_millis(kafka.connect_timeout_ms))
+            .fetch_metadata(None, Duration::from_millis(kafka.connect_timeout_ms))
             .map_err(|e| err(e.to_string()))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+            Some(t) => {
+                let why = t.error().map_or("no partitions".to_string(), |e| {
+                    format!("{:?}", RDKafkaErrorCode::from(e))
+                });
+                return Err(err(format!("not usable: {why}")));
+            }
+            None => return Err(err("no such topic".into())),
+        }
         Ok(DeadLetters {
             sink: Arc::new(Sink::Kafka(KafkaSink {
                 producer,

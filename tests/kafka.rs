@@ -1388,6 +1388,13 @@ fn dead_letters_go_to_a_kafka_topic() {
     let mut s = kafka_job(dir.path(), &topic, &group, &profiles, &down);
     s.actions.webhook.retry_attempts = 0;
     s.dead_letter.topic = Some(dead.clone());
+    let mut missing = s.clone();
+    missing.dead_letter.topic = Some(unique("no-such-dlq"));
+    let err = event_trigger::dataflows::trigger::Prepared::new(&missing, true)
+        .err()
+        .expect("a dead-letter topic that does not exist fails the start")
+        .to_string();
+    assert!(err.contains("dead-letter.topic"), "{err}");
     let counts = run_kafka(&s, 2, &rt);
     let expected = w.expected_us_page_views();
     assert_eq!(
