@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
 use crate::actions::{Actions, run_actions};
@@ -20,7 +21,7 @@ use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
-use crate::filter::reload::{FilterVersions, Filters};
+use crate::filter::reload::{FilterVersions, Filters, Version};
 use crate::filter::{Filter, FilterLimits};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
@@ -359,17 +360,35 @@ pub fn run(
             )
             .probe_with(&probe);
         });
+        // New filter versions, from worker 0 (process 0 watches the file) to every worker.
+        let versions = p.filter_versions.clone();
+        let mut reloads = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_input::<Version>();
+            stream
+                .broadcast()
+                .inspect(move |v: &Version| versions.adopt(v.clone()));
+            input
+        });
+        let mut broadcast = 0;
         // Parked at most this long, so the metrics stay fresh while nothing happens.
         const PUBLISH_EVERY: Duration = Duration::from_secs(1);
         let mut metrics = WorkerMetrics::new(worker.index());
         let mut published = Instant::now();
         while !probe.done() {
+            if worker.index() == 0 {
+                for v in p.filter_versions.after(broadcast) {
+                    broadcast = v.number;
+                    reloads.send(v);
+                }
+                reloads.flush();
+            }
             worker.step_or_park(Some(PUBLISH_EVERY));
             if published.elapsed() >= PUBLISH_EVERY {
                 metrics.publish(&stats);
                 published = Instant::now();
             }
         }
+        drop(reloads);
         metrics.publish(&stats);
         // Everything is done: the last offsets can be committed.
         if let Some(reader) = kafka.borrow_mut().as_mut() {

@@ -200,12 +200,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
-    if settings.filter.reload_interval_ms > 0 {
+    // Process 0 watches; its worker 0 broadcasts new versions to the cluster.
+    if settings.filter.reload_interval_ms > 0 && args.process == 0 {
+        // Time for the broadcast to reach the other processes before the switch.
+        let delay = Duration::from_secs(if args.processes > 1 { 5 } else { 1 });
         runtime.spawn(event_trigger::filter::reload::watch(
             settings.filter.script_path.clone(),
             prepared.limits.clone(),
             prepared.filter_versions.clone(),
             Duration::from_millis(settings.filter.reload_interval_ms),
+            delay,
             prepared.script.clone(),
             prepared
                 .checkpoints

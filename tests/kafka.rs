@@ -1253,6 +1253,18 @@ fn load_topic_more(topic: &str, lines: &[String]) {
 /// click and no page view; no event twice, none skipped.
 #[test]
 fn a_filter_reloaded_under_load_judges_each_event_once_by_one_version() {
+    reload_under_load(1, 100);
+}
+
+/// The same on a cluster of two processes: process 0 watches the file, and its worker 0
+/// broadcasts the new version, due 5 s later, to the other process.
+#[test]
+fn a_filter_reloaded_on_a_cluster_switches_every_process_at_once() {
+    reload_under_load(2, 700);
+}
+
+/// Streams events in chunks `pause_ms` apart while the filter changes (see the tests).
+fn reload_under_load(processes: usize, pause_ms: u64) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(6000, 300, 29);
@@ -1267,14 +1279,29 @@ fn a_filter_reloaded_under_load_judges_each_event_once_by_one_version() {
     std::fs::write(&s.filter.script_path, r#"event.event_type == "page_view""#).unwrap();
     let cfg = dir.path().join("reload.yml");
     std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
-    let child = start_run(
-        &cfg,
-        &["-w", "2"],
-        &[
-            ("EVENT_TRIGGER__FILTER__RELOAD_INTERVAL_MS", "100"),
-            ("RUST_LOG", "info"),
-        ],
-    );
+    let env = [
+        ("EVENT_TRIGGER__FILTER__RELOAD_INTERVAL_MS", "100"),
+        // A call that times out on a loaded machine would be a lost delivery here.
+        ("EVENT_TRIGGER__ACTIONS__WEBHOOK__TIMEOUT_MS", "60000"),
+        ("RUST_LOG", "info"),
+    ];
+    let children: Vec<_> = if processes == 1 {
+        vec![start_run(&cfg, &["-w", "2"], &env)]
+    } else {
+        let hosts = dir.path().join("hosts.txt");
+        let lines: String = (0..processes)
+            .map(|_| format!("127.0.0.1:{}\n", closed_port()))
+            .collect();
+        std::fs::write(&hosts, lines).unwrap();
+        let n = processes.to_string();
+        (0..processes)
+            .map(|p| {
+                let p = p.to_string();
+                let args = ["-w", "1", "-n", &n, "-p", &p, "-h", hosts.to_str().unwrap()];
+                start_run(&cfg, &args, &env)
+            })
+            .collect()
+    };
     let kind = |line: &str| {
         event_trigger::decode::decode(line.as_bytes())
             .ok()
@@ -1303,7 +1330,7 @@ fn a_filter_reloaded_under_load_judges_each_event_once_by_one_version() {
         if i == 6 {
             std::fs::write(&s.filter.script_path, r#"event.event_type == "click""#).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(pause_ms));
     }
     // Wait for the deliveries to settle, then stop.
     let mut last = (receiver.received(), Instant::now());
@@ -1314,18 +1341,27 @@ fn a_filter_reloaded_under_load_judges_each_event_once_by_one_version() {
             last = (n, Instant::now());
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = wait_ok(child);
-    assert_eq!(summary_of(&out.stdout).events_read, w.lines.len() as u64);
-    let err = String::from_utf8_lossy(&out.stderr);
+    for child in &children {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let outs: Vec<_> = children.into_iter().map(wait_ok).collect();
+    assert_eq!(
+        summary_of(&outs[0].stdout).events_read,
+        w.lines.len() as u64
+    );
+    let err = String::from_utf8_lossy(&outs[0].stderr);
     assert!(
         err.contains("filter not reloaded"),
         "the broken script refused: {err}"
     );
     assert!(err.contains("filter reloaded"), "{err}");
+    for out in &outs {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("arrived after its time"), "{err}");
+    }
 
     let delivered = receiver.event_ids();
     let once: HashSet<&String> = delivered.iter().collect();

@@ -6,9 +6,11 @@
 //! Every worker judges an event stamped `t` by the newest version in effect at `t`. A
 //! version is published before its time comes, and a worker looks for new versions at
 //! the start of every activation, so no event is judged by a version it should not be:
-//! an event stamped at or after the switch was read after the version was published. The
-//! workers of one process therefore switch at the same time; processes watch the file
-//! each, and switch at their own time (see the README).
+//! an event stamped at or after the switch was read after the version was published.
+//! Only process 0 watches the file; its worker 0 broadcasts each version to every worker
+//! of the cluster (`dataflows::trigger`), with a switch time far enough ahead (5 s with
+//! several processes) for the broadcast to arrive first. A version that arrives after its
+//! time is applied from then on, and logged as late.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +20,8 @@ use std::time::Duration;
 use super::{Filter, FilterError, FilterLimits, Verdict};
 use crate::model::{EnrichedView, Time};
 
-/// How long after it is noticed a new version takes effect (rounded up to a second).
-const SWITCH_DELAY_MS: Time = 1000;
-
 /// A script and the time it takes effect at.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Version {
     pub number: u64,
     pub at: Time,
@@ -46,8 +45,17 @@ impl FilterVersions {
         number
     }
 
+    /// Takes `v` from the broadcast, unless this process has it already.
+    pub fn adopt(&self, v: Version) {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if v.number as usize == versions.len() + 1 {
+            self.published.store(v.number, Ordering::Release);
+            versions.push(v);
+        }
+    }
+
     /// Versions after `seen`, if any.
-    fn after(&self, seen: u64) -> Vec<Version> {
+    pub fn after(&self, seen: u64) -> Vec<Version> {
         if self.published.load(Ordering::Acquire) == seen {
             return Vec::new();
         }
@@ -66,6 +74,8 @@ pub struct Filters {
     seen: u64,
     origin: String,
     limits: FilterLimits,
+    /// The latest time judged: a version due before it arrived late.
+    latest: std::cell::Cell<Time>,
 }
 
 impl Filters {
@@ -82,6 +92,7 @@ impl Filters {
             seen: 0,
             origin,
             limits,
+            latest: std::cell::Cell::new(0),
         }
     }
 
@@ -90,6 +101,15 @@ impl Filters {
     pub fn refresh(&mut self) {
         for v in self.source.after(self.seen) {
             self.seen = v.number;
+            let latest = self.latest.get();
+            if v.at <= latest {
+                tracing::error!(
+                    version = v.number,
+                    at = v.at,
+                    latest,
+                    "filter version arrived after its time: events up to now were judged by the previous one"
+                );
+            }
             // Compiled by the watcher already; a failure here would be a bug, and leaves
             // the previous version in effect.
             match Filter::compile(&v.script, &self.origin, &self.limits) {
@@ -128,20 +148,22 @@ impl Filters {
 
     /// Judges an event stamped `time` by the version in effect then.
     pub fn judge(&self, time: Time, view: EnrichedView<'_>) -> Verdict {
+        self.latest.set(self.latest.get().max(time));
         let i = self.compiled.partition_point(|(t, _)| *t <= time);
         self.compiled[i.saturating_sub(1)].1.judge(view)
     }
 }
 
 /// Watches `path`: every `every`, and on SIGHUP, reads it; a changed script that
-/// compiles is published to take effect a second later, one that does not is logged.
-/// `floor`: the sources' clocks start there (a restored epoch may be ahead of the wall
-/// clock); a switch is never before it.
+/// compiles is published to take effect `delay` later (rounded up to a second), one that
+/// does not is logged. `floor`: the sources' clocks start there (a restored epoch may be
+/// ahead of the wall clock); a switch is never before it.
 pub async fn watch(
     path: PathBuf,
     limits: FilterLimits,
     versions: FilterVersions,
     every: Duration,
+    delay: Duration,
     mut current: String,
     floor: Time,
 ) {
@@ -170,7 +192,7 @@ pub async fn watch(
         match check(&script, &origin, &limits) {
             Ok(()) => {
                 let now = crate::operators::now_ms().max(floor);
-                let at = (now + SWITCH_DELAY_MS).div_ceil(1000) * 1000;
+                let at = (now + delay.as_millis() as Time).div_ceil(1000) * 1000;
                 let number = versions.publish(script.clone(), at);
                 crate::metrics::global().filter_reloads.inc();
                 tracing::info!(version = number, at, "filter reloaded from {origin}");
