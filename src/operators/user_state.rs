@@ -30,8 +30,8 @@ use crate::filter::reload::Filters;
 use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
 use crate::model::{
-    EnrichedEvent, EnrichedView, HistoryEntry, PendingUser, SavedUser, Text, Time, UserEvent,
-    UserState,
+    EnrichedEvent, EnrichedView, HistoryEntry, PendingUser, ProfileData, SavedUser, Text, Time,
+    UserEvent, UserState,
 };
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
@@ -164,6 +164,9 @@ struct Manager {
     min_refetch_ms: u64,
     /// Users with pending events whose look-up waits for a free slot.
     waiting: VecDeque<Text>,
+    /// What recent look-ups gave, when the TTL is shorter than `min_refetch_ms` (else a
+    /// user's look-up is always older than that when it expires, and none is kept).
+    recent: Option<RecentLookups>,
     /// Events that arrived early: while a checkpoint is restored, or stamped at or after
     /// the next epoch before the frontier reached it.
     stash: Vec<(Time, UserEvent)>,
@@ -174,6 +177,48 @@ struct Manager {
     applier: Applier,
     stats: Rc<Stats>,
     fetch_log: LogLimiter,
+}
+
+/// Answers of look-ups younger than `window`, so that a user who expires and comes back
+/// within it is not looked up again.
+struct RecentLookups {
+    window: u64,
+    answers: FxHashMap<Text, (Time, ProfileData)>,
+    /// By time, for pruning.
+    order: VecDeque<(Time, Text)>,
+}
+
+impl RecentLookups {
+    fn new(window: u64) -> Self {
+        RecentLookups {
+            window,
+            answers: FxHashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn put(&mut self, user: Text, at: Time, data: ProfileData) {
+        self.order.push_back((at, user.clone()));
+        self.answers.insert(user, (at, data));
+    }
+
+    fn get(&self, user: &Text, now: Time) -> Option<ProfileData> {
+        let (at, data) = self.answers.get(user)?;
+        (now < at.saturating_add(self.window)).then(|| data.clone())
+    }
+
+    fn prune(&mut self, now: Time) {
+        while let Some((at, _)) = self.order.front()
+            && at.saturating_add(self.window) <= now
+        {
+            let Some((at, user)) = self.order.pop_front() else {
+                break;
+            };
+            if self.answers.get(&user).is_some_and(|(t, _)| *t == at) {
+                self.answers.remove(&user);
+            }
+        }
+    }
 }
 
 /// What became of an event offered to the state.
@@ -215,6 +260,17 @@ impl Manager {
             }
         }
         let user = ev.user_id.clone();
+        if !self.refetching.contains_key(&user)
+            && let Some(data) = self.recent.as_ref().and_then(|r| r.get(&user, time))
+        {
+            // Looked up less than `min_refetch_ms` ago: that answer again, no request.
+            let mut state = UserState::from_profile(data, time);
+            self.ttl.touched(&user, &mut state, true);
+            let out = self.applier.apply(time, ev, &mut state);
+            self.ttl.touched(&user, &mut state, false);
+            self.store.insert(user, state);
+            return Offer::Applied(out);
+        }
         let queued = Queued {
             time,
             held: time,
@@ -251,6 +307,9 @@ impl Manager {
                 };
                 let first = queue.front().map(|q| q.time).unwrap_or_default();
                 let before = self.refetching.remove(&user);
+                if let (Some(recent), Ok(data)) = (&mut self.recent, &result) {
+                    recent.put(user.clone(), first, data.clone());
+                }
                 let mut state = match (result, before) {
                     (Ok(data), None) => UserState::from_profile(data, first),
                     // A look-up again after a failed one: the API's data, then the
@@ -434,6 +493,9 @@ impl Manager {
     }
 
     fn expire(&mut self, now: Time) {
+        if let Some(recent) = &mut self.recent {
+            recent.prune(now);
+        }
         let expired = self.ttl.expire(now, &mut self.store);
         if expired > 0 {
             tracing::debug!(
@@ -587,6 +649,8 @@ pub fn user_state<'s>(
                 refetching: FxHashMap::default(),
                 min_refetch_ms: cfg.min_refetch_ms,
                 waiting: VecDeque::new(),
+                recent: (cfg.ttl_ms < cfg.min_refetch_ms)
+                    .then(|| RecentLookups::new(cfg.min_refetch_ms)),
                 stash: Vec::new(),
                 held: HeldTimes::default(),
                 snapshots,
