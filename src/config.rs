@@ -268,41 +268,32 @@ impl<'de> Deserialize<'de> for ActionsSettings {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionKind {
+    #[default]
     Webhook,
     Debug,
 }
 
 /// One action of the list form. A webhook takes the keys of `actions.webhook`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ActionSpec {
     #[serde(rename = "type")]
     pub kind: ActionKind,
     /// For logs and dead letters; `<type>-<position>` if not given.
-    #[serde(default)]
     pub name: Option<String>,
     /// A rhai expression, like the filter script, that the events of this action must
     /// also pass (after the filter).
-    #[serde(default)]
     pub filter: Option<String>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
-    #[serde(default)]
     pub max_in_flight: Option<usize>,
-    #[serde(default)]
     pub secret: Option<Secret>,
-    #[serde(default)]
     pub secret_file: Option<PathBuf>,
-    #[serde(default)]
     pub retry_attempts: Option<u32>,
-    #[serde(default)]
     pub retry_backoff_ms: Option<u64>,
-    #[serde(default)]
     pub retry_max_wait_ms: Option<u64>,
 }
 
@@ -339,16 +330,7 @@ impl ActionsSettings {
     pub fn specs(&self) -> Vec<(String, ActionSpec)> {
         let single = |kind| ActionSpec {
             kind,
-            name: None,
-            filter: None,
-            url: None,
-            timeout_ms: None,
-            max_in_flight: None,
-            secret: None,
-            secret_file: None,
-            retry_attempts: None,
-            retry_backoff_ms: None,
-            retry_max_wait_ms: None,
+            ..Default::default()
         };
         match &self.list {
             Some(list) => list

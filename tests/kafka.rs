@@ -1457,29 +1457,5 @@ fn dead_letters_go_to_a_kafka_topic() {
             letters.push(letter);
         }
     }
-    use event_trigger::dead_letter::Kind;
-    let mut failed: Vec<String> = letters
-        .iter()
-        .filter(|l| l.kind == Kind::WebhookFailed)
-        .map(|l| {
-            let body: serde_json::Value = serde_json::from_slice(&l.bytes()).unwrap();
-            body["event"]["event_id"].as_str().unwrap().to_string()
-        })
-        .collect();
-    failed.sort();
-    assert_eq!(failed, expected);
-    let mut invalid: Vec<Vec<u8>> = letters
-        .iter()
-        .filter(|l| l.kind == Kind::InvalidMessage)
-        .map(|l| l.bytes())
-        .collect();
-    let mut want: Vec<Vec<u8>> = w
-        .lines
-        .iter()
-        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
-        .map(|l| l.as_bytes().to_vec())
-        .collect();
-    invalid.sort();
-    want.sort();
-    assert_eq!(invalid, want);
+    assert_dead_letters(&letters, &w, &expected);
 }

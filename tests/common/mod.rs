@@ -559,3 +559,51 @@ pub fn summary_of(stdout: &[u8]) -> Counts {
         .find_map(Summary::parse_counts)
         .unwrap_or_else(|| panic!("no summary in output: {out}"))
 }
+
+/// Serves `handler` on a free port of 127.0.0.1.
+pub fn serve_on_loopback(
+    rt: &tokio::runtime::Runtime,
+    handler: event_trigger::http_server::Handler,
+) -> SocketAddr {
+    rt.block_on(event_trigger::http_server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        handler,
+    ))
+    .unwrap()
+}
+
+/// Checks dead letters against a run of `w` whose deliveries all failed: one letter per
+/// passing event (`expected`, with the body it would have sent) and per invalid line of
+/// the workload (with its bytes).
+pub fn assert_dead_letters(
+    letters: &[event_trigger::dead_letter::DeadLetter],
+    w: &Workload,
+    expected: &[String],
+) {
+    use event_trigger::dead_letter::Kind;
+    let mut failed: Vec<String> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::WebhookFailed)
+        .map(|l| {
+            let body: Value = serde_json::from_slice(&l.bytes()).unwrap();
+            assert_eq!(body["userProfile"]["country"], "US");
+            body["event"]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(failed, expected, "every failed delivery, with its body");
+    let mut invalid: Vec<Vec<u8>> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::InvalidMessage)
+        .map(|l| l.bytes())
+        .collect();
+    let mut want: Vec<Vec<u8>> = w
+        .lines
+        .iter()
+        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    invalid.sort();
+    want.sort();
+    assert_eq!(invalid, want, "every invalid message, as read");
+}
