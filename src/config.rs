@@ -177,6 +177,8 @@ pub struct ProfileApiSettings {
     /// Requests to the API per second from this process, retries included (a look-up
     /// is three); 0: no limit beyond `max-in-flight`.
     pub max_requests_per_second: u32,
+    /// PEM file of CA certificates to trust for `https://`, besides the platform's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ProfileApiSettings {
@@ -189,6 +191,7 @@ impl Default for ProfileApiSettings {
             retry_backoff_ms: 100,
             min_refetch_interval_ms: 60_000,
             max_requests_per_second: 0,
+            ca_file: None,
         }
     }
 }
@@ -295,6 +298,7 @@ pub struct ActionSpec {
     pub retry_attempts: Option<u32>,
     pub retry_backoff_ms: Option<u64>,
     pub retry_max_wait_ms: Option<u64>,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ActionSpec {
@@ -310,6 +314,7 @@ impl ActionSpec {
             retry_attempts: self.retry_attempts.unwrap_or(d.retry_attempts),
             retry_backoff_ms: self.retry_backoff_ms.unwrap_or(d.retry_backoff_ms),
             retry_max_wait_ms: self.retry_max_wait_ms.unwrap_or(d.retry_max_wait_ms),
+            ca_file: self.ca_file.clone(),
         }
     }
 
@@ -322,6 +327,7 @@ impl ActionSpec {
             || self.retry_attempts.is_some()
             || self.retry_backoff_ms.is_some()
             || self.retry_max_wait_ms.is_some()
+            || self.ca_file.is_some()
     }
 }
 
@@ -356,6 +362,7 @@ impl ActionsSettings {
                     retry_attempts: Some(w.retry_attempts),
                     retry_backoff_ms: Some(w.retry_backoff_ms),
                     retry_max_wait_ms: Some(w.retry_max_wait_ms),
+                    ca_file: w.ca_file.clone(),
                     ..single(ActionKind::Webhook)
                 };
                 vec![("webhook".into(), spec)]
@@ -429,6 +436,8 @@ pub struct WebhookSettings {
     pub retry_attempts: u32,
     pub retry_backoff_ms: u64,
     pub retry_max_wait_ms: u64,
+    /// PEM file of CA certificates to trust for `https://`, besides the platform's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A secret value: never printed (`Debug` shows `***`).
@@ -463,6 +472,7 @@ impl Default for WebhookSettings {
             retry_attempts: 3,
             retry_backoff_ms: 200,
             retry_max_wait_ms: 30_000,
+            ca_file: None,
         }
     }
 }

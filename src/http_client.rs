@@ -15,6 +15,24 @@ pub fn builder() -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
 }
 
+/// `builder()`, also trusting the CA certificates in the PEM file `ca` (for receivers
+/// and APIs with certificates of a private CA; the platform's roots stay trusted).
+pub fn builder_trusting(ca: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder, String> {
+    let mut b = builder();
+    if let Some(path) = ca {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
+}
+
 /// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

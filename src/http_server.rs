@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub type Reply = Response<Full<Bytes>>;
 pub type Handler =
@@ -43,8 +43,24 @@ where
 /// Binds `addr` and serves `handler` on the current tokio runtime until the runtime
 /// stops. Returns the bound address (useful with port 0).
 pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
+    serve_over(addr, handler, |stream| async move { Ok(stream) }).await
+}
+
+/// `serve`, each connection first going through `wrap` (a TLS handshake, say); one
+/// that fails there is dropped.
+pub async fn serve_over<F, Fut, S>(
+    addr: SocketAddr,
+    handler: Handler,
+    wrap: F,
+) -> std::io::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let wrap = Arc::new(wrap);
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -56,7 +72,15 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Socket
             };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
+            let wrap = wrap.clone();
             tokio::spawn(async move {
+                let stream = match wrap(stream).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!("connection dropped: {e}");
+                        return;
+                    }
+                };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let handler = handler.clone();
                     async move {

@@ -252,10 +252,17 @@ fn validate(config: &Path) -> anyhow::Result<()> {
         max_operations: settings.filter.max_operations,
     };
     event_trigger::filter::Filter::from_file(&settings.filter.script_path, &limits)?;
+    let ca = |key: &str, path: &Option<PathBuf>| {
+        event_trigger::http_client::builder_trusting(path.as_deref())
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    };
+    ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
     for (i, (_, action)) in settings.actions.specs().iter().enumerate() {
         if let Some(f) = &action.filter {
             event_trigger::filter::Filter::compile(f, &format!("actions[{i}].filter"), &limits)?;
         }
+        ca("actions.webhook.ca-file", &action.ca_file)?;
     }
     println!(
         "{}: ok (filter {} compiles)",

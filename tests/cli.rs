@@ -69,6 +69,13 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
             ),
             "actions[0].filter",
         ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nprofile-api:\n  ca-file: /no/ca.pem\n",
+                good_script.display()
+            ),
+            "profile-api.ca-file: /no/ca.pem",
+        ),
     ];
     for (yaml, needle) in cases {
         let cfg = dir.path().join("c.yml");

@@ -848,3 +848,146 @@ fn several_actions_each_get_the_events_their_filters_pass() {
     assert_eq!(counts.passed, expected.len() as u64);
     assert_eq!(counts.actions_ok, (expected.len() + want_long.len()) as u64);
 }
+
+/// A Profile API and a webhook receiver over TLS on 127.0.0.1, with certificates of a
+/// private CA: with `ca-file` set to that CA, look-ups and deliveries go through; without
+/// it the certificate is refused (verification is on), the look-ups fail and the
+/// deliveries go to the dead-letter file.
+#[test]
+fn tls_to_the_profile_api_and_webhooks_with_a_private_ca() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    // A CA, and a certificate it signs for 127.0.0.1 and localhost.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "event-trigger test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let over_tls = |handler: event_trigger::http_server::Handler| {
+        let acceptor = acceptor.clone();
+        rt.block_on(event_trigger::http_server::serve_over(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+            move |stream| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(stream).await }
+            },
+        ))
+        .unwrap()
+    };
+    let w = Workload::generate(400, 40, 41);
+    let api_calls = Arc::new(AtomicU64::new(0));
+    let users = w.users.clone();
+    let calls = api_calls.clone();
+    let api = over_tls(event_trigger::http_server::handler(move |req| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let path = req.uri().path().to_string();
+        let users = users.clone();
+        async move {
+            let found = path
+                .strip_prefix("/users/")
+                .and_then(|r| r.rsplit_once('/'))
+                .and_then(|(id, what)| {
+                    let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+                    let (p, v, h) = users.get(id.as_ref())?;
+                    Some(match what {
+                        "profile" => p.to_string(),
+                        "visit" => v.to_string(),
+                        _ => h.to_string(),
+                    })
+                });
+            match found {
+                Some(body) => event_trigger::http_server::reply(hyper::StatusCode::OK, body),
+                None => event_trigger::http_server::reply(hyper::StatusCode::NOT_FOUND, "{}"),
+            }
+        }
+    }));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let count = delivered.clone();
+    let hook = over_tls(event_trigger::http_server::handler(move |_req| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async { event_trigger::http_server::reply(hyper::StatusCode::OK, "{}") }
+    }));
+    let events = w.write_events(dir.path());
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &format!("https://localhost:{}", api.port()),
+        &format!("https://127.0.0.1:{}/hook", hook.port()),
+        SEED_FILTER,
+    );
+    s.actions.webhook.retry_attempts = 0;
+    s.profile_api.retry_attempts = 0;
+
+    // Trusting the CA: everything goes through.
+    s.profile_api.ca_file = Some(ca_file.clone());
+    s.actions.webhook.ca_file = Some(ca_file.clone());
+    let counts = run(&s, 2, &rt);
+    let expected = w.expected_us_page_views().len() as u64;
+    assert!(expected > 0);
+    assert_eq!(counts.fetch_errors as usize, count_unknown(&w), "only 404s");
+    assert_eq!(counts.actions_ok, expected);
+    assert_eq!(delivered.load(Ordering::Relaxed), expected);
+
+    // Not trusting it: refused.
+    let before = api_calls.load(Ordering::Relaxed);
+    s.profile_api.ca_file = None;
+    s.actions.webhook.ca_file = None;
+    s.actions.debug.enabled = false;
+    s.profile_api.base_url = format!("https://localhost:{}", api.port());
+    std::fs::write(&s.filter.script_path, "true").unwrap();
+    s.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    let counts = run(&s, 2, &rt);
+    assert_eq!(
+        api_calls.load(Ordering::Relaxed),
+        before,
+        "no request got through"
+    );
+    assert_eq!(counts.fetch_errors, counts.fetched, "every look-up refused");
+    assert_eq!(counts.actions_ok, 0);
+    assert_eq!(counts.actions_failed, counts.passed);
+    let letters = DeadLetters::read(&dir.path().join("dead.jsonl")).unwrap();
+    let reasons: Vec<_> = letters
+        .iter()
+        .filter(|l| l.kind == Kind::WebhookFailed)
+        .map(|l| l.reason.clone())
+        .collect();
+    assert_eq!(reasons.len() as u64, counts.passed);
+    assert!(reasons[0].contains("certificate"), "{}", reasons[0]);
+}
+
+/// Users the workload's events name that the API does not know.
+fn count_unknown(w: &Workload) -> usize {
+    let mut ids: Vec<String> = w
+        .lines
+        .iter()
+        .filter_map(|l| event_trigger::decode::decode(l.as_bytes()).ok())
+        .map(|e| e.user_id.to_string())
+        .filter(|u| !w.users.contains_key(u))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}

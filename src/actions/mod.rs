@@ -81,8 +81,13 @@ impl Actions {
                         backoff: ms(w.retry_backoff_ms),
                         max_wait: ms(w.retry_max_wait_ms),
                     };
-                    let client =
-                        WebhookClient::new(&w.url, ms(w.timeout_ms), w.signing_secret()?, retry)?;
+                    let client = WebhookClient::new(
+                        &w.url,
+                        ms(w.timeout_ms),
+                        w.signing_secret()?,
+                        retry,
+                        w.ca_file.as_deref(),
+                    )?;
                     Action::Webhook {
                         client,
                         max_in_flight: w.max_in_flight,

@@ -54,9 +54,11 @@ impl WebhookClient {
         timeout: Duration,
         secret: Option<Secret>,
         retry: RetryPolicy,
+        ca: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("actions.webhook.url: {e}"))?;
-        let client = crate::http_client::builder()
+        let client = crate::http_client::builder_trusting(ca)
+            .map_err(|e| format!("actions.webhook.ca-file: {e}"))?
             .timeout(timeout)
             .build()
             .map_err(|e| format!("actions.webhook: {e}"))?;

@@ -38,7 +38,17 @@ pub struct HttpProfileApi {
 
 impl HttpProfileApi {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProfileSourceError> {
-        let client = crate::http_client::builder()
+        Self::trusting(base_url, timeout, None)
+    }
+
+    /// `new`, also trusting the CA certificates of the PEM file `ca`.
+    pub fn trusting(
+        base_url: &str,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ProfileSourceError> {
+        let client = crate::http_client::builder_trusting(ca)
+            .map_err(ProfileSourceError::Ca)?
             .timeout(timeout)
             .build()
             .map_err(|e| ProfileSourceError::Client(e.to_string()))?;

@@ -57,6 +57,8 @@ pub enum ProfileSourceError {
     Snapshot { path: String, reason: String },
     #[error("profile-api.base-url: {0}")]
     Client(String),
+    #[error("profile-api.ca-file: {0}")]
+    Ca(String),
 }
 
 /// One line of `profiles.jsonl`: the three answers of the API together.
@@ -93,9 +95,13 @@ impl ProfileSource {
             let snapshot = ProfileSnapshot::load(std::path::Path::new(path))?;
             return Ok(ProfileSource::Snapshot(Arc::new(snapshot)));
         }
-        let api = HttpProfileApi::new(&s.base_url, Duration::from_millis(s.timeout_ms))?
-            .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms))
-            .with_rate_limit(s.max_requests_per_second);
+        let api = HttpProfileApi::trusting(
+            &s.base_url,
+            Duration::from_millis(s.timeout_ms),
+            s.ca_file.as_deref(),
+        )?
+        .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms))
+        .with_rate_limit(s.max_requests_per_second);
         Ok(ProfileSource::Http(api))
     }
 }
