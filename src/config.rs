@@ -47,8 +47,9 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MetricsSettings {
-    /// `host:port` to serve `/metrics` on; unset: none. The shipped
-    /// `config/application.yml` sets 127.0.0.1:9898.
+    /// `host:port` to serve `/metrics` on; `""`: none. Unset: `DEFAULT_METRICS_LISTEN`,
+    /// skipped with a warning when that port is taken (a port given explicitly that
+    /// cannot be bound fails the start).
     pub listen: Option<String>,
     /// A progress line in the log this often; 0: none.
     pub log_interval_s: u64,
@@ -63,15 +64,20 @@ impl Default for MetricsSettings {
     }
 }
 
+/// Where metrics are served when `metrics.listen` is not set: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9898";
+
 impl MetricsSettings {
-    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
-        match self.listen.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(a) => a
-                .parse()
-                .map(Some)
-                .map_err(|e| format!("`{a}` is not host:port ({e})")),
-        }
+    /// The address to serve on, if any, and whether it was given explicitly.
+    pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, String> {
+        let (text, explicit) = match self.listen.as_deref().map(str::trim) {
+            Some("") => return Ok(None),
+            Some(a) => (a, true),
+            None => (DEFAULT_METRICS_LISTEN, false),
+        };
+        text.parse()
+            .map(|a| Some((a, explicit)))
+            .map_err(|e| format!("`{text}` is not host:port ({e})"))
     }
 }
 

@@ -230,13 +230,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `/metrics` if `metrics.listen` is set, and logs progress lines.
+/// Serves `/metrics` (unless `metrics.listen` is `""`), and logs progress lines.
 fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    if let Some(listen) = settings.metrics.listen_addr().map_err(anyhow::Error::msg)? {
-        let addr = runtime
-            .block_on(event_trigger::metrics::serve(listen))
-            .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
-        tracing::info!("metrics on http://{addr}/metrics");
+    if let Some((listen, explicit)) = settings.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+        match runtime.block_on(event_trigger::metrics::serve(listen)) {
+            Ok(addr) => tracing::info!("metrics on http://{addr}/metrics"),
+            // The default port taken (another job on this machine, say): run without.
+            Err(e) if !explicit => tracing::warn!(
+                "metrics not served: {listen}: {e} (set metrics.listen to choose a port, or \"\" for none)"
+            ),
+            Err(e) => bail!("metrics.listen: cannot listen on {listen}: {e}"),
+        }
     }
     if settings.metrics.log_interval_s > 0 {
         runtime.spawn(event_trigger::metrics::log_progress(Duration::from_secs(

@@ -115,6 +115,20 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/events.jsonl"));
 }
 
+/// With `metrics.listen` unset and its default port taken, the job runs without metrics
+/// and says so.
+#[test]
+fn a_taken_default_metrics_port_is_a_warning() {
+    // Held here, or by another test's job: taken either way (only then is the warning
+    // certain).
+    let held = std::net::TcpListener::bind(event_trigger::config::DEFAULT_METRICS_LISTEN);
+    let out = run_ok(["run", "--config", "config/application.yml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if held.is_ok() {
+        assert!(err.contains("metrics not served"), "{err}");
+    }
+}
+
 /// A metrics address that is not `host:port`, or a port taken, fails the start naming
 /// `metrics.listen`.
 #[test]
