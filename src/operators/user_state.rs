@@ -30,14 +30,15 @@ use crate::filter::reload::Filters;
 use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
 use crate::model::{
-    EnrichedEvent, EnrichedView, HistoryEntry, PendingUser, ProfileData, SavedUser, Text, Time,
-    UserEvent, UserState,
+    EnrichedEvent, EnrichedView, HistoryEntry, PendingUser, SavedUser, Text, Time, UserEvent,
+    UserState,
 };
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::operators::now_ms;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
+use crate::state::recent::RecentLookups;
 use crate::state::{StateStore, Store, TtlIndex};
 use crate::stats::Stats;
 
@@ -177,48 +178,6 @@ struct Manager {
     applier: Applier,
     stats: Rc<Stats>,
     fetch_log: LogLimiter,
-}
-
-/// Answers of look-ups younger than `window`, so that a user who expires and comes back
-/// within it is not looked up again.
-struct RecentLookups {
-    window: u64,
-    answers: FxHashMap<Text, (Time, ProfileData)>,
-    /// By time, for pruning.
-    order: VecDeque<(Time, Text)>,
-}
-
-impl RecentLookups {
-    fn new(window: u64) -> Self {
-        RecentLookups {
-            window,
-            answers: FxHashMap::default(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn put(&mut self, user: Text, at: Time, data: ProfileData) {
-        self.order.push_back((at, user.clone()));
-        self.answers.insert(user, (at, data));
-    }
-
-    fn get(&self, user: &Text, now: Time) -> Option<ProfileData> {
-        let (at, data) = self.answers.get(user)?;
-        (now < at.saturating_add(self.window)).then(|| data.clone())
-    }
-
-    fn prune(&mut self, now: Time) {
-        while let Some((at, _)) = self.order.front()
-            && at.saturating_add(self.window) <= now
-        {
-            let Some((at, user)) = self.order.pop_front() else {
-                break;
-            };
-            if self.answers.get(&user).is_some_and(|(t, _)| *t == at) {
-                self.answers.remove(&user);
-            }
-        }
-    }
 }
 
 /// What became of an event offered to the state.
