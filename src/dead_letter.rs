@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use serde::{Deserialize, Serialize};
@@ -234,17 +234,8 @@ impl KafkaSink {
         let failed_before = self.producer.context().0.load(Ordering::Relaxed);
         for letter in letters {
             let payload = serde_json::to_vec(letter).map_err(|e| err(e.to_string()))?;
-            let mut record = BaseRecord::<(), [u8]>::to(&self.topic).payload(&payload);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        record = back;
-                    }
-                    Err((e, _)) => return Err(err(e.to_string())),
-                }
-            }
+            let record = BaseRecord::<(), [u8]>::to(&self.topic).payload(&payload);
+            crate::kafka::send_when_room(&self.producer, record).map_err(|e| err(e.to_string()))?;
         }
         // Acknowledged before the work counts as done.
         self.producer

@@ -146,6 +146,28 @@ pub struct Produced {
 /// Loads every line of `input` into `topic`, keyed by user id, at full speed; calls
 /// `progress` with the counts so far about every 200 ms. Waits until every message is
 /// acknowledged.
+/// Hands `record` to the producer, serving delivery reports while its queue is full.
+pub fn send_when_room<C: rdkafka::producer::ProducerContext>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<
+        '_,
+        impl rdkafka::message::ToBytes + ?Sized,
+        impl rdkafka::message::ToBytes + ?Sized,
+        C::DeliveryOpaque,
+    >,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(10));
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 pub fn produce(
     s: &KafkaSettings,
     topic: &str,
@@ -175,21 +197,8 @@ pub fn produce(
         if let Some(k) = key.as_deref() {
             record = record.key(k);
         }
-        let mut pending = record;
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    producer.poll(Duration::from_millis(10));
-                    pending = back;
-                }
-                Err((e, _)) => {
-                    return Err(KafkaSetupError::Client(format!(
-                        "producing to {topic}: {e}"
-                    )));
-                }
-            }
-        }
+        send_when_room(&producer, record)
+            .map_err(|e| KafkaSetupError::Client(format!("producing to {topic}: {e}")))?;
         done.messages += 1;
         done.bytes += line.len() as u64;
         if last.elapsed() >= Duration::from_millis(200) {

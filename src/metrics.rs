@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::stats::{Counts, Stats};
 
@@ -95,6 +95,12 @@ impl Totals {
     }
 }
 
+/// Registers `metric` and gives it back (the registry keeps a handle: metrics are shared).
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The process's metrics (one registry per process, as Prometheus scrapes processes).
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -107,22 +113,21 @@ impl Metrics {
         let counters = Counts::default()
             .named()
             .into_iter()
-            .map(|(name, help, _)| {
-                let family = Family::<WorkerLabel, Counter>::default();
-                registry.register(name, help, family.clone());
-                (name, family)
-            })
+            .map(|(name, help, _)| (name, add(&mut registry, name, help, Family::default())))
             .collect();
-        let invalid_by_reason = Family::<ReasonLabel, Counter>::default();
-        registry.register(
+        let invalid_by_reason = add(
+            &mut registry,
             "invalid_by_reason",
             "messages skipped as invalid, by reason",
-            invalid_by_reason.clone(),
+            Family::<ReasonLabel, Counter>::default(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Family::<WorkerLabel, Gauge>::default();
-            registry.register(name, help, g.clone());
-            g
+            add(
+                registry,
+                name,
+                help,
+                Family::<WorkerLabel, Gauge>::default(),
+            )
         };
         let users = gauge(&mut registry, "state_users", "users in state");
         let state_bytes = gauge(
@@ -131,9 +136,12 @@ impl Metrics {
             "encoded size of the users at the last checkpoint part (an estimate of the state's size)",
         );
         let by_action = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<ActionLabel, Counter>::default();
-            registry.register(name, help, f.clone());
-            f
+            add(
+                registry,
+                name,
+                help,
+                Family::<ActionLabel, Counter>::default(),
+            )
         };
         let action_ok = by_action(&mut registry, "action_ok", "actions completed, by action");
         let action_failed = by_action(
@@ -166,65 +174,65 @@ impl Metrics {
             "action_backlog_events",
             "events waiting for a webhook slot",
         );
-        let lookup_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
+        let lookup_seconds = add(
+            &mut registry,
             "lookup_seconds",
             "Profile API look-up latency (three requests, retries included)",
-            lookup_seconds.clone(),
+            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         );
-        let lookup_errors = Family::<KindLabel, Counter>::default();
-        registry.register(
+        let lookup_errors = add(
+            &mut registry,
             "lookup_errors",
             "failed look-ups by kind (request, status, body)",
-            lookup_errors.clone(),
+            Family::<KindLabel, Counter>::default(),
         );
-        let checkpoints_completed = Counter::default();
-        registry.register(
+        let checkpoints_completed = add(
+            &mut registry,
             "checkpoints_completed",
             "checkpoints completed (manifest written)",
-            checkpoints_completed.clone(),
+            Counter::default(),
         );
-        let checkpoint_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
+        let checkpoint_seconds = add(
+            &mut registry,
             "checkpoint_duration_seconds",
             "last checkpoint: from its epoch to its manifest",
-            checkpoint_seconds.clone(),
+            Gauge::<f64, std::sync::atomic::AtomicU64>::default(),
         );
-        let checkpoint_bytes = Gauge::default();
-        registry.register(
+        let checkpoint_bytes = add(
+            &mut registry,
             "checkpoint_bytes",
             "last checkpoint: size of its state parts",
-            checkpoint_bytes.clone(),
+            Gauge::default(),
         );
-        let checkpoint_users = Gauge::default();
-        registry.register(
+        let checkpoint_users = add(
+            &mut registry,
             "checkpoint_users",
             "last checkpoint: users it holds",
-            checkpoint_users.clone(),
+            Gauge::default(),
         );
-        let checkpoint_epoch_ms = Gauge::default();
-        registry.register(
+        let checkpoint_epoch_ms = add(
+            &mut registry,
             "checkpoint_epoch_ms",
             "last checkpoint: its epoch (ms since the epoch)",
-            checkpoint_epoch_ms.clone(),
+            Gauge::default(),
         );
-        let consumer_lag = Family::<PartitionLabel, Gauge>::default();
-        registry.register(
+        let consumer_lag = add(
+            &mut registry,
             "kafka_consumer_lag",
             "messages behind the partition's end (librdkafka statistics)",
-            consumer_lag.clone(),
+            Family::<PartitionLabel, Gauge>::default(),
         );
-        let filter_reloads = Counter::default();
-        registry.register(
+        let filter_reloads = add(
+            &mut registry,
             "filter_reloads",
             "filter scripts reloaded (changed on disk, or SIGHUP)",
-            filter_reloads.clone(),
+            Counter::default(),
         );
-        let filter_reload_failures = Counter::default();
-        registry.register(
+        let filter_reload_failures = add(
+            &mut registry,
             "filter_reload_failures",
             "changed filter scripts refused (did not compile; the old one stays)",
-            filter_reload_failures.clone(),
+            Counter::default(),
         );
         Metrics {
             registry,
