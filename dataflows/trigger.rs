@@ -47,8 +47,12 @@ const QUEUED_PER_DELIVERY: usize = 4;
 /// Where events come from.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// A JSONL file, a pipe, or standard input (`-`): read to its end.
-    File(PathBuf),
+    /// A JSONL file, a pipe, or standard input (`-`): read to its end, at most
+    /// `max_per_s` lines a second when given.
+    File {
+        path: PathBuf,
+        max_per_s: Option<f64>,
+    },
     /// A Kafka topic with this many partitions; `bounded` reads to the end of each
     /// partition and finishes, otherwise the job runs until stopped.
     Kafka {
@@ -125,7 +129,10 @@ impl Prepared {
                 if path.as_os_str() != "-" && !path.exists() {
                     bail!("source.path: {}: no such file", path.display());
                 }
-                Input::File(path)
+                Input::File {
+                    path,
+                    max_per_s: settings.source.max_events_per_second,
+                }
             }
             SourceType::Kafka => {
                 let partitions = crate::kafka::topic_partitions(&settings.kafka)?;
@@ -299,7 +306,7 @@ pub fn run(
                 )
                 .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
             ),
-            Input::File(_) => None,
+            Input::File { .. } => None,
         }));
 
         // Bounds on what waits for the outside world; past them the source pauses.
@@ -313,9 +320,14 @@ pub fn run(
         worker.dataflow::<Time, _, _>(|scope| {
             let ending = Ending::default();
             let messages = match &p.input {
-                Input::File(path) => {
-                    file_source(scope, path.clone(), gate, p.stop.clone(), failed.clone())
-                }
+                Input::File { path, max_per_s } => file_source(
+                    scope,
+                    path.clone(),
+                    *max_per_s,
+                    gate,
+                    p.stop.clone(),
+                    failed.clone(),
+                ),
                 Input::Kafka { .. } => {
                     let finished = Finished {
                         ending: ending.clone(),

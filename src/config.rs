@@ -163,6 +163,9 @@ pub struct SourceSettings {
     pub kind: SourceType,
     /// JSONL file for `type: file`; `-` reads standard input.
     pub path: Option<PathBuf>,
+    /// `type: file` only: read at most this many lines a second (the whole job), to
+    /// offer a fixed load; unset reads as fast as the job goes.
+    pub max_events_per_second: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -687,6 +690,20 @@ impl Settings {
         if self.source.kind == SourceType::File && self.source.path.is_none() {
             return Err(("source.path", "required when source.type is file".into()));
         }
+        if let Some(rate) = self.source.max_events_per_second {
+            if self.source.kind != SourceType::File {
+                return Err((
+                    "source.max-events-per-second",
+                    "only the file source can be paced".into(),
+                ));
+            }
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err((
+                    "source.max-events-per-second",
+                    format!("{rate} is not a positive rate"),
+                ));
+            }
+        }
         let base = &self.profile_api.base_url;
         if !(base.starts_with("http://")
             || base.starts_with("https://")
@@ -878,6 +895,14 @@ mod tests {
     #[test]
     fn cross_key_rules_are_checked() {
         fails_naming("source:\n  type: file\n", "source.path");
+        fails_naming(
+            "source:\n  type: file\n  path: x\n  max-events-per-second: 0\n",
+            "source.max-events-per-second",
+        );
+        fails_naming(
+            "source:\n  max-events-per-second: 10\n",
+            "source.max-events-per-second",
+        );
         fails_naming(
             "profile-api:\n  base-url: ftp://x\n",
             "profile-api.base-url",

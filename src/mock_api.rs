@@ -1,7 +1,8 @@
 //! `event-trigger mock-api`: a local stand-in for the Profile API and a webhook receiver,
 //! like the original project's mock server. Serves `/users/{id}/profile|visit|history`
 //! from a `profiles.jsonl` (404 for unknown users), accepts `POST /webhook`, and reports
-//! its counters at `GET /stats`.
+//! its counters at `GET /stats`, with the latency of the webhooks from their event's
+//! ingestion (the `X-Event-Ingested-At` header) to their arrival.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,62 @@ pub struct MockApi {
     log_webhooks: u64,
     pub profile_requests: AtomicU64,
     pub webhooks: AtomicU64,
+    pub latency: Latencies,
+}
+
+/// Bucket width of the latency histogram, and how far it reaches (later ones count in
+/// the last bucket; the maximum is kept exactly).
+const BUCKET_US: u64 = 100;
+const BUCKETS: usize = 100_000;
+
+/// Latencies in microseconds, counted lock-free in fixed buckets of 0.1 ms.
+pub struct Latencies {
+    buckets: Box<[AtomicU64]>,
+    max_us: AtomicU64,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Latencies {
+    pub fn record(&self, us: u64) {
+        let i = ((us / BUCKET_US) as usize).min(BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// `{count, p50_ms, p99_ms, max_ms}`; a percentile is its bucket's upper edge.
+    pub fn summary(&self) -> serde_json::Value {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+                }
+            }
+            0.0
+        };
+        serde_json::json!({
+            "count": total,
+            "p50_ms": if total == 0 { 0.0 } else { at(0.5) },
+            "p99_ms": if total == 0 { 0.0 } else { at(0.99) },
+            "max_ms": self.max_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        })
+    }
 }
 
 impl MockApi {
@@ -61,6 +118,7 @@ impl MockApi {
             log_webhooks,
             profile_requests: AtomicU64::new(0),
             webhooks: AtomicU64::new(0),
+            latency: Latencies::default(),
         })
     }
 
@@ -68,8 +126,25 @@ impl MockApi {
         self.users.len()
     }
 
-    fn answer(&self, method: &Method, path: &str, body: &Bytes) -> (StatusCode, Bytes) {
+    fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &hyper::HeaderMap,
+        body: &Bytes,
+    ) -> (StatusCode, Bytes) {
         if method == Method::POST && path == "/webhook" {
+            if let Some(ingested_ms) = headers
+                .get(crate::actions::INGESTED_AT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                self.latency
+                    .record(now_us.saturating_sub(ingested_ms * 1000));
+            }
             let n = self.webhooks.fetch_add(1, Ordering::Relaxed);
             if n < self.log_webhooks {
                 tracing::info!(target: "event_trigger::mock_api", "webhook: {}", String::from_utf8_lossy(body));
@@ -80,6 +155,7 @@ impl MockApi {
             let stats = serde_json::json!({
                 "profile_requests": self.profile_requests.load(Ordering::Relaxed),
                 "webhooks": self.webhooks.load(Ordering::Relaxed),
+                "latency": self.latency.summary(),
             });
             return (StatusCode::OK, Bytes::from(stats.to_string()));
         }
@@ -110,7 +186,7 @@ impl MockApi {
         let handler = http_server::handler(move |req| {
             let api = self.clone();
             async move {
-                let (status, body) = api.answer(req.method(), req.uri().path(), req.body());
+                let (status, body) = api.answer(req.method(), req.uri().path(), req.headers(), req.body());
                 reply(status, body)
             }
         });

@@ -324,6 +324,17 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
             .await
             .unwrap()
             .status();
+        // A call read 250 ms ago: the receiver measures its latency from the header.
+        client
+            .post(format!("{base}/webhook"))
+            .header(
+                event_trigger::actions::INGESTED_AT,
+                (event_trigger::operators::now_ms() - 250).to_string(),
+            )
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         let stats: serde_json::Value = serde_json::from_slice(
             &client
                 .get(format!("{base}/stats"))
@@ -351,7 +362,12 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
         Err(event_trigger::profile_api::FetchError::Status { status: 404, .. })
     ));
     assert!(posted.is_success());
-    assert_eq!(stats["webhooks"], 1);
+    assert_eq!(stats["webhooks"], 2);
+    assert_eq!(stats["latency"]["count"], 1, "only calls with the header are timed");
+    let p50 = stats["latency"]["p50_ms"].as_f64().unwrap();
+    let max = stats["latency"]["max_ms"].as_f64().unwrap();
+    assert!((250.0..1000.0).contains(&p50), "p50 {p50} ms");
+    assert!(max >= 250.0 && max <= p50, "max {max} ms within p50's bucket");
 }
 
 #[test]

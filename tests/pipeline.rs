@@ -506,22 +506,61 @@ fn webhooks_are_signed_and_carry_an_idempotency_key() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "s3cr3t\n").unwrap();
     s.actions.webhook.secret_file = Some(secret_file);
+    let started = event_trigger::operators::now_ms();
     let counts = run(&s, 2, &rt);
     assert!(counts.passed > 0);
     let calls = receiver.raw.lock().unwrap();
     assert_eq!(calls.len() as u64, counts.passed);
-    for (body, key, sig) in calls.iter() {
-        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    for call in calls.iter() {
+        let v: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
         assert_eq!(
-            key.as_deref(),
+            call.idempotency_key.as_deref(),
             v["event"]["event_id"].as_str(),
             "Idempotency-Key is the event id"
         );
         assert_eq!(
-            sig.as_deref(),
-            Some(event_trigger::actions::signature(b"s3cr3t", body).as_str())
+            call.signature.as_deref(),
+            Some(event_trigger::actions::signature(b"s3cr3t", &call.body).as_str())
+        );
+        let ingested: u64 = call
+            .ingested_at
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .expect("X-Event-Ingested-At is a time in ms");
+        assert!(
+            (started..=call.arrived_ms).contains(&ingested),
+            "ingested at {ingested}: between the start {started} and the arrival {}",
+            call.arrived_ms
         );
     }
+}
+
+#[test]
+fn a_paced_file_source_reads_at_its_rate_and_loses_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(1_500, 50, 13);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    let unpaced = run(&s, 2, &rt);
+    s.source.max_events_per_second = Some(1_000.0);
+    let started = std::time::Instant::now();
+    let paced = run(&s, 2, &rt);
+    // A lower bound only: 1,500 lines at 1,000 a second cannot be read in under 1.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "read in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(paced, unpaced, "pacing changes when, not what");
 }
 
 #[test]

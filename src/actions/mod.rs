@@ -9,7 +9,7 @@ mod payload;
 mod webhook;
 
 pub use payload::Payload;
-pub use webhook::{Delivery, DeliveryError, WebhookClient, signature};
+pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, signature};
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -133,6 +133,7 @@ async fn deliver(
     client: &WebhookClient,
     name: &str,
     ev: Arc<EnrichedEvent>,
+    ingested_ms: Time,
     dead_letters: Option<DeadLetters>,
 ) -> Outcome {
     let body = match Payload::new(&ev, now_ms()).to_json() {
@@ -147,7 +148,7 @@ async fn deliver(
     };
     let event_id = ev.event.event_id.clone();
     drop(ev);
-    let delivery = client.deliver(body.clone(), event_id).await;
+    let delivery = client.deliver(body.clone(), event_id, ingested_ms).await;
     let Err(reason) = delivery.result else {
         return Outcome {
             retries: delivery.retries,
@@ -301,7 +302,7 @@ pub fn run_actions<'s>(
                     let client = lane.client.clone();
                     let name = lane.name.clone();
                     let dead_letters = lane.dead_letters.clone();
-                    bridge.spawn(async move { (at, time, deliver(&client, &name, ev, dead_letters).await) });
+                    bridge.spawn(async move { (at, time, deliver(&client, &name, ev, time, dead_letters).await) });
                 }
             }
             let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();

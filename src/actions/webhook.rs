@@ -23,6 +23,9 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The header carrying when the job read the event (ms since the epoch).
+pub const INGESTED_AT: &str = "X-Event-Ingested-At";
+
 /// A delivery that did not succeed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeliveryError {
@@ -71,11 +74,22 @@ impl WebhookClient {
     }
 
     /// Delivers `body`, trying again after transient failures as the retry policy says.
-    pub async fn deliver(&self, body: bytes::Bytes, event_id: Option<Text>) -> Delivery {
+    /// `ingested_ms`: when the job read the event (ms since the epoch).
+    pub async fn deliver(
+        &self,
+        body: bytes::Bytes,
+        event_id: Option<Text>,
+        ingested_ms: u64,
+    ) -> Delivery {
         let mut retries = 0;
         loop {
             match self
-                .post(body.clone(), event_id.clone(), crate::operators::now_ms())
+                .post(
+                    body.clone(),
+                    event_id.clone(),
+                    ingested_ms,
+                    crate::operators::now_ms(),
+                )
                 .await
             {
                 Ok(()) => {
@@ -107,18 +121,21 @@ impl WebhookClient {
 
     /// One try: `Ok` on a 2xx answer. The event id goes in `Idempotency-Key`, so a
     /// receiver can drop the repeats of retries, and those an at-least-once job sends
-    /// after a restart.
+    /// after a restart. `X-Event-Ingested-At` (ms) lets a receiver measure the job's
+    /// latency from reading the event to acting on it.
     pub async fn post(
         &self,
         body: bytes::Bytes,
         event_id: Option<Text>,
+        ingested_ms: u64,
         now_ms: u64,
     ) -> Result<(), DeliveryError> {
         let mut request = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Webhook-Timestamp", now_ms.to_string());
+            .header("X-Webhook-Timestamp", now_ms.to_string())
+            .header(INGESTED_AT, ingested_ms.to_string());
         if let Some(id) = event_id {
             request = request.header("Idempotency-Key", &*id);
         }

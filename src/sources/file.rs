@@ -29,6 +29,30 @@ const PAUSE: Duration = Duration::from_millis(1);
 /// How often an idle stream source moves its time on.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
+/// Holds a reader to a steady rate, for offering a fixed load (benchmarks, load tests):
+/// at any moment it allows what the rate gives since the start, less what was read.
+struct Pace {
+    per_s: f64,
+    start: Instant,
+    read: u64,
+}
+
+impl Pace {
+    fn new(per_s: f64) -> Pace {
+        Pace {
+            per_s,
+            start: Instant::now(),
+            read: 0,
+        }
+    }
+
+    /// Lines that may be read now (at most `cap`).
+    fn room(&self, cap: usize) -> usize {
+        let due = (self.start.elapsed().as_secs_f64() * self.per_s) as u64;
+        (due.saturating_sub(self.read) as usize).min(cap)
+    }
+}
+
 /// The part of the input one worker reads.
 pub struct LineReader {
     reader: BufReader<Box<dyn Read + Send>>,
@@ -163,10 +187,12 @@ fn spawn_reader(mut reader: LineReader) -> mpsc::Receiver<io::Result<Vec<Vec<u8>
 ///
 /// While `gate` is closed (a later stage is full) it reads nothing, only moving its
 /// time with the clock, and looks again shortly.
-/// It also ends, early, once `stop` is set.
+/// It also ends, early, once `stop` is set. With `max_per_s`, the job as a whole reads
+/// at most that many lines a second (each worker its share).
 pub fn file_source<'s>(
     scope: Scope<'s, Time>,
     path: PathBuf,
+    max_per_s: Option<f64>,
     gate: Gate,
     stop: StopFlag,
     failed: std::rc::Rc<std::cell::Cell<bool>>,
@@ -179,6 +205,11 @@ pub fn file_source<'s>(
             tracing::error!(path = %path.display(), "cannot open input: {e}");
             failed.set(true);
             Lines::Done
+        });
+        let mut pace = max_per_s.map(|rate| match lines {
+            // A stream is read by worker 0 alone; a file by every worker, a share each.
+            Lines::Stream(_) => Pace::new(rate),
+            _ => Pace::new(rate / peers as f64),
         });
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -205,10 +236,20 @@ pub fn file_source<'s>(
                         activator.activate();
                         break false;
                     }
+                    let room = pace.as_ref().map_or(BATCH_LINES, |p| p.room(BATCH_LINES));
+                    if room == 0 {
+                        activator.activate_after(PAUSE);
+                        break false;
+                    }
                     let mut ended = false;
-                    for _ in 0..BATCH_LINES {
+                    for _ in 0..room {
                         match r.next_line() {
-                            Ok(Some(line)) => session.give(line),
+                            Ok(Some(line)) => {
+                                session.give(line);
+                                if let Some(p) = pace.as_mut() {
+                                    p.read += 1;
+                                }
+                            }
                             Ok(None) => {
                                 ended = true;
                                 break;
@@ -225,8 +266,19 @@ pub fn file_source<'s>(
                     }
                 },
                 Lines::Stream(rx) => loop {
+                    // A batch is taken whole, so a stream may run one batch ahead of
+                    // its pace; the next ones wait that much longer.
+                    if pace.as_ref().is_some_and(|p| p.room(1) == 0) {
+                        activator.activate_after(PAUSE);
+                        break false;
+                    }
                     match rx.try_recv() {
-                        Ok(Ok(batch)) => session.give_iterator(batch.into_iter()),
+                        Ok(Ok(batch)) => {
+                            if let Some(p) = pace.as_mut() {
+                                p.read += batch.len() as u64;
+                            }
+                            session.give_iterator(batch.into_iter())
+                        }
                         Ok(Err(e)) => {
                             error = Some(e);
                             break true;

@@ -174,14 +174,21 @@ impl ProfileApi {
     }
 }
 
-/// One webhook call as received: the raw body, `Idempotency-Key`, `X-Signature-256`.
-pub type RawCall = (Bytes, Option<String>, Option<String>);
+/// One webhook call as received: the raw body and the headers the job sets.
+pub struct RawCall {
+    pub body: Bytes,
+    pub idempotency_key: Option<String>,
+    pub signature: Option<String>,
+    pub ingested_at: Option<String>,
+    /// When it arrived, ms since the epoch.
+    pub arrived_ms: u64,
+}
 
 /// A webhook receiver on 127.0.0.1 that records every body, in arrival order.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<(Value, Instant)>>>,
-    /// Per call: the raw body and its `Idempotency-Key` and `X-Signature-256` headers.
+    /// Per call: the raw body and its headers.
     pub raw: Arc<Mutex<Vec<RawCall>>>,
 }
 
@@ -207,11 +214,13 @@ impl Receiver {
                         .and_then(|v| v.to_str().ok())
                         .map(String::from)
                 };
-                raw_sink.lock().unwrap().push((
-                    req.body().clone(),
-                    header("idempotency-key"),
-                    header("x-signature-256"),
-                ));
+                raw_sink.lock().unwrap().push(RawCall {
+                    body: req.body().clone(),
+                    idempotency_key: header("idempotency-key"),
+                    signature: header("x-signature-256"),
+                    ingested_at: header(event_trigger::actions::INGESTED_AT),
+                    arrived_ms: event_trigger::operators::now_ms(),
+                });
                 let ok = req
                     .headers()
                     .get("content-type")
