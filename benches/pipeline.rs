@@ -1,7 +1,9 @@
-//! Criterion benchmarks of the hot path: decoding, the filter, and the whole dataflow on
-//! an in-memory workload (the sample events, repeated) at 1 and 2 workers.
+//! Criterion benchmarks of the hot path: decoding, the filter, the user-state operator
+//! (hits, misses, expiry), and the whole dataflow on an in-memory workload (the sample
+//! events, repeated) at 1 and 2 workers.
 
 use std::io::Write;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -153,5 +155,131 @@ fn dataflow(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, filter, dataflow);
+/// The user-state operator alone, on decoded events in memory (one worker, the seed's
+/// filter, profiles from a file): every event a hit on a user's state; every event a
+/// user's first (a look-up each); and every event finding its user's state expired
+/// (the TTL shorter than the gap between a user's events: swept, then looked up again).
+fn state(c: &mut Criterion) {
+    use event_trigger::filter::reload::{FilterVersions, Filters};
+    use event_trigger::operators::backpressure::Backlog;
+    use event_trigger::operators::restore::restore_source;
+    use event_trigger::operators::user_state::{UserStateConfig, user_state};
+    use event_trigger::profile_api::ProfileSource;
+    use event_trigger::state::Backend;
+    use event_trigger::stats::Stats;
+    use timely::dataflow::operators::vec::Input;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    const EVENTS_PER_RUN: usize = 20_000;
+    // Events per millisecond of event time; each millisecond is finished (its look-ups
+    // done, its output out) before the next is sent, as in a running job.
+    const PER_TICK: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    // As many profiles as events, so that a miss is always a user the API knows.
+    let demo: Vec<serde_json::Value> =
+        include_str!("../config/demo/profiles.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let profiles = dir.path().join("profiles.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&profiles).unwrap());
+    for i in 0..EVENTS_PER_RUN {
+        let mut p = demo[i % demo.len()].clone();
+        let id = serde_json::Value::from(format!("u{i}"));
+        p["user_id"] = id.clone();
+        p["profile"]["user_id"] = id;
+        writeln!(f, "{p}").unwrap();
+    }
+    drop(f);
+    let mut api = Settings::default().profile_api;
+    api.base_url = format!("file://{}", profiles.display());
+    let profiles = ProfileSource::from_settings(&api).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let samples: Vec<_> = valid_lines()
+        .iter()
+        .map(|l| event_trigger::decode::decode(l.as_bytes()).unwrap())
+        .collect();
+    // (users, ttl): event i is user i % users's, at time i / PER_TICK ms. Hits: 250
+    // users, 1 look-up per 80 events. Misses: a new user every event. Expiry: 1,000
+    // users, each back every 1 ms, past its TTL of 1 ms: swept, then looked up again.
+    let scenarios = [
+        ("hit", 250, 600_000),
+        ("miss", EVENTS_PER_RUN, 600_000),
+        ("expiry", PER_TICK, 1),
+    ];
+    let mut g = c.benchmark_group("state");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(EVENTS_PER_RUN as u64));
+    for (name, users, ttl_ms) in scenarios {
+        let events: Vec<_> = (0..EVENTS_PER_RUN)
+            .map(|i| {
+                let mut e = samples[i % samples.len()].clone();
+                e.user_id = format!("u{}", i % users).into();
+                e
+            })
+            .collect();
+        let cfg = UserStateConfig {
+            ttl_ms,
+            max_history: 100,
+            max_in_flight: 256,
+            min_refetch_ms: 0,
+        };
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || events.clone(),
+                |events| {
+                    let (profiles, cfg, rt) = (profiles.clone(), cfg.clone(), runtime.handle().clone());
+                    timely::execute_directly(move |worker| {
+                        let filter = Filter::compile(
+                            r#"event.eventType == "page_view" && user.country == "US""#,
+                            "bench",
+                            &FilterLimits::default(),
+                        )
+                        .unwrap();
+                        let filters = Filters::new(
+                            filter,
+                            FilterVersions::default(),
+                            "bench".into(),
+                            FilterLimits::default(),
+                        );
+                        let store = Backend::Memory.open(0).unwrap();
+                        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                            let (input, stream) = scope.new_input();
+                            let restored = restore_source(scope, None);
+                            let (probe, _) = user_state(
+                                stream,
+                                restored,
+                                cfg,
+                                None,
+                                &profiles,
+                                rt,
+                                filters,
+                                store,
+                                Backlog::new(usize::MAX),
+                                Rc::new(Stats::default()),
+                            )
+                            .inspect(|e| {
+                                std::hint::black_box(e);
+                            })
+                            .probe();
+                            (input, probe)
+                        });
+                        for (i, e) in events.into_iter().enumerate() {
+                            input.send(e);
+                            if (i + 1) % PER_TICK == 0 {
+                                let next = ((i + 1) / PER_TICK) as u64;
+                                input.advance_to(next);
+                                worker.step_while(|| probe.less_than(&next));
+                            }
+                        }
+                    })
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, filter, state, dataflow);
 criterion_main!(benches);
