@@ -38,6 +38,29 @@ fn the_repositorys_config_validates_and_runs_the_sample() {
 }
 
 #[test]
+fn debug_prints_are_rendered_only_when_their_log_is_on() {
+    let run = |log: &str| {
+        let child = Command::new(binary())
+            .args(["run"])
+            .env("RUST_LOG", log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_ok(child);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &*String::from_utf8_lossy(&out.stderr);
+        (summary_of(&out.stdout), text.matches("triggered:").count() as u64)
+    };
+    let (shown, printed) = run("info");
+    assert!(shown.passed > 0);
+    assert_eq!(printed, shown.passed, "one print per passing event");
+    let (silent, printed) = run("info,event_trigger::action::debug=off");
+    assert_eq!(printed, 0);
+    assert_eq!(silent, shown, "the same work, counted as done");
+}
+
+#[test]
 fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();
     let good_script = dir.path().join("ok.rhai");

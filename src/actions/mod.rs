@@ -253,6 +253,13 @@ pub fn run_actions<'s>(
                     let targets = ev.targets;
                     let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
                     for &i in debug.iter().filter(|&&i| wanted(i)) {
+                        // Its log filtered out (`RUST_LOG=event_trigger::action::debug=off`),
+                        // a debug print is done without rendering what nobody would see.
+                        if !tracing::enabled!(target: "event_trigger::action::debug", tracing::Level::INFO) {
+                            Stats::add(&stats.actions_ok, 1);
+                            count(&stats, i, true, 0);
+                            continue;
+                        }
                         match Payload::new(&ev, now_ms()).to_pretty_json() {
                             Ok(json) => {
                                 tracing::info!(target: "event_trigger::action::debug", action = %actions.0[i].name, "triggered:\n{json}");
