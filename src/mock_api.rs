@@ -30,6 +30,8 @@ pub struct MockApi {
     pub profile_requests: AtomicU64,
     pub webhooks: AtomicU64,
     pub latency: Latencies,
+    /// From ingestion to the call being sent (`X-Webhook-Timestamp`): the job's part.
+    pub latency_in_job: Latencies,
 }
 
 /// Bucket width of the latency histogram, and how far it reaches (later ones count in
@@ -119,6 +121,7 @@ impl MockApi {
             profile_requests: AtomicU64::new(0),
             webhooks: AtomicU64::new(0),
             latency: Latencies::default(),
+            latency_in_job: Latencies::default(),
         })
     }
 
@@ -134,16 +137,22 @@ impl MockApi {
         body: &Bytes,
     ) -> (StatusCode, Bytes) {
         if method == Method::POST && path == "/webhook" {
-            if let Some(ingested_ms) = headers
-                .get(crate::actions::INGESTED_AT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
+            let ms = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            if let Some(ingested_ms) = ms(crate::actions::INGESTED_AT) {
                 let now_us = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64);
                 self.latency
                     .record(now_us.saturating_sub(ingested_ms * 1000));
+                if let Some(sent_ms) = ms("X-Webhook-Timestamp") {
+                    self.latency_in_job
+                        .record(sent_ms.saturating_sub(ingested_ms) * 1000);
+                }
             }
             let n = self.webhooks.fetch_add(1, Ordering::Relaxed);
             if n < self.log_webhooks {
@@ -156,6 +165,7 @@ impl MockApi {
                 "profile_requests": self.profile_requests.load(Ordering::Relaxed),
                 "webhooks": self.webhooks.load(Ordering::Relaxed),
                 "latency": self.latency.summary(),
+                "latency_in_job": self.latency_in_job.summary(),
             });
             return (StatusCode::OK, Bytes::from(stats.to_string()));
         }
