@@ -177,11 +177,10 @@ fn state(c: &mut Criterion) {
     const PER_TICK: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     // As many profiles as events, so that a miss is always a user the API knows.
-    let demo: Vec<serde_json::Value> =
-        include_str!("../config/demo/profiles.jsonl")
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let demo: Vec<serde_json::Value> = include_str!("../config/demo/profiles.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let profiles = dir.path().join("profiles.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&profiles).unwrap());
     for i in 0..EVENTS_PER_RUN {
@@ -229,7 +228,8 @@ fn state(c: &mut Criterion) {
             b.iter_batched(
                 || events.clone(),
                 |events| {
-                    let (profiles, cfg, rt) = (profiles.clone(), cfg.clone(), runtime.handle().clone());
+                    let (profiles, cfg, rt) =
+                        (profiles.clone(), cfg.clone(), runtime.handle().clone());
                     timely::execute_directly(move |worker| {
                         let filter = Filter::compile(
                             r#"event.eventType == "page_view" && user.country == "US""#,

@@ -8,7 +8,8 @@
 #               the job (run --bounded, -w 1 and -w 2): Tansu started here, 4 partitions
 #   latency     event -> webhook latency at the receiver (from X-Event-Ingested-At) at a
 #               fixed offered load of half the measured maximum (file source paced by
-#               source.max-events-per-second, -w 2, checkpoints every 10 s)
+#               source.max-events-per-second, -w 2, checkpoints every 10 s; LATENCY_RATE
+#               and LATENCY_CHECKPOINT_MS (0: none) change them)
 #   flink       the Flink 2.3 baseline (../shared/bench/flink, p=1, hashmap) on the same
 #               workload, and the ratios against this run's figures
 #
@@ -145,10 +146,10 @@ fi
 if has latency; then
   max=$(cut -d' ' -f1 <<<"${R[file/file/webhook/2]}")
   rate=${LATENCY_RATE:-$((max / 2))}
-  echo; echo "== latency: file source paced at $rate events/s (the maximum: $max), file:// profiles, webhooks to mock-api, -w 2, checkpoints every 10 s =="
+  echo; echo "== latency: file source paced at $rate events/s (the maximum: $max), file:// profiles, webhooks to mock-api, -w 2, checkpoint interval ${LATENCY_CHECKPOINT_MS:-10000} ms (0: none) =="
   start_mock
   paced="source: { type: file, path: \"$WL/events.jsonl\", max-events-per-second: $rate }"
-  LAT=$(job "$(config lat "$paced" file webhook ", checkpoint-interval-ms: 10000")" 2 --bounded)
+  LAT=$(job "$(config lat "$paced" file webhook ", checkpoint-interval-ms: ${LATENCY_CHECKPOINT_MS:-10000}")" 2 --bounded)
   row file file webhook 2 "$LAT"
   stats=$(curl -sf "127.0.0.1:$PORT/stats")
   LATENCY=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); l, j = s["latency"], s["latency_in_job"]; print("%d %.1f %.1f %.1f %.0f %.0f %.0f" % (l["count"], l["p50_ms"], l["p99_ms"], l["max_ms"], j["p50_ms"], j["p99_ms"], j["max_ms"]))' "$stats")

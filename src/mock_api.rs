@@ -196,7 +196,8 @@ impl MockApi {
         let handler = http_server::handler(move |req| {
             let api = self.clone();
             async move {
-                let (status, body) = api.answer(req.method(), req.uri().path(), req.headers(), req.body());
+                let (status, body) =
+                    api.answer(req.method(), req.uri().path(), req.headers(), req.body());
                 reply(status, body)
             }
         });

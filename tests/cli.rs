@@ -50,7 +50,10 @@ fn debug_prints_are_rendered_only_when_their_log_is_on() {
         let out = wait_ok(child);
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &*String::from_utf8_lossy(&out.stderr);
-        (summary_of(&out.stdout), text.matches("triggered:").count() as u64)
+        (
+            summary_of(&out.stdout),
+            text.matches("triggered:").count() as u64,
+        )
     };
     let (shown, printed) = run("info");
     assert!(shown.passed > 0);
@@ -386,11 +389,17 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
     ));
     assert!(posted.is_success());
     assert_eq!(stats["webhooks"], 2);
-    assert_eq!(stats["latency"]["count"], 1, "only calls with the header are timed");
+    assert_eq!(
+        stats["latency"]["count"], 1,
+        "only calls with the header are timed"
+    );
     let p50 = stats["latency"]["p50_ms"].as_f64().unwrap();
     let max = stats["latency"]["max_ms"].as_f64().unwrap();
     assert!((250.0..1000.0).contains(&p50), "p50 {p50} ms");
-    assert!(max >= 250.0 && max <= p50, "max {max} ms within p50's bucket");
+    assert!(
+        max >= 250.0 && max <= p50,
+        "max {max} ms within p50's bucket"
+    );
 }
 
 #[test]

@@ -1030,3 +1030,94 @@ fn count_unknown(w: &Workload) -> usize {
     ids.dedup();
     ids.len()
 }
+
+/// A Profile API on a raw socket, for answers a well-behaved server cannot give: each
+/// connection gets one answer, chosen by the user id in the request path, then is closed.
+/// Returns the address and the request lines received.
+fn raw_profile_api(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                log.lock().unwrap().push(line.clone());
+                let ok = |body: &str| {
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                };
+                if line.contains("/users/reset/") {
+                    // Promises 1,000 bytes, sends 10, and hangs up.
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"country\"")
+                        .await;
+                } else if line.contains("/users/huge/") {
+                    // A body of 64 MB, streamed until the client stops reading.
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n[")
+                        .await;
+                    let chunk = vec![b' '; 1 << 16];
+                    for _ in 0..1024 {
+                        if conn.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                } else if line.contains("/profile ") {
+                    let _ = conn.write_all(ok(r#"{"country":"US"}"#).as_bytes()).await;
+                } else if line.contains("/visit ") {
+                    let _ = conn.write_all(ok("null").as_bytes()).await;
+                } else {
+                    let _ = conn.write_all(ok("[]").as_bytes()).await;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[test]
+fn a_body_cut_off_or_too_large_fails_the_look_up_and_odd_ids_keep_their_path() {
+    let rt = runtime();
+    let (base, seen) = raw_profile_api(&rt);
+    let api =
+        event_trigger::profile_api::HttpProfileApi::new(&base, Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let (reset, huge, odd) = rt.block_on(async {
+        tokio::join!(
+            api.fetch("reset"),
+            api.fetch("huge"),
+            api.fetch("a/b?c=%d é")
+        )
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    let reset = reset.expect_err("a body cut off is an error").to_string();
+    assert!(reset.contains("/users/reset/"), "{reset}");
+    let huge = huge.expect_err("a huge body is refused").to_string();
+    assert!(huge.contains("larger than"), "{huge}");
+    let odd = odd.expect("an id with /, ?, % and unicode is looked up");
+    assert_eq!(odd.profile.country.as_deref(), Some("US"));
+    let seen = seen.lock().unwrap();
+    for what in ["profile", "visit", "history"] {
+        let want = format!("GET /users/a%2Fb%3Fc%3D%25d%20%C3%A9/{what} HTTP/1.1");
+        assert!(seen.contains(&want), "{want} in {seen:?}");
+    }
+}
