@@ -107,7 +107,7 @@ pub struct DeadLetterSettings {
     pub topic: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
@@ -123,6 +123,40 @@ pub struct KafkaSettings {
     /// Messages longer than this (of either source) are counted invalid and skipped
     /// before being parsed.
     pub max_message_bytes: usize,
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, ...): its value is never printed.
+pub fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "key.pem", "credentials", "token"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: std::collections::BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("consumer_group_id", &self.consumer_group_id)
+            .field("start_from", &self.start_from)
+            .field("properties", &properties)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -188,6 +222,39 @@ pub struct ProfileApiSettings {
     pub max_requests_per_second: u32,
     /// PEM file of CA certificates to trust for `https://`, besides the platform's.
     pub ca_file: Option<PathBuf>,
+    /// The `Authorization` header of every request (e.g. `Bearer <token>`); best given
+    /// through the environment (`EVENT_TRIGGER__PROFILE_API__AUTH_HEADER`) or
+    /// `auth-header-file`. Never printed.
+    pub auth_header: Option<Secret>,
+    /// A file holding the `Authorization` header's value (trailing newline ignored).
+    pub auth_header_file: Option<PathBuf>,
+}
+
+impl ProfileApiSettings {
+    /// The `Authorization` value, from `auth-header` or read from `auth-header-file`.
+    pub fn auth_header(&self) -> Result<Option<Secret>, String> {
+        secret_from(
+            "profile-api.auth-header",
+            &self.auth_header,
+            &self.auth_header_file,
+        )
+    }
+}
+
+/// A secret given as `KEY` or in the file `KEY-file`, not both.
+fn secret_from(
+    key: &str,
+    value: &Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!("{key}: give `{key}` or `{key}-file`, not both")),
+        (Some(s), None) => Ok(Some(s.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
+            .map_err(|e| format!("{key}-file: {}: {e}", path.display())),
+        (None, None) => Ok(None),
+    }
 }
 
 impl Default for ProfileApiSettings {
@@ -201,6 +268,8 @@ impl Default for ProfileApiSettings {
             min_refetch_interval_ms: 60_000,
             max_requests_per_second: 0,
             ca_file: None,
+            auth_header: None,
+            auth_header_file: None,
         }
     }
 }
@@ -489,16 +558,7 @@ impl Default for WebhookSettings {
 impl WebhookSettings {
     /// The signing secret, from `secret` or read from `secret-file`.
     pub fn signing_secret(&self) -> Result<Option<Secret>, String> {
-        match (&self.secret, &self.secret_file) {
-            (Some(_), Some(_)) => {
-                Err("actions.webhook: give `secret` or `secret-file`, not both".into())
-            }
-            (Some(s), None) => Ok(Some(s.clone())),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
-                .map_err(|e| format!("actions.webhook.secret-file: {}: {e}", path.display())),
-            (None, None) => Ok(None),
-        }
+        secret_from("actions.webhook.secret", &self.secret, &self.secret_file)
     }
 }
 
@@ -588,9 +648,11 @@ impl EngineSettings {
 /// Environment overrides as a `config` source. The stock `config::Environment` cannot
 /// map `PROFILE_API` to `profile-api`, so this one does: `__` separates levels, `_`
 /// stands for `-`, names are lower-cased. Values stay strings; the `config`
-/// deserializer parses them into the field's type.
-#[derive(Clone, Debug)]
-struct EnvOverrides(Vec<(String, String)>);
+/// deserializer parses them into the field's type. Those under `KAFKA__PROPERTIES__`
+/// are librdkafka properties, kept apart: their names are dotted (`SASL_PASSWORD` is
+/// `sasl.password`), which the `config` crate would read as nesting.
+#[derive(Clone, Default)]
+struct EnvOverrides(Vec<(String, String)>, Vec<(String, String)>);
 
 impl EnvOverrides {
     fn from_env() -> Self {
@@ -598,19 +660,36 @@ impl EnvOverrides {
     }
 
     fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        EnvOverrides(
-            vars.into_iter()
-                .filter_map(|(k, v)| {
-                    let rest = k.strip_prefix(ENV_PREFIX)?;
-                    let key = rest
-                        .split("__")
-                        .map(|part| part.to_ascii_lowercase().replace('_', "-"))
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    Some((key, v))
-                })
-                .collect(),
-        )
+        let mut env = EnvOverrides::default();
+        for (k, v) in vars {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if let Some(name) = rest.strip_prefix("KAFKA__PROPERTIES__") {
+                env.1.push((name.to_ascii_lowercase().replace('_', "."), v));
+                continue;
+            }
+            let key = rest
+                .split("__")
+                .map(|part| part.to_ascii_lowercase().replace('_', "-"))
+                .collect::<Vec<_>>()
+                .join(".");
+            env.0.push((key, v));
+        }
+        env
+    }
+}
+
+impl std::fmt::Debug for EnvOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The names only: a value may be a secret.
+        let names: Vec<&str> = self
+            .0
+            .iter()
+            .chain(&self.1)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        f.debug_tuple("EnvOverrides").field(&names).finish()
     }
 }
 
@@ -657,6 +736,7 @@ impl Settings {
                 reason: "no such file".into(),
             });
         }
+        let properties = env.1.clone();
         let built = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Yaml))
             .add_source(env)
@@ -665,12 +745,13 @@ impl Settings {
                 file: file.clone(),
                 source,
             })?;
-        let settings: Settings =
+        let mut settings: Settings =
             serde_path_to_error::deserialize(built).map_err(|e| ConfigError::Invalid {
                 file: file.clone(),
                 key: e.path().to_string(),
                 reason: e.inner().to_string(),
             })?;
+        settings.kafka.properties.extend(properties);
         settings
             .validate()
             .map_err(|(key, reason)| (key.to_string(), reason))
@@ -962,6 +1043,31 @@ mod tests {
         assert_eq!(
             s.kafka.properties.get("sasl.mechanism").map(String::as_str),
             Some("PLAIN")
+        );
+    }
+
+    #[test]
+    fn kafka_secrets_in_properties_are_never_printed() {
+        let s = load(
+            "kafka:\n  properties:\n    sasl.password: hunter2\n    ssl.key.password: k3y\n    security.protocol: SASL_SSL\n",
+            &[(
+                "EVENT_TRIGGER__KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_SECRET",
+                "0auth",
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.properties["sasl.password"], "hunter2");
+        assert_eq!(
+            s.kafka.properties["sasl.oauthbearer.client.secret"], "0auth",
+            "a property from the environment, its name dotted"
+        );
+        let printed = format!("{s:?}");
+        for secret in ["hunter2", "k3y", "0auth"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("SASL_SSL"),
+            "other properties stay readable"
         );
     }
 

@@ -1033,7 +1033,7 @@ fn count_unknown(w: &Workload) -> usize {
 
 /// A Profile API on a raw socket, for answers a well-behaved server cannot give: each
 /// connection gets one answer, chosen by the user id in the request path, then is closed.
-/// Returns the address and the request lines received.
+/// Returns the address and the lines of the request heads received.
 fn raw_profile_api(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -1055,8 +1055,9 @@ fn raw_profile_api(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<Strin
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
-                log.lock().unwrap().push(line.clone());
+                let head = String::from_utf8_lossy(&head).to_string();
+                let line = head.lines().next().unwrap_or("").to_string();
+                log.lock().unwrap().extend(head.lines().map(String::from));
                 let ok = |body: &str| {
                     format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
                 };
@@ -1120,4 +1121,53 @@ fn a_body_cut_off_or_too_large_fails_the_look_up_and_odd_ids_keep_their_path() {
         let want = format!("GET /users/a%2Fb%3Fc%3D%25d%20%C3%A9/{what} HTTP/1.1");
         assert!(seen.contains(&want), "{want} in {seen:?}");
     }
+}
+
+#[test]
+fn the_auth_header_comes_from_a_file_goes_on_every_look_up_and_is_never_printed() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (base, seen) = raw_profile_api(&rt);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "Bearer t0k3n-s3cr3t\n").unwrap();
+    let mut s = event_trigger::config::ProfileApiSettings {
+        base_url: base,
+        auth_header_file: Some(token),
+        ..Default::default()
+    };
+    let source = event_trigger::profile_api::ProfileSource::from_settings(&s).unwrap();
+    let event_trigger::profile_api::ProfileSource::Http(api) = source else {
+        panic!("an HTTP source")
+    };
+    let data = rt.block_on(api.fetch("u1")).unwrap();
+    assert_eq!(data.profile.country.as_deref(), Some("US"));
+    let seen = seen.lock().unwrap();
+    let auth: Vec<_> = seen
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .collect();
+    assert_eq!(auth.len(), 3, "one per request: {seen:?}");
+    assert!(
+        auth.iter().all(|l| l.ends_with(": Bearer t0k3n-s3cr3t")),
+        "{auth:?}"
+    );
+    assert!(!format!("{s:?}").contains("t0k3n"));
+    s.auth_header = Some(event_trigger::config::Secret::new("Bearer inline-t0k3n"));
+    assert!(!format!("{s:?}").contains("t0k3n"));
+    let both = event_trigger::profile_api::ProfileSource::from_settings(&s)
+        .err()
+        .expect("value and file together are refused")
+        .to_string();
+    assert!(both.contains("profile-api.auth-header"), "{both}");
+    assert!(!both.contains("t0k3n"), "{both}");
+    s.auth_header_file = Some(dir.path().join("missing"));
+    s.auth_header = None;
+    let missing = event_trigger::profile_api::ProfileSource::from_settings(&s)
+        .err()
+        .expect("a missing file is refused")
+        .to_string();
+    assert!(
+        missing.contains("profile-api.auth-header-file"),
+        "{missing}"
+    );
 }

@@ -34,6 +34,8 @@ pub struct HttpProfileApi {
     retry: RetryPolicy,
     /// Shared by the workers of the process: the API's limit is the process's.
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// `Authorization`, marked sensitive (kept out of reqwest's and hyper's debug output).
+    auth: Option<reqwest::header::HeaderValue>,
 }
 
 impl HttpProfileApi {
@@ -61,7 +63,21 @@ impl HttpProfileApi {
                 max_wait: MAX_BACKOFF,
             },
             limiter: None,
+            auth: None,
         })
+    }
+
+    /// Sends `value` as the `Authorization` header of every request.
+    pub fn with_auth(mut self, value: Option<&crate::config::Secret>) -> Result<Self, String> {
+        self.auth = value
+            .map(|v| {
+                let mut h = reqwest::header::HeaderValue::from_str(v.expose())
+                    .map_err(|_| "not a valid header value (printable ASCII only)".to_string())?;
+                h.set_sensitive(true);
+                Ok::<_, String>(h)
+            })
+            .transpose()?;
+        Ok(self)
     }
 
     /// Tries a transiently failed request `retries` more times (see `RetryPolicy`).
@@ -132,7 +148,11 @@ impl HttpProfileApi {
             // user's events wait behind it (and the source behind them).
             limiter.until_ready().await;
         }
-        let mut resp = self.client.get(url).send().await.map_err(request_err)?;
+        let mut request = self.client.get(url);
+        if let Some(auth) = &self.auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let mut resp = request.send().await.map_err(request_err)?;
         let status = resp.status();
         if !status.is_success() {
             let retry_after = retry_after(resp.headers());

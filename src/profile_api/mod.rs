@@ -59,6 +59,9 @@ pub enum ProfileSourceError {
     Client(String),
     #[error("profile-api.ca-file: {0}")]
     Ca(String),
+    /// Already names its key (`profile-api.auth-header` or `-file`).
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// One line of `profiles.jsonl`: the three answers of the API together.
@@ -101,7 +104,9 @@ impl ProfileSource {
             s.ca_file.as_deref(),
         )?
         .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms))
-        .with_rate_limit(s.max_requests_per_second);
+        .with_rate_limit(s.max_requests_per_second)
+        .with_auth(s.auth_header().map_err(ProfileSourceError::Auth)?.as_ref())
+        .map_err(|e| ProfileSourceError::Auth(format!("profile-api.auth-header: {e}")))?;
         Ok(ProfileSource::Http(api))
     }
 }
