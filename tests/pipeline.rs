@@ -1171,3 +1171,129 @@ fn the_auth_header_comes_from_a_file_goes_on_every_look_up_and_is_never_printed(
         "{missing}"
     );
 }
+
+/// 25 times more users than look-ups may be in flight, one of them sending 30% of the
+/// events, against a slow API: the in-flight bound holds at the API, every event is
+/// delivered once, each user is looked up once, and the hot user's history is in order.
+#[test]
+fn a_hot_user_and_many_more_users_than_look_up_slots_lose_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    const DELAY: Duration = Duration::from_millis(50);
+    let users: Vec<String> = (0..200)
+        .map(|u| format!("u{u:03}"))
+        .chain(["hot".to_string()])
+        .collect();
+    let api = ProfileApi::start(
+        &rt,
+        users.iter().map(|u| {
+            (
+                u.clone(),
+                Behaviour::Slow {
+                    delay: DELAY,
+                    profile: json!({"country": "US"}),
+                    visit: json!({"actions": 0}),
+                    history: json!([]),
+                },
+            )
+        }),
+    );
+    let n = 2_000;
+    // Three in ten events are the hot user's; the others go round the 200 in turn.
+    let mut next = 0;
+    let owners: Vec<String> = (0..n)
+        .map(|i| {
+            if i % 10 < 3 {
+                "hot".to_string()
+            } else {
+                next += 1;
+                format!("u{:03}", (next - 1) % 200)
+            }
+        })
+        .collect();
+    let user_of = |i: usize| owners[i].clone();
+    let lines: String = (0..n)
+        .map(|i| {
+            json!({"event_id": format!("e{i}"), "user_id": user_of(i), "event_type": "page_view", "timestamp": i})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        r#"user.country == "US""#,
+    );
+    s.profile_api.max_in_flight = 4;
+    let workers = 2;
+    let counts = run(&s, workers, &rt);
+    assert_eq!(counts.passed, n as u64);
+    let mut got = receiver.event_ids();
+    got.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every event delivered once");
+    let lookups = api.lookups();
+    assert_eq!(lookups.len(), users.len());
+    assert!(
+        lookups.values().all(|&c| c == 1),
+        "each user looked up once"
+    );
+    // The bound, seen from the API: no more look-ups start within one answer's delay
+    // than there are slots (4 per worker).
+    let mut starts: Vec<Instant> = api
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, what, _)| what == "profile")
+        .map(|(_, _, at)| *at)
+        .collect();
+    starts.sort();
+    let window = DELAY - Duration::from_millis(5);
+    let busiest = (0..starts.len())
+        .map(|i| {
+            starts[i..]
+                .iter()
+                .take_while(|t| **t - starts[i] < window)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= 4 * workers,
+        "{busiest} look-ups started within {window:?}"
+    );
+    // With its last event, the hot user's history is its last 100 events, in file order.
+    let hot_events: Vec<String> = (0..n)
+        .filter(|&i| user_of(i) == "hot")
+        .map(|i| format!("e{i}"))
+        .collect();
+    let last = hot_events.last().unwrap().as_str();
+    let history = receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(b, _)| b["event"]["event_id"] == last)
+        .map(|(b, _)| {
+            b["eventHistory"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["event_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .unwrap();
+    assert_eq!(
+        history,
+        hot_events[hot_events.len() - 100..],
+        "in order, the last 100"
+    );
+}
