@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
             0 => None,
             1 => Some("US".into()),
             2 => Some(event.event_type.to_string()),
-            _ => Some(String::from_utf8_lossy(rest.get(i..(i + 8).min(rest.len())).unwrap_or(&[])).into()),
+            _ => Some(
+                String::from_utf8_lossy(rest.get(i..(i + 8).min(rest.len())).unwrap_or(&[])).into(),
+            ),
         }
     };
     let visit = (byte(0) % 3 != 0).then(|| Visit {
@@ -64,7 +66,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|i| HistoryEntry {
             event_id: event.event_id.clone(),
             event_name: event.event_name.clone(),
-            event_type: if i % 2 == 0 { Some(event.event_type.clone()) } else { text(5).map(Into::into) },
+            event_type: if i % 2 == 0 {
+                Some(event.event_type.clone())
+            } else {
+                text(5).map(Into::into)
+            },
             timestamp: event.timestamp,
             parameters: event.parameters.clone(),
         })
@@ -81,7 +87,10 @@ fuzz_target!(|data: &[u8]| {
         },
         0,
     );
-    let view = EnrichedView { event: &event, state: &state };
+    let view = EnrichedView {
+        event: &event,
+        state: &state,
+    };
     FILTERS.with(|filters| {
         for (rule, f) in filters {
             let (judged, interpreted) = (f.judge(view), f.interpret(view));
