@@ -49,6 +49,8 @@ start_tansu() {
     echo "broker: tansu on 127.0.0.1:$TANSU_PORT (pid $(cat "$PIDFILE"))" >&2
   fi
   export EVENT_TRIGGER_TEST_BROKER=127.0.0.1:$TANSU_PORT
+  # For the Kafka TLS test, which runs a Tansu of its own behind a TLS listener.
+  export EVENT_TRIGGER_TANSU_BIN=$TANSU_BIN
   # For the outage test, which freezes the broker (SIGSTOP) and resumes it.
   if [ -f "$PIDFILE" ]; then export EVENT_TRIGGER_TEST_BROKER_PID; EVENT_TRIGGER_TEST_BROKER_PID=$(cat "$PIDFILE"); fi
 }

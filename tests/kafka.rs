@@ -1459,3 +1459,132 @@ fn dead_letters_go_to_a_kafka_topic() {
     }
     assert_dead_letters(&letters, &w, &expected);
 }
+
+/// Kafka over TLS on loopback: a Tansu of its own behind a TLS listener whose
+/// certificate a private CA signed (Tansu advertises that listener, so every connection
+/// of the clients goes through TLS). With `security.protocol: ssl` and the CA in
+/// `ssl.ca.location` (both through `kafka.properties`) the topic is loaded and the job
+/// reads all of it; without the CA the start fails on the certificate.
+#[cfg(feature = "kafka-tls")]
+#[test]
+fn kafka_over_tls_with_a_private_ca() {
+    let Ok(tansu) = std::env::var("EVENT_TRIGGER_TANSU_BIN") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs this with scripts/broker.sh"
+        );
+        eprintln!("no EVENT_TRIGGER_TANSU_BIN: skipped; scripts/test.sh runs it");
+        return;
+    };
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, acceptor) = test_ca(dir.path());
+    let tls = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let tls_port = tls.local_addr().unwrap().port();
+    let plain_port = closed_port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _broker = Kill(
+        Command::new(tansu)
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain_port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls_port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The TLS listener: each connection decrypted and passed on to Tansu's plain port.
+    let handshakes_failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = handshakes_failed.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((conn, _)) = tls.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", plain_port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tansu did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let w = Workload::generate(600, 60, 61);
+    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
+    let receiver = Receiver::start(&rt);
+    let mut s = kafka_job(
+        dir.path(),
+        "tls-events",
+        "tls-group",
+        &profiles,
+        &receiver.url(),
+    );
+    s.kafka.bootstrap_servers = format!("127.0.0.1:{tls_port}");
+    s.kafka.start_from = StartFrom::Earliest;
+    s.kafka.connect_timeout_ms = 5_000;
+    s.kafka
+        .properties
+        .insert("security.protocol".into(), "ssl".into());
+
+    // Without the CA: refused at start, the TLS handshakes failing.
+    let refused = match event_trigger::dataflows::trigger::Prepared::new(&s, true) {
+        Ok(_) => panic!("connected without trusting the CA"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(refused.contains("kafka.bootstrap-servers"), "{refused}");
+    assert!(
+        handshakes_failed.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the client reached the listener and refused its certificate"
+    );
+
+    s.kafka
+        .properties
+        .insert("ssl.ca.location".into(), ca_file.display().to_string());
+    rt.block_on(event_trigger::kafka::ensure_topic(
+        &s.kafka,
+        "tls-events",
+        2,
+    ))
+    .unwrap();
+    event_trigger::kafka::produce(
+        &s.kafka,
+        "tls-events",
+        w.lines.join("\n").as_bytes(),
+        |_| {},
+    )
+    .unwrap();
+    let counts = run_kafka(&s, 2, &rt);
+    assert_eq!(counts.events_read, w.lines.len() as u64);
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, w.expected_us_page_views());
+}
