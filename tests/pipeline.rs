@@ -1270,3 +1270,46 @@ fn a_hot_user_and_many_more_users_than_look_up_slots_lose_nothing() {
         "in order, the last 100"
     );
 }
+
+/// A million users in state at once (each sends an event, none of them known to the API,
+/// so each gets an empty checkpoint), then the first thousand come back: each is looked
+/// up once, and those coming back find their state (their second event sees a history of
+/// two), so nothing was dropped to make room.
+#[test]
+fn a_million_users_in_state_keep_their_state() {
+    use std::io::Write;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    const USERS: usize = 1_000_000;
+    const BACK: usize = 1_000;
+    let events = dir.path().join("e.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&events).unwrap());
+    for i in 0..USERS + BACK {
+        let user = i % USERS;
+        writeln!(
+            f,
+            r#"{{"event_id":"e{i}","user_id":"u{user}","event_type":"page_view"}}"#
+        )
+        .unwrap();
+    }
+    drop(f);
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let receiver = Receiver::start(&rt);
+    let s = settings(
+        dir.path(),
+        &events,
+        &format!("file://{}", profiles.display()),
+        &receiver.url(),
+        "history.len() == 2",
+    );
+    let counts = run(&s, 2, &rt);
+    assert_eq!(counts.events_read, (USERS + BACK) as u64);
+    assert_eq!(counts.fetched, USERS as u64, "each user looked up once");
+    assert_eq!(counts.passed, BACK as u64);
+    let mut got = receiver.event_ids();
+    got.sort();
+    let mut want: Vec<String> = (USERS..USERS + BACK).map(|i| format!("e{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
