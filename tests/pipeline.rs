@@ -422,15 +422,7 @@ fn a_webhook_that_fails_then_recovers_receives_every_event() {
     });
     let addr = serve_on_loopback(&rt, handler);
     let w = Workload::generate(300, 30, 5);
-    let events = w.write_events(dir.path());
-    let profiles = w.write_profiles(dir.path());
-    let mut s = settings(
-        dir.path(),
-        &events,
-        &format!("file://{}", profiles.display()),
-        &format!("http://{addr}/x"),
-        SEED_FILTER,
-    );
+    let mut s = file_job(dir.path(), &w, &format!("http://{addr}/x"), SEED_FILTER);
     s.actions.webhook.retry_backoff_ms = 10;
     s.dead_letter.path = Some(dir.path().join("dead.jsonl"));
     let counts = run(&s, 2, &rt);
@@ -472,15 +464,7 @@ fn webhook_answering_a_client_error_is_failed_at_once() {
     });
     let addr = serve_on_loopback(&rt, handler);
     let w = Workload::generate(300, 30, 4);
-    let events = w.write_events(dir.path());
-    let profiles = w.write_profiles(dir.path());
-    let s = settings(
-        dir.path(),
-        &events,
-        &format!("file://{}", profiles.display()),
-        &format!("http://{addr}/x"),
-        "true",
-    );
+    let s = file_job(dir.path(), &w, &format!("http://{addr}/x"), "true");
     let counts = run(&s, 1, &rt);
     assert_eq!(counts.passed, w.lines.len() as u64 - w.invalid_lines());
     assert_eq!(counts.actions_failed, counts.passed);
@@ -493,16 +477,8 @@ fn webhooks_are_signed_and_carry_an_idempotency_key() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(300, 30, 9);
-    let events = w.write_events(dir.path());
-    let profiles = w.write_profiles(dir.path());
     let receiver = Receiver::start(&rt);
-    let mut s = settings(
-        dir.path(),
-        &events,
-        &format!("file://{}", profiles.display()),
-        &receiver.url(),
-        SEED_FILTER,
-    );
+    let mut s = file_job(dir.path(), &w, &receiver.url(), SEED_FILTER);
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "s3cr3t\n").unwrap();
     s.actions.webhook.secret_file = Some(secret_file);
@@ -540,16 +516,8 @@ fn a_paced_file_source_reads_at_its_rate_and_loses_nothing() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(1_500, 50, 13);
-    let events = w.write_events(dir.path());
-    let profiles = w.write_profiles(dir.path());
     let receiver = Receiver::start(&rt);
-    let mut s = settings(
-        dir.path(),
-        &events,
-        &format!("file://{}", profiles.display()),
-        &receiver.url(),
-        SEED_FILTER,
-    );
+    let mut s = file_job(dir.path(), &w, &receiver.url(), SEED_FILTER);
     let unpaced = run(&s, 2, &rt);
     s.source.max_events_per_second = Some(1_000.0);
     let started = std::time::Instant::now();

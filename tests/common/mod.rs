@@ -454,6 +454,21 @@ pub fn settings(
 }
 
 /// Runs the job in this process with `workers` threads.
+/// Writes `w`'s events and profiles to `dir`; settings that read those events, look
+/// users up in the profiles as a `file://` snapshot, filter with `script` and POST to
+/// `webhook`.
+pub fn file_job(dir: &Path, w: &Workload, webhook: &str, script: &str) -> Settings {
+    let events = w.write_events(dir);
+    let profiles = w.write_profiles(dir);
+    settings(
+        dir,
+        &events,
+        &format!("file://{}", profiles.display()),
+        webhook,
+        script,
+    )
+}
+
 pub fn run(settings: &Settings, workers: usize, rt: &tokio::runtime::Runtime) -> Counts {
     let prepared = Prepared::new(settings, true).unwrap();
     run_prepared(prepared, workers, rt)
