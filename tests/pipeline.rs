@@ -1276,7 +1276,17 @@ fn a_million_users_in_state_keep_their_state() {
     assert_eq!(counts.fetched, USERS as u64, "each user looked up once");
     assert_eq!(counts.passed, BACK as u64);
     let mut got = receiver.event_ids();
+    let calls = got.len() as u64;
     got.sort();
+    got.dedup();
+    // Delivery is at least once: on a loaded machine a call that timed out was retried
+    // after the receiver had it (CI saw it). Repeats only ever come from retries.
+    assert!(
+        calls - got.len() as u64 <= counts.actions_retried,
+        "{} repeats, {} retries",
+        calls - got.len() as u64,
+        counts.actions_retried
+    );
     let mut want: Vec<String> = (USERS..USERS + BACK).map(|i| format!("e{i}")).collect();
     want.sort();
     assert_eq!(got, want);
