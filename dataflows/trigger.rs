@@ -411,7 +411,17 @@ pub fn run(
         if failed.get() {
             return Err("the input could not be read to its end (see the log)".into());
         }
-        Ok(sum_on_worker_zero(worker, stats.counts()).map(|counts| Summary { counts, elapsed_s }))
+        let final_checkpoint_error = kafka
+            .borrow()
+            .as_ref()
+            .and_then(KafkaReader::final_checkpoint_error);
+        Ok(
+            sum_on_worker_zero(worker, stats.counts()).map(|counts| Summary {
+                counts,
+                elapsed_s,
+                final_checkpoint_error,
+            }),
+        )
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
 

@@ -149,6 +149,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.is::<RunFailed>() {
+                return std::process::ExitCode::from(1);
+            }
             // 2: the job could not start (config, script, input); as documented.
             std::process::ExitCode::from(2)
         }
@@ -226,9 +229,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot install the stop signal handlers")?;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");
+        if let Some(e) = summary.final_checkpoint_error {
+            return Err(RunFailed(e).into());
+        }
     }
     Ok(())
 }
+
+/// The job ran, but did not end as it should (exit code 1, not 2: it did start).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RunFailed(String);
 
 /// Serves `/metrics` (unless `metrics.listen` is `""`), and logs progress lines.
 fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {

@@ -92,10 +92,13 @@ impl Stats {
 }
 
 /// The line a bounded run prints at the end.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub counts: Counts,
     pub elapsed_s: f64,
+    /// Why the run's final checkpoint did not complete, if it did not: the work is done
+    /// but a restart would repeat part of it, so the run fails after its summary.
+    pub final_checkpoint_error: Option<String>,
 }
 
 impl fmt::Display for Summary {
@@ -140,6 +143,7 @@ mod tests {
         let summary = Summary {
             counts: s.counts(),
             elapsed_s: 2.0,
+            final_checkpoint_error: None,
         };
         let line = summary.to_string();
         assert!(

@@ -881,6 +881,51 @@ fn a_bounded_restart_with_nothing_new_restores_checkpoints_and_ends() {
     assert_eq!(last.manifest.users(), first.manifest.users());
 }
 
+/// A run whose final checkpoint cannot be written prints its summary, names the epoch and
+/// the reason, and exits 1: a restart would go back to an older checkpoint and act again,
+/// which whoever stops the job must hear of. (It exited 0: on a CI machine short of disk a
+/// restart's final checkpoint was never written and nothing said so.)
+#[test]
+fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (w, profiles, topic) = loaded_workload(&rt, dir.path(), "unwritable", (400, 40, 19));
+    let group = fresh_group(&topic);
+    let receiver = Receiver::start(&rt);
+    let mut s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
+    s.engine.checkpoint_interval_ms = 60_000;
+    // Every epoch directory of the next five minutes is taken by a plain file, so no part
+    // of any checkpoint in that time, the final one included, can be written.
+    std::fs::create_dir_all(&s.engine.checkpoint_dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let cfg = event_trigger::checkpoint::CheckpointConfig {
+        dir: s.engine.checkpoint_dir.clone(),
+        interval_ms: 60_000,
+        retained: 3,
+        restored_epoch: 0,
+    };
+    for i in 0..=5 {
+        std::fs::write(cfg.epoch_dir(cfg.epoch_at(now) + i * 60_000), "in the way").unwrap();
+    }
+    let path = dir.path().join("unwritable.yml");
+    std::fs::write(&path, kafka_yaml(&s)).unwrap();
+    let out = start_run(&path, &["--bounded", "-w", "2"], &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The work itself was done and reported.
+    let counts = summary_of(&out.stdout);
+    assert_eq!(counts.events_read, w.lines.len() as u64);
+    assert_eq!(counts.passed as usize, w.expected_us_page_views().len());
+    assert!(err.contains("the final checkpoint (epoch "), "{err}");
+    assert!(err.contains(&*cfg.dir.to_string_lossy()), "{err}");
+    assert!(err.contains("checkpoint part not written"), "{err}");
+}
+
 /// A checkpoint does not wait for a Profile API look-up: it saves the user being looked
 /// up as its events, and a restart looks that user up again and acts on them; a final
 /// checkpoint waits for the look-up instead. (Checkpoints used to wait for every look-up

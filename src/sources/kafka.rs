@@ -55,6 +55,8 @@ pub struct SourceCheckpoints {
     pub peers: usize,
     /// Epochs passed, whose manifest worker 0 writes once the probe passes them.
     to_complete: VecDeque<Time>,
+    /// Worker 0: the last epoch it tried to complete, and why it could not (if so).
+    last_outcome: Option<(Time, Option<String>)>,
 }
 
 impl SourceCheckpoints {
@@ -64,6 +66,7 @@ impl SourceCheckpoints {
             worker,
             peers,
             to_complete: VecDeque::new(),
+            last_outcome: None,
         }
     }
 }
@@ -386,7 +389,9 @@ impl KafkaReader {
                 break;
             }
             c.to_complete.pop_front();
-            match manifest::complete(&c.cfg, epoch, c.peers) {
+            let outcome = manifest::complete(&c.cfg, epoch, c.peers);
+            c.last_outcome = Some((epoch, outcome.as_ref().err().map(|e| e.to_string())));
+            match outcome {
                 Ok(m) => {
                     crate::metrics::global().record_checkpoint(
                         epoch,
@@ -410,6 +415,19 @@ impl KafkaReader {
                 }
                 Err(Incomplete::Failed(e)) => tracing::warn!(epoch, "checkpoint failed: {e}"),
             }
+        }
+    }
+
+    /// Worker 0, once the run is over: why its final checkpoint is not complete, if it
+    /// is not. The next run would restore an older one and repeat what came after it.
+    pub fn final_checkpoint_error(&self) -> Option<String> {
+        let c = self.checkpoints.as_ref().filter(|c| c.worker == 0)?;
+        match &c.last_outcome {
+            Some((epoch, Some(reason))) => Some(format!(
+                "the final checkpoint (epoch {epoch}, in {}) did not complete: {reason} (see the errors logged before); the next run restores an older checkpoint and repeats what came after it",
+                c.cfg.dir.display()
+            )),
+            _ => None,
         }
     }
 

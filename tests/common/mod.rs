@@ -482,6 +482,7 @@ pub fn run_prepared(prepared: Prepared, workers: usize, rt: &tokio::runtime::Run
     )
     .unwrap()
     .expect("worker 0 is in this process");
+    assert_eq!(summary.final_checkpoint_error, None);
     summary.counts
 }
 
