@@ -652,7 +652,12 @@ impl EngineSettings {
 /// are librdkafka properties, kept apart: their names are dotted (`SASL_PASSWORD` is
 /// `sasl.password`), which the `config` crate would read as nesting.
 #[derive(Clone, Default)]
-struct EnvOverrides(Vec<(String, String)>, Vec<(String, String)>);
+struct EnvOverrides {
+    /// Dotted config keys (`profile-api.auth-header`) and their values.
+    keys: Vec<(String, String)>,
+    /// librdkafka properties (`sasl.password`) for `kafka.properties`.
+    kafka_properties: Vec<(String, String)>,
+}
 
 impl EnvOverrides {
     fn from_env() -> Self {
@@ -666,7 +671,8 @@ impl EnvOverrides {
                 continue;
             };
             if let Some(name) = rest.strip_prefix("KAFKA__PROPERTIES__") {
-                env.1.push((name.to_ascii_lowercase().replace('_', "."), v));
+                env.kafka_properties
+                    .push((name.to_ascii_lowercase().replace('_', "."), v));
                 continue;
             }
             let key = rest
@@ -674,7 +680,7 @@ impl EnvOverrides {
                 .map(|part| part.to_ascii_lowercase().replace('_', "-"))
                 .collect::<Vec<_>>()
                 .join(".");
-            env.0.push((key, v));
+            env.keys.push((key, v));
         }
         env
     }
@@ -684,9 +690,9 @@ impl std::fmt::Debug for EnvOverrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The names only: a value may be a secret.
         let names: Vec<&str> = self
-            .0
+            .keys
             .iter()
-            .chain(&self.1)
+            .chain(&self.kafka_properties)
             .map(|(k, _)| k.as_str())
             .collect();
         f.debug_tuple("EnvOverrides").field(&names).finish()
@@ -701,7 +707,7 @@ impl config::Source for EnvOverrides {
     fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
         let origin = "the environment".to_string();
         Ok(self
-            .0
+            .keys
             .iter()
             .map(|(k, v)| {
                 (
@@ -736,7 +742,7 @@ impl Settings {
                 reason: "no such file".into(),
             });
         }
-        let properties = env.1.clone();
+        let properties = env.kafka_properties.clone();
         let built = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Yaml))
             .add_source(env)
