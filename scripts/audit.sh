@@ -26,10 +26,11 @@ echo "audit: ADVISORIES NOT CHECKED: the RustSec database cannot be fetched here
 echo "$fetched" | grep -m1 -iE "fatal|could not|failed" >&2 || true
 
 # The self-check: cargo-deny reads an offline database from its db-path, in the
-# directory named for the default database URL.
+# directory it names for the database URL (the failed fetch names it; 0.20's name here).
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-db=$work/db/advisory-db-3157b0e258782691
+name=$(grep -o 'advisory-db-[0-9a-f]\{16\}' <<<"$fetched" | head -1 || true)
+db=$work/db/${name:-advisory-db-3157b0e258782691}
 advisory() { # id package informational|"" patched
   mkdir -p "$db/crates/$2"
   {
@@ -50,17 +51,23 @@ advisory() { # id package informational|"" patched
     echo "Not a real advisory."
   } > "$db/crates/$2/$1.md"
 }
-make_db() {
-  git -C "$db" init -q -b main
+commit_db() {
   git -C "$db" add -A
-  git -C "$db" -c user.name=audit -c user.email=audit@invalid commit -q -m "self-check"
+  git -C "$db" -c user.name=audit -c user.email=audit@invalid commit -q -m "$1"
 }
-# deny.toml's accepted IDs, for the crates it names in their reasons.
+# deny.toml's accepted IDs, each for the crate its reason names.
 mkdir -p "$db"
+git -C "$db" init -q -b main
 advisory RUSTSEC-2025-0141 bincode unmaintained ""
 advisory RUSTSEC-2024-0436 paste unmaintained ""
 advisory RUSTSEC-2026-0249 smartstring unmaintained ""
-make_db
+accepted=$(grep -o 'RUSTSEC-[0-9]*-[0-9]*' deny.toml | sort | tr '\n' ' ')
+planted=$(find "$db/crates" -name 'RUSTSEC-*.md' -exec basename {} .md \; | sort | tr '\n' ' ')
+if [ "$accepted" != "$planted" ]; then
+  echo "audit: self-check FAILED: deny.toml accepts $accepted but this script plants $planted" >&2
+  exit 1
+fi
+commit_db "the accepted advisories"
 sed "s|^\[advisories\]|[advisories]\ndb-path = \"$work/db\"|" deny.toml > "$work/deny.toml"
 if ! out=$(cargo deny --offline --config "$work/deny.toml" check advisories 2>&1); then
   echo "$out" >&2
@@ -68,8 +75,7 @@ if ! out=$(cargo deny --offline --config "$work/deny.toml" check advisories 2>&1
   exit 1
 fi
 advisory RUSTSEC-2099-0001 anyhow "" '">= 99.0.0"'
-git -C "$db" add -A
-git -C "$db" -c user.name=audit -c user.email=audit@invalid commit -q -m "a vulnerability"
+commit_db "a vulnerability"
 if out=$(cargo deny --offline --config "$work/deny.toml" check advisories 2>&1); then
   echo "$out" >&2
   echo "audit: self-check FAILED: a vulnerability in anyhow went unnoticed" >&2
