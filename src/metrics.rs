@@ -40,6 +40,20 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+/// The metrics of one target of HTTP calls (see `crate::concurrency`), taken once.
+#[derive(Clone)]
+pub struct TargetMetrics {
+    pub limit: Gauge,
+    pub in_flight: Gauge,
+    pub rtt_seconds: Histogram,
+    pub overloaded: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
     pub topic: String,
     pub partition: String,
@@ -63,6 +77,13 @@ pub struct Metrics {
     /// Seconds per Profile API look-up (three requests, retries included).
     pub lookup_seconds: Histogram,
     pub lookup_errors: Family<KindLabel, Counter>,
+    /// Look-ups that failed transiently after their retries and were tried again
+    /// (`profile-api.max-wait-on-failure-ms`).
+    pub lookup_waits: Counter,
+    concurrency_limit: Family<TargetLabel, Gauge>,
+    concurrency_in_flight: Family<TargetLabel, Gauge>,
+    request_rtt: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    overloaded: Family<TargetLabel, Counter>,
     pub checkpoints_completed: Counter,
     /// From a checkpoint's epoch to its manifest, of the last one completed.
     pub checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -186,6 +207,47 @@ impl Metrics {
             "failed look-ups by kind (request, status, body)",
             Family::<KindLabel, Counter>::default(),
         );
+        let lookup_waits = add(
+            &mut registry,
+            "lookup_waits_after_failure",
+            "look-ups that failed transiently after their retries and were tried again (profile-api.max-wait-on-failure-ms)",
+            Counter::default(),
+        );
+        let by_target = |registry: &mut Registry, name: &str, help: &str| {
+            add(
+                registry,
+                name,
+                help,
+                Family::<TargetLabel, Gauge>::default(),
+            )
+        };
+        let concurrency_limit = by_target(
+            &mut registry,
+            "concurrency_limit",
+            "calls allowed at once to a target (profile-api, webhook:<action>), fixed or adaptive",
+        );
+        let concurrency_in_flight = by_target(
+            &mut registry,
+            "concurrency_in_flight",
+            "calls under way to a target",
+        );
+        fn rtt_histogram() -> Histogram {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        }
+        let request_rtt = add(
+            &mut registry,
+            "request_rtt_seconds",
+            "round trip of one HTTP call to a target (from its permit to its answer)",
+            Family::<TargetLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                rtt_histogram,
+            ),
+        );
+        let overloaded = add(
+            &mut registry,
+            "concurrency_overloaded",
+            "calls that timed out, could not connect or were answered 429/502/503/504, by target",
+            Family::<TargetLabel, Counter>::default(),
+        );
         let checkpoints_completed = add(
             &mut registry,
             "checkpoints_completed",
@@ -251,6 +313,11 @@ impl Metrics {
             actions_waiting,
             lookup_seconds,
             lookup_errors,
+            lookup_waits,
+            concurrency_limit,
+            concurrency_in_flight,
+            request_rtt,
+            overloaded,
             checkpoints_completed,
             checkpoint_seconds,
             checkpoint_bytes,
@@ -300,6 +367,19 @@ impl Metrics {
             self.lookup_errors
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .inc();
+        }
+    }
+
+    /// The handles of `target`'s metrics.
+    pub fn target(&self, target: &str) -> TargetMetrics {
+        let label = TargetLabel {
+            target: target.into(),
+        };
+        TargetMetrics {
+            limit: self.concurrency_limit.get_or_create(&label).clone(),
+            in_flight: self.concurrency_in_flight.get_or_create(&label).clone(),
+            rtt_seconds: self.request_rtt.get_or_create(&label).clone(),
+            overloaded: self.overloaded.get_or_create(&label).clone(),
         }
     }
 
@@ -474,6 +554,7 @@ mod tests {
     fn declared() -> std::collections::BTreeSet<String> {
         let m = global();
         m.record_lookup(Duration::from_millis(3), Some("request"));
+        m.target("declared-test");
         m.consumer_lag
             .get_or_create(&PartitionLabel {
                 topic: "t".into(),
