@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::concurrency::Concurrency;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
@@ -208,12 +210,20 @@ pub struct ProfileApiSettings {
     /// `http(s)://host:port[/prefix]`, or `file://PATH` to a `profiles.jsonl` snapshot.
     pub base_url: String,
     pub timeout_ms: u64,
-    /// Users whose profile is being fetched at once, per worker.
+    /// Users whose profile is being fetched at once, per worker: the ceiling of
+    /// `concurrency` (a look-up is three requests).
     pub max_in_flight: usize,
+    /// Requests to the API at once from this process: `adaptive` (to what the API
+    /// answers without queueing) or a fixed number.
+    pub concurrency: Concurrency,
     /// Further tries of a request that failed transiently (connection, timeout, 429,
     /// 5xx), with jittered exponential backoff from `retry-backoff-ms`.
     pub retry_attempts: u32,
     pub retry_backoff_ms: u64,
+    /// A look-up that still fails transiently after its retries is tried again, with
+    /// backoff, for up to this long (its user's events wait) before the user gets the
+    /// empty checkpoint; 0: at once, as the original job.
+    pub max_wait_on_failure_ms: u64,
     /// After a failed look-up (empty checkpoint), the user's first event this long
     /// after looks it up again.
     pub min_refetch_interval_ms: u64,
@@ -263,8 +273,10 @@ impl Default for ProfileApiSettings {
             base_url: "http://localhost:8080".into(),
             timeout_ms: 5000,
             max_in_flight: 256,
+            concurrency: Concurrency::Adaptive,
             retry_attempts: 3,
             retry_backoff_ms: 100,
+            max_wait_on_failure_ms: 30_000,
             min_refetch_interval_ms: 60_000,
             max_requests_per_second: 0,
             ca_file: None,
@@ -371,6 +383,7 @@ pub struct ActionSpec {
     pub url: Option<String>,
     pub timeout_ms: Option<u64>,
     pub max_in_flight: Option<usize>,
+    pub concurrency: Option<Concurrency>,
     pub secret: Option<Secret>,
     pub secret_file: Option<PathBuf>,
     pub retry_attempts: Option<u32>,
@@ -387,6 +400,7 @@ impl ActionSpec {
             url: self.url.clone().unwrap_or(d.url),
             timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
             secret: self.secret.clone(),
             secret_file: self.secret_file.clone(),
             retry_attempts: self.retry_attempts.unwrap_or(d.retry_attempts),
@@ -400,6 +414,7 @@ impl ActionSpec {
         self.url.is_some()
             || self.timeout_ms.is_some()
             || self.max_in_flight.is_some()
+            || self.concurrency.is_some()
             || self.secret.is_some()
             || self.secret_file.is_some()
             || self.retry_attempts.is_some()
@@ -435,6 +450,7 @@ impl ActionsSettings {
                     url: Some(w.url.clone()),
                     timeout_ms: Some(w.timeout_ms),
                     max_in_flight: Some(w.max_in_flight),
+                    concurrency: Some(w.concurrency),
                     secret: w.secret.clone(),
                     secret_file: w.secret_file.clone(),
                     retry_attempts: Some(w.retry_attempts),
@@ -501,8 +517,11 @@ impl ActionsSettings {
 pub struct WebhookSettings {
     pub url: String,
     pub timeout_ms: u64,
-    /// Requests under way at once, per worker.
+    /// Calls under way at once, per worker: the ceiling of `concurrency`.
     pub max_in_flight: usize,
+    /// Calls to the receiver at once from this process: `adaptive` (to what it answers
+    /// without queueing) or a fixed number.
+    pub concurrency: Concurrency,
     /// Signs each body (HMAC-SHA256, `X-Signature-256`); best given through the
     /// environment (`EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET`) or `secret-file`.
     pub secret: Option<Secret>,
@@ -545,6 +564,7 @@ impl Default for WebhookSettings {
             url: "http://localhost:8080/webhook".into(),
             timeout_ms: 5000,
             max_in_flight: 256,
+            concurrency: Concurrency::Adaptive,
             secret: None,
             secret_file: None,
             retry_attempts: 3,
@@ -934,6 +954,43 @@ mod tests {
         assert_eq!(s.state.max_history, 100);
         assert_eq!(s.engine.state_ttl_ms(), 600_000);
         assert_eq!(s.source.kind, SourceType::File);
+    }
+
+    #[test]
+    fn concurrency_is_adaptive_unless_a_number_is_given_in_any_form_of_the_config() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let d = load(src, &[]).unwrap();
+        assert_eq!(d.profile_api.concurrency, Concurrency::Adaptive);
+        assert_eq!(d.actions.webhook.concurrency, Concurrency::Adaptive);
+        assert_eq!(d.profile_api.max_wait_on_failure_ms, 30_000);
+        let s = load(
+            &format!("{src}profile-api:\n  concurrency: 16\n  max-wait-on-failure-ms: 0\nactions:\n  - type: webhook\n    url: http://a/x\n    concurrency: adaptive\n  - type: webhook\n    url: http://b/x\n    concurrency: 4\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.profile_api.concurrency, Concurrency::Fixed(16));
+        assert_eq!(s.profile_api.max_wait_on_failure_ms, 0);
+        let specs = s.actions.specs();
+        assert_eq!(specs[0].1.webhook().concurrency, Concurrency::Adaptive);
+        assert_eq!(specs[1].1.webhook().concurrency, Concurrency::Fixed(4));
+        let env = load(
+            src,
+            &[
+                ("EVENT_TRIGGER__PROFILE_API__CONCURRENCY", "32"),
+                ("EVENT_TRIGGER__ACTIONS__WEBHOOK__CONCURRENCY", "adaptive"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(env.profile_api.concurrency, Concurrency::Fixed(32));
+        assert_eq!(env.actions.webhook.concurrency, Concurrency::Adaptive);
+        fails_naming(
+            &format!("{src}profile-api:\n  concurrency: 0\n"),
+            "profile-api.concurrency",
+        );
+        fails_naming(
+            &format!("{src}actions:\n  webhook:\n    concurrency: lots\n"),
+            "actions.webhook.concurrency",
+        );
     }
 
     #[test]

@@ -41,6 +41,13 @@ enum Command {
         /// Log the bodies of the first N webhooks received.
         #[arg(long, default_value_t = 0)]
         log_webhooks: u64,
+        /// Serve at most this many requests at once, the others queueing (0: no limit):
+        /// with --service-ms, a modest service to try the job's concurrency against.
+        #[arg(long, default_value_t = 0)]
+        slots: usize,
+        /// Milliseconds each request takes to serve.
+        #[arg(long, default_value_t = 0)]
+        service_ms: u64,
     },
     /// Loads a JSONL file into a Kafka topic, keyed by user_id (creates the topic if
     /// missing).
@@ -135,7 +142,12 @@ fn main() -> std::process::ExitCode {
             profiles,
             listen,
             log_webhooks,
-        } => mock_api(&profiles, listen, log_webhooks),
+            slots,
+            service_ms,
+        } => {
+            let service = std::time::Duration::from_millis(service_ms);
+            mock_api(&profiles, listen, log_webhooks, (slots, service))
+        }
         Command::Produce {
             topic,
             partitions,
@@ -287,8 +299,15 @@ fn validate(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mock_api(profiles: &Path, listen: SocketAddr, log_webhooks: u64) -> anyhow::Result<()> {
-    let api = Arc::new(MockApi::load(profiles, log_webhooks).map_err(anyhow::Error::msg)?);
+/// `service`: requests served at once (0: any) and the time each takes.
+fn mock_api(
+    profiles: &Path,
+    listen: SocketAddr,
+    log_webhooks: u64,
+    service: (usize, std::time::Duration),
+) -> anyhow::Result<()> {
+    let api = MockApi::load(profiles, log_webhooks).map_err(anyhow::Error::msg)?;
+    let api = Arc::new(api.with_service(service.0, service.1));
     let runtime = tokio_runtime()?;
     runtime.block_on(async move {
         let users = api.users();

@@ -2,13 +2,21 @@
 //! like the original project's mock server. Serves `/users/{id}/profile|visit|history`
 //! from a `profiles.jsonl` (404 for unknown users), accepts `POST /webhook`, and reports
 //! its counters at `GET /stats`, with the latency of the webhooks from their event's
-//! ingestion (the `X-Event-Ingested-At` header) to their arrival.
+//! ingestion (the `X-Event-Ingested-At` header) to their arrival, and how many distinct
+//! `Idempotency-Key`s it saw (the rest were sent again).
+//!
+//! With `--slots N --service-ms MS` it stands for a modest service: at most N requests
+//! are served at once, each taking MS; the others queue inside the server, and a request
+//! is served to the end even when its client gave up waiting (as a server with a thread
+//! per request does), so a time-out followed by a retry shows as a duplicate.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -32,6 +40,12 @@ pub struct MockApi {
     pub latency: Latencies,
     /// From ingestion to the call being sent (`X-Webhook-Timestamp`): the job's part.
     pub latency_in_job: Latencies,
+    /// The `Idempotency-Key`s of the webhooks received.
+    webhook_keys: Mutex<HashSet<String>>,
+    /// Requests served at once (unlimited when None).
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long serving one request takes, in microseconds.
+    service_us: AtomicU64,
 }
 
 /// Bucket width of the latency histogram, and how far it reaches (later ones count in
@@ -122,7 +136,28 @@ impl MockApi {
             webhooks: AtomicU64::new(0),
             latency: Latencies::default(),
             latency_in_job: Latencies::default(),
+            webhook_keys: Mutex::default(),
+            slots: None,
+            service_us: AtomicU64::new(0),
         })
+    }
+
+    /// Serves at most `slots` requests at once (0: no limit), each taking `service`.
+    pub fn with_service(mut self, slots: usize, service: Duration) -> Self {
+        self.slots = (slots > 0).then(|| Arc::new(tokio::sync::Semaphore::new(slots)));
+        self.set_service_time(service);
+        self
+    }
+
+    /// From now on, serving one request takes `service` (a service slowing down).
+    pub fn set_service_time(&self, service: Duration) {
+        self.service_us
+            .store(service.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Webhooks received with an `Idempotency-Key` not seen before.
+    pub fn distinct_webhooks(&self) -> usize {
+        self.webhook_keys.lock().map_or(0, |k| k.len())
     }
 
     pub fn users(&self) -> usize {
@@ -154,6 +189,11 @@ impl MockApi {
                         .record(sent_ms.saturating_sub(ingested_ms) * 1000);
                 }
             }
+            if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok())
+                && let Ok(mut keys) = self.webhook_keys.lock()
+            {
+                keys.insert(key.to_string());
+            }
             let n = self.webhooks.fetch_add(1, Ordering::Relaxed);
             if n < self.log_webhooks {
                 tracing::info!(target: "event_trigger::mock_api", "webhook: {}", String::from_utf8_lossy(body));
@@ -164,6 +204,7 @@ impl MockApi {
             let stats = serde_json::json!({
                 "profile_requests": self.profile_requests.load(Ordering::Relaxed),
                 "webhooks": self.webhooks.load(Ordering::Relaxed),
+                "webhooks_distinct": self.distinct_webhooks(),
                 "latency": self.latency.summary(),
                 "latency_in_job": self.latency_in_job.summary(),
             });
@@ -196,9 +237,25 @@ impl MockApi {
         let handler = http_server::handler(move |req| {
             let api = self.clone();
             async move {
-                let (status, body) =
-                    api.answer(req.method(), req.uri().path(), req.headers(), req.body());
-                reply(status, body)
+                if api.slots.is_none() && api.service_us.load(Ordering::Relaxed) == 0 {
+                    let (status, body) =
+                        api.answer(req.method(), req.uri().path(), req.headers(), req.body());
+                    return reply(status, body);
+                }
+                // On a task of its own: served to the end even if the client goes away.
+                let served = tokio::spawn(async move {
+                    let _slot = match &api.slots {
+                        Some(slots) => slots.clone().acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    let service = api.service_us.load(Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_micros(service)).await;
+                    api.answer(req.method(), req.uri().path(), req.headers(), req.body())
+                });
+                match served.await {
+                    Ok((status, body)) => reply(status, body),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
             }
         });
         http_server::serve(addr, handler).await

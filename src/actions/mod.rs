@@ -87,7 +87,8 @@ impl Actions {
                         w.signing_secret()?,
                         retry,
                         w.ca_file.as_deref(),
-                    )?;
+                    )?
+                    .with_concurrency(&format!("webhook:{name}"), w.concurrency);
                     Action::Webhook {
                         client,
                         max_in_flight: w.max_in_flight,
@@ -209,7 +210,9 @@ pub fn run_actions<'s>(
             .iter()
             .enumerate()
             .filter_map(|(index, a)| match &a.action {
-                Action::Webhook { client, max_in_flight, dead_letters } => Some(Lane {
+                Action::Webhook { client, max_in_flight, dead_letters } => Some({
+                    client.calls().register(*max_in_flight);
+                    Lane {
                     index,
                     name: a.name.clone(),
                     client: client.clone(),
@@ -217,7 +220,7 @@ pub fn run_actions<'s>(
                     dead_letters: dead_letters.clone(),
                     queued: VecDeque::new(),
                     in_flight: 0,
-                }),
+                }}),
                 Action::Debug => None,
             })
             .collect();

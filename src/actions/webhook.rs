@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 
+use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
 use crate::model::Text;
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
@@ -32,6 +33,9 @@ pub struct DeliveryError {
     pub reason: String,
     /// Worth another try (connection, timeout, 408, 429, 5xx).
     pub transient: bool,
+    /// The receiver did not answer in time, could not be reached, or said it is
+    /// overloaded: fewer calls at once.
+    pub overload: bool,
     pub retry_after: Option<Duration>,
 }
 
@@ -49,6 +53,8 @@ pub struct WebhookClient {
     url: reqwest::Url,
     secret: Option<Secret>,
     retry: RetryPolicy,
+    /// Calls at once to the receiver from this process.
+    calls: Limiter,
 }
 
 impl WebhookClient {
@@ -70,7 +76,20 @@ impl WebhookClient {
             url,
             secret,
             retry,
+            calls: Limiter::new("webhook", Concurrency::Adaptive),
         })
+    }
+
+    /// Calls at once to the receiver: adaptive, or a fixed number (see
+    /// `crate::concurrency`); `target` names it in the metrics.
+    pub fn with_concurrency(mut self, target: &str, concurrency: Concurrency) -> Self {
+        self.calls = Limiter::new(target, concurrency);
+        self
+    }
+
+    /// The limit of calls at once, shared by every clone.
+    pub fn calls(&self) -> &Limiter {
+        &self.calls
     }
 
     /// Delivers `body`, trying again after transient failures as the retry policy says.
@@ -83,15 +102,20 @@ impl WebhookClient {
     ) -> Delivery {
         let mut retries = 0;
         loop {
-            match self
+            let permit = self.calls.acquire().await;
+            let result = self
                 .post(
                     body.clone(),
                     event_id.clone(),
                     ingested_ms,
                     crate::operators::now_ms(),
                 )
-                .await
-            {
+                .await;
+            match &result {
+                Err(e) if e.overload => permit.overloaded(),
+                _ => permit.answered(),
+            }
+            match result {
                 Ok(()) => {
                     return Delivery {
                         result: Ok(()),
@@ -148,6 +172,7 @@ impl WebhookClient {
         let resp = request.body(body).send().await.map_err(|e| DeliveryError {
             reason: format!("POST {}: {}", self.url, crate::http_client::error_chain(&e)),
             transient: true,
+            overload: true,
             retry_after: None,
         })?;
         let status = resp.status();
@@ -158,6 +183,7 @@ impl WebhookClient {
             Err(DeliveryError {
                 reason: format!("POST {} answered HTTP {}", self.url, status.as_u16()),
                 transient: is_transient_status(status.as_u16()),
+                overload: is_overload_status(status.as_u16()),
                 retry_after: retry_after(resp.headers()),
             })
         }

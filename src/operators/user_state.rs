@@ -613,7 +613,7 @@ pub fn user_state<'s>(
                 stash: Vec::new(),
                 held: HeldTimes::default(),
                 snapshots,
-                fetcher: Fetcher::new(&profiles, runtime, activator),
+                fetcher: Fetcher::new(&profiles, cfg.max_in_flight, runtime, activator),
                 applier: Applier {
                     max_history: cfg.max_history,
                     filters,

@@ -1,13 +1,13 @@
-use std::time::Duration;
-
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
 use super::{FetchError, ProfileSourceError};
+use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::http_client::error_chain;
 use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
 use crate::retry::{RetryPolicy, retry_after};
@@ -24,6 +24,14 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 const MAX_BODY_BYTES: usize = 4 << 20;
 /// The longest wait between tries, whatever the backoff or `Retry-After` asks.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The API's name in metrics.
+const TARGET: &str = "profile-api";
+
+/// Why an answer's body could not be had.
+enum BodyError {
+    Read(reqwest::Error),
+    TooLarge,
+}
 
 /// The HTTP Profile API. One `reqwest::Client` (connection pool with keep-alive) is
 /// shared by every worker of the process.
@@ -36,6 +44,10 @@ pub struct HttpProfileApi {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// `Authorization`, marked sensitive (kept out of reqwest's and hyper's debug output).
     auth: Option<reqwest::header::HeaderValue>,
+    /// Requests at once to the API from this process.
+    calls: Limiter,
+    /// How long a look-up failing transiently is tried again before it fails.
+    max_wait_on_failure: Duration,
 }
 
 impl HttpProfileApi {
@@ -64,6 +76,8 @@ impl HttpProfileApi {
             },
             limiter: None,
             auth: None,
+            calls: Limiter::new(TARGET, Concurrency::Adaptive),
+            max_wait_on_failure: Duration::ZERO,
         })
     }
 
@@ -85,6 +99,24 @@ impl HttpProfileApi {
         self.retry.retries = retries;
         self.retry.backoff = backoff;
         self
+    }
+
+    /// Requests at once to the API: adaptive, or a fixed number (see `crate::concurrency`).
+    pub fn with_concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.calls = Limiter::new(TARGET, concurrency);
+        self
+    }
+
+    /// A look-up that fails transiently after its retries is tried again, with backoff,
+    /// until `max_wait` has passed since it started.
+    pub fn with_max_wait_on_failure(mut self, max_wait: Duration) -> Self {
+        self.max_wait_on_failure = max_wait;
+        self
+    }
+
+    /// The limit of requests at once, shared by every clone.
+    pub fn calls(&self) -> &Limiter {
+        &self.calls
     }
 
     /// At most `per_second` requests a second, tries included, spread out: the burst
@@ -136,6 +168,12 @@ impl HttpProfileApi {
         &self,
         url: &str,
     ) -> Result<T, (FetchError, Option<Duration>)> {
+        if let Some(limiter) = &self.limiter {
+            // Waits on the runtime, not the worker: the look-up stays in flight, and its
+            // user's events wait behind it (and the source behind them).
+            limiter.until_ready().await;
+        }
+        let permit = self.calls.acquire().await;
         let request_err = |e: reqwest::Error| {
             let e = FetchError::Request {
                 url: url.to_string(),
@@ -143,24 +181,36 @@ impl HttpProfileApi {
             };
             (e, None)
         };
-        if let Some(limiter) = &self.limiter {
-            // Waits on the runtime, not the worker: the look-up stays in flight, and its
-            // user's events wait behind it (and the source behind them).
-            limiter.until_ready().await;
-        }
         let mut request = self.client.get(url);
         if let Some(auth) = &self.auth {
             request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
         }
-        let mut resp = request.send().await.map_err(request_err)?;
+        let mut resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // No answer: a time-out, a refused or broken connection.
+                permit.overloaded();
+                return Err(request_err(e));
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
+            if is_overload_status(status.as_u16()) {
+                permit.overloaded();
+            } else {
+                permit.answered();
+            }
             let retry_after = retry_after(resp.headers());
             let e = FetchError::Status {
                 url: url.to_string(),
                 status: status.as_u16(),
             };
             return Err((e, retry_after));
+        }
+        let body = Self::read_body(&mut resp).await;
+        match &body {
+            Err(BodyError::Read(e)) if e.is_timeout() => permit.overloaded(),
+            _ => permit.answered(),
         }
         let body_err = |reason: String| {
             let e = FetchError::Body {
@@ -169,18 +219,56 @@ impl HttpProfileApi {
             };
             (e, None)
         };
+        match body {
+            Ok(body) => serde_json::from_slice(&body).map_err(|e| body_err(e.to_string())),
+            Err(BodyError::Read(e)) => Err(request_err(e)),
+            Err(BodyError::TooLarge) => {
+                Err(body_err(format!("larger than {MAX_BODY_BYTES} bytes")))
+            }
+        }
+    }
+
+    /// The answer's body, at most `MAX_BODY_BYTES`.
+    async fn read_body(resp: &mut reqwest::Response) -> Result<Vec<u8>, BodyError> {
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
+        while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(body_err(format!("larger than {MAX_BODY_BYTES} bytes")));
+                return Err(BodyError::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| body_err(e.to_string()))
+        Ok(body)
+    }
+
+    /// The user's data. A look-up that failed transiently after its retries is tried
+    /// again with backoff while `max_wait_on_failure` since the first try has not
+    /// passed: better late than judging the user's events without its profile.
+    pub async fn fetch(&self, user_id: &str) -> Result<ProfileData, FetchError> {
+        let deadline = Instant::now() + self.max_wait_on_failure;
+        // The waits go on doubling from where the requests' own retries stopped.
+        let mut attempt = self.retry.retries;
+        loop {
+            let result = self.fetch_once(user_id).await;
+            let now = Instant::now();
+            match result {
+                Err(e) if e.is_transient() && now < deadline => {
+                    let wait = self.retry.wait(attempt, None, user_id).min(deadline - now);
+                    crate::metrics::global().lookup_waits.inc();
+                    tracing::debug!(
+                        user = user_id,
+                        ?wait,
+                        "profile look-up failed, its events wait and it is tried again: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The three GETs, concurrently; any failure fails the fetch.
-    pub async fn fetch(&self, user_id: &str) -> Result<ProfileData, FetchError> {
+    async fn fetch_once(&self, user_id: &str) -> Result<ProfileData, FetchError> {
         let (profile, visit, history) = tokio::join!(
             self.get::<Profile>(self.url(user_id, "profile")),
             self.get::<Option<Visit>>(self.url(user_id, "visit")),

@@ -104,6 +104,8 @@ impl ProfileSource {
             s.ca_file.as_deref(),
         )?
         .with_retries(s.retry_attempts, Duration::from_millis(s.retry_backoff_ms))
+        .with_concurrency(s.concurrency)
+        .with_max_wait_on_failure(Duration::from_millis(s.max_wait_on_failure_ms))
         .with_rate_limit(s.max_requests_per_second)
         .with_auth(s.auth_header().map_err(ProfileSourceError::Auth)?.as_ref())
         .map_err(|e| ProfileSourceError::Auth(format!("profile-api.auth-header: {e}")))?;
@@ -118,7 +120,7 @@ pub type Fetched = (crate::model::Text, Result<ProfileData, FetchError>);
 /// the bridge; snapshot look-ups finish at once.
 pub enum Fetcher {
     Http {
-        api: HttpProfileApi,
+        api: Box<HttpProfileApi>,
         bridge: crate::operators::async_bridge::AsyncBridge<Fetched>,
     },
     Snapshot {
@@ -127,17 +129,25 @@ pub enum Fetcher {
     },
 }
 
+/// Requests of one look-up: profile, visit and history.
+const REQUESTS_PER_LOOKUP: usize = 3;
+
 impl Fetcher {
+    /// Look-ups for a worker that starts at most `max_in_flight` at once.
     pub fn new(
         source: &ProfileSource,
+        max_in_flight: usize,
         runtime: tokio::runtime::Handle,
         activator: timely::scheduling::SyncActivator,
     ) -> Self {
         match source {
-            ProfileSource::Http(api) => Fetcher::Http {
-                api: api.clone(),
-                bridge: crate::operators::async_bridge::AsyncBridge::new(runtime, activator),
-            },
+            ProfileSource::Http(api) => {
+                api.calls().register(max_in_flight * REQUESTS_PER_LOOKUP);
+                Fetcher::Http {
+                    api: Box::new(api.clone()),
+                    bridge: crate::operators::async_bridge::AsyncBridge::new(runtime, activator),
+                }
+            }
             ProfileSource::Snapshot(snapshot) => Fetcher::Snapshot {
                 snapshot: snapshot.clone(),
                 done: Default::default(),
@@ -148,7 +158,7 @@ impl Fetcher {
     pub fn start(&mut self, user: crate::model::Text) {
         match self {
             Fetcher::Http { api, bridge } => {
-                let api = api.clone();
+                let api = HttpProfileApi::clone(api);
                 bridge.spawn(async move {
                     let started = std::time::Instant::now();
                     let result = api.fetch(&user).await;
