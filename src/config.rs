@@ -10,6 +10,14 @@ use serde::Deserialize;
 
 pub use crate::concurrency::Concurrency;
 
+/// Why `state-backend: rocksdb` is refused by a binary built without it, and the fix. A
+/// default build leaves RocksDB out: bundled, it compiles for ~20 minutes on 2 cores, and
+/// the system library needs root to install, which `cargo run` does not have.
+pub const ROCKSDB_NOT_BUILT: &str = "rocksdb is not built into this binary. Build one \
+    that has it with `source scripts/rocksdb.sh && cargo build --release --features rocksdb` \
+    (the script installs Debian's librocksdb-dev; seconds to link) and run \
+    `target/release/event-trigger`; or keep the state in memory with `state-backend: hashmap`";
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
@@ -37,8 +45,8 @@ pub struct Settings {
     pub filter: FilterSettings,
     pub actions: ActionsSettings,
     pub state: StateSettings,
-    /// The Flink job called this section `flink:`; both names are accepted.
-    #[serde(alias = "flink")]
+    /// The Flink job called this section `flink:`; both names are accepted, in the file
+    /// and in the environment (see `ConfigFile`).
     pub engine: EngineSettings,
     pub dead_letter: DeadLetterSettings,
     pub metrics: MetricsSettings,
@@ -675,6 +683,8 @@ impl EngineSettings {
 struct EnvOverrides {
     /// Dotted config keys (`profile-api.auth-header`) and their values.
     keys: Vec<(String, String)>,
+    /// The variable each of `keys` came from, in the same order (for error messages).
+    vars: Vec<String>,
     /// librdkafka properties (`sasl.password`) for `kafka.properties`.
     kafka_properties: Vec<(String, String)>,
 }
@@ -682,6 +692,12 @@ struct EnvOverrides {
 impl EnvOverrides {
     fn from_env() -> Self {
         Self::from_vars(std::env::vars())
+    }
+
+    /// The variable that set `key` (for an unknown field too: its path ends with it).
+    fn var_for(&self, key: &str) -> Option<&str> {
+        let i = self.keys.iter().position(|(k, _)| k == key)?;
+        Some(self.vars[i].as_str())
     }
 
     fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
@@ -700,7 +716,12 @@ impl EnvOverrides {
                 .map(|part| part.to_ascii_lowercase().replace('_', "-"))
                 .collect::<Vec<_>>()
                 .join(".");
+            let key = match key.strip_prefix("flink.") {
+                Some(rest) => format!("engine.{rest}"),
+                None => key,
+            };
             env.keys.push((key, v));
+            env.vars.push(k);
         }
         env
     }
@@ -716,6 +737,43 @@ impl std::fmt::Debug for EnvOverrides {
             .map(|(k, _)| k.as_str())
             .collect();
         f.debug_tuple("EnvOverrides").field(&names).finish()
+    }
+}
+
+/// The YAML file as a `config` source, with the Flink job's `flink:` section read as
+/// `engine:` (serde's alias could not merge it with `engine` keys from the environment:
+/// "duplicate field"). Both sections may be given; a key given in both is refused.
+#[derive(Clone, Debug)]
+struct ConfigFile(PathBuf);
+
+impl config::Source for ConfigFile {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let file = config::File::from(self.0.as_path()).format(config::FileFormat::Yaml);
+        let mut map = config::Source::collect(&file)?;
+        let Some(flink) = map.remove("flink") else {
+            return Ok(map);
+        };
+        let origin = flink.origin().map(String::from);
+        let mut engine = match map.remove("engine") {
+            Some(engine) => engine.into_table()?,
+            None => config::Map::new(),
+        };
+        for (key, value) in flink.into_table()? {
+            if engine.contains_key(&key) {
+                return Err(config::ConfigError::Message(format!(
+                    "`{key}` is given under both `engine:` and `flink:` (one section by two \
+                     names): keep one"
+                )));
+            }
+            engine.insert(key, value);
+        }
+        let engine = config::Value::new(origin.as_ref(), config::ValueKind::Table(engine));
+        map.insert("engine".into(), engine);
+        Ok(map)
     }
 }
 
@@ -764,25 +822,29 @@ impl Settings {
         }
         let properties = env.kafka_properties.clone();
         let built = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
-            .add_source(env)
+            .add_source(ConfigFile(path.to_path_buf()))
+            .add_source(env.clone())
             .build()
             .map_err(|source| ConfigError::Load {
                 file: file.clone(),
                 source,
             })?;
-        let mut settings: Settings =
-            serde_path_to_error::deserialize(built).map_err(|e| ConfigError::Invalid {
-                file: file.clone(),
-                key: e.path().to_string(),
-                reason: e.inner().to_string(),
-            })?;
+        // A key set from the environment is reported as the variable's, not the file's.
+        let invalid = |key: String, reason: String| {
+            let file = match env.var_for(&key) {
+                Some(var) => format!("environment variable {var}"),
+                None => file.clone(),
+            };
+            ConfigError::Invalid { file, key, reason }
+        };
+        let mut settings: Settings = serde_path_to_error::deserialize(built)
+            .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
         settings.kafka.properties.extend(properties);
         settings
             .validate()
             .map_err(|(key, reason)| (key.to_string(), reason))
             .and_then(|()| settings.actions.check_list())
-            .map_err(|(key, reason)| ConfigError::Invalid { file, key, reason })?;
+            .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(settings)
     }
 
@@ -849,12 +911,7 @@ impl Settings {
             }
         }
         if self.engine.state_backend == StateBackend::Rocksdb && !cfg!(feature = "rocksdb") {
-            return Err((
-                "engine.state-backend",
-                "rocksdb is not built into this binary; build it with `--features rocksdb` \
-                 (see the README)"
-                    .into(),
-            ));
+            return Err(("engine.state-backend", ROCKSDB_NOT_BUILT.into()));
         }
         let ttl = self.engine.state_ttl_minutes;
         if !(ttl.is_finite() && ttl * 60_000.0 >= 1.0) {
@@ -990,6 +1047,70 @@ mod tests {
         fails_naming(
             &format!("{src}actions:\n  webhook:\n    concurrency: lots\n"),
             "actions.webhook.concurrency",
+        );
+    }
+
+    #[test]
+    fn the_flink_section_takes_environment_overrides_and_merges_with_engine() {
+        let flink = "source:\n  type: file\n  path: x.jsonl\nflink:\n  parallelism: 1\n  state-ttl-minutes: 5\n";
+        for var in [
+            "EVENT_TRIGGER__ENGINE__PARALLELISM",
+            "EVENT_TRIGGER__FLINK__PARALLELISM",
+        ] {
+            let s = load(flink, &[(var, "2")]).unwrap();
+            assert_eq!(s.engine.parallelism, 2, "{var}");
+            assert_eq!(s.engine.state_ttl_ms(), 300_000, "{var}");
+        }
+        let both = load(
+            &format!("{flink}engine:\n  checkpoint-interval-ms: 0\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(both.engine.checkpoint_interval_ms, 0);
+        assert_eq!(both.engine.state_ttl_ms(), 300_000);
+        let err = load(&format!("{flink}engine:\n  parallelism: 4\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`parallelism` is given under both `engine:` and `flink:`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mistake_set_from_the_environment_names_the_variable() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let err = load(src, &[("EVENT_TRIGGER__PROFILE_API__TIMEOUTMS", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable EVENT_TRIGGER__PROFILE_API__TIMEOUTMS: "),
+            "{err}"
+        );
+        assert!(err.contains("unknown field `timeoutms`"), "{err}");
+        let err = load(src, &[("EVENT_TRIGGER__FLINK__PARALLELISM", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "environment variable EVENT_TRIGGER__FLINK__PARALLELISM: `engine.parallelism`"
+            ),
+            "{err}"
+        );
+        let err = load(src, &[("EVENT_TRIGGER__PROFILE_API__BASE_URL", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable EVENT_TRIGGER__PROFILE_API__BASE_URL: "),
+            "{err}"
+        );
+        // The file's own mistakes still name the file.
+        let err = load(&format!("{src}profile-api:\n  timeoutms: 5\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(".yml: `profile-api.timeoutms`: unknown field"),
+            "{err}"
         );
     }
 

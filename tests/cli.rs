@@ -28,6 +28,55 @@ fn the_flink_jobs_config_loads_unchanged() {
     ]);
 }
 
+/// The Flink job's file with environment overrides, under either section name (they
+/// failed with "duplicate field `engine`"), and with its `state-backend: rocksdb`: a
+/// binary with RocksDB takes it; one without says which command builds one that has it.
+#[test]
+fn the_flink_jobs_config_takes_environment_overrides_and_its_rocksdb_backend() {
+    let fixture = "tests/fixtures/flink-application.yml";
+    for var in [
+        "EVENT_TRIGGER__ENGINE__PARALLELISM",
+        "EVENT_TRIGGER__FLINK__PARALLELISM",
+    ] {
+        let out = Command::new(binary())
+            .args(["validate", "--config", fixture])
+            .env(var, "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{var}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rocksdb = dir.path().join("application.yml");
+    let yaml = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("state-backend: hashmap", "state-backend: rocksdb")
+        .replace(
+            "scripts/filter.rhai",
+            &format!("{}/scripts/filter.rhai", env!("CARGO_MANIFEST_DIR")),
+        );
+    std::fs::write(&rocksdb, yaml).unwrap();
+    let out = Command::new(binary())
+        .args(["validate", "--config"])
+        .arg(&rocksdb)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "rocksdb") {
+        assert!(out.status.success(), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr
+                .contains("source scripts/rocksdb.sh && cargo build --release --features rocksdb"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_repositorys_config_validates_and_runs_the_sample() {
     run_ok(["validate"]);

@@ -53,10 +53,7 @@ pub enum StateError {
     Open { path: PathBuf, reason: String },
     #[error("state snapshot: {0}")]
     Snapshot(String),
-    #[error(
-        "engine.state-backend: rocksdb is not built into this binary; build with \
-         `--features rocksdb` (see the README)"
-    )]
+    #[error("engine.state-backend: {}", crate::config::ROCKSDB_NOT_BUILT)]
     NotBuilt,
 }
 
