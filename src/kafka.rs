@@ -31,12 +31,53 @@ pub enum KafkaSetupError {
 /// The job's librdkafka client context: its log lines go to `tracing`, and the
 /// end-of-partition notices of bounded reads (which librdkafka also reports as a
 /// "global error") are logged at debug, not as errors.
-pub struct JobContext;
+pub struct JobContext {
+    /// A broker down at the start makes librdkafka report every failed connection
+    /// (dozens a second): a few, then a count.
+    errors: std::sync::Mutex<crate::log_limit::LogLimiter>,
+}
+
+impl JobContext {
+    fn allow(&self) -> bool {
+        // A poisoned lock only means a log line panicked; the counts are still usable.
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.allow()
+    }
+}
+
+impl Default for JobContext {
+    fn default() -> Self {
+        let limiter =
+            crate::log_limit::LogLimiter::new("Kafka client errors", 3, Duration::from_secs(10));
+        JobContext {
+            errors: std::sync::Mutex::new(limiter),
+        }
+    }
+}
 
 impl rdkafka::ClientContext for JobContext {
     /// Consumer lag per partition, for the metrics (`statistics.interval.ms`).
     fn stats(&self, statistics: rdkafka::Statistics) {
         crate::metrics::global().record_lag(&statistics);
+    }
+
+    /// librdkafka's own log lines; errors and warnings share the limit of `error`.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                if self.allow() {
+                    tracing::error!(target: "librdkafka", "{fac}: {message}");
+                }
+            }
+            L::Warning => {
+                if self.allow() {
+                    tracing::warn!(target: "librdkafka", "{fac}: {message}");
+                }
+            }
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", "{fac}: {message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -45,7 +86,11 @@ impl rdkafka::ClientContext for JobContext {
             KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
                 tracing::debug!("kafka: {reason}")
             }
-            e => tracing::error!("kafka: {e}: {reason}"),
+            e => {
+                if self.allow() {
+                    tracing::error!("kafka: {e}: {reason}");
+                }
+            }
         }
     }
 }
@@ -65,9 +110,9 @@ pub fn client_config(s: &KafkaSettings) -> ClientConfig {
 /// Partition count of the topic; fails when the broker does not answer within
 /// `kafka.connect-timeout-ms` or the topic is missing.
 pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
-    let consumer: BaseConsumer = client_config(s)
+    let consumer: BaseConsumer<JobContext> = client_config(s)
         .set("group.id", &s.consumer_group_id)
-        .create()
+        .create_with_context(JobContext::default())
         .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
     let waited = Duration::from_millis(s.connect_timeout_ms);
     let md = consumer
@@ -88,7 +133,9 @@ pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
     Ok(topic.partitions().len() as i32)
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `topic` with `partitions` partitions unless it exists. Gives up on a broker
+/// that does not answer within `kafka.connect-timeout-ms` (the admin request alone
+/// would wait for one for ever).
 pub async fn ensure_topic(
     s: &KafkaSettings,
     topic: &str,
@@ -97,18 +144,20 @@ pub async fn ensure_topic(
     let admin: AdminClient<DefaultClientContext> = client_config(s)
         .create()
         .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+    let waited = Duration::from_millis(s.connect_timeout_ms);
+    let unreachable = |reason: String| KafkaSetupError::Unreachable {
+        servers: s.bootstrap_servers.clone(),
+        waited,
+        reason,
+    };
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let opts =
-        AdminOptions::new().operation_timeout(Some(Duration::from_millis(s.connect_timeout_ms)));
-    let results =
-        admin
-            .create_topics([&new], &opts)
-            .await
-            .map_err(|e| KafkaSetupError::Unreachable {
-                servers: s.bootstrap_servers.clone(),
-                waited: Duration::from_millis(s.connect_timeout_ms),
-                reason: e.to_string(),
-            })?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(waited))
+        .request_timeout(Some(waited));
+    let results = tokio::time::timeout(waited, admin.create_topics([&new], &opts))
+        .await
+        .map_err(|_| unreachable("no broker answered".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
     for r in results {
         match r {
             Ok(_) => {}

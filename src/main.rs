@@ -333,10 +333,7 @@ fn produce(
     if let Some(servers) = bootstrap_servers {
         kafka.bootstrap_servers = servers;
     }
-    let runtime = tokio_runtime()?;
-    runtime.block_on(event_trigger::kafka::ensure_topic(
-        &kafka, topic, partitions,
-    ))?;
+    // The input first: a missing file is said at once, not after the broker's wait.
     let (total, input): (Option<u64>, Box<dyn std::io::BufRead>) = if file == Path::new("-") {
         (None, Box::new(std::io::stdin().lock()))
     } else {
@@ -346,6 +343,10 @@ fn produce(
             Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
         )
     };
+    let runtime = tokio_runtime()?;
+    runtime.block_on(event_trigger::kafka::ensure_topic(
+        &kafka, topic, partitions,
+    ))?;
     let started = std::time::Instant::now();
     // The bar follows bytes (the file's size is known, its line count is not).
     let progress = |p: event_trigger::kafka::Produced| {

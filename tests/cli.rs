@@ -86,6 +86,20 @@ fn the_repositorys_config_validates_and_runs_the_sample() {
     assert!(counts.passed > 0 && counts.actions_ok == counts.passed);
 }
 
+/// Warnings past the rate limit (10 every 10 s) are counted, not silently dropped: the
+/// sample has 23 invalid lines, so 10 are logged and one line tells of the other 13.
+#[test]
+fn warnings_held_back_by_the_rate_limit_are_reported_as_a_count() {
+    let out = run_ok(["run", "-w", "1"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("invalid message skipped").count(), 10, "{log}");
+    assert!(
+        log.contains("... and 13 more invalid messages not logged (at most 10 every 10 s are)"),
+        "{log}"
+    );
+    assert!(!log.contains("held_back"), "{log}");
+}
+
 #[test]
 fn debug_prints_are_rendered_only_when_their_log_is_on() {
     let run = |log: &str| {

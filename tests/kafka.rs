@@ -526,7 +526,7 @@ fn broker_down_at_start_is_a_clear_error() {
     std::fs::write(
         &cfg,
         format!(
-            "source:\n  type: kafka\nkafka:\n  bootstrap-servers: 127.0.0.1:{}\n  connect-timeout-ms: 1500\nfilter:\n  script-path: {}\n",
+            "source:\n  type: kafka\nkafka:\n  bootstrap-servers: 127.0.0.1:{}\n  connect-timeout-ms: 4000\nfilter:\n  script-path: {}\n",
             closed_port(),
             script.display()
         ),
@@ -541,6 +541,57 @@ fn broker_down_at_start_is_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kafka.bootstrap-servers"), "{err}");
+    // librdkafka's failed connections (dozens in 10 s) come as a few lines, then a count
+    // of those not logged ("... and 196 more Kafka client errors not logged").
+    let kafka_errors = err
+        .lines()
+        .filter(|l| l.contains("ERROR") && (l.contains("librdkafka") || l.contains("kafka:")))
+        .count();
+    assert!(kafka_errors <= 3, "{err}");
+}
+
+/// `produce` says at once that its input is missing, and gives up on a broker that does
+/// not answer after `kafka.connect-timeout-ms` (it waited for ever), exit 2 both.
+#[test]
+fn produce_fails_fast_on_a_missing_file_and_gives_up_on_a_dead_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!("127.0.0.1:{}", closed_port());
+    let produce = |file: &std::path::Path, cfg: &std::path::Path| {
+        let started = Instant::now();
+        let out = Command::new(binary())
+            .args([
+                "produce",
+                "--topic",
+                "t",
+                "--bootstrap-servers",
+                &broker,
+                "--config",
+            ])
+            .arg(cfg)
+            .arg(file)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, "kafka:\n  connect-timeout-ms: 1500\n").unwrap();
+    let (out, took) = produce(&dir.path().join("nope.jsonl"), &cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.jsonl: No such file"), "{err}");
+
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, "{}\n").unwrap();
+    let (out, took) = produce(&events, &cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kafka.bootstrap-servers: cannot reach"),
+        "{err}"
+    );
 }
 
 #[test]

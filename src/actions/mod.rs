@@ -231,7 +231,7 @@ pub fn run_actions<'s>(
             .filter(|(_, a)| matches!(a.action, Action::Debug))
             .map(|(i, _)| i)
             .collect();
-        let mut fail_log = LogLimiter::default();
+        let mut fail_log = LogLimiter::per_10s("failed webhook calls");
         *stats.per_action.borrow_mut() = actions
             .0
             .iter()
@@ -298,8 +298,8 @@ pub fn run_actions<'s>(
                             Some(Err(dl)) => tracing::error!("failed delivery not dead-lettered: {dl}"),
                             None => {}
                         }
-                        if let Some(held_back) = fail_log.allow() {
-                            tracing::error!(held_back, retries = outcome.retries, "webhook call failed: {e}");
+                        if fail_log.allow() {
+                            tracing::error!(retries = outcome.retries, "webhook call failed: {e}");
                         }
                     }
                 }
@@ -315,6 +315,7 @@ pub fn run_actions<'s>(
                     bridge.spawn(async move { (at, time, deliver(&client, &name, ev, time, dead_letters).await) });
                 }
             }
+            fail_log.tick();
             let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();
             backlog.set(queued);
             stats.actions_in_flight.set(lanes.iter().map(|l| l.in_flight as u64).sum());

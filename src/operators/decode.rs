@@ -21,8 +21,8 @@ pub fn decode<'s>(
     dead_letters: Option<DeadLetters>,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
-    let mut limiter = LogLimiter::default();
-    let mut dead_log = LogLimiter::default();
+    let mut limiter = LogLimiter::per_10s("invalid messages");
+    let mut dead_log = LogLimiter::per_10s("dead-letter write failures");
     let mut decoder = crate::decode::Decoder::with_limit(max_bytes);
     let mut letters = Vec::new();
     messages.unary(Pipeline, "Decode", move |_, _| {
@@ -47,11 +47,10 @@ pub fn decode<'s>(
                                     now_ms(),
                                 ));
                             }
-                            if let Some(held_back) = limiter.allow() {
+                            if limiter.allow() {
                                 let preview = String::from_utf8_lossy(&msg[..msg.len().min(120)]);
                                 tracing::warn!(
                                     reason = e.reason(),
-                                    held_back,
                                     "invalid message skipped: {e}; message starts {preview:?}"
                                 );
                             }
@@ -66,9 +65,8 @@ pub fn decode<'s>(
                 match dl.write(&letters) {
                     Ok(()) => Stats::add(&stats.dead_letters, letters.len() as u64),
                     Err(e) => {
-                        if let Some(held_back) = dead_log.allow() {
+                        if dead_log.allow() {
                             tracing::error!(
-                                held_back,
                                 lost = letters.len(),
                                 "invalid messages not dead-lettered: {e}"
                             );
@@ -77,6 +75,8 @@ pub fn decode<'s>(
                 }
                 letters.clear();
             }
+            limiter.tick();
+            dead_log.tick();
         }
     })
 }

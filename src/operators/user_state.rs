@@ -92,8 +92,8 @@ impl Applier {
                 let (targets, errors) = self.filters.targets(EnrichedView { event: &ev, state });
                 for reason in errors {
                     Stats::add(&self.stats.script_errors, 1);
-                    if let Some(held_back) = self.script_log.allow() {
-                        tracing::warn!(user = %ev.user_id, held_back, "an action's filter failed, that action skipped: {reason}");
+                    if self.script_log.allow() {
+                        tracing::warn!(user = %ev.user_id, "an action's filter failed, that action skipped: {reason}");
                     }
                 }
                 (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
@@ -104,8 +104,8 @@ impl Applier {
             }
             Verdict::Error(reason) => {
                 Stats::add(&self.stats.script_errors, 1);
-                if let Some(held_back) = self.script_log.allow() {
-                    tracing::warn!(user = %ev.user_id, held_back, "filter script failed, event rejected: {reason}");
+                if self.script_log.allow() {
+                    tracing::warn!(user = %ev.user_id, "filter script failed, event rejected: {reason}");
                 }
                 None
             }
@@ -285,8 +285,8 @@ impl Manager {
                     }
                     (Err(e), before) => {
                         Stats::add(&self.stats.fetch_errors, 1);
-                        if let Some(held_back) = self.fetch_log.allow() {
-                            tracing::warn!(%user, held_back, "profile look-up failed, using an empty checkpoint: {e}");
+                        if self.fetch_log.allow() {
+                            tracing::warn!(%user, "profile look-up failed, using an empty checkpoint: {e}");
                         }
                         let mut state = before.unwrap_or_else(|| UserState::empty(first));
                         state.refetch_after = Some(first.saturating_add(self.min_refetch_ms));
@@ -619,10 +619,10 @@ pub fn user_state<'s>(
                     filters,
                     interner: Interner::default(),
                     stats: stats.clone(),
-                    script_log: LogLimiter::default(),
+                    script_log: LogLimiter::per_10s("filter script errors"),
                 },
                 stats,
-                fetch_log: LogLimiter::default(),
+                fetch_log: LogLimiter::per_10s("failed look-ups"),
             };
             move |(input, frontier), (restore, restore_frontier), output| {
                 m.applier.filters.refresh();
@@ -669,6 +669,8 @@ pub fn user_state<'s>(
                 if m.snapshot_can_stop_waiting() {
                     wake.activate();
                 }
+                m.applier.script_log.tick();
+                m.fetch_log.tick();
                 backlog.set(m.held.len());
                 m.stats.users.set(m.store.len() as u64);
                 m.stats.lookups_in_flight.set(m.fetcher.in_flight() as u64);

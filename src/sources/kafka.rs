@@ -142,7 +142,7 @@ impl KafkaReader {
                 if bounded { "true" } else { "false" },
             )
             .set("auto.offset.reset", reset)
-            .create_with_context(JobContext)?;
+            .create_with_context(JobContext::default())?;
         let partitions: Vec<i32> = (0..partition_count)
             .filter(|p| *p as usize % peers == index)
             .collect();
@@ -234,7 +234,7 @@ impl KafkaReader {
             checkpoints,
             last_commit: Instant::now(),
             commit: plan.commit,
-            errors: LogLimiter::default(),
+            errors: LogLimiter::per_10s("Kafka read and commit errors"),
         })
     }
 
@@ -246,6 +246,7 @@ impl KafkaReader {
     /// Reads up to a batch, handing each payload to `give`; returns how many messages
     /// arrived. Records the batch's offsets under `time`.
     fn read(&mut self, time: Time, mut give: impl FnMut(Vec<u8>)) -> usize {
+        self.errors.tick();
         let started = Instant::now();
         let mut next: Vec<(i32, i64)> = Vec::new();
         let mut n = 0;
@@ -272,8 +273,8 @@ impl KafkaReader {
                 }
                 Err(e) => {
                     // librdkafka reconnects by itself; we keep polling where we were.
-                    if let Some(held_back) = self.errors.allow() {
-                        tracing::warn!(held_back, "kafka: {e}");
+                    if self.errors.allow() {
+                        tracing::warn!("kafka: {e}");
                     }
                     break;
                 }
@@ -320,8 +321,8 @@ impl KafkaReader {
         match self.consumer.commit(&tpl, mode) {
             Ok(()) => self.done.clear(),
             Err(e) => {
-                if let Some(held_back) = self.errors.allow() {
-                    tracing::warn!(held_back, "kafka: commit failed, will retry: {e}");
+                if self.errors.allow() {
+                    tracing::warn!("kafka: commit failed, will retry: {e}");
                 }
             }
         }

@@ -110,13 +110,13 @@ impl RocksStore {
             users: 0,
             write,
             snapshots: 0,
-            errors: LogLimiter::default(),
+            errors: LogLimiter::per_10s("state store errors"),
         })
     }
 
     fn log_error(&mut self, what: &str, user: &str, e: impl std::fmt::Display) {
-        if let Some(held_back) = self.errors.allow() {
-            tracing::error!(%user, held_back, path = %self.path.display(), "state store: {what}: {e}");
+        if self.errors.allow() {
+            tracing::error!(%user, path = %self.path.display(), "state store: {what}: {e}");
         }
     }
 
