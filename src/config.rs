@@ -398,6 +398,8 @@ pub struct ActionSpec {
     pub retry_backoff_ms: Option<u64>,
     pub retry_max_wait_ms: Option<u64>,
     pub ca_file: Option<PathBuf>,
+    /// `type: debug`: the event as indented JSON.
+    pub pretty: Option<bool>,
 }
 
 impl ActionSpec {
@@ -451,7 +453,13 @@ impl ActionsSettings {
                     (a.name.clone().unwrap_or(format!("{kind}-{i}")), a.clone())
                 })
                 .collect(),
-            None if self.debug.enabled => vec![("debug".into(), single(ActionKind::Debug))],
+            None if self.debug.enabled => vec![(
+                "debug".into(),
+                ActionSpec {
+                    pretty: Some(self.debug.pretty),
+                    ..single(ActionKind::Debug)
+                },
+            )],
             None => {
                 let w = &self.webhook;
                 let spec = ActionSpec {
@@ -498,6 +506,12 @@ impl ActionsSettings {
                         return Err((
                             format!("actions[{i}].url"),
                             format!("`{url}` must start with http:// or https://"),
+                        ));
+                    }
+                    if a.pretty.is_some() {
+                        return Err((
+                            format!("actions[{i}].pretty"),
+                            "only a `type: debug` action prints events".into(),
                         ));
                     }
                     if a.max_in_flight == Some(0) {
@@ -594,6 +608,8 @@ impl WebhookSettings {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DebugSettings {
     pub enabled: bool,
+    /// Each event as indented JSON over several lines (default: one line).
+    pub pretty: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@ pub mod http_server;
 pub mod intern;
 pub mod kafka;
 pub mod log_limit;
+pub mod logging;
 pub mod metrics;
 pub mod mock_api;
 pub mod model;

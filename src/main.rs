@@ -115,18 +115,7 @@ struct RunArgs {
 /// Logs to standard error, as text or as JSON lines (`logging.format`); `RUST_LOG`
 /// filters.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        // Colours for a terminal only: log files and collectors get plain text.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    event_trigger::logging::init(format);
 }
 
 fn main() -> std::process::ExitCode {
@@ -160,7 +149,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if event_trigger::logging::is_json() {
+                // A log collector reading JSON gets the reason as a record too.
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             if e.is::<RunFailed>() {
                 return std::process::ExitCode::from(1);
             }

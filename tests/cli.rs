@@ -126,6 +126,77 @@ fn debug_prints_are_rendered_only_when_their_log_is_on() {
     assert_eq!(silent, shown, "the same work, counted as done");
 }
 
+/// The debug print is one log record per event: one line of JSON in a text log, and
+/// the event as a JSON object (not an escaped string) in a JSON log, where a fatal
+/// error at the start is a JSON record too.
+#[test]
+fn debug_prints_are_one_record_per_event_and_json_in_a_json_log() {
+    let out = Command::new(binary())
+        .args(["run", "-w", "1"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let counts = summary_of(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let prints: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("triggered: {"))
+        .collect();
+    assert_eq!(prints.len() as u64, counts.passed);
+    let first = prints[0].split_once("triggered: ").unwrap().1;
+    // The body, then the record's fields (` action="debug"`).
+    let body: serde_json::Value = serde_json::Deserializer::from_str(first)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(body["event"]["event_id"].is_string(), "{first}");
+
+    let out = Command::new(binary())
+        .args(["run", "-w", "2"])
+        .env("EVENT_TRIGGER__LOGGING__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let prints: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["target"] == "event_trigger::action::debug")
+        .collect();
+    assert_eq!(prints.len() as u64, summary_of(&out.stdout).passed);
+    for p in prints {
+        assert_eq!(p["level"], "INFO");
+        assert_eq!(p["fields"]["message"], "triggered");
+        assert_eq!(p["fields"]["action"], "debug");
+        assert!(p["fields"]["event"]["event"]["event_id"].is_string(), "{p}");
+        assert!(p["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    let out = Command::new(binary())
+        .args(["run", "-w", "1"])
+        .env("EVENT_TRIGGER__LOGGING__FORMAT", "json")
+        .env("EVENT_TRIGGER__FILTER__SCRIPT_PATH", "/no/such.rhai")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("{stderr}: {e}"));
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such.rhai"),
+        "{last}"
+    );
+}
+
 #[test]
 fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,7 +33,8 @@ use crate::stats::Stats;
 /// One action, shared by the workers of a process.
 #[derive(Clone)]
 pub enum Action {
-    Debug,
+    /// Logs each event: one line of JSON, or indented (`pretty`).
+    Debug { pretty: bool },
     Webhook {
         client: WebhookClient,
         max_in_flight: usize,
@@ -45,7 +46,7 @@ impl Action {
     /// Actions under way at once per worker (debug prints complete at once).
     pub fn max_in_flight(&self) -> usize {
         match self {
-            Action::Debug => 1,
+            Action::Debug { .. } => 1,
             Action::Webhook { max_in_flight, .. } => *max_in_flight,
         }
     }
@@ -72,7 +73,9 @@ impl Actions {
         let mut out = Vec::new();
         for (name, spec) in s.specs() {
             let action = match spec.kind {
-                ActionKind::Debug => Action::Debug,
+                ActionKind::Debug => Action::Debug {
+                    pretty: spec.pretty.unwrap_or(false),
+                },
                 ActionKind::Webhook => {
                     let w = spec.webhook();
                     let ms = std::time::Duration::from_millis;
@@ -109,7 +112,7 @@ impl Actions {
     pub fn debug() -> Actions {
         Actions(vec![NamedAction {
             name: "debug".into(),
-            action: Action::Debug,
+            action: Action::Debug { pretty: false },
             filter: None,
         }])
     }
@@ -117,6 +120,44 @@ impl Actions {
     /// Actions under way at once per worker, over all actions.
     pub fn max_in_flight(&self) -> usize {
         self.0.iter().map(|a| a.action.max_in_flight()).sum()
+    }
+}
+
+/// The debug action: one log record per event (`triggered: {...}`), rendered only when
+/// its log is on (`RUST_LOG=event_trigger::action::debug=off` makes it a discarding
+/// sink). In a JSON log the event is a JSON value of the record. False if the event
+/// could not be serialized.
+fn print_triggered(ev: &EnrichedEvent, action: &str, pretty: bool) -> bool {
+    const TARGET: &str = "event_trigger::action::debug";
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return true;
+    }
+    let payload = Payload::new(ev, now_ms());
+    let rendered = if pretty && !crate::logging::is_json() {
+        payload.to_pretty_json().map(String::into_bytes)
+    } else {
+        payload.to_json()
+    };
+    match rendered {
+        Ok(json) if crate::logging::is_json() => {
+            crate::logging::write_json_record(
+                TARGET,
+                "triggered",
+                ("action", action),
+                "event",
+                &json,
+            );
+            true
+        }
+        Ok(json) => {
+            let json = String::from_utf8_lossy(&json);
+            tracing::info!(target: TARGET, action, "triggered: {json}");
+            true
+        }
+        Err(e) => {
+            tracing::error!("cannot serialize triggered event: {e}");
+            false
+        }
     }
 }
 
@@ -201,125 +242,148 @@ pub fn run_actions<'s>(
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<()>> {
     let scope = triggered.scope();
-    triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Actions", move |_cap, info| {
-        let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let mut bridge: AsyncBridge<(usize, Time, Outcome)> = AsyncBridge::new(runtime, activator);
-        let mut held = HeldTimes::default();
-        let mut lanes: Vec<Lane> = actions
-            .0
-            .iter()
-            .enumerate()
-            .filter_map(|(index, a)| match &a.action {
-                Action::Webhook { client, max_in_flight, dead_letters } => Some({
-                    client.calls().register(*max_in_flight);
-                    Lane {
-                    index,
+    triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        "Actions",
+        move |_cap, info| {
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let mut bridge: AsyncBridge<(usize, Time, Outcome)> =
+                AsyncBridge::new(runtime, activator);
+            let mut held = HeldTimes::default();
+            let mut lanes: Vec<Lane> = actions
+                .0
+                .iter()
+                .enumerate()
+                .filter_map(|(index, a)| match &a.action {
+                    Action::Webhook {
+                        client,
+                        max_in_flight,
+                        dead_letters,
+                    } => Some({
+                        client.calls().register(*max_in_flight);
+                        Lane {
+                            index,
+                            name: a.name.clone(),
+                            client: client.clone(),
+                            max_in_flight: *max_in_flight,
+                            dead_letters: dead_letters.clone(),
+                            queued: VecDeque::new(),
+                            in_flight: 0,
+                        }
+                    }),
+                    Action::Debug { .. } => None,
+                })
+                .collect();
+            let debug: Vec<(usize, bool)> = actions
+                .0
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a.action {
+                    Action::Debug { pretty } => Some((i, pretty)),
+                    Action::Webhook { .. } => None,
+                })
+                .collect();
+            let mut fail_log = LogLimiter::per_10s("failed webhook calls");
+            *stats.per_action.borrow_mut() = actions
+                .0
+                .iter()
+                .map(|a| crate::stats::ActionCounts {
                     name: a.name.clone(),
-                    client: client.clone(),
-                    max_in_flight: *max_in_flight,
-                    dead_letters: dead_letters.clone(),
-                    queued: VecDeque::new(),
-                    in_flight: 0,
-                }}),
-                Action::Debug => None,
-            })
-            .collect();
-        let debug: Vec<usize> = actions
-            .0
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| matches!(a.action, Action::Debug))
-            .map(|(i, _)| i)
-            .collect();
-        let mut fail_log = LogLimiter::per_10s("failed webhook calls");
-        *stats.per_action.borrow_mut() = actions
-            .0
-            .iter()
-            .map(|a| crate::stats::ActionCounts {
-                name: a.name.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let count = move |stats: &Stats, i: usize, ok: bool, retried: u32| {
-            let mut per = stats.per_action.borrow_mut();
-            if let Some(c) = per.get_mut(i) {
-                c.ok += u64::from(ok);
-                c.failed += u64::from(!ok);
-                c.retried += u64::from(retried);
-            }
-        };
-        move |(input, _frontier), _output| {
-            // In arrival order, so a user's actions start in the order of its events.
-            input.for_each(|cap, batch| {
-                let Some(&time) = cap.least() else { return };
-                for ev in batch.drain(..) {
-                    let targets = ev.targets;
-                    let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
-                    for &i in debug.iter().filter(|&&i| wanted(i)) {
-                        // Its log filtered out (`RUST_LOG=event_trigger::action::debug=off`),
-                        // a debug print is done without rendering what nobody would see.
-                        if !tracing::enabled!(target: "event_trigger::action::debug", tracing::Level::INFO) {
-                            Stats::add(&stats.actions_ok, 1);
-                            count(&stats, i, true, 0);
-                            continue;
+                    ..Default::default()
+                })
+                .collect();
+            let count = move |stats: &Stats, i: usize, ok: bool, retried: u32| {
+                let mut per = stats.per_action.borrow_mut();
+                if let Some(c) = per.get_mut(i) {
+                    c.ok += u64::from(ok);
+                    c.failed += u64::from(!ok);
+                    c.retried += u64::from(retried);
+                }
+            };
+            move |(input, _frontier), _output| {
+                // In arrival order, so a user's actions start in the order of its events.
+                input.for_each(|cap, batch| {
+                    let Some(&time) = cap.least() else { return };
+                    for ev in batch.drain(..) {
+                        let targets = ev.targets;
+                        let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
+                        for &(i, pretty) in debug.iter().filter(|(i, _)| wanted(*i)) {
+                            let ok = print_triggered(&ev, &actions.0[i].name, pretty);
+                            Stats::add(
+                                if ok {
+                                    &stats.actions_ok
+                                } else {
+                                    &stats.actions_failed
+                                },
+                                1,
+                            );
+                            count(&stats, i, ok, 0);
                         }
-                        match Payload::new(&ev, now_ms()).to_pretty_json() {
-                            Ok(json) => {
-                                tracing::info!(target: "event_trigger::action::debug", action = %actions.0[i].name, "triggered:\n{json}");
-                                Stats::add(&stats.actions_ok, 1);
-                                count(&stats, i, true, 0);
-                            }
-                            Err(e) => {
-                                tracing::error!("cannot serialize triggered event: {e}");
-                                Stats::add(&stats.actions_failed, 1);
-                                count(&stats, i, false, 0);
+                        if lanes.iter().any(|l| wanted(l.index)) {
+                            let ev = Arc::new(ev);
+                            for lane in lanes.iter_mut().filter(|l| wanted(l.index)) {
+                                held.hold(time, || cap.delayed(&time, 0));
+                                lane.queued.push_back((time, ev.clone()));
                             }
                         }
                     }
-                    if lanes.iter().any(|l| wanted(l.index)) {
-                        let ev = Arc::new(ev);
-                        for lane in lanes.iter_mut().filter(|l| wanted(l.index)) {
-                            held.hold(time, || cap.delayed(&time, 0));
-                            lane.queued.push_back((time, ev.clone()));
+                });
+                for (lane, time, outcome) in bridge.drain() {
+                    lanes[lane].in_flight -= 1;
+                    count(
+                        &stats,
+                        lanes[lane].index,
+                        outcome.failure.is_none(),
+                        outcome.retries,
+                    );
+                    Stats::add(&stats.actions_retried, u64::from(outcome.retries));
+                    match outcome.failure {
+                        None => Stats::add(&stats.actions_ok, 1),
+                        Some(e) => {
+                            Stats::add(&stats.actions_failed, 1);
+                            match outcome.dead_lettered {
+                                Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
+                                Some(Err(dl)) => {
+                                    tracing::error!("failed delivery not dead-lettered: {dl}")
+                                }
+                                None => {}
+                            }
+                            if fail_log.allow() {
+                                tracing::error!(
+                                    retries = outcome.retries,
+                                    "webhook call failed: {e}"
+                                );
+                            }
                         }
                     }
+                    held.release(time);
                 }
-            });
-            for (lane, time, outcome) in bridge.drain() {
-                lanes[lane].in_flight -= 1;
-                count(&stats, lanes[lane].index, outcome.failure.is_none(), outcome.retries);
-                Stats::add(&stats.actions_retried, u64::from(outcome.retries));
-                match outcome.failure {
-                    None => Stats::add(&stats.actions_ok, 1),
-                    Some(e) => {
-                        Stats::add(&stats.actions_failed, 1);
-                        match outcome.dead_lettered {
-                            Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
-                            Some(Err(dl)) => tracing::error!("failed delivery not dead-lettered: {dl}"),
-                            None => {}
-                        }
-                        if fail_log.allow() {
-                            tracing::error!(retries = outcome.retries, "webhook call failed: {e}");
-                        }
+                for (at, lane) in lanes.iter_mut().enumerate() {
+                    while lane.in_flight < lane.max_in_flight {
+                        let Some((time, ev)) = lane.queued.pop_front() else {
+                            break;
+                        };
+                        lane.in_flight += 1;
+                        let client = lane.client.clone();
+                        let name = lane.name.clone();
+                        let dead_letters = lane.dead_letters.clone();
+                        bridge.spawn(async move {
+                            (
+                                at,
+                                time,
+                                deliver(&client, &name, ev, time, dead_letters).await,
+                            )
+                        });
                     }
                 }
-                held.release(time);
+                fail_log.tick();
+                let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();
+                backlog.set(queued);
+                stats
+                    .actions_in_flight
+                    .set(lanes.iter().map(|l| l.in_flight as u64).sum());
+                stats.action_backlog.set(queued as u64);
             }
-            for (at, lane) in lanes.iter_mut().enumerate() {
-                while lane.in_flight < lane.max_in_flight {
-                    let Some((time, ev)) = lane.queued.pop_front() else { break };
-                    lane.in_flight += 1;
-                    let client = lane.client.clone();
-                    let name = lane.name.clone();
-                    let dead_letters = lane.dead_letters.clone();
-                    bridge.spawn(async move { (at, time, deliver(&client, &name, ev, time, dead_letters).await) });
-                }
-            }
-            fail_log.tick();
-            let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();
-            backlog.set(queued);
-            stats.actions_in_flight.set(lanes.iter().map(|l| l.in_flight as u64).sum());
-            stats.action_backlog.set(queued as u64);
-        }
-    })
+        },
+    )
 }

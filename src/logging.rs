@@ -1,0 +1,112 @@
+//! The process's log: text or one JSON object per line (`logging.format`), and records
+//! that carry a JSON document (the debug action's triggered event) as a JSON value in
+//! JSON logs, not as an escaped string: tracing's JSON format writes every field as a
+//! string or a number, so such records are written here, in the same shape.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::LogFormat;
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Installs the subscriber for `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => {
+            JSON.store(true, Ordering::Relaxed);
+            builder.json().init()
+        }
+        // Colours for a terminal only: log files and collectors get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// Whether the log is JSON.
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// Writes an INFO record in the JSON log's shape: `target`, `message`, the field
+/// `name` = value, and the field `doc_field` holding `doc` (serialized JSON) as a JSON
+/// value. For JSON logs only (`is_json`); a text log takes a `tracing` record.
+pub fn write_json_record(
+    target: &str,
+    message: &str,
+    name: (&str, &str),
+    doc_field: &str,
+    doc: &[u8],
+) {
+    let mut line = Vec::with_capacity(doc.len() + 256);
+    line.extend_from_slice(b"{\"timestamp\":\"");
+    line.extend_from_slice(rfc3339_now().as_bytes());
+    line.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"message\":");
+    // Serializing a &str cannot fail.
+    let quoted = |s: &str| serde_json::to_vec(s).unwrap_or_default();
+    line.extend_from_slice(&quoted(message));
+    line.push(b',');
+    line.extend_from_slice(&quoted(name.0));
+    line.push(b':');
+    line.extend_from_slice(&quoted(name.1));
+    line.push(b',');
+    line.extend_from_slice(&quoted(doc_field));
+    line.push(b':');
+    line.extend_from_slice(doc);
+    line.extend_from_slice(b"},\"target\":");
+    line.extend_from_slice(&quoted(target));
+    line.extend_from_slice(b"}\n");
+    // One write of the whole line, under stderr's lock: lines of workers do not mix.
+    let _ = std::io::stderr().lock().write_all(&line);
+}
+
+/// Now as `2026-12-02T01:31:35.438149Z`, as tracing's JSON log writes its timestamps.
+fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs(), now.subsec_micros())
+}
+
+/// Seconds since the epoch (UTC) and microseconds as RFC 3339.
+fn rfc3339(secs: u64, micros: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(
+            rfc3339(1_795_829_495, 438_149),
+            "2026-11-28T01:31:35.438149Z"
+        );
+    }
+}
