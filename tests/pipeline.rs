@@ -1549,3 +1549,42 @@ fn a_look_up_failing_for_a_while_is_waited_for_instead_of_giving_an_empty_checkp
     assert_eq!((counts.fetch_errors, counts.passed), (2, 0));
     assert_eq!(api.lookups()["flaky"], 2);
 }
+
+/// `profile-api.min-refetch-interval-ms` holds for failed look-ups too: a user whose
+/// look-up failed, who expires (a TTL shorter than the interval) and comes back within
+/// the interval, starts over from the empty checkpoint without a request (it was looked
+/// up again at once).
+#[test]
+fn a_user_whose_look_up_failed_is_not_looked_up_again_within_the_interval_after_expiry() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let api = ProfileApi::start(
+        &rt,
+        [(
+            "u",
+            Behaviour::FailFirst {
+                failures: 1,
+                status: 500,
+                then: Box::new(Behaviour::answer(json!({"country": "US"}), json!(null))),
+            },
+        )],
+    );
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &dir.path().join("events.pipe"),
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    s.profile_api.retry_attempts = 0;
+    s.profile_api.min_refetch_interval_ms = 60_000;
+    s.engine.state_ttl_minutes = 0.001; // 60 ms: expired before the second event
+    let first = r#"{"event_id":"e1","user_id":"u","event_type":"page_view"}"#;
+    let second = r#"{"event_id":"e2","user_id":"u","event_type":"page_view"}"#;
+    let counts = run_two_moments(&rt, &s, &api, first, second);
+    assert_eq!(counts.expired, 1, "{counts:?}");
+    assert_eq!(api.lookups()["u"], 1);
+    assert_eq!((counts.fetched, counts.fetch_errors), (1, 1));
+    assert_eq!(counts.passed, 0, "both judged on the empty checkpoint");
+}

@@ -220,10 +220,18 @@ impl Manager {
         }
         let user = ev.user_id.clone();
         if !self.refetching.contains_key(&user)
-            && let Some(data) = self.recent.as_ref().and_then(|r| r.get(&user, time))
+            && let Some((at, data)) = self.recent.as_ref().and_then(|r| r.get(&user, time))
         {
-            // Looked up less than `min_refetch_ms` ago: that answer again, no request.
-            let mut state = UserState::from_profile(data, time);
+            // Looked up less than `min_refetch_ms` ago: that answer again, no request; a
+            // failed one gives the empty checkpoint until the interval has passed.
+            let mut state = match data {
+                Some(data) => UserState::from_profile(data, time),
+                None => {
+                    let mut state = UserState::empty(time);
+                    state.refetch_after = Some(at.saturating_add(self.min_refetch_ms));
+                    state
+                }
+            };
             self.ttl.touched(&user, &mut state, true);
             let out = self.applier.apply(time, ev, &mut state);
             self.ttl.touched(&user, &mut state, false);
@@ -266,8 +274,8 @@ impl Manager {
                 };
                 let first = queue.front().map(|q| q.time).unwrap_or_default();
                 let before = self.refetching.remove(&user);
-                if let (Some(recent), Ok(data)) = (&mut self.recent, &result) {
-                    recent.put(user.clone(), first, data.clone());
+                if let Some(recent) = &mut self.recent {
+                    recent.put(user.clone(), first, result.as_ref().ok().cloned());
                 }
                 let mut state = match (result, before) {
                     (Ok(data), None) => UserState::from_profile(data, first),

@@ -1,6 +1,8 @@
 //! The answers of recent Profile API look-ups, kept for `profile-api.min-refetch-interval-ms`
 //! when the state TTL is shorter than that, so that a user is looked up at most once per
-//! interval even if it expires and comes back in between.
+//! interval even if it expires and comes back in between. A failed look-up is kept too
+//! (as no answer): the user starts over from the empty checkpoint until the interval
+//! after the failure has passed, as it would had it not expired.
 
 use std::collections::VecDeque;
 
@@ -12,7 +14,8 @@ use crate::model::{ProfileData, Text, Time};
 /// within it is not looked up again.
 pub struct RecentLookups {
     window: u64,
-    answers: FxHashMap<Text, (Time, ProfileData)>,
+    /// When each user was looked up, and the answer (None: the look-up failed).
+    answers: FxHashMap<Text, (Time, Option<ProfileData>)>,
     /// By time, for pruning.
     order: VecDeque<(Time, Text)>,
 }
@@ -26,14 +29,15 @@ impl RecentLookups {
         }
     }
 
-    pub fn put(&mut self, user: Text, at: Time, data: ProfileData) {
+    pub fn put(&mut self, user: Text, at: Time, data: Option<ProfileData>) {
         self.order.push_back((at, user.clone()));
         self.answers.insert(user, (at, data));
     }
 
-    pub fn get(&self, user: &Text, now: Time) -> Option<ProfileData> {
+    /// The user's look-up younger than the window: when, and what it gave.
+    pub fn get(&self, user: &Text, now: Time) -> Option<(Time, Option<ProfileData>)> {
         let (at, data) = self.answers.get(user)?;
-        (now < at.saturating_add(self.window)).then(|| data.clone())
+        (now < at.saturating_add(self.window)).then(|| (*at, data.clone()))
     }
 
     pub fn prune(&mut self, now: Time) {
@@ -58,7 +62,7 @@ mod tests {
     fn answers_are_kept_for_the_window_then_pruned() {
         let mut r = RecentLookups::new(1000);
         let u: Text = "u".into();
-        r.put(u.clone(), 5000, ProfileData::default());
+        r.put(u.clone(), 5000, Some(ProfileData::default()));
         assert!(r.get(&u, 5999).is_some());
         assert!(r.get(&u, 6000).is_none(), "no older than the window");
         r.prune(5999);
@@ -66,9 +70,12 @@ mod tests {
         r.prune(6000);
         assert!(r.get(&u, 5500).is_none(), "pruned");
         // A newer answer is not pruned by the older entry of the same user.
-        r.put(u.clone(), 7000, ProfileData::default());
-        r.put(u.clone(), 7500, ProfileData::default());
+        r.put(u.clone(), 7000, None);
+        r.put(u.clone(), 7500, Some(ProfileData::default()));
         r.prune(8000);
-        assert!(r.get(&u, 8000).is_some());
+        assert_eq!(
+            r.get(&u, 8000).map(|(at, d)| (at, d.is_some())),
+            Some((7500, true))
+        );
     }
 }
