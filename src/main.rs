@@ -26,6 +26,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the job.
+    ///
+    /// Reads events from the configured source (a Kafka topic, or a file, a pipe or
+    /// standard input), looks each user up in the Profile API on its first event,
+    /// judges every event with the filter script and acts on those it passes (webhooks
+    /// or debug prints). A file source, or a topic with --bounded, is read to its end;
+    /// the run then prints its summary on standard output and exits. A topic without
+    /// --bounded is read until SIGTERM or Ctrl-C, with checkpoints for recovery.
+    ///
+    /// Exit codes: 0 done; 1 the job started but did not end as it should (an input not
+    /// read to its end, a final checkpoint not written, the shutdown timeout passed);
+    /// 2 it could not start (config, script, input, broker).
+    ///
+    /// `-h` is timely's --hostfile, as in every timely program: use --help for this.
     Run(RunArgs),
     /// Loads the config and compiles the filter, then exits (0 if both are fine).
     Validate {
@@ -108,6 +121,7 @@ struct RunArgs {
     /// File with one `host:port` per line, one per process.
     #[arg(short = 'h', long = "hostfile")]
     hostfile: Option<PathBuf>,
+    /// Print this help (`-h` is --hostfile).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
 }

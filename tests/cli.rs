@@ -197,6 +197,39 @@ fn debug_prints_are_one_record_per_event_and_json_in_a_json_log() {
     );
 }
 
+/// The README's example summary line has every field the program prints, and `run
+/// --help` describes the command (`-h` is timely's --hostfile).
+#[test]
+fn the_readmes_summary_has_every_field_and_run_help_describes_the_command() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .expect("an example summary line");
+    let shown: Vec<&str> = line["summary: ".len()..]
+        .split(' ')
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .collect();
+    let mut printed: Vec<&str> = event_trigger::stats::Counts::default()
+        .named()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    printed.extend(["elapsed_s", "events_per_s"]);
+    assert_eq!(shown, printed);
+
+    let help = run_ok(["run", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for part in [
+        "Reads events from the configured source",
+        "Exit codes",
+        "-h, --hostfile",
+    ] {
+        assert!(help.contains(part), "{help}");
+    }
+}
+
 #[test]
 fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();
