@@ -392,6 +392,7 @@ pub struct ActionSpec {
     pub timeout_ms: Option<u64>,
     pub max_in_flight: Option<usize>,
     pub concurrency: Option<Concurrency>,
+    pub ordering: Option<CallOrder>,
     pub secret: Option<Secret>,
     pub secret_file: Option<PathBuf>,
     pub retry_attempts: Option<u32>,
@@ -411,6 +412,7 @@ impl ActionSpec {
             timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
             max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
             concurrency: self.concurrency.unwrap_or(d.concurrency),
+            ordering: self.ordering.unwrap_or(d.ordering),
             secret: self.secret.clone(),
             secret_file: self.secret_file.clone(),
             retry_attempts: self.retry_attempts.unwrap_or(d.retry_attempts),
@@ -425,6 +427,7 @@ impl ActionSpec {
             || self.timeout_ms.is_some()
             || self.max_in_flight.is_some()
             || self.concurrency.is_some()
+            || self.ordering.is_some()
             || self.secret.is_some()
             || self.secret_file.is_some()
             || self.retry_attempts.is_some()
@@ -467,6 +470,7 @@ impl ActionsSettings {
                     timeout_ms: Some(w.timeout_ms),
                     max_in_flight: Some(w.max_in_flight),
                     concurrency: Some(w.concurrency),
+                    ordering: Some(w.ordering),
                     secret: w.secret.clone(),
                     secret_file: w.secret_file.clone(),
                     retry_attempts: Some(w.retry_attempts),
@@ -544,6 +548,8 @@ pub struct WebhookSettings {
     /// Calls to the receiver at once from this process: `adaptive` (to what it answers
     /// without queueing) or a fixed number.
     pub concurrency: Concurrency,
+    /// `any` (default) or `per-user`: each user's calls in event order.
+    pub ordering: CallOrder,
     /// Signs each body (HMAC-SHA256, `X-Signature-256`); best given through the
     /// environment (`EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET`) or `secret-file`.
     pub secret: Option<Secret>,
@@ -557,6 +563,18 @@ pub struct WebhookSettings {
     pub retry_max_wait_ms: u64,
     /// PEM file of CA certificates to trust for `https://`, besides the platform's.
     pub ca_file: Option<PathBuf>,
+}
+
+/// In which order a webhook receiver gets a user's calls.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallOrder {
+    /// Calls go as soon as there is room: a user's calls may overtake each other.
+    #[default]
+    Any,
+    /// A user's next call starts once its previous one ended: event order per user;
+    /// calls of different users still go concurrently.
+    PerUser,
 }
 
 /// A secret value: never printed (`Debug` shows `***`).
@@ -587,6 +605,7 @@ impl Default for WebhookSettings {
             timeout_ms: 5000,
             max_in_flight: 256,
             concurrency: Concurrency::Adaptive,
+            ordering: CallOrder::Any,
             secret: None,
             secret_file: None,
             retry_attempts: 3,

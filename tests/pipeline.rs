@@ -1588,3 +1588,82 @@ fn a_user_whose_look_up_failed_is_not_looked_up_again_within_the_interval_after_
     assert_eq!((counts.fetched, counts.fetch_errors), (1, 1));
     assert_eq!(counts.passed, 0, "both judged on the empty checkpoint");
 }
+
+/// A receiver that answers calls of even-numbered events after 30 ms and the others at
+/// once, recording `(user, number)` as each call ends: concurrent calls of one user
+/// overtake each other there.
+type Arrivals = Arc<Mutex<Vec<(String, u64)>>>;
+
+fn uneven_receiver(rt: &tokio::runtime::Runtime) -> (String, Arrivals) {
+    let got: Arrivals = Arc::default();
+    let sink = got.clone();
+    let handler = event_trigger::http_server::handler(move |req| {
+        let sink = sink.clone();
+        async move {
+            let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
+            let user = body["event"]["user_id"].as_str().unwrap().to_string();
+            let n = body["event"]["timestamp"].as_u64().unwrap();
+            if n.is_multiple_of(2) {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            sink.lock().unwrap().push((user, n));
+            event_trigger::http_server::reply(hyper::StatusCode::OK, "{}")
+        }
+    });
+    let addr = rt
+        .block_on(event_trigger::http_server::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+        ))
+        .unwrap();
+    (format!("http://{addr}/webhook"), got)
+}
+
+/// `actions.webhook.ordering`: `per-user` delivers each user's calls in event order
+/// (a user's next call waits for its previous one) while users go concurrently; the
+/// default (`any`) lets them overtake each other against a receiver whose answers take
+/// uneven times.
+#[test]
+fn per_user_ordering_delivers_each_users_calls_in_event_order() {
+    use event_trigger::config::{CallOrder, Concurrency};
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..200)
+        .map(|n| {
+            json!({"event_id": format!("e{n}"), "user_id": format!("u{}", n % 5), "event_type": "click", "timestamp": n})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let out_of_order = |ordering: CallOrder| {
+        let (url, got) = uneven_receiver(&rt);
+        let mut s = settings(
+            dir.path(),
+            &events,
+            &format!("file://{}", profiles.display()),
+            &url,
+            "true",
+        );
+        s.actions.webhook.ordering = ordering;
+        s.actions.webhook.concurrency = Concurrency::Fixed(32);
+        let counts = run(&s, 1, &rt);
+        assert_eq!(counts.actions_ok, 200);
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 200);
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        let mut overtaken = 0;
+        for (user, n) in got.iter() {
+            if last.get(user.as_str()).is_some_and(|prev| prev > n) {
+                overtaken += 1;
+            }
+            last.insert(user, *n);
+        }
+        overtaken
+    };
+    assert_eq!(out_of_order(CallOrder::PerUser), 0);
+    assert!(out_of_order(CallOrder::Any) > 0, "the receiver reorders");
+}

@@ -5,13 +5,13 @@
 //! still fails is logged, counted, and written to the dead-letter file if one is set;
 //! the job goes on.
 
+mod lane;
 mod payload;
 mod webhook;
 
 pub use payload::Payload;
 pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, signature};
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::config::{ActionKind, ActionsSettings};
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
-use crate::model::{EnrichedEvent, Time};
+use crate::model::{EnrichedEvent, Text, Time};
 use crate::operators::async_bridge::AsyncBridge;
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
@@ -38,6 +38,7 @@ pub enum Action {
     Webhook {
         client: WebhookClient,
         max_in_flight: usize,
+        ordering: crate::config::CallOrder,
         dead_letters: Option<DeadLetters>,
     },
 }
@@ -95,6 +96,7 @@ impl Actions {
                     Action::Webhook {
                         client,
                         max_in_flight: w.max_in_flight,
+                        ordering: w.ordering,
                         dead_letters: dead_letters.clone(),
                     }
                 }
@@ -222,10 +224,8 @@ struct Lane {
     index: usize,
     name: String,
     client: WebhookClient,
-    max_in_flight: usize,
     dead_letters: Option<DeadLetters>,
-    queued: VecDeque<(Time, Arc<EnrichedEvent>)>,
-    in_flight: usize,
+    calls: lane::Lane,
 }
 
 /// Runs the actions of `actions` each event of `triggered` is for. The returned stream
@@ -247,7 +247,7 @@ pub fn run_actions<'s>(
         "Actions",
         move |_cap, info| {
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
-            let mut bridge: AsyncBridge<(usize, Time, Outcome)> =
+            let mut bridge: AsyncBridge<(usize, Time, Text, Outcome)> =
                 AsyncBridge::new(runtime, activator);
             let mut held = HeldTimes::default();
             let mut lanes: Vec<Lane> = actions
@@ -258,6 +258,7 @@ pub fn run_actions<'s>(
                     Action::Webhook {
                         client,
                         max_in_flight,
+                        ordering,
                         dead_letters,
                     } => Some({
                         client.calls().register(*max_in_flight);
@@ -265,10 +266,8 @@ pub fn run_actions<'s>(
                             index,
                             name: a.name.clone(),
                             client: client.clone(),
-                            max_in_flight: *max_in_flight,
                             dead_letters: dead_letters.clone(),
-                            queued: VecDeque::new(),
-                            in_flight: 0,
+                            calls: lane::Lane::new(*max_in_flight, *ordering),
                         }
                     }),
                     Action::Debug { .. } => None,
@@ -323,13 +322,13 @@ pub fn run_actions<'s>(
                             let ev = Arc::new(ev);
                             for lane in lanes.iter_mut().filter(|l| wanted(l.index)) {
                                 held.hold(time, || cap.delayed(&time, 0));
-                                lane.queued.push_back((time, ev.clone()));
+                                lane.calls.push((time, ev.clone()));
                             }
                         }
                     }
                 });
-                for (lane, time, outcome) in bridge.drain() {
-                    lanes[lane].in_flight -= 1;
+                for (lane, time, user, outcome) in bridge.drain() {
+                    lanes[lane].calls.ended(&user);
                     count(
                         &stats,
                         lanes[lane].index,
@@ -359,29 +358,23 @@ pub fn run_actions<'s>(
                     held.release(time);
                 }
                 for (at, lane) in lanes.iter_mut().enumerate() {
-                    while lane.in_flight < lane.max_in_flight {
-                        let Some((time, ev)) = lane.queued.pop_front() else {
-                            break;
-                        };
-                        lane.in_flight += 1;
+                    while let Some((time, ev)) = lane.calls.next() {
+                        let user = ev.event.user_id.clone();
                         let client = lane.client.clone();
                         let name = lane.name.clone();
                         let dead_letters = lane.dead_letters.clone();
                         bridge.spawn(async move {
-                            (
-                                at,
-                                time,
-                                deliver(&client, &name, ev, time, dead_letters).await,
-                            )
+                            let outcome = deliver(&client, &name, ev, time, dead_letters).await;
+                            (at, time, user, outcome)
                         });
                     }
                 }
                 fail_log.tick();
-                let queued: usize = lanes.iter().map(|l| l.queued.len()).sum();
+                let queued: usize = lanes.iter().map(|l| l.calls.waiting()).sum();
                 backlog.set(queued);
                 stats
                     .actions_in_flight
-                    .set(lanes.iter().map(|l| l.in_flight as u64).sum());
+                    .set(lanes.iter().map(|l| l.calls.in_flight() as u64).sum());
                 stats.action_backlog.set(queued as u64);
             }
         },
