@@ -346,6 +346,58 @@ fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
     }
 }
 
+/// A rule that depends on each user's order (the event before this one was a click)
+/// gives the same counts and the same webhook bodies from a file at `-w 1`, `-w 2`,
+/// `-w 4` and over 2 processes: the file is read in order, by one reader (it was cut
+/// by byte range among the workers, and a user's events arrived interleaved).
+#[test]
+fn an_order_dependent_rule_gives_the_same_triggers_at_any_parallelism() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(3000, 30, 17);
+    let rule = r#"let n = history.len(); n >= 2 && history[n - 2].event_type == "click" && event.event_type == "page_view""#;
+    let base = file_job(dir.path(), &w, "http://unused/", rule);
+    let bodies = |receiver: &Receiver| {
+        let mut out: Vec<String> = receiver
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _)| {
+                let mut b = b.clone();
+                b.as_object_mut().unwrap().remove("triggeredAt");
+                b.to_string()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let mut runs = Vec::new();
+    for workers in [1, 2, 4] {
+        let receiver = Receiver::start(&rt);
+        let mut s = base.clone();
+        s.actions.webhook.url = receiver.url();
+        let counts = run(&s, workers, &rt);
+        runs.push((format!("-w {workers}"), counts, bodies(&receiver)));
+    }
+    let receiver = Receiver::start(&rt);
+    let mut s = base.clone();
+    s.actions.webhook.url = receiver.url();
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    let outputs = run_cluster(dir.path(), &cfg, &["-w", "2"], 2);
+    runs.push((
+        "2 processes".into(),
+        summary_of(&outputs[0].stdout),
+        bodies(&receiver),
+    ));
+    let (_, first_counts, first_bodies) = &runs[0];
+    assert!(first_counts.passed > 100, "{first_counts:?}");
+    for (name, counts, bodies) in &runs[1..] {
+        assert_eq!(counts, first_counts, "{name}");
+        assert!(bodies == first_bodies, "{name}: other webhook bodies");
+    }
+}
+
 #[test]
 fn two_processes_give_the_same_counts_as_one_worker() {
     let rt = runtime();

@@ -1,13 +1,14 @@
 //! A JSONL file (or standard input) as a bounded source, one message per line.
 //!
-//! A file is split among all workers of the cluster by byte range, each worker reading
-//! the lines that start in its range (the first worker of a range boundary finishes the
-//! line it is in), so reading and decoding scale with workers. Standard input and pipes
-//! are read by worker 0 alone, on a reader thread, so a quiet writer never stalls the
-//! worker.
+//! The input is read by worker 0 of the cluster alone, in order, so each user's events
+//! reach its worker in file order whatever the number of workers and processes (read
+//! in parallel by byte range, a user's events came from several readers interleaved,
+//! and an order-dependent rule gave different results at different `-w`; Flink too
+//! reads a file with one source subtask). A regular file is read in place; standard
+//! input and pipes on a reader thread, so a quiet writer never stalls the worker.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -53,58 +54,33 @@ impl Pace {
     }
 }
 
-/// The part of the input one worker reads.
+/// The lines of the input.
 pub struct LineReader {
     reader: BufReader<Box<dyn Read + Send>>,
-    /// Bytes consumed so far, as an offset in the file.
-    pos: u64,
-    /// Lines starting at or after this offset belong to the next worker.
-    end: u64,
 }
 
 impl LineReader {
-    /// The share of the regular file `path` for worker `index` of `peers`.
-    pub fn open(path: &Path, index: usize, peers: usize) -> io::Result<LineReader> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        let start = len * index as u64 / peers as u64;
-        let end = len * (index as u64 + 1) / peers as u64;
-        if start == 0 {
-            let reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
-            return Ok(LineReader {
-                reader,
-                pos: 0,
-                end,
-            });
-        }
-        // The line that contains `start - 1` belongs to the previous worker.
-        file.seek(SeekFrom::Start(start - 1))?;
-        let mut reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
-        let mut skipped = Vec::new();
-        let pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
-        Ok(LineReader { reader, pos, end })
+    /// The regular file `path`.
+    pub fn open(path: &Path) -> io::Result<LineReader> {
+        let file = File::open(path)?;
+        let reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
+        Ok(LineReader { reader })
     }
 
     /// A reader over a whole stream (tests, benchmarks, pipes).
     pub fn from_reader(r: impl Read + Send + 'static) -> LineReader {
         LineReader {
             reader: BufReader::new(Box::new(r)),
-            pos: 0,
-            end: u64::MAX,
         }
     }
 
-    /// The next line of this worker's share, without its line ending.
+    /// The next line, without its line ending.
     pub fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
-        if self.pos >= self.end {
-            return Ok(None);
-        }
         let mut line = Vec::with_capacity(512);
         let n = self.reader.read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(None);
         }
-        self.pos += n as u64;
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -131,13 +107,15 @@ enum Lines {
 }
 
 impl Lines {
-    fn open(path: &Path, index: usize, peers: usize) -> io::Result<Lines> {
+    /// The input of worker `index` of the cluster: all of it for worker 0, none for
+    /// the others.
+    fn open(path: &Path, index: usize) -> io::Result<Lines> {
+        if index != 0 {
+            return Ok(Lines::Done);
+        }
         let is_stdin = path == Path::new("-");
         if !is_stdin && std::fs::metadata(path)?.is_file() {
-            return LineReader::open(path, index, peers).map(Lines::File);
-        }
-        if index != 0 {
-            return Ok(Lines::Done); // a stream is read by worker 0 alone
+            return LineReader::open(path).map(Lines::File);
         }
         let reader = if is_stdin {
             LineReader::from_reader(io::stdin())
@@ -181,14 +159,15 @@ fn spawn_reader(mut reader: LineReader) -> mpsc::Receiver<io::Result<Vec<Vec<u8>
     rx
 }
 
-/// Emits the lines of `path` (this worker's share of a regular file; all of a pipe or
-/// of standard input `-` on worker 0), stamped with the processing time; finishes after
-/// the last line. An I/O error ends the input early, logged and reported via `failed`.
+/// Emits the lines of `path` (a regular file, a pipe, or standard input `-`) on worker 0
+/// of the cluster, in order, stamped with the processing time; finishes after the last
+/// line (at once on the other workers). An I/O error ends the input early, logged and
+/// reported via `failed`.
 ///
 /// While `gate` is closed (a later stage is full) it reads nothing, only moving its
 /// time with the clock, and looks again shortly.
-/// It also ends, early, once `stop` is set. With `max_per_s`, the job as a whole reads
-/// at most that many lines a second (each worker its share).
+/// It also ends, early, once `stop` is set. With `max_per_s`, it reads at most that many
+/// lines a second.
 pub fn file_source<'s>(
     scope: Scope<'s, Time>,
     path: PathBuf,
@@ -197,20 +176,16 @@ pub fn file_source<'s>(
     stop: StopFlag,
     failed: std::rc::Rc<std::cell::Cell<bool>>,
 ) -> Stream<'s, Time, Vec<Vec<u8>>> {
-    let (index, peers) = (scope.index(), scope.peers());
+    let index = scope.index();
     source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
-        let mut lines = Lines::open(&path, index, peers).unwrap_or_else(|e| {
+        let mut lines = Lines::open(&path, index).unwrap_or_else(|e| {
             tracing::error!(path = %path.display(), "cannot open input: {e}");
             failed.set(true);
             Lines::Done
         });
-        let mut pace = max_per_s.map(|rate| match lines {
-            // A stream is read by worker 0 alone; a file by every worker, a share each.
-            Lines::Stream(_) => Pace::new(rate),
-            _ => Pace::new(rate / peers as f64),
-        });
+        let mut pace = max_per_s.map(Pace::new);
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let now = now_ms();
@@ -314,34 +289,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn lines_of(path: &Path, peers: usize) -> Vec<Vec<String>> {
-        (0..peers)
-            .map(|i| {
-                let mut r = LineReader::open(path, i, peers).unwrap();
-                let mut out = Vec::new();
-                while let Some(l) = r.next_line().unwrap() {
-                    out.push(String::from_utf8(l).unwrap());
-                }
-                out
-            })
-            .collect()
-    }
-
-    #[test]
-    fn byte_ranges_cover_every_line_exactly_once() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        let all: Vec<String> = (0..500)
-            .map(|i| format!("{}{i}", "x".repeat(i % 37)))
-            .collect();
-        for l in &all {
-            writeln!(f, "{l}").unwrap();
+    fn lines_of(path: &Path) -> Vec<String> {
+        let mut r = LineReader::open(path).unwrap();
+        let mut out = Vec::new();
+        while let Some(l) = r.next_line().unwrap() {
+            out.push(String::from_utf8(l).unwrap());
         }
-        f.flush().unwrap();
-        for peers in 1..=7 {
-            let parts = lines_of(f.path(), peers);
-            let joined: Vec<String> = parts.into_iter().flatten().collect();
-            assert_eq!(joined, all, "peers={peers}");
-        }
+        out
     }
 
     #[test]
@@ -349,9 +303,19 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"a\r\n\nb").unwrap();
         f.flush().unwrap();
-        assert_eq!(
-            lines_of(f.path(), 1),
-            vec![vec!["a".to_string(), String::new(), "b".to_string()]]
-        );
+        assert_eq!(lines_of(f.path()), ["a", "", "b"]);
+    }
+
+    #[test]
+    fn only_worker_zero_reads_the_input() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"x\n").unwrap();
+        f.flush().unwrap();
+        assert!(matches!(Lines::open(f.path(), 0), Ok(Lines::File(_))));
+        assert!(matches!(Lines::open(f.path(), 1), Ok(Lines::Done)));
+        assert!(matches!(
+            Lines::open(Path::new("/no/such"), 1),
+            Ok(Lines::Done)
+        ));
     }
 }
