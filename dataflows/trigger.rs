@@ -16,12 +16,13 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 
-use crate::actions::{Actions, run_actions};
+use crate::actions::{Action, Actions, NamedAction, run_actions};
 use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
 use crate::filter::reload::{FilterVersions, Filters, Version};
+use crate::filter::samples::Samples;
 use crate::filter::{Filter, FilterLimits};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
@@ -91,6 +92,8 @@ pub struct Prepared {
     pub stop: StopFlag,
     /// Where invalid messages and failed deliveries go, if anywhere.
     pub dead_letters: Option<DeadLetters>,
+    /// The rule tester's first errors and passing events (`Prepared::test_rule`).
+    pub samples: Option<Samples>,
 }
 
 impl Prepared {
@@ -103,9 +106,9 @@ impl Prepared {
         let script_path = &settings.filter.script_path;
         let script = Filter::read(script_path)?;
         let script_origin = script_path.display().to_string();
-        // Compiled here once so a broken script fails the start with file and line;
-        // each worker compiles its own copy (rhai's Engine is not `Send`).
-        Filter::compile(&script, &script_origin, &limits)?;
+        // Compiled and checked here once so a broken script fails the start with file and
+        // line; each worker compiles its own copy (rhai's Engine is not `Send`).
+        check_rule(&script, &script_origin, &limits)?;
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         let dead_letters = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
             (Some(path), _) => Some(DeadLetters::open(path)?),
@@ -116,7 +119,7 @@ impl Prepared {
             .map_err(|e| anyhow!(e))?;
         for (i, a) in actions.0.iter().enumerate() {
             if let Some(f) = &a.filter {
-                Filter::compile(f, &format!("actions[{i}].filter"), &limits)?;
+                check_rule(f, &format!("actions[{i}].filter"), &limits)?;
             }
         }
         let input = match settings.source.kind {
@@ -207,30 +210,49 @@ impl Prepared {
             },
             stop: StopFlag::default(),
             dead_letters,
+            samples: None,
         })
     }
+}
+
+/// Compiles and checks a rule (`Filter::compile_checked`): names that do not exist fail
+/// the start; errors on the sample states are logged as warnings.
+fn check_rule(script: &str, origin: &str, limits: &FilterLimits) -> anyhow::Result<()> {
+    let (_, warnings) = Filter::compile_checked(script, origin, limits)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(())
 }
 
 impl Prepared {
     /// Makes this run a replay from `from`, with state starting empty (the checkpoint is
     /// not restored: its state is later than the replay's start); a `dry_run` prints
     /// what would be triggered instead of acting, and writes nothing: no checkpoint, no
-    /// group offsets, no dead letters.
+    /// group offsets, no dead letters. A file source can have a dry run, not a replay.
     pub fn replay(&mut self, from: Option<ReplayFrom>, dry_run: bool) -> anyhow::Result<()> {
-        let Input::Kafka { replay, commit, .. } = &mut self.input else {
-            bail!("--from-offset, --from-timestamp and --dry-run read a Kafka source");
-        };
-        if let Some(from) = from {
-            if let Some(r) = self.restore.take() {
-                tracing::info!(
-                    epoch = r.manifest.epoch,
-                    "replay: checkpoint not restored, state starts empty"
-                );
+        match &mut self.input {
+            Input::Kafka { replay, .. } => {
+                if let Some(from) = from {
+                    if let Some(r) = self.restore.take() {
+                        tracing::info!(
+                            epoch = r.manifest.epoch,
+                            "replay: checkpoint not restored, state starts empty"
+                        );
+                    }
+                    *replay = Some(from);
+                }
             }
-            *replay = Some(from);
+            // A file is read whole every run: there is nothing to replay from.
+            Input::File { .. } if from.is_some() => {
+                bail!("--from-offset and --from-timestamp read a Kafka source")
+            }
+            Input::File { .. } => {}
         }
         if dry_run {
-            *commit = false;
+            if let Input::Kafka { commit, .. } = &mut self.input {
+                *commit = false;
+            }
             self.checkpoints = None;
             self.dead_letters = None;
             self.actions = Actions::debug();
@@ -239,6 +261,27 @@ impl Prepared {
             );
         }
         Ok(())
+    }
+
+    /// Makes this run the rule tester's (`validate --events`): each action becomes a
+    /// debug print with its own filter, so that the rule and the actions' filters are
+    /// judged and counted as in a real run while nothing is called, committed or
+    /// written; the first `keep` script errors and passing events are kept.
+    pub fn test_rule(&mut self, keep: usize) -> Samples {
+        self.checkpoints = None;
+        self.dead_letters = None;
+        if let Input::Kafka { commit, .. } = &mut self.input {
+            *commit = false;
+        }
+        let debug = |a: &NamedAction| NamedAction {
+            name: a.name.clone(),
+            action: Action::Debug { pretty: false },
+            filter: a.filter.clone(),
+        };
+        self.actions = Actions(self.actions.0.iter().map(debug).collect());
+        let samples = Samples::new(keep);
+        self.samples = Some(samples.clone());
+        samples
     }
 }
 
@@ -279,7 +322,8 @@ pub fn run(
             per_action
         } else {
             Vec::new()
-        });
+        })
+        .with_samples(p.samples.clone());
         let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
         let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
             Input::Kafka {

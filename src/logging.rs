@@ -10,10 +10,14 @@ use crate::config::LogFormat;
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// Installs the subscriber for `format`, filtered by `RUST_LOG` (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Installs the subscriber for `format`, filtered by `RUST_LOG` (default `info`) with
+/// `directive` added.
+pub fn init(format: LogFormat, directive: Option<&str>) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Some(d) = directive.and_then(|d| d.parse().ok()) {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use event_trigger::config::{LogFormat, Settings, SourceType};
 use event_trigger::dataflows::trigger::{self, Prepared};
+use event_trigger::filter::Filter;
+use event_trigger::filter::health::Judged;
 use event_trigger::mock_api::MockApi;
 use event_trigger::sources::replay::ReplayFrom;
 
@@ -36,14 +38,24 @@ enum Command {
     ///
     /// Exit codes: 0 done; 1 the job started but did not end as it should (an input not
     /// read to its end, a final checkpoint not written, the shutdown timeout passed);
-    /// 2 it could not start (config, script, input, broker).
+    /// 2 it could not start (config, script, input, broker); 3 a bounded or file run in
+    /// which the rule failed on every event it judged.
     ///
     /// `-h` is timely's --hostfile, as in every timely program: use --help for this.
     Run(RunArgs),
-    /// Loads the config and compiles the filter, then exits (0 if both are fine).
+    /// Loads the config and checks the filter and the actions' filters (0 if all is
+    /// fine); with --events, also runs them over sample events (the rule tester).
     Validate {
         #[arg(long, default_value = "config/application.yml")]
         config: PathBuf,
+        /// Sample events, one JSON per line: runs the rules over them with the config's
+        /// Profile API (or file:// profiles), calls no webhook, and prints the counts,
+        /// the first script errors and the first passing events.
+        #[arg(long, value_name = "FILE.jsonl")]
+        events: Option<PathBuf>,
+        /// How many script errors and passing events to show.
+        #[arg(long, default_value_t = 5)]
+        show: usize,
     },
     /// Serves a local Profile API from a profiles.jsonl and accepts webhooks on /webhook.
     MockApi {
@@ -129,18 +141,32 @@ struct RunArgs {
 /// Logs to standard error, as text or as JSON lines (`logging.format`); `RUST_LOG`
 /// filters.
 fn init_logging(format: LogFormat) {
-    event_trigger::logging::init(format);
+    event_trigger::logging::init(format, None);
+}
+
+/// As `init_logging`, with `directive` added to `RUST_LOG`'s.
+fn init_logging_with(format: LogFormat, directive: Option<&str>) {
+    event_trigger::logging::init(format, directive);
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // `run` logs as its configuration says, once it is read.
-    if !matches!(cli.command, Command::Run(_)) {
-        init_logging(LogFormat::Text);
+    // `run` logs as its configuration says, once it is read. The rule tester shows the
+    // first passing events itself: its actions' debug prints are off.
+    match cli.command {
+        Command::Run(_) => {}
+        Command::Validate { .. } => {
+            init_logging_with(LogFormat::Text, Some("event_trigger::action::debug=off"))
+        }
+        _ => init_logging(LogFormat::Text),
     }
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Validate { config } => validate(&config),
+        Command::Validate {
+            config,
+            events,
+            show,
+        } => validate(&config, events.as_deref(), show),
         Command::MockApi {
             profiles,
             listen,
@@ -171,6 +197,9 @@ fn main() -> std::process::ExitCode {
             }
             if e.is::<RunFailed>() {
                 return std::process::ExitCode::from(1);
+            }
+            if e.is::<RuleFailed>() {
+                return std::process::ExitCode::from(3);
             }
             // 2: the job could not start (config, script, input); as documented.
             std::process::ExitCode::from(2)
@@ -247,19 +276,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Duration::from_millis(settings.engine.shutdown_timeout_ms),
         )
         .context("cannot install the stop signal handlers")?;
+    let ends = args.bounded || settings.source.kind == SourceType::File;
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
         println!("{summary}");
+        let judged = judged(&summary.counts);
+        if let Some(alarm) = judged.alarm() {
+            tracing::warn!("{alarm}");
+        }
         if let Some(e) = summary.final_checkpoint_error {
             return Err(RunFailed(e).into());
         }
+        if ends && judged.all_failed() {
+            return Err(RuleFailed(judged.script_errors).into());
+        }
     }
     Ok(())
+}
+
+/// The filter's verdicts in `counts`.
+fn judged(counts: &event_trigger::stats::Counts) -> Judged {
+    Judged {
+        passed: counts.passed,
+        rejected: counts.rejected,
+        script_errors: counts.script_errors,
+    }
 }
 
 /// The job ran, but did not end as it should (exit code 1, not 2: it did start).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct RunFailed(String);
+
+/// A run to the end of its input in which the filter failed on every event it judged
+/// (exit code 3): its results mean nothing, whatever the exit code of the job says.
+#[derive(Debug, thiserror::Error)]
+#[error("the filter failed on every event it judged ({0} script errors, none passed or rejected)")]
+struct RuleFailed(u64);
 
 /// Serves `/metrics` (unless `metrics.listen` is `""`), and logs progress lines.
 fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -281,12 +333,15 @@ fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyh
     Ok(())
 }
 
-fn validate(config: &Path) -> anyhow::Result<()> {
+fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     let limits = event_trigger::filter::FilterLimits {
         max_operations: settings.filter.max_operations,
     };
-    event_trigger::filter::Filter::from_file(&settings.filter.script_path, &limits)?;
+    let script_path = &settings.filter.script_path;
+    let script = Filter::read(script_path)?;
+    let mut warnings =
+        Filter::compile_checked(&script, &script_path.display().to_string(), &limits)?.1;
     let ca = |key: &str, path: &Option<PathBuf>| {
         event_trigger::http_client::builder_trusting(path.as_deref())
             .map(drop)
@@ -295,16 +350,74 @@ fn validate(config: &Path) -> anyhow::Result<()> {
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
     for (i, (_, action)) in settings.actions.specs().iter().enumerate() {
         if let Some(f) = &action.filter {
-            event_trigger::filter::Filter::compile(f, &format!("actions[{i}].filter"), &limits)?;
+            let origin = format!("actions[{i}].filter");
+            warnings.extend(Filter::compile_checked(f, &origin, &limits)?.1);
         }
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
-        "{}: ok (filter {} compiles)",
+        "{}: ok (filter {} compiles and reads only known names; {} warning{} on the sample events)",
         config.display(),
-        settings.filter.script_path.display()
+        script_path.display(),
+        warnings.len(),
+        if warnings.len() == 1 { "" } else { "s" }
     );
+    match events {
+        Some(events) => test_rule(settings, events, show),
+        None => Ok(()),
+    }
+}
+
+/// The rule tester: the job itself over `events` (a file source, the config's
+/// profiles), its actions turned into debug prints with their filters, their log off:
+/// the counts are those `run` gives on this file, and nothing is called or written.
+fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Result<()> {
+    settings.source.kind = SourceType::File;
+    settings.source.path = Some(events.to_path_buf());
+    settings.source.max_events_per_second = None;
+    settings.dead_letter = Default::default();
+    let mut prepared = Prepared::new(&settings, true)?;
+    let samples = prepared.test_rule(show);
+    let runtime = tokio_runtime()?;
+    let config = timely::Config::process(settings.engine.parallelism);
+    let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? else {
+        bail!("the run gave no summary");
+    };
+    let c = &summary.counts;
+    println!(
+        "rule test on {}: events={} invalid={} passed={} rejected={} script_errors={}",
+        events.display(),
+        c.events_read,
+        c.invalid,
+        c.passed,
+        c.rejected,
+        c.script_errors
+    );
+    let (errors, passed) = samples.taken();
+    print_list("script errors", c.script_errors, &errors);
+    print_list("passing events", c.passed, &passed);
+    let judged = judged(c);
+    if let Some(alarm) = judged.alarm() {
+        tracing::warn!("{alarm}");
+    }
+    if judged.all_failed() {
+        return Err(RuleFailed(judged.script_errors).into());
+    }
     Ok(())
+}
+
+/// `items`, the first of `total`, under a heading.
+fn print_list(what: &str, total: u64, items: &[String]) {
+    if items.is_empty() {
+        return;
+    }
+    println!("first {} {what} of {total}:", items.len());
+    for item in items {
+        println!("  {item}");
+    }
 }
 
 /// `service`: requests served at once (0: any) and the time each takes.

@@ -341,6 +341,7 @@ impl Metrics {
             events_read: self.totals.get("events_read"),
             invalid: self.totals.get("invalid"),
             passed: self.totals.get("passed"),
+            rejected: self.totals.get("rejected"),
             actions_ok: self.totals.get("actions_ok"),
             actions_failed: self.totals.get("actions_failed"),
             fetch_errors: self.totals.get("fetch_errors"),
@@ -495,6 +496,7 @@ pub struct Progress {
     pub events_read: u64,
     pub invalid: u64,
     pub passed: u64,
+    pub rejected: u64,
     pub actions_ok: u64,
     pub actions_failed: u64,
     pub fetch_errors: u64,
@@ -523,6 +525,14 @@ pub async fn log_progress(every: Duration) {
             script_errors = now.script_errors,
             "progress"
         );
+        let judged = crate::filter::health::Judged {
+            passed: now.passed,
+            rejected: now.rejected,
+            script_errors: now.script_errors,
+        };
+        if let Some(alarm) = judged.alarm() {
+            tracing::warn!("{alarm}");
+        }
         last = now;
     }
 }

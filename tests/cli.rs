@@ -632,3 +632,330 @@ fn demo_runs_with_no_external_services() {
         "{stdout}"
     );
 }
+
+/// Runs the binary with `args` (logs at `RUST_LOG=info`), without checking how it ended.
+fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config in `dir` reading `events` with `script` as the filter (and `extra` YAML).
+fn rule_config(dir: &std::path::Path, events: &str, script: &str, extra: &str) -> String {
+    let script_path = dir.join("rule.rhai");
+    std::fs::write(&script_path, script).unwrap();
+    let cfg = dir.join("rule.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source:\n  type: file\n  path: {events}\nfilter:\n  script-path: {}\nmetrics:\n  listen: \"\"\n{extra}",
+            script_path.display()
+        ),
+    )
+    .unwrap();
+    cfg.to_str().unwrap().to_string()
+}
+
+/// Rules with mistakes rhai would only find on each event, or with AviatorScript's
+/// habits, are refused by `validate` and at the start of `run` (exit 2), naming the
+/// place, the name, the nearest known names or the rhai way; in an action's filter too.
+#[test]
+fn broken_rules_are_refused_before_the_run_with_place_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "user.country == \"US\" &&\n  event.eventTyp == \"page_view\"",
+            "rule.rhai:2:9: unknown property `eventTyp` of `event` (did you mean `eventType`",
+        ),
+        (
+            "history.filter(|h| h.event_typ == \"click\").len() > 2",
+            "unknown property `event_typ` of a history entry (`h`) (did you mean `event_type`",
+        ),
+        (
+            "count(history) > 2",
+            "rule.rhai:1:1: unknown function `count` (hint: AviatorScript's `count(x)` is `x.len()`",
+        ),
+        (
+            "string.contains(event.domain, \"shop\")",
+            "unknown variable `string` (hint: AviatorScript's `string.contains(s, x)` is a method of the string in rhai: `s.contains(x)`",
+        ),
+        (
+            "seq.contains(history, 1)",
+            "unknown variable `seq` (hint: AviatorScript's `seq.*`",
+        ),
+        (
+            "let views = 1;\nview > 0",
+            "rule.rhai:2:1: unknown variable `view` (did you mean `views`?)",
+        ),
+        (
+            "event.event_type == 'page_view'",
+            "rule.rhai:1:21: Invalid character: 'page_view' (hint: rhai strings take double quotes",
+        ),
+        (
+            "visit != nil",
+            "(hint: rhai has no `nil`: the empty value is `()`",
+        ),
+        (
+            "history.filter(lambda(h) -> h.event_type == \"a\" end).len() > 0",
+            "(hint: AviatorScript's `lambda(x) -> ... end` is a closure in rhai: `|x| ...`",
+        ),
+    ];
+    for (script, needle) in cases {
+        let cfg = rule_config(dir.path(), "/dev/null", script, "");
+        for cmd in ["validate", "run"] {
+            let (code, _, err) = run_binary(&[cmd, "--config", &cfg]);
+            assert_eq!(code, Some(2), "{cmd} {script}: {err}");
+            assert!(
+                err.contains(needle),
+                "{cmd} {script}: expected {needle:?} in {err}"
+            );
+        }
+    }
+    let cfg = rule_config(
+        dir.path(),
+        "/dev/null",
+        "true",
+        "actions:\n  - type: debug\n    filter: 'visit.landingpage == \"/\"'\n",
+    );
+    let (code, _, err) = run_binary(&["validate", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("actions[0].filter:1:7: unknown property `landingpage` of `visit` (did you mean `landingPage`"),
+        "{err}"
+    );
+}
+
+/// Every example rule of the README passes `validate` with no warning; a rule that
+/// fails on the empty checkpoint passes with a warning naming the place.
+#[test]
+fn readme_rules_validate_and_runtime_errors_on_samples_are_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let block = readme.split("```rhai\n").nth(1).unwrap();
+    let block = &block[..block.find("```").unwrap()];
+    let mut checked = 0;
+    for chunk in block.split("\n\n") {
+        let lines: Vec<&str> = chunk.lines().filter(|l| !l.starts_with("//")).collect();
+        // Two one-line rules in a chunk are two rules; otherwise the chunk is one.
+        let rules: Vec<String> = if lines.len() == 2 && !lines[0].starts_with("let") {
+            lines.iter().map(|l| l.to_string()).collect()
+        } else {
+            vec![lines.join("\n")]
+        };
+        for rule in rules.iter().filter(|r| !r.is_empty()) {
+            let cfg = rule_config(dir.path(), "/dev/null", rule, "");
+            let (code, out, err) = run_binary(&["validate", "--config", &cfg]);
+            assert_eq!(code, Some(0), "{rule}: {err}");
+            assert!(out.contains("0 warnings"), "{rule}: {out} {err}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} rules in the README");
+    let cfg = rule_config(
+        dir.path(),
+        "/dev/null",
+        "event.duration > 0 &&\n  visit.actions > 3",
+        "",
+    );
+    let (code, out, err) = run_binary(&["validate", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 warning "), "{out}");
+    assert!(
+        err.contains("warning: ") && err.contains("rule.rhai:2:9: fails on the empty checkpoint"),
+        "{err}"
+    );
+}
+
+/// The counts of a `key=value ...` line of `out` that starts with `prefix`.
+fn counts_of(out: &str, prefix: &str) -> std::collections::HashMap<String, u64> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {out}"));
+    line.split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// `validate --events` runs the rule and the actions' filters over a file with the
+/// config's profiles, calls nothing, and gives the counts `run` gives on that file,
+/// with the first script errors in full and the first passing events.
+#[test]
+fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(600, 60, 14);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    // Users unknown to the API have no visit: the rule fails on their events.
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        "event.event_type == \"page_view\" && visit.actions >= 0",
+        &format!(
+            "profile-api:\n  base-url: file://{}\nactions:\n  - type: webhook\n    url: {}\n    filter: 'event.duration > 300'\n",
+            profiles.display(),
+            receiver.url()
+        ),
+    );
+    let (code, out, err) = run_binary(&[
+        "validate",
+        "--config",
+        &cfg,
+        "--events",
+        events.to_str().unwrap(),
+        "--show",
+        "3",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(receiver.received(), 0, "the tester calls no webhook");
+    assert!(!err.contains("triggered:"), "no debug prints: {err}");
+    let tested = counts_of(&out, "rule test on");
+    assert!(tested["passed"] > 0 && tested["script_errors"] > 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "first 3 script errors of {}:",
+            tested["script_errors"]
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("rule.rhai: Unknown property 'actions'"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("first 3 passing events of {}:", tested["passed"])),
+        "{out}"
+    );
+    assert!(out.contains("\"event_type\":\"page_view\""), "{out}");
+
+    let (code, out, err) = run_binary(&["run", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    let ran = counts_of(&out, "summary:");
+    for key in [
+        "events_read",
+        "invalid",
+        "passed",
+        "rejected",
+        "script_errors",
+    ] {
+        let tester_key = if key == "events_read" { "events" } else { key };
+        assert_eq!(
+            tested[tester_key], ran[key],
+            "{key}: tester {tested:?}, run {ran:?}"
+        );
+    }
+    assert_eq!(receiver.received() as u64, ran["actions_ok"]);
+}
+
+/// `run --dry-run` on a file prints what would be triggered and calls no webhook.
+#[test]
+fn a_dry_run_reads_a_file_and_calls_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 30, 15);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        common::SEED_FILTER,
+        &format!(
+            "profile-api:\n  base-url: file://{}\nactions:\n  webhook:\n    url: {}\n",
+            profiles.display(),
+            receiver.url()
+        ),
+    );
+    let (code, out, err) = run_binary(&["run", "--config", &cfg, "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    let ran = counts_of(&out, "summary:");
+    assert_eq!(ran["passed"], w.expected_us_page_views().len() as u64);
+    assert_eq!(
+        err.matches("triggered:").count() as u64,
+        ran["passed"],
+        "{err}"
+    );
+    assert_eq!(receiver.received(), 0);
+    let (code, _, err) =
+        run_binary(&["run", "--config", &cfg, "--dry-run", "--from-offset", "0:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--from-offset and --from-timestamp read a Kafka source"),
+        "{err}"
+    );
+}
+
+/// A rule failing on more than 1% of the events it judges is flagged with its first
+/// error in the progress lines and after the summary; a file run in which it failed on
+/// every event exits 3.
+#[test]
+fn a_failing_rule_is_loud_and_a_run_where_it_always_fails_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(400, 40, 16);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let config = |script: &str| {
+        let script_path = dir.path().join("rule.rhai");
+        std::fs::write(&script_path, script).unwrap();
+        let cfg = dir.path().join("loud.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "source:\n  type: file\n  path: {}\n  max-events-per-second: 120\nprofile-api:\n  base-url: file://{}\nfilter:\n  script-path: {}\nactions:\n  debug:\n    enabled: true\nmetrics:\n  listen: \"\"\n  log-interval-s: 1\n",
+                events.display(),
+                profiles.display(),
+                script_path.display()
+            ),
+        )
+        .unwrap();
+        cfg.to_str().unwrap().to_string()
+    };
+    let alarm = "the filter failed on ";
+    // Users unknown to the API have no visit: a script error on each of their events
+    // (about 5%). Read slowly enough for progress lines.
+    let (code, out, err) = run_binary(&["run", "--config", &config("visit.actions >= 0")]);
+    assert_eq!(code, Some(0), "{err}");
+    let ran = counts_of(&out, "summary:");
+    assert!(
+        ran["script_errors"] * 100 > ran["passed"] + ran["rejected"],
+        "{out}"
+    );
+    assert!(err.contains("progress"), "{err}");
+    assert!(
+        err.matches(alarm).count() >= 2,
+        "on a progress line and after the summary: {err}"
+    );
+    assert!(
+        err.lines().any(|l| l.contains(alarm)
+            && l.contains("first error: ")
+            && l.contains("rule.rhai: Unknown property 'actions'")),
+        "{err}"
+    );
+
+    let (code, out, err) = run_binary(&["run", "--config", &config("event.duration / 0 > 1")]);
+    assert_eq!(code, Some(3), "{out} {err}");
+    assert!(
+        err.contains(&format!("{alarm}100.0% of the events it judged")),
+        "{err}"
+    );
+    assert!(err.contains("Division by zero"), "{err}");
+    assert!(
+        err.contains("error: the filter failed on every event it judged"),
+        "{err}"
+    );
+
+    // A rule that fails on no event is not flagged.
+    let (code, _, err) = run_binary(&["run", "--config", &config("event.duration >= 0")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains(alarm), "{err}");
+}

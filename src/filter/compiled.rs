@@ -522,6 +522,32 @@ mod tests {
         }
     }
 
+    /// `eventDisplayName` (as users write it) and `eventDisplayname` (the original's
+    /// spelling) read the same field, natively and interpreted.
+    #[test]
+    fn both_spellings_of_event_displayname_are_read_natively() {
+        let ev = UserEvent {
+            event_displayname: Some("Home page".into()),
+            ..Default::default()
+        };
+        let st = UserState::empty(0);
+        let view = EnrichedView {
+            event: &ev,
+            state: &st,
+        };
+        for name in ["eventDisplayName", "eventDisplayname", "event_displayname"] {
+            let script = format!(r#"event.{name} == "Home page""#);
+            let f = Filter::compile(&script, "t", &FilterLimits::default()).unwrap();
+            assert!(f.is_native(), "{script}");
+            assert_eq!(
+                f.native.as_ref().unwrap().eval(&view).ok(),
+                Some(true),
+                "{script}"
+            );
+            assert_eq!(f.interpret(view), Verdict::Pass, "{script}");
+        }
+    }
+
     #[test]
     fn scripts_outside_the_subset_are_interpreted() {
         for script in [

@@ -22,7 +22,10 @@ fn params(p: &Option<RawJson>) -> Field<'_> {
     p.as_ref().map_or(Field::Unit, Field::Params)
 }
 
-/// `(json name, Flink job's camelCase name)`; one name when they agree.
+/// `(json name, Flink job's camelCase name)`; one name when they agree. A field may
+/// have a second row for the spelling users type when the original's differs from it in
+/// more than case (`eventDisplayname`, after the wire's `event_displayname`, and
+/// `eventDisplayName`): both are looked up by either evaluator.
 pub const EVENT_FIELDS: &[(&str, &str)] = &[
     ("event_id", "eventId"),
     ("user_id", "userId"),
@@ -33,6 +36,7 @@ pub const EVENT_FIELDS: &[(&str, &str)] = &[
     ("is_current", "isCurrent"),
     ("event_name", "eventName"),
     ("event_displayname", "eventDisplayname"),
+    ("event_displayname", "eventDisplayName"),
     ("integration", "integration"),
     ("app", "app"),
     ("platform", "platform"),

@@ -19,9 +19,15 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 
 use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visit};
 
+pub mod check;
 mod compiled;
 mod fields;
+pub mod health;
+mod hints;
 pub mod reload;
+pub mod samples;
+mod suggest;
+mod trial;
 
 use fields::{EVENT_FIELDS, Field, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
 
@@ -29,13 +35,40 @@ use fields::{EVENT_FIELDS, Field, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, 
 pub enum FilterError {
     #[error("{path}: cannot read filter script: {reason}")]
     Read { path: String, reason: String },
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{path}:{line}:{column}: {message}{}", hint.as_ref().map(Hint::to_string).unwrap_or_default())]
     Compile {
         path: String,
         line: usize,
         column: usize,
         message: String,
+        /// What to write instead, when the mistake looks like an AviatorScript habit.
+        hint: Option<Hint>,
     },
+    /// The script compiles but reads what does not exist (see `check`).
+    #[error("{}", problems.render(path))]
+    Check { path: String, problems: Problems },
+}
+
+/// A suggestion appended to an error message.
+#[derive(Debug)]
+pub struct Hint(pub &'static str);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, " (hint: {})", self.0)
+    }
+}
+
+/// The problems `check` found in one script.
+#[derive(Debug)]
+pub struct Problems(pub Vec<check::Problem>);
+
+impl Problems {
+    /// One line per problem, as `path:line:column: message` (as a compiler's errors).
+    fn render(&self, path: &str) -> String {
+        let lines: Vec<String> = self.0.iter().map(|p| format!("{path}:{p}")).collect();
+        lines.join("\n")
+    }
 }
 
 /// The outcome for one event.
@@ -45,6 +78,16 @@ pub enum Verdict {
     Reject,
     /// Rejected because the script failed or did not return a bool.
     Error(String),
+}
+
+/// Why an evaluation gave no verdict.
+#[derive(Debug, thiserror::Error)]
+enum EvalError {
+    /// rhai's error, with its position in the script.
+    #[error("{0}")]
+    Rhai(Box<EvalAltResult>),
+    #[error("script returned {0}, not a bool")]
+    NotBool(&'static str),
 }
 
 /// Limits that keep a buggy or hostile script from stalling a worker.
@@ -141,6 +184,70 @@ macro_rules! register_fields {
     }};
 }
 
+/// The engine a filter runs on: the sandbox's limits, the getters of the data, and the
+/// resolver that gives `event`, `user`, `visit` and `history` from `bound`.
+fn engine(limits: &FilterLimits, bound: Rc<RefCell<Option<Bound>>>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(32)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(100_000)
+        .set_max_map_size(10_000)
+        .set_max_variables(1_000)
+        .disable_symbol("eval")
+        .on_print(|s| tracing::debug!(target: "event_trigger::filter", "script print: {s}"))
+        .on_debug(|s, _, pos| tracing::debug!(target: "event_trigger::filter", "script debug at {pos}: {s}"));
+    engine.register_type_with_name::<EventRef>("Event");
+    engine.register_type_with_name::<UserRef>("UserProfile");
+    engine.register_type_with_name::<VisitRef>("Visit");
+    engine.register_type_with_name::<HistoryRef>("HistoryEntry");
+    engine.register_type_with_name::<ParamsRef>("Parameters");
+    register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| dynamic(
+        fields::event(&e.0, name)
+    ));
+    register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| dynamic(
+        fields::profile(&u.0, name)
+    ));
+    register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| dynamic(
+        fields::visit(&v.0, name)
+    ));
+    register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| dynamic(
+        fields::history(&h.0[h.1], name)
+    ));
+    for &(json, camel) in PARAM_FIELDS {
+        engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
+        if camel != json {
+            engine.register_get(camel, move |p: &mut ParamsRef| param_field(&p.0, json));
+        }
+    }
+    #[allow(deprecated)] // `on_var` is marked volatile, not deprecated
+    engine.on_var(move |name, _index, ctx| {
+        if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name) {
+            return Ok(None);
+        }
+        let bound = bound.borrow();
+        let Some(b) = bound.as_ref() else {
+            return Ok(None);
+        };
+        Ok(Some(match name {
+            "event" => Dynamic::from(EventRef(b.event.clone())),
+            "user" => Dynamic::from(UserRef(b.user.clone())),
+            "visit" => match &b.visit {
+                Some(v) => Dynamic::from(VisitRef(v.clone())),
+                None => Dynamic::UNIT,
+            },
+            _ => Dynamic::from_array(
+                (0..b.history.len())
+                    .map(|i| Dynamic::from(HistoryRef(b.history.clone(), i)))
+                    .collect(),
+            ),
+        }))
+    });
+    engine
+}
+
 impl Filter {
     /// Reads and compiles `path`; errors name the file, line and column.
     pub fn from_file(path: &Path, limits: &FilterLimits) -> Result<Filter, FilterError> {
@@ -156,79 +263,20 @@ impl Filter {
         })
     }
 
-    /// Compiles `script`; `origin` names it in errors.
+    /// Compiles `script`; `origin` names it in errors. A syntax error that looks like an
+    /// AviatorScript habit (the original job's rule language) carries a hint.
     pub fn compile(
         script: &str,
         origin: &str,
         limits: &FilterLimits,
     ) -> Result<Filter, FilterError> {
         let bound: Rc<RefCell<Option<Bound>>> = Rc::new(RefCell::new(None));
-        let mut engine = Engine::new();
-        engine
-            .set_max_operations(limits.max_operations)
-            .set_max_call_levels(32)
-            .set_max_expr_depths(64, 32)
-            .set_max_string_size(1 << 20)
-            .set_max_array_size(100_000)
-            .set_max_map_size(10_000)
-            .set_max_variables(1_000)
-            .disable_symbol("eval")
-            .on_print(|s| tracing::debug!(target: "event_trigger::filter", "script print: {s}"))
-            .on_debug(|s, _, pos| tracing::debug!(target: "event_trigger::filter", "script debug at {pos}: {s}"));
-        engine.register_type_with_name::<EventRef>("Event");
-        engine.register_type_with_name::<UserRef>("UserProfile");
-        engine.register_type_with_name::<VisitRef>("Visit");
-        engine.register_type_with_name::<HistoryRef>("HistoryEntry");
-        engine.register_type_with_name::<ParamsRef>("Parameters");
-        register_fields!(engine, EventRef, EVENT_FIELDS, |e, name| dynamic(
-            fields::event(&e.0, name)
-        ));
-        register_fields!(engine, UserRef, PROFILE_FIELDS, |u, name| dynamic(
-            fields::profile(&u.0, name)
-        ));
-        register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| dynamic(
-            fields::visit(&v.0, name)
-        ));
-        register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| dynamic(
-            fields::history(&h.0[h.1], name)
-        ));
-        for &(json, camel) in PARAM_FIELDS {
-            engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
-            if camel != json {
-                engine.register_get(camel, move |p: &mut ParamsRef| param_field(&p.0, json));
-            }
-        }
-
-        let resolver = Rc::clone(&bound);
-        #[allow(deprecated)] // `on_var` is marked volatile, not deprecated
-        engine.on_var(move |name, _index, ctx| {
-            if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name)
-            {
-                return Ok(None);
-            }
-            let bound = resolver.borrow();
-            let Some(b) = bound.as_ref() else {
-                return Ok(None);
-            };
-            Ok(Some(match name {
-                "event" => Dynamic::from(EventRef(b.event.clone())),
-                "user" => Dynamic::from(UserRef(b.user.clone())),
-                "visit" => match &b.visit {
-                    Some(v) => Dynamic::from(VisitRef(v.clone())),
-                    None => Dynamic::UNIT,
-                },
-                _ => Dynamic::from_array(
-                    (0..b.history.len())
-                        .map(|i| Dynamic::from(HistoryRef(b.history.clone(), i)))
-                        .collect(),
-                ),
-            }))
-        });
-
+        let engine = engine(limits, Rc::clone(&bound));
         let ast = engine.compile(script).map_err(|e| FilterError::Compile {
             path: origin.to_string(),
             line: e.1.line().unwrap_or(0),
             column: e.1.position().unwrap_or(0),
+            hint: hints::for_parse_error(script, &e.0, e.1).map(Hint),
             message: e.0.to_string(),
         })?;
         let native = compiled::compile(&ast);
@@ -239,6 +287,26 @@ impl Filter {
             bound,
             native,
         })
+    }
+
+    /// Compiles `script` and checks it before it runs on real events: a property,
+    /// function or variable that does not exist is an error (`check`); an error the
+    /// rule raises on the built-in sample states is returned as a warning (`trial`).
+    pub fn compile_checked(
+        script: &str,
+        origin: &str,
+        limits: &FilterLimits,
+    ) -> Result<(Filter, Vec<String>), FilterError> {
+        let mut filter = Self::compile(script, origin, limits)?;
+        let problems = check::check(&mut filter.engine, &filter.ast, script);
+        if !problems.is_empty() {
+            return Err(FilterError::Check {
+                path: origin.to_string(),
+                problems: Problems(problems),
+            });
+        }
+        let warnings = trial::run(&filter, origin);
+        Ok((filter, warnings))
     }
 
     /// True when the script runs as a native tree (see `compiled`), not interpreted.
@@ -258,6 +326,15 @@ impl Filter {
 
     /// Judges one event with the rhai interpreter (the reference for the native tree).
     pub fn interpret(&self, view: EnrichedView<'_>) -> Verdict {
+        match self.evaluate(view) {
+            Ok(true) => Verdict::Pass,
+            Ok(false) => Verdict::Reject,
+            Err(e) => Verdict::Error(e.to_string()),
+        }
+    }
+
+    /// The interpreter's verdict, or why there is none.
+    fn evaluate(&self, view: EnrichedView<'_>) -> Result<bool, EvalError> {
         *self.bound.borrow_mut() = Some(Bound {
             event: Arc::new(view.event.clone()),
             user: view.state.profile.clone(),
@@ -270,16 +347,10 @@ impl Filter {
         // Drop the handles now, so the state's Arcs are unshared again before the next
         // event updates them (no copy-on-write).
         *self.bound.borrow_mut() = None;
-        match result {
-            Ok(v) => match v.as_bool() {
-                Ok(true) => Verdict::Pass,
-                Ok(false) => Verdict::Reject,
-                Err(type_name) => {
-                    Verdict::Error(format!("script returned {type_name}, not a bool"))
-                }
-            },
-            Err(e) => Verdict::Error(e.to_string()),
-        }
+        result
+            .map_err(EvalError::Rhai)?
+            .as_bool()
+            .map_err(EvalError::NotBool)
     }
 }
 

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Filter, FilterError, FilterLimits, Verdict};
+use super::samples::Samples;
+use super::{Filter, FilterError, FilterLimits, Verdict, health};
 use crate::model::{EnrichedView, Time};
 
 /// A script and the time it takes effect at.
@@ -76,6 +77,8 @@ pub struct Filters {
     limits: FilterLimits,
     /// The latest time judged: a version due before it arrived late.
     latest: std::cell::Cell<Time>,
+    /// Where the rule tester keeps the first errors and passing events, if it runs.
+    samples: Option<Samples>,
 }
 
 impl Filters {
@@ -93,6 +96,22 @@ impl Filters {
             origin,
             limits,
             latest: std::cell::Cell::new(0),
+            samples: None,
+        }
+    }
+
+    /// Keeps the first errors and passing events in `samples` (the rule tester).
+    pub fn with_samples(mut self, samples: Option<Samples>) -> Self {
+        self.samples = samples;
+        self
+    }
+
+    /// Notes a script error of `origin`: the process's first is kept for the alarm of
+    /// `health`, the first few for the rule tester.
+    fn failed(&self, origin: &str, view: EnrichedView<'_>, error: &str) {
+        health::record(|| format!("{origin}: {error}"));
+        if let Some(s) = &self.samples {
+            s.error(origin, view, error);
         }
     }
 
@@ -140,7 +159,10 @@ impl Filters {
             match f.as_ref().map(|f| f.judge(view)) {
                 None | Some(Verdict::Pass) => bits |= 1 << i,
                 Some(Verdict::Reject) => {}
-                Some(Verdict::Error(e)) => errors.push(e),
+                Some(Verdict::Error(e)) => {
+                    self.failed(&format!("actions[{i}].filter"), view, &e);
+                    errors.push(e)
+                }
             }
         }
         (bits, errors)
@@ -150,7 +172,13 @@ impl Filters {
     pub fn judge(&self, time: Time, view: EnrichedView<'_>) -> Verdict {
         self.latest.set(self.latest.get().max(time));
         let i = self.compiled.partition_point(|(t, _)| *t <= time);
-        self.compiled[i.saturating_sub(1)].1.judge(view)
+        let verdict = self.compiled[i.saturating_sub(1)].1.judge(view);
+        match (&verdict, &self.samples) {
+            (Verdict::Error(e), _) => self.failed(&self.origin, view, e),
+            (Verdict::Pass, Some(s)) => s.passed(view),
+            _ => {}
+        }
+        verdict
     }
 }
 
@@ -206,8 +234,14 @@ pub async fn watch(
     }
 }
 
+/// The checks of the start (`Filter::compile_checked`): a new version that reads a field
+/// that does not exist is refused like one that does not compile.
 fn check(script: &str, origin: &str, limits: &FilterLimits) -> Result<(), FilterError> {
-    Filter::compile(script, origin, limits).map(drop)
+    let (_, warnings) = Filter::compile_checked(script, origin, limits)?;
+    for w in warnings {
+        tracing::warn!("new filter version: {w}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

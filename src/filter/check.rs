@@ -1,0 +1,583 @@
+//! Checks a compiled rule for names that do not exist, before it judges any event: a
+//! property of `event`, `user`, `visit`, a history entry or `parameters` that is not a
+//! field, a function that no package or script defines, a variable that is never set.
+//!
+//! rhai accepts all three at compile time and fails at run time, on every event: a rule
+//! with a misspelled field rejects everything as script errors. The data's fields are
+//! known (`fields`), so the AST is walked for them. Variables are left to rhai's own
+//! strict-variables mode, which knows the scopes (closures, functions, blocks); the walk
+//! only learns which names the script defines, for suggestions and to leave alone a
+//! property of a variable that hides the data's (`let event = ...`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use rhai::{AST, ASTNode, Dynamic, Engine, Expr, FnCallExpr, FnPtr, ParseErrorType, Position};
+use rhai::{Scope, Stmt};
+
+use super::fields::{EVENT_FIELDS, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
+use super::{hints, suggest};
+
+/// The variables the job gives every evaluation.
+pub const ROOTS: [&str; 4] = ["event", "user", "visit", "history"];
+
+/// Functions rhai handles itself (not in any package), with any number of arguments.
+const KEYWORDS: &[&str] = &[
+    "print",
+    "debug",
+    "type_of",
+    "Fn",
+    "call",
+    "curry",
+    "is_shared",
+    "is_def_fn",
+    "is_def_var",
+    "eval",
+];
+
+/// Array methods whose closure gets the array's elements, with the index of the
+/// element's parameter; `filter` gives entries on to the next method in a chain.
+const ENTRY_CLOSURES: &[(&str, usize)] = &[
+    ("filter", 0),
+    ("map", 0),
+    ("all", 0),
+    ("some", 0),
+    ("find", 0),
+    ("find_map", 0),
+    ("index_of", 0),
+    ("retain", 0),
+    ("drain", 0),
+    ("reduce", 1),
+    ("reduce_rev", 1),
+];
+
+/// One mistake, at a place in the script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+impl Problem {
+    fn at(pos: Position, message: String) -> Problem {
+        Problem {
+            line: pos.line().unwrap_or(0),
+            column: pos.position().unwrap_or(0),
+            message,
+        }
+    }
+
+    /// "unknown `what` `name``of`", the nearest known names, and a hint.
+    fn unknown<'a>(
+        pos: Position,
+        (what, name, of): (&str, &str, &str),
+        known: impl IntoIterator<Item = &'a str>,
+        hint: Option<&str>,
+    ) -> Problem {
+        let mut message = format!("unknown {what} `{name}`{of}");
+        let near = suggest::nearest(name, known);
+        if !near.is_empty() {
+            let near: Vec<String> = near.iter().map(|n| format!("`{n}`")).collect();
+            message += &format!(" (did you mean {}?)", near.join(" or "));
+        }
+        if let Some(hint) = hint {
+            message += &format!(" (hint: {hint})");
+        }
+        Problem::at(pos, message)
+    }
+}
+
+/// The problems of `ast` (compiled from `script` by `engine`), in script order; none
+/// when every name exists. `engine` is lent for a strict compile, and left as it was.
+pub fn check(engine: &mut Engine, ast: &AST, script: &str) -> Vec<Problem> {
+    let names = Names::collect(ast);
+    let functions = known_functions(engine, ast);
+    let mut problems = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Expr(e)) => names.expr(e, &functions, &mut problems),
+            Some(ASTNode::Stmt(Stmt::FnCall(f, pos))) => {
+                names.call(f, *pos, &functions, &mut problems)
+            }
+            _ => {}
+        }
+        true
+    });
+    problems.extend(undefined_variable(engine, script, &names));
+    problems.sort_by_key(|p| (p.line, p.column));
+    problems.dedup();
+    problems
+}
+
+/// The first variable rhai's strict mode finds undefined (with `event`, `user`, `visit`
+/// and `history` in scope), if any.
+fn undefined_variable(engine: &mut Engine, script: &str, names: &Names) -> Option<Problem> {
+    let mut scope = Scope::new();
+    for root in ROOTS {
+        // Not constants: the optimizer would fold them into the AST.
+        scope.push_dynamic(root, Dynamic::UNIT);
+    }
+    engine.set_strict_variables(true);
+    let result = engine.compile_with_scope(&scope, script);
+    engine.set_strict_variables(false);
+    let err = result.err()?;
+    let ParseErrorType::VariableUndefined(name) = &*err.0 else {
+        return None;
+    };
+    let known = ROOTS
+        .into_iter()
+        .chain(names.defined.iter().map(String::as_str));
+    let hint = hints::for_unknown_variable(name);
+    Some(Problem::unknown(err.1, ("variable", name, ""), known, hint))
+}
+
+/// Every function name the engine and the script define.
+fn known_functions(engine: &Engine, ast: &AST) -> HashSet<String> {
+    let mut names: HashSet<String> = engine
+        .collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true)
+        .into_iter()
+        .collect();
+    names.extend(ast.iter_fn_def().map(|f| f.name.to_string()));
+    names.extend(KEYWORDS.iter().map(|k| k.to_string()));
+    names
+}
+
+/// Which data a variable holds, when the checker knows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Event,
+    User,
+    Visit,
+    Entry,
+}
+
+impl Kind {
+    fn fields(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Kind::Event => EVENT_FIELDS,
+            Kind::User => PROFILE_FIELDS,
+            Kind::Visit => VISIT_FIELDS,
+            Kind::Entry => HISTORY_FIELDS,
+        }
+    }
+
+    /// Whose property it is, as the message ends.
+    fn describe(self, var: &str) -> String {
+        match self {
+            Kind::Entry => format!(" of a history entry (`{var}`)"),
+            _ => format!(" of `{var}`"),
+        }
+    }
+}
+
+/// The names a script defines, and what its variables hold.
+#[derive(Default, Debug)]
+struct Names {
+    /// Names the script defines (let, const, loops, catch, declared parameters).
+    defined: HashSet<String>,
+    /// Variables holding history entries: loop variables over `history`, and the element
+    /// parameter of closures given to `history.filter(...)` and the like.
+    entries: HashSet<String>,
+    /// A map literal can hold a function called as a method: methods are not checked.
+    has_maps: bool,
+}
+
+impl Names {
+    fn collect(ast: &AST) -> Names {
+        let mut names = Names::default();
+        // Closure name -> (parameters captured from outside, index of the entry parameter).
+        let mut captured: HashMap<String, usize> = HashMap::new();
+        let mut over_entries: HashMap<String, usize> = HashMap::new();
+        ast.walk(&mut |path: &[ASTNode]| {
+            match path.last() {
+                Some(ASTNode::Stmt(Stmt::FnCall(f, _))) => {
+                    if let Some((name, n)) = closure(f) {
+                        captured.insert(name, n);
+                    }
+                }
+                Some(ASTNode::Stmt(s)) => names.statement(s),
+                // A map of constants is folded into a constant by the optimizer.
+                Some(ASTNode::Expr(Expr::Map(..))) => names.has_maps = true,
+                Some(ASTNode::Expr(Expr::DynamicConstant(d, _))) if d.is_map() => {
+                    names.has_maps = true
+                }
+                Some(ASTNode::Expr(Expr::Dot(b, ..))) if is_var(&b.lhs, "history") => {
+                    entry_closures(&b.rhs, &mut over_entries);
+                }
+                Some(ASTNode::Expr(Expr::FnCall(f, _))) => {
+                    if let Some((name, n)) = closure(f) {
+                        captured.insert(name, n);
+                    }
+                    entry_closure_call(f, &mut over_entries);
+                }
+                _ => {}
+            }
+            true
+        });
+        for def in ast.iter_fn_def() {
+            let skip = captured.get(def.name.as_str()).copied().unwrap_or(0);
+            let declared = def.params.iter().skip(skip).map(|p| p.to_string());
+            let entry = over_entries.get(def.name.as_str()).copied();
+            for (i, param) in declared.enumerate() {
+                if Some(i) == entry {
+                    names.entries.insert(param);
+                } else {
+                    names.defined.insert(param);
+                }
+            }
+        }
+        names
+    }
+
+    fn statement(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Var(x, ..) => {
+                self.defined.insert(x.0.name.to_string());
+            }
+            Stmt::For(x, _) => {
+                let target = if is_var(&x.2.expr, "history") {
+                    &mut self.entries
+                } else {
+                    &mut self.defined
+                };
+                target.insert(x.0.name.to_string());
+                if let Some(counter) = &x.1 {
+                    self.defined.insert(counter.name.to_string());
+                }
+            }
+            Stmt::TryCatch(x, _) => {
+                if let Expr::Variable(v, ..) = &x.expr {
+                    self.defined.insert(v.1.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What `name` holds, when it is sure: a name the script also defines otherwise, or
+    /// uses both for the data and for entries, is not checked.
+    fn kind(&self, name: &str) -> Option<Kind> {
+        if self.defined.contains(name) {
+            return None;
+        }
+        let root = match name {
+            "event" => Some(Kind::Event),
+            "user" => Some(Kind::User),
+            "visit" => Some(Kind::Visit),
+            _ => None,
+        };
+        match (root, self.entries.contains(name)) {
+            (Some(kind), false) => Some(kind),
+            (None, true) if !ROOTS.contains(&name) => Some(Kind::Entry),
+            _ => None,
+        }
+    }
+
+    fn expr(&self, e: &Expr, functions: &HashSet<String>, out: &mut Vec<Problem>) {
+        match e {
+            // `root.prop...`, `root["prop"]`, `history[i].prop`
+            Expr::Dot(b, ..) => self.property(&b.lhs, &b.rhs, out),
+            Expr::Index(b, ..) => match (&b.lhs, &b.rhs) {
+                (Expr::Variable(v, ..), Expr::StringConstant(s, pos)) if v.2.is_empty() => {
+                    if let Some(kind) = self.kind(&v.1) {
+                        field(kind.fields(), s, *pos, &kind.describe(&v.1), out);
+                    }
+                }
+                (lhs, Expr::Dot(d, ..))
+                    if is_var(lhs, "history") && !self.defined.contains("history") =>
+                {
+                    step(Kind::Entry, "history[...]", &d.rhs, out);
+                }
+                _ => {}
+            },
+            Expr::FnCall(f, pos) => self.call(f, *pos, functions, out),
+            Expr::MethodCall(f, pos) if !self.has_maps && !functions.contains(f.name.as_str()) => {
+                out.push(unknown_call(*pos, "method", &f.name, functions));
+            }
+            _ => {}
+        }
+    }
+
+    fn property(&self, lhs: &Expr, rhs: &Expr, out: &mut Vec<Problem>) {
+        let Expr::Variable(v, ..) = lhs else {
+            return;
+        };
+        if !v.2.is_empty() {
+            return;
+        }
+        if let Some(kind) = self.kind(&v.1) {
+            step(kind, &v.1, rhs, out);
+        }
+    }
+
+    fn call(
+        &self,
+        f: &FnCallExpr,
+        pos: Position,
+        functions: &HashSet<String>,
+        out: &mut Vec<Problem>,
+    ) {
+        if f.op_token.is_some() || f.is_qualified() || functions.contains(f.name.as_str()) {
+            return;
+        }
+        out.push(unknown_call(pos, "function", &f.name, functions));
+    }
+}
+
+/// A call of `name`, which no package or script defines.
+fn unknown_call(pos: Position, what: &str, name: &str, functions: &HashSet<String>) -> Problem {
+    // Operators are functions too, but no one misspells a name into one.
+    let named = functions
+        .iter()
+        .map(String::as_str)
+        .filter(|f| f.starts_with(|c: char| c.is_alphabetic() || c == '_') && !f.contains('$'));
+    let hint = hints::for_unknown_function(name);
+    Problem::unknown(pos, (what, name, ""), named, hint)
+}
+
+/// Checks the first property of the chain `rhs` read from a variable of `kind` named
+/// `var`, and the property of `parameters` after it.
+fn step(kind: Kind, var: &str, rhs: &Expr, out: &mut Vec<Problem>) {
+    let Some((name, pos, rest)) = first_property(rhs) else {
+        return;
+    };
+    let fields = kind.fields();
+    if !field(fields, name, pos, &kind.describe(var), out) || name != "parameters" {
+        return;
+    }
+    if let Some((param, pos, _)) = rest.and_then(first_property) {
+        field(PARAM_FIELDS, param, pos, " of `parameters`", out);
+    }
+}
+
+/// Whether `name` is one of `fields`; if not, records the problem (`of`: whose).
+fn field(
+    fields: &[(&str, &str)],
+    name: &str,
+    pos: Position,
+    of: &str,
+    out: &mut Vec<Problem>,
+) -> bool {
+    if fields.iter().any(|(j, c)| *j == name || *c == name) {
+        return true;
+    }
+    let known = fields.iter().flat_map(|(j, c)| [*j, *c]);
+    out.push(Problem::unknown(pos, ("property", name, of), known, None));
+    false
+}
+
+/// The property a chain starts with (`.prop`, `.prop.more`, `.prop[i]`), and, for
+/// `.prop.more`, the rest of the chain.
+fn first_property(e: &Expr) -> Option<(&str, Position, Option<&Expr>)> {
+    match e {
+        Expr::Property(p, pos) => Some((p.2.as_str(), *pos, None)),
+        Expr::Dot(b, ..) => match &b.lhs {
+            Expr::Property(p, pos) => Some((p.2.as_str(), *pos, Some(&b.rhs))),
+            _ => None,
+        },
+        Expr::Index(b, ..) => match &b.lhs {
+            Expr::Property(p, pos) => Some((p.2.as_str(), *pos, None)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_var(e: &Expr, name: &str) -> bool {
+    matches!(e, Expr::Variable(v, ..) if v.2.is_empty() && v.1 == name)
+}
+
+/// The name of the closure `e` is (a function pointer, possibly with captured
+/// variables curried in: `Stmt` blocks of `Share` and `curry(...)`), and how many
+/// captured variables come before its declared parameters.
+fn closure_of(e: &Expr) -> Option<(String, usize)> {
+    match e {
+        Expr::DynamicConstant(d, _) => Some((d.read_lock::<FnPtr>()?.fn_name().to_string(), 0)),
+        Expr::FnCall(f, _) => closure(f),
+        Expr::Stmt(block) => match block.statements().last()? {
+            Stmt::Expr(e) => closure_of(e),
+            Stmt::FnCall(f, _) => closure(f),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `curry(closure, captured...)`: the closure's name and the number captured.
+fn closure(f: &FnCallExpr) -> Option<(String, usize)> {
+    if f.name != "curry" {
+        return None;
+    }
+    let (name, _) = closure_of(f.args.first()?)?;
+    Some((name, f.args.len() - 1))
+}
+
+/// Records the closures of a method chain on `history` that get its entries.
+fn entry_closures(chain: &Expr, out: &mut HashMap<String, usize>) {
+    let (call, rest) = match chain {
+        Expr::MethodCall(m, _) => (m, None),
+        Expr::Dot(b, ..) => match &b.lhs {
+            Expr::MethodCall(m, _) => (m, Some(&b.rhs)),
+            _ => return,
+        },
+        _ => return,
+    };
+    let Some((_, param)) = ENTRY_CLOSURES.iter().find(|(n, _)| *n == call.name) else {
+        return;
+    };
+    if let Some((name, _)) = call.args.first().and_then(closure_of) {
+        out.insert(name, *param);
+    }
+    if call.name == "filter"
+        && let Some(rest) = rest
+    {
+        entry_closures(rest, out);
+    }
+}
+
+/// `filter(history, |h| ...)`: the function-call form of the same methods.
+fn entry_closure_call(f: &FnCallExpr, out: &mut HashMap<String, usize>) {
+    let Some((_, param)) = ENTRY_CLOSURES.iter().find(|(n, _)| *n == f.name) else {
+        return;
+    };
+    if let [list, fun] = f.args.as_slice()
+        && is_var(list, "history")
+        && let Some((name, _)) = closure_of(fun)
+    {
+        out.insert(name, *param);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Filter, FilterError, FilterLimits};
+
+    /// The problems of `script`, as `validate` prints them; empty when it passes.
+    fn problems(script: &str) -> String {
+        match Filter::compile_checked(script, "rule.rhai", &FilterLimits::default()) {
+            Ok(_) => String::new(),
+            Err(e @ FilterError::Check { .. }) => e.to_string(),
+            Err(e) => panic!("{script}: not a check error: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_misspelled_field_names_place_name_and_nearest_names() {
+        let p = problems("user.country == \"US\" &&\n  event.eventTyp == \"page_view\"");
+        assert_eq!(
+            p,
+            "rule.rhai:2:9: unknown property `eventTyp` of `event` (did you mean `eventType` or `event_type`?)"
+        );
+        for (script, name) in [
+            (
+                "user.contry == \"US\"",
+                "`contry` of `user` (did you mean `country`",
+            ),
+            (
+                "visit != () && visit.landingpage == \"/\"",
+                "`landingpage` of `visit` (did you mean `landingPage`",
+            ),
+            (
+                "event[\"evnt_type\"] == \"x\"",
+                "`evnt_type` of `event` (did you mean `event_type`",
+            ),
+            (
+                "event.parameters.utm_sorce == \"g\"",
+                "`utm_sorce` of `parameters` (did you mean `utm_source`",
+            ),
+            (
+                "event.parameters.utmSource.len() > 0 && event.paramters != ()",
+                "`paramters` of `event`",
+            ),
+        ] {
+            assert!(p_contains(script, name), "{script}: {}", problems(script));
+        }
+    }
+
+    fn p_contains(script: &str, needle: &str) -> bool {
+        problems(script).contains(needle)
+    }
+
+    #[test]
+    fn history_entries_are_checked_in_closures_loops_and_by_index() {
+        for script in [
+            "history.filter(|h| h.event_typ == \"click\").len() > 2",
+            "history.filter(|h| h.timestamp > 0).map(|h| h.event_typ).len() > 0",
+            "filter(history, |h| h.event_typ == \"click\").len() > 2",
+            "let n = 0; for h in history { if h.event_typ == \"click\" { n += 1; } } n > 2",
+            "history[0].event_typ == \"click\"",
+            "history.filter(|h| h.event_typ == event.event_type).len() > 0",
+        ] {
+            assert!(
+                p_contains(script, "unknown property `event_typ` of a history entry"),
+                "{script}: {}",
+                problems(script)
+            );
+        }
+        // The event's own fields that entries lack.
+        assert!(p_contains(
+            "history.filter(|h| h.domain == \"x\").len() > 0",
+            "`domain` of a history entry"
+        ));
+    }
+
+    #[test]
+    fn unknown_functions_and_variables_are_refused_with_hints() {
+        let p = problems("count(history) > 2");
+        assert!(
+            p.starts_with("rule.rhai:1:1: unknown function `count`"),
+            "{p}"
+        );
+        assert!(p.contains("`x.len()`"), "{p}");
+        let p = problems("string.contains(event.domain, \"shop\")");
+        assert!(
+            p.contains("unknown variable `string`") && p.contains("`s.contains(x)`"),
+            "{p}"
+        );
+        let p = problems("seq.contains(history, 1)");
+        assert!(
+            p.contains("unknown variable `seq`") && p.contains("closures"),
+            "{p}"
+        );
+        let p = problems("let carts = 1;\ncart > 0");
+        assert_eq!(
+            p,
+            "rule.rhai:2:1: unknown variable `cart` (did you mean `carts`?)"
+        );
+        let p = problems("evnt.event_type == \"x\"");
+        assert!(p.contains("(did you mean `event`?)"), "{p}");
+        let p = problems("event.event_type.starts_wiht(\"x\")");
+        assert!(
+            p.contains("unknown method `starts_wiht` (did you mean `starts_with`"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn valid_rules_pass() {
+        for script in [
+            "event.eventDisplayName == \"Home\" && event.eventDisplayname == \"Home\"",
+            "let event = #{ kind: 1 }; event.kind == 1",
+            "let m = #{ f: |x| x > 1 }; m.f(2)",
+            "fn big(e) { e.duration > 10 } big(event)",
+            "history.filter(|h| h.event_type == event.event_type).len() > 0",
+            "history.map(|h| h.timestamp).reduce(|a, b| a + b, 0) > 0",
+            "history.reduce(|n, h| if h.event_type == \"click\" { n + 1 } else { n }, 0) > 1",
+            "for (h, i) in history { if i > 1 && h.eventType == \"x\" { return true; } } false",
+            "try { event.duration / 0 > 1 } catch (err) { err != () }",
+            "history.filter(|event| event.timestamp > 1).len() > 0",
+            "event.parameters.custom_params.anything == () && event.parameters[\"utm_x\"] == ()",
+            "let f = Fn(\"is_def_var\"); type_of(f) == \"Fn\" && \"a\" in [\"a\"]",
+            "visit?.landing_page == \"/sale\"",
+        ] {
+            assert_eq!(problems(script), "", "{script}");
+        }
+    }
+}
