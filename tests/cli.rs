@@ -256,6 +256,10 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
             "/no/such.rhai",
         ),
         (
+            "filter:\n  script-path: no/such.rhai\n".to_string(),
+            "filter.script-path: no/such.rhai: cannot read the filter script: No such file or directory (os error 2) (a relative path is read from the working directory, ",
+        ),
+        (
             format!(
                 "filter:\n  script-path: {}\nactions:\n  - type: debug\n    filter: 'event.('\n",
                 good_script.display()

@@ -33,8 +33,13 @@ use fields::{EVENT_FIELDS, Field, HISTORY_FIELDS, PARAM_FIELDS, PROFILE_FIELDS, 
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("{path}: cannot read filter script: {reason}")]
-    Read { path: String, reason: String },
+    /// `relative`: where a relative `path` was looked for.
+    #[error("filter.script-path: {path}: cannot read the filter script: {reason}{}", relative.as_ref().map(|dir| format!(" (a relative path is read from the working directory, {dir})")).unwrap_or_default())]
+    Read {
+        path: String,
+        reason: String,
+        relative: Option<String>,
+    },
     #[error("{path}:{line}:{column}: {message}{}", hint.as_ref().map(Hint::to_string).unwrap_or_default())]
     Compile {
         path: String,
@@ -255,11 +260,16 @@ impl Filter {
         Self::compile(&script, &path.display().to_string(), limits)
     }
 
-    /// The script at `path`, with an error naming the file.
+    /// The script at `path`, with an error naming the key, the file and, for a relative
+    /// path, the directory it was looked for in.
     pub fn read(path: &Path) -> Result<String, FilterError> {
         std::fs::read_to_string(path).map_err(|e| FilterError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
+            relative: path
+                .is_relative()
+                .then(|| std::env::current_dir().map(|d| d.display().to_string()))
+                .and_then(Result::ok),
         })
     }
 
