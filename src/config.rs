@@ -18,6 +18,32 @@ pub const ROCKSDB_NOT_BUILT: &str = "rocksdb is not built into this binary. Buil
     (the script installs Debian's librocksdb-dev; seconds to link) and run \
     `target/release/event-trigger`; or keep the state in memory with `state-backend: hashmap`";
 
+/// `TryFrom<String>` for a config enum, refusing any other value with the values it
+/// takes (the `config` crate's own message names the Rust type instead).
+macro_rules! one_of {
+    ($ty:ident: $($name:literal => $value:expr),+ $(,)?) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                match s.as_str() {
+                    $($name => Ok($value),)+
+                    _ => Err(format!(
+                        "`{s}` is not one of {}",
+                        [$(concat!("`", $name, "`")),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+one_of!(LogFormat: "text" => LogFormat::Text, "json" => LogFormat::Json);
+one_of!(StartFrom: "committed" => StartFrom::Committed, "earliest" => StartFrom::Earliest, "latest" => StartFrom::Latest);
+one_of!(SourceType: "kafka" => SourceType::Kafka, "file" => SourceType::File);
+one_of!(ActionKind: "webhook" => ActionKind::Webhook, "debug" => ActionKind::Debug);
+one_of!(CallOrder: "any" => CallOrder::Any, "per-user" => CallOrder::PerUser);
+one_of!(StateBackend: "hashmap" => StateBackend::Hashmap, "rocksdb" => StateBackend::Rocksdb);
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
@@ -92,7 +118,7 @@ impl MetricsSettings {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     #[default]
     Text,
@@ -184,7 +210,7 @@ impl Default for KafkaSettings {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum StartFrom {
     #[default]
     Committed,
@@ -193,7 +219,7 @@ pub enum StartFrom {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum SourceType {
     #[default]
     Kafka,
@@ -370,7 +396,7 @@ impl<'de> Deserialize<'de> for ActionsSettings {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum ActionKind {
     #[default]
     Webhook,
@@ -567,7 +593,7 @@ pub struct WebhookSettings {
 
 /// In which order a webhook receiver gets a user's calls.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum CallOrder {
     /// Calls go as soon as there is room: a user's calls may overtake each other.
     #[default]
@@ -644,7 +670,7 @@ impl Default for StateSettings {
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum StateBackend {
     #[default]
     Hashmap,
@@ -730,8 +756,31 @@ impl EnvOverrides {
     }
 
     /// The variable that set `key` (for an unknown field too: its path ends with it).
+    /// A section named only by a variable (`EVENT_TRIGGER__ENGIN__X`) is its too.
     fn var_for(&self, key: &str) -> Option<&str> {
-        let i = self.keys.iter().position(|(k, _)| k == key)?;
+        let i = self.keys.iter().position(|(k, _)| {
+            k == key
+                || k.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })?;
+        Some(self.vars[i].as_str())
+    }
+
+    /// Two variables that set the same key (`ENGINE__X` and `FLINK__X`), which one wins
+    /// would depend on the order of the environment.
+    fn same_key_twice(&self) -> Option<(&str, &str, &str)> {
+        self.keys.iter().enumerate().find_map(|(i, (k, _))| {
+            let j = self.keys[..i].iter().position(|(other, _)| other == k)?;
+            Some((k.as_str(), self.vars[j].as_str(), self.vars[i].as_str()))
+        })
+    }
+
+    /// A variable under `actions.`: it cannot apply to the list form of `actions`.
+    fn action_var(&self) -> Option<&str> {
+        let i = self
+            .keys
+            .iter()
+            .position(|(k, _)| k.starts_with("actions."))?;
         Some(self.vars[i].as_str())
     }
 
@@ -801,7 +850,7 @@ impl config::Source for ConfigFile {
             if engine.contains_key(&key) {
                 return Err(config::ConfigError::Message(format!(
                     "`{key}` is given under both `engine:` and `flink:` (one section by two \
-                     names): keep one"
+                     names)"
                 )));
             }
             engine.insert(key, value);
@@ -809,6 +858,45 @@ impl config::Source for ConfigFile {
         let engine = config::Value::new(origin.as_ref(), config::ValueKind::Table(engine));
         map.insert("engine".into(), engine);
         Ok(map)
+    }
+}
+
+impl EnvOverrides {
+    /// Refuses overrides whose effect would be silently wrong: the same key twice, or
+    /// keys of `actions` when the file gives its actions as a list (the variable would
+    /// replace the list with the single-action map).
+    fn check_against(&self, path: &Path, file: &str) -> Result<(), ConfigError> {
+        if let Some((key, first, second)) = self.same_key_twice() {
+            return Err(ConfigError::Invalid {
+                file: format!("environment variables {first} and {second}"),
+                key: key.to_string(),
+                reason: "both set this key (`flink` is `engine` under its old name): keep one"
+                    .into(),
+            });
+        }
+        let Some(var) = self.action_var() else {
+            return Ok(());
+        };
+        let map = config::Source::collect(&ConfigFile(path.to_path_buf())).map_err(|source| {
+            ConfigError::Load {
+                file: file.to_string(),
+                source,
+            }
+        })?;
+        if map
+            .get("actions")
+            .is_some_and(|a| matches!(a.kind, config::ValueKind::Array(_)))
+        {
+            return Err(ConfigError::Invalid {
+                file: format!("environment variable {var}"),
+                key: "actions".into(),
+                reason: format!(
+                    "{file} gives its actions as a list, which the environment cannot reach \
+                     into (the variable would replace the list); set the key in the file"
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -856,6 +944,7 @@ impl Settings {
             });
         }
         let properties = env.kafka_properties.clone();
+        env.check_against(path, &file)?;
         let built = config::Config::builder()
             .add_source(ConfigFile(path.to_path_buf()))
             .add_source(env.clone())
@@ -1108,6 +1197,58 @@ mod tests {
             .to_string();
         assert!(
             err.contains("`parallelism` is given under both `engine:` and `flink:`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_that_would_be_silently_wrong_are_refused() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let err = load(
+            src,
+            &[
+                ("EVENT_TRIGGER__FLINK__PARALLELISM", "2"),
+                ("EVENT_TRIGGER__ENGINE__PARALLELISM", "3"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("both set this key"), "{err}");
+        assert!(err.contains("EVENT_TRIGGER__FLINK__PARALLELISM"), "{err}");
+        let list = format!("{src}actions:\n  - type: webhook\n    url: http://a/x\n");
+        let err = load(
+            &list,
+            &[("EVENT_TRIGGER__ACTIONS__WEBHOOK__ORDERING", "per-user")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "environment variable EVENT_TRIGGER__ACTIONS__WEBHOOK__ORDERING: `actions`: "
+            ),
+            "{err}"
+        );
+        // On the single-action map the same variable applies.
+        let map = format!("{src}actions:\n  webhook:\n    url: http://a/x\n");
+        let s = load(
+            &map,
+            &[("EVENT_TRIGGER__ACTIONS__WEBHOOK__ORDERING", "per-user")],
+        )
+        .unwrap();
+        assert_eq!(s.actions.webhook.ordering, CallOrder::PerUser);
+        // A bad choice lists the good ones.
+        let err = load(&format!("{src}engine:\n  state-backend: RocksDB\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`RocksDB` is not one of `hashmap`, `rocksdb`"),
+            "{err}"
+        );
+        let err = load(src, &[("EVENT_TRIGGER__ENGIN__PARALLELISM", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable EVENT_TRIGGER__ENGIN__PARALLELISM"),
             "{err}"
         );
     }

@@ -388,14 +388,23 @@ fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Resu
     };
     let c = &summary.counts;
     println!(
-        "rule test on {}: events={} invalid={} passed={} rejected={} script_errors={}",
+        "rule test on {}: events={} invalid={} passed={} rejected={} script_errors={} looked_up={} lookup_failures={}",
         events.display(),
         c.events_read,
         c.invalid,
         c.passed,
         c.rejected,
-        c.script_errors
+        c.script_errors,
+        c.fetched,
+        c.fetch_errors
     );
+    if c.fetch_errors > 0 {
+        // Judged on the empty checkpoint: a rule on the profile cannot pass them.
+        println!(
+            "warning: {} of {} look-ups failed (profile-api.base-url: {}); those users' events were judged without a profile",
+            c.fetch_errors, c.fetched, settings.profile_api.base_url
+        );
+    }
     let (errors, passed) = samples.taken();
     print_list("script errors", c.script_errors, &errors);
     print_list("passing events", c.passed, &passed);
@@ -434,6 +443,10 @@ fn mock_api(
         let users = api.users();
         let addr = api.serve(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!("mock-api serving {users} users on http://{addr} (webhooks at /webhook, counters at /stats)");
+        if service.0 > 0 || !service.1.is_zero() {
+            let slots = if service.0 == 0 { "any number".to_string() } else { service.0.to_string() };
+            tracing::info!("a modest service: {slots} requests served at once, {:?} each, the rest queueing", service.1);
+        }
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         Ok(())
     })

@@ -824,6 +824,7 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
     assert_eq!(receiver.received(), 0, "the tester calls no webhook");
     assert!(!err.contains("triggered:"), "no debug prints: {err}");
     let tested = counts_of(&out, "rule test on");
+    let tester_out = out.clone();
     assert!(tested["passed"] > 0 && tested["script_errors"] > 0, "{out}");
     assert!(
         out.contains(&format!(
@@ -859,6 +860,15 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
         );
     }
     assert_eq!(receiver.received() as u64, ran["actions_ok"]);
+    // Users unknown to the snapshot: their look-ups failed, and the tester says so.
+    assert_eq!(tested["looked_up"], ran["fetched"]);
+    assert_eq!(tested["lookup_failures"], ran["fetch_errors"]);
+    assert!(ran["fetch_errors"] > 0);
+    let warning = format!(
+        "warning: {} of {} look-ups failed",
+        ran["fetch_errors"], ran["fetched"]
+    );
+    assert!(tester_out.contains(&warning), "{tester_out}");
 }
 
 /// `run --dry-run` on a file prints what would be triggered and calls no webhook.

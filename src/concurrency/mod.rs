@@ -188,8 +188,9 @@ impl Shared {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns (or retires) `permit` and tells the controller how the call went.
-    fn release(&self, permit: OwnedSemaphorePermit, outcome: Outcome) {
+    /// Returns (or retires) `permit` and tells the controller how the call went; `took`:
+    /// from the permit to the end of the call.
+    fn release(&self, permit: OwnedSemaphorePermit, outcome: Outcome, took: std::time::Duration) {
         let mut c = self.lock();
         c.in_flight -= 1;
         if c.debt > 0 {
@@ -211,8 +212,11 @@ impl Shared {
         let metrics = self.metrics(limit);
         metrics.in_flight.set(in_flight as i64);
         match outcome {
-            Outcome::Answered(rtt) => metrics.rtt_seconds.observe(rtt.as_secs_f64()),
+            Outcome::Answered(_) => metrics.rtt_seconds.observe(took.as_secs_f64()),
+            // Timed-out calls too: left out, the round trips would look healthy while
+            // most calls fail.
             Outcome::Overloaded => {
+                metrics.rtt_seconds.observe(took.as_secs_f64());
                 metrics.overloaded.inc();
             }
             Outcome::Ignored => {}
@@ -263,7 +267,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             let outcome = self.outcome.unwrap_or(Outcome::Ignored);
-            self.shared.release(permit, outcome);
+            self.shared.release(permit, outcome, self.started.elapsed());
         }
     }
 }

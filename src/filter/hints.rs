@@ -12,6 +12,7 @@ const COUNT: &str = "AviatorScript's `count(x)` is `x.len()` in rhai";
 const STRING: &str = "AviatorScript's `string.contains(s, x)` is a method of the string in rhai: `s.contains(x)` (likewise `s.starts_with(x)`, `s.ends_with(x)`, `s.len()`)";
 const SEQ: &str = "AviatorScript's `seq.*` functions are methods of arrays in rhai, taking closures `|x| ...`: `history.filter(|h| h.event_type == \"click\").len()`, `[\"a\", \"b\"].contains(x)`";
 const INCLUDE: &str = "AviatorScript's `include(seq, x)` is `seq.contains(x)` in rhai";
+const AND_OR: &str = "rhai writes `and`, `or` and `not` as `&&`, `||` and `!`";
 
 /// A hint for a syntax error at `pos` of `script`, if it looks like AviatorScript.
 pub fn for_parse_error(script: &str, err: &ParseErrorType, pos: Position) -> Option<&'static str> {
@@ -21,6 +22,13 @@ pub fn for_parse_error(script: &str, err: &ParseErrorType, pos: Position) -> Opt
         // `lambda(x) -> x > 1 end`: rhai stops at the arrow, a reserved symbol.
         ParseErrorType::Reserved(word) if word == "->" => Some(LAMBDA),
         _ if line_of(script, pos).is_some_and(|l| l.contains("lambda")) => Some(LAMBDA),
+        _ if line_of(script, pos).is_some_and(|l| {
+            l.split(|c: char| !c.is_alphanumeric() && c != '_')
+                .any(|w| matches!(w, "and" | "or" | "not"))
+        }) =>
+        {
+            Some(AND_OR)
+        }
         _ => None,
     }
 }
@@ -69,5 +77,9 @@ mod tests {
             Some(LAMBDA)
         );
         assert_eq!(parse_hint("event.duration > (1"), None);
+        assert_eq!(
+            parse_hint("event.event_type == \"page_view\" and user.country == \"US\""),
+            Some(AND_OR)
+        );
     }
 }
