@@ -21,6 +21,7 @@ use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
+use crate::decode::Decoder;
 use crate::filter::reload::{FilterVersions, Filters, Version};
 use crate::filter::samples::Samples;
 use crate::filter::{Filter, FilterLimits};
@@ -86,6 +87,8 @@ pub struct Prepared {
     pub restore: Option<Arc<Restore>>,
     /// Longer messages are skipped as invalid, unparsed.
     pub max_message_bytes: usize,
+    /// Mistyped values make messages invalid instead of being coerced.
+    pub strict_types: bool,
     /// Where the workers keep their users.
     pub backend: Backend,
     /// Once set, the sources stop reading and the run finishes its work in flight.
@@ -196,6 +199,7 @@ impl Prepared {
             checkpoints,
             restore,
             max_message_bytes: settings.kafka.max_message_bytes,
+            strict_types: settings.source.strict_types,
             profiles,
             actions,
             script,
@@ -390,7 +394,7 @@ pub fn run(
             };
             let events = decode(
                 messages,
-                p.max_message_bytes,
+                Decoder::with_limit(p.max_message_bytes).strict_types(p.strict_types),
                 p.dead_letters.clone(),
                 stats.clone(),
             );

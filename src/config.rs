@@ -236,6 +236,9 @@ pub struct SourceSettings {
     /// `type: file` only: read at most this many lines a second (the whole job), to
     /// offer a fixed load; unset reads as fast as the job goes.
     pub max_events_per_second: Option<f64>,
+    /// `true`: a value of another JSON type than its field's makes a message invalid;
+    /// `false`: it is coerced as the original's Jackson mapper did (`crate::coerce`).
+    pub strict_types: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -1,14 +1,21 @@
-//! JSON `UserEvent` decoding, as strict as the Flink job's Jackson mapper: unknown fields
-//! are ignored, but a wrongly typed field (`"user_id": 7`, `"timestamp": "12"`) makes the
-//! message invalid, and so does a missing `user_id` or `event_type`.
+//! JSON `UserEvent` decoding, as the Flink job's Jackson mapper (default settings) did:
+//! unknown fields are ignored; a scalar of another type is coerced (`"user_id": 7` is
+//! `"7"`, `"timestamp": "12"` is 12: `crate::coerce`), unless `strict_types`; a value
+//! that cannot be read into its field makes the message invalid, and so does a missing
+//! `user_id` or `event_type`.
 //!
 //! Decoding borrows from the input (no `serde_json::Value` tree) and copies each string
-//! once, into the `Arc<str>` the rest of the job shares.
+//! once, into the `Arc<str>` the rest of the job shares. The typed parse comes first;
+//! only a message it refuses for a type is read again with coercions (`lenient`), so
+//! well-typed messages cost what they did before coercion existed.
+
+mod lenient;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use crate::intern::Interner;
@@ -137,6 +144,7 @@ fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<Arc<str>> 
 pub struct Decoder {
     interner: Interner,
     max_bytes: usize,
+    strict_types: bool,
 }
 
 impl Default for Decoder {
@@ -157,7 +165,23 @@ impl Decoder {
         Decoder {
             interner: Interner::default(),
             max_bytes,
+            strict_types: false,
         }
+    }
+
+    /// `true`: a value of another JSON type than its field's makes the message invalid
+    /// instead of being coerced (`source.strict-types`).
+    ///
+    /// ```
+    /// use event_trigger::decode::Decoder;
+    /// let msg = br#"{"user_id":7,"event_type":"click"}"#;
+    /// assert_eq!(&*Decoder::default().decode(msg).unwrap().user_id, "7");
+    /// let mut strict = Decoder::default().strict_types(true);
+    /// assert_eq!(strict.decode(msg).unwrap_err().reason(), "bad_json");
+    /// ```
+    pub fn strict_types(mut self, strict: bool) -> Self {
+        self.strict_types = strict;
+        self
     }
 
     /// Decodes one message.
@@ -168,14 +192,14 @@ impl Decoder {
     /// let ev = d.decode(br#"{"user_id":"u1","event_type":"click","timestamp":5}"#).unwrap();
     /// assert_eq!(&*ev.user_id, "u1");
     /// assert_eq!(ev.timestamp, 5);
-    /// assert_eq!(d.decode(br#"{"user_id":7,"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
+    /// assert_eq!(d.decode(br#"{"user_id":[7],"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
     /// assert_eq!(d.decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
     /// ```
     pub fn decode(&mut self, bytes: &[u8]) -> Result<UserEvent, DecodeError> {
         if bytes.len() > self.max_bytes {
             return Err(DecodeError::TooLarge(bytes.len(), self.max_bytes));
         }
-        decode_with(bytes, &mut self.interner)
+        decode_with(bytes, &mut self.interner, self.strict_types)
     }
 }
 
@@ -183,8 +207,14 @@ fn json_err(e: serde_json::Error) -> DecodeError {
     DecodeError::Json(e.to_string())
 }
 
-/// Validates a `parameters` value and returns it as raw JSON (`None` for `null`).
-pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
+/// A type error, as opposed to malformed JSON: worth reading again with coercions.
+fn is_type_error(e: &serde_json::Error) -> bool {
+    e.classify() == Category::Data
+}
+
+/// Validates a `parameters` value and returns it as raw JSON (`None` for `null`); unless
+/// `strict_types`, `utm_*` members that are numbers or booleans are made strings.
+pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>, DecodeError> {
     let s = raw.get();
     if s == "null" {
         return Ok(None);
@@ -192,7 +222,11 @@ pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
     if !s.starts_with('{') {
         return Err(DecodeError::Json("parameters must be an object".into()));
     }
-    let p: WireParameters<'_> = serde_json::from_str(s).map_err(json_err)?;
+    let p: WireParameters<'_> = match serde_json::from_str(s) {
+        Ok(p) => p,
+        Err(e) if !strict_types && is_type_error(&e) => return lenient::parameters(raw).map(Some),
+        Err(e) => return Err(json_err(e)),
+    };
     if let Some(custom) = p.custom_params {
         let c = custom.get();
         if !(c.starts_with('{') || c == "null") {
@@ -206,10 +240,14 @@ pub fn parameters(raw: &RawValue) -> Result<Option<RawJson>, DecodeError> {
 
 /// Decodes one message (without sharing strings; see `Decoder`).
 pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
-    decode_with(bytes, &mut Interner::default())
+    decode_with(bytes, &mut Interner::default(), false)
 }
 
-fn decode_with(bytes: &[u8], interner: &mut Interner) -> Result<UserEvent, DecodeError> {
+fn decode_with(
+    bytes: &[u8],
+    interner: &mut Interner,
+    strict_types: bool,
+) -> Result<UserEvent, DecodeError> {
     let trimmed = bytes.trim_ascii();
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
@@ -219,13 +257,21 @@ fn decode_with(bytes: &[u8], interner: &mut Interner) -> Result<UserEvent, Decod
     if !s.starts_with('{') {
         return Err(DecodeError::Json("not a JSON object".into()));
     }
-    let w: WireEvent<'_> = serde_json::from_str(s).map_err(json_err)?;
+    let w: WireEvent<'_> = match serde_json::from_str(s) {
+        Ok(w) => w,
+        Err(e) if !strict_types && is_type_error(&e) => {
+            serde_json::from_str::<lenient::RawEvent<'_>>(s)
+                .map_err(json_err)?
+                .coerce()?
+        }
+        Err(e) => return Err(json_err(e)),
+    };
     let user_id = w.user_id.ok_or(DecodeError::MissingField("user_id"))?;
     let event_type = w
         .event_type
         .ok_or(DecodeError::MissingField("event_type"))?;
     let parameters = match w.parameters {
-        Some(raw) => parameters(raw)?,
+        Some(raw) => parameters(raw, strict_types)?,
         None => None,
     };
     Ok(UserEvent {
@@ -298,14 +344,23 @@ mod tests {
             (b"[]", "bad_json"),
             (br#"[null, "u1", null, false, false, false, false, null, null, null, null, null, false, "click"]"#, "bad_json"),
             (br#"{"event_id": "broken""#, "bad_json"),
-            (br#"{"user_id": 7, "event_type": "click"}"#, "bad_json"),
-            (br#"{"user_id":"u","event_type":"c","timestamp":"12"}"#, "bad_json"),
-            (br#"{"user_id":"u","event_type":"c","timestamp":1.5}"#, "bad_json"),
+            (br#"{"user_id": [7], "event_type": "click"}"#, "bad_json"),
+            (br#"{"user_id": {"id": 7}, "event_type": "click"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":"1.5"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":"12abc"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":true}"#, "bad_json"),
             (br#"{"user_id":"u","event_type":"c","timestamp":99999999999999999999}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","timestamp":1e300}"#, "bad_json"),
             (br#"{"user_id":"u","event_type":"c","is_https":"yes"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","is_https":1.0}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","duration":[]}"#, "bad_json"),
             (br#"{"user_id":"u","event_type":"c","parameters":[]}"#, "bad_json"),
-            (br#"{"user_id":"u","event_type":"c","parameters":{"utm_source":3}}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":"x"}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":{"utm_source":[3]}}"#, "bad_json"),
             (br#"{"user_id":"u","event_type":"c","parameters":{"custom_params":"x"}}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":{"utm_id":1,"custom_params":"x"}}"#, "bad_json"),
+            (br#"{"user_id":"u","event_type":"c","parameters":{"utm_id":1,"utm_id":"2"}}"#, "bad_json"),
+            (br#"{"user_id":7,"user_id":"b","event_type":"c"}"#, "bad_json"),
             (br#"{"event_type": "click"}"#, "missing_field"),
             (br#"{"user_id": "user_0000001"}"#, "missing_field"),
             (br#"{"user_id": null, "event_type": "click"}"#, "missing_field"),
@@ -328,6 +383,90 @@ mod tests {
         assert_eq!(ev.timestamp, 0);
         assert!(!ev.is_https);
         assert!(ev.parameters.is_none());
+    }
+
+    #[test]
+    fn scalars_of_another_type_are_coerced_like_jackson() {
+        let ev = decode(br#"{"event_id":12,"user_id":12345,"event_type":true,"domain":1.50,"timestamp":"1704067200000","duration":1.9,"is_https":"true","is_current":"TRUE","triggerable":1,"is_first_event":" false ","is_first_in_visit":0,"is_last_in_visit":""}"#).unwrap();
+        assert_eq!(ev.event_id.as_deref(), Some("12"));
+        assert_eq!(&*ev.user_id, "12345");
+        assert_eq!(&*ev.event_type, "true");
+        assert_eq!(
+            ev.domain.as_deref(),
+            Some("1.50"),
+            "the number's text as written"
+        );
+        assert_eq!(ev.timestamp, 1_704_067_200_000);
+        assert_eq!(ev.duration, 1, "truncated");
+        assert!(ev.is_https && ev.is_current && ev.triggerable);
+        assert!(!ev.is_first_event && !ev.is_first_in_visit && !ev.is_last_in_visit);
+        let ev = decode(br#"{"user_id":"u","event_type":"c","duration":-1.5,"timestamp":" -12 "}"#)
+            .unwrap();
+        assert_eq!((ev.duration, ev.timestamp), (-1, -12));
+    }
+
+    #[test]
+    fn a_coerced_event_equals_its_well_typed_twin() {
+        let typed = decode(FULL.as_bytes()).unwrap();
+        let mistyped = FULL
+            .replace(r#""duration":12"#, r#""duration":"12""#)
+            .replace(
+                r#""timestamp":1764000000000"#,
+                r#""timestamp":1764000000000.0"#,
+            )
+            .replace(r#""is_https":true"#, r#""is_https":"true""#)
+            .replace(r#""utm_id":"c001""#, r#""utm_id":1001"#);
+        let coerced = decode(mistyped.as_bytes()).unwrap();
+        let p = coerced.parameters.as_ref().unwrap().as_str();
+        assert!(p.contains(r#""utm_id":"1001""#), "{p}");
+        assert!(
+            p.contains(r#""custom_params":{"page_title":"Home","value":1.5}"#),
+            "{p}"
+        );
+        let twin = decode(FULL.replace(r#""c001""#, r#""1001""#).as_bytes()).unwrap();
+        assert_eq!(coerced, twin);
+        assert_ne!(coerced, typed);
+    }
+
+    #[test]
+    fn utm_parameters_become_strings_and_the_rest_is_kept_as_it_came() {
+        let ev = decode(br#"{"user_id":"u","event_type":"c","parameters":{"z":[1, 2],"utm_source":true,"utm_id":-1.50,"custom_params":null,"utm_term":null,"x\"y":"\u00e9"}}"#).unwrap();
+        assert_eq!(
+            ev.parameters.unwrap().as_str(),
+            r#"{"z":[1, 2],"utm_source":"true","utm_id":"-1.50","custom_params":null,"utm_term":null,"x\"y":"\u00e9"}"#
+        );
+    }
+
+    #[test]
+    fn strict_types_refuses_every_coercion() {
+        let mut strict = Decoder::default().strict_types(true);
+        for msg in [
+            r#"{"user_id": 7, "event_type": "click"}"#,
+            r#"{"user_id":"u","event_type":"c","timestamp":"12"}"#,
+            r#"{"user_id":"u","event_type":"c","timestamp":1.5}"#,
+            r#"{"user_id":"u","event_type":"c","is_https":"true"}"#,
+            r#"{"user_id":"u","event_type":"c","duration":"1"}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"utm_source":3}}"#,
+        ] {
+            assert!(decode(msg.as_bytes()).is_ok(), "coerced by default: {msg}");
+            let got = strict.decode(msg.as_bytes()).map_err(|e| e.reason());
+            assert_eq!(got, Err("bad_json"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn what_strict_decoding_accepts_coercion_accepts_unchanged() {
+        let mut strict = Decoder::default().strict_types(true);
+        let mut coercing = Decoder::default();
+        let demo = include_str!("../config/demo/events.jsonl");
+        let mut accepted = 0;
+        for line in demo.lines().chain([FULL]) {
+            if let Ok(ev) = strict.decode(line.as_bytes()) {
+                assert_eq!(coercing.decode(line.as_bytes()), Ok(ev), "{line}");
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 1900, "{accepted}");
     }
 
     #[test]

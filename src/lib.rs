@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod checkpoint;
+pub mod coerce;
 pub mod concurrency;
 pub mod config;
 pub mod dead_letter;

@@ -1667,3 +1667,89 @@ fn per_user_ordering_delivers_each_users_calls_in_event_order() {
     assert_eq!(out_of_order(CallOrder::PerUser), 0);
     assert!(out_of_order(CallOrder::Any) > 0, "the receiver reorders");
 }
+
+/// Writes `lines` (one JSON value each) as an events file in `dir`.
+fn write_lines(dir: &std::path::Path, lines: &[serde_json::Value]) -> std::path::PathBuf {
+    let path = dir.join("events.jsonl");
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The JSON type of each member of `v`, for comparing shapes.
+fn shape(v: &serde_json::Value) -> Vec<(String, &'static str)> {
+    let kind = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(n) if n.is_f64() => "float",
+        serde_json::Value::Number(_) => "integer",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    let mut out: Vec<_> = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), kind(v)))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn scalars_jackson_coerces_are_accepted_unless_strict_types() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let coerced = json!({"event_id": "coerced", "user_id": 12345, "event_type": "page_view",
+        "timestamp": "1704067200000", "is_https": "true", "duration": 1.5,
+        "parameters": {"custom_params": {"k": 1}, "utm_id": 7, "utm_source": "g"}});
+    let typed = json!({"event_id": "typed", "user_id": "12346", "event_type": "page_view",
+        "timestamp": 1704067200000_i64, "is_https": true, "duration": 1,
+        "parameters": {"custom_params": {"k": 1}, "utm_id": "7", "utm_source": "g"}});
+    let events = write_lines(dir.path(), &[coerced, typed]);
+    let user = || Behaviour::answer(json!({"country": "US"}), json!(null));
+    let api = ProfileApi::start(&rt, [("12345", user()), ("12346", user())]);
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        "true",
+    );
+    let counts = run(&s, 1, &rt);
+    assert_eq!((counts.invalid, counts.passed), (0, 2));
+    let bodies = receiver.bodies.lock().unwrap();
+    let body = |id: &str| {
+        bodies
+            .iter()
+            .map(|(b, _)| b)
+            .find(|b| b["event"]["event_id"] == id)
+            .unwrap_or_else(|| panic!("no webhook for {id}"))
+            .clone()
+    };
+    let (c, t) = (body("coerced"), body("typed"));
+    assert_eq!(c["userProfile"]["country"], "US", "looked up as \"12345\"");
+    let (c, t) = (&c["event"], &t["event"]);
+    assert_eq!(c["user_id"], "12345");
+    assert_eq!(c["timestamp"], 1_704_067_200_000_i64);
+    assert_eq!(c["is_https"], true);
+    assert_eq!(c["duration"], 1, "truncated, as Jackson");
+    assert_eq!(c["parameters"], t["parameters"], "utm_id as a string");
+    assert_eq!(shape(c), shape(t), "the original's shape");
+    assert_eq!(shape(&c["parameters"]), shape(&t["parameters"]));
+    drop(bodies);
+
+    // Strict: the mistyped event is invalid, as it was before coercion.
+    s.source.strict_types = true;
+    s.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    let receiver = Receiver::start(&rt);
+    s.actions.webhook.url = receiver.url();
+    let counts = run(&s, 1, &rt);
+    assert_eq!((counts.invalid, counts.passed), (1, 1));
+    assert_eq!(receiver.event_ids(), ["typed"]);
+    let letters = DeadLetters::read(&dir.path().join("dead.jsonl")).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].reason.starts_with("bad_json: "), "{letters:?}");
+}

@@ -8,22 +8,22 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
+use crate::decode::Decoder;
 use crate::log_limit::LogLimiter;
 use crate::model::{Time, UserEvent};
 use crate::operators::now_ms;
 use crate::stats::Stats;
 
-/// Decodes each message of `messages`; those over `max_bytes` are skipped unparsed.
+/// Decodes each message of `messages` with `decoder` (its limit and type rules).
 /// Invalid messages go to `dead_letters`, if given, as they were read.
 pub fn decode<'s>(
     messages: Stream<'s, Time, Vec<Vec<u8>>>,
-    max_bytes: usize,
+    mut decoder: Decoder,
     dead_letters: Option<DeadLetters>,
     stats: Rc<Stats>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
     let mut limiter = LogLimiter::per_10s("invalid messages");
     let mut dead_log = LogLimiter::per_10s("dead-letter write failures");
-    let mut decoder = crate::decode::Decoder::with_limit(max_bytes);
     let mut letters = Vec::new();
     messages.unary(Pipeline, "Decode", move |_, _| {
         move |input, output| {
