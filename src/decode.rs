@@ -1,8 +1,8 @@
 //! JSON `UserEvent` decoding, as the Flink job's Jackson mapper (default settings) did:
 //! unknown fields are ignored; a scalar of another type is coerced (`"user_id": 7` is
 //! `"7"`, `"timestamp": "12"` is 12: `crate::coerce`), unless `strict_types`; a value
-//! that cannot be read into its field makes the message invalid, and so does a missing
-//! `user_id` or `event_type`.
+//! that cannot be read into its field makes the message invalid, and so does a missing,
+//! `null` or empty `user_id` or `event_type`.
 //!
 //! Decoding borrows from the input (no `serde_json::Value` tree) and copies each string
 //! once, into the `Arc<str>` the rest of the job shares. The typed parse comes first;
@@ -194,6 +194,7 @@ impl Decoder {
     /// assert_eq!(ev.timestamp, 5);
     /// assert_eq!(d.decode(br#"{"user_id":[7],"event_type":"click"}"#).unwrap_err().reason(), "bad_json");
     /// assert_eq!(d.decode(br#"{"event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
+    /// assert_eq!(d.decode(br#"{"user_id":"","event_type":"click"}"#), Err(DecodeError::MissingField("user_id")));
     /// ```
     pub fn decode(&mut self, bytes: &[u8]) -> Result<UserEvent, DecodeError> {
         if bytes.len() > self.max_bytes {
@@ -266,9 +267,14 @@ fn decode_with(
         }
         Err(e) => return Err(json_err(e)),
     };
-    let user_id = w.user_id.ok_or(DecodeError::MissingField("user_id"))?;
+    // The original dropped events without a user or a type, empty ones included.
+    let user_id = w
+        .user_id
+        .filter(|s| !s.is_empty())
+        .ok_or(DecodeError::MissingField("user_id"))?;
     let event_type = w
         .event_type
+        .filter(|s| !s.is_empty())
         .ok_or(DecodeError::MissingField("event_type"))?;
     let parameters = match w.parameters {
         Some(raw) => parameters(raw, strict_types)?,
@@ -364,6 +370,9 @@ mod tests {
             (br#"{"event_type": "click"}"#, "missing_field"),
             (br#"{"user_id": "user_0000001"}"#, "missing_field"),
             (br#"{"user_id": null, "event_type": "click"}"#, "missing_field"),
+            (br#"{"user_id": "", "event_type": "click"}"#, "missing_field"),
+            (br#"{"user_id": "u", "event_type": ""}"#, "missing_field"),
+            (br#"{"user_id": 7, "event_type": ""}"#, "missing_field"),
             (b"\xff\xfe{}", "not_utf8"),
         ];
         for (input, reason) in cases {
@@ -383,6 +392,28 @@ mod tests {
         assert_eq!(ev.timestamp, 0);
         assert!(!ev.is_https);
         assert!(ev.parameters.is_none());
+    }
+
+    #[test]
+    fn empty_user_id_or_event_type_is_a_missing_field() {
+        for (msg, field) in [
+            (r#"{"user_id":"","event_type":"click"}"#, "user_id"),
+            (r#"{"user_id":"u","event_type":""}"#, "event_type"),
+            (r#"{"user_id":"","event_type":""}"#, "user_id"),
+        ] {
+            assert_eq!(
+                decode(msg.as_bytes()),
+                Err(DecodeError::MissingField(field)),
+                "{msg}"
+            );
+        }
+        // Not empty: a space is a user like any other.
+        assert_eq!(
+            &*decode(br#"{"user_id":" ","event_type":"c"}"#)
+                .unwrap()
+                .user_id,
+            " "
+        );
     }
 
     #[test]
@@ -452,6 +483,8 @@ mod tests {
             let got = strict.decode(msg.as_bytes()).map_err(|e| e.reason());
             assert_eq!(got, Err("bad_json"), "{msg}");
         }
+        let empty = strict.decode(br#"{"user_id":"","event_type":"c"}"#);
+        assert_eq!(empty, Err(DecodeError::MissingField("user_id")));
     }
 
     #[test]

@@ -1753,3 +1753,42 @@ fn scalars_jackson_coerces_are_accepted_unless_strict_types() {
     assert_eq!(letters.len(), 1);
     assert!(letters[0].reason.starts_with("bad_json: "), "{letters:?}");
 }
+
+#[test]
+fn empty_user_id_or_event_type_is_dropped_as_missing_field() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let events = write_lines(
+        dir.path(),
+        &[
+            json!({"event_id": "no-user", "user_id": "", "event_type": "page_view"}),
+            json!({"event_id": "no-type", "user_id": "u1", "event_type": ""}),
+            json!({"event_id": "ok", "user_id": "u1", "event_type": "click"}),
+        ],
+    );
+    let user = Behaviour::answer(json!({"country": "US"}), json!(null));
+    let api = ProfileApi::start(&rt, [("", user.clone()), ("u1", user)]);
+    let receiver = Receiver::start(&rt);
+    let mut s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        "true",
+    );
+    s.dead_letter.path = Some(dir.path().join("dead.jsonl"));
+    let counts = run(&s, 1, &rt);
+    assert_eq!((counts.invalid, counts.passed), (2, 1));
+    assert_eq!(receiver.event_ids(), ["ok"]);
+    let letters = DeadLetters::read(&dir.path().join("dead.jsonl")).unwrap();
+    let reasons: Vec<_> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(
+        reasons.iter().all(|r| r.starts_with("missing_field: ")),
+        "{reasons:?}"
+    );
+    assert!(
+        !api.lookups().contains_key(""),
+        "the empty user is never looked up"
+    );
+}
