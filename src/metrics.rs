@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Look-ups that failed transiently after their retries and were tried again
     /// (`profile-api.max-wait-on-failure-ms`).
     pub lookup_waits: Counter,
+    /// Parts of Profile API answers left out: `field` (defaulted), `history_entry`.
+    profile_answer_skipped: Family<KindLabel, Counter>,
     concurrency_limit: Family<TargetLabel, Gauge>,
     concurrency_in_flight: Family<TargetLabel, Gauge>,
     request_rtt: Family<TargetLabel, Histogram, fn() -> Histogram>,
@@ -213,6 +215,12 @@ impl Metrics {
             "look-ups that failed transiently after their retries and were tried again (profile-api.max-wait-on-failure-ms)",
             Counter::default(),
         );
+        let profile_answer_skipped = add(
+            &mut registry,
+            "profile_answer_skipped",
+            "parts of Profile API answers that could not be read: a field left at its default (field), a history entry skipped (history_entry)",
+            Family::<KindLabel, Counter>::default(),
+        );
         let by_target = |registry: &mut Registry, name: &str, help: &str| {
             add(
                 registry,
@@ -314,6 +322,7 @@ impl Metrics {
             lookup_seconds,
             lookup_errors,
             lookup_waits,
+            profile_answer_skipped,
             concurrency_limit,
             concurrency_in_flight,
             request_rtt,
@@ -368,6 +377,15 @@ impl Metrics {
             self.lookup_errors
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .inc();
+        }
+    }
+
+    /// Counts `n` parts of Profile API answers of `kind` left out (see `profile_api`).
+    pub fn profile_answer_skipped(&self, kind: &str, n: u64) {
+        if n > 0 {
+            self.profile_answer_skipped
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc_by(n);
         }
     }
 

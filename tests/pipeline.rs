@@ -258,10 +258,9 @@ fn api_failures_give_empty_checkpoints_and_events_still_flow() {
             ),
             ("e500", Behaviour::Status(500)),
             ("garbage", Behaviour::Garbage),
-            (
-                "wrongtype",
-                Behaviour::answer(json!({"country": 7}), json!({})),
-            ),
+            // A profile that is not an object fails the look-up (a field of another
+            // type no longer does: see a_profile_answer_with_bad_fields_degrades_...).
+            ("wrongtype", Behaviour::answer(json!(["US"]), json!({}))),
             (
                 "timeout",
                 Behaviour::Slow {
@@ -1791,4 +1790,103 @@ fn empty_user_id_or_event_type_is_dropped_as_missing_field() {
         !api.lookups().contains_key(""),
         "the empty user is never looked up"
     );
+}
+
+/// `event_trigger_profile_answer_skipped_total{kind}` of this process so far.
+fn answer_skipped(kind: &str) -> u64 {
+    let text = event_trigger::metrics::global().encode();
+    let prefix = format!("event_trigger_profile_answer_skipped_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[test]
+fn a_profile_answer_with_bad_fields_degrades_per_field_over_http_and_file() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let events = write_lines(
+        dir.path(),
+        &[
+            json!({"event_id": "a1", "user_id": "alice", "event_type": "page_view"}),
+            json!({"event_id": "b1", "user_id": "bob", "event_type": "page_view"}),
+        ],
+    );
+    let answers = [
+        (
+            "alice",
+            json!({"user_id": "alice", "country": "US"}),
+            json!({"uuid": "va", "actions": null, "timestamp": 5}),
+            json!([{"event_id": "ha", "event_type": "click", "timestamp": 1}]),
+        ),
+        (
+            "bob",
+            json!({"user_id": "bob", "country": "DE", "city": {"name": "Berlin"}}),
+            json!({"uuid": "vb", "actions": "7", "is_first_visit": "true"}),
+            json!([
+                {"event_id": "h1", "event_type": "click"},
+                null,
+                {"event_id": "h2", "event_type": "click", "timestamp": "yesterday"},
+                {"event_id": "h3", "event_type": "purchase", "timestamp": "3"},
+            ]),
+        ),
+    ];
+    let api = ProfileApi::start(
+        &rt,
+        answers.iter().map(|(id, p, v, h)| {
+            let b = Behaviour::Answer {
+                profile: p.clone(),
+                visit: v.clone(),
+                history: h.clone(),
+            };
+            (*id, b)
+        }),
+    );
+    let profiles = dir.path().join("profiles.jsonl");
+    let lines: String = answers
+        .iter()
+        .map(|(id, p, v, h)| {
+            json!({"user_id": id, "profile": p, "visit": v, "history": h}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&profiles, lines).unwrap();
+    for base in [api.base_url(), format!("file://{}", profiles.display())] {
+        let (fields, entries) = (answer_skipped("field"), answer_skipped("history_entry"));
+        let receiver = Receiver::start(&rt);
+        let s = settings(dir.path(), &events, &base, &receiver.url(), "true");
+        let counts = run(&s, 1, &rt);
+        assert_eq!((counts.fetch_errors, counts.passed), (0, 2), "{base}");
+        let bodies = receiver.bodies.lock().unwrap();
+        let body = |id: &str| {
+            bodies
+                .iter()
+                .map(|(b, _)| b)
+                .find(|b| b["event"]["event_id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let history = |b: &serde_json::Value| -> Vec<String> {
+            b["eventHistory"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["event_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (a, b) = (body("a1"), body("b1"));
+        assert_eq!(a["userProfile"]["country"], "US", "{base}");
+        assert_eq!(a["currentVisit"]["actions"], 1, "null read as 0: {base}");
+        assert_eq!(a["currentVisit"]["timestamp"], 5);
+        assert_eq!(history(&a), ["ha", "a1"]);
+        assert_eq!(b["userProfile"]["country"], "DE", "{base}");
+        assert_eq!(b["userProfile"]["city"], serde_json::Value::Null);
+        assert_eq!(b["currentVisit"]["actions"], 8, "\"7\" read as 7: {base}");
+        assert_eq!(b["currentVisit"]["is_first_visit"], true);
+        assert_eq!(history(&b), ["h1", "h3", "b1"], "{base}");
+        assert_eq!(b["eventHistory"][0]["timestamp"], 0, "absent: 0");
+        assert_eq!(b["eventHistory"][1]["timestamp"], 3);
+        // Other tests of this process run at the same time, but none answers badly.
+        assert!(answer_skipped("field") > fields, "{base}");
+        assert!(answer_skipped("history_entry") >= entries + 2, "{base}");
+    }
 }

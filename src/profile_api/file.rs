@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 
-use super::{FetchError, ProfileLine, ProfileSourceError};
+use super::{Answers, FetchError, ProfileSourceError};
 use crate::model::ProfileData;
 
 /// `profiles.jsonl` held in memory, one JSON line per known user.
@@ -58,9 +58,9 @@ impl ProfileSnapshot {
 
     pub fn lookup(&self, user_id: &str) -> Result<ProfileData, FetchError> {
         let line = self.raw(user_id).ok_or(FetchError::UnknownUser)?;
-        let parsed: ProfileLine =
+        let parsed: Answers =
             serde_json::from_str(line).map_err(|e| FetchError::BadSnapshot(e.to_string()))?;
-        Ok(parsed.into_data())
+        Ok(parsed.into_data(user_id))
     }
 }
 

@@ -6,10 +6,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
+use super::answer::{Answers, RawObject};
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::http_client::error_chain;
-use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+use crate::model::ProfileData;
 use crate::retry::{RetryPolicy, retry_after};
 
 /// What may stay unescaped in a path segment (RFC 3986 unreserved); everything else in a
@@ -267,17 +268,19 @@ impl HttpProfileApi {
         }
     }
 
-    /// The three GETs, concurrently; any failure fails the fetch.
+    /// The three GETs, concurrently; any failure fails the fetch. The answers are read
+    /// field by field (`Answers`): a mistyped field does not fail it.
     async fn fetch_once(&self, user_id: &str) -> Result<ProfileData, FetchError> {
         let (profile, visit, history) = tokio::join!(
-            self.get::<Profile>(self.url(user_id, "profile")),
-            self.get::<Option<Visit>>(self.url(user_id, "visit")),
-            self.get::<Option<Vec<HistoryEntry>>>(self.url(user_id, "history")),
+            self.get::<Option<RawObject>>(self.url(user_id, "profile")),
+            self.get::<Option<RawObject>>(self.url(user_id, "visit")),
+            self.get::<Option<Vec<Box<serde_json::value::RawValue>>>>(self.url(user_id, "history")),
         );
-        Ok(ProfileData {
+        let answers = Answers {
             profile: profile?,
             visit: visit?,
-            history: history?.unwrap_or_default(),
-        })
+            history: history?,
+        };
+        Ok(answers.into_data(user_id))
     }
 }

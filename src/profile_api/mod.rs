@@ -4,9 +4,11 @@
 //! Two back ends behind one `ProfileSource`: the HTTP API (`http(s)://`) and a
 //! `profiles.jsonl` snapshot (`file://`) for demos, tests and benchmarks.
 
+mod answer;
 mod file;
 mod http;
 
+pub use answer::{Answers, RawObject, Skipped};
 pub use file::ProfileSnapshot;
 pub use http::HttpProfileApi;
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ProfileApiSettings;
-use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+use crate::model::ProfileData;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FetchError {
@@ -62,27 +64,6 @@ pub enum ProfileSourceError {
     /// Already names its key (`profile-api.auth-header` or `-file`).
     #[error("{0}")]
     Auth(String),
-}
-
-/// One line of `profiles.jsonl`: the three answers of the API together.
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct ProfileLine {
-    #[serde(default)]
-    pub profile: Option<Profile>,
-    #[serde(default)]
-    pub visit: Option<Visit>,
-    #[serde(default)]
-    pub history: Option<Vec<HistoryEntry>>,
-}
-
-impl ProfileLine {
-    pub fn into_data(self) -> ProfileData {
-        ProfileData {
-            profile: self.profile.unwrap_or_default(),
-            visit: self.visit,
-            history: self.history.unwrap_or_default(),
-        }
-    }
 }
 
 /// Where profiles come from; cheap to clone, shared by the workers of a process.

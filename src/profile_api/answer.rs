@@ -1,0 +1,314 @@
+//! The Profile API's answers (HTTP bodies, or a line of a `file://` snapshot) read field
+//! by field, as the original's Jackson mapper read them into its POJOs: an absent or
+//! `null` field is its default (`None`, 0, false), a scalar of another type is coerced
+//! (`crate::coerce`: `"7"` is 7, `7` is `"7"`, `"true"` is true, 1.5 is 1).
+//!
+//! Where the original failed the whole look-up (a value that cannot be coerced), this
+//! degrades one part only and keeps the rest: the field is left at its default (profile,
+//! visit), or the history entry is skipped (one that is not an object, too). Each is
+//! counted (`event_trigger_profile_answer_skipped_total{kind}`) and warned about at a
+//! limited rate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::coerce::{self, CoerceError};
+use crate::log_limit::LogLimiter;
+use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+
+/// A JSON object as its members' raw values; of a repeated key the last one counts, as
+/// in Jackson.
+#[derive(Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct RawObject(HashMap<String, Box<RawValue>>);
+
+/// The three answers of a look-up as they came; a snapshot line is one of these (its
+/// `user_id` aside). A part that is not there, or `null`, is empty.
+#[derive(Debug, Default, Deserialize)]
+pub struct Answers {
+    #[serde(default)]
+    pub profile: Option<RawObject>,
+    #[serde(default)]
+    pub visit: Option<RawObject>,
+    #[serde(default)]
+    pub history: Option<Vec<Box<RawValue>>>,
+}
+
+/// What could not be read of one look-up's answers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Fields of the profile or the visit left at their default.
+    pub fields: u64,
+    /// History entries left out.
+    pub history_entries: u64,
+    /// The first problem, for the warning.
+    pub first: Option<String>,
+}
+
+impl Skipped {
+    fn note(&mut self, problem: impl FnOnce() -> String) {
+        if self.first.is_none() {
+            self.first = Some(problem());
+        }
+    }
+
+    fn field(&mut self, part: &str, name: &str, e: CoerceError) {
+        self.fields += 1;
+        self.note(|| format!("{part}.{name}: {e}, left at its default"));
+    }
+
+    fn entry(&mut self, index: usize, why: String) {
+        self.history_entries += 1;
+        self.note(|| format!("history[{index}] skipped: {why}"));
+    }
+}
+
+/// Warnings about unreadable answers, shared by every look-up of the process.
+static WARNINGS: LazyLock<Mutex<LogLimiter>> =
+    LazyLock::new(|| Mutex::new(LogLimiter::per_10s("warnings about Profile API answers")));
+
+impl Answers {
+    /// The user's data, what could not be read of it counted and warned about.
+    pub fn into_data(self, user: &str) -> ProfileData {
+        let (data, skipped) = self.read();
+        if skipped.fields + skipped.history_entries > 0 {
+            let m = crate::metrics::global();
+            m.profile_answer_skipped("field", skipped.fields);
+            m.profile_answer_skipped("history_entry", skipped.history_entries);
+            let allowed = WARNINGS.lock().is_ok_and(|mut l| l.allow());
+            if allowed {
+                tracing::warn!(
+                    user,
+                    fields = skipped.fields,
+                    history_entries = skipped.history_entries,
+                    "Profile API answer partly unreadable, the rest is kept: {}",
+                    skipped.first.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        data
+    }
+
+    /// The user's data, and what could not be read of it.
+    pub fn read(self) -> (ProfileData, Skipped) {
+        let mut skipped = Skipped::default();
+        let profile = self
+            .profile
+            .map(|o| profile(&mut Fields::new(&o, "profile", &mut skipped)))
+            .unwrap_or_default();
+        let visit = self
+            .visit
+            .map(|o| visit(&mut Fields::new(&o, "visit", &mut skipped)));
+        let history = self
+            .history
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| history_entry(raw).map_err(|why| skipped.entry(i, why)).ok())
+            .collect();
+        let data = ProfileData {
+            profile,
+            visit,
+            history,
+        };
+        (data, skipped)
+    }
+}
+
+/// The fields of a profile or visit object: each read on its own, a bad one defaulted.
+struct Fields<'a> {
+    object: &'a RawObject,
+    part: &'static str,
+    skipped: &'a mut Skipped,
+}
+
+impl<'a> Fields<'a> {
+    fn new(object: &'a RawObject, part: &'static str, skipped: &'a mut Skipped) -> Self {
+        Fields {
+            object,
+            part,
+            skipped,
+        }
+    }
+
+    fn read<T: Default>(
+        &mut self,
+        name: &str,
+        read_as: impl FnOnce(&RawValue) -> Result<T, CoerceError>,
+    ) -> T {
+        let Some(raw) = self.object.0.get(name) else {
+            return T::default();
+        };
+        read_as(raw).unwrap_or_else(|e| {
+            self.skipped.field(self.part, name, e);
+            T::default()
+        })
+    }
+
+    fn text(&mut self, name: &str) -> Option<String> {
+        self.read(name, |r| Ok(coerce::text(r)?.map(Into::into)))
+    }
+
+    fn long(&mut self, name: &str) -> i64 {
+        self.read(name, coerce::long)
+    }
+
+    fn boolean(&mut self, name: &str) -> bool {
+        self.read(name, coerce::boolean)
+    }
+}
+
+fn profile(f: &mut Fields<'_>) -> Profile {
+    Profile {
+        user_id: f.text("user_id"),
+        country: f.text("country"),
+        city: f.text("city"),
+        language: f.text("language"),
+        continent: f.text("continent"),
+        timezone: f.text("timezone"),
+    }
+}
+
+fn visit(f: &mut Fields<'_>) -> Visit {
+    Visit {
+        uuid: f.text("uuid"),
+        timestamp: f.long("timestamp"),
+        os: f.text("os"),
+        browser: f.text("browser"),
+        device: f.text("device"),
+        landing_page: f.text("landing_page"),
+        referrer_type: f.text("referrer_type"),
+        referrer_url: f.text("referrer_url"),
+        referrer_query: f.text("referrer_query"),
+        duration: f.long("duration"),
+        actions: f.long("actions"),
+        is_first_visit: f.boolean("is_first_visit"),
+        screen: f.text("screen"),
+        ip: f.text("ip"),
+    }
+}
+
+/// One history entry; `Err` (why) when it is not an object or one of its fields cannot
+/// be coerced: a half-read entry would mislead rules that count or order the history.
+fn history_entry(raw: &RawValue) -> Result<HistoryEntry, String> {
+    let RawObject(o) = serde_json::from_str::<RawObject>(raw.get())
+        .map_err(|_| format!("not an object: {:.40}", raw.get()))?;
+    let field = |name: &str| o.get(name).map(|r| &**r);
+    let text = |name: &'static str| -> Result<Option<Arc<str>>, String> {
+        match field(name) {
+            Some(r) => Ok(coerce::text(r)
+                .map_err(|e| format!("{name}: {e}"))?
+                .map(|t| Arc::from(&*t))),
+            None => Ok(None),
+        }
+    };
+    let timestamp = match field("timestamp") {
+        Some(r) => coerce::long(r).map_err(|e| format!("timestamp: {e}"))?,
+        None => 0,
+    };
+    let parameters = match field("parameters") {
+        Some(r) => crate::decode::parameters(r, false).map_err(|e| format!("parameters: {e}"))?,
+        None => None,
+    };
+    Ok(HistoryEntry {
+        event_id: text("event_id")?,
+        event_name: text("event_name")?,
+        event_type: text("event_type")?,
+        timestamp,
+        parameters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(profile: &str, visit: &str, history: &str) -> Answers {
+        let line = format!(r#"{{"profile":{profile},"visit":{visit},"history":{history}}}"#);
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn nulls_are_defaults_and_scalars_are_coerced() {
+        let (data, skipped) = answers(
+            r#"{"user_id":12345,"country":"US","city":null}"#,
+            r#"{"uuid":"v","actions":null,"timestamp":"1704067200000","duration":1.5,"is_first_visit":"true"}"#,
+            r#"[{"event_id":7,"event_type":"click","timestamp":"5"}]"#,
+        )
+        .read();
+        assert_eq!(skipped, Skipped::default());
+        assert_eq!(data.profile.user_id.as_deref(), Some("12345"));
+        assert_eq!(data.profile.country.as_deref(), Some("US"));
+        assert_eq!(data.profile.city, None);
+        let visit = data.visit.unwrap();
+        assert_eq!(visit.uuid.as_deref(), Some("v"));
+        assert_eq!(visit.actions, 0);
+        assert_eq!(visit.timestamp, 1_704_067_200_000);
+        assert_eq!(visit.duration, 1);
+        assert!(visit.is_first_visit);
+        assert_eq!(data.history.len(), 1);
+        assert_eq!(data.history[0].event_id.as_deref(), Some("7"));
+        assert_eq!(data.history[0].timestamp, 5);
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_coerced_is_defaulted_and_the_rest_kept() {
+        let (data, skipped) = answers(
+            r#"{"country":{"code":"US"},"city":"Paris"}"#,
+            r#"{"actions":"lots","os":"ios","timestamp":3}"#,
+            "[]",
+        )
+        .read();
+        assert_eq!(skipped.fields, 2);
+        assert_eq!(skipped.history_entries, 0);
+        assert_eq!(
+            skipped.first.as_deref(),
+            Some("profile.country: an object where a string is expected, left at its default")
+        );
+        assert_eq!(data.profile.country, None);
+        assert_eq!(data.profile.city.as_deref(), Some("Paris"));
+        let visit = data.visit.unwrap();
+        assert_eq!(
+            (visit.actions, visit.os.as_deref(), visit.timestamp),
+            (0, Some("ios"), 3)
+        );
+    }
+
+    #[test]
+    fn bad_history_entries_are_skipped_and_counted() {
+        let (data, skipped) = answers(
+            "null",
+            "null",
+            r#"[{"event_id":"a","timestamp":1},null,"x",{"event_id":"b"},{"event_id":"c","timestamp":"yesterday"},{"event_id":"d","event_type":["x"]},{"event_id":"e","parameters":{"utm_id":5}},{"event_id":"f","parameters":[]}]"#,
+        )
+        .read();
+        let ids: Vec<_> = data
+            .history
+            .iter()
+            .map(|h| h.event_id.as_deref().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b", "e"], "without a timestamp: 0, as Jackson");
+        assert_eq!(data.history[1].timestamp, 0);
+        assert_eq!(
+            data.history[2].parameters.as_ref().unwrap().as_str(),
+            r#"{"utm_id":"5"}"#
+        );
+        assert_eq!(skipped.history_entries, 5);
+        assert_eq!(skipped.fields, 0);
+        assert_eq!(
+            skipped.first.as_deref(),
+            Some("history[1] skipped: not an object: null")
+        );
+        assert_eq!(data.profile, Profile::default());
+        assert_eq!(data.visit, None);
+    }
+
+    #[test]
+    fn a_repeated_key_takes_the_last_value_as_jackson() {
+        let (data, _) = answers(r#"{"country":"DE","country":"US"}"#, "null", "null").read();
+        assert_eq!(data.profile.country.as_deref(), Some("US"));
+    }
+}
