@@ -11,6 +11,7 @@
 #
 #   scripts/bench-concurrency.sh [WORKLOAD_DIR] [EVENTS] [USERS]
 #   LIMITS="adaptive 8 16 512" TIMEOUT_MS=2000 scripts/bench-concurrency.sh
+#   BIN=path/to/event-trigger scripts/bench-concurrency.sh    # a binary built already
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WL=${1:-/tmp/event-trigger-wl-concurrency}
@@ -26,8 +27,10 @@ if [ ! -s "$WL/events.jsonl" ]; then
   python3 "$GEN" "$WL" --events "$EVENTS" --users "$USERS" >/dev/null
 fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
-cargo build --release --quiet --bin event-trigger
-BIN=target/release/event-trigger
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin event-trigger
+  BIN=target/release/event-trigger
+fi
 TMP=$(mktemp -d)
 MOCK=
 cleanup() {
