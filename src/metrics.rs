@@ -583,6 +583,7 @@ mod tests {
         let m = global();
         m.record_lookup(Duration::from_millis(3), Some("request"));
         m.target("declared-test");
+        m.profile_answer_skipped("field", 1);
         m.consumer_lag
             .get_or_create(&PartitionLabel {
                 topic: "t".into(),
