@@ -731,6 +731,15 @@ impl EngineSettings {
         }
     }
 
+    /// Refuses a backend this binary does not have (`rocksdb_built`: whether it has
+    /// RocksDB), naming the command that builds one that has it.
+    fn check_backend(&self, rocksdb_built: bool) -> Result<(), (&'static str, String)> {
+        if self.state_backend == StateBackend::Rocksdb && !rocksdb_built {
+            return Err(("engine.state-backend", ROCKSDB_NOT_BUILT.into()));
+        }
+        Ok(())
+    }
+
     pub fn state_ttl_ms(&self) -> u64 {
         // `as` saturates; validation keeps the value finite and positive.
         (self.state_ttl_minutes * 60_000.0).round() as u64
@@ -1037,9 +1046,7 @@ impl Settings {
                 return Err((key, "must be at least 1".into()));
             }
         }
-        if self.engine.state_backend == StateBackend::Rocksdb && !cfg!(feature = "rocksdb") {
-            return Err(("engine.state-backend", ROCKSDB_NOT_BUILT.into()));
-        }
+        self.engine.check_backend(cfg!(feature = "rocksdb"))?;
         let ttl = self.engine.state_ttl_minutes;
         if !(ttl.is_finite() && ttl * 60_000.0 >= 1.0) {
             return Err((
@@ -1202,6 +1209,23 @@ mod tests {
             err.contains("`parallelism` is given under both `engine:` and `flink:`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rocksdb_without_rocksdb_built_in_names_the_command_that_builds_it() {
+        let engine = EngineSettings {
+            state_backend: StateBackend::Rocksdb,
+            ..Default::default()
+        };
+        let (key, reason) = engine.check_backend(false).unwrap_err();
+        assert_eq!(key, "engine.state-backend");
+        assert!(
+            reason
+                .contains("source scripts/rocksdb.sh && cargo build --release --features rocksdb"),
+            "{reason}"
+        );
+        assert_eq!(engine.check_backend(true), Ok(()));
+        assert_eq!(EngineSettings::default().check_backend(false), Ok(()));
     }
 
     #[test]
