@@ -219,8 +219,8 @@ async fn deliver(
     }
 }
 
-/// A webhook action's calls: waiting, and under way.
-struct Lane {
+/// A webhook action of this worker: its client, and its calls (waiting, under way).
+struct WebhookLane {
     index: usize,
     name: String,
     client: WebhookClient,
@@ -250,7 +250,7 @@ pub fn run_actions<'s>(
             let mut bridge: AsyncBridge<(usize, Time, Text, Outcome)> =
                 AsyncBridge::new(runtime, activator);
             let mut held = HeldTimes::default();
-            let mut lanes: Vec<Lane> = actions
+            let mut lanes: Vec<WebhookLane> = actions
                 .0
                 .iter()
                 .enumerate()
@@ -262,7 +262,7 @@ pub fn run_actions<'s>(
                         dead_letters,
                     } => Some({
                         client.calls().register(*max_in_flight);
-                        Lane {
+                        WebhookLane {
                             index,
                             name: a.name.clone(),
                             client: client.clone(),

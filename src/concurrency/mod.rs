@@ -137,7 +137,7 @@ impl Limiter {
         let c = self.shared.lock();
         match &c.adaptive {
             Some(a) => a.limit(),
-            None => self.shared.permits.available_permits() + c.in_flight,
+            None => self.shared.permits_in_circulation(&c),
         }
     }
 
@@ -158,7 +158,7 @@ impl Limiter {
             if let Some(a) = &mut c.adaptive {
                 a.started(in_flight);
             }
-            let limit = self.shared.permits.available_permits() + in_flight - c.debt;
+            let limit = self.shared.permits_in_circulation(&c);
             (in_flight, limit)
         };
         let metrics = self.shared.metrics(limit);
@@ -173,6 +173,12 @@ impl Limiter {
 }
 
 impl Shared {
+    /// The limit the semaphore enforces now: permits free and out, less those to be
+    /// retired as they come back.
+    fn permits_in_circulation(&self, c: &Control) -> usize {
+        self.permits.available_permits() + c.in_flight - c.debt
+    }
+
     /// The target's metrics; `limit` is the limit now, shown from the first call on.
     fn metrics(&self, limit: usize) -> &crate::metrics::TargetMetrics {
         self.metrics.get_or_init(|| {
@@ -207,7 +213,7 @@ impl Shared {
         if let Some(limit) = changed {
             self.resize(&mut c, limit);
         }
-        let limit = self.permits.available_permits() + in_flight - c.debt;
+        let limit = self.permits_in_circulation(&c);
         drop(c);
         let metrics = self.metrics(limit);
         metrics.in_flight.set(in_flight as i64);
@@ -225,7 +231,7 @@ impl Shared {
 
     /// Brings the permits in circulation (free, out, less the debt) to `limit`.
     fn resize(&self, c: &mut Control, limit: usize) {
-        let current = self.permits.available_permits() + c.in_flight - c.debt;
+        let current = self.permits_in_circulation(c);
         if limit > current {
             let mut more = limit - current;
             let repaid = more.min(c.debt);
