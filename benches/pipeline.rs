@@ -20,7 +20,7 @@ const EVENTS: &str = include_str!("../config/demo/events.jsonl");
 fn valid_lines() -> Vec<&'static str> {
     EVENTS
         .lines()
-        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_ok())
+        .filter(|l| event_trigger::wire::decode(l.as_bytes()).is_ok())
         .collect()
 }
 
@@ -31,7 +31,7 @@ fn decode(c: &mut Criterion) {
     g.bench_function("sample events", |b| {
         b.iter(|| {
             for l in &lines {
-                std::hint::black_box(event_trigger::decode::decode(l.as_bytes()).unwrap());
+                std::hint::black_box(event_trigger::wire::decode(l.as_bytes()).unwrap());
             }
         })
     });
@@ -41,7 +41,7 @@ fn decode(c: &mut Criterion) {
 fn filter(c: &mut Criterion) {
     let events: Vec<_> = valid_lines()
         .iter()
-        .map(|l| event_trigger::decode::decode(l.as_bytes()).unwrap())
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
         .collect();
     let history: Vec<HistoryEntry> = events
         .iter()
@@ -161,13 +161,13 @@ fn dataflow(c: &mut Criterion) {
 /// user's first (a look-up each); and every event finding its user's state expired
 /// (the TTL shorter than the gap between a user's events: swept, then looked up again).
 fn state(c: &mut Criterion) {
+    use event_trigger::counters::Counters;
     use event_trigger::filter::reload::{FilterVersions, Filters};
     use event_trigger::operators::backpressure::Backlog;
     use event_trigger::operators::restore::restore_source;
     use event_trigger::operators::user_state::{UserStateConfig, user_state};
     use event_trigger::profile_api::ProfileSource;
-    use event_trigger::state::Backend;
-    use event_trigger::stats::Stats;
+    use event_trigger::store::Backend;
     use timely::dataflow::operators::vec::Input;
     use timely::dataflow::operators::{Inspect, Probe};
 
@@ -197,7 +197,7 @@ fn state(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let samples: Vec<_> = valid_lines()
         .iter()
-        .map(|l| event_trigger::decode::decode(l.as_bytes()).unwrap())
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
         .collect();
     // (users, ttl): event i is user i % users's, at time i / PER_TICK ms. Hits: 250
     // users, 1 look-up per 80 events. Misses: a new user every event. Expiry: 1,000
@@ -257,7 +257,7 @@ fn state(c: &mut Criterion) {
                                 filters,
                                 store,
                                 Backlog::new(usize::MAX),
-                                Rc::new(Stats::default()),
+                                Rc::new(Counters::default()),
                             )
                             .inspect(|e| {
                                 std::hint::black_box(e);

@@ -20,8 +20,8 @@ use crate::actions::{Action, Actions, NamedAction, run_actions};
 use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Ending, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
+use crate::counters::{Counters, Counts, Summary};
 use crate::dead_letter::DeadLetters;
-use crate::decode::Decoder;
 use crate::filter::reload::{FilterVersions, Filters, Version};
 use crate::filter::samples::Samples;
 use crate::filter::{Filter, FilterLimits};
@@ -38,8 +38,8 @@ use crate::sources::kafka::{
     Finished, KafkaReader, Plan, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
 };
 use crate::sources::replay::ReplayFrom;
-use crate::state::Backend;
-use crate::stats::{Counts, Stats, Summary};
+use crate::store::Backend;
+use crate::wire::Decoder;
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
 const PENDING_PER_LOOKUP: usize = 64;
@@ -141,7 +141,7 @@ impl Prepared {
                 }
             }
             SourceType::Kafka => {
-                let partitions = crate::kafka::topic_partitions(&settings.kafka)?;
+                let partitions = crate::kafka_client::topic_partitions(&settings.kafka)?;
                 Input::Kafka {
                     settings: settings.kafka.clone(),
                     partitions,
@@ -298,7 +298,7 @@ pub fn run(
 ) -> anyhow::Result<Option<Summary>> {
     let started = Instant::now();
     let guards = timely::execute(config, move |worker| -> Result<Option<Summary>, String> {
-        let stats = Rc::new(Stats::default());
+        let stats = Rc::new(Counters::default());
         let failed = Rc::new(Cell::new(false));
         let p = prepared.clone();
         let filter =

@@ -721,10 +721,10 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
-    pub fn backend(&self) -> crate::state::Backend {
+    pub fn backend(&self) -> crate::store::Backend {
         match self.state_backend {
-            StateBackend::Hashmap => crate::state::Backend::Memory,
-            StateBackend::Rocksdb => crate::state::Backend::Rocksdb {
+            StateBackend::Hashmap => crate::store::Backend::Memory,
+            StateBackend::Rocksdb => crate::store::Backend::Rocksdb {
                 dir: self.state_dir.clone(),
                 cache_users: self.state_cache_users,
             },
@@ -1405,7 +1405,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.engine.backend(),
-            crate::state::Backend::Rocksdb {
+            crate::store::Backend::Rocksdb {
                 dir: "/var/lib/et".into(),
                 cache_users: 5
             }

@@ -137,7 +137,7 @@ impl DeadLetters {
             topic: topic.to_string(),
             reason,
         };
-        let producer: BaseProducer<Failures> = crate::kafka::client_config(kafka)
+        let producer: BaseProducer<Failures> = crate::kafka_client::client_config(kafka)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -235,7 +235,8 @@ impl KafkaSink {
         for letter in letters {
             let payload = serde_json::to_vec(letter).map_err(|e| err(e.to_string()))?;
             let record = BaseRecord::<(), [u8]>::to(&self.topic).payload(&payload);
-            crate::kafka::send_when_room(&self.producer, record).map_err(|e| err(e.to_string()))?;
+            crate::kafka_client::send_when_room(&self.producer, record)
+                .map_err(|e| err(e.to_string()))?;
         }
         // Acknowledged before the work counts as done.
         self.producer

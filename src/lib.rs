@@ -2,17 +2,19 @@
 //! the user's profile and judged by a rhai rule; built on timely dataflow.
 
 pub mod actions;
+pub mod async_bridge;
 pub mod checkpoint;
+pub mod clock;
 pub mod coerce;
 pub mod concurrency;
 pub mod config;
+pub mod counters;
 pub mod dead_letter;
-pub mod decode;
 pub mod filter;
 pub mod http_client;
 pub mod http_server;
 pub mod intern;
-pub mod kafka;
+pub mod kafka_client;
 pub mod log_limit;
 pub mod logging;
 pub mod metrics;
@@ -24,9 +26,13 @@ pub mod profile_api;
 pub mod retry;
 pub mod shutdown;
 pub mod sources;
-pub mod state;
-pub mod stats;
+pub mod store;
+pub mod wire;
 
-/// The job graphs (kept in `dataflows/` at the top of the repository).
+/// The job graphs. They live in the top-level `dataflows/` folder, where the project
+/// keeps its graphs apart from the parts they are built of; a `#[path]` include keeps
+/// them in this crate (a workspace crate of their own would need every module they wire
+/// to be public API of a second crate, and a second build of the dependency tree's
+/// features for nothing).
 #[path = "../dataflows/mod.rs"]
 pub mod dataflows;

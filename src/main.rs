@@ -294,7 +294,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The filter's verdicts in `counts`.
-fn judged(counts: &event_trigger::stats::Counts) -> Judged {
+fn judged(counts: &event_trigger::counters::Counts) -> Judged {
     Judged {
         passed: counts.passed,
         rejected: counts.rejected,
@@ -478,12 +478,12 @@ fn produce(
         )
     };
     let runtime = tokio_runtime()?;
-    runtime.block_on(event_trigger::kafka::ensure_topic(
+    runtime.block_on(event_trigger::kafka_client::ensure_topic(
         &kafka, topic, partitions,
     ))?;
     let started = std::time::Instant::now();
     // The bar follows bytes (the file's size is known, its line count is not).
-    let progress = |p: event_trigger::kafka::Produced| {
+    let progress = |p: event_trigger::kafka_client::Produced| {
         let n = p.messages;
         let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
         match total {
@@ -499,7 +499,7 @@ fn produce(
             _ => eprint!("\r{n} messages {:.0} msg/s ", rate),
         }
     };
-    let done = event_trigger::kafka::produce(&kafka, topic, input, progress)?;
+    let done = event_trigger::kafka_client::produce(&kafka, topic, input, progress)?;
     eprintln!();
     println!(
         "produced {} messages ({} bytes) to {topic} in {:.2} s",
@@ -536,8 +536,12 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     cluster
         .create_topic(&settings.kafka.topic, 4, 1)
         .context("cannot create the demo topic")?;
-    let produced =
-        event_trigger::kafka::produce(&settings.kafka, &settings.kafka.topic, DEMO_EVENTS, |_| {})?;
+    let produced = event_trigger::kafka_client::produce(
+        &settings.kafka,
+        &settings.kafka.topic,
+        DEMO_EVENTS,
+        |_| {},
+    )?;
     tracing::info!(
         "demo: produced {} sample events to topic {} (4 partitions) on the in-process Kafka cluster",
         produced.messages,

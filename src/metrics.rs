@@ -1,6 +1,6 @@
 //! Prometheus metrics, served on `metrics.listen` at `/metrics` (OpenMetrics text).
 //!
-//! Workers count in plain `Cell`s (`Stats`, no atomics on the hot path) and publish the
+//! Workers count in plain `Cell`s (`Counters`, no atomics on the hot path) and publish the
 //! increments into the process's registry about once a second (`WorkerMetrics`); the
 //! rest (look-up latency, checkpoints, consumer lag) is recorded where it happens, off
 //! the hot path, into the process-wide `Metrics`.
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::stats::{Counts, Stats};
+use crate::counters::{Counters, Counts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabel {
@@ -434,7 +434,7 @@ pub struct WorkerMetrics {
     label: WorkerLabel,
     last: Counts,
     last_invalid: Vec<u64>,
-    last_actions: Vec<crate::stats::ActionCounts>,
+    last_actions: Vec<crate::counters::ActionCounts>,
 }
 
 impl WorkerMetrics {
@@ -444,13 +444,13 @@ impl WorkerMetrics {
                 worker: worker.to_string(),
             },
             last: Counts::default(),
-            last_invalid: vec![0; crate::decode::DecodeError::REASONS.len()],
+            last_invalid: vec![0; crate::wire::DecodeError::REASONS.len()],
             last_actions: Vec::new(),
         }
     }
 
     /// Adds what `stats` counted since the last call, and sets the gauges.
-    pub fn publish(&mut self, stats: &Stats) {
+    pub fn publish(&mut self, stats: &Counters) {
         let m = global();
         let now = stats.counts();
         // `counters` was built from `named()`: the same fields in the same order.
@@ -466,7 +466,7 @@ impl WorkerMetrics {
             m.totals.add(name, new.saturating_sub(old));
         }
         self.last = now;
-        for (i, reason) in crate::decode::DecodeError::REASONS.iter().enumerate() {
+        for (i, reason) in crate::wire::DecodeError::REASONS.iter().enumerate() {
             let n = stats.invalid_by_reason[i].get();
             if n > self.last_invalid[i] {
                 m.invalid_by_reason
@@ -590,8 +590,8 @@ mod tests {
                 partition: "0".into(),
             })
             .set(0);
-        let stats = Stats::default();
-        Stats::add(&stats.invalid_by_reason[0], 1);
+        let stats = Counters::default();
+        Counters::add(&stats.invalid_by_reason[0], 1);
         WorkerMetrics::new(98).publish(&stats);
         m.encode()
             .lines()
@@ -603,12 +603,12 @@ mod tests {
 
     #[test]
     fn a_worker_publishes_what_it_counted_since_its_last_publish() {
-        let stats = Stats::default();
+        let stats = Counters::default();
         let mut w = WorkerMetrics::new(97);
-        Stats::add(&stats.events_read, 5);
-        Stats::add(&stats.invalid_by_reason[2], 1);
+        Counters::add(&stats.events_read, 5);
+        Counters::add(&stats.invalid_by_reason[2], 1);
         stats.users.set(3);
-        *stats.per_action.borrow_mut() = vec![crate::stats::ActionCounts {
+        *stats.per_action.borrow_mut() = vec![crate::counters::ActionCounts {
             name: "crm".into(),
             ok: 4,
             failed: 1,
@@ -616,7 +616,7 @@ mod tests {
         }];
         w.publish(&stats);
         stats.per_action.borrow_mut()[0].ok += 1;
-        Stats::add(&stats.events_read, 2);
+        Counters::add(&stats.events_read, 2);
         w.publish(&stats);
         let text = global().encode();
         assert!(

@@ -30,7 +30,7 @@ impl StopFlag {
     }
 
     pub fn set(&self) {
-        let now = crate::operators::now_ms().max(1);
+        let now = crate::clock::now_ms().max(1);
         let _ = self
             .0
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);

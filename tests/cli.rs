@@ -212,7 +212,7 @@ fn the_readmes_summary_has_every_field_and_run_help_describes_the_command() {
         .split(' ')
         .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
         .collect();
-    let mut printed: Vec<&str> = event_trigger::stats::Counts::default()
+    let mut printed: Vec<&str> = event_trigger::counters::Counts::default()
         .named()
         .into_iter()
         .map(|(name, _, _)| name)
@@ -579,7 +579,7 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
             .post(format!("{base}/webhook"))
             .header(
                 event_trigger::actions::INGESTED_AT,
-                (event_trigger::operators::now_ms() - 250).to_string(),
+                (event_trigger::clock::now_ms() - 250).to_string(),
             )
             .body("{}")
             .send()

@@ -63,7 +63,9 @@ fn create_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32) {
     match MOCK.get() {
         Some(m) => m.0.create_topic(topic, partitions, 1).unwrap(),
         None => rt
-            .block_on(event_trigger::kafka::ensure_topic(&s, topic, partitions))
+            .block_on(event_trigger::kafka_client::ensure_topic(
+                &s, topic, partitions,
+            ))
             .unwrap(),
     }
 }
@@ -73,7 +75,7 @@ fn load_topic(rt: &tokio::runtime::Runtime, topic: &str, partitions: i32, lines:
     let s = kafka_settings(topic, "loader");
     create_topic(rt, topic, partitions);
     let input = lines.join("\n");
-    let done = event_trigger::kafka::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
+    let done = event_trigger::kafka_client::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
     assert_eq!(done.messages, lines.len() as u64);
 }
 
@@ -102,7 +104,7 @@ fn loaded_workload(
 /// A consumer of `group` that only commits what it is told to (auto-commit would, on
 /// close, commit whatever it had fetched).
 fn group_consumer(topic: &str, group: &str) -> BaseConsumer {
-    event_trigger::kafka::client_config(&kafka_settings(topic, group))
+    event_trigger::kafka_client::client_config(&kafka_settings(topic, group))
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
@@ -148,7 +150,7 @@ fn run_kafka(
     s: &Settings,
     workers: usize,
     rt: &tokio::runtime::Runtime,
-) -> event_trigger::stats::Counts {
+) -> event_trigger::counters::Counts {
     let prepared = event_trigger::dataflows::trigger::Prepared::new(s, true).unwrap();
     run_prepared(prepared, workers, rt)
 }
@@ -621,15 +623,16 @@ fn produce_command_creates_the_topic_and_keys_by_user() {
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("produced 500 messages"));
     assert_eq!(
-        event_trigger::kafka::topic_partitions(&kafka_settings(&topic, "x")).unwrap(),
+        event_trigger::kafka_client::topic_partitions(&kafka_settings(&topic, "x")).unwrap(),
         3
     );
     // Keyed by user: each user's events are all in one partition.
-    let c: BaseConsumer = event_trigger::kafka::client_config(&kafka_settings(&topic, "check"))
-        .set("group.id", "check")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
+    let c: BaseConsumer =
+        event_trigger::kafka_client::client_config(&kafka_settings(&topic, "check"))
+            .set("group.id", "check")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..3 {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)
@@ -732,7 +735,7 @@ fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories {
 fn expected_histories(w: &Workload, lines: &[String]) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for line in lines {
-        let Ok(ev) = event_trigger::decode::decode(line.as_bytes()) else {
+        let Ok(ev) = event_trigger::wire::decode(line.as_bytes()) else {
             continue;
         };
         let user = ev.user_id.to_string();
@@ -803,7 +806,7 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
 
     // The rest of the topic arrives; each job restarts from its checkpoint.
     let s = kafka_settings(&topic, "loader");
-    event_trigger::kafka::produce(&s, &topic, second.join("\n").as_bytes(), |_| {}).unwrap();
+    event_trigger::kafka_client::produce(&s, &topic, second.join("\n").as_bytes(), |_| {}).unwrap();
     let whole_group = fresh_group(&topic);
     let whole_receiver = Receiver::start(&rt);
     let whole = job(&whole_group, StateBackend::Hashmap, &whole_receiver);
@@ -993,7 +996,7 @@ fn a_checkpoint_saves_a_user_whose_look_up_hangs_and_a_restart_replays_it() {
     let valid: Vec<_> = w
         .lines
         .iter()
-        .filter_map(|l| event_trigger::decode::decode(l.as_bytes()).ok())
+        .filter_map(|l| event_trigger::wire::decode(l.as_bytes()).ok())
         .collect();
     let user_of = |id: &str| {
         valid
@@ -1339,7 +1342,7 @@ fn replays_re_trigger_exactly_the_events_from_their_start() {
 fn load_topic_more(topic: &str, lines: &[String]) {
     let s = kafka_settings(topic, "loader");
     let input = lines.join("\n");
-    let done = event_trigger::kafka::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
+    let done = event_trigger::kafka_client::produce(&s, topic, input.as_bytes(), |_| {}).unwrap();
     assert_eq!(done.messages, lines.len() as u64);
 }
 
@@ -1399,7 +1402,7 @@ fn reload_under_load(processes: usize, pause_ms: u64) {
             .collect()
     };
     let kind = |line: &str| {
-        event_trigger::decode::decode(line.as_bytes())
+        event_trigger::wire::decode(line.as_bytes())
             .ok()
             .map(|e| (e.event_id.unwrap().to_string(), e.event_type.to_string()))
     };
@@ -1665,13 +1668,13 @@ fn kafka_over_tls_with_a_private_ca() {
     s.kafka
         .properties
         .insert("ssl.ca.location".into(), ca_file.display().to_string());
-    rt.block_on(event_trigger::kafka::ensure_topic(
+    rt.block_on(event_trigger::kafka_client::ensure_topic(
         &s.kafka,
         "tls-events",
         2,
     ))
     .unwrap();
-    event_trigger::kafka::produce(
+    event_trigger::kafka_client::produce(
         &s.kafka,
         "tls-events",
         w.lines.join("\n").as_bytes(),

@@ -69,7 +69,7 @@ fn tansu_frozen_for_30_s_while_running_then_back_loses_nothing() {
         ..Default::default()
     };
     runtime()
-        .block_on(event_trigger::kafka::ensure_topic(&kafka, &topic, 4))
+        .block_on(event_trigger::kafka_client::ensure_topic(&kafka, &topic, 4))
         .unwrap();
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
@@ -104,8 +104,13 @@ fn through_an_outage(
     up: impl FnOnce(),
 ) {
     let w = Workload::generate(6000, 300, 21);
-    event_trigger::kafka::produce(&kafka, &kafka.topic, w.lines.join("\n").as_bytes(), |_| {})
-        .unwrap();
+    event_trigger::kafka_client::produce(
+        &kafka,
+        &kafka.topic,
+        w.lines.join("\n").as_bytes(),
+        |_| {},
+    )
+    .unwrap();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     // A slow receiver and few webhook slots: backpressure spreads the reading over

@@ -481,7 +481,7 @@ fn webhooks_are_signed_and_carry_an_idempotency_key() {
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "s3cr3t\n").unwrap();
     s.actions.webhook.secret_file = Some(secret_file);
-    let started = event_trigger::operators::now_ms();
+    let started = event_trigger::clock::now_ms();
     let counts = run(&s, 2, &rt);
     assert!(counts.passed > 0);
     let calls = receiver.raw.lock().unwrap();
@@ -656,7 +656,7 @@ fn run_two_moments(
     api: &ProfileApi,
     first: &str,
     second: &str,
-) -> event_trigger::stats::Counts {
+) -> event_trigger::counters::Counts {
     let fifo = s.source.path.clone().unwrap();
     let _ = std::fs::remove_file(&fifo);
     assert!(
@@ -962,7 +962,7 @@ fn count_unknown(w: &Workload) -> usize {
     let mut ids: Vec<String> = w
         .lines
         .iter()
-        .filter_map(|l| event_trigger::decode::decode(l.as_bytes()).ok())
+        .filter_map(|l| event_trigger::wire::decode(l.as_bytes()).ok())
         .map(|e| e.user_id.to_string())
         .filter(|u| !w.users.contains_key(u))
         .collect();
@@ -1312,7 +1312,7 @@ fn modest_service(
 
 /// What a run against the slow receiver gave.
 struct SlowReceiverRun {
-    counts: event_trigger::stats::Counts,
+    counts: event_trigger::counters::Counts,
     calls: u64,
     distinct: u64,
     calls_per_s: f64,

@@ -4,7 +4,7 @@
 //! values coming back well typed.
 #![no_main]
 
-use event_trigger::decode::Decoder;
+use event_trigger::wire::Decoder;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

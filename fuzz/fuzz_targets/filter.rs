@@ -4,7 +4,7 @@
 //! a rejection); nothing may panic, and a rule outside the subset runs interpreted.
 #![no_main]
 
-use event_trigger::decode::Decoder;
+use event_trigger::wire::Decoder;
 use event_trigger::filter::{Filter, FilterLimits, Verdict};
 use event_trigger::model::{EnrichedView, HistoryEntry, Profile, ProfileData, UserState, Visit};
 use libfuzzer_sys::fuzz_target;

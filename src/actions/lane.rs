@@ -100,7 +100,7 @@ mod tests {
 
     fn call(user: &str, id: &str) -> Call {
         let line = format!(r#"{{"event_id":"{id}","user_id":"{user}","event_type":"click"}}"#);
-        let ev = crate::decode::decode(line.as_bytes()).unwrap();
+        let ev = crate::wire::decode(line.as_bytes()).unwrap();
         (
             0,
             Arc::new(EnrichedEvent::snapshot(ev, &UserState::empty(0), 1)),

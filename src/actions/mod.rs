@@ -19,16 +19,16 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::async_bridge::AsyncBridge;
+use crate::clock::now_ms;
 use crate::config::{ActionKind, ActionsSettings};
+use crate::counters::Counters;
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, Text, Time};
-use crate::operators::async_bridge::AsyncBridge;
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
-use crate::operators::now_ms;
 use crate::retry::RetryPolicy;
-use crate::stats::Stats;
 
 /// One action, shared by the workers of a process.
 #[derive(Clone)]
@@ -239,7 +239,7 @@ pub fn run_actions<'s>(
     actions: Actions,
     runtime: tokio::runtime::Handle,
     backlog: Backlog,
-    stats: Rc<Stats>,
+    stats: Rc<Counters>,
 ) -> Stream<'s, Time, Vec<()>> {
     let scope = triggered.scope();
     triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -286,12 +286,12 @@ pub fn run_actions<'s>(
             *stats.per_action.borrow_mut() = actions
                 .0
                 .iter()
-                .map(|a| crate::stats::ActionCounts {
+                .map(|a| crate::counters::ActionCounts {
                     name: a.name.clone(),
                     ..Default::default()
                 })
                 .collect();
-            let count = move |stats: &Stats, i: usize, ok: bool, retried: u32| {
+            let count = move |stats: &Counters, i: usize, ok: bool, retried: u32| {
                 let mut per = stats.per_action.borrow_mut();
                 if let Some(c) = per.get_mut(i) {
                     c.ok += u64::from(ok);
@@ -308,7 +308,7 @@ pub fn run_actions<'s>(
                         let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
                         for &(i, pretty) in debug.iter().filter(|(i, _)| wanted(*i)) {
                             let ok = print_triggered(&ev, &actions.0[i].name, pretty);
-                            Stats::add(
+                            Counters::add(
                                 if ok {
                                     &stats.actions_ok
                                 } else {
@@ -335,13 +335,13 @@ pub fn run_actions<'s>(
                         outcome.failure.is_none(),
                         outcome.retries,
                     );
-                    Stats::add(&stats.actions_retried, u64::from(outcome.retries));
+                    Counters::add(&stats.actions_retried, u64::from(outcome.retries));
                     match outcome.failure {
-                        None => Stats::add(&stats.actions_ok, 1),
+                        None => Counters::add(&stats.actions_ok, 1),
                         Some(e) => {
-                            Stats::add(&stats.actions_failed, 1);
+                            Counters::add(&stats.actions_failed, 1);
                             match outcome.dead_lettered {
-                                Some(Ok(())) => Stats::add(&stats.dead_letters, 1),
+                                Some(Ok(())) => Counters::add(&stats.dead_letters, 1),
                                 Some(Err(dl)) => {
                                     tracing::error!("failed delivery not dead-lettered: {dl}")
                                 }

@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn body_has_the_flink_jobs_shape() {
-        let ev = crate::decode::decode(
+        let ev = crate::wire::decode(
             br#"{"event_id":"e1","user_id":"u1","event_type":"page_view","timestamp":7,"parameters":{"custom_params":{"a":1},"utm_source":"g"}}"#,
         )
         .unwrap();

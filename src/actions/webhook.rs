@@ -108,7 +108,7 @@ impl WebhookClient {
                     body.clone(),
                     event_id.clone(),
                     ingested_ms,
-                    crate::operators::now_ms(),
+                    crate::clock::now_ms(),
                 )
                 .await;
             match &result {

@@ -219,7 +219,7 @@ pub async fn watch(
         }
         match check(&script, &origin, &limits) {
             Ok(()) => {
-                let now = crate::operators::now_ms().max(floor);
+                let now = crate::clock::now_ms().max(floor);
                 let at = (now + delay.as_millis() as Time).div_ceil(1000) * 1000;
                 let number = versions.publish(script.clone(), at);
                 crate::metrics::global().filter_reloads.inc();

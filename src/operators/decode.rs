@@ -7,12 +7,12 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::clock::now_ms;
+use crate::counters::Counters;
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
-use crate::decode::Decoder;
 use crate::log_limit::LogLimiter;
 use crate::model::{Time, UserEvent};
-use crate::operators::now_ms;
-use crate::stats::Stats;
+use crate::wire::Decoder;
 
 /// Decodes each message of `messages` with `decoder` (its limit and type rules).
 /// Invalid messages go to `dead_letters`, if given, as they were read.
@@ -20,7 +20,7 @@ pub fn decode<'s>(
     messages: Stream<'s, Time, Vec<Vec<u8>>>,
     mut decoder: Decoder,
     dead_letters: Option<DeadLetters>,
-    stats: Rc<Stats>,
+    stats: Rc<Counters>,
 ) -> Stream<'s, Time, Vec<UserEvent>> {
     let mut limiter = LogLimiter::per_10s("invalid messages");
     let mut dead_log = LogLimiter::per_10s("dead-letter write failures");
@@ -31,13 +31,13 @@ pub fn decode<'s>(
             // a user's events must stay in the order they were read.
             input.for_each(|cap, batch| {
                 let mut session = output.session(&cap);
-                Stats::add(&stats.events_read, batch.len() as u64);
+                Counters::add(&stats.events_read, batch.len() as u64);
                 for msg in batch.drain(..) {
                     match decoder.decode(&msg) {
                         Ok(ev) => session.give(ev),
                         Err(e) => {
-                            Stats::add(&stats.invalid, 1);
-                            Stats::add(&stats.invalid_by_reason[e.reason_index()], 1);
+                            Counters::add(&stats.invalid, 1);
+                            Counters::add(&stats.invalid_by_reason[e.reason_index()], 1);
                             if dead_letters.is_some() {
                                 let reason = format!("{}: {e}", e.reason());
                                 letters.push(DeadLetter::new(
@@ -63,7 +63,7 @@ pub fn decode<'s>(
                 && !letters.is_empty()
             {
                 match dl.write(&letters) {
-                    Ok(()) => Stats::add(&stats.dead_letters, letters.len() as u64),
+                    Ok(()) => Counters::add(&stats.dead_letters, letters.len() as u64),
                     Err(e) => {
                         if dead_log.allow() {
                             tracing::error!(

@@ -1,4 +1,4 @@
-//! The `UserStateManager`: per-user state with a TTL, filled from the Profile API on a
+//! The user-state operator: per-user state with a TTL, filled from the Profile API on a
 //! user's first event, updated by every event, and judged by the filter.
 //!
 //! Input is exchanged on `user_id`, so each user lives on exactly one worker. A user's
@@ -25,6 +25,8 @@ use timely::scheduling::SyncActivator;
 
 use crate::checkpoint::{CheckpointConfig, Ending, PartWriter};
 
+use crate::clock::now_ms;
+use crate::counters::Counters;
 use crate::filter::Verdict;
 use crate::filter::reload::Filters;
 use crate::intern::Interner;
@@ -35,12 +37,10 @@ use crate::model::{
 };
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
-use crate::operators::now_ms;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
-use crate::state::recent::RecentLookups;
-use crate::state::{StateStore, Store, TtlIndex};
-use crate::stats::Stats;
+use crate::store::recent::RecentLookups;
+use crate::store::{StateStore, Store, TtlIndex};
 
 #[derive(Clone, Debug)]
 pub struct UserStateConfig {
@@ -59,7 +59,7 @@ struct Applier {
     filters: Filters,
     /// Events that crossed workers arrive with their own copies of type and name.
     interner: Interner,
-    stats: Rc<Stats>,
+    stats: Rc<Counters>,
     script_log: LogLimiter,
 }
 
@@ -88,10 +88,10 @@ impl Applier {
         }
         match self.filters.judge(time, EnrichedView { event: &ev, state }) {
             Verdict::Pass => {
-                Stats::add(&self.stats.passed, 1);
+                Counters::add(&self.stats.passed, 1);
                 let (targets, errors) = self.filters.targets(EnrichedView { event: &ev, state });
                 for reason in errors {
-                    Stats::add(&self.stats.script_errors, 1);
+                    Counters::add(&self.stats.script_errors, 1);
                     if self.script_log.allow() {
                         tracing::warn!(user = %ev.user_id, "an action's filter failed, that action skipped: {reason}");
                     }
@@ -99,11 +99,11 @@ impl Applier {
                 (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
             }
             Verdict::Reject => {
-                Stats::add(&self.stats.rejected, 1);
+                Counters::add(&self.stats.rejected, 1);
                 None
             }
             Verdict::Error(reason) => {
-                Stats::add(&self.stats.script_errors, 1);
+                Counters::add(&self.stats.script_errors, 1);
                 if self.script_log.allow() {
                     tracing::warn!(user = %ev.user_id, "filter script failed, event rejected: {reason}");
                 }
@@ -176,7 +176,7 @@ struct Manager {
     snapshots: Option<Snapshots>,
     fetcher: Fetcher,
     applier: Applier,
-    stats: Rc<Stats>,
+    stats: Rc<Counters>,
     fetch_log: LogLimiter,
 }
 
@@ -215,7 +215,7 @@ impl Manager {
             } else {
                 // Expired but not swept yet: never served (Flink's NeverReturnExpired).
                 self.store.remove(&ev.user_id);
-                Stats::add(&self.stats.expired, 1);
+                Counters::add(&self.stats.expired, 1);
             }
         }
         let user = ev.user_id.clone();
@@ -258,7 +258,7 @@ impl Manager {
     }
 
     fn start_fetch(&mut self, user: Text) {
-        Stats::add(&self.stats.fetched, 1);
+        Counters::add(&self.stats.fetched, 1);
         self.fetcher.start(user);
     }
 
@@ -292,7 +292,7 @@ impl Manager {
                         state
                     }
                     (Err(e), before) => {
-                        Stats::add(&self.stats.fetch_errors, 1);
+                        Counters::add(&self.stats.fetch_errors, 1);
                         if self.fetch_log.allow() {
                             tracing::warn!(%user, "profile look-up failed, using an empty checkpoint: {e}");
                         }
@@ -353,7 +353,7 @@ impl Manager {
         hold: Time,
         cap: impl Fn() -> Capability<Time>,
     ) {
-        Stats::add(&self.stats.restored, 1);
+        Counters::add(&self.stats.restored, 1);
         match saved {
             SavedUser::State(mut state) => {
                 self.ttl.touched(&user, &mut state, true);
@@ -471,7 +471,7 @@ impl Manager {
                 "state TTL expired idle users"
             );
         }
-        Stats::add(&self.stats.expired, expired);
+        Counters::add(&self.stats.expired, expired);
     }
 
     /// Starts writing this worker's part of `epoch`: a copy of the store now (shallow,
@@ -580,7 +580,7 @@ pub fn user_state<'s>(
     filters: Filters,
     store: Store,
     backlog: Backlog,
-    stats: Rc<Stats>,
+    stats: Rc<Counters>,
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
     let scope = events.scope();
     let profiles = profiles.clone();

@@ -210,7 +210,7 @@ fn history_entry(raw: &RawValue) -> Result<HistoryEntry, String> {
         None => 0,
     };
     let parameters = match field("parameters") {
-        Some(r) => crate::decode::parameters(r, false).map_err(|e| format!("parameters: {e}"))?,
+        Some(r) => crate::wire::parameters(r, false).map_err(|e| format!("parameters: {e}"))?,
         None => None,
     };
     Ok(HistoryEntry {

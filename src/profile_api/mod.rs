@@ -102,7 +102,7 @@ pub type Fetched = (crate::model::Text, Result<ProfileData, FetchError>);
 pub enum Fetcher {
     Http {
         api: Box<HttpProfileApi>,
-        bridge: crate::operators::async_bridge::AsyncBridge<Fetched>,
+        bridge: crate::async_bridge::AsyncBridge<Fetched>,
     },
     Snapshot {
         snapshot: Arc<ProfileSnapshot>,
@@ -126,7 +126,7 @@ impl Fetcher {
                 api.calls().register(max_in_flight * REQUESTS_PER_LOOKUP);
                 Fetcher::Http {
                     api: Box::new(api.clone()),
-                    bridge: crate::operators::async_bridge::AsyncBridge::new(runtime, activator),
+                    bridge: crate::async_bridge::AsyncBridge::new(runtime, activator),
                 }
             }
             ProfileSource::Snapshot(snapshot) => Fetcher::Snapshot {

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
+use crate::clock::now_ms;
 use crate::model::Time;
 use crate::operators::backpressure::Gate;
-use crate::operators::now_ms;
 use crate::shutdown::StopFlag;
 
 /// Lines handed downstream per batch, and how long one activation may read before it

@@ -29,12 +29,12 @@ use timely::dataflow::{Scope, Stream};
 
 use crate::checkpoint::manifest::{self, Incomplete, OffsetsPart};
 use crate::checkpoint::{CheckpointConfig, Ending};
+use crate::clock::now_ms;
 use crate::config::{KafkaSettings, StartFrom};
-use crate::kafka::{JobContext, client_config};
+use crate::kafka_client::{JobContext, client_config};
 use crate::log_limit::LogLimiter;
 use crate::model::Time;
 use crate::operators::backpressure::Gate;
-use crate::operators::now_ms;
 use crate::shutdown::StopFlag;
 use crate::sources::replay::ReplayFrom;
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_trigger::config::{Settings, SourceType};
+use event_trigger::counters::{Counts, Summary};
 use event_trigger::dataflows::trigger::{self, Prepared};
 use event_trigger::http_server::{self, reply};
-use event_trigger::stats::{Counts, Summary};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
@@ -219,7 +219,7 @@ impl Receiver {
                     idempotency_key: header("idempotency-key"),
                     signature: header("x-signature-256"),
                     ingested_at: header(event_trigger::actions::INGESTED_AT),
-                    arrived_ms: event_trigger::operators::now_ms(),
+                    arrived_ms: event_trigger::clock::now_ms(),
                 });
                 let ok = req
                     .headers()
@@ -413,7 +413,7 @@ impl Workload {
     pub fn invalid_lines(&self) -> u64 {
         self.lines
             .iter()
-            .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+            .filter(|l| event_trigger::wire::decode(l.as_bytes()).is_err())
             .count() as u64
     }
 
@@ -421,7 +421,7 @@ impl Workload {
         let mut ids: Vec<String> = self
             .lines
             .iter()
-            .filter_map(|l| event_trigger::decode::decode(l.as_bytes()).ok())
+            .filter_map(|l| event_trigger::wire::decode(l.as_bytes()).ok())
             .map(|e| e.user_id.to_string())
             .collect();
         ids.sort();
@@ -629,7 +629,7 @@ pub fn assert_dead_letters(
     let mut want: Vec<Vec<u8>> = w
         .lines
         .iter()
-        .filter(|l| event_trigger::decode::decode(l.as_bytes()).is_err())
+        .filter(|l| event_trigger::wire::decode(l.as_bytes()).is_err())
         .map(|l| l.as_bytes().to_vec())
         .collect();
     invalid.sort();

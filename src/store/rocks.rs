@@ -330,7 +330,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::files::{read_part, write_part};
     use crate::model::{HistoryEntry, ProfileData, SavedUser};
-    use crate::state::MemoryStore;
+    use crate::store::MemoryStore;
 
     fn state(i: u64) -> UserState {
         let mut data = ProfileData::default();

@@ -1,6 +1,6 @@
 //! Per-worker counters and the run summary.
 //!
-//! Each worker owns its `Stats` (plain `Cell`s, no atomics on the hot path); at the end
+//! Each worker owns its `Counters` (plain `Cell`s, no atomics on the hot path); at the end
 //! of a bounded run the counters of all workers of all processes are summed into one
 //! `Summary`.
 
@@ -14,10 +14,10 @@ macro_rules! counters {
         /// Counters of one worker, and gauges of what it holds now (for the metrics;
         /// not in the summary).
         #[derive(Debug, Default)]
-        pub struct Stats {
+        pub struct Counters {
             $(#[doc = $doc] pub $name: Cell<u64>,)*
             /// Invalid messages by `DecodeError::REASONS`.
-            pub invalid_by_reason: [Cell<u64>; crate::decode::DecodeError::REASONS.len()],
+            pub invalid_by_reason: [Cell<u64>; crate::wire::DecodeError::REASONS.len()],
             pub users: Cell<u64>,
             pub lookups_in_flight: Cell<u64>,
             pub lookup_backlog: Cell<u64>,
@@ -33,7 +33,7 @@ macro_rules! counters {
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
         pub struct Counts { $(#[doc = $doc] pub $name: u64,)* }
 
-        impl Stats {
+        impl Counters {
             pub fn counts(&self) -> Counts { Counts { $($name: self.$name.get(),)* } }
         }
 
@@ -84,7 +84,7 @@ pub struct ActionCounts {
     pub retried: u64,
 }
 
-impl Stats {
+impl Counters {
     #[inline]
     pub fn add(cell: &Cell<u64>, n: u64) {
         cell.set(cell.get() + n);
@@ -137,9 +137,9 @@ mod tests {
 
     #[test]
     fn summary_line_round_trips() {
-        let s = Stats::default();
-        Stats::add(&s.events_read, 10);
-        Stats::add(&s.passed, 3);
+        let s = Counters::default();
+        Counters::add(&s.events_read, 10);
+        Counters::add(&s.passed, 3);
         let summary = Summary {
             counts: s.counts(),
             elapsed_s: 2.0,

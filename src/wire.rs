@@ -157,7 +157,7 @@ impl Decoder {
     /// A decoder that refuses messages longer than `max_bytes` without parsing them.
     ///
     /// ```
-    /// use event_trigger::decode::Decoder;
+    /// use event_trigger::wire::Decoder;
     /// let mut d = Decoder::with_limit(16);
     /// assert_eq!(d.decode(br#"{"user_id":"u1","event_type":"click"}"#).unwrap_err().reason(), "too_large");
     /// ```
@@ -173,7 +173,7 @@ impl Decoder {
     /// instead of being coerced (`source.strict-types`).
     ///
     /// ```
-    /// use event_trigger::decode::Decoder;
+    /// use event_trigger::wire::Decoder;
     /// let msg = br#"{"user_id":7,"event_type":"click"}"#;
     /// assert_eq!(&*Decoder::default().decode(msg).unwrap().user_id, "7");
     /// let mut strict = Decoder::default().strict_types(true);
@@ -187,7 +187,7 @@ impl Decoder {
     /// Decodes one message.
     ///
     /// ```
-    /// use event_trigger::decode::{Decoder, DecodeError};
+    /// use event_trigger::wire::{Decoder, DecodeError};
     /// let mut d = Decoder::default();
     /// let ev = d.decode(br#"{"user_id":"u1","event_type":"click","timestamp":5}"#).unwrap();
     /// assert_eq!(&*ev.user_id, "u1");
