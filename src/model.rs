@@ -183,6 +183,16 @@ impl UserState {
     pub fn empty(now: Time) -> Self {
         Self::from_profile(ProfileData::default(), now)
     }
+
+    /// Appends `entries` to the history, then keeps only its newest `max` entries (the
+    /// Profile API's own history is kept whole until the first event is appended).
+    pub fn append_history(&mut self, entries: impl IntoIterator<Item = HistoryEntry>, max: usize) {
+        let history = Arc::make_mut(&mut self.history);
+        history.extend(entries);
+        if history.len() > max {
+            history.drain(..history.len() - max);
+        }
+    }
 }
 
 /// A user whose Profile API look-up had not finished when a checkpoint was taken, as the
@@ -231,5 +241,29 @@ impl EnrichedEvent {
             history: state.history.iter().cloned().collect(),
             targets,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> HistoryEntry {
+        HistoryEntry {
+            event_id: Some(id.into()),
+            event_name: None,
+            event_type: None,
+            timestamp: 0,
+            parameters: None,
+        }
+    }
+
+    #[test]
+    fn appended_history_keeps_the_newest_entries() {
+        let mut state = UserState::empty(0);
+        state.append_history(["a", "b", "c"].map(entry), 10);
+        state.append_history(["d", "e"].map(entry), 3);
+        let ids: Vec<_> = state.history.iter().map(|h| h.event_id.clone()).collect();
+        assert_eq!(ids, [Some("c".into()), Some("d".into()), Some("e".into())]);
     }
 }
