@@ -165,7 +165,7 @@ fn state(c: &mut Criterion) {
     use event_trigger::filter::reload::{FilterVersions, Filters};
     use event_trigger::operators::backpressure::Backlog;
     use event_trigger::operators::restore::restore_source;
-    use event_trigger::operators::user_state::{UserStateConfig, user_state};
+    use event_trigger::operators::user_state::{UserStateConfig, UserStateSettings, user_state};
     use event_trigger::profile_api::ProfileSource;
     use event_trigger::store::Backend;
     use timely::dataflow::operators::vec::Input;
@@ -247,22 +247,21 @@ fn state(c: &mut Criterion) {
                         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                             let (input, stream) = scope.new_input();
                             let restored = restore_source(scope, None);
-                            let (probe, _) = user_state(
-                                stream,
-                                restored,
-                                cfg,
-                                None,
-                                &profiles,
-                                rt,
+                            let settings = UserStateSettings {
+                                config: cfg,
+                                checkpoints: None,
+                                profiles,
+                                runtime: rt,
                                 filters,
                                 store,
-                                Backlog::new(usize::MAX),
-                                Rc::new(Counters::default()),
-                            )
-                            .inspect(|e| {
-                                std::hint::black_box(e);
-                            })
-                            .probe();
+                                backlog: Backlog::new(usize::MAX),
+                                counters: Rc::new(Counters::default()),
+                            };
+                            let (probe, _) = user_state(stream, restored, settings)
+                                .inspect(|e| {
+                                    std::hint::black_box(e);
+                                })
+                                .probe();
                             (input, probe)
                         });
                         for (i, e) in events.into_iter().enumerate() {

@@ -24,7 +24,7 @@ use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
-use crate::operators::user_state::user_state;
+use crate::operators::user_state::{UserStateSettings, user_state};
 use crate::sources::file::file_source;
 use crate::sources::kafka::{
     Finished, KafkaReader, Plan, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
@@ -148,18 +148,17 @@ pub fn run(
                 stats.clone(),
             );
             let restored = restore_source(scope, p.restore.clone());
-            let triggered = user_state(
-                events,
-                restored,
-                p.state.clone(),
-                p.checkpoints.clone().map(|c| (c, ending)),
-                &p.profiles,
-                runtime.clone(),
+            let settings = UserStateSettings {
+                config: p.state.clone(),
+                checkpoints: p.checkpoints.clone().map(|c| (c, ending)),
+                profiles: p.profiles.clone(),
+                runtime: runtime.clone(),
                 filters,
                 store,
-                lookups,
-                stats.clone(),
-            );
+                backlog: lookups,
+                counters: stats.clone(),
+            };
+            let triggered = user_state(events, restored, settings);
             run_actions(
                 triggered,
                 p.actions.clone(),

@@ -1,0 +1,95 @@
+//! Applying an event to its user's state, and judging it with the filter.
+
+use std::rc::Rc;
+
+use crate::counters::Counters;
+use crate::filter::Verdict;
+use crate::filter::reload::Filters;
+use crate::intern::Interner;
+use crate::log_limit::LogLimiter;
+use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Time, UserEvent, UserState};
+
+/// Applies events to a user's state and judges them.
+pub(super) struct Applier {
+    pub(super) max_history: usize,
+    pub(super) filters: Filters,
+    /// Events that crossed workers arrive with their own copies of type and name.
+    interner: Interner,
+    stats: Rc<Counters>,
+    script_log: LogLimiter,
+}
+
+impl Applier {
+    pub(super) fn new(max_history: usize, filters: Filters, stats: Rc<Counters>) -> Self {
+        Applier {
+            max_history,
+            filters,
+            interner: Interner::default(),
+            stats,
+            script_log: LogLimiter::per_10s("filter script errors"),
+        }
+    }
+
+    /// Once per activation: picks up a new filter version, lets the log limiter count.
+    pub(super) fn refresh(&mut self) {
+        self.filters.refresh();
+    }
+
+    pub(super) fn tick(&mut self) {
+        self.script_log.tick();
+    }
+
+    /// Applies `ev` to `state` (history, visit, activity) as the original did, then
+    /// judges it; returns the event to emit when it passes.
+    pub(super) fn apply(
+        &mut self,
+        time: Time,
+        ev: UserEvent,
+        state: &mut UserState,
+    ) -> Option<EnrichedEvent> {
+        state.last_activity = state.last_activity.max(time);
+        let entry = HistoryEntry {
+            event_id: ev.event_id.clone(),
+            event_name: ev.event_name.as_ref().map(|n| self.interner.share(n)),
+            event_type: Some(self.interner.share(&ev.event_type)),
+            timestamp: ev.timestamp,
+            parameters: ev.parameters.clone(),
+        };
+        state.append_history(std::iter::once(entry), self.max_history);
+        if let Some(visit) = &mut state.visit {
+            let visit = std::sync::Arc::make_mut(visit);
+            if ev.is_first_in_visit {
+                visit.timestamp = ev.timestamp;
+            }
+            visit.actions += 1;
+        }
+        self.judge(time, ev, state)
+    }
+
+    fn judge(&mut self, time: Time, ev: UserEvent, state: &UserState) -> Option<EnrichedEvent> {
+        match self.filters.judge(time, EnrichedView { event: &ev, state }) {
+            Verdict::Pass => {
+                Counters::add(&self.stats.passed, 1);
+                let (targets, errors) = self.filters.targets(EnrichedView { event: &ev, state });
+                for reason in errors {
+                    Counters::add(&self.stats.script_errors, 1);
+                    if self.script_log.allow() {
+                        tracing::warn!(user = %ev.user_id, "an action's filter failed, that action skipped: {reason}");
+                    }
+                }
+                (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
+            }
+            Verdict::Reject => {
+                Counters::add(&self.stats.rejected, 1);
+                None
+            }
+            Verdict::Error(reason) => {
+                Counters::add(&self.stats.script_errors, 1);
+                if self.script_log.allow() {
+                    tracing::warn!(user = %ev.user_id, "filter script failed, event rejected: {reason}");
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! One worker's side of the operator between activations: where each event goes (the
+//! stash, its user's look-up queue, or its user's state), and what the frontier and
+//! finished look-ups set in motion.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use timely::dataflow::operators::Capability;
+
+use super::apply::Applier;
+use super::lookups::{Lookups, Queued};
+use super::snapshots::{Snapshots, Stash};
+use super::table::{Miss, UserTable};
+use crate::counters::Counters;
+use crate::model::{EnrichedEvent, SavedUser, Text, Time, UserEvent};
+use crate::operators::held::HeldTimes;
+
+/// What became of an event offered to the state.
+// Returned and matched at once, never stored: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Offer {
+    /// Applied; `Some` if it passed the filter.
+    Applied(Option<EnrichedEvent>),
+    /// Queued behind the user's look-up: its time must be held.
+    Queued,
+}
+
+/// Emits an event that passed, at a held time.
+pub(super) trait Emit: FnMut(&HeldTimes, Time, EnrichedEvent) {}
+impl<F: FnMut(&HeldTimes, Time, EnrichedEvent)> Emit for F {}
+
+pub(super) struct Core {
+    pub(super) table: UserTable,
+    pub(super) lookups: Lookups,
+    pub(super) applier: Applier,
+    /// Times of the events waiting for a look-up and in the stash.
+    pub(super) held: HeldTimes,
+    stash: Stash,
+    pub(super) snapshots: Option<Snapshots>,
+    pub(super) stats: Rc<Counters>,
+}
+
+impl Core {
+    pub(super) fn new(
+        table: UserTable,
+        lookups: Lookups,
+        applier: Applier,
+        snapshots: Option<Snapshots>,
+        stats: Rc<Counters>,
+    ) -> Self {
+        Core {
+            table,
+            lookups,
+            applier,
+            held: HeldTimes::default(),
+            stash: Stash::default(),
+            snapshots,
+            stats,
+        }
+    }
+
+    /// Takes an event of the input stamped `time`, held by `cap` if it must wait.
+    pub(super) fn arrive(
+        &mut self,
+        restoring: bool,
+        time: Time,
+        ev: UserEvent,
+        cap: impl Fn() -> Capability<Time>,
+    ) -> Option<EnrichedEvent> {
+        if self.must_wait(restoring, time) {
+            self.held.hold(time, cap);
+            self.stash.push(time, ev);
+            return None;
+        }
+        match self.offer(time, ev) {
+            Offer::Applied(out) => out,
+            Offer::Queued => {
+                self.held.hold(time, cap);
+                None
+            }
+        }
+    }
+
+    /// Whether an event stamped `time` must wait in the stash; one that need not is
+    /// about to be applied, and its time is recorded for the next snapshot's choice.
+    fn must_wait(&mut self, restoring: bool, time: Time) -> bool {
+        // Behind stashed events, so that a user's events keep their order: the stash is
+        // drained only once the frontier is looked at, after the input.
+        if restoring || !self.stash.is_empty() {
+            return true;
+        }
+        self.snapshots.as_mut().is_some_and(|s| !s.admits(time))
+    }
+
+    fn offer(&mut self, time: Time, ev: UserEvent) -> Offer {
+        let Some(ev) = self.lookups.queue_behind(time, ev) else {
+            return Offer::Queued;
+        };
+        let applier = &mut self.applier;
+        let live = self
+            .table
+            .with_live(time, ev, |ev, state| applier.apply(time, ev, state));
+        let (before, ev) = match live {
+            Ok(out) => return Offer::Applied(out),
+            Err((Miss::RefetchDue(state), ev)) => (Some(state), ev),
+            Err((Miss::Expired, ev)) => {
+                Counters::add(&self.stats.expired, 1);
+                (None, ev)
+            }
+            Err((Miss::Absent, ev)) => (None, ev),
+        };
+        let user = ev.user_id.clone();
+        if before.is_none()
+            && let Some(state) = self.table.recent_state(&user, time)
+        {
+            let out = self
+                .table
+                .insert_with(user, state, |state| self.applier.apply(time, ev, state));
+            return Offer::Applied(out);
+        }
+        self.lookups
+            .start(user, VecDeque::from([Queued::at(time, ev)]), before);
+        Offer::Queued
+    }
+
+    /// Completes finished look-ups: builds each user's state and applies the events
+    /// that waited for it, passing `emit` those that pass, with their held times.
+    pub(super) fn complete_lookups(&mut self, emit: &mut impl Emit) {
+        while let Some(done) = self.lookups.next_done() {
+            self.table
+                .remember(&done.user, done.first(), done.result.as_ref().ok());
+            let (user, queue, state) = self.lookups.settle(done);
+            let (applier, held) = (&mut self.applier, &mut self.held);
+            self.table.insert_with(user, state, |state| {
+                for q in queue {
+                    if let Some(out) = applier.apply(q.time, q.event, state) {
+                        emit(held, q.held, out);
+                    }
+                    held.release(q.held);
+                }
+            });
+        }
+    }
+
+    /// A user restored from a checkpoint. One that was being looked up is looked up
+    /// again, its events held at `hold` (a time that `cap` can give).
+    pub(super) fn restore(
+        &mut self,
+        user: Text,
+        saved: SavedUser,
+        hold: Time,
+        cap: impl Fn() -> Capability<Time>,
+    ) {
+        Counters::add(&self.stats.restored, 1);
+        match saved {
+            SavedUser::State(state) => self.table.insert_with(user, state, |_| ()),
+            SavedUser::Pending(p) => {
+                let queue = p
+                    .events
+                    .into_iter()
+                    .map(|(time, event)| {
+                        self.held.hold(hold, &cap);
+                        Queued {
+                            time,
+                            held: hold,
+                            event,
+                        }
+                    })
+                    .collect();
+                self.lookups.start(user, queue, p.before);
+            }
+        }
+    }
+
+    /// Offers stashed events stamped before `limit`, in time order.
+    fn drain_stash(&mut self, limit: Time, emit: &mut impl Emit) {
+        let ready = self.stash.take_before(limit);
+        if let Some(s) = &mut self.snapshots
+            && let Some((t, _)) = ready.last()
+        {
+            s.applied(*t);
+        }
+        for (time, ev) in ready {
+            match self.offer(time, ev) {
+                Offer::Applied(out) => {
+                    if let Some(out) = out {
+                        emit(&self.held, time, out);
+                    }
+                    self.held.release(time);
+                }
+                Offer::Queued => {} // its hold moves with it to the look-up queue
+            }
+        }
+    }
+
+    /// Acts on the input frontier: takes the snapshot of an epoch it reached, lets
+    /// stashed events through, expires idle users. `None`: the input has ended.
+    pub(super) fn on_frontier(&mut self, frontier: Option<Time>, emit: &mut impl Emit) {
+        let Some(now) = frontier else {
+            self.drain_stash(Time::MAX, emit);
+            return;
+        };
+        let mut through = Time::MAX;
+        if let Some(epoch) = self.snapshots.as_ref().and_then(|s| s.due(now)) {
+            self.drain_stash(epoch, emit);
+            let running = !self.lookups.is_empty();
+            if let Some(s) = &mut self.snapshots
+                && s.ready(epoch, running)
+            {
+                s.take(epoch, &mut self.table, &mut self.lookups, &mut self.held);
+            }
+        }
+        if let Some(s) = &mut self.snapshots {
+            through = s.open_next(now);
+        }
+        self.drain_stash(through, emit);
+        let expired = self.table.expire(now);
+        Counters::add(&self.stats.expired, expired);
+    }
+
+    /// Once per activation, after the work: settles a snapshot written, publishes the
+    /// gauges. True when the operator must run again (a final snapshot can be taken).
+    pub(super) fn finish_activation(&mut self, ended: bool) -> bool {
+        let mut again = false;
+        if let Some(s) = &mut self.snapshots {
+            s.settle(ended, &self.stats);
+            again = s.can_stop_waiting(&self.lookups);
+        }
+        self.applier.tick();
+        self.lookups.tick();
+        self.stats.users.set(self.table.len() as u64);
+        self.stats
+            .lookups_in_flight
+            .set(self.lookups.in_flight() as u64);
+        self.stats.lookup_backlog.set(self.held.len() as u64);
+        again
+    }
+
+    /// Settles a snapshot written, before the frontier is looked at.
+    pub(super) fn settle_snapshot(&mut self) {
+        if let Some(s) = &mut self.snapshots {
+            s.settle(false, &self.stats);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The user-state operator: per-user state with a TTL, filled from the Profile API on a
+//! user's first event, updated by every event, and judged by the filter.
+//!
+//! Input is exchanged on `user_id`, so each user lives on exactly one worker. A user's
+//! look-up runs asynchronously (other users' events keep flowing); the user's events
+//! that arrive meanwhile wait, in order, and are applied when it completes. While they
+//! wait their times are held, so no frontier downstream passes them; a checkpoint that
+//! saves a waiting user (its events, to be looked up again on restore) moves those holds
+//! to its epoch, so it completes without waiting for the Profile API.
+//!
+//! The filter runs here, on the state in place: only the events it passes are copied
+//! out with a snapshot of their user's data. (Flink copies every enriched event, history
+//! and all, to its filter; that copy was its largest cost.)
+//!
+//! One concern per module: `table` (the users, their TTL and recent look-ups), `lookups`
+//! (look-ups and the events waiting for them), `snapshots` (the checkpoint protocol),
+//! `apply` (an event applied and judged), `core` (where each event goes).
+
+mod apply;
+mod core;
+mod lookups;
+mod snapshots;
+mod table;
+
+use std::rc::Rc;
+
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::scheduling::SyncActivator;
+
+use crate::checkpoint::{CheckpointConfig, Ending};
+use crate::counters::Counters;
+use crate::filter::reload::Filters;
+use crate::model::{EnrichedEvent, SavedUser, Text, Time, UserEvent};
+use crate::operators::backpressure::Backlog;
+use crate::operators::held::HeldTimes;
+use crate::partition::user_hash;
+use crate::profile_api::{Fetcher, ProfileSource};
+use crate::store::Store;
+
+use self::apply::Applier;
+use self::core::Core;
+use self::lookups::{LookupSettings, Lookups, Source};
+use self::snapshots::Snapshots;
+use self::table::UserTable;
+
+#[derive(Clone, Debug)]
+pub struct UserStateConfig {
+    pub ttl_ms: u64,
+    pub max_history: usize,
+    /// Look-ups under way at once on this worker; users beyond it wait their turn.
+    pub max_in_flight: usize,
+    /// After a failed look-up, the user is looked up again on its first event this
+    /// long after (instead of keeping the empty checkpoint for the whole TTL).
+    pub min_refetch_ms: u64,
+}
+
+/// What one worker's user-state operator is built from.
+pub struct UserStateSettings {
+    pub config: UserStateConfig,
+    /// With checkpoints, the operator writes its worker's part of each (`Ending` tells
+    /// it which is the last).
+    pub checkpoints: Option<(CheckpointConfig, Ending)>,
+    pub profiles: ProfileSource,
+    /// Where HTTP look-ups run.
+    pub runtime: tokio::runtime::Handle,
+    pub filters: Filters,
+    /// Holds the users (in memory or in RocksDB).
+    pub store: Store,
+    /// Tells the source how many events wait (for a look-up, a restore or a snapshot).
+    pub backlog: Backlog,
+    pub counters: Rc<Counters>,
+}
+
+/// Keeps each user's state, applies every event to it, and emits the events that the
+/// filters pass, enriched with their user's data.
+///
+/// `events` is exchanged on a stable hash of `user_id`; so is `restored` (the users of a
+/// checkpoint being restored), so a checkpoint lands on the right workers whatever their
+/// number. Events wait until the restore is complete.
+pub fn user_state<'s>(
+    events: Stream<'s, Time, Vec<UserEvent>>,
+    restored: Stream<'s, Time, Vec<(Text, SavedUser)>>,
+    settings: UserStateSettings,
+) -> Stream<'s, Time, Vec<EnrichedEvent>> {
+    operator(events, restored, settings, |s, activator| {
+        let max_in_flight = s.config.max_in_flight;
+        Source::Api(Fetcher::new(
+            &s.profiles,
+            max_in_flight,
+            s.runtime.clone(),
+            activator,
+        ))
+    })
+}
+
+/// The operator, its answers from `source`.
+fn operator<'s>(
+    events: Stream<'s, Time, Vec<UserEvent>>,
+    restored: Stream<'s, Time, Vec<(Text, SavedUser)>>,
+    settings: UserStateSettings,
+    source: impl FnOnce(&UserStateSettings, SyncActivator) -> Source + 'static,
+) -> Stream<'s, Time, Vec<EnrichedEvent>> {
+    let scope = events.scope();
+    let by_user = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
+    let by_restored_user = Exchange::new(|r: &(Text, SavedUser)| user_hash(&r.0));
+    events.binary_frontier(
+        restored,
+        by_user,
+        by_restored_user,
+        "UserState",
+        move |cap, info| {
+            let worker = scope.worker().clone();
+            let address = info.address.to_vec();
+            let source = source(&settings, worker.sync_activator_for(address.clone()));
+            let wake = scope.activator_for(info.address.clone());
+            let UserStateSettings {
+                config,
+                checkpoints,
+                filters,
+                store,
+                backlog,
+                counters,
+                ..
+            } = settings;
+            let snapshots = checkpoints.map(|c| {
+                let index = worker.index();
+                let activator = move || worker.sync_activator_for(address.clone());
+                Snapshots::new(c, index, cap, Box::new(activator))
+            });
+            let lookups = LookupSettings {
+                max_in_flight: config.max_in_flight,
+                min_refetch_ms: config.min_refetch_ms,
+                max_history: config.max_history,
+            };
+            let mut m = Core::new(
+                UserTable::new(store, config.ttl_ms, config.min_refetch_ms),
+                Lookups::new(lookups, source, counters.clone()),
+                Applier::new(config.max_history, filters, counters.clone()),
+                snapshots,
+                counters,
+            );
+            move |(input, frontier), (restore, restore_frontier), output| {
+                m.applier.refresh();
+                restore.for_each(|cap, records| {
+                    // A restored user's events that wait for a look-up again are held at
+                    // the run's first epoch, not before: the restored checkpoint has them.
+                    let first = m.snapshots.as_ref().map_or(0, |s| s.last());
+                    let hold = cap.least().map_or(first, |t| first.max(*t));
+                    for (user, saved) in records.drain(..) {
+                        m.restore(user, saved, hold, || cap.delayed(&hold, 0));
+                    }
+                });
+                let restoring = !restore_frontier.frontier().is_empty();
+                // In arrival order: a user's events must be applied in the order they
+                // were read (`for_each_stamp` sorts containers by time, unstably).
+                input.for_each(|cap, batch| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for ev in batch.drain(..) {
+                        if let Some(out) = m.arrive(restoring, time, ev, || cap.delayed(&time, 0)) {
+                            session.give(out);
+                        }
+                    }
+                });
+                let mut emit = |held: &HeldTimes, time: Time, out: EnrichedEvent| {
+                    output.session(&held.capability_for(time)).give(out);
+                };
+                let ended = frontier.frontier().is_empty() && !restoring;
+                m.settle_snapshot();
+                if !restoring {
+                    m.on_frontier(frontier.frontier().first().copied(), &mut emit);
+                }
+                // After the frontier: stashed events let through may have started look-ups
+                // that (from a snapshot file) are done at once.
+                m.complete_lookups(&mut emit);
+                if m.finish_activation(ended) {
+                    wake.activate();
+                }
+                backlog.set(m.held.len());
+            }
+        },
+    )
+}

@@ -1,0 +1,224 @@
+//! The operator's side of checkpoints (see `crate::checkpoint`): which epoch to take
+//! when, the stash of events that must wait for a snapshot, writing this worker's part,
+//! and holding the frontier downstream until the part is on disk.
+
+use timely::dataflow::operators::Capability;
+use timely::scheduling::SyncActivator;
+
+use super::lookups::Lookups;
+use super::table::UserTable;
+use crate::checkpoint::{CheckpointConfig, Ending, PartRecords, PartWriter};
+use crate::clock::now_ms;
+use crate::counters::Counters;
+use crate::model::{Time, UserEvent};
+use crate::operators::held::HeldTimes;
+
+/// Events that arrived early: while a checkpoint is restored, or stamped at or after
+/// the next epoch before the frontier reached it. Their times are held.
+#[derive(Default)]
+pub(super) struct Stash(Vec<(Time, UserEvent)>);
+
+impl Stash {
+    pub(super) fn push(&mut self, time: Time, ev: UserEvent) {
+        self.0.push((time, ev));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The events stamped before `limit`, in time order (a user's events keep their
+    /// order within a time).
+    pub(super) fn take_before(&mut self, limit: Time) -> Vec<(Time, UserEvent)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        // Stable: a user's events keep their order within a time.
+        self.0.sort_by_key(|(t, _)| *t);
+        let split = self.0.partition_point(|(t, _)| *t < limit);
+        self.0.drain(..split).collect()
+    }
+}
+
+/// Checkpoints taken by this operator.
+pub(super) struct Snapshots {
+    cfg: CheckpointConfig,
+    worker: usize,
+    /// Events stamped at or after this epoch wait in the stash until its snapshot is
+    /// taken. None while a snapshot is being written (events then go through: the next
+    /// snapshot will be of a later epoch), and before the frontier is first seen.
+    next: Option<Time>,
+    /// The epoch of the last snapshot; at first, the epoch the run starts in (or the
+    /// restored one), which has nothing to snapshot. Set before any frontier is seen:
+    /// the first one seen may already be the final epoch, after a long restore.
+    last: Time,
+    /// The latest time of an event applied.
+    max_applied: Time,
+    in_progress: Option<InProgress>,
+    /// Held at the last epoch whose part is on disk (at first, at the start): nothing
+    /// downstream passes an epoch before this worker's part of it exists.
+    cap: Option<Capability<Time>>,
+    /// Wakes the operator when a part is written (one per writer).
+    activator: Box<dyn Fn() -> SyncActivator>,
+    ending: Ending,
+    /// The final snapshot waits for the look-ups running (see `Ending`).
+    awaiting_lookups: bool,
+}
+
+/// A snapshot being written.
+struct InProgress {
+    epoch: Time,
+    writer: PartWriter,
+}
+
+impl Snapshots {
+    pub(super) fn new(
+        (cfg, ending): (CheckpointConfig, Ending),
+        worker: usize,
+        cap: Capability<Time>,
+        activator: Box<dyn Fn() -> SyncActivator>,
+    ) -> Self {
+        Snapshots {
+            last: cfg.epoch_at(now_ms()).max(cfg.restored_epoch),
+            cfg,
+            worker,
+            next: None,
+            max_applied: 0,
+            in_progress: None,
+            cap: Some(cap),
+            activator,
+            ending,
+            awaiting_lookups: false,
+        }
+    }
+
+    /// The epoch of the last snapshot (at first, the one the run starts in).
+    pub(super) fn last(&self) -> Time {
+        self.last
+    }
+
+    /// Whether an event stamped `time` may be applied now (else it waits in the stash);
+    /// one that may is recorded for the next snapshot's choice.
+    pub(super) fn admits(&mut self, time: Time) -> bool {
+        if self.next.is_some_and(|next| time >= next) {
+            return false;
+        }
+        self.applied(time);
+        true
+    }
+
+    /// An event stamped `time` is about to be applied.
+    pub(super) fn applied(&mut self, time: Time) {
+        self.max_applied = self.max_applied.max(time);
+    }
+
+    /// The epoch whose snapshot the frontier `now` calls for, unless one is being
+    /// written: the stash's events before it go first.
+    pub(super) fn due(&self, now: Time) -> Option<Time> {
+        let epoch = self.cfg.epoch_at(now);
+        (self.in_progress.is_none() && epoch > self.last).then_some(epoch)
+    }
+
+    /// Whether to take `epoch` now. The final snapshot waits for the look-ups running
+    /// (later events wait meanwhile); a snapshot is skipped when events of a later time
+    /// went through while the previous one was written (a later epoch will do).
+    pub(super) fn ready(&mut self, epoch: Time, lookups_running: bool) -> bool {
+        self.awaiting_lookups = self.ending.get() && lookups_running;
+        if self.max_applied >= epoch {
+            return false;
+        }
+        if self.awaiting_lookups {
+            self.next = Some(epoch);
+            return false;
+        }
+        self.last = epoch;
+        self.next = None;
+        true
+    }
+
+    /// When not writing, events from the next epoch on wait for its snapshot. The time
+    /// before which stashed events may go through.
+    pub(super) fn open_next(&mut self, now: Time) -> Time {
+        if self.in_progress.is_none() && self.next.is_none() {
+            let after = now.max(self.max_applied).max(self.last);
+            self.next = Some(self.cfg.epoch_after(after));
+        }
+        self.next.unwrap_or(Time::MAX)
+    }
+
+    /// Starts writing this worker's part of `epoch`: a copy of the table now (shallow,
+    /// or a RocksDB checkpoint), and the users being looked up as their events.
+    pub(super) fn take(
+        &mut self,
+        epoch: Time,
+        table: &mut UserTable,
+        lookups: &mut Lookups,
+        held: &mut HeldTimes,
+    ) {
+        let copy = match table.snapshot() {
+            Ok(copy) => copy,
+            Err(e) => {
+                // Without its part this epoch's checkpoint never completes; the next
+                // epoch tries again.
+                let worker = self.worker;
+                tracing::error!(epoch, worker, "checkpoint part not started: {e}");
+                return;
+            }
+        };
+        let pending = lookups.save_pending(epoch, held);
+        tracing::debug!(
+            epoch,
+            users = table.len(),
+            pending = pending.len(),
+            "checkpoint started"
+        );
+        self.write(epoch, copy.into_part(pending));
+    }
+
+    fn write(&mut self, epoch: Time, records: PartRecords) {
+        let path = self.cfg.state_path(epoch, self.worker);
+        let writer = PartWriter::start(path, records, (self.activator)());
+        self.in_progress = Some(InProgress { epoch, writer });
+    }
+
+    /// The final snapshot waited for look-ups, and they are done.
+    pub(super) fn can_stop_waiting(&self, lookups: &Lookups) -> bool {
+        self.awaiting_lookups && lookups.is_empty()
+    }
+
+    /// Once the snapshot's part is on disk, lets the frontier downstream pass its
+    /// epoch. With the input ended, lets go entirely.
+    pub(super) fn settle(&mut self, ended: bool, stats: &Counters) {
+        if let Some(p) = &self.in_progress
+            && let Some(result) = p.writer.poll()
+        {
+            let epoch = p.epoch;
+            match result {
+                Ok(info) => {
+                    stats.state_bytes.set(info.bytes);
+                    tracing::info!(
+                        epoch,
+                        worker = self.worker,
+                        users = info.users,
+                        bytes = info.bytes,
+                        ms = info.duration.as_millis() as u64,
+                        "checkpoint part written"
+                    )
+                }
+                Err(e) => tracing::error!(
+                    epoch,
+                    "checkpoint part not written, the checkpoint will not complete: {e}"
+                ),
+            }
+            if let Some(cap) = &mut self.cap
+                && *cap.time() < epoch
+            {
+                cap.downgrade(&epoch);
+            }
+            self.in_progress = None;
+        }
+        if ended && self.in_progress.is_none() {
+            self.cap = None;
+        }
+    }
+}

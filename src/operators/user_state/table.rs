@@ -1,0 +1,124 @@
+//! The users of one worker: their states in the store, the TTL index over them, and
+//! the answers of recent look-ups. Every change goes through here, so the index always
+//! knows of every state the store holds.
+
+use super::lookups::after_failure;
+use crate::model::{ProfileData, Text, Time, UserEvent, UserState};
+use crate::store::recent::RecentLookups;
+use crate::store::{StateError, StateStore, Store, StoreSnapshot, TtlIndex};
+
+/// Why a user has no live state to apply an event to.
+pub(super) enum Miss {
+    /// Not in the store.
+    Absent,
+    /// Idle for the TTL but not swept yet: removed, never served (Flink's
+    /// NeverReturnExpired).
+    Expired,
+    /// Its last look-up failed and the time to try again has come: removed, to be kept
+    /// while it is looked up again.
+    RefetchDue(UserState),
+}
+
+pub(super) struct UserTable {
+    store: Store,
+    ttl: TtlIndex,
+    /// What recent look-ups gave, when the TTL is shorter than `min_refetch_ms` (else a
+    /// user's look-up is always older than that when it expires, and none is kept).
+    recent: Option<RecentLookups>,
+    /// After a failed look-up, how long until a user's next event looks it up again.
+    min_refetch_ms: u64,
+}
+
+impl UserTable {
+    pub(super) fn new(store: Store, ttl_ms: u64, min_refetch_ms: u64) -> Self {
+        UserTable {
+            store,
+            ttl: TtlIndex::new(ttl_ms),
+            recent: (ttl_ms < min_refetch_ms).then(|| RecentLookups::new(min_refetch_ms)),
+            min_refetch_ms,
+        }
+    }
+
+    /// Runs `f` on `ev` and its user's live state at `time` (its activity moved to
+    /// `time`); without one, hands `ev` back with the reason.
+    // The error is matched at once, never stored: boxing would only add an allocation.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn with_live<R>(
+        &mut self,
+        time: Time,
+        ev: UserEvent,
+        f: impl FnOnce(UserEvent, &mut UserState) -> R,
+    ) -> Result<R, (Miss, UserEvent)> {
+        let Some(state) = self.store.get_mut(&ev.user_id) else {
+            return Err((Miss::Absent, ev));
+        };
+        let expired = self.ttl.is_expired(state, time);
+        let retry_due = state.refetch_after.is_some_and(|t| time >= t);
+        if !expired && !retry_due {
+            state.last_activity = state.last_activity.max(time);
+            self.ttl.touched(&ev.user_id, state, false);
+            return Ok(f(ev, state));
+        }
+        match self.store.remove(&ev.user_id) {
+            Some(state) if !expired => Err((Miss::RefetchDue(state), ev)),
+            _ => Err((Miss::Expired, ev)),
+        }
+    }
+
+    /// Adds `user`, with `state` as `f` leaves it.
+    pub(super) fn insert_with<R>(
+        &mut self,
+        user: Text,
+        mut state: UserState,
+        f: impl FnOnce(&mut UserState) -> R,
+    ) -> R {
+        self.ttl.touched(&user, &mut state, true);
+        let out = f(&mut state);
+        self.ttl.touched(&user, &mut state, false);
+        self.store.insert(user, state);
+        out
+    }
+
+    /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
+    /// answer again, no request; a failed one gives the empty checkpoint until the
+    /// interval has passed.
+    pub(super) fn recent_state(&self, user: &Text, time: Time) -> Option<UserState> {
+        let (at, data) = self.recent.as_ref()?.get(user, time)?;
+        Some(match data {
+            Some(data) => UserState::from_profile(data, time),
+            None => after_failure(UserState::empty(time), at, self.min_refetch_ms),
+        })
+    }
+
+    /// Keeps what a look-up at `at` gave, when recent answers are kept.
+    pub(super) fn remember(&mut self, user: &Text, at: Time, answer: Option<&ProfileData>) {
+        if let Some(recent) = &mut self.recent {
+            recent.put(user.clone(), at, answer.cloned());
+        }
+    }
+
+    /// Removes the users idle for the TTL as of `now`; returns how many.
+    pub(super) fn expire(&mut self, now: Time) -> u64 {
+        if let Some(recent) = &mut self.recent {
+            recent.prune(now);
+        }
+        let expired = self.ttl.expire(now, &mut self.store);
+        if expired > 0 {
+            tracing::debug!(
+                expired,
+                users = self.store.len(),
+                "state TTL expired idle users"
+            );
+        }
+        expired
+    }
+
+    /// The users now, for a checkpoint part.
+    pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        self.store.snapshot()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.store.len()
+    }
+}
