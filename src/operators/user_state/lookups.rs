@@ -32,27 +32,36 @@ impl Queued {
     }
 }
 
-/// Where answers come from: the Profile API (or its snapshot).
+/// Where answers come from: the Profile API (or its snapshot), or in unit tests a fake
+/// the test answers itself.
 pub(super) enum Source {
     Api(Fetcher),
+    #[cfg(test)]
+    Fake(super::fake::FakeProfiles),
 }
 
 impl Source {
     fn start(&mut self, user: Text) {
         match self {
             Source::Api(f) => f.start(user),
+            #[cfg(test)]
+            Source::Fake(f) => f.start(user),
         }
     }
 
     fn in_flight(&self) -> usize {
         match self {
             Source::Api(f) => f.in_flight(),
+            #[cfg(test)]
+            Source::Fake(f) => f.in_flight(),
         }
     }
 
     fn next_done(&mut self) -> Option<Fetched> {
         match self {
             Source::Api(f) => f.next_done(),
+            #[cfg(test)]
+            Source::Fake(f) => f.next_done(),
         }
     }
 }

@@ -18,9 +18,13 @@
 
 mod apply;
 mod core;
+#[cfg(test)]
+mod fake;
 mod lookups;
 mod snapshots;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::rc::Rc;
 

@@ -1,0 +1,366 @@
+//! The operator on one worker, its look-ups answered by the test (`FakeProfiles`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::worker::Worker;
+
+use super::fake::FakeProfiles;
+use super::{UserStateConfig, UserStateSettings, operator};
+use crate::checkpoint::{CheckpointConfig, Ending, read_part};
+use crate::counters::Counters;
+use crate::filter::reload::{FilterVersions, Filters};
+use crate::filter::{Filter, FilterLimits};
+use crate::model::{
+    EnrichedEvent, HistoryEntry, PendingUser, Profile, ProfileData, SavedUser, Text, Time,
+    UserEvent, UserState,
+};
+use crate::operators::backpressure::Backlog;
+use crate::profile_api::{ProfileSnapshot, ProfileSource};
+use crate::store::Backend;
+
+/// One operator under test, its inputs, its output and its look-ups.
+struct Rig {
+    events: InputHandleVec<Time, UserEvent>,
+    restored: Option<InputHandleVec<Time, (Text, SavedUser)>>,
+    probe: ProbeHandle<Time>,
+    out: Rc<RefCell<Vec<EnrichedEvent>>>,
+    profiles: FakeProfiles,
+    counters: Rc<Counters>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn config(ttl_ms: u64) -> UserStateConfig {
+    UserStateConfig {
+        ttl_ms,
+        max_history: 10,
+        max_in_flight: 8,
+        min_refetch_ms: 0,
+    }
+}
+
+fn rig(
+    worker: &mut Worker,
+    config: UserStateConfig,
+    checkpoints: Option<(CheckpointConfig, Ending)>,
+) -> Rig {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let limits = FilterLimits::default();
+    let filter = Filter::compile(r#"event.event_type != "skip""#, "test", &limits).unwrap();
+    let empty = ProfileSnapshot::from_reader(&b""[..]).unwrap();
+    let counters = Rc::new(Counters::default());
+    let settings = UserStateSettings {
+        config,
+        checkpoints,
+        profiles: ProfileSource::Snapshot(Arc::new(empty)),
+        runtime: runtime.handle().clone(),
+        filters: Filters::new(filter, FilterVersions::default(), "test".into(), limits),
+        store: Backend::Memory.open(0).unwrap(),
+        backlog: Backlog::new(usize::MAX),
+        counters: counters.clone(),
+    };
+    let profiles = FakeProfiles::default();
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let (events, restored, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (events_in, events) = scope.new_input();
+        let (restored_in, restored) = scope.new_input();
+        let (fake, sink) = (profiles.clone(), out.clone());
+        let (probe, _) = operator(events, restored, settings, move |_, a| fake.attach(a))
+            .inspect(move |e: &EnrichedEvent| sink.borrow_mut().push(e.clone()))
+            .probe();
+        (events_in, restored_in, probe)
+    });
+    Rig {
+        events,
+        restored: Some(restored),
+        probe,
+        out,
+        profiles,
+        counters,
+        _runtime: runtime,
+    }
+}
+
+impl Rig {
+    /// Ends the restore (there is nothing to restore).
+    fn no_restore(&mut self) {
+        self.restored = None;
+    }
+
+    fn send(&mut self, time: Time, user: &str, id: &str) {
+        if *self.events.time() < time {
+            self.events.advance_to(time);
+        }
+        self.events.send(event(user, id));
+    }
+
+    /// Steps until `done`, failing after a few seconds.
+    fn step_until(&self, worker: &mut Worker, mut done: impl FnMut(&Rig) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out");
+            worker.step();
+        }
+    }
+
+    /// Steps until the probe passes every time before `time`.
+    fn settle(&self, worker: &mut Worker, time: Time) {
+        self.step_until(worker, |r| !r.probe.less_than(&time));
+    }
+
+    fn idle(&self, worker: &mut Worker) {
+        for _ in 0..50 {
+            worker.step();
+        }
+    }
+
+    fn emitted(&self) -> Vec<String> {
+        let out = self.out.borrow();
+        out.iter()
+            .map(|e| e.event.event_id.as_deref().unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn started(&self) -> Vec<String> {
+        self.profiles
+            .started()
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    }
+}
+
+fn event(user: &str, id: &str) -> UserEvent {
+    UserEvent {
+        event_id: Some(id.into()),
+        user_id: user.into(),
+        event_type: "click".into(),
+        ..UserEvent::default()
+    }
+}
+
+fn profile(country: &str) -> ProfileData {
+    ProfileData {
+        profile: Profile {
+            country: Some(country.into()),
+            ..Profile::default()
+        },
+        visit: None,
+        history: Vec::new(),
+    }
+}
+
+fn history_ids(history: &[HistoryEntry]) -> Vec<String> {
+    history
+        .iter()
+        .map(|h| h.event_id.as_deref().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn a_users_first_event_is_looked_up_applied_judged_and_emitted() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(60_000), None);
+        r.no_restore();
+        r.send(1000, "u1", "a");
+        r.events.advance_to(1001);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        assert!(r.probe.less_than(&1001), "held while looked up");
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.settle(worker, 1001);
+        assert_eq!(r.emitted(), ["a"]);
+        let out = r.out.borrow();
+        assert_eq!(out[0].profile.country.as_deref(), Some("FR"));
+        assert_eq!(history_ids(&out[0].history), ["a"]);
+        let counts = r.counters.counts();
+        assert_eq!((counts.fetched, counts.passed), (1, 1));
+        assert_eq!(r.counters.users.get(), 1);
+    });
+}
+
+#[test]
+fn events_during_a_lookup_wait_and_are_applied_in_order_once_it_completes() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(60_000), None);
+        r.no_restore();
+        r.send(1000, "u1", "a");
+        r.send(1001, "u1", "b");
+        r.send(1001, "u1", "skip-me");
+        r.send(1002, "u1", "c");
+        r.events.advance_to(1003);
+        r.idle(worker);
+        assert_eq!(r.started(), ["u1"], "one look-up for the user");
+        assert!(r.probe.less_than(&1001), "the first event's time is held");
+        assert!(r.emitted().is_empty());
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.settle(worker, 1003);
+        assert_eq!(r.emitted(), ["a", "b", "skip-me", "c"]);
+        let out = r.out.borrow();
+        assert_eq!(history_ids(&out[3].history), ["a", "b", "skip-me", "c"]);
+        // Applied to the state, not looked up again.
+        drop(out);
+        r.send(1003, "u1", "d");
+        r.events.advance_to(1004);
+        r.settle(worker, 1004);
+        assert_eq!(r.started(), ["u1"]);
+        assert_eq!(r.emitted().last().map(String::as_str), Some("d"));
+    });
+}
+
+#[test]
+fn a_rejected_event_is_applied_but_not_emitted() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(60_000), None);
+        r.no_restore();
+        let mut skip = event("u1", "s");
+        skip.event_type = "skip".into();
+        r.events.advance_to(1000);
+        r.events.send(skip);
+        r.send(1001, "u1", "a");
+        r.events.advance_to(1002);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.settle(worker, 1002);
+        assert_eq!(r.emitted(), ["a"]);
+        assert_eq!(history_ids(&r.out.borrow()[0].history), ["s", "a"]);
+        assert_eq!(r.counters.counts().rejected, 1);
+    });
+}
+
+#[test]
+fn an_idle_user_expires_by_the_frontier_alone() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(100), None);
+        r.no_restore();
+        r.send(1000, "u1", "a");
+        r.events.advance_to(1001);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.settle(worker, 1001);
+        assert_eq!(r.counters.users.get(), 1);
+        r.events.advance_to(1099);
+        r.settle(worker, 1099);
+        assert_eq!(r.counters.counts().expired, 0, "not idle for the TTL yet");
+        r.events.advance_to(1100);
+        r.settle(worker, 1100);
+        assert_eq!(r.counters.counts().expired, 1);
+        assert_eq!(r.counters.users.get(), 0);
+        // Back after expiring: looked up again.
+        r.send(1200, "u1", "b");
+        r.events.advance_to(1201);
+        r.step_until(worker, |r| r.started() == ["u1", "u1"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.settle(worker, 1201);
+        assert_eq!(r.emitted(), ["a", "b"]);
+    });
+}
+
+#[test]
+fn a_snapshot_saves_a_hanging_lookup_as_pending_and_does_not_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    timely::execute_directly(move |worker| {
+        // Pinned past the wall clock, so the run's epochs are known.
+        let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
+        let cfg = CheckpointConfig {
+            dir: path,
+            interval_ms: 1000,
+            retained: 3,
+            restored_epoch: start,
+        };
+        let mut r = rig(
+            worker,
+            config(60_000),
+            Some((cfg.clone(), Ending::default())),
+        );
+        r.no_restore();
+        r.send(start + 100, "u1", "a");
+        r.send(start + 200, "u2", "b");
+        r.send(start + 300, "u2", "c");
+        r.events.advance_to(start + 400);
+        r.step_until(worker, |r| r.started() == ["u1", "u2"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.step_until(worker, |r| r.emitted() == ["a"]);
+        assert!(r.probe.less_than(&(start + 201)), "u2's events are held");
+        let epoch = start + 1000;
+        r.events.advance_to(epoch);
+        // The checkpoint has u2's events: their holds move to the epoch.
+        r.settle(worker, epoch);
+        assert!(r.probe.less_than(&(epoch + 1)), "held at the epoch");
+        let mut part = read_part(&cfg.state_path(epoch, 0)).unwrap();
+        part.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(part.len(), 2);
+        let (u1, SavedUser::State(state)) = &part[0] else {
+            panic!("u1 is saved with its state: {:?}", part[0]);
+        };
+        assert_eq!(&**u1, "u1");
+        let history: Vec<_> = state.history.iter().cloned().collect();
+        assert_eq!(history_ids(&history), ["a"]);
+        let SavedUser::Pending(pending) = &part[1].1 else {
+            panic!("u2 is saved as pending: {:?}", part[1]);
+        };
+        assert_eq!(&*part[1].0, "u2");
+        let saved: Vec<_> = pending
+            .events
+            .iter()
+            .map(|(t, e)| (*t, e.event_id.clone()))
+            .collect();
+        assert_eq!(
+            saved,
+            [
+                (start + 200, Some("b".into())),
+                (start + 300, Some("c".into()))
+            ]
+        );
+        // The look-up completes later: its events are applied, in order.
+        // (The frontier stays at the epoch until the next epoch's part is written.)
+        r.profiles.answer("u2", Ok(profile("DE")));
+        r.step_until(worker, |r| r.emitted() == ["a", "b", "c"]);
+    });
+}
+
+#[test]
+fn restored_users_are_served_and_restored_pending_ones_looked_up_again() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(60_000), None);
+        let mut known = UserState::from_profile(profile("FR"), 900);
+        known.append_history([entry("old")], 10);
+        let pending = PendingUser {
+            before: None,
+            events: vec![(950, event("u2", "p"))],
+        };
+        let mut restored = r.restored.take().unwrap();
+        restored.send(("u1".into(), SavedUser::State(known)));
+        restored.send(("u2".into(), SavedUser::Pending(pending)));
+        drop(restored);
+        r.send(1000, "u1", "a");
+        r.events.advance_to(1001);
+        r.step_until(worker, |r| r.started() == ["u2"]);
+        r.idle(worker);
+        assert_eq!(r.emitted(), ["a"], "u1 served from its restored state");
+        assert_eq!(history_ids(&r.out.borrow()[0].history), ["old", "a"]);
+        assert!(r.probe.less_than(&1001), "u2's restored event is held");
+        r.profiles.answer("u2", Ok(profile("DE")));
+        r.settle(worker, 1001);
+        assert_eq!(r.emitted(), ["a", "p"]);
+        assert_eq!(r.started(), ["u2"]);
+        assert_eq!(r.counters.counts().restored, 2);
+    });
+}
+
+fn entry(id: &str) -> HistoryEntry {
+    HistoryEntry {
+        event_id: Some(id.into()),
+        event_name: None,
+        event_type: Some("click".into()),
+        timestamp: 0,
+        parameters: None,
+    }
+}
