@@ -364,3 +364,43 @@ fn entry(id: &str) -> HistoryEntry {
         parameters: None,
     }
 }
+
+#[test]
+fn a_failed_lookup_is_tried_again_after_the_interval_keeping_the_events_since() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(
+            worker,
+            UserStateConfig {
+                min_refetch_ms: 100,
+                ..config(60_000)
+            },
+            None,
+        );
+        r.no_restore();
+        r.send(1000, "u1", "a");
+        r.events.advance_to(1001);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        let down = crate::profile_api::FetchError::Status {
+            url: "test".into(),
+            status: 503,
+        };
+        r.profiles.answer("u1", Err(down));
+        r.settle(worker, 1001);
+        assert_eq!(r.counters.counts().fetch_errors, 1);
+        r.send(1050, "u1", "b");
+        r.events.advance_to(1051);
+        r.settle(worker, 1051);
+        assert_eq!(r.started(), ["u1"], "not before the interval");
+        r.send(1100, "u1", "c");
+        r.events.advance_to(1101);
+        r.step_until(worker, |r| r.started() == ["u1", "u1"]);
+        let mut data = profile("FR");
+        data.history = vec![entry("api")];
+        r.profiles.answer("u1", Ok(data));
+        r.settle(worker, 1101);
+        assert_eq!(r.emitted(), ["a", "b", "c"]);
+        let out = r.out.borrow();
+        assert_eq!(out[2].profile.country.as_deref(), Some("FR"));
+        assert_eq!(history_ids(&out[2].history), ["api", "a", "b", "c"]);
+    });
+}
