@@ -241,6 +241,18 @@ pub struct SourceSettings {
     pub strict_types: bool,
 }
 
+/// A file source without `source.path`.
+#[derive(Debug, thiserror::Error)]
+#[error("required when source.type is file")]
+pub struct NoSourcePath;
+
+impl SourceSettings {
+    /// The file a file source reads (`-`: standard input); a file source needs one.
+    pub fn file_path(&self) -> Result<&Path, NoSourcePath> {
+        self.path.as_deref().ok_or(NoSourcePath)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProfileApiSettings {
@@ -279,7 +291,7 @@ pub struct ProfileApiSettings {
 
 impl ProfileApiSettings {
     /// The `Authorization` value, from `auth-header` or read from `auth-header-file`.
-    pub fn auth_header(&self) -> Result<Option<Secret>, String> {
+    pub fn auth_header(&self) -> Result<Option<Secret>, SecretError> {
         secret_from(
             "profile-api.auth-header",
             &self.auth_header,
@@ -288,18 +300,36 @@ impl ProfileApiSettings {
     }
 }
 
+/// A secret that cannot be had; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: give `{key}` or `{key}-file`, not both")]
+    Both { key: &'static str },
+    #[error("{key}-file: {}: {source}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A secret given as `KEY` or in the file `KEY-file`, not both.
 fn secret_from(
-    key: &str,
+    key: &'static str,
     value: &Option<Secret>,
     file: &Option<PathBuf>,
-) -> Result<Option<Secret>, String> {
+) -> Result<Option<Secret>, SecretError> {
     match (value, file) {
-        (Some(_), Some(_)) => Err(format!("{key}: give `{key}` or `{key}-file`, not both")),
+        (Some(_), Some(_)) => Err(SecretError::Both { key }),
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
-            .map_err(|e| format!("{key}-file: {}: {e}", path.display())),
+            .map_err(|source| SecretError::Read {
+                key,
+                path: path.clone(),
+                source,
+            }),
         (None, None) => Ok(None),
     }
 }
@@ -647,7 +677,7 @@ impl Default for WebhookSettings {
 
 impl WebhookSettings {
     /// The signing secret, from `secret` or read from `secret-file`.
-    pub fn signing_secret(&self) -> Result<Option<Secret>, String> {
+    pub fn signing_secret(&self) -> Result<Option<Secret>, SecretError> {
         secret_from("actions.webhook.secret", &self.secret, &self.secret_file)
     }
 }
@@ -992,8 +1022,10 @@ impl Settings {
         if let Err(reason) = self.metrics.listen_addr() {
             return Err(("metrics.listen", reason));
         }
-        if self.source.kind == SourceType::File && self.source.path.is_none() {
-            return Err(("source.path", "required when source.type is file".into()));
+        if self.source.kind == SourceType::File {
+            self.source
+                .file_path()
+                .map_err(|e| ("source.path", e.to_string()))?;
         }
         if let Some(rate) = self.source.max_events_per_second {
             if self.source.kind != SourceType::File {

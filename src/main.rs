@@ -10,6 +10,7 @@ use event_trigger::config::{LogFormat, Settings, SourceType};
 use event_trigger::dataflows::trigger::{self, Prepared};
 use event_trigger::filter::Filter;
 use event_trigger::filter::health::Judged;
+use event_trigger::filter::rules::Rules;
 use event_trigger::mock_api::MockApi;
 use event_trigger::sources::replay::ReplayFrom;
 
@@ -340,21 +341,24 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     };
     let script_path = &settings.filter.script_path;
     let script = Filter::read(script_path)?;
-    let mut warnings =
-        Filter::compile_checked(&script, &script_path.display().to_string(), &limits)?.1;
+    let specs = settings.actions.specs();
+    let rules = Rules {
+        script: &script,
+        origin: &script_path.display().to_string(),
+        action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
+        limits: &limits,
+    };
+    let mut warnings = rules.check_rule()?;
     let ca = |key: &str, path: &Option<PathBuf>| {
         event_trigger::http_client::builder_trusting(path.as_deref())
             .map(drop)
             .map_err(|e| anyhow::anyhow!("{key}: {e}"))
     };
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
-    for (i, (_, action)) in settings.actions.specs().iter().enumerate() {
-        if let Some(f) = &action.filter {
-            let origin = format!("actions[{i}].filter");
-            warnings.extend(Filter::compile_checked(f, &origin, &limits)?.1);
-        }
+    for (_, action) in &specs {
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
+    warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");
     }

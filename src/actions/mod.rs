@@ -10,7 +10,7 @@ mod payload;
 mod webhook;
 
 pub use payload::Payload;
-pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, signature};
+pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, WebhookError, signature};
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::async_bridge::AsyncBridge;
 use crate::clock::now_ms;
-use crate::config::{ActionKind, ActionsSettings};
+use crate::config::{ActionKind, ActionSpec, ActionsSettings};
 use crate::counters::Counters;
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::log_limit::LogLimiter;
@@ -66,41 +66,62 @@ pub struct NamedAction {
 #[derive(Clone)]
 pub struct Actions(pub Vec<NamedAction>);
 
+/// An action that cannot be built; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretError),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+}
+
+impl Action {
+    /// The runnable action `spec` describes; `name` names its metrics.
+    fn build(
+        name: &str,
+        spec: &ActionSpec,
+        dead_letters: Option<DeadLetters>,
+    ) -> Result<Action, ActionError> {
+        Ok(match spec.kind {
+            ActionKind::Debug => Action::Debug {
+                pretty: spec.pretty.unwrap_or(false),
+            },
+            ActionKind::Webhook => {
+                let w = spec.webhook();
+                let ms = std::time::Duration::from_millis;
+                let retry = RetryPolicy {
+                    retries: w.retry_attempts,
+                    backoff: ms(w.retry_backoff_ms),
+                    max_wait: ms(w.retry_max_wait_ms),
+                };
+                let client = WebhookClient::new(
+                    &w.url,
+                    ms(w.timeout_ms),
+                    w.signing_secret()?,
+                    retry,
+                    w.ca_file.as_deref(),
+                )?
+                .with_concurrency(&format!("webhook:{name}"), w.concurrency);
+                Action::Webhook {
+                    client,
+                    max_in_flight: w.max_in_flight,
+                    ordering: w.ordering,
+                    dead_letters,
+                }
+            }
+        })
+    }
+}
+
 impl Actions {
+    /// The configured actions, each built (and so validated) by `Action::build`.
     pub fn from_settings(
         s: &ActionsSettings,
         dead_letters: Option<DeadLetters>,
-    ) -> Result<Actions, String> {
+    ) -> Result<Actions, ActionError> {
         let mut out = Vec::new();
         for (name, spec) in s.specs() {
-            let action = match spec.kind {
-                ActionKind::Debug => Action::Debug {
-                    pretty: spec.pretty.unwrap_or(false),
-                },
-                ActionKind::Webhook => {
-                    let w = spec.webhook();
-                    let ms = std::time::Duration::from_millis;
-                    let retry = RetryPolicy {
-                        retries: w.retry_attempts,
-                        backoff: ms(w.retry_backoff_ms),
-                        max_wait: ms(w.retry_max_wait_ms),
-                    };
-                    let client = WebhookClient::new(
-                        &w.url,
-                        ms(w.timeout_ms),
-                        w.signing_secret()?,
-                        retry,
-                        w.ca_file.as_deref(),
-                    )?
-                    .with_concurrency(&format!("webhook:{name}"), w.concurrency);
-                    Action::Webhook {
-                        client,
-                        max_in_flight: w.max_in_flight,
-                        ordering: w.ordering,
-                        dead_letters: dead_letters.clone(),
-                    }
-                }
-            };
+            let action = Action::build(&name, &spec, dead_letters.clone())?;
             out.push(NamedAction {
                 name,
                 action,
@@ -108,6 +129,11 @@ impl Actions {
             });
         }
         Ok(Actions(out))
+    }
+
+    /// Each action's own filter, in their order.
+    pub fn filters(&self) -> Vec<Option<&str>> {
+        self.0.iter().map(|a| a.filter.as_deref()).collect()
     }
 
     /// The debug print alone (a dry run).

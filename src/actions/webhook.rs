@@ -46,6 +46,17 @@ pub struct Delivery {
     pub retries: u32,
 }
 
+/// A webhook client that cannot be built; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("actions.webhook.url: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("actions.webhook.ca-file: {0}")]
+    Ca(#[from] crate::http_client::CaError),
+    #[error("actions.webhook: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 /// POSTs bodies to the webhook URL; one pooled client per process.
 #[derive(Clone)]
 pub struct WebhookClient {
@@ -64,13 +75,12 @@ impl WebhookClient {
         secret: Option<Secret>,
         retry: RetryPolicy,
         ca: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("actions.webhook.url: {e}"))?;
-        let client = crate::http_client::builder_trusting(ca)
-            .map_err(|e| format!("actions.webhook.ca-file: {e}"))?
+    ) -> Result<Self, WebhookError> {
+        let url = reqwest::Url::parse(url)?;
+        let client = crate::http_client::builder_trusting(ca)?
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("actions.webhook: {e}"))?;
+            .map_err(WebhookError::Client)?;
         Ok(WebhookClient {
             client,
             url,

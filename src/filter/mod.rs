@@ -25,6 +25,7 @@ mod fields;
 pub mod health;
 mod hints;
 pub mod reload;
+pub mod rules;
 pub mod samples;
 mod suggest;
 mod trial;
