@@ -102,3 +102,87 @@ fn counted(stats: &Counters, (time, n, result): Written<Time>, log: &mut LogLimi
     }
     time
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use timely::dataflow::operators::vec::Input;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+    use crate::counters::Counts;
+
+    /// Decodes `messages` (all at time 0) in a one-worker dataflow; returns the users of
+    /// the events decoded and the worker's counts once time 0 has passed the output.
+    fn run(
+        messages: &[&str],
+        strict_types: bool,
+        dead_letters: Option<DeadLetters>,
+    ) -> (Vec<String>, Counts) {
+        let messages: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
+        timely::execute_directly(move |worker| {
+            let stats = Rc::new(Counters::default());
+            let users = Rc::new(RefCell::new(Vec::new()));
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u8>>();
+                let sink = users.clone();
+                let decoder = Decoder::with_limit(1 << 16).strict_types(strict_types);
+                let (probe, _) = decode(stream, decoder, dead_letters, stats.clone())
+                    .inspect(move |ev: &UserEvent| sink.borrow_mut().push(ev.user_id.to_string()))
+                    .probe();
+                (input, probe)
+            });
+            for m in messages {
+                input.send(m);
+            }
+            input.advance_to(1);
+            while probe.less_than(&1) {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            let users = users.borrow().clone();
+            (users, stats.counts())
+        })
+    }
+
+    const VALID: &str = r#"{"event_id": "e1", "user_id": "u1", "event_type": "click"}"#;
+    const COERCED: &str = r#"{"event_id": "e2", "user_id": 7, "event_type": "click"}"#;
+    const INVALID: &str = r#"{"event_id": "e3", "user_id": "#;
+
+    #[test]
+    fn valid_and_coerced_messages_pass_invalid_ones_are_counted_by_reason() {
+        let (users, c) = run(&[VALID, COERCED, INVALID, ""], false, None);
+        assert_eq!(users, ["u1", "7"]);
+        assert_eq!((c.events_read, c.invalid, c.dead_letters), (4, 2, 0));
+    }
+
+    #[test]
+    fn strict_types_make_a_coerced_message_invalid() {
+        let (users, c) = run(&[VALID, COERCED], true, None);
+        assert_eq!(users, ["u1"]);
+        assert_eq!((c.events_read, c.invalid), (2, 1));
+    }
+
+    #[test]
+    fn invalid_messages_are_dead_lettered_before_their_time_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let dead = DeadLetters::open(&path).unwrap();
+        let (users, c) = run(&[INVALID, VALID, "not json"], false, Some(dead));
+        assert_eq!(users, ["u1"]);
+        assert_eq!((c.invalid, c.dead_letters), (2, 2));
+        let letters = DeadLetters::read(&path).unwrap();
+        let bytes: Vec<Vec<u8>> = letters.iter().map(DeadLetter::bytes).collect();
+        assert_eq!(bytes, [INVALID.as_bytes(), b"not json"]);
+    }
+
+    #[test]
+    fn a_failed_dead_letter_write_is_not_counted_and_the_run_goes_on() {
+        // Every write to /dev/full fails (no space left on the device).
+        let dead = DeadLetters::open(std::path::Path::new("/dev/full")).unwrap();
+        let (users, c) = run(&[INVALID, VALID], false, Some(dead));
+        assert_eq!(users, ["u1"]);
+        assert_eq!((c.invalid, c.dead_letters), (1, 0));
+    }
+}
