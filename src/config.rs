@@ -200,9 +200,17 @@ impl Default for MetricsSettings {
 /// Where metrics are served when `metrics.listen` is not set: loopback only.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9898";
 
+/// A `metrics.listen` that is not an address.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not host:port ({reason})")]
+pub struct BadListen {
+    text: String,
+    reason: std::net::AddrParseError,
+}
+
 impl MetricsSettings {
     /// The address to serve on, if any, and whether it was given explicitly.
-    pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, String> {
+    pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, BadListen> {
         let (text, explicit) = match self.listen.as_deref().map(str::trim) {
             Some("") => return Ok(None),
             Some(a) => (a, true),
@@ -210,7 +218,10 @@ impl MetricsSettings {
         };
         text.parse()
             .map(|a| Some((a, explicit)))
-            .map_err(|e| format!("`{text}` is not host:port ({e})"))
+            .map_err(|reason| BadListen {
+                text: text.to_string(),
+                reason,
+            })
     }
 }
 
@@ -402,7 +413,7 @@ impl ProfileApiSettings {
 pub enum SecretError {
     #[error("{key}: give `{key}` or `{key}-file`, not both")]
     Both { key: &'static str },
-    #[error("{key}-file: {}: {source}", path.display())]
+    #[error("{key}-file: {}", path.display())]
     Read {
         key: &'static str,
         path: PathBuf,
@@ -1019,8 +1030,8 @@ impl Settings {
         if self.dead_letter.path.is_some() && self.dead_letter.topic.is_some() {
             return Err(("dead-letter", "give `path` or `topic`, not both".into()));
         }
-        if let Err(reason) = self.metrics.listen_addr() {
-            return Err(("metrics.listen", reason));
+        if let Err(e) = self.metrics.listen_addr() {
+            return Err(("metrics.listen", e.to_string()));
         }
         if self.source.kind == SourceType::File {
             self.source

@@ -16,16 +16,16 @@ pub fn builder() -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
 }
 
-/// A CA file that cannot be trusted; each names the file.
+/// A CA file that cannot be trusted; each names the file, its cause is its source.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Parse {
         path: PathBuf,
         #[source]

@@ -316,7 +316,7 @@ struct RuleFailed(u64);
 
 /// Serves `/metrics` (unless `metrics.listen` is `""`), and logs progress lines.
 fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    if let Some((listen, explicit)) = settings.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+    if let Some((listen, explicit)) = settings.metrics.listen_addr()? {
         match runtime.block_on(event_trigger::metrics::serve(listen)) {
             Ok(addr) => tracing::info!("metrics on http://{addr}/metrics"),
             // The default port taken (another job on this machine, say): run without.
@@ -352,7 +352,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     let ca = |key: &str, path: &Option<PathBuf>| {
         event_trigger::http_client::builder_trusting(path.as_deref())
             .map(drop)
-            .map_err(|e| anyhow::anyhow!("{key}: {e}"))
+            .map_err(|e| anyhow::Error::new(e).context(key.to_string()))
     };
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
     for (_, action) in &specs {
@@ -440,7 +440,7 @@ fn mock_api(
     log_webhooks: u64,
     service: (usize, std::time::Duration),
 ) -> anyhow::Result<()> {
-    let api = MockApi::load(profiles, log_webhooks).map_err(anyhow::Error::msg)?;
+    let api = MockApi::load(profiles, log_webhooks)?;
     let api = Arc::new(api.with_service(service.0, service.1));
     let runtime = tokio_runtime()?;
     runtime.block_on(async move {
@@ -553,7 +553,7 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     );
 
     let runtime = tokio_runtime()?;
-    let api = Arc::new(MockApi::load(&profiles, 3).map_err(anyhow::Error::msg)?);
+    let api = Arc::new(MockApi::load(&profiles, 3)?);
     let addr = runtime.block_on(api.clone().serve("127.0.0.1:0".parse()?))?;
     tracing::info!(
         "demo: Profile API and webhook receiver on http://{addr}, {} users",

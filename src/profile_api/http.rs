@@ -54,7 +54,7 @@ pub struct HttpProfileApi {
 /// An `Authorization` value that cannot be sent.
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid header value (printable ASCII only)")]
-pub struct BadHeader(#[source] reqwest::header::InvalidHeaderValue);
+pub struct BadHeader(reqwest::header::InvalidHeaderValue);
 
 impl HttpProfileApi {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProfileSourceError> {

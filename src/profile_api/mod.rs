@@ -9,7 +9,7 @@ mod file;
 mod http;
 
 pub use answer::{Answers, RawObject, Skipped};
-pub use file::ProfileSnapshot;
+pub use file::{ProfileSnapshot, SnapshotError};
 pub use http::{BadHeader, HttpProfileApi};
 
 use std::sync::Arc;
@@ -55,16 +55,20 @@ impl FetchError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileSourceError {
-    #[error("profile-api.base-url: cannot read snapshot {path}: {reason}")]
-    Snapshot { path: String, reason: String },
+    #[error("profile-api.base-url: cannot read snapshot {path}")]
+    Snapshot {
+        path: String,
+        #[source]
+        source: SnapshotError,
+    },
     #[error("profile-api.base-url: {0}")]
     Client(String),
-    #[error("profile-api.ca-file: {0}")]
+    #[error("profile-api.ca-file")]
     Ca(#[from] crate::http_client::CaError),
     /// Already names its key (`profile-api.auth-header` or `-file`).
-    #[error("{0}")]
+    #[error(transparent)]
     Auth(#[from] crate::config::SecretError),
-    #[error("profile-api.auth-header: {0}")]
+    #[error("profile-api.auth-header")]
     AuthValue(#[from] BadHeader),
 }
 
