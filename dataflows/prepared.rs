@@ -12,9 +12,10 @@ use crate::checkpoint::manifest::find_latest;
 use crate::checkpoint::{CheckpointConfig, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
-use crate::filter::reload::FilterVersions;
+use crate::filter::reload::{FilterVersions, Filters};
+use crate::filter::rules::Rules;
 use crate::filter::samples::Samples;
-use crate::filter::{Filter, FilterLimits};
+use crate::filter::{Filter, FilterError, FilterLimits};
 use crate::operators::user_state::UserStateConfig;
 use crate::profile_api::ProfileSource;
 use crate::shutdown::StopFlag;
@@ -84,88 +85,20 @@ impl Prepared {
         let script_path = &settings.filter.script_path;
         let script = Filter::read(script_path)?;
         let script_origin = script_path.display().to_string();
-        // Compiled and checked here once so a broken script fails the start with file and
-        // line; each worker compiles its own copy (rhai's Engine is not `Send`).
-        check_rule(&script, &script_origin, &limits)?;
+        let mut rules = Rules {
+            script: &script,
+            origin: &script_origin,
+            action_filters: Vec::new(),
+            limits: &limits,
+        };
+        warn_all(rules.check_rule()?);
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
-        let dead_letters = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
-            (Some(path), _) => Some(DeadLetters::open(path)?),
-            (None, Some(topic)) => Some(DeadLetters::kafka(&settings.kafka, topic)?),
-            (None, None) => None,
-        };
-        let actions = Actions::from_settings(&settings.actions, dead_letters.clone())
-            .map_err(|e| anyhow!(e))?;
-        for (i, a) in actions.0.iter().enumerate() {
-            if let Some(f) = &a.filter {
-                check_rule(f, &format!("actions[{i}].filter"), &limits)?;
-            }
-        }
-        let input = match settings.source.kind {
-            SourceType::File => {
-                let path = settings
-                    .source
-                    .path
-                    .clone()
-                    .ok_or_else(|| anyhow!("source.path: required when source.type is file"))?;
-                if path.as_os_str() != "-" && !path.exists() {
-                    bail!("source.path: {}: no such file", path.display());
-                }
-                Input::File {
-                    path,
-                    max_per_s: settings.source.max_events_per_second,
-                }
-            }
-            SourceType::Kafka => {
-                let partitions = crate::kafka_client::topic_partitions(&settings.kafka)?;
-                Input::Kafka {
-                    settings: settings.kafka.clone(),
-                    partitions,
-                    bounded,
-                    replay: None,
-                    commit: true,
-                }
-            }
-        };
-        let checkpoints = match (&input, settings.engine.checkpoint_interval_ms) {
-            (Input::Kafka { .. }, interval) if interval > 0 => Some(CheckpointConfig {
-                dir: settings.engine.checkpoint_dir.clone(),
-                interval_ms: interval,
-                retained: settings.engine.checkpoints_retained,
-                restored_epoch: 0,
-            }),
-            _ => None,
-        };
-        let restore = checkpoints
-            .as_ref()
-            .and_then(|c| find_latest(&c.dir))
-            .map(|r| {
-                tracing::info!(
-                    epoch = r.manifest.epoch,
-                    users = r.manifest.users(),
-                    workers = r.manifest.workers,
-                    offsets = ?r.manifest.offsets,
-                    dir = %r.dir.display(),
-                    "restoring the latest checkpoint"
-                );
-                Arc::new(r)
-            });
-        let mut checkpoints = checkpoints;
-        if let (Some(c), Some(r)) = (&mut checkpoints, &restore) {
-            c.restored_epoch = r.manifest.epoch;
-        }
-        if let (Some(r), Input::Kafka { settings: k, .. }) = (&restore, &input)
-            && (r.manifest.topic != k.topic || r.manifest.group != k.consumer_group_id)
-        {
-            bail!(
-                "engine.checkpoint-dir: {} holds checkpoints of topic `{}` for group `{}`, \
-                 not of `{}` for `{}`: give each job its own directory",
-                settings.engine.checkpoint_dir.display(),
-                r.manifest.topic,
-                r.manifest.group,
-                k.topic,
-                k.consumer_group_id
-            );
-        }
+        let dead_letters = open_dead_letters(settings)?;
+        let actions = Actions::from_settings(&settings.actions, dead_letters.clone())?;
+        rules.action_filters = actions.filters();
+        warn_all(rules.check_action_filters()?);
+        let input = input(settings, bounded)?;
+        let (checkpoints, restore) = checkpoints(settings, &input)?;
         let backend = settings.engine.backend();
         backend.check()?;
         Ok(Prepared {
@@ -192,16 +125,111 @@ impl Prepared {
             samples: None,
         })
     }
+
+    /// The rule and the actions' filters compiled for one worker (each compiles its own
+    /// copy: rhai's `Engine` is not `Send`); they were checked in `new`.
+    pub fn compile_filters(&self) -> Result<Filters, FilterError> {
+        Rules {
+            script: &self.script,
+            origin: &self.script_origin,
+            action_filters: self.actions.filters(),
+            limits: &self.limits,
+        }
+        .compile(self.filter_versions.clone(), self.samples.clone())
+    }
 }
 
-/// Compiles and checks a rule (`Filter::compile_checked`): names that do not exist fail
-/// the start; errors on the sample states are logged as warnings.
-fn check_rule(script: &str, origin: &str, limits: &FilterLimits) -> anyhow::Result<()> {
-    let (_, warnings) = Filter::compile_checked(script, origin, limits)?;
+/// Logs the warnings of a rule check (errors on the sample states).
+fn warn_all(warnings: Vec<String>) {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(())
+}
+
+/// Where invalid messages and failed deliveries go: a file, a topic, or nowhere.
+fn open_dead_letters(settings: &Settings) -> anyhow::Result<Option<DeadLetters>> {
+    Ok(
+        match (&settings.dead_letter.path, &settings.dead_letter.topic) {
+            (Some(path), _) => Some(DeadLetters::open(path)?),
+            (None, Some(topic)) => Some(DeadLetters::kafka(&settings.kafka, topic)?),
+            (None, None) => None,
+        },
+    )
+}
+
+/// The input `settings.source` names; a Kafka topic is asked for its partitions.
+fn input(settings: &Settings, bounded: bool) -> anyhow::Result<Input> {
+    Ok(match settings.source.kind {
+        SourceType::File => {
+            let path = settings
+                .source
+                .file_path()
+                .map_err(|e| anyhow!("source.path: {e}"))?
+                .to_path_buf();
+            if path.as_os_str() != "-" && !path.exists() {
+                bail!("source.path: {}: no such file", path.display());
+            }
+            Input::File {
+                path,
+                max_per_s: settings.source.max_events_per_second,
+            }
+        }
+        SourceType::Kafka => Input::Kafka {
+            settings: settings.kafka.clone(),
+            partitions: crate::kafka_client::topic_partitions(&settings.kafka)?,
+            bounded,
+            replay: None,
+            commit: true,
+        },
+    })
+}
+
+/// The checkpoints to take (a Kafka source with an interval) and the latest one to
+/// restore, which must be of this job's topic and group.
+fn checkpoints(
+    settings: &Settings,
+    input: &Input,
+) -> anyhow::Result<(Option<CheckpointConfig>, Option<Arc<Restore>>)> {
+    let mut checkpoints = match (input, settings.engine.checkpoint_interval_ms) {
+        (Input::Kafka { .. }, interval) if interval > 0 => Some(CheckpointConfig {
+            dir: settings.engine.checkpoint_dir.clone(),
+            interval_ms: interval,
+            retained: settings.engine.checkpoints_retained,
+            restored_epoch: 0,
+        }),
+        _ => None,
+    };
+    let restore = checkpoints
+        .as_ref()
+        .and_then(|c| find_latest(&c.dir))
+        .map(|r| {
+            tracing::info!(
+                epoch = r.manifest.epoch,
+                users = r.manifest.users(),
+                workers = r.manifest.workers,
+                offsets = ?r.manifest.offsets,
+                dir = %r.dir.display(),
+                "restoring the latest checkpoint"
+            );
+            Arc::new(r)
+        });
+    if let (Some(c), Some(r)) = (&mut checkpoints, &restore) {
+        c.restored_epoch = r.manifest.epoch;
+    }
+    if let (Some(r), Input::Kafka { settings: k, .. }) = (&restore, input)
+        && (r.manifest.topic != k.topic || r.manifest.group != k.consumer_group_id)
+    {
+        bail!(
+            "engine.checkpoint-dir: {} holds checkpoints of topic `{}` for group `{}`, \
+             not of `{}` for `{}`: give each job its own directory",
+            settings.engine.checkpoint_dir.display(),
+            r.manifest.topic,
+            r.manifest.group,
+            k.topic,
+            k.consumer_group_id
+        );
+    }
+    Ok((checkpoints, restore))
 }
 
 impl Prepared {

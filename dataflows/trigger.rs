@@ -17,8 +17,7 @@ use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 use crate::actions::run_actions;
 use crate::checkpoint::Ending;
 use crate::counters::{Counters, Counts, Summary};
-use crate::filter::Filter;
-use crate::filter::reload::{Filters, Version};
+use crate::filter::reload::Version;
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
@@ -50,33 +49,7 @@ pub fn run(
         let stats = Rc::new(Counters::default());
         let failed = Rc::new(Cell::new(false));
         let p = prepared.clone();
-        let filter =
-            Filter::compile(&p.script, &p.script_origin, &p.limits).map_err(|e| e.to_string())?;
-        let per_action = p
-            .actions
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                a.filter
-                    .as_ref()
-                    .map(|f| Filter::compile(f, &format!("actions[{i}].filter"), &p.limits))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let filters = Filters::new(
-            filter,
-            p.filter_versions.clone(),
-            p.script_origin.clone(),
-            p.limits.clone(),
-        )
-        .with_actions(if per_action.iter().any(Option::is_some) {
-            per_action
-        } else {
-            Vec::new()
-        })
-        .with_samples(p.samples.clone());
+        let filters = p.compile_filters().map_err(|e| e.to_string())?;
         let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
         let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
             Input::Kafka {

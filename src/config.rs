@@ -44,6 +44,103 @@ one_of!(ActionKind: "webhook" => ActionKind::Webhook, "debug" => ActionKind::Deb
 one_of!(CallOrder: "any" => CallOrder::Any, "per-user" => CallOrder::PerUser);
 one_of!(StateBackend: "hashmap" => StateBackend::Hashmap, "rocksdb" => StateBackend::Rocksdb);
 
+/// The webhook keys, each written once: `WebhookSettings` (`actions.webhook`, with these
+/// defaults), and `ActionSpec` (one action of the list form), which takes the same keys,
+/// each optional, over the defaults of `actions.webhook`.
+macro_rules! webhook_keys {
+    ($($(#[doc = $doc:literal])* $key:ident: $ty:ty = $default:expr,)*) => {
+        #[derive(Clone, Debug, Deserialize, PartialEq)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct WebhookSettings {
+            $($(#[doc = $doc])* pub $key: $ty,)*
+        }
+
+        impl Default for WebhookSettings {
+            fn default() -> Self {
+                WebhookSettings { $($key: $default,)* }
+            }
+        }
+
+        /// One action of the list form. A webhook takes the keys of `actions.webhook`.
+        #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct ActionSpec {
+            #[serde(rename = "type")]
+            pub kind: ActionKind,
+            /// For logs and dead letters; `<type>-<position>` if not given.
+            pub name: Option<String>,
+            /// A rhai expression, like the filter script, that the events of this action
+            /// must also pass (after the filter).
+            pub filter: Option<String>,
+            $($(#[doc = $doc])* #[serde(default)] pub $key: <$ty as Key>::Given,)*
+            /// `type: debug`: the event as indented JSON.
+            pub pretty: Option<bool>,
+        }
+
+        impl ActionSpec {
+            /// The webhook's settings: the defaults of `actions.webhook`, overridden.
+            pub fn webhook(&self) -> WebhookSettings {
+                let d = WebhookSettings::default();
+                WebhookSettings { $($key: <$ty as Key>::or(self.$key.clone(), d.$key),)* }
+            }
+
+            fn has_webhook_keys(&self) -> bool {
+                false $(|| <$ty as Key>::is_given(&self.$key))*
+            }
+
+            /// The single webhook of the map form, as a list-form action.
+            fn from_webhook(w: &WebhookSettings) -> ActionSpec {
+                ActionSpec {
+                    kind: ActionKind::Webhook,
+                    $($key: <$ty as Key>::given(w.$key.clone()),)*
+                    ..Default::default()
+                }
+            }
+        }
+    };
+}
+
+/// A webhook key's type, and how a list-form action gives it: a key with a default is
+/// given or not (`Option<T>`); an optional key (`Option<T>`) is given as itself.
+pub trait Key: Sized {
+    type Given;
+    fn given(value: Self) -> Self::Given;
+    fn or(given: Self::Given, default: Self) -> Self;
+    fn is_given(given: &Self::Given) -> bool;
+}
+
+macro_rules! key_with_default {
+    ($($t:ty),*) => {$(
+        impl Key for $t {
+            type Given = Option<$t>;
+            fn given(value: Self) -> Option<$t> {
+                Some(value)
+            }
+            fn or(given: Option<$t>, default: Self) -> Self {
+                given.unwrap_or(default)
+            }
+            fn is_given(given: &Option<$t>) -> bool {
+                given.is_some()
+            }
+        }
+    )*};
+}
+
+key_with_default!(String, u64, u32, usize, Concurrency, CallOrder);
+
+impl<T> Key for Option<T> {
+    type Given = Option<T>;
+    fn given(value: Self) -> Option<T> {
+        value
+    }
+    fn or(given: Option<T>, _default: Self) -> Self {
+        given
+    }
+    fn is_given(given: &Option<T>) -> bool {
+        given.is_some()
+    }
+}
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
@@ -103,9 +200,17 @@ impl Default for MetricsSettings {
 /// Where metrics are served when `metrics.listen` is not set: loopback only.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9898";
 
+/// A `metrics.listen` that is not an address.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not host:port ({reason})")]
+pub struct BadListen {
+    text: String,
+    reason: std::net::AddrParseError,
+}
+
 impl MetricsSettings {
     /// The address to serve on, if any, and whether it was given explicitly.
-    pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, String> {
+    pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, BadListen> {
         let (text, explicit) = match self.listen.as_deref().map(str::trim) {
             Some("") => return Ok(None),
             Some(a) => (a, true),
@@ -113,7 +218,10 @@ impl MetricsSettings {
         };
         text.parse()
             .map(|a| Some((a, explicit)))
-            .map_err(|e| format!("`{text}` is not host:port ({e})"))
+            .map_err(|reason| BadListen {
+                text: text.to_string(),
+                reason,
+            })
     }
 }
 
@@ -241,6 +349,18 @@ pub struct SourceSettings {
     pub strict_types: bool,
 }
 
+/// A file source without `source.path`.
+#[derive(Debug, thiserror::Error)]
+#[error("required when source.type is file")]
+pub struct NoSourcePath;
+
+impl SourceSettings {
+    /// The file a file source reads (`-`: standard input); a file source needs one.
+    pub fn file_path(&self) -> Result<&Path, NoSourcePath> {
+        self.path.as_deref().ok_or(NoSourcePath)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProfileApiSettings {
@@ -279,7 +399,7 @@ pub struct ProfileApiSettings {
 
 impl ProfileApiSettings {
     /// The `Authorization` value, from `auth-header` or read from `auth-header-file`.
-    pub fn auth_header(&self) -> Result<Option<Secret>, String> {
+    pub fn auth_header(&self) -> Result<Option<Secret>, SecretError> {
         secret_from(
             "profile-api.auth-header",
             &self.auth_header,
@@ -288,18 +408,36 @@ impl ProfileApiSettings {
     }
 }
 
+/// A secret that cannot be had; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: give `{key}` or `{key}-file`, not both")]
+    Both { key: &'static str },
+    #[error("{key}-file: {}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A secret given as `KEY` or in the file `KEY-file`, not both.
 fn secret_from(
-    key: &str,
+    key: &'static str,
     value: &Option<Secret>,
     file: &Option<PathBuf>,
-) -> Result<Option<Secret>, String> {
+) -> Result<Option<Secret>, SecretError> {
     match (value, file) {
-        (Some(_), Some(_)) => Err(format!("{key}: give `{key}` or `{key}-file`, not both")),
+        (Some(_), Some(_)) => Err(SecretError::Both { key }),
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
-            .map_err(|e| format!("{key}-file: {}: {e}", path.display())),
+            .map_err(|source| SecretError::Read {
+                key,
+                path: path.clone(),
+                source,
+            }),
         (None, None) => Ok(None),
     }
 }
@@ -406,66 +544,6 @@ pub enum ActionKind {
     Debug,
 }
 
-/// One action of the list form. A webhook takes the keys of `actions.webhook`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ActionSpec {
-    #[serde(rename = "type")]
-    pub kind: ActionKind,
-    /// For logs and dead letters; `<type>-<position>` if not given.
-    pub name: Option<String>,
-    /// A rhai expression, like the filter script, that the events of this action must
-    /// also pass (after the filter).
-    pub filter: Option<String>,
-    pub url: Option<String>,
-    pub timeout_ms: Option<u64>,
-    pub max_in_flight: Option<usize>,
-    pub concurrency: Option<Concurrency>,
-    pub ordering: Option<CallOrder>,
-    pub secret: Option<Secret>,
-    pub secret_file: Option<PathBuf>,
-    pub retry_attempts: Option<u32>,
-    pub retry_backoff_ms: Option<u64>,
-    pub retry_max_wait_ms: Option<u64>,
-    pub ca_file: Option<PathBuf>,
-    /// `type: debug`: the event as indented JSON.
-    pub pretty: Option<bool>,
-}
-
-impl ActionSpec {
-    /// The webhook's settings: the defaults of `actions.webhook`, overridden.
-    pub fn webhook(&self) -> WebhookSettings {
-        let d = WebhookSettings::default();
-        WebhookSettings {
-            url: self.url.clone().unwrap_or(d.url),
-            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
-            max_in_flight: self.max_in_flight.unwrap_or(d.max_in_flight),
-            concurrency: self.concurrency.unwrap_or(d.concurrency),
-            ordering: self.ordering.unwrap_or(d.ordering),
-            secret: self.secret.clone(),
-            secret_file: self.secret_file.clone(),
-            retry_attempts: self.retry_attempts.unwrap_or(d.retry_attempts),
-            retry_backoff_ms: self.retry_backoff_ms.unwrap_or(d.retry_backoff_ms),
-            retry_max_wait_ms: self.retry_max_wait_ms.unwrap_or(d.retry_max_wait_ms),
-            ca_file: self.ca_file.clone(),
-        }
-    }
-
-    fn has_webhook_keys(&self) -> bool {
-        self.url.is_some()
-            || self.timeout_ms.is_some()
-            || self.max_in_flight.is_some()
-            || self.concurrency.is_some()
-            || self.ordering.is_some()
-            || self.secret.is_some()
-            || self.secret_file.is_some()
-            || self.retry_attempts.is_some()
-            || self.retry_backoff_ms.is_some()
-            || self.retry_max_wait_ms.is_some()
-            || self.ca_file.is_some()
-    }
-}
-
 impl ActionsSettings {
     /// The actions to run, each with its name: the list, or the single one.
     pub fn specs(&self) -> Vec<(String, ActionSpec)> {
@@ -492,24 +570,7 @@ impl ActionsSettings {
                     ..single(ActionKind::Debug)
                 },
             )],
-            None => {
-                let w = &self.webhook;
-                let spec = ActionSpec {
-                    url: Some(w.url.clone()),
-                    timeout_ms: Some(w.timeout_ms),
-                    max_in_flight: Some(w.max_in_flight),
-                    concurrency: Some(w.concurrency),
-                    ordering: Some(w.ordering),
-                    secret: w.secret.clone(),
-                    secret_file: w.secret_file.clone(),
-                    retry_attempts: Some(w.retry_attempts),
-                    retry_backoff_ms: Some(w.retry_backoff_ms),
-                    retry_max_wait_ms: Some(w.retry_max_wait_ms),
-                    ca_file: w.ca_file.clone(),
-                    ..single(ActionKind::Webhook)
-                };
-                vec![("webhook".into(), spec)]
-            }
+            None => vec![("webhook".into(), ActionSpec::from_webhook(&self.webhook))],
         }
     }
 
@@ -567,31 +628,29 @@ impl ActionsSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct WebhookSettings {
-    pub url: String,
-    pub timeout_ms: u64,
+webhook_keys! {
+    url: String = "http://localhost:8080/webhook".into(),
+    timeout_ms: u64 = 5000,
     /// Calls under way at once, per worker: the ceiling of `concurrency`.
-    pub max_in_flight: usize,
+    max_in_flight: usize = 256,
     /// Calls to the receiver at once from this process: `adaptive` (to what it answers
     /// without queueing) or a fixed number.
-    pub concurrency: Concurrency,
+    concurrency: Concurrency = Concurrency::Adaptive,
     /// `any` (default) or `per-user`: each user's calls in event order.
-    pub ordering: CallOrder,
+    ordering: CallOrder = CallOrder::Any,
     /// Signs each body (HMAC-SHA256, `X-Signature-256`); best given through the
     /// environment (`EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET`) or `secret-file`.
-    pub secret: Option<Secret>,
+    secret: Option<Secret> = None,
     /// A file holding the secret (trailing newline ignored).
-    pub secret_file: Option<PathBuf>,
+    secret_file: Option<PathBuf> = None,
     /// Further tries of a delivery that failed transiently (connection, timeout, 408,
     /// 429, 5xx), with jittered exponential backoff from `retry-backoff-ms`, or the
     /// receiver's `Retry-After`, at most `retry-max-wait-ms` each.
-    pub retry_attempts: u32,
-    pub retry_backoff_ms: u64,
-    pub retry_max_wait_ms: u64,
+    retry_attempts: u32 = 3,
+    retry_backoff_ms: u64 = 200,
+    retry_max_wait_ms: u64 = 30_000,
     /// PEM file of CA certificates to trust for `https://`, besides the platform's.
-    pub ca_file: Option<PathBuf>,
+    ca_file: Option<PathBuf> = None,
 }
 
 /// In which order a webhook receiver gets a user's calls.
@@ -627,27 +686,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            url: "http://localhost:8080/webhook".into(),
-            timeout_ms: 5000,
-            max_in_flight: 256,
-            concurrency: Concurrency::Adaptive,
-            ordering: CallOrder::Any,
-            secret: None,
-            secret_file: None,
-            retry_attempts: 3,
-            retry_backoff_ms: 200,
-            retry_max_wait_ms: 30_000,
-            ca_file: None,
-        }
-    }
-}
-
 impl WebhookSettings {
     /// The signing secret, from `secret` or read from `secret-file`.
-    pub fn signing_secret(&self) -> Result<Option<Secret>, String> {
+    pub fn signing_secret(&self) -> Result<Option<Secret>, SecretError> {
         secret_from("actions.webhook.secret", &self.secret, &self.secret_file)
     }
 }
@@ -989,11 +1030,13 @@ impl Settings {
         if self.dead_letter.path.is_some() && self.dead_letter.topic.is_some() {
             return Err(("dead-letter", "give `path` or `topic`, not both".into()));
         }
-        if let Err(reason) = self.metrics.listen_addr() {
-            return Err(("metrics.listen", reason));
+        if let Err(e) = self.metrics.listen_addr() {
+            return Err(("metrics.listen", e.to_string()));
         }
-        if self.source.kind == SourceType::File && self.source.path.is_none() {
-            return Err(("source.path", "required when source.type is file".into()));
+        if self.source.kind == SourceType::File {
+            self.source
+                .file_path()
+                .map_err(|e| ("source.path", e.to_string()))?;
         }
         if let Some(rate) = self.source.max_events_per_second {
             if self.source.kind != SourceType::File {
@@ -1332,6 +1375,31 @@ mod tests {
         assert_eq!(s.profile_api.base_url, "http://b:1");
         assert_eq!(s.profile_api.timeout_ms, 250);
         assert!(s.actions.debug.enabled);
+    }
+
+    #[test]
+    fn the_webhook_keys_mean_the_same_in_the_map_and_in_a_list_action() {
+        let map = load(
+            "actions:\n  webhook:\n    url: https://a/x\n    secret-file: /s\n    retry-attempts: 7\n",
+            &[],
+        )
+        .unwrap();
+        let (_, single) = &map.actions.specs()[0];
+        assert_eq!(single.webhook(), map.actions.webhook);
+        let list = load(
+            "actions:\n  - type: webhook\n    url: https://a/x\n    secret-file: /s\n    retry-attempts: 7\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(list.actions.specs()[0].1.webhook(), map.actions.webhook);
+        fails_naming(
+            "actions:\n  - type: debug\n    secret-file: /s\n",
+            "actions[0]",
+        );
+        fails_naming(
+            "actions:\n  - type: webhook\n    retry-attempt: 1\n",
+            "retry-attempt",
+        );
     }
 
     #[test]

@@ -225,6 +225,52 @@ impl DeadLetters {
     }
 }
 
+/// A batch written by a `Writer`: its tag, how many letters it held, and the result.
+pub type Written<T> = (T, usize, Result<(), DeadLetterError>);
+
+/// Writes dead letters on a thread of its own, so that an operator never waits for a
+/// disk sync or the brokers' acknowledgement on its worker thread; each batch's result
+/// comes back through `done`, and `activator` wakes the operator to take it.
+pub struct Writer<T> {
+    batches: std::sync::mpsc::Sender<(T, Vec<DeadLetter>)>,
+    results: std::sync::mpsc::Receiver<Written<T>>,
+}
+
+impl<T: Send + 'static> Writer<T> {
+    /// Starts the thread; it ends when the writer is dropped.
+    pub fn spawn(
+        sink: DeadLetters,
+        activator: timely::scheduling::SyncActivator,
+    ) -> std::io::Result<Writer<T>> {
+        let (batches, todo) = std::sync::mpsc::channel::<(T, Vec<DeadLetter>)>();
+        let (report, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("dead-letters".into())
+            .spawn(move || {
+                for (tag, letters) in todo {
+                    let result = sink.write(&letters);
+                    // The operator is gone only when the dataflow was dropped.
+                    if report.send((tag, letters.len(), result)).is_err() {
+                        return;
+                    }
+                    let _ = activator.activate();
+                }
+            })?;
+        Ok(Writer { batches, results })
+    }
+
+    /// Queues `letters` for writing, tagged `tag`.
+    pub fn write(&self, tag: T, letters: Vec<DeadLetter>) {
+        // The thread ends only with a panic of the sink, which the result would report.
+        let _ = self.batches.send((tag, letters));
+    }
+
+    /// Batches written (or failed) since the last call.
+    pub fn done(&self) -> impl Iterator<Item = Written<T>> + '_ {
+        std::iter::from_fn(|| self.results.try_recv().ok())
+    }
+}
+
 impl KafkaSink {
     fn write(&self, letters: &[DeadLetter]) -> Result<(), DeadLetterError> {
         let err = |reason: String| DeadLetterError::Kafka {

@@ -10,6 +10,7 @@ use event_trigger::config::{LogFormat, Settings, SourceType};
 use event_trigger::dataflows::trigger::{self, Prepared};
 use event_trigger::filter::Filter;
 use event_trigger::filter::health::Judged;
+use event_trigger::filter::rules::Rules;
 use event_trigger::mock_api::MockApi;
 use event_trigger::sources::replay::ReplayFrom;
 
@@ -315,7 +316,7 @@ struct RuleFailed(u64);
 
 /// Serves `/metrics` (unless `metrics.listen` is `""`), and logs progress lines.
 fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    if let Some((listen, explicit)) = settings.metrics.listen_addr().map_err(anyhow::Error::msg)? {
+    if let Some((listen, explicit)) = settings.metrics.listen_addr()? {
         match runtime.block_on(event_trigger::metrics::serve(listen)) {
             Ok(addr) => tracing::info!("metrics on http://{addr}/metrics"),
             // The default port taken (another job on this machine, say): run without.
@@ -340,21 +341,24 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     };
     let script_path = &settings.filter.script_path;
     let script = Filter::read(script_path)?;
-    let mut warnings =
-        Filter::compile_checked(&script, &script_path.display().to_string(), &limits)?.1;
+    let specs = settings.actions.specs();
+    let rules = Rules {
+        script: &script,
+        origin: &script_path.display().to_string(),
+        action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
+        limits: &limits,
+    };
+    let mut warnings = rules.check_rule()?;
     let ca = |key: &str, path: &Option<PathBuf>| {
         event_trigger::http_client::builder_trusting(path.as_deref())
             .map(drop)
-            .map_err(|e| anyhow::anyhow!("{key}: {e}"))
+            .map_err(|e| anyhow::Error::new(e).context(key.to_string()))
     };
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
-    for (i, (_, action)) in settings.actions.specs().iter().enumerate() {
-        if let Some(f) = &action.filter {
-            let origin = format!("actions[{i}].filter");
-            warnings.extend(Filter::compile_checked(f, &origin, &limits)?.1);
-        }
+    for (_, action) in &specs {
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
+    warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -436,7 +440,7 @@ fn mock_api(
     log_webhooks: u64,
     service: (usize, std::time::Duration),
 ) -> anyhow::Result<()> {
-    let api = MockApi::load(profiles, log_webhooks).map_err(anyhow::Error::msg)?;
+    let api = MockApi::load(profiles, log_webhooks)?;
     let api = Arc::new(api.with_service(service.0, service.1));
     let runtime = tokio_runtime()?;
     runtime.block_on(async move {
@@ -549,7 +553,7 @@ fn demo(threads: usize) -> anyhow::Result<()> {
     );
 
     let runtime = tokio_runtime()?;
-    let api = Arc::new(MockApi::load(&profiles, 3).map_err(anyhow::Error::msg)?);
+    let api = Arc::new(MockApi::load(&profiles, 3)?);
     let addr = runtime.block_on(api.clone().serve("127.0.0.1:0".parse()?))?;
     tracing::info!(
         "demo: Profile API and webhook receiver on http://{addr}, {} users",

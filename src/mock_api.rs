@@ -103,18 +103,43 @@ impl Latencies {
     }
 }
 
+/// A profiles file the mock API cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum MockApiError {
+    #[error("{}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: line {line}", path.display())]
+    Line {
+        path: std::path::PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl MockApi {
     /// Loads `profiles.jsonl` and renders every answer once, so serving is a copy.
-    pub fn load(path: &Path, log_webhooks: u64) -> Result<MockApi, String> {
-        let file = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path, log_webhooks: u64) -> Result<MockApi, MockApiError> {
+        let file = std::fs::read_to_string(path).map_err(|source| MockApiError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut users = HashMap::new();
         for (n, line) in file
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| format!("{}: line {}: {e}", path.display(), n + 1))?;
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|source| MockApiError::Line {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    source,
+                })?;
             let Some(id) = v.get("user_id").and_then(|u| u.as_str()) else {
                 continue;
             };

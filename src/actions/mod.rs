@@ -6,28 +6,20 @@
 //! the job goes on.
 
 mod lane;
+mod operator;
 mod payload;
 mod webhook;
 
+pub use operator::run_actions;
 pub use payload::Payload;
-pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, signature};
+pub use webhook::{Delivery, DeliveryError, INGESTED_AT, WebhookClient, WebhookError, signature};
 
-use std::rc::Rc;
 use std::sync::Arc;
 
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-
-use crate::async_bridge::AsyncBridge;
 use crate::clock::now_ms;
-use crate::config::{ActionKind, ActionsSettings};
-use crate::counters::Counters;
+use crate::config::{ActionKind, ActionSpec, ActionsSettings};
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
-use crate::log_limit::LogLimiter;
-use crate::model::{EnrichedEvent, Text, Time};
-use crate::operators::backpressure::Backlog;
-use crate::operators::held::HeldTimes;
+use crate::model::{EnrichedEvent, Time};
 use crate::retry::RetryPolicy;
 
 /// One action, shared by the workers of a process.
@@ -66,41 +58,62 @@ pub struct NamedAction {
 #[derive(Clone)]
 pub struct Actions(pub Vec<NamedAction>);
 
+/// An action that cannot be built; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretError),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+}
+
+impl Action {
+    /// The runnable action `spec` describes; `name` names its metrics.
+    fn build(
+        name: &str,
+        spec: &ActionSpec,
+        dead_letters: Option<DeadLetters>,
+    ) -> Result<Action, ActionError> {
+        Ok(match spec.kind {
+            ActionKind::Debug => Action::Debug {
+                pretty: spec.pretty.unwrap_or(false),
+            },
+            ActionKind::Webhook => {
+                let w = spec.webhook();
+                let ms = std::time::Duration::from_millis;
+                let retry = RetryPolicy {
+                    retries: w.retry_attempts,
+                    backoff: ms(w.retry_backoff_ms),
+                    max_wait: ms(w.retry_max_wait_ms),
+                };
+                let client = WebhookClient::new(
+                    &w.url,
+                    ms(w.timeout_ms),
+                    w.signing_secret()?,
+                    retry,
+                    w.ca_file.as_deref(),
+                )?
+                .with_concurrency(&format!("webhook:{name}"), w.concurrency);
+                Action::Webhook {
+                    client,
+                    max_in_flight: w.max_in_flight,
+                    ordering: w.ordering,
+                    dead_letters,
+                }
+            }
+        })
+    }
+}
+
 impl Actions {
+    /// The configured actions, each built (and so validated) by `Action::build`.
     pub fn from_settings(
         s: &ActionsSettings,
         dead_letters: Option<DeadLetters>,
-    ) -> Result<Actions, String> {
+    ) -> Result<Actions, ActionError> {
         let mut out = Vec::new();
         for (name, spec) in s.specs() {
-            let action = match spec.kind {
-                ActionKind::Debug => Action::Debug {
-                    pretty: spec.pretty.unwrap_or(false),
-                },
-                ActionKind::Webhook => {
-                    let w = spec.webhook();
-                    let ms = std::time::Duration::from_millis;
-                    let retry = RetryPolicy {
-                        retries: w.retry_attempts,
-                        backoff: ms(w.retry_backoff_ms),
-                        max_wait: ms(w.retry_max_wait_ms),
-                    };
-                    let client = WebhookClient::new(
-                        &w.url,
-                        ms(w.timeout_ms),
-                        w.signing_secret()?,
-                        retry,
-                        w.ca_file.as_deref(),
-                    )?
-                    .with_concurrency(&format!("webhook:{name}"), w.concurrency);
-                    Action::Webhook {
-                        client,
-                        max_in_flight: w.max_in_flight,
-                        ordering: w.ordering,
-                        dead_letters: dead_letters.clone(),
-                    }
-                }
-            };
+            let action = Action::build(&name, &spec, dead_letters.clone())?;
             out.push(NamedAction {
                 name,
                 action,
@@ -108,6 +121,11 @@ impl Actions {
             });
         }
         Ok(Actions(out))
+    }
+
+    /// Each action's own filter, in their order.
+    pub fn filters(&self) -> Vec<Option<&str>> {
+        self.0.iter().map(|a| a.filter.as_deref()).collect()
     }
 
     /// The debug print alone (a dry run).
@@ -163,12 +181,21 @@ fn print_triggered(ev: &EnrichedEvent, action: &str, pretty: bool) -> bool {
     }
 }
 
+/// Why a failed delivery is not in the dead letters.
+#[derive(Debug, thiserror::Error)]
+enum NotDeadLettered {
+    #[error(transparent)]
+    Write(#[from] crate::dead_letter::DeadLetterError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// How a webhook action ended.
 struct Outcome {
     retries: u32,
     failure: Option<String>,
     /// For a failure, with a dead-letter file: whether it was written.
-    dead_lettered: Option<Result<(), String>>,
+    dead_lettered: Option<Result<(), NotDeadLettered>>,
 }
 
 /// Delivers `ev`; a delivery that fails for good goes to `dead_letters` (synced to disk
@@ -204,11 +231,11 @@ async fn deliver(
     let dead_lettered = match dead_letters {
         Some(dl) => {
             let letter = DeadLetter::new(Kind::WebhookFailed, reason.clone(), &body, now_ms());
-            let written = tokio::task::spawn_blocking(move || dl.write(&[letter]))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            Some(written)
+            let written = tokio::task::spawn_blocking(move || dl.write(&[letter])).await;
+            Some(match written {
+                Ok(r) => r.map_err(NotDeadLettered::from),
+                Err(e) => Err(NotDeadLettered::from(e)),
+            })
         }
         None => None,
     };
@@ -217,166 +244,4 @@ async fn deliver(
         failure: Some(reason),
         dead_lettered,
     }
-}
-
-/// A webhook action of this worker: its client, and its calls (waiting, under way).
-struct WebhookLane {
-    index: usize,
-    name: String,
-    client: WebhookClient,
-    dead_letters: Option<DeadLetters>,
-    calls: lane::Lane,
-}
-
-/// Runs the actions of `actions` each event of `triggered` is for. The returned stream
-/// carries no data; its frontier passes a time only when every action for that time has
-/// completed.
-///
-/// Webhook calls run asynchronously, at most `max_in_flight` at once per action; events
-/// beyond that wait here, and `backlog` tells the source how many.
-pub fn run_actions<'s>(
-    triggered: Stream<'s, Time, Vec<EnrichedEvent>>,
-    actions: Actions,
-    runtime: tokio::runtime::Handle,
-    backlog: Backlog,
-    stats: Rc<Counters>,
-) -> Stream<'s, Time, Vec<()>> {
-    let scope = triggered.scope();
-    triggered.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Pipeline,
-        "Actions",
-        move |_cap, info| {
-            let activator = scope.worker().sync_activator_for(info.address.to_vec());
-            let mut bridge: AsyncBridge<(usize, Time, Text, Outcome)> =
-                AsyncBridge::new(runtime, activator);
-            let mut held = HeldTimes::default();
-            let mut lanes: Vec<WebhookLane> = actions
-                .0
-                .iter()
-                .enumerate()
-                .filter_map(|(index, a)| match &a.action {
-                    Action::Webhook {
-                        client,
-                        max_in_flight,
-                        ordering,
-                        dead_letters,
-                    } => Some({
-                        client.calls().register(*max_in_flight);
-                        WebhookLane {
-                            index,
-                            name: a.name.clone(),
-                            client: client.clone(),
-                            dead_letters: dead_letters.clone(),
-                            calls: lane::Lane::new(*max_in_flight, *ordering),
-                        }
-                    }),
-                    Action::Debug { .. } => None,
-                })
-                .collect();
-            let debug: Vec<(usize, bool)> = actions
-                .0
-                .iter()
-                .enumerate()
-                .filter_map(|(i, a)| match a.action {
-                    Action::Debug { pretty } => Some((i, pretty)),
-                    Action::Webhook { .. } => None,
-                })
-                .collect();
-            let mut fail_log = LogLimiter::per_10s("failed webhook calls");
-            *stats.per_action.borrow_mut() = actions
-                .0
-                .iter()
-                .map(|a| crate::counters::ActionCounts {
-                    name: a.name.clone(),
-                    ..Default::default()
-                })
-                .collect();
-            let count = move |stats: &Counters, i: usize, ok: bool, retried: u32| {
-                let mut per = stats.per_action.borrow_mut();
-                if let Some(c) = per.get_mut(i) {
-                    c.ok += u64::from(ok);
-                    c.failed += u64::from(!ok);
-                    c.retried += u64::from(retried);
-                }
-            };
-            move |(input, _frontier), _output| {
-                // In arrival order, so a user's actions start in the order of its events.
-                input.for_each(|cap, batch| {
-                    let Some(&time) = cap.least() else { return };
-                    for ev in batch.drain(..) {
-                        let targets = ev.targets;
-                        let wanted = |i: usize| i < 64 && targets & (1 << i) != 0;
-                        for &(i, pretty) in debug.iter().filter(|(i, _)| wanted(*i)) {
-                            let ok = print_triggered(&ev, &actions.0[i].name, pretty);
-                            Counters::add(
-                                if ok {
-                                    &stats.actions_ok
-                                } else {
-                                    &stats.actions_failed
-                                },
-                                1,
-                            );
-                            count(&stats, i, ok, 0);
-                        }
-                        if lanes.iter().any(|l| wanted(l.index)) {
-                            let ev = Arc::new(ev);
-                            for lane in lanes.iter_mut().filter(|l| wanted(l.index)) {
-                                held.hold(time, || cap.delayed(&time, 0));
-                                lane.calls.push((time, ev.clone()));
-                            }
-                        }
-                    }
-                });
-                for (lane, time, user, outcome) in bridge.drain() {
-                    lanes[lane].calls.ended(&user);
-                    count(
-                        &stats,
-                        lanes[lane].index,
-                        outcome.failure.is_none(),
-                        outcome.retries,
-                    );
-                    Counters::add(&stats.actions_retried, u64::from(outcome.retries));
-                    match outcome.failure {
-                        None => Counters::add(&stats.actions_ok, 1),
-                        Some(e) => {
-                            Counters::add(&stats.actions_failed, 1);
-                            match outcome.dead_lettered {
-                                Some(Ok(())) => Counters::add(&stats.dead_letters, 1),
-                                Some(Err(dl)) => {
-                                    tracing::error!("failed delivery not dead-lettered: {dl}")
-                                }
-                                None => {}
-                            }
-                            if fail_log.allow() {
-                                tracing::error!(
-                                    retries = outcome.retries,
-                                    "webhook call failed: {e}"
-                                );
-                            }
-                        }
-                    }
-                    held.release(time);
-                }
-                for (at, lane) in lanes.iter_mut().enumerate() {
-                    while let Some((time, ev)) = lane.calls.next() {
-                        let user = ev.event.user_id.clone();
-                        let client = lane.client.clone();
-                        let name = lane.name.clone();
-                        let dead_letters = lane.dead_letters.clone();
-                        bridge.spawn(async move {
-                            let outcome = deliver(&client, &name, ev, time, dead_letters).await;
-                            (at, time, user, outcome)
-                        });
-                    }
-                }
-                fail_log.tick();
-                let queued: usize = lanes.iter().map(|l| l.calls.waiting()).sum();
-                backlog.set(queued);
-                stats
-                    .actions_in_flight
-                    .set(lanes.iter().map(|l| l.calls.in_flight() as u64).sum());
-                stats.action_backlog.set(queued as u64);
-            }
-        },
-    )
 }

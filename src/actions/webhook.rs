@@ -46,6 +46,17 @@ pub struct Delivery {
     pub retries: u32,
 }
 
+/// A webhook client that cannot be built; each names its key, its cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("actions.webhook.url")]
+    Url(#[from] url::ParseError),
+    #[error("actions.webhook.ca-file")]
+    Ca(#[from] crate::http_client::CaError),
+    #[error("actions.webhook")]
+    Client(#[source] reqwest::Error),
+}
+
 /// POSTs bodies to the webhook URL; one pooled client per process.
 #[derive(Clone)]
 pub struct WebhookClient {
@@ -64,13 +75,12 @@ impl WebhookClient {
         secret: Option<Secret>,
         retry: RetryPolicy,
         ca: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("actions.webhook.url: {e}"))?;
-        let client = crate::http_client::builder_trusting(ca)
-            .map_err(|e| format!("actions.webhook.ca-file: {e}"))?
+    ) -> Result<Self, WebhookError> {
+        let url = reqwest::Url::parse(url)?;
+        let client = crate::http_client::builder_trusting(ca)?
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("actions.webhook: {e}"))?;
+            .map_err(WebhookError::Client)?;
         Ok(WebhookClient {
             client,
             url,
@@ -186,6 +196,44 @@ impl WebhookClient {
                 overload: is_overload_status(status.as_u16()),
                 retry_after: retry_after(resp.headers()),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rendered with its causes (as the binary prints errors), a build error names the
+    /// key, then the file, then the cause, each once.
+    #[test]
+    fn a_build_error_names_the_key_and_keeps_its_cause() {
+        let ca = std::path::Path::new("/no/ca.pem");
+        let Err(e) = WebhookClient::new("http://a/x", Duration::ZERO, None, retry_none(), Some(ca))
+        else {
+            panic!("a missing CA file is refused");
+        };
+        assert!(std::error::Error::source(&e).is_some());
+        let shown = crate::http_client::error_chain(&e);
+        assert!(
+            shown.starts_with("actions.webhook.ca-file: /no/ca.pem: "),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("/no/ca.pem").count(), 1, "{shown}");
+        let Err(e) = WebhookClient::new("a/x", Duration::ZERO, None, retry_none(), None) else {
+            panic!("a relative URL is refused");
+        };
+        assert_eq!(
+            crate::http_client::error_chain(&e),
+            "actions.webhook.url: relative URL without a base"
+        );
+    }
+
+    fn retry_none() -> RetryPolicy {
+        RetryPolicy {
+            retries: 0,
+            backoff: Duration::ZERO,
+            max_wait: Duration::ZERO,
         }
     }
 }

@@ -321,10 +321,9 @@ fn compare<'x>(op: Cmp, a: Val<'x>, b: Val<'x>) -> Res<'x> {
 #[cfg(test)]
 mod tests {
     use super::super::fields::{EVENT_FIELDS, HISTORY_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
+    use super::super::fixtures::{history_entry, user_state};
     use super::super::{Filter, FilterLimits, Verdict};
-    use crate::model::{
-        EnrichedView, HistoryEntry, Profile, ProfileData, UserEvent, UserState, Visit,
-    };
+    use crate::model::{EnrichedView, Profile, UserEvent, UserState, Visit};
 
     /// A small deterministic generator (no dependency needed for this).
     struct Rng(u64);
@@ -423,26 +422,17 @@ mod tests {
             ..Default::default()
         });
         let history = (0..r.next(4))
-            .map(|i| HistoryEntry {
-                event_id: opt_str(r).map(Into::into),
-                event_name: None,
-                event_type: opt_str(r).map(Into::into),
-                timestamp: i as i64,
-                parameters: None,
+            .map(|i| {
+                let id = opt_str(r);
+                history_entry(i, id, opt_str(r))
             })
             .collect();
-        UserState::from_profile(
-            ProfileData {
-                profile: Profile {
-                    country: opt_str(r),
-                    city: opt_str(r),
-                    ..Default::default()
-                },
-                visit,
-                history,
-            },
-            0,
-        )
+        let profile = Profile {
+            country: opt_str(r),
+            city: opt_str(r),
+            ..Default::default()
+        };
+        user_state(profile, visit, history)
     }
 
     fn same(a: &Verdict, b: &Verdict) -> bool {

@@ -25,6 +25,7 @@ mod fields;
 pub mod health;
 mod hints;
 pub mod reload;
+pub mod rules;
 pub mod samples;
 mod suggest;
 mod trial;
@@ -364,10 +365,47 @@ impl Filter {
     }
 }
 
+/// States for the filter's tests: a user as a look-up leaves it.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::model::{HistoryEntry, Profile, ProfileData, UserState, Visit};
+
+    /// The `i`-th entry of a history (its timestamp is `i`).
+    pub fn history_entry(
+        i: usize,
+        event_id: Option<impl Into<crate::model::Text>>,
+        event_type: Option<impl Into<crate::model::Text>>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            event_id: event_id.map(Into::into),
+            event_name: None,
+            event_type: event_type.map(Into::into),
+            timestamp: i as i64,
+            parameters: None,
+        }
+    }
+
+    /// A user just looked up (at time 0).
+    pub fn user_state(
+        profile: Profile,
+        visit: Option<Visit>,
+        history: Vec<HistoryEntry>,
+    ) -> UserState {
+        UserState::from_profile(
+            ProfileData {
+                profile,
+                visit,
+                history,
+            },
+            0,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ProfileData, UserState};
+    use crate::model::UserState;
 
     fn event(event_type: &str) -> UserEvent {
         UserEvent {
@@ -391,29 +429,18 @@ mod tests {
         let history = history_types
             .iter()
             .enumerate()
-            .map(|(i, t)| HistoryEntry {
-                event_id: Some(format!("h{i}").into()),
-                event_name: None,
-                event_type: Some((*t).into()),
-                timestamp: i as i64,
-                parameters: None,
-            })
+            .map(|(i, t)| fixtures::history_entry(i, Some(format!("h{i}")), Some(*t)))
             .collect();
-        UserState::from_profile(
-            ProfileData {
-                profile: Profile {
-                    country: country.map(String::from),
-                    ..Default::default()
-                },
-                visit: Some(Visit {
-                    actions: 7,
-                    landing_page: Some("/sale".into()),
-                    ..Default::default()
-                }),
-                history,
-            },
-            0,
-        )
+        let profile = Profile {
+            country: country.map(String::from),
+            ..Default::default()
+        };
+        let visit = Visit {
+            actions: 7,
+            landing_page: Some("/sale".into()),
+            ..Default::default()
+        };
+        fixtures::user_state(profile, Some(visit), history)
     }
 
     fn judge(script: &str, ev: &UserEvent, st: &UserState) -> Verdict {

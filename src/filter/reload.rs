@@ -160,7 +160,7 @@ impl Filters {
                 None | Some(Verdict::Pass) => bits |= 1 << i,
                 Some(Verdict::Reject) => {}
                 Some(Verdict::Error(e)) => {
-                    self.failed(&format!("actions[{i}].filter"), view, &e);
+                    self.failed(&super::rules::action_origin(i), view, &e);
                     errors.push(e)
                 }
             }

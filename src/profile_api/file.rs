@@ -19,26 +19,52 @@ struct UserIdOnly<'a> {
     user_id: std::borrow::Cow<'a, str>,
 }
 
+/// A snapshot that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Open(std::io::Error),
+    #[error("line {line}")]
+    Read {
+        line: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not JSON, or without a string `user_id`.
+    #[error("line {line}")]
+    Line {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl ProfileSnapshot {
     pub fn load(path: &Path) -> Result<Self, ProfileSourceError> {
-        let err = |reason: String| ProfileSourceError::Snapshot {
+        let err = |source| ProfileSourceError::Snapshot {
             path: path.display().to_string(),
-            reason,
+            source,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| err(SnapshotError::Open(e)))?;
         Self::from_reader(std::io::BufReader::new(file)).map_err(err)
     }
 
     /// Reads the snapshot; a line without a string `user_id` is an error naming the line.
-    pub fn from_reader(reader: impl BufRead) -> Result<Self, String> {
+    pub fn from_reader(reader: impl BufRead) -> Result<Self, SnapshotError> {
         let mut lines = HashMap::new();
         for (n, line) in reader.lines().enumerate() {
-            let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
+            let line = line.map_err(|source| SnapshotError::Read {
+                line: n + 1,
+                source,
+            })?;
             if line.trim().is_empty() {
                 continue;
             }
             let id: UserIdOnly<'_> =
-                serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", n + 1))?;
+                serde_json::from_str(&line).map_err(|source| SnapshotError::Line {
+                    line: n + 1,
+                    source,
+                })?;
             lines.insert(id.user_id.into(), line.into_boxed_str());
         }
         Ok(ProfileSnapshot { lines })
@@ -85,6 +111,7 @@ mod tests {
         let err = ProfileSnapshot::from_reader("{\"user_id\":\"a\"}\n{\"x\":1}\n".as_bytes())
             .err()
             .unwrap();
+        let err = crate::http_client::error_chain(&err);
         assert!(err.starts_with("line 2:"), "{err}");
     }
 }

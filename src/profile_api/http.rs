@@ -51,6 +51,11 @@ pub struct HttpProfileApi {
     max_wait_on_failure: Duration,
 }
 
+/// An `Authorization` value that cannot be sent.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid header value (printable ASCII only)")]
+pub struct BadHeader(reqwest::header::InvalidHeaderValue);
+
 impl HttpProfileApi {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProfileSourceError> {
         Self::trusting(base_url, timeout, None)
@@ -62,8 +67,7 @@ impl HttpProfileApi {
         timeout: Duration,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, ProfileSourceError> {
-        let client = crate::http_client::builder_trusting(ca)
-            .map_err(ProfileSourceError::Ca)?
+        let client = crate::http_client::builder_trusting(ca)?
             .timeout(timeout)
             .build()
             .map_err(|e| ProfileSourceError::Client(e.to_string()))?;
@@ -83,13 +87,13 @@ impl HttpProfileApi {
     }
 
     /// Sends `value` as the `Authorization` header of every request.
-    pub fn with_auth(mut self, value: Option<&crate::config::Secret>) -> Result<Self, String> {
+    pub fn with_auth(mut self, value: Option<&crate::config::Secret>) -> Result<Self, BadHeader> {
         self.auth = value
             .map(|v| {
-                let mut h = reqwest::header::HeaderValue::from_str(v.expose())
-                    .map_err(|_| "not a valid header value (printable ASCII only)".to_string())?;
+                let mut h =
+                    reqwest::header::HeaderValue::from_str(v.expose()).map_err(BadHeader)?;
                 h.set_sensitive(true);
-                Ok::<_, String>(h)
+                Ok::<_, BadHeader>(h)
             })
             .transpose()?;
         Ok(self)

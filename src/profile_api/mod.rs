@@ -9,8 +9,8 @@ mod file;
 mod http;
 
 pub use answer::{Answers, RawObject, Skipped};
-pub use file::ProfileSnapshot;
-pub use http::HttpProfileApi;
+pub use file::{ProfileSnapshot, SnapshotError};
+pub use http::{BadHeader, HttpProfileApi};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,15 +55,21 @@ impl FetchError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileSourceError {
-    #[error("profile-api.base-url: cannot read snapshot {path}: {reason}")]
-    Snapshot { path: String, reason: String },
+    #[error("profile-api.base-url: cannot read snapshot {path}")]
+    Snapshot {
+        path: String,
+        #[source]
+        source: SnapshotError,
+    },
     #[error("profile-api.base-url: {0}")]
     Client(String),
-    #[error("profile-api.ca-file: {0}")]
-    Ca(String),
+    #[error("profile-api.ca-file")]
+    Ca(#[from] crate::http_client::CaError),
     /// Already names its key (`profile-api.auth-header` or `-file`).
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] crate::config::SecretError),
+    #[error("profile-api.auth-header")]
+    AuthValue(#[from] BadHeader),
 }
 
 /// Where profiles come from; cheap to clone, shared by the workers of a process.
@@ -88,8 +94,7 @@ impl ProfileSource {
         .with_concurrency(s.concurrency)
         .with_max_wait_on_failure(Duration::from_millis(s.max_wait_on_failure_ms))
         .with_rate_limit(s.max_requests_per_second)
-        .with_auth(s.auth_header().map_err(ProfileSourceError::Auth)?.as_ref())
-        .map_err(|e| ProfileSourceError::Auth(format!("profile-api.auth-header: {e}")))?;
+        .with_auth(s.auth_header()?.as_ref())?;
         Ok(ProfileSource::Http(api))
     }
 }
