@@ -28,7 +28,8 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 pub const INGESTED_AT: &str = "X-Event-Ingested-At";
 
 /// A delivery that did not succeed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{reason}")]
 pub struct DeliveryError {
     pub reason: String,
     /// Worth another try (connection, timeout, 408, 429, 5xx).
@@ -42,7 +43,7 @@ pub struct DeliveryError {
 /// How a delivery ended, and the tries it took after the first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
-    pub result: Result<(), String>,
+    pub result: Result<(), DeliveryError>,
     pub retries: u32,
 }
 
@@ -145,7 +146,7 @@ impl WebhookClient {
                 }
                 Err(e) => {
                     return Delivery {
-                        result: Err(e.reason),
+                        result: Err(e),
                         retries,
                     };
                 }
