@@ -512,7 +512,12 @@ impl Manager {
         let writer = PartWriter::start(
             s.cfg.state_path(epoch, s.worker),
             copy.into_part(pending),
-            (s.activator)(),
+            {
+                let activator = (s.activator)();
+                Box::new(move || {
+                    let _ = activator.activate();
+                })
+            },
         );
         s.in_progress = Some(InProgress { epoch, writer });
     }
