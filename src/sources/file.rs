@@ -341,6 +341,40 @@ mod tests {
         assert_eq!(lines_of(f.path()), ["a", "", "b"]);
     }
 
+    fn read_all(r: &mut FileReader) -> Vec<String> {
+        let mut out = Vec::new();
+        while !r.finished() {
+            r.read(0, &mut |l| out.push(String::from_utf8(l).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_reader_reports_its_byte_offset_and_starts_from_one() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"one\r\ntwo\nthree").unwrap();
+        f.flush().unwrap();
+        let path = f.path().to_path_buf();
+        let offset = |r: &FileReader| match r.position() {
+            Position::File(p) => {
+                assert_eq!(p.path, std::fs::canonicalize(&path).unwrap());
+                p.offset
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut r = FileReader::open(path.clone(), 0, 0, None);
+        assert_eq!(offset(&r), 0);
+        assert_eq!(read_all(&mut r), ["one", "two", "three"]);
+        assert_eq!(offset(&r), 14);
+        assert!(!r.failed());
+        let mut r = FileReader::open(path.clone(), 0, 5, None);
+        assert_eq!(read_all(&mut r), ["two", "three"]);
+        let other = FileReader::open(path.clone(), 1, 5, None);
+        assert!(other.finished() && other.position() == Position::Nothing);
+        let missing = FileReader::open("/no/such".into(), 0, 0, None);
+        assert!(missing.finished() && missing.failed());
+    }
+
     #[test]
     fn only_worker_zero_reads_the_input() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
