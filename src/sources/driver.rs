@@ -235,3 +235,117 @@ pub fn finished_beacon(scope: Scope<'_, Time>, life: Lifecycle) {
     .broadcast()
     .inspect(move |_| life.source_done_somewhere());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::backpressure::Backlog;
+    use crate::shutdown::StopFlag;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    /// Hands out its messages one per read.
+    struct Fake(Vec<Vec<u8>>);
+
+    impl Reader for Fake {
+        fn read(&mut self, _time: Time, give: &mut dyn FnMut(Vec<u8>)) -> Next {
+            if let Some(m) = self.0.pop() {
+                give(m);
+            }
+            Next::Now
+        }
+        fn finished(&self) -> bool {
+            self.0.is_empty()
+        }
+        fn position(&self) -> Position {
+            Position::Nothing
+        }
+    }
+
+    /// Runs a fake source to its end; returns what it emitted, and whether it had read
+    /// all and was ending.
+    fn run(messages: Vec<&'static str>, stop: StopFlag) -> (Vec<String>, bool, bool) {
+        timely::execute_directly(move |worker| {
+            let life = Lifecycle::new(stop);
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let sink = got.clone();
+            let reader = Fake(
+                messages
+                    .iter()
+                    .rev()
+                    .map(|m| m.as_bytes().to_vec())
+                    .collect(),
+            );
+            let shared = Source::shared(Box::new(reader), None);
+            let probe = ProbeHandle::new();
+            let gate = Gate::new(vec![Backlog::new(10)]);
+            let l = life.clone();
+            let p = probe.clone();
+            worker.dataflow::<Time, _, _>(move |scope| {
+                drive(scope, "Fake", shared, p.clone(), gate, l)
+                    .inspect(move |m| {
+                        sink.borrow_mut()
+                            .push(String::from_utf8(m.clone()).unwrap())
+                    })
+                    .probe_with(&p);
+            });
+            while !probe.done() {
+                worker.step();
+            }
+            let got = got.borrow().clone();
+            (got, life.read_all_here(), life.ending().get())
+        })
+    }
+
+    #[test]
+    fn a_source_emits_everything_its_reader_reads_and_ends() {
+        let (got, read_all, ending) = run(vec!["a", "b", "c"], StopFlag::default());
+        assert_eq!(got, ["a", "b", "c"]);
+        assert!(read_all && !ending);
+    }
+
+    #[test]
+    fn a_stopped_source_reads_nothing_more_and_ends() {
+        let stop = StopFlag::default();
+        stop.set();
+        let (got, _, ending) = run(vec!["a", "b"], stop);
+        assert!(got.is_empty(), "{got:?}");
+        assert!(ending);
+    }
+
+    /// Stopped with checkpoints on, the clock jumps to the final epoch: the coordinator
+    /// records the position there and tries to complete it before the source ends (here
+    /// without state parts, so it says why it could not).
+    #[test]
+    fn a_stopped_source_with_checkpoints_ends_at_its_final_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::checkpoint::CheckpointConfig {
+            dir: dir.path().to_path_buf(),
+            interval_ms: 100,
+            retained: 2,
+            restored_epoch: 0,
+        };
+        let stop = StopFlag::default();
+        stop.set();
+        let stopped_at = stop.stopped_at().unwrap();
+        let final_epoch = cfg.epoch_after(stopped_at);
+        let offsets = cfg.offsets_path(final_epoch, 0);
+        let error = timely::execute_directly(move |worker| {
+            let shared = Source::shared(
+                Box::new(Fake(vec![b"a".to_vec()])),
+                Some(Coordinator::new(cfg, 0, 1)),
+            );
+            let probe = ProbeHandle::new();
+            let (p, s) = (probe.clone(), shared.clone());
+            let gate = Gate::new(vec![Backlog::new(10)]);
+            worker.dataflow::<Time, _, _>(move |scope| {
+                drive(scope, "Fake", s, p.clone(), gate, Lifecycle::new(stop)).probe_with(&p);
+            });
+            while !probe.done() {
+                worker.step();
+            }
+            shared.borrow().final_checkpoint_error()
+        });
+        assert!(offsets.exists(), "{}", offsets.display());
+        assert!(error.unwrap().contains(&format!("epoch {final_epoch}")));
+    }
+}
