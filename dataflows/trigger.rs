@@ -50,7 +50,8 @@ pub enum WorkerError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("kafka: cannot start the consumer: {0}")]
+    /// Shown with its cause (`{:#}`) as `kafka: cannot start the consumer: <cause>`.
+    #[error("kafka: cannot start the consumer")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the input could not be read to its end (see the log)")]
     InputFailed,
@@ -67,14 +68,13 @@ pub fn run(
     let started = Instant::now();
     let guards = timely::execute(config, move |worker| {
         run_worker(worker, &prepared, &runtime, started)
-            .map_err(|e| anyhow::Error::new(e).to_string())
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
     let mut summary = None;
     for result in guards.join() {
         match result {
             Ok(Ok(s)) => summary = summary.or(s),
-            Ok(Err(e)) => return Err(anyhow!(e)),
+            Ok(Err(e)) => return Err(e.into()),
             Err(panic) => return Err(anyhow!("a worker failed: {panic}")),
         }
     }
