@@ -26,10 +26,12 @@ use crate::store::Backend;
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A JSONL file, a pipe, or standard input (`-`): read to its end, at most
-    /// `max_per_s` lines a second when given.
+    /// `max_per_s` lines a second when given; with `resume`, checkpointed and read on
+    /// from the newest checkpoint.
     File {
         path: PathBuf,
         max_per_s: Option<f64>,
+        resume: bool,
     },
     /// A Kafka topic with this many partitions; `bounded` reads to the end of each
     /// partition and finishes, otherwise the job runs until stopped.
@@ -57,7 +59,8 @@ pub struct Prepared {
     /// Later versions of the script (hot reload), published by `filter::reload::watch`.
     pub filter_versions: FilterVersions,
     pub state: UserStateConfig,
-    /// Checkpoints to take (Kafka sources only: a file is read whole each run).
+    /// Checkpoints to take (a Kafka source, or a file with `source.resume`: otherwise a
+    /// file is read whole each run).
     pub checkpoints: Option<CheckpointConfig>,
     /// The checkpoint to start from, if any.
     pub restore: Option<Arc<Restore>>,
@@ -99,6 +102,7 @@ impl Prepared {
         warn_all(rules.check_action_filters()?);
         let input = input(settings, bounded)?;
         let (checkpoints, restore) = checkpoints(settings, &input)?;
+        check_file_restore(&input, restore.as_deref(), &settings.engine.checkpoint_dir)?;
         let backend = settings.engine.backend();
         backend.check()?;
         Ok(Prepared {
@@ -139,6 +143,61 @@ impl Prepared {
     }
 }
 
+/// A resumed file goes on only from a checkpoint of the same file (a regular one, at
+/// least as long as the checkpoint's offset).
+fn check_file_restore(
+    input: &Input,
+    restore: Option<&Restore>,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Input::File {
+        path, resume: true, ..
+    } = input
+    else {
+        return Ok(());
+    };
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        bail!(
+            "source.resume: {} is not a regular file, it cannot be read again from an offset: \
+             drop source.resume",
+            path.display()
+        );
+    }
+    let Some(r) = restore else {
+        return Ok(());
+    };
+    let here = std::fs::canonicalize(path)?;
+    let Some(at) = &r.manifest.file else {
+        bail!(
+            "engine.checkpoint-dir: {} holds checkpoints of Kafka topic `{}`, not of the file {}: \
+             give each job its own directory",
+            dir.display(),
+            r.manifest.topic,
+            here.display()
+        );
+    };
+    if at.path != here {
+        bail!(
+            "engine.checkpoint-dir: {} holds checkpoints of the file {}, not of {}: give each \
+             job its own directory (or delete it to read the file from its start)",
+            dir.display(),
+            at.path.display(),
+            here.display()
+        );
+    }
+    let len = std::fs::metadata(&here)?.len();
+    if len < at.offset {
+        bail!(
+            "source.resume: {} is {len} bytes, shorter than the checkpoint's offset {} in {}: \
+             not the file that was checkpointed (delete the checkpoints to read it from its start)",
+            here.display(),
+            at.offset,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Logs the warnings of a rule check (errors on the sample states).
 fn warn_all(warnings: Vec<String>) {
     for w in warnings {
@@ -172,6 +231,7 @@ fn input(settings: &Settings, bounded: bool) -> anyhow::Result<Input> {
             Input::File {
                 path,
                 max_per_s: settings.source.max_events_per_second,
+                resume: settings.source.resume,
             }
         }
         SourceType::Kafka => Input::Kafka {
@@ -191,12 +251,14 @@ fn checkpoints(
     input: &Input,
 ) -> anyhow::Result<(Option<CheckpointConfig>, Option<Arc<Restore>>)> {
     let mut checkpoints = match (input, settings.engine.checkpoint_interval_ms) {
-        (Input::Kafka { .. }, interval) if interval > 0 => Some(CheckpointConfig {
-            dir: settings.engine.checkpoint_dir.clone(),
-            interval_ms: interval,
-            retained: settings.engine.checkpoints_retained,
-            restored_epoch: 0,
-        }),
+        (Input::Kafka { .. } | Input::File { resume: true, .. }, interval) if interval > 0 => {
+            Some(CheckpointConfig {
+                dir: settings.engine.checkpoint_dir.clone(),
+                interval_ms: interval,
+                retained: settings.engine.checkpoints_retained,
+                restored_epoch: 0,
+            })
+        }
         _ => None,
     };
     let restore = checkpoints

@@ -5,208 +5,255 @@
 //!                  restored checkpoint -> exchange(user_id) -^
 //! ```
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
+use timely::worker::Worker;
 
 use crate::actions::run_actions;
-use crate::checkpoint::Ending;
+use crate::checkpoint::Coordinator;
 use crate::counters::{Counters, Counts, Summary};
-use crate::filter::reload::Version;
+use crate::filter::FilterError;
+use crate::filter::reload::{Filters, Version};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
 use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateSettings, user_state};
-use crate::sources::file::file_source;
-use crate::sources::kafka::{
-    Finished, KafkaReader, Plan, SharedReader, SourceCheckpoints, finished_beacon, kafka_source,
-};
+use crate::shutdown::Lifecycle;
+use crate::sources::driver::{Reader, SharedSource, Source, drive, finished_beacon};
+use crate::sources::file::FileReader;
+use crate::sources::kafka::{Assignment, KafkaReader, Plan};
+use crate::store::{StateError, Store};
 use crate::wire::Decoder;
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
 const PENDING_PER_LOOKUP: usize = 64;
 /// Events that may wait for a webhook slot, per slot, before the source pauses.
 const QUEUED_PER_DELIVERY: usize = 4;
+/// The run loop parks at most this long, so the metrics stay fresh while nothing
+/// happens.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 pub use super::prepared::{Input, Prepared};
 
-/// Runs the job to the end of its input (forever for an unbounded Kafka source) on the cluster `config` describes. Returns the
-/// summary, summed over all workers, in the process that hosts worker 0.
+/// Why a worker could not run, or its input not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Shown with its cause (`{:#}`) as `kafka: cannot start the consumer: <cause>`.
+    #[error("kafka: cannot start the consumer")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the input could not be read to its end (see the log)")]
+    InputFailed,
+}
+
+/// Runs the job to the end of its input (forever for an unbounded Kafka source) on the
+/// cluster `config` describes. Returns the summary, summed over all workers, in the
+/// process that hosts worker 0.
 pub fn run(
     prepared: Prepared,
     config: timely::Config,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<Option<Summary>> {
     let started = Instant::now();
-    let guards = timely::execute(config, move |worker| -> Result<Option<Summary>, String> {
-        let stats = Rc::new(Counters::default());
-        let failed = Rc::new(Cell::new(false));
-        let p = prepared.clone();
-        let filters = p.compile_filters().map_err(|e| e.to_string())?;
-        let store = p.backend.open(worker.index()).map_err(|e| e.to_string())?;
-        let kafka: SharedReader = Rc::new(RefCell::new(match &p.input {
-            Input::Kafka {
-                settings,
-                partitions,
-                bounded,
-                replay,
-                commit,
-            } => Some(
-                KafkaReader::open(
-                    settings,
-                    *partitions,
-                    worker.index(),
-                    worker.peers(),
-                    *bounded,
-                    Plan {
-                        restore: p.restore.as_ref().map(|r| &r.manifest.offsets),
-                        replay: replay.as_ref(),
-                        commit: *commit,
-                    },
-                    p.checkpoints
-                        .clone()
-                        .map(|c| SourceCheckpoints::new(c, worker.index(), worker.peers())),
-                )
-                .map_err(|e| format!("kafka: cannot start the consumer: {e}"))?,
-            ),
-            Input::File { .. } => None,
-        }));
-
-        // Bounds on what waits for the outside world; past them the source pauses.
-        let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
-        let deliveries = Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY);
-        let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
-        // Passes a time once every action for it is done: ends bounded runs, and lets
-        // the Kafka source commit offsets only for finished events.
-        let probe = ProbeHandle::new();
-
-        worker.dataflow::<Time, _, _>(|scope| {
-            let ending = Ending::default();
-            let messages = match &p.input {
-                Input::File { path, max_per_s } => file_source(
-                    scope,
-                    path.clone(),
-                    *max_per_s,
-                    gate,
-                    p.stop.clone(),
-                    failed.clone(),
-                ),
-                Input::Kafka { .. } => {
-                    let finished = Finished {
-                        ending: ending.clone(),
-                        ..Finished::default()
-                    };
-                    finished_beacon(scope, finished.clone());
-                    kafka_source(
-                        scope,
-                        kafka.clone(),
-                        probe.clone(),
-                        gate,
-                        p.stop.clone(),
-                        finished,
-                    )
-                }
-            };
-            let events = decode(
-                messages,
-                Decoder::with_limit(p.max_message_bytes).strict_types(p.strict_types),
-                p.dead_letters.clone(),
-                stats.clone(),
-            );
-            let restored = restore_source(scope, p.restore.clone());
-            let settings = UserStateSettings {
-                config: p.state.clone(),
-                checkpoints: p.checkpoints.clone().map(|c| (c, ending)),
-                profiles: p.profiles.clone(),
-                runtime: runtime.clone(),
-                filters,
-                store,
-                backlog: lookups,
-                counters: stats.clone(),
-            };
-            let triggered = user_state(events, restored, settings);
-            run_actions(
-                triggered,
-                p.actions.clone(),
-                runtime.clone(),
-                deliveries,
-                stats.clone(),
-            )
-            .probe_with(&probe);
-        });
-        // New filter versions, from worker 0 (process 0 watches the file) to every worker.
-        let versions = p.filter_versions.clone();
-        let mut reloads = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, stream) = scope.new_input::<Version>();
-            stream
-                .broadcast()
-                .inspect(move |v: &Version| versions.adopt(v.clone()));
-            input
-        });
-        let mut broadcast = 0;
-        // Parked at most this long, so the metrics stay fresh while nothing happens.
-        const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-        let mut metrics = WorkerMetrics::new(worker.index());
-        let mut published = Instant::now();
-        while !probe.done() {
-            if worker.index() == 0 {
-                for v in p.filter_versions.after(broadcast) {
-                    broadcast = v.number;
-                    reloads.send(v);
-                }
-                reloads.flush();
-            }
-            worker.step_or_park(Some(PUBLISH_EVERY));
-            if published.elapsed() >= PUBLISH_EVERY {
-                metrics.publish(&stats);
-                published = Instant::now();
-            }
-        }
-        drop(reloads);
-        metrics.publish(&stats);
-        // Everything is done: the last offsets can be committed.
-        if let Some(reader) = kafka.borrow_mut().as_mut() {
-            reader.settle(&probe);
-            reader.commit(rdkafka::consumer::CommitMode::Sync);
-        }
-        let elapsed_s = started.elapsed().as_secs_f64();
-        if failed.get() {
-            return Err("the input could not be read to its end (see the log)".into());
-        }
-        let final_checkpoint_error = kafka
-            .borrow()
-            .as_ref()
-            .and_then(KafkaReader::final_checkpoint_error);
-        Ok(
-            sum_on_worker_zero(worker, stats.counts()).map(|counts| Summary {
-                counts,
-                elapsed_s,
-                final_checkpoint_error,
-            }),
-        )
+    let guards = timely::execute(config, move |worker| {
+        run_worker(worker, &prepared, &runtime, started)
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
-
     let mut summary = None;
     for result in guards.join() {
         match result {
             Ok(Ok(s)) => summary = summary.or(s),
-            Ok(Err(e)) => bail!(e),
-            Err(panic) => bail!("a worker failed: {panic}"),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(panic) => return Err(anyhow!("a worker failed: {panic}")),
         }
     }
     Ok(summary)
 }
 
+/// One worker's run: build its plan, build the graph, step until done.
+fn run_worker(
+    worker: &mut Worker,
+    p: &Prepared,
+    runtime: &tokio::runtime::Handle,
+    started: Instant,
+) -> Result<Option<Summary>, WorkerError> {
+    let stats = Rc::new(Counters::default());
+    let life = Lifecycle::new(p.stop.clone());
+    let plan = WorkerPlan::build(p, worker.index(), worker.peers())?;
+    let source = plan.source.clone();
+    let probe = build_graph(worker, p, plan, &life, &stats, runtime);
+    step_until_done(worker, p, &probe, &stats);
+    source.borrow_mut().finish(&probe);
+    let elapsed_s = started.elapsed().as_secs_f64();
+    if life.failed() {
+        return Err(WorkerError::InputFailed);
+    }
+    let final_checkpoint_error = source.borrow().final_checkpoint_error();
+    Ok(
+        sum_on_worker_zero(worker, stats.counts()).map(|counts| Summary {
+            counts,
+            elapsed_s,
+            final_checkpoint_error,
+        }),
+    )
+}
+
+/// What a worker builds its graph of: its filters, its store, its source.
+struct WorkerPlan {
+    filters: Filters,
+    store: Store,
+    source: SharedSource,
+}
+
+impl WorkerPlan {
+    fn build(p: &Prepared, index: usize, peers: usize) -> Result<WorkerPlan, WorkerError> {
+        Ok(WorkerPlan {
+            filters: p.compile_filters()?,
+            store: p.backend.open(index)?,
+            source: Source::shared(
+                open_reader(p, index, peers)?,
+                p.checkpoints
+                    .clone()
+                    .map(|c| Coordinator::new(c, index, peers)),
+            ),
+        })
+    }
+}
+
+/// This worker's reader of the input, where the restored checkpoint left it.
+fn open_reader(p: &Prepared, index: usize, peers: usize) -> Result<Box<dyn Reader>, WorkerError> {
+    let restore = p.restore.as_ref().map(|r| &r.manifest);
+    Ok(match &p.input {
+        Input::Kafka {
+            settings,
+            partitions,
+            bounded,
+            replay,
+            commit,
+        } => Box::new(KafkaReader::open(
+            settings,
+            Assignment {
+                partition_count: *partitions,
+                index,
+                peers,
+                bounded: *bounded,
+            },
+            Plan {
+                restore: restore.map(|m| &m.offsets),
+                replay: replay.as_ref(),
+                commit: *commit,
+            },
+        )?),
+        Input::File {
+            path, max_per_s, ..
+        } => {
+            let start = restore
+                .and_then(|m| m.file.as_ref())
+                .map_or(0, |f| f.offset);
+            Box::new(FileReader::open(path.clone(), index, start, *max_per_s))
+        }
+    })
+}
+
+/// The job's graph; returns the probe after the actions, which passes a time once every
+/// action for it is done: it ends bounded runs, and lets sources commit and
+/// checkpoints complete only for finished events.
+fn build_graph(
+    worker: &mut Worker,
+    p: &Prepared,
+    plan: WorkerPlan,
+    life: &Lifecycle,
+    stats: &Rc<Counters>,
+    runtime: &tokio::runtime::Handle,
+) -> ProbeHandle<Time> {
+    // Bounds on what waits for the outside world; past them the source pauses.
+    let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
+    let deliveries = Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY);
+    let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
+    let probe = ProbeHandle::new();
+    let name = match p.input {
+        Input::File { .. } => "FileSource",
+        Input::Kafka { .. } => "KafkaSource",
+    };
+    worker.dataflow::<Time, _, _>(|scope| {
+        finished_beacon(scope, life.clone());
+        let messages = drive(scope, name, plan.source, probe.clone(), gate, life.clone());
+        let events = decode(
+            messages,
+            Decoder::with_limit(p.max_message_bytes).strict_types(p.strict_types),
+            p.dead_letters.clone(),
+            stats.clone(),
+        );
+        let restored = restore_source(scope, p.restore.clone());
+        let settings = UserStateSettings {
+            config: p.state.clone(),
+            checkpoints: p.checkpoints.clone().map(|c| (c, life.ending())),
+            profiles: p.profiles.clone(),
+            runtime: runtime.clone(),
+            filters: plan.filters,
+            store: plan.store,
+            backlog: lookups,
+            counters: stats.clone(),
+        };
+        let triggered = user_state(events, restored, settings);
+        run_actions(
+            triggered,
+            p.actions.clone(),
+            runtime.clone(),
+            deliveries,
+            stats.clone(),
+        )
+        .probe_with(&probe);
+    });
+    probe
+}
+
+/// Steps the worker until `probe` is done, broadcasting new filter versions from worker
+/// 0 and publishing the metrics.
+fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>, stats: &Counters) {
+    // New filter versions, from worker 0 (process 0 watches the file) to every worker.
+    let versions = p.filter_versions.clone();
+    let mut reloads = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Version>();
+        stream
+            .broadcast()
+            .inspect(move |v: &Version| versions.adopt(v.clone()));
+        input
+    });
+    let mut broadcast = 0;
+    let mut metrics = WorkerMetrics::new(worker.index());
+    let mut published = Instant::now();
+    while !probe.done() {
+        if worker.index() == 0 {
+            for v in p.filter_versions.after(broadcast) {
+                broadcast = v.number;
+                reloads.send(v);
+            }
+            reloads.flush();
+        }
+        worker.step_or_park(Some(PUBLISH_EVERY));
+        if published.elapsed() >= PUBLISH_EVERY {
+            metrics.publish(stats);
+            published = Instant::now();
+        }
+    }
+    drop(reloads);
+    metrics.publish(stats);
+}
+
 /// Sends every worker's counts to worker 0 (in whichever process) and sums them there.
-fn sum_on_worker_zero(worker: &mut timely::worker::Worker, counts: Counts) -> Option<Counts> {
+fn sum_on_worker_zero(worker: &mut Worker, counts: Counts) -> Option<Counts> {
     let total = Rc::new(RefCell::new(Counts::default()));
     let sink = total.clone();
     let probe = worker.dataflow::<u64, _, _>(|scope| {

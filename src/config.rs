@@ -347,6 +347,10 @@ pub struct SourceSettings {
     /// `true`: a value of another JSON type than its field's makes a message invalid;
     /// `false`: it is coerced as the original's Jackson mapper did (`crate::coerce`).
     pub strict_types: bool,
+    /// `type: file` only: take checkpoints (its byte offset with the state) and go on
+    /// from the newest one, so a long backfill stopped or killed resumes. Off by
+    /// default: a file is otherwise read whole each run, from empty state.
+    pub resume: bool,
 }
 
 /// A file source without `source.path`.
@@ -1025,6 +1029,34 @@ impl Settings {
         Ok(settings)
     }
 
+    /// `source.resume` needs a regular file and checkpoints.
+    fn check_resume(&self) -> Result<(), (&'static str, String)> {
+        if !self.source.resume {
+            return Ok(());
+        }
+        if self.source.kind != SourceType::File {
+            return Err((
+                "source.resume",
+                "only for a file source (a Kafka source always goes on from its checkpoint)".into(),
+            ));
+        }
+        if self.source.path.as_deref() == Some(std::path::Path::new("-")) {
+            return Err((
+                "source.resume",
+                "standard input cannot be read again from an offset: give the file as \
+                 source.path, or drop source.resume"
+                    .into(),
+            ));
+        }
+        if self.engine.checkpoint_interval_ms == 0 {
+            return Err((
+                "source.resume",
+                "needs checkpoints: set engine.checkpoint-interval-ms above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks between keys that serde cannot express.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.dead_letter.path.is_some() && self.dead_letter.topic.is_some() {
@@ -1052,6 +1084,7 @@ impl Settings {
                 ));
             }
         }
+        self.check_resume()?;
         let base = &self.profile_api.base_url;
         if !(base.starts_with("http://")
             || base.starts_with("https://")
@@ -1438,6 +1471,15 @@ mod tests {
         fails_naming(
             "source:\n  max-events-per-second: 10\n",
             "source.max-events-per-second",
+        );
+        fails_naming("source:\n  resume: true\n", "source.resume");
+        fails_naming(
+            "source:\n  type: file\n  path: \"-\"\n  resume: true\n",
+            "source.resume",
+        );
+        fails_naming(
+            "source:\n  type: file\n  path: x\n  resume: true\nengine:\n  checkpoint-interval-ms: 0\n",
+            "source.resume",
         );
         fails_naming(
             "profile-api:\n  base-url: ftp://x\n",

@@ -1,9 +1,14 @@
+//! How a run ends: a stop asked for (SIGINT/SIGTERM), every source read to its end, or
+//! an input that failed, in one handle per worker (`Lifecycle`).
+//!
 //! Graceful stop on SIGINT/SIGTERM: the sources stop reading and finish, in-flight
 //! look-ups and actions complete, the last offsets are committed, the summary is printed
 //! and the job exits 0. A second signal, or the work in flight outlasting the grace
 //! period, exits at once (with 130 or 1): what was not checkpointed is read again by
 //! the next run.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,5 +79,114 @@ impl StopFlag {
             }
         });
         Ok(())
+    }
+}
+
+/// One worker's view of how its run ends, shared by its source, the beacon that tells
+/// the other workers, the user-state operator (through `Ending`) and the run loop.
+///
+/// The states, in order: running; read to its end here (`read_all_here`), while the
+/// other workers' sources may still read; ending (stopped, or every source at its end:
+/// the clock goes to the final epoch and the final checkpoint is taken); over, once the
+/// probe is done. `failed` is orthogonal: the input could not be read to its end.
+#[derive(Clone)]
+pub struct Lifecycle {
+    stop: StopFlag,
+    here: Rc<Cell<bool>>,
+    everywhere: Rc<Cell<usize>>,
+    ending: Ending,
+    failed: Rc<Cell<bool>>,
+}
+
+impl Lifecycle {
+    /// A worker's handle; `stop` is the process's, set by the signal handler.
+    pub fn new(stop: StopFlag) -> Lifecycle {
+        Lifecycle {
+            stop,
+            here: Rc::default(),
+            everywhere: Rc::default(),
+            ending: Ending::default(),
+            failed: Rc::default(),
+        }
+    }
+
+    /// When a stop was asked for, if it was.
+    pub fn stop_requested(&self) -> Option<Time> {
+        self.stop.stopped_at()
+    }
+
+    /// This worker's source has read its input to its end (or stopped).
+    pub fn set_read_all_here(&self) {
+        self.here.set(true);
+    }
+
+    pub fn read_all_here(&self) -> bool {
+        self.here.get()
+    }
+
+    /// Another worker's source (or this one's) said it read all.
+    pub fn source_done_somewhere(&self) {
+        self.everywhere.set(self.everywhere.get() + 1);
+    }
+
+    /// Every one of `peers` sources has read all.
+    pub fn read_all_everywhere(&self, peers: usize) -> bool {
+        self.everywhere.get() >= peers
+    }
+
+    /// The source's clock goes to its final epoch.
+    pub fn begin_ending(&self) {
+        self.ending.0.set(true);
+    }
+
+    /// What the user-state operator reads to know the next checkpoint is the final one.
+    pub fn ending(&self) -> Ending {
+        self.ending.clone()
+    }
+
+    /// The input could not be read to its end (logged where it happened).
+    pub fn fail(&self) {
+        self.failed.set(true);
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.get()
+    }
+}
+
+/// Set on a worker once its source is ending (its clock at its final epoch). The final
+/// checkpoint then waits for the look-ups running, so that a graceful restart repeats
+/// nothing; other checkpoints save those users' events instead of waiting.
+#[derive(Clone, Default)]
+pub struct Ending(Rc<Cell<bool>>);
+
+impl Ending {
+    pub fn get(&self) -> bool {
+        self.0.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifecycle_goes_from_reading_to_ending() {
+        let stop = StopFlag::default();
+        let life = Lifecycle::new(stop.clone());
+        let ending = life.ending();
+        assert_eq!(life.stop_requested(), None);
+        life.set_read_all_here();
+        life.source_done_somewhere();
+        assert!(life.read_all_here() && life.read_all_everywhere(1));
+        assert!(!life.read_all_everywhere(2));
+        assert!(!ending.get());
+        life.begin_ending();
+        assert!(ending.get());
+        stop.set();
+        assert!(life.stop_requested().is_some());
+        assert!(!life.failed());
+        life.fail();
+        assert!(life.clone().failed());
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use event_trigger::dataflows::trigger::Prepared;
 use event_trigger::dead_letter::{DeadLetters, Kind};
 use serde_json::json;
 
@@ -528,6 +529,39 @@ fn a_paced_file_source_reads_at_its_rate_and_loses_nothing() {
         started.elapsed()
     );
     assert_eq!(paced, unpaced, "pacing changes when, not what");
+}
+
+/// A resumed file goes on only from a checkpoint of that file: one run to the end reads
+/// it whole and checkpoints its end; the next reads nothing; another file, or the same
+/// file cut shorter than the offset, is refused at start.
+#[test]
+fn a_resumed_file_reads_on_from_its_checkpoint_and_refuses_another_files() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 20, 17);
+    let receiver = Receiver::start(&rt);
+    let mut s = file_job(dir.path(), &w, &receiver.url(), SEED_FILTER);
+    s.source.resume = true;
+    let first = run(&s, 2, &rt);
+    assert_eq!(first.events_read as usize, w.lines.len());
+    let again = run(&s, 2, &rt);
+    assert_eq!(again.events_read, 0, "read on from the end");
+    assert_eq!(again.restored, w.distinct_valid_users());
+
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{}\n").unwrap();
+    let mut t = s.clone();
+    t.source.path = Some(other);
+    let err = Prepared::new(&t, true).err().unwrap().to_string();
+    assert!(err.contains("holds checkpoints of the file"), "{err}");
+
+    let events = s.source.path.clone().unwrap();
+    std::fs::write(&events, "{}\n").unwrap();
+    let err = Prepared::new(&s, true).err().unwrap().to_string();
+    assert!(
+        err.contains("shorter than the checkpoint's offset"),
+        "{err}"
+    );
 }
 
 #[test]

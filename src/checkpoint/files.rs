@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use timely::scheduling::SyncActivator;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::model::{PendingUser, SavedUser, Text, UserState};
@@ -117,6 +116,9 @@ pub struct PartRecords {
     pub pending: Vec<(Text, PendingUser)>,
 }
 
+/// Called from another thread when a part writer is done.
+pub type WakeUp = Box<dyn FnOnce() + Send>;
+
 /// One worker's state part, written on a thread of its own so the worker keeps
 /// processing.
 pub struct PartWriter {
@@ -124,9 +126,9 @@ pub struct PartWriter {
 }
 
 impl PartWriter {
-    /// Starts writing `records` to `path`; `activator` is woken when the part is on disk
-    /// (or failed).
-    pub fn start(path: PathBuf, records: PartRecords, activator: SyncActivator) -> PartWriter {
+    /// Starts writing `records` to `path`; `wake` is called once the part is on disk (or
+    /// failed), from the writer's thread, so that whoever waits for it looks again.
+    pub fn start(path: PathBuf, records: PartRecords, wake: WakeUp) -> PartWriter {
         let started = Instant::now();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
@@ -138,7 +140,7 @@ impl PartWriter {
                     bytes,
                     duration: started.elapsed(),
                 }));
-                let _ = activator.activate();
+                wake();
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start a checkpoint writer: {e}"));

@@ -12,13 +12,24 @@ use crate::model::Time;
 
 const MANIFEST: &str = "MANIFEST.json";
 
-/// One worker's source positions at an epoch: the next offset to read per partition.
+/// One worker's source positions at an epoch: the next offset to read per partition
+/// (a Kafka source), or where in its file to go on (a file source, on worker 0).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OffsetsPart {
     pub topic: String,
     /// The consumer group the offsets were committed for.
     pub group: String,
     pub offsets: BTreeMap<i32, i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FilePosition>,
+}
+
+/// Where a file source goes on: the byte offset after the last line it emitted before
+/// the epoch, in the file at `path` (absolute, so a restore can tell another file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilePosition {
+    pub path: PathBuf,
+    pub offset: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +50,9 @@ pub struct Manifest {
     /// Next offset to read, per partition, over all workers.
     pub offsets: BTreeMap<i32, i64>,
     pub parts: Vec<PartEntry>,
+    /// A file source's position (absent in a Kafka job's manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FilePosition>,
 }
 
 impl Manifest {
@@ -104,6 +118,7 @@ pub fn complete(
         group: String::new(),
         offsets: BTreeMap::new(),
         parts: Vec::with_capacity(workers),
+        file: None,
     };
     for w in 0..workers {
         let offsets = cfg.offsets_path(epoch, w);
@@ -119,6 +134,7 @@ pub fn complete(
         manifest.topic = part.topic;
         manifest.group = part.group;
         manifest.offsets.extend(part.offsets);
+        manifest.file = manifest.file.or(part.file);
         let (users, bytes) = part_trailer(&state)?;
         manifest.parts.push(PartEntry {
             file: format!("state-{w}.bin"),
@@ -234,6 +250,7 @@ mod tests {
                 topic: "t".into(),
                 group: "g".into(),
                 offsets: BTreeMap::from([(w as i32, epoch as i64)]),
+                file: None,
             };
             write_offsets(c, epoch, w, &part).unwrap();
             if with_state {
@@ -256,6 +273,36 @@ mod tests {
         let r = find_latest(dir.path()).unwrap();
         assert_eq!(r.manifest, m);
         assert_eq!(r.part_paths().len(), 2);
+    }
+
+    #[test]
+    fn a_manifest_without_a_file_position_still_reads() {
+        let old = r#"{"epoch":1000,"workers":1,"topic":"t","group":"g","offsets":{"0":5},
+            "parts":[{"file":"state-0.bin","users":1,"bytes":10}]}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.epoch, &m.file), (1000, &None));
+        assert!(!serde_json::to_string(&m).unwrap().contains("\"file\":null"));
+    }
+
+    #[test]
+    fn a_file_position_reaches_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        write_epoch(&c, 1000, 2, true);
+        let position = FilePosition {
+            path: "/data/events.jsonl".into(),
+            offset: 4096,
+        };
+        let part = OffsetsPart {
+            file: Some(position.clone()),
+            ..OffsetsPart::default()
+        };
+        write_offsets(&c, 1000, 0, &part).unwrap();
+        assert_eq!(complete(&c, 1000, 2).unwrap().file, Some(position.clone()));
+        assert_eq!(
+            find_latest(dir.path()).unwrap().manifest.file,
+            Some(position)
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! Consistent checkpoints of user state and Kafka offsets, and recovery from the newest
-//! complete one.
+//! Consistent checkpoints of user state and source positions (Kafka offsets, or a
+//! file's byte offset), and recovery from the newest complete one.
 //!
 //! Epochs are processing times, multiples of `engine.checkpoint-interval-ms`. The
-//! checkpoint of epoch `E` holds, for every worker, the offsets after exactly the events
-//! stamped before `E` and the user state after exactly those events. Nothing stops:
+//! checkpoint of epoch `E` holds, for every worker, the source's position after exactly
+//! the events stamped before `E` and the user state after exactly those events. Nothing
+//! stops:
 //!
-//! - a source writes its offsets for `E` when its clock first passes `E` (every event it
-//!   emitted before is stamped `< E`, none after);
+//! - each worker's `Coordinator` records its source's position for `E` when the
+//!   source's clock first passes `E` (every event it emitted before is stamped `< E`,
+//!   none after): the offsets part. Sources only read and report their `Position`;
 //! - the user-state operator, once its input frontier reaches `E`, copies its state (the
 //!   parts are `Arc`s: a shallow copy) and hands it to a writer thread; events stamped
 //!   `>= E` that arrived early wait in a stash until then, so the copy holds exactly the
@@ -17,8 +19,8 @@
 //!   `E`, so nothing downstream can pass `E` before the part exists;
 //! - once the probe after the actions passes `E` (every action for events `< E` done but
 //!   those saved with their users, and by the capability above every part written),
-//!   worker 0 checks every part is there and writes the manifest, last. Only a
-//!   checkpoint with a manifest is ever restored.
+//!   worker 0's coordinator checks every part is there and writes the manifest, last,
+//!   then prunes. Only a checkpoint with a manifest is ever restored.
 //!
 //! Layout, write-once files that a shared filesystem (or an object store behind one)
 //! holds as well as a local disk:
@@ -28,18 +30,24 @@
 //! <checkpoint-dir>/chk-<epoch>/state-<worker>.bin
 //! <checkpoint-dir>/chk-<epoch>/MANIFEST.json
 //! ```
+//!
+//! A file source's position (`file`: its absolute path and byte offset) is a field of
+//! worker 0's offsets part and of the manifest that Kafka jobs' files leave out, so
+//! manifests written before it existed still restore.
 
+pub mod coordinator;
 pub mod files;
 pub mod manifest;
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use crate::model::Time;
 
+/// The user-state operator's view of the run's end (see `shutdown::Lifecycle`).
+pub use crate::shutdown::Ending;
+pub use coordinator::{Coordinator, Position};
 pub use files::{PartInfo, PartReader, PartRecords, PartWriter, read_part, write_states};
-pub use manifest::{Manifest, Restore};
+pub use manifest::{FilePosition, Manifest, Restore};
 
 /// Where and how often checkpoints are taken.
 #[derive(Clone, Debug)]
@@ -74,22 +82,6 @@ impl CheckpointConfig {
 
     pub fn state_path(&self, epoch: Time, worker: usize) -> PathBuf {
         self.epoch_dir(epoch).join(format!("state-{worker}.bin"))
-    }
-}
-
-/// Set on a worker once its source is ending (its clock at its final epoch). The final
-/// checkpoint then waits for the look-ups running, so that a graceful restart repeats
-/// nothing; other checkpoints save those users' events instead of waiting.
-#[derive(Clone, Default)]
-pub struct Ending(Rc<Cell<bool>>);
-
-impl Ending {
-    pub fn set(&self) {
-        self.0.set(true);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.get()
     }
 }
 

@@ -8,27 +8,18 @@
 //! input and pipes on a reader thread, so a quiet writer never stalls the worker.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, Stream};
-
-use crate::clock::now_ms;
+use crate::checkpoint::{FilePosition, Position};
 use crate::model::Time;
-use crate::operators::backpressure::Gate;
-use crate::shutdown::StopFlag;
+use crate::sources::driver::{IDLE_POLL, Next, PAUSE, Reader, SLICE};
 
-/// Lines handed downstream per batch, and how long one activation may read before it
-/// yields to the rest of the dataflow.
+/// Lines per batch: what a reader thread hands over at once, and what a paced read
+/// asks its pace for at once.
 const BATCH_LINES: usize = 1024;
-const SLICE: Duration = Duration::from_millis(5);
-/// How soon a paused source looks at the gate again.
-const PAUSE: Duration = Duration::from_millis(1);
-/// How often an idle stream source moves its time on.
-const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// Holds a reader to a steady rate, for offering a fixed load (benchmarks, load tests):
 /// at any moment it allows what the rate gives since the start, less what was read.
@@ -57,20 +48,29 @@ impl Pace {
 /// The lines of the input.
 pub struct LineReader {
     reader: BufReader<Box<dyn Read + Send>>,
+    /// Bytes of the lines returned so far, line endings included.
+    consumed: u64,
 }
 
 impl LineReader {
     /// The regular file `path`.
     pub fn open(path: &Path) -> io::Result<LineReader> {
-        let file = File::open(path)?;
+        File::open(path).map(LineReader::from_file)
+    }
+
+    fn from_file(file: File) -> LineReader {
         let reader = BufReader::with_capacity(1 << 16, Box::new(file) as Box<dyn Read + Send>);
-        Ok(LineReader { reader })
+        LineReader {
+            reader,
+            consumed: 0,
+        }
     }
 
     /// A reader over a whole stream (tests, benchmarks, pipes).
     pub fn from_reader(r: impl Read + Send + 'static) -> LineReader {
         LineReader {
             reader: BufReader::new(Box::new(r)),
+            consumed: 0,
         }
     }
 
@@ -81,6 +81,7 @@ impl LineReader {
         if n == 0 {
             return Ok(None);
         }
+        self.consumed += n as u64;
         if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -107,15 +108,22 @@ enum Lines {
 }
 
 impl Lines {
-    /// The input of worker `index` of the cluster: all of it for worker 0, none for
-    /// the others.
-    fn open(path: &Path, index: usize) -> io::Result<Lines> {
+    /// The input of worker `index` of the cluster: all of it for worker 0 (from byte
+    /// `start` on), none for the others.
+    fn open(path: &Path, index: usize, start: u64) -> io::Result<Lines> {
         if index != 0 {
             return Ok(Lines::Done);
         }
         let is_stdin = path == Path::new("-");
         if !is_stdin && std::fs::metadata(path)?.is_file() {
-            return LineReader::open(path).map(Lines::File);
+            let mut file = File::open(path)?;
+            file.seek(SeekFrom::Start(start))?;
+            return Ok(Lines::File(LineReader::from_file(file)));
+        }
+        if start > 0 {
+            return Err(io::Error::other(
+                "only a regular file can be read again from an offset",
+            ));
         }
         let reader = if is_stdin {
             LineReader::from_reader(io::stdin())
@@ -159,129 +167,156 @@ fn spawn_reader(mut reader: LineReader) -> mpsc::Receiver<io::Result<Vec<Vec<u8>
     rx
 }
 
-/// Emits the lines of `path` (a regular file, a pipe, or standard input `-`) on worker 0
-/// of the cluster, in order, stamped with the processing time; finishes after the last
-/// line (at once on the other workers). An I/O error ends the input early, logged and
-/// reported via `failed`.
-///
-/// While `gate` is closed (a later stage is full) it reads nothing, only moving its
-/// time with the clock, and looks again shortly.
-/// It also ends, early, once `stop` is set. With `max_per_s`, it reads at most that many
-/// lines a second.
-pub fn file_source<'s>(
-    scope: Scope<'s, Time>,
+/// The lines of `path` (a regular file, a pipe, or standard input `-`) on worker 0 of
+/// the cluster, in order; nothing on the others. An I/O error ends the input early,
+/// logged and reported as failed. With `max_per_s`, it reads at most that many lines a
+/// second.
+pub struct FileReader {
     path: PathBuf,
-    max_per_s: Option<f64>,
-    gate: Gate,
-    stop: StopFlag,
-    failed: std::rc::Rc<std::cell::Cell<bool>>,
-) -> Stream<'s, Time, Vec<Vec<u8>>> {
-    let index = scope.index();
-    source(scope, "FileSource", move |cap, info| {
-        let activator = scope.activator_for(info.address);
-        let mut cap = Some(cap);
-        let mut lines = Lines::open(&path, index).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), "cannot open input: {e}");
-            failed.set(true);
-            Lines::Done
-        });
-        let mut pace = max_per_s.map(Pace::new);
-        move |output| {
-            let Some(c) = cap.as_mut() else { return };
-            let now = now_ms();
-            if now > *c.time() {
-                c.downgrade(&now);
+    /// Where a checkpoint says this file is (absolute); none but on worker 0.
+    absolute: Option<PathBuf>,
+    lines: Lines,
+    pace: Option<Pace>,
+    /// Where the lines read so far end.
+    start: u64,
+    offset: u64,
+    failed: bool,
+}
+
+impl FileReader {
+    /// Worker `index`'s reader of `path`, from byte `start` on (a restored position).
+    pub fn open(path: PathBuf, index: usize, start: u64, max_per_s: Option<f64>) -> FileReader {
+        let (lines, failed) = match Lines::open(&path, index, start) {
+            Ok(lines) => (lines, false),
+            Err(e) => {
+                tracing::error!(path = %path.display(), "cannot open input: {e}");
+                (Lines::Done, true)
             }
-            if stop.is_set() {
-                cap = None;
-                lines = Lines::Done;
-                return;
+        };
+        let absolute = (index == 0).then(|| std::fs::canonicalize(&path).unwrap_or(path.clone()));
+        if start > 0 && index == 0 {
+            tracing::info!(path = %path.display(), offset = start, "resuming the file");
+        }
+        FileReader {
+            path,
+            absolute,
+            lines,
+            pace: max_per_s.map(Pace::new),
+            start,
+            offset: start,
+            failed,
+        }
+    }
+
+    /// The input ended: at its end, or early on `error`.
+    fn end(&mut self, error: Option<io::Error>) {
+        if let Some(e) = error {
+            tracing::error!(path = %self.path.display(), "read failed, input ends here: {e}");
+            self.failed = true;
+        }
+        self.lines = Lines::Done;
+    }
+}
+
+impl Reader for FileReader {
+    fn read(&mut self, _time: Time, give: &mut dyn FnMut(Vec<u8>)) -> Next {
+        let (next, ended) = match &mut self.lines {
+            Lines::Done => (Next::Now, Some(None)),
+            Lines::File(r) => {
+                let read = read_file(r, self.pace.as_mut(), give);
+                self.offset = self.start + r.consumed;
+                read
             }
-            if !gate.is_open() {
-                activator.activate_after(PAUSE);
-                return;
-            }
-            let started = Instant::now();
-            let mut session = output.session(&*c);
-            let mut error = None;
-            let done = match &mut lines {
-                Lines::Done => true,
-                Lines::File(r) => loop {
-                    if started.elapsed() >= SLICE {
-                        activator.activate();
-                        break false;
+            Lines::Stream(rx) => read_stream(rx, self.pace.as_mut(), give),
+        };
+        if let Some(error) = ended {
+            self.end(error);
+        }
+        next
+    }
+
+    fn finished(&self) -> bool {
+        matches!(self.lines, Lines::Done)
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn position(&self) -> Position {
+        match &self.absolute {
+            Some(path) => Position::File(FilePosition {
+                path: path.clone(),
+                offset: self.offset,
+            }),
+            None => Position::Nothing,
+        }
+    }
+}
+
+/// What a read hands back: when to read again, and whether the input ended (with the
+/// error that ended it, if one did).
+type ReadOutcome = (Next, Option<Option<io::Error>>);
+
+/// Reads lines of a regular file for one slice, as its pace allows.
+fn read_file(
+    r: &mut LineReader,
+    mut pace: Option<&mut Pace>,
+    give: &mut dyn FnMut(Vec<u8>),
+) -> ReadOutcome {
+    let started = Instant::now();
+    loop {
+        if started.elapsed() >= SLICE {
+            return (Next::Now, None);
+        }
+        let room = pace.as_ref().map_or(BATCH_LINES, |p| p.room(BATCH_LINES));
+        if room == 0 {
+            return (Next::After(PAUSE), None);
+        }
+        for _ in 0..room {
+            match r.next_line() {
+                Ok(Some(line)) => {
+                    give(line);
+                    if let Some(p) = pace.as_mut() {
+                        p.read += 1;
                     }
-                    let room = pace.as_ref().map_or(BATCH_LINES, |p| p.room(BATCH_LINES));
-                    if room == 0 {
-                        activator.activate_after(PAUSE);
-                        break false;
-                    }
-                    let mut ended = false;
-                    for _ in 0..room {
-                        match r.next_line() {
-                            Ok(Some(line)) => {
-                                session.give(line);
-                                if let Some(p) = pace.as_mut() {
-                                    p.read += 1;
-                                }
-                            }
-                            Ok(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Err(e) => {
-                                error = Some(e);
-                                ended = true;
-                                break;
-                            }
-                        }
-                    }
-                    if ended {
-                        break true;
-                    }
-                },
-                Lines::Stream(rx) => loop {
-                    // A batch is taken whole, so a stream may run one batch ahead of
-                    // its pace; the next ones wait that much longer.
-                    if pace.as_ref().is_some_and(|p| p.room(1) == 0) {
-                        activator.activate_after(PAUSE);
-                        break false;
-                    }
-                    match rx.try_recv() {
-                        Ok(Ok(batch)) => {
-                            if let Some(p) = pace.as_mut() {
-                                p.read += batch.len() as u64;
-                            }
-                            session.give_iterator(batch.into_iter())
-                        }
-                        Ok(Err(e)) => {
-                            error = Some(e);
-                            break true;
-                        }
-                        Err(mpsc::TryRecvError::Disconnected) => break true,
-                        Err(mpsc::TryRecvError::Empty) => {
-                            // Nothing yet: look again soon, so time (and TTL) moves on.
-                            activator.activate_after(IDLE_POLL);
-                            break false;
-                        }
-                    }
-                    if started.elapsed() >= SLICE {
-                        activator.activate();
-                        break false;
-                    }
-                },
-            };
-            drop(session);
-            if let Some(e) = error {
-                tracing::error!(path = %path.display(), "read failed, input ends here: {e}");
-                failed.set(true);
-            }
-            if done {
-                cap = None;
-                lines = Lines::Done;
+                }
+                Ok(None) => return (Next::Now, Some(None)),
+                Err(e) => return (Next::Now, Some(Some(e))),
             }
         }
-    })
+    }
+}
+
+/// Takes the batches a reader thread has ready, for one slice, as the pace allows. A
+/// batch is taken whole, so a stream may run one batch ahead of its pace; the next
+/// ones wait that much longer.
+fn read_stream(
+    rx: &mpsc::Receiver<io::Result<Vec<Vec<u8>>>>,
+    mut pace: Option<&mut Pace>,
+    give: &mut dyn FnMut(Vec<u8>),
+) -> ReadOutcome {
+    let started = Instant::now();
+    loop {
+        if pace.as_ref().is_some_and(|p| p.room(1) == 0) {
+            return (Next::After(PAUSE), None);
+        }
+        match rx.try_recv() {
+            Ok(Ok(batch)) => {
+                if let Some(p) = pace.as_mut() {
+                    p.read += batch.len() as u64;
+                }
+                batch.into_iter().for_each(&mut *give);
+            }
+            Ok(Err(e)) => return (Next::Now, Some(Some(e))),
+            Err(mpsc::TryRecvError::Disconnected) => return (Next::Now, Some(None)),
+            // Nothing yet: look again soon, so time (and TTL) moves on.
+            Err(mpsc::TryRecvError::Empty) => return (Next::After(IDLE_POLL), None),
+        }
+        if started.elapsed() >= SLICE {
+            return (Next::Now, None);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -306,15 +341,49 @@ mod tests {
         assert_eq!(lines_of(f.path()), ["a", "", "b"]);
     }
 
+    fn read_all(r: &mut FileReader) -> Vec<String> {
+        let mut out = Vec::new();
+        while !r.finished() {
+            r.read(0, &mut |l| out.push(String::from_utf8(l).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_reader_reports_its_byte_offset_and_starts_from_one() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"one\r\ntwo\nthree").unwrap();
+        f.flush().unwrap();
+        let path = f.path().to_path_buf();
+        let offset = |r: &FileReader| match r.position() {
+            Position::File(p) => {
+                assert_eq!(p.path, std::fs::canonicalize(&path).unwrap());
+                p.offset
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut r = FileReader::open(path.clone(), 0, 0, None);
+        assert_eq!(offset(&r), 0);
+        assert_eq!(read_all(&mut r), ["one", "two", "three"]);
+        assert_eq!(offset(&r), 14);
+        assert!(!r.failed());
+        let mut r = FileReader::open(path.clone(), 0, 5, None);
+        assert_eq!(read_all(&mut r), ["two", "three"]);
+        let other = FileReader::open(path.clone(), 1, 5, None);
+        assert!(other.finished() && other.position() == Position::Nothing);
+        let missing = FileReader::open("/no/such".into(), 0, 0, None);
+        assert!(missing.finished() && missing.failed());
+    }
+
     #[test]
     fn only_worker_zero_reads_the_input() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"x\n").unwrap();
         f.flush().unwrap();
-        assert!(matches!(Lines::open(f.path(), 0), Ok(Lines::File(_))));
-        assert!(matches!(Lines::open(f.path(), 1), Ok(Lines::Done)));
+        assert!(matches!(Lines::open(f.path(), 0, 0), Ok(Lines::File(_))));
+        assert!(matches!(Lines::open(f.path(), 1, 0), Ok(Lines::Done)));
         assert!(matches!(
-            Lines::open(Path::new("/no/such"), 1),
+            Lines::open(Path::new("/no/such"), 1, 0),
             Ok(Lines::Done)
         ));
     }

@@ -1,6 +1,8 @@
-//! Where messages come from. Each source emits raw messages (bytes) stamped with the
-//! processing time, and keeps its capability moving with the clock.
+//! Where messages come from. A source's reader reads raw messages (bytes) and reports
+//! where it is; `driver` runs every source the same way: stamping with the processing
+//! time, moving the capability with the clock, and the checkpoints with it.
 
+pub mod driver;
 pub mod file;
 pub mod kafka;
 pub mod replay;

@@ -177,7 +177,12 @@ impl Snapshots {
 
     fn write(&mut self, epoch: Time, records: PartRecords) {
         let path = self.cfg.state_path(epoch, self.worker);
-        let writer = PartWriter::start(path, records, (self.activator)());
+        let activator = (self.activator)();
+        let wake = Box::new(move || {
+            // The operator is gone once the run has ended: nothing left to wake.
+            let _ = activator.activate();
+        });
+        let writer = PartWriter::start(path, records, wake);
         self.in_progress = Some(InProgress { epoch, writer });
     }
 

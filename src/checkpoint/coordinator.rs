@@ -1,0 +1,237 @@
+//! One worker's share of running the checkpoints (see the protocol in `checkpoint`):
+//! it follows the source's clock to decide the epochs, records the source's position
+//! for each (the offsets part), and on worker 0 completes each epoch's manifest once
+//! the probe has passed it, prunes old checkpoints, reports the metrics, and says why
+//! the final checkpoint did not complete if it did not. Sources only read and report
+//! where they are (`Position`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use timely::dataflow::ProbeHandle;
+
+use super::CheckpointConfig;
+use super::manifest::{self, FilePosition, Incomplete, OffsetsPart};
+use crate::clock::now_ms;
+use crate::model::Time;
+
+/// Epochs crossed at once beyond which the older ones get no offsets (a stall that
+/// long skips checkpoints anyway).
+const MAX_EPOCHS_CROSSED: usize = 3;
+
+/// Where a source is: what its next run goes on from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Position {
+    /// The next offset to read per partition of `topic`, read for `group`.
+    Kafka {
+        topic: String,
+        group: String,
+        offsets: BTreeMap<i32, i64>,
+    },
+    /// Where in a file to go on.
+    File(FilePosition),
+    /// This worker reads nothing (a file is read by worker 0 alone).
+    Nothing,
+}
+
+impl From<Position> for OffsetsPart {
+    fn from(p: Position) -> OffsetsPart {
+        match p {
+            Position::Kafka {
+                topic,
+                group,
+                offsets,
+            } => OffsetsPart {
+                topic,
+                group,
+                offsets,
+                file: None,
+            },
+            Position::File(f) => OffsetsPart {
+                file: Some(f),
+                ..OffsetsPart::default()
+            },
+            Position::Nothing => OffsetsPart::default(),
+        }
+    }
+}
+
+/// One worker's checkpoint duties.
+pub struct Coordinator {
+    cfg: CheckpointConfig,
+    worker: usize,
+    peers: usize,
+    /// Epochs passed, whose manifest worker 0 writes once the probe passes them.
+    to_complete: VecDeque<Time>,
+    /// Worker 0: the last epoch it tried to complete, and why it could not (if so).
+    last_outcome: Option<(Time, Option<String>)>,
+}
+
+impl Coordinator {
+    pub fn new(cfg: CheckpointConfig, worker: usize, peers: usize) -> Coordinator {
+        Coordinator {
+            cfg,
+            worker,
+            peers,
+            to_complete: VecDeque::new(),
+            last_outcome: None,
+        }
+    }
+
+    /// The time to stamp what is read now: the wall clock, but never before the epoch
+    /// of the restored checkpoint.
+    pub fn clock(&self) -> Time {
+        now_ms().max(self.cfg.restored_epoch)
+    }
+
+    /// The epoch a source stops at when stopped at `stopped_at`: its clock goes to it
+    /// and no further, so every worker's state reaches it and the final checkpoint is
+    /// taken there.
+    pub fn final_epoch(&self, stopped_at: Time) -> Time {
+        self.cfg
+            .epoch_after(stopped_at.max(self.cfg.restored_epoch))
+    }
+
+    /// The epochs a clock moving from `from` to `to` crosses, oldest first.
+    fn epochs_crossed(&self, from: Time, to: Time) -> Vec<Time> {
+        let mut epochs: Vec<Time> = Vec::new();
+        let mut e = self.cfg.epoch_at(to);
+        // From 0 (the dataflow's start) only the current epoch is crossed for real.
+        let limit = if from == 0 { 1 } else { MAX_EPOCHS_CROSSED };
+        while e > from && epochs.len() < limit {
+            epochs.push(e);
+            e = e.saturating_sub(self.cfg.interval_ms);
+        }
+        epochs.reverse();
+        epochs
+    }
+
+    /// The source's clock moves from `from` to `to`, where the source is at
+    /// `position`: records that position for every epoch passed.
+    pub fn crossed(&mut self, from: Time, to: Time, position: impl FnOnce() -> Position) {
+        let epochs = self.epochs_crossed(from, to);
+        if epochs.is_empty() {
+            return;
+        }
+        let part = OffsetsPart::from(position());
+        for epoch in epochs {
+            if let Err(e) = manifest::write_offsets(&self.cfg, epoch, self.worker, &part) {
+                tracing::error!(
+                    epoch,
+                    "checkpoint offsets not written, the checkpoint will not complete: {e}"
+                );
+            }
+            if self.worker == 0 {
+                self.to_complete.push_back(epoch);
+            }
+        }
+    }
+
+    /// Worker 0: writes the manifest of every epoch the probe has passed.
+    pub fn complete(&mut self, probe: &ProbeHandle<Time>) {
+        while let Some(&epoch) = self.to_complete.front() {
+            if probe.less_than(&epoch) {
+                break;
+            }
+            self.to_complete.pop_front();
+            self.complete_epoch(epoch);
+        }
+    }
+
+    fn complete_epoch(&mut self, epoch: Time) {
+        let outcome = manifest::complete(&self.cfg, epoch, self.peers);
+        self.last_outcome = Some((epoch, outcome.as_ref().err().map(|e| e.to_string())));
+        match outcome {
+            Ok(m) => {
+                let ms = now_ms().saturating_sub(epoch);
+                crate::metrics::global().record_checkpoint(
+                    epoch,
+                    Duration::from_millis(ms),
+                    m.users(),
+                    m.bytes(),
+                );
+                tracing::info!(
+                    epoch,
+                    // From the epoch to its manifest: parts written, actions done.
+                    ms,
+                    users = m.users(),
+                    bytes = m.bytes(),
+                    partitions = m.offsets.len(),
+                    file_offset = m.file.as_ref().map(|f| f.offset),
+                    "checkpoint complete"
+                );
+                manifest::prune(&self.cfg);
+            }
+            Err(Incomplete::Missing(path)) => {
+                tracing::debug!(epoch, "checkpoint skipped: {} is missing", path.display())
+            }
+            Err(Incomplete::Failed(e)) => tracing::warn!(epoch, "checkpoint failed: {e}"),
+        }
+    }
+
+    /// True once every epoch up to `epoch` was completed or given up.
+    pub fn completed_through(&self, epoch: Time) -> bool {
+        self.to_complete.front().is_none_or(|&e| e > epoch)
+    }
+
+    /// Worker 0, once the run is over: why its final checkpoint is not complete, if it
+    /// is not. The next run would restore an older one and repeat what came after it.
+    pub fn final_error(&self) -> Option<String> {
+        if self.worker != 0 {
+            return None;
+        }
+        match &self.last_outcome {
+            Some((epoch, Some(reason))) => Some(format!(
+                "the final checkpoint (epoch {epoch}, in {}) did not complete: {reason} (see the errors logged before); the next run restores an older checkpoint and repeats what came after it",
+                self.cfg.dir.display()
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator(dir: &std::path::Path, worker: usize) -> Coordinator {
+        let cfg = CheckpointConfig {
+            dir: dir.to_path_buf(),
+            interval_ms: 1000,
+            retained: 3,
+            restored_epoch: 0,
+        };
+        Coordinator::new(cfg, worker, 1)
+    }
+
+    #[test]
+    fn a_clock_crossing_epochs_records_the_position_of_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = coordinator(dir.path(), 0);
+        assert_eq!(c.epochs_crossed(0, 5500), vec![5000]);
+        assert_eq!(c.epochs_crossed(1500, 9000), vec![7000, 8000, 9000]);
+        assert!(c.epochs_crossed(5000, 5999).is_empty());
+        let file = FilePosition {
+            path: "/in.jsonl".into(),
+            offset: 12,
+        };
+        c.crossed(1500, 2500, || Position::File(file.clone()));
+        let text = std::fs::read(c.cfg.offsets_path(2000, 0)).unwrap();
+        let part: OffsetsPart = serde_json::from_slice(&text).unwrap();
+        assert_eq!(part.file, Some(file));
+        assert!(!c.completed_through(2000));
+        assert_eq!(c.final_epoch(2500), 3000);
+    }
+
+    #[test]
+    fn only_worker_zero_completes_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = coordinator(dir.path(), 1);
+        c.crossed(1500, 2500, || Position::Nothing);
+        assert!(c.completed_through(2000));
+        assert_eq!(c.final_error(), None);
+        let mut zero = coordinator(dir.path(), 0);
+        zero.complete_epoch(2000); // no parts of worker 0: incomplete
+        assert!(zero.final_error().unwrap().contains("epoch 2000"));
+    }
+}

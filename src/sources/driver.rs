@@ -1,0 +1,351 @@
+//! The loop every source runs: a reader reads and reports where it is; the source
+//! operator here moves its capability with the clock, drives the checkpoint coordinator,
+//! pauses while backpressure closes the gate, and ends the input once stopped or every
+//! source is read to its end (with checkpoints on, after a final checkpoint).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::checkpoint::{Coordinator, Position};
+use crate::clock::now_ms;
+use crate::model::Time;
+use crate::operators::backpressure::Gate;
+use crate::shutdown::Lifecycle;
+
+/// Messages per activation at most, and how long one activation may read before it
+/// yields to the rest of the dataflow.
+pub const BATCH: usize = 4096;
+pub const SLICE: Duration = Duration::from_millis(5);
+/// How soon an idle source polls again (and moves its time on).
+pub const IDLE_POLL: Duration = Duration::from_millis(10);
+/// How soon a source paused (by backpressure, or by its pace) looks again.
+pub const PAUSE: Duration = Duration::from_millis(1);
+
+/// When a reader wants to read again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Next {
+    Now,
+    After(Duration),
+}
+
+/// What a source reads from.
+pub trait Reader {
+    /// Reads what is there now, for at most one `SLICE`, handing each message to
+    /// `give`; everything read is stamped `time`.
+    fn read(&mut self, time: Time, give: &mut dyn FnMut(Vec<u8>)) -> Next;
+    /// True once the input is read to its end (never, for an unbounded one).
+    fn finished(&self) -> bool;
+    /// True if the input ended early on an error (logged by the reader).
+    fn failed(&self) -> bool {
+        false
+    }
+    /// Where the reader is: what a checkpoint records.
+    fn position(&self) -> Position;
+    /// On every activation: what the reader does as the probe moves on (Kafka commits
+    /// the offsets of done events).
+    fn follow(&mut self, _probe: &ProbeHandle<Time>) {}
+    /// Once the run is over, everything done.
+    fn finish(&mut self, _probe: &ProbeHandle<Time>) {}
+}
+
+/// A source's reader and its checkpoint duties, shared between its operator and the
+/// run loop, which finishes the reader once everything is done.
+pub struct Source {
+    reader: Box<dyn Reader>,
+    coordinator: Option<Coordinator>,
+}
+
+pub type SharedSource = Rc<RefCell<Source>>;
+
+impl Source {
+    pub fn shared(reader: Box<dyn Reader>, coordinator: Option<Coordinator>) -> SharedSource {
+        Rc::new(RefCell::new(Source {
+            reader,
+            coordinator,
+        }))
+    }
+
+    /// Once the run is over: the reader's last duties (Kafka's last commit).
+    pub fn finish(&mut self, probe: &ProbeHandle<Time>) {
+        self.reader.finish(probe);
+    }
+
+    /// Worker 0: why the final checkpoint did not complete, if it did not.
+    pub fn final_checkpoint_error(&self) -> Option<String> {
+        self.coordinator.as_ref()?.final_error()
+    }
+}
+
+/// What the operator does on an activation.
+enum Decision {
+    Read,
+    Wait(Duration),
+    Close,
+}
+
+/// The state of a source operator between activations.
+struct Driver {
+    source: SharedSource,
+    probe: ProbeHandle<Time>,
+    gate: Gate,
+    life: Lifecycle,
+    peers: usize,
+    /// When this source began to end: a stop, or every source at its end.
+    ending: Option<Time>,
+}
+
+impl Driver {
+    /// Moves the clock (and the checkpoints with it), and decides whether to read.
+    fn decide(&mut self, cap: &mut Capability<Time>) -> Decision {
+        let mut guard = self.source.borrow_mut();
+        let Source {
+            reader,
+            coordinator,
+        } = &mut *guard;
+        let finished = reader.finished();
+        if finished {
+            if reader.failed() {
+                self.life.fail();
+            }
+            self.life.set_read_all_here();
+        }
+        if self.ending.is_none() {
+            self.ending = self
+                .life
+                .stop_requested()
+                .or_else(|| self.life.read_all_everywhere(self.peers).then(now_ms));
+            if self.ending.is_some() {
+                self.life.begin_ending();
+            }
+        }
+        // Once ending, with checkpoints on, the clock jumps to the final epoch (no
+        // event will carry a later time, so there is no need to wait for it) and the
+        // source waits there until the probe passed it: the final checkpoint taken, its
+        // offsets committed.
+        let final_epoch = self
+            .ending
+            .zip(coordinator.as_ref())
+            .map(|(t, c)| c.final_epoch(t));
+        let now = final_epoch
+            .unwrap_or_else(|| coordinator.as_ref().map_or_else(now_ms, Coordinator::clock));
+        if now > *cap.time() {
+            if let Some(c) = coordinator.as_mut() {
+                c.crossed(*cap.time(), now, || reader.position());
+            }
+            cap.downgrade(&now);
+        }
+        if let Some(c) = coordinator.as_mut() {
+            c.complete(&self.probe);
+        }
+        reader.follow(&self.probe);
+        if self.ending.is_some() || (finished && coordinator.is_none()) {
+            return match (final_epoch, coordinator.as_ref()) {
+                (Some(e), Some(c)) if self.probe.less_than(&e) || !c.completed_through(e) => {
+                    Decision::Wait(IDLE_POLL)
+                }
+                _ => Decision::Close,
+            };
+        }
+        if finished {
+            // Done here; the clock and the checkpoints go on until all are done.
+            return Decision::Wait(IDLE_POLL);
+        }
+        if !self.gate.is_open() {
+            return Decision::Wait(PAUSE);
+        }
+        Decision::Read
+    }
+}
+
+/// The source operator: emits what `source`'s reader reads, stamped with the processing
+/// time (see the module notes for the rest).
+pub fn drive<'s>(
+    scope: Scope<'s, Time>,
+    name: &str,
+    shared: SharedSource,
+    probe: ProbeHandle<Time>,
+    gate: Gate,
+    life: Lifecycle,
+) -> Stream<'s, Time, Vec<Vec<u8>>> {
+    let peers = scope.peers();
+    source(scope, name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut driver = Driver {
+            source: shared,
+            probe,
+            gate,
+            life,
+            peers,
+            ending: None,
+        };
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            match driver.decide(c) {
+                Decision::Close => {
+                    cap = None;
+                    driver.life.set_read_all_here();
+                }
+                Decision::Wait(d) => activator.activate_after(d),
+                Decision::Read => {
+                    let time = *c.time();
+                    let mut session = output.session(&*c);
+                    let next = driver
+                        .source
+                        .borrow_mut()
+                        .reader
+                        .read(time, &mut |m| session.give(m));
+                    drop(session);
+                    match next {
+                        Next::Now => activator.activate(),
+                        Next::After(d) => activator.activate_after(d),
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Tells every worker once this worker's source has read all (see `Lifecycle`): a
+/// source that is done waits for the others (its clock still moving, its checkpoint
+/// duties still done) so that all of them end at one final checkpoint.
+pub fn finished_beacon(scope: Scope<'_, Time>, life: Lifecycle) {
+    use timely::dataflow::operators::Inspect;
+    use timely::dataflow::operators::vec::Broadcast;
+    let here = life.clone();
+    source(scope, "Finished", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        move |output| {
+            if here.read_all_here() {
+                if let Some(c) = cap.take() {
+                    output.session(&c).give(());
+                }
+            } else {
+                activator.activate_after(IDLE_POLL);
+            }
+        }
+    })
+    .container::<Vec<()>>()
+    .broadcast()
+    .inspect(move |_| life.source_done_somewhere());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::backpressure::Backlog;
+    use crate::shutdown::StopFlag;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    /// Hands out its messages one per read.
+    struct Fake(Vec<Vec<u8>>);
+
+    impl Reader for Fake {
+        fn read(&mut self, _time: Time, give: &mut dyn FnMut(Vec<u8>)) -> Next {
+            if let Some(m) = self.0.pop() {
+                give(m);
+            }
+            Next::Now
+        }
+        fn finished(&self) -> bool {
+            self.0.is_empty()
+        }
+        fn position(&self) -> Position {
+            Position::Nothing
+        }
+    }
+
+    /// Runs a fake source to its end; returns what it emitted, and whether it had read
+    /// all and was ending.
+    fn run(messages: Vec<&'static str>, stop: StopFlag) -> (Vec<String>, bool, bool) {
+        timely::execute_directly(move |worker| {
+            let life = Lifecycle::new(stop);
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let sink = got.clone();
+            let reader = Fake(
+                messages
+                    .iter()
+                    .rev()
+                    .map(|m| m.as_bytes().to_vec())
+                    .collect(),
+            );
+            let shared = Source::shared(Box::new(reader), None);
+            let probe = ProbeHandle::new();
+            let gate = Gate::new(vec![Backlog::new(10)]);
+            let l = life.clone();
+            let p = probe.clone();
+            worker.dataflow::<Time, _, _>(move |scope| {
+                drive(scope, "Fake", shared, p.clone(), gate, l)
+                    .inspect(move |m| {
+                        sink.borrow_mut()
+                            .push(String::from_utf8(m.clone()).unwrap())
+                    })
+                    .probe_with(&p);
+            });
+            while !probe.done() {
+                worker.step();
+            }
+            let got = got.borrow().clone();
+            (got, life.read_all_here(), life.ending().get())
+        })
+    }
+
+    #[test]
+    fn a_source_emits_everything_its_reader_reads_and_ends() {
+        let (got, read_all, ending) = run(vec!["a", "b", "c"], StopFlag::default());
+        assert_eq!(got, ["a", "b", "c"]);
+        assert!(read_all && !ending);
+    }
+
+    #[test]
+    fn a_stopped_source_reads_nothing_more_and_ends() {
+        let stop = StopFlag::default();
+        stop.set();
+        let (got, _, ending) = run(vec!["a", "b"], stop);
+        assert!(got.is_empty(), "{got:?}");
+        assert!(ending);
+    }
+
+    /// Stopped with checkpoints on, the clock jumps to the final epoch: the coordinator
+    /// records the position there and tries to complete it before the source ends (here
+    /// without state parts, so it says why it could not).
+    #[test]
+    fn a_stopped_source_with_checkpoints_ends_at_its_final_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::checkpoint::CheckpointConfig {
+            dir: dir.path().to_path_buf(),
+            interval_ms: 100,
+            retained: 2,
+            restored_epoch: 0,
+        };
+        let stop = StopFlag::default();
+        stop.set();
+        let stopped_at = stop.stopped_at().unwrap();
+        let final_epoch = cfg.epoch_after(stopped_at);
+        let offsets = cfg.offsets_path(final_epoch, 0);
+        let error = timely::execute_directly(move |worker| {
+            let shared = Source::shared(
+                Box::new(Fake(vec![b"a".to_vec()])),
+                Some(Coordinator::new(cfg, 0, 1)),
+            );
+            let probe = ProbeHandle::new();
+            let (p, s) = (probe.clone(), shared.clone());
+            let gate = Gate::new(vec![Backlog::new(10)]);
+            worker.dataflow::<Time, _, _>(move |scope| {
+                drive(scope, "Fake", s, p.clone(), gate, Lifecycle::new(stop)).probe_with(&p);
+            });
+            while !probe.done() {
+                worker.step();
+            }
+            shared.borrow().final_checkpoint_error()
+        });
+        assert!(offsets.exists(), "{}", offsets.display());
+        assert!(error.unwrap().contains(&format!("epoch {final_epoch}")));
+    }
+}
