@@ -1005,6 +1005,7 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Job::from)
             .unwrap()
     };
     let whole_cfg = config("whole", &whole.url());

@@ -169,16 +169,16 @@ fn kafka_yaml(s: &Settings) -> String {
 }
 
 /// Starts the job's binary on `cfg` with `args` after `run`, its output piped.
-fn start_run(cfg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    Command::new(binary())
-        .arg("run")
-        .args(args)
-        .args(["--config", cfg.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn start_run(cfg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Job {
+    Job::spawn(
+        Command::new(binary())
+            .arg("run")
+            .args(args)
+            .args(["--config", cfg.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// The newest complete checkpoint of the job `s` configures.
@@ -333,42 +333,43 @@ fn sigkilled_runs_restart_from_their_checkpoints() {
     .unwrap();
     let state_dir = dir.path().join("state");
     let start = |workers: &str, backend: &str| {
-        Command::new(binary())
-            .env("EVENT_TRIGGER__ENGINE__STATE_BACKEND", backend)
-            .env("EVENT_TRIGGER__ENGINE__STATE_DIR", &state_dir)
-            .env("EVENT_TRIGGER__ENGINE__STATE_CACHE_USERS", "500")
-            .args([
-                "run",
-                "--bounded",
-                "--config",
-                cfg.to_str().unwrap(),
-                "-w",
-                workers,
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("CRASH_LOG").unwrap_or("warn".into()),
-            )
-            .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__MAX_IN_FLIGHT", "8")
-            // A webhook call that times out is logged and dropped (retries are the
-            // operations issue's): on a loaded machine the 5 s default was seen to lose
-            // deliveries that have nothing to do with crashes.
-            .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__TIMEOUT_MS", "60000")
-            // Likewise a look-up that times out gives the user an empty profile, and
-            // its page views then do not pass.
-            .env("EVENT_TRIGGER__PROFILE_API__TIMEOUT_MS", "60000")
-            .stdout(Stdio::piped())
-            .stderr(match std::env::var("CRASH_LOG_DIR") {
-                // Each run's log kept, to see what a failing run did.
-                Ok(d) => {
-                    std::fs::File::create(format!("{d}/run-{workers}-{backend}-{}.log", unique("")))
-                        .unwrap()
-                        .into()
-                }
-                Err(_) => Stdio::piped(),
-            })
-            .spawn()
-            .unwrap()
+        Job::spawn(
+            Command::new(binary())
+                .env("EVENT_TRIGGER__ENGINE__STATE_BACKEND", backend)
+                .env("EVENT_TRIGGER__ENGINE__STATE_DIR", &state_dir)
+                .env("EVENT_TRIGGER__ENGINE__STATE_CACHE_USERS", "500")
+                .args([
+                    "run",
+                    "--bounded",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "-w",
+                    workers,
+                ])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("CRASH_LOG").unwrap_or("warn".into()),
+                )
+                .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__MAX_IN_FLIGHT", "8")
+                // A webhook call that times out is logged and dropped (retries are the
+                // operations issue's): on a loaded machine the 5 s default was seen to lose
+                // deliveries that have nothing to do with crashes.
+                .env("EVENT_TRIGGER__ACTIONS__WEBHOOK__TIMEOUT_MS", "60000")
+                // Likewise a look-up that times out gives the user an empty profile, and
+                // its page views then do not pass.
+                .env("EVENT_TRIGGER__PROFILE_API__TIMEOUT_MS", "60000")
+                .stdout(Stdio::piped())
+                .stderr(match std::env::var("CRASH_LOG_DIR") {
+                    // Each run's log kept, to see what a failing run did.
+                    Ok(d) => std::fs::File::create(format!(
+                        "{d}/run-{workers}-{backend}-{}.log",
+                        unique("")
+                    ))
+                    .unwrap()
+                    .into(),
+                    Err(_) => Stdio::piped(),
+                }),
+        )
     };
     let newest = || event_trigger::checkpoint::manifest::find_latest(&checkpoints);
     let mut jitter = std::time::SystemTime::now()

@@ -541,9 +541,10 @@ pub fn run_cluster(
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
+                .map(Job::from)
                 .unwrap()
         })
-        .collect();
+        .collect::<Vec<Job>>();
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -570,9 +571,77 @@ where
     wait_ok(child)
 }
 
+/// A running job whose piped output is read as it is written: a pipe nobody reads
+/// fills at 64 KiB, and then the job's logging blocks, and with it a worker, until
+/// something reads it (a test waiting for a checkpoint then waits forever).
+pub struct Job {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl From<std::process::Child> for Job {
+    fn from(mut child: std::process::Child) -> Job {
+        fn drain(
+            pipe: Option<impl std::io::Read + Send + 'static>,
+        ) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+            pipe.map(|mut pipe| {
+                std::thread::spawn(move || {
+                    let mut read = Vec::new();
+                    let _ = pipe.read_to_end(&mut read);
+                    read
+                })
+            })
+        }
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        Job {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Job {
+    /// Starts `command` (its output piped or not, as it says).
+    pub fn spawn(command: &mut std::process::Command) -> Job {
+        Job::from(command.spawn().unwrap())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits for the end, with all it wrote.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        let status = self.child.wait()?;
+        let read = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: read(self.stdout.take()),
+            stderr: read(self.stderr.take()),
+        })
+    }
+}
+
 /// Waits for `child` (with piped output) and checks it exited 0, showing its log if not.
-pub fn wait_ok(child: std::process::Child) -> std::process::Output {
-    let out = child.wait_with_output().unwrap();
+pub fn wait_ok(child: impl Into<Job>) -> std::process::Output {
+    let out = child.into().wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
