@@ -1062,23 +1062,8 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
 
 /// The users of a final checkpoint, each with its history's event ids, sorted.
 fn final_users(restore: &event_trigger::checkpoint::Restore) -> Vec<(String, Vec<String>)> {
-    use event_trigger::model::SavedUser;
-    let mut users: Vec<_> = restore
-        .part_paths()
-        .iter()
-        .flat_map(|p| event_trigger::checkpoint::read_part(p).unwrap())
-        .map(|(u, saved)| {
-            let SavedUser::State(s) = saved else {
-                panic!("{u} is pending in a final checkpoint")
-            };
-            let ids = s
-                .history
-                .iter()
-                .map(|h| h.event_id.as_deref().unwrap_or_default().to_string())
-                .collect();
-            (u.to_string(), ids)
-        })
-        .collect();
-    users.sort();
-    users
+    histories(restore)
+        .into_iter()
+        .map(|(user, _, ids)| (user, ids))
+        .collect()
 }

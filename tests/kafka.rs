@@ -706,31 +706,6 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
     assert_eq!(again.fetched, 0);
 }
 
-/// The users of a final checkpoint, each with its profile and its history's event ids,
-/// sorted. A final checkpoint waits for the look-ups running: it holds no pending user.
-type UserHistories = Vec<(String, event_trigger::model::Profile, Vec<String>)>;
-
-fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories {
-    let mut users: UserHistories = restore
-        .part_paths()
-        .iter()
-        .flat_map(|p| event_trigger::checkpoint::read_part(p).unwrap())
-        .map(|(u, saved)| {
-            let SavedUser::State(s) = saved else {
-                panic!("{u} is pending in a final checkpoint")
-            };
-            let ids = s
-                .history
-                .iter()
-                .map(|h| h.event_id.as_deref().unwrap_or_default().to_string())
-                .collect();
-            (u.to_string(), (*s.profile).clone(), ids)
-        })
-        .collect();
-    users.sort_by(|a, b| a.0.cmp(&b.0));
-    users
-}
-
 /// What a user's history must be after `lines`: the API's history, then its valid
 /// events in the order of the topic.
 fn expected_histories(w: &Workload, lines: &[String]) -> HashMap<String, Vec<String>> {

@@ -736,3 +736,28 @@ pub fn test_ca(dir: &Path) -> (PathBuf, tokio_rustls::TlsAcceptor) {
         .unwrap();
     (ca_file, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The users of a final checkpoint, each with its profile and its history's event ids,
+/// sorted. A final checkpoint waits for the look-ups running: it holds no pending user.
+pub type UserHistories = Vec<(String, event_trigger::model::Profile, Vec<String>)>;
+
+pub fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories {
+    let mut users: UserHistories = restore
+        .part_paths()
+        .iter()
+        .flat_map(|p| event_trigger::checkpoint::read_part(p).unwrap())
+        .map(|(u, saved)| {
+            let event_trigger::model::SavedUser::State(s) = saved else {
+                panic!("{u} is pending in a final checkpoint")
+            };
+            let ids = s
+                .history
+                .iter()
+                .map(|h| h.event_id.as_deref().unwrap_or_default().to_string())
+                .collect();
+            (u.to_string(), (*s.profile).clone(), ids)
+        })
+        .collect();
+    users.sort_by(|a, b| a.0.cmp(&b.0));
+    users
+}
