@@ -98,7 +98,11 @@ impl Coordinator {
         let mut e = self.cfg.epoch_at(to);
         // From 0 (the dataflow's start) only the current epoch is crossed for real.
         let limit = if from == 0 { 1 } else { MAX_EPOCHS_CROSSED };
-        while e > from && epochs.len() < limit {
+        // Never the restored checkpoint's epoch (or one before it): a run restarted
+        // within an interval of it would write its position into that checkpoint and
+        // complete its manifest again, over parts of another worker count.
+        let floor = from.max(self.cfg.restored_epoch);
+        while e > floor && epochs.len() < limit {
             epochs.push(e);
             e = e.saturating_sub(self.cfg.interval_ms);
         }
@@ -221,6 +225,21 @@ mod tests {
         assert_eq!(part.file, Some(file));
         assert!(!c.completed_through(2000));
         assert_eq!(c.final_epoch(2500), 3000);
+    }
+
+    #[test]
+    fn a_restored_checkpoint_is_never_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = coordinator(dir.path(), 0);
+        c.cfg.restored_epoch = 5000;
+        // Restarted within the restored epoch's interval, or before the wall clock
+        // reached it (the clock then starts at it): nothing until the next epoch.
+        assert!(c.epochs_crossed(0, 5000).is_empty());
+        assert!(c.epochs_crossed(0, 5999).is_empty());
+        c.crossed(0, 5500, || Position::Nothing);
+        assert!(!c.cfg.epoch_dir(5000).exists());
+        assert_eq!(c.epochs_crossed(5500, 6100), vec![6000]);
+        assert_eq!(c.epochs_crossed(0, 6100), vec![6000]);
     }
 
     #[test]
