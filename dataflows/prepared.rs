@@ -195,7 +195,29 @@ fn check_file_restore(
             dir.display()
         );
     }
+    // At the end of the file the last line may lack its line break; inside it, a line
+    // must end just before the offset.
+    if at.offset > 0 && at.offset < len && !line_break_before(&here, at.offset)? {
+        bail!(
+            "source.resume: {} has no line break before the checkpoint's offset {} in {}: not \
+             the file that was checkpointed (delete the checkpoints to read it from its start)",
+            here.display(),
+            at.offset,
+            dir.display()
+        );
+    }
     Ok(())
+}
+
+/// Whether the byte just before `offset` is a line break: a checkpoint of this file
+/// ends after a whole line.
+fn line_break_before(path: &std::path::Path, offset: u64) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset - 1))?;
+    let mut byte = [0u8];
+    file.read_exact(&mut byte)?;
+    Ok(byte[0] == b'\n')
 }
 
 /// Logs the warnings of a rule check (errors on the sample states).
@@ -322,6 +344,7 @@ impl Prepared {
             if let Input::Kafka { commit, .. } = &mut self.input {
                 *commit = false;
             }
+            self.read_file_whole();
             self.checkpoints = None;
             self.dead_letters = None;
             self.actions = Actions::debug();
@@ -332,11 +355,25 @@ impl Prepared {
         Ok(())
     }
 
+    /// A resumable file is read whole, from empty state, by a run that writes no
+    /// checkpoint (a dry run, the rule tester): what it shows is the whole file's.
+    fn read_file_whole(&mut self) {
+        if let Input::File { resume, .. } = &mut self.input
+            && *resume
+        {
+            *resume = false;
+            if self.restore.take().is_some() {
+                tracing::info!("the file is read from its start, state starts empty");
+            }
+        }
+    }
+
     /// Makes this run the rule tester's (`validate --events`): each action becomes a
     /// debug print with its own filter, so that the rule and the actions' filters are
     /// judged and counted as in a real run while nothing is called, committed or
     /// written; the first `keep` script errors and passing events are kept.
     pub fn test_rule(&mut self, keep: usize) -> Samples {
+        self.read_file_whole();
         self.checkpoints = None;
         self.dead_letters = None;
         if let Input::Kafka { commit, .. } = &mut self.input {

@@ -379,8 +379,13 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
 /// profiles), its actions turned into debug prints with their filters, their log off:
 /// the counts are those `run` gives on this file, and nothing is called or written.
 fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Result<()> {
+    if events.as_os_str() != "-" && !events.exists() {
+        bail!("--events {}: no such file", events.display());
+    }
     settings.source.kind = SourceType::File;
     settings.source.path = Some(events.to_path_buf());
+    // The tester reads the whole file from empty state and writes no checkpoint.
+    settings.source.resume = false;
     settings.source.max_events_per_second = None;
     settings.dead_letter = Default::default();
     let mut prepared = Prepared::new(&settings, true)?;
