@@ -600,11 +600,8 @@ impl ActionsSettings {
             match a.kind {
                 ActionKind::Webhook => {
                     let url = a.url.as_deref().unwrap_or_default();
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err((
-                            format!("actions[{i}].url"),
-                            format!("`{url}` must start with http:// or https://"),
-                        ));
+                    if let Some(problem) = http_url_problem(url) {
+                        return Err((format!("actions[{i}].url"), problem));
                     }
                     if a.pretty.is_some() {
                         return Err((
@@ -1019,7 +1016,7 @@ impl Settings {
             ConfigError::Invalid { file, key, reason }
         };
         let mut settings: Settings = serde_path_to_error::deserialize(built)
-            .map_err(|e| invalid(e.path().to_string(), e.inner().to_string()))?;
+            .map_err(|e| invalid(e.path().to_string(), without_key(e.inner().to_string())))?;
         settings.kafka.properties.extend(properties);
         settings
             .validate()
@@ -1095,14 +1092,16 @@ impl Settings {
                 format!("`{base}` must start with http://, https:// or file://"),
             ));
         }
-        if !self.actions.debug.enabled && self.actions.list.is_none() {
-            let url = &self.actions.webhook.url;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((
-                    "actions.webhook.url",
-                    format!("`{url}` must start with http:// or https://"),
-                ));
-            }
+        if !base.starts_with("file://")
+            && let Some(problem) = http_url_problem(base)
+        {
+            return Err(("profile-api.base-url", problem));
+        }
+        if !self.actions.debug.enabled
+            && self.actions.list.is_none()
+            && let Some(problem) = http_url_problem(&self.actions.webhook.url)
+        {
+            return Err(("actions.webhook.url", problem));
         }
         for (key, value) in [
             ("profile-api.max-in-flight", self.profile_api.max_in_flight),
@@ -1134,6 +1133,29 @@ impl Settings {
     }
 }
 
+/// A deserializing error's text without the `config` crate's " for key `...`" (in its
+/// own spelling, `actions[0]type`): the error names the key already.
+fn without_key(reason: String) -> String {
+    match reason.rfind(" for key `") {
+        Some(at) if reason.ends_with('`') => reason[..at].to_string(),
+        _ => reason,
+    }
+}
+
+/// Why `url` is not an `http://` or `https://` URL with a host, if it is not (a
+/// request to it could never be made: better refused at the start than failed on
+/// every call).
+fn http_url_problem(url: &str) -> Option<String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Some(format!("`{url}` must start with http:// or https://"));
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => None,
+        Ok(_) => Some(format!("`{url}` has no host")),
+        Err(e) => Some(format!("`{url}` is not a valid URL: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1154,6 +1176,32 @@ mod tests {
         assert!(err.contains(key), "{err}");
     }
 
+    #[test]
+    fn urls_that_no_request_could_use_are_refused_naming_their_key() {
+        let src = "source:\n  type: file\n  path: /dev/null\n";
+        for (yaml, key) in [
+            (
+                "profile-api:\n  base-url: \"http://bad host:1\"\n",
+                "profile-api.base-url",
+            ),
+            (
+                "actions:\n  debug:\n    enabled: false\n  webhook:\n    url: \"http://\"\n",
+                "actions.webhook.url",
+            ),
+            (
+                "actions:\n  - type: webhook\n    url: \"http://exa mple.com/x\"\n",
+                "actions[0].url",
+            ),
+        ] {
+            fails_naming(&format!("{src}{yaml}"), key);
+        }
+        assert_eq!(http_url_problem("https://a.example:8443/x"), None);
+        assert_eq!(
+            without_key("`x` is not one of `a` for key `actions[0]type`".into()),
+            "`x` is not one of `a`"
+        );
+        assert!(http_url_problem("http://").is_some());
+    }
     #[test]
     fn actions_come_as_the_single_map_or_as_a_list() {
         let src = "source:\n  type: file\n  path: x.jsonl\n";
