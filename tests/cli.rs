@@ -823,6 +823,19 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(receiver.received(), 0, "the tester calls no webhook");
+    let missing = dir.path().join("nope.jsonl");
+    let (code, _, missing_err) = run_binary(&[
+        "validate",
+        "--config",
+        &cfg,
+        "--events",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        missing_err.contains("--events") && missing_err.contains("no such file"),
+        "{missing_err}"
+    );
     assert!(!err.contains("triggered:"), "no debug prints: {err}");
     let tested = counts_of(&out, "rule test on");
     let tester_out = out.clone();

@@ -532,8 +532,8 @@ fn a_paced_file_source_reads_at_its_rate_and_loses_nothing() {
 }
 
 /// A resumed file goes on only from a checkpoint of that file: one run to the end reads
-/// it whole and checkpoints its end; the next reads nothing; another file, or the same
-/// file cut shorter than the offset, is refused at start.
+/// it whole and checkpoints its end; the next reads nothing; another file, the same path
+/// with other content, or the file cut shorter than the offset, is refused at start.
 #[test]
 fn a_resumed_file_reads_on_from_its_checkpoint_and_refuses_another_files() {
     let rt = runtime();
@@ -544,9 +544,32 @@ fn a_resumed_file_reads_on_from_its_checkpoint_and_refuses_another_files() {
     s.source.resume = true;
     let first = run(&s, 2, &rt);
     assert_eq!(first.events_read as usize, w.lines.len());
-    let again = run(&s, 2, &rt);
+    let end = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
+        .expect("a final checkpoint");
+    let manifest = || std::fs::read(end.dir.join("MANIFEST.json")).unwrap();
+    let written = manifest();
+    // Restarted at once, on another worker count: its clock starts at the restored
+    // epoch, still ahead of the wall clock, and must not write that checkpoint again.
+    let again = run(&s, 1, &rt);
     assert_eq!(again.events_read, 0, "read on from the end");
     assert_eq!(again.restored, w.distinct_valid_users());
+    assert_eq!(
+        manifest(),
+        written,
+        "the restored checkpoint was written again"
+    );
+    // A dry run and the rule tester read the whole file, from empty state.
+    let mut dry = Prepared::new(&s, true).unwrap();
+    dry.replay(None, true).unwrap();
+    let mut tester = Prepared::new(&s, true).unwrap();
+    tester.test_rule(1);
+    for p in [dry, tester] {
+        assert!(p.restore.is_none() && p.checkpoints.is_none());
+        assert!(matches!(
+            p.input,
+            event_trigger::dataflows::trigger::Input::File { resume: false, .. }
+        ));
+    }
 
     let other = dir.path().join("other.jsonl");
     std::fs::write(&other, "{}\n").unwrap();
@@ -555,7 +578,18 @@ fn a_resumed_file_reads_on_from_its_checkpoint_and_refuses_another_files() {
     let err = Prepared::new(&t, true).err().unwrap().to_string();
     assert!(err.contains("holds checkpoints of the file"), "{err}");
 
+    // Other content as long as the offset and more: no line ends just before it.
     let events = s.source.path.clone().unwrap();
+    let mut replaced = std::fs::read(&events).unwrap();
+    *replaced.last_mut().unwrap() = b' ';
+    replaced.extend_from_slice(b"\n{}\n");
+    std::fs::write(&events, &replaced).unwrap();
+    let err = Prepared::new(&s, true).err().unwrap().to_string();
+    assert!(
+        err.contains("no line break before the checkpoint's offset"),
+        "{err}"
+    );
+
     std::fs::write(&events, "{}\n").unwrap();
     let err = Prepared::new(&s, true).err().unwrap().to_string();
     assert!(
