@@ -205,8 +205,9 @@ pub async fn watch(
                 tracing::info!("SIGHUP: reading the filter script again");
             }
         }
-        let script = match Filter::read(&path) {
-            Ok(s) => s,
+        let script = match read_changed(&path, &current).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
             Err(e) => {
                 if !current.is_empty() {
                     tracing::warn!("filter not reloaded, the current one stays: {e}");
@@ -214,7 +215,13 @@ pub async fn watch(
                 continue;
             }
         };
-        if script == current {
+        if script.trim().is_empty() {
+            crate::metrics::global().filter_reload_failures.inc();
+            tracing::error!(
+                "filter not reloaded, the current one stays: {origin} is empty (a rule that \
+                 judges nothing would reject every event)"
+            );
+            current = script;
             continue;
         }
         match check(&script, &origin, &limits) {
@@ -231,6 +238,30 @@ pub async fn watch(
             }
         }
         current = script;
+    }
+}
+
+/// How long a changed script must stay the same before it is taken.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The script at `path` if it differs from `current`, once two reads `SETTLE` apart
+/// agree: a file rewritten in place (truncated, then filled) can be read empty or half
+/// written, and a half that compiles must not become the rule, even for a moment.
+async fn read_changed(
+    path: &std::path::Path,
+    current: &str,
+) -> Result<Option<String>, FilterError> {
+    let mut script = Filter::read(path)?;
+    if script == current {
+        return Ok(None);
+    }
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        let again = Filter::read(path)?;
+        if again == script {
+            return Ok((script != current).then_some(script));
+        }
+        script = again;
     }
 }
 
@@ -262,6 +293,33 @@ mod tests {
                 state: &UserState::empty(0),
             },
         )
+    }
+
+    #[test]
+    fn a_script_being_written_is_read_once_it_stays_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rule.rhai");
+        let rule = r#"event.event_type == "click" && user.country == "US""#;
+        std::fs::write(&path, rule).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(read_changed(&path, rule)).unwrap(), None);
+        // Rewritten in place: empty, then half, then whole, each for less than SETTLE.
+        std::fs::write(&path, "").unwrap();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                std::fs::write(&path, r#"event.event_type == "click""#).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                std::fs::write(&path, r#"event.event_type == "view""#).unwrap();
+            })
+        };
+        let read = rt.block_on(read_changed(&path, rule)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(read.as_deref(), Some(r#"event.event_type == "view""#));
     }
 
     #[test]
