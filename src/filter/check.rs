@@ -106,6 +106,9 @@ pub fn check(engine: &mut Engine, ast: &AST, script: &str) -> Vec<Problem> {
             Some(ASTNode::Stmt(Stmt::FnCall(f, pos))) => {
                 names.call(f, *pos, &functions, &mut problems)
             }
+            Some(ASTNode::Stmt(Stmt::Assignment(x))) => {
+                problems.extend(names.assignment(&x.1.lhs, x.0.position()))
+            }
             _ => {}
         }
         true
@@ -261,6 +264,22 @@ impl Names {
         }
     }
 
+    /// An assignment to the job's data (`event.event_type = "x"`, usually `==` meant):
+    /// it fails on every event ("no writable property"), whatever the data.
+    fn assignment(&self, target: &Expr, pos: Position) -> Option<Problem> {
+        let root = root_var(target)?;
+        if !ROOTS.contains(&root) || self.defined.contains(root) {
+            return None;
+        }
+        Some(Problem::at(
+            pos,
+            format!(
+                "assigns to `{root}`: a rule only reads event, user, visit and history, \
+                 and this fails on every event (hint: `==` compares)"
+            ),
+        ))
+    }
+
     /// What `name` holds, when it is sure: a name the script also defines otherwise, or
     /// uses both for the data and for entries, is not checked.
     fn kind(&self, name: &str) -> Option<Kind> {
@@ -390,6 +409,15 @@ fn first_property(e: &Expr) -> Option<(&str, Position, Option<&Expr>)> {
     }
 }
 
+/// The variable an access path starts from (`event` in `event.parameters.x`).
+fn root_var(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Variable(v, ..) if v.2.is_empty() => Some(v.1.as_str()),
+        Expr::Dot(x, ..) | Expr::Index(x, ..) => root_var(&x.lhs),
+        _ => None,
+    }
+}
+
 fn is_var(e: &Expr, name: &str) -> bool {
     matches!(e, Expr::Variable(v, ..) if v.2.is_empty() && v.1 == name)
 }
@@ -466,6 +494,19 @@ mod tests {
             Err(e @ FilterError::Check { .. }) => e.to_string(),
             Err(e) => panic!("{script}: not a check error: {e}"),
         }
+    }
+
+    #[test]
+    fn an_assignment_to_the_data_is_refused_with_a_hint() {
+        let p = problems("event.event_type = \"page_view\"");
+        assert!(p.contains("rule.rhai:1:18"), "{p}");
+        assert!(
+            p.contains("assigns to `event`") && p.contains("`==` compares"),
+            "{p}"
+        );
+        assert!(problems("user.country = 1; true").contains("assigns to `user`"));
+        // The script's own variables may change.
+        assert_eq!(problems("let n = 0; n = 1; n == 1"), "");
     }
 
     #[test]
