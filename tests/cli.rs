@@ -1071,6 +1071,11 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
         final_users(&b),
         "the same state as one run"
     );
+    // Once more: the file is read to its end, and the log says so.
+    let third = wait_ok(start(&split_cfg));
+    assert_eq!(summary_of(&third.stdout).events_read, 0);
+    let log = String::from_utf8_lossy(&third.stderr);
+    assert!(log.contains("resuming the file at its end"), "{log}");
 }
 
 /// The users of a final checkpoint, each with its history's event ids, sorted.

@@ -195,7 +195,17 @@ impl FileReader {
         };
         let absolute = (index == 0).then(|| std::fs::canonicalize(&path).unwrap_or(path.clone()));
         if start > 0 && index == 0 {
-            tracing::info!(path = %path.display(), offset = start, "resuming the file");
+            let at_end = std::fs::metadata(&path).is_ok_and(|m| m.len() == start);
+            if at_end {
+                tracing::info!(
+                    path = %path.display(),
+                    offset = start,
+                    "resuming the file at its end: nothing new to read (lines appended since are \
+                     read; delete the checkpoints to read it again from its start)"
+                );
+            } else {
+                tracing::info!(path = %path.display(), offset = start, "resuming the file");
+            }
         }
         FileReader {
             path,
