@@ -383,9 +383,9 @@ pub struct ProfileApiSettings {
     pub retry_backoff_ms: u64,
     /// A look-up that still fails transiently after its retries is tried again, with
     /// backoff, for up to this long (its user's events wait) before the user gets the
-    /// empty checkpoint; 0: at once, as the original job.
+    /// empty state; 0: at once, as the original job.
     pub max_wait_on_failure_ms: u64,
-    /// After a failed look-up (empty checkpoint), the user's first event this long
+    /// After a failed look-up (empty state), the user's first event this long
     /// after looks it up again.
     pub min_refetch_interval_ms: u64,
     /// Requests to the API per second from this process, retries included (a look-up

@@ -63,7 +63,7 @@ counters! {
     events_read: "messages read from the source, valid or not",
     invalid: "messages skipped as invalid",
     fetched: "Profile API look-ups (one per user seen, and again after expiry)",
-    fetch_errors: "look-ups that failed and gave an empty checkpoint",
+    fetch_errors: "look-ups that failed and gave an empty state",
     expired: "users dropped from state by the TTL",
     passed: "events the filter passed",
     rejected: "events the filter rejected (false or not a bool)",

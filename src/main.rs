@@ -408,7 +408,7 @@ fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Resu
         c.fetch_errors
     );
     if c.fetch_errors > 0 {
-        // Judged on the empty checkpoint: a rule on the profile cannot pass them.
+        // Judged on the empty state: a rule on the profile cannot pass them.
         println!(
             "warning: {} of {} look-ups failed (profile-api.base-url: {}); those users' events were judged without a profile",
             c.fetch_errors, c.fetched, settings.profile_api.base_url

@@ -1,5 +1,6 @@
 //! The wire-compatible data model of the Flink job: events, the Profile API's answers,
-//! the per-user checkpoint and what leaves the state operator.
+//! the per-user state (the original called it a checkpoint; here the word is kept for the
+//! job's snapshots) and what leaves the state operator.
 //!
 //! Strings are `Arc<str>` so that an event, the history entry made from it and the
 //! enriched copy handed to the actions share one allocation instead of three.
@@ -147,7 +148,7 @@ pub struct ProfileData {
     pub history: Vec<HistoryEntry>,
 }
 
-/// The per-user checkpoint kept by the state operator (the original's `UserCheckpoint`).
+/// The per-user state kept by the state operator (the original's `UserCheckpoint`).
 ///
 /// The parts are behind `Arc`s so the filter can look at them without a copy; the
 /// operator mutates them with `Arc::make_mut`, which copies only if a reader still holds

@@ -738,7 +738,7 @@ fn broken_rules_are_refused_before_the_run_with_place_and_hint() {
 }
 
 /// Every example rule of the README passes `validate` with no warning; a rule that
-/// fails on the empty checkpoint passes with a warning naming the place.
+/// fails on the empty state passes with a warning naming the place.
 #[test]
 fn readme_rules_validate_and_runtime_errors_on_samples_are_warnings() {
     let dir = tempfile::tempdir().unwrap();
@@ -773,7 +773,7 @@ fn readme_rules_validate_and_runtime_errors_on_samples_are_warnings() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("1 warning "), "{out}");
     assert!(
-        err.contains("warning: ") && err.contains("rule.rhai:2:9: fails on the empty checkpoint"),
+        err.contains("warning: ") && err.contains("rule.rhai:2:9: fails on the empty state"),
         "{err}"
     );
 }

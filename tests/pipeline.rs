@@ -53,7 +53,7 @@ fn counts_are_exact_and_equal_at_one_and_two_workers_over_http_and_file_profiles
         let unknown = w.distinct_valid_users() - w.users.len() as u64;
         assert_eq!(
             counts.fetch_errors, unknown,
-            "unknown users get empty checkpoints"
+            "unknown users get empty states"
         );
         assert_eq!(
             counts.passed + counts.rejected + counts.script_errors,
@@ -686,7 +686,7 @@ fn transient_api_failures_are_retried_with_backoff_and_404_is_not() {
     s.profile_api.retry_backoff_ms = 20;
     let counts = run(&s, 1, &rt);
     // The flaky and the throttled user got their real profiles; the unknown one was
-    // asked once and got an empty checkpoint.
+    // asked once and got an empty state.
     let mut got = receiver.event_ids();
     got.sort();
     assert_eq!(got, ["f", "t"]);
@@ -696,7 +696,7 @@ fn transient_api_failures_are_retried_with_backoff_and_404_is_not() {
     assert_eq!(lookups["throttled"], 2);
     assert_eq!(lookups["ghost"], 1);
 
-    // Without retries the first failure is final: an empty checkpoint, counted.
+    // Without retries the first failure is final: an empty state, counted.
     let api2 = ProfileApi::start(
         &rt,
         [(
@@ -784,7 +784,7 @@ fn after_a_failed_look_up_the_user_is_looked_up_again_once_the_interval_passed()
     s.profile_api.retry_attempts = 0;
     s.profile_api.min_refetch_interval_ms = 50;
     let counts = run_two_moments(&rt, &s, &api, first, second);
-    // The first event met the empty checkpoint; the second, later than the interval,
+    // The first event met the empty state; the second, later than the interval,
     // had the user looked up again, now with a profile.
     assert_eq!(api.lookups()["u"], 2);
     assert_eq!(receiver.event_ids(), ["e2"]);
@@ -799,7 +799,7 @@ fn after_a_failed_look_up_the_user_is_looked_up_again_once_the_interval_passed()
         .collect();
     assert_eq!(history, ["e1", "e2"], "what it did meanwhile is kept");
 
-    // Within the interval the empty checkpoint stays.
+    // Within the interval the empty state stays.
     let api = flaky();
     let receiver = Receiver::start(&rt);
     s.profile_api.base_url = api.base_url();
@@ -1307,7 +1307,7 @@ fn a_hot_user_and_many_more_users_than_look_up_slots_lose_nothing() {
 }
 
 /// A million users in state at once (each sends an event, none of them known to the API,
-/// so each gets an empty checkpoint), then the first thousand come back: each is looked
+/// so each gets an empty state), then the first thousand come back: each is looked
 /// up once, and those coming back find their state (their second event sees a history of
 /// two), so nothing was dropped to make room.
 #[test]
@@ -1472,7 +1472,7 @@ fn against_a_slow_receiver_the_adaptive_limit_sends_everything_once_at_its_pace(
 }
 
 /// A Profile API that becomes ten times slower mid-run: with the adaptive limit no
-/// look-up times out, so no user gets an empty checkpoint (waiting after a failure is
+/// look-up times out, so no user gets an empty state (waiting after a failure is
 /// off here, so any time-out would show). With as many requests at once as the
 /// look-up slots allow (three per look-up, 256 look-ups per worker), they queue
 /// inside the API past their time-out.
@@ -1528,7 +1528,7 @@ fn a_profile_api_that_slows_down_mid_run_gets_fewer_requests_at_once_and_no_look
     };
     let adaptive = run_with(Concurrency::Adaptive);
     assert_eq!(adaptive.fetched, 300);
-    assert_eq!(adaptive.fetch_errors, 0, "no empty checkpoint");
+    assert_eq!(adaptive.fetch_errors, 0, "no empty state");
     assert_eq!(adaptive.passed, 300);
 
     let fixed = run_with(Concurrency::Fixed(2 * 256 * 3));
@@ -1538,7 +1538,7 @@ fn a_profile_api_that_slows_down_mid_run_gets_fewer_requests_at_once_and_no_look
 
 /// `profile-api.max-wait-on-failure-ms`: a look-up that still fails after its retries
 /// is tried again with backoff, its user's events waiting, and gets the real profile;
-/// an unknown user (404) gets the empty checkpoint at once. With 0 the failure is final.
+/// an unknown user (404) gets the empty state at once. With 0 the failure is final.
 #[test]
 fn a_look_up_failing_for_a_while_is_waited_for_instead_of_giving_an_empty_checkpoint() {
     let rt = runtime();
@@ -1619,7 +1619,7 @@ fn a_look_up_failing_for_a_while_is_waited_for_instead_of_giving_an_empty_checkp
 
 /// `profile-api.min-refetch-interval-ms` holds for failed look-ups too: a user whose
 /// look-up failed, who expires (a TTL shorter than the interval) and comes back within
-/// the interval, starts over from the empty checkpoint without a request (it was looked
+/// the interval, starts over from the empty state without a request (it was looked
 /// up again at once).
 #[test]
 fn a_user_whose_look_up_failed_is_not_looked_up_again_within_the_interval_after_expiry() {
@@ -1653,7 +1653,7 @@ fn a_user_whose_look_up_failed_is_not_looked_up_again_within_the_interval_after_
     assert_eq!(counts.expired, 1, "{counts:?}");
     assert_eq!(api.lookups()["u"], 1);
     assert_eq!((counts.fetched, counts.fetch_errors), (1, 1));
-    assert_eq!(counts.passed, 0, "both judged on the empty checkpoint");
+    assert_eq!(counts.passed, 0, "both judged on the empty state");
 }
 
 /// A receiver that answers calls of even-numbered events after 30 ms and the others at

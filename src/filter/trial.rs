@@ -1,5 +1,5 @@
 //! A rule's trial run before the job starts: it is evaluated on a built-in event of a
-//! known user, and on the empty checkpoint an unknown user (or a failed look-up) gets.
+//! known user, and on the empty state an unknown user (or a failed look-up) gets.
 //! An error here is likely on real events too (`visit.actions` when there is no visit;
 //! a result that is not a bool), but not certain (the data may never take that shape),
 //! so it is a warning, not a refusal.
@@ -16,7 +16,7 @@ const PARAMETERS: &str = r#"{"custom_params":{"page_title":"Home","value":12},"u
 
 /// Each state the rule is tried on, described as the warning names it.
 const KNOWN_USER: &str = "the sample event of a known user (profile, visit, history)";
-const EMPTY: &str = "the empty checkpoint (an unknown user or a failed look-up: empty profile, no visit, no history but the event)";
+const EMPTY: &str = "the empty state (an unknown user or a failed look-up: empty profile, no visit, no history but the event)";
 
 /// Warnings, one per sample state the rule fails on, naming the script's place.
 pub fn run(filter: &Filter, origin: &str) -> Vec<String> {
@@ -163,7 +163,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f.evaluate(view(&empty)), Ok(true)));
-        // On the empty checkpoint `user.country == "US"` is false: `visit` is not read.
+        // On the empty state `user.country == "US"` is false: `visit` is not read.
         assert!(warnings(script).is_empty());
     }
 
@@ -172,7 +172,7 @@ mod tests {
         let w = warnings("event.duration > 0 &&\n  visit.actions > 1");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("rule.rhai:2:"), "{w:?}");
-        assert!(w[0].contains("the empty checkpoint"), "{w:?}");
+        assert!(w[0].contains("the empty state"), "{w:?}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The answers of recent Profile API look-ups, kept for `profile-api.min-refetch-interval-ms`
 //! when the state TTL is shorter than that, so that a user is looked up at most once per
 //! interval even if it expires and comes back in between. A failed look-up is kept too
-//! (as no answer): the user starts over from the empty checkpoint until the interval
+//! (as no answer): the user starts over from the empty state until the interval
 //! after the failure has passed, as it would had it not expired.
 
 use std::collections::VecDeque;

@@ -177,7 +177,7 @@ impl Lookups {
     }
 
     /// `done`'s user, its events, and its state from the answer, before they are
-    /// applied. A failed look-up gives the empty checkpoint (or the state kept), looked up
+    /// applied. A failed look-up gives the empty state (or the state kept), looked up
     /// again later.
     pub(super) fn settle(&mut self, done: Done) -> (Text, VecDeque<Queued>, UserState) {
         let first = done.first();
@@ -200,7 +200,7 @@ impl Lookups {
             (Err(e), before) => {
                 Counters::add(&self.stats.fetch_errors, 1);
                 if self.fetch_log.allow() {
-                    tracing::warn!(%user, "profile look-up failed, using an empty checkpoint: {e}");
+                    tracing::warn!(%user, "profile look-up failed, using an empty state: {e}");
                 }
                 let state = before.unwrap_or_else(|| UserState::empty(first));
                 after_failure(state, first, self.settings.min_refetch_ms)

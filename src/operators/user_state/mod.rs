@@ -56,7 +56,7 @@ pub struct UserStateConfig {
     /// Look-ups under way at once on this worker; users beyond it wait their turn.
     pub max_in_flight: usize,
     /// After a failed look-up, the user is looked up again on its first event this
-    /// long after (instead of keeping the empty checkpoint for the whole TTL).
+    /// long after (instead of keeping the empty state for the whole TTL).
     pub min_refetch_ms: u64,
 }
 

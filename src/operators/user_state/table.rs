@@ -80,7 +80,7 @@ impl UserTable {
     }
 
     /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
-    /// answer again, no request; a failed one gives the empty checkpoint until the
+    /// answer again, no request; a failed one gives the empty state until the
     /// interval has passed.
     pub(super) fn recent_state(&self, user: &Text, time: Time) -> Option<UserState> {
         let (at, data) = self.recent.as_ref()?.get(user, time)?;
