@@ -156,13 +156,17 @@ fn check_file_restore(
     else {
         return Ok(());
     };
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    let Some(len) = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+    else {
         bail!(
             "source.resume: {} is not a regular file, it cannot be read again from an offset: \
              drop source.resume",
             path.display()
         );
-    }
+    };
     let Some(r) = restore else {
         return Ok(());
     };
@@ -185,7 +189,6 @@ fn check_file_restore(
             here.display()
         );
     }
-    let len = std::fs::metadata(&here)?.len();
     if len < at.offset {
         bail!(
             "source.resume: {} is {len} bytes, shorter than the checkpoint's offset {} in {}: \

@@ -43,8 +43,6 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Time;
 
-/// The user-state operator's view of the run's end (see `shutdown::Lifecycle`).
-pub use crate::shutdown::Ending;
 pub use coordinator::{Coordinator, Position};
 pub use files::{PartInfo, PartReader, PartRecords, PartWriter, read_part, write_states};
 pub use manifest::{FilePosition, Manifest, Restore};

@@ -33,7 +33,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::scheduling::SyncActivator;
 
-use crate::checkpoint::{CheckpointConfig, Ending};
+use crate::checkpoint::CheckpointConfig;
 use crate::counters::Counters;
 use crate::filter::reload::Filters;
 use crate::model::{EnrichedEvent, SavedUser, Text, Time, UserEvent};
@@ -41,6 +41,7 @@ use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
+use crate::shutdown::Ending;
 use crate::store::Store;
 
 use self::apply::Applier;

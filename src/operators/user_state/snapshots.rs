@@ -7,11 +7,12 @@ use timely::scheduling::SyncActivator;
 
 use super::lookups::Lookups;
 use super::table::UserTable;
-use crate::checkpoint::{CheckpointConfig, Ending, PartRecords, PartWriter};
+use crate::checkpoint::{CheckpointConfig, PartRecords, PartWriter};
 use crate::clock::now_ms;
 use crate::counters::Counters;
 use crate::model::{Time, UserEvent};
 use crate::operators::held::HeldTimes;
+use crate::shutdown::Ending;
 
 /// Events that arrived early: while a checkpoint is restored, or stamped at or after
 /// the next epoch before the frontier reached it. Their times are held.

@@ -12,7 +12,7 @@ use timely::worker::Worker;
 
 use super::fake::FakeProfiles;
 use super::{UserStateConfig, UserStateSettings, operator};
-use crate::checkpoint::{CheckpointConfig, Ending, read_part};
+use crate::checkpoint::{CheckpointConfig, read_part};
 use crate::counters::Counters;
 use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::{Filter, FilterLimits};
@@ -22,6 +22,7 @@ use crate::model::{
 };
 use crate::operators::backpressure::Backlog;
 use crate::profile_api::{ProfileSnapshot, ProfileSource};
+use crate::shutdown::Ending;
 use crate::store::Backend;
 
 /// One operator under test, its inputs, its output and its look-ups.
