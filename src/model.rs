@@ -5,11 +5,12 @@
 //! Strings are `Arc<str>` so that an event, the history entry made from it and the
 //! enriched copy handed to the actions share one allocation instead of three.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::history::History;
 
 /// Processing time in epoch milliseconds: the timestamp of every stream in the job.
 pub type Time = u64;
@@ -58,6 +59,11 @@ impl RawJson {
 
     pub fn as_str(&self) -> &str {
         self.0.get()
+    }
+
+    /// JSON `null`.
+    pub fn null() -> RawJson {
+        RawJson::from(RawValue::NULL.to_owned())
     }
 }
 
@@ -150,15 +156,16 @@ pub struct ProfileData {
 
 /// The per-user state kept by the state operator (the original's `UserCheckpoint`).
 ///
-/// The parts are behind `Arc`s so the filter can look at them without a copy; the
-/// operator mutates them with `Arc::make_mut`, which copies only if a reader still holds
-/// one (none does once an evaluation has finished). Serialized in checkpoints, and
-/// through the exchange when a checkpoint is restored onto the workers.
+/// The parts are behind `Arc`s so the filter and the actions can look at them without a
+/// copy; the operator mutates them with `Arc::make_mut`, which copies only if a reader
+/// still holds one. The history is compact (`crate::history`). Serialized through the
+/// exchange when a checkpoint is restored onto the workers (and in v1 checkpoints);
+/// checkpoint parts and RocksDB use `crate::store::codec`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
     pub profile: Arc<Profile>,
     pub visit: Option<Arc<Visit>>,
-    pub history: Arc<VecDeque<HistoryEntry>>,
+    pub history: Arc<History>,
     /// Processing time of the last event, for the TTL.
     pub last_activity: Time,
     /// The time under which the TTL index last queued this user.
@@ -172,7 +179,7 @@ impl UserState {
         UserState {
             profile: Arc::new(data.profile),
             visit: data.visit.map(Arc::new),
-            history: Arc::new(data.history.into()),
+            history: Arc::new(History::from_entries(&data.history)),
             last_activity: now,
             ttl_mark: now,
             refetch_after: None,
@@ -185,14 +192,20 @@ impl UserState {
         Self::from_profile(ProfileData::default(), now)
     }
 
-    /// Appends `entries` to the history, then keeps only its newest `max` entries (the
-    /// Profile API's own history is kept whole until the first event is appended).
-    pub fn append_history(&mut self, entries: impl IntoIterator<Item = HistoryEntry>, max: usize) {
+    /// Appends the entry `ev` makes to the history, then keeps only its newest `max`
+    /// entries (the Profile API's own history is kept whole until the first event is
+    /// appended).
+    pub fn append_event(&mut self, ev: &UserEvent, max: usize) {
+        let history = Arc::make_mut(&mut self.history);
+        history.push_event(ev);
+        history.keep_newest(max);
+    }
+
+    /// Appends `entries`, then keeps the newest `max`, as `append_event`.
+    pub fn append_history(&mut self, entries: &History, max: usize) {
         let history = Arc::make_mut(&mut self.history);
         history.extend(entries);
-        if history.len() > max {
-            history.drain(..history.len() - max);
-        }
+        history.keep_newest(max);
     }
 }
 
@@ -221,13 +234,13 @@ pub struct EnrichedView<'a> {
 }
 
 /// An event that passed the filter, with a snapshot of its user's data, on its way to
-/// the actions.
+/// the actions (the history shared with the state until the user's next event).
 #[derive(Clone, Debug)]
 pub struct EnrichedEvent {
     pub event: UserEvent,
     pub profile: Arc<Profile>,
     pub visit: Option<Visit>,
-    pub history: Vec<HistoryEntry>,
+    pub history: Arc<History>,
     /// The actions it is for (bit `i`: the `i`-th configured action).
     pub targets: u64,
 }
@@ -239,7 +252,7 @@ impl EnrichedEvent {
             event,
             profile: state.profile.clone(),
             visit: state.visit.as_deref().cloned(),
-            history: state.history.iter().cloned().collect(),
+            history: state.history.clone(),
             targets,
         }
     }
@@ -249,22 +262,26 @@ impl EnrichedEvent {
 mod tests {
     use super::*;
 
-    fn entry(id: &str) -> HistoryEntry {
-        HistoryEntry {
+    fn event(id: &str) -> UserEvent {
+        UserEvent {
             event_id: Some(id.into()),
-            event_name: None,
-            event_type: None,
-            timestamp: 0,
-            parameters: None,
+            user_id: "u".into(),
+            event_type: "click".into(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn appended_history_keeps_the_newest_entries() {
         let mut state = UserState::empty(0);
-        state.append_history(["a", "b", "c"].map(entry), 10);
-        state.append_history(["d", "e"].map(entry), 3);
-        let ids: Vec<_> = state.history.iter().map(|h| h.event_id.clone()).collect();
-        assert_eq!(ids, [Some("c".into()), Some("d".into()), Some("e".into())]);
+        for id in ["a", "b", "c"] {
+            state.append_event(&event(id), 10);
+        }
+        let mut more = UserState::empty(0);
+        more.append_event(&event("d"), 10);
+        more.append_event(&event("e"), 10);
+        state.append_history(&more.history, 3);
+        let ids: Vec<_> = state.history.iter().map(|h| h.event_id).collect();
+        assert_eq!(ids, [Some("c"), Some("d"), Some("e")]);
     }
 }

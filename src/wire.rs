@@ -71,13 +71,21 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// An optional string borrowed from the input when it has no escapes: serde borrows a
+/// bare `Cow` with `borrow`, but an `Option<Cow>` always gets an owned copy.
+fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
+}
+
 #[derive(Deserialize)]
 struct WireEvent<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     event_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     user_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     domain: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "null_default")]
     is_first_in_visit: bool,
@@ -87,19 +95,19 @@ struct WireEvent<'a> {
     is_first_event: bool,
     #[serde(default, deserialize_with = "null_default")]
     is_current: bool,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     event_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     event_displayname: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     integration: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     app: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     platform: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "null_default")]
     is_https: bool,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     event_type: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "null_default")]
     duration: i64,
@@ -117,17 +125,17 @@ struct WireEvent<'a> {
 struct WireParameters<'a> {
     #[serde(borrow, default)]
     custom_params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_source: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_campaign: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_medium: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_term: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_id: Option<Cow<'a, str>>,
 }
 
@@ -318,6 +326,14 @@ mod tests {
         assert_eq!(ev.timestamp, 1_764_000_000_000);
         let p = ev.parameters.unwrap();
         assert!(p.as_str().contains(r#""utm_source":"google""#));
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed_from_the_input() {
+        let w: WireEvent<'_> = serde_json::from_str(FULL).unwrap();
+        assert!(matches!(w.user_id, Some(Cow::Borrowed("user_0000001"))));
+        let w: WireEvent<'_> = serde_json::from_str(r#"{"user_id":"a\u0062"}"#).unwrap();
+        assert!(matches!(w.user_id, Some(Cow::Owned(ref s)) if s == "ab"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 use serde::Serialize;
 
-use crate::model::{EnrichedEvent, HistoryEntry, Profile, UserEvent, Visit};
+use crate::history::{History, write_i64};
+use crate::model::{EnrichedEvent, Profile, UserEvent, Visit};
 
 /// The webhook body of the Flink job: `{"event", "userProfile", "currentVisit",
 /// "eventHistory", "triggeredAt"}`, inner objects with their snake_case JSON names.
@@ -12,7 +13,7 @@ pub struct Payload<'a> {
     #[serde(rename = "currentVisit")]
     pub current_visit: Option<&'a Visit>,
     #[serde(rename = "eventHistory")]
-    pub event_history: &'a [HistoryEntry],
+    pub event_history: &'a History,
     #[serde(rename = "triggeredAt")]
     pub triggered_at: u64,
 }
@@ -28,11 +29,23 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The body, byte for byte what serde_json writes for this struct; the history (most
+    /// of it) written straight from its compact form.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         // Sized for the usual body up front: growing a ~10 KB buffer by doubling copied
         // it several times per event.
-        let mut out = Vec::with_capacity(1024 + 512 * self.event_history.len());
-        serde_json::to_writer(&mut out, self)?;
+        let mut out = Vec::with_capacity(1024 + 2 * self.event_history.encoded_len());
+        out.extend_from_slice(b"{\"event\":");
+        serde_json::to_writer(&mut out, self.event)?;
+        out.extend_from_slice(b",\"userProfile\":");
+        serde_json::to_writer(&mut out, self.user_profile)?;
+        out.extend_from_slice(b",\"currentVisit\":");
+        serde_json::to_writer(&mut out, &self.current_visit)?;
+        out.extend_from_slice(b",\"eventHistory\":");
+        self.event_history.write_json(&mut out);
+        out.extend_from_slice(b",\"triggeredAt\":");
+        write_i64(&mut out, self.triggered_at as i64);
+        out.push(b'}');
         Ok(out)
     }
 

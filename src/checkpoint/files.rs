@@ -1,11 +1,16 @@
 //! The files of a checkpoint: written whole or not at all (temporary file, fsync,
 //! rename, fsync of the directory), and checked when read back.
 //!
-//! A state part is `MAGIC`, then per user a `1` byte and the bincode of
-//! `(user, UserState)`, or for a user whose look-up was still running a `2` byte and the
+//! A state part is `MAGIC`, then the writing process's string dictionary (the ids the
+//! compact histories use: a u64 count, then each string as a u32 length and its bytes),
+//! then per user a `1` byte, the user id (bincode: u64 length, bytes) and its state
+//! (`store::codec`), or for a user whose look-up was still running a `2` byte and the
 //! bincode of `(user, PendingUser)`; then a `0` byte, then the trailer: the number of
 //! users, the xxh3 of everything before the trailer (both u64 little-endian), and `MAGIC`
 //! again.
+//!
+//! Parts of the first format (`MAGIC_V1`: no dictionary, states as bincode of
+//! `UserState` with the history as its list of entries) are still read.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -16,8 +21,10 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::model::{PendingUser, SavedUser, Text, UserState};
+use crate::store::codec::{self, Ids, Stored};
 
-const MAGIC: &[u8; 8] = b"ETSTATE1";
+const MAGIC: &[u8; 8] = b"ETSTATE2";
+const MAGIC_V1: &[u8; 8] = b"ETSTATE1";
 const TRAILER: usize = 8 + 8 + MAGIC.len();
 /// Record tags.
 const END: u8 = 0;
@@ -101,11 +108,11 @@ impl Write for Hashing<'_> {
 }
 
 /// Records a state backend hands over already encoded, as the key (the user id) and the
-/// value (bincode of its `UserState`) it stores them under: RocksDB's checkpoint is
-/// copied into the part without decoding a user. The closure calls `each` per record.
+/// value (`store::codec` of its `UserState`) it stores them under: RocksDB's checkpoint
+/// is copied into the part without decoding a user. The closure calls `each` per record.
 pub type EncodedRecords = Box<dyn FnOnce(RecordSink<'_>) -> io::Result<()> + Send>;
 
-/// Takes one encoded record: the user id and bincode of its `UserState`.
+/// Takes one encoded record: the user id and `store::codec` of its `UserState`.
 pub type RecordSink<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>;
 
 /// What a snapshot hands its part writer: the store's users (some maybe already
@@ -171,7 +178,8 @@ struct Encoder<'a> {
 impl Encoder<'_> {
     fn typed(&mut self, user: &Text, state: &UserState) -> io::Result<()> {
         self.buf.push(STATE);
-        bincode::serialize_into(&mut self.buf, &(user, state)).map_err(io::Error::other)?;
+        bincode::serialize_into(&mut self.buf, user).map_err(io::Error::other)?;
+        codec::encode_into(&mut self.buf, state).map_err(io::Error::other)?;
         self.done_one()
     }
 
@@ -181,8 +189,8 @@ impl Encoder<'_> {
         self.done_one()
     }
 
-    /// The same bytes as `typed` gives, from the user id and bincode of its state
-    /// (bincode writes a string as its u64 length and bytes, a tuple as its fields).
+    /// The same bytes as `typed` gives, from the user id and the encoding of its state
+    /// (bincode writes a string as its u64 length and bytes).
     fn encoded(&mut self, user: &[u8], state: &[u8]) -> io::Result<()> {
         self.buf.push(STATE);
         self.buf
@@ -215,6 +223,7 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
             users: 0,
         };
         e.out.write_all(MAGIC)?;
+        write_dictionary(&mut e.buf);
         if let Some(base) = records.base {
             base(&mut |user, state| e.encoded(user, state))?;
         }
@@ -233,6 +242,42 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
         out.write_all(MAGIC)
     })?;
     Ok((users, bytes))
+}
+
+/// The dictionary as it is now: every id the records use was given before their
+/// snapshot was taken, so before this writer started.
+fn write_dictionary(out: &mut Vec<u8>) {
+    let n = crate::dict::len();
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    for s in crate::dict::prefix(n) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Reads a part's dictionary.
+fn read_dictionary(r: &mut impl Read) -> io::Result<Vec<String>> {
+    let mut word = [0u8; 8];
+    r.read_exact(&mut word)?;
+    let n = u64::from_le_bytes(word);
+    if n > crate::dict::MAX_STRINGS as u64 {
+        return Err(io::Error::other(format!("a dictionary of {n} strings")));
+    }
+    let mut dict = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > crate::dict::MAX_LEN {
+            return Err(io::Error::other(format!(
+                "a dictionary string of {len} bytes"
+            )));
+        }
+        let mut s = vec![0u8; len];
+        r.read_exact(&mut s)?;
+        dict.push(String::from_utf8(s).map_err(io::Error::other)?);
+    }
+    Ok(dict)
 }
 
 /// A part of users' states alone (tests and tools).
@@ -261,7 +306,7 @@ pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
         if n == 0 {
             break;
         }
-        if first && !buf[..n].starts_with(MAGIC) {
+        if first && !(buf[..n].starts_with(MAGIC) || buf[..n].starts_with(MAGIC_V1)) {
             return Err(CheckpointError::corrupt(path, "not a whole state part"));
         }
         first = false;
@@ -298,7 +343,7 @@ fn trailer_of(path: &Path) -> Result<(u64, u64, u64), CheckpointError> {
 
 /// The users and the hash a trailer records, if it ends with the magic.
 fn trailer(path: &Path, t: &[u8]) -> Result<(u64, u64), CheckpointError> {
-    if t.len() != TRAILER || &t[16..] != MAGIC {
+    if t.len() != TRAILER || !(&t[16..] == MAGIC || &t[16..] == MAGIC_V1) {
         return Err(CheckpointError::corrupt(path, "not a whole state part"));
     }
     let word = |at: usize| {
@@ -332,6 +377,8 @@ pub struct PartReader {
     hash: u64,
     read: u64,
     ended: bool,
+    /// `None`: a v1 part (states as bincode of `UserState`).
+    ids: Option<Ids>,
 }
 
 impl PartReader {
@@ -345,9 +392,15 @@ impl PartReader {
         let mut magic = [0u8; MAGIC.len()];
         body.read_exact(&mut magic)
             .map_err(|e| CheckpointError::io(path, e))?;
-        if &magic != MAGIC {
-            return Err(CheckpointError::corrupt(path, "not a whole state part"));
-        }
+        let ids = match &magic {
+            MAGIC => {
+                let dict = read_dictionary(&mut body)
+                    .map_err(|e| CheckpointError::corrupt(path, format!("dictionary: {e}")))?;
+                Some(Ids::of_dictionary(dict))
+            }
+            MAGIC_V1 => None,
+            _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
+        };
         Ok(PartReader {
             path: path.to_path_buf(),
             body,
@@ -355,6 +408,7 @@ impl PartReader {
             hash,
             read: 0,
             ended: false,
+            ids,
         })
     }
 
@@ -387,11 +441,7 @@ impl PartReader {
                     }
                     break;
                 }
-                STATE => {
-                    let (user, state): (Text, UserState) =
-                        bincode::deserialize_from(&mut self.body).map_err(decode)?;
-                    (user, SavedUser::State(state))
-                }
+                STATE => user_of(&mut self.body, &self.ids).map_err(corrupt)?,
                 PENDING => {
                     let (user, pending): (Text, PendingUser) =
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
@@ -407,6 +457,20 @@ impl PartReader {
         }
         Ok(Some(chunk))
     }
+}
+
+/// One user's state record (after its tag): as `Encoder::typed` writes it, or in a v1
+/// part (`ids` `None`) as bincode of `(user, UserState)`.
+fn user_of(r: &mut impl Read, ids: &Option<Ids>) -> Result<(Text, SavedUser), String> {
+    let (user, state) = match ids {
+        None => bincode::deserialize_from::<_, (Text, UserState)>(r).map_err(|e| e.to_string())?,
+        Some(ids) => {
+            let (user, stored): (Text, Stored) =
+                bincode::deserialize_from(r).map_err(|e| e.to_string())?;
+            (user, stored.into_state(ids).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok((user, SavedUser::State(state)))
 }
 
 /// Reads a state part back whole, checked (before anything is decoded).
@@ -443,6 +507,73 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// A part written by the release before the compact history (format v1), from four
+    /// events of three users (u1 with a Profile API history, u2 with parameters that
+    /// have whitespace, u3 whose look-up failed).
+    #[test]
+    fn a_part_of_the_first_format_still_restores() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/state-v1.bin"
+        ));
+        let mut users = read_part(path).unwrap();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        let states: Vec<_> = users
+            .iter()
+            .map(|(u, s)| match s {
+                SavedUser::State(s) => (u.to_string(), s),
+                SavedUser::Pending(_) => panic!("{u} pending"),
+            })
+            .collect();
+        assert_eq!(states.len(), 3);
+        let (u1, s1) = &states[0];
+        assert_eq!(
+            (u1.as_str(), s1.profile.country.as_deref()),
+            ("u1", Some("US"))
+        );
+        assert_eq!(s1.visit.as_ref().map(|v| v.actions), Some(4));
+        let mut json = Vec::new();
+        s1.history.write_json(&mut json);
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"[{"event_id":"h1","event_name":"home_page","event_type":"page_view","timestamp":500,"parameters":{"utm_source":"email"}},{"event_id":"e1","event_name":"home_page","event_type":"page_view","timestamp":1000,"parameters":{"custom_params":{"page_title":"Cart","value":12.5},"utm_source":"google","utm_term":""}},{"event_id":"e3","event_name":"order_completed","event_type":"purchase","timestamp":1002,"parameters":null}]"#
+        );
+        let (_, s2) = &states[1];
+        let ids: Vec<_> = s2
+            .history
+            .iter()
+            .map(|e| e.parameters.map(|p| p.to_raw()))
+            .collect();
+        assert_eq!(
+            ids[0].as_ref().map(|p| p.as_str()),
+            Some(r#"{ "utm_source": "spaced" }"#)
+        );
+        let (_, s3) = &states[2];
+        assert!(s3.profile.country.is_none() && s3.visit.is_none());
+        assert_eq!(
+            s3.history.to_entries()[0]
+                .parameters
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            r#"{"custom_params":{"esc":"a\"b\u00e9"}}"#
+        );
+        // Written again, it is a part of the current format with the same users.
+        let dir = tempfile::tempdir().unwrap();
+        let again = dir.path().join("state-0.bin");
+        write_states(
+            &again,
+            states
+                .iter()
+                .map(|(u, s)| (u.as_str().into(), (*s).clone()))
+                .collect(),
+        )
+        .unwrap();
+        let mut back = read_part(&again).unwrap();
+        back.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(back, users);
     }
 
     #[test]

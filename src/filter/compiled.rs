@@ -14,7 +14,8 @@
 use rhai::{AST, ASTNode, Expr, FnCallExpr, FnPtr, Position, Stmt};
 
 use super::fields::{self, Field};
-use crate::model::{EnrichedView, HistoryEntry};
+use crate::history::Entry;
+use crate::model::EnrichedView;
 
 /// The tree cannot decide this event as rhai would: ask the interpreter.
 #[derive(Debug)]
@@ -246,7 +247,7 @@ impl Node {
         boolean(self.value(view, None)?)
     }
 
-    fn value<'x>(&'x self, view: &EnrichedView<'x>, entry: Option<&'x HistoryEntry>) -> Res<'x> {
+    fn value<'x>(&'x self, view: &EnrichedView<'x>, entry: Option<&Entry<'x>>) -> Res<'x> {
         match self {
             Node::Lit(l) => Ok(match l {
                 LitVal::Unit => Val::Unit,
@@ -265,7 +266,7 @@ impl Node {
             Node::HistoryCount(pred) => {
                 let mut n = 0;
                 for h in view.state.history.iter() {
-                    if boolean(pred.value(view, Some(h))?)? {
+                    if boolean(pred.value(view, Some(&h))?)? {
                         n += 1;
                     }
                 }

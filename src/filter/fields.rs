@@ -2,7 +2,8 @@
 //! that both evaluators use: the interpreter turns it into a `Dynamic`, the native tree
 //! compares it in place.
 
-use crate::model::{HistoryEntry, Profile, RawJson, UserEvent, Visit};
+use crate::history::{self, Entry};
+use crate::model::{Profile, RawJson, UserEvent, Visit};
 
 /// A field's value, borrowed from the state.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -11,7 +12,24 @@ pub enum Field<'a> {
     Bool(bool),
     Int(i64),
     Str(&'a str),
-    Params(&'a RawJson),
+    Params(Params<'a>),
+}
+
+/// `parameters`: an event's as it arrived, or a history entry's compact form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Params<'a> {
+    Raw(&'a RawJson),
+    Compact(history::Params<'a>),
+}
+
+impl Params<'_> {
+    /// The JSON text, for the interpreter (which parses it when a script reads inside).
+    pub fn to_raw(self) -> RawJson {
+        match self {
+            Params::Raw(raw) => raw.clone(),
+            Params::Compact(p) => p.to_raw(),
+        }
+    }
 }
 
 fn opt<S: AsRef<str>>(s: &Option<S>) -> Field<'_> {
@@ -19,7 +37,8 @@ fn opt<S: AsRef<str>>(s: &Option<S>) -> Field<'_> {
 }
 
 fn params(p: &Option<RawJson>) -> Field<'_> {
-    p.as_ref().map_or(Field::Unit, Field::Params)
+    p.as_ref()
+        .map_or(Field::Unit, |p| Field::Params(Params::Raw(p)))
 }
 
 /// `(json name, Flink job's camelCase name)`; one name when they agree. A field may
@@ -139,13 +158,16 @@ pub const HISTORY_FIELDS: &[(&str, &str)] = &[
     ("parameters", "parameters"),
 ];
 
-pub fn history<'a>(h: &'a HistoryEntry, name: &str) -> Field<'a> {
+pub fn history<'a>(h: &Entry<'a>, name: &str) -> Field<'a> {
+    let s = |s: Option<&'a str>| s.map_or(Field::Unit, Field::Str);
     match name {
-        "event_id" => opt(&h.event_id),
-        "event_name" => opt(&h.event_name),
-        "event_type" => opt(&h.event_type),
+        "event_id" => s(h.event_id),
+        "event_name" => s(h.event_name),
+        "event_type" => s(h.event_type),
         "timestamp" => Field::Int(h.timestamp),
-        "parameters" => params(&h.parameters),
+        "parameters" => h
+            .parameters
+            .map_or(Field::Unit, |p| Field::Params(Params::Compact(p))),
         _ => Field::Unit,
     }
 }

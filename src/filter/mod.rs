@@ -10,14 +10,14 @@
 //! error (including running out of the operations budget) rejects and is counted.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, ImmutableString, Scope};
 
-use crate::model::{EnrichedView, HistoryEntry, Profile, RawJson, UserEvent, Visit};
+use crate::history::History;
+use crate::model::{EnrichedView, Profile, RawJson, UserEvent, Visit};
 
 pub mod check;
 mod compiled;
@@ -124,7 +124,7 @@ struct Bound {
     event: Arc<UserEvent>,
     user: Arc<Profile>,
     visit: Option<Arc<Visit>>,
-    history: Arc<VecDeque<HistoryEntry>>,
+    history: Arc<History>,
 }
 
 #[derive(Clone)]
@@ -133,8 +133,9 @@ struct EventRef(Arc<UserEvent>);
 struct UserRef(Arc<Profile>);
 #[derive(Clone)]
 struct VisitRef(Arc<Visit>);
+/// An entry of a history, by its offset in it.
 #[derive(Clone)]
-struct HistoryRef(Arc<VecDeque<HistoryEntry>>, usize);
+struct HistoryRef(Arc<History>, usize);
 #[derive(Clone)]
 struct ParamsRef(RawJson);
 
@@ -145,7 +146,7 @@ fn dynamic(f: Field<'_>) -> Dynamic {
         Field::Bool(b) => b.into(),
         Field::Int(i) => i.into(),
         Field::Str(s) => Dynamic::from(ImmutableString::from(s)),
-        Field::Params(raw) => Dynamic::from(ParamsRef(raw.clone())),
+        Field::Params(p) => Dynamic::from(ParamsRef(p.to_raw())),
     }
 }
 
@@ -219,9 +220,10 @@ fn engine(limits: &FilterLimits, bound: Rc<RefCell<Option<Bound>>>) -> Engine {
     register_fields!(engine, VisitRef, VISIT_FIELDS, |v, name| dynamic(
         fields::visit(&v.0, name)
     ));
-    register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| dynamic(
-        fields::history(&h.0[h.1], name)
-    ));
+    register_fields!(engine, HistoryRef, HISTORY_FIELDS, |h, name| h
+        .0
+        .at(h.1)
+        .map_or(Dynamic::UNIT, |e| dynamic(fields::history(&e, name))));
     for &(json, camel) in PARAM_FIELDS {
         engine.register_get(json, move |p: &mut ParamsRef| param_field(&p.0, json));
         if camel != json {
@@ -245,8 +247,9 @@ fn engine(limits: &FilterLimits, bound: Rc<RefCell<Option<Bound>>>) -> Engine {
                 None => Dynamic::UNIT,
             },
             _ => Dynamic::from_array(
-                (0..b.history.len())
-                    .map(|i| Dynamic::from(HistoryRef(b.history.clone(), i)))
+                b.history
+                    .entries()
+                    .map(|(at, _)| Dynamic::from(HistoryRef(b.history.clone(), at)))
                     .collect(),
             ),
         }))

@@ -4,7 +4,6 @@
 //! a result that is not a bool), but not certain (the data may never take that shape),
 //! so it is a warning, not a refusal.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{EvalError, Filter};
@@ -121,15 +120,7 @@ fn known_user(event: &UserEvent) -> UserState {
 /// `state` after `event` was applied, as the state operator judges it: the event is the
 /// last entry of the history (the visit's counters do not matter here).
 fn applied(event: &UserEvent, mut state: UserState) -> UserState {
-    let mut history: VecDeque<HistoryEntry> = (*state.history).clone();
-    history.push_back(HistoryEntry {
-        event_id: event.event_id.clone(),
-        event_name: event.event_name.clone(),
-        event_type: Some(event.event_type.clone()),
-        timestamp: event.timestamp,
-        parameters: event.parameters.clone(),
-    });
-    state.history = Arc::new(history);
+    Arc::make_mut(&mut state.history).push_event(event);
     state
 }
 

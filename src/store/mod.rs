@@ -5,6 +5,7 @@
 //! cache of users in front, for state larger than memory. Both snapshot into the same
 //! checkpoint format, so a checkpoint written by one restores into the other.
 
+pub mod codec;
 pub mod recent;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;

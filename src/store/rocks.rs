@@ -6,7 +6,7 @@
 //! is the checkpoint. A snapshot writes the dirty cached users, flushes, and takes a
 //! RocksDB checkpoint (hard links to the SST files, no copy); the part writer reads it on
 //! its own thread, copies its records into the portable part unchanged (keys are user
-//! ids, values bincode of `UserState`, as in the part) and deletes it. Writes skip the
+//! ids, values `store::codec` of `UserState`, as in the part) and deletes it. Writes skip the
 //! WAL for the same reason: nothing is ever recovered from the local database.
 
 use std::collections::VecDeque;
@@ -125,7 +125,7 @@ impl RocksStore {
         let read = self
             .db
             .get_pinned(user.as_bytes())
-            .map(|found| found.map(|bytes| bincode::deserialize::<UserState>(&bytes)));
+            .map(|found| found.map(|bytes| super::codec::decode(&bytes)));
         let decoded = match read {
             Ok(Some(decoded)) => decoded,
             Ok(None) => return None,
@@ -200,7 +200,7 @@ impl RocksStore {
                 continue;
             };
             if slot.dirty {
-                match bincode::serialize(&slot.state) {
+                match super::codec::encode(&slot.state) {
                     Ok(bytes) => batch.put(user.as_bytes(), bytes),
                     Err(e) => self.log_error("state not encodable, dropped", &user, e),
                 }
@@ -215,7 +215,7 @@ impl RocksStore {
     fn write_dirty(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
         for (user, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
-            let bytes = bincode::serialize(&slot.state)
+            let bytes = super::codec::encode(&slot.state)
                 .map_err(|e| StateError::Snapshot(format!("user {user}: {e}")))?;
             batch.put(user.as_bytes(), bytes);
             slot.dirty = false;

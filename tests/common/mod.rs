@@ -753,7 +753,7 @@ pub fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories 
             let ids = s
                 .history
                 .iter()
-                .map(|h| h.event_id.as_deref().unwrap_or_default().to_string())
+                .map(|h| h.event_id.unwrap_or_default().to_string())
                 .collect();
             (u.to_string(), (*s.profile).clone(), ids)
         })

@@ -5,16 +5,13 @@ use std::rc::Rc;
 use crate::counters::Counters;
 use crate::filter::Verdict;
 use crate::filter::reload::Filters;
-use crate::intern::Interner;
 use crate::log_limit::LogLimiter;
-use crate::model::{EnrichedEvent, EnrichedView, HistoryEntry, Time, UserEvent, UserState};
+use crate::model::{EnrichedEvent, EnrichedView, Time, UserEvent, UserState};
 
 /// Applies events to a user's state and judges them.
 pub(super) struct Applier {
     pub(super) max_history: usize,
     pub(super) filters: Filters,
-    /// Events that crossed workers arrive with their own copies of type and name.
-    interner: Interner,
     stats: Rc<Counters>,
     script_log: LogLimiter,
 }
@@ -24,7 +21,6 @@ impl Applier {
         Applier {
             max_history,
             filters,
-            interner: Interner::default(),
             stats,
             script_log: LogLimiter::per_10s("filter script errors"),
         }
@@ -48,14 +44,7 @@ impl Applier {
         state: &mut UserState,
     ) -> Option<EnrichedEvent> {
         state.last_activity = state.last_activity.max(time);
-        let entry = HistoryEntry {
-            event_id: ev.event_id.clone(),
-            event_name: ev.event_name.as_ref().map(|n| self.interner.share(n)),
-            event_type: Some(self.interner.share(&ev.event_type)),
-            timestamp: ev.timestamp,
-            parameters: ev.parameters.clone(),
-        };
-        state.append_history(std::iter::once(entry), self.max_history);
+        state.append_event(&ev, self.max_history);
         if let Some(visit) = &mut state.visit {
             let visit = std::sync::Arc::make_mut(visit);
             if ev.is_first_in_visit {

@@ -193,7 +193,7 @@ impl Lookups {
             // since.
             (Ok(data), Some(old)) => {
                 let mut state = UserState::from_profile(data, first);
-                state.append_history(old.history.iter().cloned(), self.settings.max_history);
+                state.append_history(&old.history, self.settings.max_history);
                 state.last_activity = old.last_activity.max(first);
                 state
             }

@@ -16,6 +16,7 @@ use crate::checkpoint::{CheckpointConfig, read_part};
 use crate::counters::Counters;
 use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::{Filter, FilterLimits};
+use crate::history::History;
 use crate::model::{
     EnrichedEvent, HistoryEntry, PendingUser, Profile, ProfileData, SavedUser, Text, Time,
     UserEvent, UserState,
@@ -158,10 +159,10 @@ fn profile(country: &str) -> ProfileData {
     }
 }
 
-fn history_ids(history: &[HistoryEntry]) -> Vec<String> {
+fn history_ids(history: &History) -> Vec<String> {
     history
         .iter()
-        .map(|h| h.event_id.as_deref().unwrap_or("").to_string())
+        .map(|h| h.event_id.unwrap_or("").to_string())
         .collect()
 }
 
@@ -302,8 +303,7 @@ fn a_snapshot_saves_a_hanging_lookup_as_pending_and_does_not_wait_for_it() {
             panic!("u1 is saved with its state: {:?}", part[0]);
         };
         assert_eq!(&**u1, "u1");
-        let history: Vec<_> = state.history.iter().cloned().collect();
-        assert_eq!(history_ids(&history), ["a"]);
+        assert_eq!(history_ids(&state.history), ["a"]);
         let SavedUser::Pending(pending) = &part[1].1 else {
             panic!("u2 is saved as pending: {:?}", part[1]);
         };
@@ -332,7 +332,7 @@ fn restored_users_are_served_and_restored_pending_ones_looked_up_again() {
     timely::execute_directly(|worker| {
         let mut r = rig(worker, config(60_000), None);
         let mut known = UserState::from_profile(profile("FR"), 900);
-        known.append_history([entry("old")], 10);
+        known.append_history(&History::from_entries(&[entry("old")]), 10);
         let pending = PendingUser {
             before: None,
             events: vec![(950, event("u2", "p"))],

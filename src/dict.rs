@@ -1,0 +1,146 @@
+//! The process's dictionary of repeated strings (event names and types, parameter keys,
+//! campaign names, URLs ...): the compact history refers to a string by its id, one copy
+//! per process instead of one per history entry.
+//!
+//! Ids are dense, from 0, in the order strings were first seen; a string keeps its id for
+//! the life of the process, so any worker thread reads any entry. Reads are lock-free
+//! (chunks that never move); interning goes through a per-thread cache, and takes the
+//! lock only for a string this thread has not seen. Bounded: past `MAX_STRINGS` strings
+//! or `MAX_BYTES` bytes, nothing new is added and callers keep the string inline, so a
+//! producer sending unique values costs memory once, up to the bound, not without limit.
+
+use std::cell::RefCell;
+use std::sync::{Mutex, OnceLock};
+
+use rustc_hash::FxHashMap;
+
+/// Most strings the dictionary holds.
+pub const MAX_STRINGS: usize = 1 << 20;
+/// Most bytes of string text it holds.
+pub const MAX_BYTES: usize = 64 << 20;
+/// Longest string worth an id; longer ones stay inline.
+pub const MAX_LEN: usize = 256;
+
+/// Chunk `c` holds ids `[FIRST << c ... FIRST << (c + 1))` minus `FIRST`: sizes double,
+/// so 11 chunks cover `MAX_STRINGS` and a chunk, once made, never moves.
+const FIRST: usize = 1 << 10;
+const CHUNKS: usize = 11;
+
+type Chunk = Box<[OnceLock<&'static str>]>;
+
+struct Shared {
+    ids: FxHashMap<&'static str, u32>,
+    bytes: usize,
+}
+
+static CHUNK: [OnceLock<Chunk>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+
+thread_local! {
+    static CACHE: RefCell<FxHashMap<&'static str, u32>> = RefCell::default();
+}
+
+/// Where id `id` lives: (chunk, index in it).
+fn place(id: usize) -> (usize, usize) {
+    let n = id + FIRST;
+    let c = (usize::BITS - 1 - n.leading_zeros()) as usize - FIRST.trailing_zeros() as usize;
+    (c, n - (FIRST << c))
+}
+
+/// The string with id `id`, if there is one.
+pub fn get(id: u32) -> Option<&'static str> {
+    let (c, i) = place(id as usize);
+    CHUNK.get(c)?.get()?.get(i)?.get().copied()
+}
+
+/// How many strings the dictionary holds: ids below this are taken.
+pub fn len() -> usize {
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    shared.as_ref().map_or(0, |s| s.ids.len())
+}
+
+/// The id of `s`, giving it one if the dictionary has room; `None`: keep it inline.
+///
+/// ```
+/// use event_trigger::dict;
+/// let id = dict::intern("page_view").unwrap();
+/// assert_eq!(dict::intern("page_view"), Some(id));
+/// assert_eq!(dict::get(id), Some("page_view"));
+/// ```
+pub fn intern(s: &str) -> Option<u32> {
+    if s.len() > MAX_LEN {
+        return None;
+    }
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
+        return Some(id);
+    }
+    let (id, text) = intern_shared(s)?;
+    CACHE.with_borrow_mut(|c| c.insert(text, id));
+    Some(id)
+}
+
+fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = guard.get_or_insert_with(|| Shared {
+        ids: FxHashMap::default(),
+        bytes: 0,
+    });
+    if let Some((&text, &id)) = shared.ids.get_key_value(s) {
+        return Some((id, text));
+    }
+    if shared.ids.len() >= MAX_STRINGS || shared.bytes + s.len() > MAX_BYTES {
+        return None;
+    }
+    let id = shared.ids.len();
+    // Leaked on purpose: the dictionary lives as long as the process and is bounded.
+    let text: &'static str = Box::leak(s.into());
+    let (c, i) = place(id);
+    let chunk = CHUNK[c].get_or_init(|| (0..FIRST << c).map(|_| OnceLock::new()).collect());
+    // Published before the id is handed out, so a reader given the id finds the text.
+    let _ = chunk[i].set(text);
+    shared.ids.insert(text, id as u32);
+    shared.bytes += s.len();
+    Some((id as u32, text))
+}
+
+/// The strings with ids `[0, n)`, in id order (for a checkpoint's dictionary).
+pub fn prefix(n: usize) -> impl Iterator<Item = &'static str> {
+    (0..n as u32).map_while(get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_to_chunks_without_gaps() {
+        assert_eq!(place(0), (0, 0));
+        assert_eq!(place(FIRST - 1), (0, FIRST - 1));
+        assert_eq!(place(FIRST), (1, 0));
+        assert_eq!(place(3 * FIRST - 1), (1, 2 * FIRST - 1));
+        assert_eq!(place(3 * FIRST), (2, 0));
+        let (c, i) = place(MAX_STRINGS - 1);
+        assert!(c < CHUNKS && i < FIRST << c);
+    }
+
+    #[test]
+    fn strings_keep_their_ids_across_threads() {
+        let a = intern("dict-test-a").unwrap();
+        let b = std::thread::spawn(|| intern("dict-test-b").unwrap())
+            .join()
+            .unwrap();
+        let a2 = std::thread::spawn(|| intern("dict-test-a").unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert_eq!(get(b), Some("dict-test-b"));
+        assert!(len() > a.max(b) as usize);
+        assert!(prefix(len()).any(|s| s == "dict-test-a"));
+    }
+
+    #[test]
+    fn long_strings_stay_inline() {
+        assert_eq!(intern(&"x".repeat(MAX_LEN + 1)), None);
+    }
+}

@@ -1,0 +1,634 @@
+//! The bytes of one compact history entry, and of a `parameters` value inside it.
+//!
+//! An entry is `flags`, its timestamp (zigzag varint), then the strings present: the
+//! event id inline, name and type by dictionary id when the dictionary has room. A string
+//! reference is one varint: `id << 1 | 1`, or `len << 1` followed by the bytes.
+//!
+//! `parameters` is kept as tokens of its JSON: object keys and string values by
+//! dictionary id (their text as it arrived, escapes included), numbers as their text, so
+//! that writing the tokens back gives exactly the text that arrived. Text with
+//! whitespace between tokens (or nested past `MAX_DEPTH`) is kept whole instead.
+
+use crate::dict;
+
+const HAS_ID: u8 = 1;
+const HAS_NAME: u8 = 2;
+const HAS_TYPE: u8 = 4;
+const HAS_PARAMS: u8 = 8;
+
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const NUM: u8 = 3;
+const STR: u8 = 4;
+const OBJ: u8 = 5;
+const ARR: u8 = 6;
+const RAW: u8 = 7;
+/// Ends an array, in place of a value's tag.
+const END: u8 = 8;
+/// Ends an object, in place of a key (keys are written as their reference plus one).
+const KEY_END: u8 = 0;
+
+const MAX_DEPTH: usize = 32;
+
+/// An entry's bytes that do not decode: a checkpoint written by another build, or damage
+/// the part's checksum did not catch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a compact history entry does not decode (at byte {0})")]
+pub struct Malformed(pub usize);
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// Writes a string reference: by id when `share` and the dictionary takes it.
+fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
+    match share.then(|| dict::intern(s)).flatten() {
+        Some(id) => put_varint(out, (u64::from(id) << 1) | 1),
+        None => {
+            put_varint(out, (s.len() as u64) << 1);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// A string as stored: by id, or inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrRef<'a> {
+    Id(u32),
+    Inline(&'a str),
+}
+
+/// Reads bytes written by this module. Past the end, or on bytes that do not decode, it
+/// records the place and gives empty values, so that callers check once.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pub pos: usize,
+    pub bad: Option<usize>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            bad: None,
+        }
+    }
+
+    fn fail(&mut self) {
+        self.bad.get_or_insert(self.pos);
+        self.pos = self.buf.len();
+    }
+
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        match self.buf.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                b
+            }
+            None => {
+                self.fail();
+                0
+            }
+        }
+    }
+
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    pub fn varint(&mut self) -> u64 {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte();
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return v;
+            }
+        }
+        self.fail();
+        0
+    }
+
+    pub fn bytes(&mut self, n: usize) -> &'a [u8] {
+        match self.buf.get(self.pos..self.pos.saturating_add(n)) {
+            Some(b) => {
+                self.pos += n;
+                b
+            }
+            None => {
+                self.fail();
+                &[]
+            }
+        }
+    }
+
+    fn str_from(&mut self, v: u64) -> StrRef<'a> {
+        if v & 1 == 1 {
+            return StrRef::Id((v >> 1) as u32);
+        }
+        let at = self.pos;
+        let bytes = self.bytes((v >> 1) as usize);
+        match std::str::from_utf8(bytes) {
+            Ok(s) => StrRef::Inline(s),
+            Err(_) => {
+                self.bad.get_or_insert(at);
+                StrRef::Inline("")
+            }
+        }
+    }
+
+    pub fn str_ref(&mut self) -> StrRef<'a> {
+        let v = self.varint();
+        self.str_from(v)
+    }
+
+    /// A string reference resolved in this process's dictionary.
+    pub fn str(&mut self) -> &'a str {
+        match self.str_ref() {
+            StrRef::Inline(s) => s,
+            StrRef::Id(id) => dict::get(id).unwrap_or_else(|| {
+                self.fail();
+                ""
+            }),
+        }
+    }
+}
+
+/// The fields of one entry: `P` is the JSON text of the parameters as `put_entry` takes
+/// them, their tokens as `read_entry` gives them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fields<'a, P> {
+    pub event_id: Option<&'a str>,
+    pub event_name: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub timestamp: i64,
+    pub parameters: Option<P>,
+}
+
+/// Appends the body of one entry.
+pub fn put_entry(out: &mut Vec<u8>, f: &Fields<'_, &str>) {
+    let flags = [
+        (f.event_id.is_some(), HAS_ID),
+        (f.event_name.is_some(), HAS_NAME),
+        (f.event_type.is_some(), HAS_TYPE),
+        (f.parameters.is_some(), HAS_PARAMS),
+    ]
+    .iter()
+    .fold(0, |acc, &(set, bit)| if set { acc | bit } else { acc });
+    out.push(flags);
+    put_varint(out, zigzag(f.timestamp));
+    if let Some(id) = f.event_id {
+        put_str(out, id, false);
+    }
+    if let Some(name) = f.event_name {
+        put_str(out, name, true);
+    }
+    if let Some(ty) = f.event_type {
+        put_str(out, ty, true);
+    }
+    if let Some(json) = f.parameters {
+        put_json(out, json);
+    }
+}
+
+/// Reads the body of one entry.
+pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<'a, &'a [u8]> {
+    let flags = r.byte();
+    let timestamp = unzigzag(r.varint());
+    let mut f = Fields {
+        event_id: None,
+        event_name: None,
+        event_type: None,
+        timestamp,
+        parameters: None,
+    };
+    if flags & HAS_ID != 0 {
+        f.event_id = Some(r.str());
+    }
+    if flags & HAS_NAME != 0 {
+        f.event_name = Some(r.str());
+    }
+    if flags & HAS_TYPE != 0 {
+        f.event_type = Some(r.str());
+    }
+    if flags & HAS_PARAMS != 0 {
+        let start = r.pos;
+        skip_value(r, 0);
+        f.parameters = Some(&r.buf[start..r.pos.min(r.buf.len())]);
+    }
+    f
+}
+
+/// Writes `json` (one valid JSON value) as tokens, or whole when it is not compact text.
+pub fn put_json(out: &mut Vec<u8>, json: &str) {
+    let mark = out.len();
+    let mut pos = 0;
+    if tokens(out, json, &mut pos, 0).is_none() || pos != json.len() {
+        out.truncate(mark);
+        out.push(RAW);
+        put_varint(out, (json.len() as u64) << 1);
+        out.extend_from_slice(json.as_bytes());
+    }
+}
+
+/// One value of `json` at `pos` to tokens; `None` where the text is not compact JSON.
+fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Option<()> {
+    let json = text.as_bytes();
+    match *json.get(*pos)? {
+        b'{' if depth < MAX_DEPTH => {
+            out.push(OBJ);
+            *pos += 1;
+            if json.get(*pos) == Some(&b'}') {
+                *pos += 1;
+                out.push(KEY_END);
+                return Some(());
+            }
+            loop {
+                let key = string(text, pos)?;
+                if json.get(*pos) != Some(&b':') {
+                    return None;
+                }
+                *pos += 1;
+                key_ref(out, key);
+                tokens(out, text, pos, depth + 1)?;
+                match *json.get(*pos)? {
+                    b',' => *pos += 1,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+            *pos += 1;
+            out.push(KEY_END);
+        }
+        b'[' if depth < MAX_DEPTH => {
+            out.push(ARR);
+            *pos += 1;
+            if json.get(*pos) == Some(&b']') {
+                *pos += 1;
+                out.push(END);
+                return Some(());
+            }
+            loop {
+                tokens(out, text, pos, depth + 1)?;
+                match *json.get(*pos)? {
+                    b',' => *pos += 1,
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+            *pos += 1;
+            out.push(END);
+        }
+        b'"' => {
+            let s = string(text, pos)?;
+            out.push(STR);
+            put_str(out, s, true);
+        }
+        b't' => literal(out, json, pos, b"true", TRUE)?,
+        b'f' => literal(out, json, pos, b"false", FALSE)?,
+        b'n' => literal(out, json, pos, b"null", NULL)?,
+        b'-' | b'0'..=b'9' => {
+            let start = *pos;
+            while json
+                .get(*pos)
+                .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+            {
+                *pos += 1;
+            }
+            out.push(NUM);
+            put_str(out, text.get(start..*pos)?, false);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A key's reference plus one, so that `END` (0) cannot be mistaken for a key.
+fn key_ref(out: &mut Vec<u8>, key: &str) {
+    match dict::intern(key) {
+        Some(id) => put_varint(out, ((u64::from(id) << 1) | 1) + 1),
+        None => {
+            put_varint(out, ((key.len() as u64) << 1) + 1);
+            out.extend_from_slice(key.as_bytes());
+        }
+    }
+}
+
+fn literal(out: &mut Vec<u8>, json: &[u8], pos: &mut usize, word: &[u8], tag: u8) -> Option<()> {
+    json.get(*pos..*pos + word.len()).filter(|w| *w == word)?;
+    *pos += word.len();
+    out.push(tag);
+    Some(())
+}
+
+/// The text between the quotes of the string at `pos` (escapes kept), moving past it.
+fn string<'j>(text: &'j str, pos: &mut usize) -> Option<&'j str> {
+    let json = text.as_bytes();
+    if json.get(*pos) != Some(&b'"') {
+        return None;
+    }
+    let start = *pos + 1;
+    let mut i = start;
+    loop {
+        match *json.get(i)? {
+            b'"' => break,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    *pos = i + 1;
+    // Quotes are ASCII, so both ends are character boundaries.
+    text.get(start..i)
+}
+
+/// Moves past one value's tokens.
+fn skip_value(r: &mut Reader<'_>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return r.fail();
+    }
+    match r.byte() {
+        NULL | FALSE | TRUE => {}
+        NUM | STR | RAW => {
+            r.str();
+        }
+        OBJ => loop {
+            let k = r.varint();
+            if k == 0 || r.bad.is_some() {
+                break;
+            }
+            if let StrRef::Id(id) = r.str_from(k - 1)
+                && dict::get(id).is_none()
+            {
+                r.fail();
+            }
+            skip_value(r, depth + 1);
+        },
+        ARR => {
+            while r.peek() != Some(END) && r.bad.is_none() {
+                skip_value(r, depth + 1);
+            }
+            r.byte();
+        }
+        _ => r.fail(),
+    }
+}
+
+/// Appends the JSON text of the value at the start of `tokens`.
+pub fn write_json(out: &mut Vec<u8>, tokens: &[u8]) {
+    write_value(out, &mut Reader::new(tokens), 0);
+}
+
+fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
+    match r.byte() {
+        NULL => out.extend_from_slice(b"null"),
+        FALSE => out.extend_from_slice(b"false"),
+        TRUE => out.extend_from_slice(b"true"),
+        NUM | RAW => out.extend_from_slice(r.str().as_bytes()),
+        STR => {
+            out.push(b'"');
+            out.extend_from_slice(r.str().as_bytes());
+            out.push(b'"');
+        }
+        OBJ if depth <= MAX_DEPTH => {
+            out.push(b'{');
+            let mut first = true;
+            loop {
+                let k = r.varint();
+                if k == 0 || r.bad.is_some() {
+                    break;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'"');
+                let key = match r.str_from(k - 1) {
+                    StrRef::Inline(s) => s,
+                    StrRef::Id(id) => dict::get(id).unwrap_or(""),
+                };
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+                write_value(out, r, depth + 1);
+            }
+            out.push(b'}');
+        }
+        ARR if depth <= MAX_DEPTH => {
+            out.push(b'[');
+            let mut first = true;
+            while r.peek() != Some(END) && r.bad.is_none() {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_value(out, r, depth + 1);
+            }
+            r.byte();
+            out.push(b']');
+        }
+        _ => {
+            r.fail();
+            out.extend_from_slice(b"null");
+        }
+    }
+}
+
+/// Rewrites the string references of one entry body read from `r` through `lookup`
+/// (ids of another process's dictionary to their text), into `out` with this process's
+/// ids. Fails on bytes that do not decode.
+pub fn translate_entry(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    lookup: &dyn Fn(u32) -> Option<String>,
+) -> Result<(), Malformed> {
+    let flags = r.byte();
+    let timestamp = unzigzag(r.varint());
+    let text = |r: &mut Reader<'_>| -> Result<String, Malformed> {
+        match r.str_ref() {
+            StrRef::Inline(s) => Ok(s.to_string()),
+            StrRef::Id(id) => lookup(id).ok_or(Malformed(r.pos)),
+        }
+    };
+    let id = (flags & HAS_ID != 0).then(|| text(r)).transpose()?;
+    let name = (flags & HAS_NAME != 0).then(|| text(r)).transpose()?;
+    let ty = (flags & HAS_TYPE != 0).then(|| text(r)).transpose()?;
+    let mut json = Vec::new();
+    if flags & HAS_PARAMS != 0 {
+        let start = r.pos;
+        let sub = &r.buf[start..];
+        let mut inner = Reader::new(sub);
+        translate_value(&mut json, &mut inner, lookup, 0)?;
+        r.pos = start + inner.pos;
+    }
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
+    }
+    put_entry(
+        out,
+        &Fields {
+            event_id: id.as_deref(),
+            event_name: name.as_deref(),
+            event_type: ty.as_deref(),
+            timestamp,
+            parameters: (flags & HAS_PARAMS != 0)
+                .then(|| std::str::from_utf8(&json).map_err(|_| Malformed(r.pos)))
+                .transpose()?,
+        },
+    );
+    Ok(())
+}
+
+/// The JSON text of a value whose ids are another dictionary's.
+fn translate_value(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    lookup: &dyn Fn(u32) -> Option<String>,
+    depth: usize,
+) -> Result<(), Malformed> {
+    let text = |r: &mut Reader<'_>, v: u64| -> Result<String, Malformed> {
+        match r.str_from(v) {
+            StrRef::Inline(s) => Ok(s.to_string()),
+            StrRef::Id(id) => lookup(id).ok_or(Malformed(r.pos)),
+        }
+    };
+    if depth > MAX_DEPTH {
+        return Err(Malformed(r.pos));
+    }
+    match r.byte() {
+        NULL => out.extend_from_slice(b"null"),
+        FALSE => out.extend_from_slice(b"false"),
+        TRUE => out.extend_from_slice(b"true"),
+        NUM | RAW => {
+            let v = r.varint();
+            out.extend_from_slice(text(r, v)?.as_bytes());
+        }
+        STR => {
+            let v = r.varint();
+            out.push(b'"');
+            out.extend_from_slice(text(r, v)?.as_bytes());
+            out.push(b'"');
+        }
+        OBJ => {
+            out.push(b'{');
+            let mut first = true;
+            loop {
+                let k = r.varint();
+                if k == 0 || r.bad.is_some() {
+                    break;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'"');
+                out.extend_from_slice(text(r, k - 1)?.as_bytes());
+                out.extend_from_slice(b"\":");
+                translate_value(out, r, lookup, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        ARR => {
+            out.push(b'[');
+            let mut first = true;
+            while r.peek() != Some(END) && r.bad.is_none() {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                translate_value(out, r, lookup, depth + 1)?;
+            }
+            r.byte();
+            out.push(b']');
+        }
+        _ => return Err(Malformed(r.pos)),
+    }
+    match r.bad {
+        Some(at) => Err(Malformed(at)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(json: &str) -> (String, bool) {
+        let mut tokens = Vec::new();
+        put_json(&mut tokens, json);
+        let raw = tokens[0] == RAW;
+        let mut out = Vec::new();
+        write_json(&mut out, &tokens);
+        (String::from_utf8(out).unwrap(), raw)
+    }
+
+    #[test]
+    fn parameters_come_back_as_they_arrived() {
+        for json in [
+            r#"{"custom_params":{"page_title":"Cart","value":121.76,"n":-1e5},"utm_source":"g","utm_term":""}"#,
+            r#"{}"#,
+            r#"{"a":[],"b":[1,[2,{}],null,true,false],"c":{"d":{}}}"#,
+            r#"{"esc":"a\"b\\c\u00e9","é":"ü","dup":1,"dup":2}"#,
+            r#"{"long":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}"#,
+        ] {
+            assert_eq!(round_trip(json), (json.to_string(), false), "{json}");
+        }
+    }
+
+    #[test]
+    fn text_with_whitespace_is_kept_whole() {
+        for json in [r#"{ "a": 1 }"#, "{\"a\":\n1}", r#"[1, 2]"#] {
+            assert_eq!(round_trip(json), (json.to_string(), true));
+        }
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(round_trip(&deep), (deep.clone(), true));
+    }
+
+    #[test]
+    fn an_entry_reads_back_and_translates() {
+        let fields = Fields {
+            event_id: Some("evt_1"),
+            event_name: Some("home_page"),
+            event_type: None,
+            timestamp: -5,
+            parameters: Some(r#"{"utm_source":"google","v":[1.5]}"#),
+        };
+        let mut body = Vec::new();
+        put_entry(&mut body, &fields);
+        let mut r = Reader::new(&body);
+        let back = read_entry(&mut r);
+        assert!(r.at_end() && r.bad.is_none());
+        let mut json = Vec::new();
+        write_json(&mut json, back.parameters.unwrap());
+        assert_eq!(json, fields.parameters.unwrap().as_bytes());
+        assert_eq!(
+            (back.event_id, back.event_name),
+            (Some("evt_1"), Some("home_page"))
+        );
+        assert_eq!((back.event_type, back.timestamp), (None, -5));
+
+        let mut again = Vec::new();
+        let lookup = |id: u32| dict::get(id).map(str::to_string);
+        translate_entry(&mut again, &mut Reader::new(&body), &lookup).unwrap();
+        assert_eq!(again, body);
+        let nothing = |_: u32| None;
+        assert!(translate_entry(&mut Vec::new(), &mut Reader::new(&body), &nothing).is_err());
+        assert!(translate_entry(&mut Vec::new(), &mut Reader::new(&body[..4]), &lookup).is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! A user's event history, compact: its entries encoded one after another in one buffer
+//! (`codec`), repeated strings by id in the process's dictionary (`crate::dict`).
+//!
+//! The wire's `HistoryEntry` (Profile API answers, webhook bodies) is what goes in and
+//! comes out; in between an entry takes ~60-100 bytes instead of ~450 (its own
+//! allocations, the event's raw `parameters`). In serde formats a history is the list of
+//! its entries, as before (the exchange between processes, v1 checkpoints); checkpoint
+//! parts and RocksDB keep the encoded bytes (`encoded`, `from_encoded`).
+
+pub mod codec;
+mod json;
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::model::{HistoryEntry, RawJson, UserEvent};
+use codec::{Fields, Malformed, Reader};
+
+pub use json::{write_i64, write_str};
+
+/// The entries of one user's history, oldest first.
+#[derive(Clone, Default)]
+pub struct History {
+    /// Entries from `head` on: each a varint length, then its body.
+    bytes: Vec<u8>,
+    head: usize,
+    len: usize,
+}
+
+/// One entry, borrowed from its history (or from the dictionary).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Entry<'a> {
+    pub event_id: Option<&'a str>,
+    pub event_name: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub timestamp: i64,
+    pub parameters: Option<Params<'a>>,
+}
+
+/// An entry's `parameters`, as tokens.
+#[derive(Clone, Copy, Debug)]
+pub struct Params<'a>(&'a [u8]);
+
+/// Equal when their JSON text is (the same text may be tokens or kept whole).
+impl PartialEq for Params<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        self.write_json(&mut a);
+        other.write_json(&mut b);
+        a == b
+    }
+}
+
+impl Params<'_> {
+    /// Appends the JSON text, as it arrived.
+    pub fn write_json(self, out: &mut Vec<u8>) {
+        codec::write_json(out, self.0);
+    }
+
+    pub fn to_raw(self) -> RawJson {
+        let mut out = Vec::with_capacity(self.0.len() * 2);
+        self.write_json(&mut out);
+        // The text is the one that was validated on the way in.
+        let text = String::from_utf8(out).unwrap_or_default();
+        RawJson::parse(&text).unwrap_or_else(|_| RawJson::null())
+    }
+}
+
+impl<'a> Entry<'a> {
+    fn from_fields(f: Fields<'a, &'a [u8]>) -> Self {
+        Entry {
+            event_id: f.event_id,
+            event_name: f.event_name,
+            event_type: f.event_type,
+            timestamp: f.timestamp,
+            parameters: f.parameters.map(Params),
+        }
+    }
+
+    pub fn to_owned(self) -> HistoryEntry {
+        HistoryEntry {
+            event_id: self.event_id.map(Into::into),
+            event_name: self.event_name.map(Into::into),
+            event_type: self.event_type.map(Into::into),
+            timestamp: self.timestamp,
+            parameters: self.parameters.map(|p| p.to_raw()),
+        }
+    }
+}
+
+/// The entries of a history, oldest first, with where each starts.
+pub struct Entries<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    /// (offset for `History::at`, entry)
+    type Item = (usize, Entry<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let at = self.pos;
+        let body = body_at(self.bytes, at)?;
+        self.pos = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+        Some((
+            at,
+            Entry::from_fields(codec::read_entry(&mut Reader::new(body))),
+        ))
+    }
+}
+
+/// The body of the entry at `at`, if one starts there.
+fn body_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = bytes.get(at..).filter(|r| !r.is_empty())?;
+    let mut r = Reader::new(rest);
+    let n = r.varint() as usize;
+    let start = r.pos;
+    rest.get(start..start + n)
+}
+
+impl History {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held for the entries (their encoding, not the buffer's spare room).
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len() - self.head
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.entries().map(|(_, e)| e)
+    }
+
+    /// The entries with their offsets (for `at`).
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            bytes: &self.bytes,
+            pos: self.head,
+        }
+    }
+
+    /// The entry at `offset` (from `entries`), if it is still there.
+    pub fn at(&self, offset: usize) -> Option<Entry<'_>> {
+        if offset < self.head {
+            return None;
+        }
+        body_at(&self.bytes, offset)
+            .map(|b| Entry::from_fields(codec::read_entry(&mut Reader::new(b))))
+    }
+
+    /// Appends the entry an event makes.
+    pub fn push_event(&mut self, ev: &UserEvent) {
+        self.push_fields(&Fields {
+            event_id: ev.event_id.as_deref(),
+            event_name: ev.event_name.as_deref(),
+            event_type: Some(&ev.event_type),
+            timestamp: ev.timestamp,
+            parameters: ev.parameters.as_ref().map(|p| p.as_str()),
+        });
+    }
+
+    pub fn push(&mut self, e: &HistoryEntry) {
+        self.push_fields(&Fields {
+            event_id: e.event_id.as_deref(),
+            event_name: e.event_name.as_deref(),
+            event_type: e.event_type.as_deref(),
+            timestamp: e.timestamp,
+            parameters: e.parameters.as_ref().map(|p| p.as_str()),
+        });
+    }
+
+    fn push_fields(&mut self, f: &Fields<'_, &str>) {
+        // The body goes after room for its length (one byte covers most entries), then
+        // is moved if the length needs more.
+        let at = self.bytes.len();
+        self.reserve(128);
+        self.bytes.push(0);
+        codec::put_entry(&mut self.bytes, f);
+        let n = self.bytes.len() - at - 1;
+        if n < 0x80 {
+            self.bytes[at] = n as u8;
+        } else {
+            let mut prefix = Vec::with_capacity(3);
+            codec::put_varint(&mut prefix, n as u64);
+            self.bytes.splice(at..at + 1, prefix);
+        }
+        self.len += 1;
+    }
+
+    /// Grows by a quarter rather than doubling: histories are many and small, and
+    /// spare room is memory every user pays for.
+    fn reserve(&mut self, additional: usize) {
+        let (len, cap) = (self.bytes.len(), self.bytes.capacity());
+        if cap - len < additional {
+            let grow = additional.max(len / 4);
+            self.bytes.reserve_exact(grow);
+        }
+    }
+
+    /// Appends `other`'s entries (ids are the same in the whole process).
+    pub fn extend(&mut self, other: &History) {
+        self.reserve(other.encoded_len());
+        self.bytes.extend_from_slice(&other.bytes[other.head..]);
+        self.len += other.len;
+    }
+
+    /// Keeps the newest `max` entries.
+    pub fn keep_newest(&mut self, max: usize) {
+        while self.len > max {
+            let Some(body) = body_at(&self.bytes, self.head) else {
+                break;
+            };
+            self.head = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+            self.len -= 1;
+        }
+        // Dropped entries are reclaimed once they are a quarter of the buffer: moving
+        // the rest costs that much again, once per quarter.
+        if self.head > 0 && (self.head >= self.bytes.len() / 4 || self.len == 0) {
+            self.bytes.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    pub fn from_entries<'e>(entries: impl IntoIterator<Item = &'e HistoryEntry>) -> Self {
+        let mut h = History::default();
+        for e in entries {
+            h.push(e);
+        }
+        h
+    }
+
+    pub fn to_entries(&self) -> Vec<HistoryEntry> {
+        self.iter().map(|e| e.to_owned()).collect()
+    }
+
+    /// The entries' encoding: ids are this process's (see `from_encoded`).
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes[self.head..]
+    }
+
+    /// A history from `encoded` bytes, their ids looked up through `lookup` (`None`:
+    /// they are this process's own) and given this process's ids.
+    pub fn from_encoded(
+        encoded: &[u8],
+        lookup: Option<&dyn Fn(u32) -> Option<String>>,
+    ) -> Result<History, Malformed> {
+        let mut h = History::default();
+        let mut at = 0;
+        while at < encoded.len() {
+            let body = body_at(encoded, at).ok_or(Malformed(at))?;
+            let end = (body.as_ptr() as usize - encoded.as_ptr() as usize) + body.len();
+            match lookup {
+                None => {
+                    check_entry(body).map_err(|Malformed(p)| Malformed(at + p))?;
+                    h.bytes.extend_from_slice(&encoded[at..end]);
+                    h.len += 1;
+                }
+                Some(lookup) => {
+                    let mut out = Vec::new();
+                    let mut r = Reader::new(body);
+                    codec::translate_entry(&mut out, &mut r, lookup)?;
+                    h.push_encoded(&out);
+                }
+            }
+            at = end;
+        }
+        Ok(h)
+    }
+
+    fn push_encoded(&mut self, body: &[u8]) {
+        codec::put_varint(&mut self.bytes, body.len() as u64);
+        self.bytes.extend_from_slice(body);
+        self.len += 1;
+    }
+
+    /// The JSON array of the entries, as serde_json writes a `[HistoryEntry]`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        json::write_entries(out, self.iter());
+    }
+}
+
+/// An entry body read from outside: every reference resolves and it ends where it says.
+fn check_entry(body: &[u8]) -> Result<(), Malformed> {
+    let mut r = Reader::new(body);
+    codec::read_entry(&mut r);
+    match r.bad {
+        Some(at) => Err(Malformed(at)),
+        None if !r.at_end() => Err(Malformed(r.pos)),
+        None => Ok(()),
+    }
+}
+
+impl PartialEq for History {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for History {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for e in self.iter() {
+            seq.serialize_element(&e.to_owned())?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<HistoryEntry>::deserialize(d)?;
+        Ok(History::from_entries(&entries))
+    }
+}
+
+impl From<Vec<HistoryEntry>> for History {
+    fn from(entries: Vec<HistoryEntry>) -> Self {
+        History::from_entries(&entries)
+    }
+}
+
+#[cfg(test)]
+mod tests;
