@@ -1,5 +1,6 @@
-//! Criterion benchmarks of the hot path: decoding, the filter, the user-state operator
-//! (hits, misses, expiry), and the whole dataflow on an in-memory workload (the sample
+//! Criterion benchmarks of the hot path: decoding, the filter, the compact history
+//! (append, getters, webhook body), the user-state operator (hits, misses, expiry), and
+//! the whole dataflow on an in-memory workload (the sample
 //! events, repeated) at 1 and 2 workers.
 
 use std::io::Write;
@@ -108,6 +109,80 @@ fn filter(c: &mut Criterion) {
             });
         }
     }
+    g.finish();
+}
+
+/// The compact history: appending an event's entry (at the 100-entry cap), reading a
+/// field of every entry (what `history.filter(...)` does), and writing a webhook body;
+/// the body also written by serde_json from the wire model, as before the compact form.
+fn history(c: &mut Criterion) {
+    use event_trigger::actions::Payload;
+    use event_trigger::history::History;
+    use event_trigger::model::EnrichedEvent;
+
+    let events: Vec<_> = valid_lines()
+        .iter()
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
+        .collect();
+    let mut full = History::default();
+    for e in events.iter().cycle().take(100) {
+        full.push_event(e);
+    }
+    let mut g = c.benchmark_group("history");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("append at the cap", |b| {
+        let mut h = full.clone();
+        b.iter(|| {
+            for e in &events {
+                h.push_event(e);
+                h.keep_newest(100);
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("event_type of 100 entries", |b| {
+        b.iter(|| {
+            std::hint::black_box(
+                full.iter()
+                    .filter(|e| e.event_type == Some("page_view"))
+                    .count(),
+            )
+        })
+    });
+    let mut state = UserState::empty(0);
+    state.history = Arc::new(full.clone());
+    let enriched = EnrichedEvent::snapshot(events[0].clone(), &state, 1);
+    let entries = full.to_entries();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("webhook body, 100 entries", |b| {
+        b.iter(|| std::hint::black_box(Payload::new(&enriched, 1).to_json().unwrap()))
+    });
+    g.bench_function("webhook body, 100 entries, wire model (serde_json)", |b| {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            event: &'a event_trigger::model::UserEvent,
+            #[serde(rename = "userProfile")]
+            user_profile: &'a Profile,
+            #[serde(rename = "currentVisit")]
+            current_visit: Option<&'a event_trigger::model::Visit>,
+            #[serde(rename = "eventHistory")]
+            event_history: &'a [HistoryEntry],
+            #[serde(rename = "triggeredAt")]
+            triggered_at: u64,
+        }
+        let wire = Wire {
+            event: &enriched.event,
+            user_profile: &enriched.profile,
+            current_visit: enriched.visit.as_ref(),
+            event_history: &entries,
+            triggered_at: 1,
+        };
+        assert_eq!(
+            serde_json::to_vec(&wire).unwrap(),
+            Payload::new(&enriched, 1).to_json().unwrap()
+        );
+        b.iter(|| std::hint::black_box(serde_json::to_vec(&wire).unwrap()))
+    });
     g.finish();
 }
 
@@ -281,5 +356,5 @@ fn state(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, filter, state, dataflow);
+criterion_group!(benches, decode, filter, history, state, dataflow);
 criterion_main!(benches);
