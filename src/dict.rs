@@ -48,6 +48,7 @@ fn place(id: usize) -> (usize, usize) {
 }
 
 /// The string with id `id`, if there is one.
+#[inline]
 pub fn get(id: u32) -> Option<&'static str> {
     let (c, i) = place(id as usize);
     CHUNK.get(c)?.get()?.get(i)?.get().copied()

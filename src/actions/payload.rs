@@ -32,9 +32,9 @@ impl<'a> Payload<'a> {
     /// The body, byte for byte what serde_json writes for this struct; the history (most
     /// of it) written straight from its compact form.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        // Sized for the usual body up front: growing a ~10 KB buffer by doubling copied
-        // it several times per event.
-        let mut out = Vec::with_capacity(1024 + 2 * self.event_history.encoded_len());
+        // Sized for the usual body up front (entries' JSON is about three times their
+        // compact form): growing a ~30 KB buffer by doubling copied it several times.
+        let mut out = Vec::with_capacity(2048 + 4 * self.event_history.encoded_len());
         out.extend_from_slice(b"{\"event\":");
         serde_json::to_writer(&mut out, self.event)?;
         out.extend_from_slice(b",\"userProfile\":");

@@ -64,6 +64,24 @@ fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
     }
 }
 
+/// Writes an optional string: 0 for none, else its reference plus one.
+pub fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>, share: bool) {
+    match s {
+        None => out.push(0),
+        Some(s) => match share.then(|| dict::intern(s)).flatten() {
+            Some(id) => put_varint(out, ((u64::from(id) << 1) | 1) + 1),
+            None => {
+                put_varint(out, ((s.len() as u64) << 1) + 1);
+                out.extend_from_slice(s.as_bytes());
+            }
+        },
+    }
+}
+
+pub fn put_i64(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, zigzag(v));
+}
+
 /// A string as stored: by id, or inline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StrRef<'a> {
@@ -115,13 +133,22 @@ impl<'a> Reader<'a> {
     }
 
     pub fn varint(&mut self) -> u64 {
+        // Most are one byte (tags, ids under 64, short lengths).
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return u64::from(b);
+        }
         let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
+        let mut shift = 0;
+        while shift < 64 {
             let b = self.byte();
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return v;
             }
+            shift += 7;
         }
         self.fail();
         0
@@ -158,6 +185,38 @@ impl<'a> Reader<'a> {
     pub fn str_ref(&mut self) -> StrRef<'a> {
         let v = self.varint();
         self.str_from(v)
+    }
+
+    /// An optional string as `put_opt_str` writes it.
+    pub fn opt_str_ref(&mut self) -> Option<StrRef<'a>> {
+        match self.varint() {
+            0 => None,
+            v => Some(self.str_from(v - 1)),
+        }
+    }
+
+    pub fn i64(&mut self) -> i64 {
+        unzigzag(self.varint())
+    }
+
+    /// A string reference's bytes, resolved in this process's dictionary, not checked
+    /// as UTF-8 (for writing out what was checked when it was stored).
+    pub fn text_bytes(&mut self) -> &'a [u8] {
+        let v = self.varint();
+        self.text_bytes_from(v)
+    }
+
+    fn text_bytes_from(&mut self, v: u64) -> &'a [u8] {
+        if v & 1 == 1 {
+            return match dict::get((v >> 1) as u32) {
+                Some(s) => s.as_bytes(),
+                None => {
+                    self.fail();
+                    &[]
+                }
+            };
+        }
+        self.bytes((v >> 1) as usize)
     }
 
     /// A string reference resolved in this process's dictionary.
@@ -229,12 +288,24 @@ pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<'a, &'a [u8]> {
     if flags & HAS_TYPE != 0 {
         f.event_type = Some(r.str());
     }
+    // The parameters are last: the rest of the body, not walked here (reading an
+    // entry's other fields costs nothing for them).
     if flags & HAS_PARAMS != 0 {
-        let start = r.pos;
-        skip_value(r, 0);
-        f.parameters = Some(&r.buf[start..r.pos.min(r.buf.len())]);
+        f.parameters = Some(r.buf.get(r.pos..).unwrap_or_default());
+        r.pos = r.buf.len();
     }
     f
+}
+
+/// Checks tokens read from outside: one value, every id known here, nothing after it.
+pub fn check_value(tokens: &[u8]) -> Result<(), Malformed> {
+    let mut r = Reader::new(tokens);
+    skip_value(&mut r, 0);
+    match r.bad {
+        Some(at) => Err(Malformed(at)),
+        None if !r.at_end() => Err(Malformed(r.pos)),
+        None => Ok(()),
+    }
 }
 
 /// Writes `json` (one valid JSON value) as tokens, or whole when it is not compact text.
@@ -401,10 +472,14 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
         NULL => out.extend_from_slice(b"null"),
         FALSE => out.extend_from_slice(b"false"),
         TRUE => out.extend_from_slice(b"true"),
-        NUM | RAW => out.extend_from_slice(r.str().as_bytes()),
+        NUM | RAW => {
+            let text = r.text_bytes();
+            out.extend_from_slice(text);
+        }
         STR => {
+            let text = r.text_bytes();
             out.push(b'"');
-            out.extend_from_slice(r.str().as_bytes());
+            out.extend_from_slice(text);
             out.push(b'"');
         }
         OBJ if depth <= MAX_DEPTH => {
@@ -420,11 +495,8 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
                 }
                 first = false;
                 out.push(b'"');
-                let key = match r.str_from(k - 1) {
-                    StrRef::Inline(s) => s,
-                    StrRef::Id(id) => dict::get(id).unwrap_or(""),
-                };
-                out.extend_from_slice(key.as_bytes());
+                let key = r.text_bytes_from(k - 1);
+                out.extend_from_slice(key);
                 out.extend_from_slice(b"\":");
                 write_value(out, r, depth + 1);
             }

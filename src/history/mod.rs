@@ -288,12 +288,15 @@ impl History {
 /// An entry body read from outside: every reference resolves and it ends where it says.
 fn check_entry(body: &[u8]) -> Result<(), Malformed> {
     let mut r = Reader::new(body);
-    codec::read_entry(&mut r);
-    match r.bad {
-        Some(at) => Err(Malformed(at)),
-        None if !r.at_end() => Err(Malformed(r.pos)),
-        None => Ok(()),
+    let f = codec::read_entry(&mut r);
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
     }
+    let Some(params) = f.parameters else {
+        return Ok(());
+    };
+    let at = params.as_ptr() as usize - body.as_ptr() as usize;
+    codec::check_value(params).map_err(|Malformed(p)| Malformed(at + p))
 }
 
 impl PartialEq for History {

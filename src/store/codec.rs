@@ -1,77 +1,45 @@
-//! A user's state as checkpoint parts (v2) and RocksDB keep it: bincode of the profile,
-//! visit and times, with the history as its compact bytes (`History::encoded`), not as
-//! the list of its entries. The history's string ids are the writing process's: a part
-//! carries that process's dictionary, and reading maps its ids (`Ids`).
+//! A user's state as checkpoint parts (v2) and RocksDB keep it: one byte string with the
+//! profile, the visit, the times and the history's compact bytes (`History::encoded`).
+//! Strings from small vocabularies (country, city, language, browser, referrer ...) and
+//! the history's are dictionary ids of the writing process; ids of users and visits and
+//! IP addresses stay inline. A part carries its writer's dictionary, and reading maps its
+//! ids (`Ids`).
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 
 use crate::history::History;
-use crate::history::codec::Malformed;
-use crate::model::{Profile, Time, UserState, Visit};
+use crate::history::codec::{Malformed, Reader, StrRef, put_i64, put_opt_str, put_varint};
+use crate::model::{Profile, UserState, Visit};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("{0}")]
-    Bincode(#[from] bincode::Error),
-    #[error("{0}")]
-    History(#[from] Malformed),
-}
+/// The first byte of an encoded state.
+const VERSION: u8 = 1;
 
-/// Bytes, written by bincode as its length and the bytes (and read back in one piece,
-/// not byte by byte as a `Vec<u8>` would be).
-struct Blob<'a>(&'a [u8]);
+/// An encoded state as bincode reads it from a part: its length, then its bytes (read in
+/// one piece, not byte by byte as a `Vec<u8>` would be).
+pub struct Encoded(pub Vec<u8>);
 
-impl Serialize for Blob<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
-struct OwnedBlob(Vec<u8>);
-
-impl<'de> Deserialize<'de> for OwnedBlob {
+impl<'de> Deserialize<'de> for Encoded {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = OwnedBlob;
+            type Value = Encoded;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("bytes")
             }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<OwnedBlob, E> {
-                Ok(OwnedBlob(v.to_vec()))
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Encoded, E> {
+                Ok(Encoded(v.to_vec()))
             }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<OwnedBlob, E> {
-                Ok(OwnedBlob(v))
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Encoded, E> {
+                Ok(Encoded(v))
             }
         }
         d.deserialize_byte_buf(V)
     }
 }
 
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    profile: &'a Profile,
-    visit: Option<&'a Visit>,
-    history: Blob<'a>,
-    last_activity: Time,
-    ttl_mark: Time,
-    refetch_after: Option<Time>,
-}
-
-/// A state as read, its history not yet decoded.
-#[derive(Deserialize)]
-pub struct Stored {
-    profile: Profile,
-    visit: Option<Visit>,
-    history: OwnedBlob,
-    last_activity: Time,
-    ttl_mark: Time,
-    refetch_after: Option<Time>,
-}
-
-/// How the history ids of what is read map to this process's: the same (written here),
+/// How the string ids of what is read map to this process's: the same (written here),
 /// or through the writer's dictionary.
 #[derive(Clone, Debug, Default)]
 pub enum Ids {
@@ -95,52 +63,134 @@ impl Ids {
             Ids::Theirs(Arc::new(dict))
         }
     }
-}
 
-impl Stored {
-    pub fn into_state(self, ids: &Ids) -> Result<UserState, Malformed> {
-        let history = match ids {
-            Ids::Here => History::from_encoded(&self.history.0, None)?,
-            Ids::Theirs(dict) => {
-                let lookup = |id: u32| dict.get(id as usize).cloned();
-                History::from_encoded(&self.history.0, Some(&lookup))?
-            }
-        };
-        Ok(UserState {
-            profile: Arc::new(self.profile),
-            visit: self.visit.map(Arc::new),
-            history: Arc::new(history),
-            last_activity: self.last_activity,
-            ttl_mark: self.ttl_mark,
-            refetch_after: self.refetch_after,
-        })
+    fn text(&self, id: u32) -> Option<String> {
+        match self {
+            Ids::Here => crate::dict::get(id).map(str::to_string),
+            Ids::Theirs(dict) => dict.get(id as usize).cloned(),
+        }
     }
 }
 
 /// Appends `state`'s encoding to `out`.
-pub fn encode_into(out: &mut Vec<u8>, state: &UserState) -> Result<(), CodecError> {
-    let stored = StoredRef {
-        profile: &state.profile,
-        visit: state.visit.as_deref(),
-        history: Blob(state.history.encoded()),
-        last_activity: state.last_activity,
-        ttl_mark: state.ttl_mark,
-        refetch_after: state.refetch_after,
-    };
-    bincode::serialize_into(out, &stored)?;
-    Ok(())
+pub fn encode_into(out: &mut Vec<u8>, state: &UserState) {
+    out.push(VERSION);
+    let p = &*state.profile;
+    put_opt_str(out, p.user_id.as_deref(), false);
+    for s in [&p.country, &p.city, &p.language, &p.continent, &p.timezone] {
+        put_opt_str(out, s.as_deref(), true);
+    }
+    match state.visit.as_deref() {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put_opt_str(out, v.uuid.as_deref(), false);
+            put_i64(out, v.timestamp);
+            for s in [
+                &v.os,
+                &v.browser,
+                &v.device,
+                &v.landing_page,
+                &v.referrer_type,
+                &v.referrer_url,
+                &v.referrer_query,
+            ] {
+                put_opt_str(out, s.as_deref(), true);
+            }
+            put_i64(out, v.duration);
+            put_i64(out, v.actions);
+            out.push(u8::from(v.is_first_visit));
+            put_opt_str(out, v.screen.as_deref(), true);
+            put_opt_str(out, v.ip.as_deref(), false);
+        }
+    }
+    put_varint(out, state.last_activity);
+    put_varint(out, state.ttl_mark);
+    put_varint(out, state.refetch_after.map_or(0, |t| t + 1));
+    let history = state.history.encoded();
+    put_varint(out, history.len() as u64);
+    out.extend_from_slice(history);
 }
 
-pub fn encode(state: &UserState) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(256 + state.history.encoded_len());
-    encode_into(&mut out, state)?;
-    Ok(out)
+pub fn encode(state: &UserState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + state.history.encoded_len());
+    encode_into(&mut out, state);
+    out
+}
+
+fn text(r: &mut Reader<'_>, ids: &Ids) -> Result<Option<String>, Malformed> {
+    Ok(match r.opt_str_ref() {
+        None => None,
+        Some(StrRef::Inline(s)) => Some(s.to_string()),
+        Some(StrRef::Id(id)) => Some(ids.text(id).ok_or(Malformed(r.pos))?),
+    })
+}
+
+fn visit(r: &mut Reader<'_>, ids: &Ids) -> Result<Visit, Malformed> {
+    Ok(Visit {
+        uuid: text(r, ids)?,
+        timestamp: r.i64(),
+        os: text(r, ids)?,
+        browser: text(r, ids)?,
+        device: text(r, ids)?,
+        landing_page: text(r, ids)?,
+        referrer_type: text(r, ids)?,
+        referrer_url: text(r, ids)?,
+        referrer_query: text(r, ids)?,
+        duration: r.i64(),
+        actions: r.i64(),
+        is_first_visit: r.byte() != 0,
+        screen: text(r, ids)?,
+        ip: text(r, ids)?,
+    })
+}
+
+/// A state from its encoding, its string ids mapped through `ids`.
+pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
+    let mut r = Reader::new(bytes);
+    if r.byte() != VERSION {
+        return Err(Malformed(0));
+    }
+    let profile = Profile {
+        user_id: text(&mut r, ids)?,
+        country: text(&mut r, ids)?,
+        city: text(&mut r, ids)?,
+        language: text(&mut r, ids)?,
+        continent: text(&mut r, ids)?,
+        timezone: text(&mut r, ids)?,
+    };
+    let visit = match r.byte() {
+        0 => None,
+        _ => Some(Arc::new(visit(&mut r, ids)?)),
+    };
+    let last_activity = r.varint();
+    let ttl_mark = r.varint();
+    let refetch_after = r.varint().checked_sub(1);
+    let n = r.varint() as usize;
+    let encoded = r.bytes(n);
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
+    }
+    if !r.at_end() {
+        return Err(Malformed(r.pos));
+    }
+    let history = match ids {
+        Ids::Here => History::from_encoded(encoded, None)?,
+        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
+    };
+    Ok(UserState {
+        profile: Arc::new(profile),
+        visit,
+        history: Arc::new(history),
+        last_activity,
+        ttl_mark,
+        refetch_after,
+    })
 }
 
 /// A state encoded by this process (RocksDB's values).
-pub fn decode(bytes: &[u8]) -> Result<UserState, CodecError> {
-    let stored: Stored = bincode::deserialize(bytes)?;
-    Ok(stored.into_state(&Ids::Here)?)
+pub fn decode(bytes: &[u8]) -> Result<UserState, Malformed> {
+    decode_with(bytes, &Ids::Here)
 }
 
 #[cfg(test)]
@@ -156,7 +206,12 @@ mod tests {
                     ..Default::default()
                 },
                 visit: Some(Visit {
+                    uuid: Some("0123456789abcdef".into()),
+                    timestamp: -4,
+                    os: Some("Linux".into()),
                     actions: 3,
+                    is_first_visit: true,
+                    ip: Some("192.0.2.1".into()),
                     ..Default::default()
                 }),
                 history: vec![HistoryEntry {
@@ -176,20 +231,25 @@ mod tests {
     #[test]
     fn a_state_comes_back_here_and_in_another_process() {
         let s = state();
-        let bytes = encode(&s).unwrap();
+        let bytes = encode(&s);
         assert_eq!(decode(&bytes).unwrap(), s);
         let theirs: Vec<String> = crate::dict::prefix(crate::dict::len())
             .map(str::to_string)
             .collect();
-        let stored: Stored = bincode::deserialize(&bytes).unwrap();
         let mapped = Ids::Theirs(Arc::new(theirs));
-        assert_eq!(stored.into_state(&mapped).unwrap(), s);
-        assert!(decode(&bytes[..bytes.len() - 2]).is_err());
+        assert_eq!(decode_with(&bytes, &mapped).unwrap(), s);
+        for cut in 1..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+        assert!(decode_with(&bytes, &Ids::Theirs(Arc::new(Vec::new()))).is_err());
     }
 
     #[test]
     fn a_dictionary_written_here_maps_to_the_same_ids() {
-        let _ = encode(&state()).unwrap();
+        let _ = encode(&state());
         let ours: Vec<String> = crate::dict::prefix(crate::dict::len())
             .map(str::to_string)
             .collect();

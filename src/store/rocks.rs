@@ -200,10 +200,7 @@ impl RocksStore {
                 continue;
             };
             if slot.dirty {
-                match super::codec::encode(&slot.state) {
-                    Ok(bytes) => batch.put(user.as_bytes(), bytes),
-                    Err(e) => self.log_error("state not encodable, dropped", &user, e),
-                }
+                batch.put(user.as_bytes(), super::codec::encode(&slot.state));
             }
         }
         if let Err(e) = self.db.write_opt(batch, &self.write) {
@@ -215,9 +212,7 @@ impl RocksStore {
     fn write_dirty(&mut self) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
         for (user, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
-            let bytes = super::codec::encode(&slot.state)
-                .map_err(|e| StateError::Snapshot(format!("user {user}: {e}")))?;
-            batch.put(user.as_bytes(), bytes);
+            batch.put(user.as_bytes(), super::codec::encode(&slot.state));
             slot.dirty = false;
         }
         self.db
