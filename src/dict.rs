@@ -104,6 +104,11 @@ fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
     Some((id as u32, text))
 }
 
+/// The dictionary's copy of `s` (taking one if there is room): `None`, keep your own.
+pub fn shared(s: &str) -> Option<&'static str> {
+    intern(s).and_then(get)
+}
+
 /// The strings with ids `[0, n)`, in id order (for a checkpoint's dictionary).
 pub fn prefix(n: usize) -> impl Iterator<Item = &'static str> {
     (0..n as u32).map_while(get)

@@ -104,36 +104,106 @@ impl<'de> Deserialize<'de> for RawJson {
     }
 }
 
+/// A string of a profile or visit: the dictionary's copy when it is one of a small
+/// vocabulary (countries, cities, browsers ...: `Str::shared`), else its own. Reads,
+/// compares and serializes as the string.
+#[derive(Clone)]
+pub enum Str {
+    Shared(&'static str),
+    Owned(Box<str>),
+}
+
+impl Str {
+    /// The dictionary's copy of `s`, or an owned one when the dictionary is full.
+    pub fn shared(s: &str) -> Str {
+        crate::dict::shared(s).map_or_else(|| Str::Owned(s.into()), Str::Shared)
+    }
+}
+
+impl std::ops::Deref for Str {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Str::Shared(s) => s,
+            Str::Owned(s) => s,
+        }
+    }
+}
+
+impl AsRef<str> for Str {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Str {
+        Str::Owned(s.into())
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Str {
+        Str::Owned(s.into())
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Str {}
+
+impl std::fmt::Debug for Str {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for Str {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Str {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Str::from)
+    }
+}
+
 /// `GET /users/{id}/profile`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Profile {
-    pub user_id: Option<String>,
-    pub country: Option<String>,
-    pub city: Option<String>,
-    pub language: Option<String>,
-    pub continent: Option<String>,
-    pub timezone: Option<String>,
+    pub user_id: Option<Str>,
+    pub country: Option<Str>,
+    pub city: Option<Str>,
+    pub language: Option<Str>,
+    pub continent: Option<Str>,
+    pub timezone: Option<Str>,
 }
 
 /// `GET /users/{id}/visit`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Visit {
-    pub uuid: Option<String>,
+    pub uuid: Option<Str>,
     pub timestamp: i64,
-    pub os: Option<String>,
-    pub browser: Option<String>,
-    pub device: Option<String>,
-    pub landing_page: Option<String>,
-    pub referrer_type: Option<String>,
-    pub referrer_url: Option<String>,
-    pub referrer_query: Option<String>,
+    pub os: Option<Str>,
+    pub browser: Option<Str>,
+    pub device: Option<Str>,
+    pub landing_page: Option<Str>,
+    pub referrer_type: Option<Str>,
+    pub referrer_url: Option<Str>,
+    pub referrer_query: Option<Str>,
     pub duration: i64,
     pub actions: i64,
     pub is_first_visit: bool,
-    pub screen: Option<String>,
-    pub ip: Option<String>,
+    pub screen: Option<Str>,
+    pub ip: Option<Str>,
 }
 
 /// One entry of `GET /users/{id}/history`, and what every event appends to it.
@@ -269,6 +339,23 @@ mod tests {
             event_type: "click".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn shared_strings_are_the_dictionarys_and_compare_as_strings() {
+        let a = Str::shared("model-test-country");
+        let b = Str::shared("model-test-country");
+        let (Str::Shared(x), Str::Shared(y)) = (&a, &b) else {
+            panic!("not shared: {a:?} {b:?}");
+        };
+        assert!(std::ptr::eq(*x, *y));
+        assert_eq!(a, Str::from("model-test-country"));
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#""model-test-country""#
+        );
+        let long = "x".repeat(crate::dict::MAX_LEN + 1);
+        assert!(matches!(Str::shared(&long), Str::Owned(_)));
     }
 
     #[test]

@@ -604,8 +604,8 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
     let known = known.unwrap();
     assert_eq!(known.profile.user_id.as_deref(), Some("a/b"));
     assert_eq!(
-        known.profile.country,
-        w.users["a/b"].0["country"].as_str().map(String::from)
+        known.profile.country.as_deref(),
+        w.users["a/b"].0["country"].as_str()
     );
     assert!(matches!(
         unknown,

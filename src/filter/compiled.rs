@@ -417,8 +417,8 @@ mod tests {
     fn state(r: &mut Rng) -> UserState {
         let visit = (r.next(3) != 0).then(|| Visit {
             actions: r.next(4) as i64,
-            os: opt_str(r),
-            landing_page: opt_str(r),
+            os: opt_str(r).map(Into::into),
+            landing_page: opt_str(r).map(Into::into),
             is_first_visit: r.next(2) == 0,
             ..Default::default()
         });
@@ -429,8 +429,8 @@ mod tests {
             })
             .collect();
         let profile = Profile {
-            country: opt_str(r),
-            city: opt_str(r),
+            country: opt_str(r).map(Into::into),
+            city: opt_str(r).map(Into::into),
             ..Default::default()
         };
         user_state(profile, visit, history)

@@ -435,7 +435,7 @@ mod tests {
             .map(|(i, t)| fixtures::history_entry(i, Some(format!("h{i}")), Some(*t)))
             .collect();
         let profile = Profile {
-            country: country.map(String::from),
+            country: country.map(Into::into),
             ..Default::default()
         };
         let visit = Visit {

@@ -78,7 +78,7 @@ fn sample_event() -> UserEvent {
 
 /// A user the Profile API knows, with a visit and an earlier event.
 fn known_user(event: &UserEvent) -> UserState {
-    let some = |s: &str| Some(s.to_string());
+    let some = |s: &str| Some(s.into());
     UserState::from_profile(
         ProfileData {
             profile: Profile {

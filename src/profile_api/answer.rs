@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::coerce::{self, CoerceError};
 use crate::log_limit::LogLimiter;
-use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
+use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
 
 /// A JSON object as its members' raw values; of a repeated key the last one counts, as
 /// in Jackson.
@@ -148,8 +148,14 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn text(&mut self, name: &str) -> Option<String> {
-        self.read(name, |r| Ok(coerce::text(r)?.map(Into::into)))
+    /// A string of its own (ids, addresses).
+    fn text(&mut self, name: &str) -> Option<Str> {
+        self.read(name, |r| Ok(coerce::text(r)?.map(|s| Str::from(&*s))))
+    }
+
+    /// A string from a small vocabulary, shared (`Str::shared`).
+    fn word(&mut self, name: &str) -> Option<Str> {
+        self.read(name, |r| Ok(coerce::text(r)?.map(|s| Str::shared(&s))))
     }
 
     fn long(&mut self, name: &str) -> i64 {
@@ -164,11 +170,11 @@ impl<'a> Fields<'a> {
 fn profile(f: &mut Fields<'_>) -> Profile {
     Profile {
         user_id: f.text("user_id"),
-        country: f.text("country"),
-        city: f.text("city"),
-        language: f.text("language"),
-        continent: f.text("continent"),
-        timezone: f.text("timezone"),
+        country: f.word("country"),
+        city: f.word("city"),
+        language: f.word("language"),
+        continent: f.word("continent"),
+        timezone: f.word("timezone"),
     }
 }
 
@@ -176,17 +182,17 @@ fn visit(f: &mut Fields<'_>) -> Visit {
     Visit {
         uuid: f.text("uuid"),
         timestamp: f.long("timestamp"),
-        os: f.text("os"),
-        browser: f.text("browser"),
-        device: f.text("device"),
-        landing_page: f.text("landing_page"),
-        referrer_type: f.text("referrer_type"),
-        referrer_url: f.text("referrer_url"),
-        referrer_query: f.text("referrer_query"),
+        os: f.word("os"),
+        browser: f.word("browser"),
+        device: f.word("device"),
+        landing_page: f.word("landing_page"),
+        referrer_type: f.word("referrer_type"),
+        referrer_url: f.word("referrer_url"),
+        referrer_query: f.word("referrer_query"),
         duration: f.long("duration"),
         actions: f.long("actions"),
         is_first_visit: f.boolean("is_first_visit"),
-        screen: f.text("screen"),
+        screen: f.word("screen"),
         ip: f.text("ip"),
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::history::History;
 use crate::history::codec::{Malformed, Reader, StrRef, put_i64, put_opt_str, put_varint};
-use crate::model::{Profile, UserState, Visit};
+use crate::model::{Profile, Str, UserState, Visit};
 
 /// The first byte of an encoded state.
 const VERSION: u8 = 1;
@@ -118,11 +118,24 @@ pub fn encode(state: &UserState) -> Vec<u8> {
     out
 }
 
-fn text(r: &mut Reader<'_>, ids: &Ids) -> Result<Option<String>, Malformed> {
+/// A string of its own.
+fn text(r: &mut Reader<'_>, ids: &Ids) -> Result<Option<Str>, Malformed> {
     Ok(match r.opt_str_ref() {
         None => None,
-        Some(StrRef::Inline(s)) => Some(s.to_string()),
-        Some(StrRef::Id(id)) => Some(ids.text(id).ok_or(Malformed(r.pos))?),
+        Some(StrRef::Inline(s)) => Some(s.into()),
+        Some(StrRef::Id(id)) => Some(ids.text(id).ok_or(Malformed(r.pos))?.into()),
+    })
+}
+
+/// A string of a small vocabulary, shared (`Str::shared`).
+fn word(r: &mut Reader<'_>, ids: &Ids) -> Result<Option<Str>, Malformed> {
+    Ok(match r.opt_str_ref() {
+        None => None,
+        Some(StrRef::Inline(s)) => Some(Str::shared(s)),
+        Some(StrRef::Id(id)) => match (ids, crate::dict::get(id)) {
+            (Ids::Here, Some(s)) => Some(Str::Shared(s)),
+            _ => Some(Str::shared(&ids.text(id).ok_or(Malformed(r.pos))?)),
+        },
     })
 }
 
@@ -130,17 +143,17 @@ fn visit(r: &mut Reader<'_>, ids: &Ids) -> Result<Visit, Malformed> {
     Ok(Visit {
         uuid: text(r, ids)?,
         timestamp: r.i64(),
-        os: text(r, ids)?,
-        browser: text(r, ids)?,
-        device: text(r, ids)?,
-        landing_page: text(r, ids)?,
-        referrer_type: text(r, ids)?,
-        referrer_url: text(r, ids)?,
-        referrer_query: text(r, ids)?,
+        os: word(r, ids)?,
+        browser: word(r, ids)?,
+        device: word(r, ids)?,
+        landing_page: word(r, ids)?,
+        referrer_type: word(r, ids)?,
+        referrer_url: word(r, ids)?,
+        referrer_query: word(r, ids)?,
         duration: r.i64(),
         actions: r.i64(),
         is_first_visit: r.byte() != 0,
-        screen: text(r, ids)?,
+        screen: word(r, ids)?,
         ip: text(r, ids)?,
     })
 }
@@ -153,11 +166,11 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     }
     let profile = Profile {
         user_id: text(&mut r, ids)?,
-        country: text(&mut r, ids)?,
-        city: text(&mut r, ids)?,
-        language: text(&mut r, ids)?,
-        continent: text(&mut r, ids)?,
-        timezone: text(&mut r, ids)?,
+        country: word(&mut r, ids)?,
+        city: word(&mut r, ids)?,
+        language: word(&mut r, ids)?,
+        continent: word(&mut r, ids)?,
+        timezone: word(&mut r, ids)?,
     };
     let visit = match r.byte() {
         0 => None,
