@@ -94,6 +94,9 @@ pub struct Lifecycle {
     stop: StopFlag,
     here: Rc<Cell<bool>>,
     everywhere: Rc<Cell<usize>>,
+    /// The latest time a source said it read all: the same on every worker once all
+    /// have said so, so that all agree on the final epoch.
+    last_done: Rc<Cell<Time>>,
     ending: Ending,
     failed: Rc<Cell<bool>>,
 }
@@ -105,6 +108,7 @@ impl Lifecycle {
             stop,
             here: Rc::default(),
             everywhere: Rc::default(),
+            last_done: Rc::default(),
             ending: Ending::default(),
             failed: Rc::default(),
         }
@@ -124,14 +128,16 @@ impl Lifecycle {
         self.here.get()
     }
 
-    /// Another worker's source (or this one's) said it read all.
-    pub fn source_done_somewhere(&self) {
+    /// Another worker's source (or this one's) said it read all, at `at`.
+    pub fn source_done_somewhere(&self, at: Time) {
         self.everywhere.set(self.everywhere.get() + 1);
+        self.last_done.set(self.last_done.get().max(at));
     }
 
-    /// Every one of `peers` sources has read all.
-    pub fn read_all_everywhere(&self, peers: usize) -> bool {
-        self.everywhere.get() >= peers
+    /// Once every one of `peers` sources has read all: the time the last one did, the
+    /// same on every worker (of every process).
+    pub fn read_all_everywhere(&self, peers: usize) -> Option<Time> {
+        (self.everywhere.get() >= peers).then(|| self.last_done.get())
     }
 
     /// The source's clock goes to its final epoch.
@@ -177,9 +183,15 @@ mod tests {
         let ending = life.ending();
         assert_eq!(life.stop_requested(), None);
         life.set_read_all_here();
-        life.source_done_somewhere();
-        assert!(life.read_all_here() && life.read_all_everywhere(1));
-        assert!(!life.read_all_everywhere(2));
+        life.source_done_somewhere(7);
+        assert!(life.read_all_here() && life.read_all_everywhere(1) == Some(7));
+        assert_eq!(life.read_all_everywhere(2), None);
+        life.source_done_somewhere(5);
+        assert_eq!(
+            life.read_all_everywhere(2),
+            Some(7),
+            "the latest, whatever the order"
+        );
         assert!(!ending.get());
         life.begin_ending();
         assert!(ending.get());

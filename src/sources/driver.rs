@@ -118,7 +118,7 @@ impl Driver {
             self.ending = self
                 .life
                 .stop_requested()
-                .or_else(|| self.life.read_all_everywhere(self.peers).then(now_ms));
+                .or_else(|| self.life.read_all_everywhere(self.peers));
             if self.ending.is_some() {
                 self.life.begin_ending();
             }
@@ -211,7 +211,7 @@ pub fn drive<'s>(
     })
 }
 
-/// Tells every worker once this worker's source has read all (see `Lifecycle`): a
+/// Tells every worker once this worker's source has read all, and when (see `Lifecycle`): a
 /// source that is done waits for the others (its clock still moving, its checkpoint
 /// duties still done) so that all of them end at one final checkpoint.
 pub fn finished_beacon(scope: Scope<'_, Time>, life: Lifecycle) {
@@ -224,16 +224,16 @@ pub fn finished_beacon(scope: Scope<'_, Time>, life: Lifecycle) {
         move |output| {
             if here.read_all_here() {
                 if let Some(c) = cap.take() {
-                    output.session(&c).give(());
+                    output.session(&c).give(now_ms());
                 }
             } else {
                 activator.activate_after(IDLE_POLL);
             }
         }
     })
-    .container::<Vec<()>>()
+    .container::<Vec<Time>>()
     .broadcast()
-    .inspect(move |_| life.source_done_somewhere());
+    .inspect(move |at| life.source_done_somewhere(*at));
 }
 
 #[cfg(test)]
