@@ -199,26 +199,6 @@ impl<'a> Reader<'a> {
         unzigzag(self.varint())
     }
 
-    /// A string reference's bytes, resolved in this process's dictionary, not checked
-    /// as UTF-8 (for writing out what was checked when it was stored).
-    pub fn text_bytes(&mut self) -> &'a [u8] {
-        let v = self.varint();
-        self.text_bytes_from(v)
-    }
-
-    fn text_bytes_from(&mut self, v: u64) -> &'a [u8] {
-        if v & 1 == 1 {
-            return match dict::get((v >> 1) as u32) {
-                Some(s) => s.as_bytes(),
-                None => {
-                    self.fail();
-                    &[]
-                }
-            };
-        }
-        self.bytes((v >> 1) as usize)
-    }
-
     /// A string reference resolved in this process's dictionary.
     pub fn str(&mut self) -> &'a str {
         match self.str_ref() {
@@ -462,27 +442,49 @@ fn skip_value(r: &mut Reader<'_>, depth: usize) {
     }
 }
 
-/// Appends the JSON text of the value at the start of `tokens`.
+/// Appends the JSON text of the value at the start of `tokens` (tokens this process
+/// wrote or checked: ids are its dictionary's).
 pub fn write_json(out: &mut Vec<u8>, tokens: &[u8]) {
-    write_value(out, &mut Reader::new(tokens), 0);
+    let here = |id: u32| dict::get(id).map(str::as_bytes);
+    // Checked when stored: nothing to report.
+    let _ = write_value(out, &mut Reader::new(tokens), &here, 0);
 }
 
-fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
+/// Appends the JSON text of one value, the text of string ids from `text` (this
+/// process's dictionary, or another's when translating a checkpoint).
+fn write_value<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    text: &F,
+    depth: usize,
+) -> Result<(), Malformed> {
+    let piece = |r: &mut Reader<'_>, v: u64, out: &mut Vec<u8>| -> Result<(), Malformed> {
+        if v & 1 == 1 {
+            let t = text((v >> 1) as u32).ok_or(Malformed(r.pos))?;
+            out.extend_from_slice(t.as_ref());
+        } else {
+            out.extend_from_slice(r.bytes((v >> 1) as usize));
+        }
+        Ok(())
+    };
+    if depth > MAX_DEPTH {
+        return Err(Malformed(r.pos));
+    }
     match r.byte() {
         NULL => out.extend_from_slice(b"null"),
         FALSE => out.extend_from_slice(b"false"),
         TRUE => out.extend_from_slice(b"true"),
         NUM | RAW => {
-            let text = r.text_bytes();
-            out.extend_from_slice(text);
+            let v = r.varint();
+            piece(r, v, out)?;
         }
         STR => {
-            let text = r.text_bytes();
+            let v = r.varint();
             out.push(b'"');
-            out.extend_from_slice(text);
+            piece(r, v, out)?;
             out.push(b'"');
         }
-        OBJ if depth <= MAX_DEPTH => {
+        OBJ => {
             out.push(b'{');
             let mut first = true;
             loop {
@@ -495,14 +497,13 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
                 }
                 first = false;
                 out.push(b'"');
-                let key = r.text_bytes_from(k - 1);
-                out.extend_from_slice(key);
+                piece(r, k - 1, out)?;
                 out.extend_from_slice(b"\":");
-                write_value(out, r, depth + 1);
+                write_value(out, r, text, depth + 1)?;
             }
             out.push(b'}');
         }
-        ARR if depth <= MAX_DEPTH => {
+        ARR => {
             out.push(b'[');
             let mut first = true;
             while r.peek() != Some(END) && r.bad.is_none() {
@@ -510,15 +511,16 @@ fn write_value(out: &mut Vec<u8>, r: &mut Reader<'_>, depth: usize) {
                     out.push(b',');
                 }
                 first = false;
-                write_value(out, r, depth + 1);
+                write_value(out, r, text, depth + 1)?;
             }
             r.byte();
             out.push(b']');
         }
-        _ => {
-            r.fail();
-            out.extend_from_slice(b"null");
-        }
+        _ => return Err(Malformed(r.pos)),
+    }
+    match r.bad {
+        Some(at) => Err(Malformed(at)),
+        None => Ok(()),
     }
 }
 
@@ -546,7 +548,7 @@ pub fn translate_entry(
         let start = r.pos;
         let sub = &r.buf[start..];
         let mut inner = Reader::new(sub);
-        translate_value(&mut json, &mut inner, lookup, 0)?;
+        write_value(&mut json, &mut inner, lookup, 0)?;
         r.pos = start + inner.pos;
     }
     if let Some(at) = r.bad {
@@ -565,76 +567,6 @@ pub fn translate_entry(
         },
     );
     Ok(())
-}
-
-/// The JSON text of a value whose ids are another dictionary's.
-fn translate_value(
-    out: &mut Vec<u8>,
-    r: &mut Reader<'_>,
-    lookup: &dyn Fn(u32) -> Option<String>,
-    depth: usize,
-) -> Result<(), Malformed> {
-    let text = |r: &mut Reader<'_>, v: u64| -> Result<String, Malformed> {
-        match r.str_from(v) {
-            StrRef::Inline(s) => Ok(s.to_string()),
-            StrRef::Id(id) => lookup(id).ok_or(Malformed(r.pos)),
-        }
-    };
-    if depth > MAX_DEPTH {
-        return Err(Malformed(r.pos));
-    }
-    match r.byte() {
-        NULL => out.extend_from_slice(b"null"),
-        FALSE => out.extend_from_slice(b"false"),
-        TRUE => out.extend_from_slice(b"true"),
-        NUM | RAW => {
-            let v = r.varint();
-            out.extend_from_slice(text(r, v)?.as_bytes());
-        }
-        STR => {
-            let v = r.varint();
-            out.push(b'"');
-            out.extend_from_slice(text(r, v)?.as_bytes());
-            out.push(b'"');
-        }
-        OBJ => {
-            out.push(b'{');
-            let mut first = true;
-            loop {
-                let k = r.varint();
-                if k == 0 || r.bad.is_some() {
-                    break;
-                }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.push(b'"');
-                out.extend_from_slice(text(r, k - 1)?.as_bytes());
-                out.extend_from_slice(b"\":");
-                translate_value(out, r, lookup, depth + 1)?;
-            }
-            out.push(b'}');
-        }
-        ARR => {
-            out.push(b'[');
-            let mut first = true;
-            while r.peek() != Some(END) && r.bad.is_none() {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                translate_value(out, r, lookup, depth + 1)?;
-            }
-            r.byte();
-            out.push(b']');
-        }
-        _ => return Err(Malformed(r.pos)),
-    }
-    match r.bad {
-        Some(at) => Err(Malformed(at)),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
