@@ -33,15 +33,4 @@ impl Interner {
         }
         t
     }
-
-    /// The shared copy of `t` if there is one (or `t` becomes it).
-    pub fn share(&mut self, t: &Text) -> Text {
-        if let Some(shared) = self.0.get(&**t) {
-            return shared.clone();
-        }
-        if self.0.len() < Self::MAX {
-            self.0.insert(t.clone());
-        }
-        t.clone()
-    }
 }

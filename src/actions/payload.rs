@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use crate::history::{History, write_i64};
+use crate::history::{History, write_u64};
 use crate::model::{EnrichedEvent, Profile, UserEvent, Visit};
 
 /// The webhook body of the Flink job: `{"event", "userProfile", "currentVisit",
@@ -44,7 +44,7 @@ impl<'a> Payload<'a> {
         out.extend_from_slice(b",\"eventHistory\":");
         self.event_history.write_json(&mut out);
         out.extend_from_slice(b",\"triggeredAt\":");
-        write_i64(&mut out, self.triggered_at as i64);
+        write_u64(&mut out, self.triggered_at);
         out.push(b'}');
         Ok(out)
     }

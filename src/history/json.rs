@@ -25,9 +25,16 @@ fn write_opt(out: &mut Vec<u8>, s: Option<&str>) {
 
 /// Appends `n` in decimal.
 pub fn write_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_u64(out, n.unsigned_abs());
+}
+
+/// Appends `v` in decimal.
+pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    let mut v = n.unsigned_abs();
     loop {
         i -= 1;
         buf[i] = b'0' + (v % 10) as u8;
@@ -35,9 +42,6 @@ pub fn write_i64(out: &mut Vec<u8>, n: i64) {
         if v == 0 {
             break;
         }
-    }
-    if n < 0 {
-        out.push(b'-');
     }
     out.extend_from_slice(&buf[i..]);
 }
@@ -88,5 +92,8 @@ mod tests {
             write_i64(&mut out, n);
             assert_eq!(out, serde_json::to_vec(&n).unwrap());
         }
+        let mut out = Vec::new();
+        write_u64(&mut out, u64::MAX);
+        assert_eq!(out, serde_json::to_vec(&u64::MAX).unwrap());
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::model::{HistoryEntry, RawJson, UserEvent};
 use codec::{Fields, Malformed, Reader};
 
-pub use json::{write_i64, write_str};
+pub use json::{write_i64, write_str, write_u64};
 
 /// The entries of one user's history, oldest first.
 #[derive(Clone, Default)]
