@@ -104,6 +104,15 @@ fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
     Some((id as u32, text))
 }
 
+/// The id of `s` if the dictionary has it (without adding it).
+pub fn id_of(s: &str) -> Option<u32> {
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
+        return Some(id);
+    }
+    let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    guard.as_ref()?.ids.get(s).copied()
+}
+
 /// The dictionary's copy of `s` (taking one if there is room): `None`, keep your own.
 pub fn shared(s: &str) -> Option<&'static str> {
     intern(s).and_then(get)

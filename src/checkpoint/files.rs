@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::model::{PendingUser, SavedUser, Text, UserState};
-use crate::store::codec::{self, Encoded, Ids};
+use crate::store::codec::{self, Encoded, Ids, Words};
 
 const MAGIC: &[u8; 8] = b"ETSTATE2";
 const MAGIC_V1: &[u8; 8] = b"ETSTATE1";
@@ -173,6 +173,8 @@ struct Encoder<'a> {
     // bincode's many small writes through the hasher were most of the cost.
     buf: Vec<u8>,
     users: u64,
+    /// How many strings the part's dictionary holds: the ids records may use.
+    words: usize,
 }
 
 impl Encoder<'_> {
@@ -182,7 +184,7 @@ impl Encoder<'_> {
         // The state's length goes before it (as bincode writes bytes): filled in after.
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 8]);
-        codec::encode_into(&mut self.buf, state);
+        codec::encode_into(&mut self.buf, state, Words::Below(self.words));
         let n = (self.buf.len() - at - 8) as u64;
         self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
         self.done_one()
@@ -227,9 +229,10 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
             },
             buf: Vec::with_capacity(64 * 1024),
             users: 0,
+            words: 0,
         };
         e.out.write_all(MAGIC)?;
-        write_dictionary(&mut e.buf);
+        e.words = write_dictionary(&mut e.buf);
         if let Some(base) = records.base {
             base(&mut |user, state| e.encoded(user, state))?;
         }
@@ -252,13 +255,15 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
 
 /// The dictionary as it is now: every id the records use was given before their
 /// snapshot was taken, so before this writer started.
-fn write_dictionary(out: &mut Vec<u8>) {
+/// Returns how many strings it wrote.
+fn write_dictionary(out: &mut Vec<u8>) -> usize {
     let n = crate::dict::len();
     out.extend_from_slice(&(n as u64).to_le_bytes());
     for s in crate::dict::prefix(n) {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
+    n
 }
 
 /// Reads a part's dictionary.
@@ -583,6 +588,36 @@ mod tests {
         let mut back = read_part(&again).unwrap();
         back.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(back, users);
+    }
+
+    /// What another process reads: every id a part's records use must be in the part's
+    /// own dictionary. Strings a state holds as its own (restored from a v1 part, or
+    /// from another process) were interned only as the writer encoded them, after the
+    /// dictionary was written: the part was unreadable in a new process.
+    #[test]
+    fn a_part_decodes_with_its_own_dictionary_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-0.bin");
+        let mut data = ProfileData::default();
+        data.profile.country = Some("files-test-country-never-seen".into());
+        data.profile.city = Some(crate::model::Str::shared("files-test-city-shared"));
+        data.history.push(HistoryEntry {
+            event_id: Some("e".into()),
+            event_name: Some("files-test-name".into()),
+            event_type: None,
+            timestamp: 1,
+            parameters: None,
+        });
+        let state = UserState::from_profile(data, 5);
+        write_states(&path, vec![("u".into(), state.clone())]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = &bytes[MAGIC.len()..bytes.len() - TRAILER];
+        let dict = read_dictionary(&mut r).unwrap();
+        assert_eq!(r[0], STATE);
+        let (user, encoded): (Text, Encoded) = bincode::deserialize(&r[1..]).unwrap();
+        let theirs = Ids::Theirs(std::sync::Arc::new(dict));
+        assert_eq!(&*user, "u");
+        assert_eq!(codec::decode_with(&encoded.0, &theirs).unwrap(), state);
     }
 
     #[test]

@@ -64,11 +64,12 @@ fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
     }
 }
 
-/// Writes an optional string: 0 for none, else its reference plus one.
-pub fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>, share: bool) {
+/// Writes an optional string: 0 for none, else its reference plus one; by the id `id`
+/// gives it, if any.
+pub fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>, id: impl Fn(&str) -> Option<u32>) {
     match s {
         None => out.push(0),
-        Some(s) => match share.then(|| dict::intern(s)).flatten() {
+        Some(s) => match id(s) {
             Some(id) => put_varint(out, ((u64::from(id) << 1) | 1) + 1),
             None => {
                 put_varint(out, ((s.len() as u64) << 1) + 1);

@@ -72,19 +72,43 @@ impl Ids {
     }
 }
 
+/// Which dictionary ids an encoding may use for profile and visit strings.
+#[derive(Clone, Copy, Debug)]
+pub enum Words {
+    /// Any: the bytes stay in this process (RocksDB), strings are interned as needed.
+    Any,
+    /// Only ids below this, the strings of the dictionary already written to the part
+    /// (a string interned later, by this writer or a worker, stays inline).
+    Below(usize),
+}
+
+impl Words {
+    fn id(self, s: &str) -> Option<u32> {
+        match self {
+            Words::Any => crate::dict::intern(s),
+            Words::Below(n) => crate::dict::id_of(s).filter(|&id| (id as usize) < n),
+        }
+    }
+}
+
+fn inline(_: &str) -> Option<u32> {
+    None
+}
+
 /// Appends `state`'s encoding to `out`.
-pub fn encode_into(out: &mut Vec<u8>, state: &UserState) {
+pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
+    let word = |s: &str| words.id(s);
     out.push(VERSION);
     let p = &*state.profile;
-    put_opt_str(out, p.user_id.as_deref(), false);
+    put_opt_str(out, p.user_id.as_deref(), inline);
     for s in [&p.country, &p.city, &p.language, &p.continent, &p.timezone] {
-        put_opt_str(out, s.as_deref(), true);
+        put_opt_str(out, s.as_deref(), word);
     }
     match state.visit.as_deref() {
         None => out.push(0),
         Some(v) => {
             out.push(1);
-            put_opt_str(out, v.uuid.as_deref(), false);
+            put_opt_str(out, v.uuid.as_deref(), inline);
             put_i64(out, v.timestamp);
             for s in [
                 &v.os,
@@ -95,13 +119,13 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState) {
                 &v.referrer_url,
                 &v.referrer_query,
             ] {
-                put_opt_str(out, s.as_deref(), true);
+                put_opt_str(out, s.as_deref(), word);
             }
             put_i64(out, v.duration);
             put_i64(out, v.actions);
             out.push(u8::from(v.is_first_visit));
-            put_opt_str(out, v.screen.as_deref(), true);
-            put_opt_str(out, v.ip.as_deref(), false);
+            put_opt_str(out, v.screen.as_deref(), word);
+            put_opt_str(out, v.ip.as_deref(), inline);
         }
     }
     put_varint(out, state.last_activity);
@@ -114,7 +138,7 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState) {
 
 pub fn encode(state: &UserState) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + state.history.encoded_len());
-    encode_into(&mut out, state);
+    encode_into(&mut out, state, Words::Any);
     out
 }
 
