@@ -278,7 +278,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .context("cannot install the stop signal handlers")?;
     let ends = args.bounded || settings.source.kind == SourceType::File;
+    let started = std::time::Instant::now();
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
+        // The last progress line, with everything the run did (a short run may end
+        // before the first one).
+        if settings.metrics.log_interval_s > 0 {
+            let all = event_trigger::metrics::Progress::default();
+            event_trigger::metrics::log_progress_line(&all, started.elapsed());
+        }
         println!("{summary}");
         let judged = judged(&summary.counts);
         if let Some(alarm) = judged.alarm() {

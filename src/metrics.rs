@@ -529,8 +529,16 @@ pub async fn log_progress(every: Duration) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
+        last = log_progress_line(&last, every);
+    }
+}
+
+/// Logs one progress line (the rate since `last`, `every` ago); returns the totals.
+pub fn log_progress_line(last: &Progress, every: Duration) -> Progress {
+    {
         let now = global().progress();
-        let rate = (now.events_read - last.events_read) as f64 / every.as_secs_f64();
+        let rate = now.events_read.saturating_sub(last.events_read) as f64
+            / every.as_secs_f64().max(0.001);
         tracing::info!(
             events_per_s = rate.round() as u64,
             events_read = now.events_read,
@@ -551,7 +559,7 @@ pub async fn log_progress(every: Duration) {
         if let Some(alarm) = judged.alarm() {
             tracing::warn!("{alarm}");
         }
-        last = now;
+        now
     }
 }
 
