@@ -110,7 +110,11 @@ pub fn id_of(s: &str) -> Option<u32> {
         return Some(id);
     }
     let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    guard.as_ref()?.ids.get(s).copied()
+    let (&text, &id) = guard.as_ref()?.ids.get_key_value(s)?;
+    drop(guard);
+    // A checkpoint writer asks for every user's strings: the lock once per string.
+    CACHE.with_borrow_mut(|c| c.insert(text, id));
+    Some(id)
 }
 
 /// The dictionary's copy of `s` (taking one if there is room): `None`, keep your own.

@@ -319,7 +319,9 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
                     return None;
                 }
                 *pos += 1;
-                key_ref(out, key);
+                // A key is written as an optional string is (its reference plus one), so
+                // that `KEY_END` (0) cannot be mistaken for one.
+                put_opt_str(out, Some(key), dict::intern);
                 tokens(out, text, pos, depth + 1)?;
                 match *json.get(*pos)? {
                     b',' => *pos += 1,
@@ -371,17 +373,6 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
         _ => return None,
     }
     Some(())
-}
-
-/// A key's reference plus one, so that `END` (0) cannot be mistaken for a key.
-fn key_ref(out: &mut Vec<u8>, key: &str) {
-    match dict::intern(key) {
-        Some(id) => put_varint(out, ((u64::from(id) << 1) | 1) + 1),
-        None => {
-            put_varint(out, ((key.len() as u64) << 1) + 1);
-            out.extend_from_slice(key.as_bytes());
-        }
-    }
 }
 
 fn literal(out: &mut Vec<u8>, json: &[u8], pos: &mut usize, word: &[u8], tag: u8) -> Option<()> {
