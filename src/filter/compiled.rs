@@ -562,4 +562,81 @@ mod tests {
         .unwrap();
         assert!(seed.is_native());
     }
+
+    /// A string as a rhai literal.
+    fn literal(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Passes natively (where the tree decides it) and interpreted; true if the tree
+    /// decided it.
+    fn passes_both_ways(script: &str, st: &UserState) -> bool {
+        let f = Filter::compile(script, "generated", &FilterLimits::default()).unwrap();
+        let ev = UserEvent::default();
+        let view = EnrichedView {
+            event: &ev,
+            state: st,
+        };
+        assert_eq!(f.interpret(view), Verdict::Pass, "interpreted: {script}");
+        let native = f.native.as_ref().and_then(|node| node.eval(&view).ok());
+        assert_ne!(native, Some(false), "native: {script}");
+        native.is_some()
+    }
+
+    /// Through the compact history, both evaluators read exactly what the wire model
+    /// holds: random histories (the history codec's own generator: quotes, escapes,
+    /// control characters, whitespace in `parameters`), every field of every entry.
+    #[test]
+    fn both_evaluators_read_the_wire_models_values_from_the_compact_history() {
+        use crate::model::HistoryEntry;
+        for seed in 0..60 {
+            let mut rng = crate::history::tests::Rng::new(seed);
+            let entries: Vec<HistoryEntry> = (0..1 + rng.next(5)).map(|_| rng.entry()).collect();
+            let st = user_state(Profile::default(), None, entries.clone());
+            let text = |s: &Option<crate::model::Text>| s.as_deref().map_or("()".into(), literal);
+            for (i, e) in entries.iter().enumerate() {
+                for (field, value) in [
+                    ("event_id", &e.event_id),
+                    ("eventName", &e.event_name),
+                    ("event_type", &e.event_type),
+                ] {
+                    let n = entries
+                        .iter()
+                        .filter(|o| match field {
+                            "event_id" => o.event_id == *value,
+                            "eventName" => o.event_name == *value,
+                            _ => o.event_type == *value,
+                        })
+                        .count();
+                    let lit = text(value);
+                    let counted = format!("history.filter(|h| h.{field} == {lit}).len() == {n}");
+                    assert!(passes_both_ways(&counted, &st), "undecided: {counted}");
+                    passes_both_ways(&format!("history[{i}].{field} == {lit}"), &st);
+                }
+                passes_both_ways(&format!("history[{i}].timestamp == {}", e.timestamp), &st);
+                let Some(raw) = &e.parameters else {
+                    passes_both_ways(&format!("history[{i}].parameters == ()"), &st);
+                    continue;
+                };
+                let json: serde_json::Value = serde_json::from_str(raw.as_str()).unwrap();
+                // The generator's top-level keys are identifiers (`utm_source`, ...).
+                for (key, value) in json.as_object().unwrap() {
+                    if let Some(v) = value.as_str() {
+                        let script = format!("history[{i}].parameters.{key} == {}", literal(v));
+                        passes_both_ways(&script, &st);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -336,4 +336,4 @@ impl From<Vec<HistoryEntry>> for History {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
