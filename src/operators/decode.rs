@@ -13,6 +13,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters, Kind, Writer, Written};
 use crate::log_limit::LogLimiter;
 use crate::model::{Time, UserEvent};
 use crate::operators::held::HeldTimes;
+use crate::sources::messages::Messages;
 use crate::wire::{DecodeError, Decoder};
 
 /// Decodes each message of `messages` with `decoder` (its limit and type rules).
@@ -20,7 +21,7 @@ use crate::wire::{DecodeError, Decoder};
 /// worker thread, with the time of their messages held until they are written, so
 /// that a run ends only once its dead letters are on disk (or acknowledged).
 pub fn decode<'s>(
-    messages: Stream<'s, Time, Vec<Vec<u8>>>,
+    messages: Stream<'s, Time, Vec<Messages>>,
     mut decoder: Decoder,
     dead_letters: Option<DeadLetters>,
     stats: Rc<Counters>,
@@ -39,23 +40,27 @@ pub fn decode<'s>(
         move |input, output| {
             // In arrival order (`for_each_stamp` sorts containers by time, unstably):
             // a user's events must stay in the order they were read.
-            input.for_each(|cap, batch| {
+            input.for_each(|cap, batches| {
                 let Some(&time) = cap.least() else { return };
                 let mut session = output.session(&cap);
-                Counters::add(&stats.events_read, batch.len() as u64);
-                for msg in batch.drain(..) {
-                    match decoder.decode(&msg) {
-                        Ok(ev) => session.give(ev),
-                        Err(e) => {
-                            invalid(&stats, &e, &msg, &mut limiter);
-                            if writer.is_some() {
-                                let reason = format!("{}: {e}", e.reason());
-                                letters.push(DeadLetter::new(
-                                    Kind::InvalidMessage,
-                                    reason,
-                                    &msg,
-                                    now_ms(),
-                                ));
+                let read = batches.iter().map(Messages::len).sum::<usize>();
+                Counters::add(&stats.events_read, read as u64);
+                // Drained: a container timely recycles must not keep its batches alive.
+                for batch in batches.drain(..) {
+                    for msg in batch.iter() {
+                        match decoder.decode(msg) {
+                            Ok(ev) => session.give(ev),
+                            Err(e) => {
+                                invalid(&stats, &e, msg, &mut limiter);
+                                if writer.is_some() {
+                                    let reason = format!("{}: {e}", e.reason());
+                                    letters.push(DeadLetter::new(
+                                        Kind::InvalidMessage,
+                                        reason,
+                                        msg,
+                                        now_ms(),
+                                    ));
+                                }
                             }
                         }
                     }
@@ -121,12 +126,12 @@ mod tests {
         strict_types: bool,
         dead_letters: Option<DeadLetters>,
     ) -> (Vec<String>, Counts) {
-        let messages: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
+        let messages: Messages = messages.iter().map(|m| m.as_bytes()).collect();
         timely::execute_directly(move |worker| {
             let stats = Rc::new(Counters::default());
             let users = Rc::new(RefCell::new(Vec::new()));
             let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
-                let (input, stream) = scope.new_input::<Vec<u8>>();
+                let (input, stream) = scope.new_input::<Messages>();
                 let sink = users.clone();
                 let decoder = Decoder::with_limit(1 << 16).strict_types(strict_types);
                 let (probe, _) = decode(stream, decoder, dead_letters, stats.clone())
@@ -134,9 +139,7 @@ mod tests {
                     .probe();
                 (input, probe)
             });
-            for m in messages {
-                input.send(m);
-            }
+            input.send(messages);
             input.advance_to(1);
             while probe.less_than(&1) {
                 worker.step_or_park(Some(Duration::from_millis(10)));

@@ -256,7 +256,7 @@ impl KafkaReader {
 
     /// Reads up to a batch, handing each payload to `give`; returns how many messages
     /// arrived. Records the batch's offsets under `time`.
-    fn read_batch(&mut self, time: Time, give: &mut dyn FnMut(Vec<u8>)) -> usize {
+    fn read_batch(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> usize {
         self.errors.tick();
         let started = Instant::now();
         let mut next: Vec<(i32, i64)> = Vec::new();
@@ -268,7 +268,7 @@ impl KafkaReader {
             match result {
                 Ok(msg) => {
                     n += 1;
-                    give(msg.payload().map(<[u8]>::to_vec).unwrap_or_default());
+                    give(msg.payload().unwrap_or_default());
                     let (p, o) = (msg.partition(), msg.offset() + 1);
                     match next.iter_mut().find(|(q, _)| *q == p) {
                         Some(entry) => entry.1 = entry.1.max(o),
@@ -342,7 +342,7 @@ impl KafkaReader {
 }
 
 impl Reader for KafkaReader {
-    fn read(&mut self, time: Time, give: &mut dyn FnMut(Vec<u8>)) -> Next {
+    fn read(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
         let n = self.read_batch(time, give);
         if n > 0 || self.at_end_everywhere() {
             Next::Now

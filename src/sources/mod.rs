@@ -5,4 +5,5 @@
 pub mod driver;
 pub mod file;
 pub mod kafka;
+pub mod messages;
 pub mod replay;
