@@ -15,6 +15,8 @@
 #
 #   scripts/bench.sh [WORKLOAD_DIR] [EVENTS] [USERS]
 #   PARTS="throughput latency" scripts/bench.sh ...      # a subset (default: all four)
+#   BEFORE=/path/to/old/event-trigger scripts/bench.sh   # throughput and kafka runs of an
+#                                                        # older build too, alternating
 #
 # WORKLOAD_DIR gets events.jsonl/profiles.jsonl from the generator when it has none
 # (default /tmp/event-trigger-wl, 2,000,000 events, 100,000 users). Prints events/s, CPU
@@ -79,11 +81,13 @@ config() { # name source-yaml profiles(file|http) action(webhook|discard) [engin
 
 # Runs the job; prints "events/s cpu_s/1M rss_MiB passed fetched". A discarding sink is
 # the debug action with its log off (nothing rendered).
+# JOB_BIN is the binary (the build measured; BEFORE's for its rows).
+JOB_BIN=$BIN
 job() { # config workers [extra args]
   local cfg=$1 w=$2
   shift 2
   RUST_LOG=warn,event_trigger::action::debug=off /usr/bin/time -f '%e %U %S %M' -o "$TMP/time" \
-    "$BIN" run --config "$cfg" -w "$w" "$@" >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err" >&2; exit 1; }
+    "$JOB_BIN" run --config "$cfg" -w "$w" "$@" >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err" >&2; exit 1; }
   local wall user sys rss summary
   read -r wall user sys rss < "$TMP/time"
   summary=$(grep '^summary:' "$TMP/out")
@@ -93,11 +97,37 @@ job() { # config workers [extra args]
     'BEGIN { printf "%.0f %.2f %.0f %d %d\n", n/el, (u+s)/(n/1e6), rss/1024, passed, fetched }'
 }
 
-row() { # source profiles action w "figures"
+row() { # source profiles action w "figures" [build]
   read -r evs cpu rss passed fetched <<<"$5"
-  printf '%-7s %-8s %-8s %-2s %10s %9s %8s %8s %8s\n' "$1" "$2" "$3" "$4" "$evs" "$cpu" "$rss" "$passed" "$fetched"
+  printf '%-7s %-8s %-8s %-2s %10s %9s %8s %8s %8s %s\n' "$1" "$2" "$3" "$4" "$evs" "$cpu" "$rss" "$passed" "$fetched" "${6:-}"
 }
-header() { printf '%-7s %-8s %-8s %-2s %10s %9s %8s %8s %8s\n' source profiles action w events/s cpu_s/1M rss_MiB passed fetched; }
+header() { printf '%-7s %-8s %-8s %-2s %10s %9s %8s %8s %8s %s\n' source profiles action w events/s cpu_s/1M rss_MiB passed fetched "${BEFORE:+build}"; }
+# With BEFORE, every throughput and kafka run is made by the old build, then this one.
+if [ -n "${BEFORE:-}" ]; then
+  [ -x "$BEFORE" ] || { echo "BEFORE=$BEFORE is not an executable" >&2; exit 1; }
+  BUILDS="before after"
+else
+  BUILDS="after"
+fi
+measure() { # key source profiles action w config [extra args]: R[key] (after) and R[before/key]
+  local key=$1 src=$2 p=$3 a=$4 w=$5 cfg=$6 b
+  shift 6
+  for b in $BUILDS; do
+    local figures run_cfg=$cfg
+    JOB_BIN=$BIN
+    if [ "$b" = before ]; then
+      # A consumer group and checkpoint directory of its own: nothing carries over.
+      JOB_BIN=$BEFORE
+      run_cfg=${cfg%.yml}-before.yml
+      sed -e 's/consumer-group-id: \([^,]*\)/consumer-group-id: \1-before/' \
+          -e 's#checkpoint-dir: "\([^"]*\)"#checkpoint-dir: "\1-before"#' "$cfg" > "$run_cfg"
+    fi
+    figures=$(job "$run_cfg" "$w" "$@")
+    if [ "$b" = before ]; then R[before/$key]=$figures; else R[$key]=$figures; fi
+    row "$src" "$p" "$a" "$w" "$figures" "${BEFORE:+$b}"
+  done
+  JOB_BIN=$BIN
+}
 
 declare -A R # figures by "source/profiles/action/w"
 FILE_SRC="source: { type: file, path: \"$WL/events.jsonl\" }"
@@ -111,8 +141,7 @@ if has throughput || has latency || has flink; then
   has throughput || runs="file/webhook/2 file/discard/1"
   for r in $runs; do
     IFS=/ read -r p a w <<<"$r"
-    R[file/$r]=$(job "$(config "t-$p-$a-$w" "$FILE_SRC" "$p" "$a")" "$w")
-    row file "$p" "$a" "$w" "${R[file/$r]}"
+    measure "file/$r" file "$p" "$a" "$w" "$(config "t-$p-$a-$w" "$FILE_SRC" "$p" "$a")"
   done
 fi
 
@@ -136,8 +165,7 @@ if has kafka; then
     [ "$a" = webhook ] && { [ -n "$MOCK" ] || start_mock; }
     src="source: { type: kafka }
 kafka: { bootstrap-servers: \"$EVENT_TRIGGER_TEST_BROKER\", topic: $TOPIC, consumer-group-id: g-$a-$w-$$, start-from: earliest }"
-    R[kafka/file/$a/$w]=$(job "$(config "k-$a-$w" "$src" file "$a")" "$w" --bounded)
-    row kafka file "$a" "$w" "${R[kafka/file/$a/$w]}"
+    measure "kafka/file/$a/$w" kafka file "$a" "$w" "$(config "k-$a-$w" "$src" file "$a")" --bounded
   done
   scripts/broker.sh stop
   BROKER_STARTED=
@@ -179,6 +207,13 @@ if has throughput; then
   awk -v a="$(cut -d' ' -f1 <<<"${R[file/file/discard/1]}")" -v b="$(cut -d' ' -f1 <<<"${R[file/file/discard/2]}")" \
       -v c="$(cut -d' ' -f1 <<<"${R[file/file/webhook/1]}")" -v d="$(cut -d' ' -f1 <<<"${R[file/file/webhook/2]}")" \
     'BEGIN { printf "-w 2 / -w 1 (target >= 1.7): discarding %.2f, webhooks %.2f\n", b/a, d/c }'
+  for b in $BUILDS; do
+    k=; [ "$b" = before ] && k=before/
+    read -r _ cw _ passed _ <<<"${R[${k}file/file/webhook/1]}"
+    read -r _ cd _ _ _ <<<"${R[${k}file/file/discard/1]}"
+    awk -v cw="$cw" -v cd="$cd" -v n="$EVENTS" -v p="$passed" -v b="${BEFORE:+ ($b)}" \
+      'BEGIN { if (p > 0) printf "CPU per webhook call, -w 1%s: %.0f us (CPU with webhooks - CPU discarding) / calls\n", b, (cw-cd)*n/1e6/p*1e6 }'
+  done
 fi
 if has kafka; then
   awk -v j1="$(cut -d' ' -f1 <<<"${R[kafka/file/discard/1]}")" -v j2="$(cut -d' ' -f1 <<<"${R[kafka/file/discard/2]}")" \
