@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 
 use crate::actions::{Action, Actions, NamedAction};
-use crate::checkpoint::manifest::find_latest;
+use crate::checkpoint::manifest::{find_latest, newest_epoch};
 use crate::checkpoint::{CheckpointConfig, Restore};
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
@@ -281,7 +281,7 @@ fn checkpoints(
                 dir: settings.engine.checkpoint_dir.clone(),
                 interval_ms: interval,
                 retained: settings.engine.checkpoints_retained,
-                restored_epoch: 0,
+                floor_epoch: 0,
             })
         }
         _ => None,
@@ -300,8 +300,19 @@ fn checkpoints(
             );
             Arc::new(r)
         });
-    if let (Some(c), Some(r)) = (&mut checkpoints, &restore) {
-        c.restored_epoch = r.manifest.epoch;
+    if let Some(c) = &mut checkpoints {
+        // Past every epoch directory there is: one newer than the restored checkpoint
+        // was left incomplete by a run that crashed (or failed a part), and a part in
+        // it would be taken for this run's when the manifest is written.
+        let restored = restore.as_ref().map_or(0, |r| r.manifest.epoch);
+        let newest = newest_epoch(&c.dir).unwrap_or(0);
+        c.floor_epoch = restored.max(newest);
+        if newest > restored {
+            tracing::info!(
+                epoch = newest,
+                "an incomplete checkpoint is newer than the one restored: checkpoints of this run start after it"
+            );
+        }
     }
     if let (Some(r), Input::Kafka { settings: k, .. }) = (&restore, input)
         && (r.manifest.topic != k.topic || r.manifest.group != k.consumer_group_id)

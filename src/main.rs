@@ -264,10 +264,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Duration::from_millis(settings.filter.reload_interval_ms),
             delay,
             prepared.script.clone(),
-            prepared
-                .checkpoints
-                .as_ref()
-                .map_or(0, |c| c.restored_epoch),
+            prepared.checkpoints.as_ref().map_or(0, |c| c.floor_epoch),
         ));
     }
     prepared

@@ -1078,6 +1078,63 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
     assert!(log.contains("resuming the file at its end"), "{log}");
 }
 
+/// A run that crashed before its checkpoint's manifest leaves that epoch's directory with
+/// its part in it. A later run must write nothing there: started within that epoch's
+/// interval, it recorded its start position in the directory and completed the
+/// checkpoint around the crashed run's part, and a fallback to that checkpoint applied
+/// every event twice (found by a new user's trial).
+#[test]
+fn a_run_never_completes_a_checkpoint_around_a_crashed_runs_part() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(60, 12, 41);
+    let receiver = Receiver::start(&rt);
+    let s = file_job(dir.path(), &w, &receiver.url(), SEED_FILTER);
+    let ck = dir.path().join("ck");
+    let extra = format!(
+        "engine:\n  checkpoint-dir: \"{}\"\n  checkpoint-interval-ms: 3000\n",
+        ck.display()
+    );
+    let cfg = write_config(dir.path(), "job.yml", &s, &extra);
+    let run = || {
+        let child = Command::new(binary())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("EVENT_TRIGGER__SOURCE__RESUME", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_ok(child)
+    };
+    assert_eq!(summary_of(&run().stdout).events_read, 60);
+    let crashed = event_trigger::checkpoint::manifest::find_latest(&ck).unwrap();
+    std::fs::remove_file(crashed.dir.join("MANIFEST.json")).unwrap();
+    // The final epoch is up to an interval ahead of the clock: start within it.
+    let epoch = crashed.manifest.epoch;
+    let now = event_trigger::clock::now_ms();
+    std::thread::sleep(Duration::from_millis((epoch + 100).saturating_sub(now)));
+
+    let second = run();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(
+        summary_of(&second.stdout).events_read,
+        60,
+        "nothing to restore: it starts over"
+    );
+    assert!(
+        !crashed.dir.join("MANIFEST.json").exists(),
+        "the crashed run's checkpoint was completed: {log}"
+    );
+    let latest = event_trigger::checkpoint::manifest::find_latest(&ck).unwrap();
+    assert!(latest.manifest.epoch > epoch, "{log}");
+    assert_eq!(
+        latest.manifest.file.as_ref().unwrap().offset,
+        std::fs::metadata(s.source.path.as_ref().unwrap())
+            .unwrap()
+            .len()
+    );
+}
+
 /// The users of a final checkpoint, each with its history's event ids, sorted.
 fn final_users(restore: &event_trigger::checkpoint::Restore) -> Vec<(String, Vec<String>)> {
     histories(restore)

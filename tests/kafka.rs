@@ -935,7 +935,7 @@ fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
         dir: s.engine.checkpoint_dir.clone(),
         interval_ms: 60_000,
         retained: 3,
-        restored_epoch: 0,
+        floor_epoch: 0,
     };
     for i in 0..=5 {
         std::fs::write(cfg.epoch_dir(cfg.epoch_at(now) + i * 60_000), "in the way").unwrap();

@@ -81,15 +81,14 @@ impl Coordinator {
     /// The time to stamp what is read now: the wall clock, but never before the epoch
     /// of the restored checkpoint.
     pub fn clock(&self) -> Time {
-        now_ms().max(self.cfg.restored_epoch)
+        now_ms().max(self.cfg.floor_epoch)
     }
 
     /// The epoch a source stops at when stopped at `stopped_at`: its clock goes to it
     /// and no further, so every worker's state reaches it and the final checkpoint is
     /// taken there.
     pub fn final_epoch(&self, stopped_at: Time) -> Time {
-        self.cfg
-            .epoch_after(stopped_at.max(self.cfg.restored_epoch))
+        self.cfg.epoch_after(stopped_at.max(self.cfg.floor_epoch))
     }
 
     /// The epochs a clock moving from `from` to `to` crosses, oldest first.
@@ -101,7 +100,7 @@ impl Coordinator {
         // Never the restored checkpoint's epoch (or one before it): a run restarted
         // within an interval of it would write its position into that checkpoint and
         // complete its manifest again, over parts of another worker count.
-        let floor = from.max(self.cfg.restored_epoch);
+        let floor = from.max(self.cfg.floor_epoch);
         while e > floor && epochs.len() < limit {
             epochs.push(e);
             e = e.saturating_sub(self.cfg.interval_ms);
@@ -203,7 +202,7 @@ mod tests {
             dir: dir.to_path_buf(),
             interval_ms: 1000,
             retained: 3,
-            restored_epoch: 0,
+            floor_epoch: 0,
         };
         Coordinator::new(cfg, worker, 1)
     }
@@ -231,7 +230,7 @@ mod tests {
     fn a_restored_checkpoint_is_never_written_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = coordinator(dir.path(), 0);
-        c.cfg.restored_epoch = 5000;
+        c.cfg.floor_epoch = 5000;
         // Restarted within the restored epoch's interval, or before the wall clock
         // reached it (the clock then starts at it): nothing until the next epoch.
         assert!(c.epochs_crossed(0, 5000).is_empty());

@@ -165,6 +165,11 @@ fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
     found
 }
 
+/// The newest epoch with a directory under `dir`, complete or not.
+pub fn newest_epoch(dir: &Path) -> Option<Time> {
+    epochs(dir).last().map(|(epoch, _)| *epoch)
+}
+
 /// The newest checkpoint whose manifest and parts are all whole; newer ones that are
 /// not are skipped with a warning.
 ///
@@ -240,7 +245,7 @@ mod tests {
             dir: dir.to_path_buf(),
             interval_ms: 1000,
             retained: 2,
-            restored_epoch: 0,
+            floor_epoch: 0,
         }
     }
 

@@ -53,10 +53,13 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     pub interval_ms: u64,
     pub retained: usize,
-    /// The epoch of the checkpoint this run restored (0 if none). The run's clock starts
-    /// there, so every checkpoint it takes is of a later epoch: a final checkpoint's
-    /// epoch is ahead of the wall clock, and must not be written again.
-    pub restored_epoch: Time,
+    /// The newest epoch of the checkpoint directory when this run started (0 if none):
+    /// the checkpoint it restored, or a newer one an earlier run left incomplete. The
+    /// run's clock starts there, so every checkpoint it takes is of a later epoch: a
+    /// final checkpoint's epoch is ahead of the wall clock, and must not be written
+    /// again, and a part left in an incomplete directory must not be taken for this
+    /// run's.
+    pub floor_epoch: Time,
 }
 
 impl CheckpointConfig {
@@ -102,7 +105,7 @@ mod tests {
             dir: "x".into(),
             interval_ms: 1000,
             retained: 3,
-            restored_epoch: 0,
+            floor_epoch: 0,
         };
         assert_eq!(c.epoch_at(1999), 1000);
         assert_eq!(c.epoch_at(2000), 2000);

@@ -336,7 +336,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             interval_ms: 100,
             retained: 2,
-            restored_epoch: 0,
+            floor_epoch: 0,
         };
         let stop = StopFlag::default();
         stop.set();

@@ -80,7 +80,7 @@ impl Snapshots {
         activator: Box<dyn Fn() -> SyncActivator>,
     ) -> Self {
         Snapshots {
-            last: cfg.epoch_at(now_ms()).max(cfg.restored_epoch),
+            last: cfg.epoch_at(now_ms()).max(cfg.floor_epoch),
             cfg,
             worker,
             next: None,

@@ -275,7 +275,7 @@ fn a_snapshot_saves_a_hanging_lookup_as_pending_and_does_not_wait_for_it() {
             dir: path,
             interval_ms: 1000,
             retained: 3,
-            restored_epoch: start,
+            floor_epoch: start,
         };
         let mut r = rig(
             worker,
