@@ -167,7 +167,11 @@ fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
 
 /// The newest epoch with a directory under `dir`, complete or not.
 pub fn newest_epoch(dir: &Path) -> Option<Time> {
-    epochs(dir).last().map(|(epoch, _)| *epoch)
+    epochs(dir)
+        .into_iter()
+        .rev()
+        .find(|(_, path)| path.is_dir())
+        .map(|(epoch, _)| epoch)
 }
 
 /// The newest checkpoint whose manifest and parts are all whole; newer ones that are
@@ -323,6 +327,19 @@ mod tests {
         bytes[10] ^= 1;
         std::fs::write(&part, bytes).unwrap();
         assert_eq!(find_latest(dir.path()).unwrap().manifest.epoch, 1000);
+    }
+
+    #[test]
+    fn the_newest_epoch_is_of_any_directory_complete_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        assert_eq!(newest_epoch(dir.path()), None);
+        write_epoch(&c, 2000, 1, true);
+        complete(&c, 2000, 1).unwrap();
+        write_epoch(&c, 3000, 1, true);
+        // A plain file of a directory's name is not a checkpoint.
+        std::fs::write(c.epoch_dir(4000), "in the way").unwrap();
+        assert_eq!(newest_epoch(dir.path()), Some(3000));
     }
 
     #[test]
