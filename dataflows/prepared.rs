@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 
 use crate::actions::{Action, Actions, NamedAction};
-use crate::checkpoint::manifest::{find_latest, newest_epoch};
+use crate::checkpoint::manifest::{self, find_latest};
 use crate::checkpoint::{CheckpointConfig, Restore};
+use crate::clock::now_ms;
 use crate::config::{KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
 use crate::filter::reload::{FilterVersions, Filters};
@@ -301,16 +302,26 @@ fn checkpoints(
             Arc::new(r)
         });
     if let Some(c) = &mut checkpoints {
-        // Past every epoch directory there is: one newer than the restored checkpoint
-        // was left incomplete by a run that crashed (or failed a part), and a part in
-        // it would be taken for this run's when the manifest is written.
         let restored = restore.as_ref().map_or(0, |r| r.manifest.epoch);
-        let newest = newest_epoch(&c.dir).unwrap_or(0);
-        c.floor_epoch = restored.max(newest);
-        if newest > restored {
+        let floor = manifest::floor(&c.dir, restored, now_ms(), c.interval_ms);
+        c.floor_epoch = floor.epoch;
+        if restore.is_none() && floor.epoch > 0 {
+            tracing::warn!(
+                dir = %c.dir.display(),
+                newest = floor.epoch,
+                "no complete checkpoint to restore, only unfinished or damaged ones: the run starts from the beginning with empty state"
+            );
+        } else if floor.epoch > restored {
             tracing::info!(
-                epoch = newest,
-                "an incomplete checkpoint is newer than the one restored: checkpoints of this run start after it"
+                epoch = floor.epoch,
+                "a checkpoint directory is newer than the checkpoint restored (unfinished, or skipped): this run's checkpoints are of later epochs"
+            );
+        }
+        if let Some(ahead) = floor.ahead {
+            tracing::warn!(
+                epoch = ahead,
+                dir = %c.dir.display(),
+                "a checkpoint directory is more than an interval ahead of this clock (written by a host whose clock was ahead?): left alone; delete it unless its host's clock was right"
             );
         }
     }

@@ -208,6 +208,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A thread of a run that panics ends the process, with exit code 1: the workers and
+/// the network threads of a cluster cannot go on without each other. A peer process that
+/// died poisoned this one's channels and its workers panicked while its other threads
+/// waited for them: the process hung, alive to a supervisor, until a second signal. A
+/// job that exits is restarted by its supervisor, from its last checkpoint.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            "fatal: {info}; exiting: restart every process of the cluster (each restores the last checkpoint)"
+        );
+        std::process::exit(1);
+    }));
+}
+
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -241,6 +259,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or(LogFormat::Text, |s| s.logging.format),
     );
     let settings = settings?;
+    exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;
     let mut prepared = Prepared::new(&settings, args.bounded)?;
     let from = match (&args.from_offset, &args.from_timestamp) {

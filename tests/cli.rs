@@ -439,6 +439,57 @@ fn two_processes_give_the_same_counts_as_one_worker() {
     assert_eq!(a, w.expected_us_page_views());
 }
 
+/// A process whose peer died ends, with exit code 1 and a message, so that a supervisor
+/// restarts the cluster: its workers panicked on the closed connection while its other
+/// threads waited for them, and it hung until a second signal (found by a new user's
+/// crash trial).
+#[test]
+fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(3000, 300, 9);
+    let events = w.write_events(dir.path());
+    let api = ProfileApi::start(&rt, w.behaviours());
+    let receiver = Receiver::start(&rt);
+    let s = settings(
+        dir.path(),
+        &events,
+        &api.base_url(),
+        &receiver.url(),
+        SEED_FILTER,
+    );
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    // Paced: the run lasts ~10 s, so the kill comes mid-way.
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "  type: file\n",
+        "  type: file\n  max-events-per-second: 300\n",
+        1,
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2);
+    std::thread::sleep(Duration::from_millis(2500));
+    cluster[1].kill().unwrap();
+    let survivor = &mut cluster[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = survivor.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            survivor.kill().unwrap();
+            panic!("process 0 still running 20 s after its peer was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1));
+    let out = cluster.remove(0).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fatal:") && err.contains("restart every process"),
+        "{err}"
+    );
+}
+
 #[test]
 fn idle_state_expires_by_the_clock_and_is_fetched_again() {
     idle_state_expires(0, 2);

@@ -165,13 +165,32 @@ fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
     found
 }
 
-/// The newest epoch with a directory under `dir`, complete or not.
-pub fn newest_epoch(dir: &Path) -> Option<Time> {
-    epochs(dir)
+/// Where a run's checkpoints start, from what its checkpoint directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Floor {
+    /// Every checkpoint of the run is of a later epoch.
+    pub epoch: Time,
+    /// A directory too far ahead of the clock to be a crashed run's, left alone.
+    pub ahead: Option<Time>,
+}
+
+/// The floor of a run that restored `restored` (0: nothing) at `now`: past every epoch
+/// directory of `dir`, complete or not (a crashed run's part left in one would be taken
+/// for this run's), but for directories more than an interval ahead of the clock, which
+/// no run of this clock wrote (a run's final epoch is at most an interval ahead): those
+/// would move the run's clock, and expire its users, by however far they are ahead.
+pub fn floor(dir: &Path, restored: Time, now: Time, interval_ms: u64) -> Floor {
+    let limit = now.max(restored).saturating_add(interval_ms);
+    let dirs: Vec<Time> = epochs(dir)
         .into_iter()
-        .rev()
-        .find(|(_, path)| path.is_dir())
+        .filter(|(_, path)| path.is_dir())
         .map(|(epoch, _)| epoch)
+        .collect();
+    let newest = dirs.iter().copied().filter(|&e| e <= limit).max();
+    Floor {
+        epoch: newest.unwrap_or(0).max(restored),
+        ahead: dirs.iter().copied().filter(|&e| e > limit).max(),
+    }
 }
 
 /// The newest checkpoint whose manifest and parts are all whole; newer ones that are
@@ -330,16 +349,41 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_epoch_is_of_any_directory_complete_or_not() {
+    fn the_floor_is_past_every_directory_but_those_from_the_future() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
-        assert_eq!(newest_epoch(dir.path()), None);
+        let floor = |restored, now| super::floor(dir.path(), restored, now, 1000);
+        assert_eq!(
+            floor(0, 5000),
+            Floor {
+                epoch: 0,
+                ahead: None
+            }
+        );
         write_epoch(&c, 2000, 1, true);
         complete(&c, 2000, 1).unwrap();
+        // A crashed run's final epoch, up to an interval ahead of the clock.
         write_epoch(&c, 3000, 1, true);
         // A plain file of a directory's name is not a checkpoint.
         std::fs::write(c.epoch_dir(4000), "in the way").unwrap();
-        assert_eq!(newest_epoch(dir.path()), Some(3000));
+        assert_eq!(
+            floor(2000, 2500),
+            Floor {
+                epoch: 3000,
+                ahead: None
+            }
+        );
+        // A day ahead of the clock: not this clock's run; the floor stays.
+        std::fs::create_dir(c.epoch_dir(86_402_000)).unwrap();
+        let f = floor(2000, 2500);
+        assert_eq!(
+            f,
+            Floor {
+                epoch: 3000,
+                ahead: Some(86_402_000)
+            }
+        );
+        assert_eq!(floor(0, 86_401_500).epoch, 86_402_000);
     }
 
     #[test]

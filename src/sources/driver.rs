@@ -167,8 +167,8 @@ impl Driver {
     }
 }
 
-/// The source operator: emits what `source`'s reader reads, a batch per read, stamped
-/// with the processing time (see the module notes for the rest).
+/// The source operator: emits what `source`'s reader reads, in batches of about
+/// `BATCH_BYTES`, stamped with the processing time (see the module notes for the rest).
 pub fn drive<'s>(
     scope: Scope<'s, Time>,
     name: &str,

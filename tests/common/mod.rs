@@ -512,19 +512,15 @@ pub fn binary() -> &'static str {
 
 /// Runs `event-trigger run --config CONFIG EXTRA... -n N -p I -h HOSTS` as `processes`
 /// processes on 127.0.0.1, waits for all and checks they succeeded.
-pub fn run_cluster(
-    dir: &Path,
-    config: &Path,
-    extra: &[&str],
-    processes: usize,
-) -> Vec<std::process::Output> {
+/// Starts the processes of a cluster on this host, each running `config`.
+pub fn start_cluster(dir: &Path, config: &Path, extra: &[&str], processes: usize) -> Vec<Job> {
     let hosts = dir.join("hosts.txt");
     let lines: String = (0..processes)
         .map(|_| format!("127.0.0.1:{}\n", closed_port()))
         .collect();
     std::fs::write(&hosts, lines).unwrap();
     let n = processes.to_string();
-    let children: Vec<_> = (0..processes)
+    (0..processes)
         .map(|p| {
             std::process::Command::new(binary())
                 .args(["run", "--config", config.to_str().unwrap()])
@@ -544,7 +540,16 @@ pub fn run_cluster(
                 .map(Job::from)
                 .unwrap()
         })
-        .collect::<Vec<Job>>();
+        .collect()
+}
+
+pub fn run_cluster(
+    dir: &Path,
+    config: &Path,
+    extra: &[&str],
+    processes: usize,
+) -> Vec<std::process::Output> {
+    let children = start_cluster(dir, config, extra, processes);
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
