@@ -408,16 +408,7 @@ fn two_processes_give_the_same_counts_as_one_worker() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(3000, 300, 5);
-    let events = w.write_events(dir.path());
-    let api = ProfileApi::start(&rt, w.behaviours());
-    let receiver = Receiver::start(&rt);
-    let s = settings(
-        dir.path(),
-        &events,
-        &api.base_url(),
-        &receiver.url(),
-        SEED_FILTER,
-    );
+    let (_api, receiver, s) = served_job(&rt, dir.path(), &w);
     let single = run(&s, 1, &rt);
 
     let cluster_receiver = Receiver::start(&rt);
@@ -448,16 +439,7 @@ fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(3000, 300, 9);
-    let events = w.write_events(dir.path());
-    let api = ProfileApi::start(&rt, w.behaviours());
-    let receiver = Receiver::start(&rt);
-    let s = settings(
-        dir.path(),
-        &events,
-        &api.base_url(),
-        &receiver.url(),
-        SEED_FILTER,
-    );
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
     let cfg = write_config(dir.path(), "cluster.yml", &s, "");
     // Paced: the run lasts ~10 s, so the kill comes mid-way.
     let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(

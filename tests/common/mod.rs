@@ -432,6 +432,20 @@ impl Workload {
 
 pub const SEED_FILTER: &str = r#"event.eventType == "page_view" && user.country == "US""#;
 
+/// A file-source run of `w` with the seed filter against a Profile API and a webhook
+/// receiver of its own, both started here (keep them alive for the run).
+pub fn served_job(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    w: &Workload,
+) -> (ProfileApi, Receiver, Settings) {
+    let events = w.write_events(dir);
+    let api = ProfileApi::start(rt, w.behaviours());
+    let receiver = Receiver::start(rt);
+    let s = settings(dir, &events, &api.base_url(), &receiver.url(), SEED_FILTER);
+    (api, receiver, s)
+}
+
 /// Settings for a file-source run in `dir`.
 pub fn settings(
     dir: &Path,
