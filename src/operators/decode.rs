@@ -45,26 +45,25 @@ pub fn decode<'s>(
                 let mut session = output.session(&cap);
                 let read = batches.iter().map(Messages::len).sum::<usize>();
                 Counters::add(&stats.events_read, read as u64);
-                // Drained: a container timely recycles must not keep its batches alive.
-                for batch in batches.drain(..) {
-                    for msg in batch.iter() {
-                        match decoder.decode(msg) {
-                            Ok(ev) => session.give(ev),
-                            Err(e) => {
-                                invalid(&stats, &e, msg, &mut limiter);
-                                if writer.is_some() {
-                                    let reason = format!("{}: {e}", e.reason());
-                                    letters.push(DeadLetter::new(
-                                        Kind::InvalidMessage,
-                                        reason,
-                                        msg,
-                                        now_ms(),
-                                    ));
-                                }
+                for msg in batches.iter().flat_map(Messages::iter) {
+                    match decoder.decode(msg) {
+                        Ok(ev) => session.give(ev),
+                        Err(e) => {
+                            invalid(&stats, &e, msg, &mut limiter);
+                            if writer.is_some() {
+                                let reason = format!("{}: {e}", e.reason());
+                                letters.push(DeadLetter::new(
+                                    Kind::InvalidMessage,
+                                    reason,
+                                    msg,
+                                    now_ms(),
+                                ));
                             }
                         }
                     }
                 }
+                // Cleared: a container timely recycles must not keep its batches alive.
+                batches.clear();
                 // One write per container: a sync per message would be a disk's pace.
                 if let Some(w) = &writer
                     && !letters.is_empty()
