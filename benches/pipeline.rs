@@ -298,6 +298,9 @@ fn state(c: &mut Criterion) {
             max_history: 100,
             max_in_flight: 256,
             min_refetch_ms: 0,
+            max_timers_per_user: 100,
+            schedules: Default::default(),
+            fire_pending_at_end: false,
         };
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -331,6 +334,7 @@ fn state(c: &mut Criterion) {
                                 store,
                                 backlog: Backlog::new(usize::MAX),
                                 counters: Rc::new(Counters::default()),
+                                stop: Default::default(),
                             };
                             let (probe, _) = user_state(stream, restored, settings)
                                 .inspect(|e| {

@@ -93,6 +93,7 @@ impl Prepared {
             script: &script,
             origin: &script_origin,
             action_filters: Vec::new(),
+            cancels: Vec::new(),
             limits: &limits,
         };
         warn_all(rules.check_rule()?);
@@ -100,7 +101,9 @@ impl Prepared {
         let dead_letters = open_dead_letters(settings)?;
         let actions = Actions::from_settings(&settings.actions, dead_letters.clone())?;
         rules.action_filters = actions.filters();
+        rules.cancels = actions.cancels();
         warn_all(rules.check_action_filters()?);
+        let schedules = actions.schedules();
         let input = input(settings, bounded)?;
         let (checkpoints, restore) = checkpoints(settings, &input)?;
         check_file_restore(&input, restore.as_deref(), &settings.engine.checkpoint_dir)?;
@@ -124,6 +127,9 @@ impl Prepared {
                 max_history: settings.state.max_history,
                 max_in_flight: settings.profile_api.max_in_flight,
                 min_refetch_ms: settings.profile_api.min_refetch_interval_ms,
+                max_timers_per_user: settings.state.max_timers_per_user,
+                schedules,
+                fire_pending_at_end: false,
             },
             stop: StopFlag::default(),
             dead_letters,
@@ -138,6 +144,7 @@ impl Prepared {
             script: &self.script,
             origin: &self.script_origin,
             action_filters: self.actions.filters(),
+            cancels: self.actions.cancels(),
             limits: &self.limits,
         }
         .compile(self.filter_versions.clone(), self.samples.clone())
@@ -408,8 +415,12 @@ impl Prepared {
             name: a.name.clone(),
             action: Action::Debug { pretty: false },
             filter: a.filter.clone(),
+            schedule: a.schedule.clone(),
+            cancel_if: a.cancel_if.clone(),
         };
         self.actions = Actions(self.actions.0.iter().map(debug).collect());
+        // What is pending at the end fires then: the tester shows it without waiting.
+        self.state.fire_pending_at_end = true;
         let samples = Samples::new(keep);
         self.samples = Some(samples.clone());
         samples

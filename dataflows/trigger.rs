@@ -205,6 +205,7 @@ fn build_graph(
             store: plan.store,
             backlog: lookups,
             counters: stats.clone(),
+            stop: p.stop.clone(),
         };
         let triggered = user_state(events, restored, settings);
         run_actions(

@@ -72,6 +72,15 @@ macro_rules! webhook_keys {
             /// A rhai expression, like the filter script, that the events of this action
             /// must also pass (after the filter).
             pub filter: Option<String>,
+            /// At most one firing per user in this long (`1h`).
+            pub cooldown: Option<crate::triggers::DurationMs>,
+            /// At most `count` firings per user in any window of `per`.
+            pub max_per_user: Option<crate::triggers::MaxPerUser>,
+            /// Fires this long after the event that passed (`30m`).
+            pub delay: Option<crate::triggers::DurationMs>,
+            /// With `delay`: a rhai expression over the same scope as the rule; an event
+            /// of the user that passes it cancels the action's pending firings.
+            pub cancel_if: Option<String>,
             $($(#[doc = $doc])* #[serde(default)] pub $key: <$ty as Key>::Given,)*
             /// `type: debug`: the event as indented JSON.
             pub pretty: Option<bool>,
@@ -597,6 +606,7 @@ impl ActionsSettings {
                     format!("`{name}` is used twice"),
                 ));
             }
+            check_schedule(i, &a)?;
             match a.kind {
                 ActionKind::Webhook => {
                     let url = a.url.as_deref().unwrap_or_default();
@@ -627,6 +637,34 @@ impl ActionsSettings {
         }
         Ok(())
     }
+}
+
+/// Checks of an action's `cooldown`, `max-per-user`, `delay` and `cancel-if`.
+fn check_schedule(i: usize, a: &ActionSpec) -> Result<(), (String, String)> {
+    let key = |k: &str| format!("actions[{i}].{k}");
+    for (k, d) in [("cooldown", a.cooldown), ("delay", a.delay)] {
+        if d.is_some_and(|d| d.0 == 0) {
+            return Err((
+                key(k),
+                "must be longer than 0 (or leave the key out)".into(),
+            ));
+        }
+    }
+    if let Some(m) = a.max_per_user {
+        if m.count == 0 {
+            return Err((key("max-per-user.count"), "must be at least 1".into()));
+        }
+        if m.per.0 == 0 {
+            return Err((key("max-per-user.per"), "must be longer than 0".into()));
+        }
+    }
+    if a.cancel_if.is_some() && a.delay.is_none() {
+        return Err((
+            key("cancel-if"),
+            "cancels a delayed action before it fires: give the action a `delay` too".into(),
+        ));
+    }
+    Ok(())
 }
 
 webhook_keys! {
@@ -706,11 +744,16 @@ pub struct DebugSettings {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StateSettings {
     pub max_history: usize,
+    /// Delayed actions (`delay`) pending per user at most; more are dropped, counted.
+    pub max_timers_per_user: usize,
 }
 
 impl Default for StateSettings {
     fn default() -> Self {
-        StateSettings { max_history: 100 }
+        StateSettings {
+            max_history: 100,
+            max_timers_per_user: 100,
+        }
     }
 }
 
@@ -1111,6 +1154,7 @@ impl Settings {
             ),
             ("engine.parallelism", self.engine.parallelism),
             ("state.max-history", self.state.max_history),
+            ("state.max-timers-per-user", self.state.max_timers_per_user),
             (
                 "engine.checkpoints-retained",
                 self.engine.checkpoints_retained,
@@ -1480,6 +1524,50 @@ mod tests {
         fails_naming(
             "actions:\n  - type: webhook\n    retry-attempt: 1\n",
             "retry-attempt",
+        );
+    }
+
+    #[test]
+    fn caps_delays_and_cancel_conditions_are_read_and_checked_per_action() {
+        let src = "source:\n  type: file\n  path: x.jsonl\nactions:\n  - type: debug\n";
+        let s = load(
+            &format!("{src}    cooldown: 1h\n    max-per-user: {{count: 3, per: 24h}}\n    delay: 30m\n    cancel-if: 'event.event_type == \"purchase\"'\n"),
+            &[],
+        )
+        .unwrap();
+        let (_, a) = &s.actions.specs()[0];
+        assert_eq!(a.cooldown.map(|d| d.0), Some(3_600_000));
+        assert_eq!(a.delay.map(|d| d.0), Some(1_800_000));
+        assert_eq!(
+            a.max_per_user.map(|m| (m.count, m.per.0)),
+            Some((3, 86_400_000))
+        );
+        assert!(a.cancel_if.is_some());
+        for (yaml, key, says) in [
+            (
+                "    cooldown: 3600\n",
+                "cooldown",
+                "`3600` is not a duration",
+            ),
+            ("    delay: 0s\n", "actions[0].delay", "longer than 0"),
+            (
+                "    max-per-user: {count: 0, per: 1h}\n",
+                "actions[0].max-per-user.count",
+                "at least 1",
+            ),
+            ("    max-per-user: {count: 2}\n", "max-per-user", "per"),
+            (
+                "    cancel-if: 'true'\n",
+                "actions[0].cancel-if",
+                "give the action a `delay`",
+            ),
+        ] {
+            let err = load(&format!("{src}{yaml}"), &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{yaml}: {err}");
+        }
+        fails_naming(
+            "state:\n  max-timers-per-user: 0\n",
+            "state.max-timers-per-user",
         );
     }
 

@@ -23,6 +23,8 @@ macro_rules! counters {
             pub lookup_backlog: Cell<u64>,
             pub actions_in_flight: Cell<u64>,
             pub action_backlog: Cell<u64>,
+            /// Delayed actions waiting to fire.
+            pub timers_pending: Cell<u64>,
             /// Per action, in their order (the summary sums them).
             pub per_action: std::cell::RefCell<Vec<ActionCounts>>,
             /// Encoded size of this worker's users at its last checkpoint part.
@@ -73,6 +75,11 @@ counters! {
     actions_retried: "webhook tries after the first",
     restored: "users restored from a checkpoint",
     dead_letters: "records written to the dead-letter file",
+    scheduled: "delayed actions scheduled (`delay`)",
+    fired: "delayed actions that came due and fired",
+    cancelled: "delayed actions cancelled by `cancel-if` before they fired",
+    capped: "firings refused by `cooldown` or `max-per-user` (not failures)",
+    timers_dropped: "delayed actions not scheduled: the user had `state.max-timers-per-user` pending",
 }
 
 /// What one action did on one worker.

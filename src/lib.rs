@@ -29,6 +29,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod sources;
 pub mod store;
+pub mod triggers;
 pub mod wire;
 
 /// The job graphs. They live in the top-level `dataflows/` folder, where the project

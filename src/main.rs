@@ -369,6 +369,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         script: &script,
         origin: &script_path.display().to_string(),
         action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
+        cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
         limits: &limits,
     };
     let mut warnings = rules.check_rule()?;

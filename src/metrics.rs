@@ -74,6 +74,7 @@ pub struct Metrics {
     lookups_waiting: Family<WorkerLabel, Gauge>,
     actions_in_flight: Family<WorkerLabel, Gauge>,
     actions_waiting: Family<WorkerLabel, Gauge>,
+    timers_pending: Family<WorkerLabel, Gauge>,
     /// Seconds per Profile API look-up (three requests, retries included).
     pub lookup_seconds: Histogram,
     pub lookup_errors: Family<KindLabel, Counter>,
@@ -197,6 +198,11 @@ impl Metrics {
             "action_backlog_events",
             "events waiting for a webhook slot",
         );
+        let timers_pending = gauge(
+            &mut registry,
+            "timers_pending",
+            "delayed actions waiting to fire",
+        );
         let lookup_seconds = add(
             &mut registry,
             "lookup_seconds",
@@ -319,6 +325,7 @@ impl Metrics {
             lookups_waiting,
             actions_in_flight,
             actions_waiting,
+            timers_pending,
             lookup_seconds,
             lookup_errors,
             lookup_waits,
@@ -505,6 +512,7 @@ impl WorkerMetrics {
         set(&m.lookups_waiting, stats.lookup_backlog.get());
         set(&m.actions_in_flight, stats.actions_in_flight.get());
         set(&m.actions_waiting, stats.action_backlog.get());
+        set(&m.timers_pending, stats.timers_pending.get());
     }
 }
 

@@ -242,6 +242,11 @@ pub struct UserState {
     pub ttl_mark: Time,
     /// Set when the look-up failed: from this time on, the next event looks it up again.
     pub refetch_after: Option<Time>,
+    /// Its capped actions' firings and its delayed actions, once it has any. Not in
+    /// this struct's serde form, which checkpoint formats fixed: `store::codec` and
+    /// `SavedUser` carry it.
+    #[serde(skip)]
+    pub triggers: Option<Box<crate::triggers::UserTriggers>>,
 }
 
 impl UserState {
@@ -253,6 +258,7 @@ impl UserState {
             last_activity: now,
             ttl_mark: now,
             refetch_after: None,
+            triggers: None,
         }
     }
 
@@ -290,10 +296,71 @@ pub struct PendingUser {
 }
 
 /// A user as a checkpoint holds it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SavedUser {
     State(UserState),
     Pending(PendingUser),
+}
+
+impl SavedUser {
+    /// The state whose triggers travel with it: the user's, or the one before its
+    /// look-up.
+    fn state_mut(&mut self) -> Option<&mut UserState> {
+        match self {
+            SavedUser::State(s) => Some(s),
+            SavedUser::Pending(p) => p.before.as_mut(),
+        }
+    }
+}
+
+/// `SavedUser` as the restore exchange carries it between processes (never persisted):
+/// the state's triggers beside it, since `UserState`'s serde form leaves them out.
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    state: Option<&'a UserState>,
+    pending: Option<&'a PendingUser>,
+    triggers: Option<&'a crate::triggers::UserTriggers>,
+}
+
+#[derive(Deserialize)]
+struct SavedOwned {
+    state: Option<UserState>,
+    pending: Option<PendingUser>,
+    triggers: Option<Box<crate::triggers::UserTriggers>>,
+}
+
+impl Serialize for SavedUser {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (state, pending, with) = match self {
+            SavedUser::State(st) => (Some(st), None, Some(st)),
+            SavedUser::Pending(p) => (None, Some(p), p.before.as_ref()),
+        };
+        SavedRef {
+            state,
+            pending,
+            triggers: with.and_then(|st| st.triggers.as_deref()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SavedUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let o = SavedOwned::deserialize(d)?;
+        let mut saved = match (o.state, o.pending) {
+            (Some(st), None) => SavedUser::State(st),
+            (None, Some(p)) => SavedUser::Pending(p),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "a saved user is a state or pending",
+                ));
+            }
+        };
+        if let Some(st) = saved.state_mut() {
+            st.triggers = o.triggers;
+        }
+        Ok(saved)
+    }
 }
 
 /// What the filter looks at: an event and its user's state after the event was applied.
@@ -338,6 +405,21 @@ mod tests {
             user_id: "u".into(),
             event_type: "click".into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_saved_user_crosses_processes_with_its_triggers() {
+        let mut state = UserState::empty(3);
+        state.triggers = Some(Box::new(crate::triggers::example()));
+        let pending = PendingUser {
+            before: Some(state.clone()),
+            events: vec![(4, event("e"))],
+        };
+        for saved in [SavedUser::State(state), SavedUser::Pending(pending)] {
+            let bytes = bincode::serialize(&saved).unwrap();
+            let back: SavedUser = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, saved);
         }
     }
 

@@ -21,6 +21,7 @@ use crate::config::{ActionKind, ActionSpec, ActionsSettings};
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::model::{EnrichedEvent, Time};
 use crate::retry::RetryPolicy;
+use crate::triggers::{ActionSchedule, Schedule, Schedules};
 
 /// One action, shared by the workers of a process.
 #[derive(Clone)]
@@ -51,6 +52,10 @@ pub struct NamedAction {
     pub name: String,
     pub action: Action,
     pub filter: Option<String>,
+    /// Its caps and delay (all off unless configured).
+    pub schedule: Schedule,
+    /// With a delay: what cancels its pending firings.
+    pub cancel_if: Option<String>,
 }
 
 /// The actions of the job, in the order configured (at most 64: an event carries which
@@ -117,6 +122,12 @@ impl Actions {
             out.push(NamedAction {
                 name,
                 action,
+                schedule: Schedule {
+                    cooldown_ms: spec.cooldown.map(|d| d.0),
+                    max_per_user: spec.max_per_user,
+                    delay_ms: spec.delay.map(|d| d.0),
+                },
+                cancel_if: spec.cancel_if,
                 filter: spec.filter,
             });
         }
@@ -128,12 +139,32 @@ impl Actions {
         self.0.iter().map(|a| a.filter.as_deref()).collect()
     }
 
+    /// Each action's `cancel-if`, in their order.
+    pub fn cancels(&self) -> Vec<Option<&str>> {
+        self.0.iter().map(|a| a.cancel_if.as_deref()).collect()
+    }
+
+    /// Each action's caps and delay, in their order.
+    pub fn schedules(&self) -> Schedules {
+        Schedules(Arc::new(
+            self.0
+                .iter()
+                .map(|a| ActionSchedule {
+                    name: a.name.as_str().into(),
+                    schedule: a.schedule.clone(),
+                })
+                .collect(),
+        ))
+    }
+
     /// The debug print alone (a dry run).
     pub fn debug() -> Actions {
         Actions(vec![NamedAction {
             name: "debug".into(),
             action: Action::Debug { pretty: false },
             filter: None,
+            schedule: Schedule::default(),
+            cancel_if: None,
         }])
     }
 

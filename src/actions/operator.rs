@@ -338,6 +338,7 @@ mod tests {
             script: "true",
             origin: "rule",
             action_filters: actions.filters(),
+            cancels: actions.cancels(),
             limits: &limits,
         }
         .compile(FilterVersions::default(), None)

@@ -8,7 +8,8 @@
 //! compact histories use: a u64 count, then each string as a u32 length and its bytes),
 //! then per user a `1` byte, the user id and its state (`store::codec`), each as a u64
 //! length and its bytes, or for a user whose look-up was still running a `2` byte and the
-//! bincode of `(user, PendingUser)`; then a `0` byte.
+//! bincode of `(user, PendingUser)` (a `3` byte and `(user, PendingUser, UserTriggers)`
+//! when its state before the look-up has triggers); then a `0` byte.
 //!
 //! Parts of the earlier formats are still read: `MAGIC_V2`, the same body uncompressed,
 //! and `MAGIC_V1`: no dictionary, states as bincode of `UserState` with the history as
@@ -35,6 +36,9 @@ const TRAILER: usize = 8 + 8 + MAGIC.len();
 const END: u8 = 0;
 const STATE: u8 = 1;
 const PENDING: u8 = 2;
+/// A pending user whose state before its look-up has triggers: bincode of `(user,
+/// PendingUser, UserTriggers)` (its `UserState` serde form leaves them out).
+const PENDING_WITH_TRIGGERS: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -196,8 +200,17 @@ impl Encoder<'_> {
     }
 
     fn pending(&mut self, user: &Text, pending: &PendingUser) -> io::Result<()> {
-        self.buf.push(PENDING);
-        bincode::serialize_into(&mut self.buf, &(user, pending)).map_err(io::Error::other)?;
+        match pending.before.as_ref().and_then(|b| b.triggers.as_deref()) {
+            None => {
+                self.buf.push(PENDING);
+                bincode::serialize_into(&mut self.buf, &(user, pending))
+            }
+            Some(triggers) => {
+                self.buf.push(PENDING_WITH_TRIGGERS);
+                bincode::serialize_into(&mut self.buf, &(user, pending, triggers))
+            }
+        }
+        .map_err(io::Error::other)?;
         self.done_one()
     }
 
@@ -507,6 +520,14 @@ impl PartReader {
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
                     (user, SavedUser::Pending(pending))
                 }
+                PENDING_WITH_TRIGGERS => {
+                    let (user, mut pending, triggers): (Text, PendingUser, _) =
+                        bincode::deserialize_from(&mut self.body).map_err(decode)?;
+                    if let Some(before) = &mut pending.before {
+                        before.triggers = Some(triggers);
+                    }
+                    (user, SavedUser::Pending(pending))
+                }
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
             self.read += 1;
@@ -692,11 +713,14 @@ mod tests {
     fn a_part_reads_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chk/state-0.bin");
-        let records = sample(100);
+        let mut records = sample(100);
+        let mut with_triggers = records[0].1.clone();
+        with_triggers.triggers = Some(Box::new(crate::triggers::example()));
+        records[1].1 = with_triggers.clone();
         let pending = vec![(
             Text::from("looked-up"),
             PendingUser {
-                before: Some(records[0].1.clone()),
+                before: Some(with_triggers),
                 events: vec![(
                     7,
                     crate::model::UserEvent {

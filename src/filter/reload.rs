@@ -71,6 +71,8 @@ pub struct Filters {
     compiled: Vec<(Time, Filter)>,
     /// Per action, in their order: its own filter, if it has one.
     per_action: Vec<Option<Filter>>,
+    /// Per action, in their order: what cancels its delayed firings, if anything.
+    cancels: Vec<Option<Filter>>,
     source: FilterVersions,
     seen: u64,
     origin: String,
@@ -91,6 +93,7 @@ impl Filters {
         Filters {
             compiled: vec![(0, first)],
             per_action: Vec::new(),
+            cancels: Vec::new(),
             source,
             seen: 0,
             origin,
@@ -145,6 +148,30 @@ impl Filters {
     pub fn with_actions(mut self, per_action: Vec<Option<Filter>>) -> Self {
         self.per_action = per_action;
         self
+    }
+
+    /// Gives what cancels each action's delayed firings (`cancel-if`), by action.
+    pub fn with_cancels(mut self, cancels: Vec<Option<Filter>>) -> Self {
+        self.cancels = cancels;
+        self
+    }
+
+    /// Whether an event (applied to its user's state) cancels the delayed firings of
+    /// action `i`: only one its `cancel-if` passes. A script error cancels nothing.
+    pub fn cancels(&self, i: usize, view: EnrichedView<'_>) -> Result<bool, String> {
+        match self
+            .cancels
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|f| f.judge(view))
+        {
+            None | Some(Verdict::Reject) => Ok(false),
+            Some(Verdict::Pass) => Ok(true),
+            Some(Verdict::Error(e)) => {
+                self.failed(&super::rules::cancel_origin(i), view, &e);
+                Err(e)
+            }
+        }
     }
 
     /// The actions a passed event is for, as bits by their order; and the errors of

@@ -11,12 +11,19 @@ pub fn action_origin(index: usize) -> String {
     format!("actions[{index}].filter")
 }
 
+/// How an action's `cancel-if` is named in errors and warnings.
+pub fn cancel_origin(index: usize) -> String {
+    format!("actions[{index}].cancel-if")
+}
+
 /// The rule's script and the actions' filters, by action in their order.
 pub struct Rules<'a> {
     pub script: &'a str,
     /// Names the script in errors (its path).
     pub origin: &'a str,
     pub action_filters: Vec<Option<&'a str>>,
+    /// Per action: what cancels its delayed firings (`cancel-if`).
+    pub cancels: Vec<Option<&'a str>>,
     pub limits: &'a FilterLimits,
 }
 
@@ -27,7 +34,8 @@ impl Rules<'_> {
         Ok(Filter::compile_checked(self.script, self.origin, self.limits)?.1)
     }
 
-    /// Compiles and checks each action's filter, in order; returns their warnings.
+    /// Compiles and checks each action's filter and `cancel-if`, in order; returns
+    /// their warnings.
     pub fn check_action_filters(&self) -> Result<Vec<String>, FilterError> {
         let mut warnings = Vec::new();
         for (i, f) in self.action_filters.iter().enumerate() {
@@ -35,7 +43,28 @@ impl Rules<'_> {
                 warnings.extend(Filter::compile_checked(f, &action_origin(i), self.limits)?.1);
             }
         }
+        for (i, f) in self.cancels.iter().enumerate() {
+            if let Some(f) = f {
+                warnings.extend(Filter::compile_checked(f, &cancel_origin(i), self.limits)?.1);
+            }
+        }
         Ok(warnings)
+    }
+
+    /// Each of `scripts` compiled, named by `origin` and its position.
+    fn compile_each(
+        &self,
+        scripts: &[Option<&str>],
+        origin: fn(usize) -> String,
+    ) -> Result<Vec<Option<Filter>>, FilterError> {
+        scripts
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                f.map(|f| Filter::compile(f, &origin(i), self.limits))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// One worker's filters: the rule (later versions from `versions`) and the actions'
@@ -46,23 +75,17 @@ impl Rules<'_> {
         samples: Option<Samples>,
     ) -> Result<Filters, FilterError> {
         let rule = Filter::compile(self.script, self.origin, self.limits)?;
-        let per_action = self
-            .action_filters
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                f.map(|f| Filter::compile(f, &action_origin(i), self.limits))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let per_action = self.compile_each(&self.action_filters, action_origin)?;
         let per_action = if per_action.iter().any(Option::is_some) {
             per_action
         } else {
             Vec::new()
         };
+        let cancels = self.compile_each(&self.cancels, cancel_origin)?;
         Ok(
             Filters::new(rule, versions, self.origin.to_string(), self.limits.clone())
                 .with_actions(per_action)
+                .with_cancels(cancels)
                 .with_samples(samples),
         )
     }
@@ -85,6 +108,7 @@ mod tests {
             script: "true",
             origin: "rule.rhai",
             action_filters: vec![None, Some("event.no_such_field ==")],
+            cancels: Vec::new(),
             limits: &limits,
         };
         assert!(rules.check_rule().is_ok());
@@ -94,12 +118,28 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_condition_is_checked_like_a_filter_and_named_by_its_action() {
+        let limits = limits();
+        let rules = Rules {
+            script: "true",
+            origin: "rule.rhai",
+            action_filters: vec![None, None],
+            cancels: vec![None, Some("event.event_tipe == \"purchase\"")],
+            limits: &limits,
+        };
+        let e = rules.check_action_filters().unwrap_err().to_string();
+        assert!(e.starts_with("actions[1].cancel-if:"), "{e}");
+        assert!(e.contains("event_type"), "names the fix: {e}");
+    }
+
+    #[test]
     fn compiles_the_rule_and_the_action_filters_for_a_worker() {
         let limits = limits();
         let rules = Rules {
             script: "true",
             origin: "rule.rhai",
             action_filters: vec![None, Some("false")],
+            cancels: vec![None, Some("event.event_type == \"purchase\"")],
             limits: &limits,
         };
         assert!(rules.check_action_filters().unwrap().is_empty());

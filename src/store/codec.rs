@@ -15,6 +15,10 @@ use crate::model::{Profile, Str, UserState, Visit};
 
 /// The first byte of an encoded state.
 const VERSION: u8 = 1;
+/// The same, followed by the user's triggers (`crate::triggers`): a u32 length and their
+/// bincode. A state without triggers is written as `VERSION`, readable by releases that
+/// predate them.
+const WITH_TRIGGERS: u8 = 2;
 
 /// An encoded state as bincode reads it from a part: its length, then its bytes (read in
 /// one piece, not byte by byte as a `Vec<u8>` would be).
@@ -98,6 +102,7 @@ fn inline(_: &str) -> Option<u32> {
 /// Appends `state`'s encoding to `out`.
 pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     let word = |s: &str| words.id(s);
+    let at = out.len();
     out.push(VERSION);
     let p = &*state.profile;
     put_opt_str(out, p.user_id.as_deref(), inline);
@@ -134,6 +139,15 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     let history = state.history.encoded();
     put_varint(out, history.len() as u64);
     out.extend_from_slice(history);
+    if let Some(t) = &state.triggers {
+        out[at] = WITH_TRIGGERS;
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Its encoding cannot fail: plain structs, strings and numbers.
+        let _ = bincode::serialize_into(&mut *out, &**t);
+        let n = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+    }
 }
 
 pub fn encode(state: &UserState) -> Vec<u8> {
@@ -185,7 +199,8 @@ fn visit(r: &mut Reader<'_>, ids: &Ids) -> Result<Visit, Malformed> {
 /// A state from its encoding, its string ids mapped through `ids`.
 pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     let mut r = Reader::new(bytes);
-    if r.byte() != VERSION {
+    let version = r.byte();
+    if version != VERSION && version != WITH_TRIGGERS {
         return Err(Malformed(0));
     }
     let profile = Profile {
@@ -205,6 +220,18 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     let refetch_after = r.varint().checked_sub(1);
     let n = r.varint() as usize;
     let encoded = r.bytes(n);
+    let triggers = if version == WITH_TRIGGERS {
+        let len = r.bytes(4);
+        let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
+        let at = r.pos;
+        let raw = r.bytes(n);
+        match bincode::deserialize(raw) {
+            Ok(t) => Some(Box::new(t)),
+            Err(_) => return Err(Malformed(at)),
+        }
+    } else {
+        None
+    };
     if let Some(at) = r.bad {
         return Err(Malformed(at));
     }
@@ -222,6 +249,7 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
         last_activity,
         ttl_mark,
         refetch_after,
+        triggers,
     })
 }
 
@@ -282,6 +310,24 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer).is_err());
         assert!(decode_with(&bytes, &Ids::Theirs(Arc::new(Vec::new()))).is_err());
+    }
+
+    #[test]
+    fn a_state_with_triggers_comes_back_with_them_and_one_without_keeps_the_old_format() {
+        let plain = state();
+        assert_eq!(
+            encode(&plain)[0],
+            VERSION,
+            "readable by a release before triggers"
+        );
+        let mut s = state();
+        s.triggers = Some(Box::new(crate::triggers::example()));
+        let bytes = encode(&s);
+        assert_eq!(bytes[0], WITH_TRIGGERS);
+        assert_eq!(decode(&bytes).unwrap(), s);
+        for cut in 1..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -196,8 +196,11 @@ impl TtlIndex {
         }
     }
 
+    /// Idle for the TTL, and not kept by its triggers (a delayed action pending, or a
+    /// cap's window open: `crate::triggers`).
     pub fn is_expired(&self, state: &UserState, now: Time) -> bool {
         state.last_activity.saturating_add(self.ttl) <= now
+            && !state.triggers.as_ref().is_some_and(|t| t.keeps(now))
     }
 
     /// Records that `user` (whose state is `state`) was active at `state.last_activity`.
@@ -228,7 +231,9 @@ impl TtlIndex {
                 store.remove(&user);
                 expired += 1;
             } else {
-                state.ttl_mark = state.last_activity;
+                // Kept by its triggers past its TTL: looked at again a TTL from now.
+                let idle = state.last_activity.saturating_add(self.ttl) <= now;
+                state.ttl_mark = if idle { now } else { state.last_activity };
                 self.queue.push_back((state.ttl_mark, user));
             }
         }
@@ -270,6 +275,24 @@ mod tests {
         assert!(store.get_mut("b").is_some());
         assert_eq!(idx.expire(2499, &mut store), 0);
         assert_eq!(idx.expire(2500, &mut store), 1);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn a_user_kept_by_its_triggers_expires_a_ttl_after_they_end() {
+        let mut idx = TtlIndex::new(1000);
+        let mut store = MemoryStore::default();
+        touch(&mut idx, &mut store, "a", 0);
+        let t = crate::triggers::of(&mut store.get_mut("a").unwrap().triggers);
+        t.caps_until = 2500;
+        assert_eq!(idx.expire(1000, &mut store), 0, "kept while its cap counts");
+        assert_eq!(
+            idx.expire(2000, &mut store),
+            0,
+            "looked at again a TTL later"
+        );
+        assert!(idx.expire(2000, &mut store) == 0 && idx.queued() == 1);
+        assert_eq!(idx.expire(3000, &mut store), 1);
         assert_eq!(store.len(), 0);
     }
 

@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use super::timers::Timers;
 use crate::counters::Counters;
 use crate::filter::Verdict;
 use crate::filter::reload::Filters;
@@ -12,15 +13,23 @@ use crate::model::{EnrichedEvent, EnrichedView, Time, UserEvent, UserState};
 pub(super) struct Applier {
     pub(super) max_history: usize,
     pub(super) filters: Filters,
+    /// The actions' caps and delays.
+    pub(super) timers: Timers,
     stats: Rc<Counters>,
     script_log: LogLimiter,
 }
 
 impl Applier {
-    pub(super) fn new(max_history: usize, filters: Filters, stats: Rc<Counters>) -> Self {
+    pub(super) fn new(
+        max_history: usize,
+        filters: Filters,
+        timers: Timers,
+        stats: Rc<Counters>,
+    ) -> Self {
         Applier {
             max_history,
             filters,
+            timers,
             stats,
             script_log: LogLimiter::per_10s("filter script errors"),
         }
@@ -33,6 +42,7 @@ impl Applier {
 
     pub(super) fn tick(&mut self) {
         self.script_log.tick();
+        self.timers.tick();
     }
 
     /// Applies `ev` to `state` (history, visit, activity) as the original did, then
@@ -52,10 +62,11 @@ impl Applier {
             }
             visit.actions += 1;
         }
+        self.timers.cancel(time, &ev, &self.filters, state);
         self.judge(time, ev, state)
     }
 
-    fn judge(&mut self, time: Time, ev: UserEvent, state: &UserState) -> Option<EnrichedEvent> {
+    fn judge(&mut self, time: Time, ev: UserEvent, state: &mut UserState) -> Option<EnrichedEvent> {
         match self.filters.judge(time, EnrichedView { event: &ev, state }) {
             Verdict::Pass => {
                 Counters::add(&self.stats.passed, 1);
@@ -66,6 +77,7 @@ impl Applier {
                         tracing::warn!(user = %ev.user_id, "an action's filter failed, that action skipped: {reason}");
                     }
                 }
+                let targets = self.timers.on_pass(time, &ev, state, targets);
                 (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
             }
             Verdict::Reject => {

@@ -11,9 +11,11 @@ use super::apply::Applier;
 use super::lookups::{Lookups, Queued};
 use super::snapshots::{Snapshots, Stash};
 use super::table::{Miss, UserTable};
+use crate::clock::now_ms;
 use crate::counters::Counters;
 use crate::model::{EnrichedEvent, SavedUser, Text, Time, UserEvent};
 use crate::operators::held::HeldTimes;
+use crate::shutdown::StopFlag;
 
 /// What became of an event offered to the state.
 // Returned and matched at once, never stored: boxing would only add an allocation.
@@ -38,6 +40,10 @@ pub(super) struct Core {
     stash: Stash,
     pub(super) snapshots: Option<Snapshots>,
     pub(super) stats: Rc<Counters>,
+    /// Once set, the run stops: pending timers are left to the final checkpoint.
+    stop: StopFlag,
+    /// Pending timers fire at once when the input ends (the rule tester).
+    pub(super) fire_pending_at_end: bool,
 }
 
 impl Core {
@@ -47,6 +53,7 @@ impl Core {
         applier: Applier,
         snapshots: Option<Snapshots>,
         stats: Rc<Counters>,
+        stop: StopFlag,
     ) -> Self {
         Core {
             table,
@@ -56,6 +63,8 @@ impl Core {
             stash: Stash::default(),
             snapshots,
             stats,
+            stop,
+            fire_pending_at_end: false,
         }
     }
 
@@ -131,7 +140,10 @@ impl Core {
                 .remember(&done.user, done.first(), done.result.as_ref().ok());
             let (user, queue, state) = self.lookups.settle(done);
             let (applier, held) = (&mut self.applier, &mut self.held);
+            let key = user.clone();
             self.table.insert_with(user, state, |state| {
+                // Its timers, kept through a look-up again, are indexed anew.
+                applier.timers.index_user(&key, state);
                 for q in queue {
                     if let Some(out) = applier.apply(q.time, q.event, state) {
                         emit(held, q.held, out);
@@ -153,7 +165,12 @@ impl Core {
     ) {
         Counters::add(&self.stats.restored, 1);
         match saved {
-            SavedUser::State(state) => self.table.insert_with(user, state, |_| ()),
+            SavedUser::State(state) => {
+                let timers = &mut self.applier.timers;
+                let key = user.clone();
+                self.table
+                    .insert_with(user, state, |state| timers.index_user(&key, state))
+            }
             SavedUser::Pending(p) => {
                 let queue = p
                     .events
@@ -198,11 +215,14 @@ impl Core {
     pub(super) fn on_frontier(&mut self, frontier: Option<Time>, emit: &mut impl Emit) {
         let Some(now) = frontier else {
             self.drain_stash(Time::MAX, emit);
+            self.fire_after_the_input();
             return;
         };
         let mut through = Time::MAX;
         if let Some(epoch) = self.snapshots.as_ref().and_then(|s| s.due(now)) {
             self.drain_stash(epoch, emit);
+            // The snapshot has what is due after its epoch, and no timer due before it.
+            self.applier.timers.fire_due(epoch, &mut self.table);
             let running = !self.lookups.is_empty();
             if let Some(s) = &mut self.snapshots
                 && s.ready(epoch, running)
@@ -214,8 +234,37 @@ impl Core {
             through = s.open_next(now);
         }
         self.drain_stash(through, emit);
+        self.applier
+            .timers
+            .fire_due(now.min(through), &mut self.table);
         let expired = self.table.expire(now);
         Counters::add(&self.stats.expired, expired);
+    }
+
+    /// With the input ended: a stop leaves the pending timers to the final checkpoint
+    /// (if any); otherwise they fire as they come due by the clock (all at once for the
+    /// rule tester).
+    fn fire_after_the_input(&mut self) {
+        let timers = &mut self.applier.timers;
+        if timers.pending() == 0 {
+            return;
+        }
+        if self.stop.is_set() {
+            let n = timers.forget();
+            let kept = if self.snapshots.is_some() {
+                "they are in the final checkpoint and fire after a restart"
+            } else {
+                "without checkpoints they are lost"
+            };
+            tracing::warn!(pending = n, "stopped with delayed actions pending: {kept}");
+            return;
+        }
+        let limit = if self.fire_pending_at_end {
+            Time::MAX
+        } else {
+            now_ms().saturating_add(1)
+        };
+        timers.fire_due(limit, &mut self.table);
     }
 
     /// Once per activation, after the work: settles a snapshot written, publishes the
@@ -233,6 +282,9 @@ impl Core {
             .lookups_in_flight
             .set(self.lookups.in_flight() as u64);
         self.stats.lookup_backlog.set(self.held.len() as u64);
+        self.stats
+            .timers_pending
+            .set(self.applier.timers.pending() as u64);
         again
     }
 

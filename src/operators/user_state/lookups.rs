@@ -195,6 +195,7 @@ impl Lookups {
                 let mut state = UserState::from_profile(data, first);
                 state.append_history(&old.history, self.settings.max_history);
                 state.last_activity = old.last_activity.max(first);
+                state.triggers = old.triggers;
                 state
             }
             (Err(e), before) => {

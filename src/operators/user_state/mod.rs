@@ -25,11 +25,15 @@ mod snapshots;
 mod table;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timer_tests;
+mod timers;
 
 use std::rc::Rc;
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::scheduling::SyncActivator;
 
@@ -41,14 +45,16 @@ use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 use crate::partition::user_hash;
 use crate::profile_api::{Fetcher, ProfileSource};
-use crate::shutdown::Ending;
+use crate::shutdown::{Ending, StopFlag};
 use crate::store::Store;
+use crate::triggers::Schedules;
 
 use self::apply::Applier;
 use self::core::Core;
 use self::lookups::{LookupSettings, Lookups, Source};
 use self::snapshots::Snapshots;
 use self::table::UserTable;
+use self::timers::Timers;
 
 #[derive(Clone, Debug)]
 pub struct UserStateConfig {
@@ -59,6 +65,13 @@ pub struct UserStateConfig {
     /// After a failed look-up, the user is looked up again on its first event this
     /// long after (instead of keeping the empty state for the whole TTL).
     pub min_refetch_ms: u64,
+    /// Delayed actions pending per user at most.
+    pub max_timers_per_user: usize,
+    /// The actions' caps and delays, by their order.
+    pub schedules: Schedules,
+    /// With the input ended, pending delayed actions fire at once instead of when due
+    /// (the rule tester).
+    pub fire_pending_at_end: bool,
 }
 
 /// What one worker's user-state operator is built from.
@@ -76,6 +89,23 @@ pub struct UserStateSettings {
     /// Tells the source how many events wait (for a look-up, a restore or a snapshot).
     pub backlog: Backlog,
     pub counters: Rc<Counters>,
+    /// Set when the run is asked to stop.
+    pub stop: StopFlag,
+}
+
+/// The clock capability moved to the least of `frontiers` and `next` (the earliest
+/// timer due), never back; none when there is neither.
+fn hold_clock(
+    clock: Option<Capability<Time>>,
+    frontiers: impl Iterator<Item = Time>,
+    next: Option<Time>,
+) -> Option<Capability<Time>> {
+    let mut clock = clock?;
+    let least = frontiers.chain(next).min()?;
+    if least > *clock.time() {
+        clock.downgrade(&least);
+    }
+    Some(clock)
 }
 
 /// Keeps each user's state, applies every event to it, and emits the events that the
@@ -127,8 +157,17 @@ fn operator<'s>(
                 store,
                 backlog,
                 counters,
+                stop,
                 ..
             } = settings;
+            let timers = Timers::new(
+                config.schedules.clone(),
+                config.max_timers_per_user,
+                counters.clone(),
+            );
+            // Held at the least of the inputs' frontiers and the earliest timer due: what
+            // fired timers are emitted with.
+            let mut clock = timers.any_delayed().then(|| cap.clone());
             let snapshots = checkpoints.map(|c| {
                 let index = worker.index();
                 let activator = move || worker.sync_activator_for(address.clone());
@@ -142,10 +181,12 @@ fn operator<'s>(
             let mut m = Core::new(
                 UserTable::new(store, config.ttl_ms, config.min_refetch_ms),
                 Lookups::new(lookups, source, counters.clone()),
-                Applier::new(config.max_history, filters, counters.clone()),
+                Applier::new(config.max_history, filters, timers, counters.clone()),
                 snapshots,
                 counters,
+                stop,
             );
+            m.fire_pending_at_end = config.fire_pending_at_end;
             move |(input, frontier), (restore, restore_frontier), output| {
                 m.applier.refresh();
                 restore.for_each(|cap, records| {
@@ -180,6 +221,24 @@ fn operator<'s>(
                 // After the frontier: stashed events let through may have started look-ups
                 // that (from a snapshot file) are done at once.
                 m.complete_lookups(&mut emit);
+                let fired = m.applier.timers.take_fired();
+                if let Some(c) = &clock {
+                    for (due, out) in fired {
+                        let at = due.max(*c.time());
+                        output.session(&c.delayed(&at)).give(out);
+                    }
+                }
+                let inputs = [frontier.frontier(), restore_frontier.frontier()];
+                let next = m.applier.timers.next_due();
+                clock = hold_clock(
+                    clock.take(),
+                    inputs.iter().flat_map(|f| f.first()).copied(),
+                    next,
+                );
+                if ended && let Some(due) = next {
+                    let wait = due.saturating_sub(crate::clock::now_ms()).max(1);
+                    wake.activate_after(std::time::Duration::from_millis(wait));
+                }
                 if m.finish_activation(ended) {
                     wake.activate();
                 }

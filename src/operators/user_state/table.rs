@@ -65,6 +65,11 @@ impl UserTable {
         }
     }
 
+    /// `user`'s state, its activity and TTL untouched.
+    pub(super) fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
+        self.store.get_mut(user)
+    }
+
     /// Adds `user`, with `state` as `f` leaves it.
     pub(super) fn insert_with<R>(
         &mut self,

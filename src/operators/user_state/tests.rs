@@ -23,26 +23,29 @@ use crate::model::{
 };
 use crate::operators::backpressure::Backlog;
 use crate::profile_api::{ProfileSnapshot, ProfileSource};
-use crate::shutdown::Ending;
+use crate::shutdown::{Ending, StopFlag};
 use crate::store::Backend;
 
 /// One operator under test, its inputs, its output and its look-ups.
-struct Rig {
-    events: InputHandleVec<Time, UserEvent>,
-    restored: Option<InputHandleVec<Time, (Text, SavedUser)>>,
-    probe: ProbeHandle<Time>,
-    out: Rc<RefCell<Vec<EnrichedEvent>>>,
-    profiles: FakeProfiles,
-    counters: Rc<Counters>,
+pub(super) struct Rig {
+    pub(super) events: InputHandleVec<Time, UserEvent>,
+    pub(super) restored: Option<InputHandleVec<Time, (Text, SavedUser)>>,
+    pub(super) probe: ProbeHandle<Time>,
+    pub(super) out: Rc<RefCell<Vec<EnrichedEvent>>>,
+    pub(super) profiles: FakeProfiles,
+    pub(super) counters: Rc<Counters>,
     _runtime: tokio::runtime::Runtime,
 }
 
-fn config(ttl_ms: u64) -> UserStateConfig {
+pub(super) fn config(ttl_ms: u64) -> UserStateConfig {
     UserStateConfig {
         ttl_ms,
         max_history: 10,
         max_in_flight: 8,
         min_refetch_ms: 0,
+        max_timers_per_user: 100,
+        schedules: Default::default(),
+        fire_pending_at_end: false,
     }
 }
 
@@ -51,11 +54,23 @@ fn rig(
     config: UserStateConfig,
     checkpoints: Option<(CheckpointConfig, Ending)>,
 ) -> Rig {
+    let limits = FilterLimits::default();
+    let filter = Filter::compile(r#"event.event_type != "skip""#, "test", &limits).unwrap();
+    let filters = Filters::new(filter, FilterVersions::default(), "test".into(), limits);
+    rig_with(worker, config, checkpoints, filters, StopFlag::default())
+}
+
+/// A rig whose operator judges with `filters`, and stops when `stop` is set.
+pub(super) fn rig_with(
+    worker: &mut Worker,
+    config: UserStateConfig,
+    checkpoints: Option<(CheckpointConfig, Ending)>,
+    filters: Filters,
+    stop: StopFlag,
+) -> Rig {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let limits = FilterLimits::default();
-    let filter = Filter::compile(r#"event.event_type != "skip""#, "test", &limits).unwrap();
     let empty = ProfileSnapshot::from_reader(&b""[..]).unwrap();
     let counters = Rc::new(Counters::default());
     let settings = UserStateSettings {
@@ -63,10 +78,11 @@ fn rig(
         checkpoints,
         profiles: ProfileSource::Snapshot(Arc::new(empty)),
         runtime: runtime.handle().clone(),
-        filters: Filters::new(filter, FilterVersions::default(), "test".into(), limits),
+        filters,
         store: Backend::Memory.open(0).unwrap(),
         backlog: Backlog::new(usize::MAX),
         counters: counters.clone(),
+        stop,
     };
     let profiles = FakeProfiles::default();
     let out = Rc::new(RefCell::new(Vec::new()));
@@ -92,11 +108,11 @@ fn rig(
 
 impl Rig {
     /// Ends the restore (there is nothing to restore).
-    fn no_restore(&mut self) {
+    pub(super) fn no_restore(&mut self) {
         self.restored = None;
     }
 
-    fn send(&mut self, time: Time, user: &str, id: &str) {
+    pub(super) fn send(&mut self, time: Time, user: &str, id: &str) {
         if *self.events.time() < time {
             self.events.advance_to(time);
         }
@@ -104,7 +120,7 @@ impl Rig {
     }
 
     /// Steps until `done`, failing after a few seconds.
-    fn step_until(&self, worker: &mut Worker, mut done: impl FnMut(&Rig) -> bool) {
+    pub(super) fn step_until(&self, worker: &mut Worker, mut done: impl FnMut(&Rig) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(3);
         while !done(self) {
             assert!(Instant::now() < deadline, "timed out");
@@ -113,24 +129,24 @@ impl Rig {
     }
 
     /// Steps until the probe passes every time before `time`.
-    fn settle(&self, worker: &mut Worker, time: Time) {
+    pub(super) fn settle(&self, worker: &mut Worker, time: Time) {
         self.step_until(worker, |r| !r.probe.less_than(&time));
     }
 
-    fn idle(&self, worker: &mut Worker) {
+    pub(super) fn idle(&self, worker: &mut Worker) {
         for _ in 0..50 {
             worker.step();
         }
     }
 
-    fn emitted(&self) -> Vec<String> {
+    pub(super) fn emitted(&self) -> Vec<String> {
         let out = self.out.borrow();
         out.iter()
             .map(|e| e.event.event_id.as_deref().unwrap_or("").to_string())
             .collect()
     }
 
-    fn started(&self) -> Vec<String> {
+    pub(super) fn started(&self) -> Vec<String> {
         self.profiles
             .started()
             .iter()
@@ -139,7 +155,7 @@ impl Rig {
     }
 }
 
-fn event(user: &str, id: &str) -> UserEvent {
+pub(super) fn event(user: &str, id: &str) -> UserEvent {
     UserEvent {
         event_id: Some(id.into()),
         user_id: user.into(),
@@ -148,7 +164,7 @@ fn event(user: &str, id: &str) -> UserEvent {
     }
 }
 
-fn profile(country: &str) -> ProfileData {
+pub(super) fn profile(country: &str) -> ProfileData {
     ProfileData {
         profile: Profile {
             country: Some(country.into()),
