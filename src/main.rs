@@ -431,6 +431,13 @@ fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Resu
         c.fetched,
         c.fetch_errors
     );
+    if c.scheduled + c.capped + c.timers_dropped > 0 {
+        // Pending delayed actions fired at the end of the file, without waiting.
+        println!(
+            "actions' caps and delays: scheduled={} cancelled={} fired={} capped={} dropped={} (delayed actions pending at the end of the file are counted as fired)",
+            c.scheduled, c.cancelled, c.fired, c.capped, c.timers_dropped
+        );
+    }
     if c.fetch_errors > 0 {
         // Judged on the empty state: a rule on the profile cannot pass them.
         println!(

@@ -1175,3 +1175,144 @@ fn final_users(restore: &event_trigger::checkpoint::Restore) -> Vec<(String, Vec
         .map(|(user, _, ids)| (user, ids))
         .collect()
 }
+
+/// A file-source config over `events` (written to `dir`), rule `true`, with `actions`.
+fn carts_config(dir: &std::path::Path, name: &str, c: &Carts, actions: &str) -> std::path::PathBuf {
+    let events = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&events, c.lines.join("\n") + "\n").unwrap();
+    let rule = dir.join("true.rhai");
+    std::fs::write(&rule, "true").unwrap();
+    let cfg = dir.join(format!("{name}.yml"));
+    let yaml = format!(
+        "source:\n  type: file\n  path: \"{}\"\nprofile-api:\n  base-url: \"{}\"\nfilter:\n  script-path: \"{}\"\n{actions}",
+        events.display(),
+        c.profiles,
+        rule.display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    cfg
+}
+
+/// Issue #18's abandoned cart: an `add_to_cart` schedules a reminder 2 s later, a
+/// purchase before then cancels it; a file run waits for what is pending, and every
+/// topology sends exactly the reminders of the carts left without a purchase.
+#[test]
+fn an_abandoned_cart_reminder_fires_only_for_carts_without_a_purchase_anywhere() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let carts = Carts::write(dir.path(), 40);
+    let mut expected = carts.abandoned();
+    expected.sort();
+    for (label, args, processes) in [
+        ("-w 1", vec!["-w", "1"], 1),
+        ("-w 2", vec!["-w", "2"], 1),
+        ("2 processes", vec!["-w", "1"], 2),
+    ] {
+        let receiver = Receiver::start(&rt);
+        let actions = Carts::reminder_yaml(&receiver.url(), "2s");
+        let cfg = carts_config(dir.path(), "carts", &carts, &actions);
+        let started = std::time::Instant::now();
+        let stdout = if processes == 1 {
+            let mut all = vec!["run", "--config", cfg.to_str().unwrap()];
+            all.extend(&args);
+            run_ok(all).stdout
+        } else {
+            run_cluster(dir.path(), &cfg, &args, processes)
+                .remove(0)
+                .stdout
+        };
+        let c = summary_of(&stdout);
+        assert_eq!(
+            (c.scheduled, c.cancelled, c.fired, c.passed),
+            (40, 20, 20, 60),
+            "{label}: {c:?}"
+        );
+        let mut got = receiver.event_ids();
+        got.sort();
+        assert_eq!(got, expected, "{label}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "{label}: did not wait"
+        );
+    }
+}
+
+/// `cooldown` lets one firing per user through in its period, `max-per-user` `count` of
+/// them per window; the rest count as capped.
+#[test]
+fn a_cooldown_and_a_count_per_window_let_exactly_the_expected_firings_through() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut carts = Carts::write(dir.path(), 3);
+    carts.lines = (0..4)
+        .flat_map(|k| {
+            (0..3).map(move |u| {
+                json!({"event_id": format!("click-c{u}-{k}"), "user_id": format!("c{u}"), "event_type": "click"})
+                    .to_string()
+            })
+        })
+        .collect();
+    let (once, twice) = (Receiver::start(&rt), Receiver::start(&rt));
+    let actions = format!(
+        "actions:\n  - type: webhook\n    name: once-an-hour\n    url: \"{}\"\n    cooldown: 1h\n  - type: webhook\n    name: two-a-day\n    url: \"{}\"\n    max-per-user: {{count: 2, per: 24h}}\n",
+        once.url(),
+        twice.url()
+    );
+    let cfg = carts_config(dir.path(), "clicks", &carts, &actions);
+    let out = run_ok(["run", "--config", cfg.to_str().unwrap(), "-w", "2"]);
+    let c = summary_of(&out.stdout);
+    assert_eq!(
+        (c.passed, c.capped, c.actions_ok),
+        (12, 3 * 3 + 3 * 2, 3 + 6)
+    );
+    let ids = |r: &Receiver| {
+        let mut v = r.event_ids();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&once), ["click-c0-0", "click-c1-0", "click-c2-0"]);
+    assert_eq!(
+        ids(&twice),
+        [
+            "click-c0-0",
+            "click-c0-1",
+            "click-c1-0",
+            "click-c1-1",
+            "click-c2-0",
+            "click-c2-1"
+        ]
+    );
+    // The rule tester shows what would be scheduled, capped or cancelled.
+    let tested = run_ok([
+        "validate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--events",
+        dir.path().join("clicks.jsonl").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&tested.stdout);
+    assert!(text.contains("capped=15"), "{text}");
+    assert!(once.event_ids().len() == 3, "the tester calls nothing");
+}
+
+/// `validate` checks `cancel-if` like the rule: a misspelled field is named, with the fix.
+#[test]
+fn validate_names_a_misspelled_field_in_a_cancel_condition() {
+    let dir = tempfile::tempdir().unwrap();
+    let carts = Carts::write(dir.path(), 2);
+    let actions = Carts::reminder_yaml("http://127.0.0.1:9/", "30m").replace(
+        "'event.event_type == \"purchase\"'",
+        "'event.event_tipe == \"purchase\"'",
+    );
+    let cfg = carts_config(dir.path(), "typo", &carts, &actions);
+    let out = Command::new(binary())
+        .args(["validate", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("actions[0].cancel-if") && stderr.contains("event_type"),
+        "{stderr}"
+    );
+}

@@ -1663,3 +1663,82 @@ fn kafka_over_tls_with_a_private_ca() {
     got.sort();
     assert_eq!(got, w.expected_us_page_views());
 }
+
+/// Issue #18: a run killed (SIGKILL) between scheduling cart reminders and firing them;
+/// the restart, at another `-w`, fires each due reminder at least once, with the same
+/// `Idempotency-Key`, and none that a purchase cancelled before the last checkpoint.
+#[test]
+fn delayed_actions_survive_a_sigkill_and_fire_after_the_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let carts = Carts::write(dir.path(), 20);
+    let topic = unique("carts");
+    load_topic(&rt, &topic, 4, &carts.lines);
+    let group = fresh_group(&topic);
+    let receiver = Receiver::start(&rt);
+    let s = kafka_job(dir.path(), &topic, &group, &carts.profiles, &receiver.url());
+    std::fs::write(&s.filter.script_path, "true").unwrap();
+    let yaml = kafka_yaml(&s)
+        .replace(
+            &format!("actions:\n  webhook:\n    url: \"{}\"\n", receiver.url()),
+            &Carts::reminder_yaml(&receiver.url(), "15s"),
+        )
+        .replace("engine:\n", "engine:\n  checkpoint-interval-ms: 500\n");
+    let cfg = dir.path().join("carts.yml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut first = start_run(&cfg, &["-w", "1"], &[("RUST_LOG", "warn")]);
+    let all_read = |r: &event_trigger::checkpoint::Restore| {
+        r.manifest.offsets.values().sum::<i64>() == carts.lines.len() as i64
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir);
+        if done.as_ref().is_some_and(all_read) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of every event");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(receiver.received(), 0, "killed before any reminder was due");
+    let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir).unwrap();
+    let mut pending: Vec<String> = Vec::new();
+    for path in last.part_paths() {
+        for (_, record) in event_trigger::checkpoint::read_part(&path).unwrap() {
+            let SavedUser::State(state) = record else {
+                panic!("a user still being looked up")
+            };
+            let timers = state.triggers.map(|t| t.pending).unwrap_or_default();
+            pending.extend(
+                timers
+                    .into_iter()
+                    .filter_map(|t| t.event.event_id.map(|id| id.to_string())),
+            );
+        }
+    }
+    pending.sort();
+    let restart = start_run(&cfg, &["--bounded", "-w", "2"], &[("RUST_LOG", "warn")]);
+    let out = wait_ok(restart);
+    let c = summary_of(&out.stdout);
+    let mut expected = carts.abandoned();
+    expected.sort();
+    assert_eq!(
+        pending, expected,
+        "the checkpoint holds the reminders pending"
+    );
+    assert_eq!(distinct(receiver.event_ids()), expected);
+    assert!(receiver.received() >= expected.len());
+    let mut keys: Vec<String> = receiver
+        .raw
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.idempotency_key.clone())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, expected, "each reminder's key is its cart's event id");
+    assert_eq!((c.restored, c.fired, c.events_read), (20, 10, 0), "{c:?}");
+}

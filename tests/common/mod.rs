@@ -780,3 +780,56 @@ pub fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories 
     users.sort_by(|a, b| a.0.cmp(&b.0));
     users
 }
+
+/// The abandoned-cart scenario: `users` users add to their carts, then the even ones
+/// buy. Its events (one per line, each user's in order) and its profiles (`file://`
+/// base URL), written to `dir`.
+pub struct Carts {
+    pub lines: Vec<String>,
+    pub profiles: String,
+    pub users: usize,
+}
+
+impl Carts {
+    pub fn write(dir: &Path, users: usize) -> Carts {
+        let event = |u: usize, kind: &str| {
+            json!({"event_id": format!("{kind}-c{u}"), "user_id": format!("c{u}"), "event_type": kind, "event_name": kind, "timestamp": 1000 + u, "parameters": {"sku": format!("sku-{u}")}})
+            .to_string()
+        };
+        let mut lines: Vec<String> = (0..users).map(|u| event(u, "add_to_cart")).collect();
+        lines.extend((0..users).step_by(2).map(|u| event(u, "purchase")));
+        let path = dir.join("cart-profiles.jsonl");
+        let profiles: String = (0..users)
+            .map(|u| format!("{}\n", json!({"user_id": format!("c{u}"), "profile": {"country": "US"}, "visit": null, "history": []})))
+            .collect();
+        std::fs::write(&path, profiles).unwrap();
+        Carts {
+            lines,
+            profiles: format!("file://{}", path.display()),
+            users,
+        }
+    }
+
+    /// The carts left without a purchase: the reminders due.
+    pub fn abandoned(&self) -> Vec<String> {
+        (1..self.users)
+            .step_by(2)
+            .map(|u| format!("add_to_cart-c{u}"))
+            .collect()
+    }
+
+    /// An `actions:` list with the cart reminder: a webhook to `url`, `delay` after an
+    /// `add_to_cart`, unless a purchase came first.
+    pub fn reminder_yaml(url: &str, delay: &str) -> String {
+        format!(
+            "actions:\n  - type: webhook\n    name: cart-reminder\n    url: \"{url}\"\n    filter: 'event.event_type == \"add_to_cart\"'\n    delay: {delay}\n    cancel-if: 'event.event_type == \"purchase\"'\n"
+        )
+    }
+}
+
+/// `ids` sorted, without repeats.
+pub fn distinct(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids.dedup();
+    ids
+}

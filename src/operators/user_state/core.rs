@@ -143,7 +143,7 @@ impl Core {
             let key = user.clone();
             self.table.insert_with(user, state, |state| {
                 // Its timers, kept through a look-up again, are indexed anew.
-                applier.timers.index_user(&key, state);
+                applier.timers.looked_up(&key, state);
                 for q in queue {
                     if let Some(out) = applier.apply(q.time, q.event, state) {
                         emit(held, q.held, out);
@@ -169,7 +169,7 @@ impl Core {
                 let timers = &mut self.applier.timers;
                 let key = user.clone();
                 self.table
-                    .insert_with(user, state, |state| timers.index_user(&key, state))
+                    .insert_with(user, state, |state| timers.restored(&key, state))
             }
             SavedUser::Pending(p) => {
                 let queue = p

@@ -236,7 +236,8 @@ fn operator<'s>(
                     next,
                 );
                 if ended && let Some(due) = next {
-                    let wait = due.saturating_sub(crate::clock::now_ms()).max(1);
+                    // At least once a second, to notice a stop.
+                    let wait = due.saturating_sub(crate::clock::now_ms()).clamp(1, 1000);
                     wake.activate_after(std::time::Duration::from_millis(wait));
                 }
                 if m.finish_activation(ended) {

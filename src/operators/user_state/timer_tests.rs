@@ -235,9 +235,18 @@ fn a_stop_does_not_wait_for_pending_actions() {
         r.events.advance_to(now + 1);
         answer(&r, worker, &["u"]);
         r.step_until(worker, |r| r.counters.counts().scheduled == 1);
-        stop.set();
         std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
-        r.step_until(worker, |r| r.probe.done());
+        for _ in 0..10 {
+            worker.step_or_park(Some(std::time::Duration::from_millis(10)));
+        }
+        assert!(!r.probe.done(), "waits for the action to come due");
+        // A stop while it waits (a file read to its end, then SIGTERM).
+        stop.set();
+        let start = Instant::now();
+        while !r.probe.done() {
+            worker.step_or_park(Some(std::time::Duration::from_millis(100)));
+            assert!(start.elapsed().as_secs() < 3, "the stop was not noticed");
+        }
         assert!(r.emitted().is_empty());
     });
 }
@@ -250,25 +259,31 @@ fn a_restored_pending_action_fires_once_the_frontier_passes_it() {
             ..Schedule::default()
         };
         let mut r = timed_rig(worker, delayed, 60_000, StopFlag::default());
-        let mut state = UserState::empty(100);
-        state.triggers = Some(Box::new(UserTriggers {
-            pending: vec![Timer {
-                id: 7,
-                action: "a".into(),
-                due: 1100,
-                event: typed("u", "cart", "add_to_cart"),
-            }],
-            ..UserTriggers::default()
-        }));
-        let restored = r.restored.as_mut().unwrap();
-        restored.send(("u".into(), SavedUser::State(state)));
+        // Saved by other workers of another run: their ids mean nothing here (two
+        // users' timers with the same id and due time once overwrote each other).
+        for (user, saved_id) in [("u", 1), ("v", 0), ("w", 0)] {
+            let mut state = UserState::empty(100);
+            state.triggers = Some(Box::new(UserTriggers {
+                pending: vec![Timer {
+                    id: saved_id,
+                    action: "a".into(),
+                    due: 1100,
+                    event: typed(user, &format!("cart-{user}"), "add_to_cart"),
+                }],
+                ..UserTriggers::default()
+            }));
+            let restored = r.restored.as_mut().unwrap();
+            restored.send((user.into(), SavedUser::State(state)));
+        }
         r.no_restore();
         r.events.advance_to(1000);
         r.settle(worker, 1000);
         assert!(r.emitted().is_empty());
         r.events.advance_to(1101);
         r.settle(worker, 1101);
-        assert_eq!(r.emitted(), ["cart"]);
-        assert_eq!(r.counters.counts().fired, 1);
+        let mut fired = r.emitted();
+        fired.sort();
+        assert_eq!(fired, ["cart-u", "cart-v", "cart-w"]);
+        assert_eq!(r.counters.counts().fired, 3);
     });
 }

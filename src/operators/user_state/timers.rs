@@ -145,14 +145,22 @@ impl Timers {
         }
     }
 
-    /// Adds `user`'s pending timers (restored, or back from a look-up) to the index,
-    /// with new ids.
-    pub(super) fn index_user(&mut self, user: &Text, state: &mut UserState) {
+    /// Adds restored `user`'s pending timers to the index, with ids of this worker (the
+    /// ids they were saved with are another run's).
+    pub(super) fn restored(&mut self, user: &Text, state: &mut UserState) {
         let Some(t) = &mut state.triggers else { return };
         for timer in &mut t.pending {
-            self.index.remove(&(timer.due, timer.id));
             timer.id = self.next_id;
             self.next_id += 1;
+            self.index.insert((timer.due, timer.id), user.clone());
+        }
+    }
+
+    /// Puts `user`'s pending timers back in the index after its look-up again (those
+    /// that came due meanwhile were taken out of it, and fire now).
+    pub(super) fn looked_up(&mut self, user: &Text, state: &UserState) {
+        let Some(t) = &state.triggers else { return };
+        for timer in &t.pending {
             self.index.insert((timer.due, timer.id), user.clone());
         }
     }
