@@ -6,6 +6,8 @@
 #               mock-api, and a discarding sink (the Flink baseline's); -w 1 and -w 2
 #   kafka       the same topic read by a bare rdkafka consumer (1 and 2 threads) and by
 #               the job (run --bounded, -w 1 and -w 2): Tansu started here, 4 partitions
+#   triggers    the discarding -w 1 run with a `cooldown: 1h` on its action against none,
+#               alternating, twice (what caps cost per event)
 #   latency     event -> webhook latency at the receiver (from X-Event-Ingested-At) at a
 #               fixed offered load of half the measured maximum (file source paced by
 #               source.max-events-per-second, -w 2, checkpoints every 10 s; LATENCY_RATE
@@ -14,7 +16,7 @@
 #               workload, and the ratios against this run's figures
 #
 #   scripts/bench.sh [WORKLOAD_DIR] [EVENTS] [USERS]
-#   PARTS="throughput latency" scripts/bench.sh ...      # a subset (default: all four)
+#   PARTS="throughput latency" scripts/bench.sh ...      # a subset (default: all five)
 #   BEFORE=/path/to/old/event-trigger scripts/bench.sh   # throughput and kafka runs of an
 #                                                        # older build too, alternating
 #
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 WL=${1:-/tmp/event-trigger-wl}
 EVENTS=${2:-2000000}
 USERS=${3:-100000}
-PARTS=${PARTS:-throughput kafka latency flink}
+PARTS=${PARTS:-throughput kafka triggers latency flink}
 GEN=../shared/bench/gen_events.py
 FLINK=../shared/bench/flink
 PORT=${BENCH_PORT:-18080}
@@ -169,6 +171,30 @@ kafka: { bootstrap-servers: \"$EVENT_TRIGGER_TEST_BROKER\", topic: $TOPIC, consu
   done
   scripts/broker.sh stop
   BROKER_STARTED=
+fi
+
+if has triggers; then
+  # Issue #18's cost: the same discarding run with a 1 h cooldown on its action (every
+  # passing event's user checked and recorded; repeats capped) against none, alternating.
+  echo; echo "== triggers: file source, file:// profiles, discarding, -w 1, cooldown 1h on / off =="
+  header
+  for round in 1 2; do
+    for c in off on; do
+      cd_key=""; [ "$c" = on ] && cd_key=", cooldown: 1h"
+      {
+        echo "$FILE_SRC"
+        echo "profile-api: { base-url: \"file://$WL/profiles.jsonl\" }"
+        echo "filter: { script-path: \"$TMP/filter.rhai\" }"
+        echo "actions: [ { type: debug$cd_key } ]"
+        echo "engine: { checkpoint-dir: \"$TMP/ck-cooldown-$c\" }"
+        echo "metrics: { listen: \"\" }"
+      } > "$TMP/cooldown-$c.yml"
+      figures=$(job "$TMP/cooldown-$c.yml" 1)
+      row file file "cd-$c" 1 "$figures" "round $round"
+      capped=$(sed -n 's/.* capped=\([0-9]*\).*/\1/p' "$TMP/out")
+      [ "$c" = on ] && echo "  capped: $capped of $(cut -d' ' -f4 <<<"$figures") passed"
+    done
+  done
 fi
 
 if has latency; then

@@ -17,6 +17,15 @@ use crate::triggers::{ActionSchedule, MaxPerUser, Schedule, Schedules, Timer, Us
 /// One action `a` with `schedule`, for the events its filter passes, cancelled by
 /// purchases; the rule passes everything.
 fn timed_rig(worker: &mut Worker, schedule: Schedule, ttl_ms: u64, stop: StopFlag) -> Rig {
+    timed_rig_with(worker, schedule, config(ttl_ms), stop)
+}
+
+fn timed_rig_with(
+    worker: &mut Worker,
+    schedule: Schedule,
+    mut cfg: super::UserStateConfig,
+    stop: StopFlag,
+) -> Rig {
     let limits = FilterLimits::default();
     let compile = |s: &str| Filter::compile(s, "test", &limits).unwrap();
     let filters = Filters::new(
@@ -31,7 +40,6 @@ fn timed_rig(worker: &mut Worker, schedule: Schedule, ttl_ms: u64, stop: StopFla
             .delay_ms
             .map(|_| compile(r#"event.event_type == "purchase""#)),
     ]);
-    let mut cfg = config(ttl_ms);
     cfg.schedules = Schedules(Arc::new(vec![ActionSchedule {
         name: "a".into(),
         schedule,
@@ -285,5 +293,30 @@ fn a_restored_pending_action_fires_once_the_frontier_passes_it() {
         fired.sort();
         assert_eq!(fired, ["cart-u", "cart-v", "cart-w"]);
         assert_eq!(r.counters.counts().fired, 3);
+    });
+}
+
+#[test]
+fn pending_actions_per_user_are_capped_and_the_rest_counted() {
+    timely::execute_directly(|worker| {
+        let delayed = Schedule {
+            delay_ms: Some(1000),
+            ..Schedule::default()
+        };
+        let mut cfg = config(60_000);
+        cfg.max_timers_per_user = 2;
+        let mut r = timed_rig_with(worker, delayed, cfg, StopFlag::default());
+        r.no_restore();
+        for id in ["c1", "c2", "c3"] {
+            send(&mut r, 100, "u", id, "add_to_cart");
+        }
+        send(&mut r, 100, "v", "v1", "add_to_cart");
+        r.events.advance_to(101);
+        answer(&r, worker, &["u", "v"]);
+        r.events.advance_to(1101);
+        r.settle(worker, 1101);
+        assert_eq!(sorted(r.emitted()), ["c1", "c2", "v1"]);
+        let c = r.counters.counts();
+        assert_eq!((c.scheduled, c.timers_dropped, c.fired), (3, 1, 3));
     });
 }
