@@ -1203,13 +1203,22 @@ fn an_abandoned_cart_reminder_fires_only_for_carts_without_a_purchase_anywhere()
     let carts = Carts::write(dir.path(), 40);
     let mut expected = carts.abandoned();
     expected.sort();
-    for (label, args, processes) in [
-        ("-w 1", vec!["-w", "1"], 1),
-        ("-w 2", vec!["-w", "2"], 1),
-        ("2 processes", vec!["-w", "1"], 2),
-    ] {
+    let mut topologies = vec![
+        ("-w 1", vec!["-w", "1"], 1, ""),
+        ("-w 2", vec!["-w", "2"], 1, ""),
+        ("2 processes", vec!["-w", "1"], 2, ""),
+    ];
+    // Users evicted to RocksDB and read back keep their pending actions.
+    let rocks = format!(
+        "engine:\n  state-backend: rocksdb\n  state-cache-users: 2\n  state-dir: \"{}\"\n",
+        dir.path().join("state").display()
+    );
+    if cfg!(feature = "rocksdb") {
+        topologies.push(("-w 2, RocksDB", vec!["-w", "2"], 1, &rocks));
+    }
+    for (label, args, processes, engine) in topologies {
         let receiver = Receiver::start(&rt);
-        let actions = Carts::reminder_yaml(&receiver.url(), "2s");
+        let actions = Carts::reminder_yaml(&receiver.url(), "2s") + engine;
         let cfg = carts_config(dir.path(), "carts", &carts, &actions);
         let started = std::time::Instant::now();
         let stdout = if processes == 1 {

@@ -17,29 +17,27 @@ use crate::triggers::{ActionSchedule, MaxPerUser, Schedule, Schedules, Timer, Us
 /// One action `a` with `schedule`, for the events its filter passes, cancelled by
 /// purchases; the rule passes everything.
 fn timed_rig(worker: &mut Worker, schedule: Schedule, ttl_ms: u64, stop: StopFlag) -> Rig {
-    timed_rig_with(worker, schedule, config(ttl_ms), stop)
+    let versions = FilterVersions::default();
+    timed_rig_with(worker, schedule, config(ttl_ms), stop, versions)
 }
 
+/// `timed_rig`, its rule's later versions published to `versions`.
 fn timed_rig_with(
     worker: &mut Worker,
     schedule: Schedule,
     mut cfg: super::UserStateConfig,
     stop: StopFlag,
+    versions: FilterVersions,
 ) -> Rig {
     let limits = FilterLimits::default();
     let compile = |s: &str| Filter::compile(s, "test", &limits).unwrap();
-    let filters = Filters::new(
-        compile("true"),
-        FilterVersions::default(),
-        "t".into(),
-        limits.clone(),
-    )
-    .with_actions(vec![Some(compile(r#"event.event_type != "purchase""#))])
-    .with_cancels(vec![
-        schedule
-            .delay_ms
-            .map(|_| compile(r#"event.event_type == "purchase""#)),
-    ]);
+    let filters = Filters::new(compile("true"), versions, "t".into(), limits.clone())
+        .with_actions(vec![Some(compile(r#"event.event_type != "purchase""#))])
+        .with_cancels(vec![
+            schedule
+                .delay_ms
+                .map(|_| compile(r#"event.event_type == "purchase""#)),
+        ]);
     cfg.schedules = Schedules(Arc::new(vec![ActionSchedule {
         name: "a".into(),
         schedule,
@@ -305,7 +303,8 @@ fn pending_actions_per_user_are_capped_and_the_rest_counted() {
         };
         let mut cfg = config(60_000);
         cfg.max_timers_per_user = 2;
-        let mut r = timed_rig_with(worker, delayed, cfg, StopFlag::default());
+        let versions = FilterVersions::default();
+        let mut r = timed_rig_with(worker, delayed, cfg, StopFlag::default(), versions);
         r.no_restore();
         for id in ["c1", "c2", "c3"] {
             send(&mut r, 100, "u", id, "add_to_cart");
@@ -318,5 +317,36 @@ fn pending_actions_per_user_are_capped_and_the_rest_counted() {
         assert_eq!(sorted(r.emitted()), ["c1", "c2", "v1"]);
         let c = r.counters.counts();
         assert_eq!((c.scheduled, c.timers_dropped, c.fired), (3, 1, 3));
+    });
+}
+
+#[test]
+fn a_reloaded_rule_keeps_the_pending_actions() {
+    timely::execute_directly(|worker| {
+        let delayed = Schedule {
+            delay_ms: Some(1000),
+            ..Schedule::default()
+        };
+        let versions = FilterVersions::default();
+        let mut r = timed_rig_with(
+            worker,
+            delayed,
+            config(60_000),
+            StopFlag::default(),
+            versions.clone(),
+        );
+        r.no_restore();
+        send(&mut r, 100, "u", "c1", "add_to_cart");
+        r.events.advance_to(101);
+        answer(&r, worker, &["u"]);
+        r.settle(worker, 101);
+        // From 500 on, the rule passes nothing: no new reminder, the pending one stays.
+        versions.publish("false".into(), 500);
+        send(&mut r, 600, "u", "c2", "add_to_cart");
+        r.events.advance_to(1700);
+        r.settle(worker, 1700);
+        assert_eq!(r.emitted(), ["c1"]);
+        let c = r.counters.counts();
+        assert_eq!((c.scheduled, c.fired, c.rejected), (1, 1, 1));
     });
 }
