@@ -85,6 +85,11 @@ for interval in $INTERVALS; do
     # Restart on the same group and directory: restores every user, reads nothing new.
     read -r wall user sys rss <<<"$(run "$cfg")"
     echo "$backend restart: $(grep '^summary:' "$TMP/out" | grep -o 'restored=[0-9]*') in ${wall}s wall, peak RSS $((rss / 1024)) MiB"
+    # The restore itself: from the state operator's start to the last user restored, on
+    # the slower worker (the wall time above also has the start-up, the consumer's group
+    # join and the final checkpoint).
+    restore_ms=$(grep 'checkpoint restored' "$TMP/err" | sed -n 's/.* ms[^0-9]*\([0-9]*\).*/\1/p' | sort -n | tail -1 || true)
+    echo "$backend restore: ${restore_ms:-?} ms (slower worker)"
   fi
 done
 done

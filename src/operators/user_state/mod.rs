@@ -147,6 +147,7 @@ fn operator<'s>(
         "UserState",
         move |cap, info| {
             let worker = scope.worker().clone();
+            let worker_index = worker.index();
             let address = info.address.to_vec();
             let source = source(&settings, worker.sync_activator_for(address.clone()));
             let wake = scope.activator_for(info.address.clone());
@@ -187,6 +188,7 @@ fn operator<'s>(
                 stop,
             );
             m.fire_pending_at_end = config.fire_pending_at_end;
+            let mut restore_clock = Some(std::time::Instant::now());
             move |(input, frontier), (restore, restore_frontier), output| {
                 m.applier.refresh();
                 restore.for_each(|cap, records| {
@@ -199,6 +201,13 @@ fn operator<'s>(
                     }
                 });
                 let restoring = !restore_frontier.frontier().is_empty();
+                if !restoring && let Some(started) = restore_clock.take() {
+                    let users = m.stats.restored.get();
+                    if users > 0 {
+                        let ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(worker = worker_index, users, ms, "checkpoint restored");
+                    }
+                }
                 // In arrival order: a user's events must be applied in the order they
                 // were read (`for_each_stamp` sorts containers by time, unstably).
                 input.for_each(|cap, batch| {
