@@ -93,6 +93,11 @@ impl Snapshots {
         }
     }
 
+    /// Whether the run is ending: its clock has jumped to the final epoch.
+    pub(super) fn ending(&self) -> bool {
+        self.ending.get()
+    }
+
     /// The epoch of the last snapshot (at first, the one the run starts in).
     pub(super) fn last(&self) -> Time {
         self.last

@@ -421,3 +421,43 @@ fn a_failed_lookup_is_tried_again_after_the_interval_keeping_the_events_since() 
         assert_eq!(history_ids(&out[2].history), ["api", "a", "b", "c"]);
     });
 }
+
+/// The clock of an ending run jumps to its final epoch; the TTL must not count that jump
+/// (users idle for less than the TTL by the wall clock were expired, and missing from the
+/// final checkpoint, when it waited for a look-up).
+#[test]
+fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    timely::execute_directly(move |worker| {
+        let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
+        let cfg = CheckpointConfig {
+            dir: path,
+            interval_ms: 1000,
+            retained: 3,
+            floor_epoch: start,
+        };
+        let life = crate::shutdown::Lifecycle::new(StopFlag::default());
+        let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
+        r.no_restore();
+        r.send(start + 100, "u1", "a");
+        r.send(start + 200, "u2", "b");
+        r.events.advance_to(start + 300);
+        r.step_until(worker, |r| r.started() == ["u1", "u2"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.step_until(worker, |r| r.emitted() == ["a"]);
+        life.begin_ending();
+        // The final epoch, past u1's TTL; the final snapshot waits for u2's look-up.
+        let last = start + 5000;
+        r.events.advance_to(last);
+        r.idle(worker);
+        r.profiles.answer("u2", Ok(profile("DE")));
+        r.step_until(worker, |r| r.emitted() == ["a", "b"]);
+        r.step_until(worker, |_| cfg.state_path(last, 0).exists());
+        let mut part = read_part(&cfg.state_path(last, 0)).unwrap();
+        part.sort_by(|a, b| a.0.cmp(&b.0));
+        let users: Vec<&str> = part.iter().map(|(u, _)| &**u).collect();
+        assert_eq!(users, ["u1", "u2"]);
+        assert_eq!(r.counters.counts().expired, 0);
+    });
+}
