@@ -379,12 +379,25 @@ impl Prepared {
             self.read_file_whole();
             self.checkpoints = None;
             self.dead_letters = None;
-            self.actions = Actions::debug();
+            self.actions_as_prints();
             tracing::info!(
                 "dry run: triggered events are printed, nothing is acted on or committed"
             );
         }
         Ok(())
+    }
+
+    /// Each action becomes a debug print (named as the action) with its own filter, caps,
+    /// delay and cancel condition: what it prints is what the action would be given.
+    fn actions_as_prints(&mut self) {
+        let print = |a: &NamedAction| NamedAction {
+            name: a.name.clone(),
+            action: Action::Debug { pretty: false },
+            filter: a.filter.clone(),
+            schedule: a.schedule.clone(),
+            cancel_if: a.cancel_if.clone(),
+        };
+        self.actions = Actions(self.actions.0.iter().map(print).collect());
     }
 
     /// A resumable file is read whole, from empty state, by a run that writes no
@@ -411,14 +424,7 @@ impl Prepared {
         if let Input::Kafka { commit, .. } = &mut self.input {
             *commit = false;
         }
-        let debug = |a: &NamedAction| NamedAction {
-            name: a.name.clone(),
-            action: Action::Debug { pretty: false },
-            filter: a.filter.clone(),
-            schedule: a.schedule.clone(),
-            cancel_if: a.cancel_if.clone(),
-        };
-        self.actions = Actions(self.actions.0.iter().map(debug).collect());
+        self.actions_as_prints();
         // What is pending at the end fires then: the tester shows it without waiting.
         self.state.fire_pending_at_end = true;
         let samples = Samples::new(keep);

@@ -639,6 +639,9 @@ impl ActionsSettings {
     }
 }
 
+/// The longest `delay`.
+const MAX_DELAY_MS: u64 = 365 * 86_400_000;
+
 /// Checks of an action's `cooldown`, `max-per-user`, `delay` and `cancel-if`.
 fn check_schedule(i: usize, a: &ActionSpec) -> Result<(), (String, String)> {
     let key = |k: &str| format!("actions[{i}].{k}");
@@ -657,6 +660,19 @@ fn check_schedule(i: usize, a: &ActionSpec) -> Result<(), (String, String)> {
         if m.per.0 == 0 {
             return Err((key("max-per-user.per"), "must be longer than 0".into()));
         }
+    }
+    let scheduled = a.cooldown.is_some() || a.max_per_user.is_some() || a.delay.is_some();
+    if scheduled && a.name.is_none() {
+        return Err((
+            key("name"),
+            "an action with `cooldown`, `max-per-user` or `delay` needs a `name`: its \
+             firings and pending actions are kept under it, across restarts and changes \
+             to the list"
+                .into(),
+        ));
+    }
+    if a.delay.is_some_and(|d| d.0 > MAX_DELAY_MS) {
+        return Err((key("delay"), "at most 365d".into()));
     }
     if a.cancel_if.is_some() && a.delay.is_none() {
         return Err((
@@ -1058,8 +1074,10 @@ impl Settings {
             };
             ConfigError::Invalid { file, key, reason }
         };
-        let mut settings: Settings = serde_path_to_error::deserialize(built)
-            .map_err(|e| invalid(e.path().to_string(), without_key(e.inner().to_string())))?;
+        let mut settings: Settings = serde_path_to_error::deserialize(built).map_err(|e| {
+            let reason = list_form_hint(without_key(e.inner().to_string()));
+            invalid(e.path().to_string(), reason)
+        })?;
         settings.kafka.properties.extend(properties);
         settings
             .validate()
@@ -1178,12 +1196,46 @@ impl Settings {
 }
 
 /// A deserializing error's text without the `config` crate's " for key `...`" (in its
-/// own spelling, `actions[0]type`): the error names the key already.
+/// own spelling, `actions[0]type`): the error names the key already. Keys it names
+/// inside the text get their dot back (`actions[0].max-per-user.per`).
 fn without_key(reason: String) -> String {
-    match reason.rfind(" for key `") {
+    let reason = match reason.rfind(" for key `") {
         Some(at) if reason.ends_with('`') => reason[..at].to_string(),
         _ => reason,
+    };
+    let mut out = String::with_capacity(reason.len() + 4);
+    let mut chars = reason.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| n.is_ascii_alphanumeric()) {
+            out.push('.');
+        }
     }
+    out
+}
+
+/// The keys only an action of the list form takes.
+const LIST_FORM_KEYS: [&str; 6] = [
+    "name",
+    "filter",
+    "cooldown",
+    "max-per-user",
+    "delay",
+    "cancel-if",
+];
+
+/// An unknown-field error for a key of the list form given in the single-action map
+/// (`actions.webhook.delay`) says where the key goes.
+fn list_form_hint(reason: String) -> String {
+    let Some(key) = LIST_FORM_KEYS
+        .iter()
+        .find(|k| reason.starts_with(&format!("unknown field `{k}`")))
+    else {
+        return reason;
+    };
+    format!(
+        "{reason}; `{key}` is a key of an action in the list form: `actions: [ {{type: webhook, url: ..., {key}: ...}} ]` (README, \"Several actions\")"
+    )
 }
 
 /// Why `url` is not an `http://` or `https://` URL with a host, if it is not (a
@@ -1529,7 +1581,8 @@ mod tests {
 
     #[test]
     fn caps_delays_and_cancel_conditions_are_read_and_checked_per_action() {
-        let src = "source:\n  type: file\n  path: x.jsonl\nactions:\n  - type: debug\n";
+        let src =
+            "source:\n  type: file\n  path: x.jsonl\nactions:\n  - type: debug\n    name: a\n";
         let s = load(
             &format!("{src}    cooldown: 1h\n    max-per-user: {{count: 3, per: 24h}}\n    delay: 30m\n    cancel-if: 'event.event_type == \"purchase\"'\n"),
             &[],
@@ -1555,7 +1608,17 @@ mod tests {
                 "actions[0].max-per-user.count",
                 "at least 1",
             ),
-            ("    max-per-user: {count: 2}\n", "max-per-user", "per"),
+            (
+                "    max-per-user: {count: 2}\n",
+                "actions[0].max-per-user",
+                "{count: 3, per: 24h}",
+            ),
+            (
+                "    max-per-user: 3\n",
+                "actions[0].max-per-user",
+                "{count: 3, per: 24h}",
+            ),
+            ("    delay: 400d\n", "actions[0].delay", "at most 365d"),
             (
                 "    cancel-if: 'true'\n",
                 "actions[0].cancel-if",
@@ -1569,6 +1632,16 @@ mod tests {
             "state:\n  max-timers-per-user: 0\n",
             "state.max-timers-per-user",
         );
+        let unnamed =
+            "source:\n  type: file\n  path: x.jsonl\nactions:\n  - type: debug\n    delay: 1s\n";
+        let err = load(unnamed, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("actions[0].name") && err.contains("needs a `name`"),
+            "{err}"
+        );
+        let map_form = "source:\n  type: file\n  path: x.jsonl\nactions:\n  webhook:\n    url: http://a/x\n    delay: 2s\n";
+        let err = load(map_form, &[]).unwrap_err().to_string();
+        assert!(err.contains("list form"), "{err}");
     }
 
     #[test]

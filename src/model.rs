@@ -380,6 +380,8 @@ pub struct EnrichedEvent {
     pub history: Arc<History>,
     /// The actions it is for (bit `i`: the `i`-th configured action).
     pub targets: u64,
+    /// When its event was read, for a delayed action (else its time in the dataflow is).
+    pub read_at: Option<Time>,
 }
 
 impl EnrichedEvent {
@@ -391,6 +393,7 @@ impl EnrichedEvent {
             visit: state.visit.as_deref().cloned(),
             history: state.history.clone(),
             targets,
+            read_at: None,
         }
     }
 }

@@ -73,11 +73,32 @@ impl<'de> Deserialize<'de> for DurationMs {
 }
 
 /// `max-per-user: {count: 3, per: 24h}`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MaxPerUser {
     pub count: u32,
     pub per: DurationMs,
+}
+
+impl<'de> Deserialize<'de> for MaxPerUser {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Given {
+            count: u32,
+            per: DurationMs,
+        }
+        let shape = "takes a count and a window, as in {count: 3, per: 24h}";
+        let value = serde_json::Value::deserialize(d)?;
+        if !value.is_object() {
+            return Err(serde::de::Error::custom(format!("`{value}`: {shape}")));
+        }
+        let given = Given::deserialize(value)
+            .map_err(|e| serde::de::Error::custom(format!("{e}: {shape}")))?;
+        Ok(MaxPerUser {
+            count: given.count,
+            per: given.per,
+        })
+    }
 }
 
 /// What one action asks for beyond its filters; all off by default.
@@ -152,6 +173,8 @@ pub struct Timer {
     pub id: u64,
     pub action: Text,
     pub due: Time,
+    /// When the triggering event was read (its webhook's `X-Event-Ingested-At`).
+    pub read_at: Time,
     pub event: UserEvent,
 }
 
@@ -280,6 +303,7 @@ pub(crate) fn example() -> UserTriggers {
             id: 3,
             action: "cart".into(),
             due: 1_000,
+            read_at: 400,
             event: UserEvent {
                 event_id: Some("c1".into()),
                 user_id: "u".into(),
@@ -390,6 +414,7 @@ mod tests {
             id,
             action: action.into(),
             due,
+            read_at: 0,
             event: UserEvent::default(),
         }
     }

@@ -157,17 +157,6 @@ impl Actions {
         ))
     }
 
-    /// The debug print alone (a dry run).
-    pub fn debug() -> Actions {
-        Actions(vec![NamedAction {
-            name: "debug".into(),
-            action: Action::Debug { pretty: false },
-            filter: None,
-            schedule: Schedule::default(),
-            cancel_if: None,
-        }])
-    }
-
     /// Actions under way at once per worker, over all actions.
     pub fn max_in_flight(&self) -> usize {
         self.0.iter().map(|a| a.action.max_in_flight()).sum()

@@ -175,8 +175,10 @@ impl Runner {
                 let client = lane.client.clone();
                 let name = lane.name.clone();
                 let dead_letters = lane.dead_letters.clone();
+                // A delayed action's event was read before its time in the dataflow.
+                let read_at = ev.read_at.unwrap_or(time);
                 self.bridge.spawn(async move {
-                    let outcome = deliver(&client, &name, ev, time, dead_letters).await;
+                    let outcome = deliver(&client, &name, ev, read_at, dead_letters).await;
                     (at, time, user, outcome)
                 });
             }

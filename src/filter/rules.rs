@@ -45,7 +45,14 @@ impl Rules<'_> {
         }
         for (i, f) in self.cancels.iter().enumerate() {
             if let Some(f) = f {
-                warnings.extend(Filter::compile_checked(f, &cancel_origin(i), self.limits)?.1);
+                let checked = Filter::compile_checked(f, &cancel_origin(i), self.limits)?.1;
+                // A cancel condition that fails rejects nothing: it cancels nothing.
+                warnings.extend(checked.into_iter().map(|w| {
+                    w.replace(
+                        "such events would be rejected as script errors",
+                        "such events would cancel nothing, counted as script errors",
+                    )
+                }));
             }
         }
         Ok(warnings)

@@ -44,6 +44,14 @@ pub(super) struct Core {
     stop: StopFlag,
     /// Pending timers fire at once when the input ends (the rule tester).
     pub(super) fire_pending_at_end: bool,
+    /// Whether the wait for pending timers after the input was logged.
+    waiting_logged: bool,
+}
+
+/// The limit timers due before it fire at: the wall clock (the frontier may be ahead of
+/// it: a restored epoch, or an ending run's jump to its final epoch).
+fn by_the_clock() -> Time {
+    now_ms().saturating_add(1)
 }
 
 impl Core {
@@ -65,6 +73,7 @@ impl Core {
             stats,
             stop,
             fire_pending_at_end: false,
+            waiting_logged: false,
         }
     }
 
@@ -222,7 +231,9 @@ impl Core {
         if let Some(epoch) = self.snapshots.as_ref().and_then(|s| s.due(now)) {
             self.drain_stash(epoch, emit);
             // The snapshot has what is due after its epoch, and no timer due before it.
-            self.applier.timers.fire_due(epoch, &mut self.table);
+            self.applier
+                .timers
+                .fire_due(epoch.min(by_the_clock()), &mut self.table);
             let running = !self.lookups.is_empty();
             if let Some(s) = &mut self.snapshots
                 && s.ready(epoch, running)
@@ -236,7 +247,7 @@ impl Core {
         self.drain_stash(through, emit);
         self.applier
             .timers
-            .fire_due(now.min(through), &mut self.table);
+            .fire_due(now.min(through).min(by_the_clock()), &mut self.table);
         // An ending run's clock jumps to its final epoch, up to an interval ahead of the
         // wall clock: the TTL must not count that (the final checkpoint keeps the users).
         if !self.snapshots.as_ref().is_some_and(Snapshots::ending) {
@@ -255,6 +266,9 @@ impl Core {
         }
         if self.stop.is_set() {
             let n = timers.forget();
+            if self.snapshots.is_none() {
+                Counters::add(&self.stats.timers_dropped, n as u64);
+            }
             let kept = if self.snapshots.is_some() {
                 "they are in the final checkpoint and fire after a restart"
             } else {
@@ -263,10 +277,20 @@ impl Core {
             tracing::warn!(pending = n, "stopped with delayed actions pending: {kept}");
             return;
         }
+        if !self.waiting_logged {
+            self.waiting_logged = true;
+            let last = timers.last_due().unwrap_or(0);
+            let in_s = last.saturating_sub(now_ms()) as f64 / 1000.0;
+            tracing::info!(
+                pending = timers.pending(),
+                last_due_in_s = in_s,
+                "input read: waiting for the delayed actions pending to come due (a stop leaves them to the final checkpoint)"
+            );
+        }
         let limit = if self.fire_pending_at_end {
             Time::MAX
         } else {
-            now_ms().saturating_add(1)
+            by_the_clock()
         };
         timers.fire_due(limit, &mut self.table);
     }

@@ -238,13 +238,14 @@ fn operator<'s>(
                     }
                 }
                 let inputs = [frontier.frontier(), restore_frontier.frontier()];
+                let least = inputs.iter().flat_map(|f| f.first()).copied().min();
                 let next = m.applier.timers.next_due();
-                clock = hold_clock(
-                    clock.take(),
-                    inputs.iter().flat_map(|f| f.first()).copied(),
-                    next,
-                );
-                if ended && let Some(due) = next {
+                clock = hold_clock(clock.take(), least.into_iter(), next);
+                // Timers fire by the wall clock when the frontier is not there to move
+                // them: the input ended, or the frontier is ahead of the clock.
+                if let Some(due) = next
+                    && (ended || least.is_some_and(|f| f > due))
+                {
                     // At least once a second, to notice a stop.
                     let wait = due.saturating_sub(crate::clock::now_ms()).clamp(1, 1000);
                     wake.activate_after(std::time::Duration::from_millis(wait));

@@ -274,6 +274,7 @@ fn a_restored_pending_action_fires_once_the_frontier_passes_it() {
                     id: saved_id,
                     action: "a".into(),
                     due: 1100,
+                    read_at: 100,
                     event: typed(user, &format!("cart-{user}"), "add_to_cart"),
                 }],
                 ..UserTriggers::default()
@@ -348,5 +349,35 @@ fn a_reloaded_rule_keeps_the_pending_actions() {
         assert_eq!(r.emitted(), ["c1"]);
         let c = r.counters.counts();
         assert_eq!((c.scheduled, c.fired, c.rejected), (1, 1, 1));
+    });
+}
+
+/// The frontier may be ahead of the wall clock (a restored epoch, an ending run's jump to
+/// its final epoch): actions still fire when due by the clock, not early (they fired at
+/// once, up to a checkpoint interval early).
+#[test]
+fn a_frontier_ahead_of_the_clock_does_not_fire_actions_early() {
+    timely::execute_directly(|worker| {
+        let delayed = Schedule {
+            delay_ms: Some(300),
+            ..Schedule::default()
+        };
+        let mut r = timed_rig(worker, delayed, 600_000, StopFlag::default());
+        r.no_restore();
+        let start = Instant::now();
+        let now = now_ms();
+        send(&mut r, now, "u", "cart", "add_to_cart");
+        r.events.advance_to(now + 1);
+        answer(&r, worker, &["u"]);
+        r.events.advance_to(now + 60_000);
+        r.idle(worker);
+        assert!(r.emitted().is_empty(), "fired before it was due");
+        while r.emitted().is_empty() {
+            worker.step_or_park(Some(std::time::Duration::from_millis(20)));
+            assert!(start.elapsed().as_secs() < 5, "never fired");
+        }
+        assert!(start.elapsed().as_millis() >= 250, "{:?}", start.elapsed());
+        let out = r.out.borrow();
+        assert_eq!(out[0].read_at, Some(now), "read when its event was");
     });
 }

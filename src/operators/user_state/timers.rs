@@ -80,6 +80,7 @@ impl Timers {
                     id: self.next_id,
                     action: a.name.clone(),
                     due: time.saturating_add(delay),
+                    read_at: time,
                     event: ev.clone(),
                 };
                 self.schedule(&ev.user_id, state, timer);
@@ -202,7 +203,8 @@ impl Timers {
         }
         Counters::add(&self.stats.fired, 1);
         let due = timer.due;
-        let out = EnrichedEvent::snapshot(timer.event, state, 1 << i);
+        let mut out = EnrichedEvent::snapshot(timer.event, state, 1 << i);
+        out.read_at = Some(timer.read_at);
         self.fired.push((due, out));
     }
 
@@ -214,6 +216,11 @@ impl Timers {
     /// The earliest due time pending.
     pub(super) fn next_due(&self) -> Option<Time> {
         self.index.keys().next().map(|(due, _)| *due)
+    }
+
+    /// The latest due time pending.
+    pub(super) fn last_due(&self) -> Option<Time> {
+        self.index.keys().next_back().map(|(due, _)| *due)
     }
 
     pub(super) fn pending(&self) -> usize {
