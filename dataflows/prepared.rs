@@ -290,6 +290,7 @@ fn checkpoints(
                 interval_ms: interval,
                 retained: settings.engine.checkpoints_retained,
                 floor_epoch: 0,
+                full_every: settings.engine.checkpoint_full_every,
             })
         }
         _ => None,

@@ -792,6 +792,9 @@ pub struct EngineSettings {
     pub checkpoint_dir: PathBuf,
     /// Completed checkpoints kept; older ones are deleted.
     pub checkpoints_retained: usize,
+    /// A worker's checkpoint part is whole every this many checkpoints; in between, a
+    /// delta of the users changed since its previous part (1: always whole).
+    pub checkpoint_full_every: usize,
     pub state_backend: StateBackend,
     /// Where the `rocksdb` backend keeps each worker's database: local disk, emptied
     /// at start (state comes back from the checkpoint).
@@ -812,6 +815,7 @@ impl Default for EngineSettings {
             checkpoint_interval_ms: 60_000,
             checkpoint_dir: PathBuf::from("checkpoints"),
             checkpoints_retained: 3,
+            checkpoint_full_every: 10,
             state_backend: StateBackend::Hashmap,
             state_dir: PathBuf::from("state"),
             state_cache_users: 100_000,
@@ -1176,6 +1180,10 @@ impl Settings {
             (
                 "engine.checkpoints-retained",
                 self.engine.checkpoints_retained,
+            ),
+            (
+                "engine.checkpoint-full-every",
+                self.engine.checkpoint_full_every,
             ),
             ("engine.state-cache-users", self.engine.state_cache_users),
         ] {

@@ -283,8 +283,8 @@ fn saved_in(restore: &event_trigger::checkpoint::Restore) -> Saved {
 /// `saved_in`, or None if the checkpoint went away meanwhile (pruned by a running job).
 fn read_saved(restore: &event_trigger::checkpoint::Restore) -> Option<Saved> {
     let mut saved = Saved::default();
-    for path in restore.part_paths() {
-        for (user, record) in event_trigger::checkpoint::read_part(&path).ok()? {
+    {
+        for (user, record) in restore.read_users().ok()? {
             saved.total += 1;
             match record {
                 // A user whose look-up failed is looked up again after a while, by design.
@@ -936,6 +936,7 @@ fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
         interval_ms: 60_000,
         retained: 3,
         floor_epoch: 0,
+        full_every: 1,
     };
     for i in 0..=5 {
         std::fs::write(cfg.epoch_dir(cfg.epoch_at(now) + i * 60_000), "in the way").unwrap();
@@ -1705,8 +1706,8 @@ fn delayed_actions_survive_a_sigkill_and_fire_after_the_restart() {
     assert_eq!(receiver.received(), 0, "killed before any reminder was due");
     let last = event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir).unwrap();
     let mut pending: Vec<String> = Vec::new();
-    for path in last.part_paths() {
-        for (_, record) in event_trigger::checkpoint::read_part(&path).unwrap() {
+    {
+        for (_, record) in last.read_users().unwrap() {
             let SavedUser::State(state) = record else {
                 panic!("a user still being looked up")
             };

@@ -203,6 +203,7 @@ mod tests {
             interval_ms: 1000,
             retained: 3,
             floor_epoch: 0,
+            full_every: 1,
         };
         Coordinator::new(cfg, worker, 1)
     }

@@ -27,10 +27,15 @@ use crate::model::{PendingUser, SavedUser, Text, UserState};
 use crate::store::codec::{self, Encoded, Ids, Words};
 
 const MAGIC: &[u8; 8] = b"ETSTATE3";
+/// A delta part: the body of `MAGIC`, with the users changed since the part it builds on
+/// and `REMOVED` records for those gone; a magic of its own so that a release without
+/// deltas refuses it (and falls back to an older checkpoint) instead of restoring it as
+/// a whole state.
+const MAGIC_DELTA: &[u8; 8] = b"ETDELTA1";
 const MAGIC_V2: &[u8; 8] = b"ETSTATE2";
 const MAGIC_V1: &[u8; 8] = b"ETSTATE1";
 /// The magic numbers of the parts this build reads.
-const MAGICS: [&[u8; 8]; 3] = [MAGIC, MAGIC_V2, MAGIC_V1];
+const MAGICS: [&[u8; 8]; 4] = [MAGIC, MAGIC_DELTA, MAGIC_V2, MAGIC_V1];
 const TRAILER: usize = 8 + 8 + MAGIC.len();
 /// Record tags.
 const END: u8 = 0;
@@ -39,6 +44,8 @@ const PENDING: u8 = 2;
 /// A pending user whose state before its look-up has triggers: bincode of `(user,
 /// PendingUser, UserTriggers)` (its `UserState` serde form leaves them out).
 const PENDING_WITH_TRIGGERS: u8 = 3;
+/// In a delta part, a user gone since the part it builds on: bincode of the user id.
+const REMOVED: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -130,6 +137,12 @@ pub struct PartRecords {
     pub base: Option<EncodedRecords>,
     pub states: Vec<(Text, UserState)>,
     pub pending: Vec<(Text, PendingUser)>,
+    /// A delta part: the users gone since the part it builds on (else none, and a whole
+    /// state part).
+    pub removed: Option<Vec<Text>>,
+    /// A delta part: what the manifest needs of it, written (atomically) to this path
+    /// before the part.
+    pub chain: Option<(PathBuf, super::manifest::ChainPart)>,
 }
 
 /// Called from another thread when a part writer is done.
@@ -199,6 +212,12 @@ impl Encoder<'_> {
         self.done_one()
     }
 
+    fn removed(&mut self, user: &Text) -> io::Result<()> {
+        self.buf.push(REMOVED);
+        bincode::serialize_into(&mut self.buf, user).map_err(io::Error::other)?;
+        self.done_one()
+    }
+
     fn pending(&mut self, user: &Text, pending: &PendingUser) -> io::Result<()> {
         match pending.before.as_ref().and_then(|b| b.triggers.as_deref()) {
             None => {
@@ -236,15 +255,25 @@ impl Encoder<'_> {
     }
 }
 
-/// Writes a state part of `records`; returns its users and size.
+/// Writes a state part of `records` (and a delta's chain file first); returns its
+/// records and size.
 pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
+    if let Some((chain_path, chain)) = &records.chain {
+        let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
+        write_atomic(chain_path, |w| w.write_all(&json))?;
+    }
     let mut users = 0u64;
     let bytes = write_atomic(path, |out| {
         let mut hashed = Hashing {
             inner: out,
             hasher: Xxh3Default::new(),
         };
-        hashed.write_all(MAGIC)?;
+        let magic = if records.removed.is_some() {
+            MAGIC_DELTA
+        } else {
+            MAGIC
+        };
+        hashed.write_all(magic)?;
         // LZ4: the records' ids, timestamps and repeated field layouts compress to about
         // half (measured on the checkpoint workload) at several hundred MB/s per core, on
         // this thread, off the worker's.
@@ -265,6 +294,9 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
         for (user, pending) in &records.pending {
             e.pending(user, pending)?;
         }
+        for user in records.removed.iter().flatten() {
+            e.removed(user)?;
+        }
         e.buf.push(END);
         e.out.write_all(&e.buf)?;
         users = e.users;
@@ -272,7 +304,7 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
         let hash = hashed.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
-        out.write_all(MAGIC)
+        out.write_all(magic)
     })?;
     Ok((users, bytes))
 }
@@ -323,6 +355,8 @@ pub fn write_states(path: &Path, states: Vec<(Text, UserState)>) -> io::Result<(
             base: None,
             states,
             pending: Vec::new(),
+            removed: None,
+            chain: None,
         },
     )
 }
@@ -439,6 +473,10 @@ impl Body {
     }
 }
 
+/// A record of a part: a user and what it is saved as, or `None` for a user removed
+/// (in a delta part).
+pub type Record = (Text, Option<SavedUser>);
+
 /// Reads a state part's users a chunk at a time, so that restoring a part takes memory
 /// for a chunk, not for the part; the checksum and count are checked at its end.
 pub struct PartReader {
@@ -450,6 +488,8 @@ pub struct PartReader {
     ended: bool,
     /// `None`: a v1 part (states as bincode of `UserState`).
     ids: Option<Ids>,
+    /// A delta part (it may have `REMOVED` records).
+    delta: bool,
 }
 
 impl PartReader {
@@ -464,7 +504,7 @@ impl PartReader {
         body.read_exact(&mut magic)
             .map_err(|e| CheckpointError::io(path, e))?;
         let mut body = match &magic {
-            MAGIC => Body::Lz4(lz4_flex::frame::FrameDecoder::new(body)),
+            MAGIC | MAGIC_DELTA => Body::Lz4(lz4_flex::frame::FrameDecoder::new(body)),
             MAGIC_V2 | MAGIC_V1 => Body::Plain(body),
             _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
         };
@@ -484,14 +524,27 @@ impl PartReader {
             read: 0,
             ended: false,
             ids,
+            delta: &magic == MAGIC_DELTA,
         })
     }
 
     /// Up to `max` more users; `None` once the part is read to its end and checked.
+    /// (A delta part's removed users are left out: `next_records` has them.)
     pub fn next_chunk(
         &mut self,
         max: usize,
     ) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
+        Ok(self.next_records(max)?.map(|records| {
+            records
+                .into_iter()
+                .filter_map(|(user, saved)| saved.map(|s| (user, s)))
+                .collect()
+        }))
+    }
+
+    /// Up to `max` more records: a user and what it is saved as, or `None` for a user
+    /// removed (in a delta part); `None` once the part is read to its end and checked.
+    pub fn next_records(&mut self, max: usize) -> Result<Option<Vec<Record>>, CheckpointError> {
         if self.ended {
             return Ok(None);
         }
@@ -514,11 +567,14 @@ impl PartReader {
                     }
                     break;
                 }
-                STATE => user_of(&mut self.body, &self.ids).map_err(corrupt)?,
+                STATE => {
+                    let (user, saved) = user_of(&mut self.body, &self.ids).map_err(corrupt)?;
+                    (user, Some(saved))
+                }
                 PENDING => {
                     let (user, pending): (Text, PendingUser) =
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
-                    (user, SavedUser::Pending(pending))
+                    (user, Some(SavedUser::Pending(pending)))
                 }
                 PENDING_WITH_TRIGGERS => {
                     let (user, mut pending, triggers): (Text, PendingUser, _) =
@@ -526,7 +582,11 @@ impl PartReader {
                     if let Some(before) = &mut pending.before {
                         before.triggers = Some(triggers);
                     }
-                    (user, SavedUser::Pending(pending))
+                    (user, Some(SavedUser::Pending(pending)))
+                }
+                REMOVED if self.delta => {
+                    let user: Text = bincode::deserialize_from(&mut self.body).map_err(decode)?;
+                    (user, None)
                 }
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
@@ -738,6 +798,8 @@ mod tests {
                 base: None,
                 states: records.clone(),
                 pending: pending.clone(),
+                removed: None,
+                chain: None,
             },
         )
         .unwrap();
@@ -830,6 +892,8 @@ mod encoded_tests {
                 base: Some(base),
                 states: users[3..].to_vec(),
                 pending: Vec::new(),
+                removed: None,
+                chain: None,
             },
         )
         .unwrap();

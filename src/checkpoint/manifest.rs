@@ -35,8 +35,25 @@ pub struct FilePosition {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PartEntry {
     pub file: String,
+    /// The worker's users at the epoch (for a delta part, with the parts it builds on).
     pub users: u64,
     pub bytes: u64,
+    /// A delta part: the records it holds itself (users changed, pending or removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// A delta part: the parts it builds on, oldest (a whole state part) first, as paths
+    /// under the checkpoint directory (`chk-<epoch>/state-<worker>.bin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<String>,
+}
+
+/// Written beside a delta part, before it: what the coordinator needs for the manifest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainPart {
+    /// The worker's users at the epoch, all parts of the chain applied.
+    pub users: u64,
+    /// The parts it builds on, oldest first (see `PartEntry::base`).
+    pub base: Vec<String>,
 }
 
 /// A complete checkpoint: what every worker wrote for `epoch`.
@@ -72,12 +89,23 @@ pub struct Restore {
 }
 
 impl Restore {
-    pub fn part_paths(&self) -> Vec<PathBuf> {
+    /// Each worker's part, with the parts it builds on: newest first.
+    pub fn part_chains(&self) -> Vec<Vec<PathBuf>> {
+        let root = self.dir.parent().unwrap_or(Path::new("."));
         self.manifest
             .parts
             .iter()
-            .map(|p| self.dir.join(&p.file))
+            .map(|p| {
+                let mut chain = vec![self.dir.join(&p.file)];
+                chain.extend(p.base.iter().rev().map(|b| root.join(b)));
+                chain
+            })
             .collect()
+    }
+
+    /// Every part file it reads.
+    pub fn part_paths(&self) -> Vec<PathBuf> {
+        self.part_chains().into_iter().flatten().collect()
     }
 }
 
@@ -135,12 +163,30 @@ pub fn complete(
         manifest.group = part.group;
         manifest.offsets.extend(part.offsets);
         manifest.file = manifest.file.or(part.file);
-        let (users, bytes) = part_trailer(&state)?;
-        manifest.parts.push(PartEntry {
-            file: format!("state-{w}.bin"),
-            users,
-            bytes,
-        });
+        let (records, bytes) = part_trailer(&state)?;
+        let chain = cfg.chain_path(epoch, w);
+        let entry = match chain.exists() {
+            false => PartEntry {
+                file: format!("state-{w}.bin"),
+                users: records,
+                bytes,
+                records: None,
+                base: Vec::new(),
+            },
+            true => {
+                let text = std::fs::read(&chain).map_err(|e| CheckpointError::io(&chain, e))?;
+                let c: ChainPart = serde_json::from_slice(&text)
+                    .map_err(|e| CheckpointError::corrupt(&chain, e.to_string()))?;
+                PartEntry {
+                    file: format!("state-{w}.bin"),
+                    users: c.users,
+                    bytes,
+                    records: Some(records),
+                    base: c.base,
+                }
+            }
+        };
+        manifest.parts.push(entry);
     }
     let path = cfg.epoch_dir(epoch).join(MANIFEST);
     let json = serde_json::to_vec_pretty(&manifest)
@@ -213,21 +259,32 @@ pub fn find_latest(dir: &Path) -> Option<Restore> {
     None
 }
 
-fn load(dir: &Path, manifest_path: &Path) -> Result<Restore, CheckpointError> {
+fn read_manifest(manifest_path: &Path) -> Result<Manifest, CheckpointError> {
     let text = std::fs::read(manifest_path).map_err(|e| CheckpointError::io(manifest_path, e))?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| CheckpointError::corrupt(manifest_path, e.to_string()))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| CheckpointError::corrupt(manifest_path, e.to_string()))
+}
+
+fn load(dir: &Path, manifest_path: &Path) -> Result<Restore, CheckpointError> {
+    let manifest = read_manifest(manifest_path)?;
     for part in &manifest.parts {
         let path = dir.join(&part.file);
-        let (users, bytes) = verify_part(&path)?;
-        if (users, bytes) != (part.users, part.bytes) {
+        let (records, bytes) = verify_part(&path)?;
+        if (records, bytes) != (part.records.unwrap_or(part.users), part.bytes) {
             return Err(CheckpointError::corrupt(&path, "differs from the manifest"));
         }
     }
-    Ok(Restore {
+    let restore = Restore {
         dir: dir.to_path_buf(),
         manifest,
-    })
+    };
+    // The parts the deltas build on: whole and unchanged too.
+    for chain in restore.part_chains() {
+        for path in chain.iter().skip(1) {
+            verify_part(path)?;
+        }
+    }
+    Ok(restore)
 }
 
 /// Keeps the newest `retained` complete checkpoints; deletes older ones, and the
@@ -244,9 +301,20 @@ pub fn prune(cfg: &CheckpointConfig) {
         return;
     };
     let keep_from = complete[complete.len().saturating_sub(cfg.retained)];
+    // The directories of the parts a kept checkpoint's deltas build on stay too.
+    let needed: std::collections::HashSet<String> = all
+        .iter()
+        .filter(|(epoch, _)| complete.contains(epoch) && *epoch >= keep_from)
+        .filter_map(|(_, path)| read_manifest(&path.join(MANIFEST)).ok())
+        .flat_map(|m| m.parts.into_iter().flat_map(|p| p.base))
+        .filter_map(|b| b.split('/').next().map(str::to_string))
+        .collect();
     for (epoch, path) in all {
         let is_complete = complete.contains(&epoch);
-        let stale = if is_complete {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let stale = if needed.contains(name) {
+            false
+        } else if is_complete {
             epoch < keep_from
         } else {
             epoch < newest
@@ -269,6 +337,7 @@ mod tests {
             interval_ms: 1000,
             retained: 2,
             floor_epoch: 0,
+            full_every: 1,
         }
     }
 

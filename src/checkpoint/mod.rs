@@ -35,6 +35,7 @@
 //! worker 0's offsets part and of the manifest that Kafka jobs' files leave out, so
 //! manifests written before it existed still restore.
 
+pub mod chain;
 pub mod coordinator;
 pub mod files;
 pub mod manifest;
@@ -43,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Time;
 
+pub use chain::ChainReader;
 pub use coordinator::{Coordinator, Position};
 pub use files::{PartInfo, PartReader, PartRecords, PartWriter, read_part, write_states};
 pub use manifest::{FilePosition, Manifest, Restore};
@@ -60,6 +62,9 @@ pub struct CheckpointConfig {
     /// again, and a part left in an incomplete directory must not be taken for this
     /// run's.
     pub floor_epoch: Time,
+    /// A whole state part every this many parts of a worker; the others are deltas of
+    /// the users changed since the previous part (1: every part whole).
+    pub full_every: usize,
 }
 
 impl CheckpointConfig {
@@ -84,6 +89,16 @@ impl CheckpointConfig {
     pub fn state_path(&self, epoch: Time, worker: usize) -> PathBuf {
         self.epoch_dir(epoch).join(format!("state-{worker}.bin"))
     }
+
+    /// Beside a delta part: its users and the parts it builds on (`ChainPart`).
+    pub fn chain_path(&self, epoch: Time, worker: usize) -> PathBuf {
+        self.epoch_dir(epoch).join(format!("chain-{worker}.json"))
+    }
+
+    /// `state_path` as a delta's base names it: relative to the checkpoint directory.
+    pub fn part_name(epoch: Time, worker: usize) -> String {
+        format!("chk-{epoch:016}/state-{worker}.bin")
+    }
 }
 
 pub fn epoch_dir(dir: &Path, epoch: Time) -> PathBuf {
@@ -106,6 +121,7 @@ mod tests {
             interval_ms: 1000,
             retained: 3,
             floor_epoch: 0,
+            full_every: 1,
         };
         assert_eq!(c.epoch_at(1999), 1000);
         assert_eq!(c.epoch_at(2000), 2000);

@@ -337,6 +337,7 @@ mod tests {
             interval_ms: 100,
             retained: 2,
             floor_epoch: 0,
+            full_every: 1,
         };
         let stop = StopFlag::default();
         stop.set();

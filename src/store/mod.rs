@@ -44,6 +44,8 @@ impl StoreSnapshot {
             base: self.encoded,
             states: self.records,
             pending,
+            removed: None,
+            chain: None,
         }
     }
 }
@@ -211,8 +213,14 @@ impl TtlIndex {
         }
     }
 
-    /// Removes every user idle for the TTL as of `now`; returns how many.
-    pub fn expire(&mut self, now: Time, store: &mut impl StateStore) -> u64 {
+    /// Removes every user idle for the TTL as of `now`, telling `removed` of each;
+    /// returns how many.
+    pub fn expire(
+        &mut self,
+        now: Time,
+        store: &mut impl StateStore,
+        mut removed: impl FnMut(&Text),
+    ) -> u64 {
         let mut expired = 0;
         while let Some((t, _)) = self.queue.front() {
             if t.saturating_add(self.ttl) > now {
@@ -229,6 +237,7 @@ impl TtlIndex {
             }
             if self.is_expired(state, now) {
                 store.remove(&user);
+                removed(&user);
                 expired += 1;
             } else {
                 // Kept by its triggers past its TTL: looked at again a TTL from now.
@@ -260,6 +269,12 @@ mod tests {
         idx.touched(&key, st, created);
     }
 
+    impl TtlIndex {
+        fn expire_all(&mut self, now: Time, store: &mut MemoryStore) -> u64 {
+            self.expire(now, store, |_| ())
+        }
+    }
+
     #[test]
     fn idle_users_expire_and_active_ones_stay() {
         let mut idx = TtlIndex::new(1000);
@@ -269,12 +284,12 @@ mod tests {
         for t in (100..=1500).step_by(100) {
             touch(&mut idx, &mut store, "b", t);
         }
-        assert_eq!(idx.expire(999, &mut store), 0);
-        assert_eq!(idx.expire(1000, &mut store), 1);
+        assert_eq!(idx.expire_all(999, &mut store), 0);
+        assert_eq!(idx.expire_all(1000, &mut store), 1);
         assert!(store.get_mut("a").is_none());
         assert!(store.get_mut("b").is_some());
-        assert_eq!(idx.expire(2499, &mut store), 0);
-        assert_eq!(idx.expire(2500, &mut store), 1);
+        assert_eq!(idx.expire_all(2499, &mut store), 0);
+        assert_eq!(idx.expire_all(2500, &mut store), 1);
         assert_eq!(store.len(), 0);
     }
 
@@ -285,14 +300,18 @@ mod tests {
         touch(&mut idx, &mut store, "a", 0);
         let t = crate::triggers::of(&mut store.get_mut("a").unwrap().triggers);
         t.caps_until = 2500;
-        assert_eq!(idx.expire(1000, &mut store), 0, "kept while its cap counts");
         assert_eq!(
-            idx.expire(2000, &mut store),
+            idx.expire_all(1000, &mut store),
+            0,
+            "kept while its cap counts"
+        );
+        assert_eq!(
+            idx.expire_all(2000, &mut store),
             0,
             "looked at again a TTL later"
         );
-        assert!(idx.expire(2000, &mut store) == 0 && idx.queued() == 1);
-        assert_eq!(idx.expire(3000, &mut store), 1);
+        assert!(idx.expire_all(2000, &mut store) == 0 && idx.queued() == 1);
+        assert_eq!(idx.expire_all(3000, &mut store), 1);
         assert_eq!(store.len(), 0);
     }
 

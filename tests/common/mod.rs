@@ -762,9 +762,9 @@ pub type UserHistories = Vec<(String, event_trigger::model::Profile, Vec<String>
 
 pub fn histories(restore: &event_trigger::checkpoint::Restore) -> UserHistories {
     let mut users: UserHistories = restore
-        .part_paths()
-        .iter()
-        .flat_map(|p| event_trigger::checkpoint::read_part(p).unwrap())
+        .read_users()
+        .unwrap()
+        .into_iter()
         .map(|(u, saved)| {
             let event_trigger::model::SavedUser::State(s) = saved else {
                 panic!("{u} is pending in a final checkpoint")

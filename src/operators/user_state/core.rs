@@ -63,6 +63,10 @@ impl Core {
         stats: Rc<Counters>,
         stop: StopFlag,
     ) -> Self {
+        let mut table = table;
+        if snapshots.as_ref().is_some_and(Snapshots::deltas) {
+            table.track_changes();
+        }
         Core {
             table,
             lookups,
@@ -300,7 +304,7 @@ impl Core {
     pub(super) fn finish_activation(&mut self, ended: bool) -> bool {
         let mut again = false;
         if let Some(s) = &mut self.snapshots {
-            s.settle(ended, &self.stats);
+            s.settle(ended, &self.stats, &mut self.table);
             again = s.can_stop_waiting(&self.lookups);
         }
         self.applier.tick();
@@ -319,7 +323,7 @@ impl Core {
     /// Settles a snapshot written, before the frontier is looked at.
     pub(super) fn settle_snapshot(&mut self) {
         if let Some(s) = &mut self.snapshots {
-            s.settle(false, &self.stats);
+            s.settle(false, &self.stats, &mut self.table);
         }
     }
 }

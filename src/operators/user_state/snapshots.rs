@@ -6,11 +6,12 @@ use timely::dataflow::operators::Capability;
 use timely::scheduling::SyncActivator;
 
 use super::lookups::Lookups;
-use super::table::UserTable;
+use super::table::{Changes, UserTable};
+use crate::checkpoint::manifest::ChainPart;
 use crate::checkpoint::{CheckpointConfig, PartRecords, PartWriter};
 use crate::clock::now_ms;
 use crate::counters::Counters;
-use crate::model::{Time, UserEvent};
+use crate::model::{Text, Time, UserEvent};
 use crate::operators::held::HeldTimes;
 use crate::shutdown::Ending;
 
@@ -64,12 +65,45 @@ pub(super) struct Snapshots {
     ending: Ending,
     /// The final snapshot waits for the look-ups running (see `Ending`).
     awaiting_lookups: bool,
+    chain: Chain,
+}
+
+/// This worker's parts since its last whole one, which the next delta builds on.
+#[derive(Default)]
+struct Chain {
+    /// Oldest (the whole part) first, as `CheckpointConfig::part_name`s.
+    parts: Vec<String>,
+    whole_bytes: u64,
+    delta_bytes: u64,
+}
+
+impl Chain {
+    /// Whether the next part may be a delta: there is a whole part to build on, fewer
+    /// than `full_every` parts since, and the deltas are still smaller than it.
+    fn next_is_delta(&self, full_every: usize) -> bool {
+        !self.parts.is_empty()
+            && self.parts.len() < full_every
+            && self.delta_bytes < self.whole_bytes
+    }
+
+    fn written(&mut self, name: String, whole: bool, bytes: u64) {
+        if whole {
+            self.parts.clear();
+            self.whole_bytes = bytes;
+            self.delta_bytes = 0;
+        } else {
+            self.delta_bytes += bytes;
+        }
+        self.parts.push(name);
+    }
 }
 
 /// A snapshot being written.
 struct InProgress {
     epoch: Time,
     writer: PartWriter,
+    /// A delta's changes (given back if it is not written); `None`: a whole part.
+    taken: Option<Changes>,
 }
 
 impl Snapshots {
@@ -90,7 +124,13 @@ impl Snapshots {
             activator,
             ending,
             awaiting_lookups: false,
+            chain: Chain::default(),
         }
+    }
+
+    /// Whether parts may be deltas (then the table keeps its changes).
+    pub(super) fn deltas(&self) -> bool {
+        self.cfg.full_every > 1
     }
 
     /// Whether the run is ending: its clock has jumped to the final epoch.
@@ -161,12 +201,45 @@ impl Snapshots {
         lookups: &mut Lookups,
         held: &mut HeldTimes,
     ) {
+        if self.chain.next_is_delta(self.cfg.full_every)
+            && let Some(delta) = table.delta()
+        {
+            let pending = lookups.save_pending(epoch, held);
+            let users = (table.len() + pending.len()) as u64;
+            // A user being looked up is in the part as pending, not removed.
+            let looked_up: rustc_hash::FxHashSet<&Text> = pending.iter().map(|(u, _)| u).collect();
+            let removed = delta
+                .removed
+                .into_iter()
+                .filter(|u| !looked_up.contains(u))
+                .collect();
+            tracing::debug!(
+                epoch,
+                changed = delta.states.len(),
+                pending = pending.len(),
+                "checkpoint started (delta)"
+            );
+            let chain = ChainPart {
+                users,
+                base: self.chain.parts.clone(),
+            };
+            let records = PartRecords {
+                base: None,
+                states: delta.states,
+                pending,
+                removed: Some(removed),
+                chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),
+            };
+            self.write(epoch, records, Some(delta.taken));
+            return;
+        }
         let copy = match table.snapshot() {
             Ok(copy) => copy,
             Err(e) => {
                 // Without its part this epoch's checkpoint never completes; the next
-                // epoch tries again.
+                // epoch tries again, with a whole part (the changes were let go).
                 let worker = self.worker;
+                self.chain = Chain::default();
                 tracing::error!(epoch, worker, "checkpoint part not started: {e}");
                 return;
             }
@@ -178,10 +251,10 @@ impl Snapshots {
             pending = pending.len(),
             "checkpoint started"
         );
-        self.write(epoch, copy.into_part(pending));
+        self.write(epoch, copy.into_part(pending), None);
     }
 
-    fn write(&mut self, epoch: Time, records: PartRecords) {
+    fn write(&mut self, epoch: Time, records: PartRecords, taken: Option<Changes>) {
         let path = self.cfg.state_path(epoch, self.worker);
         let activator = (self.activator)();
         let wake = Box::new(move || {
@@ -189,7 +262,11 @@ impl Snapshots {
             let _ = activator.activate();
         });
         let writer = PartWriter::start(path, records, wake);
-        self.in_progress = Some(InProgress { epoch, writer });
+        self.in_progress = Some(InProgress {
+            epoch,
+            writer,
+            taken,
+        });
     }
 
     /// The final snapshot waited for look-ups, and they are done.
@@ -198,15 +275,32 @@ impl Snapshots {
     }
 
     /// Once the snapshot's part is on disk, lets the frontier downstream pass its
-    /// epoch. With the input ended, lets go entirely.
-    pub(super) fn settle(&mut self, ended: bool, stats: &Counters) {
-        if let Some(p) = &self.in_progress
+    /// epoch. With the input ended, lets go entirely. A delta's changes that were not
+    /// written go back to `table`.
+    pub(super) fn settle(&mut self, ended: bool, stats: &Counters, table: &mut UserTable) {
+        if let Some(p) = &mut self.in_progress
             && let Some(result) = p.writer.poll()
         {
             let epoch = p.epoch;
+            let taken = p.taken.take();
+            let whole = taken.is_none();
+            match &result {
+                Ok(info) => self.chain.written(
+                    CheckpointConfig::part_name(epoch, self.worker),
+                    whole,
+                    info.bytes,
+                ),
+                Err(_) => match taken {
+                    Some(changes) => table.restore_changes(changes),
+                    // The changes before it are gone: the next part is whole.
+                    None => self.chain = Chain::default(),
+                },
+            }
             match result {
                 Ok(info) => {
-                    stats.state_bytes.set(info.bytes);
+                    if whole {
+                        stats.state_bytes.set(info.bytes);
+                    }
                     tracing::info!(
                         epoch,
                         worker = self.worker,

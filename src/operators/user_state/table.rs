@@ -2,6 +2,8 @@
 //! the answers of recent look-ups. Every change goes through here, so the index always
 //! knows of every state the store holds.
 
+use rustc_hash::FxHashSet;
+
 use super::lookups::after_failure;
 use crate::model::{ProfileData, Text, Time, UserEvent, UserState};
 use crate::store::recent::RecentLookups;
@@ -19,8 +21,53 @@ pub(super) enum Miss {
     RefetchDue(UserState),
 }
 
+/// The users changed and removed since the last checkpoint part: what a delta part
+/// holds.
+#[derive(Default)]
+pub(super) struct Changes {
+    pub(super) changed: FxHashSet<Text>,
+    pub(super) removed: FxHashSet<Text>,
+}
+
+impl Changes {
+    fn changed(&mut self, user: &Text) {
+        if !self.changed.contains(user) {
+            self.changed.insert(user.clone());
+        }
+    }
+
+    fn removed(&mut self, user: &Text) {
+        self.changed.remove(user);
+        self.removed.insert(user.clone());
+    }
+
+    /// These changes, and `older` ones (of a part that was not written) under them.
+    fn merge(&mut self, older: Changes) {
+        for u in older.changed {
+            if !self.removed.contains(&u) {
+                self.changed.insert(u);
+            }
+        }
+        for u in older.removed {
+            if !self.changed.contains(&u) {
+                self.removed.insert(u);
+            }
+        }
+    }
+}
+
+/// A delta part's users: the changed ones' states now, the removed ones', and the
+/// changes taken (given back if the part is not written).
+pub(super) struct Delta {
+    pub(super) states: Vec<(Text, UserState)>,
+    pub(super) removed: Vec<Text>,
+    pub(super) taken: Changes,
+}
+
 pub(super) struct UserTable {
     store: Store,
+    /// Kept when checkpoints may be deltas.
+    changes: Option<Changes>,
     ttl: TtlIndex,
     /// What recent look-ups gave, when the TTL is shorter than `min_refetch_ms` (else a
     /// user's look-up is always older than that when it expires, and none is kept).
@@ -33,6 +80,7 @@ impl UserTable {
     pub(super) fn new(store: Store, ttl_ms: u64, min_refetch_ms: u64) -> Self {
         UserTable {
             store,
+            changes: None,
             ttl: TtlIndex::new(ttl_ms),
             recent: (ttl_ms < min_refetch_ms).then(|| RecentLookups::new(min_refetch_ms)),
             min_refetch_ms,
@@ -57,7 +105,13 @@ impl UserTable {
         if !expired && !retry_due {
             state.last_activity = state.last_activity.max(time);
             self.ttl.touched(&ev.user_id, state, false);
+            if let Some(c) = &mut self.changes {
+                c.changed(&ev.user_id);
+            }
             return Ok(f(ev, state));
+        }
+        if let Some(c) = &mut self.changes {
+            c.removed(&ev.user_id);
         }
         match self.store.remove(&ev.user_id) {
             Some(state) if !expired => Err((Miss::RefetchDue(state), ev)),
@@ -65,9 +119,13 @@ impl UserTable {
         }
     }
 
-    /// `user`'s state, its activity and TTL untouched.
-    pub(super) fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
-        self.store.get_mut(user)
+    /// `user`'s state to change, its activity and TTL untouched.
+    pub(super) fn get_mut(&mut self, user: &Text) -> Option<&mut UserState> {
+        let state = self.store.get_mut(user)?;
+        if let Some(c) = &mut self.changes {
+            c.changed(user);
+        }
+        Some(state)
     }
 
     /// Adds `user`, with `state` as `f` leaves it.
@@ -80,6 +138,9 @@ impl UserTable {
         self.ttl.touched(&user, &mut state, true);
         let out = f(&mut state);
         self.ttl.touched(&user, &mut state, false);
+        if let Some(c) = &mut self.changes {
+            c.changed(&user);
+        }
         self.store.insert(user, state);
         out
     }
@@ -107,7 +168,12 @@ impl UserTable {
         if let Some(recent) = &mut self.recent {
             recent.prune(now);
         }
-        let expired = self.ttl.expire(now, &mut self.store);
+        let changes = &mut self.changes;
+        let expired = self.ttl.expire(now, &mut self.store, |user| {
+            if let Some(c) = changes {
+                c.removed(user);
+            }
+        });
         if expired > 0 {
             tracing::debug!(
                 expired,
@@ -118,9 +184,48 @@ impl UserTable {
         expired
     }
 
-    /// The users now, for a checkpoint part.
+    /// Keeps the users changed and removed from now on, for delta parts.
+    pub(super) fn track_changes(&mut self) {
+        self.changes = Some(Changes::default());
+    }
+
+    /// The users now, for a whole checkpoint part (the changes so far are in it).
     pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        if let Some(c) = &mut self.changes {
+            *c = Changes::default();
+        }
         self.store.snapshot()
+    }
+
+    /// The users changed and removed since the last part, for a delta part; `None` when
+    /// changes are not kept.
+    pub(super) fn delta(&mut self) -> Option<Delta> {
+        let taken = std::mem::take(self.changes.as_mut()?);
+        let mut states = Vec::with_capacity(taken.changed.len());
+        for user in &taken.changed {
+            if let Some(state) = self.store.get_mut(user) {
+                states.push((user.clone(), state.clone()));
+            }
+        }
+        let mut removed = Vec::new();
+        for user in &taken.removed {
+            if self.store.get_mut(user).is_none() {
+                removed.push(user.clone());
+            }
+        }
+        Some(Delta {
+            states,
+            removed,
+            taken,
+        })
+    }
+
+    /// Gives back the changes of a delta part that was not written: the next part has
+    /// them.
+    pub(super) fn restore_changes(&mut self, taken: Changes) {
+        if let Some(c) = &mut self.changes {
+            c.merge(taken);
+        }
     }
 
     pub(super) fn len(&self) -> usize {

@@ -292,6 +292,7 @@ fn a_snapshot_saves_a_hanging_lookup_as_pending_and_does_not_wait_for_it() {
             interval_ms: 1000,
             retained: 3,
             floor_epoch: start,
+            full_every: 1,
         };
         let mut r = rig(
             worker,
@@ -436,6 +437,7 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
             interval_ms: 1000,
             retained: 3,
             floor_epoch: start,
+            full_every: 1,
         };
         let life = crate::shutdown::Lifecycle::new(StopFlag::default());
         let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
@@ -460,4 +462,90 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
         assert_eq!(users, ["u1", "u2"]);
         assert_eq!(r.counters.counts().expired, 0);
     });
+}
+
+/// Issue #17: a checkpoint of delta parts (users changed, removed, pending since the
+/// previous part) restores exactly the users a whole part of the same epoch holds.
+#[test]
+fn delta_parts_restore_the_same_users_as_whole_ones() {
+    let run = |full_every: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        timely::execute_directly(move |worker| {
+            let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
+            let cfg = CheckpointConfig {
+                dir: path,
+                interval_ms: 1000,
+                retained: 10,
+                floor_epoch: start,
+                full_every,
+            };
+            let mut r = rig(worker, config(1500), Some((cfg.clone(), Ending::default())));
+            r.no_restore();
+            let mut seen = Vec::new();
+            let mut complete = |r: &Rig, worker: &mut Worker, epoch: Time| {
+                r.step_until(worker, |_| cfg.state_path(epoch, 0).exists());
+                let offsets = crate::checkpoint::manifest::OffsetsPart::default();
+                crate::checkpoint::manifest::write_offsets(&cfg, epoch, 0, &offsets).unwrap();
+                let m = crate::checkpoint::manifest::complete(&cfg, epoch, 1).unwrap();
+                let latest = crate::checkpoint::manifest::find_latest(&cfg.dir).unwrap();
+                assert_eq!(latest.manifest.epoch, epoch);
+                let mut users: Vec<String> = latest
+                    .read_users()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(u, saved)| match saved {
+                        SavedUser::State(s) => format!("{u}:{}", history_ids(&s.history).join(",")),
+                        SavedUser::Pending(p) => format!("{u}:pending{}", p.events.len()),
+                    })
+                    .collect();
+                users.sort();
+                assert_eq!(m.users(), users.len() as u64);
+                seen.push((epoch - start, users, m.parts[0].records));
+            };
+            for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
+                r.send(start + t, u, id);
+            }
+            r.events.advance_to(start + 400);
+            r.step_until(worker, |r| r.started().len() == 3);
+            for u in ["u1", "u2", "u3"] {
+                r.profiles.answer(u, Ok(profile("FR")));
+            }
+            r.events.advance_to(start + 1000);
+            complete(&r, worker, start + 1000);
+            r.send(start + 1100, "u1", "d");
+            r.events.advance_to(start + 2000);
+            complete(&r, worker, start + 2000);
+            // u2 expires (idle since 200), u3 too and comes back (looked up again); u4
+            // is new; both look-ups hang over the checkpoint.
+            r.send(start + 2100, "u3", "e");
+            r.send(start + 2200, "u4", "f");
+            r.events.advance_to(start + 3000);
+            complete(&r, worker, start + 3000);
+            r.profiles.answer("u3", Ok(profile("FR")));
+            r.profiles.answer("u4", Ok(profile("DE")));
+            r.events.advance_to(start + 4000);
+            complete(&r, worker, start + 4000);
+            std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+            r.step_until(worker, |r| r.probe.done());
+            seen
+        })
+    };
+    let whole = run(1);
+    let deltas = run(4);
+    for ((epoch, w, w_records), (_, d, d_records)) in whole.iter().zip(&deltas) {
+        assert_eq!(w, d, "at {epoch}");
+        assert_eq!(*w_records, None, "whole parts");
+        // (At 4000 the deltas' bytes, each with the dictionary, pass the whole part's:
+        // a whole one again.)
+        if *epoch == 2000 || *epoch == 3000 {
+            assert!(d_records.is_some(), "a delta at {epoch}");
+        }
+    }
+    assert_eq!(deltas[1].2, Some(1), "only u1 changed before 2000");
+    let at = |i: usize| whole[i].1.join(" ");
+    assert_eq!(at(0), "u1:a u2:b u3:c");
+    assert_eq!(at(1), "u1:a,d u2:b u3:c");
+    assert_eq!(at(2), "u1:a,d u3:pending1 u4:pending1");
+    assert_eq!(at(3), "u3:e u4:f", "u1 expired, u3 and u4 looked up");
 }

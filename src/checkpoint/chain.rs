@@ -1,0 +1,265 @@
+//! Reading a worker's part with the parts it builds on (a delta part's chain), newest
+//! first: a user's newest record is the one that counts (its state, its pending events,
+//! or its removal); older ones are skipped.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use rustc_hash::FxHashSet;
+
+use super::files::{CheckpointError, PartReader, Record};
+use super::manifest::Restore;
+use crate::model::{SavedUser, Text};
+
+pub struct ChainReader {
+    /// Newest first.
+    parts: VecDeque<PathBuf>,
+    reading: Option<PartReader>,
+    /// Users already given (or removed) by a newer part; kept for a delta chain only.
+    seen: Option<FxHashSet<Text>>,
+}
+
+impl ChainReader {
+    /// `parts`: newest first (`Restore::part_chains`).
+    pub fn new(parts: Vec<PathBuf>) -> ChainReader {
+        ChainReader {
+            seen: (parts.len() > 1).then(FxHashSet::default),
+            parts: parts.into(),
+            reading: None,
+        }
+    }
+
+    /// Up to `max` more records, some maybe left out as older; `None` once the chain is
+    /// read. After an error the chain goes on with its next part.
+    pub fn next_chunk(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
+        loop {
+            let reader = match &mut self.reading {
+                Some(r) => r,
+                None => {
+                    let Some(path) = self.parts.pop_front() else {
+                        return Ok(None);
+                    };
+                    tracing::debug!(part = %path.display(), "restoring");
+                    self.reading.insert(PartReader::open(&path)?)
+                }
+            };
+            match reader.next_records(max) {
+                Ok(Some(records)) => return Ok(Some(self.newest(records))),
+                Ok(None) => self.reading = None,
+                Err(e) => {
+                    self.reading = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Of `records`, those of users no newer part had, without the removed ones.
+    fn newest(&mut self, records: Vec<Record>) -> Vec<(Text, SavedUser)> {
+        records
+            .into_iter()
+            .filter(|(user, _)| match &mut self.seen {
+                Some(seen) => seen.insert(user.clone()),
+                None => true,
+            })
+            .filter_map(|(user, saved)| saved.map(|s| (user, s)))
+            .collect()
+    }
+}
+
+impl Restore {
+    /// Every user the checkpoint restores, as it restores them (tests and tools: all in
+    /// memory at once).
+    pub fn read_users(&self) -> Result<Vec<(Text, SavedUser)>, CheckpointError> {
+        let mut users = Vec::new();
+        for chain in self.part_chains() {
+            let mut reader = ChainReader::new(chain);
+            while let Some(chunk) = reader.next_chunk(8192)? {
+                users.extend(chunk);
+            }
+        }
+        Ok(users)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::checkpoint::CheckpointConfig;
+    use crate::checkpoint::files::{PartRecords, write_part};
+    use crate::checkpoint::manifest::{self, ChainPart, OffsetsPart};
+    use crate::model::{PendingUser, UserEvent, UserState};
+
+    fn cfg(dir: &std::path::Path) -> CheckpointConfig {
+        CheckpointConfig {
+            dir: dir.to_path_buf(),
+            interval_ms: 1000,
+            retained: 1,
+            floor_epoch: 0,
+            full_every: 3,
+        }
+    }
+
+    fn state(at: u64) -> UserState {
+        UserState::empty(at)
+    }
+
+    /// Writes worker 0's part of `epoch` (a delta if `base` is not empty) and completes it.
+    fn part(
+        c: &CheckpointConfig,
+        epoch: u64,
+        states: Vec<(&str, UserState)>,
+        pending: Vec<&str>,
+        removed: Option<Vec<&str>>,
+        chain: Option<ChainPart>,
+    ) {
+        let offsets = OffsetsPart {
+            topic: "t".into(),
+            group: "g".into(),
+            offsets: BTreeMap::from([(0, epoch as i64)]),
+            file: None,
+        };
+        manifest::write_offsets(c, epoch, 0, &offsets).unwrap();
+        let records = PartRecords {
+            base: None,
+            states: states.into_iter().map(|(u, s)| (u.into(), s)).collect(),
+            pending: pending
+                .into_iter()
+                .map(|u| {
+                    let ev = UserEvent {
+                        user_id: u.into(),
+                        event_type: "x".into(),
+                        ..UserEvent::default()
+                    };
+                    let p = PendingUser {
+                        before: None,
+                        events: vec![(epoch - 1, ev)],
+                    };
+                    (u.into(), p)
+                })
+                .collect(),
+            removed: removed.map(|r| r.into_iter().map(Text::from).collect()),
+            chain: chain.map(|ch| (c.chain_path(epoch, 0), ch)),
+        };
+        write_part(&c.state_path(epoch, 0), records).unwrap();
+        manifest::complete(c, epoch, 1).unwrap();
+    }
+
+    fn restored(r: &Restore) -> Vec<(String, String)> {
+        let mut users: Vec<(String, String)> = r
+            .read_users()
+            .unwrap()
+            .into_iter()
+            .map(|(u, saved)| {
+                let what = match saved {
+                    SavedUser::State(s) => format!("state@{}", s.last_activity),
+                    SavedUser::Pending(_) => "pending".to_string(),
+                };
+                (u.to_string(), what)
+            })
+            .collect();
+        users.sort();
+        users
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// Writes a whole part at 1000 and deltas at 2000 and 3000.
+    fn three_epochs(c: &CheckpointConfig) {
+        let name = CheckpointConfig::part_name;
+        part(
+            c,
+            1000,
+            vec![("a", state(1000)), ("b", state(1000)), ("c", state(1000))],
+            vec![],
+            None,
+            None,
+        );
+        let base = vec![name(1000, 0)];
+        let chain = ChainPart { users: 3, base };
+        part(
+            c,
+            2000,
+            vec![("b", state(2000))],
+            vec!["d"],
+            Some(vec!["c"]),
+            Some(chain),
+        );
+        let base = vec![name(1000, 0), name(2000, 0)];
+        let chain = ChainPart { users: 4, base };
+        part(
+            c,
+            3000,
+            vec![("c", state(3000)), ("d", state(3000))],
+            vec![],
+            Some(vec![]),
+            Some(chain),
+        );
+    }
+
+    #[test]
+    fn a_chain_restores_each_users_newest_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        assert_eq!(latest.manifest.epoch, 3000);
+        assert_eq!(latest.manifest.users(), 4);
+        let want = [
+            ("a", "state@1000"),
+            ("b", "state@2000"),
+            ("c", "state@3000"),
+            ("d", "state@3000"),
+        ];
+        assert_eq!(restored(&latest), pairs(&want));
+        // The checkpoint of 2000: c removed, d still being looked up.
+        std::fs::remove_file(c.epoch_dir(3000).join("MANIFEST.json")).unwrap();
+        let at_2000 = manifest::find_latest(&c.dir).unwrap();
+        let want = [("a", "state@1000"), ("b", "state@2000"), ("d", "pending")];
+        assert_eq!(restored(&at_2000), pairs(&want));
+    }
+
+    #[test]
+    fn a_damaged_part_of_a_chain_falls_back_to_an_older_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        let middle = c.state_path(2000, 0);
+        let mut bytes = std::fs::read(&middle).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&middle, bytes).unwrap();
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        assert_eq!(
+            latest.manifest.epoch, 1000,
+            "3000 and 2000 need the damaged part"
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_parts_a_kept_checkpoint_builds_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        manifest::prune(&c);
+        for epoch in [1000, 2000, 3000] {
+            assert!(c.epoch_dir(epoch).exists(), "{epoch}");
+        }
+        // A whole part at 4000: the chain before it is no longer needed.
+        part(&c, 4000, vec![("a", state(4000))], vec![], None, None);
+        manifest::prune(&c);
+        for epoch in [1000, 2000, 3000] {
+            assert!(!c.epoch_dir(epoch).exists(), "{epoch}");
+        }
+        assert!(c.epoch_dir(4000).exists());
+    }
+}
