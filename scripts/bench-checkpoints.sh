@@ -6,6 +6,8 @@
 #   scripts/bench-checkpoints.sh [WORKLOAD_DIR] [EVENTS] [USERS]
 #   BACKENDS="hashmap rocksdb" scripts/bench-checkpoints.sh ...   # the state backends to run
 #   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
+#   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 10:
+#                                                                 # deltas in between)
 #
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
@@ -22,6 +24,7 @@ if [ ! -s "$WL/events.jsonl" ]; then
 fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
 BACKENDS=${BACKENDS:-hashmap}
+FULL_EVERY=${FULL_EVERY:-10}
 FEATURES=""
 if [[ " $BACKENDS " == *" rocksdb "* ]]; then
   # shellcheck source=scripts/rocksdb.sh
@@ -46,7 +49,7 @@ kafka: { bootstrap-servers: "$EVENT_TRIGGER_TEST_BROKER", topic: $TOPIC, consume
 profile-api: { base-url: "file://$WL/profiles.jsonl" }
 filter: { script-path: "$TMP/filter.rhai" }
 actions: { debug: { enabled: true } }
-engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3", state-backend: $4, state-dir: "$TMP/state-$2" }
+engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3", state-backend: $4, state-dir: "$TMP/state-$2", checkpoint-full-every: $FULL_EVERY }
 YML
   echo "$TMP/$2.yml"
 }
@@ -57,7 +60,7 @@ run() { # config -> "wall user sys rss" and the log in $TMP/err
   cat "$TMP/time"
 }
 
-printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms
+printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms avg_ck_MiB
 INTERVALS=${INTERVALS:-0 60000 1000}
 last_interval=${INTERVALS##* }
 for backend in $BACKENDS; do
@@ -74,9 +77,12 @@ for interval in $INTERVALS; do
   # the snapshot's start to the part on disk.
   part_ms=$(grep 'checkpoint part written' "$TMP/err" | tail -2 \
     | sed -n 's/.* ms[^0-9]*\([0-9]*\).*/\1/p' | sort -n | tail -1 || true)
+  # Bytes written per checkpoint, on average (with deltas, what changed).
+  avg=$({ grep 'checkpoint complete' "$TMP/err" || true; } | sed -n 's/.*bytes[^0-9]*\([0-9]*\).*/\1/p' \
+    | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n / 1048576; else print 0 }')
   awk -v b="$backend" -v i=$interval -v n="$EVENTS" -v el="$el" -v u="$user" -v s="$sys" -v rss="$rss" -v c="$n" \
-      -v users="${users:-0}" -v bytes="${bytes:-0}" -v pms="${part_ms:-0}" \
-    'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms }'
+      -v users="${users:-0}" -v bytes="${bytes:-0}" -v pms="${part_ms:-0}" -v avg="$avg" \
+    'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d %12s\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms, avg }'
   if [ "$interval" = 1000 ]; then
     echo "part writes at 1 s (ms, per worker; the last ones are the final checkpoint's):"
     grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*/  w\1 users=\2 bytes=\3 ms=\4/p' | tail -6

@@ -28,8 +28,13 @@
 //! ```text
 //! <checkpoint-dir>/chk-<epoch, 16 digits>/offsets-<worker>.json
 //! <checkpoint-dir>/chk-<epoch>/state-<worker>.bin
+//! <checkpoint-dir>/chk-<epoch>/chain-<worker>.json   (beside a delta part)
 //! <checkpoint-dir>/chk-<epoch>/MANIFEST.json
 //! ```
+//!
+//! A worker's part is whole every `full_every` parts; in between it is a delta of the
+//! users changed, being looked up, or removed since its previous part, which names the
+//! parts it builds on (`chain`: read newest first, each user's newest record counts).
 //!
 //! A file source's position (`file`: its absolute path and byte offset) is a field of
 //! worker 0's offsets part and of the manifest that Kafka jobs' files leave out, so

@@ -1,17 +1,19 @@
 //! The operator's side of checkpoints (see `crate::checkpoint`): which epoch to take
-//! when, the stash of events that must wait for a snapshot, writing this worker's part,
-//! and holding the frontier downstream until the part is on disk.
+//! when, the stash of events that must wait for a snapshot, writing this worker's part
+//! (whole, or a delta of what changed since its previous one), and holding the frontier
+//! downstream until the part is on disk.
 
+use rustc_hash::FxHashSet;
 use timely::dataflow::operators::Capability;
 use timely::scheduling::SyncActivator;
 
 use super::lookups::Lookups;
-use super::table::{Changes, UserTable};
+use super::table::{Changes, Delta, UserTable};
 use crate::checkpoint::manifest::ChainPart;
 use crate::checkpoint::{CheckpointConfig, PartRecords, PartWriter};
 use crate::clock::now_ms;
 use crate::counters::Counters;
-use crate::model::{Text, Time, UserEvent};
+use crate::model::{PendingUser, Text, Time, UserEvent};
 use crate::operators::held::HeldTimes;
 use crate::shutdown::Ending;
 
@@ -206,31 +208,8 @@ impl Snapshots {
         {
             let pending = lookups.save_pending(epoch, held);
             let users = (table.len() + pending.len()) as u64;
-            // A user being looked up is in the part as pending, not removed.
-            let looked_up: rustc_hash::FxHashSet<&Text> = pending.iter().map(|(u, _)| u).collect();
-            let removed = delta
-                .removed
-                .into_iter()
-                .filter(|u| !looked_up.contains(u))
-                .collect();
-            tracing::debug!(
-                epoch,
-                changed = delta.states.len(),
-                pending = pending.len(),
-                "checkpoint started (delta)"
-            );
-            let chain = ChainPart {
-                users,
-                base: self.chain.parts.clone(),
-            };
-            let records = PartRecords {
-                base: None,
-                states: delta.states,
-                pending,
-                removed: Some(removed),
-                chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),
-            };
-            self.write(epoch, records, Some(delta.taken));
+            let (records, taken) = self.delta_part(epoch, delta, users, pending);
+            self.write(epoch, records, Some(taken));
             return;
         }
         let copy = match table.snapshot() {
@@ -252,6 +231,41 @@ impl Snapshots {
             "checkpoint started"
         );
         self.write(epoch, copy.into_part(pending), None);
+    }
+
+    /// A delta part of `epoch`: `delta`'s users, and `pending` (of `users` in all).
+    fn delta_part(
+        &self,
+        epoch: Time,
+        delta: Delta,
+        users: u64,
+        pending: Vec<(Text, PendingUser)>,
+    ) -> (PartRecords, Changes) {
+        // A user being looked up is in the part as pending, not removed.
+        let looked_up: FxHashSet<&Text> = pending.iter().map(|(u, _)| u).collect();
+        let removed = delta
+            .removed
+            .into_iter()
+            .filter(|u| !looked_up.contains(u))
+            .collect();
+        tracing::debug!(
+            epoch,
+            changed = delta.states.len(),
+            pending = pending.len(),
+            "checkpoint started (delta)"
+        );
+        let chain = ChainPart {
+            users,
+            base: self.chain.parts.clone(),
+        };
+        let records = PartRecords {
+            base: None,
+            states: delta.states,
+            pending,
+            removed: Some(removed),
+            chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),
+        };
+        (records, delta.taken)
     }
 
     fn write(&mut self, epoch: Time, records: PartRecords, taken: Option<Changes>) {
