@@ -155,6 +155,20 @@ impl Rig {
     }
 }
 
+/// Checkpoints every second from an epoch pinned past the wall clock (so the run's
+/// epochs are known): that epoch, and the config.
+fn pinned(dir: std::path::PathBuf, full_every: usize) -> (Time, CheckpointConfig) {
+    let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
+    let cfg = CheckpointConfig {
+        dir,
+        interval_ms: 1000,
+        retained: 10,
+        floor_epoch: start,
+        full_every,
+    };
+    (start, cfg)
+}
+
 pub(super) fn event(user: &str, id: &str) -> UserEvent {
     UserEvent {
         event_id: Some(id.into()),
@@ -285,15 +299,7 @@ fn a_snapshot_saves_a_hanging_lookup_as_pending_and_does_not_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     timely::execute_directly(move |worker| {
-        // Pinned past the wall clock, so the run's epochs are known.
-        let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
-        let cfg = CheckpointConfig {
-            dir: path,
-            interval_ms: 1000,
-            retained: 3,
-            floor_epoch: start,
-            full_every: 1,
-        };
+        let (start, cfg) = pinned(path, 1);
         let mut r = rig(
             worker,
             config(60_000),
@@ -431,14 +437,7 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     timely::execute_directly(move |worker| {
-        let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
-        let cfg = CheckpointConfig {
-            dir: path,
-            interval_ms: 1000,
-            retained: 3,
-            floor_epoch: start,
-            full_every: 1,
-        };
+        let (start, cfg) = pinned(path, 1);
         let life = crate::shutdown::Lifecycle::new(StopFlag::default());
         let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
         r.no_restore();
@@ -472,14 +471,7 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let start = (crate::clock::now_ms() / 1000 + 10) * 1000;
-            let cfg = CheckpointConfig {
-                dir: path,
-                interval_ms: 1000,
-                retained: 10,
-                floor_epoch: start,
-                full_every,
-            };
+            let (start, cfg) = pinned(path, full_every);
             let mut r = rig(worker, config(1500), Some((cfg.clone(), Ending::default())));
             r.no_restore();
             let mut seen = Vec::new();

@@ -45,6 +45,14 @@ fn timed_rig_with(
     rig_with(worker, cfg, None, filters, stop)
 }
 
+/// An action delayed by `ms`.
+fn delay(ms: u64) -> Schedule {
+    Schedule {
+        delay_ms: Some(ms),
+        ..Schedule::default()
+    }
+}
+
 fn typed(user: &str, id: &str, event_type: &str) -> UserEvent {
     UserEvent {
         event_id: Some(id.into()),
@@ -140,10 +148,7 @@ fn a_count_per_window_caps_each_user() {
 #[test]
 fn an_abandoned_cart_fires_when_due_unless_a_purchase_came_first() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(1000),
-            ..Schedule::default()
-        };
+        let delayed = delay(1000);
         let mut r = timed_rig(worker, delayed, 60_000, StopFlag::default());
         r.no_restore();
         for u in ["u1", "u2", "u3"] {
@@ -179,10 +184,7 @@ fn an_abandoned_cart_fires_when_due_unless_a_purchase_came_first() {
 #[test]
 fn a_user_with_a_pending_action_outlives_its_ttl_until_it_fires() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(1000),
-            ..Schedule::default()
-        };
+        let delayed = delay(1000);
         let mut r = timed_rig(worker, delayed, 100, StopFlag::default());
         r.no_restore();
         send(&mut r, 100, "u", "cart", "add_to_cart");
@@ -205,10 +207,7 @@ fn a_user_with_a_pending_action_outlives_its_ttl_until_it_fires() {
 #[test]
 fn at_the_end_of_the_input_pending_actions_fire_when_due_by_the_clock() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(300),
-            ..Schedule::default()
-        };
+        let delayed = delay(300);
         let mut r = timed_rig(worker, delayed, 60_000, StopFlag::default());
         r.no_restore();
         let start = Instant::now();
@@ -229,10 +228,7 @@ fn at_the_end_of_the_input_pending_actions_fire_when_due_by_the_clock() {
 #[test]
 fn a_stop_does_not_wait_for_pending_actions() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(60_000),
-            ..Schedule::default()
-        };
+        let delayed = delay(60_000);
         let stop = StopFlag::default();
         let mut r = timed_rig(worker, delayed, 60_000, stop.clone());
         r.no_restore();
@@ -260,10 +256,7 @@ fn a_stop_does_not_wait_for_pending_actions() {
 #[test]
 fn a_restored_pending_action_fires_once_the_frontier_passes_it() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(1000),
-            ..Schedule::default()
-        };
+        let delayed = delay(1000);
         let mut r = timed_rig(worker, delayed, 60_000, StopFlag::default());
         // Saved by other workers of another run: their ids mean nothing here (two
         // users' timers with the same id and due time once overwrote each other).
@@ -298,10 +291,7 @@ fn a_restored_pending_action_fires_once_the_frontier_passes_it() {
 #[test]
 fn pending_actions_per_user_are_capped_and_the_rest_counted() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(1000),
-            ..Schedule::default()
-        };
+        let delayed = delay(1000);
         let mut cfg = config(60_000);
         cfg.max_timers_per_user = 2;
         let versions = FilterVersions::default();
@@ -324,10 +314,7 @@ fn pending_actions_per_user_are_capped_and_the_rest_counted() {
 #[test]
 fn a_reloaded_rule_keeps_the_pending_actions() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(1000),
-            ..Schedule::default()
-        };
+        let delayed = delay(1000);
         let versions = FilterVersions::default();
         let mut r = timed_rig_with(
             worker,
@@ -358,10 +345,7 @@ fn a_reloaded_rule_keeps_the_pending_actions() {
 #[test]
 fn a_frontier_ahead_of_the_clock_does_not_fire_actions_early() {
     timely::execute_directly(|worker| {
-        let delayed = Schedule {
-            delay_ms: Some(300),
-            ..Schedule::default()
-        };
+        let delayed = delay(300);
         let mut r = timed_rig(worker, delayed, 600_000, StopFlag::default());
         r.no_restore();
         let start = Instant::now();
