@@ -304,6 +304,7 @@ fn checkpoints(
                 users = r.manifest.users(),
                 workers = r.manifest.workers,
                 offsets = ?r.manifest.offsets,
+                file_offset = r.manifest.file.as_ref().map(|f| f.offset),
                 dir = %r.dir.display(),
                 "restoring the latest checkpoint"
             );

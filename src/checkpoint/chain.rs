@@ -92,7 +92,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::CheckpointConfig;
     use crate::checkpoint::files::{PartRecords, write_part};
-    use crate::checkpoint::manifest::{self, ChainPart, OffsetsPart};
+    use crate::checkpoint::manifest::{self, BasePart, ChainPart, OffsetsPart};
     use crate::model::{PendingUser, UserEvent, UserState};
 
     fn cfg(dir: &std::path::Path) -> CheckpointConfig {
@@ -175,7 +175,14 @@ mod tests {
 
     /// Writes a whole part at 1000 and deltas at 2000 and 3000.
     fn three_epochs(c: &CheckpointConfig) {
-        let name = CheckpointConfig::part_name;
+        let name = |epoch: u64| {
+            let path = c.state_path(epoch, 0);
+            BasePart {
+                file: CheckpointConfig::part_name(epoch, 0),
+                bytes: std::fs::metadata(&path).unwrap().len(),
+                hash: crate::checkpoint::files::part_hash(&path).unwrap(),
+            }
+        };
         part(
             c,
             1000,
@@ -184,7 +191,7 @@ mod tests {
             None,
             None,
         );
-        let base = vec![name(1000, 0)];
+        let base = vec![name(1000)];
         let chain = ChainPart { users: 3, base };
         part(
             c,
@@ -194,7 +201,7 @@ mod tests {
             Some(vec!["c"]),
             Some(chain),
         );
-        let base = vec![name(1000, 0), name(2000, 0)];
+        let base = vec![name(1000), name(2000)];
         let chain = ChainPart { users: 4, base };
         part(
             c,
@@ -243,6 +250,19 @@ mod tests {
             latest.manifest.epoch, 1000,
             "3000 and 2000 need the damaged part"
         );
+    }
+
+    #[test]
+    fn another_whole_part_in_a_bases_place_is_refused_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        // An older, valid part copied over the base the later deltas build on.
+        part(&c, 500, vec![("z", state(500))], vec![], None, None);
+        std::fs::copy(c.state_path(500, 0), c.state_path(1000, 0)).unwrap();
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        // 3000 and 2000 build on the replaced part, and 1000 was it.
+        assert_eq!(latest.manifest.epoch, 500);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub fn write_atomic(
 pub struct PartInfo {
     pub users: u64,
     pub bytes: u64,
+    /// Its checksum (the trailer's): which file a delta built on it names.
+    pub hash: u64,
     /// From the start of the snapshot to the part being on disk.
     pub duration: Duration,
 }
@@ -163,12 +165,16 @@ impl PartWriter {
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let result = write_part(&path, records);
-                let _ = done_tx.send(result.map(|(users, bytes)| PartInfo {
-                    users,
-                    bytes,
-                    duration: started.elapsed(),
-                }));
+                let result = write_part(&path, records).and_then(|(users, bytes)| {
+                    let (_, hash, _) = trailer_of(&path).map_err(io::Error::other)?;
+                    Ok(PartInfo {
+                        users,
+                        bytes,
+                        hash,
+                        duration: started.elapsed(),
+                    })
+                });
+                let _ = done_tx.send(result);
                 wake();
             })
             .map(|_| ())
@@ -392,6 +398,11 @@ pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
 pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
     let (users, _, len) = trailer_of(path)?;
     Ok((users, len))
+}
+
+/// The checksum a part's trailer records.
+pub fn part_hash(path: &Path) -> Result<u64, CheckpointError> {
+    Ok(trailer_of(path)?.1)
 }
 
 /// The users and hash a part's trailer records, and the part's size.

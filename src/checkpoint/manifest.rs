@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{CheckpointError, part_trailer, verify_part, write_atomic};
+use super::files::{CheckpointError, part_hash, part_trailer, verify_part, write_atomic};
 use super::{CheckpointConfig, parse_epoch_dir};
 use crate::model::Time;
 
@@ -41,10 +41,20 @@ pub struct PartEntry {
     /// A delta part: the records it holds itself (users changed, pending or removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
-    /// A delta part: the parts it builds on, oldest (a whole state part) first, as paths
-    /// under the checkpoint directory (`chk-<epoch>/state-<worker>.bin`).
+    /// A delta part: the parts it builds on, oldest (a whole state part) first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub base: Vec<String>,
+    pub base: Vec<BasePart>,
+}
+
+/// A part a delta builds on: its path under the checkpoint directory
+/// (`chk-<epoch>/state-<worker>.bin`), size and checksum, so that another file in its
+/// place (an older part copied over it, a release writing into its directory) is
+/// refused, not restored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasePart {
+    pub file: String,
+    pub bytes: u64,
+    pub hash: u64,
 }
 
 /// Written beside a delta part, before it: what the coordinator needs for the manifest.
@@ -53,7 +63,7 @@ pub struct ChainPart {
     /// The worker's users at the epoch, all parts of the chain applied.
     pub users: u64,
     /// The parts it builds on, oldest first (see `PartEntry::base`).
-    pub base: Vec<String>,
+    pub base: Vec<BasePart>,
 }
 
 /// A complete checkpoint: what every worker wrote for `epoch`.
@@ -97,7 +107,7 @@ impl Restore {
             .iter()
             .map(|p| {
                 let mut chain = vec![self.dir.join(&p.file)];
-                chain.extend(p.base.iter().rev().map(|b| root.join(b)));
+                chain.extend(p.base.iter().rev().map(|b| root.join(&b.file)));
                 chain
             })
             .collect()
@@ -278,10 +288,16 @@ fn load(dir: &Path, manifest_path: &Path) -> Result<Restore, CheckpointError> {
         dir: dir.to_path_buf(),
         manifest,
     };
-    // The parts the deltas build on: whole and unchanged too.
-    for chain in restore.part_chains() {
-        for path in chain.iter().skip(1) {
-            verify_part(path)?;
+    // The parts the deltas build on: whole, unchanged, and the very files written.
+    let root = dir.parent().unwrap_or(Path::new("."));
+    for base in restore.manifest.parts.iter().flat_map(|p| &p.base) {
+        let path = root.join(&base.file);
+        let (_, bytes) = verify_part(&path)?;
+        if bytes != base.bytes || part_hash(&path)? != base.hash {
+            return Err(CheckpointError::corrupt(
+                &path,
+                "is not the part the checkpoint builds on",
+            ));
         }
     }
     Ok(restore)
@@ -307,7 +323,7 @@ pub fn prune(cfg: &CheckpointConfig) {
         .filter(|(epoch, _)| complete.contains(epoch) && *epoch >= keep_from)
         .filter_map(|(_, path)| read_manifest(&path.join(MANIFEST)).ok())
         .flat_map(|m| m.parts.into_iter().flat_map(|p| p.base))
-        .filter_map(|b| b.split('/').next().map(str::to_string))
+        .filter_map(|b| b.file.split('/').next().map(str::to_string))
         .collect();
     for (epoch, path) in all {
         let is_complete = complete.contains(&epoch);

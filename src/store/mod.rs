@@ -10,7 +10,8 @@ pub mod recent;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
@@ -179,14 +180,16 @@ impl StateStore for MemoryStore {
 
 /// Finds users whose state was not touched for the TTL, without scanning the store.
 ///
-/// A FIFO of `(time, user)`; a user is queued again only when its activity moved more
-/// than `granularity` past its last entry, so the queue holds at most one entry per user
-/// per `granularity`, not one per event. Popped entries are checked against the state,
-/// which has the last word: stale ones are skipped, users still active are re-queued.
+/// A min-heap of `(time, user)` (entries come out of time order: restored users, users
+/// inserted once their look-up is done, users kept by their triggers); a user is queued
+/// again only when its activity moved more than `granularity` past its last entry, so
+/// the queue holds at most one entry per user per `granularity`, not one per event.
+/// Popped entries are checked against the state, which has the last word: stale ones
+/// are skipped, users still active are re-queued.
 pub struct TtlIndex {
     ttl: u64,
     granularity: u64,
-    queue: VecDeque<(Time, Text)>,
+    queue: BinaryHeap<Reverse<(Time, Text)>>,
 }
 
 impl TtlIndex {
@@ -194,7 +197,7 @@ impl TtlIndex {
         TtlIndex {
             ttl: ttl_ms,
             granularity: (ttl_ms / 16).max(1),
-            queue: VecDeque::new(),
+            queue: BinaryHeap::new(),
         }
     }
 
@@ -209,7 +212,7 @@ impl TtlIndex {
     pub fn touched(&mut self, user: &Text, state: &mut UserState, created: bool) {
         if created || state.last_activity >= state.ttl_mark + self.granularity {
             state.ttl_mark = state.last_activity;
-            self.queue.push_back((state.ttl_mark, user.clone()));
+            self.queue.push(Reverse((state.ttl_mark, user.clone())));
         }
     }
 
@@ -222,11 +225,11 @@ impl TtlIndex {
         mut removed: impl FnMut(&Text),
     ) -> u64 {
         let mut expired = 0;
-        while let Some((t, _)) = self.queue.front() {
+        while let Some(Reverse((t, _))) = self.queue.peek() {
             if t.saturating_add(self.ttl) > now {
                 break;
             }
-            let Some((t, user)) = self.queue.pop_front() else {
+            let Some(Reverse((t, user))) = self.queue.pop() else {
                 break;
             };
             let Some(state) = store.get_mut(&user) else {
@@ -243,7 +246,7 @@ impl TtlIndex {
                 // Kept by its triggers past its TTL: looked at again a TTL from now.
                 let idle = state.last_activity.saturating_add(self.ttl) <= now;
                 state.ttl_mark = if idle { now } else { state.last_activity };
-                self.queue.push_back((state.ttl_mark, user));
+                self.queue.push(Reverse((state.ttl_mark, user)));
             }
         }
         expired
@@ -313,6 +316,18 @@ mod tests {
         assert!(idx.expire_all(2000, &mut store) == 0 && idx.queued() == 1);
         assert_eq!(idx.expire_all(3000, &mut store), 1);
         assert_eq!(store.len(), 0);
+    }
+
+    /// Restored users come in any order: each expires a TTL after its own activity, not
+    /// after the newest one queued before it (they were kept up to a TTL too long).
+    #[test]
+    fn users_queued_out_of_time_order_expire_on_time() {
+        let mut idx = TtlIndex::new(1000);
+        let mut store = MemoryStore::default();
+        touch(&mut idx, &mut store, "recent", 5000);
+        touch(&mut idx, &mut store, "old", 100);
+        assert_eq!(idx.expire_all(1100, &mut store), 1);
+        assert!(store.get_mut("old").is_none() && store.get_mut("recent").is_some());
     }
 
     #[test]

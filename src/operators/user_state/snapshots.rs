@@ -9,7 +9,7 @@ use timely::scheduling::SyncActivator;
 
 use super::lookups::Lookups;
 use super::table::{Changes, Delta, UserTable};
-use crate::checkpoint::manifest::ChainPart;
+use crate::checkpoint::manifest::{BasePart, ChainPart};
 use crate::checkpoint::{CheckpointConfig, PartRecords, PartWriter};
 use crate::clock::now_ms;
 use crate::counters::Counters;
@@ -73,8 +73,8 @@ pub(super) struct Snapshots {
 /// This worker's parts since its last whole one, which the next delta builds on.
 #[derive(Default)]
 struct Chain {
-    /// Oldest (the whole part) first, as `CheckpointConfig::part_name`s.
-    parts: Vec<String>,
+    /// Oldest (the whole part) first.
+    parts: Vec<BasePart>,
     whole_bytes: u64,
     delta_bytes: u64,
 }
@@ -88,7 +88,8 @@ impl Chain {
             && self.delta_bytes < self.whole_bytes
     }
 
-    fn written(&mut self, name: String, whole: bool, bytes: u64) {
+    fn written(&mut self, part: BasePart, whole: bool) {
+        let bytes = part.bytes;
         if whole {
             self.parts.clear();
             self.whole_bytes = bytes;
@@ -96,7 +97,7 @@ impl Chain {
         } else {
             self.delta_bytes += bytes;
         }
-        self.parts.push(name);
+        self.parts.push(part);
     }
 }
 
@@ -299,11 +300,14 @@ impl Snapshots {
             let taken = p.taken.take();
             let whole = taken.is_none();
             match &result {
-                Ok(info) => self.chain.written(
-                    CheckpointConfig::part_name(epoch, self.worker),
-                    whole,
-                    info.bytes,
-                ),
+                Ok(info) => {
+                    let part = BasePart {
+                        file: CheckpointConfig::part_name(epoch, self.worker),
+                        bytes: info.bytes,
+                        hash: info.hash,
+                    };
+                    self.chain.written(part, whole);
+                }
                 Err(_) => match taken {
                     Some(changes) => table.restore_changes(changes),
                     // The changes before it are gone: the next part is whole.
@@ -315,12 +319,15 @@ impl Snapshots {
                     if whole {
                         stats.state_bytes.set(info.bytes);
                     }
+                    // `users`: the part's records (for a delta: users changed, being
+                    // looked up, or removed).
                     tracing::info!(
                         epoch,
                         worker = self.worker,
                         users = info.users,
                         bytes = info.bytes,
                         ms = info.duration.as_millis() as u64,
+                        delta = !whole,
                         "checkpoint part written"
                     )
                 }
