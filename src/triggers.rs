@@ -228,9 +228,11 @@ impl UserTriggers {
         true
     }
 
-    /// Whether `action` has delayed firings pending.
-    pub fn has_pending(&self, action: &str) -> bool {
-        self.pending.iter().any(|t| &*t.action == action)
+    /// Whether `action` has delayed firings pending, due after `time`.
+    pub fn has_pending(&self, action: &str, time: Time) -> bool {
+        self.pending
+            .iter()
+            .any(|t| &*t.action == action && t.due > time)
     }
 
     /// Removes `action`'s pending timers due after `time`; returns them.
@@ -269,19 +271,12 @@ pub fn of(slot: &mut Option<Box<UserTriggers>>) -> &mut UserTriggers {
 pub struct Schedules(pub Arc<Vec<ActionSchedule>>);
 
 impl Schedules {
-    /// Whether any action has a cap or a delay (else nothing here runs per event).
-    pub fn any(&self) -> bool {
-        self.0
-            .iter()
-            .any(|a| a.schedule.is_capped() || a.schedule.delay_ms.is_some())
-    }
-
-    /// The bits of the actions fired with a delay.
-    pub fn delayed_bits(&self) -> u64 {
+    /// The bits of the actions whose schedule passes `f`.
+    pub fn bits(&self, f: impl Fn(&Schedule) -> bool) -> u64 {
         self.0
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.schedule.delay_ms.is_some())
+            .filter(|(_, a)| f(&a.schedule))
             .fold(0, |bits, (i, _)| bits | 1 << i)
     }
 
@@ -431,11 +426,11 @@ mod tests {
         assert!(!t.keeps(0));
         t.schedule(timer(5, "cart", 500), 3);
         t.schedule(timer(6, "mail", 500), 3);
-        assert!(t.has_pending("cart") && t.keeps(10_000));
+        assert!(t.has_pending("cart", 0) && t.keeps(10_000));
         t.schedule(timer(7, "cart", 200), 3);
         let gone: Vec<u64> = t.cancel("cart", 200).iter().map(|t| t.id).collect();
         assert_eq!(gone, [5], "not one due at or before the cancelling event");
         t.take_due(201);
-        assert!(!t.has_pending("cart") && t.has_pending("mail"));
+        assert!(!t.has_pending("cart", 0) && t.has_pending("mail", 0));
     }
 }

@@ -93,15 +93,15 @@ pub struct UserStateSettings {
     pub stop: StopFlag,
 }
 
-/// The clock capability moved to the least of `frontiers` and `next` (the earliest
-/// timer due), never back; none when there is neither.
+/// The clock capability moved to the least of the inputs' frontier `input` and `next`
+/// (the earliest timer due), never back; none when there is neither.
 fn hold_clock(
     clock: Option<Capability<Time>>,
-    frontiers: impl Iterator<Item = Time>,
+    input: Option<Time>,
     next: Option<Time>,
 ) -> Option<Capability<Time>> {
     let mut clock = clock?;
-    let least = frontiers.chain(next).min()?;
+    let least = input.into_iter().chain(next).min()?;
     if least > *clock.time() {
         clock.downgrade(&least);
     }
@@ -240,7 +240,7 @@ fn operator<'s>(
                 let inputs = [frontier.frontier(), restore_frontier.frontier()];
                 let least = inputs.iter().flat_map(|f| f.first()).copied().min();
                 let next = m.applier.timers.next_due();
-                clock = hold_clock(clock.take(), least.into_iter(), next);
+                clock = hold_clock(clock.take(), least, next);
                 // Timers fire by the wall clock when the frontier is not there to move
                 // them: the input ended, or the frontier is ahead of the clock.
                 if let Some(due) = next

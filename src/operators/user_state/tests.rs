@@ -189,7 +189,7 @@ pub(super) fn profile(country: &str) -> ProfileData {
     }
 }
 
-fn history_ids(history: &History) -> Vec<String> {
+pub(super) fn history_ids(history: &History) -> Vec<String> {
     history
         .iter()
         .map(|h| h.event_id.unwrap_or("").to_string())

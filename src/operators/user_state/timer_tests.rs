@@ -5,11 +5,10 @@ use std::time::Instant;
 
 use timely::worker::Worker;
 
-use super::tests::{Rig, config, profile, rig_with};
+use super::tests::{Rig, config, history_ids, profile, rig_with};
 use crate::clock::now_ms;
 use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::{Filter, FilterLimits};
-use crate::history::History;
 use crate::model::{SavedUser, Time, UserEvent, UserState};
 use crate::shutdown::StopFlag;
 use crate::triggers::{ActionSchedule, MaxPerUser, Schedule, Schedules, Timer, UserTriggers};
@@ -82,13 +81,6 @@ fn answer(r: &Rig, worker: &mut Worker, users: &[&str]) {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-fn history_ids(history: &History) -> Vec<String> {
-    history
-        .iter()
-        .map(|h| h.event_id.unwrap_or("").to_string())
-        .collect()
 }
 
 #[test]

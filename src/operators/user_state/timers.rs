@@ -32,17 +32,9 @@ pub(super) struct Timers {
 
 impl Timers {
     pub(super) fn new(schedules: Schedules, max_per_user: usize, stats: Rc<Counters>) -> Self {
-        let bits = |f: &dyn Fn(&triggers::Schedule) -> bool| {
-            schedules
-                .0
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| f(&a.schedule))
-                .fold(0u64, |b, (i, _)| b | 1 << i)
-        };
         Timers {
-            delayed: schedules.delayed_bits(),
-            scheduled_or_capped: bits(&|s| s.is_capped() || s.delay_ms.is_some()),
+            delayed: schedules.bits(|s| s.delay_ms.is_some()),
+            scheduled_or_capped: schedules.bits(|s| s.is_capped() || s.delay_ms.is_some()),
             schedules,
             max_per_user,
             index: BTreeMap::new(),
@@ -123,7 +115,7 @@ impl Timers {
         }
         let mut hit = Vec::new();
         for (i, a) in self.schedules.0.iter().enumerate() {
-            if !t.pending.iter().any(|p| p.action == a.name && p.due > time) {
+            if !t.has_pending(&a.name, time) {
                 continue;
             }
             match filters.cancels(i, EnrichedView { event: ev, state }) {
