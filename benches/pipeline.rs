@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the hot path: decoding, the filter, the compact history
 //! (append, getters, webhook body), the user-state operator (hits, misses, expiry), and
 //! the whole dataflow on an in-memory workload (the sample
-//! events, repeated) at 1 and 2 workers.
+//! events, repeated) at 1 and 2 workers, and checkpoint parts (writing and reading them).
 
 use std::io::Write;
 use std::rc::Rc;
@@ -360,5 +360,50 @@ fn state(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, filter, history, state, dataflow);
+/// A checkpoint part of 10,000 users (histories of 1 to 100 sample events): writing it
+/// (encoding, compressing, checksumming, fsync) and reading it back (checked, decoded).
+fn checkpoint(c: &mut Criterion) {
+    use event_trigger::history::History;
+
+    let events: Vec<_> = valid_lines()
+        .iter()
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
+        .collect();
+    let users: Vec<_> = (0..10_000usize)
+        .map(|i| {
+            let mut history = History::default();
+            for e in events.iter().cycle().skip(i).take(1 + i % 100) {
+                history.push_event(e);
+            }
+            let mut state = UserState::empty(i as u64);
+            state.history = Arc::new(history);
+            (format!("user_{i:07}").into(), state)
+        })
+        .collect();
+    // A memory-backed directory where there is one: the disk's fsync is not the code's.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let path = dir.path().join("state-0.bin");
+    let mut g = c.benchmark_group("checkpoint");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(users.len() as u64));
+    let written = dir.path().join("written.bin");
+    g.bench_function("write a part of 10k users", |b| {
+        b.iter(|| event_trigger::checkpoint::write_states(&written, users.clone()).unwrap())
+    });
+    event_trigger::checkpoint::write_states(&path, users.clone()).unwrap();
+    g.bench_function("read a part of 10k users", |b| {
+        b.iter(|| event_trigger::checkpoint::read_part(&path).unwrap().len())
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches, decode, filter, history, state, dataflow, checkpoint
+);
 criterion_main!(benches);

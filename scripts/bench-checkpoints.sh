@@ -8,6 +8,8 @@
 #   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
 #   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 10:
 #                                                                 # deltas in between)
+#   BIN=path/to/event-trigger scripts/bench-checkpoints.sh ...    # a binary built already (for
+#                                                                 # RocksDB: --features rocksdb)
 #
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
@@ -31,9 +33,11 @@ if [[ " $BACKENDS " == *" rocksdb "* ]]; then
   source scripts/rocksdb.sh
   FEATURES=$EVENT_TRIGGER_FEATURES
 fi
-# shellcheck disable=SC2086
-cargo build --release --quiet $FEATURES
-BIN=target/release/event-trigger
+if [ -z "${BIN:-}" ]; then
+  # shellcheck disable=SC2086
+  cargo build --release --quiet $FEATURES
+  BIN=target/release/event-trigger
+fi
 # shellcheck source=scripts/broker.sh
 source scripts/broker.sh start
 TMP=$(mktemp -d)

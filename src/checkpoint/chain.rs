@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashSet;
 
-use super::files::{CheckpointError, PartReader, Record};
+use super::files::{CheckpointError, PartReader};
 use super::manifest::Restore;
 use crate::model::{SavedUser, Text};
 
@@ -46,8 +46,22 @@ impl ChainReader {
                     self.reading.insert(PartReader::open(&path)?)
                 }
             };
-            match reader.next_records(max) {
-                Ok(Some(records)) => return Ok(Some(self.newest(records))),
+            // A user's newest record counts: those of users a newer part had are
+            // skipped (undecoded). The oldest part, read last, needs no new ids kept.
+            let last = self.parts.is_empty();
+            let seen = &mut self.seen;
+            let mut keep = |user: &Text| match seen {
+                Some(seen) if last => !seen.contains(user),
+                Some(seen) => seen.insert(user.clone()),
+                None => true,
+            };
+            match reader.next_records_of(max, &mut keep) {
+                Ok(Some(records)) => {
+                    let users = records
+                        .into_iter()
+                        .filter_map(|(user, saved)| saved.map(|s| (user, s)));
+                    return Ok(Some(users.collect()));
+                }
                 Ok(None) => self.reading = None,
                 Err(e) => {
                     self.reading = None;
@@ -55,18 +69,6 @@ impl ChainReader {
                 }
             }
         }
-    }
-
-    /// Of `records`, those of users no newer part had, without the removed ones.
-    fn newest(&mut self, records: Vec<Record>) -> Vec<(Text, SavedUser)> {
-        records
-            .into_iter()
-            .filter(|(user, _)| match &mut self.seen {
-                Some(seen) => seen.insert(user.clone()),
-                None => true,
-            })
-            .filter_map(|(user, saved)| saved.map(|s| (user, s)))
-            .collect()
     }
 }
 

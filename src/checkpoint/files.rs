@@ -294,8 +294,10 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
         if let Some(base) = records.base {
             base(&mut |user, state| e.encoded(user, state))?;
         }
-        for (user, state) in &records.states {
-            e.typed(user, state)?;
+        // Each state is dropped once encoded: its parts, shared with the worker's table
+        // until then, are copied on the worker's next write to them.
+        for (user, state) in records.states {
+            e.typed(&user, &state)?;
         }
         for (user, pending) in &records.pending {
             e.pending(user, pending)?;
@@ -556,6 +558,16 @@ impl PartReader {
     /// Up to `max` more records: a user and what it is saved as, or `None` for a user
     /// removed (in a delta part); `None` once the part is read to its end and checked.
     pub fn next_records(&mut self, max: usize) -> Result<Option<Vec<Record>>, CheckpointError> {
+        self.next_records_of(max, &mut |_| true)
+    }
+
+    /// As `next_records`, of the users `keep` says yes to (asked once per record, in the
+    /// part's order): the others' states are skipped undecoded (a chain's older parts).
+    pub fn next_records_of(
+        &mut self,
+        max: usize,
+        keep: &mut dyn FnMut(&Text) -> bool,
+    ) -> Result<Option<Vec<Record>>, CheckpointError> {
         if self.ended {
             return Ok(None);
         }
@@ -578,10 +590,13 @@ impl PartReader {
                     }
                     break;
                 }
-                STATE => {
-                    let (user, saved) = user_of(&mut self.body, &self.ids).map_err(corrupt)?;
-                    (user, Some(saved))
-                }
+                STATE => match user_of(&mut self.body, &self.ids, keep).map_err(corrupt)? {
+                    (user, Some(saved)) => (user, Some(saved)),
+                    (_, None) => {
+                        self.read += 1;
+                        continue;
+                    }
+                },
                 PENDING => {
                     let (user, pending): (Text, PendingUser) =
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
@@ -602,7 +617,9 @@ impl PartReader {
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
             self.read += 1;
-            chunk.push(record);
+            if tag[0] == STATE || keep(&record.0) {
+                chunk.push(record);
+            }
         }
         if chunk.is_empty() && self.ended {
             return Ok(None);
@@ -612,20 +629,31 @@ impl PartReader {
 }
 
 /// One user's state record (after its tag): as `Encoder::typed` writes it, or in a v1
-/// part (`ids` `None`) as bincode of `(user, UserState)`.
-fn user_of(r: &mut impl Read, ids: &Option<Ids>) -> Result<(Text, SavedUser), String> {
+/// part (`ids` `None`) as bincode of `(user, UserState)`; its state decoded if `keep`
+/// says yes to the user.
+fn user_of(
+    r: &mut impl Read,
+    ids: &Option<Ids>,
+    keep: &mut dyn FnMut(&Text) -> bool,
+) -> Result<(Text, Option<SavedUser>), String> {
     let (user, state) = match ids {
-        None => bincode::deserialize_from::<_, (Text, UserState)>(r).map_err(|e| e.to_string())?,
+        None => {
+            let (user, state) =
+                bincode::deserialize_from::<_, (Text, UserState)>(r).map_err(|e| e.to_string())?;
+            let kept = keep(&user);
+            (user, kept.then_some(state))
+        }
         Some(ids) => {
             let (user, encoded): (Text, Encoded) =
                 bincode::deserialize_from(r).map_err(|e| e.to_string())?;
-            (
-                user,
-                codec::decode_with(&encoded.0, ids).map_err(|e| e.to_string())?,
-            )
+            let state = match keep(&user) {
+                true => Some(codec::decode_with(&encoded.0, ids).map_err(|e| e.to_string())?),
+                false => None,
+            };
+            (user, state)
         }
     };
-    Ok((user, SavedUser::State(state)))
+    Ok((user, state.map(SavedUser::State)))
 }
 
 /// Reads a state part back whole, checked (before anything is decoded).

@@ -125,6 +125,21 @@ impl Store {
     pub fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
         each_store!(self, s => s.snapshot())
     }
+
+    /// The states of `users` (those the store holds) as they are now, for a delta part.
+    /// Reads only: nothing is marked changed or brought into a cache, and RocksDB hands
+    /// the bytes it keeps for a user outside its cache, undecoded.
+    pub fn states_of<'a>(
+        &mut self,
+        users: impl Iterator<Item = &'a Text>,
+    ) -> Result<StoreSnapshot, StateError> {
+        each_store!(self, s => s.states_of(users))
+    }
+
+    /// Whether the store holds `user` (a read only, as `states_of`).
+    pub fn holds(&self, user: &str) -> bool {
+        each_store!(self, s => s.holds(user))
+    }
 }
 
 impl StateStore for Store {
@@ -159,6 +174,24 @@ impl MemoryStore {
                 .collect(),
             encoded: None,
         })
+    }
+}
+
+impl MemoryStore {
+    fn states_of<'a>(
+        &mut self,
+        users: impl Iterator<Item = &'a Text>,
+    ) -> Result<StoreSnapshot, StateError> {
+        Ok(StoreSnapshot {
+            records: users
+                .filter_map(|u| Some((u.clone(), self.users.get(u)?.clone())))
+                .collect(),
+            encoded: None,
+        })
+    }
+
+    fn holds(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 }
 

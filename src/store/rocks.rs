@@ -249,6 +249,44 @@ impl RocksStore {
     }
 }
 
+impl RocksStore {
+    /// Cached users as they are; the others as the bytes RocksDB keeps (evicted users
+    /// were written when evicted), copied into the part without decoding.
+    pub(super) fn states_of<'a>(
+        &mut self,
+        users: impl Iterator<Item = &'a Text>,
+    ) -> Result<StoreSnapshot, StateError> {
+        let mut records = Vec::new();
+        let mut stored: Vec<(Text, Vec<u8>)> = Vec::new();
+        for user in users {
+            if let Some(slot) = self.cache.get(user) {
+                records.push((user.clone(), slot.state.clone()));
+                continue;
+            }
+            match self.db.get_pinned(user.as_bytes()) {
+                Ok(Some(bytes)) => stored.push((user.clone(), bytes.to_vec())),
+                Ok(None) => {}
+                Err(e) => {
+                    let reason = format!("reading user {user} for a delta part: {e}");
+                    return Err(StateError::Snapshot(reason));
+                }
+            }
+        }
+        let encoded: Option<EncodedRecords> = (!stored.is_empty()).then(|| {
+            Box::new(move |each: RecordSink<'_>| {
+                stored
+                    .iter()
+                    .try_for_each(|(user, state)| each(user.as_bytes(), state))
+            }) as EncodedRecords
+        });
+        Ok(StoreSnapshot { records, encoded })
+    }
+
+    pub(super) fn holds(&self, user: &str) -> bool {
+        self.cache.contains_key(user) || matches!(self.db.get_pinned(user.as_bytes()), Ok(Some(_)))
+    }
+}
+
 fn copy_records(dir: &Path, each: RecordSink<'_>) -> io::Result<()> {
     let db = DB::open_for_read_only(&Options::default(), dir, false).map_err(io::Error::other)?;
     for item in db.iterator(IteratorMode::Start) {
@@ -407,6 +445,64 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".snapshot-"))
             .collect();
         assert!(left.is_empty());
+    }
+
+    /// A delta's states, from users cached and evicted, as the hash map has them; and
+    /// reading them changes nothing: no user is cached or made dirty by it.
+    #[test]
+    fn states_for_a_delta_are_the_hash_maps_and_leave_the_cache_alone() {
+        let (dir, mut rocks, mut memory) = same_as_memory(8);
+        let users: Vec<Text> = (0..70).map(|i| format!("u{i}").into()).collect();
+        let cached: Vec<(Text, bool)> = {
+            let mut c: Vec<_> = rocks
+                .cache
+                .iter()
+                .map(|(u, s)| (u.clone(), s.dirty))
+                .collect();
+            c.sort();
+            c
+        };
+        assert!(
+            cached.len() < memory.len(),
+            "some users are outside the cache"
+        );
+        let from_rocks = dir.path().join("rocks.bin");
+        let from_memory = dir.path().join("memory.bin");
+        let s = rocks.states_of(users.iter()).unwrap();
+        assert!(
+            s.encoded.is_some(),
+            "evicted users go as their stored bytes"
+        );
+        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
+        let s = memory.states_of(users.iter()).unwrap();
+        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
+        let sorted = |path: &Path| {
+            let mut users: Vec<_> = read_part(path)
+                .unwrap()
+                .into_iter()
+                .map(|(u, saved)| match saved {
+                    SavedUser::State(s) => (u, s.last_activity, s.profile, s.history),
+                    SavedUser::Pending(_) => panic!("no user is pending"),
+                })
+                .collect();
+            users.sort_by(|a, b| a.0.cmp(&b.0));
+            users
+        };
+        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
+        assert_eq!(sorted(&from_rocks).len(), memory.len());
+        let after: Vec<(Text, bool)> = {
+            let mut c: Vec<_> = rocks
+                .cache
+                .iter()
+                .map(|(u, s)| (u.clone(), s.dirty))
+                .collect();
+            c.sort();
+            c
+        };
+        assert_eq!(after, cached);
+        for u in &users {
+            assert_eq!(rocks.holds(u), memory.holds(u), "{u}");
+        }
     }
 
     #[test]

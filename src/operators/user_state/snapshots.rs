@@ -207,10 +207,20 @@ impl Snapshots {
         if self.chain.next_is_delta(self.cfg.full_every)
             && let Some(delta) = table.delta()
         {
-            let pending = lookups.save_pending(epoch, held);
-            let users = (table.len() + pending.len()) as u64;
-            let (records, taken) = self.delta_part(epoch, delta, users, pending);
-            self.write(epoch, records, Some(taken));
+            match delta {
+                Ok(delta) => {
+                    let pending = lookups.save_pending(epoch, held);
+                    let users = (table.len() + pending.len()) as u64;
+                    let (records, taken) = self.delta_part(epoch, delta, users, pending);
+                    self.write(epoch, records, Some(taken));
+                }
+                // Without its part this epoch's checkpoint never completes; the next
+                // epoch tries again, with these changes.
+                Err(e) => {
+                    let worker = self.worker;
+                    tracing::error!(epoch, worker, "checkpoint part not started: {e}");
+                }
+            }
             return;
         }
         let copy = match table.snapshot() {
@@ -251,7 +261,7 @@ impl Snapshots {
             .collect();
         tracing::debug!(
             epoch,
-            changed = delta.states.len(),
+            changed = delta.taken.changed.len(),
             pending = pending.len(),
             "checkpoint started (delta)"
         );
@@ -260,8 +270,8 @@ impl Snapshots {
             base: self.chain.parts.clone(),
         };
         let records = PartRecords {
-            base: None,
-            states: delta.states,
+            base: delta.states.encoded,
+            states: delta.states.records,
             pending,
             removed: Some(removed),
             chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),

@@ -59,7 +59,7 @@ impl Changes {
 /// A delta part's users: the changed ones' states now, the removed ones', and the
 /// changes taken (given back if the part is not written).
 pub(super) struct Delta {
-    pub(super) states: Vec<(Text, UserState)>,
+    pub(super) states: StoreSnapshot,
     pub(super) removed: Vec<Text>,
     pub(super) taken: Changes,
 }
@@ -198,26 +198,28 @@ impl UserTable {
     }
 
     /// The users changed and removed since the last part, for a delta part; `None` when
-    /// changes are not kept.
-    pub(super) fn delta(&mut self) -> Option<Delta> {
+    /// changes are not kept. Read without touching the store (no user becomes changed
+    /// or cached by it); if the store fails, the changes are kept for the next part.
+    pub(super) fn delta(&mut self) -> Option<Result<Delta, StateError>> {
         let taken = std::mem::take(self.changes.as_mut()?);
-        let mut states = Vec::with_capacity(taken.changed.len());
-        for user in &taken.changed {
-            if let Some(state) = self.store.get_mut(user) {
-                states.push((user.clone(), state.clone()));
+        let states = match self.store.states_of(taken.changed.iter()) {
+            Ok(states) => states,
+            Err(e) => {
+                self.restore_changes(taken);
+                return Some(Err(e));
             }
-        }
-        let mut removed = Vec::new();
-        for user in &taken.removed {
-            if self.store.get_mut(user).is_none() {
-                removed.push(user.clone());
-            }
-        }
-        Some(Delta {
+        };
+        let removed = taken
+            .removed
+            .iter()
+            .filter(|u| !self.store.holds(u))
+            .cloned()
+            .collect();
+        Some(Ok(Delta {
             states,
             removed,
             taken,
-        })
+        }))
     }
 
     /// Gives back the changes of a delta part that was not written: the next part has

@@ -11,6 +11,7 @@ use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::{Filter, FilterLimits};
 use crate::model::{SavedUser, Time, UserEvent, UserState};
 use crate::shutdown::StopFlag;
+use crate::store::Backend;
 use crate::triggers::{ActionSchedule, MaxPerUser, Schedule, Schedules, Timer, UserTriggers};
 
 /// One action `a` with `schedule`, for the events its filter passes, cancelled by
@@ -41,7 +42,14 @@ fn timed_rig_with(
         name: "a".into(),
         schedule,
     }]));
-    rig_with(worker, cfg, None, filters, stop)
+    rig_with(
+        worker,
+        cfg,
+        None,
+        filters,
+        stop,
+        Backend::Memory.open(0).unwrap(),
+    )
 }
 
 /// An action delayed by `ms`.
