@@ -24,6 +24,10 @@ pub trait StateStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState>;
     /// Adds a user the store does not hold.
     fn insert(&mut self, user: Text, state: UserState);
+    /// Adds a user known to be new (a restore's): the store need not look for it.
+    fn insert_new(&mut self, user: Text, state: UserState) {
+        self.insert(user, state)
+    }
     fn remove(&mut self, user: &str) -> Option<UserState>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -149,6 +153,9 @@ impl StateStore for Store {
     }
     fn insert(&mut self, user: Text, state: UserState) {
         each_store!(self, s => s.insert(user, state))
+    }
+    fn insert_new(&mut self, user: Text, state: UserState) {
+        each_store!(self, s => s.insert_new(user, state))
     }
     fn remove(&mut self, user: &str) -> Option<UserState> {
         each_store!(self, s => s.remove(user))

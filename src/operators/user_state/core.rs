@@ -182,7 +182,7 @@ impl Core {
                 let timers = &mut self.applier.timers;
                 let key = user.clone();
                 self.table
-                    .insert_with(user, state, |state| timers.restored(&key, state))
+                    .insert_restored(user, state, |state| timers.restored(&key, state))
             }
             SavedUser::Pending(p) => {
                 let queue = p

@@ -145,6 +145,21 @@ impl UserTable {
         out
     }
 
+    /// Adds a restored `user`, with `state` as `f` leaves it. A restore gives each user
+    /// once, into a store that held nothing before it, and is followed by a whole part:
+    /// no change is kept and the store need not look for an earlier state.
+    pub(super) fn insert_restored(
+        &mut self,
+        user: Text,
+        mut state: UserState,
+        f: impl FnOnce(&mut UserState),
+    ) {
+        self.ttl.touched(&user, &mut state, true);
+        f(&mut state);
+        self.ttl.touched(&user, &mut state, false);
+        self.store.insert_new(user, state);
+    }
+
     /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
     /// answer again, no request; a failed one gives the empty state until the
     /// interval has passed.
