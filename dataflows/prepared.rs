@@ -291,6 +291,8 @@ fn checkpoints(
                 retained: settings.engine.checkpoints_retained,
                 floor_epoch: 0,
                 full_every: settings.engine.checkpoint_full_every,
+                compress: settings.engine.checkpoint_compression
+                    == crate::config::CheckpointCompression::Lz4,
             })
         }
         _ => None,

@@ -8,6 +8,7 @@
 #   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
 #   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 10:
 #                                                                 # deltas in between)
+#   COMPRESSION=none scripts/bench-checkpoints.sh ...             # parts uncompressed (default lz4)
 #   BIN=path/to/event-trigger scripts/bench-checkpoints.sh ...    # a binary built already (for
 #                                                                 # RocksDB: --features rocksdb)
 #
@@ -27,6 +28,7 @@ fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
 BACKENDS=${BACKENDS:-hashmap}
 FULL_EVERY=${FULL_EVERY:-10}
+COMPRESSION=${COMPRESSION:-lz4}
 FEATURES=""
 if [[ " $BACKENDS " == *" rocksdb "* ]]; then
   # shellcheck source=scripts/rocksdb.sh
@@ -53,7 +55,7 @@ kafka: { bootstrap-servers: "$EVENT_TRIGGER_TEST_BROKER", topic: $TOPIC, consume
 profile-api: { base-url: "file://$WL/profiles.jsonl" }
 filter: { script-path: "$TMP/filter.rhai" }
 actions: { debug: { enabled: true } }
-engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3", state-backend: $4, state-dir: "$TMP/state-$2", checkpoint-full-every: $FULL_EVERY }
+engine: { checkpoint-interval-ms: $1, checkpoint-dir: "$3", state-backend: $4, state-dir: "$TMP/state-$2", checkpoint-full-every: $FULL_EVERY, checkpoint-compression: $COMPRESSION }
 YML
   echo "$TMP/$2.yml"
 }

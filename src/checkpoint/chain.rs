@@ -93,7 +93,7 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::CheckpointConfig;
-    use crate::checkpoint::files::{PartRecords, write_part};
+    use crate::checkpoint::files::{PartRecords, write_part_as};
     use crate::checkpoint::manifest::{self, BasePart, ChainPart, OffsetsPart};
     use crate::model::{PendingUser, UserEvent, UserState};
 
@@ -104,6 +104,7 @@ mod tests {
             retained: 1,
             floor_epoch: 0,
             full_every: 3,
+            compress: true,
         }
     }
 
@@ -148,7 +149,10 @@ mod tests {
             removed: removed.map(|r| r.into_iter().map(Text::from).collect()),
             chain: chain.map(|ch| (c.chain_path(epoch, 0), ch)),
         };
-        write_part(&c.state_path(epoch, 0), records).unwrap();
+        // Chains mix compressed parts and parts as they are (the setting changed between
+        // runs): the parts of odd seconds are written uncompressed.
+        let compress = (epoch / 1000) % 2 == 0;
+        write_part_as(&c.state_path(epoch, 0), records, compress).unwrap();
         manifest::complete(c, epoch, 1).unwrap();
     }
 

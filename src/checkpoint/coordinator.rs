@@ -204,6 +204,7 @@ mod tests {
             retained: 3,
             floor_epoch: 0,
             full_every: 1,
+            compress: true,
         };
         Coordinator::new(cfg, worker, 1)
     }

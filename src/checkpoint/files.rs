@@ -35,7 +35,9 @@ const MAGIC_DELTA: &[u8; 8] = b"ETDELTA1";
 const MAGIC_V2: &[u8; 8] = b"ETSTATE2";
 const MAGIC_V1: &[u8; 8] = b"ETSTATE1";
 /// The magic numbers of the parts this build reads.
-const MAGICS: [&[u8; 8]; 4] = [MAGIC, MAGIC_DELTA, MAGIC_V2, MAGIC_V1];
+/// A delta part uncompressed.
+const MAGIC_DELTA_PLAIN: &[u8; 8] = b"ETDELTA0";
+const MAGICS: [&[u8; 8]; 5] = [MAGIC, MAGIC_DELTA, MAGIC_DELTA_PLAIN, MAGIC_V2, MAGIC_V1];
 const TRAILER: usize = 8 + 8 + MAGIC.len();
 /// Record tags.
 const END: u8 = 0;
@@ -159,13 +161,13 @@ pub struct PartWriter {
 impl PartWriter {
     /// Starts writing `records` to `path`; `wake` is called once the part is on disk (or
     /// failed), from the writer's thread, so that whoever waits for it looks again.
-    pub fn start(path: PathBuf, records: PartRecords, wake: WakeUp) -> PartWriter {
+    pub fn start(path: PathBuf, records: PartRecords, compress: bool, wake: WakeUp) -> PartWriter {
         let started = Instant::now();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let result = write_part(&path, records).and_then(|(users, bytes)| {
+                let result = write_part_as(&path, records, compress).and_then(|(users, bytes)| {
                     let (_, hash, _) = trailer_of(&path).map_err(io::Error::other)?;
                     Ok(PartInfo {
                         users,
@@ -261,60 +263,78 @@ impl Encoder<'_> {
     }
 }
 
-/// Writes a state part of `records` (and a delta's chain file first); returns its
-/// records and size.
+/// Writes a state part of `records` (and a delta's chain file first), compressed;
+/// returns its records and size.
 pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
+    write_part_as(path, records, true)
+}
+
+/// As `write_part`, compressed (LZ4) or not: a part of either kind restores.
+pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::Result<(u64, u64)> {
     if let Some((chain_path, chain)) = &records.chain {
         let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
+    let plain = !compress;
     let mut users = 0u64;
     let bytes = write_atomic(path, |out| {
         let mut hashed = Hashing {
             inner: out,
             hasher: Xxh3Default::new(),
         };
-        let magic = if records.removed.is_some() {
-            MAGIC_DELTA
-        } else {
-            MAGIC
+        let magic = match (records.removed.is_some(), plain) {
+            (true, false) => MAGIC_DELTA,
+            (false, false) => MAGIC,
+            (true, true) => MAGIC_DELTA_PLAIN,
+            (false, true) => MAGIC_V2,
         };
         hashed.write_all(magic)?;
-        // LZ4: the records' ids, timestamps and repeated field layouts compress to about
-        // half (measured on the checkpoint workload) at several hundred MB/s per core, on
-        // this thread, off the worker's.
-        let mut body = lz4_flex::frame::FrameEncoder::new(&mut hashed);
-        let mut e = Encoder {
-            out: &mut body,
-            buf: Vec::with_capacity(64 * 1024),
-            users: 0,
-            words: 0,
+        users = if plain {
+            write_body(&mut hashed, records)?
+        } else {
+            // LZ4: the records' ids, timestamps and repeated field layouts compress to
+            // about half (measured on the checkpoint workload) at several hundred MB/s
+            // per core, on this thread, off the worker's.
+            let mut body = lz4_flex::frame::FrameEncoder::new(&mut hashed);
+            let users = write_body(&mut body, records)?;
+            body.finish().map_err(io::Error::other)?;
+            users
         };
-        e.words = write_dictionary(&mut e.buf);
-        if let Some(base) = records.base {
-            base(&mut |user, state| e.encoded(user, state))?;
-        }
-        // Each state is dropped once encoded: its parts, shared with the worker's table
-        // until then, are copied on the worker's next write to them.
-        for (user, state) in records.states {
-            e.typed(&user, &state)?;
-        }
-        for (user, pending) in &records.pending {
-            e.pending(user, pending)?;
-        }
-        for user in records.removed.iter().flatten() {
-            e.removed(user)?;
-        }
-        e.buf.push(END);
-        e.out.write_all(&e.buf)?;
-        users = e.users;
-        body.finish().map_err(io::Error::other)?;
         let hash = hashed.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
         out.write_all(magic)
     })?;
     Ok((users, bytes))
+}
+
+/// Writes a part's body (the dictionary, then the records) to `out`; returns how many
+/// records it wrote.
+fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<u64> {
+    let mut e = Encoder {
+        out,
+        buf: Vec::with_capacity(64 * 1024),
+        users: 0,
+        words: 0,
+    };
+    e.words = write_dictionary(&mut e.buf);
+    if let Some(base) = records.base {
+        base(&mut |user, state| e.encoded(user, state))?;
+    }
+    // Each state is dropped once encoded: its parts, shared with the worker's table
+    // until then, are copied on the worker's next write to them.
+    for (user, state) in records.states {
+        e.typed(&user, &state)?;
+    }
+    for (user, pending) in &records.pending {
+        e.pending(user, pending)?;
+    }
+    for user in records.removed.iter().flatten() {
+        e.removed(user)?;
+    }
+    e.buf.push(END);
+    e.out.write_all(&e.buf)?;
+    Ok(e.users)
 }
 
 /// The dictionary as it is now: every id the records use was given before their
@@ -518,7 +538,7 @@ impl PartReader {
             .map_err(|e| CheckpointError::io(path, e))?;
         let mut body = match &magic {
             MAGIC | MAGIC_DELTA => Body::Lz4(lz4_flex::frame::FrameDecoder::new(body)),
-            MAGIC_V2 | MAGIC_V1 => Body::Plain(body),
+            MAGIC_V2 | MAGIC_V1 | MAGIC_DELTA_PLAIN => Body::Plain(body),
             _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
         };
         let ids = match &magic {
@@ -537,7 +557,7 @@ impl PartReader {
             read: 0,
             ended: false,
             ids,
-            delta: &magic == MAGIC_DELTA,
+            delta: &magic == MAGIC_DELTA || &magic == MAGIC_DELTA_PLAIN,
         })
     }
 
@@ -831,30 +851,39 @@ mod tests {
                 )],
             },
         )];
-        let written = write_part(
-            &path,
-            PartRecords {
+        let expected: Vec<(Text, SavedUser)> = records
+            .iter()
+            .map(|(u, s)| (u.clone(), SavedUser::State(s.clone())))
+            .chain(
+                pending
+                    .iter()
+                    .map(|(u, p)| (u.clone(), SavedUser::Pending(p.clone()))),
+            )
+            .collect();
+        // Compressed (the default) and as they are (`checkpoint-compression: none`).
+        let mut sizes = Vec::new();
+        for compress in [true, false] {
+            let records = PartRecords {
                 base: None,
                 states: records.clone(),
                 pending: pending.clone(),
                 removed: None,
                 chain: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(written.0, 101);
-        assert_eq!(verify_part(&path).unwrap(), written);
-        assert_eq!(part_trailer(&path).unwrap(), written);
-        let back = read_part(&path).unwrap();
-        let expected: Vec<(Text, SavedUser)> = records
-            .into_iter()
-            .map(|(u, s)| (u, SavedUser::State(s)))
-            .chain(pending.into_iter().map(|(u, p)| (u, SavedUser::Pending(p))))
-            .collect();
-        assert_eq!(back, expected);
-        // No temporary file is left beside it.
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
-        assert_eq!(names.len(), 1);
+            };
+            let written = write_part_as(&path, records, compress).unwrap();
+            assert_eq!(written.0, 101);
+            assert_eq!(verify_part(&path).unwrap(), written);
+            assert_eq!(part_trailer(&path).unwrap(), written);
+            assert_eq!(read_part(&path).unwrap(), expected, "compress: {compress}");
+            // No temporary file is left beside it.
+            let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+            assert_eq!(names.len(), 1);
+            sizes.push(written.1);
+        }
+        assert!(
+            sizes[0] < sizes[1],
+            "compressed parts are smaller: {sizes:?}"
+        );
     }
 
     #[test]

@@ -354,6 +354,7 @@ mod tests {
             retained: 2,
             floor_epoch: 0,
             full_every: 1,
+            compress: true,
         }
     }
 

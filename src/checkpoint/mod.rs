@@ -70,6 +70,8 @@ pub struct CheckpointConfig {
     /// A whole state part every this many parts of a worker; the others are deltas of
     /// the users changed since the previous part (1: every part whole).
     pub full_every: usize,
+    /// Parts are LZ4-compressed (else written as they are).
+    pub compress: bool,
 }
 
 impl CheckpointConfig {
@@ -127,6 +129,7 @@ mod tests {
             retained: 3,
             floor_epoch: 0,
             full_every: 1,
+            compress: true,
         };
         assert_eq!(c.epoch_at(1999), 1000);
         assert_eq!(c.epoch_at(2000), 2000);

@@ -286,7 +286,7 @@ impl Snapshots {
             // The operator is gone once the run has ended: nothing left to wake.
             let _ = activator.activate();
         });
-        let writer = PartWriter::start(path, records, wake);
+        let writer = PartWriter::start(path, records, self.cfg.compress, wake);
         self.in_progress = Some(InProgress {
             epoch,
             writer,

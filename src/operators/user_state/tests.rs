@@ -189,6 +189,7 @@ fn pinned(dir: std::path::PathBuf, full_every: usize) -> (Time, CheckpointConfig
         retained: 10,
         floor_epoch: start,
         full_every,
+        compress: true,
     };
     (start, cfg)
 }
