@@ -151,7 +151,7 @@ mod tests {
         };
         // Chains mix compressed parts and parts as they are (the setting changed between
         // runs): the parts of odd seconds are written uncompressed.
-        let compress = (epoch / 1000) % 2 == 0;
+        let compress = (epoch / 1000).is_multiple_of(2);
         write_part_as(&c.state_path(epoch, 0), records, compress).unwrap();
         manifest::complete(c, epoch, 1).unwrap();
     }
