@@ -417,6 +417,20 @@ mod tests {
         (dir, rocks, memory)
     }
 
+    /// The users of a part (all with a state), sorted by id.
+    fn sorted(path: &Path) -> Vec<(Text, UserState)> {
+        let mut users: Vec<_> = read_part(path)
+            .unwrap()
+            .into_iter()
+            .map(|(u, saved)| match saved {
+                SavedUser::State(s) => (u, s),
+                SavedUser::Pending(_) => panic!("no user is pending"),
+            })
+            .collect();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        users
+    }
+
     #[test]
     fn agrees_with_the_hash_map_through_evictions() {
         let (_dir, rocks, _) = same_as_memory(8);
@@ -433,18 +447,6 @@ mod tests {
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
         let s = memory.snapshot().unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
-        let sorted = |path: &Path| {
-            let mut users: Vec<_> = read_part(path)
-                .unwrap()
-                .into_iter()
-                .map(|(u, saved)| match saved {
-                    SavedUser::State(s) => (u, s.last_activity, s.profile),
-                    SavedUser::Pending(_) => panic!("no user is pending"),
-                })
-                .collect();
-            users.sort_by(|a, b| a.0.cmp(&b.0));
-            users
-        };
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());
         // The RocksDB checkpoint is removed once copied.
@@ -456,21 +458,24 @@ mod tests {
         assert!(left.is_empty());
     }
 
+    /// The users in `rocks`'s cache, and whether each is dirty.
+    fn cache_of(rocks: &RocksStore) -> Vec<(Text, bool)> {
+        let mut c: Vec<_> = rocks
+            .cache
+            .iter()
+            .map(|(u, s)| (u.clone(), s.dirty))
+            .collect();
+        c.sort();
+        c
+    }
+
     /// A delta's states, from users cached and evicted, as the hash map has them; and
     /// reading them changes nothing: no user is cached or made dirty by it.
     #[test]
     fn states_for_a_delta_are_the_hash_maps_and_leave_the_cache_alone() {
         let (dir, mut rocks, mut memory) = same_as_memory(8);
         let users: Vec<Text> = (0..70).map(|i| format!("u{i}").into()).collect();
-        let cached: Vec<(Text, bool)> = {
-            let mut c: Vec<_> = rocks
-                .cache
-                .iter()
-                .map(|(u, s)| (u.clone(), s.dirty))
-                .collect();
-            c.sort();
-            c
-        };
+        let cached = cache_of(&rocks);
         assert!(
             cached.len() < memory.len(),
             "some users are outside the cache"
@@ -485,29 +490,9 @@ mod tests {
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
         let s = memory.states_of(users.iter()).unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
-        let sorted = |path: &Path| {
-            let mut users: Vec<_> = read_part(path)
-                .unwrap()
-                .into_iter()
-                .map(|(u, saved)| match saved {
-                    SavedUser::State(s) => (u, s.last_activity, s.profile, s.history),
-                    SavedUser::Pending(_) => panic!("no user is pending"),
-                })
-                .collect();
-            users.sort_by(|a, b| a.0.cmp(&b.0));
-            users
-        };
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());
-        let after: Vec<(Text, bool)> = {
-            let mut c: Vec<_> = rocks
-                .cache
-                .iter()
-                .map(|(u, s)| (u.clone(), s.dirty))
-                .collect();
-            c.sort();
-            c
-        };
+        let after = cache_of(&rocks);
         assert_eq!(after, cached);
         for u in &users {
             assert_eq!(rocks.holds(u), memory.holds(u), "{u}");
