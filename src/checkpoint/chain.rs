@@ -288,4 +288,49 @@ mod tests {
         }
         assert!(c.epoch_dir(4000).exists());
     }
+
+    /// With two retained, both on the same whole part, the newest checkpoint before that
+    /// part is kept too (with its chain): a damaged whole part still has a fallback.
+    #[test]
+    fn a_checkpoint_apart_from_the_newest_whole_part_is_kept_to_fall_back_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CheckpointConfig {
+            retained: 2,
+            ..cfg(dir.path())
+        };
+        three_epochs(&c);
+        part(&c, 4000, vec![("a", state(4000))], vec![], None, None);
+        let base = vec![BasePart {
+            file: CheckpointConfig::part_name(4000, 0),
+            bytes: std::fs::metadata(c.state_path(4000, 0)).unwrap().len(),
+            hash: crate::checkpoint::files::part_hash(&c.state_path(4000, 0)).unwrap(),
+        }];
+        let chain = ChainPart { users: 2, base };
+        part(
+            &c,
+            5000,
+            vec![("b", state(5000))],
+            vec![],
+            Some(vec![]),
+            Some(chain),
+        );
+        manifest::prune(&c);
+        for epoch in [1000, 2000, 3000, 4000, 5000] {
+            assert!(c.epoch_dir(epoch).exists(), "{epoch}");
+        }
+        // 4000's whole part damaged: the restore falls back to 3000, not to nothing.
+        let whole = c.state_path(4000, 0);
+        let mut bytes = std::fs::read(&whole).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&whole, bytes).unwrap();
+        assert_eq!(manifest::find_latest(&c.dir).unwrap().manifest.epoch, 3000);
+        // A whole part at 6000: 5000 reads nothing of it, so nothing older is kept.
+        part(&c, 6000, vec![("a", state(6000))], vec![], None, None);
+        manifest::prune(&c);
+        let left: Vec<bool> = [1000, 2000, 3000, 4000, 5000, 6000]
+            .map(|e| c.epoch_dir(e).exists())
+            .to_vec();
+        assert_eq!(left, [false, false, false, true, true, true]);
+    }
 }

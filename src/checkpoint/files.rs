@@ -415,6 +415,10 @@ pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
     Ok((users, len))
 }
 
+/// A part without its trailer at its end: cut short (or its last bytes changed), or not
+/// a state part at all.
+const CUT_SHORT: &str = "not a whole state part: its end is missing or damaged (cut short?)";
+
 /// The users and size a state part says it has, from its trailer alone (the part is
 /// checked in full when it is restored).
 pub fn part_trailer(path: &Path) -> Result<(u64, u64), CheckpointError> {
@@ -434,7 +438,7 @@ fn trailer_of(path: &Path) -> Result<(u64, u64, u64), CheckpointError> {
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len < (MAGIC.len() + 1 + TRAILER) as u64 {
-        return Err(CheckpointError::corrupt(path, "not a whole state part"));
+        return Err(CheckpointError::corrupt(path, CUT_SHORT));
     }
     let mut t = [0u8; TRAILER];
     f.seek(SeekFrom::End(-(TRAILER as i64))).map_err(io)?;
@@ -446,7 +450,7 @@ fn trailer_of(path: &Path) -> Result<(u64, u64, u64), CheckpointError> {
 /// The users and the hash a trailer records, if it ends with the magic.
 fn trailer(path: &Path, t: &[u8]) -> Result<(u64, u64), CheckpointError> {
     if t.len() != TRAILER || !MAGICS.iter().any(|m| &t[16..] == *m) {
-        return Err(CheckpointError::corrupt(path, "not a whole state part"));
+        return Err(CheckpointError::corrupt(path, CUT_SHORT));
     }
     let word = |at: usize| {
         let mut w = [0u8; 8];
@@ -926,7 +930,7 @@ mod tests {
         assert!(err.contains("checksum mismatch"), "{err}");
         std::fs::write(&path, &good[..good.len() - 5]).unwrap();
         let err = verify_part(&path).unwrap_err().to_string();
-        assert!(err.contains("not a whole state part"), "{err}");
+        assert!(err.contains("its end is missing or damaged"), "{err}");
     }
 }
 

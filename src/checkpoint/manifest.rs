@@ -317,10 +317,12 @@ pub fn prune(cfg: &CheckpointConfig) {
         return;
     };
     let keep_from = complete[complete.len().saturating_sub(cfg.retained)];
+    let fallback = independent_fallback(cfg, &complete, keep_from);
+    let kept = |epoch: Time| epoch >= keep_from || Some(epoch) == fallback;
     // The directories of the parts a kept checkpoint's deltas build on stay too.
     let needed: std::collections::HashSet<String> = all
         .iter()
-        .filter(|(epoch, _)| complete.contains(epoch) && *epoch >= keep_from)
+        .filter(|(epoch, _)| complete.contains(epoch) && kept(*epoch))
         .filter_map(|(_, path)| read_manifest(&path.join(MANIFEST)).ok())
         .flat_map(|m| m.parts.into_iter().flat_map(|p| p.base))
         .filter_map(|b| b.file.split('/').next().map(str::to_string))
@@ -331,7 +333,7 @@ pub fn prune(cfg: &CheckpointConfig) {
         let stale = if needed.contains(name) {
             false
         } else if is_complete {
-            epoch < keep_from
+            !kept(epoch)
         } else {
             epoch < newest
         };
@@ -339,6 +341,46 @@ pub fn prune(cfg: &CheckpointConfig) {
             tracing::warn!(path = %path.display(), "cannot delete an old checkpoint: {e}");
         }
     }
+}
+
+/// With deltas, every retained checkpoint may build on one whole part of the newest, and
+/// one damaged file would leave nothing to fall back to. When more than one checkpoint
+/// is retained and none of the others reads a file apart from the newest's, the newest
+/// older checkpoint that reads none of the newest's files (`complete`: oldest first) is
+/// kept as well.
+fn independent_fallback(
+    cfg: &CheckpointConfig,
+    complete: &[Time],
+    keep_from: Time,
+) -> Option<Time> {
+    if cfg.retained < 2 {
+        return None;
+    }
+    // The files `epoch`'s checkpoint reads: its parts and the parts they build on.
+    let reads = |epoch: Time| -> Option<std::collections::HashSet<String>> {
+        let m = read_manifest(&cfg.epoch_dir(epoch).join(MANIFEST)).ok()?;
+        let dir = format!("chk-{epoch:016}");
+        Some(
+            m.parts
+                .into_iter()
+                .flat_map(|p| {
+                    let own = format!("{dir}/{}", p.file);
+                    std::iter::once(own).chain(p.base.into_iter().map(|b| b.file))
+                })
+                .collect(),
+        )
+    };
+    let (&newest, older) = complete.split_last()?;
+    let newest_reads = reads(newest)?;
+    let apart = |epoch: Time| reads(epoch).is_some_and(|r| r.is_disjoint(&newest_reads));
+    if older.iter().any(|&e| e >= keep_from && apart(e)) {
+        return None;
+    }
+    older
+        .iter()
+        .rev()
+        .copied()
+        .find(|&e| e < keep_from && apart(e))
 }
 
 #[cfg(test)]

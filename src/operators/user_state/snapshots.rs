@@ -204,7 +204,9 @@ impl Snapshots {
         lookups: &mut Lookups,
         held: &mut HeldTimes,
     ) {
+        // A delta of every user would be a whole part and more to read back.
         if self.chain.next_is_delta(self.cfg.full_every)
+            && table.changed() < table.len()
             && let Some(delta) = table.delta()
         {
             match delta {

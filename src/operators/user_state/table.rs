@@ -248,4 +248,9 @@ impl UserTable {
     pub(super) fn len(&self) -> usize {
         self.store.len()
     }
+
+    /// How many users changed since the last part (0 when changes are not kept).
+    pub(super) fn changed(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.changed.len())
+    }
 }

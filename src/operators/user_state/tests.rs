@@ -488,6 +488,85 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
     });
 }
 
+/// Waits for this worker's part of `epoch`, completes the checkpoint and reads it back:
+/// each user as `id:history ids` (or `id:pendingN`), and the part's `records` (a delta's).
+fn completed(
+    r: &Rig,
+    worker: &mut Worker,
+    cfg: &CheckpointConfig,
+    epoch: Time,
+) -> (Vec<String>, Option<u64>) {
+    use crate::checkpoint::manifest;
+    // Until the operator has seen its part written (the probe passes the epoch): the
+    // next epoch's TTL sweep then never runs before its snapshot.
+    r.step_until(worker, |r| {
+        cfg.state_path(epoch, 0).exists() && !r.probe.less_than(&epoch)
+    });
+    manifest::write_offsets(cfg, epoch, 0, &manifest::OffsetsPart::default()).unwrap();
+    let m = manifest::complete(cfg, epoch, 1).unwrap();
+    let latest = manifest::find_latest(&cfg.dir).unwrap();
+    assert_eq!(latest.manifest.epoch, epoch);
+    let mut users: Vec<String> = latest
+        .read_users()
+        .unwrap()
+        .into_iter()
+        .map(|(u, saved)| match saved {
+            SavedUser::State(s) => format!("{u}:{}", history_ids(&s.history).join(",")),
+            SavedUser::Pending(p) => format!("{u}:pending{}", p.events.len()),
+        })
+        .collect();
+    users.sort();
+    assert_eq!(m.users(), users.len() as u64);
+    (users, m.parts[0].records)
+}
+
+/// When every user changed since the last part, the next part is whole: a delta of them
+/// all would hold as much and need its base read too.
+#[test]
+fn a_part_after_every_user_changed_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    timely::execute_directly(move |worker| {
+        let (start, cfg) = pinned(path, 10);
+        let mut r = rig(
+            worker,
+            config(60_000),
+            Some((cfg.clone(), Ending::default())),
+        );
+        r.no_restore();
+        for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
+            r.send(start + t, u, id);
+        }
+        r.events.advance_to(start + 400);
+        r.step_until(worker, |r| r.started().len() == 3);
+        for u in ["u1", "u2", "u3"] {
+            r.profiles.answer(u, Ok(profile("FR")));
+        }
+        r.events.advance_to(start + 1000);
+        assert_eq!(
+            completed(&r, worker, &cfg, start + 1000).1,
+            None,
+            "a run's first"
+        );
+        r.send(start + 1100, "u1", "d");
+        r.events.advance_to(start + 2000);
+        assert_eq!(
+            completed(&r, worker, &cfg, start + 2000).1,
+            Some(1),
+            "one changed"
+        );
+        for (t, u, id) in [(2100, "u1", "e"), (2200, "u2", "f"), (2300, "u3", "g")] {
+            r.send(start + t, u, id);
+        }
+        r.events.advance_to(start + 3000);
+        let (users, records) = completed(&r, worker, &cfg, start + 3000);
+        assert_eq!(records, None, "all three changed: whole");
+        assert_eq!(users, ["u1:a,d,e", "u2:b,f", "u3:c,g"]);
+        std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+        r.step_until(worker, |r| r.probe.done());
+    });
+}
+
 /// Issue #17: a checkpoint of delta parts (users changed, removed, pending since the
 /// previous part) restores exactly the users a whole part of the same epoch holds, from
 /// either backend (RocksDB with a cache of one user: most are read from its files).
@@ -511,28 +590,8 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
             r.no_restore();
             let mut seen = Vec::new();
             let mut complete = |r: &Rig, worker: &mut Worker, epoch: Time| {
-                // Until the operator has seen its part written (the probe passes the
-                // epoch): the next epoch's TTL sweep then never runs before its snapshot.
-                r.step_until(worker, |r| {
-                    cfg.state_path(epoch, 0).exists() && !r.probe.less_than(&epoch)
-                });
-                let offsets = crate::checkpoint::manifest::OffsetsPart::default();
-                crate::checkpoint::manifest::write_offsets(&cfg, epoch, 0, &offsets).unwrap();
-                let m = crate::checkpoint::manifest::complete(&cfg, epoch, 1).unwrap();
-                let latest = crate::checkpoint::manifest::find_latest(&cfg.dir).unwrap();
-                assert_eq!(latest.manifest.epoch, epoch);
-                let mut users: Vec<String> = latest
-                    .read_users()
-                    .unwrap()
-                    .into_iter()
-                    .map(|(u, saved)| match saved {
-                        SavedUser::State(s) => format!("{u}:{}", history_ids(&s.history).join(",")),
-                        SavedUser::Pending(p) => format!("{u}:pending{}", p.events.len()),
-                    })
-                    .collect();
-                users.sort();
-                assert_eq!(m.users(), users.len() as u64);
-                seen.push((epoch - start, users, m.parts[0].records));
+                let (users, records) = completed(r, worker, &cfg, epoch);
+                seen.push((epoch - start, users, records));
             };
             for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
                 r.send(start + t, u, id);
