@@ -275,23 +275,20 @@ pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::R
         let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
-    let plain = !compress;
     let mut users = 0u64;
     let bytes = write_atomic(path, |out| {
         let mut hashed = Hashing {
             inner: out,
             hasher: Xxh3Default::new(),
         };
-        let magic = match (records.removed.is_some(), plain) {
-            (true, false) => MAGIC_DELTA,
-            (false, false) => MAGIC,
-            (true, true) => MAGIC_DELTA_PLAIN,
-            (false, true) => MAGIC_V2,
+        let magic = match (records.removed.is_some(), compress) {
+            (true, true) => MAGIC_DELTA,
+            (false, true) => MAGIC,
+            (true, false) => MAGIC_DELTA_PLAIN,
+            (false, false) => MAGIC_V2,
         };
         hashed.write_all(magic)?;
-        users = if plain {
-            write_body(&mut hashed, records)?
-        } else {
+        users = if compress {
             // LZ4: the records' ids, timestamps and repeated field layouts compress to
             // about half (measured on the checkpoint workload) at several hundred MB/s
             // per core, on this thread, off the worker's.
@@ -299,6 +296,8 @@ pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::R
             let users = write_body(&mut body, records)?;
             body.finish().map_err(io::Error::other)?;
             users
+        } else {
+            write_body(&mut hashed, records)?
         };
         let hash = hashed.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
@@ -603,7 +602,7 @@ impl PartReader {
             self.body
                 .read_exact(&mut tag)
                 .map_err(|_| corrupt("no end marker".into()))?;
-            let record = match tag[0] {
+            let (user, raw) = match tag[0] {
                 END => {
                     self.ended = true;
                     if !self.body.ends_whole(self.hash) {
@@ -614,17 +613,11 @@ impl PartReader {
                     }
                     break;
                 }
-                STATE => match user_of(&mut self.body, &self.ids, keep).map_err(corrupt)? {
-                    (user, Some(saved)) => (user, Some(saved)),
-                    (_, None) => {
-                        self.read += 1;
-                        continue;
-                    }
-                },
+                STATE => state_record(&mut self.body, &self.ids).map_err(corrupt)?,
                 PENDING => {
                     let (user, pending): (Text, PendingUser) =
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
-                    (user, Some(SavedUser::Pending(pending)))
+                    (user, RawRecord::Saved(SavedUser::Pending(pending)))
                 }
                 PENDING_WITH_TRIGGERS => {
                     let (user, mut pending, triggers): (Text, PendingUser, _) =
@@ -632,18 +625,32 @@ impl PartReader {
                     if let Some(before) = &mut pending.before {
                         before.triggers = Some(triggers);
                     }
-                    (user, Some(SavedUser::Pending(pending)))
+                    (user, RawRecord::Saved(SavedUser::Pending(pending)))
                 }
                 REMOVED if self.delta => {
                     let user: Text = bincode::deserialize_from(&mut self.body).map_err(decode)?;
-                    (user, None)
+                    (user, RawRecord::Removed)
                 }
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
             self.read += 1;
-            if tag[0] == STATE || keep(&record.0) {
-                chunk.push(record);
+            if !keep(&user) {
+                continue;
             }
+            let saved = match raw {
+                // Encoded states come only from parts with a dictionary (`ids`).
+                RawRecord::Encoded(bytes) => {
+                    let ids = self
+                        .ids
+                        .as_ref()
+                        .ok_or_else(|| corrupt("no dictionary".into()))?;
+                    let state = codec::decode_with(&bytes.0, ids);
+                    Some(SavedUser::State(state.map_err(|e| corrupt(e.to_string()))?))
+                }
+                RawRecord::Saved(saved) => Some(saved),
+                RawRecord::Removed => None,
+            };
+            chunk.push((user, saved));
         }
         if chunk.is_empty() && self.ended {
             return Ok(None);
@@ -652,32 +659,27 @@ impl PartReader {
     }
 }
 
-/// One user's state record (after its tag): as `Encoder::typed` writes it, or in a v1
-/// part (`ids` `None`) as bincode of `(user, UserState)`; its state decoded if `keep`
-/// says yes to the user.
-fn user_of(
-    r: &mut impl Read,
-    ids: &Option<Ids>,
-    keep: &mut dyn FnMut(&Text) -> bool,
-) -> Result<(Text, Option<SavedUser>), String> {
-    let (user, state) = match ids {
+/// A record as read, before `keep` is asked: a state stays encoded until then.
+enum RawRecord {
+    Encoded(Encoded),
+    Saved(SavedUser),
+    Removed,
+}
+
+/// One user's state record (after its tag): as `Encoder::typed` writes it, its state
+/// left encoded, or in a v1 part (`ids` `None`) as bincode of `(user, UserState)`.
+fn state_record(r: &mut impl Read, ids: &Option<Ids>) -> Result<(Text, RawRecord), String> {
+    let error = |e: bincode::Error| e.to_string();
+    Ok(match ids {
         None => {
-            let (user, state) =
-                bincode::deserialize_from::<_, (Text, UserState)>(r).map_err(|e| e.to_string())?;
-            let kept = keep(&user);
-            (user, kept.then_some(state))
+            let (user, state): (Text, UserState) = bincode::deserialize_from(r).map_err(error)?;
+            (user, RawRecord::Saved(SavedUser::State(state)))
         }
-        Some(ids) => {
-            let (user, encoded): (Text, Encoded) =
-                bincode::deserialize_from(r).map_err(|e| e.to_string())?;
-            let state = match keep(&user) {
-                true => Some(codec::decode_with(&encoded.0, ids).map_err(|e| e.to_string())?),
-                false => None,
-            };
-            (user, state)
+        Some(_) => {
+            let (user, encoded): (Text, Encoded) = bincode::deserialize_from(r).map_err(error)?;
+            (user, RawRecord::Encoded(encoded))
         }
-    };
-    Ok((user, state.map(SavedUser::State)))
+    })
 }
 
 /// Reads a state part back whole, checked (before anything is decoded).

@@ -134,7 +134,7 @@ impl Store {
     /// Reads only: nothing is marked changed or brought into a cache, and RocksDB hands
     /// the bytes it keeps for a user outside its cache, undecoded.
     pub fn states_of<'a>(
-        &mut self,
+        &self,
         users: impl Iterator<Item = &'a Text>,
     ) -> Result<StoreSnapshot, StateError> {
         each_store!(self, s => s.states_of(users))
@@ -186,7 +186,7 @@ impl MemoryStore {
 
 impl MemoryStore {
     fn states_of<'a>(
-        &mut self,
+        &self,
         users: impl Iterator<Item = &'a Text>,
     ) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {

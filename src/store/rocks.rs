@@ -253,7 +253,7 @@ impl RocksStore {
     /// Cached users as they are; the others as the bytes RocksDB keeps (evicted users
     /// were written when evicted), copied into the part without decoding.
     pub(super) fn states_of<'a>(
-        &mut self,
+        &self,
         users: impl Iterator<Item = &'a Text>,
     ) -> Result<StoreSnapshot, StateError> {
         let mut records = Vec::new();
@@ -473,7 +473,7 @@ mod tests {
     /// reading them changes nothing: no user is cached or made dirty by it.
     #[test]
     fn states_for_a_delta_are_the_hash_maps_and_leave_the_cache_alone() {
-        let (dir, mut rocks, mut memory) = same_as_memory(8);
+        let (dir, rocks, memory) = same_as_memory(8);
         let users: Vec<Text> = (0..70).map(|i| format!("u{i}").into()).collect();
         let cached = cache_of(&rocks);
         assert!(

@@ -135,9 +135,7 @@ impl UserTable {
         mut state: UserState,
         f: impl FnOnce(&mut UserState) -> R,
     ) -> R {
-        self.ttl.touched(&user, &mut state, true);
-        let out = f(&mut state);
-        self.ttl.touched(&user, &mut state, false);
+        let out = self.indexed(&user, &mut state, f);
         if let Some(c) = &mut self.changes {
             c.changed(&user);
         }
@@ -154,10 +152,22 @@ impl UserTable {
         mut state: UserState,
         f: impl FnOnce(&mut UserState),
     ) {
-        self.ttl.touched(&user, &mut state, true);
-        f(&mut state);
-        self.ttl.touched(&user, &mut state, false);
+        self.indexed(&user, &mut state, f);
         self.store.insert_new(user, state);
+    }
+
+    /// Runs `f` on a state about to be added, with the TTL index told of it before
+    /// (as new) and after (as `f` left it).
+    fn indexed<R>(
+        &mut self,
+        user: &Text,
+        state: &mut UserState,
+        f: impl FnOnce(&mut UserState) -> R,
+    ) -> R {
+        self.ttl.touched(user, state, true);
+        let out = f(state);
+        self.ttl.touched(user, state, false);
+        out
     }
 
     /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that

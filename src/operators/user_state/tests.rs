@@ -520,6 +520,18 @@ fn completed(
     (users, m.parts[0].records)
 }
 
+/// Users u1, u2 and u3 with an event each (a, b, c at 100-300 after `start`), looked up.
+fn three_users_looked_up(r: &mut Rig, worker: &mut Worker, start: Time) {
+    for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
+        r.send(start + t, u, id);
+    }
+    r.events.advance_to(start + 400);
+    r.step_until(worker, |r| r.started().len() == 3);
+    for u in ["u1", "u2", "u3"] {
+        r.profiles.answer(u, Ok(profile("FR")));
+    }
+}
+
 /// When every user changed since the last part, the next part is whole: a delta of them
 /// all would hold as much and need its base read too.
 #[test]
@@ -534,14 +546,7 @@ fn a_part_after_every_user_changed_is_whole() {
             Some((cfg.clone(), Ending::default())),
         );
         r.no_restore();
-        for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
-            r.send(start + t, u, id);
-        }
-        r.events.advance_to(start + 400);
-        r.step_until(worker, |r| r.started().len() == 3);
-        for u in ["u1", "u2", "u3"] {
-            r.profiles.answer(u, Ok(profile("FR")));
-        }
+        three_users_looked_up(&mut r, worker, start);
         r.events.advance_to(start + 1000);
         assert_eq!(
             completed(&r, worker, &cfg, start + 1000).1,
@@ -593,14 +598,7 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
                 let (users, records) = completed(r, worker, &cfg, epoch);
                 seen.push((epoch - start, users, records));
             };
-            for (t, u, id) in [(100, "u1", "a"), (200, "u2", "b"), (300, "u3", "c")] {
-                r.send(start + t, u, id);
-            }
-            r.events.advance_to(start + 400);
-            r.step_until(worker, |r| r.started().len() == 3);
-            for u in ["u1", "u2", "u3"] {
-                r.profiles.answer(u, Ok(profile("FR")));
-            }
+            three_users_looked_up(&mut r, worker, start);
             r.events.advance_to(start + 1000);
             complete(&r, worker, start + 1000);
             r.send(start + 1100, "u1", "d");
