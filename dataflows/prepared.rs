@@ -77,6 +77,9 @@ pub struct Prepared {
     pub dead_letters: Option<DeadLetters>,
     /// The rule tester's first errors and passing events (`Prepared::test_rule`).
     pub samples: Option<Samples>,
+    /// Processes in the cluster (`-n`): with more than one, they check at start that
+    /// they share the checkpoint directory (`checkpoint::cluster`).
+    pub processes: usize,
 }
 
 impl Prepared {
@@ -134,6 +137,7 @@ impl Prepared {
             stop: StopFlag::default(),
             dead_letters,
             samples: None,
+            processes: 1,
         })
     }
 

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::operators::vec::{Broadcast, Input as _};
+use timely::dataflow::operators::vec::{Broadcast, Input as _, Map};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 use timely::worker::Worker;
 
 use crate::actions::run_actions;
-use crate::checkpoint::Coordinator;
+use crate::checkpoint::cluster::{ClusterCheckError, Marker, Sighting, verdict};
+use crate::checkpoint::{CheckpointConfig, Coordinator};
 use crate::counters::{Counters, Counts, Summary};
 use crate::filter::FilterError;
 use crate::filter::reload::{Filters, Version};
@@ -55,6 +56,8 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the input could not be read to its end (see the log)")]
     InputFailed,
+    #[error(transparent)]
+    Cluster(#[from] ClusterCheckError),
 }
 
 /// Runs the job to the end of its input (forever for an unbounded Kafka source) on the
@@ -88,6 +91,9 @@ fn run_worker(
     runtime: &tokio::runtime::Handle,
     started: Instant,
 ) -> Result<Option<Summary>, WorkerError> {
+    if let Some(c) = p.checkpoints.as_ref().filter(|_| p.processes > 1) {
+        check_shared_checkpoints(worker, p, c)?;
+    }
     let stats = Rc::new(Counters::default());
     let life = Lifecycle::new(p.stop.clone());
     let plan = WorkerPlan::build(p, worker.index(), worker.peers())?;
@@ -251,6 +257,42 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
     }
     drop(reloads);
     metrics.publish(stats);
+}
+
+/// A cluster's processes share their checkpoint directory and restore one checkpoint
+/// from it, or every worker fails alike (`checkpoint::cluster`): process 0 leaves a
+/// marker there, every worker looks for it and tells every other what it found.
+fn check_shared_checkpoints(
+    worker: &mut Worker,
+    p: &Prepared,
+    c: &CheckpointConfig,
+) -> Result<(), ClusterCheckError> {
+    let marker = (worker.index() == 0).then(|| Marker::leave(&c.dir));
+    let found = Rc::new(RefCell::new(Vec::new()));
+    let sink = found.clone();
+    let (index, dir, floor) = (worker.index(), c.dir.clone(), c.floor_epoch);
+    let restores = p.restore.as_ref().map(|r| r.manifest.epoch);
+    let probe = worker.dataflow::<u64, _, _>(|scope| {
+        marker
+            .clone()
+            .into_iter()
+            .to_stream(scope)
+            .container::<Vec<_>>()
+            .broadcast()
+            .map(move |m| Sighting::of(index, &m, &dir, restores, floor))
+            .broadcast()
+            .inspect(move |s| sink.borrow_mut().push(s.clone()))
+            .probe()
+            .0
+    });
+    while !probe.done() {
+        worker.step_or_park(None);
+    }
+    // Worker 0 has every answer: every worker has looked.
+    if let Some(m) = marker {
+        m.remove(&c.dir);
+    }
+    verdict(found.take(), worker.peers() / p.processes)
 }
 
 /// Sends every worker's counts to worker 0 (in whichever process) and sums them there.

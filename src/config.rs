@@ -1085,12 +1085,17 @@ impl Settings {
                 source,
             })?;
         // A key set from the environment is reported as the variable's, not the file's.
-        let invalid = |key: String, reason: String| {
-            let file = match env.var_for(&key) {
-                Some(var) => format!("environment variable {var}"),
-                None => file.clone(),
-            };
-            ConfigError::Invalid { file, key, reason }
+        let invalid = |key: String, reason: String| match env.var_for(&key) {
+            Some(var) => ConfigError::Invalid {
+                file: format!("environment variable {var}"),
+                key,
+                reason,
+            },
+            None => ConfigError::Invalid {
+                file: file.clone(),
+                key: as_written(key, path),
+                reason,
+            },
         };
         let mut settings: Settings = serde_path_to_error::deserialize(built).map_err(|e| {
             let reason = list_form_hint(without_key(e.inner().to_string()));
@@ -1221,6 +1226,11 @@ impl Settings {
 /// own spelling, `actions[0]type`): the error names the key already. Keys it names
 /// inside the text get their dot back (`actions[0].max-per-user.per`).
 fn without_key(reason: String) -> String {
+    if reason.starts_with("invalid type: unit value") {
+        return "no value is given (nothing after the colon): give one, or remove the key \
+                for its default"
+            .into();
+    }
     let reason = match reason.rfind(" for key `") {
         Some(at) if reason.ends_with('`') => reason[..at].to_string(),
         _ => reason,
@@ -1234,6 +1244,25 @@ fn without_key(reason: String) -> String {
         }
     }
     out
+}
+
+/// `key` as the file at `path` writes it: `engine.X` is `flink.X` when the file gives X
+/// under the Flink job's `flink:` section.
+fn as_written(key: String, path: &Path) -> String {
+    let Some(rest) = key.strip_prefix("engine.") else {
+        return key;
+    };
+    let file = config::File::from(path).format(config::FileFormat::Yaml);
+    let flink = config::Source::collect(&file)
+        .ok()
+        .and_then(|mut map| map.remove("flink"))
+        .and_then(|flink| flink.into_table().ok())
+        .unwrap_or_default();
+    let first = rest.split(['.', '[']).next().unwrap_or(rest);
+    match flink.contains_key(first) {
+        true => format!("flink.{rest}"),
+        false => key,
+    }
 }
 
 /// The keys only an action of the list form takes.
@@ -1424,6 +1453,33 @@ mod tests {
             &format!("{src}actions:\n  webhook:\n    concurrency: lots\n"),
             "actions.webhook.concurrency",
         );
+    }
+
+    #[test]
+    fn a_key_without_a_value_and_a_typo_under_flink_are_named_as_written() {
+        let src = "source:\n  type: file\n  path: /dev/null\n";
+        let err = load(&format!("{src}engine:\n  checkpoint-compression:\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`engine.checkpoint-compression`: no value is given"),
+            "{err}"
+        );
+        let err = load(&format!("{src}flink:\n  paralelism: 2\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`flink.paralelism`: unknown field"), "{err}");
+        let err = load(&format!("{src}flink:\n  parallelism: x\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`flink.parallelism`"), "{err}");
+        let err = load(
+            &format!("{src}flink:\n  parallelism: 1\nengine:\n  state-backend: x\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`engine.state-backend`"), "{err}");
     }
 
     #[test]

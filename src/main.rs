@@ -262,6 +262,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;
     let mut prepared = Prepared::new(&settings, args.bounded)?;
+    prepared.processes = args.processes;
     let from = match (&args.from_offset, &args.from_timestamp) {
         (Some(o), _) => Some(ReplayFrom::parse_offsets(o)?),
         (None, Some(t)) => Some(ReplayFrom::parse_timestamp(t)?),

@@ -430,6 +430,58 @@ fn two_processes_give_the_same_counts_as_one_worker() {
     assert_eq!(a, w.expected_us_page_views());
 }
 
+/// Processes that checkpoint into directories of their own (not one that every process
+/// reaches) would run without a checkpoint ever completing: the cluster fails at start,
+/// every process saying how to fix it, and acts on nothing. With one shared directory
+/// the same cluster runs, and leaves no marker of the check behind.
+#[test]
+fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 30, 9);
+    let (_api, receiver, s) = served_job(&rt, dir.path(), &w);
+    let config = |name: &str, checkpoints: &str| {
+        let ck = dir.path().join(checkpoints);
+        let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", ck.display());
+        let cfg = write_config(dir.path(), name, &s, &engine);
+        let yaml = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(
+            &cfg,
+            yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
+        )
+        .unwrap();
+        cfg
+    };
+    let (own0, own1) = (config("p0.yml", "ck-0"), config("p1.yml", "ck-1"));
+    let outs: Vec<_> = start_cluster_of(dir.path(), &[&own0, &own1], &["-w", "2"], &[])
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap())
+        .collect();
+    for (p, out) in outs.iter().enumerate() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "process {p}: {err}");
+        assert!(
+            err.contains("process 1 does not see the checkpoint directory process 0 writes into")
+                && err.contains("`engine.checkpoint-dir` on one filesystem they all share"),
+            "process {p}: {err}"
+        );
+    }
+    assert_eq!(receiver.received(), 0, "nothing acted on");
+
+    let shared = config("shared.yml", "ck-shared");
+    let outs = run_cluster(dir.path(), &shared, &["-w", "2"], 2);
+    assert_eq!(
+        summary_of(&outs[0].stdout).events_read,
+        w.lines.len() as u64
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("ck-shared"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("chk-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A process whose peer died ends, with exit code 1 and a message, so that a supervisor
 /// restarts the cluster: its workers panicked on the closed connection while its other
 /// threads waited for them, and it hung until a second signal (found by a new user's
@@ -448,7 +500,7 @@ fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
         1,
     );
     std::fs::write(&cfg, yaml).unwrap();
-    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2);
+    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2, &[]);
     std::thread::sleep(Duration::from_millis(2500));
     cluster[1].kill().unwrap();
     let survivor = &mut cluster[0];

@@ -736,14 +736,16 @@ fn assert_histories(got: &UserHistories, want: &HashMap<String, Vec<String>>, la
     }
 }
 
+/// A filter that depends on the order of the events and on the history restored.
+const HISTORY_FILTER: &str =
+    r#"event.eventType == "click" && history.filter(|h| h.event_type == "page_view").len() >= 6"#;
+
 /// A topic read in two runs, the second restarting (on two workers) from the first
 /// one's final checkpoint, triggers exactly what one run over the whole topic does, for
 /// each pairing of the backends that write and restore the checkpoint; every user's
 /// history holds its events in the order of the topic; a restarted run checkpoints at
 /// later epochs than the one it restored, which it leaves as it was.
 fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
-    // Depends on the order of the events and on the history restored.
-    const FILTER: &str = r#"event.eventType == "click" && history.filter(|h| h.event_type == "page_view").len() >= 6"#;
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let w = Workload::generate(4000, 150, 15);
@@ -754,7 +756,7 @@ fn split_runs_match_one_run(pairs: &[(StateBackend, StateBackend)]) {
 
     let job = |group: &str, backend, receiver: &Receiver| {
         let mut s = kafka_job(dir.path(), &topic, group, &profiles, &receiver.url());
-        std::fs::write(&s.filter.script_path, FILTER).unwrap();
+        std::fs::write(&s.filter.script_path, HISTORY_FILTER).unwrap();
         s.engine.state_backend = backend;
         s.engine.state_dir = dir.path().join(format!("state-{group}"));
         // Far fewer than the users: most of them live in RocksDB, not in its cache.
@@ -833,6 +835,99 @@ fn a_restarted_run_triggers_as_one_run_would_with_events_in_order() {
 fn state_restored_across_hashmap_and_rocksdb_gives_the_same_results() {
     use StateBackend::{Hashmap, Rocksdb};
     split_runs_match_one_run(&[(Hashmap, Rocksdb), (Rocksdb, Hashmap), (Rocksdb, Rocksdb)]);
+}
+
+/// Issue #17: a cluster's checkpoints in one directory that every process reaches (a
+/// shared filesystem): two processes write whole parts, then deltas, into it; two
+/// processes of two workers each restore from it and finish the topic as one run does.
+#[test]
+fn a_cluster_restores_from_a_shared_checkpoint_directory() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(4000, 150, 31);
+    let (first, second) = w.lines.split_at(w.lines.len() / 2);
+    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
+    let topic = unique("shared");
+    load_topic(&rt, &topic, 4, first);
+    let job = |receiver: &Receiver| {
+        let s = kafka_job(
+            dir.path(),
+            &topic,
+            &fresh_group(&topic),
+            &profiles,
+            &receiver.url(),
+        );
+        std::fs::write(&s.filter.script_path, HISTORY_FILTER).unwrap();
+        s
+    };
+    let receiver = Receiver::start(&rt);
+    let s = job(&receiver);
+    let cfg = dir.path().join("shared.yml");
+    let yaml = format!("{}  checkpoint-interval-ms: 200\n", kafka_yaml(&s));
+    std::fs::write(&cfg, yaml).unwrap();
+
+    // The first half, then checkpoints of deltas on both processes' whole parts, then a
+    // stop (whose final checkpoint is deltas too).
+    let cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2, &[]);
+    let deltas_after_first_half = |r: &event_trigger::checkpoint::Restore| {
+        r.manifest.offsets.values().sum::<i64>() == first.len() as i64
+            && r.manifest.parts.iter().all(|p| !p.base.is_empty())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !event_trigger::checkpoint::manifest::find_latest(&s.engine.checkpoint_dir)
+        .is_some_and(|r| deltas_after_first_half(&r))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of deltas after the first half"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for process in &cluster {
+        let pid = process.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+    let outs: Vec<_> = cluster.into_iter().map(wait_ok).collect();
+    assert_eq!(summary_of(&outs[0].stdout).events_read, first.len() as u64);
+    let stopped = latest_checkpoint(&s);
+    assert_eq!(stopped.manifest.workers, 2);
+    assert!(
+        deltas_after_first_half(&stopped),
+        "{:?}",
+        stopped.manifest.parts
+    );
+    assert_histories(
+        &histories(&stopped),
+        &expected_histories(&w, first),
+        "first half",
+    );
+
+    // The rest arrives; a cluster of 4 workers restores and reads it.
+    let loader = kafka_settings(&topic, "loader");
+    event_trigger::kafka_client::produce(&loader, &topic, second.join("\n").as_bytes(), |_| {})
+        .unwrap();
+    let outs = run_cluster(dir.path(), &cfg, &["-w", "2", "--bounded"], 2);
+    let counts = summary_of(&outs[0].stdout);
+    assert_eq!(counts.events_read, second.len() as u64);
+    assert_eq!(counts.restored, stopped.manifest.users());
+    let last = latest_checkpoint(&s);
+    assert_eq!(last.manifest.workers, 4);
+    assert_histories(
+        &histories(&last),
+        &expected_histories(&w, &w.lines),
+        "both halves",
+    );
+
+    // Delivered once each: what one run over the whole topic delivers.
+    let whole_receiver = Receiver::start(&rt);
+    let whole = job(&whole_receiver);
+    run_kafka(&whole, 2, &rt);
+    let mut expected = whole_receiver.event_ids();
+    expected.sort();
+    assert!(expected.len() > 20, "the filter passes too little to tell");
+    let mut got = receiver.event_ids();
+    got.sort();
+    assert_eq!(got, expected);
 }
 
 /// Issue #4: the drain after a stop signal is bounded. With a webhook receiver that never
@@ -1365,19 +1460,7 @@ fn reload_under_load(processes: usize, pause_ms: u64) {
     let children: Vec<_> = if processes == 1 {
         vec![start_run(&cfg, &["-w", "2"], &env)]
     } else {
-        let hosts = dir.path().join("hosts.txt");
-        let lines: String = (0..processes)
-            .map(|_| format!("127.0.0.1:{}\n", closed_port()))
-            .collect();
-        std::fs::write(&hosts, lines).unwrap();
-        let n = processes.to_string();
-        (0..processes)
-            .map(|p| {
-                let p = p.to_string();
-                let args = ["-w", "1", "-n", &n, "-p", &p, "-h", hosts.to_str().unwrap()];
-                start_run(&cfg, &args, &env)
-            })
-            .collect()
+        start_cluster(dir.path(), &cfg, &["-w", "1"], processes, &env)
     };
     let kind = |line: &str| {
         event_trigger::wire::decode(line.as_bytes())

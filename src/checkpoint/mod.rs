@@ -41,6 +41,7 @@
 //! manifests written before it existed still restore.
 
 pub mod chain;
+pub mod cluster;
 pub mod coordinator;
 pub mod files;
 pub mod manifest;

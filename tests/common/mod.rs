@@ -524,18 +524,36 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_event-trigger")
 }
 
-/// Runs `event-trigger run --config CONFIG EXTRA... -n N -p I -h HOSTS` as `processes`
-/// processes on 127.0.0.1, waits for all and checks they succeeded.
-/// Starts the processes of a cluster on this host, each running `config`.
-pub fn start_cluster(dir: &Path, config: &Path, extra: &[&str], processes: usize) -> Vec<Job> {
+/// Starts `event-trigger run --config CONFIG EXTRA... -n N -p I -h HOSTS` as `processes`
+/// processes on 127.0.0.1 (logging warnings, unless `env` sets `RUST_LOG`).
+pub fn start_cluster(
+    dir: &Path,
+    config: &Path,
+    extra: &[&str],
+    processes: usize,
+    env: &[(&str, &str)],
+) -> Vec<Job> {
+    start_cluster_of(dir, &vec![config; processes], extra, env)
+}
+
+/// A cluster of one process per config, the first config's being process 0.
+pub fn start_cluster_of(
+    dir: &Path,
+    configs: &[&Path],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Job> {
     let hosts = dir.join("hosts.txt");
-    let lines: String = (0..processes)
+    let lines: String = configs
+        .iter()
         .map(|_| format!("127.0.0.1:{}\n", closed_port()))
         .collect();
     std::fs::write(&hosts, lines).unwrap();
-    let n = processes.to_string();
-    (0..processes)
-        .map(|p| {
+    let n = configs.len().to_string();
+    configs
+        .iter()
+        .enumerate()
+        .map(|(p, config)| {
             std::process::Command::new(binary())
                 .args(["run", "--config", config.to_str().unwrap()])
                 .args(extra)
@@ -548,6 +566,7 @@ pub fn start_cluster(dir: &Path, config: &Path, extra: &[&str], processes: usize
                     hosts.to_str().unwrap(),
                 ])
                 .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -557,13 +576,14 @@ pub fn start_cluster(dir: &Path, config: &Path, extra: &[&str], processes: usize
         .collect()
 }
 
+/// Runs a cluster (`start_cluster`) to its end and checks every process succeeded.
 pub fn run_cluster(
     dir: &Path,
     config: &Path,
     extra: &[&str],
     processes: usize,
 ) -> Vec<std::process::Output> {
-    let children = start_cluster(dir, config, extra, processes);
+    let children = start_cluster(dir, config, extra, processes, &[]);
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
