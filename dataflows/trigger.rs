@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::operators::vec::{Broadcast, Input as _, Map};
+use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 use timely::worker::Worker;
 
 use crate::actions::run_actions;
-use crate::checkpoint::cluster::{ClusterCheckError, Marker, Sighting, verdict};
+use crate::checkpoint::cluster::{ClusterCheckError, Marker, Sighting, unseen, verdict};
 use crate::checkpoint::{CheckpointConfig, Coordinator};
 use crate::counters::{Counters, Counts, Summary};
 use crate::filter::FilterError;
@@ -261,38 +261,49 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
 
 /// A cluster's processes share their checkpoint directory and restore one checkpoint
 /// from it, or every worker fails alike (`checkpoint::cluster`): process 0 leaves a
-/// marker there, every worker looks for it and tells every other what it found.
+/// marker there, every worker looks for it and replies beside it, process 0 looks for
+/// the replies, and every worker judges what all found.
 fn check_shared_checkpoints(
     worker: &mut Worker,
     p: &Prepared,
     c: &CheckpointConfig,
 ) -> Result<(), ClusterCheckError> {
-    let marker = (worker.index() == 0).then(|| Marker::leave(&c.dir));
-    let found = Rc::new(RefCell::new(Vec::new()));
-    let sink = found.clone();
-    let (index, dir, floor) = (worker.index(), c.dir.clone(), c.floor_epoch);
+    let index = worker.index();
+    let marker = (index == 0).then(|| Marker::leave(&c.dir));
+    let marker = share_with_all(worker, marker.into_iter().collect())
+        .pop()
+        .expect("worker 0 sends its marker to every worker");
     let restores = p.restore.as_ref().map(|r| r.manifest.epoch);
+    let mine = Sighting::of(index, &marker, &c.dir, restores, c.floor_epoch);
+    let found = share_with_all(worker, vec![mine]);
+    let missed = match index {
+        0 => unseen(&marker, &c.dir, &found),
+        _ => Vec::new(),
+    };
+    let missed = share_with_all(worker, missed);
+    if index == 0 {
+        marker.remove(&c.dir, worker.peers());
+    }
+    verdict(found, &missed, worker.peers() / p.processes)
+}
+
+/// Sends `items` from this worker to every worker; returns what all workers sent.
+fn share_with_all<T: timely::ExchangeData + Clone>(worker: &mut Worker, items: Vec<T>) -> Vec<T> {
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let sink = got.clone();
     let probe = worker.dataflow::<u64, _, _>(|scope| {
-        marker
-            .clone()
-            .into_iter()
+        items
             .to_stream(scope)
             .container::<Vec<_>>()
             .broadcast()
-            .map(move |m| Sighting::of(index, &m, &dir, restores, floor))
-            .broadcast()
-            .inspect(move |s| sink.borrow_mut().push(s.clone()))
+            .inspect(move |x: &T| sink.borrow_mut().push(x.clone()))
             .probe()
             .0
     });
     while !probe.done() {
         worker.step_or_park(None);
     }
-    // Worker 0 has every answer: every worker has looked.
-    if let Some(m) = marker {
-        m.remove(&c.dir);
-    }
-    verdict(found.take(), worker.peers() / p.processes)
+    got.take()
 }
 
 /// Sends every worker's counts to worker 0 (in whichever process) and sums them there.

@@ -156,10 +156,12 @@ pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: {source}")]
+    /// Shown once: the `config` crate's error is not given as this one's source too
+    /// (which `{:#}` would print again).
+    #[error("{file}: {cause}")]
     Load {
         file: String,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
     #[error("{file}: `{key}`: {reason}")]
     Invalid {
@@ -972,6 +974,13 @@ impl config::Source for ConfigFile {
         let Some(flink) = map.remove("flink") else {
             return Ok(map);
         };
+        if matches!(flink.kind, config::ValueKind::Nil) {
+            return Err(config::ConfigError::Message(
+                "`flink`: no value is given (nothing after the colon): give its keys, or \
+                 remove the line"
+                    .into(),
+            ));
+        }
         let origin = flink.origin().map(String::from);
         let mut engine = match map.remove("engine") {
             Some(engine) => engine.into_table()?,
@@ -1008,10 +1017,10 @@ impl EnvOverrides {
         let Some(var) = self.action_var() else {
             return Ok(());
         };
-        let map = config::Source::collect(&ConfigFile(path.to_path_buf())).map_err(|source| {
+        let map = config::Source::collect(&ConfigFile(path.to_path_buf())).map_err(|cause| {
             ConfigError::Load {
                 file: file.to_string(),
-                source,
+                cause,
             }
         })?;
         if map
@@ -1080,9 +1089,9 @@ impl Settings {
             .add_source(ConfigFile(path.to_path_buf()))
             .add_source(env.clone())
             .build()
-            .map_err(|source| ConfigError::Load {
+            .map_err(|cause| ConfigError::Load {
                 file: file.clone(),
-                source,
+                cause,
             })?;
         // A key set from the environment is reported as the variable's, not the file's.
         let invalid = |key: String, reason: String| match env.var_for(&key) {
@@ -1227,13 +1236,14 @@ impl Settings {
 /// inside the text get their dot back (`actions[0].max-per-user.per`).
 fn without_key(reason: String) -> String {
     if reason.starts_with("invalid type: unit value") {
-        return "no value is given (nothing after the colon): give one, or remove the key \
-                for its default"
+        return "no value is given (nothing after the colon, or `~`): give one, or remove \
+                the key for its default"
             .into();
     }
+    // The key (and the file after it) are shown before the reason already.
     let reason = match reason.rfind(" for key `") {
-        Some(at) if reason.ends_with('`') => reason[..at].to_string(),
-        _ => reason,
+        Some(at) => reason[..at].to_string(),
+        None => reason,
     };
     let mut out = String::with_capacity(reason.len() + 4);
     let mut chars = reason.chars().peekable();
@@ -1473,6 +1483,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`flink.parallelism`"), "{err}");
+        assert!(!err.contains("engine.parallelism"), "{err}");
+        let err = load(&format!("{src}flink:\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`flink`: no value is given"), "{err}");
+        assert_eq!(err.matches("no value").count(), 1, "{err}");
         let err = load(
             &format!("{src}flink:\n  parallelism: 1\nengine:\n  state-backend: x\n"),
             &[],

@@ -271,6 +271,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if from.is_some() || args.dry_run {
         prepared.replay(from, args.dry_run)?;
     }
+    if let Some(c) = &prepared.checkpoints {
+        event_trigger::checkpoint::manifest::check_dir(&c.dir)
+            .context("engine.checkpoint-dir: checkpoints cannot be written")?;
+    }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
     // Process 0 watches; its worker 0 broadcasts new versions to the cluster.

@@ -461,8 +461,8 @@ fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "process {p}: {err}");
         assert!(
-            err.contains("process 1 does not see the checkpoint directory process 0 writes into")
-                && err.contains("`engine.checkpoint-dir` on one filesystem they all share"),
+            err.contains("processes 0 and 1 do not share a checkpoint directory")
+                && err.contains("must name one directory in `engine.checkpoint-dir`"),
             "process {p}: {err}"
         );
     }
@@ -480,6 +480,38 @@ fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix
         .filter(|name| !name.starts_with("chk-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A checkpoint directory that cannot be written (here a file) fails the start, naming
+/// the key, instead of every checkpoint failing while the run acts on its events.
+#[test]
+fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 30, 9);
+    let (_api, receiver, s) = served_job(&rt, dir.path(), &w);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", file.display());
+    let cfg = write_config(dir.path(), "job.yml", &s, &engine);
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("engine.checkpoint-dir: checkpoints cannot be written")
+            && err.contains("it is a file, not a directory"),
+        "{err}"
+    );
+    assert_eq!(receiver.received(), 0);
 }
 
 /// A process whose peer died ends, with exit code 1 and a message, so that a supervisor

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::files::write_atomic;
 use crate::model::Time;
 
-/// The file process 0 leaves in the checkpoint directory for the others to find.
+/// The file process 0 leaves in the checkpoint directory for the others to find, and
+/// the replies they leave beside it for process 0 to find.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Marker {
     /// The file's name in the directory; it holds `token`.
@@ -29,47 +30,76 @@ pub struct Marker {
 impl Marker {
     /// Writes a new marker into `dir` (created if missing).
     pub fn leave(dir: &Path) -> Marker {
-        let token = format!(
-            "{:016x}",
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish()
-        );
+        let hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        let token = format!("{:016x}", hasher.finish());
         let name = format!(".cluster-check-{token}");
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|()| write_atomic(&dir.join(&name), |w| w.write_all(token.as_bytes())));
+        let write_error = write_token(dir, &name, &token);
         Marker {
             name,
             token,
-            write_error: written.err().map(|e| e.to_string()),
+            write_error,
         }
     }
 
     /// Whether `dir` holds this marker.
     pub fn is_in(&self, dir: &Path) -> bool {
-        std::fs::read(dir.join(&self.name)).is_ok_and(|b| b == self.token.as_bytes())
+        holds_token(dir, &self.name, &self.token)
     }
 
-    /// Removes it, once every worker has looked.
-    pub fn remove(&self, dir: &Path) {
-        if self.write_error.is_none()
-            && let Err(e) = std::fs::remove_file(dir.join(&self.name))
-        {
-            tracing::warn!("cannot remove {}: {e}", dir.join(&self.name).display());
+    fn reply_name(&self, worker: usize) -> String {
+        format!("{}-{worker}", self.name)
+    }
+
+    /// Worker `worker` replies in `dir`; why it could not, if it could not.
+    pub fn reply(&self, dir: &Path, worker: usize) -> Option<String> {
+        write_token(dir, &self.reply_name(worker), &self.token)
+    }
+
+    /// Whether `dir` holds worker `worker`'s reply.
+    pub fn has_reply(&self, dir: &Path, worker: usize) -> bool {
+        holds_token(dir, &self.reply_name(worker), &self.token)
+    }
+
+    /// Removes it and the replies of `workers` workers, once every worker has looked.
+    pub fn remove(&self, dir: &Path, workers: usize) {
+        let names =
+            std::iter::once(self.name.clone()).chain((0..workers).map(|w| self.reply_name(w)));
+        for name in names {
+            match std::fs::remove_file(dir.join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("cannot remove {}: {e}", dir.join(&name).display())
+                }
+                _ => {}
+            }
         }
     }
+}
+
+fn write_token(dir: &Path, name: &str, token: &str) -> Option<String> {
+    let written = match dir.is_file() {
+        true => Err(std::io::Error::other("it is a file, not a directory")),
+        false => std::fs::create_dir_all(dir)
+            .and_then(|()| write_atomic(&dir.join(name), |w| w.write_all(token.as_bytes()))),
+    };
+    written.err().map(|e| e.to_string())
+}
+
+fn holds_token(dir: &Path, name: &str, token: &str) -> bool {
+    std::fs::read(dir.join(name)).is_ok_and(|b| b == token.as_bytes())
 }
 
 /// What one worker found, for every worker to judge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sighting {
     pub worker: usize,
-    /// The checkpoint directory as its process names it.
+    /// The checkpoint directory of its process, absolute.
     pub dir: String,
     /// Process 0's marker is in it.
     pub sees_marker: bool,
     /// Why process 0 could not write the marker, if it could not.
     pub marker_error: Option<String>,
+    /// Why this worker could not write its reply, if it could not.
+    pub reply_error: Option<String>,
     /// The epoch of the checkpoint its process restores.
     pub restores: Option<Time>,
     /// The epoch its process's checkpoints start after.
@@ -77,7 +107,8 @@ pub struct Sighting {
 }
 
 impl Sighting {
-    /// What worker `worker`, whose process has `dir`, finds of `marker`.
+    /// What worker `worker`, whose process has `dir`, finds of `marker`; it replies
+    /// there for process 0 to see.
     pub fn of(
         worker: usize,
         marker: &Marker,
@@ -85,11 +116,16 @@ impl Sighting {
         restores: Option<Time>,
         floor: Time,
     ) -> Sighting {
+        let sees_marker = marker.write_error.is_none() && marker.is_in(dir);
         Sighting {
             worker,
-            dir: dir.display().to_string(),
-            sees_marker: marker.write_error.is_none() && marker.is_in(dir),
+            dir: std::path::absolute(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .display()
+                .to_string(),
+            sees_marker,
             marker_error: marker.write_error.clone(),
+            reply_error: sees_marker.then(|| marker.reply(dir, worker)).flatten(),
             restores,
             floor,
         }
@@ -98,10 +134,16 @@ impl Sighting {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ClusterCheckError {
-    #[error("process 0 cannot write into its checkpoint directory {dir}: {reason}")]
-    NotWritable { dir: String, reason: String },
     #[error(
-        "process {process} does not see the checkpoint directory process 0 writes into (a file process 0 wrote into {dir0} is not in process {process}'s {dir}): every process of a cluster must have `engine.checkpoint-dir` on one filesystem they all share (NFS, or an object store mounted as one, see the README), or no checkpoint ever completes"
+        "process {process} cannot write into its checkpoint directory {dir} (`engine.checkpoint-dir`): {reason}"
+    )]
+    NotWritable {
+        process: usize,
+        dir: String,
+        reason: String,
+    },
+    #[error(
+        "processes 0 and {process} do not share a checkpoint directory (a file one of them wrote into its directory is not in the other's; process 0: {dir0}, process {process}: {dir}): every process of a cluster must name one directory in `engine.checkpoint-dir` (an absolute path), on a filesystem every host reaches (NFS, or an object store mounted as one; see the README), or no checkpoint ever completes"
     )]
     NotShared {
         process: usize,
@@ -114,27 +156,56 @@ pub enum ClusterCheckError {
     Disagree { found: String },
 }
 
-/// Whether a cluster, from every worker's `sightings`, shares its checkpoint directory
-/// and restores one checkpoint. Workers are numbered process by process,
-/// `per_process` in each.
-pub fn verdict(mut sightings: Vec<Sighting>, per_process: usize) -> Result<(), ClusterCheckError> {
+/// Process 0: the workers whose replies are not in its directory `dir` (of those that
+/// wrote one).
+pub fn unseen(marker: &Marker, dir: &Path, sightings: &[Sighting]) -> Vec<usize> {
+    sightings
+        .iter()
+        .filter(|s| s.sees_marker && s.reply_error.is_none() && !marker.has_reply(dir, s.worker))
+        .map(|s| s.worker)
+        .collect()
+}
+
+/// Whether a cluster, from every worker's `sightings` and the workers whose replies
+/// process 0 did not find (`unseen`), shares its checkpoint directory and restores one
+/// checkpoint. Workers are numbered process by process, `per_process` in each.
+pub fn verdict(
+    mut sightings: Vec<Sighting>,
+    unseen: &[usize],
+    per_process: usize,
+) -> Result<(), ClusterCheckError> {
     sightings.sort_by_key(|s| s.worker);
     let process_of = |s: &Sighting| s.worker / per_process.max(1);
     let Some(first) = sightings.first() else {
         return Ok(());
     };
+    let not_shared = |s: &Sighting| ClusterCheckError::NotShared {
+        process: process_of(s),
+        dir0: first.dir.clone(),
+        dir: s.dir.clone(),
+    };
     if let Some(reason) = &first.marker_error {
         return Err(ClusterCheckError::NotWritable {
+            process: 0,
             dir: first.dir.clone(),
             reason: reason.clone(),
         });
     }
     if let Some(blind) = sightings.iter().find(|s| !s.sees_marker) {
-        return Err(ClusterCheckError::NotShared {
-            process: process_of(blind),
-            dir0: first.dir.clone(),
-            dir: blind.dir.clone(),
+        return Err(not_shared(blind));
+    }
+    if let Some((s, reason)) = sightings
+        .iter()
+        .find_map(|s| s.reply_error.as_ref().map(|r| (s, r)))
+    {
+        return Err(ClusterCheckError::NotWritable {
+            process: process_of(s),
+            dir: s.dir.clone(),
+            reason: reason.clone(),
         });
+    }
+    if let Some(s) = sightings.iter().find(|s| unseen.contains(&s.worker)) {
+        return Err(not_shared(s));
     }
     let differs = |s: &Sighting| (s.restores, s.floor) != (first.restores, first.floor);
     if sightings.iter().any(differs) {
@@ -165,34 +236,36 @@ pub fn verdict(mut sightings: Vec<Sighting>, per_process: usize) -> Result<(), C
 mod tests {
     use super::*;
 
-    fn sightings(
+    /// `per_process` workers for each of `dirs` (a process's directory and the
+    /// checkpoint it restores), and what process 0 (in the first directory) misses.
+    fn look(
         dirs: &[(&Path, Option<Time>)],
         marker: &Marker,
         per_process: usize,
-    ) -> Vec<Sighting> {
-        dirs.iter()
+    ) -> (Vec<Sighting>, Vec<usize>) {
+        let found: Vec<Sighting> = dirs
+            .iter()
             .flat_map(|(dir, restores)| std::iter::repeat_n((*dir, *restores), per_process))
             .enumerate()
             .map(|(w, (dir, restores))| Sighting::of(w, marker, dir, restores, 0))
-            .collect()
+            .collect();
+        let missed = unseen(marker, dirs[0].0, &found);
+        (found, missed)
     }
 
     #[test]
-    fn a_shared_directory_and_one_checkpoint_pass() {
+    fn a_shared_directory_and_one_checkpoint_pass_and_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let marker = Marker::leave(dir.path());
-        let found = sightings(
+        let (found, missed) = look(
             &[(dir.path(), Some(5000)), (dir.path(), Some(5000))],
             &marker,
             2,
         );
-        assert_eq!(verdict(found, 2), Ok(()));
-        marker.remove(dir.path());
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "the marker is gone"
-        );
+        assert_eq!(verdict(found, &missed, 2), Ok(()));
+        assert!((0..4).all(|w| marker.has_reply(dir.path(), w)));
+        marker.remove(dir.path(), 4);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -200,16 +273,13 @@ mod tests {
         let shared = tempfile::tempdir().unwrap();
         let own = tempfile::tempdir().unwrap();
         let marker = Marker::leave(shared.path());
-        let found = sightings(
-            &[
-                (shared.path(), None),
-                (shared.path(), None),
-                (own.path(), None),
-            ],
-            &marker,
-            2,
-        );
-        let err = verdict(found, 2).unwrap_err();
+        let dirs = [
+            (shared.path(), None),
+            (shared.path(), None),
+            (own.path(), None),
+        ];
+        let (found, missed) = look(&dirs, &marker, 2);
+        let err = verdict(found, &missed, 2).unwrap_err();
         assert_eq!(
             err,
             ClusterCheckError::NotShared {
@@ -218,9 +288,44 @@ mod tests {
                 dir: own.path().display().to_string(),
             }
         );
+        let text = err.to_string();
         assert!(
-            err.to_string()
-                .contains("`engine.checkpoint-dir` on one filesystem they all share")
+            text.contains("must name one directory in `engine.checkpoint-dir`"),
+            "{text}"
+        );
+    }
+
+    /// Seeing process 0's files is not enough: process 0 must see the others' too.
+    #[test]
+    fn a_process_whose_files_process_0_does_not_see_is_named() {
+        let shared = tempfile::tempdir().unwrap();
+        let one_way = tempfile::tempdir().unwrap();
+        let marker = Marker::leave(shared.path());
+        std::fs::copy(
+            shared.path().join(&marker.name),
+            one_way.path().join(&marker.name),
+        )
+        .unwrap();
+        let (found, missed) = look(&[(shared.path(), None), (one_way.path(), None)], &marker, 1);
+        assert_eq!(missed, vec![1]);
+        let err = verdict(found, &missed, 1).unwrap_err();
+        assert!(
+            matches!(err, ClusterCheckError::NotShared { process: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_process_that_cannot_write_into_the_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = Marker::leave(dir.path());
+        // Worker 1's reply cannot take its name.
+        std::fs::create_dir(dir.path().join(format!("{}-1", marker.name))).unwrap();
+        let (found, missed) = look(&[(dir.path(), None), (dir.path(), None)], &marker, 1);
+        let err = verdict(found, &missed, 1).unwrap_err();
+        assert!(
+            matches!(err, ClusterCheckError::NotWritable { process: 1, .. }),
+            "{err}"
         );
     }
 
@@ -228,41 +333,39 @@ mod tests {
     fn processes_restoring_different_checkpoints_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let marker = Marker::leave(dir.path());
-        let found = sightings(
+        let (found, missed) = look(
             &[(dir.path(), Some(7000)), (dir.path(), Some(6000))],
             &marker,
             1,
         );
-        let err = verdict(found, 1).unwrap_err().to_string();
+        let err = verdict(found, &missed, 1).unwrap_err().to_string();
         assert!(
             err.contains("(process 0: epoch 7000; process 1: epoch 6000)"),
             "{err}"
         );
-        let mut found = sightings(
+        let (mut found, missed) = look(
             &[(dir.path(), Some(7000)), (dir.path(), Some(7000))],
             &marker,
             1,
         );
         found[1].floor = 9000;
-        let err = verdict(found, 1).unwrap_err().to_string();
-        assert!(
-            err.contains("process 0: epoch 7000, checkpoints after epoch 0; process 1: epoch 7000, checkpoints after epoch 9000"),
-            "{err}"
-        );
+        let err = verdict(found, &missed, 1).unwrap_err().to_string();
+        let want = "process 0: epoch 7000, checkpoints after epoch 0; process 1: epoch 7000, checkpoints after epoch 9000";
+        assert!(err.contains(want), "{err}");
     }
 
     #[test]
-    fn a_marker_that_cannot_be_written_says_why() {
+    fn a_checkpoint_directory_that_is_a_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-directory");
         std::fs::write(&file, b"").unwrap();
         let marker = Marker::leave(&file);
-        assert!(marker.write_error.is_some());
-        let found = sightings(&[(&file, None), (&file, None)], &marker, 1);
-        let err = verdict(found, 1).unwrap_err();
+        let (found, missed) = look(&[(&file, None), (&file, None)], &marker, 1);
+        let err = verdict(found, &missed, 1).unwrap_err().to_string();
         assert!(
-            matches!(err, ClusterCheckError::NotWritable { .. }),
+            err.contains("process 0 cannot write into its checkpoint directory"),
             "{err}"
         );
+        assert!(err.contains("it is a file, not a directory"), "{err}");
     }
 }

@@ -205,6 +205,19 @@ pub fn complete(
     Ok(manifest)
 }
 
+/// Checks, before a run starts, that checkpoints can be written into `dir` (created if
+/// missing): otherwise every checkpoint of the run would fail while it acts on events.
+pub fn check_dir(dir: &Path) -> Result<(), CheckpointError> {
+    let fail = |e: std::io::Error| CheckpointError::io(dir, e);
+    if dir.is_file() {
+        return Err(fail(std::io::Error::other("it is a file, not a directory")));
+    }
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
 /// Epoch directories under `dir`, oldest first.
 fn epochs(dir: &Path) -> Vec<(Time, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -414,6 +427,22 @@ mod tests {
                 write_states(&c.state_path(epoch, w), users).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_checkpoint_directory_is_checked_before_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("a/b");
+        check_dir(&ck).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&ck).unwrap().count(),
+            0,
+            "created, left empty"
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = check_dir(&file).unwrap_err().to_string();
+        assert!(err.contains("it is a file, not a directory"), "{err}");
     }
 
     #[test]
