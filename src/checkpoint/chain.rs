@@ -7,14 +7,16 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashSet;
 
-use super::files::{CheckpointError, PartReader};
+use super::files::{CheckpointError, PartReader, open_chain};
 use super::manifest::Restore;
 use crate::model::{SavedUser, Text};
 
 pub struct ChainReader {
-    /// Newest first.
-    parts: VecDeque<PathBuf>,
-    reading: Option<PartReader>,
+    /// Newest first, until they are opened (all at once: a delta's dictionary extends
+    /// the ones before it).
+    paths: Vec<PathBuf>,
+    /// Newest first; the front one is being read.
+    parts: VecDeque<PartReader>,
     /// Users already given (or removed) by a newer part; kept for a delta chain only.
     seen: Option<FxHashSet<Text>>,
 }
@@ -24,31 +26,30 @@ impl ChainReader {
     pub fn new(parts: Vec<PathBuf>) -> ChainReader {
         ChainReader {
             seen: (parts.len() > 1).then(FxHashSet::default),
-            parts: parts.into(),
-            reading: None,
+            paths: parts,
+            parts: VecDeque::new(),
         }
     }
 
     /// Up to `max` more records, some maybe left out as older; `None` once the chain is
-    /// read. After an error the chain goes on with its next part.
+    /// read. After an error the chain goes on with its next part (none, if its parts
+    /// could not be opened).
     pub fn next_chunk(
         &mut self,
         max: usize,
     ) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
+        if !self.paths.is_empty() {
+            let paths = std::mem::take(&mut self.paths);
+            tracing::debug!(parts = ?paths, "restoring");
+            self.parts = open_chain(&paths)?.into();
+        }
         loop {
-            let reader = match &mut self.reading {
-                Some(r) => r,
-                None => {
-                    let Some(path) = self.parts.pop_front() else {
-                        return Ok(None);
-                    };
-                    tracing::debug!(part = %path.display(), "restoring");
-                    self.reading.insert(PartReader::open(&path)?)
-                }
-            };
             // A user's newest record counts: those of users a newer part had are
             // skipped (undecoded). The oldest part, read last, needs no new ids kept.
-            let last = self.parts.is_empty();
+            let last = self.parts.len() == 1;
+            let Some(reader) = self.parts.front_mut() else {
+                return Ok(None);
+            };
             let seen = &mut self.seen;
             let mut keep = |user: &Text| match seen {
                 Some(seen) if last => !seen.contains(user),
@@ -62,9 +63,11 @@ impl ChainReader {
                         .filter_map(|(user, saved)| saved.map(|s| (user, s)));
                     return Ok(Some(users.collect()));
                 }
-                Ok(None) => self.reading = None,
+                Ok(None) => {
+                    self.parts.pop_front();
+                }
                 Err(e) => {
-                    self.reading = None;
+                    self.parts.pop_front();
                     return Err(e);
                 }
             }
@@ -148,6 +151,7 @@ mod tests {
                 .collect(),
             removed: removed.map(|r| r.into_iter().map(Text::from).collect()),
             chain: chain.map(|ch| (c.chain_path(epoch, 0), ch)),
+            words_before: 0,
         };
         // Chains mix compressed parts and parts as they are (the setting changed between
         // runs): the parts of odd seconds are written uncompressed.
@@ -332,5 +336,41 @@ mod tests {
             .map(|e| c.epoch_dir(e).exists())
             .to_vec();
         assert_eq!(left, [false, false, false, true, true, true]);
+    }
+
+    /// A chain written by the release before deltas' dictionaries extended their base's
+    /// (a whole part and an `ETDELTA1` delta with the whole dictionary, from the first
+    /// 300 demo events read with `source.resume`) restores: every user of those events,
+    /// each history ending with its events in order.
+    #[test]
+    fn a_chain_of_the_release_before_restores() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let restore = manifest::find_latest(&root.join("tests/fixtures/chain-delta1")).unwrap();
+        assert_eq!(
+            restore.manifest.parts[0].base.len(),
+            1,
+            "a delta and its base"
+        );
+        let events = std::fs::read_to_string(root.join("config/demo/events.jsonl")).unwrap();
+        let mut want: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for line in events.lines().take(300) {
+            if let Ok(ev) = crate::wire::decode(line.as_bytes()) {
+                let id = ev.event_id.as_deref().unwrap_or_default().to_string();
+                want.entry(ev.user_id.to_string()).or_default().push(id);
+            }
+        }
+        let users = restore.read_users().unwrap();
+        assert_eq!(users.len(), want.len());
+        for (user, saved) in users {
+            let SavedUser::State(s) = saved else {
+                panic!("{user} pending in a final checkpoint")
+            };
+            let ids: Vec<String> = s
+                .history
+                .iter()
+                .map(|h| h.event_id.unwrap_or_default().to_string())
+                .collect();
+            assert!(ids.ends_with(&want[&*user]), "{user}: {ids:?}");
+        }
     }
 }

@@ -11,9 +11,15 @@
 //! bincode of `(user, PendingUser)` (a `3` byte and `(user, PendingUser, UserTriggers)`
 //! when its state before the look-up has triggers); then a `0` byte.
 //!
+//! A delta part (`MAGIC_DELTA_EXT`) holds only the strings its chain's previous part
+//! did not: before the dictionary, a u64 of the first id it gives (the previous part's
+//! dictionary size); ids before it are the previous parts'. A chain is read with the
+//! dictionaries of all its parts (`ChainReader`).
+//!
 //! Parts of the earlier formats are still read: `MAGIC_V2`, the same body uncompressed,
-//! and `MAGIC_V1`: no dictionary, states as bincode of `UserState` with the history as
-//! its list of entries.
+//! `MAGIC_DELTA` and `MAGIC_DELTA_PLAIN`, deltas with the whole dictionary, and
+//! `MAGIC_V1`: no dictionary, states as bincode of `UserState` with the history as its
+//! list of entries.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -34,10 +40,24 @@ const MAGIC: &[u8; 8] = b"ETSTATE3";
 const MAGIC_DELTA: &[u8; 8] = b"ETDELTA1";
 const MAGIC_V2: &[u8; 8] = b"ETSTATE2";
 const MAGIC_V1: &[u8; 8] = b"ETSTATE1";
-/// The magic numbers of the parts this build reads.
 /// A delta part uncompressed.
 const MAGIC_DELTA_PLAIN: &[u8; 8] = b"ETDELTA0";
-const MAGICS: [&[u8; 8]; 5] = [MAGIC, MAGIC_DELTA, MAGIC_DELTA_PLAIN, MAGIC_V2, MAGIC_V1];
+/// A delta part whose dictionary extends its chain's previous part's, compressed: with a
+/// process's dictionary of every URL and campaign seen (up to 64 MiB), each delta wrote
+/// it all again.
+const MAGIC_DELTA_EXT: &[u8; 8] = b"ETDELTA3";
+/// The same, uncompressed.
+const MAGIC_DELTA_EXT_PLAIN: &[u8; 8] = b"ETDELTA2";
+/// The magic numbers of the parts this build reads.
+const MAGICS: [&[u8; 8]; 7] = [
+    MAGIC,
+    MAGIC_DELTA_EXT,
+    MAGIC_DELTA_EXT_PLAIN,
+    MAGIC_DELTA,
+    MAGIC_DELTA_PLAIN,
+    MAGIC_V2,
+    MAGIC_V1,
+];
 const TRAILER: usize = 8 + 8 + MAGIC.len();
 /// Record tags.
 const END: u8 = 0;
@@ -104,6 +124,8 @@ pub fn write_atomic(
 pub struct PartInfo {
     pub users: u64,
     pub bytes: u64,
+    /// How many strings its dictionary reaches (a delta's extends the part before).
+    pub words: u64,
     /// Its checksum (the trailer's): which file a delta built on it names.
     pub hash: u64,
     /// From the start of the snapshot to the part being on disk.
@@ -147,6 +169,9 @@ pub struct PartRecords {
     /// A delta part: what the manifest needs of it, written (atomically) to this path
     /// before the part.
     pub chain: Option<(PathBuf, super::manifest::ChainPart)>,
+    /// A delta part: the strings of the process's dictionary its chain's previous part
+    /// holds (`PartInfo::words`), which it leaves out.
+    pub words_before: usize,
 }
 
 /// Called from another thread when a part writer is done.
@@ -167,11 +192,12 @@ impl PartWriter {
         std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let result = write_part_as(&path, records, compress).and_then(|(users, bytes)| {
+                let result = write_part_with(&path, records, compress).and_then(|written| {
                     let (_, hash, _) = trailer_of(&path).map_err(io::Error::other)?;
                     Ok(PartInfo {
-                        users,
-                        bytes,
+                        users: written.users,
+                        bytes: written.bytes,
+                        words: written.words,
                         hash,
                         duration: started.elapsed(),
                     })
@@ -271,31 +297,42 @@ pub fn write_part(path: &Path, records: PartRecords) -> io::Result<(u64, u64)> {
 
 /// As `write_part`, compressed (LZ4) or not: a part of either kind restores.
 pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::Result<(u64, u64)> {
+    write_part_with(path, records, compress).map(|w| (w.users, w.bytes))
+}
+
+/// What `write_part_with` wrote.
+struct Written {
+    users: u64,
+    bytes: u64,
+    words: u64,
+}
+
+fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Result<Written> {
     if let Some((chain_path, chain)) = &records.chain {
         let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
-    let mut users = 0u64;
+    let (mut users, mut words) = (0u64, 0u64);
     let bytes = write_atomic(path, |out| {
         let mut hashed = Hashing {
             inner: out,
             hasher: Xxh3Default::new(),
         };
         let magic = match (records.removed.is_some(), compress) {
-            (true, true) => MAGIC_DELTA,
+            (true, true) => MAGIC_DELTA_EXT,
             (false, true) => MAGIC,
-            (true, false) => MAGIC_DELTA_PLAIN,
+            (true, false) => MAGIC_DELTA_EXT_PLAIN,
             (false, false) => MAGIC_V2,
         };
         hashed.write_all(magic)?;
-        users = if compress {
+        (users, words) = if compress {
             // LZ4: the records' ids, timestamps and repeated field layouts compress to
             // about half (measured on the checkpoint workload) at several hundred MB/s
             // per core, on this thread, off the worker's.
             let mut body = lz4_flex::frame::FrameEncoder::new(&mut hashed);
-            let users = write_body(&mut body, records)?;
+            let written = write_body(&mut body, records)?;
             body.finish().map_err(io::Error::other)?;
-            users
+            written
         } else {
             write_body(&mut hashed, records)?
         };
@@ -304,19 +341,31 @@ pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::R
         out.write_all(&hash.to_le_bytes())?;
         out.write_all(magic)
     })?;
-    Ok((users, bytes))
+    Ok(Written {
+        users,
+        bytes,
+        words,
+    })
 }
 
 /// Writes a part's body (the dictionary, then the records) to `out`; returns how many
-/// records it wrote.
-fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<u64> {
+/// records it wrote and the strings its dictionary reaches.
+fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<(u64, u64)> {
     let mut e = Encoder {
         out,
         buf: Vec::with_capacity(64 * 1024),
         users: 0,
         words: 0,
     };
-    e.words = write_dictionary(&mut e.buf);
+    let from = match records.removed {
+        Some(_) => {
+            let from = records.words_before.min(crate::dict::len());
+            e.buf.extend_from_slice(&(from as u64).to_le_bytes());
+            from
+        }
+        None => 0,
+    };
+    e.words = write_dictionary(&mut e.buf, from);
     if let Some(base) = records.base {
         base(&mut |user, state| e.encoded(user, state))?;
     }
@@ -333,16 +382,16 @@ fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<u64> {
     }
     e.buf.push(END);
     e.out.write_all(&e.buf)?;
-    Ok(e.users)
+    Ok((e.users, e.words as u64))
 }
 
-/// The dictionary as it is now: every id the records use was given before their
-/// snapshot was taken, so before this writer started.
-/// Returns how many strings it wrote.
-fn write_dictionary(out: &mut Vec<u8>) -> usize {
+/// The dictionary as it is now, from id `from` on: every id the records use was given
+/// before their snapshot was taken, so before this writer started.
+/// Returns how many strings the dictionary reaches (`from` and those written).
+fn write_dictionary(out: &mut Vec<u8>, from: usize) -> usize {
     let n = crate::dict::len();
-    out.extend_from_slice(&(n as u64).to_le_bytes());
-    for s in crate::dict::prefix(n) {
+    out.extend_from_slice(&((n - from) as u64).to_le_bytes());
+    for s in crate::dict::prefix(n).skip(from) {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
@@ -384,6 +433,7 @@ pub fn write_states(path: &Path, states: Vec<(Text, UserState)>) -> io::Result<(
             pending: Vec::new(),
             removed: None,
             chain: None,
+            words_before: 0,
         },
     )
 }
@@ -522,8 +572,13 @@ pub struct PartReader {
     hash: u64,
     read: u64,
     ended: bool,
-    /// `None`: a v1 part (states as bincode of `UserState`).
+    /// `None`: a v1 part (states as bincode of `UserState`), or a delta whose
+    /// dictionary extends another part's, until `open_chain` gives it its ids.
     ids: Option<Ids>,
+    /// How many strings its dictionary reaches.
+    words: u64,
+    /// A delta's dictionary: the id of its first string, and its strings.
+    extension: Option<(u64, Vec<String>)>,
     /// A delta part (it may have `REMOVED` records).
     delta: bool,
 }
@@ -540,18 +595,36 @@ impl PartReader {
         body.read_exact(&mut magic)
             .map_err(|e| CheckpointError::io(path, e))?;
         let mut body = match &magic {
-            MAGIC | MAGIC_DELTA => Body::Lz4(lz4_flex::frame::FrameDecoder::new(body)),
-            MAGIC_V2 | MAGIC_V1 | MAGIC_DELTA_PLAIN => Body::Plain(body),
+            MAGIC | MAGIC_DELTA | MAGIC_DELTA_EXT => {
+                Body::Lz4(lz4_flex::frame::FrameDecoder::new(body))
+            }
+            MAGIC_V2 | MAGIC_V1 | MAGIC_DELTA_PLAIN | MAGIC_DELTA_EXT_PLAIN => Body::Plain(body),
             _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
         };
-        let ids = match &magic {
-            MAGIC_V1 => None,
+        let dictionary = |e: io::Error| CheckpointError::corrupt(path, format!("dictionary: {e}"));
+        let (ids, words, extension) = match &magic {
+            MAGIC_V1 => (None, 0, None),
+            MAGIC_DELTA_EXT | MAGIC_DELTA_EXT_PLAIN => {
+                let mut from = [0u8; 8];
+                body.read_exact(&mut from).map_err(dictionary)?;
+                let from = u64::from_le_bytes(from);
+                let strings = read_dictionary(&mut body).map_err(dictionary)?;
+                let words = from + strings.len() as u64;
+                (None, words, Some((from, strings)))
+            }
             _ => {
-                let dict = read_dictionary(&mut body)
-                    .map_err(|e| CheckpointError::corrupt(path, format!("dictionary: {e}")))?;
-                Some(Ids::of_dictionary(dict))
+                let dict = read_dictionary(&mut body).map_err(dictionary)?;
+                let words = dict.len() as u64;
+                (Some(Ids::of_dictionary(dict)), words, None)
             }
         };
+        let delta = [
+            MAGIC_DELTA,
+            MAGIC_DELTA_PLAIN,
+            MAGIC_DELTA_EXT,
+            MAGIC_DELTA_EXT_PLAIN,
+        ]
+        .contains(&&magic);
         Ok(PartReader {
             path: path.to_path_buf(),
             body,
@@ -560,8 +633,21 @@ impl PartReader {
             read: 0,
             ended: false,
             ids,
-            delta: &magic == MAGIC_DELTA || &magic == MAGIC_DELTA_PLAIN,
+            words,
+            extension,
+            delta,
         })
+    }
+
+    /// Its whole dictionary (a part that is not a delta extending another's).
+    fn dictionary(&self) -> Vec<String> {
+        match &self.ids {
+            Some(Ids::Here) => crate::dict::prefix(self.words as usize)
+                .map(String::from)
+                .collect(),
+            Some(Ids::Theirs(dict)) => dict.as_ref().clone(),
+            None => Vec::new(),
+        }
     }
 
     /// Up to `max` more users; `None` once the part is read to its end and checked.
@@ -595,6 +681,10 @@ impl PartReader {
             return Ok(None);
         }
         let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
+        if self.extension.is_some() {
+            let reason = "a delta read without the parts it builds on (its dictionary is theirs)";
+            return Err(corrupt(reason.into()));
+        }
         let decode = |e: bincode::Error| corrupt(e.to_string());
         let mut chunk = Vec::with_capacity(max.min(4096));
         while chunk.len() < max {
@@ -680,6 +770,48 @@ fn state_record(r: &mut impl Read, ids: &Option<Ids>) -> Result<(Text, RawRecord
             (user, RawRecord::Encoded(encoded))
         }
     })
+}
+
+/// Opens a chain's parts (`paths` newest first, as `Restore::part_chains` gives them):
+/// each delta whose dictionary extends the part before it is given the ids of the
+/// dictionaries of all of them (one mapping for the chain: the writer's ids only grow).
+pub fn open_chain(paths: &[PathBuf]) -> Result<Vec<PartReader>, CheckpointError> {
+    let mut parts = paths
+        .iter()
+        .map(|p| PartReader::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Oldest first: the chain's dictionary so far, and the deltas waiting for its ids.
+    let mut words: Vec<String> = Vec::new();
+    let mut waiting: Vec<usize> = Vec::new();
+    let give_ids = |parts: &mut Vec<PartReader>, waiting: &mut Vec<usize>, words: &[String]| {
+        if !waiting.is_empty() {
+            let ids = Ids::of_dictionary(words.to_vec());
+            for i in waiting.drain(..) {
+                parts[i].ids = Some(ids.clone());
+            }
+        }
+    };
+    for i in (0..parts.len()).rev() {
+        match parts[i].extension.take() {
+            Some((from, strings)) => {
+                if from != words.len() as u64 {
+                    let reason = format!(
+                        "its dictionary goes on from string {from}, the part before it has {}",
+                        words.len()
+                    );
+                    return Err(CheckpointError::corrupt(&parts[i].path, reason));
+                }
+                words.extend(strings);
+                waiting.push(i);
+            }
+            None => {
+                give_ids(&mut parts, &mut waiting, &words);
+                words = parts[i].dictionary();
+            }
+        }
+    }
+    give_ids(&mut parts, &mut waiting, &words);
+    Ok(parts)
 }
 
 /// Reads a state part back whole, checked (before anything is decoded).
@@ -834,6 +966,83 @@ mod tests {
         assert_eq!(codec::decode_with(&encoded.0, &theirs).unwrap(), state);
     }
 
+    /// A state whose history holds `name`, interned now (as the decoder does).
+    fn named(name: &str, at: u64) -> UserState {
+        crate::dict::intern(name);
+        let mut data = ProfileData::default();
+        data.history.push(HistoryEntry {
+            event_id: Some("e".into()),
+            event_name: Some(name.into()),
+            event_type: None,
+            timestamp: 1,
+            parameters: None,
+        });
+        UserState::from_profile(data, at)
+    }
+
+    /// A delta's dictionary holds only the strings interned since the part it builds
+    /// on; it reads back only with that part (compressed or not), and alone is refused.
+    #[test]
+    fn a_delta_holds_only_the_strings_new_since_the_part_before() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let records = |states: Vec<(Text, UserState)>, words_before: Option<u64>| PartRecords {
+            base: None,
+            states,
+            pending: Vec::new(),
+            removed: words_before.map(|_| Vec::new()),
+            chain: None,
+            words_before: words_before.unwrap_or_default() as usize,
+        };
+        for compress in [true, false] {
+            let old = format!("files-test-chain-old-{compress}");
+            let new = format!("files-test-chain-new-{compress}");
+            let u1 = named(&old, 5);
+            let whole = dir.path().join(format!("whole-{compress}.bin"));
+            let delta = dir.path().join(format!("delta-{compress}.bin"));
+            let w = write_part_with(
+                &whole,
+                records(vec![("u1".into(), u1.clone())], None),
+                compress,
+            )
+            .unwrap();
+            let u2 = named(&new, 6);
+            let states = vec![("u2".into(), u2.clone())];
+            let d = write_part_with(&delta, records(states, Some(w.words)), compress).unwrap();
+            let alone = PartReader::open(&delta).unwrap();
+            let (from, strings) = alone.extension.clone().unwrap();
+            assert_eq!(from, w.words);
+            assert_eq!(from + strings.len() as u64, d.words);
+            assert!(strings.contains(&new), "{strings:?}");
+            assert!(!strings.contains(&old), "{strings:?}");
+            let err = read_part(&delta).unwrap_err().to_string();
+            assert!(
+                err.contains("a delta read without the parts it builds on"),
+                "{err}"
+            );
+
+            let mut read = Vec::new();
+            for mut part in open_chain(&[delta.clone(), whole.clone()]).unwrap() {
+                while let Some(chunk) = part.next_chunk(10).unwrap() {
+                    read.extend(chunk);
+                }
+            }
+            let want = vec![
+                ("u2".into(), SavedUser::State(u2)),
+                ("u1".into(), SavedUser::State(u1.clone())),
+            ];
+            assert_eq!(read, want, "compress: {compress}");
+            // With another part in its base's place, the dictionaries do not line up.
+            let other = dir.path().join("other.bin");
+            write_part_with(&other, records(Vec::new(), Some(0)), compress).unwrap();
+            let err = open_chain(&[delta.clone(), other])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("its dictionary goes on from string"), "{err}");
+        }
+    }
+
     #[test]
     fn a_part_reads_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -875,6 +1084,7 @@ mod tests {
                 pending: pending.clone(),
                 removed: None,
                 chain: None,
+                words_before: 0,
             };
             let written = write_part_as(&path, records, compress).unwrap();
             assert_eq!(written.0, 101);
@@ -968,6 +1178,7 @@ mod encoded_tests {
                 pending: Vec::new(),
                 removed: None,
                 chain: None,
+                words_before: 0,
             },
         )
         .unwrap();

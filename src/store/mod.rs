@@ -51,6 +51,7 @@ impl StoreSnapshot {
             pending,
             removed: None,
             chain: None,
+            words_before: 0,
         }
     }
 }

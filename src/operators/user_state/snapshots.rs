@@ -77,6 +77,9 @@ struct Chain {
     parts: Vec<BasePart>,
     whole_bytes: u64,
     delta_bytes: u64,
+    /// The strings of the process's dictionary its parts hold (a delta holds only
+    /// those its previous part did not).
+    words: u64,
 }
 
 impl Chain {
@@ -88,8 +91,9 @@ impl Chain {
             && self.delta_bytes < self.whole_bytes
     }
 
-    fn written(&mut self, part: BasePart, whole: bool) {
+    fn written(&mut self, part: BasePart, whole: bool, words: u64) {
         let bytes = part.bytes;
+        self.words = words;
         if whole {
             self.parts.clear();
             self.whole_bytes = bytes;
@@ -277,6 +281,7 @@ impl Snapshots {
             pending,
             removed: Some(removed),
             chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),
+            words_before: self.chain.words as usize,
         };
         (records, delta.taken)
     }
@@ -318,7 +323,7 @@ impl Snapshots {
                         bytes: info.bytes,
                         hash: info.hash,
                     };
-                    self.chain.written(part, whole);
+                    self.chain.written(part, whole, info.words);
                 }
                 Err(_) => match taken {
                     Some(changes) => table.restore_changes(changes),
