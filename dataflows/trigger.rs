@@ -91,6 +91,7 @@ fn run_worker(
     runtime: &tokio::runtime::Handle,
     started: Instant,
 ) -> Result<Option<Summary>, WorkerError> {
+    p.stop.workers_started();
     if let Some(c) = p.checkpoints.as_ref().filter(|_| p.processes > 1) {
         check_shared_checkpoints(worker, p, c)?;
     }

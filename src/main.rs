@@ -220,10 +220,32 @@ fn exit_on_panic() {
         let thread = std::thread::current();
         tracing::error!(
             thread = thread.name().unwrap_or("unnamed"),
-            "fatal: {info}; exiting: restart every process of the cluster (each restores the last checkpoint)"
+            "fatal: {info}; exiting: {}restart every process of the cluster (each restores the last checkpoint)",
+            cluster_hint(info)
         );
         std::process::exit(1);
     }));
+}
+
+/// What a panic in timely's networking most likely means. Processes started with
+/// different worker counts fail there, reading a message for a worker this process does
+/// not have, before any code of the job could compare the counts.
+fn cluster_hint(info: &std::panic::PanicHookInfo<'_>) -> &'static str {
+    let in_networking = info
+        .location()
+        .is_some_and(|l| l.file().contains("timely_communication"));
+    let message = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    if in_networking && message.contains("index out of bounds") {
+        "the processes were likely started with different worker counts: give every \
+         process of a cluster the same -w (or engine.parallelism); "
+    } else {
+        ""
+    }
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

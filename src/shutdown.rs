@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::model::Time;
@@ -19,7 +19,12 @@ use crate::model::Time;
 /// sources. Every worker of a process sees the same time, so they agree on the epoch of
 /// the final checkpoint.
 #[derive(Clone, Debug, Default)]
-pub struct StopFlag(Arc<AtomicU64>);
+pub struct StopFlag {
+    at: Arc<AtomicU64>,
+    /// A worker has started: before, a process of a cluster waits for the others to
+    /// connect, with nothing read and nothing to finish.
+    started: Arc<AtomicBool>,
+}
 
 impl StopFlag {
     pub fn is_set(&self) -> bool {
@@ -28,7 +33,7 @@ impl StopFlag {
 
     /// When the stop was asked for, if it was.
     pub fn stopped_at(&self) -> Option<Time> {
-        match self.0.load(Ordering::Acquire) {
+        match self.at.load(Ordering::Acquire) {
             0 => None,
             t => Some(t),
         }
@@ -37,8 +42,13 @@ impl StopFlag {
     pub fn set(&self) {
         let now = crate::clock::now_ms().max(1);
         let _ = self
-            .0
+            .at
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A worker starts: from now on a stop finishes the work in flight.
+    pub fn workers_started(&self) {
+        self.started.store(true, Ordering::Release);
     }
 
     /// Sets the flag on the first SIGINT or SIGTERM (handled on `runtime`); exits the
@@ -64,6 +74,14 @@ impl StopFlag {
                 if n > 0 {
                     tracing::warn!("second stop signal: exiting now");
                     std::process::exit(130);
+                }
+                // Waiting for a cluster's other processes to connect, a stop waited for
+                // the shutdown timeout and then said work in flight had outlasted it.
+                if !flag.started.load(Ordering::Acquire) {
+                    tracing::warn!(
+                        "stop signal before the workers started (still waiting for the cluster's other processes to connect?): exiting, nothing was read"
+                    );
+                    std::process::exit(0);
                 }
                 tracing::info!("stop signal: reading no more, finishing the work in flight");
                 flag.set();

@@ -514,6 +514,88 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
     assert_eq!(receiver.received(), 0);
 }
 
+/// Processes of one cluster started with different worker counts fail in timely's
+/// networking, before the job could compare the counts: the message says what to fix.
+#[test]
+fn a_cluster_with_different_worker_counts_says_so() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(300, 30, 9);
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    let hosts = dir.path().join("hosts.txt");
+    let lines = format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port());
+    std::fs::write(&hosts, lines).unwrap();
+    let outs: Vec<_> = [("0", "2"), ("1", "1")]
+        .into_iter()
+        .map(|(p, w)| {
+            let args = ["-n", "2", "-p", p, "-h", hosts.to_str().unwrap(), "-w", w];
+            Job::spawn(
+                Command::new(binary())
+                    .args(["run", "--config", cfg.to_str().unwrap()])
+                    .args(args)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|j| j.wait_with_output().unwrap())
+        .collect();
+    let logs: Vec<_> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr))
+        .collect();
+    assert!(outs.iter().all(|o| !o.status.success()), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("give every process of a cluster the same -w")),
+        "{logs:?}"
+    );
+}
+
+/// A process of a cluster stopped while it waits for the others to connect exits at
+/// once, saying so: it waited for the shutdown timeout (30 s) and then claimed work in
+/// flight had outlasted it.
+#[test]
+fn a_process_stopped_while_waiting_for_its_peers_exits_at_once() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(30, 3, 9);
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    let hosts = dir.path().join("hosts.txt");
+    let lines = format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port());
+    std::fs::write(&hosts, lines).unwrap();
+    let args = ["-n", "2", "-p", "0", "-h", hosts.to_str().unwrap()];
+    let mut alone = Job::spawn(
+        Command::new(binary())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &alone.id().to_string()])
+        .status()
+        .unwrap();
+    while alone.try_wait().unwrap().is_none() {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = alone.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("stop signal before the workers started"),
+        "{err}"
+    );
+}
+
 /// A process whose peer died ends, with exit code 1 and a message, so that a supervisor
 /// restarts the cluster: its workers panicked on the closed connection while its other
 /// threads waited for them, and it hung until a second signal (found by a new user's
