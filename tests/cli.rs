@@ -523,23 +523,8 @@ fn a_cluster_with_different_worker_counts_says_so() {
     let w = Workload::generate(300, 30, 9);
     let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
     let cfg = write_config(dir.path(), "cluster.yml", &s, "");
-    let hosts = dir.path().join("hosts.txt");
-    let lines = format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port());
-    std::fs::write(&hosts, lines).unwrap();
-    let outs: Vec<_> = [("0", "2"), ("1", "1")]
-        .into_iter()
-        .map(|(p, w)| {
-            let args = ["-n", "2", "-p", p, "-h", hosts.to_str().unwrap(), "-w", w];
-            Job::spawn(
-                Command::new(binary())
-                    .args(["run", "--config", cfg.to_str().unwrap()])
-                    .args(args)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped()),
-            )
-        })
-        .collect::<Vec<_>>()
+    let members: [(&std::path::Path, &[&str]); 2] = [(&cfg, &["-w", "2"]), (&cfg, &["-w", "1"])];
+    let outs: Vec<_> = start_members(dir.path(), 2, &members, &[])
         .into_iter()
         .map(|j| j.wait_with_output().unwrap())
         .collect();
@@ -565,18 +550,7 @@ fn a_process_stopped_while_waiting_for_its_peers_exits_at_once() {
     let w = Workload::generate(30, 3, 9);
     let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
     let cfg = write_config(dir.path(), "cluster.yml", &s, "");
-    let hosts = dir.path().join("hosts.txt");
-    let lines = format!("127.0.0.1:{}\n127.0.0.1:{}\n", closed_port(), closed_port());
-    std::fs::write(&hosts, lines).unwrap();
-    let args = ["-n", "2", "-p", "0", "-h", hosts.to_str().unwrap()];
-    let mut alone = Job::spawn(
-        Command::new(binary())
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let mut alone = start_members(dir.path(), 2, &[(&cfg, &[])], &[]).remove(0);
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = std::time::Instant::now();
     Command::new("kill")

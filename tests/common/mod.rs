@@ -543,20 +543,31 @@ pub fn start_cluster_of(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Vec<Job> {
+    let members: Vec<(&Path, &[&str])> = configs.iter().map(|c| (*c, extra)).collect();
+    start_members(dir, configs.len(), &members, env)
+}
+
+/// Starts the first processes of a cluster of `processes` on this host: `members[i]`,
+/// process `i`, runs `run --config CONFIG ARGS...`.
+pub fn start_members(
+    dir: &Path,
+    processes: usize,
+    members: &[(&Path, &[&str])],
+    env: &[(&str, &str)],
+) -> Vec<Job> {
     let hosts = dir.join("hosts.txt");
-    let lines: String = configs
-        .iter()
+    let lines: String = (0..processes)
         .map(|_| format!("127.0.0.1:{}\n", closed_port()))
         .collect();
     std::fs::write(&hosts, lines).unwrap();
-    let n = configs.len().to_string();
-    configs
+    let n = processes.to_string();
+    members
         .iter()
         .enumerate()
-        .map(|(p, config)| {
+        .map(|(p, (config, args))| {
             std::process::Command::new(binary())
                 .args(["run", "--config", config.to_str().unwrap()])
-                .args(extra)
+                .args(*args)
                 .args([
                     "-n",
                     &n,
