@@ -976,8 +976,8 @@ impl config::Source for ConfigFile {
         };
         if matches!(flink.kind, config::ValueKind::Nil) {
             return Err(config::ConfigError::Message(
-                "`flink`: no value is given (nothing after the colon): give its keys, or \
-                 remove the line"
+                "`flink`: no value is given (nothing after the colon, or `~`): give its \
+                 keys, or remove the line"
                     .into(),
             ));
         }

@@ -240,11 +240,14 @@ fn cluster_hint(info: &std::panic::PanicHookInfo<'_>) -> &'static str {
         .map(String::as_str)
         .or_else(|| info.payload().downcast_ref::<&str>().copied())
         .unwrap_or_default();
-    if in_networking && message.contains("index out of bounds") {
+    if !in_networking {
+        ""
+    } else if message.contains("index out of bounds") {
         "the processes were likely started with different worker counts: give every \
          process of a cluster the same -w (or engine.parallelism); "
     } else {
-        ""
+        "another process of the cluster ended or lost its connection (see its log: one \
+         started with another -w ends so); "
     }
 }
 
@@ -293,7 +296,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if from.is_some() || args.dry_run {
         prepared.replay(from, args.dry_run)?;
     }
-    if let Some(c) = &prepared.checkpoints {
+    // A cluster checks its directory with all its processes together (a process that
+    // exited alone here would leave the others waiting for it to connect).
+    if let Some(c) = prepared
+        .checkpoints
+        .as_ref()
+        .filter(|_| args.processes == 1)
+    {
         event_trigger::checkpoint::manifest::check_dir(&c.dir)
             .context("engine.checkpoint-dir: checkpoints cannot be written")?;
     }

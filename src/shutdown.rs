@@ -3,9 +3,9 @@
 //!
 //! Graceful stop on SIGINT/SIGTERM: the sources stop reading and finish, in-flight
 //! look-ups and actions complete, the last offsets are committed, the summary is printed
-//! and the job exits 0. A second signal, or the work in flight outlasting the grace
-//! period, exits at once (with 130 or 1): what was not checkpointed is read again by
-//! the next run.
+//! and the job exits 0. A second signal (`SAME_STOP` or more after the first), or the
+//! work in flight outlasting the grace period, exits at once (with 130 or 1): what was
+//! not checkpointed is read again by the next run.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::model::Time;
+
+/// Stop signals this close to the first are the same stop (a second one exits at once).
+const SAME_STOP: Duration = Duration::from_millis(200);
 
 /// Set once a stop was asked for, with the processing time it was asked at; read by the
 /// sources. Every worker of a process sees the same time, so they agree on the epoch of
@@ -66,15 +69,23 @@ impl StopFlag {
         };
         let flag = self.clone();
         runtime.spawn(async move {
-            for n in 0.. {
+            let mut first: Option<std::time::Instant> = None;
+            loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
-                if n > 0 {
+                // `timeout` sends its signal to the job and then to its process group:
+                // one stop, twice within microseconds.
+                if first.is_some_and(|t| t.elapsed() < SAME_STOP) {
+                    tracing::debug!("stop signal repeated at once: taken as the same stop");
+                    continue;
+                }
+                if first.is_some() {
                     tracing::warn!("second stop signal: exiting now");
                     std::process::exit(130);
                 }
+                first = Some(std::time::Instant::now());
                 // Waiting for a cluster's other processes to connect, a stop waited for
                 // the shutdown timeout and then said work in flight had outlasted it.
                 if !flag.started.load(Ordering::Acquire) {

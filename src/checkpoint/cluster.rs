@@ -28,8 +28,10 @@ pub struct Marker {
 }
 
 impl Marker {
-    /// Writes a new marker into `dir` (created if missing).
+    /// Writes a new marker into `dir` (created if missing), removing those of earlier
+    /// checks that did not end (a process that failed meanwhile).
     pub fn leave(dir: &Path) -> Marker {
+        remove_stale(dir);
         let hasher = std::collections::hash_map::RandomState::new().build_hasher();
         let token = format!("{:016x}", hasher.finish());
         let name = format!(".cluster-check-{token}");
@@ -71,6 +73,21 @@ impl Marker {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".cluster-check-")
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -265,6 +282,16 @@ mod tests {
         assert_eq!(verdict(found, &missed, 2), Ok(()));
         assert!((0..4).all(|w| marker.has_reply(dir.path(), w)));
         marker.remove(dir.path(), 4);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_marker_left_by_a_check_that_did_not_end_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = Marker::leave(dir.path());
+        assert!(stale.reply(dir.path(), 1).is_none());
+        let marker = Marker::leave(dir.path());
+        marker.remove(dir.path(), 2);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

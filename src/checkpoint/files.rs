@@ -71,17 +71,19 @@ const REMOVED: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// Shown once: the `io::Error` is not given as this one's source too (which `{:#}`
+    /// would print again).
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path}: corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
 impl CheckpointError {
-    pub fn io(path: &Path, source: io::Error) -> Self {
+    pub fn io(path: &Path, cause: io::Error) -> Self {
         CheckpointError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 
@@ -793,14 +795,17 @@ pub fn open_chain(paths: &[PathBuf]) -> Result<Vec<PartReader>, CheckpointError>
     };
     for i in (0..parts.len()).rev() {
         match parts[i].extension.take() {
+            // Ids only grow in the writing process: the strings before `from` are
+            // the older parts' (a delta from 0 carries them all itself).
             Some((from, strings)) => {
-                if from != words.len() as u64 {
+                if from > words.len() as u64 {
                     let reason = format!(
                         "its dictionary goes on from string {from}, the part before it has {}",
                         words.len()
                     );
                     return Err(CheckpointError::corrupt(&parts[i].path, reason));
                 }
+                words.truncate(from as usize);
                 words.extend(strings);
                 waiting.push(i);
             }
@@ -1032,14 +1037,26 @@ mod tests {
                 ("u1".into(), SavedUser::State(u1.clone())),
             ];
             assert_eq!(read, want, "compress: {compress}");
-            // With another part in its base's place, the dictionaries do not line up.
-            let other = dir.path().join("other.bin");
-            write_part_with(&other, records(Vec::new(), Some(0)), compress).unwrap();
-            let err = open_chain(&[delta.clone(), other])
+            // On a base whose dictionary ends before the delta's starts: refused.
+            named(&format!("files-test-chain-later-{compress}"), 7);
+            let later = dir.path().join(format!("later-{compress}.bin"));
+            write_part_with(&later, records(Vec::new(), Some(d.words)), compress).unwrap();
+            let err = open_chain(&[later, whole.clone()])
                 .err()
                 .unwrap()
                 .to_string();
             assert!(err.contains("its dictionary goes on from string"), "{err}");
+            // A delta from string 0 carries the whole dictionary itself.
+            let from_0 = dir.path().join(format!("from-0-{compress}.bin"));
+            let states = vec![("u3".into(), named(&new, 8))];
+            write_part_with(&from_0, records(states, Some(0)), compress).unwrap();
+            let mut n = 0;
+            for mut part in open_chain(&[from_0, whole.clone()]).unwrap() {
+                while let Some(chunk) = part.next_chunk(10).unwrap() {
+                    n += chunk.len();
+                }
+            }
+            assert_eq!(n, 2);
         }
     }
 

@@ -208,7 +208,8 @@ pub fn complete(
 /// Checks, before a run starts, that checkpoints can be written into `dir` (created if
 /// missing): otherwise every checkpoint of the run would fail while it acts on events.
 pub fn check_dir(dir: &Path) -> Result<(), CheckpointError> {
-    let fail = |e: std::io::Error| CheckpointError::io(dir, e);
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let fail = |e: std::io::Error| CheckpointError::io(&shown, e);
     if dir.is_file() {
         return Err(fail(std::io::Error::other("it is a file, not a directory")));
     }

@@ -689,6 +689,23 @@ impl Job {
     }
 }
 
+/// Waits for `job` at most `limit` (then kills it and fails: it hung), with its output.
+pub fn wait_within(mut job: Job, limit: std::time::Duration) -> std::process::Output {
+    let started = std::time::Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            job.kill().unwrap();
+            let out = job.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    job.wait_with_output().unwrap()
+}
+
 /// Waits for `child` (with piped output) and checks it exited 0, showing its log if not.
 pub fn wait_ok(child: impl Into<Job>) -> std::process::Output {
     let out = child.into().wait_with_output().unwrap();
