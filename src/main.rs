@@ -220,17 +220,19 @@ fn exit_on_panic() {
         let thread = std::thread::current();
         tracing::error!(
             thread = thread.name().unwrap_or("unnamed"),
-            "fatal: {info}; exiting: {}restart every process of the cluster (each restores the last checkpoint)",
-            cluster_hint(info)
+            "fatal: {info}; exiting: {}",
+            advice(info)
         );
         std::process::exit(1);
     }));
 }
 
-/// What a panic in timely's networking most likely means. Processes started with
-/// different worker counts fail there, reading a message for a worker this process does
-/// not have, before any code of the job could compare the counts.
-fn cluster_hint(info: &std::panic::PanicHookInfo<'_>) -> &'static str {
+/// What to do after a panic. One in timely's networking most likely means: processes
+/// started with different worker counts (they fail there, reading a message for a
+/// worker this process does not have, before any code of the job could compare the
+/// counts), or another process that ended.
+fn advice(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let restart = "restart every process of the cluster (each restores the last checkpoint)";
     let in_networking = info
         .location()
         .is_some_and(|l| l.file().contains("timely_communication"));
@@ -241,13 +243,16 @@ fn cluster_hint(info: &std::panic::PanicHookInfo<'_>) -> &'static str {
         .or_else(|| info.payload().downcast_ref::<&str>().copied())
         .unwrap_or_default();
     if !in_networking {
-        ""
+        restart.into()
     } else if message.contains("index out of bounds") {
         "the processes were likely started with different worker counts: give every \
-         process of a cluster the same -w (or engine.parallelism); "
+         process of a cluster the same -w (or engine.parallelism) and start them again"
+            .into()
     } else {
-        "another process of the cluster ended or lost its connection (see its log: one \
-         started with another -w ends so); "
+        format!(
+            "another process of the cluster ended or lost its connection (see its log: one \
+             started with another -w ends so); {restart}"
+        )
     }
 }
 

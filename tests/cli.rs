@@ -477,6 +477,11 @@ fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix
         let out = wait_within(p, Duration::from_secs(60));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("process 1 cannot write into its checkpoint directory")
+                && err.contains("it is a file, not a directory"),
+            "{err}"
+        );
     }
 
     let shared = config("shared.yml", "ck-shared");

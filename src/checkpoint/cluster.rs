@@ -64,6 +64,9 @@ impl Marker {
 
     /// Removes it and the replies of `workers` workers, once every worker has looked.
     pub fn remove(&self, dir: &Path, workers: usize) {
+        if self.write_error.is_some() {
+            return;
+        }
         let names =
             std::iter::once(self.name.clone()).chain((0..workers).map(|w| self.reply_name(w)));
         for name in names {
@@ -134,6 +137,15 @@ impl Sighting {
         floor: Time,
     ) -> Sighting {
         let sees_marker = marker.write_error.is_none() && marker.is_in(dir);
+        // Replying also tells whether this process can write there at all (a directory
+        // of its own that is a file, say): not sharing is then not the first problem.
+        let reply_error = match marker.write_error {
+            Some(_) => None,
+            None => marker.reply(dir, worker),
+        };
+        if !sees_marker && reply_error.is_none() {
+            let _ = std::fs::remove_file(dir.join(marker.reply_name(worker)));
+        }
         Sighting {
             worker,
             dir: std::path::absolute(dir)
@@ -142,7 +154,7 @@ impl Sighting {
                 .to_string(),
             sees_marker,
             marker_error: marker.write_error.clone(),
-            reply_error: sees_marker.then(|| marker.reply(dir, worker)).flatten(),
+            reply_error,
             restores,
             floor,
         }
@@ -208,9 +220,6 @@ pub fn verdict(
             reason: reason.clone(),
         });
     }
-    if let Some(blind) = sightings.iter().find(|s| !s.sees_marker) {
-        return Err(not_shared(blind));
-    }
     if let Some((s, reason)) = sightings
         .iter()
         .find_map(|s| s.reply_error.as_ref().map(|r| (s, r)))
@@ -220,6 +229,9 @@ pub fn verdict(
             dir: s.dir.clone(),
             reason: reason.clone(),
         });
+    }
+    if let Some(blind) = sightings.iter().find(|s| !s.sees_marker) {
+        return Err(not_shared(blind));
     }
     if let Some(s) = sightings.iter().find(|s| unseen.contains(&s.worker)) {
         return Err(not_shared(s));
@@ -379,6 +391,29 @@ mod tests {
         let err = verdict(found, &missed, 1).unwrap_err().to_string();
         let want = "process 0: epoch 7000, checkpoints after epoch 0; process 1: epoch 7000, checkpoints after epoch 9000";
         assert!(err.contains(want), "{err}");
+    }
+
+    #[test]
+    fn a_process_whose_own_directory_is_a_file_is_told_it_cannot_write_there() {
+        let shared = tempfile::tempdir().unwrap();
+        let file = shared.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let own = tempfile::tempdir().unwrap();
+        let marker = Marker::leave(shared.path());
+        let (found, missed) = look(&[(shared.path(), None), (&file, None)], &marker, 1);
+        let err = verdict(found, &missed, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("process 1 cannot write into its checkpoint directory"),
+            "{err}"
+        );
+        // One of its own that it can write: not shared, and no reply left in it.
+        let (found, missed) = look(&[(shared.path(), None), (own.path(), None)], &marker, 1);
+        let err = verdict(found, &missed, 1).unwrap_err();
+        assert!(
+            matches!(err, ClusterCheckError::NotShared { process: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(own.path()).unwrap().count(), 0);
     }
 
     #[test]
