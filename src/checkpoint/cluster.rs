@@ -4,16 +4,16 @@
 //! on with no checkpoint ever completing and no offset committed; processes that
 //! restore different checkpoints lose or repeat events. Both are checked before the
 //! graph is built: process 0 leaves a marker file in its directory, every worker looks
-//! for it in its own and says which checkpoint its process restores, and every worker
-//! judges all the answers alike (`verdict`), so the whole cluster starts or fails
-//! together, saying how to fix it.
+//! for it in its own, replies beside it and says which checkpoint its process restores,
+//! process 0 looks for the replies, and every worker judges all the answers alike
+//! (`verdict`), so the whole cluster starts or fails together, saying how to fix it.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::files::write_atomic;
+use super::files::{ensure_dir, write_atomic};
 use crate::model::Time;
 
 /// The file process 0 leaves in the checkpoint directory for the others to find, and
@@ -96,12 +96,10 @@ fn remove_stale(dir: &Path) {
 }
 
 fn write_token(dir: &Path, name: &str, token: &str) -> Option<String> {
-    let written = match dir.is_file() {
-        true => Err(std::io::Error::other("it is a file, not a directory")),
-        false => std::fs::create_dir_all(dir)
-            .and_then(|()| write_atomic(&dir.join(name), |w| w.write_all(token.as_bytes()))),
-    };
-    written.err().map(|e| e.to_string())
+    ensure_dir(dir)
+        .and_then(|()| write_atomic(&dir.join(name), |w| w.write_all(token.as_bytes())))
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn holds_token(dir: &Path, name: &str, token: &str) -> bool {

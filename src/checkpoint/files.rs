@@ -121,6 +121,15 @@ pub fn write_atomic(
     result
 }
 
+/// Creates `dir` if missing; refuses a file in its place (`create_dir_all` says only
+/// "File exists").
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_file() {
+        return Err(io::Error::other("it is a file, not a directory"));
+    }
+    std::fs::create_dir_all(dir)
+}
+
 /// What a finished part holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PartInfo {
@@ -782,8 +791,11 @@ pub fn open_chain(paths: &[PathBuf]) -> Result<Vec<PartReader>, CheckpointError>
         .iter()
         .map(|p| PartReader::open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    // Oldest first: the chain's dictionary so far, and the deltas waiting for its ids.
-    let mut words: Vec<String> = Vec::new();
+    // Oldest first: the last part with a whole dictionary, the chain's dictionary so
+    // far (made only once a delta extends it: a whole part alone needs no copy), and
+    // the deltas waiting for its ids.
+    let mut base: Option<usize> = None;
+    let mut words: Option<Vec<String>> = None;
     let mut waiting: Vec<usize> = Vec::new();
     let give_ids = |parts: &mut Vec<PartReader>, waiting: &mut Vec<usize>, words: &[String]| {
         if !waiting.is_empty() {
@@ -798,6 +810,8 @@ pub fn open_chain(paths: &[PathBuf]) -> Result<Vec<PartReader>, CheckpointError>
             // Ids only grow in the writing process: the strings before `from` are
             // the older parts' (a delta from 0 carries them all itself).
             Some((from, strings)) => {
+                let words = words
+                    .get_or_insert_with(|| base.map_or_else(Vec::new, |b| parts[b].dictionary()));
                 if from > words.len() as u64 {
                     let reason = format!(
                         "its dictionary goes on from string {from}, the part before it has {}",
@@ -810,12 +824,20 @@ pub fn open_chain(paths: &[PathBuf]) -> Result<Vec<PartReader>, CheckpointError>
                 waiting.push(i);
             }
             None => {
-                give_ids(&mut parts, &mut waiting, &words);
-                words = parts[i].dictionary();
+                give_ids(
+                    &mut parts,
+                    &mut waiting,
+                    words.as_deref().unwrap_or_default(),
+                );
+                (base, words) = (Some(i), None);
             }
         }
     }
-    give_ids(&mut parts, &mut waiting, &words);
+    give_ids(
+        &mut parts,
+        &mut waiting,
+        words.as_deref().unwrap_or_default(),
+    );
     Ok(parts)
 }
 

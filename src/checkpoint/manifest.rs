@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{CheckpointError, part_hash, part_trailer, verify_part, write_atomic};
+use super::files::{
+    CheckpointError, ensure_dir, part_hash, part_trailer, verify_part, write_atomic,
+};
 use super::{CheckpointConfig, parse_epoch_dir};
 use crate::model::Time;
 
@@ -210,10 +212,7 @@ pub fn complete(
 pub fn check_dir(dir: &Path) -> Result<(), CheckpointError> {
     let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let fail = |e: std::io::Error| CheckpointError::io(&shown, e);
-    if dir.is_file() {
-        return Err(fail(std::io::Error::other("it is a file, not a directory")));
-    }
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    ensure_dir(dir).map_err(fail)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
