@@ -5,6 +5,8 @@
 //! cache of users in front, for state larger than memory. Both snapshot into the same
 //! checkpoint format, so a checkpoint written by one restores into the other.
 
+#[cfg(feature = "rocksdb")]
+mod bulk_load;
 pub mod codec;
 pub mod recent;
 #[cfg(feature = "rocksdb")]
@@ -28,6 +30,8 @@ pub trait StateStore {
     fn insert_new(&mut self, user: Text, state: UserState) {
         self.insert(user, state)
     }
+    /// The restore has given every user: what `insert_new` gathered is put in place.
+    fn restored(&mut self) {}
     fn remove(&mut self, user: &str) -> Option<UserState>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -157,6 +161,9 @@ impl StateStore for Store {
     }
     fn insert_new(&mut self, user: Text, state: UserState) {
         each_store!(self, s => s.insert_new(user, state))
+    }
+    fn restored(&mut self) {
+        each_store!(self, s => s.restored())
     }
     fn remove(&mut self, user: &str) -> Option<UserState> {
         each_store!(self, s => s.remove(user))

@@ -20,6 +20,7 @@ use rocksdb::{
 };
 use rustc_hash::FxHashMap;
 
+use super::bulk_load::BulkLoad;
 use super::{StateError, StateStore, StoreSnapshot};
 use crate::checkpoint::files::{EncodedRecords, RecordSink};
 use crate::log_limit::LogLimiter;
@@ -40,6 +41,7 @@ struct Slot {
 
 pub struct RocksStore {
     db: DB,
+    opts: Options,
     path: PathBuf,
     /// At most `capacity` users, decoded.
     cache: FxHashMap<Text, Slot>,
@@ -51,6 +53,8 @@ pub struct RocksStore {
     users: usize,
     write: WriteOptions,
     snapshots: u64,
+    /// Restored users the cache had no room for, on their way into SST files.
+    bulk: BulkLoad,
     errors: LogLimiter,
 }
 
@@ -102,6 +106,8 @@ impl RocksStore {
         write.disable_wal(true);
         Ok(RocksStore {
             db,
+            opts,
+            bulk: BulkLoad::new(path),
             path: path.to_path_buf(),
             cache: FxHashMap::default(),
             clock: VecDeque::new(),
@@ -117,6 +123,17 @@ impl RocksStore {
     fn log_error(&mut self, what: &str, user: &str, e: impl std::fmt::Display) {
         if self.errors.allow() {
             tracing::error!(%user, path = %self.path.display(), "state store: {what}: {e}");
+        }
+    }
+
+    /// Moves the restored users gathered so far into the database (before anything
+    /// reads it: they are not there until then).
+    fn ingest_restored(&mut self) {
+        if self.bulk.is_empty() {
+            return;
+        }
+        if let Err(e) = self.bulk.ingest(&self.db, &self.opts) {
+            self.log_error("restored users not written, their state is lost", "*", e);
         }
     }
 
@@ -222,6 +239,7 @@ impl RocksStore {
 
     /// Takes a RocksDB checkpoint of every user now; the part writer reads it.
     pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+        self.ingest_restored();
         self.write_dirty()?;
         let fail = |e: rocksdb::Error| StateError::Snapshot(e.to_string());
         // The writes skipped the WAL: the memtable must reach the SST files that the
@@ -315,18 +333,23 @@ fn snapshot_dir(path: &Path, n: u64) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Removes the snapshot directories a previous run of this worker left behind.
+/// Removes the snapshot directories and restore files a previous run of this worker
+/// left behind.
 fn remove_snapshots(path: &Path) {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return;
     };
-    let prefix = format!("{}.snapshot-", name.to_string_lossy());
+    let name = name.to_string_lossy();
+    let prefixes = [format!("{name}.snapshot-"), format!("{name}.restore-")];
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
         }
     }
 }
@@ -334,6 +357,7 @@ fn remove_snapshots(path: &Path) {
 impl StateStore for RocksStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
         if !self.cache.contains_key(user) {
+            self.ingest_restored();
             let state = self.read(user)?;
             // Dirty from here on: the caller is handed it to change.
             return Some(&mut self.cache_insert(user.into(), state, true).state);
@@ -345,6 +369,7 @@ impl StateStore for RocksStore {
     }
 
     fn insert(&mut self, user: Text, state: UserState) {
+        self.ingest_restored();
         let known = self.cache.contains_key(&*user)
             || matches!(self.db.get_pinned(user.as_bytes()), Ok(Some(_)));
         if !known {
@@ -354,15 +379,27 @@ impl StateStore for RocksStore {
     }
 
     // A RocksDB look-up per user less: most of a restore's cost into RocksDB was these
-    // point reads of keys not there.
+    // point reads of keys not there. Once the cache is full, the rest go into SST files
+    // (`bulk_load`), not through the cache and the memtable.
     fn insert_new(&mut self, user: Text, state: UserState) {
-        if !self.cache.contains_key(&*user) {
-            self.users += 1;
+        if self.cache.contains_key(&*user) {
+            self.cache_insert(user, state, true);
+            return;
         }
-        self.cache_insert(user, state, true);
+        self.users += 1;
+        if self.cache.len() < self.capacity {
+            self.cache_insert(user, state, true);
+        } else if self.bulk.add(user, super::codec::encode(&state)) {
+            self.ingest_restored();
+        }
+    }
+
+    fn restored(&mut self) {
+        self.ingest_restored();
     }
 
     fn remove(&mut self, user: &str) -> Option<UserState> {
+        self.ingest_restored();
         let state = match self.cache.remove(user) {
             Some(slot) => Some(slot.state),
             None => self.read(user),
@@ -513,21 +550,52 @@ mod tests {
     }
 
     /// A restore's users, added without looking for earlier states, are all counted and
-    /// all read back, through evictions.
+    /// all read back: the cache's, and the others from the SST files they went into.
     #[test]
     fn restored_users_are_counted_and_kept_past_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let mut rocks = RocksStore::open(&dir.path().join("worker-0"), 4).unwrap();
-        for i in 0..20u64 {
+        let path = dir.path().join("worker-0");
+        let mut rocks = RocksStore::open(&path, 4).unwrap();
+        // Small files: several, their key ranges overlapping.
+        rocks.bulk = BulkLoad::with_file_bytes(&path, 200);
+        let mut memory = MemoryStore::default();
+        for i in (0..40u64).rev() {
             rocks.insert_new(format!("u{i}").into(), state(i));
+            memory.insert_new(format!("u{i}").into(), state(i));
         }
-        assert_eq!(rocks.len(), 20);
+        rocks.restored();
+        assert!(rocks.bulk.is_empty());
+        assert_eq!(rocks.len(), 40);
         assert!(rocks.cache.len() <= 4);
-        for i in 0..20u64 {
+        let from_rocks = dir.path().join("rocks.bin");
+        let from_memory = dir.path().join("memory.bin");
+        let s = rocks.snapshot().unwrap();
+        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
+        let s = memory.snapshot().unwrap();
+        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
+        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
+        for i in 0..40u64 {
             let s = rocks.get_mut(&format!("u{i}")).expect("restored");
             assert_eq!(s.last_activity, i);
         }
-        assert_eq!(rocks.len(), 20);
+        assert_eq!(rocks.len(), 40);
+    }
+
+    /// Users still gathered for a file are there for whatever comes next, even before
+    /// the restore is said to be over.
+    #[test]
+    fn restored_users_not_yet_in_a_file_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = RocksStore::open(&dir.path().join("worker-0"), 2).unwrap();
+        for i in 0..10u64 {
+            rocks.insert_new(format!("u{i}").into(), state(i));
+        }
+        assert!(!rocks.bulk.is_empty());
+        assert_eq!(rocks.remove("u7").map(|s| s.last_activity), Some(7));
+        rocks.insert("u9".into(), state(90));
+        assert_eq!(rocks.len(), 9, "u9 was there already");
+        assert_eq!(rocks.get_mut("u9").map(|s| s.last_activity), Some(90));
+        assert_eq!(rocks.get_mut("u8").map(|s| s.last_activity), Some(8));
     }
 
     #[test]
@@ -551,7 +619,11 @@ mod tests {
             }
             s.snapshot().unwrap();
         }
+        // A restore's file that a killed run left beside the database.
+        let stray = dir.path().join("worker-0.restore-3.sst");
+        std::fs::write(&stray, b"partial").unwrap();
         let mut s = RocksStore::open(&path, 2).unwrap();
+        assert!(!stray.exists());
         assert_eq!(s.len(), 0);
         assert!(s.get_mut("u1").is_none());
     }

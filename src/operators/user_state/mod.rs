@@ -202,6 +202,7 @@ fn operator<'s>(
                 });
                 let restoring = !restore_frontier.frontier().is_empty();
                 if !restoring && let Some(started) = restore_clock.take() {
+                    m.table.restored();
                     let users = m.stats.restored.get();
                     if users > 0 {
                         let ms = started.elapsed().as_millis() as u64;

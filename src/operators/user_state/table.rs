@@ -156,6 +156,11 @@ impl UserTable {
         self.store.insert_new(user, state);
     }
 
+    /// Every restored user has been given.
+    pub(super) fn restored(&mut self) {
+        self.store.restored();
+    }
+
     /// Runs `f` on a state about to be added, with the TTL index told of it before
     /// (as new) and after (as `f` left it).
     fn indexed<R>(
