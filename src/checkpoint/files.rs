@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::model::{PendingUser, SavedUser, Text, UserState};
-use crate::store::codec::{self, Encoded, Ids, Words};
+use crate::store::codec::{self, Ids, Words};
 
 const MAGIC: &[u8; 8] = b"ETSTATE3";
 /// A delta part: the body of `MAGIC`, with the users changed since the part it builds on
@@ -592,6 +592,8 @@ pub struct PartReader {
     extension: Option<(u64, Vec<String>)>,
     /// A delta part (it may have `REMOVED` records).
     delta: bool,
+    /// The encoded state of the record being read (one buffer for them all).
+    scratch: Vec<u8>,
 }
 
 impl PartReader {
@@ -647,6 +649,7 @@ impl PartReader {
             words,
             extension,
             delta,
+            scratch: Vec::new(),
         })
     }
 
@@ -714,7 +717,9 @@ impl PartReader {
                     }
                     break;
                 }
-                STATE => state_record(&mut self.body, &self.ids).map_err(corrupt)?,
+                STATE => {
+                    state_record(&mut self.body, &self.ids, &mut self.scratch).map_err(corrupt)?
+                }
                 PENDING => {
                     let (user, pending): (Text, PendingUser) =
                         bincode::deserialize_from(&mut self.body).map_err(decode)?;
@@ -740,12 +745,12 @@ impl PartReader {
             }
             let saved = match raw {
                 // Encoded states come only from parts with a dictionary (`ids`).
-                RawRecord::Encoded(bytes) => {
+                RawRecord::Encoded => {
                     let ids = self
                         .ids
                         .as_ref()
                         .ok_or_else(|| corrupt("no dictionary".into()))?;
-                    let state = codec::decode_with(&bytes.0, ids);
+                    let state = codec::decode_with(&self.scratch, ids);
                     Some(SavedUser::State(state.map_err(|e| corrupt(e.to_string()))?))
                 }
                 RawRecord::Saved(saved) => Some(saved),
@@ -762,25 +767,40 @@ impl PartReader {
 
 /// A record as read, before `keep` is asked: a state stays encoded until then.
 enum RawRecord {
-    Encoded(Encoded),
+    /// In the reader's `scratch`.
+    Encoded,
     Saved(SavedUser),
     Removed,
 }
 
+/// No user's encoded state is near this; a length past it is a damaged part, refused
+/// before a buffer of that size is asked for.
+const MAX_STATE_BYTES: usize = 1 << 30;
+
 /// One user's state record (after its tag): as `Encoder::typed` writes it, its state
-/// left encoded, or in a v1 part (`ids` `None`) as bincode of `(user, UserState)`.
-fn state_record(r: &mut impl Read, ids: &Option<Ids>) -> Result<(Text, RawRecord), String> {
+/// left encoded (into `scratch`, reused: no allocation per record), or in a v1 part
+/// (`ids` `None`) as bincode of `(user, UserState)`.
+fn state_record(
+    r: &mut impl Read,
+    ids: &Option<Ids>,
+    scratch: &mut Vec<u8>,
+) -> Result<(Text, RawRecord), String> {
     let error = |e: bincode::Error| e.to_string();
-    Ok(match ids {
-        None => {
-            let (user, state): (Text, UserState) = bincode::deserialize_from(r).map_err(error)?;
-            (user, RawRecord::Saved(SavedUser::State(state)))
-        }
-        Some(_) => {
-            let (user, encoded): (Text, Encoded) = bincode::deserialize_from(r).map_err(error)?;
-            (user, RawRecord::Encoded(encoded))
-        }
-    })
+    if ids.is_none() {
+        let (user, state): (Text, UserState) = bincode::deserialize_from(r).map_err(error)?;
+        return Ok((user, RawRecord::Saved(SavedUser::State(state))));
+    }
+    let user: Text = bincode::deserialize_from(&mut *r).map_err(error)?;
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let n = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
+    if n > MAX_STATE_BYTES {
+        return Err(format!("a state of {n} bytes (user {user})"));
+    }
+    scratch.clear();
+    scratch.resize(n, 0);
+    r.read_exact(scratch).map_err(|e| e.to_string())?;
+    Ok((user, RawRecord::Encoded))
 }
 
 /// Opens a chain's parts (`paths` newest first, as `Restore::part_chains` gives them):
@@ -856,6 +876,19 @@ pub fn read_part(path: &Path) -> Result<Vec<(Text, SavedUser)>, CheckpointError>
 mod tests {
     use super::*;
     use crate::model::{HistoryEntry, ProfileData, RawJson};
+
+    /// A damaged state length is refused as such, without a buffer of that size.
+    #[test]
+    fn a_state_record_with_an_impossible_length_is_refused() {
+        let mut record = bincode::serialize(&Text::from("u")).unwrap();
+        record.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let mut scratch = Vec::new();
+        let err = state_record(&mut &record[..], &Some(Ids::Here), &mut scratch)
+            .err()
+            .unwrap();
+        assert!(err.contains("bytes (user u)"), "{err}");
+        assert!(scratch.capacity() < 1 << 20);
+    }
 
     /// A part's body (dictionary and records), decompressed.
     pub(super) fn body(part: &[u8]) -> Vec<u8> {
@@ -987,10 +1020,11 @@ mod tests {
         let mut r = &bytes[..];
         let dict = read_dictionary(&mut r).unwrap();
         assert_eq!(r[0], STATE);
-        let (user, encoded): (Text, Encoded) = bincode::deserialize(&r[1..]).unwrap();
         let theirs = Ids::Theirs(std::sync::Arc::new(dict));
+        let mut encoded = Vec::new();
+        let (user, _) = state_record(&mut &r[1..], &Some(theirs.clone()), &mut encoded).unwrap();
         assert_eq!(&*user, "u");
-        assert_eq!(codec::decode_with(&encoded.0, &theirs).unwrap(), state);
+        assert_eq!(codec::decode_with(&encoded, &theirs).unwrap(), state);
     }
 
     /// A state whose history holds `name`, interned now (as the decoder does).

@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer};
-
 use crate::history::History;
 use crate::history::codec::{Malformed, Reader, StrRef, put_i64, put_opt_str, put_varint};
 use crate::model::{Profile, Str, UserState, Visit};
@@ -19,29 +17,6 @@ const VERSION: u8 = 1;
 /// bincode. A state without triggers is written as `VERSION`, readable by releases that
 /// predate them.
 const WITH_TRIGGERS: u8 = 2;
-
-/// An encoded state as bincode reads it from a part: its length, then its bytes (read in
-/// one piece, not byte by byte as a `Vec<u8>` would be).
-pub struct Encoded(pub Vec<u8>);
-
-impl<'de> Deserialize<'de> for Encoded {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Encoded;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Encoded, E> {
-                Ok(Encoded(v.to_vec()))
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Encoded, E> {
-                Ok(Encoded(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
 
 /// How the string ids of what is read map to this process's: the same (written here),
 /// or through the writer's dictionary.
