@@ -274,6 +274,7 @@ impl RocksStore {
         &self,
         users: impl Iterator<Item = &'a Text>,
     ) -> Result<StoreSnapshot, StateError> {
+        debug_assert!(self.bulk.is_empty(), "a delta is taken after the restore");
         let mut records = Vec::new();
         let mut stored: Vec<(Text, Vec<u8>)> = Vec::new();
         for user in users {
@@ -301,6 +302,7 @@ impl RocksStore {
     }
 
     pub(super) fn holds(&self, user: &str) -> bool {
+        debug_assert!(self.bulk.is_empty(), "looked for after the restore");
         self.cache.contains_key(user) || matches!(self.db.get_pinned(user.as_bytes()), Ok(Some(_)))
     }
 }
