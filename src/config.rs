@@ -819,6 +819,9 @@ pub struct EngineSettings {
     /// After a stop signal, how long the work in flight may take before the process
     /// exits without a final checkpoint.
     pub shutdown_timeout_ms: u64,
+    /// How long a process of a cluster waits for the others to connect before it
+    /// exits 2 (0: for ever).
+    pub cluster_connect_timeout_ms: u64,
     /// Idle time after which a user's state is dropped; fractions are allowed.
     pub state_ttl_minutes: f64,
 }
@@ -836,6 +839,8 @@ impl Default for EngineSettings {
             state_dir: PathBuf::from("state"),
             state_cache_users: 100_000,
             shutdown_timeout_ms: 30_000,
+            // As long as a Flink TaskManager waits to register.
+            cluster_connect_timeout_ms: 300_000,
             state_ttl_minutes: 10.0,
         }
     }

@@ -334,6 +334,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Duration::from_millis(settings.engine.shutdown_timeout_ms),
         )
         .context("cannot install the stop signal handlers")?;
+    if args.processes > 1 {
+        let limit = Duration::from_millis(settings.engine.cluster_connect_timeout_ms);
+        watch_cluster_start(&prepared.stop, runtime.handle(), &args, limit);
+    }
     let ends = args.bounded || settings.source.kind == SourceType::File;
     let started = std::time::Instant::now();
     if let Some(summary) = trigger::run(prepared, config, runtime.handle().clone())? {
@@ -356,6 +360,53 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often a process waiting for its cluster says so.
+const STILL_WAITING: Duration = Duration::from_secs(30);
+
+/// Until this process's workers start (every process of the cluster connected), says
+/// every `STILL_WAITING` what it waits for, and after `limit` (unless 0) exits 2: a peer
+/// that failed to start (a config error, say) left the others waiting in timely's
+/// networking with nothing in their logs.
+fn watch_cluster_start(
+    stop: &event_trigger::shutdown::StopFlag,
+    runtime: &tokio::runtime::Handle,
+    args: &RunArgs,
+    limit: Duration,
+) {
+    let (stop, process, processes) = (stop.clone(), args.process, args.processes);
+    let fix = format!(
+        "start every process of the cluster (-n {processes}, -p 0 to {}, the same hostfile \
+         and -w); one that could not start says why in its own log",
+        processes - 1
+    );
+    runtime.spawn(async move {
+        let waiting = std::time::Instant::now();
+        loop {
+            let left = if limit.is_zero() {
+                STILL_WAITING
+            } else {
+                limit.saturating_sub(waiting.elapsed()).min(STILL_WAITING)
+            };
+            tokio::time::sleep(left).await;
+            if stop.has_started() {
+                return;
+            }
+            let waited_s = waiting.elapsed().as_secs();
+            if !limit.is_zero() && waiting.elapsed() >= limit {
+                tracing::error!(
+                    "process {process} of {processes}: the cluster's other processes have not \
+                     all connected after {waited_s} s (engine.cluster-connect-timeout-ms): {fix}"
+                );
+                std::process::exit(2);
+            }
+            tracing::warn!(
+                "process {process} of {processes}: still waiting for the cluster's other \
+                 processes to connect ({waited_s} s): {fix}"
+            );
+        }
+    });
 }
 
 /// The filter's verdicts in `counts`.

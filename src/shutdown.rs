@@ -54,6 +54,11 @@ impl StopFlag {
         self.started.store(true, Ordering::Release);
     }
 
+    /// Whether a worker has started (in a cluster: every process has connected).
+    pub fn has_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Sets the flag on the first SIGINT or SIGTERM (handled on `runtime`); exits the
     /// process with 130 on the second, and with 1 if the run has not ended `grace`
     /// after the first.

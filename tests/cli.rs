@@ -581,6 +581,26 @@ fn a_process_stopped_while_waiting_for_its_peers_exits_at_once() {
     );
 }
 
+/// A process whose peers never connect (one failed to start, say) exits 2 after
+/// `engine.cluster-connect-timeout-ms`, naming what to start, instead of waiting for ever
+/// with nothing in its log.
+#[test]
+fn a_process_whose_peers_never_connect_gives_up_naming_the_fix() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(30, 3, 9);
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    let env = [("EVENT_TRIGGER__ENGINE__CLUSTER_CONNECT_TIMEOUT_MS", "1500")];
+    let alone = start_members(dir.path(), 2, &[(&cfg, &[])], &env).remove(0);
+    let out = wait_within(alone, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("have not all connected after 1 s"), "{err}");
+    assert!(err.contains("engine.cluster-connect-timeout-ms"), "{err}");
+    assert!(err.contains("(-n 2, -p 0 to 1,"), "{err}");
+}
+
 /// A process whose peer died ends, with exit code 1 and a message, so that a supervisor
 /// restarts the cluster: its workers panicked on the closed connection while its other
 /// threads waited for them, and it hung until a second signal (found by a new user's
