@@ -218,20 +218,21 @@ fn exit_on_panic() {
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         let thread = std::thread::current();
+        let (advice, code) = advice(info);
         tracing::error!(
             thread = thread.name().unwrap_or("unnamed"),
-            "fatal: {info}; exiting: {}",
-            advice(info)
+            "fatal: {info}; exiting: {advice}"
         );
-        std::process::exit(1);
+        std::process::exit(code);
     }));
 }
 
 /// What to do after a panic. One in timely's networking most likely means: processes
 /// started with different worker counts (they fail there, reading a message for a
 /// worker this process does not have, before any code of the job could compare the
-/// counts), or another process that ended.
-fn advice(info: &std::panic::PanicHookInfo<'_>) -> String {
+/// counts), or another process that ended. With the exit code: 2 (could not start) for
+/// different worker counts, else 1.
+fn advice(info: &std::panic::PanicHookInfo<'_>) -> (String, i32) {
     let restart = "restart every process of the cluster (each restores the last checkpoint)";
     let in_networking = info
         .location()
@@ -243,16 +244,18 @@ fn advice(info: &std::panic::PanicHookInfo<'_>) -> String {
         .or_else(|| info.payload().downcast_ref::<&str>().copied())
         .unwrap_or_default();
     if !in_networking {
-        restart.into()
+        (restart.into(), 1)
     } else if message.contains("index out of bounds") {
-        "the processes were likely started with different worker counts: give every \
-         process of a cluster the same -w (or engine.parallelism) and start them again"
-            .into()
+        let advice = "the processes were likely started with different worker counts: give \
+                      every process of a cluster the same -w (or engine.parallelism) and start \
+                      them again";
+        (advice.into(), 2)
     } else {
-        format!(
+        let advice = format!(
             "another process of the cluster ended or lost its connection (see its log: one \
              started with another -w ends so); {restart}"
-        )
+        );
+        (advice, 1)
     }
 }
 

@@ -549,11 +549,13 @@ fn a_cluster_with_different_worker_counts_says_so() {
         .map(|o| String::from_utf8_lossy(&o.stderr))
         .collect();
     assert!(outs.iter().all(|o| !o.status.success()), "{logs:?}");
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("give every process of a cluster the same -w")),
-        "{logs:?}"
-    );
+    // The process that found the mismatch could not start (2); its peer lost it (1).
+    let found = outs
+        .iter()
+        .zip(&logs)
+        .find(|(_, l)| l.contains("give every process of a cluster the same -w"));
+    let (out, log) = found.unwrap_or_else(|| panic!("{logs:?}"));
+    assert_eq!(out.status.code(), Some(2), "{log}");
 }
 
 /// A process of a cluster stopped while it waits for the others to connect exits at
