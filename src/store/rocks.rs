@@ -483,6 +483,18 @@ mod tests {
         users
     }
 
+    /// Whole parts of both stores, written into `dir`, hold the same users.
+    fn snapshots_agree(dir: &Path, rocks: &mut RocksStore, memory: &mut MemoryStore) {
+        let from_rocks = dir.join("rocks.bin");
+        let from_memory = dir.join("memory.bin");
+        let s = rocks.snapshot().unwrap();
+        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
+        let s = memory.snapshot().unwrap();
+        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
+        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
+        assert_eq!(sorted(&from_rocks).len(), memory.len());
+    }
+
     #[test]
     fn agrees_with_the_hash_map_through_evictions() {
         let (_dir, rocks, _) = same_as_memory(8);
@@ -493,14 +505,7 @@ mod tests {
     #[test]
     fn a_snapshot_holds_every_user_as_the_hash_map_would() {
         let (dir, mut rocks, mut memory) = same_as_memory(8);
-        let from_rocks = dir.path().join("rocks.bin");
-        let from_memory = dir.path().join("memory.bin");
-        let s = rocks.snapshot().unwrap();
-        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.snapshot().unwrap();
-        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
-        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
-        assert_eq!(sorted(&from_rocks).len(), memory.len());
+        snapshots_agree(dir.path(), &mut rocks, &mut memory);
         // The RocksDB checkpoint is removed once copied.
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -569,13 +574,7 @@ mod tests {
         assert!(rocks.bulk.is_empty());
         assert_eq!(rocks.len(), 40);
         assert!(rocks.cache.len() <= 4);
-        let from_rocks = dir.path().join("rocks.bin");
-        let from_memory = dir.path().join("memory.bin");
-        let s = rocks.snapshot().unwrap();
-        write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.snapshot().unwrap();
-        write_part(&from_memory, s.into_part(Vec::new())).unwrap();
-        assert_eq!(sorted(&from_rocks), sorted(&from_memory));
+        snapshots_agree(dir.path(), &mut rocks, &mut memory);
         for i in 0..40u64 {
             let s = rocks.get_mut(&format!("u{i}")).expect("restored");
             assert_eq!(s.last_activity, i);
