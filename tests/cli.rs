@@ -1522,3 +1522,64 @@ fn validate_names_a_misspelled_field_in_a_cancel_condition() {
         "{stderr}"
     );
 }
+
+/// A restore into RocksDB that cannot write its users (a full disk; here a file size
+/// limit) ends the run with exit 1, naming `engine.state-dir`, before any later
+/// checkpoint, so the next run restores every user. Found by a new user's trial: the
+/// run went on without them, exited 0, and its next checkpoint made the loss permanent.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_restore_into_rocksdb_that_cannot_write_fails_and_loses_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(4000, 3000, 17);
+    let receiver = Receiver::start(&rt);
+    let s = file_job(dir.path(), &w, &receiver.url(), SEED_FILTER);
+    let extra = format!(
+        "engine:\n  checkpoint-dir: \"{}\"\n  state-backend: rocksdb\n  state-cache-users: 4\n  state-dir: \"{}\"\n",
+        dir.path().join("ck").display(),
+        dir.path().join("state").display()
+    );
+    let cfg = write_config(dir.path(), "rocks.yml", &s, &extra);
+    // `limit`: the most 512-byte blocks (1 KiB in some shells) a file may take; a write
+    // past it fails (EFBIG) rather than killing the process.
+    let run = |limit: Option<u32>| {
+        let line = match limit {
+            Some(blocks) => format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\""),
+            None => "exec \"$0\" \"$@\"".to_string(),
+        };
+        Command::new("sh")
+            .args(["-c", &line, binary(), "run", "--config"])
+            .arg(&cfg)
+            .args(["-w", "1"])
+            .env("EVENT_TRIGGER__SOURCE__RESUME", "true")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let users_checkpointed = |log: &str| -> u64 {
+        let last = log.lines().rfind(|l| l.contains("checkpoint complete"));
+        let users = last.and_then(|l| l.split(" users=").nth(1));
+        users
+            .and_then(|u| u.split(' ').next())
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| panic!("no checkpoint: {log}"))
+    };
+    let first = run(None);
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{log}");
+    let users = users_checkpointed(&log);
+    assert!(users > 1000, "{users} users");
+
+    let failed = run(Some(200));
+    let log = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{log}");
+    assert!(log.contains("restored users could not be written"), "{log}");
+    assert!(log.contains("engine.state-dir"), "{log}");
+    assert!(!log.contains("checkpoint complete"), "{log}");
+
+    let again = run(None);
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert_eq!(summary_of(&again.stdout).restored, users, "{log}");
+}

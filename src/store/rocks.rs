@@ -133,8 +133,20 @@ impl RocksStore {
             return;
         }
         if let Err(e) = self.bulk.ingest(&self.db, &self.opts) {
-            self.log_error("restored users not written, their state is lost", "*", e);
+            self.lost("restored users could not be written", e);
         }
+    }
+
+    /// Ends the process on a failed write of users' state: going on would lose them,
+    /// and the next checkpoint would make the loss permanent. The panic hook exits 1
+    /// before any later checkpoint, so the last one, intact, restores them next time.
+    fn lost(&self, what: &str, e: impl std::fmt::Display) -> ! {
+        panic!(
+            "state store: {what}: {e} (engine.state-dir: {}): make room there (a restore \
+             writes the users beyond engine.state-cache-users into it) and start again; \
+             the last checkpoint is intact and the next run restores it",
+            self.path.display()
+        )
     }
 
     /// The user's state from the database, if it is there and readable.
@@ -221,7 +233,7 @@ impl RocksStore {
             }
         }
         if let Err(e) = self.db.write_opt(sorted_batch(evicted), &self.write) {
-            self.log_error("write of evicted users failed, their state is lost", "*", e);
+            self.lost("evicted users could not be written", e);
         }
     }
 
@@ -580,6 +592,18 @@ mod tests {
             assert_eq!(s.last_activity, i);
         }
         assert_eq!(rocks.len(), 40);
+    }
+
+    /// A restore whose users cannot be written ends the process (through the panic
+    /// hook) instead of going on without them.
+    #[test]
+    #[should_panic(expected = "restored users could not be written")]
+    fn restored_users_that_cannot_be_written_end_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rocks = RocksStore::open(&dir.path().join("worker-0"), 1).unwrap();
+        rocks.bulk = BulkLoad::with_file_bytes(&dir.path().join("gone").join("worker-0"), 1);
+        rocks.insert_new("u0".into(), state(0));
+        rocks.insert_new("u1".into(), state(1));
     }
 
     /// Users still gathered for a file are there for whatever comes next, even before
