@@ -127,7 +127,7 @@ impl WorkerPlan {
     fn build(p: &Prepared, index: usize, peers: usize) -> Result<WorkerPlan, WorkerError> {
         Ok(WorkerPlan {
             filters: p.compile_filters()?,
-            store: p.backend.open(index)?,
+            store: p.backend.open(index, peers)?,
             source: Source::shared(
                 open_reader(p, index, peers)?,
                 p.checkpoints

@@ -70,6 +70,40 @@ pub fn check_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::remove_file(&probe).map_err(fail)
 }
 
+/// Removes the databases, with their leftovers, of workers `peers` and up: a run with
+/// more workers left them, and no worker of this run opens them. One in use (another
+/// job's, by its lock) is left alone.
+pub fn remove_unused(dir: &Path, peers: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut stale = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("worker-")) else {
+            continue;
+        };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>()
+            && n >= peers
+        {
+            stale.insert(n);
+        }
+    }
+    for n in stale {
+        let path = dir.join(format!("worker-{n}"));
+        let existed = path.exists();
+        if existed && DB::destroy(&Options::default(), &path).is_err() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(&path);
+        remove_snapshots(&path);
+        if existed {
+            tracing::info!(path = %path.display(), "removed the database of a worker this run does not have (a run with more workers left it)");
+        }
+    }
+}
+
 fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -621,6 +655,30 @@ mod tests {
         assert_eq!(rocks.len(), 9, "u9 was there already");
         assert_eq!(rocks.get_mut("u9").map(|s| s.last_activity), Some(90));
         assert_eq!(rocks.get_mut("u8").map(|s| s.last_activity), Some(8));
+    }
+
+    /// What a run with more workers left is removed; this run's databases, one in use,
+    /// and other files stay.
+    #[test]
+    fn databases_of_workers_this_run_does_not_have_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mine = RocksStore::open(&d.join("worker-1"), 2).unwrap();
+        let in_use = RocksStore::open(&d.join("worker-4"), 2).unwrap();
+        drop(RocksStore::open(&d.join("worker-3"), 2).unwrap());
+        std::fs::create_dir(d.join("worker-3.snapshot-1")).unwrap();
+        std::fs::write(d.join("worker-3.restore-2.sst"), b"x").unwrap();
+        std::fs::write(d.join("worker-12.restore-1.sst"), b"x").unwrap();
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
+        remove_unused(d, 2);
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "worker-1", "worker-4"]);
+        drop((mine, in_use));
     }
 
     #[test]
