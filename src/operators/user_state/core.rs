@@ -232,12 +232,15 @@ impl Core {
             return;
         };
         let mut through = Time::MAX;
+        let fire = !self.leaving_timers();
         if let Some(epoch) = self.snapshots.as_ref().and_then(|s| s.due(now)) {
             self.drain_stash(epoch, emit);
             // The snapshot has what is due after its epoch, and no timer due before it.
-            self.applier
-                .timers
-                .fire_due(epoch.min(by_the_clock()), &mut self.table);
+            if fire {
+                self.applier
+                    .timers
+                    .fire_due(epoch.min(by_the_clock()), &mut self.table);
+            }
             let running = !self.lookups.is_empty();
             if let Some(s) = &mut self.snapshots
                 && s.ready(epoch, running)
@@ -249,15 +252,24 @@ impl Core {
             through = s.open_next(now);
         }
         self.drain_stash(through, emit);
-        self.applier
-            .timers
-            .fire_due(now.min(through).min(by_the_clock()), &mut self.table);
+        if fire {
+            self.applier
+                .timers
+                .fire_due(now.min(through).min(by_the_clock()), &mut self.table);
+        }
         // An ending run's clock jumps to its final epoch, up to an interval ahead of the
         // wall clock: the TTL must not count that (the final checkpoint keeps the users).
         if !self.snapshots.as_ref().is_some_and(Snapshots::ending) {
             let expired = self.table.expire(now);
             Counters::add(&self.stats.expired, expired);
         }
+    }
+
+    /// After a stop with checkpoints on, pending timers go to the final checkpoint
+    /// unfired (and hold no time back): one fired while the final part was being taken
+    /// and written (the clock runs on) was in it too, and fired again after the restart.
+    pub(super) fn leaving_timers(&self) -> bool {
+        self.stop.is_set() && self.snapshots.is_some()
     }
 
     /// With the input ended: a stop leaves the pending timers to the final checkpoint
