@@ -64,7 +64,7 @@ pub fn check_dir(dir: &Path) -> Result<(), StateError> {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    crate::checkpoint::files::ensure_dir(dir).map_err(fail)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
@@ -679,6 +679,15 @@ mod tests {
         left.sort();
         assert_eq!(left, ["notes.txt", "worker-1", "worker-4"]);
         drop((mine, in_use));
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_file_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state");
+        std::fs::write(&file, b"").unwrap();
+        let err = check_dir(&file).unwrap_err().to_string();
+        assert!(err.contains("it is a file, not a directory"), "{err}");
     }
 
     #[test]
