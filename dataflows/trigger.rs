@@ -97,7 +97,11 @@ fn run_worker(
     }
     let stats = Rc::new(Counters::default());
     let life = Lifecycle::new(p.stop.clone());
-    let plan = WorkerPlan::build(p, worker.index(), worker.peers())?;
+    let plan = match WorkerPlan::build(p, worker.index(), worker.peers()) {
+        Ok(plan) => plan,
+        Err(e) if worker.peers() > 1 => start_failed(e),
+        Err(e) => return Err(e),
+    };
     let source = plan.source.clone();
     let probe = build_graph(worker, p, plan, &life, &stats, runtime);
     step_until_done(worker, p, &probe, &stats);
@@ -114,6 +118,19 @@ fn run_worker(
             final_checkpoint_error,
         }),
     )
+}
+
+/// Ends the process on a worker that could not start while others did (a file where
+/// its database should be, say): they would wait for its dataflow for ever. Printed as
+/// `main` prints an error that stops a run from starting, with the same exit code (2).
+fn start_failed(e: WorkerError) -> ! {
+    let e = anyhow::Error::from(e);
+    if crate::logging::is_json() {
+        tracing::error!("{e:#}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+    std::process::exit(2)
 }
 
 /// What a worker builds its graph of: its filters, its store, its source.

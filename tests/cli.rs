@@ -1647,3 +1647,35 @@ fn delayed_actions_pending_at_a_stop_fire_once_after_the_restart() {
     );
     assert_eq!(got, want);
 }
+
+/// A worker whose store cannot be opened (a file where its database should be) ends the
+/// run with exit 2 and the reason, at any `-w`: at `-w 2` the other worker waited for it
+/// for ever (found by a new user's trial).
+#[cfg(feature = "rocksdb")]
+#[test]
+fn a_worker_that_cannot_open_its_store_fails_the_run_at_start() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(30, 3, 9);
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("worker-1"), b"not a database").unwrap();
+    let extra = format!(
+        "engine:\n  state-backend: rocksdb\n  state-dir: \"{}\"\n",
+        state.display()
+    );
+    let cfg = write_config(dir.path(), "rocks.yml", &s, &extra);
+    let job = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Job::from)
+        .unwrap();
+    let out = wait_within(job, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("engine.state-dir"), "{err}");
+    assert!(err.contains("worker-1"), "{err}");
+}
