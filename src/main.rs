@@ -213,6 +213,9 @@ fn main() -> std::process::ExitCode {
 /// died poisoned this one's channels and its workers panicked while its other threads
 /// waited for them: the process hung, alive to a supervisor, until a second signal. A
 /// job that exits is restarted by its supervisor, from its last checkpoint.
+/// The processes of this run's cluster, for the advice after a panic.
+static PROCESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -233,7 +236,11 @@ fn exit_on_panic() {
 /// counts), or another process that ended. With the exit code: 2 (could not start) for
 /// different worker counts, else 1.
 fn advice(info: &std::panic::PanicHookInfo<'_>) -> (String, i32) {
-    let restart = "restart every process of the cluster (each restores the last checkpoint)";
+    let restart = if PROCESSES.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+        "restart every process of the cluster (each restores the last checkpoint)"
+    } else {
+        "start the job again (it restores the last checkpoint)"
+    };
     let in_networking = info
         .location()
         .is_some_and(|l| l.file().contains("timely_communication"));
@@ -292,6 +299,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_or(LogFormat::Text, |s| s.logging.format),
     );
     let settings = settings?;
+    PROCESSES.store(args.processes, std::sync::atomic::Ordering::Relaxed);
     exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;
     let mut prepared = Prepared::new(&settings, args.bounded)?;

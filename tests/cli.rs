@@ -1576,6 +1576,7 @@ fn a_restore_into_rocksdb_that_cannot_write_fails_and_loses_nothing() {
     assert_eq!(failed.status.code(), Some(1), "{log}");
     assert!(log.contains("restored users could not be written"), "{log}");
     assert!(log.contains("engine.state-dir"), "{log}");
+    assert!(log.contains("start the job again"), "one process: {log}");
     assert!(!log.contains("checkpoint complete"), "{log}");
 
     let again = run(None);
