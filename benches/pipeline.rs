@@ -321,7 +321,7 @@ fn state(c: &mut Criterion) {
                             "bench".into(),
                             FilterLimits::default(),
                         );
-                        let store = Backend::Memory.open(0, 1).unwrap();
+                        let store = Backend::Memory.open(0).unwrap();
                         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                             let (input, stream) = scope.new_input();
                             let restored = restore_source(scope, None);

@@ -124,12 +124,7 @@ fn run_worker(
 /// its database should be, say): they would wait for its dataflow for ever. Printed as
 /// `main` prints an error that stops a run from starting, with the same exit code (2).
 fn start_failed(e: WorkerError) -> ! {
-    let e = anyhow::Error::from(e);
-    if crate::logging::is_json() {
-        tracing::error!("{e:#}");
-    } else {
-        eprintln!("error: {e:#}");
-    }
+    crate::logging::report_error(&e.into());
     std::process::exit(2)
 }
 
@@ -142,9 +137,14 @@ struct WorkerPlan {
 
 impl WorkerPlan {
     fn build(p: &Prepared, index: usize, peers: usize) -> Result<WorkerPlan, WorkerError> {
+        // Once per process, by its first worker (a process's workers are numbered
+        // together).
+        if index.is_multiple_of(peers / p.processes.max(1)) {
+            p.backend.remove_unused(peers);
+        }
         Ok(WorkerPlan {
             filters: p.compile_filters()?,
-            store: p.backend.open(index, peers)?,
+            store: p.backend.open(index)?,
             source: Source::shared(
                 open_reader(p, index, peers)?,
                 p.checkpoints

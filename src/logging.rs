@@ -38,6 +38,16 @@ pub fn is_json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
+/// Reports the error that ends a run: on standard error as `error: <cause chain>`, or,
+/// to a log collector reading JSON, as an ERROR record.
+pub fn report_error(e: &anyhow::Error) {
+    if is_json() {
+        tracing::error!("{e:#}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
 /// Writes an INFO record in the JSON log's shape: `target`, `message`, the field
 /// `name` = value, and the field `doc_field` holding `doc` (serialized JSON) as a JSON
 /// value. For JSON logs only (`is_json`); a text log takes a `tracing` record.

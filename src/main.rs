@@ -190,12 +190,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            if event_trigger::logging::is_json() {
-                // A log collector reading JSON gets the reason as a record too.
-                tracing::error!("{e:#}");
-            } else {
-                eprintln!("error: {e:#}");
-            }
+            event_trigger::logging::report_error(&e);
             if e.is::<RunFailed>() {
                 return std::process::ExitCode::from(1);
             }
@@ -208,14 +203,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The processes of this run's cluster, for the advice after a panic.
+static PROCESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
 /// A thread of a run that panics ends the process, with exit code 1: the workers and
 /// the network threads of a cluster cannot go on without each other. A peer process that
 /// died poisoned this one's channels and its workers panicked while its other threads
 /// waited for them: the process hung, alive to a supervisor, until a second signal. A
 /// job that exits is restarted by its supervisor, from its last checkpoint.
-/// The processes of this run's cluster, for the advice after a panic.
-static PROCESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -58,15 +58,8 @@ impl BulkLoad {
         if users.is_empty() {
             return Ok(());
         }
-        users.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        // An SST file takes each key once; a user given twice keeps the later state.
-        users.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0;
-            if same {
-                std::mem::swap(later, earlier);
-            }
-            same
-        });
+        // An SST file takes each key once, in order.
+        super::rocks::in_key_order(&mut users);
         self.files += 1;
         let mut path = self.prefix.clone().into_os_string();
         path.push(format!("{}.sst", self.files));

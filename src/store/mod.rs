@@ -94,24 +94,31 @@ impl Backend {
         }
     }
 
-    /// Opens the store of worker `worker` of `peers` (removing what workers `peers` and
-    /// up of an earlier run left).
-    pub fn open(&self, worker: usize, peers: usize) -> Result<Store, StateError> {
+    /// Opens the store of worker `worker`.
+    pub fn open(&self, worker: usize) -> Result<Store, StateError> {
         match self {
             Backend::Memory => Ok(Store::Memory(MemoryStore::default())),
             #[cfg(feature = "rocksdb")]
-            Backend::Rocksdb { dir, cache_users } => {
-                rocks::remove_unused(dir, peers);
-                let path = dir.join(format!("worker-{worker}"));
-                let store = rocks::RocksStore::open(&path, *cache_users)?;
-                Ok(Store::Rocks(Box::new(store)))
-            }
+            Backend::Rocksdb { dir, cache_users } => Ok(Store::Rocks(Box::new(
+                rocks::RocksStore::open(&dir.join(format!("worker-{worker}")), *cache_users)?,
+            ))),
             #[cfg(not(feature = "rocksdb"))]
             Backend::Rocksdb { .. } => {
-                let _ = (worker, peers);
+                let _ = worker;
                 Err(StateError::NotBuilt)
             }
         }
+    }
+
+    /// Removes what workers `peers` and up of an earlier run (at a higher `-w`) left:
+    /// once per process, as no worker of this run opens it.
+    pub fn remove_unused(&self, peers: usize) {
+        #[cfg(feature = "rocksdb")]
+        if let Backend::Rocksdb { dir, .. } = self {
+            rocks::remove_unused(dir, peers);
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        let _ = peers;
     }
 }
 

@@ -232,15 +232,10 @@ impl Core {
             return;
         };
         let mut through = Time::MAX;
-        let fire = !self.leaving_timers();
         if let Some(epoch) = self.snapshots.as_ref().and_then(|s| s.due(now)) {
             self.drain_stash(epoch, emit);
             // The snapshot has what is due after its epoch, and no timer due before it.
-            if fire {
-                self.applier
-                    .timers
-                    .fire_due(epoch.min(by_the_clock()), &mut self.table);
-            }
+            self.fire_timers(epoch.min(by_the_clock()));
             let running = !self.lookups.is_empty();
             if let Some(s) = &mut self.snapshots
                 && s.ready(epoch, running)
@@ -252,11 +247,7 @@ impl Core {
             through = s.open_next(now);
         }
         self.drain_stash(through, emit);
-        if fire {
-            self.applier
-                .timers
-                .fire_due(now.min(through).min(by_the_clock()), &mut self.table);
-        }
+        self.fire_timers(now.min(through).min(by_the_clock()));
         // An ending run's clock jumps to its final epoch, up to an interval ahead of the
         // wall clock: the TTL must not count that (the final checkpoint keeps the users).
         if !self.snapshots.as_ref().is_some_and(Snapshots::ending) {
@@ -268,8 +259,23 @@ impl Core {
     /// After a stop with checkpoints on, pending timers go to the final checkpoint
     /// unfired (and hold no time back): one fired while the final part was being taken
     /// and written (the clock runs on) was in it too, and fired again after the restart.
-    pub(super) fn leaving_timers(&self) -> bool {
+    fn leaving_timers(&self) -> bool {
         self.stop.is_set() && self.snapshots.is_some()
+    }
+
+    /// Fires the timers due before `limit`, unless they are left to the final checkpoint.
+    fn fire_timers(&mut self, limit: Time) {
+        if !self.leaving_timers() {
+            self.applier.timers.fire_due(limit, &mut self.table);
+        }
+    }
+
+    /// The time the next timer holds back, if it is to fire in this run.
+    pub(super) fn next_timer(&self) -> Option<Time> {
+        self.applier
+            .timers
+            .next_due()
+            .filter(|_| !self.leaving_timers())
     }
 
     /// With the input ended: a stop leaves the pending timers to the final checkpoint

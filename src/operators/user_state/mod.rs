@@ -240,7 +240,7 @@ fn operator<'s>(
                 }
                 let inputs = [frontier.frontier(), restore_frontier.frontier()];
                 let least = inputs.iter().flat_map(|f| f.first()).copied().min();
-                let next = m.applier.timers.next_due().filter(|_| !m.leaving_timers());
+                let next = m.next_timer();
                 clock = hold_clock(clock.take(), least, next);
                 // Timers fire by the wall clock when the frontier is not there to move
                 // them: the input ended, or the frontier is ahead of the clock.

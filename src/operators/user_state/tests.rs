@@ -58,7 +58,7 @@ fn rig(
         worker,
         config,
         checkpoints,
-        Backend::Memory.open(0, 1).unwrap(),
+        Backend::Memory.open(0).unwrap(),
     )
 }
 
@@ -588,7 +588,7 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
                 },
                 false => Backend::Memory,
             };
-            let store = backend.open(0, 1).unwrap();
+            let store = backend.open(0).unwrap();
             let (start, cfg) = pinned(path, full_every);
             let checkpoints = Some((cfg.clone(), Ending::default()));
             let mut r = rig_in(worker, config(1500), checkpoints, store);

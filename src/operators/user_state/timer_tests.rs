@@ -48,7 +48,7 @@ fn timed_rig_with(
         None,
         filters,
         stop,
-        Backend::Memory.open(0, 1).unwrap(),
+        Backend::Memory.open(0).unwrap(),
     )
 }
 
