@@ -125,7 +125,7 @@ fn run_worker(
 /// `main` prints an error that stops a run from starting, with the same exit code (2).
 fn start_failed(e: WorkerError) -> ! {
     crate::logging::report_error(&e.into());
-    std::process::exit(2)
+    crate::shutdown::exit_now(2)
 }
 
 /// What a worker builds its graph of: its filters, its store, its source.

@@ -221,7 +221,7 @@ fn exit_on_panic() {
             thread = thread.name().unwrap_or("unnamed"),
             "fatal: {info}; exiting: {advice}"
         );
-        std::process::exit(code);
+        event_trigger::shutdown::exit_now(code);
     }));
 }
 
@@ -405,7 +405,7 @@ fn watch_cluster_start(
                     "process {process} of {processes}: the cluster's other processes have not \
                      all connected after {waited_s} s (engine.cluster-connect-timeout-ms): {fix}"
                 );
-                std::process::exit(2);
+                event_trigger::shutdown::exit_now(2);
             }
             tracing::warn!(
                 "process {process} of {processes}: still waiting for the cluster's other \

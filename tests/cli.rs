@@ -1676,7 +1676,7 @@ fn a_worker_that_cannot_open_its_store_fails_the_run_at_start() {
         .unwrap();
     let out = wait_within(job, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{:?} {err}", out.status);
     assert!(err.contains("engine.state-dir"), "{err}");
     assert!(err.contains("worker-1"), "{err}");
 }
