@@ -206,6 +206,19 @@ impl Ending {
     }
 }
 
+/// Ends the process at once with `code`, from any thread, while other threads run.
+/// `std::process::exit` runs the C and C++ exit handlers: RocksDB's static objects were
+/// destroyed under a worker still opening or using its database, and the process died
+/// of SIGSEGV instead of exiting with the code the documentation promises. Nothing of
+/// ours needs an exit handler: stderr is unbuffered and stdout is flushed here.
+pub fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().flush();
+    let _ = std::io::stderr().lock().flush();
+    // SAFETY: `_exit` takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,17 +248,4 @@ mod tests {
         life.fail();
         assert!(life.clone().failed());
     }
-}
-
-/// Ends the process at once with `code`, from any thread, while other threads run.
-/// `std::process::exit` runs the C and C++ exit handlers: RocksDB's static objects were
-/// destroyed under a worker still opening or using its database, and the process died
-/// of SIGSEGV instead of exiting with the code the documentation promises. Nothing of
-/// ours needs an exit handler: stderr is unbuffered and stdout is flushed here.
-pub fn exit_now(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().lock().flush();
-    let _ = std::io::stderr().lock().flush();
-    // SAFETY: `_exit` takes no pointers and never returns.
-    unsafe { libc::_exit(code) }
 }
