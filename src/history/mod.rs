@@ -17,6 +17,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::model::{HistoryEntry, RawJson, UserEvent};
 use codec::{Fields, Malformed, Reader};
 
+thread_local! {
+    /// An entry being encoded, before it is appended (one buffer per thread).
+    static ENTRY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub use json::{write_i64, write_str, write_u64};
 
 /// The entries of one user's history, oldest first.
@@ -176,31 +181,26 @@ impl History {
     }
 
     fn push_fields(&mut self, f: &Fields<'_, &str>) {
-        // The body goes after room for its length (one byte covers most entries), then
-        // is moved if the length needs more.
-        let at = self.bytes.len();
-        self.reserve(128);
-        self.bytes.push(0);
-        codec::put_entry(&mut self.bytes, f);
-        let n = self.bytes.len() - at - 1;
-        if n < 0x80 {
-            self.bytes[at] = n as u8;
-        } else {
-            let mut prefix = Vec::with_capacity(3);
-            codec::put_varint(&mut prefix, n as u64);
-            self.bytes.splice(at..at + 1, prefix);
-        }
+        // The body is encoded aside first, so that the buffer grows by exactly the
+        // entry (length, then body): see `reserve`.
+        ENTRY.with_borrow_mut(|body| {
+            body.clear();
+            codec::put_entry(body, f);
+            self.reserve(body.len() + codec::varint_len(body.len() as u64));
+            codec::put_varint(&mut self.bytes, body.len() as u64);
+            self.bytes.extend_from_slice(body);
+        });
         self.len += 1;
     }
 
-    /// Grows by half rather than doubling: histories are many and small, and spare room
-    /// is memory every user pays for (a quarter measured slower: more copies).
+    /// Grows by exactly `additional`: the allocator rounds a block up to its size class
+    /// and reallocates in place within it (mimalloc's classes are 12-25% apart), so the
+    /// spare room is at most a class's rounding. Histories are many and small: growing
+    /// by half, with room for a largest entry kept free, held a third more than the
+    /// entries (1.6x the encoded bytes over 100k users); copies on a class change cost
+    /// a few bytes per byte appended.
     fn reserve(&mut self, additional: usize) {
-        let (len, cap) = (self.bytes.len(), self.bytes.capacity());
-        if cap - len < additional {
-            let grow = additional.max(len / 2);
-            self.bytes.reserve_exact(grow);
-        }
+        self.bytes.reserve_exact(additional);
     }
 
     /// Appends `other`'s entries (ids are the same in the whole process).

@@ -132,6 +132,21 @@ fn the_newest_entries_are_kept_and_space_is_reclaimed() {
     assert!(h.is_empty() && h.bytes.is_empty());
 }
 
+/// Spare room is memory every user pays for: the buffer asks for no more than its
+/// entries (the allocator's size classes round that up, by at most a quarter).
+#[test]
+fn a_history_asks_for_no_room_beyond_its_entries() {
+    let mut rng = Rng::new(11);
+    let mut h = History::default();
+    for _ in 0..200 {
+        h.push(&rng.entry());
+        assert_eq!(h.bytes.capacity(), h.bytes.len());
+    }
+    let mut other = History::default();
+    other.extend(&h);
+    assert_eq!(other.bytes.capacity(), other.bytes.len());
+}
+
 #[test]
 fn histories_extend_and_entries_are_found_by_offset() {
     let mut rng = Rng::new(9);
