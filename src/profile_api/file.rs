@@ -120,6 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn windows_line_ends_blank_lines_and_a_last_line_without_an_end_are_read() {
+        let text = "{\"user_id\":\"a\"}\r\n\r\n  \n{\"user_id\":\"b\",\"visit\":{\"actions\":2}}";
+        let snap = ProfileSnapshot::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(snap.len(), 2);
+        assert_eq!(snap.raw("a"), Some("{\"user_id\":\"a\"}"));
+        assert_eq!(snap.lookup("b").unwrap().visit.unwrap().actions, 2);
+        let err = ProfileSnapshot::from_reader("{\"user_id\":\"a\"}\r\n\r\nnot json\n".as_bytes())
+            .err()
+            .unwrap();
+        let err = crate::http_client::error_chain(&err);
+        assert!(err.starts_with("line 3:"), "{err}");
+    }
+
+    #[test]
     fn a_line_without_user_id_is_refused_with_its_number() {
         let err = ProfileSnapshot::from_reader("{\"user_id\":\"a\"}\n{\"x\":1}\n".as_bytes())
             .err()
