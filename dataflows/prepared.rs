@@ -253,18 +253,35 @@ fn open_dead_letters(settings: &Settings) -> anyhow::Result<Option<DeadLetters>>
     )
 }
 
+/// The file a file source reads (`-`: standard input), which must exist.
+fn file_source_path(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    let path = settings
+        .source
+        .file_path()
+        .map_err(|e| anyhow!("source.path: {e}"))?
+        .to_path_buf();
+    if path.as_os_str() != "-" && !path.exists() {
+        bail!("source.path: {}: no such file", path.display());
+    }
+    Ok(path)
+}
+
+/// What `validate` checks beyond the rules, as `run` would at its start, without
+/// calling anything: a file source's file exists and a `file://` profile snapshot
+/// reads (a Kafka broker and an HTTP Profile API are not contacted).
+pub fn check_local_inputs(settings: &Settings, events_given: bool) -> anyhow::Result<()> {
+    if settings.source.kind == SourceType::File && !events_given {
+        file_source_path(settings)?;
+    }
+    ProfileSource::from_settings(&settings.profile_api)?;
+    Ok(())
+}
+
 /// The input `settings.source` names; a Kafka topic is asked for its partitions.
 fn input(settings: &Settings, bounded: bool) -> anyhow::Result<Input> {
     Ok(match settings.source.kind {
         SourceType::File => {
-            let path = settings
-                .source
-                .file_path()
-                .map_err(|e| anyhow!("source.path: {e}"))?
-                .to_path_buf();
-            if path.as_os_str() != "-" && !path.exists() {
-                bail!("source.path: {}: no such file", path.display());
-            }
+            let path = file_source_path(settings)?;
             Input::File {
                 path,
                 max_per_s: settings.source.max_events_per_second,

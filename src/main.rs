@@ -480,6 +480,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     for (_, action) in &specs {
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
+    event_trigger::dataflows::prepared::check_local_inputs(&settings, events.is_some())?;
     warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");

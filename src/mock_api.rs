@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::profile_api::{ProfileSnapshot, SnapshotError};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
@@ -103,46 +104,29 @@ impl Latencies {
     }
 }
 
-/// A profiles file the mock API cannot serve.
+/// A profiles file the mock API cannot serve: the lines `file://` refuses (not JSON,
+/// no string `user_id`), named by their line, as there.
 #[derive(Debug, thiserror::Error)]
-pub enum MockApiError {
-    #[error("{}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: line {line}", path.display())]
-    Line {
-        path: std::path::PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
+#[error("{}", path.display())]
+pub struct MockApiError {
+    path: std::path::PathBuf,
+    #[source]
+    source: crate::profile_api::SnapshotError,
 }
 
 impl MockApi {
     /// Loads `profiles.jsonl` and renders every answer once, so serving is a copy.
     pub fn load(path: &Path, log_webhooks: u64) -> Result<MockApi, MockApiError> {
-        let file = std::fs::read_to_string(path).map_err(|source| MockApiError::Read {
+        let err = |source| MockApiError {
             path: path.to_path_buf(),
             source,
-        })?;
-        let mut users = HashMap::new();
-        for (n, line) in file
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|source| MockApiError::Line {
-                    path: path.to_path_buf(),
-                    line: n + 1,
-                    source,
-                })?;
-            let Some(id) = v.get("user_id").and_then(|u| u.as_str()) else {
-                continue;
-            };
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(SnapshotError::Open(e)))?;
+        let snapshot = ProfileSnapshot::from_reader(std::io::BufReader::new(file)).map_err(err)?;
+        let mut users = HashMap::with_capacity(snapshot.len());
+        for (id, line) in snapshot.lines() {
+            // The snapshot read every line as JSON already.
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
             let render =
                 |k: &str| Bytes::from(v.get(k).unwrap_or(&serde_json::Value::Null).to_string());
             users.insert(
@@ -284,5 +268,35 @@ impl MockApi {
             }
         });
         http_server::serve(addr, handler).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// It reads a profiles file as `file://` does: a line it cannot serve is refused by
+    /// its number (it skipped lines without a string `user_id` silently, and served
+    /// fewer users than the file has).
+    #[test]
+    fn a_profiles_file_is_read_as_the_file_snapshot_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("profiles.jsonl");
+        std::fs::write(&path, "{\"user_id\":\"a\"}\n{\"user_id\":5}\n").unwrap();
+        let err = MockApi::load(&path, 0).err().unwrap();
+        let err = crate::http_client::error_chain(&err);
+        assert!(
+            err.contains("profiles.jsonl: line 2: invalid type"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            "\u{feff}{\"user_id\":\"a\"}\r\n\r\n{\"user_id\":\"b\",\"visit\":{\"actions\":2}}",
+        )
+        .unwrap();
+        let api = MockApi::load(&path, 0).unwrap();
+        assert_eq!(api.users(), 2);
+        assert_eq!(&api.users["b"].visit[..], b"{\"actions\":2}");
+        assert_eq!(&api.users["a"].profile[..], b"null");
     }
 }

@@ -238,6 +238,9 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     std::fs::write(&good_script, "true").unwrap();
     let bad_script = dir.path().join("bad.rhai");
     std::fs::write(&bad_script, "event.event_type ==\n  && (").unwrap();
+    // `validate` reads a file:// snapshot as `run` does (it said "ok" to this before).
+    let bad_profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&bad_profiles, "{\"user_id\":\"a\"}\n{\"profile\":{}}\n").unwrap();
     let cases = [
         ("profile-api:\n  timeot-ms: 5\n".to_string(), "timeot-ms"),
         (
@@ -273,6 +276,22 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
                 good_script.display()
             ),
             "profile-api.ca-file: /no/ca.pem",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nsource:\n  type: file\n  path: /no/events.jsonl\n",
+                good_script.display()
+            ),
+            "source.path: /no/events.jsonl: no such file",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nsource:\n  type: file\n  path: {}\nprofile-api:\n  base-url: file://{}\n",
+                good_script.display(),
+                good_script.display(),
+                bad_profiles.display()
+            ),
+            "profiles.jsonl: line 2: missing field `user_id`",
         ),
     ];
     for (yaml, needle) in cases {

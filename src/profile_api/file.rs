@@ -58,6 +58,7 @@ impl ProfileSnapshot {
         // the snapshot's bytes (134 MB of profiles held ~210 MB).
         let mut reader = reader;
         let mut line = String::new();
+        let (mut repeated, mut repeats) = (None::<(Box<str>, usize)>, 0usize);
         for n in 0.. {
             line.clear();
             let read = reader
@@ -69,7 +70,11 @@ impl ProfileSnapshot {
             if read == 0 {
                 break;
             }
-            let text = line.trim_end_matches(['\n', '\r']);
+            let mut text = line.trim_end_matches(['\n', '\r']);
+            if n == 0 {
+                // A byte order mark, as Windows editors write.
+                text = text.strip_prefix('\u{feff}').unwrap_or(text);
+            }
             if text.trim().is_empty() {
                 continue;
             }
@@ -78,7 +83,17 @@ impl ProfileSnapshot {
                     line: n + 1,
                     source,
                 })?;
-            lines.insert(id.user_id.into(), Box::<str>::from(text));
+            let user: Box<str> = id.user_id.into();
+            if lines.insert(user.clone(), Box::<str>::from(text)).is_some() {
+                repeated.get_or_insert((user, n + 1));
+                repeats += 1;
+            }
+        }
+        if let Some((user, line)) = repeated {
+            tracing::warn!(
+                "{repeats} line(s) of the profile snapshot repeat a user_id seen on an earlier \
+                 line (the first: {user:?}, again on line {line}): each user's last line is used"
+            );
         }
         Ok(ProfileSnapshot { lines })
     }
@@ -89,6 +104,11 @@ impl ProfileSnapshot {
 
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
+    }
+
+    /// Every user with its line, in no particular order.
+    pub fn lines(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.lines.iter().map(|(u, l)| (&**u, &**l))
     }
 
     pub fn raw(&self, user_id: &str) -> Option<&str> {
@@ -131,6 +151,15 @@ mod tests {
             .unwrap();
         let err = crate::http_client::error_chain(&err);
         assert!(err.starts_with("line 3:"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_a_repeated_user_takes_its_last_line() {
+        let text = "\u{feff}{\"user_id\":\"a\",\"profile\":{\"country\":\"US\"}}\n{\"user_id\":\"a\",\"profile\":{\"country\":\"GB\"}}\n";
+        let snap = ProfileSnapshot::from_reader(text.as_bytes()).unwrap();
+        assert_eq!(snap.len(), 1);
+        let data = snap.lookup("a").unwrap();
+        assert_eq!(data.profile.country.as_deref(), Some("GB"));
     }
 
     #[test]
