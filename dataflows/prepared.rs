@@ -260,20 +260,37 @@ fn file_source_path(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
         .file_path()
         .map_err(|e| anyhow!("source.path: {e}"))?
         .to_path_buf();
-    if path.as_os_str() != "-" && !path.exists() {
-        bail!("source.path: {}: no such file", path.display());
-    }
+    check_input_file("source.path", &path)?;
     Ok(path)
+}
+
+/// A file to read events from (`-`: standard input) exists and is not a directory;
+/// `key` names where it was given.
+pub fn check_input_file(key: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    if !path.exists() {
+        bail!("{key}: {}: no such file", path.display());
+    }
+    if path.is_dir() {
+        bail!(
+            "{key}: {}: is a directory, not a file of events",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// What `validate` checks beyond the rules, as `run` would at its start, without
 /// calling anything: a file source's file exists and a `file://` profile snapshot
 /// reads (a Kafka broker and an HTTP Profile API are not contacted).
 pub fn check_local_inputs(settings: &Settings, events_given: bool) -> anyhow::Result<()> {
+    // In `run`'s order: the profiles, then the input.
+    ProfileSource::from_settings(&settings.profile_api)?;
     if settings.source.kind == SourceType::File && !events_given {
         file_source_path(settings)?;
     }
-    ProfileSource::from_settings(&settings.profile_api)?;
     Ok(())
 }
 

@@ -481,6 +481,9 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
     event_trigger::dataflows::prepared::check_local_inputs(&settings, events.is_some())?;
+    if let Some(events) = events {
+        event_trigger::dataflows::prepared::check_input_file("--events", events)?;
+    }
     warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -502,9 +505,6 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
 /// profiles), its actions turned into debug prints with their filters, their log off:
 /// the counts are those `run` gives on this file, and nothing is called or written.
 fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Result<()> {
-    if events.as_os_str() != "-" && !events.exists() {
-        bail!("--events {}: no such file", events.display());
-    }
     settings.source.kind = SourceType::File;
     settings.source.path = Some(events.to_path_buf());
     // The tester reads the whole file from empty state and writes no checkpoint.

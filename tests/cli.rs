@@ -286,6 +286,14 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
         ),
         (
             format!(
+                "filter:\n  script-path: {}\nsource:\n  type: file\n  path: {}\n",
+                good_script.display(),
+                dir.path().display()
+            ),
+            "is a directory, not a file of events",
+        ),
+        (
+            format!(
                 "filter:\n  script-path: {}\nsource:\n  type: file\n  path: {}\nprofile-api:\n  base-url: file://{}\n",
                 good_script.display(),
                 good_script.display(),
@@ -1049,7 +1057,7 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(receiver.received(), 0, "the tester calls no webhook");
     let missing = dir.path().join("nope.jsonl");
-    let (code, _, missing_err) = run_binary(&[
+    let (code, missing_out, missing_err) = run_binary(&[
         "validate",
         "--config",
         &cfg,
@@ -1057,6 +1065,10 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
         missing.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(2));
+    assert!(
+        !missing_out.contains(": ok"),
+        "no ok before the error: {missing_out}"
+    );
     assert!(
         missing_err.contains("--events") && missing_err.contains("no such file"),
         "{missing_err}"

@@ -1124,10 +1124,26 @@ fn a_body_cut_off_or_too_large_fails_the_look_up_and_odd_ids_keep_their_path() {
     assert!(huge.contains("larger than"), "{huge}");
     let odd = odd.expect("an id with /, ?, % and unicode is looked up");
     assert_eq!(odd.profile.country.as_deref(), Some("US"));
+    // `.` and `..` cannot be path segments: URLs remove them (escaped too), and the
+    // request went to `/users/profile` or `/profile`, its 404 read as an unknown user.
+    for id in [".", ".."] {
+        let err = rt.block_on(api.fetch(id)).expect_err("not looked up");
+        assert!(
+            err.to_string().contains("cannot be a URL path segment"),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+    }
     let seen = seen.lock().unwrap();
     for what in ["profile", "visit", "history"] {
         let want = format!("GET /users/a%2Fb%3Fc%3D%25d%20%C3%A9/{what} HTTP/1.1");
         assert!(seen.contains(&want), "{want} in {seen:?}");
+    }
+    let paths = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("GET ")?.split(' ').next());
+    for path in paths {
+        assert_eq!(path.split('/').count(), 4, "/users/{{id}}/{{what}}: {path}");
     }
 }
 

@@ -275,6 +275,9 @@ impl HttpProfileApi {
     /// The three GETs, concurrently; any failure fails the fetch. The answers are read
     /// field by field (`Answers`): a mistyped field does not fail it.
     async fn fetch_once(&self, user_id: &str) -> Result<ProfileData, FetchError> {
+        if user_id == "." || user_id == ".." {
+            return Err(FetchError::NotAPathSegment(user_id.to_string()));
+        }
         let (profile, visit, history) = tokio::join!(
             self.get::<Option<RawObject>>(self.url(user_id, "profile")),
             self.get::<Option<RawObject>>(self.url(user_id, "visit")),

@@ -30,6 +30,12 @@ pub enum FetchError {
     UnknownUser,
     #[error("snapshot line for the user is not valid: {0}")]
     BadSnapshot(String),
+    /// URLs (RFC 3986, WHATWG) remove the path segments `.` and `..`, escaped or not:
+    /// the request would go to another path and its 404 would be misread.
+    #[error(
+        "the user id {0:?} cannot be a URL path segment (URLs remove `.` and `..`): it is not looked up"
+    )]
+    NotAPathSegment(String),
 }
 
 impl FetchError {
