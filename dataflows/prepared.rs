@@ -266,7 +266,7 @@ fn file_source_path(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
 
 /// A file to read events from (`-`: standard input) exists and is not a directory;
 /// `key` names where it was given.
-pub fn check_input_file(key: &str, path: &std::path::Path) -> anyhow::Result<()> {
+fn check_input_file(key: &str, path: &std::path::Path) -> anyhow::Result<()> {
     if path.as_os_str() == "-" {
         return Ok(());
     }
@@ -283,15 +283,20 @@ pub fn check_input_file(key: &str, path: &std::path::Path) -> anyhow::Result<()>
 }
 
 /// What `validate` checks beyond the rules, as `run` would at its start, without
-/// calling anything: a file source's file exists and a `file://` profile snapshot
-/// reads (a Kafka broker and an HTTP Profile API are not contacted).
-pub fn check_local_inputs(settings: &Settings, events_given: bool) -> anyhow::Result<()> {
+/// calling anything: a `file://` profile snapshot reads, and the events to read (the
+/// rule tester's `--events`, or a file source's file) are a file (a Kafka broker and
+/// an HTTP Profile API are not contacted).
+pub fn check_local_inputs(
+    settings: &Settings,
+    events: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     // In `run`'s order: the profiles, then the input.
     ProfileSource::from_settings(&settings.profile_api)?;
-    if settings.source.kind == SourceType::File && !events_given {
-        file_source_path(settings)?;
+    match events {
+        Some(events) => check_input_file("--events", events),
+        None if settings.source.kind == SourceType::File => file_source_path(settings).map(drop),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The input `settings.source` names; a Kafka topic is asked for its partitions.

@@ -480,10 +480,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     for (_, action) in &specs {
         ca("actions.webhook.ca-file", &action.ca_file)?;
     }
-    event_trigger::dataflows::prepared::check_local_inputs(&settings, events.is_some())?;
-    if let Some(events) = events {
-        event_trigger::dataflows::prepared::check_input_file("--events", events)?;
-    }
+    event_trigger::dataflows::prepared::check_local_inputs(&settings, events)?;
     warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");

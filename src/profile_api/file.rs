@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -50,13 +51,12 @@ impl ProfileSnapshot {
     }
 
     /// Reads the snapshot; a line without a string `user_id` is an error naming the line.
-    pub fn from_reader(reader: impl BufRead) -> Result<Self, SnapshotError> {
+    pub fn from_reader(mut reader: impl BufRead) -> Result<Self, SnapshotError> {
         let mut lines = HashMap::new();
         // One read buffer, and each line copied into a box of its exact size: a line
         // read into a fresh `String` grows by doubling, and mimalloc keeps a block in
         // place when it shrinks by less than half, so `into_boxed_str` kept spare room
         // (6 MiB of peak RSS on a 134 MB snapshot).
-        let mut reader = reader;
         let mut line = String::new();
         let (mut repeated, mut repeats) = (None::<(Box<str>, usize)>, 0usize);
         for n in 0.. {
@@ -83,10 +83,15 @@ impl ProfileSnapshot {
                     line: n + 1,
                     source,
                 })?;
-            let user: Box<str> = id.user_id.into();
-            if lines.insert(user.clone(), Box::<str>::from(text)).is_some() {
-                repeated.get_or_insert((user, n + 1));
-                repeats += 1;
+            match lines.entry(Box::<str>::from(id.user_id)) {
+                Entry::Vacant(v) => {
+                    v.insert(Box::<str>::from(text));
+                }
+                Entry::Occupied(mut o) => {
+                    o.insert(Box::<str>::from(text));
+                    repeated.get_or_insert_with(|| (o.key().clone(), n + 1));
+                    repeats += 1;
+                }
             }
         }
         if let Some((user, line)) = repeated {
