@@ -12,7 +12,10 @@
 use std::cell::RefCell;
 use std::sync::{Mutex, OnceLock};
 
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
+
+use crate::string_key::{Head, hash};
 
 /// Most strings the dictionary holds.
 pub const MAX_STRINGS: usize = 1 << 20;
@@ -37,7 +40,36 @@ static CHUNK: [OnceLock<Chunk>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
 static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 
 thread_local! {
-    static CACHE: RefCell<FxHashMap<&'static str, u32>> = RefCell::default();
+    static CACHE: RefCell<Cache> = RefCell::default();
+}
+
+/// This thread's ids of the strings it has seen (`string_key`: most compare within the
+/// table's own memory).
+#[derive(Default)]
+struct Cache(HashTable<Cached>);
+
+struct Cached {
+    head: Head<4>,
+    text: &'static str,
+    id: u32,
+}
+
+impl Cache {
+    #[inline]
+    fn get(&self, s: &str) -> Option<u32> {
+        let head = Head::of(s);
+        let found = self.0.find(hash(s), |c| c.head.is(c.text, s, &head));
+        found.map(|c| c.id)
+    }
+
+    fn insert(&mut self, text: &'static str, id: u32) {
+        let cached = Cached {
+            head: Head::of(text),
+            text,
+            id,
+        };
+        self.0.insert_unique(hash(text), cached, |c| hash(c.text));
+    }
 }
 
 /// Where id `id` lives: (chunk, index in it).
@@ -72,7 +104,7 @@ pub fn intern(s: &str) -> Option<u32> {
     if s.len() > MAX_LEN {
         return None;
     }
-    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s)) {
         return Some(id);
     }
     let (id, text) = intern_shared(s)?;
@@ -106,7 +138,7 @@ fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
 
 /// The id of `s` if the dictionary has it (without adding it).
 pub fn id_of(s: &str) -> Option<u32> {
-    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s)) {
         return Some(id);
     }
     let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
@@ -156,6 +188,32 @@ mod tests {
         assert_eq!(get(b), Some("dict-test-b"));
         assert!(len() > a.max(b) as usize);
         assert!(prefix(len()).any(|s| s == "dict-test-a"));
+    }
+
+    /// The cache compares a string's first bytes beside its id (`string_key`): strings
+    /// that share them, or differ only by trailing zero bytes, keep their own ids.
+    #[test]
+    fn strings_alike_in_their_first_bytes_keep_their_own_ids() {
+        let long = "dict-test-".repeat(4);
+        let strings = [
+            "dict-test-z".to_string(),
+            "dict-test-z\0".to_string(),
+            format!("{long}x"),
+            format!("{long}y"),
+            long[..32].to_string(),
+            long[..33].to_string(),
+        ];
+        let ids: Vec<u32> = strings.iter().map(|s| intern(s).unwrap()).collect();
+        for (s, id) in strings.iter().zip(&ids) {
+            assert_eq!(get(*id), Some(s.as_str()));
+            assert_eq!(intern(s), Some(*id));
+            assert_eq!(id_of(s), Some(*id));
+            let other_thread = std::thread::scope(|t| t.spawn(|| id_of(s)).join().unwrap());
+            assert_eq!(other_thread, Some(*id));
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), strings.len());
+        assert_eq!(id_of(&format!("{long}w")), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod sources;
 pub mod store;
+pub mod string_key;
 pub mod triggers;
 pub mod wire;
 

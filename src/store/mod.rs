@@ -16,10 +16,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
 
 use crate::checkpoint::files::{EncodedRecords, PartRecords};
 use crate::model::{PendingUser, Text, Time, UserState};
+use crate::string_key::{Head, hash};
 
 /// The state store of one worker.
 pub trait StateStore {
@@ -184,53 +185,84 @@ impl StateStore for Store {
     }
 }
 
+/// The hash map backend: users by id (`string_key`: an id of up to 24 bytes is compared
+/// in the table's own memory, not through its pointer).
 #[derive(Default)]
 pub struct MemoryStore {
-    users: FxHashMap<Text, UserState>,
+    users: HashTable<Slot>,
+}
+
+struct Slot {
+    head: Head<3>,
+    user: Text,
+    state: UserState,
 }
 
 impl MemoryStore {
+    fn find(&self, user: &str) -> Option<&Slot> {
+        let head = Head::of(user);
+        self.users
+            .find(hash(user), |s| s.head.is(&s.user, user, &head))
+    }
+
     /// A shallow copy: the parts of each state are `Arc`s.
     fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {
             records: self
                 .users
                 .iter()
-                .map(|(u, st)| (u.clone(), st.clone()))
+                .map(|s| (s.user.clone(), s.state.clone()))
                 .collect(),
             encoded: None,
         })
     }
-}
 
-impl MemoryStore {
     fn states_of<'a>(
         &self,
         users: impl Iterator<Item = &'a Text>,
     ) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {
             records: users
-                .filter_map(|u| Some((u.clone(), self.users.get(u)?.clone())))
+                .filter_map(|u| Some((u.clone(), self.find(u)?.state.clone())))
                 .collect(),
             encoded: None,
         })
     }
 
     fn holds(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.find(user).is_some()
     }
 }
 
 impl StateStore for MemoryStore {
     #[inline]
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
-        self.users.get_mut(user)
+        let head = Head::of(user);
+        let slot = self
+            .users
+            .find_mut(hash(user), |s| s.head.is(&s.user, user, &head))?;
+        Some(&mut slot.state)
     }
     fn insert(&mut self, user: Text, state: UserState) {
-        self.users.insert(user, state);
+        let head = Head::of(&user);
+        let entry = self.users.entry(
+            hash(&user),
+            |s| s.head.is(&s.user, &user, &head),
+            |s| hash(&s.user),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().state = state,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Slot { head, user, state });
+            }
+        }
     }
     fn remove(&mut self, user: &str) -> Option<UserState> {
-        self.users.remove(user)
+        let head = Head::of(user);
+        let found = self
+            .users
+            .find_entry(hash(user), |s| s.head.is(&s.user, user, &head));
+        found.ok().map(|o| o.remove().0.state)
     }
     fn len(&self) -> usize {
         self.users.len()
@@ -335,6 +367,45 @@ mod tests {
         fn expire_all(&mut self, now: Time, store: &mut MemoryStore) -> u64 {
             self.expire(now, store, |_| ())
         }
+    }
+
+    /// Ids are compared by their first 24 bytes in the table (`string_key`): ids that
+    /// share them, or differ only past them, are users of their own.
+    #[test]
+    fn users_whose_ids_share_their_first_bytes_are_kept_apart() {
+        let long = "0123456789abcdefghijklmn";
+        let ids = [
+            "u1".to_string(),
+            "u1\0".to_string(),
+            long.to_string(),
+            format!("{long}x"),
+            format!("{long}y"),
+        ];
+        let mut store = MemoryStore::default();
+        for (n, id) in ids.iter().enumerate() {
+            store.insert(id.as_str().into(), UserState::empty(n as Time));
+        }
+        assert_eq!(store.len(), ids.len());
+        store.insert(ids[3].as_str().into(), UserState::empty(30));
+        assert_eq!(
+            store.len(),
+            ids.len(),
+            "the same id again replaces its state"
+        );
+        for (n, id) in ids.iter().enumerate() {
+            let expected = if n == 3 { 30 } else { n as Time };
+            assert_eq!(store.get_mut(id).unwrap().last_activity, expected, "{id}");
+            assert!(store.holds(id));
+        }
+        assert!(store.get_mut(&format!("{long}z")).is_none() && !store.holds("u"));
+        assert_eq!(store.remove(&ids[4]).unwrap().last_activity, 4);
+        assert!(store.remove(&ids[4]).is_none() && store.get_mut(&ids[3]).is_some());
+        let snapshot = store.snapshot().unwrap().records;
+        assert_eq!(snapshot.len(), ids.len() - 1);
+        let wanted: Vec<Text> = vec![ids[0].as_str().into(), ids[4].as_str().into()];
+        let some = store.states_of(wanted.iter()).unwrap().records;
+        assert_eq!(some.len(), 1);
+        assert_eq!(&*some[0].0, "u1");
     }
 
     #[test]
