@@ -10,6 +10,7 @@
 //! well-typed messages cost what they did before coercion existed.
 
 mod lenient;
+mod shape;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -230,6 +231,9 @@ pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>,
     }
     if !s.starts_with('{') {
         return Err(DecodeError::Json("parameters must be an object".into()));
+    }
+    if shape::plain(s) {
+        return Ok(Some(RawJson::from(raw.to_owned())));
     }
     let p: WireParameters<'_> = match serde_json::from_str(s) {
         Ok(p) => p,

@@ -1,0 +1,232 @@
+//! A quick look at a `parameters` object (text serde has already found to be valid JSON)
+//! that says whether the typed check (`WireParameters`) would accept it as it is: every
+//! `utm_*` member a string or `null`, `custom_params` an object or `null`, none of them
+//! twice. Most events' parameters are such; for them the typed parse, which read the
+//! text a second time, was a tenth of a worker's time. Anything else (a key with an
+//! escape, another type, a repeat) says no, and the typed parse decides, with its
+//! coercions and its exact error.
+
+/// The members the typed check looks at, and the first byte their value may start with
+/// besides `n` (`null`).
+const CHECKED: [(&[u8], u8); 7] = [
+    (b"custom_params", b'{'),
+    (b"utm_source", b'"'),
+    (b"utm_campaign", b'"'),
+    (b"utm_content", b'"'),
+    (b"utm_medium", b'"'),
+    (b"utm_term", b'"'),
+    (b"utm_id", b'"'),
+];
+
+/// Whether the typed check accepts `json`, an object serde has validated; `false` when
+/// in doubt.
+pub(super) fn plain(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut at = skip_ws(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return false;
+    }
+    at = skip_ws(b, at + 1);
+    if b.get(at) == Some(&b'}') {
+        return true;
+    }
+    let mut seen = 0u8;
+    loop {
+        let Some(key_end) = string_end(b, at) else {
+            return false;
+        };
+        let key = &b[at + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return false;
+        }
+        at = skip_ws(b, key_end);
+        if b.get(at) != Some(&b':') {
+            return false;
+        }
+        at = skip_ws(b, at + 1);
+        if let Some(i) = CHECKED.iter().position(|(name, _)| *name == key) {
+            let first = b.get(at).copied();
+            if seen & (1 << i) != 0 || (first != Some(CHECKED[i].1) && first != Some(b'n')) {
+                return false;
+            }
+            seen |= 1 << i;
+        }
+        let Some(end) = value_end(b, at) else {
+            return false;
+        };
+        at = skip_ws(b, end);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b'}') => return skip_ws(b, at + 1) == b.len(),
+            _ => return false,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while b
+        .get(at)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+/// Past the closing quote of the string that starts at `at`.
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = at + 1;
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Past the value that starts at `at`.
+fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string_end(b, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = at;
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireParameters;
+
+    /// What the typed check says (with the decoder's own check of `custom_params`).
+    fn typed_accepts(json: &str) -> bool {
+        match serde_json::from_str::<WireParameters<'_>>(json) {
+            Ok(p) => p.custom_params.is_none_or(|c| {
+                let c = c.get();
+                c.starts_with('{') || c == "null"
+            }),
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn the_usual_parameters_are_plain() {
+        for json in [
+            "{}",
+            " { } ",
+            r#"{"custom_params":{"page_title":"Cart","value":121.76},"utm_source":"facebook","utm_campaign":"","utm_id":"c043"}"#,
+            r#"{"utm_term":null,"custom_params":null,"z":[1, 2, {"a":"}]"}],"xy":"\u00e9\"}","n":-1.5e3,"t":true}"#,
+            "{\n  \"utm_source\" : \"a\" ,\n  \"o\": {}\n}",
+        ] {
+            assert!(plain(json), "{json}");
+            assert!(typed_accepts(json), "{json}");
+        }
+    }
+
+    #[test]
+    fn what_the_typed_check_must_see_is_not_plain() {
+        for json in [
+            r#"{"utm_source":1}"#,
+            r#"{"utm_source":true}"#,
+            r#"{"utm_source":{}}"#,
+            r#"{"custom_params":"x"}"#,
+            r#"{"custom_params":[1]}"#,
+            r#"{"utm_id":"a","utm_id":"b"}"#,
+            r#"{"utm\u005fid":1}"#,
+            r#"{"custom_params":{},"custom_params":null}"#,
+        ] {
+            assert!(!plain(json), "{json}");
+        }
+    }
+
+    /// Every object of up to two members made of these keys and values: wherever the
+    /// quick look says yes, the typed check says yes too.
+    #[test]
+    fn plain_parameters_are_always_accepted_by_the_typed_check() {
+        let keys = [
+            "custom_params",
+            "utm_source",
+            "utm_campaign",
+            "utm_content",
+            "utm_medium",
+            "utm_term",
+            "utm_id",
+            "utm_sourc",
+            "utm\\u005fid",
+            "x\\\"y",
+            "",
+        ];
+        let values = [
+            "\"s\"",
+            "null",
+            "1",
+            "-1.5e3",
+            "true",
+            "{}",
+            "[]",
+            "{\"a\":[1,{\"b\":\"}]\\\"\"}]}",
+            "\"a\\\"}\"",
+            " \"ws\" ",
+            "[null, \"]\"]",
+        ];
+        let members: Vec<String> = keys
+            .iter()
+            .flat_map(|k| values.iter().map(move |v| format!("\"{k}\":{v}")))
+            .collect();
+        let mut objects: Vec<String> = members.iter().map(|m| format!("{{{m}}}")).collect();
+        for a in &members {
+            for b in &members {
+                objects.push(format!("{{{a},{b}}}"));
+            }
+        }
+        let mut plain_ones = 0;
+        for json in &objects {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(json).is_ok(),
+                "{json}"
+            );
+            if plain(json) {
+                plain_ones += 1;
+                assert!(typed_accepts(json), "{json}");
+            }
+        }
+        assert!(
+            plain_ones > objects.len() / 10,
+            "{plain_ones} of {}",
+            objects.len()
+        );
+    }
+}
