@@ -6,17 +6,20 @@
 //! escape, another type, a repeat) says no, and the typed parse decides, with its
 //! coercions and its exact error.
 
-/// The members the typed check looks at, and the first byte their value may start with
-/// besides `n` (`null`).
-const CHECKED: [(&[u8], u8); 7] = [
-    (b"custom_params", b'{'),
-    (b"utm_source", b'"'),
-    (b"utm_campaign", b'"'),
-    (b"utm_content", b'"'),
-    (b"utm_medium", b'"'),
-    (b"utm_term", b'"'),
-    (b"utm_id", b'"'),
-];
+/// For a member the typed check looks at: its bit, and the first byte its value may
+/// start with besides `n` (`null`). (A match: the parameters' keys are mostly these.)
+fn checked(key: &[u8]) -> Option<(u8, u8)> {
+    Some(match key {
+        b"custom_params" => (0, b'{'),
+        b"utm_source" => (1, b'"'),
+        b"utm_campaign" => (2, b'"'),
+        b"utm_content" => (3, b'"'),
+        b"utm_medium" => (4, b'"'),
+        b"utm_term" => (5, b'"'),
+        b"utm_id" => (6, b'"'),
+        _ => return None,
+    })
+}
 
 /// Whether the typed check accepts `json`, an object serde has validated; `false` when
 /// in doubt.
@@ -44,12 +47,12 @@ pub(super) fn plain(json: &str) -> bool {
             return false;
         }
         at = skip_ws(b, at + 1);
-        if let Some(i) = CHECKED.iter().position(|(name, _)| *name == key) {
+        if let Some((bit, start)) = checked(key) {
             let first = b.get(at).copied();
-            if seen & (1 << i) != 0 || (first != Some(CHECKED[i].1) && first != Some(b'n')) {
+            if seen & (1 << bit) != 0 || (first != Some(start) && first != Some(b'n')) {
                 return false;
             }
-            seen |= 1 << i;
+            seen |= 1 << bit;
         }
         let Some(end) = value_end(b, at) else {
             return false;
