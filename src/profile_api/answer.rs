@@ -9,10 +9,11 @@
 //! counted (`event_trigger_profile_answer_skipped_total{kind}`) and warned about at a
 //! limited rate.
 
-use std::collections::HashMap;
+use std::borrow::{Borrow, Cow};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use serde::Deserialize;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::coerce::{self, CoerceError};
@@ -23,7 +24,40 @@ use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
 /// in Jackson.
 #[derive(Debug, Default, Deserialize)]
 #[serde(transparent)]
-pub struct RawObject(HashMap<String, Box<RawValue>>);
+pub struct RawObject(FxHashMap<String, Box<RawValue>>);
+
+/// A history entry's members, borrowed from its text (names with escapes excepted): an
+/// entry is read once, field by field, so its members need no copies.
+type Members<'a> = FxHashMap<Name<'a>, &'a RawValue>;
+
+/// A member's name as it came: borrowed, unless it had escapes (then unescaped).
+#[derive(PartialEq, Eq, Hash)]
+struct Name<'a>(Cow<'a, str>);
+
+impl Borrow<str> for Name<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
 
 /// The three answers of a look-up as they came; a snapshot line is one of these (its
 /// `user_id` aside). A part that is not there, or `null`, is empty.
@@ -200,9 +234,9 @@ fn visit(f: &mut Fields<'_>) -> Visit {
 /// One history entry; `Err` (why) when it is not an object or one of its fields cannot
 /// be coerced: a half-read entry would mislead rules that count or order the history.
 fn history_entry(raw: &RawValue) -> Result<HistoryEntry, String> {
-    let RawObject(o) = serde_json::from_str::<RawObject>(raw.get())
+    let o = serde_json::from_str::<Members<'_>>(raw.get())
         .map_err(|_| format!("not an object: {:.40}", raw.get()))?;
-    let field = |name: &str| o.get(name).map(|r| &**r);
+    let field = |name: &str| o.get(name).copied();
     let text = |name: &'static str| -> Result<Option<Arc<str>>, String> {
         match field(name) {
             Some(r) => Ok(coerce::text(r)
@@ -314,7 +348,33 @@ mod tests {
 
     #[test]
     fn a_repeated_key_takes_the_last_value_as_jackson() {
-        let (data, _) = answers(r#"{"country":"DE","country":"US"}"#, "null", "null").read();
+        let (data, _) = answers(
+            r#"{"country":"DE","country":"US"}"#,
+            "null",
+            r#"[{"event_id":"a","event_id":"b","timestamp":1}]"#,
+        )
+        .read();
         assert_eq!(data.profile.country.as_deref(), Some("US"));
+        assert_eq!(data.history[0].event_id.as_deref(), Some("b"));
+    }
+
+    /// An entry's member names are read borrowed, and unescaped where they have escapes.
+    #[test]
+    fn history_member_names_with_escapes_are_read_as_their_text() {
+        let (data, skipped) = answers(
+            "null",
+            "null",
+            r#"[{"event\u005fid":"a","ev\u0065nt_type":"click","timestamp":2,"parameters":{"utm_id":"x"}}]"#,
+        )
+        .read();
+        assert_eq!(skipped, Skipped::default());
+        let entry = &data.history[0];
+        assert_eq!(entry.event_id.as_deref(), Some("a"));
+        assert_eq!(entry.event_type.as_deref(), Some("click"));
+        assert_eq!(entry.timestamp, 2);
+        assert_eq!(
+            entry.parameters.as_ref().unwrap().as_str(),
+            r#"{"utm_id":"x"}"#
+        );
     }
 }
