@@ -47,7 +47,8 @@ pub(super) fn plain(json: &str) -> bool {
             return false;
         }
         at = skip_ws(b, at + 1);
-        if let Some((bit, start)) = checked(key) {
+        let checked = checked(key);
+        if let Some((bit, start)) = checked {
             let first = b.get(at).copied();
             if seen & (1 << bit) != 0 || (first != Some(start) && first != Some(b'n')) {
                 return false;
@@ -57,6 +58,11 @@ pub(super) fn plain(json: &str) -> bool {
         let Some(end) = value_end(b, at) else {
             return false;
         };
+        // The typed check decodes a utm_* string, and refuses an escape serde's first
+        // pass let through (half of a surrogate pair): one with any escape is its to read.
+        if checked.is_some_and(|(_, start)| start == b'"') && b[at..end].contains(&b'\\') {
+            return false;
+        }
         at = skip_ws(b, end);
         match b.get(at) {
             Some(b',') => at = skip_ws(b, at + 1),
@@ -131,6 +137,8 @@ fn value_end(b: &[u8], at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
     use crate::wire::WireParameters;
 
@@ -170,6 +178,9 @@ mod tests {
             r#"{"utm_id":"a","utm_id":"b"}"#,
             r#"{"utm\u005fid":1}"#,
             r#"{"custom_params":{},"custom_params":null}"#,
+            r#"{"utm_medium":"\ud800"}"#,
+            r#"{"utm_source":"ok","utm_medium":"\udc00x"}"#,
+            r#"{"utm_id":"\u00e9"}"#,
         ] {
             assert!(!plain(json), "{json}");
         }
@@ -204,6 +215,10 @@ mod tests {
             "\"a\\\"}\"",
             " \"ws\" ",
             "[null, \"]\"]",
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#""\ud83d\ude00""#,
+            r#""\u00e9""#,
         ];
         let members: Vec<String> = keys
             .iter()
@@ -217,17 +232,15 @@ mod tests {
         }
         let mut plain_ones = 0;
         for json in &objects {
-            assert!(
-                serde_json::from_str::<serde_json::Value>(json).is_ok(),
-                "{json}"
-            );
+            // What the decoder's first pass accepts (it does not decode escapes).
+            assert!(serde_json::from_str::<&RawValue>(json).is_ok(), "{json}");
             if plain(json) {
                 plain_ones += 1;
                 assert!(typed_accepts(json), "{json}");
             }
         }
         assert!(
-            plain_ones > objects.len() / 10,
+            plain_ones > objects.len() / 20,
             "{plain_ones} of {}",
             objects.len()
         );
