@@ -129,7 +129,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 }
 
 /// The `String` members of the original's `Parameters`.
-const UTM: [&str; 6] = [
+pub(super) const UTM: [&str; 6] = [
     "utm_source",
     "utm_campaign",
     "utm_content",
