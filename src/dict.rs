@@ -12,10 +12,9 @@
 use std::cell::RefCell;
 use std::sync::{Mutex, OnceLock};
 
-use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
-use crate::string_key::{Head, hash};
+use crate::string_key::StrMap;
 
 /// Most strings the dictionary holds.
 pub const MAX_STRINGS: usize = 1 << 20;
@@ -40,36 +39,9 @@ static CHUNK: [OnceLock<Chunk>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
 static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::default();
-}
-
-/// This thread's ids of the strings it has seen (`string_key`: most compare within the
-/// table's own memory).
-#[derive(Default)]
-struct Cache(HashTable<Cached>);
-
-struct Cached {
-    head: Head<4>,
-    text: &'static str,
-    id: u32,
-}
-
-impl Cache {
-    #[inline]
-    fn get(&self, s: &str) -> Option<u32> {
-        let head = Head::of(s);
-        let found = self.0.find(hash(s), |c| c.head.is(c.text, s, &head));
-        found.map(|c| c.id)
-    }
-
-    fn insert(&mut self, text: &'static str, id: u32) {
-        let cached = Cached {
-            head: Head::of(text),
-            text,
-            id,
-        };
-        self.0.insert_unique(hash(text), cached, |c| hash(c.text));
-    }
+    /// This thread's ids of the strings it has seen (`StrMap`: most compare within the
+    /// table's own memory).
+    static CACHE: RefCell<StrMap<&'static str, u32, 4>> = RefCell::default();
 }
 
 /// Where id `id` lives: (chunk, index in it).
@@ -104,11 +76,11 @@ pub fn intern(s: &str) -> Option<u32> {
     if s.len() > MAX_LEN {
         return None;
     }
-    if let Some(id) = CACHE.with_borrow(|c| c.get(s)) {
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
         return Some(id);
     }
     let (id, text) = intern_shared(s)?;
-    CACHE.with_borrow_mut(|c| c.insert(text, id));
+    CACHE.with_borrow_mut(|c| c.insert_new(text, id));
     Some(id)
 }
 
@@ -138,14 +110,14 @@ fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
 
 /// The id of `s` if the dictionary has it (without adding it).
 pub fn id_of(s: &str) -> Option<u32> {
-    if let Some(id) = CACHE.with_borrow(|c| c.get(s)) {
+    if let Some(id) = CACHE.with_borrow(|c| c.get(s).copied()) {
         return Some(id);
     }
     let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     let (&text, &id) = guard.as_ref()?.ids.get_key_value(s)?;
     drop(guard);
     // A checkpoint writer asks for every user's strings: the lock once per string.
-    CACHE.with_borrow_mut(|c| c.insert(text, id));
+    CACHE.with_borrow_mut(|c| c.insert_new(text, id));
     Some(id)
 }
 

@@ -1,9 +1,9 @@
-//! Hash-table keys that are strings, compared without reading the string's own memory
-//! when it is short.
+//! Hash tables keyed by strings, compared without reading the string's own memory when
+//! it is short (`StrMap`: the dictionary's per-thread cache, the hash map state store).
 //!
-//! A table entry keeps the key's first `N` bytes (zero-padded) beside the pointer to it:
+//! A table entry keeps the key's first `8 * W` bytes (zero-padded) beside the pointer to it:
 //! a look-up checks the length and those bytes in the entry the probe has already
-//! loaded, and reads the string itself only for bytes past `N`. Through the pointer alone,
+//! loaded, and reads the string itself only for bytes past those. Through the pointer alone,
 //! each look-up read a line of memory that was mostly not in the CPU's cache (strings
 //! are scattered over the heap) and called `memcmp` for a dozen bytes: in the worker's
 //! profile, the dictionary's look-ups and the state's user look-ups were ~8% of its time
@@ -11,20 +11,102 @@
 
 use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
+
+/// A map from string keys `K` (`&'static str`, `Arc<str>` ...) to `V`, each entry with
+/// its key's first `8 * W` bytes beside it.
+pub struct StrMap<K, V, const W: usize>(HashTable<Slot<K, V, W>>);
+
+struct Slot<K, V, const W: usize> {
+    head: Head<W>,
+    key: K,
+    value: V,
+}
+
+impl<K, V, const W: usize> Default for StrMap<K, V, W> {
+    fn default() -> Self {
+        StrMap(HashTable::new())
+    }
+}
+
+/// `s`'s hash, and what tells whether a slot's key is `s`.
+#[inline]
+fn probe<K: AsRef<str>, V, const W: usize>(s: &str) -> (u64, impl Fn(&Slot<K, V, W>) -> bool) {
+    let head = Head::of(s);
+    (hash(s), move |slot| {
+        slot.head.is(slot.key.as_ref(), s, &head)
+    })
+}
+
+fn rehash<K: AsRef<str>, V, const W: usize>(slot: &Slot<K, V, W>) -> u64 {
+    hash(slot.key.as_ref())
+}
+
+impl<K: AsRef<str>, V, const W: usize> StrMap<K, V, W> {
+    #[inline]
+    pub fn get(&self, s: &str) -> Option<&V> {
+        let (hash, is) = probe(s);
+        self.0.find(hash, is).map(|slot| &slot.value)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, s: &str) -> Option<&mut V> {
+        let (hash, is) = probe(s);
+        self.0.find_mut(hash, is).map(|slot| &mut slot.value)
+    }
+
+    /// Adds `key`, or gives it `value` if it is there.
+    pub fn insert(&mut self, key: K, value: V) {
+        let (hash, is) = probe(key.as_ref());
+        match self.0.entry(hash, is, rehash) {
+            Entry::Occupied(mut o) => o.get_mut().value = value,
+            Entry::Vacant(v) => {
+                let head = Head::of(key.as_ref());
+                v.insert(Slot { head, key, value });
+            }
+        }
+    }
+
+    /// Adds `key`, known not to be there (without looking for it).
+    pub fn insert_new(&mut self, key: K, value: V) {
+        let head = Head::of(key.as_ref());
+        let slot = Slot { head, key, value };
+        self.0.insert_unique(rehash(&slot), slot, rehash);
+    }
+
+    pub fn remove(&mut self, s: &str) -> Option<V> {
+        let (hash, is) = probe(s);
+        let found = self.0.find_entry(hash, is).ok()?;
+        Some(found.remove().0.value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|slot| (&slot.key, &slot.value))
+    }
+}
 
 /// The first `8 * W` bytes of a string as `W` words, zero-padded (its length tells the
 /// padding apart). Built in registers: a byte copy into an array, read back as words,
 /// stalled on every look-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head<const W: usize>([u64; W]);
+struct Head<const W: usize>([u64; W]);
 
 impl<const W: usize> Head<W> {
     /// How many bytes of a string the head holds.
-    pub const BYTES: usize = 8 * W;
+    const BYTES: usize = 8 * W;
 
     #[inline]
-    pub fn of(s: &str) -> Self {
+    fn of(s: &str) -> Self {
         let bytes = s.as_bytes();
         let mut words = [0u64; W];
         for (i, word) in words.iter_mut().enumerate() {
@@ -44,7 +126,7 @@ impl<const W: usize> Head<W> {
 
     /// Whether `key`, whose head this is, equals `s`, whose head is `s_head`.
     #[inline]
-    pub fn is(&self, key: &str, s: &str, s_head: &Self) -> bool {
+    fn is(&self, key: &str, s: &str, s_head: &Self) -> bool {
         key.len() == s.len()
             && self == s_head
             && (s.len() <= Self::BYTES
@@ -52,9 +134,8 @@ impl<const W: usize> Head<W> {
     }
 }
 
-/// The hash such tables use for a string key.
 #[inline]
-pub fn hash(s: &str) -> u64 {
+fn hash(s: &str) -> u64 {
     FxBuildHasher.hash_one(s)
 }
 

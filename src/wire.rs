@@ -235,7 +235,13 @@ pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>,
     if shape::plain(s) {
         return Ok(Some(RawJson::from(raw.to_owned())));
     }
-    let p: WireParameters<'_> = match serde_json::from_str(s) {
+    typed_parameters(raw, strict_types)
+}
+
+/// `parameters` (an object) checked by a typed parse: `utm_*` members strings (else
+/// coerced, unless `strict_types`), `custom_params` an object or `null`.
+fn typed_parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>, DecodeError> {
+    let p: WireParameters<'_> = match serde_json::from_str(raw.get()) {
         Ok(p) => p,
         Err(e) if !strict_types && is_type_error(&e) => return lenient::parameters(raw).map(Some),
         Err(e) => return Err(json_err(e)),

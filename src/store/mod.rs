@@ -16,11 +16,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
 
-use hashbrown::HashTable;
-
 use crate::checkpoint::files::{EncodedRecords, PartRecords};
 use crate::model::{PendingUser, Text, Time, UserState};
-use crate::string_key::{Head, hash};
+use crate::string_key::StrMap;
 
 /// The state store of one worker.
 pub trait StateStore {
@@ -185,33 +183,21 @@ impl StateStore for Store {
     }
 }
 
-/// The hash map backend: users by id (`string_key`: an id of up to 24 bytes is compared
-/// in the table's own memory, not through its pointer).
+/// The hash map backend: users by id (`StrMap`: an id of up to 24 bytes is compared in
+/// the table's own memory, not through its pointer).
 #[derive(Default)]
 pub struct MemoryStore {
-    users: HashTable<Slot>,
-}
-
-struct Slot {
-    head: Head<3>,
-    user: Text,
-    state: UserState,
+    users: StrMap<Text, UserState, 3>,
 }
 
 impl MemoryStore {
-    fn find(&self, user: &str) -> Option<&Slot> {
-        let head = Head::of(user);
-        self.users
-            .find(hash(user), |s| s.head.is(&s.user, user, &head))
-    }
-
     /// A shallow copy: the parts of each state are `Arc`s.
     fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {
             records: self
                 .users
                 .iter()
-                .map(|s| (s.user.clone(), s.state.clone()))
+                .map(|(u, st)| (u.clone(), st.clone()))
                 .collect(),
             encoded: None,
         })
@@ -223,46 +209,27 @@ impl MemoryStore {
     ) -> Result<StoreSnapshot, StateError> {
         Ok(StoreSnapshot {
             records: users
-                .filter_map(|u| Some((u.clone(), self.find(u)?.state.clone())))
+                .filter_map(|u| Some((u.clone(), self.users.get(u)?.clone())))
                 .collect(),
             encoded: None,
         })
     }
 
     fn holds(&self, user: &str) -> bool {
-        self.find(user).is_some()
+        self.users.get(user).is_some()
     }
 }
 
 impl StateStore for MemoryStore {
     #[inline]
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
-        let head = Head::of(user);
-        let slot = self
-            .users
-            .find_mut(hash(user), |s| s.head.is(&s.user, user, &head))?;
-        Some(&mut slot.state)
+        self.users.get_mut(user)
     }
     fn insert(&mut self, user: Text, state: UserState) {
-        let head = Head::of(&user);
-        let entry = self.users.entry(
-            hash(&user),
-            |s| s.head.is(&s.user, &user, &head),
-            |s| hash(&s.user),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => o.get_mut().state = state,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(Slot { head, user, state });
-            }
-        }
+        self.users.insert(user, state);
     }
     fn remove(&mut self, user: &str) -> Option<UserState> {
-        let head = Head::of(user);
-        let found = self
-            .users
-            .find_entry(hash(user), |s| s.head.is(&s.user, user, &head));
-        found.ok().map(|o| o.remove().0.state)
+        self.users.remove(user)
     }
     fn len(&self) -> usize {
         self.users.len()
