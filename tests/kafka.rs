@@ -863,7 +863,12 @@ fn a_cluster_restores_from_a_shared_checkpoint_directory() {
     let receiver = Receiver::start(&rt);
     let s = job(&receiver);
     let cfg = dir.path().join("shared.yml");
-    let yaml = format!("{}  checkpoint-interval-ms: 200\n", kafka_yaml(&s));
+    // Checkpoints go on every 200 ms while the cluster waits for the stop: with the
+    // default `checkpoint-full-every` the final one could be a whole part again.
+    let yaml = format!(
+        "{}  checkpoint-interval-ms: 200\n  checkpoint-full-every: 100000\n",
+        kafka_yaml(&s)
+    );
     std::fs::write(&cfg, yaml).unwrap();
 
     // The first half, then checkpoints of deltas on both processes' whole parts, then a
