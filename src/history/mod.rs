@@ -246,6 +246,15 @@ impl History {
 
     /// A history from `encoded` bytes, their ids looked up through `lookup` (`None`:
     /// they are this process's own) and given this process's ids.
+    ///
+    /// Bytes in this process's ids are taken as their writer encoded them, checked only
+    /// for how they divide into entries: they come from a checkpoint part whose checksum
+    /// over all its bytes was checked before it is read, or from RocksDB, which checks
+    /// its blocks'. Walking every entry's tokens again was half of a restore's time
+    /// (1,060,380 users: 1.1-2.9 s, 0.6-0.7 s without). Reading an entry never fails
+    /// on bytes it cannot decode (`Reader` gives empty strings), so damage past both
+    /// checksums could show in what is read, not break the job. Another process's ids
+    /// are translated entry by entry, which decodes and checks every entry.
     pub fn from_encoded(
         encoded: &[u8],
         lookup: Option<&dyn Fn(u32) -> Option<String>>,
@@ -256,10 +265,7 @@ impl History {
             let body = body_at(encoded, at).ok_or(Malformed(at))?;
             let end = (body.as_ptr() as usize - encoded.as_ptr() as usize) + body.len();
             match lookup {
-                None => {
-                    check_entry(body).map_err(|Malformed(p)| Malformed(at + p))?;
-                    h.len += 1;
-                }
+                None => h.len += 1,
                 Some(lookup) => {
                     let mut out = Vec::new();
                     let mut r = Reader::new(body);
@@ -287,20 +293,6 @@ impl History {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         json::write_entries(out, self.iter());
     }
-}
-
-/// An entry body read from outside: every reference resolves and it ends where it says.
-fn check_entry(body: &[u8]) -> Result<(), Malformed> {
-    let mut r = Reader::new(body);
-    let f = codec::read_entry(&mut r);
-    if let Some(at) = r.bad {
-        return Err(Malformed(at));
-    }
-    let Some(params) = f.parameters else {
-        return Ok(());
-    };
-    let at = params.as_ptr() as usize - body.as_ptr() as usize;
-    codec::check_value(params).map_err(|Malformed(p)| Malformed(at + p))
 }
 
 impl PartialEq for History {

@@ -191,3 +191,34 @@ fn encoded_histories_come_back_here_and_in_another_process() {
     }]);
     assert!(History::from_encoded(needs_ids.encoded(), Some(&unknown)).is_err());
 }
+
+/// Bytes in this process's ids are taken as written (a checksum covered them): an entry
+/// damaged past it reads with empty strings and its parameters as `null`, and its
+/// history still renders as JSON. Bytes that do not divide into entries are refused.
+#[test]
+fn a_damaged_entry_in_this_processs_ids_reads_as_empty_strings_and_null() {
+    let unknown = (u64::from(u32::MAX - 1) << 1) | 1;
+    // Flags: a name and parameters; timestamp 1; a name and an object key nobody has.
+    let mut body = vec![2 | 8, 2];
+    codec::put_varint(&mut body, unknown);
+    body.push(5);
+    codec::put_varint(&mut body, unknown + 1);
+    body.push(0);
+    let mut bytes = Vec::new();
+    codec::put_varint(&mut bytes, body.len() as u64);
+    bytes.extend_from_slice(&body);
+
+    let h = History::from_encoded(&bytes, None).unwrap();
+    assert_eq!(h.len(), 1);
+    let e = h.iter().next().unwrap();
+    assert_eq!((e.event_name, e.timestamp), (Some(""), 1));
+    let mut json = Vec::new();
+    h.write_json(&mut json);
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(value[0]["parameters"], serde_json::Value::Null);
+    assert_eq!(value[0]["event_name"], "");
+
+    assert!(History::from_encoded(&bytes[..bytes.len() - 1], None).is_err());
+    let lookup = |_: u32| None;
+    assert!(History::from_encoded(&bytes, Some(&lookup)).is_err());
+}
