@@ -397,7 +397,7 @@ fn string<'j>(text: &'j str, pos: &mut usize) -> Option<&'j str> {
 }
 
 /// Appends the JSON text of the value at the start of `tokens` (tokens this process
-/// wrote or checked: ids are its dictionary's).
+/// wrote, or read back from a checkpoint part or RocksDB: ids are its dictionary's).
 pub fn write_json(out: &mut Vec<u8>, tokens: &[u8]) {
     let here = |id: u32| dict::get(id).map(str::as_bytes);
     let mark = out.len();

@@ -250,8 +250,8 @@ impl History {
     /// Bytes in this process's ids are taken as their writer encoded them, checked only
     /// for how they divide into entries: they come from a checkpoint part whose checksum
     /// over all its bytes was checked before it is read, or from RocksDB, which checks
-    /// its blocks'. Walking every entry's tokens again was half of a restore's time
-    /// (1,060,380 users: 1.1-2.9 s, 0.6-0.7 s without). Reading an entry never fails
+    /// its blocks'. Walking every entry's tokens again was about half of a restore's
+    /// time. Reading an entry never fails
     /// on bytes it cannot decode (`Reader` gives empty strings), so damage past both
     /// checksums could show in what is read, not break the job. Another process's ids
     /// are translated entry by entry, which decodes and checks every entry.
