@@ -191,6 +191,7 @@ mod tests {
                 file: CheckpointConfig::part_name(epoch, 0),
                 bytes: std::fs::metadata(&path).unwrap().len(),
                 hash: crate::checkpoint::files::part_hash(&path).unwrap(),
+                records: Some(crate::checkpoint::files::verify_part(&path).unwrap().0),
             }
         };
         part(
@@ -262,6 +263,24 @@ mod tests {
         );
     }
 
+    /// A part's record count is in its trailer, outside its checksum: a base whose count
+    /// differs from the one the manifest names is refused (restoring it failed half-way,
+    /// its users' state lost, the run going on from the checkpoint's offsets).
+    #[test]
+    fn a_base_part_with_a_damaged_record_count_falls_back_to_an_older_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        let base = c.state_path(2000, 0);
+        let mut bytes = std::fs::read(&base).unwrap();
+        let count_at = bytes.len() - 24;
+        bytes[count_at] ^= 0x04;
+        std::fs::write(&base, bytes).unwrap();
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        // 2000's own manifest names its count; 3000 builds on it.
+        assert_eq!(latest.manifest.epoch, 1000);
+    }
+
     #[test]
     fn another_whole_part_in_a_bases_place_is_refused_not_restored() {
         let dir = tempfile::tempdir().unwrap();
@@ -308,6 +327,7 @@ mod tests {
             file: CheckpointConfig::part_name(4000, 0),
             bytes: std::fs::metadata(c.state_path(4000, 0)).unwrap().len(),
             hash: crate::checkpoint::files::part_hash(&c.state_path(4000, 0)).unwrap(),
+            records: None,
         }];
         let chain = ChainPart { users: 2, base };
         part(

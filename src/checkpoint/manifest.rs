@@ -49,14 +49,18 @@ pub struct PartEntry {
 }
 
 /// A part a delta builds on: its path under the checkpoint directory
-/// (`chk-<epoch>/state-<worker>.bin`), size and checksum, so that another file in its
-/// place (an older part copied over it, a release writing into its directory) is
+/// (`chk-<epoch>/state-<worker>.bin`), size, checksum and records, so that another file
+/// in its place (an older part copied over it, a release writing into its directory) or
+/// a damaged record count (the one thing in a part its checksum does not cover) is
 /// refused, not restored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BasePart {
     pub file: String,
     pub bytes: u64,
     pub hash: u64,
+    /// The records its trailer counts (absent in manifests of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
 }
 
 /// Written beside a delta part, before it: what the coordinator needs for the manifest.
@@ -305,8 +309,11 @@ fn load(dir: &Path, manifest_path: &Path) -> Result<Restore, CheckpointError> {
     let root = dir.parent().unwrap_or(Path::new("."));
     for base in restore.manifest.parts.iter().flat_map(|p| &p.base) {
         let path = root.join(&base.file);
-        let (_, bytes) = verify_part(&path)?;
-        if bytes != base.bytes || part_hash(&path)? != base.hash {
+        let (records, bytes) = verify_part(&path)?;
+        if bytes != base.bytes
+            || part_hash(&path)? != base.hash
+            || base.records.is_some_and(|r| r != records)
+        {
             return Err(CheckpointError::corrupt(
                 &path,
                 "is not the part the checkpoint builds on",

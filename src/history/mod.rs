@@ -251,10 +251,10 @@ impl History {
     /// for how they divide into entries: they come from a checkpoint part whose checksum
     /// over all its bytes was checked before it is read, or from RocksDB, which checks
     /// its blocks'. Walking every entry's tokens again was about half of a restore's
-    /// time. Reading an entry never fails
-    /// on bytes it cannot decode (`Reader` gives empty strings), so damage past both
-    /// checksums could show in what is read, not break the job. Another process's ids
-    /// are translated entry by entry, which decodes and checks every entry.
+    /// time. Reading an entry never panics on bytes it cannot decode (`Reader` gives
+    /// empty strings), so damage past both checksums would show in what is read, not
+    /// crash the job. Another process's ids are translated entry by entry, which
+    /// decodes and checks every entry.
     pub fn from_encoded(
         encoded: &[u8],
         lookup: Option<&dyn Fn(u32) -> Option<String>>,

@@ -322,6 +322,7 @@ impl Snapshots {
                         file: CheckpointConfig::part_name(epoch, self.worker),
                         bytes: info.bytes,
                         hash: info.hash,
+                        records: Some(info.users),
                     };
                     self.chain.written(part, whole, info.words);
                 }
