@@ -22,7 +22,9 @@ pub enum KafkaSetupError {
         waited: Duration,
         reason: String,
     },
-    #[error("kafka.topic: topic `{0}` does not exist")]
+    #[error(
+        "kafka.topic: topic `{0}` does not exist on the broker; create it (`event-trigger produce --topic {0} FILE` creates it and loads a file of events into it)"
+    )]
     NoTopic(String),
     #[error("kafka: {0}")]
     Client(String),

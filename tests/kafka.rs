@@ -553,6 +553,37 @@ fn broker_down_at_start_is_a_clear_error() {
     assert!(kafka_errors <= 3, "{err}");
 }
 
+/// A topic missing on the broker fails the start, naming the key and how to create it.
+#[test]
+fn a_missing_topic_is_a_clear_error_that_names_produce() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("missing");
+    let s = kafka_job(
+        dir.path(),
+        &topic,
+        "g",
+        "file:///dev/null",
+        "http://127.0.0.1:1/",
+    );
+    std::fs::write(&s.filter.script_path, "true").unwrap();
+    let cfg = dir.path().join("missing.yml");
+    std::fs::write(&cfg, kafka_yaml(&s)).unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("kafka.topic: topic `{topic}` does not exist")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("event-trigger produce --topic {topic} FILE")),
+        "{err}"
+    );
+}
+
 /// `produce` says at once that its input is missing, and gives up on a broker that does
 /// not answer after `kafka.connect-timeout-ms` (it waited for ever), exit 2 both.
 #[test]
