@@ -351,7 +351,7 @@ fn checkpoints(
                 offsets = ?r.manifest.offsets,
                 file_offset = r.manifest.file.as_ref().map(|f| f.offset),
                 dir = %r.dir.display(),
-                "restoring the latest checkpoint"
+                "found the latest complete checkpoint"
             );
             Arc::new(r)
         });
