@@ -32,8 +32,9 @@ impl ChainReader {
     }
 
     /// Up to `max` more records, some maybe left out as older; `None` once the chain is
-    /// read. After an error the chain goes on with its next part (none, if its parts
-    /// could not be opened).
+    /// read. An error ends the chain: the parts before the one that failed would give
+    /// the users of its unread records older states than theirs, or back after their
+    /// removal (they are looked up again instead).
     pub fn next_chunk(
         &mut self,
         max: usize,
@@ -67,7 +68,7 @@ impl ChainReader {
                     self.parts.pop_front();
                 }
                 Err(e) => {
-                    self.parts.pop_front();
+                    self.parts.clear();
                     return Err(e);
                 }
             }
@@ -261,6 +262,32 @@ mod tests {
             latest.manifest.epoch, 1000,
             "3000 and 2000 need the damaged part"
         );
+    }
+
+    /// A delta that fails while it is read (damaged after the start's check) ends its
+    /// chain: read on, the part before it gave `d` its state of 2000 (pending) where
+    /// the failed part had its state of 3000.
+    #[test]
+    fn a_part_failing_while_it_is_read_ends_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        three_epochs(&c);
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        let newest = c.state_path(3000, 0);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&newest, bytes).unwrap();
+        let mut reader = ChainReader::new(latest.part_chains().remove(0));
+        let (mut users, mut errors) = (Vec::new(), 0);
+        loop {
+            match reader.next_chunk(8192) {
+                Ok(Some(chunk)) => users.extend(chunk.into_iter().map(|(u, _)| u)),
+                Ok(None) => break,
+                Err(_) => errors += 1,
+            }
+        }
+        assert_eq!((users, errors), (vec![], 1));
     }
 
     /// A part's record count is in its trailer, outside its checksum: a base whose count
