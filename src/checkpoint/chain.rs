@@ -247,16 +247,20 @@ mod tests {
         assert_eq!(restored(&at_2000), pairs(&want));
     }
 
+    /// Flips the bits `mask` of the byte of `path` that `at` picks from its length.
+    fn flip(path: &std::path::Path, at: impl FnOnce(usize) -> usize, mask: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = at(bytes.len());
+        bytes[at] ^= mask;
+        std::fs::write(path, bytes).unwrap();
+    }
+
     #[test]
     fn a_damaged_part_of_a_chain_falls_back_to_an_older_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
         three_epochs(&c);
-        let middle = c.state_path(2000, 0);
-        let mut bytes = std::fs::read(&middle).unwrap();
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0xff;
-        std::fs::write(&middle, bytes).unwrap();
+        flip(&c.state_path(2000, 0), |len| len / 2, 0xff);
         let latest = manifest::find_latest(&c.dir).unwrap();
         assert_eq!(
             latest.manifest.epoch, 1000,
@@ -273,11 +277,7 @@ mod tests {
         let c = cfg(dir.path());
         three_epochs(&c);
         let latest = manifest::find_latest(&c.dir).unwrap();
-        let newest = c.state_path(3000, 0);
-        let mut bytes = std::fs::read(&newest).unwrap();
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0xff;
-        std::fs::write(&newest, bytes).unwrap();
+        flip(&c.state_path(3000, 0), |len| len / 2, 0xff);
         let mut reader = ChainReader::new(latest.part_chains().remove(0));
         let (mut users, mut errors) = (Vec::new(), 0);
         loop {
@@ -298,11 +298,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
         three_epochs(&c);
-        let base = c.state_path(2000, 0);
-        let mut bytes = std::fs::read(&base).unwrap();
-        let count_at = bytes.len() - 24;
-        bytes[count_at] ^= 0x04;
-        std::fs::write(&base, bytes).unwrap();
+        // The trailer: the count, the checksum, the magic (8 bytes each).
+        flip(&c.state_path(2000, 0), |len| len - 24, 0x04);
         let latest = manifest::find_latest(&c.dir).unwrap();
         // 2000's own manifest names its count; 3000 builds on it.
         assert_eq!(latest.manifest.epoch, 1000);
