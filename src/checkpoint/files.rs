@@ -594,6 +594,8 @@ pub struct PartReader {
     delta: bool,
     /// The encoded state of the record being read (one buffer for them all).
     scratch: Vec<u8>,
+    /// What stopped the reading, given after the records read before it.
+    failed: Option<CheckpointError>,
 }
 
 impl PartReader {
@@ -650,6 +652,7 @@ impl PartReader {
             extension,
             delta,
             scratch: Vec::new(),
+            failed: None,
         })
     }
 
@@ -691,16 +694,42 @@ impl PartReader {
         max: usize,
         keep: &mut dyn FnMut(&Text) -> bool,
     ) -> Result<Option<Vec<Record>>, CheckpointError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         if self.ended {
             return Ok(None);
         }
-        let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
         if self.extension.is_some() {
             let reason = "a delta read without the parts it builds on (its dictionary is theirs)";
-            return Err(corrupt(reason.into()));
+            return Err(CheckpointError::corrupt(&self.path, reason));
         }
-        let decode = |e: bincode::Error| corrupt(e.to_string());
         let mut chunk = Vec::with_capacity(max.min(4096));
+        match self.read_records(max, keep, &mut chunk) {
+            Ok(()) => {}
+            // The records decoded before the failure are given, then the failure: a
+            // part damaged after the start's check loses the users not read yet.
+            Err(e) if !chunk.is_empty() => {
+                self.ended = true;
+                self.failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+        if chunk.is_empty() && self.ended {
+            return Ok(None);
+        }
+        Ok(Some(chunk))
+    }
+
+    /// Reads records into `chunk` until it holds `max` or the part ends (checked).
+    fn read_records(
+        &mut self,
+        max: usize,
+        keep: &mut dyn FnMut(&Text) -> bool,
+        chunk: &mut Vec<Record>,
+    ) -> Result<(), CheckpointError> {
+        let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
+        let decode = |e: bincode::Error| corrupt(e.to_string());
         while chunk.len() < max {
             let mut tag = [0u8; 1];
             self.body
@@ -758,10 +787,7 @@ impl PartReader {
             };
             chunk.push((user, saved));
         }
-        if chunk.is_empty() && self.ended {
-            return Ok(None);
-        }
-        Ok(Some(chunk))
+        Ok(())
     }
 }
 
@@ -1200,6 +1226,38 @@ mod tests {
             }
         };
         assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    /// A record that does not decode stops the reading; the users read before it are
+    /// given first (a part damaged after the start's check loses only those not read).
+    #[test]
+    fn the_users_before_a_record_that_does_not_decode_are_given_then_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-0.bin");
+        let records = PartRecords {
+            base: None,
+            states: sample(10),
+            pending: vec![],
+            removed: None,
+            chain: None,
+            words_before: 0,
+        };
+        write_part_as(&path, records, false).unwrap();
+        // The last user's state length (after its id): one no state has.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(2).rposition(|w| w == b"u9").unwrap() + 2;
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reader = PartReader::open(&path).unwrap();
+        let first = reader.next_chunk(usize::MAX).unwrap().unwrap();
+        let users: Vec<&str> = first.iter().map(|(u, _)| &**u).collect();
+        assert_eq!(
+            users,
+            ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]
+        );
+        let err = reader.next_chunk(usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("(user u9)"), "{err}");
+        assert!(reader.next_chunk(usize::MAX).unwrap().is_none());
     }
 
     #[test]
