@@ -23,7 +23,7 @@ pub enum KafkaSetupError {
         reason: String,
     },
     #[error(
-        "kafka.topic: topic `{0}` does not exist on the broker; create it (`event-trigger produce --topic {0} FILE` creates it and loads a file of events into it)"
+        "kafka.topic: topic `{0}` does not exist on the broker; create it (`event-trigger produce --config <this config> --topic {0} FILE` creates it on the same broker and loads a file of events into it)"
     )]
     NoTopic(String),
     #[error("kafka: {0}")]
