@@ -26,6 +26,11 @@ pub enum CoerceError {
     },
     #[error("{0} is out of the range of a 64-bit integer")]
     OutOfRange(String),
+    #[error(
+        "the string {0} holds half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape \
+         without its other half), which text cannot hold"
+    )]
+    LoneSurrogate(String),
 }
 
 /// The kind of a JSON value, from its first character (a `RawValue` is valid JSON).
@@ -75,16 +80,16 @@ fn wrong(token: Token, expected: &'static str) -> CoerceError {
 }
 
 /// The content of a JSON string literal, borrowed when it has no escapes.
-fn unescape(literal: &str) -> Cow<'_, str> {
+fn unescape(literal: &str) -> Result<Cow<'_, str>, CoerceError> {
     if !literal.contains('\\') {
         // Quotes at both ends; without escapes the rest is the text itself.
-        return Cow::Borrowed(&literal[1..literal.len() - 1]);
+        return Ok(Cow::Borrowed(&literal[1..literal.len() - 1]));
     }
-    // A `RawValue` string is valid JSON: this cannot fail; if it did, the text as is
-    // is the least surprising reading.
+    // A `RawValue`'s escapes are well formed but not decoded: the one thing left that
+    // fails here is half of a surrogate pair (`"\ud800"`), which has no UTF-8 form.
     serde_json::from_str::<String>(literal)
         .map(Cow::Owned)
-        .unwrap_or(Cow::Borrowed(literal))
+        .map_err(|_| CoerceError::LoneSurrogate(literal.chars().take(40).collect()))
 }
 
 /// Java's `String.trim()`: every character up to U+0020 goes, not only Unicode spaces.
@@ -107,7 +112,7 @@ fn java_trim(s: &str) -> &str {
 pub fn text(raw: &RawValue) -> Result<Option<Cow<'_, str>>, CoerceError> {
     let s = raw.get();
     match Token::of(s) {
-        Token::String => Ok(Some(unescape(s))),
+        Token::String => Ok(Some(unescape(s)?)),
         Token::Int | Token::Float | Token::Bool(_) => Ok(Some(Cow::Borrowed(s))),
         Token::Null => Ok(None),
         t @ (Token::Object | Token::Array) => Err(wrong(t, "a string")),
@@ -134,7 +139,7 @@ pub fn long(raw: &RawValue) -> Result<i64, CoerceError> {
             .parse::<i64>()
             .map_err(|_| CoerceError::OutOfRange(s.into())),
         Token::Float => float_to_long(s),
-        Token::String => string_to_long(&unescape(s)),
+        Token::String => string_to_long(&unescape(s)?),
         t @ (Token::Bool(_) | Token::Object | Token::Array) => Err(wrong(t, "an integer")),
     }
 }
@@ -184,7 +189,7 @@ pub fn boolean(raw: &RawValue) -> Result<bool, CoerceError> {
         Token::Null => Ok(false),
         Token::Bool(b) => Ok(b),
         Token::Int => Ok(s.bytes().any(|b| matches!(b, b'1'..=b'9'))),
-        Token::String => string_to_bool(&unescape(s)),
+        Token::String => string_to_bool(&unescape(s)?),
         t @ (Token::Float | Token::Object | Token::Array) => Err(wrong(t, "a boolean")),
     }
 }
@@ -234,6 +239,24 @@ mod tests {
     fn unescaped_strings_are_borrowed() {
         let r = raw(r#""user_1""#);
         assert!(matches!(text(&r), Ok(Some(Cow::Borrowed("user_1")))));
+    }
+
+    /// A raw value lets half of a surrogate pair through; it was read as the literal,
+    /// quotes and all (found by a trial: a Profile API history entry's `event_id` came
+    /// out as `"\"h_\\ud800\""` in webhook bodies).
+    #[test]
+    fn half_a_surrogate_pair_is_refused_not_kept_as_its_literal() {
+        for json in [r#""h_\ud800""#, r#""\udc00x""#, r#""a\ud800\u0041""#] {
+            let e = text(&raw(json)).unwrap_err();
+            assert!(
+                matches!(&e, CoerceError::LoneSurrogate(literal) if literal == json),
+                "{json}: {e}"
+            );
+            assert!(e.to_string().contains("surrogate"), "{e}");
+            assert!(long(&raw(json)).is_err() && boolean(&raw(json)).is_err());
+        }
+        let pair = raw(r#""\ud83d\ude00 \u00e9""#);
+        assert_eq!(text(&pair).unwrap().as_deref(), Some("😀 é"));
     }
 
     #[test]

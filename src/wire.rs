@@ -488,6 +488,20 @@ mod tests {
         assert_eq!((ev.duration, ev.timestamp), (-1, -12));
     }
 
+    /// A field read again for a coercion elsewhere in the event, holding half of a
+    /// surrogate pair, was kept as its JSON literal (`"\ud800"`, quotes included).
+    #[test]
+    fn half_a_surrogate_pair_beside_a_coerced_field_is_bad_json() {
+        let msg = br#"{"event_id":12,"user_id":"u\ud800","event_type":"c"}"#;
+        let Err(e) = decode(msg) else {
+            panic!("decoded")
+        };
+        let e = e.to_string();
+        assert!(e.contains("user_id") && e.contains("surrogate"), "{e}");
+        let fine = decode(br#"{"event_id":12,"user_id":"u\u00e9","event_type":"c"}"#).unwrap();
+        assert_eq!(&*fine.user_id, "u\u{e9}");
+    }
+
     #[test]
     fn a_coerced_event_equals_its_well_typed_twin() {
         let typed = decode(FULL.as_bytes()).unwrap();

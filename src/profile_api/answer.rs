@@ -346,6 +346,28 @@ mod tests {
         assert_eq!(data.visit, None);
     }
 
+    /// Half of a surrogate pair has no UTF-8 form: the entry or field holding it is
+    /// skipped and counted, as any other value that cannot be read (it was kept as its
+    /// JSON literal, quotes and escape included).
+    #[test]
+    fn half_a_surrogate_pair_skips_its_entry_or_field() {
+        let (data, skipped) = answers(
+            r#"{"country":"\ud800","city":"Paris"}"#,
+            "null",
+            r#"[{"event_id":"h_\ud800x","timestamp":1},{"event_id":"ok","event_name":"\ud83d\ude00","timestamp":2}]"#,
+        )
+        .read();
+        assert_eq!(data.profile.country, None);
+        assert_eq!(data.profile.city.as_deref(), Some("Paris"));
+        let ids: Vec<_> = data.history.iter().map(|h| h.event_id.as_deref()).collect();
+        assert_eq!(ids, [Some("ok")]);
+        assert_eq!(data.history[0].event_name.as_deref(), Some("😀"));
+        assert_eq!((skipped.fields, skipped.history_entries), (1, 1));
+        let first = skipped.first.unwrap();
+        assert!(first.starts_with("profile.country: the string"), "{first}");
+        assert!(first.contains("surrogate"), "{first}");
+    }
+
     #[test]
     fn a_repeated_key_takes_the_last_value_as_jackson() {
         let (data, _) = answers(
