@@ -98,7 +98,7 @@ pub struct Metrics {
     pub filter_reload_failures: Counter,
     /// Sums over the workers of this process, for the progress line.
     totals: Totals,
-    lags: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    lags: std::sync::Mutex<Lags>,
 }
 
 /// Process totals of the summary counters.
@@ -123,6 +123,14 @@ impl Totals {
 fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
     registry.register(name, help, metric.clone());
     metric
+}
+
+/// The consumer lag per partition, for the progress line.
+#[derive(Default)]
+struct Lags {
+    by_partition: std::collections::BTreeMap<(String, i32), i64>,
+    /// Read to their end by a bounded run.
+    ended: std::collections::BTreeSet<(String, i32)>,
 }
 
 /// The process's metrics (one registry per process, as Prometheus scrapes processes).
@@ -365,7 +373,7 @@ impl Metrics {
             lag: self
                 .lags
                 .lock()
-                .map(|l| l.values().sum())
+                .map(|l| l.by_partition.values().sum())
                 .unwrap_or_default(),
         }
     }
@@ -417,22 +425,41 @@ impl Metrics {
         self.checkpoint_epoch_ms.set(epoch as i64);
     }
 
-    /// librdkafka's statistics: the lag of each partition this client consumes.
+    /// librdkafka's statistics: the lag of each partition this client consumes (but
+    /// those a bounded run has read to their end).
     pub fn record_lag(&self, stats: &rdkafka::Statistics) {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    let label = PartitionLabel {
-                        topic: topic.clone(),
-                        partition: partition.to_string(),
-                    };
-                    self.consumer_lag.get_or_create(&label).set(p.consumer_lag);
-                    if let Ok(mut lags) = self.lags.lock() {
-                        lags.insert((topic.clone(), *partition), p.consumer_lag);
-                    }
+                    self.set_lag(topic, *partition, p.consumer_lag, false);
                 }
             }
         }
+    }
+
+    /// A bounded run has read a partition to its end: it has no lag from now on. The
+    /// statistics' lag comes seconds late and counts from the committed offset, so a
+    /// bounded run's last progress line showed the lag from before the end.
+    pub fn partition_at_end(&self, topic: &str, partition: i32) {
+        self.set_lag(topic, partition, 0, true);
+    }
+
+    fn set_lag(&self, topic: &str, partition: i32, lag: i64, at_end: bool) {
+        let key = (topic.to_owned(), partition);
+        let Ok(mut lags) = self.lags.lock() else {
+            return;
+        };
+        if at_end {
+            lags.ended.insert(key.clone());
+        } else if lags.ended.contains(&key) {
+            return;
+        }
+        let label = PartitionLabel {
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        };
+        self.consumer_lag.get_or_create(&label).set(lag);
+        lags.by_partition.insert(key, lag);
     }
 }
 
@@ -615,6 +642,23 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn a_partition_read_to_its_end_has_no_lag() {
+        let m = Metrics::new();
+        m.set_lag("t", 0, 40, false);
+        m.set_lag("t", 1, 2, false);
+        assert_eq!(m.progress().lag, 42);
+        m.partition_at_end("t", 0);
+        assert_eq!(m.progress().lag, 2);
+        // Statistics from before the end, delivered after it, do not bring it back.
+        m.set_lag("t", 0, 40, false);
+        assert_eq!(m.progress().lag, 2);
+        assert!(
+            m.encode()
+                .contains("event_trigger_kafka_consumer_lag{topic=\"t\",partition=\"0\"} 0\n")
+        );
     }
 
     #[test]

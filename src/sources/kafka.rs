@@ -296,6 +296,7 @@ impl KafkaReader {
                     if !self.at_end.contains(&p) {
                         tracing::debug!(partition = p, "reached the end of the partition");
                         self.at_end.push(p);
+                        crate::metrics::global().partition_at_end(&self.topic, p);
                     }
                 }
                 Err(e) => {
