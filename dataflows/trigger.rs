@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::actions::run_actions;
@@ -27,7 +27,7 @@ use crate::operators::backpressure::{Backlog, Gate};
 use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateSettings, user_state};
-use crate::shutdown::Lifecycle;
+use crate::shutdown::{Lifecycle, StopFlag};
 use crate::sources::driver::{Reader, SharedSource, Source, drive, finished_beacon};
 use crate::sources::file::FileReader;
 use crate::sources::kafka::{Assignment, KafkaReader, Plan};
@@ -256,6 +256,7 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
             .inspect(move |v: &Version| versions.adopt(v.clone()));
         input
     });
+    let mut stops = StopBroadcast::build(worker, p);
     let mut broadcast = 0;
     let mut metrics = WorkerMetrics::new(worker.index());
     let mut published = Instant::now();
@@ -267,6 +268,9 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
             }
             reloads.flush();
         }
+        if let Some(stops) = &mut stops {
+            stops.send_once(&p.stop);
+        }
         worker.step_or_park(Some(PUBLISH_EVERY));
         if published.elapsed() >= PUBLISH_EVERY {
             metrics.publish(stats);
@@ -274,7 +278,60 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
         }
     }
     drop(reloads);
+    drop(stops);
     metrics.publish(stats);
+}
+
+/// A stop asked of one process of a cluster (SIGTERM to one host, a rolling restart)
+/// stops every process: the cluster cannot run on without it, and its final checkpoint
+/// needs every worker's part. Alone, the stopped process waited for the others, which
+/// read on, until its shutdown timeout; it exited 1 without a final checkpoint and its
+/// peers failed on the lost connection. Each process's first worker broadcasts its
+/// process's stop time, once; every worker sets its process's flag to it.
+struct StopBroadcast {
+    input: InputHandleVec<u64, Time>,
+    sends: bool,
+    sent: bool,
+}
+
+impl StopBroadcast {
+    /// `None` for a single process (its workers share its flag).
+    fn build(worker: &mut Worker, p: &Prepared) -> Option<StopBroadcast> {
+        if p.processes <= 1 {
+            return None;
+        }
+        let flag = p.stop.clone();
+        let index = worker.index();
+        let input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_input::<Time>();
+            stream.broadcast().inspect(move |at: &Time| {
+                if !flag.is_set() {
+                    tracing::info!(
+                        worker = index,
+                        "another process of the cluster was asked to stop: stopping too"
+                    );
+                }
+                flag.set_at(*at);
+            });
+            input
+        });
+        Some(StopBroadcast {
+            input,
+            sends: index.is_multiple_of(worker.peers() / p.processes),
+            sent: false,
+        })
+    }
+
+    fn send_once(&mut self, stop: &StopFlag) {
+        if self.sends
+            && !self.sent
+            && let Some(at) = stop.stopped_at()
+        {
+            self.input.send(at);
+            self.input.flush();
+            self.sent = true;
+        }
+    }
 }
 
 /// A cluster's processes share their checkpoint directory and restore one checkpoint

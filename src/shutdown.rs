@@ -43,10 +43,15 @@ impl StopFlag {
     }
 
     pub fn set(&self) {
-        let now = crate::clock::now_ms().max(1);
+        self.set_at(crate::clock::now_ms());
+    }
+
+    /// Sets the flag as a stop asked for at `at` (another process's stop, so that
+    /// every process takes the same final epoch); a stop already set is kept.
+    pub fn set_at(&self, at: Time) {
         let _ = self
             .at
-            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, at.max(1), Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// A worker starts: from now on a stop finishes the work in flight.

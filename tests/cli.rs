@@ -672,6 +672,52 @@ fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
     );
 }
 
+/// A stop asked of one process of a cluster (SIGTERM to one host, as a rolling restart
+/// does) stops them all gracefully, each exiting 0. Alone, the
+/// stopped process waited for the others, which read on (here: process 0 read the whole
+/// file), until its shutdown timeout, then exited 1 without a final checkpoint.
+#[test]
+fn a_stop_of_one_process_stops_the_whole_cluster() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(3000, 300, 9);
+    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
+    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
+    // Paced: the run would last ~10 s, so the stop comes mid-way.
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "  type: file\n",
+        "  type: file\n  max-events-per-second: 300\n",
+        1,
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let env = [("RUST_LOG", "info")];
+    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2, &env);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Process 1: worker 0 of process 0 reads the file.
+    let kill = Command::new("kill")
+        .args(["-TERM", &cluster[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let one = wait_within(cluster.remove(1), Duration::from_secs(20));
+    let zero = wait_within(cluster.remove(0), Duration::from_secs(20));
+    let (err0, err1) = (
+        String::from_utf8_lossy(&zero.stderr),
+        String::from_utf8_lossy(&one.stderr),
+    );
+    assert_eq!(one.status.code(), Some(0), "{err1}");
+    assert_eq!(zero.status.code(), Some(0), "{err0}");
+    assert!(
+        err0.contains("another process of the cluster was asked to stop"),
+        "{err0}"
+    );
+    let counts = summary_of(&zero.stdout);
+    assert!(
+        counts.events_read > 0 && counts.events_read < 3000,
+        "process 0 stopped reading mid-way: {counts:?}"
+    );
+}
+
 #[test]
 fn idle_state_expires_by_the_clock_and_is_fetched_again() {
     idle_state_expires(0, 2);
