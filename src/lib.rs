@@ -2,6 +2,7 @@
 //! the user's profile and judged by a rhai rule; built on timely dataflow.
 
 pub mod actions;
+pub mod allocator;
 pub mod async_bridge;
 pub mod checkpoint;
 pub mod clock;

@@ -151,6 +151,7 @@ fn init_logging_with(format: LogFormat, directive: Option<&str>) {
 }
 
 fn main() -> std::process::ExitCode {
+    event_trigger::allocator::tune();
     let cli = Cli::parse();
     // `run` logs as its configuration says, once it is read. The rule tester shows the
     // first passing events itself: its actions' debug prints are off.
