@@ -7,6 +7,8 @@
 //! 41,000 page faults on the 2M-event run, against ~1,000 with a 100 ms delay; the
 //! kernel's share of the CPU fell by a quarter and the peak RSS rose by 5-10 MiB (2%).
 
+use std::ffi::c_long;
+
 use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t};
 
 /// `mi_option_purge_delay` in mimalloc's v2 `mimalloc.h`: the option after
@@ -14,7 +16,7 @@ use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t};
 const PURGE_DELAY: mi_option_t = 15;
 
 /// How long a free page stays with the process before it goes back to the kernel.
-pub const PURGE_DELAY_MS: i64 = 100;
+pub const PURGE_DELAY_MS: c_long = 100;
 
 /// Sets the allocator's options; called first thing in `main` (mimalloc's options are
 /// meant to be set before threads start). `MIMALLOC_PURGE_DELAY` in the environment
@@ -23,14 +25,14 @@ pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a number in mimalloc's option table; called before any other
         // thread exists.
-        unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS as _) };
+        unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
 /// The purge delay in effect, in ms.
-pub fn purge_delay_ms() -> i64 {
+pub fn purge_delay_ms() -> c_long {
     // SAFETY: reads a number from mimalloc's option table.
-    i64::from(unsafe { mi_option_get(PURGE_DELAY) })
+    unsafe { mi_option_get(PURGE_DELAY) }
 }
 
 #[cfg(test)]
