@@ -630,6 +630,27 @@ fn a_process_whose_peers_never_connect_gives_up_naming_the_fix() {
     assert!(err.contains("(-n 2, -p 0 to 1,"), "{err}");
 }
 
+/// Two processes of one worker on a file source of 3,000 events paced at 300 a second
+/// (the run lasts ~10 s, so what a test does at 2.5 s comes mid-way), and the Profile
+/// API and receiver they call (keep those until the run ends).
+fn paced_cluster(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> ((ProfileApi, Receiver), Vec<Job>) {
+    let w = Workload::generate(3000, 300, 9);
+    let (api, receiver, s) = served_job(rt, dir, &w);
+    let cfg = write_config(dir, "cluster.yml", &s, "");
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "  type: file\n",
+        "  type: file\n  max-events-per-second: 300\n",
+        1,
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let cluster = start_cluster(dir, &cfg, &["-w", "1"], 2, env);
+    ((api, receiver), cluster)
+}
+
 /// A process whose peer died ends, with exit code 1 and a message, so that a supervisor
 /// restarts the cluster: its workers panicked on the closed connection while its other
 /// threads waited for them, and it hung until a second signal (found by a new user's
@@ -638,17 +659,7 @@ fn a_process_whose_peers_never_connect_gives_up_naming_the_fix() {
 fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::generate(3000, 300, 9);
-    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
-    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
-    // Paced: the run lasts ~10 s, so the kill comes mid-way.
-    let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(
-        "  type: file\n",
-        "  type: file\n  max-events-per-second: 300\n",
-        1,
-    );
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2, &[]);
+    let (_servers, mut cluster) = paced_cluster(&rt, dir.path(), &[]);
     std::thread::sleep(Duration::from_millis(2500));
     cluster[1].kill().unwrap();
     let survivor = &mut cluster[0];
@@ -673,25 +684,14 @@ fn a_process_whose_peer_is_killed_exits_instead_of_hanging() {
 }
 
 /// A stop asked of one process of a cluster (SIGTERM to one host, as a rolling restart
-/// does) stops them all gracefully, each exiting 0. Alone, the
-/// stopped process waited for the others, which read on (here: process 0 read the whole
-/// file), until its shutdown timeout, then exited 1 without a final checkpoint.
+/// does) stops them all gracefully, each exiting 0. Alone, the stopped process waited
+/// for the others, which read on (here: process 0 read the whole file), until its
+/// shutdown timeout, then exited 1 without a final checkpoint.
 #[test]
 fn a_stop_of_one_process_stops_the_whole_cluster() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let w = Workload::generate(3000, 300, 9);
-    let (_api, _receiver, s) = served_job(&rt, dir.path(), &w);
-    let cfg = write_config(dir.path(), "cluster.yml", &s, "");
-    // Paced: the run would last ~10 s, so the stop comes mid-way.
-    let yaml = std::fs::read_to_string(&cfg).unwrap().replacen(
-        "  type: file\n",
-        "  type: file\n  max-events-per-second: 300\n",
-        1,
-    );
-    std::fs::write(&cfg, yaml).unwrap();
-    let env = [("RUST_LOG", "info")];
-    let mut cluster = start_cluster(dir.path(), &cfg, &["-w", "1"], 2, &env);
+    let (_servers, mut cluster) = paced_cluster(&rt, dir.path(), &[("RUST_LOG", "info")]);
     std::thread::sleep(Duration::from_millis(2500));
     // Process 1: worker 0 of process 0 reads the file.
     let kill = Command::new("kill")
