@@ -284,9 +284,9 @@ fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>,
 
 /// A stop asked of one process of a cluster (SIGTERM to one host, a rolling restart)
 /// stops every process: the cluster cannot run on without it, and its final checkpoint
-/// needs every worker's part. Alone, the stopped process waited for the others, which
-/// read on, until its shutdown timeout; it exited 1 without a final checkpoint and its
-/// peers failed on the lost connection. Each process's first worker broadcasts its
+/// needs every worker's part (else the stopped process would wait for the others, which
+/// read on, until its shutdown timeout, and exit 1 without a final checkpoint, its peers
+/// failing on the lost connection). Each process's first worker broadcasts its
 /// process's stop time, once; every worker sets its process's flag to it.
 struct StopBroadcast {
     input: InputHandleVec<u64, Time>,

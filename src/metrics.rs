@@ -438,8 +438,9 @@ impl Metrics {
     }
 
     /// A bounded run has read a partition to its end: it has no lag from now on. The
-    /// statistics' lag comes seconds late and counts from the committed offset, so a
-    /// bounded run's last progress line showed the lag from before the end.
+    /// statistics' lag comes seconds late and counts from the committed offset: taken
+    /// as it comes, a bounded run's last progress line would show the lag from before
+    /// the end.
     pub fn partition_at_end(&self, topic: &str, partition: i32) {
         self.set_lag(topic, partition, 0, true);
     }
