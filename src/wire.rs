@@ -214,7 +214,28 @@ impl Decoder {
 }
 
 fn json_err(e: serde_json::Error) -> DecodeError {
-    DecodeError::Json(e.to_string())
+    DecodeError::Json(format!(
+        "{} at line {} column {}",
+        message(&e),
+        e.line(),
+        e.column()
+    ))
+}
+
+/// serde's message without its position, and what its escape errors mean: both come of
+/// half of a surrogate pair, which serde names by the place it noticed.
+fn message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let msg = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
+    match msg {
+        "unexpected end of hex escape" | "lone leading surrogate in hex escape" => format!(
+            "{msg}: half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape without its \
+             other half), which text cannot hold"
+        ),
+        _ => msg.to_owned(),
+    }
 }
 
 /// A type error, as opposed to malformed JSON: worth reading again with coercions.
@@ -244,7 +265,14 @@ fn typed_parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson
     let p: WireParameters<'_> = match serde_json::from_str(raw.get()) {
         Ok(p) => p,
         Err(e) if !strict_types && is_type_error(&e) => return lenient::parameters(raw).map(Some),
-        Err(e) => return Err(json_err(e)),
+        // Its position is in the value, not in the message.
+        Err(e) => {
+            return Err(DecodeError::Json(format!(
+                "`parameters`: {} (column {} of its value)",
+                message(&e),
+                e.column()
+            )));
+        }
     };
     if let Some(custom) = p.custom_params {
         let c = custom.get();
@@ -345,8 +373,16 @@ mod tests {
                     panic!("{msg} decoded");
                 };
                 assert!(e.contains(error), "{e}");
+                assert!(e.starts_with("`parameters`: "), "{e}");
+                assert!(e.contains("half of a UTF-16 surrogate pair"), "{e}");
             }
         }
+        let well_typed = br#"{"user_id":"u","event_type":"c","event_name":"x\udc00"}"#;
+        let Err(DecodeError::Json(e)) = decode(well_typed) else {
+            panic!("decoded");
+        };
+        assert!(e.contains("half of a UTF-16 surrogate pair"), "{e}");
+        assert!(e.contains(" at line 1 column "), "{e}");
         let fine = br#"{"user_id":"u","event_type":"c","parameters":{"utm_id":"\u00e9","custom_params":{"x":"\ud800"}}}"#;
         let ev = decode(fine).unwrap();
         assert!(ev.parameters.unwrap().as_str().contains(r#""x":"\ud800""#));
