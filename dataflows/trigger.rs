@@ -128,6 +128,12 @@ fn start_failed(e: WorkerError) -> ! {
     crate::shutdown::exit_now(2)
 }
 
+/// Whether worker `index` (of `peers` in all) is its process's first: a process's
+/// workers are numbered together.
+fn first_of_process(index: usize, peers: usize, p: &Prepared) -> bool {
+    index.is_multiple_of(peers / p.processes.max(1))
+}
+
 /// What a worker builds its graph of: its filters, its store, its source.
 struct WorkerPlan {
     filters: Filters,
@@ -137,9 +143,7 @@ struct WorkerPlan {
 
 impl WorkerPlan {
     fn build(p: &Prepared, index: usize, peers: usize) -> Result<WorkerPlan, WorkerError> {
-        // Once per process, by its first worker (a process's workers are numbered
-        // together).
-        if index.is_multiple_of(peers / p.processes.max(1)) {
+        if first_of_process(index, peers, p) {
             p.backend.remove_unused(peers);
         }
         Ok(WorkerPlan {
@@ -317,7 +321,7 @@ impl StopBroadcast {
         });
         Some(StopBroadcast {
             input,
-            sends: index.is_multiple_of(worker.peers() / p.processes),
+            sends: first_of_process(index, worker.peers(), p),
             sent: false,
         })
     }

@@ -3,9 +3,10 @@
 //! mimalloc gives pages that fall free back to the kernel 10 ms later (`purge_delay`;
 //! `MADV_DONTNEED`). The job frees and takes back the same memory within much less than
 //! that, batch after batch (decoded events, look-up answers, history buffers that grow),
-//! so every round-trip faulted the pages in and had the kernel zero them again: 29,000 to
-//! 41,000 page faults on the 2M-event run, against ~1,000 with a 100 ms delay; the
-//! kernel's share of the CPU fell by a quarter and the peak RSS rose by 5-10 MiB (2%).
+//! so every round-trip faulted the pages in and had the kernel zero them again: 24,500 to
+//! 47,400 page faults on the 2M-event run, against 630-1,400 with a 100 ms delay; the
+//! kernel's share of the CPU fell by a quarter and the peak RSS rose by 3-7 MiB (README,
+//! "Freed pages kept 100 ms").
 
 use std::ffi::c_long;
 

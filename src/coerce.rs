@@ -26,12 +26,13 @@ pub enum CoerceError {
     },
     #[error("{0} is out of the range of a 64-bit integer")]
     OutOfRange(String),
-    #[error(
-        "the string {0} holds half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape \
-         without its other half), which text cannot hold"
-    )]
+    #[error("the string {0} holds {LONE_SURROGATE}")]
     LoneSurrogate(String),
 }
+
+/// What half of a surrogate pair (`"\ud800"`) is, for the messages that refuse one.
+pub const LONE_SURROGATE: &str = "half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape \
+     without its other half), which text cannot hold";
 
 /// The kind of a JSON value, from its first character (a `RawValue` is valid JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

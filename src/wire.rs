@@ -214,12 +214,14 @@ impl Decoder {
 }
 
 fn json_err(e: serde_json::Error) -> DecodeError {
-    DecodeError::Json(format!(
-        "{} at line {} column {}",
-        message(&e),
-        e.line(),
-        e.column()
-    ))
+    match e.line() {
+        0 => DecodeError::Json(message(&e)),
+        line => DecodeError::Json(format!(
+            "{} at line {line} column {}",
+            message(&e),
+            e.column()
+        )),
+    }
 }
 
 /// serde's message without its position, and what its escape errors mean: both come of
@@ -230,10 +232,9 @@ fn message(e: &serde_json::Error) -> String {
         .rsplit_once(" at line ")
         .map_or(text.as_str(), |(m, _)| m);
     match msg {
-        "unexpected end of hex escape" | "lone leading surrogate in hex escape" => format!(
-            "{msg}: half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape without its \
-             other half), which text cannot hold"
-        ),
+        "unexpected end of hex escape" | "lone leading surrogate in hex escape" => {
+            format!("{msg}: {}", crate::coerce::LONE_SURROGATE)
+        }
         _ => msg.to_owned(),
     }
 }
