@@ -1691,7 +1691,12 @@ fn delayed_actions_pending_at_a_stop_fire_once_after_the_restart() {
             .unwrap()
     };
     let first = start();
-    std::thread::sleep(Duration::from_millis(1800));
+    // Stopped once the first delayed action has fired (most are still pending then): a
+    // fixed sleep came before any had, on a loaded machine that started the run late.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.received() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let kill = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status()
