@@ -49,6 +49,8 @@ pub struct KafkaReader {
     done: BTreeMap<i32, i64>,
     /// Next offset to read per partition, where known: what a checkpoint records.
     positions: BTreeMap<i32, i64>,
+    /// Where reading starts in partitions whose first message has not come yet.
+    unchecked_starts: BTreeMap<i32, i64>,
     last_commit: Instant,
     /// Offsets go to the consumer group (not in a dry run).
     commit: bool,
@@ -151,10 +153,28 @@ fn configured_start(
         let committed =
             consumer.committed_offsets(tpl.clone(), Duration::from_millis(s.connect_timeout_ms))?;
         for e in committed.elements() {
-            tracing::debug!(partition = e.partition(), committed = ?e.offset(), "group offset");
+            // A partition the broker could not answer for is not one with nothing
+            // committed: starting it at the end would skip what it holds.
+            if let Err(err) = e.error() {
+                tracing::error!(partition = e.partition(), group = %s.consumer_group_id, "the group's committed offset could not be read: {err}");
+                return Err(err);
+            }
             let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::End, // nothing committed yet: the Flink job's `latest`
+                Offset::Offset(o) => {
+                    tracing::debug!(partition = e.partition(), committed = o, "group offset");
+                    Offset::Offset(o)
+                }
+                _ => {
+                    // Nothing committed yet: the Flink job's `latest`. Said at info level,
+                    // as the events already in the partition are not read.
+                    tracing::info!(
+                        partition = e.partition(),
+                        group = %s.consumer_group_id,
+                        "the group has no committed offset for this partition: starting at its \
+                         end (kafka.start-from: earliest reads it from the beginning)"
+                    );
+                    Offset::End
+                }
             };
             tpl.set_partition_offset(&s.topic, e.partition(), offset)?;
         }
@@ -162,6 +182,17 @@ fn configured_start(
         tpl.set_all_offsets(start)?;
     }
     Ok(tpl)
+}
+
+/// The offsets `tpl` starts its partitions at, where it names one.
+fn starts(tpl: &TopicPartitionList) -> BTreeMap<i32, i64> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A restored checkpoint says where to go on; partitions it does not know start as
@@ -237,6 +268,7 @@ impl KafkaReader {
             tracing::info!(worker = at.index, ?from, "replay: reading from");
         }
         consumer.assign(&tpl)?;
+        let unchecked_starts = starts(&tpl);
         if partitions.is_empty() {
             tracing::warn!(
                 worker = at.index,
@@ -245,7 +277,7 @@ impl KafkaReader {
                 "more workers than partitions: this worker reads nothing"
             );
         } else {
-            tracing::info!(worker = at.index, ?partitions, topic = %s.topic, "reading");
+            tracing::info!(worker = at.index, ?partitions, from = ?unchecked_starts, topic = %s.topic, "reading");
         }
         Ok(KafkaReader {
             consumer,
@@ -259,6 +291,7 @@ impl KafkaReader {
             // did): the group learns them even for partitions with nothing new to read.
             done: positions.clone(),
             positions,
+            unchecked_starts,
             last_commit: Instant::now(),
             commit: plan.commit,
             errors: LogLimiter::per_10s("Kafka read and commit errors"),
@@ -291,6 +324,9 @@ impl KafkaReader {
                         None => next.push((p, o)),
                     }
                     self.positions.insert(p, o);
+                    if !self.unchecked_starts.is_empty() {
+                        let _ = self.check_start(p, msg.offset());
+                    }
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if !self.at_end.contains(&p) {
@@ -312,6 +348,26 @@ impl KafkaReader {
             self.in_flight.push_back((time, next));
         }
         n
+    }
+
+    /// Warns when the first message read from partition `p` comes after the offset
+    /// reading started at: the messages between were not read.
+    /// Returns how many offsets were skipped.
+    fn check_start(&mut self, p: i32, first: i64) -> Option<i64> {
+        let start = self.unchecked_starts.remove(&p)?;
+        if first <= start {
+            return None;
+        }
+        tracing::warn!(
+            partition = p,
+            from = start,
+            first,
+            "the first message read is {} offsets after where reading started: the \
+             broker holds none between (deleted by retention, compacted away, or \
+             aborted transactions)",
+            first - start
+        );
+        Some(first - start)
     }
 
     /// Moves the offsets of batches the probe has passed (all their actions done) to
@@ -416,5 +472,63 @@ mod tests {
         let config = consumer_config(&s, 1, false);
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("500"));
         assert_eq!(config.get("client.id"), Some("event-trigger-worker-1"));
+    }
+
+    /// A consumer of `topic` on `cluster`, in group "g", starting from its commits.
+    fn mock_settings(bootstrap_servers: String, topic: &str) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers,
+            topic: topic.into(),
+            consumer_group_id: "g".into(),
+            start_from: StartFrom::Committed,
+            connect_timeout_ms: 5000,
+            ..KafkaSettings::default()
+        }
+    }
+
+    #[test]
+    fn committed_partitions_start_at_their_commit_and_others_at_the_end() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let s = mock_settings(cluster.bootstrap_servers(), "t");
+        let c = consumer(&s, 0, false).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 1, Offset::Offset(7)).unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+        let start = configured_start(&s, &c, &[0, 1]).unwrap();
+        let offsets: Vec<_> = start
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect();
+        assert_eq!(offsets, [(0, Offset::End), (1, Offset::Offset(7))]);
+        // Only a named offset is one to check the first message against.
+        assert_eq!(starts(&start), BTreeMap::from([(1, 7)]));
+    }
+
+    #[test]
+    fn a_first_message_past_the_start_is_a_gap_checked_once() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let s = mock_settings(cluster.bootstrap_servers(), "t");
+        let restore = BTreeMap::from([(0, 3)]);
+        let at = Assignment {
+            partition_count: 2,
+            index: 0,
+            peers: 1,
+            bounded: false,
+        };
+        let plan = Plan {
+            restore: Some(&restore),
+            replay: None,
+            commit: false,
+        };
+        let mut reader = KafkaReader::open(&s, at, plan).unwrap();
+        assert_eq!(reader.check_start(0, 3), None, "read from where it started");
+        let mut reader = KafkaReader::open(&s, at, plan).unwrap();
+        assert_eq!(reader.check_start(0, 10), Some(7));
+        assert_eq!(reader.check_start(0, 20), None, "only the first message");
+        // Partition 1 has nothing committed: it starts at the end, whatever that is.
+        assert_eq!(reader.check_start(1, 20), None);
     }
 }
