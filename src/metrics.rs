@@ -386,8 +386,9 @@ impl Metrics {
             lag: self
                 .lags
                 .lock()
-                .map(|l| l.by_partition.values().sum())
-                .unwrap_or_default(),
+                .ok()
+                .filter(|l| !l.by_partition.is_empty())
+                .map(|l| l.by_partition.values().sum()),
         }
     }
 
@@ -569,7 +570,10 @@ pub struct Progress {
     pub actions_failed: u64,
     pub fetch_errors: u64,
     pub script_errors: u64,
-    pub lag: i64,
+    /// Summed over the partitions whose lag is known; `None` while none is (a file
+    /// source, or a Kafka one before its first statistics): the line leaves it out
+    /// rather than say 0.
+    pub lag: Option<i64>,
 }
 
 /// Logs a line every `every`: the totals and the rate of events since the last line.
@@ -683,14 +687,15 @@ mod tests {
     #[test]
     fn a_partition_read_to_its_end_has_no_lag() {
         let m = Metrics::new();
+        assert_eq!(m.progress().lag, None, "unknown before any statistics");
         m.set_lag("t", 0, 40, false);
         m.set_lag("t", 1, 2, false);
-        assert_eq!(m.progress().lag, 42);
+        assert_eq!(m.progress().lag, Some(42));
         m.partition_at_end("t", 0);
-        assert_eq!(m.progress().lag, 2);
+        assert_eq!(m.progress().lag, Some(2));
         // Statistics from before the end, delivered after it, do not bring it back.
         m.set_lag("t", 0, 40, false);
-        assert_eq!(m.progress().lag, 2);
+        assert_eq!(m.progress().lag, Some(2));
         assert!(
             m.encode()
                 .contains("event_trigger_kafka_consumer_lag{topic=\"t\",partition=\"0\"} 0\n")
