@@ -86,6 +86,20 @@ impl Prepared {
     /// `bounded` makes a Kafka source finish at the end of its partitions (a file
     /// source always finishes at its end).
     pub fn new(settings: &Settings, bounded: bool) -> anyhow::Result<Prepared> {
+        Self::build(settings, bounded, warn_all)
+    }
+
+    /// As `new`, for a caller that has shown the rules' warnings itself (`validate
+    /// --events`): they are not logged a second time.
+    pub fn without_rule_warnings(settings: &Settings, bounded: bool) -> anyhow::Result<Prepared> {
+        Self::build(settings, bounded, drop)
+    }
+
+    fn build(
+        settings: &Settings,
+        bounded: bool,
+        warn: fn(Vec<String>),
+    ) -> anyhow::Result<Prepared> {
         let limits = FilterLimits {
             max_operations: settings.filter.max_operations,
         };
@@ -99,13 +113,13 @@ impl Prepared {
             cancels: Vec::new(),
             limits: &limits,
         };
-        warn_all(rules.check_rule()?);
+        warn(rules.check_rule()?);
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         let dead_letters = open_dead_letters(settings)?;
         let actions = Actions::from_settings(&settings.actions, dead_letters.clone())?;
         rules.action_filters = actions.filters();
         rules.cancels = actions.cancels();
-        warn_all(rules.check_action_filters()?);
+        warn(rules.check_action_filters()?);
         let schedules = actions.schedules();
         let input = input(settings, bounded)?;
         let (checkpoints, restore) = checkpoints(settings, &input)?;

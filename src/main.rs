@@ -509,7 +509,8 @@ fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Resu
     settings.source.resume = false;
     settings.source.max_events_per_second = None;
     settings.dead_letter = Default::default();
-    let mut prepared = Prepared::new(&settings, true)?;
+    // `validate` has shown the rules' warnings.
+    let mut prepared = Prepared::without_rule_warnings(&settings, true)?;
     let samples = prepared.test_rule(show);
     let runtime = tokio_runtime()?;
     let config = timely::Config::process(settings.engine.parallelism);

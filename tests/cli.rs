@@ -1055,6 +1055,31 @@ fn readme_rules_validate_and_runtime_errors_on_samples_are_warnings() {
         err.contains("warning: ") && err.contains("rule.rhai:2:9: fails on the empty state"),
         "{err}"
     );
+    // Trying the rule on events too says it once, not again as a log line.
+    let events = dir.path().join("one.jsonl");
+    std::fs::write(&events, Workload::generate(5, 2, 1).lines.join("\n") + "\n").unwrap();
+    let no_profiles = dir.path().join("no-profiles.jsonl");
+    std::fs::write(&no_profiles, "").unwrap();
+    let cfg = rule_config(
+        dir.path(),
+        "/dev/null",
+        "event.duration > 0 &&\n  visit.actions > 3",
+        &format!(
+            "profile-api:\n  base-url: file://{}\n",
+            no_profiles.display()
+        ),
+    );
+    let (code, out, err) = run_binary(&[
+        "validate",
+        "--config",
+        &cfg,
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    // Every event judged is a script error here (no user has a profile): exit 3, as `run`.
+    assert_eq!(code, Some(3), "{err}");
+    assert!(out.contains("rule test on"), "{out}");
+    assert_eq!(err.matches("fails on the empty state").count(), 1, "{err}");
 }
 
 /// The counts of a `key=value ...` line of `out` that starts with `prefix`.
