@@ -786,6 +786,32 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
     assert_eq!(again.fetched, 0);
 }
 
+/// Found by the new-user trial: a partition a new group starts at its end (`committed`
+/// with nothing committed) that delivers nothing before a checkpoint goes on from that
+/// offset after a restart, as the checkpoint and the group now hold it. It started at
+/// the end again, and skipped what came in while the job was down.
+#[test]
+fn a_partition_started_at_its_end_goes_on_from_there_after_a_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(2000, 100, 21);
+    let profiles = format!("file://{}", w.write_profiles(dir.path()).display());
+    let topic = unique("ends");
+    create_topic(&rt, &topic, 4);
+    let group = unique("group");
+    let receiver = Receiver::start(&rt);
+    let s = kafka_job(dir.path(), &topic, &group, &profiles, &receiver.url());
+    assert_eq!(run_kafka(&s, 2, &rt).events_read, 0);
+    assert_eq!(
+        latest_checkpoint(&s).manifest.offsets,
+        BTreeMap::from([(0, 0), (1, 0), (2, 0), (3, 0)])
+    );
+    load_topic_more(&topic, &w.lines);
+    let second = run_kafka(&s, 2, &rt);
+    assert_eq!(second.events_read, w.lines.len() as u64);
+    assert_eq!(committed_total(&topic, &group, 4), w.lines.len() as i64);
+}
+
 /// What a user's history must be after `lines`: the API's history, then its valid
 /// events in the order of the topic.
 fn expected_histories(w: &Workload, lines: &[String]) -> HashMap<String, Vec<String>> {

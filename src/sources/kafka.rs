@@ -195,22 +195,40 @@ fn starts(tpl: &TopicPartitionList) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// A restored checkpoint says where to go on; partitions it does not know start as
-/// configured. Returns the positions it sets.
-fn restored_start(
-    topic: &str,
-    tpl: &mut TopicPartitionList,
+/// The offsets a restored checkpoint gives `partitions` (those it knows).
+fn restored_positions(
     partitions: &[i32],
     restore: Option<&BTreeMap<i32, i64>>,
+) -> BTreeMap<i32, i64> {
+    partitions
+        .iter()
+        .filter_map(|p| Some((*p, *restore?.get(p)?)))
+        .collect()
+}
+
+/// Gives the partitions `tpl` starts at their end the offset that end is now: a
+/// position to record at once. Left as "the end", a partition that delivers nothing
+/// before a checkpoint would start at the end again after a restart, and skip what came
+/// in while the job was down. Returns the offsets set.
+fn resolve_ends(
+    consumer: &BaseConsumer<JobContext>,
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let mut positions = BTreeMap::new();
-    for &p in partitions {
-        if let Some(&o) = restore.and_then(|r| r.get(&p)) {
-            tpl.set_partition_offset(topic, p, Offset::Offset(o))?;
-            positions.insert(p, o);
-        }
+    let ends: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.offset() == Offset::End)
+        .map(|e| e.partition())
+        .collect();
+    let mut resolved = BTreeMap::new();
+    for p in ends {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        tpl.set_partition_offset(topic, p, Offset::Offset(high))?;
+        resolved.insert(p, high);
     }
-    Ok(positions)
+    Ok(resolved)
 }
 
 /// A replay's start, over the rest.
@@ -256,9 +274,20 @@ impl KafkaReader {
     ) -> Result<KafkaReader, KafkaError> {
         let consumer = consumer(s, at.index, at.bounded)?;
         let partitions = at.partitions();
-        let mut tpl = configured_start(s, &consumer, &partitions)?;
-        let positions = restored_start(&s.topic, &mut tpl, &partitions, plan.restore)?;
+        let mut positions = restored_positions(&partitions, plan.restore);
+        // Partitions the checkpoint knows go on from it; the others start as configured.
+        let fresh: Vec<i32> = partitions
+            .iter()
+            .filter(|p| !positions.contains_key(p))
+            .copied()
+            .collect();
+        let mut tpl = configured_start(s, &consumer, &fresh)?;
+        for (&p, &o) in &positions {
+            tpl.add_partition_offset(&s.topic, p, Offset::Offset(o))?;
+        }
         replay_start(s, &consumer, &mut tpl, &partitions, plan.replay)?;
+        let timeout = Duration::from_millis(s.connect_timeout_ms);
+        positions.extend(resolve_ends(&consumer, &mut tpl, &s.topic, timeout)?);
         if plan.replay.is_some() {
             let from: Vec<_> = tpl
                 .elements()
@@ -288,7 +317,8 @@ impl KafkaReader {
             at_end: Vec::new(),
             in_flight: VecDeque::new(),
             // A restored checkpoint's offsets are done (its actions completed before it
-            // did): the group learns them even for partitions with nothing new to read.
+            // did), and so is where a partition started at its end: the group learns them
+            // even for partitions with nothing new to read.
             done: positions.clone(),
             positions,
             unchecked_starts,
@@ -528,7 +558,10 @@ mod tests {
         let mut reader = KafkaReader::open(&s, at, plan).unwrap();
         assert_eq!(reader.check_start(0, 10), Some(7));
         assert_eq!(reader.check_start(0, 20), None, "only the first message");
-        // Partition 1 has nothing committed: it starts at the end, whatever that is.
-        assert_eq!(reader.check_start(1, 20), None);
+        // Partition 1 has nothing committed: it starts at its end, as it is now (0 in
+        // an empty partition), a position recorded at once and checked like any.
+        assert_eq!(reader.positions.get(&1), Some(&0));
+        assert_eq!(reader.done.get(&1), Some(&0), "the group learns it");
+        assert_eq!(reader.check_start(1, 20), Some(20));
     }
 }
