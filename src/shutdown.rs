@@ -108,10 +108,19 @@ impl StopFlag {
                 flag.set();
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
+                    // No summary comes after this: the totals so far (as the workers
+                    // last published them, at most a second old) say what was done.
+                    let done = crate::metrics::global().progress();
                     tracing::error!(
                         grace_ms = grace.as_millis() as u64,
+                        events_read = done.events_read,
+                        passed = done.passed,
+                        actions_ok = done.actions_ok,
+                        actions_failed = done.actions_failed,
                         "the work in flight outlasted engine.shutdown-timeout-ms: exiting \
-                         without a final checkpoint (the next run goes on from the last one)"
+                         without a final checkpoint (the next run goes on from the last one \
+                         and sends the actions after it again; a slow service's backlog \
+                         drains at its pace: raise engine.shutdown-timeout-ms to wait for it)"
                     );
                     exit_now(1);
                 });

@@ -1076,6 +1076,11 @@ fn a_stop_that_cannot_drain_exits_after_the_shutdown_timeout() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("engine.shutdown-timeout-ms"), "{err}");
+    // No summary follows: the line gives the totals so far.
+    assert!(
+        err.contains("events_read=") && err.contains("actions_ok=0"),
+        "{err}"
+    );
     assert!(
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
         "{waited:?}"
