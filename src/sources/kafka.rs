@@ -135,51 +135,77 @@ fn consumer_config(s: &KafkaSettings, index: usize, bounded: bool) -> ClientConf
 }
 
 /// Where each of `partitions` starts by the configured `start-from`.
+///
+/// After a restore (`after_restore`), a partition the checkpoint does not know and the
+/// group has no offset for starts at its beginning, whatever `start-from` says: it was
+/// added to the topic since, or delivered nothing before a checkpoint of a release that
+/// did not record such partitions. Flink's Kafka source likewise starts the partitions it
+/// discovers at their earliest offset; starting them at their end would skip what came in
+/// while the job was down.
 fn configured_start(
     s: &KafkaSettings,
     consumer: &BaseConsumer<JobContext>,
     partitions: &[i32],
+    after_restore: bool,
 ) -> Result<TopicPartitionList, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition(&s.topic, p);
     }
-    let start = match s.start_from {
-        StartFrom::Earliest => Offset::Beginning,
-        StartFrom::Latest => Offset::End,
-        StartFrom::Committed => Offset::Stored,
-    };
-    if s.start_from == StartFrom::Committed && !partitions.is_empty() {
-        let committed =
-            consumer.committed_offsets(tpl.clone(), Duration::from_millis(s.connect_timeout_ms))?;
-        for e in committed.elements() {
-            // A partition the broker could not answer for is not one with nothing
-            // committed: starting it at the end would skip what it holds.
-            if let Err(err) = e.error() {
-                tracing::error!(partition = e.partition(), group = %s.consumer_group_id, "the group's committed offset could not be read: {err}");
-                return Err(err);
-            }
-            let offset = match e.offset() {
-                Offset::Offset(o) => {
-                    tracing::debug!(partition = e.partition(), committed = o, "group offset");
-                    Offset::Offset(o)
-                }
-                _ => {
-                    // Nothing committed yet: the Flink job's `latest`. Said at info level,
-                    // as the events already in the partition are not read.
-                    tracing::info!(
-                        partition = e.partition(),
-                        group = %s.consumer_group_id,
-                        "the group has no committed offset for this partition: starting at its \
-                         end (kafka.start-from: earliest reads it from the beginning)"
-                    );
-                    Offset::End
-                }
-            };
-            tpl.set_partition_offset(&s.topic, e.partition(), offset)?;
+    let unknown = |p: i32, why: &str| {
+        if after_restore {
+            tracing::info!(
+                partition = p,
+                "{why}, and the restored checkpoint does not know the partition: reading it \
+                 from its beginning (added to the topic since the checkpoint?)"
+            );
+            Offset::Beginning
+        } else {
+            Offset::End
         }
-    } else {
-        tpl.set_all_offsets(start)?;
+    };
+    match s.start_from {
+        StartFrom::Earliest => tpl.set_all_offsets(Offset::Beginning)?,
+        StartFrom::Latest => {
+            for &p in partitions {
+                tpl.set_partition_offset(&s.topic, p, unknown(p, "start-from: latest"))?;
+            }
+        }
+        StartFrom::Committed if !partitions.is_empty() => {
+            let committed = consumer
+                .committed_offsets(tpl.clone(), Duration::from_millis(s.connect_timeout_ms))?;
+            for e in committed.elements() {
+                let p = e.partition();
+                // A partition the broker could not answer for is not one with nothing
+                // committed: starting it at the end would skip what it holds.
+                if let Err(err) = e.error() {
+                    tracing::error!(partition = p, group = %s.consumer_group_id, "the group's committed offset could not be read: {err}");
+                    return Err(err);
+                }
+                let offset = match e.offset() {
+                    Offset::Offset(o) => {
+                        tracing::debug!(partition = p, committed = o, "group offset");
+                        Offset::Offset(o)
+                    }
+                    _ if after_restore => {
+                        unknown(p, "the group has no committed offset for this partition")
+                    }
+                    _ => {
+                        // Nothing committed yet: the Flink job's `latest`. Said at info
+                        // level, as the events already in the partition are not read.
+                        tracing::info!(
+                            partition = p,
+                            group = %s.consumer_group_id,
+                            "the group has no committed offset for this partition: starting \
+                             at its end (kafka.start-from: earliest reads it from the beginning)"
+                        );
+                        Offset::End
+                    }
+                };
+                tpl.set_partition_offset(&s.topic, p, offset)?;
+            }
+        }
+        StartFrom::Committed => {}
     }
     Ok(tpl)
 }
@@ -206,27 +232,29 @@ fn restored_positions(
         .collect()
 }
 
-/// Gives the partitions `tpl` starts at their end the offset that end is now: a
-/// position to record at once. Left as "the end", a partition that delivers nothing
-/// before a checkpoint would start at the end again after a restart, and skip what came
-/// in while the job was down. Returns the offsets set.
-fn resolve_ends(
+/// Gives the partitions `tpl` starts at their end or beginning the offset that is now
+/// (the broker's high or low watermark): a position to record at once. Left as "the
+/// end", a partition that delivers nothing before a checkpoint would start at the end
+/// again after a restart, and skip what came in while the job was down. Returns the
+/// offsets set.
+fn resolve_starts(
     consumer: &BaseConsumer<JobContext>,
     tpl: &mut TopicPartitionList,
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let ends: Vec<i32> = tpl
+    let named: Vec<(i32, Offset)> = tpl
         .elements()
         .iter()
-        .filter(|e| e.offset() == Offset::End)
-        .map(|e| e.partition())
+        .filter(|e| matches!(e.offset(), Offset::End | Offset::Beginning))
+        .map(|e| (e.partition(), e.offset()))
         .collect();
     let mut resolved = BTreeMap::new();
-    for p in ends {
-        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        tpl.set_partition_offset(topic, p, Offset::Offset(high))?;
-        resolved.insert(p, high);
+    for (p, named) in named {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let at = if named == Offset::End { high } else { low };
+        tpl.set_partition_offset(topic, p, Offset::Offset(at))?;
+        resolved.insert(p, at);
     }
     Ok(resolved)
 }
@@ -281,13 +309,13 @@ impl KafkaReader {
             .filter(|p| !positions.contains_key(p))
             .copied()
             .collect();
-        let mut tpl = configured_start(s, &consumer, &fresh)?;
+        let mut tpl = configured_start(s, &consumer, &fresh, plan.restore.is_some())?;
         for (&p, &o) in &positions {
             tpl.add_partition_offset(&s.topic, p, Offset::Offset(o))?;
         }
         replay_start(s, &consumer, &mut tpl, &partitions, plan.replay)?;
         let timeout = Duration::from_millis(s.connect_timeout_ms);
-        positions.extend(resolve_ends(&consumer, &mut tpl, &s.topic, timeout)?);
+        positions.extend(resolve_starts(&consumer, &mut tpl, &s.topic, timeout)?);
         if plan.replay.is_some() {
             let from: Vec<_> = tpl
                 .elements()
@@ -534,7 +562,7 @@ mod tests {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("t", 1, Offset::Offset(7)).unwrap();
         c.commit(&tpl, CommitMode::Sync).unwrap();
-        let start = configured_start(&s, &c, &[0, 1]).unwrap();
+        let start = configured_start(&s, &c, &[0, 1], false).unwrap();
         let offsets: Vec<_> = start
             .elements()
             .iter()
@@ -543,6 +571,11 @@ mod tests {
         assert_eq!(offsets, [(0, Offset::End), (1, Offset::Offset(7))]);
         // Only a named offset is one to check the first message against.
         assert_eq!(starts(&start), BTreeMap::from([(1, 7)]));
+        // After a restore, a partition with nothing committed (that the checkpoint did not
+        // know) starts at its beginning.
+        let start = configured_start(&s, &c, &[0, 1], true).unwrap();
+        assert_eq!(start.elements()[0].offset(), Offset::Beginning);
+        assert_eq!(start.elements()[1].offset(), Offset::Offset(7));
     }
 
     #[test]
@@ -573,10 +606,45 @@ mod tests {
         let mut reader = KafkaReader::open(&s, at, plan).unwrap();
         assert_eq!(reader.check_start(0, 10), Some(7));
         assert_eq!(reader.check_start(0, 20), None, "only the first message");
-        // Partition 1 has nothing committed: it starts at its end, as it is now (0 in
-        // an empty partition), a position recorded at once and checked like any.
+        // Partition 1 has nothing committed and the checkpoint does not know it: it
+        // starts at its beginning, as it is now (0), a position recorded at once and
+        // checked like any.
         assert_eq!(reader.positions.get(&1), Some(&0));
         assert_eq!(reader.done.get(&1), Some(&0), "the group learns it");
         assert_eq!(reader.check_start(1, 20), Some(20));
+    }
+
+    #[test]
+    fn a_partition_starts_at_its_end_as_it_is_now_unless_a_checkpoint_was_restored() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        for _ in 0..5 {
+            producer
+                .send(BaseRecord::<(), str>::to("t").partition(1).payload("{}"))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(5)).unwrap();
+        let s = mock_settings(cluster.bootstrap_servers(), "t");
+        let at = Assignment {
+            partition_count: 2,
+            index: 0,
+            peers: 1,
+            bounded: false,
+        };
+        let plan = |restore| Plan {
+            restore,
+            replay: None,
+            commit: false,
+        };
+        let reader = KafkaReader::open(&s, at, plan(None)).unwrap();
+        assert_eq!(reader.positions, BTreeMap::from([(0, 0), (1, 5)]));
+        let restore = BTreeMap::from([(0, 0)]);
+        let reader = KafkaReader::open(&s, at, plan(Some(&restore))).unwrap();
+        assert_eq!(reader.positions, BTreeMap::from([(0, 0), (1, 0)]));
     }
 }
