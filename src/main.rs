@@ -487,7 +487,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         eprintln!("warning: {w}");
     }
     println!(
-        "{}: ok (filter {} compiles and reads only known names; {} warning{} on the sample events)",
+        "{}: ok (filter {} compiles and reads only known names; {} warning{} on the built-in sample states)",
         config.display(),
         script_path.display(),
         warnings.len(),
