@@ -76,6 +76,8 @@ struct Chain {
     /// Oldest (the whole part) first.
     parts: Vec<BasePart>,
     whole_bytes: u64,
+    /// The records of the whole part.
+    whole_users: u64,
     delta_bytes: u64,
     /// The strings of the process's dictionary its parts hold (a delta holds only
     /// those its previous part did not).
@@ -84,11 +86,24 @@ struct Chain {
 
 impl Chain {
     /// Whether the next part may be a delta: there is a whole part to build on, fewer
-    /// than `full_every` parts since, and the deltas are still smaller than it.
-    fn next_is_delta(&self, full_every: usize) -> bool {
+    /// than `full_every` parts since, and the deltas are still smaller than the state of
+    /// `users` would be whole (so a restore reads at most about twice the state).
+    fn next_is_delta(&self, full_every: usize, users: usize) -> bool {
         !self.parts.is_empty()
             && self.parts.len() < full_every
-            && self.delta_bytes < self.whole_bytes
+            && self.delta_bytes < self.state_bytes(users)
+    }
+
+    /// The bytes of a whole part of `users` users, estimated from the last whole part's
+    /// bytes per user. A state that grows (new users arriving) would otherwise be
+    /// written whole again and again, each time its deltas outgrew a whole part of
+    /// when it was smaller.
+    fn state_bytes(&self, users: usize) -> u64 {
+        if self.whole_users == 0 {
+            return self.whole_bytes;
+        }
+        let per_user = self.whole_bytes as f64 / self.whole_users as f64;
+        (per_user * users as f64) as u64
     }
 
     fn written(&mut self, part: BasePart, whole: bool, words: u64) {
@@ -97,6 +112,7 @@ impl Chain {
         if whole {
             self.parts.clear();
             self.whole_bytes = bytes;
+            self.whole_users = part.records.unwrap_or(0);
             self.delta_bytes = 0;
         } else {
             self.delta_bytes += bytes;
@@ -209,7 +225,7 @@ impl Snapshots {
         held: &mut HeldTimes,
     ) {
         // A delta of every user would be a whole part and more to read back.
-        if self.chain.next_is_delta(self.cfg.full_every)
+        if self.chain.next_is_delta(self.cfg.full_every, table.len())
             && table.changed() < table.len()
             && let Some(delta) = table.delta()
         {
@@ -364,5 +380,55 @@ impl Snapshots {
         if ended && self.in_progress.is_none() {
             self.cap = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(bytes: u64, records: u64) -> BasePart {
+        BasePart {
+            file: String::new(),
+            bytes,
+            hash: 0,
+            records: Some(records),
+        }
+    }
+
+    /// Deltas go on until they add up to what the state would take whole now: in a
+    /// state that grows, that is more than its last whole part took.
+    #[test]
+    fn deltas_go_on_until_they_outgrow_the_state_as_it_is_now() {
+        let mut chain = Chain::default();
+        assert!(!chain.next_is_delta(10, 0), "nothing to build on");
+        chain.written(part(1_000_000, 1_000), true, 0);
+        assert!(chain.next_is_delta(10, 1_000));
+        chain.written(part(900_000, 300), false, 0);
+        assert!(
+            !chain.next_is_delta(10, 800),
+            "900 KB of deltas outgrow 800 users (800 KB whole)"
+        );
+        assert!(
+            chain.next_is_delta(10, 2_000),
+            "2,000 users take about 2 MB whole: deltas go on"
+        );
+        chain.written(part(1_200_000, 400), false, 0);
+        assert!(!chain.next_is_delta(10, 2_000), "2.1 MB of deltas");
+        assert!(!chain.next_is_delta(3, 1_000_000), "every 3 parts whole");
+        chain.written(part(3_000_000, 3_000), true, 0);
+        assert_eq!(chain.parts.len(), 1);
+        assert!(chain.next_is_delta(3, 3_000));
+    }
+
+    /// A whole part of no users holds only its header and dictionary: its size, not a
+    /// size per user, is what deltas are measured against.
+    #[test]
+    fn a_whole_part_of_no_users_is_outgrown_by_its_size() {
+        let mut chain = Chain::default();
+        chain.written(part(800, 0), true, 0);
+        assert!(chain.next_is_delta(10, 50_000));
+        chain.written(part(900, 10), false, 0);
+        assert!(!chain.next_is_delta(10, 50_000));
     }
 }
