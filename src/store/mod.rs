@@ -51,6 +51,7 @@ impl StoreSnapshot {
         PartRecords {
             base: self.encoded,
             states: self.records,
+            appended: Vec::new(),
             pending,
             removed: None,
             chain: None,
