@@ -116,12 +116,39 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     out.extend_from_slice(history);
     if let Some(t) = &state.triggers {
         out[at] = WITH_TRIGGERS;
-        let len_at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        // Its encoding cannot fail: plain structs, strings and numbers.
-        let _ = bincode::serialize_into(&mut *out, &**t);
-        let n = (out.len() - len_at - 4) as u32;
-        out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+        put_triggers(out, t);
+    }
+}
+
+/// A user's triggers: a u32 length and their bincode.
+fn put_triggers(out: &mut Vec<u8>, t: &crate::triggers::UserTriggers) {
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // Its encoding cannot fail: plain structs, strings and numbers.
+    let _ = bincode::serialize_into(&mut *out, t);
+    let n = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+}
+
+/// What `put_triggers` wrote.
+fn read_triggers(r: &mut Reader<'_>) -> Result<Box<crate::triggers::UserTriggers>, Malformed> {
+    let len = r.bytes(4);
+    let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
+    let at = r.pos;
+    bincode::deserialize(r.bytes(n)).map_err(|_| Malformed(at))
+}
+
+/// The history at the end of an encoding, once all of it was read well (`r` at its end).
+fn history_at_end(r: &Reader<'_>, encoded: &[u8], ids: &Ids) -> Result<History, Malformed> {
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
+    }
+    if !r.at_end() {
+        return Err(Malformed(r.pos));
+    }
+    match ids {
+        Ids::Here => History::from_encoded(encoded, None),
+        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id))),
     }
 }
 
@@ -196,27 +223,11 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     let n = r.varint() as usize;
     let encoded = r.bytes(n);
     let triggers = if version == WITH_TRIGGERS {
-        let len = r.bytes(4);
-        let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
-        let at = r.pos;
-        let raw = r.bytes(n);
-        match bincode::deserialize(raw) {
-            Ok(t) => Some(Box::new(t)),
-            Err(_) => return Err(Malformed(at)),
-        }
+        Some(read_triggers(&mut r)?)
     } else {
         None
     };
-    if let Some(at) = r.bad {
-        return Err(Malformed(at));
-    }
-    if !r.at_end() {
-        return Err(Malformed(r.pos));
-    }
-    let history = match ids {
-        Ids::Here => History::from_encoded(encoded, None)?,
-        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
-    };
+    let history = history_at_end(&r, encoded, ids)?;
     Ok(UserState {
         profile: Arc::new(profile),
         visit,
@@ -268,12 +279,7 @@ pub fn encode_appended_into(out: &mut Vec<u8>, state: &UserState, appended: usiz
         None => out.push(0),
         Some(t) => {
             out.push(1);
-            let len_at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            // Its encoding cannot fail: plain structs, strings and numbers.
-            let _ = bincode::serialize_into(&mut *out, &**t);
-            let n = (out.len() - len_at - 4) as u32;
-            out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+            put_triggers(out, t);
         }
     }
 }
@@ -293,26 +299,9 @@ pub fn decode_appended(bytes: &[u8], ids: &Ids) -> Result<Appended, Malformed> {
     let encoded = r.bytes(n);
     let triggers = match r.byte() {
         0 => None,
-        _ => {
-            let len = r.bytes(4);
-            let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
-            let at = r.pos;
-            match bincode::deserialize(r.bytes(n)) {
-                Ok(t) => Some(Box::new(t)),
-                Err(_) => return Err(Malformed(at)),
-            }
-        }
+        _ => Some(read_triggers(&mut r)?),
     };
-    if let Some(at) = r.bad {
-        return Err(Malformed(at));
-    }
-    if !r.at_end() {
-        return Err(Malformed(r.pos));
-    }
-    let entries = match ids {
-        Ids::Here => History::from_encoded(encoded, None)?,
-        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
-    };
+    let entries = history_at_end(&r, encoded, ids)?;
     Ok(Appended {
         last_activity,
         ttl_mark,
