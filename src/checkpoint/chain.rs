@@ -2,16 +2,14 @@
 //! first: a user's newest record is the one that counts (its state, its pending events,
 //! or its removal); older ones are skipped.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
-use super::files::{AppendedSink, CheckpointError, PartReader, Record, open_chain};
+use super::files::{CheckpointError, PartReader, open_chain};
 use super::manifest::Restore;
 use crate::model::{SavedUser, Text};
-use crate::store::codec::Appended;
 
 pub struct ChainReader {
     /// Newest first, until they are opened (all at once: a delta's dictionary extends
@@ -21,11 +19,6 @@ pub struct ChainReader {
     parts: VecDeque<PartReader>,
     /// Users already given (or removed) by a newer part; kept for a delta chain only.
     seen: Option<FxHashSet<Text>>,
-    /// Changes (`APPENDED` records) of users whose state an older part holds, newest
-    /// first, until that state is read.
-    held: FxHashMap<Text, Vec<Appended>>,
-    /// The newest part, named when a change finds no state to apply to.
-    newest: Option<PathBuf>,
 }
 
 impl ChainReader {
@@ -33,10 +26,8 @@ impl ChainReader {
     pub fn new(parts: Vec<PathBuf>) -> ChainReader {
         ChainReader {
             seen: (parts.len() > 1).then(FxHashSet::default),
-            newest: parts.first().cloned(),
             paths: parts,
             parts: VecDeque::new(),
-            held: FxHashMap::default(),
         }
     }
 
@@ -56,30 +47,23 @@ impl ChainReader {
         loop {
             // A user's newest record counts: those of users a newer part had are
             // skipped (undecoded). The oldest part, read last, needs no new ids kept.
-            // A change is kept until its user's state, in an older part, is read.
             let last = self.parts.len() == 1;
             let Some(reader) = self.parts.front_mut() else {
-                return self.unapplied();
+                return Ok(None);
             };
-            let seen = RefCell::new(self.seen.take());
-            let mut keep = |user: &Text| match &mut *seen.borrow_mut() {
+            let seen = &mut self.seen;
+            let mut keep = |user: &Text| match seen {
                 Some(seen) if last => !seen.contains(user),
                 Some(seen) => seen.insert(user.clone()),
                 None => true,
             };
-            let mut wants = |user: &Text| !seen.borrow().as_ref().is_some_and(|s| s.contains(user));
-            let mut changes = Vec::new();
-            let sink = AppendedSink {
-                wants: &mut wants,
-                records: &mut changes,
-            };
-            let result = reader.next_records_with(max, &mut keep, Some(sink));
-            self.seen = seen.into_inner();
-            for (user, change) in changes {
-                self.held.entry(user).or_default().push(change);
-            }
-            match result {
-                Ok(Some(records)) => return self.applied(records).map(Some),
+            match reader.next_records_of(max, &mut keep) {
+                Ok(Some(records)) => {
+                    let users = records
+                        .into_iter()
+                        .filter_map(|(user, saved)| saved.map(|s| (user, s)));
+                    return Ok(Some(users.collect()));
+                }
                 Ok(None) => {
                     self.parts.pop_front();
                 }
@@ -89,58 +73,6 @@ impl ChainReader {
                 }
             }
         }
-    }
-
-    /// `records`' users, each state with its newer parts' changes applied (oldest first).
-    fn applied(&mut self, records: Vec<Record>) -> Result<Vec<(Text, SavedUser)>, CheckpointError> {
-        let mut users = Vec::with_capacity(records.len());
-        for (user, saved) in records {
-            let changes = if self.held.is_empty() {
-                None
-            } else {
-                self.held.remove(&user)
-            };
-            match (saved, changes) {
-                (Some(saved), None) => users.push((user, saved)),
-                (None, None) => {}
-                (Some(SavedUser::State(mut state)), Some(changes)) => {
-                    for change in changes.into_iter().rev() {
-                        change
-                            .apply(&mut state)
-                            .map_err(|e| self.corrupt(format!("user {user}: {e}")))?;
-                    }
-                    users.push((user, SavedUser::State(state)));
-                }
-                (_, Some(_)) => {
-                    let reason =
-                        format!("user {user}: a change to a state the parts before do not hold");
-                    return Err(self.corrupt(reason));
-                }
-            }
-        }
-        Ok(users)
-    }
-
-    /// The end of the chain: every change found its state.
-    fn unapplied(&mut self) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
-        match self.held.keys().next() {
-            None => Ok(None),
-            Some(user) => {
-                let reason = format!(
-                    "{} users changed (user {user} among them) with no state in the parts before",
-                    self.held.len()
-                );
-                self.held.clear();
-                Err(self.corrupt(reason))
-            }
-        }
-    }
-
-    fn corrupt(&mut self, reason: String) -> CheckpointError {
-        self.parts.clear();
-        self.held.clear();
-        let path = self.newest.clone().unwrap_or_default();
-        CheckpointError::corrupt(&path, reason)
     }
 }
 
@@ -193,32 +125,6 @@ mod tests {
         removed: Option<Vec<&str>>,
         chain: Option<ChainPart>,
     ) {
-        let changes = Changes {
-            appended: vec![],
-            removed,
-            chain,
-        };
-        part_with(c, epoch, states, pending, changes);
-    }
-
-    /// What a delta holds besides states and pending users.
-    struct Changes<'a> {
-        appended: Vec<(&'a str, UserState, usize)>,
-        removed: Option<Vec<&'a str>>,
-        chain: Option<ChainPart>,
-    }
-
-    fn part_with(
-        c: &CheckpointConfig,
-        epoch: u64,
-        states: Vec<(&str, UserState)>,
-        pending: Vec<&str>,
-        Changes {
-            appended,
-            removed,
-            chain,
-        }: Changes<'_>,
-    ) {
         let offsets = OffsetsPart {
             topic: "t".into(),
             group: "g".into(),
@@ -229,10 +135,6 @@ mod tests {
         let records = PartRecords {
             base: None,
             states: states.into_iter().map(|(u, s)| (u.into(), s)).collect(),
-            appended: appended
-                .into_iter()
-                .map(|(u, s, n)| (u.into(), s, n))
-                .collect(),
             pending: pending
                 .into_iter()
                 .map(|u| {
@@ -284,6 +186,15 @@ mod tests {
 
     /// Writes a whole part at 1000 and deltas at 2000 and 3000.
     fn three_epochs(c: &CheckpointConfig) {
+        let name = |epoch: u64| {
+            let path = c.state_path(epoch, 0);
+            BasePart {
+                file: CheckpointConfig::part_name(epoch, 0),
+                bytes: std::fs::metadata(&path).unwrap().len(),
+                hash: crate::checkpoint::files::part_hash(&path).unwrap(),
+                records: Some(crate::checkpoint::files::verify_part(&path).unwrap().0),
+            }
+        };
         part(
             c,
             1000,
@@ -292,7 +203,7 @@ mod tests {
             None,
             None,
         );
-        let base = base_of(c, &[1000]);
+        let base = vec![name(1000)];
         let chain = ChainPart { users: 3, base };
         part(
             c,
@@ -302,7 +213,7 @@ mod tests {
             Some(vec!["c"]),
             Some(chain),
         );
-        let base = base_of(c, &[1000, 2000]);
+        let base = vec![name(1000), name(2000)];
         let chain = ChainPart { users: 4, base };
         part(
             c,
@@ -334,140 +245,6 @@ mod tests {
         let at_2000 = manifest::find_latest(&c.dir).unwrap();
         let want = [("a", "state@1000"), ("b", "state@2000"), ("d", "pending")];
         assert_eq!(restored(&at_2000), pairs(&want));
-    }
-
-    fn base_of(c: &CheckpointConfig, epochs: &[u64]) -> Vec<BasePart> {
-        epochs
-            .iter()
-            .map(|&epoch| {
-                let path = c.state_path(epoch, 0);
-                BasePart {
-                    file: CheckpointConfig::part_name(epoch, 0),
-                    bytes: std::fs::metadata(&path).unwrap().len(),
-                    hash: crate::checkpoint::files::part_hash(&path).unwrap(),
-                    records: Some(crate::checkpoint::files::verify_part(&path).unwrap().0),
-                }
-            })
-            .collect()
-    }
-
-    /// `state` after events `ids` at `at`, its history kept to `max` entries, its visit
-    /// counting them; and how many entries they appended.
-    fn after(mut state: UserState, ids: &[&str], at: u64, max: usize) -> (UserState, usize) {
-        let before = state.history.mark();
-        for id in ids {
-            let ev = UserEvent {
-                event_id: Some((*id).into()),
-                event_type: "click".into(),
-                timestamp: at as i64,
-                ..UserEvent::default()
-            };
-            state.append_event(&ev, max);
-            if let Some(v) = &mut state.visit {
-                std::sync::Arc::make_mut(v).actions += 1;
-            }
-        }
-        state.last_activity = at;
-        state.ttl_mark = at;
-        let appended = state.history.pushed_since(before).unwrap();
-        (state, appended)
-    }
-
-    fn with_visit(at: u64) -> UserState {
-        let mut s = state(at);
-        s.visit = Some(std::sync::Arc::new(crate::model::Visit {
-            uuid: Some("v".into()),
-            actions: 1,
-            ..Default::default()
-        }));
-        s
-    }
-
-    /// Deltas that hold only what events changed (times, visit counters, newest history
-    /// entries, triggers) restore the same states as whole records: applied oldest first
-    /// to the state an older part holds, over several deltas, with the history's oldest
-    /// entries dropped at its limit.
-    #[test]
-    fn changes_by_events_restore_onto_the_state_an_older_part_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = cfg(dir.path());
-        let (a0, _) = after(with_visit(1000), &["a1"], 1000, 3);
-        let (b0, _) = after(state(1000), &["b1", "b2"], 1000, 3);
-        let whole = vec![("a", a0.clone()), ("b", b0.clone()), ("c", state(1000))];
-        part(&c, 1000, whole, vec![], None, None);
-        let (a1, na1) = after(a0, &["a2", "a3"], 2000, 3);
-        let (mut b1, nb1) = after(b0, &["b3", "b4"], 2000, 3);
-        b1.triggers = Some(Box::new(crate::triggers::example()));
-        assert_eq!((na1, nb1, b1.history.len()), (2, 2, 3));
-        let changes = Changes {
-            appended: vec![("a", a1.clone(), na1), ("b", b1.clone(), nb1)],
-            removed: Some(vec![]),
-            chain: Some(ChainPart {
-                users: 3,
-                base: base_of(&c, &[1000]),
-            }),
-        };
-        part_with(&c, 2000, vec![("c", state(2000))], vec![], changes);
-        let (a2, na2) = after(a1, &["a4", "a5", "a6", "a7"], 3000, 3);
-        let changes = Changes {
-            appended: vec![("a", a2.clone(), na2)],
-            removed: Some(vec![]),
-            chain: Some(ChainPart {
-                users: 3,
-                base: base_of(&c, &[1000, 2000]),
-            }),
-        };
-        part_with(&c, 3000, vec![], vec![], changes);
-        let latest = manifest::find_latest(&c.dir).unwrap();
-        assert_eq!(latest.manifest.epoch, 3000);
-        let mut users = latest.read_users().unwrap();
-        users.sort_by(|x, y| x.0.cmp(&y.0));
-        let states: Vec<(String, UserState)> = users
-            .into_iter()
-            .map(|(u, saved)| match saved {
-                SavedUser::State(s) => (u.to_string(), s),
-                SavedUser::Pending(_) => panic!("{u} pending"),
-            })
-            .collect();
-        let want = vec![
-            ("a".to_string(), a2),
-            ("b".to_string(), b1),
-            ("c".to_string(), state(2000)),
-        ];
-        assert_eq!(states, want);
-        let ids: Vec<String> = states[0]
-            .1
-            .history
-            .iter()
-            .map(|e| e.event_id.unwrap_or_default().to_string())
-            .collect();
-        assert_eq!(ids, ["a5", "a6", "a7"]);
-        assert_eq!(states[0].1.visit.as_ref().unwrap().actions, 8);
-    }
-
-    /// A change whose user no older part holds is refused, not restored as a state
-    /// without what it builds on.
-    #[test]
-    fn a_change_without_its_state_in_the_parts_before_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = cfg(dir.path());
-        part(&c, 1000, vec![("a", state(1000))], vec![], None, None);
-        let (z, n) = after(state(1000), &["z1"], 2000, 3);
-        let changes = Changes {
-            appended: vec![("z", z, n)],
-            removed: Some(vec![]),
-            chain: Some(ChainPart {
-                users: 2,
-                base: base_of(&c, &[1000]),
-            }),
-        };
-        part_with(&c, 2000, vec![], vec![], changes);
-        let latest = manifest::find_latest(&c.dir).unwrap();
-        let err = latest.read_users().unwrap_err().to_string();
-        assert!(err.contains("user z") && err.contains("no state"), "{err}");
-        // Read alone, a delta's changes are refused too.
-        let alone = crate::checkpoint::files::PartReader::open(&c.state_path(2000, 0));
-        assert!(alone.is_ok_and(|mut r| r.next_records(10).is_err()));
     }
 
     /// Flips the bits `mask` of the byte of `path` that `at` picks from its length.

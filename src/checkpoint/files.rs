@@ -14,9 +14,7 @@
 //! A delta part (`MAGIC_DELTA_EXT`) holds only the strings its chain's previous part
 //! did not: before the dictionary, a u64 of the first id it gives (the previous part's
 //! dictionary size); ids before it are the previous parts'. A chain is read with the
-//! dictionaries of all its parts (`ChainReader`). Besides state records, a delta has
-//! `REMOVED` records (users gone) and `APPENDED` ones (users changed only by events:
-//! `store::codec::Appended`, applied to the user's state in an older part).
+//! dictionaries of all its parts (`ChainReader`).
 //!
 //! Parts of the earlier formats are still read: `MAGIC_V2`, the same body uncompressed,
 //! `MAGIC_DELTA` and `MAGIC_DELTA_PLAIN`, deltas with the whole dictionary, and
@@ -70,11 +68,6 @@ const PENDING: u8 = 2;
 const PENDING_WITH_TRIGGERS: u8 = 3;
 /// In a delta part, a user gone since the part it builds on: bincode of the user id.
 const REMOVED: u8 = 4;
-/// In a delta part, a user changed only by events since the part it builds on: bincode
-/// of the user id, then a u64 length and `store::codec::Appended`'s encoding (its times,
-/// visit counters, triggers and newest history entries). Its state is the one of the
-/// chain's older parts with these applied.
-const APPENDED: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -180,9 +173,6 @@ pub type RecordSink<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>;
 pub struct PartRecords {
     pub base: Option<EncodedRecords>,
     pub states: Vec<(Text, UserState)>,
-    /// A delta part: users changed only by events since the part it builds on, each
-    /// with how many history entries those appended (written as `APPENDED` records).
-    pub appended: Vec<(Text, UserState, usize)>,
     pub pending: Vec<(Text, PendingUser)>,
     /// A delta part: the users gone since the part it builds on (else none, and a whole
     /// state part).
@@ -262,17 +252,6 @@ impl Encoder<'_> {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 8]);
         codec::encode_into(&mut self.buf, state, Words::Below(self.words));
-        let n = (self.buf.len() - at - 8) as u64;
-        self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
-        self.done_one()
-    }
-
-    fn appended(&mut self, user: &Text, state: &UserState, entries: usize) -> io::Result<()> {
-        self.buf.push(APPENDED);
-        bincode::serialize_into(&mut self.buf, user).map_err(io::Error::other)?;
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 8]);
-        codec::encode_appended_into(&mut self.buf, state, entries);
         let n = (self.buf.len() - at - 8) as u64;
         self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
         self.done_one()
@@ -406,12 +385,6 @@ fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<(u64, u64
     for (user, state) in records.states {
         e.typed(&user, &state)?;
     }
-    if !records.appended.is_empty() && records.removed.is_none() {
-        return Err(io::Error::other("appended records in a whole part"));
-    }
-    for (user, state, entries) in records.appended {
-        e.appended(&user, &state, entries)?;
-    }
     for (user, pending) in &records.pending {
         e.pending(user, pending)?;
     }
@@ -468,7 +441,6 @@ pub fn write_states(path: &Path, states: Vec<(Text, UserState)>) -> io::Result<(
         PartRecords {
             base: None,
             states,
-            appended: Vec::new(),
             pending: Vec::new(),
             removed: None,
             chain: None,
@@ -722,17 +694,6 @@ impl PartReader {
         max: usize,
         keep: &mut dyn FnMut(&Text) -> bool,
     ) -> Result<Option<Vec<Record>>, CheckpointError> {
-        self.next_records_with(max, keep, None)
-    }
-
-    /// As `next_records_of`, with a delta's `APPENDED` records given to `appended` (a
-    /// part read without one refuses them: they need the parts it builds on).
-    pub fn next_records_with(
-        &mut self,
-        max: usize,
-        keep: &mut dyn FnMut(&Text) -> bool,
-        mut appended: Option<AppendedSink<'_>>,
-    ) -> Result<Option<Vec<Record>>, CheckpointError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -744,7 +705,7 @@ impl PartReader {
             return Err(CheckpointError::corrupt(&self.path, reason));
         }
         let mut chunk = Vec::with_capacity(max.min(4096));
-        match self.read_records(max, keep, &mut appended, &mut chunk) {
+        match self.read_records(max, keep, &mut chunk) {
             Ok(()) => {}
             // The records decoded before the failure are given, then the failure: a
             // part damaged after the start's check loses the users not read yet.
@@ -765,7 +726,6 @@ impl PartReader {
         &mut self,
         max: usize,
         keep: &mut dyn FnMut(&Text) -> bool,
-        appended: &mut Option<AppendedSink<'_>>,
         chunk: &mut Vec<Record>,
     ) -> Result<(), CheckpointError> {
         let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
@@ -806,30 +766,9 @@ impl PartReader {
                     let user: Text = bincode::deserialize_from(&mut self.body).map_err(decode)?;
                     (user, RawRecord::Removed)
                 }
-                APPENDED if self.delta && self.ids.is_some() => {
-                    let (user, _) = state_record(&mut self.body, &self.ids, &mut self.scratch)
-                        .map_err(corrupt)?;
-                    (user, RawRecord::Appended)
-                }
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
             self.read += 1;
-            if let RawRecord::Appended = raw {
-                let Some(sink) = appended.as_mut() else {
-                    let reason = "a change to a user, read without the parts it builds on";
-                    return Err(corrupt(reason.into()));
-                };
-                if (sink.wants)(&user) {
-                    let ids = self
-                        .ids
-                        .as_ref()
-                        .ok_or_else(|| corrupt("no dictionary".into()))?;
-                    let change = codec::decode_appended(&self.scratch, ids)
-                        .map_err(|e| corrupt(format!("user {user}: {e}")))?;
-                    sink.records.push((user, change));
-                }
-                continue;
-            }
             if !keep(&user) {
                 continue;
             }
@@ -844,7 +783,7 @@ impl PartReader {
                     Some(SavedUser::State(state.map_err(|e| corrupt(e.to_string()))?))
                 }
                 RawRecord::Saved(saved) => Some(saved),
-                RawRecord::Removed | RawRecord::Appended => None,
+                RawRecord::Removed => None,
             };
             chunk.push((user, saved));
         }
@@ -858,15 +797,6 @@ enum RawRecord {
     Encoded,
     Saved(SavedUser),
     Removed,
-    /// An `APPENDED` record, in the reader's `scratch`.
-    Appended,
-}
-
-/// Where a chain's reader takes a delta's `APPENDED` records: whether it wants a user's
-/// (one no newer part had), and the ones it wants, with their changes decoded.
-pub struct AppendedSink<'a> {
-    pub wants: &'a mut dyn FnMut(&Text) -> bool,
-    pub records: &'a mut Vec<(Text, codec::Appended)>,
 }
 
 /// No user's encoded state is near this; a length past it is a damaged part, refused
@@ -1146,7 +1076,6 @@ mod tests {
         let records = |states: Vec<(Text, UserState)>, words_before: Option<u64>| PartRecords {
             base: None,
             states,
-            appended: Vec::new(),
             pending: Vec::new(),
             removed: words_before.map(|_| Vec::new()),
             chain: None,
@@ -1251,7 +1180,6 @@ mod tests {
             let records = PartRecords {
                 base: None,
                 states: records.clone(),
-                appended: Vec::new(),
                 pending: pending.clone(),
                 removed: None,
                 chain: None,
@@ -1309,7 +1237,6 @@ mod tests {
         let records = PartRecords {
             base: None,
             states: sample(10),
-            appended: Vec::new(),
             pending: vec![],
             removed: None,
             chain: None,
@@ -1379,7 +1306,6 @@ mod encoded_tests {
             PartRecords {
                 base: Some(base),
                 states: users[3..].to_vec(),
-                appended: Vec::new(),
                 pending: Vec::new(),
                 removed: None,
                 chain: None,

@@ -25,33 +25,12 @@ thread_local! {
 pub use json::{write_i64, write_str, write_u64};
 
 /// The entries of one user's history, oldest first.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct History {
     /// Entries from `head` on: each a varint length, then its body.
     bytes: Vec<u8>,
     head: usize,
     len: usize,
-    /// Entries appended since it was made (wrapping), and which history that was (a
-    /// number of its own, kept by clones): how a delta checkpoint part knows which
-    /// entries are new since the part before (`mark`, `pushed_since`). A history made
-    /// again from its encoding (RocksDB reading a user back) is another one.
-    pushed: u32,
-    origin: u32,
-}
-
-/// Numbers the histories made in this process (`History::origin`).
-static ORIGINS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-impl Default for History {
-    fn default() -> Self {
-        History {
-            bytes: Vec::new(),
-            head: 0,
-            len: 0,
-            pushed: 0,
-            origin: ORIGINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        }
-    }
 }
 
 /// One entry, borrowed from its history (or from the dictionary).
@@ -212,7 +191,6 @@ impl History {
             self.bytes.extend_from_slice(body);
         });
         self.len += 1;
-        self.pushed = self.pushed.wrapping_add(1);
     }
 
     /// Grows by exactly `additional`: the allocator rounds a block up to its size class
@@ -230,31 +208,6 @@ impl History {
         self.reserve(other.encoded_len());
         self.bytes.extend_from_slice(&other.bytes[other.head..]);
         self.len += other.len;
-        self.pushed = self.pushed.wrapping_add(other.len as u32);
-    }
-
-    /// Where it stands now, for `pushed_since`.
-    pub fn mark(&self) -> u64 {
-        (u64::from(self.origin) << 32) | u64::from(self.pushed)
-    }
-
-    /// How many entries were appended since `mark` was taken of it (or of the history
-    /// it was cloned from); `None` if the mark is another history's.
-    pub fn pushed_since(&self, mark: u64) -> Option<usize> {
-        ((mark >> 32) as u32 == self.origin).then(|| self.pushed.wrapping_sub(mark as u32) as usize)
-    }
-
-    /// The encoding of its newest `n` entries (all of them if it holds fewer), as
-    /// `encoded` gives them.
-    pub fn newest_encoded(&self, n: usize) -> &[u8] {
-        let mut at = self.head;
-        for _ in 0..self.len.saturating_sub(n) {
-            let Some(body) = body_at(&self.bytes, at) else {
-                return &[];
-            };
-            at = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
-        }
-        &self.bytes[at..]
     }
 
     /// Keeps the newest `max` entries.

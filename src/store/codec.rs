@@ -116,39 +116,12 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     out.extend_from_slice(history);
     if let Some(t) = &state.triggers {
         out[at] = WITH_TRIGGERS;
-        put_triggers(out, t);
-    }
-}
-
-/// A user's triggers: a u32 length and their bincode.
-fn put_triggers(out: &mut Vec<u8>, t: &crate::triggers::UserTriggers) {
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    // Its encoding cannot fail: plain structs, strings and numbers.
-    let _ = bincode::serialize_into(&mut *out, t);
-    let n = (out.len() - len_at - 4) as u32;
-    out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
-}
-
-/// What `put_triggers` wrote.
-fn read_triggers(r: &mut Reader<'_>) -> Result<Box<crate::triggers::UserTriggers>, Malformed> {
-    let len = r.bytes(4);
-    let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
-    let at = r.pos;
-    bincode::deserialize(r.bytes(n)).map_err(|_| Malformed(at))
-}
-
-/// The history at the end of an encoding, once all of it was read well (`r` at its end).
-fn history_at_end(r: &Reader<'_>, encoded: &[u8], ids: &Ids) -> Result<History, Malformed> {
-    if let Some(at) = r.bad {
-        return Err(Malformed(at));
-    }
-    if !r.at_end() {
-        return Err(Malformed(r.pos));
-    }
-    match ids {
-        Ids::Here => History::from_encoded(encoded, None),
-        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id))),
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // Its encoding cannot fail: plain structs, strings and numbers.
+        let _ = bincode::serialize_into(&mut *out, &**t);
+        let n = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
     }
 }
 
@@ -223,11 +196,27 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     let n = r.varint() as usize;
     let encoded = r.bytes(n);
     let triggers = if version == WITH_TRIGGERS {
-        Some(read_triggers(&mut r)?)
+        let len = r.bytes(4);
+        let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
+        let at = r.pos;
+        let raw = r.bytes(n);
+        match bincode::deserialize(raw) {
+            Ok(t) => Some(Box::new(t)),
+            Err(_) => return Err(Malformed(at)),
+        }
     } else {
         None
     };
-    let history = history_at_end(&r, encoded, ids)?;
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
+    }
+    if !r.at_end() {
+        return Err(Malformed(r.pos));
+    }
+    let history = match ids {
+        Ids::Here => History::from_encoded(encoded, None)?,
+        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
+    };
     Ok(UserState {
         profile: Arc::new(profile),
         visit,
@@ -237,113 +226,6 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
         refetch_after,
         triggers,
     })
-}
-
-/// What changed in a user's state since a checkpoint part that holds it, for a delta
-/// part: an event applied changes only its times, its visit's timestamp and actions,
-/// its triggers and its history's newest entries, so a delta holds those instead of
-/// the whole state (a fifth of the bytes for a user with a few entries).
-#[derive(Debug, PartialEq)]
-pub struct Appended {
-    last_activity: u64,
-    ttl_mark: u64,
-    refetch_after: Option<u64>,
-    /// Its visit's timestamp and actions.
-    visit: Option<(i64, i64)>,
-    /// The entries appended, with this process's ids.
-    entries: History,
-    /// How many entries the history holds with them (the oldest ones dropped).
-    history_len: u64,
-    triggers: Option<Box<crate::triggers::UserTriggers>>,
-}
-
-/// Appends what changed in `state` since its newest `appended` history entries were
-/// added: `Appended`'s encoding.
-pub fn encode_appended_into(out: &mut Vec<u8>, state: &UserState, appended: usize) {
-    put_varint(out, state.last_activity);
-    put_varint(out, state.ttl_mark);
-    put_varint(out, state.refetch_after.map_or(0, |t| t + 1));
-    match state.visit.as_deref() {
-        None => out.push(0),
-        Some(v) => {
-            out.push(1);
-            put_i64(out, v.timestamp);
-            put_i64(out, v.actions);
-        }
-    }
-    put_varint(out, state.history.len() as u64);
-    let entries = state.history.newest_encoded(appended);
-    put_varint(out, entries.len() as u64);
-    out.extend_from_slice(entries);
-    match &state.triggers {
-        None => out.push(0),
-        Some(t) => {
-            out.push(1);
-            put_triggers(out, t);
-        }
-    }
-}
-
-/// `Appended` from its encoding, its string ids mapped through `ids`.
-pub fn decode_appended(bytes: &[u8], ids: &Ids) -> Result<Appended, Malformed> {
-    let mut r = Reader::new(bytes);
-    let last_activity = r.varint();
-    let ttl_mark = r.varint();
-    let refetch_after = r.varint().checked_sub(1);
-    let visit = match r.byte() {
-        0 => None,
-        _ => Some((r.i64(), r.i64())),
-    };
-    let history_len = r.varint();
-    let n = r.varint() as usize;
-    let encoded = r.bytes(n);
-    let triggers = match r.byte() {
-        0 => None,
-        _ => Some(read_triggers(&mut r)?),
-    };
-    let entries = history_at_end(&r, encoded, ids)?;
-    Ok(Appended {
-        last_activity,
-        ttl_mark,
-        refetch_after,
-        visit,
-        entries,
-        history_len,
-        triggers,
-    })
-}
-
-/// Why an `Appended` does not fit the state it is applied to.
-#[derive(Debug, thiserror::Error)]
-pub enum NotAppendable {
-    #[error("a change to a visit the state does not have")]
-    NoVisit,
-    #[error("{0} history entries where the change leaves {1}")]
-    History(usize, u64),
-}
-
-impl Appended {
-    /// `state` with this change applied: the state it was taken from.
-    pub fn apply(self, state: &mut UserState) -> Result<(), NotAppendable> {
-        state.last_activity = self.last_activity;
-        state.ttl_mark = self.ttl_mark;
-        state.refetch_after = self.refetch_after;
-        if let Some((timestamp, actions)) = self.visit {
-            let visit = state.visit.as_mut().ok_or(NotAppendable::NoVisit)?;
-            let visit = Arc::make_mut(visit);
-            visit.timestamp = timestamp;
-            visit.actions = actions;
-        }
-        let history = Arc::make_mut(&mut state.history);
-        history.extend(&self.entries);
-        let keep = usize::try_from(self.history_len).unwrap_or(usize::MAX);
-        history.keep_newest(keep);
-        if history.len() as u64 != self.history_len {
-            return Err(NotAppendable::History(history.len(), self.history_len));
-        }
-        state.triggers = self.triggers;
-        Ok(())
-    }
 }
 
 /// A state encoded by this process (RocksDB's values).
@@ -421,56 +303,6 @@ mod tests {
         for cut in 1..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
-    }
-
-    /// What events change comes back onto the state before them, here and in another
-    /// process; a cut encoding is refused, and so is a change to a state with fewer
-    /// entries than it builds on.
-    #[test]
-    fn a_change_by_events_applies_onto_the_state_before_them() {
-        let before = state();
-        let mut after = before.clone();
-        for (n, id) in ["e1", "e2", "e3"].iter().enumerate() {
-            let ev = crate::model::UserEvent {
-                event_id: Some((*id).into()),
-                event_type: "codec_test_type".into(),
-                timestamp: n as i64,
-                ..Default::default()
-            };
-            after.append_event(&ev, 2);
-        }
-        Arc::make_mut(after.visit.as_mut().unwrap()).actions = 9;
-        after.last_activity = 30;
-        after.refetch_after = None;
-        after.triggers = Some(Box::new(crate::triggers::example()));
-        let n = after.history.pushed_since(before.history.mark()).unwrap();
-        let mut bytes = Vec::new();
-        encode_appended_into(&mut bytes, &after, n);
-        assert!(bytes.len() < encode(&after).len());
-        let theirs: Vec<String> = crate::dict::prefix(crate::dict::len())
-            .map(str::to_string)
-            .collect();
-        for ids in [Ids::Here, Ids::Theirs(Arc::new(theirs))] {
-            let mut restored = before.clone();
-            decode_appended(&bytes, &ids)
-                .unwrap()
-                .apply(&mut restored)
-                .unwrap();
-            assert_eq!(restored, after);
-        }
-        for cut in 0..bytes.len() {
-            assert!(
-                decode_appended(&bytes[..cut], &Ids::Here).is_err(),
-                "cut at {cut}"
-            );
-        }
-        // Two entries kept, one appended: the state it builds on must hold one.
-        let mut one = Vec::new();
-        encode_appended_into(&mut one, &after, 1);
-        let mut empty = UserState::empty(0);
-        empty.visit = before.visit.clone();
-        let err = decode_appended(&one, &Ids::Here).unwrap().apply(&mut empty);
-        assert!(matches!(err, Err(NotAppendable::History(1, 2))), "{err:?}");
     }
 
     #[test]

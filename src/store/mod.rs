@@ -51,7 +51,6 @@ impl StoreSnapshot {
         PartRecords {
             base: self.encoded,
             states: self.records,
-            appended: Vec::new(),
             pending,
             removed: None,
             chain: None,

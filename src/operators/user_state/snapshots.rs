@@ -284,7 +284,6 @@ impl Snapshots {
         tracing::debug!(
             epoch,
             changed = delta.taken.changed.len(),
-            appended = delta.appended.len(),
             pending = pending.len(),
             "checkpoint started (delta)"
         );
@@ -295,7 +294,6 @@ impl Snapshots {
         let records = PartRecords {
             base: delta.states.encoded,
             states: delta.states.records,
-            appended: delta.appended,
             pending,
             removed: Some(removed),
             chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),

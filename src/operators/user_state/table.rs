@@ -2,7 +2,7 @@
 //! the answers of recent look-ups. Every change goes through here, so the index always
 //! knows of every state the store holds.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use super::lookups::after_failure;
 use crate::model::{ProfileData, Text, Time, UserEvent, UserState};
@@ -25,29 +25,14 @@ pub(super) enum Miss {
 /// holds.
 #[derive(Default)]
 pub(super) struct Changes {
-    /// Each with how it changed: `Some(mark)`, only by events applied to the state the
-    /// last part holds, whose history stood at `mark` then (`History::mark`); `None`,
-    /// otherwise (added, looked up, its triggers fired): it is written whole.
-    pub(super) changed: FxHashMap<Text, Option<u64>>,
+    pub(super) changed: FxHashSet<Text>,
     pub(super) removed: FxHashSet<Text>,
 }
 
 impl Changes {
-    /// `user`, whose state was `state` when the last part was taken, has events applied.
-    fn applied(&mut self, user: &Text, state: &UserState) {
-        if !self.changed.contains_key(user) {
-            self.changed
-                .insert(user.clone(), Some(state.history.mark()));
-        }
-    }
-
-    /// `user`'s state changed otherwise (or is new): written whole.
     fn changed(&mut self, user: &Text) {
-        match self.changed.get_mut(user) {
-            Some(mark) => *mark = None,
-            None => {
-                self.changed.insert(user.clone(), None);
-            }
+        if !self.changed.contains(user) {
+            self.changed.insert(user.clone());
         }
     }
 
@@ -56,33 +41,25 @@ impl Changes {
         self.removed.insert(user.clone());
     }
 
-    /// These changes, and `older` ones (of a part that was not written) under them: a
-    /// user's entries are new since the older mark.
+    /// These changes, and `older` ones (of a part that was not written) under them.
     fn merge(&mut self, older: Changes) {
-        for (u, mark) in older.changed {
-            if self.removed.contains(&u) {
-                continue;
+        for u in older.changed {
+            if !self.removed.contains(&u) {
+                self.changed.insert(u);
             }
-            let merged = match self.changed.get(&u) {
-                Some(None) => None,
-                _ => mark,
-            };
-            self.changed.insert(u, merged);
         }
         for u in older.removed {
-            if !self.changed.contains_key(&u) {
+            if !self.changed.contains(&u) {
                 self.removed.insert(u);
             }
         }
     }
 }
 
-/// A delta part's users: the changed ones' states now (those changed only by events
-/// with how many entries they appended), the removed ones', and the changes taken
-/// (given back if the part is not written).
+/// A delta part's users: the changed ones' states now, the removed ones', and the
+/// changes taken (given back if the part is not written).
 pub(super) struct Delta {
     pub(super) states: StoreSnapshot,
-    pub(super) appended: Vec<(Text, UserState, usize)>,
     pub(super) removed: Vec<Text>,
     pub(super) taken: Changes,
 }
@@ -129,7 +106,7 @@ impl UserTable {
             state.last_activity = state.last_activity.max(time);
             self.ttl.touched(&ev.user_id, state, false);
             if let Some(c) = &mut self.changes {
-                c.applied(&ev.user_id, state);
+                c.changed(&ev.user_id);
             }
             return Ok(f(ev, state));
         }
@@ -255,14 +232,13 @@ impl UserTable {
     /// or cached by it); if the store fails, the changes are kept for the next part.
     pub(super) fn delta(&mut self) -> Option<Result<Delta, StateError>> {
         let taken = std::mem::take(self.changes.as_mut()?);
-        let mut states = match self.store.states_of(taken.changed.keys()) {
+        let states = match self.store.states_of(taken.changed.iter()) {
             Ok(states) => states,
             Err(e) => {
                 self.restore_changes(taken);
                 return Some(Err(e));
             }
         };
-        let appended = split_appended(&mut states.records, &taken);
         let removed = taken
             .removed
             .iter()
@@ -271,7 +247,6 @@ impl UserTable {
             .collect();
         Some(Ok(Delta {
             states,
-            appended,
             removed,
             taken,
         }))
@@ -292,93 +267,5 @@ impl UserTable {
     /// How many users changed since the last part (0 when changes are not kept).
     pub(super) fn changed(&self) -> usize {
         self.changes.as_ref().map_or(0, |c| c.changed.len())
-    }
-}
-
-/// Takes out of `records` the states changed only by events since the last part, each
-/// with how many history entries those appended.
-fn split_appended(
-    records: &mut Vec<(Text, UserState)>,
-    changes: &Changes,
-) -> Vec<(Text, UserState, usize)> {
-    let mut appended = Vec::new();
-    let mut whole = Vec::new();
-    for (user, state) in records.drain(..) {
-        let since = match changes.changed.get(&user) {
-            Some(Some(mark)) => state.history.pushed_since(*mark),
-            _ => None,
-        };
-        match since {
-            Some(n) => appended.push((user, state, n)),
-            // Changed otherwise, or its history made again since (read back by RocksDB).
-            None => whole.push((user, state)),
-        }
-    }
-    *records = whole;
-    appended
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::UserEvent;
-
-    fn with_pushed(n: usize) -> UserState {
-        let mut s = UserState::empty(0);
-        for _ in 0..n {
-            s.append_event(&UserEvent::default(), 100);
-        }
-        s
-    }
-
-    /// A user is written as its change by events from the first event after the last
-    /// part, unless it also changed otherwise; changes of a part that was not written
-    /// go under the next one's, their marks the older.
-    #[test]
-    fn a_users_change_by_events_counts_from_the_last_part_written() {
-        let (a, b, c, d): (Text, Text, Text, Text) =
-            ("a".into(), "b".into(), "c".into(), "d".into());
-        let (a5, a6) = (with_pushed(5), with_pushed(6));
-        let mark = a5.history.mark();
-        let mut older = Changes::default();
-        older.applied(&a, &a5);
-        older.applied(&a, &a6);
-        older.applied(&b, &with_pushed(1));
-        older.changed(&c);
-        older.applied(&d, &with_pushed(2));
-        assert_eq!(older.changed[&a], Some(mark), "the first event's mark");
-        let mut newer = Changes::default();
-        newer.applied(&a, &with_pushed(7));
-        newer.applied(&b, &with_pushed(3));
-        newer.changed(&b);
-        newer.applied(&c, &with_pushed(9));
-        newer.removed(&d);
-        newer.merge(older);
-        assert_eq!(newer.changed[&a], Some(mark));
-        assert_eq!(newer.changed[&b], None, "changed otherwise since");
-        assert_eq!(newer.changed[&c], None, "changed otherwise before");
-        assert!(!newer.changed.contains_key(&d) && newer.removed.contains(&d));
-    }
-
-    /// RocksDB reads a user it let out of its cache back from its encoding: its history
-    /// is another one, whose count of entries appended says nothing of the mark's. Such
-    /// a user is written whole (counting from the mark lost entries, and failed the
-    /// restore that checks the history's length).
-    #[test]
-    fn a_user_whose_history_was_made_again_is_written_whole() {
-        let before = with_pushed(3);
-        let mut changes = Changes::default();
-        for u in ["kept", "read back"] {
-            changes.applied(&u.into(), &before);
-        }
-        let mut after = before.clone();
-        after.append_event(&UserEvent::default(), 100);
-        let read_back = crate::store::codec::decode(&crate::store::codec::encode(&after)).unwrap();
-        let mut records = vec![("kept".into(), after), ("read back".into(), read_back)];
-        let appended = split_appended(&mut records, &changes);
-        let appended: Vec<(&str, usize)> = appended.iter().map(|(u, _, n)| (&**u, *n)).collect();
-        assert_eq!(appended, [("kept", 1)]);
-        assert_eq!(records.len(), 1);
-        assert_eq!(&*records[0].0, "read back");
     }
 }

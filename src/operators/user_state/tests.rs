@@ -645,3 +645,65 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
     assert_eq!(at(2), "u1:a,d u3:pending1 u4:pending1");
     assert_eq!(at(3), "u3:e u4:f", "u1 expired, u3 and u4 looked up");
 }
+
+/// Deltas restore what whole parts hold over many epochs of events to random users, with
+/// RocksDB letting most users out of its cache of two between their events.
+#[test]
+fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
+    let run = |full_every: usize, rocksdb: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        timely::execute_directly(move |worker| {
+            let backend = match rocksdb {
+                true => Backend::Rocksdb {
+                    dir: path.join("state"),
+                    cache_users: 2,
+                },
+                false => Backend::Memory,
+            };
+            let store = backend.open(0).unwrap();
+            let (start, cfg) = pinned(path, full_every);
+            let checkpoints = Some((cfg.clone(), Ending::default()));
+            let mut r = rig_in(worker, config(600_000), checkpoints, store);
+            r.no_restore();
+            let users: Vec<String> = (0..12).map(|u| format!("u{u}")).collect();
+            for (n, u) in users.iter().enumerate() {
+                r.send(start + 1 + n as Time, u, &format!("{u}-0"));
+            }
+            r.events.advance_to(start + 100);
+            // At most 8 look-ups at a time: each answered as it starts.
+            let mut answered = std::collections::HashSet::new();
+            r.step_until(worker, |r| {
+                for u in r.started() {
+                    if answered.insert(u.clone()) {
+                        r.profiles.answer(&u, Ok(profile("FR")));
+                    }
+                }
+                answered.len() == users.len()
+            });
+            let mut rng = crate::history::tests::Rng::new(7);
+            let mut seen = Vec::new();
+            for epoch in 1..=8u64 {
+                for n in 0..10 {
+                    let u = &users[rng.next(users.len() as u64) as usize];
+                    let at = start + (epoch - 1) * 1000 + 200 + n * 10;
+                    r.send(at, u, &format!("{u}-{epoch}.{n}"));
+                }
+                r.events.advance_to(start + epoch * 1000);
+                let (users, records) = completed(&r, worker, &cfg, start + epoch * 1000);
+                seen.push((users, records.is_some()));
+            }
+            std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+            r.step_until(worker, |r| r.probe.done());
+            seen
+        })
+    };
+    let whole = run(1, false);
+    let strip = |v: &[(Vec<String>, bool)]| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
+    let deltas = run(10, false);
+    assert!(deltas.iter().filter(|(_, d)| *d).count() >= 4, "{deltas:?}");
+    assert_eq!(strip(&deltas), strip(&whole), "hash map");
+    if cfg!(feature = "rocksdb") {
+        assert_eq!(strip(&run(10, true)), strip(&whole), "RocksDB");
+    }
+}
