@@ -377,7 +377,7 @@ fn checkpoints(
             tracing::warn!(
                 dir = %c.dir.display(),
                 newest = floor.epoch,
-                "no complete checkpoint to restore, only unfinished or damaged ones: the run starts from the beginning with empty state"
+                "no complete checkpoint to restore, only unfinished or damaged ones: the run starts with empty state, where its source starts without a checkpoint (a file from its start, Kafka where kafka.start-from says: with `committed`, the group's committed offsets)"
             );
         } else if floor.epoch > restored {
             tracing::info!(

@@ -1787,3 +1787,47 @@ fn a_worker_that_cannot_open_its_store_fails_the_run_at_start() {
     assert!(err.contains("engine.state-dir"), "{err}");
     assert!(err.contains("worker-1"), "{err}");
 }
+
+/// With only an unfinished checkpoint in the directory (a run killed before its first
+/// one completed), the run says it starts with empty state where its source starts
+/// without a checkpoint: not "from the beginning", which a Kafka group's committed
+/// offsets are not.
+#[test]
+fn only_an_unfinished_checkpoint_says_where_the_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"user_id\":\"u1\",\"event_type\":\"click\"}\n").unwrap();
+    let ck = dir.path().join("ck");
+    let epoch = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        / 1000
+        - 60)
+        * 1000;
+    std::fs::create_dir_all(ck.join(format!("chk-{epoch:019}"))).unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let extra = format!(
+        "engine:\n  checkpoint-dir: \"{}\"\nprofile-api:\n  base-url: \"file://{}\"\n",
+        ck.display(),
+        profiles.display()
+    );
+    let cfg = rule_config(dir.path(), events.to_str().unwrap(), "true", &extra);
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
+    )
+    .unwrap();
+    let (code, _, err) = run_binary(&["run", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("no complete checkpoint to restore")
+            && err.contains(
+                "the run starts with empty state, where its source starts without a checkpoint"
+            )
+            && err.contains("kafka.start-from"),
+        "{err}"
+    );
+}
