@@ -95,11 +95,14 @@ impl Chain {
     }
 
     /// The bytes of a whole part of `users` users, estimated from the last whole part's
-    /// bytes per user. A state that grows (new users arriving) would otherwise be
-    /// written whole again and again, each time its deltas outgrew a whole part of
-    /// when it was smaller.
+    /// bytes per user; never less than that part. A state that grows (new users
+    /// arriving) would otherwise be written whole again and again, each time its deltas
+    /// outgrew a whole part of when it was smaller. A state that shrank keeps the last
+    /// part's size: a part's bytes per user hold its share of the dictionary, which in
+    /// a small state is most of them.
     fn state_bytes(&self, users: usize) -> u64 {
-        if self.whole_users == 0 {
+        let users = users as u64;
+        if self.whole_users == 0 || users <= self.whole_users {
             return self.whole_bytes;
         }
         let per_user = self.whole_bytes as f64 / self.whole_users as f64;
@@ -406,8 +409,8 @@ mod tests {
         assert!(chain.next_is_delta(10, 1_000));
         chain.written(part(900_000, 300), false, 0);
         assert!(
-            !chain.next_is_delta(10, 800),
-            "900 KB of deltas outgrow 800 users (800 KB whole)"
+            chain.next_is_delta(10, 800),
+            "900 KB of deltas: a state of 800 users is measured as the 1 MB part"
         );
         assert!(
             chain.next_is_delta(10, 2_000),
@@ -415,6 +418,7 @@ mod tests {
         );
         chain.written(part(1_200_000, 400), false, 0);
         assert!(!chain.next_is_delta(10, 2_000), "2.1 MB of deltas");
+        assert!(!chain.next_is_delta(10, 500), "more than the 1 MB part");
         assert!(!chain.next_is_delta(3, 1_000_000), "every 3 parts whole");
         chain.written(part(3_000_000, 3_000), true, 0);
         assert_eq!(chain.parts.len(), 1);

@@ -572,6 +572,31 @@ fn a_part_after_every_user_changed_is_whole() {
     });
 }
 
+/// A rig checkpointing every second into `path` (a whole part every `full_every`), on
+/// the hash map or on RocksDB caching `rocksdb_cache` users, its users idle for `ttl_ms`
+/// expiring; with the epoch it starts at and its checkpoint config.
+fn delta_rig(
+    worker: &mut Worker,
+    path: std::path::PathBuf,
+    full_every: usize,
+    rocksdb_cache: Option<usize>,
+    ttl_ms: u64,
+) -> (Rig, Time, CheckpointConfig) {
+    let backend = match rocksdb_cache {
+        Some(cache_users) => Backend::Rocksdb {
+            dir: path.join("state"),
+            cache_users,
+        },
+        None => Backend::Memory,
+    };
+    let store = backend.open(0).unwrap();
+    let (start, cfg) = pinned(path, full_every);
+    let checkpoints = Some((cfg.clone(), Ending::default()));
+    let mut r = rig_in(worker, config(ttl_ms), checkpoints, store);
+    r.no_restore();
+    (r, start, cfg)
+}
+
 /// Issue #17: a checkpoint of delta parts (users changed, removed, pending since the
 /// previous part) restores exactly the users a whole part of the same epoch holds, from
 /// either backend (RocksDB with a cache of one user: most are read from its files).
@@ -581,18 +606,8 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let backend = match rocksdb {
-                true => Backend::Rocksdb {
-                    dir: path.join("state"),
-                    cache_users: 1,
-                },
-                false => Backend::Memory,
-            };
-            let store = backend.open(0).unwrap();
-            let (start, cfg) = pinned(path, full_every);
-            let checkpoints = Some((cfg.clone(), Ending::default()));
-            let mut r = rig_in(worker, config(1500), checkpoints, store);
-            r.no_restore();
+            let (mut r, start, cfg) =
+                delta_rig(worker, path, full_every, rocksdb.then_some(1), 1500);
             let mut seen = Vec::new();
             let mut complete = |r: &Rig, worker: &mut Worker, epoch: Time| {
                 let (users, records) = completed(r, worker, &cfg, epoch);
@@ -654,18 +669,8 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let backend = match rocksdb {
-                true => Backend::Rocksdb {
-                    dir: path.join("state"),
-                    cache_users: 2,
-                },
-                false => Backend::Memory,
-            };
-            let store = backend.open(0).unwrap();
-            let (start, cfg) = pinned(path, full_every);
-            let checkpoints = Some((cfg.clone(), Ending::default()));
-            let mut r = rig_in(worker, config(600_000), checkpoints, store);
-            r.no_restore();
+            let (mut r, start, cfg) =
+                delta_rig(worker, path, full_every, rocksdb.then_some(2), 600_000);
             let users: Vec<String> = (0..12).map(|u| format!("u{u}")).collect();
             for (n, u) in users.iter().enumerate() {
                 r.send(start + 1 + n as Time, u, &format!("{u}-0"));
