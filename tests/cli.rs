@@ -471,12 +471,7 @@ fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix
         let ck = dir.path().join(checkpoints);
         let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", ck.display());
         let cfg = write_config(dir.path(), name, &s, &engine);
-        let yaml = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(
-            &cfg,
-            yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
-        )
-        .unwrap();
+        resume_file_source(&cfg);
         cfg
     };
     let (own0, own1) = (config("p0.yml", "ck-0"), config("p1.yml", "ck-1"));
@@ -537,12 +532,7 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
     std::fs::write(&file, b"").unwrap();
     let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", file.display());
     let cfg = write_config(dir.path(), "job.yml", &s, &engine);
-    let yaml = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
-    )
-    .unwrap();
+    resume_file_source(&cfg);
     let out = Command::new(binary())
         .args(["run", "--config", cfg.to_str().unwrap()])
         .output()
@@ -929,6 +919,15 @@ fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Makes the file source of the config at `cfg` resume from checkpoints
+/// (`source.resume`), which the config writers here leave off.
+fn resume_file_source(cfg: &std::path::Path) {
+    let yaml = std::fs::read_to_string(cfg).unwrap();
+    let resumed = yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1);
+    assert_ne!(resumed, yaml, "no file source in {}", cfg.display());
+    std::fs::write(cfg, resumed).unwrap();
 }
 
 /// A config in `dir` reading `events` with `script` as the filter (and `extra` YAML).
@@ -1509,9 +1508,7 @@ fn an_abandoned_cart_reminder_fires_only_for_carts_without_a_purchase_anywhere()
         let actions = Carts::reminder_yaml(&receiver.url(), "2s") + engine;
         let cfg = carts_config(dir.path(), "carts", &carts, &actions);
         if engine.contains("checkpoint-interval") {
-            let yaml = std::fs::read_to_string(&cfg).unwrap();
-            let resumed = yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1);
-            std::fs::write(&cfg, resumed).unwrap();
+            resume_file_source(&cfg);
         }
         let started = std::time::Instant::now();
         let stdout = if processes == 1 {
@@ -1798,13 +1795,7 @@ fn only_an_unfinished_checkpoint_says_where_the_run_starts() {
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "{\"user_id\":\"u1\",\"event_type\":\"click\"}\n").unwrap();
     let ck = dir.path().join("ck");
-    let epoch = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        / 1000
-        - 60)
-        * 1000;
+    let epoch = (event_trigger::clock::now_ms() / 1000 - 60) * 1000;
     std::fs::create_dir_all(ck.join(format!("chk-{epoch:019}"))).unwrap();
     let profiles = dir.path().join("profiles.jsonl");
     std::fs::write(&profiles, "").unwrap();
@@ -1814,12 +1805,7 @@ fn only_an_unfinished_checkpoint_says_where_the_run_starts() {
         profiles.display()
     );
     let cfg = rule_config(dir.path(), events.to_str().unwrap(), "true", &extra);
-    let yaml = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        yaml.replacen("  type: file\n", "  type: file\n  resume: true\n", 1),
-    )
-    .unwrap();
+    resume_file_source(std::path::Path::new(&cfg));
     let (code, _, err) = run_binary(&["run", "--config", &cfg]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
