@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::lz4_frame::{BLOCK, Lz4Frame};
 use crate::model::{PendingUser, SavedUser, Text, UserState};
 use crate::store::codec::{self, Ids, Words};
 
@@ -106,7 +107,9 @@ pub fn write_atomic(
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        // Small: a part's blocks, larger, go to the file directly (`BufWriter` copies
+        // only what is smaller than its buffer), the magic and trailer through it.
+        let mut out = BufWriter::with_capacity(8 * 1024, File::create(&tmp)?);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -234,9 +237,40 @@ impl PartWriter {
 }
 
 /// Encodes records into a part body.
+/// Where a part's body goes: to the file as it is, or as an LZ4 frame.
+enum Sink<'a> {
+    Plain(&'a mut dyn Write),
+    Lz4(Lz4Frame<'a>),
+}
+
+impl Sink<'_> {
+    /// Writes what it can of `buf` now (an LZ4 frame, its whole blocks) and takes it out.
+    fn drain(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Sink::Plain(out) => {
+                out.write_all(buf)?;
+                buf.clear();
+            }
+            Sink::Lz4(frame) => {
+                let used = frame.whole_blocks(buf)?;
+                buf.drain(..used);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `rest`, the body's end.
+    fn finish(self, rest: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(out) => out.write_all(rest),
+            Sink::Lz4(frame) => frame.finish(rest),
+        }
+    }
+}
+
 struct Encoder<'a> {
-    out: &'a mut dyn Write,
-    // Each record is encoded into one buffer and written (and hashed) in one call:
+    out: Sink<'a>,
+    // Records are encoded into one buffer, written (and hashed) a block at a time:
     // bincode's many small writes through the hasher were most of the cost.
     buf: Vec<u8>,
     users: u64,
@@ -292,9 +326,8 @@ impl Encoder<'_> {
 
     fn done_one(&mut self) -> io::Result<()> {
         self.users += 1;
-        if self.buf.len() >= 60 * 1024 {
-            self.out.write_all(&self.buf)?;
-            self.buf.clear();
+        if self.buf.len() >= BLOCK {
+            self.out.drain(&mut self.buf)?;
         }
         Ok(())
     }
@@ -336,17 +369,14 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
             (false, false) => MAGIC_V2,
         };
         hashed.write_all(magic)?;
-        (users, words) = if compress {
-            // LZ4: the records' ids, timestamps and repeated field layouts compress to
-            // about half (measured on the checkpoint workload) at several hundred MB/s
-            // per core, on this thread, off the worker's.
-            let mut body = lz4_flex::frame::FrameEncoder::new(&mut hashed);
-            let written = write_body(&mut body, records)?;
-            body.finish().map_err(io::Error::other)?;
-            written
-        } else {
-            write_body(&mut hashed, records)?
+        // LZ4: the records' ids, timestamps and repeated field layouts compress to about
+        // half (measured on the checkpoint workload) at several hundred MB/s per core, on
+        // this thread, off the worker's.
+        let sink = match compress {
+            true => Sink::Lz4(Lz4Frame::start(&mut hashed)?),
+            false => Sink::Plain(&mut hashed),
         };
+        (users, words) = write_body(sink, records)?;
         let hash = hashed.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
@@ -361,10 +391,10 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
 
 /// Writes a part's body (the dictionary, then the records) to `out`; returns how many
 /// records it wrote and the strings its dictionary reaches.
-fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<(u64, u64)> {
+fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
     let mut e = Encoder {
         out,
-        buf: Vec::with_capacity(64 * 1024),
+        buf: Vec::with_capacity(2 * BLOCK),
         users: 0,
         words: 0,
     };
@@ -392,7 +422,7 @@ fn write_body(out: &mut dyn Write, records: PartRecords) -> io::Result<(u64, u64
         e.removed(user)?;
     }
     e.buf.push(END);
-    e.out.write_all(&e.buf)?;
+    e.out.finish(&e.buf)?;
     Ok((e.users, e.words as u64))
 }
 

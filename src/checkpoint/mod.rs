@@ -44,6 +44,7 @@ pub mod chain;
 pub mod cluster;
 pub mod coordinator;
 pub mod files;
+mod lz4_frame;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
