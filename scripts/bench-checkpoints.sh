@@ -91,7 +91,7 @@ for interval in $INTERVALS; do
     'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d %12s\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms, avg }'
   if [ "$interval" = 1000 ]; then
     echo "part writes at 1 s (ms, per worker; the last ones are the final checkpoint's):"
-    grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*/  w\1 users=\2 bytes=\3 ms=\4/p' | tail -6
+    grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*records[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*delta=\([a-z]*\).*/  w\1 users=\2 records=\3 bytes=\4 ms=\5 delta=\6/p' | tail -6
   fi
   if [ "$interval" = "$last_interval" ] && [ "$interval" != 0 ]; then
     # Restart on the same group and directory: restores every user, reads nothing new.

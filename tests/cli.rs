@@ -1297,6 +1297,32 @@ fn a_failing_rule_is_loud_and_a_run_where_it_always_fails_exits_3() {
 
 /// A resumable file run (`source.resume`), paced, stopped with SIGTERM mid-way, exits 0
 /// after its final checkpoint; the restart goes on from the checkpoint's byte offset.
+/// A delta part's log line gives its records and the worker's users in all, which a
+/// delta of some users is fewer than.
+fn deltas_log_their_records_and_the_users(log: &str) {
+    let field = |line: &str, key: &str| -> u64 {
+        let at = line
+            .find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("{key}: {line}"));
+        let value = &line[at + key.len() + 2..];
+        let end = value.find(' ').unwrap_or(value.len());
+        value[..end].parse().unwrap()
+    };
+    let deltas: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("checkpoint part written") && l.contains("delta=true"))
+        .map(|l| (field(l, "records"), field(l, "users")))
+        .collect();
+    assert!(
+        deltas.iter().all(|(records, users)| records <= users),
+        "{log}"
+    );
+    assert!(
+        deltas.iter().any(|(records, users)| records < users),
+        "{log}"
+    );
+}
+
 /// The two runs together deliver every passing event exactly once (a graceful stop
 /// repeats nothing) and end with the same users and histories as one uninterrupted run.
 /// The SIGTERM comes twice, 20 ms apart, as `timeout` sends it (to the job, then to its
@@ -1332,7 +1358,9 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
             .unwrap()
     };
     let whole_cfg = config("whole", &whole.url());
-    let one = summary_of(&wait_ok(start(&whole_cfg)).stdout);
+    let one = wait_ok(start(&whole_cfg));
+    deltas_log_their_records_and_the_users(&String::from_utf8_lossy(&one.stderr));
+    let one = summary_of(&one.stdout);
     assert_eq!(one.passed as usize, whole.received());
 
     let split_cfg = config("split", &split.url());

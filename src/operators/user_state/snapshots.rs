@@ -128,8 +128,9 @@ impl Chain {
 struct InProgress {
     epoch: Time,
     writer: PartWriter,
-    /// A delta's changes (given back if it is not written); `None`: a whole part.
-    taken: Option<Changes>,
+    /// A delta's changes (given back if it is not written) and the worker's users in
+    /// all; `None`: a whole part (whose records are its users).
+    taken: Option<(Changes, u64)>,
 }
 
 impl Snapshots {
@@ -237,7 +238,7 @@ impl Snapshots {
                     let pending = lookups.save_pending(epoch, held);
                     let users = (table.len() + pending.len()) as u64;
                     let (records, taken) = self.delta_part(epoch, delta, users, pending);
-                    self.write(epoch, records, Some(taken));
+                    self.write(epoch, records, Some((taken, users)));
                 }
                 // Without its part this epoch's checkpoint never completes; the next
                 // epoch tries again, with these changes.
@@ -305,7 +306,7 @@ impl Snapshots {
         (records, delta.taken)
     }
 
-    fn write(&mut self, epoch: Time, records: PartRecords, taken: Option<Changes>) {
+    fn write(&mut self, epoch: Time, records: PartRecords, taken: Option<(Changes, u64)>) {
         let path = self.cfg.state_path(epoch, self.worker);
         let activator = (self.activator)();
         let wake = Box::new(move || {
@@ -333,7 +334,7 @@ impl Snapshots {
             && let Some(result) = p.writer.poll()
         {
             let epoch = p.epoch;
-            let taken = p.taken.take();
+            let (taken, users) = p.taken.take().unzip();
             let whole = taken.is_none();
             match &result {
                 Ok(info) => {
@@ -356,12 +357,13 @@ impl Snapshots {
                     if whole {
                         stats.state_bytes.set(info.bytes);
                     }
-                    // `users`: the part's records (for a delta: users changed, being
-                    // looked up, or removed).
+                    // `records`: for a delta, its users changed, being looked up, or
+                    // removed; `users`: the worker's users in all.
                     tracing::info!(
                         epoch,
                         worker = self.worker,
-                        users = info.users,
+                        users = users.unwrap_or(info.users),
+                        records = info.users,
                         bytes = info.bytes,
                         ms = info.duration.as_millis() as u64,
                         delta = !whole,
