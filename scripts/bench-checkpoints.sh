@@ -15,6 +15,9 @@
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
 # engine's (look-ups from a file:// snapshot, state, checkpoints), not the webhooks'.
+# writer_cpu_s: the CPU seconds of the threads writing checkpoint parts (each part's
+# `cpu_ms` in the log); steadier than events/s, which the machine's noise moves by
+# 10-20% between identical runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WL=${1:-/tmp/event-trigger-wl-1m}
@@ -66,7 +69,7 @@ run() { # config -> "wall user sys rss" and the log in $TMP/err
   cat "$TMP/time"
 }
 
-printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms avg_ck_MiB
+printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms avg_ck_MiB writer_cpu_s
 INTERVALS=${INTERVALS:-0 60000 1000}
 last_interval=${INTERVALS##* }
 for backend in $BACKENDS; do
@@ -86,12 +89,16 @@ for interval in $INTERVALS; do
   # Bytes written per checkpoint, on average (with deltas, what changed).
   avg=$({ grep 'checkpoint complete' "$TMP/err" || true; } | sed -n 's/.*bytes[^0-9]*\([0-9]*\).*/\1/p' \
     | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n / 1048576; else print 0 }')
+  # The part writers' CPU seconds, beside the workers': on two cores, what the workers lose.
+  writer_cpu=$({ grep 'checkpoint part written' "$TMP/err" || true; } | sed -n 's/.* cpu_ms[^0-9]*\([0-9]*\).*/\1/p' \
+    | awk '{ s += $1 } END { printf "%.2f", s / 1000 }')
   awk -v b="$backend" -v i=$interval -v n="$EVENTS" -v el="$el" -v u="$user" -v s="$sys" -v rss="$rss" -v c="$n" \
       -v users="${users:-0}" -v bytes="${bytes:-0}" -v pms="${part_ms:-0}" -v avg="$avg" \
-    'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d %12s\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms, avg }'
+    -v wcpu="$writer_cpu" \
+    'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d %12s %12.2f\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms, avg, wcpu }'
   if [ "$interval" = 1000 ]; then
-    echo "part writes at 1 s (ms, per worker; the last ones are the final checkpoint's):"
-    grep 'checkpoint part written' "$TMP/err" | sed -n 's/.*worker[^0-9]*\([0-9]*\).*users[^0-9]*\([0-9]*\).*records[^0-9]*\([0-9]*\).*bytes[^0-9]*\([0-9]*\).*ms[^0-9]*\([0-9]*\).*delta=\([a-z]*\).*/  w\1 users=\2 records=\3 bytes=\4 ms=\5 delta=\6/p' | tail -6
+    echo "part writes at 1 s (ms: snapshot to disk, cpu_ms: the writer's CPU; the last ones are the final checkpoint's):"
+    grep 'checkpoint part written' "$TMP/err" | sed -n 's/.* worker=\([0-9]*\) users=\([0-9]*\) records=\([0-9]*\) bytes=\([0-9]*\) ms=\([0-9]*\) cpu_ms=\([0-9]*\) delta=\([a-z]*\).*/  w\1 users=\2 records=\3 bytes=\4 ms=\5 cpu_ms=\6 delta=\7/p' | tail -6
   fi
   if [ "$interval" = "$last_interval" ] && [ "$interval" != 0 ]; then
     # Restart on the same group and directory: restores every user, reads nothing new.

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub checkpoint_bytes: Gauge,
     pub checkpoint_users: Gauge,
     pub checkpoint_epoch_ms: Gauge,
+    pub checkpoint_writer_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
     pub consumer_lag: Family<PartitionLabel, Gauge>,
     pub filter_reloads: Counter,
     pub filter_reload_failures: Counter,
@@ -313,6 +314,12 @@ impl Metrics {
             "last checkpoint: its epoch (ms since the epoch)",
             Gauge::default(),
         );
+        let checkpoint_writer_cpu = add(
+            &mut registry,
+            "checkpoint_writer_cpu_seconds",
+            "CPU time of the threads writing checkpoint parts, beside the workers'",
+            Counter::<f64, std::sync::atomic::AtomicU64>::default(),
+        );
         let consumer_lag = add(
             &mut registry,
             "kafka_consumer_lag",
@@ -360,6 +367,7 @@ impl Metrics {
             checkpoint_bytes,
             checkpoint_users,
             checkpoint_epoch_ms,
+            checkpoint_writer_cpu,
             consumer_lag,
             totals: Totals(
                 Counts::default()
@@ -429,6 +437,11 @@ impl Metrics {
             rtt_seconds: self.request_rtt.get_or_create(&label).clone(),
             overloaded: self.overloaded.get_or_create(&label).clone(),
         }
+    }
+
+    /// A checkpoint part written, with the CPU time its writer thread took.
+    pub fn record_part_cpu(&self, cpu: Duration) {
+        self.checkpoint_writer_cpu.inc_by(cpu.as_secs_f64());
     }
 
     pub fn record_checkpoint(&self, epoch: u64, took: Duration, users: u64, bytes: u64) {

@@ -1403,6 +1403,7 @@ fn metrics_are_served_and_agree_with_the_work_done() {
     assert_eq!(sum("event_trigger_lookup_backlog_events"), 0.0);
     assert_eq!(sum("event_trigger_kafka_consumer_lag"), 0.0, "all read");
     assert!(sum("event_trigger_checkpoint_bytes") > 0.0);
+    assert!(sum("event_trigger_checkpoint_writer_cpu_seconds_total") > 0.0);
     assert!(sum("event_trigger_state_bytes") > 0.0);
     assert_eq!(sum("event_trigger_action_ok_total"), expected);
     assert!(text.contains(r#"event_trigger_action_ok_total{worker="0",action="webhook"}"#));

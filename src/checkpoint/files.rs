@@ -144,6 +144,8 @@ pub struct PartInfo {
     pub hash: u64,
     /// From the start of the snapshot to the part being on disk.
     pub duration: Duration,
+    /// The writer thread's CPU time: what the part cost beside the worker's.
+    pub cpu: Duration,
 }
 
 /// Counts and hashes what passes through, for the trailer.
@@ -214,6 +216,7 @@ impl PartWriter {
                         words: written.words,
                         hash,
                         duration: started.elapsed(),
+                        cpu: crate::clock::thread_cpu_time(),
                     })
                 });
                 let _ = done_tx.send(result);
@@ -236,7 +239,6 @@ impl PartWriter {
     }
 }
 
-/// Encodes records into a part body.
 /// Where a part's body goes: to the file as it is, or as an LZ4 frame.
 enum Sink<'a> {
     Plain(&'a mut dyn Write),
@@ -268,6 +270,7 @@ impl Sink<'_> {
     }
 }
 
+/// Encodes records into a part body.
 struct Encoder<'a> {
     out: Sink<'a>,
     // Records are encoded into one buffer, written (and hashed) a block at a time:

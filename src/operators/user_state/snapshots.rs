@@ -357,6 +357,7 @@ impl Snapshots {
                     if whole {
                         stats.state_bytes.set(info.bytes);
                     }
+                    crate::metrics::global().record_part_cpu(info.cpu);
                     // `records`: for a delta, its users changed, being looked up, or
                     // removed; `users`: the worker's users in all.
                     tracing::info!(
@@ -366,6 +367,7 @@ impl Snapshots {
                         records = info.users,
                         bytes = info.bytes,
                         ms = info.duration.as_millis() as u64,
+                        cpu_ms = info.cpu.as_millis() as u64,
                         delta = !whole,
                         "checkpoint part written"
                     )
