@@ -400,7 +400,66 @@ fn checkpoint(c: &mut Criterion) {
     g.bench_function("read a part of 10k users", |b| {
         b.iter(|| event_trigger::checkpoint::read_part(&path).unwrap().len())
     });
+    let table = scattered_users(100_000);
+    g.throughput(Throughput::Elements(table.len() as u64));
+    g.bench_function("write a part of 100k scattered users", |b| {
+        // The copy is the worker's, before the writer starts.
+        b.iter_batched(
+            || table.clone(),
+            |copy| event_trigger::checkpoint::write_states(&written, copy).unwrap(),
+            criterion::BatchSize::LargeInput,
+        )
+    });
     g.finish();
+}
+
+/// Users as the checkpoint workload's table holds them: profiles and visits as the
+/// Profile API gives them, 1 to 5 history entries, and each user's parts allocated
+/// apart from the next one's in the order a part is written (a hash map's order is not
+/// the order its users came in), so that the writer meets cold memory as it does at
+/// 600k users.
+fn scattered_users(n: usize) -> Vec<(event_trigger::model::Text, UserState)> {
+    use event_trigger::profile_api::ProfileSnapshot;
+
+    let demo: Vec<serde_json::Value> = include_str!("../config/demo/profiles.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut jsonl = String::new();
+    for i in 0..n {
+        let mut p = demo[i % demo.len()].clone();
+        let id = serde_json::Value::from(format!("user_{i:07}"));
+        p["user_id"] = id.clone();
+        p["profile"]["user_id"] = id;
+        p["visit"]["uuid"] = format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15).into();
+        p["history"] = serde_json::Value::Array(Vec::new());
+        jsonl.push_str(&p.to_string());
+        jsonl.push('\n');
+    }
+    let snapshot = ProfileSnapshot::from_reader(jsonl.as_bytes()).unwrap();
+    let events: Vec<_> = valid_lines()
+        .iter()
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
+        .collect();
+    let mut users: Vec<_> = (0..n)
+        .map(|i| {
+            let user = format!("user_{i:07}");
+            let mut state = UserState::from_profile(snapshot.lookup(&user).unwrap(), 0);
+            for e in events.iter().cycle().skip(i).take(1 + i % 5) {
+                state.append_event(e, 100);
+            }
+            (user.into(), state)
+        })
+        .collect();
+    // Fisher-Yates with a fixed xorshift: the same order every run.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..users.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        users.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    users
 }
 
 criterion_group!(

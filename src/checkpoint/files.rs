@@ -60,6 +60,10 @@ const MAGICS: [&[u8; 8]; 7] = [
     MAGIC_V1,
 ];
 const TRAILER: usize = 8 + 8 + MAGIC.len();
+/// How many records ahead of the one it encodes the part writer asks for their parts,
+/// and then for what those point to (`codec::prefetch_parts`, `prefetch_contents`).
+const PREFETCH_PARTS: usize = 16;
+const PREFETCH_CONTENTS: usize = 8;
 /// Record tags.
 const END: u8 = 0;
 const STATE: u8 = 1;
@@ -415,7 +419,15 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
     }
     // Each state is dropped once encoded: its parts, shared with the worker's table
     // until then, are copied on the worker's next write to them.
-    for (user, state) in records.states {
+    let mut states = records.states.into_iter();
+    while let Some((user, state)) = states.next() {
+        let ahead = states.as_slice();
+        if let Some((user, state)) = ahead.get(PREFETCH_PARTS) {
+            codec::prefetch_parts(user, state);
+        }
+        if let Some((_, state)) = ahead.get(PREFETCH_CONTENTS) {
+            codec::prefetch_contents(state);
+        }
         e.typed(&user, &state)?;
     }
     for (user, pending) in &records.pending {
