@@ -668,6 +668,14 @@ mod tests {
         let stats = Counters::default();
         Counters::add(&stats.invalid_by_reason[0], 1);
         WorkerMetrics::new(98).publish(&stats);
+        // Per action, once a worker has one (not here, unless another test made one).
+        let label = ActionLabel {
+            worker: "98".into(),
+            action: "declared-test".into(),
+        };
+        for family in [&m.action_ok, &m.action_failed, &m.action_retries] {
+            family.get_or_create(&label).inc_by(0);
+        }
         m.encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -785,11 +793,22 @@ mod tests {
             }
         }
         assert!(queried > 20, "{queried}");
-        // And every summary counter is on the dashboard.
+        // And every counter is on the dashboard.
         let text = std::fs::read_to_string(path).unwrap();
         for (name, _, _) in Counts::default().named() {
             assert!(
                 text.contains(&format!("event_trigger_{name}_total")),
+                "{name} is not on the dashboard"
+            );
+        }
+        let exported = global().encode();
+        let counters = exported
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"));
+        for name in counters {
+            assert!(
+                text.contains(&format!("{name}_total")),
                 "{name} is not on the dashboard"
             );
         }

@@ -228,9 +228,10 @@ impl Snapshots {
         lookups: &mut Lookups,
         held: &mut HeldTimes,
     ) {
-        // A delta of every user would be a whole part and more to read back.
+        // A delta of every user would be a whole part and more to read back. (Of no
+        // users, it is smaller than a whole part, which holds the dictionary.)
         if self.chain.next_is_delta(self.cfg.full_every, table.len())
-            && table.changed() < table.len()
+            && table.changed() < table.len().max(1)
             && let Some(delta) = table.delta()
         {
             match delta {

@@ -532,6 +532,31 @@ fn three_users_looked_up(r: &mut Rig, worker: &mut Worker, start: Time) {
     }
 }
 
+/// A state that the TTL emptied goes on with deltas: a whole part of no users is still
+/// the process's string dictionary (up to 64 MiB), which an idle job wrote every interval.
+#[test]
+fn a_state_the_ttl_emptied_goes_on_with_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let seen = timely::execute_directly(move |worker| {
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 1500);
+        three_users_looked_up(&mut r, worker, start);
+        let mut seen = Vec::new();
+        for epoch in 1..=5 {
+            r.events.advance_to(start + epoch * 1000);
+            let (users, records) = completed(&r, worker, &cfg, start + epoch * 1000);
+            seen.push((users.len(), records.is_some()));
+        }
+        seen
+    });
+    // Whole at first; the users, idle since 100-300 with a TTL of 1.5 s, are swept after
+    // the part of 2000.
+    assert_eq!(
+        seen,
+        [(3, false), (3, true), (0, true), (0, true), (0, true)]
+    );
+}
+
 /// When every user changed since the last part, the next part is whole: a delta of them
 /// all would hold as much and need its base read too.
 #[test]
