@@ -25,6 +25,31 @@ fn valid_lines() -> Vec<&'static str> {
         .collect()
 }
 
+/// The sample events, decoded.
+fn sample_events() -> Vec<event_trigger::model::UserEvent> {
+    valid_lines()
+        .iter()
+        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
+        .collect()
+}
+
+/// `n` Profile API answers: the demo's profiles in turn, the `i`th for user `id(i)`.
+fn demo_profiles(n: usize, id: impl Fn(usize) -> String) -> Vec<serde_json::Value> {
+    let demo: Vec<serde_json::Value> = include_str!("../config/demo/profiles.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut p = demo[i % demo.len()].clone();
+            let id = serde_json::Value::from(id(i));
+            p["user_id"] = id.clone();
+            p["profile"]["user_id"] = id;
+            p
+        })
+        .collect()
+}
+
 fn decode(c: &mut Criterion) {
     let lines = valid_lines();
     let mut g = c.benchmark_group("decode");
@@ -40,10 +65,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn filter(c: &mut Criterion) {
-    let events: Vec<_> = valid_lines()
-        .iter()
-        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
-        .collect();
+    let events = sample_events();
     let history: Vec<HistoryEntry> = events
         .iter()
         .take(27)
@@ -120,10 +142,7 @@ fn history(c: &mut Criterion) {
     use event_trigger::history::History;
     use event_trigger::model::EnrichedEvent;
 
-    let events: Vec<_> = valid_lines()
-        .iter()
-        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
-        .collect();
+    let events = sample_events();
     let mut full = History::default();
     for e in events.iter().cycle().take(100) {
         full.push_event(e);
@@ -252,17 +271,9 @@ fn state(c: &mut Criterion) {
     const PER_TICK: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     // As many profiles as events, so that a miss is always a user the API knows.
-    let demo: Vec<serde_json::Value> = include_str!("../config/demo/profiles.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let profiles = dir.path().join("profiles.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&profiles).unwrap());
-    for i in 0..EVENTS_PER_RUN {
-        let mut p = demo[i % demo.len()].clone();
-        let id = serde_json::Value::from(format!("u{i}"));
-        p["user_id"] = id.clone();
-        p["profile"]["user_id"] = id;
+    for p in demo_profiles(EVENTS_PER_RUN, |i| format!("u{i}")) {
         writeln!(f, "{p}").unwrap();
     }
     drop(f);
@@ -270,10 +281,7 @@ fn state(c: &mut Criterion) {
     api.base_url = format!("file://{}", profiles.display());
     let profiles = ProfileSource::from_settings(&api).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let samples: Vec<_> = valid_lines()
-        .iter()
-        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
-        .collect();
+    let samples = sample_events();
     // (users, ttl): event i is user i % users's, at time i / PER_TICK ms. Hits: 250
     // users, 1 look-up per 80 events. Misses: a new user every event. Expiry: 1,000
     // users, each back every 1 ms, past its TTL of 1 ms: swept, then looked up again.
@@ -365,10 +373,7 @@ fn state(c: &mut Criterion) {
 fn checkpoint(c: &mut Criterion) {
     use event_trigger::history::History;
 
-    let events: Vec<_> = valid_lines()
-        .iter()
-        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
-        .collect();
+    let events = sample_events();
     let users: Vec<_> = (0..10_000usize)
         .map(|i| {
             let mut history = History::default();
@@ -421,26 +426,18 @@ fn checkpoint(c: &mut Criterion) {
 fn scattered_users(n: usize) -> Vec<(event_trigger::model::Text, UserState)> {
     use event_trigger::profile_api::ProfileSnapshot;
 
-    let demo: Vec<serde_json::Value> = include_str!("../config/demo/profiles.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let mut jsonl = String::new();
-    for i in 0..n {
-        let mut p = demo[i % demo.len()].clone();
-        let id = serde_json::Value::from(format!("user_{i:07}"));
-        p["user_id"] = id.clone();
-        p["profile"]["user_id"] = id;
+    for (i, mut p) in demo_profiles(n, |i| format!("user_{i:07}"))
+        .into_iter()
+        .enumerate()
+    {
         p["visit"]["uuid"] = format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15).into();
         p["history"] = serde_json::Value::Array(Vec::new());
         jsonl.push_str(&p.to_string());
         jsonl.push('\n');
     }
     let snapshot = ProfileSnapshot::from_reader(jsonl.as_bytes()).unwrap();
-    let events: Vec<_> = valid_lines()
-        .iter()
-        .map(|l| event_trigger::wire::decode(l.as_bytes()).unwrap())
-        .collect();
+    let events = sample_events();
     let mut users: Vec<_> = (0..n)
         .map(|i| {
             let user = format!("user_{i:07}");

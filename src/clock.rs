@@ -1,5 +1,5 @@
 //! The processing-time clock: what sources stamp events with, and what TTLs, epochs
-//! and retries count in.
+//! and retries count in; and a thread's CPU time (what a checkpoint part cost).
 
 /// The CPU time the calling thread has used (zero where the clock cannot be read).
 pub fn thread_cpu_time() -> std::time::Duration {

@@ -655,6 +655,11 @@ mod tests {
     /// The metric names the registry declares (`# TYPE <name> <type>`), each family given
     /// a series first (one without any is not written at all).
     fn declared() -> std::collections::BTreeSet<String> {
+        declared_types().into_keys().collect()
+    }
+
+    /// The metrics the job declares, each with its type (`counter`, `gauge` ...).
+    fn declared_types() -> std::collections::BTreeMap<String, String> {
         let m = global();
         m.record_lookup(Duration::from_millis(3), Some("request"));
         m.target("declared-test");
@@ -679,8 +684,8 @@ mod tests {
         m.encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .map(String::from)
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kind)| (name.to_string(), kind.to_string()))
             .collect()
     }
 
@@ -801,12 +806,9 @@ mod tests {
                 "{name} is not on the dashboard"
             );
         }
-        let exported = global().encode();
-        let counters = exported
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.strip_suffix(" counter"));
-        for name in counters {
+        let types = declared_types();
+        let counters = types.iter().filter(|(_, kind)| *kind == "counter");
+        for (name, _) in counters {
             assert!(
                 text.contains(&format!("{name}_total")),
                 "{name} is not on the dashboard"

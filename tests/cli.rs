@@ -1295,8 +1295,6 @@ fn a_failing_rule_is_loud_and_a_run_where_it_always_fails_exits_3() {
     assert!(!err.contains(alarm), "{err}");
 }
 
-/// A resumable file run (`source.resume`), paced, stopped with SIGTERM mid-way, exits 0
-/// after its final checkpoint; the restart goes on from the checkpoint's byte offset.
 /// A delta part's log line gives its records and the worker's users in all, which a
 /// delta of some users is fewer than.
 fn deltas_log_their_records_and_the_users(log: &str) {
@@ -1323,6 +1321,8 @@ fn deltas_log_their_records_and_the_users(log: &str) {
     );
 }
 
+/// A resumable file run (`source.resume`), paced, stopped with SIGTERM mid-way, exits 0
+/// after its final checkpoint; the restart goes on from the checkpoint's byte offset.
 /// The two runs together deliver every passing event exactly once (a graceful stop
 /// repeats nothing) and end with the same users and histories as one uninterrupted run.
 /// The SIGTERM comes twice, 20 ms apart, as `timeout` sends it (to the job, then to its
