@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::Xxh3Default;
 
+use super::direct::DirectWriter;
+
 use super::lz4_frame::{BLOCK, Lz4Frame};
 use crate::model::{PendingUser, SavedUser, Text, UserState};
 use crate::store::codec::{self, Ids, Words};
@@ -107,15 +109,34 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<u64> {
+    commit_atomic(path, |tmp| {
+        let mut out = BufWriter::new(File::create(tmp)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())
+    })
+}
+
+/// `write_atomic` around the page cache where the file system allows (`direct`): for
+/// state parts, large and written once.
+pub fn write_atomic_direct(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    commit_atomic(path, |tmp| {
+        let mut out = DirectWriter::create(tmp)?;
+        write(&mut out)?;
+        out.finish()
+    })
+}
+
+/// Syncs the file `fill` writes at a temporary path, renames it to `path` and syncs the
+/// directory; removes the temporary file on failure.
+fn commit_atomic(path: &Path, fill: impl FnOnce(&Path) -> io::Result<File>) -> io::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
-        // Small: a part's blocks, larger, go to the file directly (`BufWriter` copies
-        // only what is smaller than its buffer), the magic and trailer through it.
-        let mut out = BufWriter::with_capacity(8 * 1024, File::create(&tmp)?);
-        write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let file = fill(&tmp)?;
         file.sync_all()?;
         let bytes = file.metadata()?.len();
         std::fs::rename(&tmp, path)?;
@@ -364,7 +385,7 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
     let (mut users, mut words) = (0u64, 0u64);
-    let bytes = write_atomic(path, |out| {
+    let bytes = write_atomic_direct(path, |out| {
         let mut hashed = Hashing {
             inner: out,
             hasher: Xxh3Default::new(),

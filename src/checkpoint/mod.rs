@@ -43,6 +43,7 @@
 pub mod chain;
 pub mod cluster;
 pub mod coordinator;
+mod direct;
 pub mod files;
 mod lz4_frame;
 pub mod manifest;
