@@ -355,16 +355,20 @@ impl Snapshots {
             }
             match result {
                 Ok(info) => {
-                    if whole {
-                        stats.state_bytes.set(info.bytes);
-                    }
+                    let all = users.unwrap_or(info.users);
+                    // A delta holds what changed: the state's size is the chain's
+                    // estimate for the worker's users now.
+                    stats.state_bytes.set(match whole {
+                        true => info.bytes,
+                        false => self.chain.state_bytes(all as usize),
+                    });
                     crate::metrics::global().record_part_cpu(info.cpu);
                     // `records`: for a delta, its users changed, being looked up, or
                     // removed; `users`: the worker's users in all.
                     tracing::info!(
                         epoch,
                         worker = self.worker,
-                        users = users.unwrap_or(info.users),
+                        users = all,
                         records = info.users,
                         bytes = info.bytes,
                         ms = info.duration.as_millis() as u64,
@@ -375,6 +379,8 @@ impl Snapshots {
                 }
                 Err(e) => tracing::error!(
                     epoch,
+                    worker = self.worker,
+                    part = %self.cfg.state_path(epoch, self.worker).display(),
                     "checkpoint part not written, the checkpoint will not complete: {e}"
                 ),
             }

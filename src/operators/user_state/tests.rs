@@ -536,6 +536,12 @@ fn three_users_looked_up(r: &mut Rig, worker: &mut Worker, start: Time) {
 /// the process's string dictionary (up to 64 MiB), which an idle job wrote every interval.
 #[test]
 fn a_state_the_ttl_emptied_goes_on_with_deltas() {
+    // A running job's dictionary, as the whole part holds it: run alone, the test's few
+    // strings made a whole part so small that the empty deltas outgrew it (the test
+    // passed only beside the others, whose strings the process's dictionary also holds).
+    for i in 0..2_000 {
+        crate::dict::intern(&format!("ttl-emptied-dictionary-word-{i}"));
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let seen = timely::execute_directly(move |worker| {
@@ -554,6 +560,44 @@ fn a_state_the_ttl_emptied_goes_on_with_deltas() {
     assert_eq!(
         seen,
         [(3, false), (3, true), (0, true), (0, true), (0, true)]
+    );
+}
+
+/// The state's size (`event_trigger_state_bytes`) follows the users a delta's worker
+/// holds: a delta's own bytes are only what changed, so the gauge is the whole part's
+/// bytes per user times the users now (it stayed at the whole part's while users came).
+#[test]
+fn the_state_size_follows_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (whole, after_delta) = timely::execute_directly(move |worker| {
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000);
+        three_users_looked_up(&mut r, worker, start);
+        r.events.advance_to(start + 1000);
+        assert_eq!(completed(&r, worker, &cfg, start + 1000).1, None, "whole");
+        let whole = r.counters.state_bytes.get();
+        for (t, u, id) in [(1100, "u4", "d"), (1200, "u5", "e"), (1300, "u6", "f")] {
+            r.send(start + t, u, id);
+        }
+        r.events.advance_to(start + 1400);
+        r.step_until(worker, |r| r.started().len() == 6);
+        for u in ["u4", "u5", "u6"] {
+            r.profiles.answer(u, Ok(profile("FR")));
+        }
+        r.events.advance_to(start + 2000);
+        let (users, records) = completed(&r, worker, &cfg, start + 2000);
+        assert_eq!(
+            (users.len(), records),
+            (6, Some(3)),
+            "a delta of the new users"
+        );
+        (whole, r.counters.state_bytes.get())
+    });
+    assert!(whole > 0);
+    // The dictionary's share of the whole part is counted per user too: an estimate.
+    assert!(
+        after_delta > whole * 3 / 2,
+        "6 users against the 3 of the whole part: {after_delta} against {whole}"
     );
 }
 
