@@ -11,6 +11,8 @@
 
 use crate::dict;
 
+use super::json::put3;
+
 const HAS_ID: u8 = 1;
 const HAS_NAME: u8 = 2;
 const HAS_TYPE: u8 = 4;
@@ -121,6 +123,7 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     pub fn byte(&mut self) -> u8 {
         match self.buf.get(self.pos) {
             Some(&b) => {
@@ -134,10 +137,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
 
+    #[inline]
     pub fn varint(&mut self) -> u64 {
         // Most are one byte (tags, ids under 64, short lengths).
         if let Some(&b) = self.buf.get(self.pos)
@@ -146,6 +151,11 @@ impl<'a> Reader<'a> {
             self.pos += 1;
             return u64::from(b);
         }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> u64 {
         let mut v = 0u64;
         let mut shift = 0;
         while shift < 64 {
@@ -160,6 +170,7 @@ impl<'a> Reader<'a> {
         0
     }
 
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> &'a [u8] {
         match self.buf.get(self.pos..self.pos.saturating_add(n)) {
             Some(b) => {
@@ -203,6 +214,23 @@ impl<'a> Reader<'a> {
 
     pub fn i64(&mut self) -> i64 {
         unzigzag(self.varint())
+    }
+
+    /// A string reference resolved in this process's dictionary, its text as stored:
+    /// as `str` reads it, but an inline string's bytes not checked for UTF-8 (for a
+    /// writer that checks them on its way).
+    pub fn stored(&mut self) -> &'a [u8] {
+        let v = self.varint();
+        if v & 1 == 0 {
+            return self.bytes((v >> 1) as usize);
+        }
+        match dict::get((v >> 1) as u32) {
+            Some(s) => s.as_bytes(),
+            None => {
+                self.fail();
+                b""
+            }
+        }
     }
 
     /// A string reference resolved in this process's dictionary.
@@ -256,9 +284,40 @@ pub fn put_entry(out: &mut Vec<u8>, f: &Fields<'_, &str>) {
 
 /// Reads the body of one entry.
 pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<'a, &'a [u8]> {
+    let f = read_fields(r, Reader::str);
+    Fields {
+        event_id: f.event_id,
+        event_name: f.event_name,
+        event_type: f.event_type,
+        timestamp: f.timestamp,
+        parameters: f.parameters,
+    }
+}
+
+/// The fields of one entry, its strings as `S` (`&str`, or their bytes as stored) and
+/// its parameters as tokens.
+#[derive(Clone, Copy)]
+pub struct StoredFields<'a, S> {
+    pub event_id: Option<S>,
+    pub event_name: Option<S>,
+    pub event_type: Option<S>,
+    pub timestamp: i64,
+    pub parameters: Option<&'a [u8]>,
+}
+
+/// Reads the body of one entry as `read_entry` does, its strings' bytes as stored
+/// (`Reader::stored`: inline ones not checked for UTF-8).
+pub fn read_entry_stored<'a>(r: &mut Reader<'a>) -> StoredFields<'a, &'a [u8]> {
+    read_fields(r, Reader::stored)
+}
+
+fn read_fields<'a, S>(
+    r: &mut Reader<'a>,
+    string: impl Fn(&mut Reader<'a>) -> S,
+) -> StoredFields<'a, S> {
     let flags = r.byte();
     let timestamp = unzigzag(r.varint());
-    let mut f = Fields {
+    let mut f = StoredFields {
         event_id: None,
         event_name: None,
         event_type: None,
@@ -266,13 +325,13 @@ pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<'a, &'a [u8]> {
         parameters: None,
     };
     if flags & HAS_ID != 0 {
-        f.event_id = Some(r.str());
+        f.event_id = Some(string(r));
     }
     if flags & HAS_NAME != 0 {
-        f.event_name = Some(r.str());
+        f.event_name = Some(string(r));
     }
     if flags & HAS_TYPE != 0 {
-        f.event_type = Some(r.str());
+        f.event_type = Some(string(r));
     }
     // The parameters are last: the rest of the body, not walked here (reading an
     // entry's other fields costs nothing for them).
@@ -417,15 +476,6 @@ fn write_value<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
     text: &F,
     depth: usize,
 ) -> Result<(), Malformed> {
-    let piece = |r: &mut Reader<'_>, v: u64, out: &mut Vec<u8>| -> Result<(), Malformed> {
-        if v & 1 == 1 {
-            let t = text((v >> 1) as u32).ok_or(Malformed(r.pos))?;
-            out.extend_from_slice(t.as_ref());
-        } else {
-            out.extend_from_slice(r.bytes((v >> 1) as usize));
-        }
-        Ok(())
-    };
     if depth > MAX_DEPTH {
         return Err(Malformed(r.pos));
     }
@@ -435,32 +485,25 @@ fn write_value<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
         TRUE => out.extend_from_slice(b"true"),
         NUM | RAW => {
             let v = r.varint();
-            piece(r, v, out)?;
+            put_piece(out, r, v, text, b"", b"")?;
         }
         STR => {
             let v = r.varint();
-            out.push(b'"');
-            piece(r, v, out)?;
-            out.push(b'"');
+            put_piece(out, r, v, text, b"\"", b"\"")?;
         }
         OBJ => {
-            out.push(b'{');
-            let mut first = true;
+            let mut empty = true;
             loop {
                 let k = r.varint();
                 if k == 0 || r.bad.is_some() {
                     break;
                 }
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.push(b'"');
-                piece(r, k - 1, out)?;
-                out.extend_from_slice(b"\":");
+                let before: &[u8] = if empty { b"{\"" } else { b",\"" };
+                put_piece(out, r, k - 1, text, before, b"\":")?;
+                empty = false;
                 write_value(out, r, text, depth + 1)?;
             }
-            out.push(b'}');
+            out.extend_from_slice(if empty { b"{}" } else { b"}" });
         }
         ARR => {
             out.push(b'[');
@@ -481,6 +524,26 @@ fn write_value<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
         Some(at) => Err(Malformed(at)),
         None => Ok(()),
     }
+}
+
+/// Appends `before`, the text of the string reference `v` (a dictionary id through
+/// `text`, or inline bytes read from `r`), and `after`.
+#[inline(always)]
+fn put_piece<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    v: u64,
+    text: &F,
+    before: &[u8],
+    after: &[u8],
+) -> Result<(), Malformed> {
+    if v & 1 == 1 {
+        let t = text((v >> 1) as u32).ok_or(Malformed(r.pos))?;
+        put3(out, before, t.as_ref(), after);
+    } else {
+        put3(out, before, r.bytes((v >> 1) as usize), after);
+    }
+    Ok(())
 }
 
 /// Rewrites the string references of one entry body read from `r` through `lookup`

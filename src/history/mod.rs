@@ -291,7 +291,7 @@ impl History {
 
     /// The JSON array of the entries, as serde_json writes a `[HistoryEntry]`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        json::write_entries(out, self.iter());
+        json::write_entries(out, self.encoded());
     }
 }
 
