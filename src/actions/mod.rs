@@ -5,6 +5,7 @@
 //! still fails is logged, counted, and written to the dead-letter file if one is set;
 //! the job goes on.
 
+mod body_json;
 mod lane;
 mod operator;
 mod payload;
@@ -176,7 +177,7 @@ fn print_triggered(ev: &EnrichedEvent, action: &str, pretty: bool) -> bool {
     let rendered = if pretty && !crate::logging::is_json() {
         payload.to_pretty_json().map(String::into_bytes)
     } else {
-        payload.to_json()
+        Ok(payload.to_json())
     };
     match rendered {
         Ok(json) if crate::logging::is_json() => {
@@ -227,16 +228,7 @@ async fn deliver(
     ingested_ms: Time,
     dead_letters: Option<DeadLetters>,
 ) -> Outcome {
-    let body = match Payload::new(&ev, now_ms()).to_json() {
-        Ok(body) => bytes::Bytes::from(body),
-        Err(e) => {
-            return Outcome {
-                retries: 0,
-                failure: Some(format!("cannot serialize triggered event: {e}")),
-                dead_lettered: None,
-            };
-        }
-    };
+    let body = bytes::Bytes::from(Payload::new(&ev, now_ms()).to_json());
     let event_id = ev.event.event_id.clone();
     drop(ev);
     let delivery = client.deliver(body.clone(), event_id, ingested_ms).await;

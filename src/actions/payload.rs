@@ -1,5 +1,6 @@
 use serde::Serialize;
 
+use super::body_json;
 use crate::history::{History, write_u64};
 use crate::model::{EnrichedEvent, Profile, UserEvent, Visit};
 
@@ -29,24 +30,24 @@ impl<'a> Payload<'a> {
         }
     }
 
-    /// The body, byte for byte what serde_json writes for this struct; the history (most
-    /// of it) written straight from its compact form.
-    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+    /// The body, byte for byte what serde_json writes for this struct, written by hand
+    /// (`body_json`; the history, most of it, straight from its compact form).
+    pub fn to_json(&self) -> Vec<u8> {
         // Sized for the usual body up front (entries' JSON is about three times their
         // compact form): growing a ~30 KB buffer by doubling copied it several times.
         let mut out = Vec::with_capacity(2048 + 4 * self.event_history.encoded_len());
         out.extend_from_slice(b"{\"event\":");
-        serde_json::to_writer(&mut out, self.event)?;
+        body_json::event(&mut out, self.event);
         out.extend_from_slice(b",\"userProfile\":");
-        serde_json::to_writer(&mut out, self.user_profile)?;
+        body_json::profile(&mut out, self.user_profile);
         out.extend_from_slice(b",\"currentVisit\":");
-        serde_json::to_writer(&mut out, &self.current_visit)?;
+        body_json::visit(&mut out, self.current_visit);
         out.extend_from_slice(b",\"eventHistory\":");
         self.event_history.write_json(&mut out);
         out.extend_from_slice(b",\"triggeredAt\":");
         write_u64(&mut out, self.triggered_at);
         out.push(b'}');
-        Ok(out)
+        out
     }
 
     pub fn to_pretty_json(&self) -> serde_json::Result<String> {
@@ -81,7 +82,7 @@ mod tests {
         );
         let enriched = EnrichedEvent::snapshot(ev, &state, u64::MAX);
         let v: serde_json::Value =
-            serde_json::from_slice(&Payload::new(&enriched, 99).to_json().unwrap()).unwrap();
+            serde_json::from_slice(&Payload::new(&enriched, 99).to_json()).unwrap();
         assert_eq!(v["event"]["event_type"], "page_view");
         assert_eq!(v["event"]["parameters"]["custom_params"]["a"], 1);
         assert_eq!(v["event"]["is_https"], false);

@@ -22,7 +22,7 @@ thread_local! {
     static ENTRY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-pub use json::{write_i64, write_str, write_u64};
+pub use json::{put3, write_i64, write_str, write_u64};
 
 /// The entries of one user's history, oldest first.
 #[derive(Clone, Default)]
