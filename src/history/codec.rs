@@ -443,12 +443,14 @@ fn string<'j>(text: &'j str, pos: &mut usize) -> Option<&'j str> {
     }
     let start = *pos + 1;
     let mut i = start;
+    // Strings (URLs, titles, campaigns) are most of the text: `memchr2` finds the next
+    // quote or backslash where a byte at a time was a third of the tokenizer's time.
     loop {
-        match *json.get(i)? {
-            b'"' => break,
-            b'\\' => i += 2,
-            _ => i += 1,
+        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[i] == b'"' {
+            break;
         }
+        i += 2;
     }
     *pos = i + 1;
     // Quotes are ASCII, so both ends are character boundaries.
