@@ -17,6 +17,7 @@ pub mod history;
 pub mod http_client;
 pub mod http_server;
 pub mod intern;
+pub mod json_scan;
 pub mod kafka_client;
 pub mod log_limit;
 pub mod logging;

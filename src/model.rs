@@ -47,29 +47,35 @@ pub struct UserEvent {
 
 /// A validated JSON document kept as its text. In JSON it is written (and read) as the
 /// document itself, without being parsed again; in the binary exchange format, as a
-/// string (checked once on arrival).
+/// string (checked once on arrival). Made only of text checked to be one JSON value,
+/// without whitespace around it.
 #[derive(Clone, Debug)]
-pub struct RawJson(Arc<RawValue>);
+pub struct RawJson(Arc<str>);
 
 impl RawJson {
     /// Checks `text` is one JSON document.
     pub fn parse(text: &str) -> serde_json::Result<RawJson> {
-        RawValue::from_string(text.to_string()).map(RawJson::from)
+        serde_json::from_str::<&RawValue>(text).map(|raw| RawJson::checked(raw.get()))
+    }
+
+    /// `text`, already checked to be one JSON value without whitespace around it.
+    pub(crate) fn checked(text: &str) -> RawJson {
+        RawJson(Arc::from(text))
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// JSON `null`.
     pub fn null() -> RawJson {
-        RawJson::from(RawValue::NULL.to_owned())
+        RawJson::checked("null")
     }
 }
 
 impl From<Box<RawValue>> for RawJson {
     fn from(raw: Box<RawValue>) -> Self {
-        RawJson(Arc::from(raw))
+        RawJson::checked(raw.get())
     }
 }
 
@@ -84,7 +90,12 @@ impl Eq for RawJson {}
 impl Serialize for RawJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            self.0.serialize(s)
+            // serde_json writes a `RawValue` as its text. The text was checked when it
+            // was made; checking it again costs only the serde paths (pretty debug
+            // prints, tests): webhook bodies are written by hand (`actions::body_json`).
+            let raw: &RawValue =
+                serde_json::from_str(self.as_str()).map_err(serde::ser::Error::custom)?;
+            raw.serialize(s)
         } else {
             s.serialize_str(self.as_str())
         }

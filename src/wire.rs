@@ -9,6 +9,7 @@
 //! only a message it refuses for a type is read again with coercions (`lenient`), so
 //! well-typed messages cost what they did before coercion existed.
 
+mod fast;
 mod lenient;
 mod shape;
 
@@ -80,7 +81,8 @@ fn opt_cow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::
     Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[cfg_attr(test, derive(Clone, Debug))]
 struct WireEvent<'a> {
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     event_id: Option<Cow<'a, str>>,
@@ -118,6 +120,10 @@ struct WireEvent<'a> {
     triggerable: bool,
     #[serde(borrow, default)]
     parameters: Option<&'a RawValue>,
+    /// `parameters` as `fast` read them: text it checked to be one JSON value other
+    /// than `null` (serde's are in `parameters`).
+    #[serde(skip)]
+    checked_parameters: Option<&'a str>,
 }
 
 /// The shape `parameters` must have; only checked, the text is kept as it came.
@@ -247,7 +253,11 @@ fn is_type_error(e: &serde_json::Error) -> bool {
 /// Validates a `parameters` value and returns it as raw JSON (`None` for `null`); unless
 /// `strict_types`, `utm_*` members that are numbers or booleans are made strings.
 pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>, DecodeError> {
-    let s = raw.get();
+    checked_parameters(raw.get(), strict_types)
+}
+
+/// `parameters` as `parameters` does, from text known to be one JSON value.
+fn checked_parameters(s: &str, strict_types: bool) -> Result<Option<RawJson>, DecodeError> {
     if s == "null" {
         return Ok(None);
     }
@@ -255,8 +265,10 @@ pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>,
         return Err(DecodeError::Json("parameters must be an object".into()));
     }
     if shape::plain(s) {
-        return Ok(Some(RawJson::from(raw.to_owned())));
+        return Ok(Some(RawJson::checked(s)));
     }
+    // The typed check reads a `RawValue`; the text is JSON, so serde gives it one.
+    let raw: &RawValue = serde_json::from_str(s).map_err(json_err)?;
     typed_parameters(raw, strict_types)
 }
 
@@ -283,7 +295,19 @@ fn typed_parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson
             ));
         }
     }
-    Ok(Some(RawJson::from(raw.to_owned())))
+    Ok(Some(RawJson::checked(raw.get())))
+}
+
+fn serde_event(s: &str, strict_types: bool) -> Result<WireEvent<'_>, DecodeError> {
+    match serde_json::from_str(s) {
+        Ok(w) => Ok(w),
+        Err(e) if !strict_types && is_type_error(&e) => {
+            serde_json::from_str::<lenient::RawEvent<'_>>(s)
+                .map_err(json_err)?
+                .coerce()
+        }
+        Err(e) => Err(json_err(e)),
+    }
 }
 
 /// Decodes one message (without sharing strings; see `Decoder`).
@@ -305,14 +329,11 @@ fn decode_with(
     if !s.starts_with('{') {
         return Err(DecodeError::Json("not a JSON object".into()));
     }
-    let w: WireEvent<'_> = match serde_json::from_str(s) {
-        Ok(w) => w,
-        Err(e) if !strict_types && is_type_error(&e) => {
-            serde_json::from_str::<lenient::RawEvent<'_>>(s)
-                .map_err(json_err)?
-                .coerce()?
-        }
-        Err(e) => return Err(json_err(e)),
+    // The usual message is read by a scan of its own; anything else by serde, which
+    // gives every error and coercion (`fast`).
+    let w: WireEvent<'_> = match fast::wire_event(s) {
+        Some(w) => w,
+        None => serde_event(s, strict_types)?,
     };
     // The original dropped events without a user or a type, empty ones included.
     let user_id = w
@@ -323,9 +344,10 @@ fn decode_with(
         .event_type
         .filter(|s| !s.is_empty())
         .ok_or(DecodeError::MissingField("event_type"))?;
-    let parameters = match w.parameters {
-        Some(raw) => parameters(raw, strict_types)?,
-        None => None,
+    let parameters = match (w.checked_parameters, w.parameters) {
+        (Some(text), _) => checked_parameters(text, strict_types)?,
+        (None, Some(raw)) => parameters(raw, strict_types)?,
+        (None, None) => None,
     };
     Ok(UserEvent {
         event_id: text(w.event_id),
@@ -353,7 +375,7 @@ fn decode_with(
 mod tests {
     use super::*;
 
-    const FULL: &str = r#"{"event_id":"evt_1","user_id":"user_0000001","domain":"shop.example.com","is_first_in_visit":true,"is_last_in_visit":false,"is_first_event":false,"is_current":true,"event_name":"home_page","event_displayname":"Home Page","integration":"web","app":"main_app","platform":"web","is_https":true,"event_type":"page_view","duration":12,"timestamp":1764000000000,"triggerable":true,"parameters":{"custom_params":{"page_title":"Home","value":1.5},"utm_source":"google","utm_campaign":"","utm_content":"banner","utm_medium":"cpc","utm_term":"","utm_id":"c001"},"unknown":[1,2]}"#;
+    pub(super) const FULL: &str = r#"{"event_id":"evt_1","user_id":"user_0000001","domain":"shop.example.com","is_first_in_visit":true,"is_last_in_visit":false,"is_first_event":false,"is_current":true,"event_name":"home_page","event_displayname":"Home Page","integration":"web","app":"main_app","platform":"web","is_https":true,"event_type":"page_view","duration":12,"timestamp":1764000000000,"triggerable":true,"parameters":{"custom_params":{"page_title":"Home","value":1.5},"utm_source":"google","utm_campaign":"","utm_content":"banner","utm_medium":"cpc","utm_term":"","utm_id":"c001"},"unknown":[1,2]}"#;
 
     /// serde's first pass lets half of a surrogate pair through (it does not decode
     /// escapes); the parameters' check decodes utm_* strings and refuses it, as it did

@@ -101,6 +101,7 @@ impl<'a> RawEvent<'a> {
             timestamp: long("timestamp", self.timestamp)?,
             triggerable: boolean("triggerable", self.triggerable)?,
             parameters: self.parameters,
+            checked_parameters: None,
         })
     }
 }

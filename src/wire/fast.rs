@@ -1,0 +1,404 @@
+//! The usual event read without serde's visitor: a scan of the top-level object that
+//! fills the same `WireEvent` serde would, for messages in the plain form (known keys
+//! once each, strings without escapes or control characters, integers, booleans,
+//! `null`; `parameters` and unknown members any JSON without escapes, nested at most
+//! `MAX_DEPTH`), and gives up (`None`) on anything else, which serde then reads as
+//! before: every error, coercion and message stays serde's. It checks the values it
+//! keeps as text (`parameters`) as strictly as serde's grammar: serde's own check of
+//! them (`ignore_value`, for a `RawValue`) was a fifth of an event's instructions.
+
+use std::borrow::Cow;
+
+use super::WireEvent;
+
+/// Deeper `parameters` are left to serde, whose recursion limit (128) counts from the
+/// event object, not from the value.
+const MAX_DEPTH: usize = 64;
+
+/// The event in `s` (trimmed, starting with `{`) as serde would read it, or `None`:
+/// let serde decide.
+pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
+    let b = s.as_bytes();
+    let mut w = WireEvent::default();
+    let mut seen = 0u32;
+    let mut at = ws(b, 1);
+    if b.get(at) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        let key_end = plain_str(b, at)?;
+        let key = &s[at + 1..key_end - 1];
+        at = ws(b, key_end);
+        if b.get(at) != Some(&b':') {
+            return None;
+        }
+        at = ws(b, at + 1);
+        let (bit, end) = member(s, at, key, &mut w)?;
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        at = ws(b, end);
+        match b.get(at) {
+            Some(b',') => at = ws(b, at + 1),
+            Some(b'}') => return (ws(b, at + 1) == b.len()).then_some(w),
+            _ => return None,
+        }
+    }
+}
+
+/// Reads the value at `at` of member `key` into `w`: the member's bit (0 for a member
+/// serde ignores) and where the value ends.
+fn member<'a>(s: &'a str, at: usize, key: &str, w: &mut WireEvent<'a>) -> Option<(u32, usize)> {
+    let b = s.as_bytes();
+    let text = |slot: &mut Option<Cow<'a, str>>| -> Option<usize> {
+        let (v, end) = string(s, at)?;
+        *slot = v;
+        Some(end)
+    };
+    let flag = |slot: &mut bool| -> Option<usize> {
+        let (v, end) = boolean(b, at)?;
+        *slot = v;
+        Some(end)
+    };
+    let number = |slot: &mut i64| -> Option<usize> {
+        let (v, end) = long(b, at)?;
+        *slot = v;
+        Some(end)
+    };
+    Some(match key {
+        "event_id" => (1 << 0, text(&mut w.event_id)?),
+        "user_id" => (1 << 1, text(&mut w.user_id)?),
+        "domain" => (1 << 2, text(&mut w.domain)?),
+        "is_first_in_visit" => (1 << 3, flag(&mut w.is_first_in_visit)?),
+        "is_last_in_visit" => (1 << 4, flag(&mut w.is_last_in_visit)?),
+        "is_first_event" => (1 << 5, flag(&mut w.is_first_event)?),
+        "is_current" => (1 << 6, flag(&mut w.is_current)?),
+        "event_name" => (1 << 7, text(&mut w.event_name)?),
+        "event_displayname" => (1 << 8, text(&mut w.event_displayname)?),
+        "integration" => (1 << 9, text(&mut w.integration)?),
+        "app" => (1 << 10, text(&mut w.app)?),
+        "platform" => (1 << 11, text(&mut w.platform)?),
+        "is_https" => (1 << 12, flag(&mut w.is_https)?),
+        "event_type" => (1 << 13, text(&mut w.event_type)?),
+        "duration" => (1 << 14, number(&mut w.duration)?),
+        "timestamp" => (1 << 15, number(&mut w.timestamp)?),
+        "triggerable" => (1 << 16, flag(&mut w.triggerable)?),
+        "parameters" => {
+            let end = value(b, at, 0)?;
+            w.checked_parameters = Some(&s[at..end]).filter(|p| *p != "null");
+            (1 << 17, end)
+        }
+        // serde skips other members, checking that they are JSON.
+        _ => (0, value(b, at, 0)?),
+    })
+}
+
+fn ws(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// Past the closing quote of the string at `at`, if it has no escape and no control
+/// character (serde unescapes the one and refuses the other).
+fn plain_str(b: &[u8], at: usize) -> Option<usize> {
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let end = crate::json_scan::string_stop(b, at + 1);
+    (b.get(end) == Some(&b'"')).then_some(end + 1)
+}
+
+/// A string member: `null` or a plain string, borrowed.
+fn string(s: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+    if s.as_bytes()[at..].starts_with(b"null") {
+        return Some((None, at + 4));
+    }
+    let end = plain_str(s.as_bytes(), at)?;
+    Some((Some(Cow::Borrowed(&s[at + 1..end - 1])), end))
+}
+
+/// A boolean member: `true`, `false`, or `null` (false, as Java's primitive).
+fn boolean(b: &[u8], at: usize) -> Option<(bool, usize)> {
+    let rest = &b[at..];
+    if rest.starts_with(b"true") {
+        Some((true, at + 4))
+    } else if rest.starts_with(b"false") {
+        Some((false, at + 5))
+    } else if rest.starts_with(b"null") {
+        Some((false, at + 4))
+    } else {
+        None
+    }
+}
+
+/// An integer member in `i64` (or `null`, 0), written as JSON writes integers: no
+/// fraction or exponent (serde reads those as floats, a type serde must judge).
+fn long(b: &[u8], at: usize) -> Option<(i64, usize)> {
+    if b[at..].starts_with(b"null") {
+        return Some((0, at + 4));
+    }
+    let negative = b.get(at) == Some(&b'-');
+    let first = at + usize::from(negative);
+    let digits = b[first..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let end = first + digits;
+    // A leading zero before another digit is not JSON, serde reads `-0` as a float
+    // (-0.0), and a fraction or exponent makes a float too.
+    if digits == 0
+        || (b[first] == b'0' && (digits > 1 || negative))
+        || matches!(b.get(end), Some(b'.' | b'e' | b'E'))
+    {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in &b[first..end] {
+        let d = i64::from(c - b'0');
+        v = v.checked_mul(10)?;
+        v = if negative {
+            v.checked_sub(d)?
+        } else {
+            v.checked_add(d)?
+        };
+    }
+    Some((v, end))
+}
+
+/// Past the JSON value at `at`, if it is one in the plain form (strings without escapes
+/// or control characters, nested at most `MAX_DEPTH - depth`): JSON's grammar, as serde
+/// checks it, for that subset.
+fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => plain_str(b, at),
+        b'{' | b'[' if depth >= MAX_DEPTH => None,
+        b'{' => {
+            let mut i = ws(b, at + 1);
+            if b.get(i) == Some(&b'}') {
+                return Some(i + 1);
+            }
+            loop {
+                i = ws(b, plain_str(b, i)?);
+                if b.get(i) != Some(&b':') {
+                    return None;
+                }
+                i = ws(b, value(b, ws(b, i + 1), depth + 1)?);
+                match *b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b'}' => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'[' => {
+            let mut i = ws(b, at + 1);
+            if b.get(i) == Some(&b']') {
+                return Some(i + 1);
+            }
+            loop {
+                i = ws(b, value(b, i, depth + 1)?);
+                match *b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b']' => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b't' => literal(b, at, b"true"),
+        b'f' => literal(b, at, b"false"),
+        b'n' => literal(b, at, b"null"),
+        _ => number(b, at),
+    }
+}
+
+fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    b[at..].starts_with(word).then_some(at + word.len())
+}
+
+/// Past the number at `at`: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number(b: &[u8], at: usize) -> Option<usize> {
+    let digits = |i: usize| b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = at + usize::from(b[at] == b'-');
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i += digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return None;
+        }
+        i += 1 + n;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::tests::Rng;
+
+    /// `w` with its parameters' text wherever the reader put it, for comparison.
+    fn view(w: &WireEvent<'_>) -> String {
+        let params = w.checked_parameters.or(w.parameters.map(|r| r.get()));
+        let others = WireEvent {
+            parameters: None,
+            checked_parameters: None,
+            ..w.clone()
+        };
+        format!("{others:?} {params:?}")
+    }
+
+    /// What serde reads of `s`, for comparison (`None`: it refuses it).
+    fn by_serde(s: &str) -> Option<String> {
+        super::super::serde_event(s, true).ok().map(|w| view(&w))
+    }
+
+    const SEEDS: [&str; 4] = [
+        super::super::tests::FULL,
+        r#"{"user_id":"u1","event_type":"click"}"#,
+        "{ \"event_id\" : null , \"user_id\":\"é\",\n\"event_type\":\"c\", \"duration\":-7,\"timestamp\":-9223372036854775808,\"is_https\":null,\"parameters\":null,\"x\":{\"a\":[1,\"]}\",{}, -0.5E+3, 0e0 ]} }",
+        r#"{"user_id":"u","event_type":"c","timestamp":9223372036854775807,"parameters":{"utm_source":"a","custom_params":{"k":[true,false,null,-1.5e-3]}},"domain":"d"}"#,
+    ];
+
+    const TOKENS: [&str; 29] = [
+        "\"",
+        "\\",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        "null",
+        "true",
+        "-",
+        "0",
+        "01",
+        "1.5",
+        "1e5",
+        "9223372036854775808",
+        "\u{1}",
+        "\"user_id\":\"x\",",
+        "\"event_type\":null,",
+        "é",
+        "\"parameters\":{\"a\":[",
+        "\\u00e9",
+        "\t",
+        ".",
+        "e",
+        "+",
+        "E",
+        "\u{c}",
+    ];
+
+    fn mutate(rng: &mut Rng, s: &str) -> String {
+        let mut b = s.as_bytes().to_vec();
+        for _ in 0..=rng.next(3) {
+            let at = rng.next(b.len() as u64 + 1) as usize;
+            match rng.next(4) {
+                0 if at < b.len() => {
+                    b[at] = TOKENS[rng.next(TOKENS.len() as u64) as usize].as_bytes()[0];
+                }
+                1 => {
+                    let end = (at + 1 + rng.next(5) as usize).min(b.len());
+                    b.drain(at.min(end)..end);
+                }
+                2 => {
+                    let t = TOKENS[rng.next(TOKENS.len() as u64) as usize];
+                    b.splice(at..at, t.bytes());
+                }
+                _ => {
+                    let end = (at + rng.next(40) as usize).min(b.len());
+                    let piece = b[at.min(end)..end].to_vec();
+                    b.splice(end..end, piece);
+                }
+            }
+        }
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// Whatever the scan reads, serde reads the same of the same text; and the scan
+    /// reads most plain messages itself. 30,000 mutations of plain and odd messages:
+    /// tokens of JSON's grammar inserted, bytes replaced, pieces cut or repeated.
+    #[test]
+    fn what_the_scan_reads_serde_reads_the_same() {
+        let (mut read, mut left) = (0, 0);
+        for seed in 0..30_000u64 {
+            let mut rng = Rng::new(seed);
+            let base = SEEDS[rng.next(SEEDS.len() as u64) as usize];
+            let s = if seed < 4 {
+                base.to_string()
+            } else {
+                mutate(&mut rng, base)
+            };
+            let s = s.trim_ascii();
+            if !s.starts_with('{') {
+                continue;
+            }
+            match wire_event(s) {
+                Some(w) => {
+                    read += 1;
+                    assert_eq!(Some(view(&w)), by_serde(s), "{s}");
+                }
+                None => left += 1,
+            }
+        }
+        assert!(
+            read > 3_000 && left > 3_000,
+            "read {read}, left to serde {left}"
+        );
+    }
+
+    #[test]
+    fn the_plain_forms_are_read_and_the_others_left_to_serde() {
+        for s in SEEDS {
+            assert!(wire_event(s).is_some(), "{s}");
+        }
+        for s in [
+            "{}",
+            r#"{"user_id":"a\"b","event_type":"c"}"#,
+            "{\"user_id\":\"a\u{1}\",\"event_type\":\"c\"}",
+            r#"{"user_id":"u","event_type":"c","duration":9223372036854775808}"#,
+            r#"{"user_id":"u","event_type":"c","duration":01}"#,
+            r#"{"user_id":"u","event_type":"c","duration":-0}"#,
+            r#"{"user_id":"u","event_type":"c","duration":1.0}"#,
+            r#"{"user_id":"u","event_type":"c","duration":"1"}"#,
+            r#"{"user_id":"u","event_type":"c","user_id":"v"}"#,
+            r#"{"user_id":"u","event_type":"c"} x"#,
+            r#"{"user\u005fid":"u","event_type":"c"}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":"\u00e9"}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":01}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":1.}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":-}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":1e}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":[1,]}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":1,}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a" 1}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{a:1}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":tru}}"#,
+            r#"{"user_id":"u","event_type":"c","parameters":{"a":nulll}}"#,
+        ] {
+            assert!(wire_event(s).is_none(), "{s}");
+        }
+        let deep = format!(
+            r#"{{"user_id":"u","event_type":"c","parameters":{}{}}}"#,
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert!(wire_event(&deep).is_none());
+    }
+}
