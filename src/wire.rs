@@ -120,10 +120,9 @@ struct WireEvent<'a> {
     triggerable: bool,
     #[serde(borrow, default)]
     parameters: Option<&'a RawValue>,
-    /// `parameters` as `fast` read them: text it checked to be one JSON value other
-    /// than `null` (serde's are in `parameters`).
+    /// `parameters` as `fast` read them (serde's are in `parameters`).
     #[serde(skip)]
-    checked_parameters: Option<&'a str>,
+    checked_parameters: Option<fast::Parameters<'a>>,
 }
 
 /// The shape `parameters` must have; only checked, the text is kept as it came.
@@ -345,7 +344,8 @@ fn decode_with(
         .filter(|s| !s.is_empty())
         .ok_or(DecodeError::MissingField("event_type"))?;
     let parameters = match (w.checked_parameters, w.parameters) {
-        (Some(text), _) => checked_parameters(text, strict_types)?,
+        (Some(p), _) if p.plain => Some(RawJson::checked(p.text)),
+        (Some(p), _) => checked_parameters(p.text, strict_types)?,
         (None, Some(raw)) => parameters(raw, strict_types)?,
         (None, None) => None,
     };

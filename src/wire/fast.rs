@@ -15,6 +15,16 @@ use super::WireEvent;
 /// event object, not from the value.
 const MAX_DEPTH: usize = 64;
 
+/// `parameters` other than `null`, as the scan read them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Parameters<'a> {
+    /// One JSON value, checked.
+    pub text: &'a str,
+    /// What `shape::plain` says of it (the typed check would accept it as it is),
+    /// found on the way.
+    pub plain: bool,
+}
+
 /// The event in `s` (trimmed, starting with `{`) as serde would read it, or `None`:
 /// let serde decide.
 pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
@@ -85,8 +95,12 @@ fn member<'a>(s: &'a str, at: usize, key: &str, w: &mut WireEvent<'a>) -> Option
         "timestamp" => (1 << 15, number(&mut w.timestamp)?),
         "triggerable" => (1 << 16, flag(&mut w.triggerable)?),
         "parameters" => {
-            let end = value(b, at, 0)?;
-            w.checked_parameters = Some(&s[at..end]).filter(|p| *p != "null");
+            let (end, plain) = parameters(b, at)?;
+            w.checked_parameters = Some(Parameters {
+                text: &s[at..end],
+                plain,
+            })
+            .filter(|p| p.text != "null");
             (1 << 17, end)
         }
         // serde skips other members, checking that they are JSON.
@@ -211,6 +225,39 @@ fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     }
 }
 
+/// Past the `parameters` value at `at`, checked as `value` checks it, and whether
+/// `shape::plain` would say yes to it: an object whose `utm_*` members are strings or
+/// `null` and whose `custom_params` is an object or `null`, none of them twice (the
+/// scan reads no escapes, which `plain` refuses in those).
+fn parameters(b: &[u8], at: usize) -> Option<(usize, bool)> {
+    if b.get(at) != Some(&b'{') {
+        return Some((value(b, at, 0)?, false));
+    }
+    let mut i = ws(b, at + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some((i + 1, true));
+    }
+    let (mut seen, mut plain) = (0u8, true);
+    loop {
+        let key_end = plain_str(b, i)?;
+        if let Some((bit, start)) = super::shape::checked(&b[i + 1..key_end - 1]) {
+            let first = b.get(ws(b, ws(b, key_end) + 1)).copied();
+            plain &= seen & (1 << bit) == 0 && (first == Some(start) || first == Some(b'n'));
+            seen |= 1 << bit;
+        }
+        i = ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(b, value(b, ws(b, i + 1), 1)?);
+        match *b.get(i)? {
+            b',' => i = ws(b, i + 1),
+            b'}' => return Some((i + 1, plain)),
+            _ => return None,
+        }
+    }
+}
+
 fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
     b[at..].starts_with(word).then_some(at + word.len())
 }
@@ -252,7 +299,14 @@ mod tests {
 
     /// `w` with its parameters' text wherever the reader put it, for comparison.
     fn view(w: &WireEvent<'_>) -> String {
-        let params = w.checked_parameters.or(w.parameters.map(|r| r.get()));
+        if let Some(p) = w.checked_parameters {
+            // Where the scan says plain, the shape check does too.
+            assert!(!p.plain || super::super::shape::plain(p.text), "{}", p.text);
+        }
+        let params = w
+            .checked_parameters
+            .map(|p| p.text)
+            .or(w.parameters.map(|r| r.get()));
         let others = WireEvent {
             parameters: None,
             checked_parameters: None,
@@ -361,6 +415,30 @@ mod tests {
             read > 3_000 && left > 3_000,
             "read {read}, left to serde {left}"
         );
+    }
+
+    /// For parameters without escapes, the scan's verdict is the shape check's: every
+    /// object of up to two members of these keys and values.
+    #[test]
+    fn the_scan_says_plain_where_the_shape_check_does() {
+        let keys = ["custom_params", "utm_source", "utm_id", "utm_sourc", "x"];
+        let values = ["\"s\"", "null", "1", "true", "{}", "{\"a\":[1]}", "[]", " \"ws\" "];
+        let members: Vec<String> = keys
+            .iter()
+            .flat_map(|k| values.iter().map(move |v| format!("\"{k}\":{v}")))
+            .collect();
+        let mut objects = vec!["{}".to_string(), " { } ".trim().to_string()];
+        for a in &members {
+            objects.push(format!("{{{a}}}"));
+            for b in &members {
+                objects.push(format!("{{ {a} ,{b}}}"));
+            }
+        }
+        for json in &objects {
+            let (end, plain) = parameters(json.as_bytes(), 0).expect(json);
+            assert_eq!(end, json.len(), "{json}");
+            assert_eq!(plain, super::super::shape::plain(json), "{json}");
+        }
     }
 
     #[test]

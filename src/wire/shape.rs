@@ -8,7 +8,7 @@
 
 /// For a member the typed check looks at: its bit, and the first byte its value may
 /// start with besides `n` (`null`). (A match: the parameters' keys are mostly these.)
-fn checked(key: &[u8]) -> Option<(u8, u8)> {
+pub(super) fn checked(key: &[u8]) -> Option<(u8, u8)> {
     Some(match key {
         b"custom_params" => (0, b'{'),
         b"utm_source" => (1, b'"'),
