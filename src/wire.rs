@@ -319,6 +319,9 @@ fn decode_with(
     interner: &mut Interner,
     strict_types: bool,
 ) -> Result<UserEvent, DecodeError> {
+    // Jackson skips a UTF-8 byte order mark at the start of its input, so the original
+    // took such messages (some producers' encoders write one).
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let trimmed = bytes.trim_ascii();
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
@@ -495,6 +498,18 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// Found by a trial: a message a producer's encoder began with a byte order mark
+    /// was refused as `not a JSON object`; Jackson skips the mark.
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped_as_jackson_skips_it() {
+        let plain = decode(FULL.as_bytes()).unwrap();
+        let marked = format!("\u{feff}{FULL}");
+        assert_eq!(decode(marked.as_bytes()), Ok(plain));
+        assert_eq!(decode("\u{feff}".as_bytes()), Err(DecodeError::Empty));
+        let inside = format!("{{\u{feff}{}", &FULL[1..]);
+        assert_eq!(decode(inside.as_bytes()).unwrap_err().reason(), "bad_json");
     }
 
     #[test]
