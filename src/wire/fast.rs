@@ -422,7 +422,16 @@ mod tests {
     #[test]
     fn the_scan_says_plain_where_the_shape_check_does() {
         let keys = ["custom_params", "utm_source", "utm_id", "utm_sourc", "x"];
-        let values = ["\"s\"", "null", "1", "true", "{}", "{\"a\":[1]}", "[]", " \"ws\" "];
+        let values = [
+            "\"s\"",
+            "null",
+            "1",
+            "true",
+            "{}",
+            "{\"a\":[1]}",
+            "[]",
+            " \"ws\" ",
+        ];
         let members: Vec<String> = keys
             .iter()
             .flat_map(|k| values.iter().map(move |v| format!("\"{k}\":{v}")))
