@@ -81,6 +81,9 @@ pub struct Metrics {
     /// Look-ups that failed transiently after their retries and were tried again
     /// (`profile-api.max-wait-on-failure-ms`).
     pub lookup_waits: Counter,
+    /// Webhook deliveries sent without `Idempotency-Key` (an `event_id` a header cannot
+    /// carry).
+    pub webhook_calls_without_key: Counter,
     /// Parts of Profile API answers left out: `field` (defaulted), `history_entry`.
     profile_answer_skipped: Family<KindLabel, Counter>,
     concurrency_limit: Family<TargetLabel, Gauge>,
@@ -243,6 +246,12 @@ impl Metrics {
             "look-ups that failed transiently after their retries and were tried again (profile-api.max-wait-on-failure-ms)",
             Counter::default(),
         );
+        let webhook_calls_without_key = add(
+            &mut registry,
+            "webhook_calls_without_key",
+            "webhook deliveries sent without Idempotency-Key: their event_id has a control character, which a header cannot carry",
+            Counter::default(),
+        );
         let profile_answer_skipped = add(
             &mut registry,
             "profile_answer_skipped",
@@ -357,6 +366,7 @@ impl Metrics {
             lookup_seconds,
             lookup_errors,
             lookup_waits,
+            webhook_calls_without_key,
             profile_answer_skipped,
             concurrency_limit,
             concurrency_in_flight,

@@ -1,9 +1,12 @@
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
+use reqwest::header::HeaderValue;
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
+use crate::log_limit::LogLimiter;
 use crate::model::Text;
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
 
@@ -67,6 +70,9 @@ pub struct WebhookClient {
     retry: RetryPolicy,
     /// Calls at once to the receiver from this process.
     calls: Limiter,
+    /// Warnings of calls without `Idempotency-Key`; what it held back is said when the
+    /// last clone is dropped, at the end of the run.
+    unkeyed: Arc<Mutex<LogLimiter>>,
 }
 
 impl WebhookClient {
@@ -88,6 +94,9 @@ impl WebhookClient {
             secret,
             retry,
             calls: Limiter::new("webhook", Concurrency::Adaptive),
+            unkeyed: Arc::new(Mutex::new(LogLimiter::per_10s(
+                "calls without Idempotency-Key",
+            ))),
         })
     }
 
@@ -111,13 +120,14 @@ impl WebhookClient {
         event_id: Option<Text>,
         ingested_ms: u64,
     ) -> Delivery {
+        let key = event_id.and_then(|id| self.idempotency_key(&id));
         let mut retries = 0;
         loop {
             let permit = self.calls.acquire().await;
             let result = self
                 .post(
                     body.clone(),
-                    event_id.clone(),
+                    key.clone(),
                     ingested_ms,
                     crate::clock::now_ms(),
                 )
@@ -154,14 +164,34 @@ impl WebhookClient {
         }
     }
 
-    /// One try: `Ok` on a 2xx answer. The event id goes in `Idempotency-Key`, so a
-    /// receiver can drop the repeats of retries, and those an at-least-once job sends
-    /// after a restart. `X-Event-Ingested-At` (ms) lets a receiver measure the job's
-    /// latency from reading the event to acting on it.
+    /// The event id as `Idempotency-Key`, so a receiver can drop the repeats of retries,
+    /// and those an at-least-once job sends after a restart. An id with a control
+    /// character cannot be a header's value: its event is delivered all the same,
+    /// without the key (counted, and warned of at a limited rate).
+    fn idempotency_key(&self, event_id: &str) -> Option<HeaderValue> {
+        match HeaderValue::from_str(event_id) {
+            Ok(key) => Some(key),
+            Err(_) => {
+                crate::metrics::global().webhook_calls_without_key.inc();
+                if self.unkeyed.lock().is_ok_and(|mut l| l.allow()) {
+                    tracing::warn!(
+                        event_id = ?event_id,
+                        "webhook call sent without Idempotency-Key: the event_id has a \
+                         control character, which a header cannot carry (receivers cannot \
+                         drop its repeats by key)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// One try: `Ok` on a 2xx answer. `X-Event-Ingested-At` (ms) lets a receiver measure
+    /// the job's latency from reading the event to acting on it.
     pub async fn post(
         &self,
         body: bytes::Bytes,
-        event_id: Option<Text>,
+        key: Option<HeaderValue>,
         ingested_ms: u64,
         now_ms: u64,
     ) -> Result<(), DeliveryError> {
@@ -171,13 +201,8 @@ impl WebhookClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Webhook-Timestamp", now_ms.to_string())
             .header(INGESTED_AT, ingested_ms.to_string());
-        if let Some(id) = event_id {
-            match reqwest::header::HeaderValue::from_str(&id) {
-                Ok(key) => request = request.header("Idempotency-Key", key),
-                // An id with a control character cannot be a header's value; the event is
-                // delivered all the same, without the key (it failed for good before).
-                Err(_) => unkeyed(&id),
-            }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
         }
         if let Some(secret) = &self.secret {
             request = request.header(
@@ -203,23 +228,6 @@ impl WebhookClient {
                 retry_after: retry_after(resp.headers()),
             })
         }
-    }
-}
-
-/// Warns (at a limited rate) of a call sent without `Idempotency-Key`.
-fn unkeyed(event_id: &str) {
-    static WARNINGS: std::sync::LazyLock<std::sync::Mutex<crate::log_limit::LogLimiter>> =
-        std::sync::LazyLock::new(|| {
-            std::sync::Mutex::new(crate::log_limit::LogLimiter::per_10s(
-                "calls without Idempotency-Key",
-            ))
-        });
-    if WARNINGS.lock().is_ok_and(|mut l| l.allow()) {
-        tracing::warn!(
-            event_id = ?event_id,
-            "webhook call sent without Idempotency-Key: the event_id has a control character, \
-             which a header cannot carry (receivers cannot drop its repeats by key)"
-        );
     }
 }
 
@@ -268,6 +276,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let unkeyed = || crate::metrics::global().webhook_calls_without_key.get();
+        let before = unkeyed();
         for (id, key) in [
             ("a\u{0}b", None),
             ("e\n1", None),
@@ -277,13 +287,14 @@ mod tests {
             let (url, server) = serve_once();
             let client =
                 WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
-            let result =
-                rt.block_on(client.post(bytes::Bytes::from_static(b"{}"), Some(id.into()), 1, 2));
-            assert_eq!(result, Ok(()), "{id:?}");
+            let delivery =
+                rt.block_on(client.deliver(bytes::Bytes::from_static(b"{}"), Some(id.into()), 1));
+            assert_eq!(delivery.result, Ok(()), "{id:?}");
             let head = server.join().unwrap().to_lowercase();
             let sent = head.lines().find(|l| l.starts_with("idempotency-key:"));
             assert_eq!(sent, key, "{id:?}: {head}");
         }
+        assert_eq!(unkeyed() - before, 2, "counted once per delivery");
     }
 
     /// Rendered with its causes (as the binary prints errors), a build error names the
