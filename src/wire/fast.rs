@@ -417,6 +417,42 @@ mod tests {
         );
     }
 
+    /// The decoder's fuzzing corpus (inputs libFuzzer kept for the paths they reach in
+    /// serde's decoding), each as it is and mutated: whatever the scan reads of them,
+    /// serde reads the same.
+    #[test]
+    fn the_fuzz_corpus_reads_the_same_by_the_scan_and_by_serde() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/decode");
+        let (mut files, mut read) = (0, 0);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            files += 1;
+            let mut rng = Rng::new(files);
+            for round in 0..20 {
+                let s = if round == 0 {
+                    text.to_string()
+                } else {
+                    mutate(&mut rng, text)
+                };
+                let s = s.trim_ascii();
+                if !s.starts_with('{') {
+                    continue;
+                }
+                if let Some(w) = wire_event(s) {
+                    read += 1;
+                    assert_eq!(Some(view(&w)), by_serde(s), "{s}");
+                }
+            }
+        }
+        assert!(
+            files > 1000 && read > 500,
+            "{files} files, {read} read by the scan"
+        );
+    }
+
     /// For parameters without escapes, the scan's verdict is the shape check's: every
     /// object of up to two members of these keys and values.
     #[test]
