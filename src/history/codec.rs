@@ -246,18 +246,19 @@ impl<'a> Reader<'a> {
 }
 
 /// The fields of one entry: `P` is the JSON text of the parameters as `put_entry` takes
-/// them, their tokens as `read_entry` gives them.
+/// them, their tokens as `read_entry` gives them; `S` a string (`&str`, or its bytes as
+/// stored, as `read_entry_stored` gives them).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Fields<'a, P> {
-    pub event_id: Option<&'a str>,
-    pub event_name: Option<&'a str>,
-    pub event_type: Option<&'a str>,
+pub struct Fields<P, S> {
+    pub event_id: Option<S>,
+    pub event_name: Option<S>,
+    pub event_type: Option<S>,
     pub timestamp: i64,
     pub parameters: Option<P>,
 }
 
 /// Appends the body of one entry.
-pub fn put_entry(out: &mut Vec<u8>, f: &Fields<'_, &str>) {
+pub fn put_entry(out: &mut Vec<u8>, f: &Fields<&str, &str>) {
     let flags = [
         (f.event_id.is_some(), HAS_ID),
         (f.event_name.is_some(), HAS_NAME),
@@ -283,41 +284,23 @@ pub fn put_entry(out: &mut Vec<u8>, f: &Fields<'_, &str>) {
 }
 
 /// Reads the body of one entry.
-pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<'a, &'a [u8]> {
-    let f = read_fields(r, Reader::str);
-    Fields {
-        event_id: f.event_id,
-        event_name: f.event_name,
-        event_type: f.event_type,
-        timestamp: f.timestamp,
-        parameters: f.parameters,
-    }
-}
-
-/// The fields of one entry, its strings as `S` (`&str`, or their bytes as stored) and
-/// its parameters as tokens.
-#[derive(Clone, Copy)]
-pub struct StoredFields<'a, S> {
-    pub event_id: Option<S>,
-    pub event_name: Option<S>,
-    pub event_type: Option<S>,
-    pub timestamp: i64,
-    pub parameters: Option<&'a [u8]>,
+pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<&'a [u8], &'a str> {
+    read_fields(r, Reader::str)
 }
 
 /// Reads the body of one entry as `read_entry` does, its strings' bytes as stored
 /// (`Reader::stored`: inline ones not checked for UTF-8).
-pub fn read_entry_stored<'a>(r: &mut Reader<'a>) -> StoredFields<'a, &'a [u8]> {
+pub fn read_entry_stored<'a>(r: &mut Reader<'a>) -> Fields<&'a [u8], &'a [u8]> {
     read_fields(r, Reader::stored)
 }
 
 fn read_fields<'a, S>(
     r: &mut Reader<'a>,
     string: impl Fn(&mut Reader<'a>) -> S,
-) -> StoredFields<'a, S> {
+) -> Fields<&'a [u8], S> {
     let flags = r.byte();
     let timestamp = unzigzag(r.varint());
-    let mut f = StoredFields {
+    let mut f = Fields {
         event_id: None,
         event_name: None,
         event_type: None,

@@ -73,7 +73,7 @@ impl Params<'_> {
 }
 
 impl<'a> Entry<'a> {
-    fn from_fields(f: Fields<'a, &'a [u8]>) -> Self {
+    fn from_fields(f: Fields<&'a [u8], &'a str>) -> Self {
         Entry {
             event_id: f.event_id,
             event_name: f.event_name,
@@ -180,7 +180,7 @@ impl History {
         });
     }
 
-    fn push_fields(&mut self, f: &Fields<'_, &str>) {
+    fn push_fields(&mut self, f: &Fields<&str, &str>) {
         // The body is encoded aside first, so that the buffer grows by exactly the
         // entry (length, then body): see `reserve`.
         ENTRY.with_borrow_mut(|body| {

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use super::WireEvent;
+use super::shape::skip_ws;
 
 /// Deeper `parameters` are left to serde, whose recursion limit (128) counts from the
 /// event object, not from the value.
@@ -31,27 +32,27 @@ pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
     let b = s.as_bytes();
     let mut w = WireEvent::default();
     let mut seen = 0u32;
-    let mut at = ws(b, 1);
+    let mut at = skip_ws(b, 1);
     if b.get(at) == Some(&b'}') {
         return None;
     }
     loop {
         let key_end = plain_str(b, at)?;
         let key = &s[at + 1..key_end - 1];
-        at = ws(b, key_end);
+        at = skip_ws(b, key_end);
         if b.get(at) != Some(&b':') {
             return None;
         }
-        at = ws(b, at + 1);
+        at = skip_ws(b, at + 1);
         let (bit, end) = member(s, at, key, &mut w)?;
         if seen & bit != 0 {
             return None;
         }
         seen |= bit;
-        at = ws(b, end);
+        at = skip_ws(b, end);
         match b.get(at) {
-            Some(b',') => at = ws(b, at + 1),
-            Some(b'}') => return (ws(b, at + 1) == b.len()).then_some(w),
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b'}') => return (skip_ws(b, at + 1) == b.len()).then_some(w),
             _ => return None,
         }
     }
@@ -106,13 +107,6 @@ fn member<'a>(s: &'a str, at: usize, key: &str, w: &mut WireEvent<'a>) -> Option
         // serde skips other members, checking that they are JSON.
         _ => (0, value(b, at, 0)?),
     })
-}
-
-fn ws(b: &[u8], mut at: usize) -> usize {
-    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        at += 1;
-    }
-    at
 }
 
 /// Past the closing quote of the string at `at`, if it has no escape and no control
@@ -186,33 +180,16 @@ fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     match *b.get(at)? {
         b'"' => plain_str(b, at),
         b'{' | b'[' if depth >= MAX_DEPTH => None,
-        b'{' => {
-            let mut i = ws(b, at + 1);
-            if b.get(i) == Some(&b'}') {
-                return Some(i + 1);
-            }
-            loop {
-                i = ws(b, plain_str(b, i)?);
-                if b.get(i) != Some(&b':') {
-                    return None;
-                }
-                i = ws(b, value(b, ws(b, i + 1), depth + 1)?);
-                match *b.get(i)? {
-                    b',' => i = ws(b, i + 1),
-                    b'}' => return Some(i + 1),
-                    _ => return None,
-                }
-            }
-        }
+        b'{' => object(b, at, depth, |_, _| {}),
         b'[' => {
-            let mut i = ws(b, at + 1);
+            let mut i = skip_ws(b, at + 1);
             if b.get(i) == Some(&b']') {
                 return Some(i + 1);
             }
             loop {
-                i = ws(b, value(b, i, depth + 1)?);
+                i = skip_ws(b, value(b, i, depth + 1)?);
                 match *b.get(i)? {
-                    b',' => i = ws(b, i + 1),
+                    b',' => i = skip_ws(b, i + 1),
                     b']' => return Some(i + 1),
                     _ => return None,
                 }
@@ -225,6 +202,36 @@ fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     }
 }
 
+/// Past the object at `at`, its members' values checked by `value` one level deeper,
+/// telling `member` each key and where its value starts.
+fn object(
+    b: &[u8],
+    at: usize,
+    depth: usize,
+    mut member: impl FnMut(&[u8], usize),
+) -> Option<usize> {
+    let mut i = skip_ws(b, at + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        let key_end = plain_str(b, i)?;
+        let key = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let value_at = skip_ws(b, i + 1);
+        member(key, value_at);
+        i = skip_ws(b, value(b, value_at, depth + 1)?);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
 /// Past the `parameters` value at `at`, checked as `value` checks it, and whether
 /// `shape::plain` would say yes to it: an object whose `utm_*` members are strings or
 /// `null` and whose `custom_params` is an object or `null`, none of them twice (the
@@ -233,29 +240,15 @@ fn parameters(b: &[u8], at: usize) -> Option<(usize, bool)> {
     if b.get(at) != Some(&b'{') {
         return Some((value(b, at, 0)?, false));
     }
-    let mut i = ws(b, at + 1);
-    if b.get(i) == Some(&b'}') {
-        return Some((i + 1, true));
-    }
     let (mut seen, mut plain) = (0u8, true);
-    loop {
-        let key_end = plain_str(b, i)?;
-        if let Some((bit, start)) = super::shape::checked(&b[i + 1..key_end - 1]) {
-            let first = b.get(ws(b, ws(b, key_end) + 1)).copied();
+    let end = object(b, at, 0, |key, value_at| {
+        if let Some((bit, start)) = super::shape::checked(key) {
+            let first = b.get(value_at).copied();
             plain &= seen & (1 << bit) == 0 && (first == Some(start) || first == Some(b'n'));
             seen |= 1 << bit;
         }
-        i = ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = ws(b, value(b, ws(b, i + 1), 1)?);
-        match *b.get(i)? {
-            b',' => i = ws(b, i + 1),
-            b'}' => return Some((i + 1, plain)),
-            _ => return None,
-        }
-    }
+    })?;
+    Some((end, plain))
 }
 
 fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
