@@ -157,6 +157,15 @@ pub fn prefetch_contents(state: &UserState) {
     }
 }
 
+/// Asks the CPU for the line an event's entry is appended to: the end of `state`'s
+/// history (call it a few events after `prefetch_parts`, once the history's own struct
+/// is in).
+pub fn prefetch_history_end(state: &UserState) {
+    if let Some(last) = state.history.encoded().last() {
+        prefetch(last);
+    }
+}
+
 #[inline(always)]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]

@@ -155,6 +155,17 @@ impl Store {
         each_store!(self, s => s.states_of(users))
     }
 
+    /// `user`'s state if it is in memory (RocksDB: in its cache), read only: for
+    /// prefetching, nothing is marked used or changed.
+    #[inline]
+    pub fn peek(&self, user: &str) -> Option<&UserState> {
+        match self {
+            Store::Memory(s) => s.users.get(user),
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(s) => s.peek(user),
+        }
+    }
+
     /// Whether the store holds `user` (a read only, as `states_of`).
     pub fn holds(&self, user: &str) -> bool {
         each_store!(self, s => s.holds(user))
@@ -334,6 +345,15 @@ mod tests {
         fn expire_all(&mut self, now: Time, store: &mut MemoryStore) -> u64 {
             self.expire(now, store, |_| ())
         }
+    }
+
+    #[test]
+    fn a_peek_gives_a_users_state_as_it_is() {
+        let mut store = Store::Memory(MemoryStore::default());
+        store.insert("a".into(), UserState::empty(5));
+        assert_eq!(store.peek("a").map(|s| s.last_activity), Some(5));
+        assert!(store.peek("b").is_none());
+        assert_eq!(store.len(), 1);
     }
 
     /// Ids are compared by their first 24 bytes in the table (`string_key`): ids that

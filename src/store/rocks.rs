@@ -410,6 +410,13 @@ fn remove_snapshots(path: &Path) {
     }
 }
 
+impl RocksStore {
+    /// A cached user's state, read only (`Store::peek`).
+    pub(super) fn peek(&self, user: &str) -> Option<&UserState> {
+        self.cache.get(user).map(|slot| &slot.state)
+    }
+}
+
 impl StateStore for RocksStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
         if !self.cache.contains_key(user) {
@@ -578,6 +585,32 @@ mod tests {
             .collect();
         c.sort();
         c
+    }
+
+    /// `peek` (for prefetching) gives the cached users' states as they are, and none of
+    /// the users outside the cache: it reads nothing from the database and leaves the
+    /// cache as it was (nothing cached, made dirty, or marked used).
+    #[test]
+    fn a_peek_sees_the_cache_only_and_changes_nothing() {
+        let (_dir, rocks, mut memory) = same_as_memory(8);
+        let before = cache_of(&rocks);
+        let used: Vec<bool> = rocks.cache.values().map(|s| s.used).collect();
+        for i in 0..70 {
+            let user = format!("u{i}");
+            let cached = rocks.cache.contains_key(user.as_str());
+            match rocks.peek(&user) {
+                Some(s) => {
+                    assert!(cached, "{user}");
+                    assert_eq!(Some(s), memory.get_mut(&user).map(|m| &*m));
+                }
+                None => assert!(!cached, "{user}"),
+            }
+        }
+        assert_eq!(cache_of(&rocks), before);
+        assert_eq!(
+            rocks.cache.values().map(|s| s.used).collect::<Vec<_>>(),
+            used
+        );
     }
 
     /// A delta's states, from users cached and evicted, as the hash map has them; and

@@ -214,7 +214,10 @@ fn operator<'s>(
                 input.for_each(|cap, batch| {
                     let Some(&time) = cap.least() else { return };
                     let mut session = output.session(&cap);
-                    for ev in batch.drain(..) {
+                    m.table.prefetch_batch(batch);
+                    let mut events = batch.drain(..);
+                    while let Some(ev) = events.next() {
+                        m.table.prefetch_next(events.as_slice());
                         if let Some(out) = m.arrive(restoring, time, ev, || cap.delayed(&time, 0)) {
                             session.give(out);
                         }

