@@ -111,7 +111,11 @@ fn java_trim(s: &str) -> &str {
 /// assert!(text(&raw("[1]")).is_err());
 /// ```
 pub fn text(raw: &RawValue) -> Result<Option<Cow<'_, str>>, CoerceError> {
-    let s = raw.get();
+    text_of(raw.get())
+}
+
+/// `text` of `s`, the text of one JSON value.
+pub(crate) fn text_of(s: &str) -> Result<Option<Cow<'_, str>>, CoerceError> {
     match Token::of(s) {
         Token::String => Ok(Some(unescape(s)?)),
         Token::Int | Token::Float | Token::Bool(_) => Ok(Some(Cow::Borrowed(s))),
@@ -133,7 +137,11 @@ pub fn text(raw: &RawValue) -> Result<Option<Cow<'_, str>>, CoerceError> {
 /// assert!(long(&raw("true")).is_err());
 /// ```
 pub fn long(raw: &RawValue) -> Result<i64, CoerceError> {
-    let s = raw.get();
+    long_of(raw.get())
+}
+
+/// `long` of `s`, the text of one JSON value.
+pub(crate) fn long_of(s: &str) -> Result<i64, CoerceError> {
     match Token::of(s) {
         Token::Null => Ok(0),
         Token::Int => s
@@ -185,7 +193,11 @@ fn string_to_long(s: &str) -> Result<i64, CoerceError> {
 /// assert!(boolean(&raw("1.0")).is_err());
 /// ```
 pub fn boolean(raw: &RawValue) -> Result<bool, CoerceError> {
-    let s = raw.get();
+    boolean_of(raw.get())
+}
+
+/// `boolean` of `s`, the text of one JSON value.
+pub(crate) fn boolean_of(s: &str) -> Result<bool, CoerceError> {
     match Token::of(s) {
         Token::Null => Ok(false),
         Token::Bool(b) => Ok(b),

@@ -9,9 +9,9 @@
 //! only a message it refuses for a type is read again with coercions (`lenient`), so
 //! well-typed messages cost what they did before coercion existed.
 
-mod fast;
+pub(crate) mod fast;
 mod lenient;
-mod shape;
+pub(crate) mod shape;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -256,7 +256,10 @@ pub fn parameters(raw: &RawValue, strict_types: bool) -> Result<Option<RawJson>,
 }
 
 /// `parameters` as `parameters` does, from text known to be one JSON value.
-fn checked_parameters(s: &str, strict_types: bool) -> Result<Option<RawJson>, DecodeError> {
+pub(crate) fn checked_parameters(
+    s: &str,
+    strict_types: bool,
+) -> Result<Option<RawJson>, DecodeError> {
     if s == "null" {
         return Ok(None);
     }

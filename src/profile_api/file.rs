@@ -78,12 +78,18 @@ impl ProfileSnapshot {
             if text.trim().is_empty() {
                 continue;
             }
-            let id: UserIdOnly<'_> =
-                serde_json::from_str(text).map_err(|source| SnapshotError::Line {
-                    line: n + 1,
-                    source,
-                })?;
-            match lines.entry(Box::<str>::from(id.user_id)) {
+            let id = match super::scan::user_id(text) {
+                Some(id) => id.into(),
+                None => {
+                    serde_json::from_str::<UserIdOnly<'_>>(text)
+                        .map_err(|source| SnapshotError::Line {
+                            line: n + 1,
+                            source,
+                        })?
+                        .user_id
+                }
+            };
+            match lines.entry(Box::<str>::from(id)) {
                 Entry::Vacant(v) => {
                     v.insert(Box::<str>::from(text));
                 }
@@ -122,6 +128,9 @@ impl ProfileSnapshot {
 
     pub fn lookup(&self, user_id: &str) -> Result<ProfileData, FetchError> {
         let line = self.raw(user_id).ok_or(FetchError::UnknownUser)?;
+        if let Some(data) = super::scan::answers(line) {
+            return Ok(data);
+        }
         let parsed: Answers =
             serde_json::from_str(line).map_err(|e| FetchError::BadSnapshot(e.to_string()))?;
         Ok(parsed.into_data(user_id))

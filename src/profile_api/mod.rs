@@ -7,6 +7,7 @@
 mod answer;
 mod file;
 mod http;
+mod scan;
 
 pub use answer::{Answers, RawObject, Skipped};
 pub use file::{ProfileSnapshot, SnapshotError};

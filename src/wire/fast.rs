@@ -176,7 +176,7 @@ fn long(b: &[u8], at: usize) -> Option<(i64, usize)> {
 /// Past the JSON value at `at`, if it is one in the plain form (strings without escapes
 /// or control characters, nested at most `MAX_DEPTH - depth`): JSON's grammar, as serde
 /// checks it, for that subset.
-fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+pub(crate) fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     match *b.get(at)? {
         b'"' => plain_str(b, at),
         b'{' | b'[' if depth >= MAX_DEPTH => None,
@@ -286,7 +286,7 @@ fn number(b: &[u8], at: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::history::tests::Rng;
 
@@ -352,7 +352,7 @@ mod tests {
         "\u{c}",
     ];
 
-    fn mutate(rng: &mut Rng, s: &str) -> String {
+    pub(crate) fn mutate(rng: &mut Rng, s: &str) -> String {
         let mut b = s.as_bytes().to_vec();
         for _ in 0..=rng.next(3) {
             let at = rng.next(b.len() as u64 + 1) as usize;

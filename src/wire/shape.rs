@@ -75,7 +75,7 @@ pub(super) fn plain(json: &str) -> bool {
     }
 }
 
-pub(super) fn skip_ws(b: &[u8], mut at: usize) -> usize {
+pub(crate) fn skip_ws(b: &[u8], mut at: usize) -> usize {
     while b
         .get(at)
         .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))

@@ -1,0 +1,342 @@
+//! Profile API answers in the plain form read by a scan, without serde's maps: the
+//! snapshot line's `user_id` when it is loaded, and a look-up's profile, visit and
+//! history. Values are checked against JSON's grammar as serde checks them
+//! (`wire::fast::value`) and read by the same coercions (`crate::coerce`,
+//! `wire::checked_parameters`), so what the scan reads is what `Answers` reads. It
+//! gives up (`None`) on anything else (escapes, nesting past its depth, a field that
+//! does not coerce, a history entry that is not an object, a part named twice), which
+//! serde and `Answers` then read as before: their errors and counted skips stay theirs.
+//!
+//! serde's read of a line into `RawObject` maps (a `String` and a boxed value per
+//! member, a map per history entry) was most of a look-up's ~65,000 instructions on the
+//! shared workload's profiles.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::coerce;
+use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
+use crate::wire::fast::value;
+use crate::wire::shape::skip_ws;
+
+/// Values below the line's own members: nested as deep as the event scan allows.
+const DEPTH: usize = 1;
+
+/// The object at `at` in `s`: each member's key and where its value starts given to
+/// `member`, which says where the value ends. Past the object, or `None` if it is not
+/// one in the plain form (or `member` says `None`).
+fn members<'a>(
+    s: &'a str,
+    at: usize,
+    mut member: impl FnMut(&'a str, usize) -> Option<usize>,
+) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_ws(b, at + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        // A key with an escape is left to serde.
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = value(b, i, DEPTH)?;
+        let key = &s[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, member(key, skip_ws(b, i + 1))?);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The whole of `s` as one object (whitespace around it allowed, as serde allows it).
+fn line_members<'a>(s: &'a str, member: impl FnMut(&'a str, usize) -> Option<usize>) -> Option<()> {
+    let b = s.as_bytes();
+    let end = members(s, skip_ws(b, 0), member)?;
+    (skip_ws(b, end) == b.len()).then_some(())
+}
+
+/// The text of the value at `at`, checked.
+fn value_at(s: &str, at: usize) -> Option<&str> {
+    let end = value(s.as_bytes(), at, DEPTH)?;
+    Some(&s[at..end])
+}
+
+/// A snapshot line's `user_id`, if the line is a plain object with it once, as a plain
+/// string; `None`: let serde judge the line.
+pub(super) fn user_id(line: &str) -> Option<&str> {
+    let (mut id, mut twice) = (None, false);
+    line_members(line, |key, at| {
+        let v = value_at(line, at)?;
+        if key == "user_id" {
+            twice |= id.is_some();
+            id = Some(v);
+        }
+        Some(at + v.len())
+    })?;
+    let v = id.filter(|v| !twice && v.starts_with('"'))?;
+    Some(&v[1..v.len() - 1])
+}
+
+/// The data of a snapshot line as `Answers` reads it, when nothing of it is skipped;
+/// `None`: let serde and `Answers` read it.
+pub(super) fn answers(line: &str) -> Option<ProfileData> {
+    let mut data = ProfileData::default();
+    let mut seen = 0u8;
+    line_members(line, |key, at| {
+        let bit = match key {
+            "profile" => 1,
+            "visit" => 2,
+            "history" => 4,
+            _ => return Some(at + value_at(line, at)?.len()),
+        };
+        // serde refuses a field named twice.
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        if line[at..].starts_with("null") {
+            return Some(at + 4);
+        }
+        match bit {
+            1 => object(line, at, &mut data.profile, profile),
+            2 => object(line, at, data.visit.insert(Visit::default()), visit),
+            _ => history(line, at, &mut data.history),
+        }
+    })?;
+    Some(data)
+}
+
+/// The object at `at`, its fields read into `out` by `set` (of a repeated key the
+/// last, as `RawObject` keeps it); past the object.
+fn object<'a, T>(
+    s: &'a str,
+    at: usize,
+    out: &mut T,
+    set: impl Fn(&mut T, &str, &'a str) -> Option<()>,
+) -> Option<usize> {
+    members(s, at, |key, at| {
+        let v = value_at(s, at)?;
+        set(out, key, v)?;
+        Some(at + v.len())
+    })
+}
+
+fn text(v: &str) -> Option<Option<Str>> {
+    Some(coerce::text_of(v).ok()?.map(|s| Str::from(&*s)))
+}
+
+fn word(v: &str) -> Option<Option<Str>> {
+    Some(coerce::text_of(v).ok()?.map(|s| Str::shared(&s)))
+}
+
+fn long(v: &str) -> Option<i64> {
+    coerce::long_of(v).ok()
+}
+
+fn profile(p: &mut Profile, key: &str, v: &str) -> Option<()> {
+    match key {
+        "user_id" => p.user_id = text(v)?,
+        "country" => p.country = word(v)?,
+        "city" => p.city = word(v)?,
+        "language" => p.language = word(v)?,
+        "continent" => p.continent = word(v)?,
+        "timezone" => p.timezone = word(v)?,
+        _ => {}
+    }
+    Some(())
+}
+
+fn visit(p: &mut Visit, key: &str, v: &str) -> Option<()> {
+    match key {
+        "uuid" => p.uuid = text(v)?,
+        "timestamp" => p.timestamp = long(v)?,
+        "os" => p.os = word(v)?,
+        "browser" => p.browser = word(v)?,
+        "device" => p.device = word(v)?,
+        "landing_page" => p.landing_page = word(v)?,
+        "referrer_type" => p.referrer_type = word(v)?,
+        "referrer_url" => p.referrer_url = word(v)?,
+        "referrer_query" => p.referrer_query = word(v)?,
+        "duration" => p.duration = long(v)?,
+        "actions" => p.actions = long(v)?,
+        "is_first_visit" => p.is_first_visit = coerce::boolean_of(v).ok()?,
+        "screen" => p.screen = word(v)?,
+        "ip" => p.ip = text(v)?,
+        _ => {}
+    }
+    Some(())
+}
+
+/// The array of history entries at `at` into `out`; past it.
+fn history(s: &str, at: usize, out: &mut Vec<HistoryEntry>) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.get(at) != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(b, at + 1);
+    if b.get(i) == Some(&b']') {
+        return Some(i + 1);
+    }
+    loop {
+        let mut f = EntryFields::default();
+        i = skip_ws(b, object(s, i, &mut f, entry)?);
+        out.push(f.into_entry());
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b']' => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// A history entry's fields as read.
+#[derive(Default)]
+struct EntryFields<'a> {
+    event_id: Option<Cow<'a, str>>,
+    event_name: Option<Cow<'a, str>>,
+    event_type: Option<Cow<'a, str>>,
+    timestamp: i64,
+    parameters: Option<crate::model::RawJson>,
+}
+
+impl EntryFields<'_> {
+    fn into_entry(self) -> HistoryEntry {
+        let text = |s: Option<Cow<'_, str>>| s.map(|s| Arc::<str>::from(&*s));
+        HistoryEntry {
+            event_id: text(self.event_id),
+            event_name: text(self.event_name),
+            event_type: text(self.event_type),
+            timestamp: self.timestamp,
+            parameters: self.parameters,
+        }
+    }
+}
+
+fn entry<'a>(f: &mut EntryFields<'a>, key: &str, v: &'a str) -> Option<()> {
+    match key {
+        "event_id" => f.event_id = coerce::text_of(v).ok()?,
+        "event_name" => f.event_name = coerce::text_of(v).ok()?,
+        "event_type" => f.event_type = coerce::text_of(v).ok()?,
+        "timestamp" => f.timestamp = long(v)?,
+        "parameters" => f.parameters = crate::wire::checked_parameters(v, false).ok()?,
+        _ => {}
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::tests::Rng;
+    use crate::profile_api::Answers;
+    use crate::wire::fast::tests::mutate;
+
+    const LINES: [&str; 6] = [
+        r#"{"user_id":"user_0000001","profile":{"user_id":"user_0000001","country":"FR","city":"D-city","language":"ja","continent":"EU","timezone":"Europe/Paris"},"visit":{"uuid":"a3d7","timestamp":1763997113640,"os":"Linux","browser":"Chrome","device":"Tablet","landing_page":"/product/42","referrer_type":"search","referrer_url":"https://www.google.com","referrer_query":"shoes","duration":240174,"actions":26,"is_first_visit":true,"screen":"1920x1080","ip":"203.0.113.81"},"history":[{"event_id":"h_1_2","event_name":"buy_button","event_type":"click","timestamp":1762374147213,"parameters":{"custom_params":{"page_title":"Home","value":87.95},"utm_source":"facebook","utm_campaign":"","utm_id":"c005"}},{"event_id":"h_1_1","event_type":"page_view","timestamp":1762554277415,"parameters":null}]}"#,
+        r#"{"user_id":"u2","profile":null,"visit":null,"history":[]}"#,
+        r#" { "user_id" : "u3" , "profile" : { "country" : 7 , "city" : true , "x" : [ 1 , { } ] , "country" : "US" } , "history" : null } "#,
+        r#"{"user_id":"u4","visit":{"timestamp":"1704067200000","duration":1.5,"actions":null,"is_first_visit":"true","uuid":12},"history":[{"event_id":7,"timestamp":"5","parameters":{"utm_source":3,"custom_params":null}}]}"#,
+        r#"{"user_id":"u5","profile":{"country":{"code":"US"}},"history":[1,{"timestamp":1.5e3},{"parameters":[1]},{"event_type":"c","timestamp":-0}]}"#,
+        r#"{"history":[{"event_id":"a","event_id":"b","timestamp":9223372036854775807}],"user_id":"u6","extra":{"deep":[[[{"a":null}]]]},"visit":{}}"#,
+    ];
+
+    /// What serde and `Answers` read of `line`, when they read all of it.
+    fn by_serde(line: &str) -> Option<ProfileData> {
+        let (data, skipped) = serde_json::from_str::<Answers>(line).ok()?.read();
+        (skipped == Default::default()).then_some(data)
+    }
+
+    /// Whether the scan read `line`, having checked that serde reads the same of it.
+    fn read_alike(line: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            user_id: Cow<'a, str>,
+        }
+        if let Some(id) = user_id(line) {
+            let by_serde = serde_json::from_str::<Id<'_>>(line).map(|i| i.user_id);
+            assert_eq!(by_serde.ok().as_deref(), Some(id), "{line}");
+        }
+        let read = answers(line);
+        if let Some(data) = &read {
+            assert_eq!(Some(data), by_serde(line).as_ref(), "{line}");
+        }
+        read.is_some()
+    }
+
+    /// Whatever the scan reads of a snapshot line, serde and `Answers` read the same
+    /// (with nothing skipped); and the scan reads most plain lines itself. 20,000
+    /// mutations of plain and odd lines: tokens of JSON's grammar inserted, bytes
+    /// replaced, pieces cut or repeated.
+    #[test]
+    fn what_the_scan_reads_serde_reads_the_same() {
+        let (mut read, mut left) = (0, 0);
+        for seed in 0..20_000u64 {
+            let mut rng = Rng::new(seed);
+            let base = LINES[rng.next(LINES.len() as u64) as usize];
+            let line = if seed < LINES.len() as u64 {
+                LINES[seed as usize].to_string()
+            } else {
+                mutate(&mut rng, base)
+            };
+            if read_alike(&line) {
+                read += 1;
+            } else {
+                left += 1;
+            }
+        }
+        assert!(read > 2_000 && left > 2_000, "read {read}, left {left}");
+    }
+
+    #[test]
+    fn plain_lines_and_coerced_fields_are_read_by_the_scan() {
+        for line in &LINES[..4] {
+            assert!(read_alike(line), "{line}");
+        }
+        let data = answers(LINES[3]).unwrap();
+        let visit = data.visit.unwrap();
+        assert_eq!((visit.timestamp, visit.duration), (1_704_067_200_000, 1));
+        assert!(visit.is_first_visit);
+        assert_eq!(visit.uuid.as_deref(), Some("12"));
+        assert_eq!(data.history[0].event_id.as_deref(), Some("7"));
+        assert_eq!(
+            data.history[0].parameters.as_ref().map(|p| p.as_str()),
+            Some(r#"{"utm_source":"3","custom_params":null}"#)
+        );
+        let data = answers(LINES[2]).unwrap();
+        assert_eq!(data.profile.country.as_deref(), Some("US"), "the last one");
+        assert_eq!(data.profile.city.as_deref(), Some("true"));
+    }
+
+    /// Lines with something `Answers` skips and counts, or serde refuses, are left to
+    /// them.
+    #[test]
+    fn what_is_skipped_or_refused_is_left_to_serde() {
+        assert!(
+            !read_alike(LINES[4]),
+            "a field that does not coerce, entries skipped"
+        );
+        for line in [
+            r#"{"profile":{},"profile":{}}"#,
+            r#"{"profile":{"city":"a\"b"}}"#,
+            r#"{"history":{}}"#,
+            r#"{"profile":{"country":"US"}} x"#,
+        ] {
+            assert!(answers(line).is_none(), "{line}");
+            read_alike(line);
+        }
+        assert_eq!(user_id(r#"{"user_id":"a","user_id":"b"}"#), None);
+        assert_eq!(user_id(r#"{"user_id":5}"#), None);
+        assert_eq!(user_id(r#"{"x":1,"user_id":"u"}"#), Some("u"));
+    }
+}
