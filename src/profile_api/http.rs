@@ -6,7 +6,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
+use serde_json::value::RawValue;
+
 use super::answer::{Answers, RawObject};
+use super::scan;
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::http_client::error_chain;
@@ -153,12 +156,13 @@ impl HttpProfileApi {
         )
     }
 
-    async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, FetchError> {
+    /// The body of a successful GET of `url`.
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let mut attempt = 0;
         loop {
-            match self.get_once(&url).await {
+            match self.get_once(url).await {
                 Err((e, retry_after)) if attempt < self.retry.retries && e.is_transient() => {
-                    let wait = self.retry.wait(attempt, retry_after, &url);
+                    let wait = self.retry.wait(attempt, retry_after, url);
                     tracing::debug!(%url, attempt, ?wait, "profile look-up will be retried: {e}");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -169,10 +173,7 @@ impl HttpProfileApi {
     }
 
     /// One try; a failure comes with the `Retry-After` the API asked for, if any.
-    async fn get_once<T: DeserializeOwned>(
-        &self,
-        url: &str,
-    ) -> Result<T, (FetchError, Option<Duration>)> {
+    async fn get_once(&self, url: &str) -> Result<Vec<u8>, (FetchError, Option<Duration>)> {
         if let Some(limiter) = &self.limiter {
             // Waits on the runtime, not the worker: the look-up stays in flight, and its
             // user's events wait behind it (and the source behind them).
@@ -217,19 +218,13 @@ impl HttpProfileApi {
             Err(BodyError::Read(e)) if e.is_timeout() => permit.overloaded(),
             _ => permit.answered(),
         }
-        let body_err = |reason: String| {
-            let e = FetchError::Body {
-                url: url.to_string(),
-                reason,
-            };
-            (e, None)
-        };
         match body {
-            Ok(body) => serde_json::from_slice(&body).map_err(|e| body_err(e.to_string())),
+            Ok(body) => Ok(body),
             Err(BodyError::Read(e)) => Err(request_err(e)),
-            Err(BodyError::TooLarge) => {
-                Err(body_err(format!("larger than {MAX_BODY_BYTES} bytes")))
-            }
+            Err(BodyError::TooLarge) => Err((
+                body_error(url, format!("larger than {MAX_BODY_BYTES} bytes")),
+                None,
+            )),
         }
     }
 
@@ -278,16 +273,66 @@ impl HttpProfileApi {
         if user_id == "." || user_id == ".." {
             return Err(FetchError::NotAPathSegment(user_id.to_string()));
         }
-        let (profile, visit, history) = tokio::join!(
-            self.get::<Option<RawObject>>(self.url(user_id, "profile")),
-            self.get::<Option<RawObject>>(self.url(user_id, "visit")),
-            self.get::<Option<Vec<Box<serde_json::value::RawValue>>>>(self.url(user_id, "history")),
-        );
-        let answers = Answers {
-            profile: profile?,
-            visit: visit?,
-            history: history?,
-        };
-        Ok(answers.into_data(user_id))
+        let urls = ["profile", "visit", "history"].map(|what| self.url(user_id, what));
+        let (profile, visit, history) =
+            tokio::join!(self.get(&urls[0]), self.get(&urls[1]), self.get(&urls[2]));
+        // In this order, as serde read them on arrival: the first failure is the one told.
+        let profile = Part::<_, Option<RawObject>>::read(profile?, &urls[0], scan::profile_answer)?;
+        let visit = Part::<_, Option<RawObject>>::read(visit?, &urls[1], scan::visit_answer)?;
+        let history =
+            Part::<_, Option<Vec<Box<RawValue>>>>::read(history?, &urls[2], scan::history_answer)?;
+        match (profile, visit, history) {
+            (Part::Scanned(profile, _), Part::Scanned(visit, _), Part::Scanned(history, _)) => {
+                Ok(ProfileData {
+                    profile,
+                    visit,
+                    history,
+                })
+            }
+            (profile, visit, history) => {
+                let answers = Answers {
+                    profile: profile.parsed(&urls[0])?,
+                    visit: visit.parsed(&urls[1])?,
+                    history: history.parsed(&urls[2])?,
+                };
+                Ok(answers.into_data(user_id))
+            }
+        }
+    }
+}
+
+fn body_error(url: &str, reason: String) -> FetchError {
+    FetchError::Body {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+/// One answer's body: read by the scan (`T`, with the body kept), or by serde (`R`, for
+/// `Answers`). The three are read by `Answers` unless the scan read all of them.
+enum Part<T, R> {
+    Scanned(T, Vec<u8>),
+    Parsed(R),
+}
+
+impl<T, R: DeserializeOwned> Part<T, R> {
+    fn read(body: Vec<u8>, url: &str, scan: fn(&str) -> Option<T>) -> Result<Self, FetchError> {
+        if let Some(read) = std::str::from_utf8(&body).ok().and_then(scan) {
+            return Ok(Part::Scanned(read, body));
+        }
+        serde_json::from_slice(&body)
+            .map(Part::Parsed)
+            .map_err(|e| body_error(url, e.to_string()))
+    }
+
+    /// As serde reads it (a body the scan read is JSON of the right shape: serde reads
+    /// it too).
+    fn parsed(self, url: &str) -> Result<R, FetchError> {
+        match self {
+            Part::Parsed(r) => Ok(r),
+            Part::Scanned(_, body) => {
+                serde_json::from_slice(&body).map_err(|e| body_error(url, e.to_string()))
+            }
+        }
     }
 }

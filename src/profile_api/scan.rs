@@ -1,6 +1,6 @@
 //! Profile API answers in the plain form read by a scan, without serde's maps: the
 //! snapshot line's `user_id` when it is loaded, and a look-up's profile, visit and
-//! history. Values are checked against JSON's grammar as serde checks them
+//! history (a snapshot's line, or the HTTP API's three bodies). Values are checked against JSON's grammar as serde checks them
 //! (`wire::fast::value`) and read by the same coercions (`crate::coerce`,
 //! `wire::checked_parameters`), so what the scan reads is what `Answers` reads. It
 //! gives up (`None`) on anything else (escapes, nesting past its depth, a field that
@@ -114,6 +114,39 @@ pub(super) fn answers(line: &str) -> Option<ProfileData> {
         }
     })?;
     Some(data)
+}
+
+/// The whole of `s` as one value (whitespace around it allowed): `null` (nothing read),
+/// or what `read` reads at its start, saying where it ends.
+fn whole(s: &str, read: impl FnOnce(usize) -> Option<usize>) -> Option<()> {
+    let b = s.as_bytes();
+    let at = skip_ws(b, 0);
+    let end = match s[at..].starts_with("null") {
+        true => at + 4,
+        false => read(at)?,
+    };
+    (skip_ws(b, end) == b.len()).then_some(())
+}
+
+/// The body of `GET /users/{id}/profile` as `Answers` reads it (`null`: the default).
+pub(super) fn profile_answer(s: &str) -> Option<Profile> {
+    let mut p = Profile::default();
+    whole(s, |at| object(s, at, &mut p, profile))?;
+    Some(p)
+}
+
+/// The body of `GET /users/{id}/visit` as `Answers` reads it.
+pub(super) fn visit_answer(s: &str) -> Option<Option<Visit>> {
+    let mut v = None;
+    whole(s, |at| object(s, at, v.insert(Visit::default()), visit))?;
+    Some(v)
+}
+
+/// The body of `GET /users/{id}/history` as `Answers` reads it.
+pub(super) fn history_answer(s: &str) -> Option<Vec<HistoryEntry>> {
+    let mut h = Vec::new();
+    whole(s, |at| history(s, at, &mut h))?;
+    Some(h)
 }
 
 /// The object at `at`, its fields read into `out` by `set` (of a repeated key the
@@ -293,6 +326,53 @@ mod tests {
                 read += 1;
             } else {
                 left += 1;
+            }
+        }
+        assert!(read > 2_000 && left > 2_000, "read {read}, left {left}");
+    }
+
+    /// The HTTP API's three bodies: whatever the scan reads of one, `Answers` reads the
+    /// same of it (with nothing skipped). Mutations of each part of the lines above.
+    #[test]
+    fn the_three_bodies_read_the_same_by_the_scan_and_by_serde() {
+        let parts: Vec<(&str, String)> = LINES
+            .iter()
+            .flat_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                ["profile", "visit", "history"]
+                    .map(|k| (k, v.get(k).map_or("null".into(), |p| p.to_string())))
+            })
+            .collect();
+        let (mut read, mut left) = (0, 0);
+        for seed in 0..20_000u64 {
+            let mut rng = Rng::new(seed);
+            let (part, base) = &parts[rng.next(parts.len() as u64) as usize];
+            let body = match seed % 4 {
+                0 => base.clone(),
+                _ => mutate(&mut rng, base),
+            };
+            // A body as serde reads it for `Answers`: the same as that part of a line.
+            let by_serde = || by_serde(&format!(r#"{{"{part}":{body}}}"#));
+            let scanned = match *part {
+                "profile" => profile_answer(&body).map(|profile| ProfileData {
+                    profile,
+                    ..Default::default()
+                }),
+                "visit" => visit_answer(&body).map(|visit| ProfileData {
+                    visit,
+                    ..Default::default()
+                }),
+                _ => history_answer(&body).map(|history| ProfileData {
+                    history,
+                    ..Default::default()
+                }),
+            };
+            match scanned {
+                Some(data) => {
+                    assert_eq!(Some(data), by_serde(), "{part}: {body}");
+                    read += 1;
+                }
+                None => left += 1,
             }
         }
         assert!(read > 2_000 && left > 2_000, "read {read}, left {left}");
