@@ -16,15 +16,16 @@ use std::sync::Arc;
 
 use crate::coerce;
 use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
-use crate::wire::fast::value;
+use crate::wire::fast::{self, value};
 use crate::wire::shape::skip_ws;
 
 /// Values below the line's own members: nested as deep as the event scan allows.
 const DEPTH: usize = 1;
 
-/// The object at `at` in `s`: each member's key and where its value starts given to
-/// `member`, which says where the value ends. Past the object, or `None` if it is not
-/// one in the plain form (or `member` says `None`).
+/// The object at `at` in `s` (keys plain strings: one with an escape is left to
+/// serde): each member's key and where its value starts given to `member`, which says
+/// where the value ends. Past the object, or `None` if it is not one in the plain form
+/// (or `member` says `None`).
 fn members<'a>(
     s: &'a str,
     at: usize,
@@ -34,28 +35,11 @@ fn members<'a>(
     if b.get(at) != Some(&b'{') {
         return None;
     }
-    let mut i = skip_ws(b, at + 1);
-    if b.get(i) == Some(&b'}') {
-        return Some(i + 1);
-    }
-    loop {
-        // A key with an escape is left to serde.
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = value(b, i, DEPTH)?;
-        let key = &s[i + 1..key_end - 1];
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, member(key, skip_ws(b, i + 1))?);
-        match *b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return Some(i + 1),
-            _ => return None,
-        }
-    }
+    fast::object(b, at, |key, v| {
+        // The key's bytes are a slice of `s` between two quotes.
+        let start = key.as_ptr() as usize - b.as_ptr() as usize;
+        member(s.get(start..start + key.len())?, v)
+    })
 }
 
 /// The whole of `s` as one object (whitespace around it allowed, as serde allows it).

@@ -180,7 +180,7 @@ pub(crate) fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     match *b.get(at)? {
         b'"' => plain_str(b, at),
         b'{' | b'[' if depth >= MAX_DEPTH => None,
-        b'{' => object(b, at, depth, |_, _| {}),
+        b'{' => object(b, at, |_, v| value(b, v, depth + 1)),
         b'[' => {
             let mut i = skip_ws(b, at + 1);
             if b.get(i) == Some(&b']') {
@@ -202,13 +202,13 @@ pub(crate) fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     }
 }
 
-/// Past the object at `at`, its members' values checked by `value` one level deeper,
-/// telling `member` each key and where its value starts.
-fn object(
-    b: &[u8],
+/// Past the object at `at` (keys plain strings), telling `member` each key and where
+/// its value starts; `member` checks the value (`value`, one level deeper) and says
+/// where it ends.
+pub(crate) fn object<'a>(
+    b: &'a [u8],
     at: usize,
-    depth: usize,
-    mut member: impl FnMut(&[u8], usize),
+    mut member: impl FnMut(&'a [u8], usize) -> Option<usize>,
 ) -> Option<usize> {
     let mut i = skip_ws(b, at + 1);
     if b.get(i) == Some(&b'}') {
@@ -221,9 +221,7 @@ fn object(
         if b.get(i) != Some(&b':') {
             return None;
         }
-        let value_at = skip_ws(b, i + 1);
-        member(key, value_at);
-        i = skip_ws(b, value(b, value_at, depth + 1)?);
+        i = skip_ws(b, member(key, skip_ws(b, i + 1))?);
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
             b'}' => return Some(i + 1),
@@ -241,12 +239,13 @@ fn parameters(b: &[u8], at: usize) -> Option<(usize, bool)> {
         return Some((value(b, at, 0)?, false));
     }
     let (mut seen, mut plain) = (0u8, true);
-    let end = object(b, at, 0, |key, value_at| {
+    let end = object(b, at, |key, value_at| {
         if let Some((bit, start)) = super::shape::checked(key) {
             let first = b.get(value_at).copied();
             plain &= seen & (1 << bit) == 0 && (first == Some(start) || first == Some(b'n'));
             seen |= 1 << bit;
         }
+        value(b, value_at, 1)
     })?;
     Some((end, plain))
 }
