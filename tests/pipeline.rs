@@ -1085,6 +1085,14 @@ fn raw_profile_api(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<Strin
                             return;
                         }
                     }
+                } else if line.contains("/users/bom/") {
+                    // Each body after a UTF-8 byte order mark.
+                    let body = match line {
+                        l if l.contains("/profile ") => "\u{feff}{\"country\":\"FR\"}",
+                        l if l.contains("/visit ") => "\u{feff} {\"actions\":2}",
+                        _ => "\u{feff}[{\"event_type\":\"click\"}]",
+                    };
+                    let _ = conn.write_all(ok(body).as_bytes()).await;
                 } else if line.contains("/profile ") {
                     let _ = conn.write_all(ok(r#"{"country":"US"}"#).as_bytes()).await;
                 } else if line.contains("/visit ") {
@@ -1100,7 +1108,7 @@ fn raw_profile_api(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<Strin
 }
 
 #[test]
-fn a_body_cut_off_or_too_large_fails_the_look_up_and_odd_ids_keep_their_path() {
+fn a_body_cut_off_or_too_large_fails_the_look_up_odd_ids_keep_their_path_and_a_bom_is_skipped() {
     let rt = runtime();
     let (base, seen) = raw_profile_api(&rt);
     let api =
@@ -1124,6 +1132,13 @@ fn a_body_cut_off_or_too_large_fails_the_look_up_and_odd_ids_keep_their_path() {
     assert!(huge.contains("larger than"), "{huge}");
     let odd = odd.expect("an id with /, ?, % and unicode is looked up");
     assert_eq!(odd.profile.country.as_deref(), Some("US"));
+    // Bodies after a byte order mark are read, as the snapshot's lines are.
+    let bom = rt
+        .block_on(api.fetch("bom"))
+        .expect("bodies after a BOM are read");
+    assert_eq!(bom.profile.country.as_deref(), Some("FR"));
+    assert_eq!(bom.visit.map(|v| v.actions), Some(2));
+    assert_eq!(bom.history.len(), 1);
     // `.` and `..` cannot be path segments: URLs remove them (escaped too), and the
     // request went to `/users/profile` or `/profile`, its 404 read as an unknown user.
     for id in [".", ".."] {

@@ -219,7 +219,14 @@ impl HttpProfileApi {
             _ => permit.answered(),
         }
         match body {
-            Ok(body) => Ok(body),
+            Ok(mut body) => {
+                // A byte order mark, as some servers' encoders write one: not JSON, and
+                // not data (the snapshot's lines and the events skip it too).
+                if body.starts_with(b"\xEF\xBB\xBF") {
+                    body.drain(..3);
+                }
+                Ok(body)
+            }
             Err(BodyError::Read(e)) => Err(request_err(e)),
             Err(BodyError::TooLarge) => Err((
                 body_error(url, format!("larger than {MAX_BODY_BYTES} bytes")),
