@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
-
 use serde_json::value::RawValue;
 
 use super::answer::{Answers, RawObject};

@@ -105,9 +105,10 @@ pub(super) fn answers(line: &str) -> Option<ProfileData> {
 fn whole(s: &str, read: impl FnOnce(usize) -> Option<usize>) -> Option<()> {
     let b = s.as_bytes();
     let at = skip_ws(b, 0);
-    let end = match s[at..].starts_with("null") {
-        true => at + 4,
-        false => read(at)?,
+    let end = if s[at..].starts_with("null") {
+        at + 4
+    } else {
+        read(at)?
     };
     (skip_ws(b, end) == b.len()).then_some(())
 }

@@ -20,7 +20,7 @@ use crate::sources::messages::Messages;
 
 /// Lines per batch: what a reader thread hands over at once, and what a paced read
 /// asks its pace for at once.
-const BATCH_LINES: usize = 256;
+const BATCH_LINES: usize = 1024;
 
 /// Holds a reader to a steady rate, for offering a fixed load (benchmarks, load tests):
 /// at any moment it allows what the rate gives since the start, less what was read.

@@ -176,9 +176,6 @@ impl UserTable {
         out
     }
 
-    /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
-    /// answer again, no request; a failed one gives the empty state until the
-    /// interval has passed.
     /// Asks the CPU for the parts (profile, visit, history) of the states of `batch`'s
     /// users, before the batch is applied. Over many users these are cold memory; asked
     /// for one after another, their fetches overlap, where applying events one by one
@@ -202,6 +199,9 @@ impl UserTable {
         }
     }
 
+    /// A state for `user` from a look-up less than `min_refetch_ms` before `time`: that
+    /// answer again, no request; a failed one gives the empty state until the
+    /// interval has passed.
     pub(super) fn recent_state(&self, user: &Text, time: Time) -> Option<UserState> {
         let (at, data) = self.recent.as_ref()?.get(user, time)?;
         Some(match data {
