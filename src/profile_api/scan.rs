@@ -16,31 +16,11 @@ use std::sync::Arc;
 
 use crate::coerce;
 use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
-use crate::wire::fast::{self, value};
+use crate::wire::fast::{members, value};
 use crate::wire::shape::skip_ws;
 
 /// Values below the line's own members: nested as deep as the event scan allows.
 const DEPTH: usize = 1;
-
-/// The object at `at` in `s` (keys plain strings: one with an escape is left to
-/// serde): each member's key and where its value starts given to `member`, which says
-/// where the value ends. Past the object, or `None` if it is not one in the plain form
-/// (or `member` says `None`).
-fn members<'a>(
-    s: &'a str,
-    at: usize,
-    mut member: impl FnMut(&'a str, usize) -> Option<usize>,
-) -> Option<usize> {
-    let b = s.as_bytes();
-    if b.get(at) != Some(&b'{') {
-        return None;
-    }
-    fast::object(b, at, |key, v| {
-        // The key's bytes are a slice of `s` between two quotes.
-        let start = key.as_ptr() as usize - b.as_ptr() as usize;
-        member(s.get(start..start + key.len())?, v)
-    })
-}
 
 /// The whole of `s` as one object (whitespace around it allowed, as serde allows it).
 fn line_members<'a>(s: &'a str, member: impl FnMut(&'a str, usize) -> Option<usize>) -> Option<()> {

@@ -30,32 +30,21 @@ pub(super) struct Parameters<'a> {
 /// let serde decide.
 pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
     let b = s.as_bytes();
-    let mut w = WireEvent::default();
-    let mut seen = 0u32;
-    let mut at = skip_ws(b, 1);
-    if b.get(at) == Some(&b'}') {
+    // An empty object is left to serde, which names the missing fields.
+    if b.get(skip_ws(b, 1)) == Some(&b'}') {
         return None;
     }
-    loop {
-        let key_end = plain_str(b, at)?;
-        let key = &s[at + 1..key_end - 1];
-        at = skip_ws(b, key_end);
-        if b.get(at) != Some(&b':') {
-            return None;
-        }
-        at = skip_ws(b, at + 1);
+    let mut w = WireEvent::default();
+    let mut seen = 0u32;
+    let end = members(s, 0, |key, at| {
         let (bit, end) = member(s, at, key, &mut w)?;
         if seen & bit != 0 {
             return None;
         }
         seen |= bit;
-        at = skip_ws(b, end);
-        match b.get(at) {
-            Some(b',') => at = skip_ws(b, at + 1),
-            Some(b'}') => return (skip_ws(b, at + 1) == b.len()).then_some(w),
-            _ => return None,
-        }
-    }
+        Some(end)
+    })?;
+    (skip_ws(b, end) == b.len()).then_some(w)
 }
 
 /// Reads the value at `at` of member `key` into `w`: the member's bit (0 for a member
@@ -200,6 +189,24 @@ pub(crate) fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
         b'n' => literal(b, at, b"null"),
         _ => number(b, at),
     }
+}
+
+/// `object` over the text `s`, its keys as `&str`; `None` unless an object starts at
+/// `at`.
+pub(crate) fn members<'a>(
+    s: &'a str,
+    at: usize,
+    mut member: impl FnMut(&'a str, usize) -> Option<usize>,
+) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    object(b, at, |key, v| {
+        // The key's bytes are a slice of `s` between two quotes.
+        let start = key.as_ptr() as usize - b.as_ptr() as usize;
+        member(s.get(start..start + key.len())?, v)
+    })
 }
 
 /// Past the object at `at` (keys plain strings), telling `member` each key and where
