@@ -131,11 +131,21 @@ impl Answers {
         let mut skipped = Skipped::default();
         let profile = self
             .profile
-            .map(|o| profile(&mut Fields::new(&o, "profile", &mut skipped)))
+            .map(|o| {
+                profile(&mut Fields::new(
+                    PartMembers::Map(&o),
+                    "profile",
+                    &mut skipped,
+                ))
+            })
             .unwrap_or_default();
-        let visit = self
-            .visit
-            .map(|o| visit(&mut Fields::new(&o, "visit", &mut skipped)));
+        let visit = self.visit.map(|o| {
+            visit(&mut Fields::new(
+                PartMembers::Map(&o),
+                "visit",
+                &mut skipped,
+            ))
+        });
         let history = self
             .history
             .unwrap_or_default()
@@ -152,17 +162,38 @@ impl Answers {
     }
 }
 
+/// A profile's or visit's members by name: as serde read them, or as the scan found
+/// them (key and value text, in order: of a repeated key the last counts, as in the map).
+pub(super) enum PartMembers<'a> {
+    Map(&'a RawObject),
+    Pairs(&'a [(&'a str, &'a str)]),
+}
+
+impl PartMembers<'_> {
+    /// The JSON text of member `name`.
+    fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            PartMembers::Map(o) => o.0.get(name).map(|r| r.get()),
+            PartMembers::Pairs(p) => p.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v),
+        }
+    }
+}
+
 /// The fields of a profile or visit object: each read on its own, a bad one defaulted.
-struct Fields<'a> {
-    object: &'a RawObject,
+pub(super) struct Fields<'a> {
+    members: PartMembers<'a>,
     part: &'static str,
     skipped: &'a mut Skipped,
 }
 
 impl<'a> Fields<'a> {
-    fn new(object: &'a RawObject, part: &'static str, skipped: &'a mut Skipped) -> Self {
+    pub(super) fn new(
+        members: PartMembers<'a>,
+        part: &'static str,
+        skipped: &'a mut Skipped,
+    ) -> Self {
         Fields {
-            object,
+            members,
             part,
             skipped,
         }
@@ -171,9 +202,9 @@ impl<'a> Fields<'a> {
     fn read<T: Default>(
         &mut self,
         name: &str,
-        read_as: impl FnOnce(&RawValue) -> Result<T, CoerceError>,
+        read_as: impl FnOnce(&str) -> Result<T, CoerceError>,
     ) -> T {
-        let Some(raw) = self.object.0.get(name) else {
+        let Some(raw) = self.members.get(name) else {
             return T::default();
         };
         read_as(raw).unwrap_or_else(|e| {
@@ -184,24 +215,24 @@ impl<'a> Fields<'a> {
 
     /// A string of its own (ids, addresses).
     fn text(&mut self, name: &str) -> Option<Str> {
-        self.read(name, |r| Ok(coerce::text(r)?.map(|s| Str::from(&*s))))
+        self.read(name, |r| Ok(coerce::text_of(r)?.map(|s| Str::from(&*s))))
     }
 
     /// A string from a small vocabulary, shared (`Str::shared`).
     fn word(&mut self, name: &str) -> Option<Str> {
-        self.read(name, |r| Ok(coerce::text(r)?.map(|s| Str::shared(&s))))
+        self.read(name, |r| Ok(coerce::text_of(r)?.map(|s| Str::shared(&s))))
     }
 
     fn long(&mut self, name: &str) -> i64 {
-        self.read(name, coerce::long)
+        self.read(name, coerce::long_of)
     }
 
     fn boolean(&mut self, name: &str) -> bool {
-        self.read(name, coerce::boolean)
+        self.read(name, coerce::boolean_of)
     }
 }
 
-fn profile(f: &mut Fields<'_>) -> Profile {
+pub(super) fn profile(f: &mut Fields<'_>) -> Profile {
     Profile {
         user_id: f.text("user_id"),
         country: f.word("country"),
@@ -212,7 +243,7 @@ fn profile(f: &mut Fields<'_>) -> Profile {
     }
 }
 
-fn visit(f: &mut Fields<'_>) -> Visit {
+pub(super) fn visit(f: &mut Fields<'_>) -> Visit {
     Visit {
         uuid: f.text("uuid"),
         timestamp: f.long("timestamp"),

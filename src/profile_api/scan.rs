@@ -14,8 +14,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::Skipped;
+use super::answer::{self, Fields, PartMembers};
 use crate::coerce;
-use crate::model::{HistoryEntry, Profile, ProfileData, Str, Visit};
+use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
 use crate::wire::fast::{members, value};
 use crate::wire::shape::skip_ws;
 
@@ -72,8 +74,14 @@ pub(super) fn answers(line: &str) -> Option<ProfileData> {
             return Some(at + 4);
         }
         match bit {
-            1 => object(line, at, &mut data.profile, profile),
-            2 => object(line, at, data.visit.insert(Visit::default()), visit),
+            1 => fields(line, at, "profile", &mut data.profile, answer::profile),
+            2 => fields(
+                line,
+                at,
+                "visit",
+                data.visit.insert(Visit::default()),
+                answer::visit,
+            ),
             _ => history(line, at, &mut data.history),
         }
     })?;
@@ -96,14 +104,16 @@ fn whole(s: &str, read: impl FnOnce(usize) -> Option<usize>) -> Option<()> {
 /// The body of `GET /users/{id}/profile` as `Answers` reads it (`null`: the default).
 pub(super) fn profile_answer(s: &str) -> Option<Profile> {
     let mut p = Profile::default();
-    whole(s, |at| object(s, at, &mut p, profile))?;
+    whole(s, |at| fields(s, at, "profile", &mut p, answer::profile))?;
     Some(p)
 }
 
 /// The body of `GET /users/{id}/visit` as `Answers` reads it.
 pub(super) fn visit_answer(s: &str) -> Option<Option<Visit>> {
     let mut v = None;
-    whole(s, |at| object(s, at, v.insert(Visit::default()), visit))?;
+    whole(s, |at| {
+        fields(s, at, "visit", v.insert(Visit::default()), answer::visit)
+    })?;
     Some(v)
 }
 
@@ -129,50 +139,33 @@ fn object<'a, T>(
     })
 }
 
-fn text(v: &str) -> Option<Option<Str>> {
-    Some(coerce::text_of(v).ok()?.map(|s| Str::from(&*s)))
-}
-
-fn word(v: &str) -> Option<Option<Str>> {
-    Some(coerce::text_of(v).ok()?.map(|s| Str::shared(&s)))
+/// The profile or visit object at `at` read into `out` by `read`, `Answers`' own reader
+/// of that part, over the members as found; `None` if it skipped a field. Past the
+/// object.
+fn fields<T>(
+    s: &str,
+    at: usize,
+    part: &'static str,
+    out: &mut T,
+    read: fn(&mut Fields<'_>) -> T,
+) -> Option<usize> {
+    let mut pairs = Vec::with_capacity(16);
+    let end = members(s, at, |key, at| {
+        let v = value_at(s, at)?;
+        pairs.push((key, v));
+        Some(at + v.len())
+    })?;
+    let mut skipped = Skipped::default();
+    *out = read(&mut Fields::new(
+        PartMembers::Pairs(&pairs),
+        part,
+        &mut skipped,
+    ));
+    (skipped == Skipped::default()).then_some(end)
 }
 
 fn long(v: &str) -> Option<i64> {
     coerce::long_of(v).ok()
-}
-
-fn profile(p: &mut Profile, key: &str, v: &str) -> Option<()> {
-    match key {
-        "user_id" => p.user_id = text(v)?,
-        "country" => p.country = word(v)?,
-        "city" => p.city = word(v)?,
-        "language" => p.language = word(v)?,
-        "continent" => p.continent = word(v)?,
-        "timezone" => p.timezone = word(v)?,
-        _ => {}
-    }
-    Some(())
-}
-
-fn visit(p: &mut Visit, key: &str, v: &str) -> Option<()> {
-    match key {
-        "uuid" => p.uuid = text(v)?,
-        "timestamp" => p.timestamp = long(v)?,
-        "os" => p.os = word(v)?,
-        "browser" => p.browser = word(v)?,
-        "device" => p.device = word(v)?,
-        "landing_page" => p.landing_page = word(v)?,
-        "referrer_type" => p.referrer_type = word(v)?,
-        "referrer_url" => p.referrer_url = word(v)?,
-        "referrer_query" => p.referrer_query = word(v)?,
-        "duration" => p.duration = long(v)?,
-        "actions" => p.actions = long(v)?,
-        "is_first_visit" => p.is_first_visit = coerce::boolean_of(v).ok()?,
-        "screen" => p.screen = word(v)?,
-        "ip" => p.ip = text(v)?,
-        _ => {}
-    }
-    Some(())
 }
 
 /// The array of history entries at `at` into `out`; past it.
