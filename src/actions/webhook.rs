@@ -1,8 +1,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hmac::{KeyInit, Mac};
-use reqwest::header::HeaderValue;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Uri};
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
@@ -30,6 +33,12 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// The header carrying when the job read the event (ms since the epoch).
 pub const INGESTED_AT: &str = "X-Event-Ingested-At";
 
+/// The headers of a call, by name (HTTP/1 sends them in lower case).
+const INGESTED_AT_HEADER: HeaderName = HeaderName::from_static("x-event-ingested-at");
+const TIMESTAMP_HEADER: HeaderName = HeaderName::from_static("x-webhook-timestamp");
+const KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("x-signature-256");
+
 /// A delivery that did not succeed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{reason}")]
@@ -55,17 +64,32 @@ pub struct Delivery {
 pub enum WebhookError {
     #[error("actions.webhook.url")]
     Url(#[from] url::ParseError),
+    #[error("actions.webhook.url: {0}")]
+    Uri(#[source] hyper::http::uri::InvalidUri),
     #[error("actions.webhook.ca-file")]
-    Ca(#[from] crate::http_client::CaError),
+    Ca(#[source] crate::http_client::CaError),
     #[error("actions.webhook")]
-    Client(#[source] reqwest::Error),
+    Tls(#[source] crate::http_client::TlsError),
+}
+
+/// The most of an answer's body read (then dropped: only its status counts), so that
+/// its connection goes back to the pool; a longer one closes its connection.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Where calls go, and how: shared by a client's clones.
+struct Endpoint {
+    client: crate::http_client::HyperClient,
+    /// The URL as the `url` crate wrote it (for messages, and the retries' jitter).
+    url: String,
+    /// `url` as hyper takes it (parsed once: a clone shares its bytes).
+    uri: Uri,
+    timeout: Duration,
 }
 
 /// POSTs bodies to the webhook URL; one pooled client per process.
 #[derive(Clone)]
 pub struct WebhookClient {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    endpoint: Arc<Endpoint>,
     secret: Option<Secret>,
     retry: RetryPolicy,
     /// Calls at once to the receiver from this process.
@@ -83,14 +107,19 @@ impl WebhookClient {
         retry: RetryPolicy,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, WebhookError> {
-        let url = reqwest::Url::parse(url)?;
-        let client = crate::http_client::builder_trusting(ca)?
-            .timeout(timeout)
-            .build()
-            .map_err(WebhookError::Client)?;
+        let url = url::Url::parse(url)?;
+        let uri = url.as_str().parse().map_err(WebhookError::Uri)?;
+        let client = crate::http_client::hyper_client(ca).map_err(|e| match e {
+            crate::http_client::TlsError::Ca(e) => WebhookError::Ca(e),
+            e => WebhookError::Tls(e),
+        })?;
         Ok(WebhookClient {
-            client,
-            url,
+            endpoint: Arc::new(Endpoint {
+                client,
+                url: url.into(),
+                uri,
+                timeout,
+            }),
             secret,
             retry,
             calls: Limiter::new("webhook", Concurrency::Adaptive),
@@ -144,7 +173,7 @@ impl WebhookClient {
                     };
                 }
                 Err(e) if e.transient && retries < self.retry.retries => {
-                    let wait = self.retry.wait(retries, e.retry_after, self.url.as_str());
+                    let wait = self.retry.wait(retries, e.retry_after, &self.endpoint.url);
                     tracing::debug!(
                         attempt = retries,
                         ?wait,
@@ -190,44 +219,73 @@ impl WebhookClient {
     /// the job's latency from reading the event to acting on it.
     pub async fn post(
         &self,
-        body: bytes::Bytes,
+        body: Bytes,
         key: Option<HeaderValue>,
         ingested_ms: u64,
         now_ms: u64,
     ) -> Result<(), DeliveryError> {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Webhook-Timestamp", now_ms.to_string())
-            .header(INGESTED_AT, ingested_ms.to_string());
+        let signature = self.secret.as_ref().map(|secret| {
+            let sig = signature(secret.expose().as_bytes(), &body);
+            // Hex and "sha256=": always a valid header value.
+            HeaderValue::try_from(sig).ok()
+        });
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.endpoint.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(now_ms));
+        headers.insert(INGESTED_AT_HEADER, HeaderValue::from(ingested_ms));
         if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
+            headers.insert(KEY_HEADER, key);
         }
-        if let Some(secret) = &self.secret {
-            request = request.header(
-                "X-Signature-256",
-                signature(secret.expose().as_bytes(), &body),
-            );
+        if let Some(Some(sig)) = signature {
+            headers.insert(SIGNATURE_HEADER, sig);
         }
-        let resp = request.body(body).send().await.map_err(|e| DeliveryError {
-            reason: format!("POST {}: {}", self.url, crate::http_client::error_chain(&e)),
+        let Endpoint { url, timeout, .. } = &*self.endpoint;
+        let sent = tokio::time::timeout(*timeout, self.exchange(request))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+        let (status, headers) = sent.map_err(|cause| DeliveryError {
+            reason: format!("POST {url}: {cause}"),
             transient: true,
             overload: true,
             retry_after: None,
         })?;
-        let status = resp.status();
         if status.is_success() {
             tracing::debug!(status = status.as_u16(), "webhook delivered");
             Ok(())
         } else {
             Err(DeliveryError {
-                reason: format!("POST {} answered HTTP {}", self.url, status.as_u16()),
+                reason: format!("POST {url} answered HTTP {}", status.as_u16()),
                 transient: is_transient_status(status.as_u16()),
                 overload: is_overload_status(status.as_u16()),
-                retry_after: retry_after(resp.headers()),
+                retry_after: retry_after(&headers),
             })
         }
+    }
+
+    /// Sends `request` and reads the answer (its body up to `MAX_ANSWER_BYTES`); a
+    /// failure to send, as its chain of causes.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, header::HeaderMap), String> {
+        let answer = self
+            .endpoint
+            .client
+            .request(request)
+            .await
+            .map_err(|e| crate::http_client::error_chain(&e))?;
+        let (parts, body) = answer.into_parts();
+        // Read to its end so that the connection is kept; an answer's body is not used,
+        // and a failure to read it does not change what the status said.
+        let _ = Limited::new(body, MAX_ANSWER_BYTES).collect().await;
+        Ok((parts.status, parts.headers))
     }
 }
 
@@ -302,6 +360,123 @@ mod tests {
             crate::http_client::error_chain(&e),
             "actions.webhook.url: relative URL without a base"
         );
+    }
+
+    /// A receiver on a raw socket: answers every request on a connection with `answer`
+    /// (at least 3 bytes of body) after `delay`, and counts the connections it accepted.
+    async fn raw_receiver(answer: Vec<u8>, delay: Duration) -> (String, Arc<Mutex<u32>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let connections = Arc::new(Mutex::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        // Each request's body is `{}`, after its headers.
+                        while let Some(end) = seen.windows(6).position(|w| w == b"\r\n\r\n{}") {
+                            seen.drain(..end + 6);
+                            tokio::time::sleep(delay).await;
+                            // The body in two writes apart: the call has the answer's
+                            // head before its body's end.
+                            let (head, tail) = answer.split_at(answer.len() - 3);
+                            if socket.write_all(head).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            if socket.write_all(tail).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    fn answer(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut a = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nretry-after: 7\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        a.extend_from_slice(body);
+        a
+    }
+
+    /// Calls one after another share one connection, whatever the answer's status and
+    /// short body; an answer with a body past `MAX_ANSWER_BYTES` still counts by its
+    /// status (its connection is not kept).
+    #[test]
+    fn calls_keep_their_connection_and_answers_count_by_their_status() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let deliver = |client: WebhookClient| async move {
+                client.deliver(Bytes::from_static(b"{}"), None, 1).await
+            };
+            let client = |url: &str| {
+                WebhookClient::new(url, Duration::from_secs(5), None, retry_none(), None).unwrap()
+            };
+            let (url, connections) =
+                raw_receiver(answer("200 OK", b"thanks"), Duration::ZERO).await;
+            let ok = client(&url);
+            for _ in 0..20 {
+                assert_eq!(deliver(ok.clone()).await.result, Ok(()));
+            }
+            assert_eq!(*connections.lock().unwrap(), 1);
+
+            let (url, _) = raw_receiver(answer("503 Busy", b"later"), Duration::ZERO).await;
+            let e = deliver(client(&url)).await.result.unwrap_err();
+            assert!(e.transient && e.overload, "{e:?}");
+            assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+            assert!(e.reason.ends_with("answered HTTP 503"), "{}", e.reason);
+
+            let big = vec![b'x'; MAX_ANSWER_BYTES * 4];
+            let (url, connections) = raw_receiver(answer("200 OK", &big), Duration::ZERO).await;
+            let big_answers = client(&url);
+            for _ in 0..3 {
+                assert_eq!(deliver(big_answers.clone()).await.result, Ok(()));
+            }
+            assert_eq!(*connections.lock().unwrap(), 3);
+        });
+    }
+
+    /// A receiver slower than `timeout` fails the call at the timeout, as a transient
+    /// overload (fewer calls at once, then a retry).
+    #[test]
+    fn a_call_past_its_timeout_fails_as_an_overload() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (url, _) = raw_receiver(answer("200 OK", b""), Duration::from_secs(10)).await;
+            let client =
+                WebhookClient::new(&url, Duration::from_millis(200), None, retry_none(), None)
+                    .unwrap();
+            let started = std::time::Instant::now();
+            let e = client
+                .deliver(Bytes::from_static(b"{}"), None, 1)
+                .await
+                .result
+                .unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert!(e.transient && e.overload, "{e:?}");
+            assert!(e.reason.ends_with("timed out after 200ms"), "{}", e.reason);
+        });
     }
 
     fn retry_none() -> RetryPolicy {
