@@ -1,10 +1,11 @@
-//! The one way the job builds HTTP clients: rustls with the `ring` provider and the
-//! platform's root certificates (plus a private CA's, from `ca-file`), keep-alive pools.
+//! The one way the job builds HTTP clients: hyper's own pooled client, rustls with the
+//! `ring` provider and the platform's root certificates (plus a private CA's, from
+//! `ca-file`), keep-alive pools.
 //!
-//! Two kinds: reqwest's, for the Profile API, and hyper's own for the webhook
-//! (`HyperClient`). reqwest parses each request's URL twice more (its redirect layer
-//! and its response, through the `url` crate: ~12,000 instructions a call, a tenth of a
-//! webhook call's), and the webhook sends one POST to one URL and follows no redirect.
+//! Not reqwest, which is built on the same crates: it parses each request's URL twice
+//! more (its redirect layer and its response, through the `url` crate: ~12,000
+//! instructions a call, a tenth of a webhook call's), and the job's calls are a GET or a
+//! POST to a URL it knows, following no redirect.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -24,16 +25,86 @@ fn install_provider() {
     });
 }
 
-/// A client builder with the job's TLS set-up.
-pub fn builder() -> reqwest::ClientBuilder {
-    install_provider();
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-}
-
 /// A pooled HTTP/1.1 client on hyper, over TLS where the URL says `https`.
 pub type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why an answer's body could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Read(hyper::Error),
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// An answer: its status and headers, and its body (read to its end, up to a limit).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: hyper::StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Result<Vec<u8>, BodyError>,
+}
+
+/// A request that got no answer: the client's error with its causes ("client error
+/// (Connect): tcp connect error: Connection refused ...").
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
+impl SendError {
+    pub fn new(reason: String) -> Self {
+        SendError(reason)
+    }
+
+    /// No answer within `limit`.
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        SendError(format!("timed out after {limit:?}"))
+    }
+}
+
+/// Sends `request` and reads its answer, the body up to `max_body` bytes: read to its
+/// end, the connection goes back to the pool; past `max_body` the rest is not read (the
+/// body is `TooLarge`, the connection closed).
+pub async fn send(
+    client: &HyperClient,
+    request: hyper::Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<Answer, SendError> {
+    let answer = client
+        .request(request)
+        .await
+        .map_err(|e| SendError(error_chain(&e)))?;
+    let (parts, body) = answer.into_parts();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: read_body(body, max_body).await,
+    })
+}
+
+/// A GET of `url` with `send` (tools and tests: metrics, a mock API's statistics).
+pub async fn get(client: &HyperClient, url: &str, max_body: usize) -> Result<Answer, SendError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| SendError(format!("not a URL: {e}")))?;
+    let mut request = hyper::Request::new(Full::new(Bytes::new()));
+    *request.uri_mut() = uri;
+    send(client, request, max_body).await
+}
+
+async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Vec<u8>, BodyError> {
+    use http_body_util::BodyExt;
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(BodyError::Read)?.into_data() {
+            if read.len() + data.len() > max {
+                return Err(BodyError::TooLarge(max));
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(read)
+}
 
 /// A TLS set-up that cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +117,8 @@ pub enum TlsError {
     Versions(#[source] rustls::Error),
 }
 
-/// `HyperClient` trusting the platform's roots and those in the PEM file `ca`, with
-/// the same pool as `builder`'s.
+/// `HyperClient` trusting the platform's roots and those in the PEM file `ca`: up to
+/// 1,024 idle connections per host kept, each closed after 90 s idle.
 pub fn hyper_client(ca: Option<&Path>) -> Result<HyperClient, TlsError> {
     install_provider();
     let provider = rustls::crypto::CryptoProvider::get_default()
@@ -101,28 +172,6 @@ pub enum CaError {
     },
     #[error("{}: no PEM certificate in it", path.display())]
     Empty { path: PathBuf },
-    #[error("{}: a certificate the HTTP client refuses", path.display())]
-    Rejected {
-        path: PathBuf,
-        #[source]
-        source: reqwest::Error,
-    },
-}
-
-/// `builder()`, also trusting the CA certificates in the PEM file `ca` (for receivers
-/// and APIs with certificates of a private CA; the platform's roots stay trusted).
-pub fn builder_trusting(ca: Option<&Path>) -> Result<reqwest::ClientBuilder, CaError> {
-    let mut b = builder();
-    if let Some(path) = ca {
-        for der in ca_certs(path)? {
-            let c = reqwest::Certificate::from_der(&der).map_err(|source| CaError::Rejected {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            b = b.add_root_certificate(c);
-        }
-    }
-    Ok(b)
 }
 
 /// The certificates in the PEM file at `path`: at least one.
@@ -145,7 +194,8 @@ pub fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
     Ok(certs)
 }
 
-/// reqwest's top-level message hides the cause ("error sending request"); walk the chain.
+/// An error with its causes (hyper's top-level message hides them: "client error
+/// (Connect)").
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();

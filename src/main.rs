@@ -472,10 +472,11 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         limits: &limits,
     };
     let mut warnings = rules.check_rule()?;
-    let ca = |key: &str, path: &Option<PathBuf>| {
-        event_trigger::http_client::builder_trusting(path.as_deref())
+    let ca = |key: &str, path: &Option<PathBuf>| match path {
+        Some(path) => event_trigger::http_client::ca_certs(path)
             .map(drop)
-            .map_err(|e| anyhow::Error::new(e).context(key.to_string()))
+            .map_err(|e| anyhow::Error::new(e).context(key.to_string())),
+        None => Ok(()),
     };
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
     for (_, action) in &specs {

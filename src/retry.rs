@@ -43,9 +43,9 @@ pub fn is_transient_status(status: u16) -> bool {
 }
 
 /// `Retry-After` given in seconds (the HTTP-date form is left to the backoff).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &hyper::header::HeaderMap) -> Option<Duration> {
     headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(hyper::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
@@ -96,12 +96,12 @@ mod tests {
 
     #[test]
     fn retry_after_in_seconds_is_read() {
-        let mut h = reqwest::header::HeaderMap::new();
+        let mut h = hyper::header::HeaderMap::new();
         assert_eq!(retry_after(&h), None);
-        h.insert(reqwest::header::RETRY_AFTER, " 3 ".parse().unwrap());
+        h.insert(hyper::header::RETRY_AFTER, " 3 ".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert(
-            reqwest::header::RETRY_AFTER,
+            hyper::header::RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);

@@ -824,10 +824,14 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
         .unwrap();
     let rt = runtime();
     let result = rt.block_on(async {
-        let client = event_trigger::http_client::builder().build().unwrap();
+        use event_trigger::http_client::{get, send};
+        let client = event_trigger::http_client::hyper_client(None).unwrap();
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..100 {
-            if client.get(format!("{base}/stats")).send().await.is_ok() {
+            if get(&client, &format!("{base}/stats"), 1 << 20)
+                .await
+                .is_ok()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -836,32 +840,24 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
             event_trigger::profile_api::HttpProfileApi::new(&base, Duration::from_secs(2)).unwrap();
         let known = api.fetch("a/b").await;
         let unknown = api.fetch("nobody").await;
-        let posted = client
-            .post(format!("{base}/webhook"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let post = |ingested: Option<String>| {
+            let mut request = hyper::Request::post(format!("{base}/webhook"));
+            if let Some(ms) = ingested {
+                request = request.header(event_trigger::actions::INGESTED_AT, ms);
+            }
+            let request = request.body(http_body_util::Full::from("{}")).unwrap();
+            send(&client, request, 1 << 20)
+        };
+        let posted = post(None).await.unwrap().status;
         // A call read 250 ms ago: the receiver measures its latency from the header.
-        client
-            .post(format!("{base}/webhook"))
-            .header(
-                event_trigger::actions::INGESTED_AT,
-                (event_trigger::clock::now_ms() - 250).to_string(),
-            )
-            .body("{}")
-            .send()
+        post(Some((event_trigger::clock::now_ms() - 250).to_string()))
             .await
             .unwrap();
         let stats: serde_json::Value = serde_json::from_slice(
-            &client
-                .get(format!("{base}/stats"))
-                .send()
+            &get(&client, &format!("{base}/stats"), 1 << 20)
                 .await
                 .unwrap()
-                .bytes()
-                .await
+                .body
                 .unwrap(),
         )
         .unwrap();

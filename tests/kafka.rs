@@ -1336,20 +1336,14 @@ fn metrics_are_served_and_agree_with_the_work_done() {
     let expected = w.expected_us_page_views().len() as f64;
     let scrape = || {
         rt.block_on(async {
-            let client = event_trigger::http_client::builder().build().ok()?;
-            let resp = client
-                .get(format!("http://{listen}/metrics"))
-                .send()
+            let client = event_trigger::http_client::hyper_client(None).ok()?;
+            let url = format!("http://{listen}/metrics");
+            let resp = event_trigger::http_client::get(&client, &url, 16 << 20)
                 .await
                 .ok()?;
-            let ctype = resp
-                .headers()
-                .get("content-type")?
-                .to_str()
-                .ok()?
-                .to_string();
+            let ctype = resp.headers.get("content-type")?.to_str().ok()?.to_string();
             assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-            resp.text().await.ok()
+            String::from_utf8(resp.body.ok()?).ok()
         })
     };
     let deadline = Instant::now() + Duration::from_secs(60);

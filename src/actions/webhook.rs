@@ -3,12 +3,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
+use crate::http_client::{Answer, SendError};
 use crate::log_limit::LogLimiter;
 use crate::model::Text;
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
@@ -246,11 +247,22 @@ impl WebhookClient {
         if let Some(Some(sig)) = signature {
             headers.insert(SIGNATURE_HEADER, sig);
         }
-        let Endpoint { url, timeout, .. } = &*self.endpoint;
-        let sent = tokio::time::timeout(*timeout, self.exchange(request))
+        let Endpoint {
+            client,
+            url,
+            timeout,
+            ..
+        } = &*self.endpoint;
+        // The answer's body is not used; it is read (up to a limit) so that the
+        // connection is kept, and a failure to read it does not change what the status
+        // said.
+        let sent = crate::http_client::send(client, request, MAX_ANSWER_BYTES);
+        let answer = tokio::time::timeout(*timeout, sent)
             .await
-            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
-        let (status, headers) = sent.map_err(|cause| DeliveryError {
+            .unwrap_or_else(|_| Err(SendError::timed_out(*timeout)));
+        let Answer {
+            status, headers, ..
+        } = answer.map_err(|cause| DeliveryError {
             reason: format!("POST {url}: {cause}"),
             transient: true,
             overload: true,
@@ -267,25 +279,6 @@ impl WebhookClient {
                 retry_after: retry_after(&headers),
             })
         }
-    }
-
-    /// Sends `request` and reads the answer (its body up to `MAX_ANSWER_BYTES`); a
-    /// failure to send, as its chain of causes.
-    async fn exchange(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(hyper::StatusCode, header::HeaderMap), String> {
-        let answer = self
-            .endpoint
-            .client
-            .request(request)
-            .await
-            .map_err(|e| crate::http_client::error_chain(&e))?;
-        let (parts, body) = answer.into_parts();
-        // Read to its end so that the connection is kept; an answer's body is not used,
-        // and a failure to read it does not change what the status said.
-        let _ = Limited::new(body, MAX_ANSWER_BYTES).collect().await;
-        Ok((parts.status, parts.headers))
     }
 }
 
@@ -414,9 +407,9 @@ mod tests {
         a
     }
 
-    /// Calls one after another share one connection, whatever the answer's status and
-    /// short body; an answer with a body past `MAX_ANSWER_BYTES` still counts by its
-    /// status (its connection is not kept).
+    /// Calls one after another share one connection; an answer counts by its status
+    /// (a redirect fails the call), and one with a body past `MAX_ANSWER_BYTES` too (its
+    /// connection is not kept).
     #[test]
     fn calls_keep_their_connection_and_answers_count_by_their_status() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -443,6 +436,13 @@ mod tests {
             assert!(e.transient && e.overload, "{e:?}");
             assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
             assert!(e.reason.ends_with("answered HTTP 503"), "{}", e.reason);
+
+            // A redirect is not followed (a POST's body would not go with it): the call
+            // failed for good, as other 4xx.
+            let (url, _) = raw_receiver(answer("302 Found", b"moved"), Duration::ZERO).await;
+            let e = deliver(client(&url)).await.result.unwrap_err();
+            assert!(!e.transient && !e.overload, "{e:?}");
+            assert!(e.reason.ends_with("answered HTTP 302"), "{}", e.reason);
 
             let big = vec![b'x'; MAX_ANSWER_BYTES * 4];
             let (url, connections) = raw_receiver(answer("200 OK", &big), Duration::ZERO).await;

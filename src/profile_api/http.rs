@@ -2,7 +2,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::Full;
+use hyper::Request;
+use hyper::header::{self, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -11,7 +15,7 @@ use super::answer::{Answers, RawObject};
 use super::scan;
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
-use crate::http_client::error_chain;
+use crate::http_client::{Answer, BodyError, HyperClient, SendError, error_chain, send};
 use crate::model::ProfileData;
 use crate::retry::{RetryPolicy, retry_after};
 
@@ -30,23 +34,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The API's name in metrics.
 const TARGET: &str = "profile-api";
 
-/// Why an answer's body could not be had.
-enum BodyError {
-    Read(reqwest::Error),
-    TooLarge,
-}
+/// Redirects followed, at most, for one request.
+const MAX_REDIRECTS: usize = 10;
 
-/// The HTTP Profile API. One `reqwest::Client` (connection pool with keep-alive) is
-/// shared by every worker of the process.
+/// The HTTP Profile API. One client (hyper's, a connection pool with keep-alive: see
+/// `crate::http_client`) is shared by every worker of the process.
 #[derive(Clone)]
 pub struct HttpProfileApi {
-    client: reqwest::Client,
+    client: Arc<HyperClient>,
+    /// Each request's time limit, from its start to its answer's last byte.
+    timeout: Duration,
     base: String,
     retry: RetryPolicy,
     /// Shared by the workers of the process: the API's limit is the process's.
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    /// `Authorization`, marked sensitive (kept out of reqwest's and hyper's debug output).
-    auth: Option<reqwest::header::HeaderValue>,
+    /// `Authorization`, marked sensitive (kept out of hyper's debug output).
+    auth: Option<HeaderValue>,
     /// Requests at once to the API from this process.
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
@@ -56,7 +59,7 @@ pub struct HttpProfileApi {
 /// An `Authorization` value that cannot be sent.
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid header value (printable ASCII only)")]
-pub struct BadHeader(reqwest::header::InvalidHeaderValue);
+pub struct BadHeader(hyper::header::InvalidHeaderValue);
 
 impl HttpProfileApi {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProfileSourceError> {
@@ -69,13 +72,18 @@ impl HttpProfileApi {
         timeout: Duration,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, ProfileSourceError> {
-        let client = crate::http_client::builder_trusting(ca)?
-            .timeout(timeout)
-            .build()
-            .map_err(|e| ProfileSourceError::Client(e.to_string()))?;
+        let client = crate::http_client::hyper_client(ca).map_err(|e| match e {
+            crate::http_client::TlsError::Ca(e) => ProfileSourceError::from(e),
+            e => ProfileSourceError::Tls(e),
+        })?;
+        // As the `url` crate writes it (a host in punycode, say), which hyper reads; a
+        // base it cannot read is refused by each request (the configuration's check
+        // refuses it before the job starts).
+        let base = url::Url::parse(base_url).map_or_else(|_| base_url.to_string(), String::from);
         Ok(HttpProfileApi {
-            client,
-            base: base_url.trim_end_matches('/').to_string(),
+            client: Arc::new(client),
+            timeout,
+            base: base.trim_end_matches('/').to_string(),
             retry: RetryPolicy {
                 retries: 0,
                 backoff: Duration::from_millis(100),
@@ -92,8 +100,7 @@ impl HttpProfileApi {
     pub fn with_auth(mut self, value: Option<&crate::config::Secret>) -> Result<Self, BadHeader> {
         self.auth = value
             .map(|v| {
-                let mut h =
-                    reqwest::header::HeaderValue::from_str(v.expose()).map_err(BadHeader)?;
+                let mut h = HeaderValue::from_str(v.expose()).map_err(BadHeader)?;
                 h.set_sensitive(true);
                 Ok::<_, BadHeader>(h)
             })
@@ -179,44 +186,41 @@ impl HttpProfileApi {
             limiter.until_ready().await;
         }
         let permit = self.calls.acquire().await;
-        let request_err = |e: reqwest::Error| {
+        let request_err = |reason: String| {
             let e = FetchError::Request {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason,
             };
             (e, None)
         };
-        let mut request = self.client.get(url);
-        if let Some(auth) = &self.auth {
-            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
-        }
-        let mut resp = match request.send().await {
-            Ok(resp) => resp,
+        let answer = tokio::time::timeout(self.timeout, self.exchange(url))
+            .await
+            .unwrap_or_else(|_| Err(SendError::timed_out(self.timeout)));
+        let Answer {
+            status,
+            headers,
+            body,
+        } = match answer {
+            Ok(answer) => answer,
             Err(e) => {
-                // No answer: a time-out, a refused or broken connection.
+                // No answer in time: a time-out, a refused or broken connection.
                 permit.overloaded();
-                return Err(request_err(e));
+                return Err(request_err(e.to_string()));
             }
         };
-        let status = resp.status();
         if !status.is_success() {
             if is_overload_status(status.as_u16()) {
                 permit.overloaded();
             } else {
                 permit.answered();
             }
-            let retry_after = retry_after(resp.headers());
             let e = FetchError::Status {
                 url: url.to_string(),
                 status: status.as_u16(),
             };
-            return Err((e, retry_after));
+            return Err((e, retry_after(&headers)));
         }
-        let body = Self::read_body(&mut resp).await;
-        match &body {
-            Err(BodyError::Read(e)) if e.is_timeout() => permit.overloaded(),
-            _ => permit.answered(),
-        }
+        permit.answered();
         match body {
             Ok(mut body) => {
                 // A byte order mark, as some servers' encoders write one: not JSON, and
@@ -226,24 +230,37 @@ impl HttpProfileApi {
                 }
                 Ok(body)
             }
-            Err(BodyError::Read(e)) => Err(request_err(e)),
-            Err(BodyError::TooLarge) => Err((
-                body_error(url, format!("larger than {MAX_BODY_BYTES} bytes")),
-                None,
-            )),
+            Err(e @ BodyError::Read(_)) => Err(request_err(error_chain(&e))),
+            Err(e @ BodyError::TooLarge(_)) => Err((body_error(url, e.to_string()), None)),
         }
     }
 
-    /// The answer's body, at most `MAX_BODY_BYTES`.
-    async fn read_body(resp: &mut reqwest::Response) -> Result<Vec<u8>, BodyError> {
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(BodyError::TooLarge);
+    /// A GET of `url`, following redirects as a browser would (up to `MAX_REDIRECTS`;
+    /// `Authorization` is sent only to the base URL's scheme, host and port).
+    async fn exchange(&self, url: &str) -> Result<Answer, SendError> {
+        let mut at = std::borrow::Cow::Borrowed(url);
+        for hop in 0..=MAX_REDIRECTS {
+            let mut request = Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = at
+                .parse()
+                .map_err(|e| SendError::new(format!("not a URL: {e}")))?;
+            let headers = request.headers_mut();
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            // `url` is the base's own (only a redirect's target is compared).
+            if let Some(auth) = &self.auth
+                && (hop == 0 || same_origin(&at, &self.base))
+            {
+                headers.insert(header::AUTHORIZATION, auth.clone());
             }
-            body.extend_from_slice(&chunk);
+            let answer = send(&self.client, request, MAX_BODY_BYTES).await?;
+            match redirect(&answer, &at) {
+                Some(next) => at = std::borrow::Cow::Owned(next),
+                None => return Ok(answer),
+            }
         }
-        Ok(body)
+        Err(SendError::new(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 
     /// The user's data. A look-up that failed transiently after its retries is tried
@@ -307,6 +324,24 @@ impl HttpProfileApi {
     }
 }
 
+/// The URL a redirect answer points to (its `Location`, read against `from`).
+fn redirect(answer: &Answer, from: &str) -> Option<String> {
+    if !matches!(answer.status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = answer.headers.get(header::LOCATION)?.to_str().ok()?;
+    let next = url::Url::parse(from).ok()?.join(location).ok()?;
+    matches!(next.scheme(), "http" | "https").then(|| next.into())
+}
+
+/// Whether `a` and `b` have the same scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 fn body_error(url: &str, reason: String) -> FetchError {
     FetchError::Body {
         url: url.to_string(),
@@ -340,5 +375,100 @@ impl<T, R: DeserializeOwned> Part<T, R> {
                 serde_json::from_slice(&body).map_err(|e| body_error(url, e.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::http_server::{handler, reply, serve};
+
+    /// A server answering look-ups as `route` says, keeping each request's path and
+    /// whether it carried `Authorization`.
+    async fn server(
+        route: impl Fn(&str) -> (u16, Option<String>) + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<(String, bool)>>>) {
+        let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let log = seen.clone();
+        let route = Arc::new(route);
+        let h = handler(move |req: Request<Bytes>| {
+            let path = req.uri().path().to_string();
+            let auth = req.headers().contains_key(header::AUTHORIZATION);
+            log.lock().unwrap().push((path.clone(), auth));
+            let (status, location) = route(&path);
+            let body = match path.rsplit('/').next() {
+                Some("profile") => r#"{"country":"US"}"#,
+                Some("visit") => "null",
+                _ => "[]",
+            };
+            async move {
+                let mut r = reply(hyper::StatusCode::from_u16(status).unwrap(), body);
+                if let Some(to) = location {
+                    r.headers_mut()
+                        .insert(header::LOCATION, to.parse().unwrap());
+                }
+                r
+            }
+        });
+        let addr = serve("127.0.0.1:0".parse().unwrap(), h).await.unwrap();
+        (format!("http://{addr}"), seen)
+    }
+
+    /// Redirects are followed (as reqwest, the client before, did): `Authorization`
+    /// goes along to the same scheme, host and port, not to another; a loop ends after
+    /// `MAX_REDIRECTS` as a failed request.
+    #[test]
+    fn redirects_are_followed_with_the_credentials_kept_to_the_apis_origin() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (other, other_seen) = server(|_| (200, None)).await;
+            let (base, seen) = server(move |path| {
+                let what = path.rsplit('/').next().unwrap_or_default();
+                match path {
+                    p if p.starts_with("/users/here/") => (302, Some(format!("/moved/{what}"))),
+                    p if p.starts_with("/users/away/") => {
+                        (307, Some(format!("{other}/elsewhere/{what}")))
+                    }
+                    p if p.starts_with("/users/loop/") => (301, Some(p.to_string())),
+                    _ => (200, None),
+                }
+            })
+            .await;
+            let secret = crate::config::Secret::new("Bearer t");
+            let api = HttpProfileApi::new(&base, Duration::from_secs(5))
+                .unwrap()
+                .with_auth(Some(&secret))
+                .unwrap();
+
+            let here = api
+                .fetch("here")
+                .await
+                .expect("followed on the same server");
+            assert_eq!(here.profile.country.as_deref(), Some("US"));
+            let moved: Vec<_> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(p, _)| p.starts_with("/moved/"))
+                .cloned()
+                .collect();
+            assert_eq!(moved.len(), 3);
+            assert!(moved.iter().all(|(_, auth)| *auth), "{moved:?}");
+
+            let away = api.fetch("away").await.expect("followed to another server");
+            assert_eq!(away.profile.country.as_deref(), Some("US"));
+            let elsewhere = other_seen.lock().unwrap().clone();
+            assert_eq!(elsewhere.len(), 3);
+            assert!(elsewhere.iter().all(|(_, auth)| !*auth), "{elsewhere:?}");
+
+            let e = api.fetch("loop").await.expect_err("a loop ends");
+            assert!(e.to_string().contains("more than 10 redirects"), "{e}");
+            assert!(e.is_transient());
+        });
     }
 }

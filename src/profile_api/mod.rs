@@ -68,8 +68,8 @@ pub enum ProfileSourceError {
         #[source]
         source: SnapshotError,
     },
-    #[error("profile-api.base-url: {0}")]
-    Client(String),
+    #[error("profile-api")]
+    Tls(#[source] crate::http_client::TlsError),
     #[error("profile-api.ca-file")]
     Ca(#[from] crate::http_client::CaError),
     /// Already names its key (`profile-api.auth-header` or `-file`).
