@@ -70,16 +70,24 @@ pub async fn send(
     request: hyper::Request<Full<Bytes>>,
     max_body: usize,
 ) -> Result<Answer, SendError> {
-    let answer = client
-        .request(request)
-        .await
-        .map_err(|e| SendError(error_chain(&e)))?;
-    let (parts, body) = answer.into_parts();
+    let (parts, body) = head(client, request).await?.into_parts();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,
         body: read_body(body, max_body).await,
     })
+}
+
+/// Sends `request`: the answer's head, its body still to be read (`read_body`; a body
+/// not read to its end closes its connection).
+pub async fn head(
+    client: &HyperClient,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
+    client
+        .request(request)
+        .await
+        .map_err(|e| SendError(error_chain(&e)))
 }
 
 /// A GET of `url` with `send` (tools and tests: metrics, a mock API's statistics).
@@ -92,7 +100,8 @@ pub async fn get(client: &HyperClient, url: &str, max_body: usize) -> Result<Ans
     send(client, request, max_body).await
 }
 
-async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Vec<u8>, BodyError> {
+/// A body, up to `max` bytes: read to its end, its connection goes back to the pool.
+pub async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Vec<u8>, BodyError> {
     use http_body_util::BodyExt;
     let mut read = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -164,17 +173,39 @@ pub enum CaError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
+    #[error("{}: not a file of PEM certificates: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
     #[error("{}: no PEM certificate in it", path.display())]
     Empty { path: PathBuf },
+    #[error("{}: certificate {number} of the file is not a valid X.509 certificate", path.display())]
+    Invalid {
+        path: PathBuf,
+        number: usize,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
-/// The certificates in the PEM file at `path`: at least one.
+/// What is wrong with a PEM file, in words (the library's own messages print the
+/// markers as lists of byte values).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no \"-----END {}-----\" line (the file is cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a section starts with \"{}\"",
+            String::from_utf8_lossy(line)
+        ),
+        Error::Base64Decode(_) => "a section's base64 is damaged".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The certificates in the PEM file at `path`: at least one, each a certificate a
+/// verifier can take as a root.
 pub fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let pem = std::fs::read(path).map_err(|source| CaError::Read {
         path: path.to_path_buf(),
@@ -182,16 +213,53 @@ pub fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
     })?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| CaError::Parse {
+        .map_err(|e| CaError::Parse {
             path: path.to_path_buf(),
-            source,
+            reason: pem_problem(&e),
         })?;
     if certs.is_empty() {
         return Err(CaError::Empty {
             path: path.to_path_buf(),
         });
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in certs.iter().enumerate() {
+        roots.add(der.clone()).map_err(|source| CaError::Invalid {
+            path: path.to_path_buf(),
+            number: i + 1,
+            source,
+        })?;
+    }
     Ok(certs)
+}
+
+/// The credentials written into a URL (`https://user:pass@host/...`), as the
+/// `Authorization: Basic` value they stand for (marked sensitive), and the URL without
+/// them: what is sent, and what messages show.
+pub fn split_credentials(url: &url::Url) -> (url::Url, Option<hyper::header::HeaderValue>) {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return (url.clone(), None);
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decode(url.username());
+    pair.push(b':');
+    pair.extend(decode(url.password().unwrap_or_default()));
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let mut bare = url.clone();
+    // Only URLs that cannot have credentials refuse these (not http or https).
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    let header = hyper::header::HeaderValue::try_from(value)
+        .ok()
+        .map(|mut h| {
+            h.set_sensitive(true);
+            h
+        });
+    (bare, header)
 }
 
 /// An error with its causes (hyper's top-level message hides them: "client error
@@ -205,4 +273,74 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A CA file is read whole or refused, naming the file and what is wrong with it in
+    /// words: cut short, damaged base64, a section that is not a certificate.
+    #[test]
+    fn a_ca_file_is_refused_with_what_is_wrong_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let good = write(dir.path(), "good.pem", &cert);
+        assert_eq!(ca_certs(&good).unwrap().len(), 1);
+        let two = write(dir.path(), "two.pem", &format!("{cert}\n{cert}"));
+        assert_eq!(ca_certs(&two).unwrap().len(), 2);
+
+        let shown = |name: &str, text: &str| {
+            let path = write(dir.path(), name, text);
+            let e = ca_certs(&path).unwrap_err();
+            let shown = error_chain(&e);
+            assert!(shown.starts_with(&path.display().to_string()), "{shown}");
+            shown
+        };
+        let cut = shown("cut.pem", &cert[..cert.len() / 2]);
+        assert!(
+            cut.contains("a section has no \"-----END CERTIFICATE-----\" line"),
+            "{cut}"
+        );
+        let damaged = shown("damaged.pem", &cert.replacen("MII", "!!!", 1));
+        assert!(
+            damaged.ends_with("a section's base64 is damaged"),
+            "{damaged}"
+        );
+        let lines: Vec<&str> = cert.lines().collect();
+        let short = format!("{}\n{}\n{}\n", lines[0], lines[1], lines[lines.len() - 1]);
+        let short = shown("short.pem", &short);
+        assert!(
+            short.contains("certificate 1 of the file is not a valid X.509 certificate"),
+            "{short}"
+        );
+        assert!(shown("none.pem", "hello\n").ends_with("no PEM certificate in it"));
+    }
+
+    /// Credentials in a URL become `Authorization: Basic` (percent-decoded, as
+    /// reqwest sent them), and the URL is left without them; a URL without any is kept.
+    #[test]
+    fn credentials_in_a_url_become_basic_auth_and_leave_the_url() {
+        let url = url::Url::parse("http://u1:p%40ss@127.0.0.1:8080/hook?x=1").unwrap();
+        let (bare, auth) = split_credentials(&url);
+        assert_eq!(bare.as_str(), "http://127.0.0.1:8080/hook?x=1");
+        let auth = auth.unwrap();
+        assert_eq!(auth.to_str().unwrap(), "Basic dTE6cEBzcw==");
+        assert!(auth.is_sensitive());
+        let (_, user_only) = split_credentials(&url::Url::parse("https://me@h/").unwrap());
+        assert_eq!(user_only.unwrap().to_str().unwrap(), "Basic bWU6");
+        let plain = url::Url::parse("https://h/a").unwrap();
+        assert_eq!(split_credentials(&plain), (plain.clone(), None));
+    }
 }

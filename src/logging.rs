@@ -10,11 +10,16 @@ use crate::config::LogFormat;
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// Installs the subscriber for `format`, filtered by `RUST_LOG` (default `info`) with
-/// `directive` added.
+/// Without `RUST_LOG`: `info`, but not the TLS verifier's own line per refused
+/// certificate (an error per connection, not limited in rate); the job's warning of the
+/// failed request or call says it, with the certificate's problem, at a limited rate.
+const DEFAULT_FILTER: &str = "info,rustls_platform_verifier=off";
+
+/// Installs the subscriber for `format`, filtered by `RUST_LOG` (default
+/// `DEFAULT_FILTER`) with `directive` added.
 pub fn init(format: LogFormat, directive: Option<&str>) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     if let Some(d) = directive.and_then(|d| d.parse().ok()) {
         filter = filter.add_directive(d);
     }

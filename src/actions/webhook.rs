@@ -9,7 +9,7 @@ use hyper::{Method, Request, Uri};
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
-use crate::http_client::{Answer, SendError};
+use crate::http_client::SendError;
 use crate::log_limit::LogLimiter;
 use crate::model::Text;
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
@@ -82,8 +82,11 @@ struct Endpoint {
     client: crate::http_client::HyperClient,
     /// The URL as the `url` crate wrote it (for messages, and the retries' jitter).
     url: String,
-    /// `url` as hyper takes it (parsed once: a clone shares its bytes).
+    /// `url` as hyper takes it (parsed once: a clone shares its bytes), without the
+    /// credentials written in it, if any,
     uri: Uri,
+    /// which go in `Authorization: Basic` (as reqwest, the client before, sent them).
+    credentials: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -108,7 +111,7 @@ impl WebhookClient {
         retry: RetryPolicy,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, WebhookError> {
-        let url = url::Url::parse(url)?;
+        let (url, credentials) = crate::http_client::split_credentials(&url::Url::parse(url)?);
         let uri = url.as_str().parse().map_err(WebhookError::Uri)?;
         let client = crate::http_client::hyper_client(ca).map_err(|e| match e {
             crate::http_client::TlsError::Ca(e) => WebhookError::Ca(e),
@@ -119,6 +122,7 @@ impl WebhookClient {
                 client,
                 url: url.into(),
                 uri,
+                credentials,
                 timeout,
             }),
             secret,
@@ -247,27 +251,33 @@ impl WebhookClient {
         if let Some(Some(sig)) = signature {
             headers.insert(SIGNATURE_HEADER, sig);
         }
+        if let Some(basic) = &self.endpoint.credentials {
+            headers.insert(header::AUTHORIZATION, basic.clone());
+        }
         let Endpoint {
             client,
             url,
             timeout,
             ..
         } = &*self.endpoint;
-        // The answer's body is not used; it is read (up to a limit) so that the
-        // connection is kept, and a failure to read it does not change what the status
-        // said.
-        let sent = crate::http_client::send(client, request, MAX_ANSWER_BYTES);
-        let answer = tokio::time::timeout(*timeout, sent)
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(*timeout, crate::http_client::head(client, request))
             .await
-            .unwrap_or_else(|_| Err(SendError::timed_out(*timeout)));
-        let Answer {
-            status, headers, ..
-        } = answer.map_err(|cause| DeliveryError {
-            reason: format!("POST {url}: {cause}"),
-            transient: true,
-            overload: true,
-            retry_after: None,
-        })?;
+            .unwrap_or_else(|_| Err(SendError::timed_out(*timeout)))
+            .map_err(|cause| DeliveryError {
+                reason: format!("POST {url}: {cause}"),
+                transient: true,
+                overload: true,
+                retry_after: None,
+            })?;
+        let (parts, body) = answer.into_parts();
+        // The status decides; the body is read (up to a limit, within what is left of
+        // the timeout) only so that the connection is kept. A body slower than that
+        // closes the connection, and does not undo a 2xx the receiver already gave.
+        let left = timeout.saturating_sub(started.elapsed());
+        let _ =
+            tokio::time::timeout(left, crate::http_client::read_body(body, MAX_ANSWER_BYTES)).await;
+        let (status, headers) = (parts.status, parts.headers);
         if status.is_success() {
             tracing::debug!(status = status.as_u16(), "webhook delivered");
             Ok(())
@@ -358,6 +368,15 @@ mod tests {
     /// A receiver on a raw socket: answers every request on a connection with `answer`
     /// (at least 3 bytes of body) after `delay`, and counts the connections it accepted.
     async fn raw_receiver(answer: Vec<u8>, delay: Duration) -> (String, Arc<Mutex<u32>>) {
+        raw_receiver_with_gap(answer, delay, Duration::from_millis(5)).await
+    }
+
+    /// `raw_receiver`, the last 3 bytes of each answer sent `gap` after the rest.
+    async fn raw_receiver_with_gap(
+        answer: Vec<u8>,
+        delay: Duration,
+        gap: Duration,
+    ) -> (String, Arc<Mutex<u32>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -385,7 +404,7 @@ mod tests {
                             if socket.write_all(head).await.is_err() {
                                 return;
                             }
-                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            tokio::time::sleep(gap).await;
                             if socket.write_all(tail).await.is_err() {
                                 return;
                             }
@@ -477,6 +496,88 @@ mod tests {
             assert!(e.transient && e.overload, "{e:?}");
             assert!(e.reason.ends_with("timed out after 200ms"), "{}", e.reason);
         });
+    }
+
+    /// An answer's body slower than the timeout does not undo the 2xx its head gave:
+    /// the call is delivered, once, within the timeout (found by a trial: it failed at
+    /// the timeout and was sent again).
+    #[test]
+    fn a_2xx_with_a_slow_body_is_delivered_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (url, connections) = raw_receiver_with_gap(
+                answer("200 OK", b"slow body"),
+                Duration::ZERO,
+                Duration::from_secs(3),
+            )
+            .await;
+            let policy = RetryPolicy {
+                retries: 2,
+                backoff: Duration::from_millis(10),
+                max_wait: Duration::from_millis(10),
+            };
+            let client =
+                WebhookClient::new(&url, Duration::from_millis(300), None, policy, None).unwrap();
+            let started = std::time::Instant::now();
+            let delivery = client.deliver(Bytes::from_static(b"{}"), None, 1).await;
+            assert_eq!(
+                delivery,
+                Delivery {
+                    result: Ok(()),
+                    retries: 0
+                }
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(*connections.lock().unwrap(), 1);
+        });
+    }
+
+    /// Credentials written in the URL go as `Authorization: Basic` (as reqwest sent
+    /// them: found by a trial, lost with the change of client), and not in messages.
+    #[test]
+    fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let log = seen.clone();
+        let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string());
+            log.lock().unwrap().push(auth);
+            async { crate::http_server::reply(hyper::StatusCode::UNAUTHORIZED, "") }
+        });
+        rt.block_on(async {
+            let addr = crate::http_server::serve("127.0.0.1:0".parse().unwrap(), receiver)
+                .await
+                .unwrap();
+            let url = format!("http://wu:w%40p@{addr}/hook");
+            let client =
+                WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
+            let e = client
+                .deliver(Bytes::from_static(b"{}"), None, 1)
+                .await
+                .result
+                .unwrap_err();
+            assert_eq!(
+                e.reason,
+                format!("POST http://{addr}/hook answered HTTP 401")
+            );
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Some("Basic d3U6d0Bw".to_string())]
+        );
     }
 
     fn retry_none() -> RetryPolicy {

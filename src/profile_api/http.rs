@@ -50,6 +50,9 @@ pub struct HttpProfileApi {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// `Authorization`, marked sensitive (kept out of hyper's debug output).
     auth: Option<HeaderValue>,
+    /// `Authorization: Basic` for the credentials written in the base URL
+    /// (`http://user:pass@host`), which `base` is without; `auth` goes instead when set.
+    url_credentials: Option<HeaderValue>,
     /// Requests at once to the API from this process.
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
@@ -79,7 +82,13 @@ impl HttpProfileApi {
         // As the `url` crate writes it (a host in punycode, say), which hyper reads; a
         // base it cannot read is refused by each request (the configuration's check
         // refuses it before the job starts).
-        let base = url::Url::parse(base_url).map_or_else(|_| base_url.to_string(), String::from);
+        let (base, url_credentials) = match url::Url::parse(base_url) {
+            Ok(url) => {
+                let (bare, credentials) = crate::http_client::split_credentials(&url);
+                (String::from(bare), credentials)
+            }
+            Err(_) => (base_url.to_string(), None),
+        };
         Ok(HttpProfileApi {
             client: Arc::new(client),
             timeout,
@@ -91,6 +100,7 @@ impl HttpProfileApi {
             },
             limiter: None,
             auth: None,
+            url_credentials,
             calls: Limiter::new(TARGET, Concurrency::Adaptive),
             max_wait_on_failure: Duration::ZERO,
         })
@@ -247,7 +257,7 @@ impl HttpProfileApi {
             let headers = request.headers_mut();
             headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
             // `url` is the base's own (only a redirect's target is compared).
-            if let Some(auth) = &self.auth
+            if let Some(auth) = self.auth.as_ref().or(self.url_credentials.as_ref())
                 && (hop == 0 || same_origin(&at, &self.base))
             {
                 headers.insert(header::AUTHORIZATION, auth.clone());
@@ -469,6 +479,36 @@ mod tests {
             let e = api.fetch("loop").await.expect_err("a loop ends");
             assert!(e.to_string().contains("more than 10 redirects"), "{e}");
             assert!(e.is_transient());
+        });
+    }
+
+    /// Credentials written in the base URL go as `Authorization: Basic` on every
+    /// request (as reqwest sent them: found by a trial, lost with the change of
+    /// client), and messages show the URL without them.
+    #[test]
+    fn credentials_in_the_base_url_are_sent_and_never_shown() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (base, seen) = server(|path| {
+                if path.starts_with("/users/nobody/") {
+                    (500, None)
+                } else {
+                    (200, None)
+                }
+            })
+            .await;
+            let with_credentials = base.replace("http://", "http://u1:p%40ss@");
+            let api = HttpProfileApi::new(&with_credentials, Duration::from_secs(5)).unwrap();
+            api.fetch("someone").await.expect("looked up");
+            let sent = seen.lock().unwrap().clone();
+            assert_eq!(sent.len(), 3);
+            assert!(sent.iter().all(|(_, auth)| *auth), "{sent:?}");
+            let e = api.fetch("nobody").await.expect_err("a 500").to_string();
+            assert!(e.contains(&format!("{base}/users/nobody/")), "{e}");
+            assert!(!e.contains("p%40ss") && !e.contains("u1"), "{e}");
         });
     }
 }
