@@ -4,8 +4,9 @@
 //!
 //! Not reqwest, which is built on the same crates: it parses each request's URL twice
 //! more (its redirect layer and its response, through the `url` crate: ~12,000
-//! instructions a call, a tenth of a webhook call's), and the job's calls are a GET or a
-//! POST to a URL it knows, following no redirect.
+//! instructions a call, a tenth of a webhook call's), where the job's calls are a GET
+//! or a POST to a URL it holds parsed; the Profile API's rare redirect is followed by
+//! its own loop (`profile_api::http`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
