@@ -301,10 +301,7 @@ mod tests {
     /// `Idempotency-Key`; other ids go in it as they are.
     #[test]
     fn an_id_with_a_control_character_is_delivered_without_its_key() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let keys: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
         let seen = keys.clone();
         let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
@@ -431,10 +428,7 @@ mod tests {
     /// connection is not kept).
     #[test]
     fn calls_keep_their_connection_and_answers_count_by_their_status() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let deliver = |client: WebhookClient| async move {
                 client.deliver(Bytes::from_static(b"{}"), None, 1).await
@@ -477,10 +471,7 @@ mod tests {
     /// overload (fewer calls at once, then a retry).
     #[test]
     fn a_call_past_its_timeout_fails_as_an_overload() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (url, _) = raw_receiver(answer("200 OK", b""), Duration::from_secs(10)).await;
             let client =
@@ -503,10 +494,7 @@ mod tests {
     /// the timeout and was sent again).
     #[test]
     fn a_2xx_with_a_slow_body_is_delivered_once() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (url, connections) = raw_receiver_with_gap(
                 answer("200 OK", b"slow body"),
@@ -543,10 +531,7 @@ mod tests {
     /// them: found by a trial, lost with the change of client), and not in messages.
     #[test]
     fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let log = seen.clone();
         let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
@@ -578,6 +563,13 @@ mod tests {
             *seen.lock().unwrap(),
             vec![Some("Basic d3U6d0Bw".to_string())]
         );
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     fn retry_none() -> RetryPolicy {

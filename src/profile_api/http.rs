@@ -395,6 +395,13 @@ mod tests {
     use super::*;
     use crate::http_server::{handler, reply, serve};
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// A server answering look-ups as `route` says, keeping each request's path and
     /// whether it carried `Authorization`.
     async fn server(
@@ -431,10 +438,7 @@ mod tests {
     /// `MAX_REDIRECTS` as a failed request.
     #[test]
     fn redirects_are_followed_with_the_credentials_kept_to_the_apis_origin() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (other, other_seen) = server(|_| (200, None)).await;
             let (base, seen) = server(move |path| {
@@ -487,10 +491,7 @@ mod tests {
     /// client), and messages show the URL without them.
     #[test]
     fn credentials_in_the_base_url_are_sent_and_never_shown() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (base, seen) = server(|path| {
                 if path.starts_with("/users/nobody/") {
