@@ -63,6 +63,16 @@ impl SendError {
     }
 }
 
+/// `answer`, or `SendError::timed_out` if it has not come within `limit`.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    answer: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout(limit, answer)
+        .await
+        .unwrap_or_else(|_| Err(SendError::timed_out(limit)))
+}
+
 /// Sends `request` and reads its answer, the body up to `max_body` bytes: read to its
 /// end, the connection goes back to the pool; past `max_body` the rest is not read (the
 /// body is `TooLarge`, the connection closed).

@@ -189,7 +189,7 @@ impl MockApi {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
             };
-            if let Some(ingested_ms) = ms(crate::actions::INGESTED_AT) {
+            if let Some(ingested_ms) = ms(crate::actions::INGESTED_AT.as_str()) {
                 let now_us = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros() as u64);

@@ -9,7 +9,6 @@ use hyper::{Method, Request, Uri};
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
-use crate::http_client::SendError;
 use crate::log_limit::LogLimiter;
 use crate::model::Text;
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
@@ -32,10 +31,9 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// The header carrying when the job read the event (ms since the epoch).
-pub const INGESTED_AT: &str = "X-Event-Ingested-At";
+pub const INGESTED_AT: HeaderName = HeaderName::from_static("x-event-ingested-at");
 
-/// The headers of a call, by name (HTTP/1 sends them in lower case).
-const INGESTED_AT_HEADER: HeaderName = HeaderName::from_static("x-event-ingested-at");
+/// The other headers of a call, by name (HTTP/1 sends them in lower case).
 const TIMESTAMP_HEADER: HeaderName = HeaderName::from_static("x-webhook-timestamp");
 const KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
 const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("x-signature-256");
@@ -234,10 +232,9 @@ impl WebhookClient {
         ingested_ms: u64,
         now_ms: u64,
     ) -> (Result<(), DeliveryError>, Option<Unread>) {
-        let signature = self.secret.as_ref().map(|secret| {
-            let sig = signature(secret.expose().as_bytes(), &body);
-            // Hex and "sha256=": always a valid header value.
-            HeaderValue::try_from(sig).ok()
+        // Hex and "sha256=": always a valid header value.
+        let signature = self.secret.as_ref().and_then(|secret| {
+            HeaderValue::try_from(signature(secret.expose().as_bytes(), &body)).ok()
         });
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
@@ -249,11 +246,11 @@ impl WebhookClient {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(TIMESTAMP_HEADER, HeaderValue::from(now_ms));
-        headers.insert(INGESTED_AT_HEADER, HeaderValue::from(ingested_ms));
+        headers.insert(INGESTED_AT, HeaderValue::from(ingested_ms));
         if let Some(key) = key {
             headers.insert(KEY_HEADER, key);
         }
-        if let Some(Some(sig)) = signature {
+        if let Some(sig) = signature {
             headers.insert(SIGNATURE_HEADER, sig);
         }
         if let Some(basic) = &self.endpoint.credentials {
@@ -266,10 +263,9 @@ impl WebhookClient {
             ..
         } = &*self.endpoint;
         let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(*timeout, crate::http_client::head(client, request))
-            .await
-            .unwrap_or_else(|_| Err(SendError::timed_out(*timeout)));
-        let answer = match answer {
+        let answer =
+            crate::http_client::within(*timeout, crate::http_client::head(client, request));
+        let answer = match answer.await {
             Ok(answer) => answer,
             Err(cause) => {
                 let e = DeliveryError {

@@ -15,7 +15,7 @@ use super::answer::{Answers, RawObject};
 use super::scan;
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
-use crate::http_client::{Answer, BodyError, HyperClient, SendError, error_chain, send};
+use crate::http_client::{Answer, BodyError, HyperClient, SendError, error_chain, send, within};
 use crate::model::ProfileData;
 use crate::retry::{RetryPolicy, retry_after};
 
@@ -48,11 +48,10 @@ pub struct HttpProfileApi {
     retry: RetryPolicy,
     /// Shared by the workers of the process: the API's limit is the process's.
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    /// `Authorization`, marked sensitive (kept out of hyper's debug output).
+    /// `Authorization`, marked sensitive (kept out of hyper's debug output): the
+    /// configured one, else `Basic` for the credentials written in the base URL
+    /// (`http://user:pass@host`; `base` is without them).
     auth: Option<HeaderValue>,
-    /// `Authorization: Basic` for the credentials written in the base URL
-    /// (`http://user:pass@host`), which `base` is without; `auth` goes instead when set.
-    url_credentials: Option<HeaderValue>,
     /// Requests at once to the API from this process.
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
@@ -99,22 +98,20 @@ impl HttpProfileApi {
                 max_wait: MAX_BACKOFF,
             },
             limiter: None,
-            auth: None,
-            url_credentials,
+            auth: url_credentials,
             calls: Limiter::new(TARGET, Concurrency::Adaptive),
             max_wait_on_failure: Duration::ZERO,
         })
     }
 
-    /// Sends `value` as the `Authorization` header of every request.
+    /// Sends `value` as the `Authorization` header of every request (in place of the
+    /// base URL's credentials, if it has any).
     pub fn with_auth(mut self, value: Option<&crate::config::Secret>) -> Result<Self, BadHeader> {
-        self.auth = value
-            .map(|v| {
-                let mut h = HeaderValue::from_str(v.expose()).map_err(BadHeader)?;
-                h.set_sensitive(true);
-                Ok::<_, BadHeader>(h)
-            })
-            .transpose()?;
+        if let Some(v) = value {
+            let mut h = HeaderValue::from_str(v.expose()).map_err(BadHeader)?;
+            h.set_sensitive(true);
+            self.auth = Some(h);
+        }
         Ok(self)
     }
 
@@ -203,9 +200,7 @@ impl HttpProfileApi {
             };
             (e, None)
         };
-        let answer = tokio::time::timeout(self.timeout, self.exchange(url))
-            .await
-            .unwrap_or_else(|_| Err(SendError::timed_out(self.timeout)));
+        let answer = within(self.timeout, self.exchange(url)).await;
         let Answer {
             status,
             headers,
@@ -257,7 +252,7 @@ impl HttpProfileApi {
             let headers = request.headers_mut();
             headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
             // `url` is the base's own (only a redirect's target is compared).
-            if let Some(auth) = self.auth.as_ref().or(self.url_credentials.as_ref())
+            if let Some(auth) = &self.auth
                 && (hop == 0 || same_origin(&at, &self.base))
             {
                 headers.insert(header::AUTHORIZATION, auth.clone());

@@ -218,7 +218,7 @@ impl Receiver {
                     body: req.body().clone(),
                     idempotency_key: header("idempotency-key"),
                     signature: header("x-signature-256"),
-                    ingested_at: header(event_trigger::actions::INGESTED_AT),
+                    ingested_at: header(event_trigger::actions::INGESTED_AT.as_str()),
                     arrived_ms: event_trigger::clock::now_ms(),
                 });
                 let ok = req
