@@ -1,8 +1,9 @@
 //! The event-trigger job: the whole graph in one place, and the loop that runs it.
 //!
 //! ```text
-//! source -> decode -> exchange(user_id) + user state + filter -> actions -> probe
-//!                  restored checkpoint -> exchange(user_id) -^
+//! source -> exchange(user's worker) -> decode -> exchange(user_id) + user state + filter
+//!                                      restored checkpoint -> exchange(user_id) -^
+//!   -> actions -> probe
 //! ```
 
 use std::cell::RefCell;
@@ -28,9 +29,10 @@ use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateSettings, user_state};
 use crate::shutdown::{Lifecycle, StopFlag};
-use crate::sources::driver::{Reader, SharedSource, Source, drive, finished_beacon};
+use crate::sources::driver::{BATCH_BYTES, Reader, SharedSource, Source, drive, finished_beacon};
 use crate::sources::file::FileReader;
 use crate::sources::kafka::{Assignment, KafkaReader, Plan};
+use crate::sources::router::{Place, Router};
 use crate::store::{StateError, Store};
 use crate::wire::Decoder;
 
@@ -216,13 +218,23 @@ fn build_graph(
     };
     worker.dataflow::<Time, _, _>(|scope| {
         finished_beacon(scope, life.clone());
-        let messages = drive(scope, name, plan.source, probe.clone(), gate, life.clone());
-        let events = decode(
-            messages,
-            Decoder::with_limit(p.max_message_bytes).strict_types(p.strict_types),
-            p.dead_letters.clone(),
-            stats.clone(),
+        let decoder = || Decoder::with_limit(p.max_message_bytes).strict_types(p.strict_types);
+        let place = Place {
+            index: scope.index(),
+            peers: scope.peers(),
+            per_process: scope.peers() / p.processes.max(1),
+        };
+        let router = Router::new(place, decoder(), BATCH_BYTES);
+        let messages = drive(
+            scope,
+            name,
+            plan.source,
+            router,
+            probe.clone(),
+            gate,
+            life.clone(),
         );
+        let events = decode(messages, decoder(), p.dead_letters.clone(), stats.clone());
         let restored = restore_source(scope, p.restore.clone());
         let settings = UserStateSettings {
             config: p.state.clone(),

@@ -11,6 +11,7 @@
 
 pub(crate) mod fast;
 mod lenient;
+pub mod route;
 pub(crate) mod shape;
 
 use std::borrow::Cow;

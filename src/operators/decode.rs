@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::clock::now_ms;
@@ -29,7 +29,9 @@ pub fn decode<'s>(
     let scope = messages.scope();
     let mut limiter = LogLimiter::per_10s("invalid messages");
     let mut dead_log = LogLimiter::per_10s("dead-letter write failures");
-    messages.unary(Pipeline, "Decode", move |_, info| {
+    // Each batch to the worker its source picked (`sources::router`).
+    let to_worker = Exchange::new(|batch: &Messages| u64::from(batch.worker));
+    messages.unary(to_worker, "Decode", move |_, info| {
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
         let writer = dead_letters.map(|dl| match Writer::spawn(dl, activator) {
             Ok(w) => w,

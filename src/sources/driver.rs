@@ -17,13 +17,14 @@ use crate::model::Time;
 use crate::operators::backpressure::Gate;
 use crate::shutdown::Lifecycle;
 use crate::sources::messages::Messages;
+use crate::sources::router::Router;
 
 /// Messages per activation at most, and how long one activation may read before it
 /// yields to the rest of the dataflow.
 pub const BATCH: usize = 4096;
 /// The bytes of a batch of messages the source hands on: ~50 of the reference events
 /// (256 KiB measured no better).
-const BATCH_BYTES: usize = 1 << 15;
+pub const BATCH_BYTES: usize = 1 << 15;
 pub const SLICE: Duration = Duration::from_millis(5);
 /// How soon an idle source polls again (and moves its time on).
 pub const IDLE_POLL: Duration = Duration::from_millis(10);
@@ -168,16 +169,19 @@ impl Driver {
 }
 
 /// The source operator: emits what `source`'s reader reads, in batches of about
-/// `BATCH_BYTES`, stamped with the processing time (see the module notes for the rest).
+/// `BATCH_BYTES` for the workers `router` picks, stamped with the processing time (see
+/// the module notes for the rest).
 pub fn drive<'s>(
     scope: Scope<'s, Time>,
     name: &str,
     shared: SharedSource,
+    router: Router,
     probe: ProbeHandle<Time>,
     gate: Gate,
     life: Lifecycle,
 ) -> Stream<'s, Time, Vec<Messages>> {
     let peers = scope.peers();
+    let mut router = router;
     source(scope, name, move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
@@ -200,19 +204,13 @@ pub fn drive<'s>(
                 Decision::Read => {
                     let time = *c.time();
                     let mut session = output.session(&*c);
-                    let mut batch = Messages::default();
-                    let next = driver.source.borrow_mut().reader.read(time, &mut |m| {
-                        if batch.is_empty() {
-                            batch = Messages::recycled(BATCH_BYTES + 4096);
-                        }
-                        batch.push(m);
-                        if batch.bytes_len() >= BATCH_BYTES {
-                            session.give(std::mem::take(&mut batch));
-                        }
-                    });
-                    if !batch.is_empty() {
-                        session.give(batch);
-                    }
+                    let mut give = |batch: Messages| session.give(batch);
+                    let next = driver
+                        .source
+                        .borrow_mut()
+                        .reader
+                        .read(time, &mut |m| router.push(m, &mut give));
+                    router.flush(&mut give);
                     match next {
                         Next::Now => activator.activate(),
                         Next::After(d) => activator.activate_after(d),
@@ -255,6 +253,16 @@ mod tests {
     use crate::shutdown::StopFlag;
     use timely::dataflow::operators::{Inspect, Probe};
 
+    /// The router of a worker alone.
+    fn alone() -> Router {
+        let place = crate::sources::router::Place {
+            index: 0,
+            peers: 1,
+            per_process: 1,
+        };
+        Router::new(place, crate::wire::Decoder::default(), BATCH_BYTES)
+    }
+
     /// Hands out its messages one per read.
     struct Fake(Vec<Vec<u8>>);
 
@@ -293,7 +301,7 @@ mod tests {
             let l = life.clone();
             let p = probe.clone();
             worker.dataflow::<Time, _, _>(move |scope| {
-                drive(scope, "Fake", shared, p.clone(), gate, l)
+                drive(scope, "Fake", shared, alone(), p.clone(), gate, l)
                     .inspect(move |batch| {
                         let mut sink = sink.borrow_mut();
                         for m in batch.iter() {
@@ -354,7 +362,16 @@ mod tests {
             let (p, s) = (probe.clone(), shared.clone());
             let gate = Gate::new(vec![Backlog::new(10)]);
             worker.dataflow::<Time, _, _>(move |scope| {
-                drive(scope, "Fake", s, p.clone(), gate, Lifecycle::new(stop)).probe_with(&p);
+                drive(
+                    scope,
+                    "Fake",
+                    s,
+                    alone(),
+                    p.clone(),
+                    gate,
+                    Lifecycle::new(stop),
+                )
+                .probe_with(&p);
             });
             while !probe.done() {
                 worker.step();

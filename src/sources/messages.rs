@@ -1,18 +1,23 @@
 //! A batch of raw messages in one buffer: what a source hands the decoder. A reader
 //! gives each message as a borrowed slice (a Kafka payload in librdkafka's buffer, a
 //! line in the file reader's buffer) and it is copied once, into the batch: no
-//! allocation per message. A batch's buffers go back to a small per-thread pool when
-//! it is dropped (the decoder drops it on the thread that read it), so the same few
-//! buffers carry the whole input.
+//! allocation per message. A batch's buffers go back to a small pool of the thread that
+//! drops it (its decoding worker's), so that a thread's few buffers carry much of the
+//! input.
 
 use std::cell::RefCell;
 
-/// Messages, in the order they were read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// Messages, in the order they were read, for one worker to decode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Messages {
+    #[serde(with = "raw_bytes")]
     bytes: Vec<u8>,
     /// Where each message ends in `bytes`.
     ends: Vec<usize>,
+    /// The worker that decodes them (`crate::sources::router`).
+    pub worker: u32,
 }
 
 /// Buffers kept per thread at most: more than a source's batches in flight at once.
@@ -53,7 +58,11 @@ impl Messages {
             .flatten()
             .unwrap_or_default();
         buf.reserve(bytes);
-        Messages { bytes: buf, ends }
+        Messages {
+            bytes: buf,
+            ends,
+            worker: 0,
+        }
     }
 
     pub fn push(&mut self, message: &[u8]) {
@@ -84,6 +93,41 @@ impl Messages {
     }
 }
 
+/// The bytes as one byte string in serde formats (bincode between processes), not as a
+/// sequence of numbers.
+mod raw_bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
 impl<'a> FromIterator<&'a [u8]> for Messages {
     fn from_iter<I: IntoIterator<Item = &'a [u8]>>(messages: I) -> Messages {
         let mut batch = Messages::default();
@@ -105,6 +149,18 @@ mod tests {
         assert_eq!(batch.iter().collect::<Vec<_>>(), input);
         assert!(Messages::default().is_empty());
         assert_eq!(Messages::default().iter().count(), 0);
+    }
+
+    /// Between processes a batch goes as bincode: it comes back whole, its worker too.
+    #[test]
+    fn a_batch_crosses_processes_whole() {
+        let input: [&[u8]; 3] = [b"{\"user_id\":\"u\"}", b"", b"\xff\x00"];
+        let mut batch: Messages = input.iter().copied().collect();
+        batch.worker = 3;
+        let bytes = bincode::serialize(&batch).unwrap();
+        assert!(bytes.len() < 16 + 3 * 8 + 8 + 20, "{} bytes", bytes.len());
+        let back: Messages = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, batch);
     }
 
     #[test]

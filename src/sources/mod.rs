@@ -7,3 +7,4 @@ pub mod file;
 pub mod kafka;
 pub mod messages;
 pub mod replay;
+pub mod router;
