@@ -10,11 +10,7 @@
 //! will not decode may get any answer; its worker only counts it (and writes its dead
 //! letter). `None` (escapes, no such member) leaves the message to the full decode.
 
-use super::shape::skip_ws;
-use crate::json_scan::string_stop;
-
-/// Nesting deeper than this in a member before `user_id` gives `None`.
-const MAX_DEPTH: usize = 128;
+use super::shape::{skip_ws, string_end, value_end};
 
 /// The text of `msg`'s `user_id` when the decoder would give exactly that (see the module
 /// notes), or `None`: decode it to know.
@@ -35,7 +31,7 @@ pub fn user_id_of(msg: &[u8]) -> Option<&[u8]> {
     at += 1;
     loop {
         at = skip_ws(b, at);
-        let (key, end) = string(b, at)?;
+        let (key, _, end) = string(b, at)?;
         at = skip_ws(b, end);
         if b.get(at) != Some(&b':') {
             return None;
@@ -43,15 +39,13 @@ pub fn user_id_of(msg: &[u8]) -> Option<&[u8]> {
         at = skip_ws(b, at + 1);
         if key == b"user_id" {
             return match b.get(at)? {
-                b'"' => string(b, at)
-                    .map(|(text, _)| text)
-                    .filter(|t| !t.contains(&b'\\')),
+                b'"' => string(b, at).filter(|s| !s.1).map(|s| s.0),
                 b'{' | b'[' => None,
                 // A number or boolean: coerced to its text as written (`coerce::text_of`).
-                _ => skip_value(b, at).map(|end| &b[at..end]),
+                _ => value_end(b, at).map(|end| &b[at..end]),
             };
         }
-        at = skip_ws(b, skip_value(b, at)?);
+        at = skip_ws(b, value_end(b, at)?);
         match b.get(at)? {
             b',' => at += 1,
             _ => return None,
@@ -59,68 +53,11 @@ pub fn user_id_of(msg: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// The raw text of the string at `at` (escapes as written) and where it ends.
-fn string(b: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    if b.get(at) != Some(&b'"') {
-        return None;
-    }
-    let mut i = at + 1;
-    loop {
-        i = string_stop(b, i);
-        match *b.get(i)? {
-            b'"' => return Some((&b[at + 1..i], i + 1)),
-            b'\\' => i += 2,
-            // A control character: the message will not decode; read on.
-            _ => i += 1,
-        }
-    }
-}
-
-/// Where the value at `at` ends (valid JSON is skipped exactly; anything else may end
-/// anywhere, or give `None`).
-fn skip_value(b: &[u8], at: usize) -> Option<usize> {
-    match *b.get(at)? {
-        b'"' => Some(string(b, at)?.1),
-        b'{' | b'[' => skip_container(b, at),
-        _ => {
-            let mut i = at;
-            while !matches!(
-                b.get(i),
-                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            ) {
-                i += 1;
-            }
-            (i > at).then_some(i)
-        }
-    }
-}
-
-/// Past the object or array at `at`: brackets counted, strings skipped whole.
-fn skip_container(b: &[u8], at: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = at;
-    loop {
-        match *b.get(i)? {
-            b'"' => {
-                i = string(b, i)?.1;
-                continue;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-            }
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
+/// The raw text of the string at `at` (escapes as written), whether it holds an escape,
+/// and where it ends.
+fn string(b: &[u8], at: usize) -> Option<(&[u8], bool, usize)> {
+    let (end, escaped) = string_end(b, at)?;
+    Some((&b[at + 1..end - 1], escaped, end))
 }
 
 #[cfg(test)]
@@ -148,6 +85,19 @@ mod tests {
         assert_eq!(of(r#"{"user_id":""}"#), Some(""));
         assert_eq!(of(r#"{"user_id":-1.5E3 ,"x":1}"#), Some("-1.5E3"));
         assert_eq!(of(r#"{"user_id":true}"#), Some("true"));
+        let deep = format!(
+            r#"{{"a":{}1{},"user_id":"u"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(of(&deep), Some("u"));
+
+        let deep = format!(
+            r#"{{"a":{}1{},"user_id":"u"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(of(&deep), Some("u"));
     }
 
     #[test]
@@ -167,12 +117,6 @@ mod tests {
         ] {
             assert_eq!(of(msg), None, "{msg}");
         }
-        let deep = format!(
-            r#"{{"a":{}1{},"user_id":"u"}}"#,
-            "[".repeat(200),
-            "]".repeat(200)
-        );
-        assert_eq!(of(&deep), None);
     }
 
     /// What the scan finds is what the decoder gives, for every message that decodes:

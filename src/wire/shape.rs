@@ -89,7 +89,7 @@ pub(crate) fn skip_ws(b: &[u8], mut at: usize) -> usize {
 /// escape. `json_scan` finds the next quote or backslash eight bytes at a time: the
 /// strings here are most of the text, and a byte at a time was most of this module's
 /// time.
-fn string_end(b: &[u8], at: usize) -> Option<(usize, bool)> {
+pub(crate) fn string_end(b: &[u8], at: usize) -> Option<(usize, bool)> {
     if b.get(at) != Some(&b'"') {
         return None;
     }
@@ -110,7 +110,7 @@ fn string_end(b: &[u8], at: usize) -> Option<(usize, bool)> {
 }
 
 /// Past the value that starts at `at`.
-fn value_end(b: &[u8], at: usize) -> Option<usize> {
+pub(crate) fn value_end(b: &[u8], at: usize) -> Option<usize> {
     match *b.get(at)? {
         b'"' => string_end(b, at).map(|(end, _)| end),
         b'{' | b'[' => {
