@@ -61,6 +61,14 @@ fn decode(c: &mut Criterion) {
             }
         })
     });
+    // What the reading worker pays per message at -w 2 and more instead of decoding it.
+    g.bench_function("user_id of sample events, for routing", |b| {
+        b.iter(|| {
+            for l in &lines {
+                std::hint::black_box(event_trigger::wire::route::user_id_of(l.as_bytes()));
+            }
+        })
+    });
     g.finish();
 }
 

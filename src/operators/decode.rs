@@ -161,6 +161,54 @@ mod tests {
         assert_eq!((c.events_read, c.invalid, c.dead_letters), (4, 2, 0));
     }
 
+    /// At two workers, each batch is decoded by the worker it names, whichever worker
+    /// sent it, in the order sent.
+    #[test]
+    fn each_batch_is_decoded_by_the_worker_it_names() {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        timely::execute(timely::Config::process(2), move |worker| {
+            let index = worker.index();
+            let sink = sink.clone();
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Messages>();
+                let decoder = Decoder::default();
+                let stats = Rc::new(Counters::default());
+                let (probe, _) = decode(stream, decoder, None, stats)
+                    .inspect(move |ev: &UserEvent| {
+                        sink.lock().unwrap().push((index, ev.user_id.to_string()))
+                    })
+                    .probe();
+                (input, probe)
+            });
+            if index == 0 {
+                for (to, users) in [(1, ["a", "b"]), (0, ["c", "d"]), (1, ["e", "f"])] {
+                    let lines: Vec<String> = users
+                        .iter()
+                        .map(|u| format!(r#"{{"user_id":"{u}","event_type":"x"}}"#))
+                        .collect();
+                    let mut batch: Messages = lines.iter().map(|l| l.as_bytes()).collect();
+                    batch.worker = to;
+                    input.send(batch);
+                }
+            }
+            input.advance_to(1);
+            while probe.less_than(&1) {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+        })
+        .unwrap();
+        let got = got.lock().unwrap();
+        let on = |w: usize| -> Vec<&str> {
+            got.iter()
+                .filter(|(at, _)| *at == w)
+                .map(|(_, u)| u.as_str())
+                .collect()
+        };
+        assert_eq!(on(0), ["c", "d"]);
+        assert_eq!(on(1), ["a", "b", "e", "f"]);
+    }
+
     #[test]
     fn strict_types_make_a_coerced_message_invalid() {
         let (users, c) = run(&[VALID, COERCED], true, None);
