@@ -439,7 +439,9 @@ impl Prepared {
             }
             self.read_file_whole();
             self.checkpoints = None;
-            self.dead_letters = None;
+            if let Some(letters) = self.dead_letters.take() {
+                letters.unused();
+            }
             self.actions_as_prints();
             tracing::info!(
                 "dry run: triggered events are printed, nothing is acted on or committed"

@@ -1188,7 +1188,8 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
     assert!(tester_out.contains(&warning), "{tester_out}");
 }
 
-/// `run --dry-run` on a file prints what would be triggered and calls no webhook.
+/// `run --dry-run` on a file prints what would be triggered, calls no webhook and leaves
+/// no dead-letter file behind (found by a trial: an empty one was created).
 #[test]
 fn a_dry_run_reads_a_file_and_calls_nothing() {
     let rt = runtime();
@@ -1202,13 +1203,16 @@ fn a_dry_run_reads_a_file_and_calls_nothing() {
         events.to_str().unwrap(),
         common::SEED_FILTER,
         &format!(
-            "profile-api:\n  base-url: file://{}\nactions:\n  webhook:\n    url: {}\n",
+            "profile-api:\n  base-url: file://{}\nactions:\n  webhook:\n    url: {}\n\
+             dead-letter:\n  path: {}\n",
             profiles.display(),
-            receiver.url()
+            receiver.url(),
+            dir.path().join("dl/dead.jsonl").display()
         ),
     );
     let (code, out, err) = run_binary(&["run", "--config", &cfg, "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(!dir.path().join("dl/dead.jsonl").exists());
     let ran = counts_of(&out, "summary:");
     assert_eq!(ran["passed"], w.expected_us_page_views().len() as u64);
     assert_eq!(

@@ -175,13 +175,12 @@ pub fn drive<'s>(
     scope: Scope<'s, Time>,
     name: &str,
     shared: SharedSource,
-    router: Router,
+    mut router: Router,
     probe: ProbeHandle<Time>,
     gate: Gate,
     life: Lifecycle,
 ) -> Stream<'s, Time, Vec<Messages>> {
     let peers = scope.peers();
-    let mut router = router;
     source(scope, name, move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
