@@ -78,7 +78,7 @@ fn filter(c: &mut Criterion) {
         .iter()
         .take(27)
         .map(|e| HistoryEntry {
-            event_id: e.event_id.clone(),
+            event_id: e.event_id.as_ref().map(Into::into),
             event_name: e.event_name.clone(),
             event_type: Some(e.event_type.clone()),
             timestamp: e.timestamp,

@@ -18,11 +18,14 @@ pub type Time = u64;
 /// A shared, immutable string.
 pub type Text = Arc<str>;
 
+pub use crate::small_text::SmallText;
+
 /// One `UserEvent` as producers send it. Fields absent on the wire are `None` (strings)
 /// or their Java defaults (`false`, `0`), as the Flink job's POJO saw them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserEvent {
-    pub event_id: Option<Text>,
+    /// In place when short (the usual id): no allocation per event.
+    pub event_id: Option<SmallText>,
     pub user_id: Text,
     pub domain: Option<Text>,
     pub is_first_in_visit: bool,

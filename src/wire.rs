@@ -22,7 +22,7 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use crate::intern::Interner;
-use crate::model::{RawJson, UserEvent};
+use crate::model::{RawJson, SmallText, UserEvent};
 
 /// Why a message was skipped; `as_str` is the label used in counters and logs.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -144,10 +144,6 @@ struct WireParameters<'a> {
     utm_term: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     utm_id: Option<Cow<'a, str>>,
-}
-
-fn text(s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
-    s.map(|s| Arc::from(s.as_ref()))
 }
 
 fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
@@ -357,7 +353,7 @@ fn decode_with(
         (None, None) => None,
     };
     Ok(UserEvent {
-        event_id: text(w.event_id),
+        event_id: w.event_id.map(|s| SmallText::from(s.as_ref())),
         user_id: Arc::from(user_id.as_ref()),
         domain: shared(interner, w.domain),
         is_first_in_visit: w.is_first_in_visit,

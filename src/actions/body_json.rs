@@ -130,7 +130,7 @@ mod tests {
         let t = |rng: &mut Rng| text(rng).map(Into::into);
         let b = |rng: &mut Rng| rng.next(2) == 0;
         UserEvent {
-            event_id: t(rng),
+            event_id: text(rng).map(Into::into),
             user_id: text(rng).unwrap_or_default().into(),
             domain: t(rng),
             is_first_in_visit: b(rng),

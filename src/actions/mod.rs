@@ -231,7 +231,9 @@ async fn deliver(
     let body = bytes::Bytes::from(Payload::new(&ev, now_ms()).to_json());
     let event_id = ev.event.event_id.clone();
     drop(ev);
-    let delivery = client.deliver(body.clone(), event_id, ingested_ms).await;
+    let delivery = client
+        .deliver(body.clone(), event_id.as_deref(), ingested_ms)
+        .await;
     let Err(reason) = delivery.result else {
         return Outcome {
             retries: delivery.retries,
