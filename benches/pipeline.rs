@@ -79,8 +79,8 @@ fn filter(c: &mut Criterion) {
         .take(27)
         .map(|e| HistoryEntry {
             event_id: e.event_id.as_ref().map(Into::into),
-            event_name: e.event_name.clone(),
-            event_type: Some(e.event_type.clone()),
+            event_name: e.event_name.as_ref().map(Into::into),
+            event_type: Some((&e.event_type).into()),
             timestamp: e.timestamp,
             parameters: e.parameters.clone(),
         })

@@ -146,8 +146,18 @@ struct WireParameters<'a> {
     utm_id: Option<Cow<'a, str>>,
 }
 
-fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<Arc<str>> {
-    s.map(|s| interner.intern(&s))
+/// A repeated string (name, type, platform ...): in place when short, else the
+/// interner's shared copy.
+fn shared(interner: &mut Interner, s: Option<Cow<'_, str>>) -> Option<SmallText> {
+    s.map(|s| word(interner, &s))
+}
+
+fn word(interner: &mut Interner, s: &str) -> SmallText {
+    if SmallText::fits(s) {
+        SmallText::from(s)
+    } else {
+        SmallText::from(interner.intern(s))
+    }
 }
 
 /// Decodes messages, sharing the strings that repeat across events (type, name,
@@ -366,7 +376,7 @@ fn decode_with(
         app: shared(interner, w.app),
         platform: shared(interner, w.platform),
         is_https: w.is_https,
-        event_type: interner.intern(&event_type),
+        event_type: word(interner, &event_type),
         duration: w.duration,
         timestamp: w.timestamp,
         triggerable: w.triggerable,
@@ -434,18 +444,27 @@ mod tests {
         assert!(matches!(w.user_id, Some(Cow::Owned(ref s)) if s == "ab"));
     }
 
+    /// Short names, types, platforms ... are kept in place; longer ones are one copy
+    /// a decoder shares.
     #[test]
     fn repeated_strings_are_shared_by_a_decoder() {
         let mut d = Decoder::default();
         let a = d.decode(FULL.as_bytes()).unwrap();
         let b = d.decode(FULL.as_bytes()).unwrap();
-        assert!(Arc::ptr_eq(&a.event_type, &b.event_type));
-        assert!(Arc::ptr_eq(
-            a.platform.as_ref().unwrap(),
-            b.platform.as_ref().unwrap()
-        ));
+        assert!(a.event_type.shared().is_none() && a.platform.as_ref().unwrap().shared().is_none());
         assert!(!Arc::ptr_eq(&a.user_id, &b.user_id));
         assert_eq!(a, b);
+        let long = FULL.replace(
+            r#""platform":"web""#,
+            r#""platform":"a-platform-of-thirty-bytes""#,
+        );
+        let (a, b) = (
+            d.decode(long.as_bytes()).unwrap(),
+            d.decode(long.as_bytes()).unwrap(),
+        );
+        let shared = |e: &UserEvent| e.platform.as_ref().unwrap().shared().unwrap().clone();
+        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+        assert_eq!(a.platform.as_deref(), Some("a-platform-of-thirty-bytes"));
     }
 
     #[test]
