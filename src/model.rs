@@ -26,7 +26,8 @@ pub use crate::small_text::SmallText;
 pub struct UserEvent {
     /// In place when short (the usual id): no allocation per event.
     pub event_id: Option<SmallText>,
-    pub user_id: Text,
+    /// In place when short: the users' table keys are `Text`, made once per user.
+    pub user_id: SmallText,
     pub domain: Option<SmallText>,
     pub is_first_in_visit: bool,
     pub is_last_in_visit: bool,

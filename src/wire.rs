@@ -15,7 +15,6 @@ pub mod route;
 pub(crate) mod shape;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::error::Category;
@@ -364,7 +363,7 @@ fn decode_with(
     };
     Ok(UserEvent {
         event_id: w.event_id.map(|s| SmallText::from(s.as_ref())),
-        user_id: Arc::from(user_id.as_ref()),
+        user_id: SmallText::from(user_id.as_ref()),
         domain: shared(interner, w.domain),
         is_first_in_visit: w.is_first_in_visit,
         is_last_in_visit: w.is_last_in_visit,
@@ -452,7 +451,6 @@ mod tests {
         let a = d.decode(FULL.as_bytes()).unwrap();
         let b = d.decode(FULL.as_bytes()).unwrap();
         assert!(a.event_type.shared().is_none() && a.platform.as_ref().unwrap().shared().is_none());
-        assert!(!Arc::ptr_eq(&a.user_id, &b.user_id));
         assert_eq!(a, b);
         let long = FULL.replace(
             r#""platform":"web""#,
@@ -463,7 +461,7 @@ mod tests {
             d.decode(long.as_bytes()).unwrap(),
         );
         let shared = |e: &UserEvent| e.platform.as_ref().unwrap().shared().unwrap().clone();
-        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+        assert!(std::sync::Arc::ptr_eq(&shared(&a), &shared(&b)));
         assert_eq!(a.platform.as_deref(), Some("a-platform-of-thirty-bytes"));
     }
 

@@ -52,11 +52,11 @@ impl Lane {
                 Some(call) => call,
                 None => loop {
                     let call = self.queued.pop_front()?;
-                    match busy.get_mut(&call.1.event.user_id) {
+                    match busy.get_mut(&*call.1.event.user_id) {
                         // Behind the user's call under way.
                         Some(waiting) => waiting.push_back(call),
                         None => {
-                            busy.insert(call.1.event.user_id.clone(), VecDeque::new());
+                            busy.insert(Text::from(&call.1.event.user_id), VecDeque::new());
                             break call;
                         }
                     }

@@ -171,7 +171,7 @@ impl Runner {
     fn start_calls(&mut self) {
         for (at, lane) in self.lanes.iter_mut().enumerate() {
             while let Some((time, ev)) = lane.calls.next() {
-                let user = ev.event.user_id.clone();
+                let user = Text::from(&ev.event.user_id);
                 let client = lane.client.clone();
                 let name = lane.name.clone();
                 let dead_letters = lane.dead_letters.clone();

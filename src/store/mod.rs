@@ -278,10 +278,10 @@ impl TtlIndex {
     }
 
     /// Records that `user` (whose state is `state`) was active at `state.last_activity`.
-    pub fn touched(&mut self, user: &Text, state: &mut UserState, created: bool) {
+    pub fn touched(&mut self, user: &str, state: &mut UserState, created: bool) {
         if created || state.last_activity >= state.ttl_mark + self.granularity {
             state.ttl_mark = state.last_activity;
-            self.queue.push(Reverse((state.ttl_mark, user.clone())));
+            self.queue.push(Reverse((state.ttl_mark, Text::from(user))));
         }
     }
 

@@ -131,7 +131,9 @@ impl Core {
             }
             Err((Miss::Absent, ev)) => (None, ev),
         };
-        let user = ev.user_id.clone();
+        // The users' table, the TTL index and the look-ups key users by `Text`: made here,
+        // once per user arriving, not per event.
+        let user = Text::from(&ev.user_id);
         if before.is_none()
             && let Some(state) = self.table.recent_state(&user, time)
         {

@@ -119,7 +119,7 @@ impl Lookups {
 
     /// Queues `ev` behind its user's look-up if one is under way; else hands it back.
     pub(super) fn queue_behind(&mut self, time: Time, ev: UserEvent) -> Option<UserEvent> {
-        match self.pending.get_mut(&ev.user_id) {
+        match self.pending.get_mut(&*ev.user_id) {
             Some(queue) => {
                 queue.push_back(Queued::at(time, ev));
                 None

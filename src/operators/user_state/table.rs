@@ -31,15 +31,15 @@ pub(super) struct Changes {
 }
 
 impl Changes {
-    fn changed(&mut self, user: &Text) {
+    fn changed(&mut self, user: &str) {
         if !self.changed.contains(user) {
-            self.changed.insert(user.clone());
+            self.changed.insert(Text::from(user));
         }
     }
 
-    fn removed(&mut self, user: &Text) {
+    fn removed(&mut self, user: &str) {
         self.changed.remove(user);
-        self.removed.insert(user.clone());
+        self.removed.insert(Text::from(user));
     }
 
     /// These changes, and `older` ones (of a part that was not written) under them.

@@ -85,11 +85,11 @@ impl Timers {
         now
     }
 
-    fn schedule(&mut self, user: &Text, state: &mut UserState, timer: Timer) {
+    fn schedule(&mut self, user: &str, state: &mut UserState, timer: Timer) {
         let key = (timer.due, timer.id);
         if triggers::of(&mut state.triggers).schedule(timer, self.max_per_user) {
             self.next_id += 1;
-            self.index.insert(key, user.clone());
+            self.index.insert(key, Text::from(user));
             Counters::add(&self.stats.scheduled, 1);
         } else {
             Counters::add(&self.stats.timers_dropped, 1);
