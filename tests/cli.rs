@@ -1188,6 +1188,40 @@ fn the_rule_tester_counts_what_run_does_and_calls_nothing() {
     assert!(tester_out.contains(&warning), "{tester_out}");
 }
 
+/// Warnings write a user id as an escaped string and a failing action filter names its
+/// action (found by a trial: a user id with a newline wrote a line of its own into the
+/// log, and the warning did not say which action's filter failed).
+#[test]
+fn warnings_escape_user_ids_and_name_the_failing_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"event_id\":\"e1\",\"user_id\":\"abc\\nFAKE WARN line\",\"event_type\":\"page_view\"}\n",
+    )
+    .unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        "true",
+        &format!(
+            "profile-api:\n  base-url: file://{}\nactions:\n  - type: debug\n  - type: debug\n    \
+             filter: 'visit.actions > 1'\n",
+            profiles.display()
+        ),
+    );
+    let (code, _, err) = run_binary(&["run", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("FAKE")), "{err}");
+    assert!(err.contains(r#"user="abc\nFAKE WARN line""#), "{err}");
+    assert!(
+        err.contains("that action skipped: actions[1].filter: "),
+        "{err}"
+    );
+}
+
 /// `run --dry-run` on a file prints what would be triggered, calls no webhook and leaves
 /// no dead-letter file behind (found by a trial: an empty one was created).
 #[test]

@@ -202,8 +202,13 @@ impl WebhookClient {
     /// The event id as `Idempotency-Key`, so a receiver can drop the repeats of retries,
     /// and those an at-least-once job sends after a restart. An id with a control
     /// character cannot be a header's value: its event is delivered all the same,
-    /// without the key (counted, and warned of at a limited rate).
+    /// without the key (counted, and warned of at a limited rate). An empty id is no
+    /// key: sent as one, a receiver would take every such event for a repeat of the
+    /// first (found by a trial).
     fn idempotency_key(&self, event_id: &str) -> Option<HeaderValue> {
+        if event_id.is_empty() {
+            return None;
+        }
         match HeaderValue::from_str(event_id) {
             Ok(key) => Some(key),
             Err(_) => {
@@ -317,8 +322,8 @@ mod tests {
     use super::*;
 
     /// An event id a header cannot carry (found by a trial: such events were accepted
-    /// and their webhook calls failed for good, "builder error") is delivered without
-    /// `Idempotency-Key`; other ids go in it as they are.
+    /// and their webhook calls failed for good, "builder error"), or an empty one, is
+    /// delivered without `Idempotency-Key`; other ids go in it as they are.
     #[test]
     fn an_id_with_a_control_character_is_delivered_without_its_key() {
         let rt = runtime();
@@ -342,6 +347,7 @@ mod tests {
             let client =
                 WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
             for (id, key) in [
+                ("", None),
                 ("a\u{0}b", None),
                 ("e\n1", None),
                 ("evt_1", Some("evt_1")),

@@ -175,7 +175,8 @@ impl Filters {
     }
 
     /// The actions a passed event is for, as bits by their order; and the errors of
-    /// action filters that failed (their actions do not get the event).
+    /// action filters that failed (their actions do not get the event), each named by
+    /// its action (`actions[i].filter: ...`).
     pub fn targets(&self, view: EnrichedView<'_>) -> (u64, Vec<String>) {
         if self.per_action.is_empty() {
             return (u64::MAX, Vec::new());
@@ -187,8 +188,9 @@ impl Filters {
                 None | Some(Verdict::Pass) => bits |= 1 << i,
                 Some(Verdict::Reject) => {}
                 Some(Verdict::Error(e)) => {
-                    self.failed(&super::rules::action_origin(i), view, &e);
-                    errors.push(e)
+                    let origin = super::rules::action_origin(i);
+                    self.failed(&origin, view, &e);
+                    errors.push(format!("{origin}: {e}"))
                 }
             }
         }

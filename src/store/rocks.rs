@@ -156,7 +156,7 @@ impl RocksStore {
 
     fn log_error(&mut self, what: &str, user: &str, e: impl std::fmt::Display) {
         if self.errors.allow() {
-            tracing::error!(%user, path = %self.path.display(), "state store: {what}: {e}");
+            tracing::error!(?user, path = %self.path.display(), "state store: {what}: {e}");
         }
     }
 

@@ -74,7 +74,7 @@ impl Applier {
                 for reason in errors {
                     Counters::add(&self.stats.script_errors, 1);
                     if self.script_log.allow() {
-                        tracing::warn!(user = %ev.user_id, "an action's filter failed, that action skipped: {reason}");
+                        tracing::warn!(user = ?ev.user_id, "an action's filter failed, that action skipped: {reason}");
                     }
                 }
                 let targets = self.timers.on_pass(time, &ev, state, targets);
@@ -87,7 +87,7 @@ impl Applier {
             Verdict::Error(reason) => {
                 Counters::add(&self.stats.script_errors, 1);
                 if self.script_log.allow() {
-                    tracing::warn!(user = %ev.user_id, "filter script failed, event rejected: {reason}");
+                    tracing::warn!(user = ?ev.user_id, "filter script failed, event rejected: {reason}");
                 }
                 None
             }

@@ -201,7 +201,7 @@ impl Lookups {
             (Err(e), before) => {
                 Counters::add(&self.stats.fetch_errors, 1);
                 if self.fetch_log.allow() {
-                    tracing::warn!(%user, "profile look-up failed, using an empty state: {e}");
+                    tracing::warn!(?user, "profile look-up failed, using an empty state: {e}");
                 }
                 let state = before.unwrap_or_else(|| UserState::empty(first));
                 after_failure(state, first, self.settings.min_refetch_ms)

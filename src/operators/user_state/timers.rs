@@ -94,7 +94,11 @@ impl Timers {
         } else {
             Counters::add(&self.stats.timers_dropped, 1);
             if self.log.allow() {
-                tracing::warn!(%user, max = self.max_per_user, "a delayed action was not scheduled: the user has state.max-timers-per-user pending");
+                tracing::warn!(
+                    ?user,
+                    max = self.max_per_user,
+                    "a delayed action was not scheduled: the user has state.max-timers-per-user pending"
+                );
             }
         }
     }
@@ -124,7 +128,7 @@ impl Timers {
                 Err(e) => {
                     Counters::add(&self.stats.script_errors, 1);
                     if self.log.allow() {
-                        tracing::warn!(user = %ev.user_id, "a cancel-if failed, nothing cancelled: {e}");
+                        tracing::warn!(user = ?ev.user_id, "a cancel-if failed, nothing cancelled: {e}");
                     }
                 }
             }
