@@ -5,7 +5,8 @@
 //! `null` or empty `user_id` or `event_type`.
 //!
 //! Decoding borrows from the input (no `serde_json::Value` tree) and copies each string
-//! once, into the `Arc<str>` the rest of the job shares. The typed parse comes first;
+//! once: in place when short (`SmallText`), else into an `Arc<str>` the rest of the job
+//! shares. The typed parse comes first;
 //! only a message it refuses for a type is read again with coercions (`lenient`), so
 //! well-typed messages cost what they did before coercion existed.
 
@@ -159,8 +160,9 @@ fn word(interner: &mut Interner, s: &str) -> SmallText {
     }
 }
 
-/// Decodes messages, sharing the strings that repeat across events (type, name,
-/// domain, platform ...) instead of allocating them for each event.
+/// Decodes messages; the strings that repeat across events (type, name, domain,
+/// platform ...) are kept in place when short, and shared when longer, instead of
+/// allocated for each event.
 pub struct Decoder {
     interner: Interner,
     max_bytes: usize,
