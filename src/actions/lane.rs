@@ -68,7 +68,7 @@ impl Lane {
     }
 
     /// The call of `user` under way has ended.
-    pub fn ended(&mut self, user: &Text) {
+    pub fn ended(&mut self, user: &str) {
         self.in_flight -= 1;
         let Some(busy) = &mut self.busy else { return };
         match busy.get_mut(user).and_then(VecDeque::pop_front) {
@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(lane.next().map(|c| id(&c)), Some("a1".into()));
         assert_eq!(lane.next().map(|c| id(&c)), Some("a2".into()));
         assert!(lane.next().is_none(), "the limit");
-        lane.ended(&"a".into());
+        lane.ended("a");
         assert_eq!(lane.next().map(|c| id(&c)), Some("b1".into()));
     }
 
@@ -143,15 +143,15 @@ mod tests {
         let started: Vec<_> = std::iter::from_fn(|| lane.next()).map(|c| id(&c)).collect();
         assert_eq!(started, ["a1", "b1"], "one per user at a time");
         assert_eq!((lane.in_flight(), lane.waiting()), (2, 3));
-        lane.ended(&"b".into());
+        lane.ended("b");
         assert_eq!(lane.next().map(|c| id(&c)), Some("b2".into()));
-        lane.ended(&"a".into());
+        lane.ended("a");
         assert_eq!(lane.next().map(|c| id(&c)), Some("a2".into()));
         assert!(lane.next().is_none(), "a3 waits for a2");
-        lane.ended(&"a".into());
+        lane.ended("a");
         assert_eq!(lane.next().map(|c| id(&c)), Some("a3".into()));
-        lane.ended(&"a".into());
-        lane.ended(&"b".into());
+        lane.ended("a");
+        lane.ended("b");
         assert_eq!((lane.in_flight(), lane.waiting()), (0, 0));
         lane.push(call("a", "a4"));
         assert_eq!(

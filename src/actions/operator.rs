@@ -15,7 +15,7 @@ use crate::async_bridge::AsyncBridge;
 use crate::counters::{ActionCounts, Counters};
 use crate::dead_letter::DeadLetters;
 use crate::log_limit::LogLimiter;
-use crate::model::{EnrichedEvent, Text, Time};
+use crate::model::{EnrichedEvent, SmallText, Time};
 use crate::operators::backpressure::Backlog;
 use crate::operators::held::HeldTimes;
 
@@ -65,7 +65,7 @@ struct WebhookLane {
 }
 
 /// A finished call: its lane, its event's time and user, and how it ended.
-type Ended = (usize, Time, Text, Outcome);
+type Ended = (usize, Time, SmallText, Outcome);
 
 /// The operator's state on one worker.
 struct Runner {
@@ -171,7 +171,7 @@ impl Runner {
     fn start_calls(&mut self) {
         for (at, lane) in self.lanes.iter_mut().enumerate() {
             while let Some((time, ev)) = lane.calls.next() {
-                let user = Text::from(&ev.event.user_id);
+                let user = ev.event.user_id.clone();
                 let client = lane.client.clone();
                 let name = lane.name.clone();
                 let dead_letters = lane.dead_letters.clone();
