@@ -439,9 +439,7 @@ impl Prepared {
             }
             self.read_file_whole();
             self.checkpoints = None;
-            if let Some(letters) = self.dead_letters.take() {
-                letters.unused();
-            }
+            self.dead_letters = None;
             self.actions_as_prints();
             tracing::info!(
                 "dry run: triggered events are printed, nothing is acted on or committed"

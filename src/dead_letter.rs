@@ -90,12 +90,7 @@ pub struct DeadLetters {
 }
 
 enum Sink {
-    File {
-        file: Mutex<File>,
-        path: PathBuf,
-        /// The file did not exist before this run opened it.
-        created: bool,
-    },
+    File { file: Mutex<File>, path: PathBuf },
     Kafka(KafkaSink),
 }
 
@@ -183,7 +178,6 @@ impl DeadLetters {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let created = !path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -193,23 +187,8 @@ impl DeadLetters {
             sink: Arc::new(Sink::File {
                 file: Mutex::new(file),
                 path: path.to_path_buf(),
-                created,
             }),
         })
-    }
-
-    /// For a run that writes none after all (a dry run): the file is removed if this run
-    /// created it (opening it at start checked the path) and it is still empty.
-    pub fn unused(&self) {
-        if let Sink::File {
-            path,
-            created: true,
-            ..
-        } = &*self.sink
-            && std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
-        {
-            let _ = std::fs::remove_file(path);
-        }
     }
 
     /// Writes `letters` (a file: in one write, synced; a topic: acknowledged).
@@ -218,7 +197,7 @@ impl DeadLetters {
             return Ok(());
         }
         match &*self.sink {
-            Sink::File { file, path, .. } => {
+            Sink::File { file, path } => {
                 let err = |source| DeadLetterError::File {
                     path: path.clone(),
                     source,
@@ -319,21 +298,6 @@ impl KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A file this run created and left empty goes; one that was there stays, empty or not.
-    #[test]
-    fn an_unused_file_goes_only_if_this_run_made_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let new = dir.path().join("new.jsonl");
-        DeadLetters::open(&new).unwrap().unused();
-        assert!(!new.exists());
-        for (name, text) in [("empty.jsonl", ""), ("old.jsonl", "{}\n")] {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            DeadLetters::open(&path).unwrap().unused();
-            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
-        }
-    }
 
     #[test]
     fn letters_are_appended_and_read_back_with_their_bytes() {

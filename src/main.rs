@@ -294,7 +294,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .as_ref()
             .map_or(LogFormat::Text, |s| s.logging.format),
     );
-    let settings = settings?;
+    let mut settings = settings?;
+    if args.dry_run {
+        // A dry run writes no dead letters: their file is not even opened (created).
+        settings.dead_letter = Default::default();
+    }
     PROCESSES.store(args.processes, std::sync::atomic::Ordering::Relaxed);
     exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;

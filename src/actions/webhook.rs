@@ -327,22 +327,10 @@ mod tests {
     #[test]
     fn an_id_with_a_control_character_is_delivered_without_its_key() {
         let rt = runtime();
-        let keys: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
-        let seen = keys.clone();
-        let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
-            let key = req
-                .headers()
-                .get("idempotency-key")
-                .map(|v| v.as_bytes().to_vec());
-            seen.lock().unwrap().push(key);
-            async { crate::http_server::reply(hyper::StatusCode::OK, "") }
-        });
         let unkeyed = || crate::metrics::global().webhook_calls_without_key.get();
         let before = unkeyed();
         rt.block_on(async {
-            let addr = crate::http_server::serve("127.0.0.1:0".parse().unwrap(), receiver)
-                .await
-                .unwrap();
+            let (addr, keys) = recording("idempotency-key", hyper::StatusCode::OK).await;
             let url = format!("http://{addr}/hook");
             let client =
                 WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
@@ -561,20 +549,8 @@ mod tests {
     #[test]
     fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
         let rt = runtime();
-        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-        let log = seen.clone();
-        let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
-            let auth = req
-                .headers()
-                .get("authorization")
-                .map(|v| v.to_str().unwrap().to_string());
-            log.lock().unwrap().push(auth);
-            async { crate::http_server::reply(hyper::StatusCode::UNAUTHORIZED, "") }
-        });
-        rt.block_on(async {
-            let addr = crate::http_server::serve("127.0.0.1:0".parse().unwrap(), receiver)
-                .await
-                .unwrap();
+        let seen = rt.block_on(async {
+            let (addr, seen) = recording("authorization", hyper::StatusCode::UNAUTHORIZED).await;
             let url = format!("http://wu:w%40p@{addr}/hook");
             let client =
                 WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
@@ -587,11 +563,31 @@ mod tests {
                 e.reason,
                 format!("POST http://{addr}/hook answered HTTP 401")
             );
+            seen
         });
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![Some("Basic d3U6d0Bw".to_string())]
+            vec![Some(b"Basic d3U6d0Bw".to_vec())]
         );
+    }
+
+    /// The calls' values of `header` (as bytes; `None` where absent), kept by a receiver
+    /// on 127.0.0.1 that answers every call `status`; and its address.
+    async fn recording(
+        header: &'static str,
+        status: hyper::StatusCode,
+    ) -> (std::net::SocketAddr, Arc<Mutex<Vec<Option<Vec<u8>>>>>) {
+        let seen: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let log = seen.clone();
+        let receiver = crate::http_server::handler(move |req: hyper::Request<bytes::Bytes>| {
+            let value = req.headers().get(header).map(|v| v.as_bytes().to_vec());
+            log.lock().unwrap().push(value);
+            async move { crate::http_server::reply(status, "") }
+        });
+        let addr = crate::http_server::serve("127.0.0.1:0".parse().unwrap(), receiver)
+            .await
+            .unwrap();
+        (addr, seen)
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -66,9 +66,6 @@ impl Router {
             peers,
             per_process,
         } = self.place;
-        if per_process == 1 {
-            return index;
-        }
         let hash = match user_id_of(msg) {
             Some(user) => user_hash_of_bytes(user),
             None => match self.decoder.decode(msg) {
