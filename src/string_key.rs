@@ -52,6 +52,12 @@ impl<K: AsRef<str>, V, const W: usize> StrMap<K, V, W> {
     }
 
     #[inline]
+    pub fn get_key_value(&self, s: &str) -> Option<(&K, &V)> {
+        let (hash, is) = probe(s);
+        self.0.find(hash, is).map(|slot| (&slot.key, &slot.value))
+    }
+
+    #[inline]
     pub fn get_mut(&mut self, s: &str) -> Option<&mut V> {
         let (hash, is) = probe(s);
         self.0.find_mut(hash, is).map(|slot| &mut slot.value)
@@ -136,7 +142,7 @@ impl<const W: usize> Head<W> {
 /// that overlap when they must, as `memcpy` copies short lengths: the bytes one at a
 /// time were a third of a look-up's instructions (most keys end in a partial word).
 #[inline]
-fn short_word(b: &[u8]) -> u64 {
+pub(crate) fn short_word(b: &[u8]) -> u64 {
     let n = b.len();
     let byte = |i: usize| u64::from(b[i]);
     match n {
