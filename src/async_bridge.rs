@@ -1,8 +1,16 @@
 //! Runs futures on the process's tokio runtime on behalf of a timely operator, and hands
 //! their results back to it: the worker never blocks on I/O, and the operator is woken
 //! (through a `SyncActivator`) as soon as a result is ready.
+//!
+//! One activation wakes the operator for every result that arrives before it drains:
+//! a result that finds one on its way sends none. An activation is a path allocated and
+//! sent through a channel to the worker, and an unpark, which wakes a parked worker
+//! with a system call; one per webhook call was a share of each call's CPU, on both
+//! sides, and woke the worker once per call where one wake-up serves a batch.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use timely::scheduling::SyncActivator;
@@ -14,6 +22,9 @@ pub struct AsyncBridge<R> {
     sender: mpsc::Sender<R>,
     receiver: mpsc::Receiver<R>,
     in_flight: usize,
+    /// Set by the result that activates the operator, cleared when the operator drains:
+    /// while set, an activation is on its way and the results after it need none.
+    woken: Arc<AtomicBool>,
 }
 
 impl<R: Send + 'static> AsyncBridge<R> {
@@ -25,6 +36,7 @@ impl<R: Send + 'static> AsyncBridge<R> {
             sender,
             receiver,
             in_flight: 0,
+            woken: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -32,18 +44,27 @@ impl<R: Send + 'static> AsyncBridge<R> {
     pub fn spawn(&mut self, work: impl Future<Output = R> + Send + 'static) {
         let sender = self.sender.clone();
         let activator = self.activator.clone();
+        let woken = self.woken.clone();
         self.in_flight += 1;
         self.runtime.spawn(async move {
             let result = work.await;
             // The operator is gone only when the dataflow was dropped; nothing to tell.
-            if sender.send(result).is_ok() {
+            // The result is in the channel before the flag is read: if the flag was set,
+            // the drain that clears it comes after, and takes this result.
+            if sender.send(result).is_ok() && !woken.swap(true, Ordering::SeqCst) {
                 let _ = activator.activate();
             }
         });
     }
 
-    /// Results that have arrived since the last call.
+    /// Results that have arrived since the last call. The operator must take them all
+    /// in each activation (until this gives none): one that arrived before this call,
+    /// and that it leaves, wakes it no more.
     pub fn drain(&mut self) -> impl Iterator<Item = R> + '_ {
+        // Cleared before reading: a result sent after this activates the operator again.
+        // A swap, not a store: reading the flag a result set orders that result's send
+        // before the reads below.
+        self.woken.swap(false, Ordering::SeqCst);
         std::iter::from_fn(move || {
             let r = self.receiver.try_recv().ok()?;
             self.in_flight -= 1;
@@ -54,5 +75,74 @@ impl<R: Send + 'static> AsyncBridge<R> {
     /// Futures started and not yet drained.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use timely::dataflow::operators::generic::operator::source;
+
+    use super::*;
+
+    /// Results that arrive while an activation is on its way, or while the operator
+    /// drains, are all taken: none waits without a wake-up. The worker parks between
+    /// activations, so a lost one leaves it parked and the test fails on its deadline.
+    #[test]
+    fn every_result_is_taken_however_results_and_activations_interleave() {
+        const CALLS: u64 = 3_000;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            timely::execute_directly(move |worker| {
+                let taken = Rc::new(Cell::new(0u64));
+                let wakes = Rc::new(Cell::new(0u64));
+                let (t, w) = (taken.clone(), wakes.clone());
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let s = scope;
+                    source::<_, timely::container::CapacityContainerBuilder<Vec<u64>>, _, _>(
+                        scope,
+                        "Bridge",
+                        move |cap, info| {
+                            let activator = s.worker().sync_activator_for(info.address.to_vec());
+                            let mut bridge = AsyncBridge::new(handle, activator);
+                            for i in 0..CALLS {
+                                bridge.spawn(async move {
+                                    tokio::time::sleep(Duration::from_micros(i % 13 * 50)).await;
+                                    i
+                                });
+                            }
+                            let mut cap = Some(cap);
+                            move |_output| {
+                                w.set(w.get() + 1);
+                                t.set(t.get() + bridge.drain().count() as u64);
+                                if bridge.in_flight() == 0 {
+                                    drop(cap.take());
+                                }
+                            }
+                        },
+                    );
+                });
+                while taken.get() < CALLS {
+                    worker.step_or_park(None);
+                }
+                let _ = done.send(wakes.get());
+            });
+        });
+        let wakes = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("every result taken (a lost wake-up leaves the worker parked)");
+        assert!(
+            wakes <= CALLS + 1,
+            "{wakes} activations for {CALLS} results"
+        );
     }
 }
