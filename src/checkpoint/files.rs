@@ -33,6 +33,7 @@ use super::direct::DirectWriter;
 
 use super::lz4_frame::{BLOCK, Lz4Frame};
 use crate::model::{PendingUser, SavedUser, Text, UserState};
+use crate::store::Records;
 use crate::store::codec::{self, Ids, Words};
 
 const MAGIC: &[u8; 8] = b"ETSTATE3";
@@ -171,6 +172,9 @@ pub struct PartInfo {
     pub duration: Duration,
     /// The writer thread's CPU time: what the part cost beside the worker's.
     pub cpu: Duration,
+    /// The records' vector, emptied, for the next snapshot to fill: its memory stays
+    /// the process's (a new one each part was faulted in page by page).
+    pub spare: Records,
 }
 
 /// Counts and hashes what passes through, for the trailer.
@@ -242,6 +246,7 @@ impl PartWriter {
                         hash,
                         duration: started.elapsed(),
                         cpu: crate::clock::thread_cpu_time(),
+                        spare: written.spare,
                     })
                 });
                 let _ = done_tx.send(result);
@@ -377,6 +382,7 @@ struct Written {
     users: u64,
     bytes: u64,
     words: u64,
+    spare: Records,
 }
 
 fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Result<Written> {
@@ -384,7 +390,7 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
         let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
-    let (mut users, mut words) = (0u64, 0u64);
+    let (mut users, mut words, mut spare) = (0u64, 0u64, Vec::new());
     let bytes = write_atomic_direct(path, |out| {
         let mut hashed = Hashing {
             inner: out,
@@ -404,7 +410,7 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
             true => Sink::Lz4(Lz4Frame::start(&mut hashed)?),
             false => Sink::Plain(&mut hashed),
         };
-        (users, words) = write_body(sink, records)?;
+        (users, words, spare) = write_body(sink, records)?;
         let hash = hashed.hasher.digest();
         out.write_all(&users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
@@ -414,12 +420,13 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
         users,
         bytes,
         words,
+        spare,
     })
 }
 
 /// Writes a part's body (the dictionary, then the records) to `out`; returns how many
-/// records it wrote and the strings its dictionary reaches.
-fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
+/// records it wrote, the strings its dictionary reaches and the states' vector, emptied.
+fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Records)> {
     let mut e = Encoder {
         out,
         buf: Vec::with_capacity(2 * BLOCK),
@@ -440,7 +447,8 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
     }
     // Each state is dropped once encoded: its parts, shared with the worker's table
     // until then, are copied on the worker's next write to them.
-    let mut states = records.states.into_iter();
+    let mut all = records.states;
+    let mut states = all.drain(..);
     while let Some((user, state)) = states.next() {
         let ahead = states.as_slice();
         if let Some((user, state)) = ahead.get(PREFETCH_PARTS) {
@@ -451,6 +459,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
         }
         e.typed(&user, &state)?;
     }
+    drop(states);
     for (user, pending) in &records.pending {
         e.pending(user, pending)?;
     }
@@ -459,7 +468,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64)> {
     }
     e.buf.push(END);
     e.out.finish(&e.buf)?;
-    Ok((e.users, e.words as u64))
+    Ok((e.users, e.words as u64, all))
 }
 
 /// The dictionary as it is now, from id `from` on: every id the records use was given

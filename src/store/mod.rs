@@ -38,6 +38,9 @@ pub trait StateStore {
     }
 }
 
+/// Users' states to write into a checkpoint part.
+pub type Records = Vec<(Text, UserState)>;
+
 /// A copy of a store's users at one moment, for a checkpoint part: records to write,
 /// and, from RocksDB, a checkpoint of its own read by the part's writer thread.
 pub struct StoreSnapshot {
@@ -140,9 +143,10 @@ macro_rules! each_store {
 }
 
 impl Store {
-    /// The users now, for a checkpoint part.
-    pub fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
-        each_store!(self, s => s.snapshot())
+    /// The users now, for a checkpoint part. `into` is a vector to fill (emptied
+    /// first), so that a snapshot reuses the memory of the one before.
+    pub fn snapshot(&mut self, into: Records) -> Result<StoreSnapshot, StateError> {
+        each_store!(self, s => s.snapshot(into))
     }
 
     /// The states of `users` (those the store holds) as they are now, for a delta part.
@@ -151,8 +155,9 @@ impl Store {
     pub fn states_of<'a>(
         &self,
         users: impl Iterator<Item = &'a Text>,
+        into: Records,
     ) -> Result<StoreSnapshot, StateError> {
-        each_store!(self, s => s.states_of(users))
+        each_store!(self, s => s.states_of(users, into))
     }
 
     /// `user`'s state if it is in memory (RocksDB: in its cache), read only: for
@@ -203,13 +208,11 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     /// A shallow copy: the parts of each state are `Arc`s.
-    fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+    fn snapshot(&mut self, mut into: Records) -> Result<StoreSnapshot, StateError> {
+        into.clear();
+        into.extend(self.users.iter().map(|(u, st)| (u.clone(), st.clone())));
         Ok(StoreSnapshot {
-            records: self
-                .users
-                .iter()
-                .map(|(u, st)| (u.clone(), st.clone()))
-                .collect(),
+            records: into,
             encoded: None,
         })
     }
@@ -217,11 +220,12 @@ impl MemoryStore {
     fn states_of<'a>(
         &self,
         users: impl Iterator<Item = &'a Text>,
+        mut into: Records,
     ) -> Result<StoreSnapshot, StateError> {
+        into.clear();
+        into.extend(users.filter_map(|u| Some((u.clone(), self.users.get(u)?.clone()))));
         Ok(StoreSnapshot {
-            records: users
-                .filter_map(|u| Some((u.clone(), self.users.get(u)?.clone())))
-                .collect(),
+            records: into,
             encoded: None,
         })
     }
@@ -387,10 +391,10 @@ mod tests {
         assert!(store.get_mut(&format!("{long}z")).is_none() && !store.holds("u"));
         assert_eq!(store.remove(&ids[4]).unwrap().last_activity, 4);
         assert!(store.remove(&ids[4]).is_none() && store.get_mut(&ids[3]).is_some());
-        let snapshot = store.snapshot().unwrap().records;
+        let snapshot = store.snapshot(Vec::new()).unwrap().records;
         assert_eq!(snapshot.len(), ids.len() - 1);
         let wanted: Vec<Text> = vec![ids[0].as_str().into(), ids[4].as_str().into()];
-        let some = store.states_of(wanted.iter()).unwrap().records;
+        let some = store.states_of(wanted.iter(), snapshot).unwrap().records;
         assert_eq!(some.len(), 1);
         assert_eq!(&*some[0].0, "u1");
     }

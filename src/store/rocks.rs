@@ -21,7 +21,7 @@ use rocksdb::{
 use rustc_hash::FxHashMap;
 
 use super::bulk_load::BulkLoad;
-use super::{StateError, StateStore, StoreSnapshot};
+use super::{Records, StateError, StateStore, StoreSnapshot};
 use crate::checkpoint::files::{EncodedRecords, RecordSink};
 use crate::log_limit::LogLimiter;
 use crate::model::{Text, UserState};
@@ -284,7 +284,9 @@ impl RocksStore {
     }
 
     /// Takes a RocksDB checkpoint of every user now; the part writer reads it.
-    pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+    /// (`into` is not needed: the records are the checkpoint's files.)
+    pub(super) fn snapshot(&mut self, into: Records) -> Result<StoreSnapshot, StateError> {
+        drop(into);
         self.ingest_restored();
         self.write_dirty()?;
         let fail = |e: rocksdb::Error| StateError::Snapshot(e.to_string());
@@ -319,9 +321,10 @@ impl RocksStore {
     pub(super) fn states_of<'a>(
         &self,
         users: impl Iterator<Item = &'a Text>,
+        mut records: Records,
     ) -> Result<StoreSnapshot, StateError> {
         debug_assert!(self.bulk.is_empty(), "a delta is taken after the restore");
-        let mut records = Vec::new();
+        records.clear();
         let mut stored: Vec<(Text, Vec<u8>)> = Vec::new();
         for user in users {
             if let Some(slot) = self.cache.get(user) {
@@ -548,9 +551,9 @@ mod tests {
     fn snapshots_agree(dir: &Path, rocks: &mut RocksStore, memory: &mut MemoryStore) {
         let from_rocks = dir.join("rocks.bin");
         let from_memory = dir.join("memory.bin");
-        let s = rocks.snapshot().unwrap();
+        let s = rocks.snapshot(Vec::new()).unwrap();
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.snapshot().unwrap();
+        let s = memory.snapshot(Vec::new()).unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());
@@ -626,13 +629,13 @@ mod tests {
         );
         let from_rocks = dir.path().join("rocks.bin");
         let from_memory = dir.path().join("memory.bin");
-        let s = rocks.states_of(users.iter()).unwrap();
+        let s = rocks.states_of(users.iter(), Vec::new()).unwrap();
         assert!(
             s.encoded.is_some(),
             "evicted users go as their stored bytes"
         );
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.states_of(users.iter()).unwrap();
+        let s = memory.states_of(users.iter(), Vec::new()).unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());
@@ -750,7 +753,7 @@ mod tests {
             for i in 0..10 {
                 s.insert(format!("u{i}").into(), state(i));
             }
-            s.snapshot().unwrap();
+            s.snapshot(Vec::new()).unwrap();
         }
         // A restore's file that a killed run left beside the database.
         let stray = dir.path().join("worker-0.restore-3.sst");

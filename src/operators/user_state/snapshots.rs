@@ -16,6 +16,7 @@ use crate::counters::Counters;
 use crate::model::{PendingUser, Text, Time, UserEvent};
 use crate::operators::held::HeldTimes;
 use crate::shutdown::Ending;
+use crate::store::Records;
 
 /// Events that arrived early: while a checkpoint is restored, or stamped at or after
 /// the next epoch before the frontier reached it. Their times are held.
@@ -68,6 +69,8 @@ pub(super) struct Snapshots {
     /// The final snapshot waits for the look-ups running (see `Ending`).
     awaiting_lookups: bool,
     chain: Chain,
+    /// The records' vector of the last part written, emptied, for the next snapshot.
+    spare: Records,
 }
 
 /// This worker's parts since its last whole one, which the next delta builds on.
@@ -152,6 +155,7 @@ impl Snapshots {
             ending,
             awaiting_lookups: false,
             chain: Chain::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -232,7 +236,7 @@ impl Snapshots {
         // users, it is smaller than a whole part, which holds the dictionary.)
         if self.chain.next_is_delta(self.cfg.full_every, table.len())
             && table.changed() < table.len().max(1)
-            && let Some(delta) = table.delta()
+            && let Some(delta) = table.delta(std::mem::take(&mut self.spare))
         {
             match delta {
                 Ok(delta) => {
@@ -250,7 +254,7 @@ impl Snapshots {
             }
             return;
         }
-        let copy = match table.snapshot() {
+        let copy = match table.snapshot(std::mem::take(&mut self.spare)) {
             Ok(copy) => copy,
             Err(e) => {
                 // Without its part this epoch's checkpoint never completes; the next
@@ -332,12 +336,12 @@ impl Snapshots {
     /// written go back to `table`.
     pub(super) fn settle(&mut self, ended: bool, stats: &Counters, table: &mut UserTable) {
         if let Some(p) = &mut self.in_progress
-            && let Some(result) = p.writer.poll()
+            && let Some(mut result) = p.writer.poll()
         {
             let epoch = p.epoch;
             let (taken, users) = p.taken.take().unzip();
             let whole = taken.is_none();
-            match &result {
+            match &mut result {
                 Ok(info) => {
                     let part = BasePart {
                         file: CheckpointConfig::part_name(epoch, self.worker),
@@ -346,6 +350,10 @@ impl Snapshots {
                         records: Some(info.users),
                     };
                     self.chain.written(part, whole, info.words);
+                    self.spare = std::mem::take(&mut info.spare);
+                    if let Some(changes) = taken {
+                        table.recycle_changes(changes);
+                    }
                 }
                 Err(_) => match taken {
                     Some(changes) => table.restore_changes(changes),

@@ -8,7 +8,7 @@ use super::lookups::after_failure;
 use crate::model::{ProfileData, Text, Time, UserEvent, UserState};
 use crate::store::codec;
 use crate::store::recent::RecentLookups;
-use crate::store::{StateError, StateStore, Store, StoreSnapshot, TtlIndex};
+use crate::store::{Records, StateError, StateStore, Store, StoreSnapshot, TtlIndex};
 
 /// Why a user has no live state to apply an event to.
 pub(super) enum Miss {
@@ -42,6 +42,12 @@ impl Changes {
         self.removed.insert(Text::from(user));
     }
 
+    /// Empties the sets, keeping their memory.
+    fn clear(&mut self) {
+        self.changed.clear();
+        self.removed.clear();
+    }
+
     /// These changes, and `older` ones (of a part that was not written) under them.
     fn merge(&mut self, older: Changes) {
         for u in older.changed {
@@ -69,6 +75,9 @@ pub(super) struct UserTable {
     store: Store,
     /// Kept when checkpoints may be deltas.
     changes: Option<Changes>,
+    /// The sets of a delta part written, emptied: the next delta's changes go into them
+    /// (new sets grew, and rehashed, to ~100k users every part).
+    spare_changes: Changes,
     ttl: TtlIndex,
     /// What recent look-ups gave, when the TTL is shorter than `min_refetch_ms` (else a
     /// user's look-up is always older than that when it expires, and none is kept).
@@ -82,6 +91,7 @@ impl UserTable {
         UserTable {
             store,
             changes: None,
+            spare_changes: Changes::default(),
             ttl: TtlIndex::new(ttl_ms),
             recent: (ttl_ms < min_refetch_ms).then(|| RecentLookups::new(min_refetch_ms)),
             min_refetch_ms,
@@ -243,20 +253,22 @@ impl UserTable {
         self.changes = Some(Changes::default());
     }
 
-    /// The users now, for a whole checkpoint part (the changes so far are in it).
-    pub(super) fn snapshot(&mut self) -> Result<StoreSnapshot, StateError> {
+    /// The users now, for a whole checkpoint part (the changes so far are in it), in
+    /// `into` (see `Store::snapshot`).
+    pub(super) fn snapshot(&mut self, into: Records) -> Result<StoreSnapshot, StateError> {
         if let Some(c) = &mut self.changes {
-            *c = Changes::default();
+            c.clear();
         }
-        self.store.snapshot()
+        self.store.snapshot(into)
     }
 
     /// The users changed and removed since the last part, for a delta part; `None` when
     /// changes are not kept. Read without touching the store (no user becomes changed
     /// or cached by it); if the store fails, the changes are kept for the next part.
-    pub(super) fn delta(&mut self) -> Option<Result<Delta, StateError>> {
-        let taken = std::mem::take(self.changes.as_mut()?);
-        let states = match self.store.states_of(taken.changed.iter()) {
+    pub(super) fn delta(&mut self, into: Records) -> Option<Result<Delta, StateError>> {
+        let changes = self.changes.as_mut()?;
+        let taken = std::mem::replace(changes, std::mem::take(&mut self.spare_changes));
+        let states = match self.store.states_of(taken.changed.iter(), into) {
             Ok(states) => states,
             Err(e) => {
                 self.restore_changes(taken);
@@ -274,6 +286,12 @@ impl UserTable {
             removed,
             taken,
         }))
+    }
+
+    /// Takes back the changes of a delta part that was written, to reuse their memory.
+    pub(super) fn recycle_changes(&mut self, mut written: Changes) {
+        written.clear();
+        self.spare_changes = written;
     }
 
     /// Gives back the changes of a delta part that was not written: the next part has

@@ -641,6 +641,39 @@ fn a_part_after_every_user_changed_is_whole() {
     });
 }
 
+/// A delta part written gives its sets of changes and its records' vector back, emptied,
+/// for the next one: each delta holds the users changed since the part before, not
+/// those of an earlier one.
+#[test]
+fn each_delta_holds_only_the_users_changed_since_the_part_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    timely::execute_directly(move |worker| {
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000);
+        let users: Vec<String> = (1..=9).map(|i| format!("u{i}")).collect();
+        for (i, u) in users.iter().enumerate() {
+            r.send(start + 100 + i as Time, u, &format!("e{i}"));
+        }
+        r.events.advance_to(start + 400);
+        // Eight look-ups at once: each answered as it starts.
+        for u in &users {
+            r.step_until(worker, |r| r.started().contains(u));
+            r.profiles.answer(u, Ok(profile("FR")));
+        }
+        r.events.advance_to(start + 1000);
+        assert_eq!(completed(&r, worker, &cfg, start + 1000).1, None, "whole");
+        for (epoch, user) in [(2000, "u1"), (3000, "u2"), (4000, "u3")] {
+            r.send(start + epoch - 900, user, &format!("x{epoch}"));
+            r.events.advance_to(start + epoch);
+            let (all, records) = completed(&r, worker, &cfg, start + epoch);
+            assert_eq!(records, Some(1), "{user} alone at {epoch}");
+            assert_eq!(all.len(), 9);
+        }
+        std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+        r.step_until(worker, |r| r.probe.done());
+    });
+}
+
 /// A rig checkpointing every second into `path` (a whole part every `full_every`), on
 /// the hash map or on RocksDB caching `rocksdb_cache` users, its users idle for `ttl_ms`
 /// expiring; with the epoch it starts at and its checkpoint config.
