@@ -169,11 +169,15 @@ pub fn intern(s: &str) -> Option<u32> {
 /// The id of `s` if this thread has seen it.
 #[inline]
 fn seen(s: &str) -> Option<u32> {
-    if let Some(id) = FRONT.with_borrow(|f| f.get(s)) {
+    // A longer string (a URL, one an event) goes straight to `CACHE`.
+    let short = s.len() <= FRONT_LEN;
+    if short && let Some(id) = FRONT.with_borrow(|f| f.get(s)) {
         return Some(id);
     }
     let (text, id) = CACHE.with_borrow(|c| c.get_key_value(s).map(|(t, id)| (*t, *id)))?;
-    FRONT.with_borrow_mut(|f| f.put(text, id));
+    if short {
+        FRONT.with_borrow_mut(|f| f.put(text, id));
+    }
     Some(id)
 }
 

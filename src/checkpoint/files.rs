@@ -206,7 +206,7 @@ pub type RecordSink<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>;
 /// encoded) and the users whose look-ups were running.
 pub struct PartRecords {
     pub base: Option<EncodedRecords>,
-    pub states: Vec<(Text, UserState)>,
+    pub states: Records,
     pub pending: Vec<(Text, PendingUser)>,
     /// A delta part: the users gone since the part it builds on (else none, and a whole
     /// state part).
@@ -510,7 +510,7 @@ fn read_dictionary(r: &mut impl Read) -> io::Result<Vec<String>> {
 }
 
 /// A part of users' states alone (tests and tools).
-pub fn write_states(path: &Path, states: Vec<(Text, UserState)>) -> io::Result<(u64, u64)> {
+pub fn write_states(path: &Path, states: Records) -> io::Result<(u64, u64)> {
     write_part(
         path,
         PartRecords {

@@ -44,7 +44,7 @@ pub type Records = Vec<(Text, UserState)>;
 /// A copy of a store's users at one moment, for a checkpoint part: records to write,
 /// and, from RocksDB, a checkpoint of its own read by the part's writer thread.
 pub struct StoreSnapshot {
-    pub records: Vec<(Text, UserState)>,
+    pub records: Records,
     pub encoded: Option<EncodedRecords>,
 }
 
