@@ -49,12 +49,14 @@ pub struct UserEvent {
     pub parameters: Option<RawJson>,
 }
 
-/// A validated JSON document kept as its text. In JSON it is written (and read) as the
-/// document itself, without being parsed again; in the binary exchange format, as a
-/// string (checked once on arrival). Made only of text checked to be one JSON value,
-/// without whitespace around it.
-#[derive(Clone, Debug)]
-pub struct RawJson(Arc<str>);
+/// A validated JSON value, kept in the compact form of `history::codec` (object keys and
+/// strings by this process's dictionary id, numbers as their text; text with whitespace
+/// between tokens whole), which writes back exactly the text that arrived. A history
+/// entry holds the same bytes, so an event's become its entry's by a copy. In JSON it is
+/// written (and read) as the value itself; in the binary exchange format, which may
+/// cross to another process and its dictionary, as its text (checked again on arrival).
+#[derive(Clone)]
+pub struct RawJson(Arc<[u8]>);
 
 impl RawJson {
     /// Checks `text` is one JSON document.
@@ -64,16 +66,43 @@ impl RawJson {
 
     /// `text`, already checked to be one JSON value without whitespace around it.
     pub(crate) fn checked(text: &str) -> RawJson {
-        RawJson(Arc::from(text))
+        let mut tokens = Vec::with_capacity(text.len() / 2);
+        crate::history::codec::put_json(&mut tokens, text);
+        RawJson(Arc::from(tokens))
     }
 
-    pub fn as_str(&self) -> &str {
+    /// Tokens `history::codec` wrote (in this process) of one checked JSON value.
+    pub(crate) fn from_tokens(tokens: &[u8]) -> RawJson {
+        RawJson(Arc::from(tokens))
+    }
+
+    /// The compact form (see the type's notes).
+    pub fn tokens(&self) -> &[u8] {
         &self.0
+    }
+
+    /// Appends the JSON text, as it arrived.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        crate::history::codec::write_json(out, &self.0);
+    }
+
+    /// The JSON text, as it arrived.
+    pub fn text(&self) -> String {
+        let mut out = Vec::with_capacity(self.0.len() * 3);
+        self.write_json(&mut out);
+        // The tokens hold text that was checked to be UTF-8 on its way in.
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
     }
 
     /// JSON `null`.
     pub fn null() -> RawJson {
         RawJson::checked("null")
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RawJson").field(&self.text()).finish()
     }
 }
 
@@ -84,8 +113,10 @@ impl From<Box<RawValue>> for RawJson {
 }
 
 impl PartialEq for RawJson {
+    /// The same text (the same tokens, unless one was made when the dictionary had no
+    /// room for a string the other holds by id).
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.0 == other.0 || self.text() == other.text()
     }
 }
 
@@ -93,15 +124,15 @@ impl Eq for RawJson {}
 
 impl Serialize for RawJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = self.text();
         if s.is_human_readable() {
             // serde_json writes a `RawValue` as its text. The text was checked when it
             // was made; checking it again costs only the serde paths (pretty debug
             // prints, tests): webhook bodies are written by hand (`actions::body_json`).
-            let raw: &RawValue =
-                serde_json::from_str(self.as_str()).map_err(serde::ser::Error::custom)?;
+            let raw: &RawValue = serde_json::from_str(&text).map_err(serde::ser::Error::custom)?;
             raw.serialize(s)
         } else {
-            s.serialize_str(self.as_str())
+            s.serialize_str(&text)
         }
     }
 }
@@ -439,6 +470,33 @@ mod tests {
             let back: SavedUser = bincode::deserialize(&bytes).unwrap();
             assert_eq!(back, saved);
         }
+    }
+
+    /// Parameters are held by dictionary ids, which are this process's alone: between
+    /// processes (bincode) they travel as their text and are read into the receiver's
+    /// ids; in JSON, as the value, exactly as it arrived.
+    #[test]
+    fn parameters_cross_processes_as_their_text() {
+        let text = r#"{"utm_source":"model-test-src","custom_params":{"v":[1.50,-2e3,null,true],"t":"a\"b"},"x":{}}"#;
+        let mut ev = event("e");
+        ev.parameters = Some(RawJson::parse(text).unwrap());
+        let bytes = bincode::serialize(&ev).unwrap();
+        assert!(bytes.windows(text.len()).any(|w| w == text.as_bytes()));
+        let back: UserEvent = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, ev);
+        let p = back.parameters.as_ref().unwrap();
+        assert_eq!(p.text(), text);
+        assert_eq!(p.tokens(), ev.parameters.as_ref().unwrap().tokens());
+
+        let json = serde_json::to_string(&ev).unwrap();
+        assert!(json.contains(&format!(r#""parameters":{text}"#)), "{json}");
+        let back: UserEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ev);
+
+        let spaced = RawJson::parse(r#"{ "a" : [ 1 ] }"#).unwrap();
+        assert_eq!(spaced.text(), r#"{ "a" : [ 1 ] }"#);
+        assert_ne!(spaced, RawJson::parse(r#"{"a":[1]}"#).unwrap());
+        assert_eq!(format!("{:?}", RawJson::null()), r#"RawJson("null")"#);
     }
 
     #[test]

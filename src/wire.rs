@@ -165,6 +165,8 @@ fn word(interner: &mut Interner, s: &str) -> SmallText {
 /// allocated for each event.
 pub struct Decoder {
     interner: Interner,
+    /// The tokens of the message's `parameters`, as the scan writes them.
+    tokens: Vec<u8>,
     max_bytes: usize,
     strict_types: bool,
 }
@@ -186,6 +188,7 @@ impl Decoder {
     pub fn with_limit(max_bytes: usize) -> Self {
         Decoder {
             interner: Interner::default(),
+            tokens: Vec::new(),
             max_bytes,
             strict_types: false,
         }
@@ -222,7 +225,12 @@ impl Decoder {
         if bytes.len() > self.max_bytes {
             return Err(DecodeError::TooLarge(bytes.len(), self.max_bytes));
         }
-        decode_with(bytes, &mut self.interner, self.strict_types)
+        decode_with(
+            bytes,
+            &mut self.interner,
+            &mut self.tokens,
+            self.strict_types,
+        )
     }
 }
 
@@ -322,12 +330,13 @@ fn serde_event(s: &str, strict_types: bool) -> Result<WireEvent<'_>, DecodeError
 
 /// Decodes one message (without sharing strings; see `Decoder`).
 pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
-    decode_with(bytes, &mut Interner::default(), false)
+    decode_with(bytes, &mut Interner::default(), &mut Vec::new(), false)
 }
 
 fn decode_with(
     bytes: &[u8],
     interner: &mut Interner,
+    tokens: &mut Vec<u8>,
     strict_types: bool,
 ) -> Result<UserEvent, DecodeError> {
     // Jackson skips a UTF-8 byte order mark at the start of its input, so the original
@@ -344,7 +353,7 @@ fn decode_with(
     }
     // The usual message is read by a scan of its own; anything else by serde, which
     // gives every error and coercion (`fast`).
-    let w: WireEvent<'_> = match fast::wire_event(s) {
+    let w: WireEvent<'_> = match fast::wire_event(s, tokens) {
         Some(w) => w,
         None => serde_event(s, strict_types)?,
     };
@@ -358,7 +367,7 @@ fn decode_with(
         .filter(|s| !s.is_empty())
         .ok_or(DecodeError::MissingField("event_type"))?;
     let parameters = match (w.checked_parameters, w.parameters) {
-        (Some(p), _) if p.plain => Some(RawJson::checked(p.text)),
+        (Some(p), _) if p.plain => Some(RawJson::from_tokens(tokens)),
         (Some(p), _) => checked_parameters(p.text, strict_types)?,
         (None, Some(raw)) => parameters(raw, strict_types)?,
         (None, None) => None,
@@ -422,7 +431,7 @@ mod tests {
         assert!(e.contains(" at line 1 column "), "{e}");
         let fine = br#"{"user_id":"u","event_type":"c","parameters":{"utm_id":"\u00e9","custom_params":{"x":"\ud800"}}}"#;
         let ev = decode(fine).unwrap();
-        assert!(ev.parameters.unwrap().as_str().contains(r#""x":"\ud800""#));
+        assert!(ev.parameters.unwrap().text().contains(r#""x":"\ud800""#));
     }
 
     #[test]
@@ -434,7 +443,7 @@ mod tests {
         assert_eq!(ev.duration, 12);
         assert_eq!(ev.timestamp, 1_764_000_000_000);
         let p = ev.parameters.unwrap();
-        assert!(p.as_str().contains(r#""utm_source":"google""#));
+        assert!(p.text().contains(r#""utm_source":"google""#));
     }
 
     #[test]
@@ -607,7 +616,7 @@ mod tests {
             .replace(r#""is_https":true"#, r#""is_https":"true""#)
             .replace(r#""utm_id":"c001""#, r#""utm_id":1001"#);
         let coerced = decode(mistyped.as_bytes()).unwrap();
-        let p = coerced.parameters.as_ref().unwrap().as_str();
+        let p = coerced.parameters.as_ref().unwrap().text();
         assert!(p.contains(r#""utm_id":"1001""#), "{p}");
         assert!(
             p.contains(r#""custom_params":{"page_title":"Home","value":1.5}"#),
@@ -622,7 +631,7 @@ mod tests {
     fn utm_parameters_become_strings_and_the_rest_is_kept_as_it_came() {
         let ev = decode(br#"{"user_id":"u","event_type":"c","parameters":{"z":[1, 2],"utm_source":true,"utm_id":-1.50,"custom_params":null,"utm_term":null,"x\"y":"\u00e9"}}"#).unwrap();
         assert_eq!(
-            ev.parameters.unwrap().as_str(),
+            ev.parameters.unwrap().text(),
             r#"{"z":[1, 2],"utm_source":"true","utm_id":"-1.50","custom_params":null,"utm_term":null,"x\"y":"\u00e9"}"#
         );
     }

@@ -57,8 +57,12 @@ pub fn event(out: &mut Vec<u8>, ev: &UserEvent) {
     long(out, b",\"timestamp\":", ev.timestamp);
     boolean(out, b",\"triggerable\":", ev.triggerable);
     // Validated JSON text, written as it arrived (serde_json writes a `RawValue` so).
-    let parameters = ev.parameters.as_ref().map_or("null", |p| p.as_str());
-    put3(out, b",\"parameters\":", parameters.as_bytes(), b"}");
+    out.extend_from_slice(b",\"parameters\":");
+    match &ev.parameters {
+        Some(p) => p.write_json(out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
 }
 
 /// `p` as a JSON object.

@@ -1067,8 +1067,8 @@ mod tests {
             .map(|e| e.parameters.map(|p| p.to_raw()))
             .collect();
         assert_eq!(
-            ids[0].as_ref().map(|p| p.as_str()),
-            Some(r#"{ "utm_source": "spaced" }"#)
+            ids[0].as_ref().map(|p| p.text()),
+            Some(r#"{ "utm_source": "spaced" }"#.to_string())
         );
         let (_, s3) = &states[2];
         assert!(s3.profile.country.is_none() && s3.visit.is_none());
@@ -1077,7 +1077,7 @@ mod tests {
                 .parameters
                 .as_ref()
                 .unwrap()
-                .as_str(),
+                .text(),
             r#"{"custom_params":{"esc":"a\"b\u00e9"}}"#
         );
         // Written again, it is a part of the current format with the same users.

@@ -628,7 +628,7 @@ mod tests {
                     passes_both_ways(&format!("history[{i}].parameters == ()"), &st);
                     continue;
                 };
-                let json: serde_json::Value = serde_json::from_str(raw.as_str()).unwrap();
+                let json: serde_json::Value = serde_json::from_str(&raw.text()).unwrap();
                 // The generator's top-level keys are identifiers (`utm_source`, ...).
                 for (key, value) in json.as_object().unwrap() {
                     if let Some(v) = value.as_str() {

@@ -152,7 +152,7 @@ fn dynamic(f: Field<'_>) -> Dynamic {
 
 fn param_field(p: &RawJson, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
     // Parameters stay raw JSON in the state; reading one parses them (rare in filters).
-    let value: serde_json::Value = serde_json::from_str(p.as_str()).map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(&p.text()).map_err(|e| e.to_string())?;
     match value.get(name) {
         None | Some(serde_json::Value::Null) => Ok(Dynamic::UNIT),
         Some(v) => rhai::serde::to_dynamic(v),

@@ -245,9 +245,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The fields of one entry: `P` is the JSON text of the parameters as `put_entry` takes
-/// them, their tokens as `read_entry` gives them; `S` a string (`&str`, or its bytes as
-/// stored, as `read_entry_stored` gives them).
+/// The fields of one entry: `P` the parameters (their tokens, as `put_json` writes them);
+/// `S` a string (`&str`, or its bytes as stored, as `read_entry_stored` gives them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fields<P, S> {
     pub event_id: Option<S>,
@@ -258,7 +257,7 @@ pub struct Fields<P, S> {
 }
 
 /// Appends the body of one entry.
-pub fn put_entry(out: &mut Vec<u8>, f: &Fields<&str, &str>) {
+pub fn put_entry(out: &mut Vec<u8>, f: &Fields<&[u8], &str>) {
     let flags = [
         (f.event_id.is_some(), HAS_ID),
         (f.event_name.is_some(), HAS_NAME),
@@ -278,8 +277,8 @@ pub fn put_entry(out: &mut Vec<u8>, f: &Fields<&str, &str>) {
     if let Some(ty) = f.event_type {
         put_str(out, ty, true);
     }
-    if let Some(json) = f.parameters {
-        put_json(out, json);
+    if let Some(tokens) = f.parameters {
+        out.extend_from_slice(tokens);
     }
 }
 
@@ -329,24 +328,97 @@ fn read_fields<'a, S>(
 pub fn put_json(out: &mut Vec<u8>, json: &str) {
     let mark = out.len();
     let mut pos = 0;
-    if tokens(out, json, &mut pos, 0).is_none() || pos != json.len() {
+    if tokens(&mut Tokens(out), json, &mut pos, 0).is_none() || pos != json.len() {
         out.truncate(mark);
-        out.push(RAW);
-        put_varint(out, (json.len() as u64) << 1);
-        out.extend_from_slice(json.as_bytes());
+        Tokens(out).whole(json);
     }
 }
 
+/// Appends the tokens of a JSON value, one piece at a time: for `put_json`, and for the
+/// decoder's scan (`wire::fast`), which writes them as it checks the text.
+pub struct Tokens<'o>(pub &'o mut Vec<u8>);
+
+impl Tokens<'_> {
+    /// Objects and arrays nested deeper are kept whole (`whole`).
+    pub const MAX_DEPTH: usize = MAX_DEPTH;
+
+    #[inline]
+    pub fn object(&mut self) {
+        self.0.push(OBJ);
+    }
+
+    /// A key of the object begun last, as written between its quotes.
+    #[inline]
+    pub fn key(&mut self, key: &str) {
+        // Written as an optional string is (its reference plus one), so that `KEY_END`
+        // (0) cannot be mistaken for one.
+        put_opt_str(self.0, Some(key), dict::intern);
+    }
+
+    #[inline]
+    pub fn object_end(&mut self) {
+        self.0.push(KEY_END);
+    }
+
+    #[inline]
+    pub fn array(&mut self) {
+        self.0.push(ARR);
+    }
+
+    #[inline]
+    pub fn array_end(&mut self) {
+        self.0.push(END);
+    }
+
+    /// A string value, as written between its quotes (escapes kept).
+    #[inline]
+    pub fn string(&mut self, s: &str) {
+        self.0.push(STR);
+        put_str(self.0, s, true);
+    }
+
+    /// A number, as written.
+    #[inline]
+    pub fn number(&mut self, text: &str) {
+        self.0.push(NUM);
+        put_str(self.0, text, false);
+    }
+
+    /// `true`, `false` or `null`.
+    #[inline]
+    pub fn literal(&mut self, word: Literal) {
+        self.0.push(match word {
+            Literal::True => TRUE,
+            Literal::False => FALSE,
+            Literal::Null => NULL,
+        });
+    }
+
+    /// A whole value as its text: one that is not compact, or nests too deep.
+    pub fn whole(&mut self, json: &str) {
+        self.0.push(RAW);
+        put_varint(self.0, (json.len() as u64) << 1);
+        self.0.extend_from_slice(json.as_bytes());
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Literal {
+    True,
+    False,
+    Null,
+}
+
 /// One value of `json` at `pos` to tokens; `None` where the text is not compact JSON.
-fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Option<()> {
+fn tokens(out: &mut Tokens<'_>, text: &str, pos: &mut usize, depth: usize) -> Option<()> {
     let json = text.as_bytes();
     match *json.get(*pos)? {
         b'{' if depth < MAX_DEPTH => {
-            out.push(OBJ);
+            out.object();
             *pos += 1;
             if json.get(*pos) == Some(&b'}') {
                 *pos += 1;
-                out.push(KEY_END);
+                out.object_end();
                 return Some(());
             }
             loop {
@@ -355,9 +427,7 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
                     return None;
                 }
                 *pos += 1;
-                // A key is written as an optional string is (its reference plus one), so
-                // that `KEY_END` (0) cannot be mistaken for one.
-                put_opt_str(out, Some(key), dict::intern);
+                out.key(key);
                 tokens(out, text, pos, depth + 1)?;
                 match *json.get(*pos)? {
                     b',' => *pos += 1,
@@ -366,14 +436,14 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
                 }
             }
             *pos += 1;
-            out.push(KEY_END);
+            out.object_end();
         }
         b'[' if depth < MAX_DEPTH => {
-            out.push(ARR);
+            out.array();
             *pos += 1;
             if json.get(*pos) == Some(&b']') {
                 *pos += 1;
-                out.push(END);
+                out.array_end();
                 return Some(());
             }
             loop {
@@ -385,16 +455,15 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
                 }
             }
             *pos += 1;
-            out.push(END);
+            out.array_end();
         }
         b'"' => {
             let s = string(text, pos)?;
-            out.push(STR);
-            put_str(out, s, true);
+            out.string(s);
         }
-        b't' => literal(out, json, pos, b"true", TRUE)?,
-        b'f' => literal(out, json, pos, b"false", FALSE)?,
-        b'n' => literal(out, json, pos, b"null", NULL)?,
+        b't' => literal(out, json, pos, b"true", Literal::True)?,
+        b'f' => literal(out, json, pos, b"false", Literal::False)?,
+        b'n' => literal(out, json, pos, b"null", Literal::Null)?,
         b'-' | b'0'..=b'9' => {
             let start = *pos;
             while json
@@ -403,18 +472,23 @@ fn tokens(out: &mut Vec<u8>, text: &str, pos: &mut usize, depth: usize) -> Optio
             {
                 *pos += 1;
             }
-            out.push(NUM);
-            put_str(out, text.get(start..*pos)?, false);
+            out.number(text.get(start..*pos)?);
         }
         _ => return None,
     }
     Some(())
 }
 
-fn literal(out: &mut Vec<u8>, json: &[u8], pos: &mut usize, word: &[u8], tag: u8) -> Option<()> {
+fn literal(
+    out: &mut Tokens<'_>,
+    json: &[u8],
+    pos: &mut usize,
+    word: &[u8],
+    tag: Literal,
+) -> Option<()> {
     json.get(*pos..*pos + word.len()).filter(|w| *w == word)?;
     *pos += word.len();
-    out.push(tag);
+    out.literal(tag);
     Some(())
 }
 
@@ -554,12 +628,17 @@ pub fn translate_entry(
     let name = (flags & HAS_NAME != 0).then(|| text(r)).transpose()?;
     let ty = (flags & HAS_TYPE != 0).then(|| text(r)).transpose()?;
     let mut json = Vec::new();
+    let mut params = Vec::new();
     if flags & HAS_PARAMS != 0 {
         let start = r.pos;
         let sub = &r.buf[start..];
         let mut inner = Reader::new(sub);
         write_value(&mut json, &mut inner, lookup, 0)?;
         r.pos = start + inner.pos;
+        put_json(
+            &mut params,
+            std::str::from_utf8(&json).map_err(|_| Malformed(r.pos))?,
+        );
     }
     if let Some(at) = r.bad {
         return Err(Malformed(at));
@@ -571,9 +650,7 @@ pub fn translate_entry(
             event_name: name.as_deref(),
             event_type: ty.as_deref(),
             timestamp,
-            parameters: (flags & HAS_PARAMS != 0)
-                .then(|| std::str::from_utf8(&json).map_err(|_| Malformed(r.pos)))
-                .transpose()?,
+            parameters: (flags & HAS_PARAMS != 0).then_some(&params[..]),
         },
     );
     Ok(())
@@ -625,12 +702,15 @@ mod tests {
 
     #[test]
     fn an_entry_reads_back_and_translates() {
+        let text = r#"{"utm_source":"google","v":[1.5]}"#;
+        let mut tokens = Vec::new();
+        put_json(&mut tokens, text);
         let fields = Fields {
             event_id: Some("evt_1"),
             event_name: Some("home_page"),
             event_type: None,
             timestamp: -5,
-            parameters: Some(r#"{"utm_source":"google","v":[1.5]}"#),
+            parameters: Some(&tokens[..]),
         };
         let mut body = Vec::new();
         put_entry(&mut body, &fields);
@@ -639,7 +719,7 @@ mod tests {
         assert!(r.at_end() && r.bad.is_none());
         let mut json = Vec::new();
         write_json(&mut json, back.parameters.unwrap());
-        assert_eq!(json, fields.parameters.unwrap().as_bytes());
+        assert_eq!(json, text.as_bytes());
         assert_eq!(
             (back.event_id, back.event_name),
             (Some("evt_1"), Some("home_page"))

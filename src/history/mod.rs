@@ -64,11 +64,7 @@ impl Params<'_> {
     }
 
     pub fn to_raw(self) -> RawJson {
-        let mut out = Vec::with_capacity(self.0.len() * 2);
-        self.write_json(&mut out);
-        // The text is the one that was validated on the way in.
-        let text = String::from_utf8(out).unwrap_or_default();
-        RawJson::parse(&text).unwrap_or_else(|_| RawJson::null())
+        RawJson::from_tokens(self.0)
     }
 }
 
@@ -166,7 +162,7 @@ impl History {
             event_name: ev.event_name.as_deref(),
             event_type: Some(&ev.event_type),
             timestamp: ev.timestamp,
-            parameters: ev.parameters.as_ref().map(|p| p.as_str()),
+            parameters: ev.parameters.as_ref().map(RawJson::tokens),
         });
     }
 
@@ -176,11 +172,11 @@ impl History {
             event_name: e.event_name.as_deref(),
             event_type: e.event_type.as_deref(),
             timestamp: e.timestamp,
-            parameters: e.parameters.as_ref().map(|p| p.as_str()),
+            parameters: e.parameters.as_ref().map(RawJson::tokens),
         });
     }
 
-    fn push_fields(&mut self, f: &Fields<&str, &str>) {
+    fn push_fields(&mut self, f: &Fields<&[u8], &str>) {
         // The body is encoded aside first, so that the buffer grows by exactly the
         // entry (length, then body): see `reserve`.
         ENTRY.with_borrow_mut(|body| {

@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(ids, ["a", "b", "e"], "without a timestamp: 0, as Jackson");
         assert_eq!(data.history[1].timestamp, 0);
         assert_eq!(
-            data.history[2].parameters.as_ref().unwrap().as_str(),
+            data.history[2].parameters.as_ref().unwrap().text(),
             r#"{"utm_id":"5"}"#
         );
         assert_eq!(skipped.history_entries, 5);
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(entry.event_type.as_deref(), Some("click"));
         assert_eq!(entry.timestamp, 2);
         assert_eq!(
-            entry.parameters.as_ref().unwrap().as_str(),
+            entry.parameters.as_ref().unwrap().text(),
             r#"{"utm_id":"x"}"#
         );
     }

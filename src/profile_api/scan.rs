@@ -348,8 +348,8 @@ mod tests {
         assert_eq!(visit.uuid.as_deref(), Some("12"));
         assert_eq!(data.history[0].event_id.as_deref(), Some("7"));
         assert_eq!(
-            data.history[0].parameters.as_ref().map(|p| p.as_str()),
-            Some(r#"{"utm_source":"3","custom_params":null}"#)
+            data.history[0].parameters.as_ref().map(|p| p.text()),
+            Some(r#"{"utm_source":"3","custom_params":null}"#.to_string())
         );
         let data = answers(LINES[2]).unwrap();
         assert_eq!(data.profile.country.as_deref(), Some("US"), "the last one");

@@ -11,12 +11,14 @@ use std::borrow::Cow;
 
 use super::WireEvent;
 use super::shape::skip_ws;
+use crate::history::codec::{Literal, Tokens};
 
 /// Deeper `parameters` are left to serde, whose recursion limit (128) counts from the
 /// event object, not from the value.
 const MAX_DEPTH: usize = 64;
 
-/// `parameters` other than `null`, as the scan read them.
+/// `parameters` other than `null`, as the scan read them (an object's tokens are in the
+/// buffer the scan was given).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Parameters<'a> {
     /// One JSON value, checked.
@@ -27,8 +29,8 @@ pub(super) struct Parameters<'a> {
 }
 
 /// The event in `s` (trimmed, starting with `{`) as serde would read it, or `None`:
-/// let serde decide.
-pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
+/// let serde decide. An object in `parameters` leaves its tokens in `tokens`.
+pub(super) fn wire_event<'a>(s: &'a str, tokens: &mut Vec<u8>) -> Option<WireEvent<'a>> {
     let b = s.as_bytes();
     // An empty object is left to serde, which names the missing fields.
     if b.get(skip_ws(b, 1)) == Some(&b'}') {
@@ -37,7 +39,7 @@ pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
     let mut w = WireEvent::default();
     let mut seen = 0u32;
     let end = members(s, 0, |key, at| {
-        let (bit, end) = member(s, at, key, &mut w)?;
+        let (bit, end) = member(s, at, key, &mut w, tokens)?;
         if seen & bit != 0 {
             return None;
         }
@@ -49,7 +51,13 @@ pub(super) fn wire_event(s: &str) -> Option<WireEvent<'_>> {
 
 /// Reads the value at `at` of member `key` into `w`: the member's bit (0 for a member
 /// serde ignores) and where the value ends.
-fn member<'a>(s: &'a str, at: usize, key: &str, w: &mut WireEvent<'a>) -> Option<(u32, usize)> {
+fn member<'a>(
+    s: &'a str,
+    at: usize,
+    key: &str,
+    w: &mut WireEvent<'a>,
+    tokens: &mut Vec<u8>,
+) -> Option<(u32, usize)> {
     let b = s.as_bytes();
     let text = |slot: &mut Option<Cow<'a, str>>| -> Option<usize> {
         let (v, end) = string(s, at)?;
@@ -85,7 +93,7 @@ fn member<'a>(s: &'a str, at: usize, key: &str, w: &mut WireEvent<'a>) -> Option
         "timestamp" => (1 << 15, number(&mut w.timestamp)?),
         "triggerable" => (1 << 16, flag(&mut w.triggerable)?),
         "parameters" => {
-            let (end, plain) = parameters(b, at)?;
+            let (end, plain) = parameters(s, at, tokens)?;
             w.checked_parameters = Some(Parameters {
                 text: &s[at..end],
                 plain,
@@ -240,21 +248,138 @@ pub(crate) fn object<'a>(
 /// Past the `parameters` value at `at`, checked as `value` checks it, and whether
 /// `shape::plain` would say yes to it: an object whose `utm_*` members are strings or
 /// `null` and whose `custom_params` is an object or `null`, none of them twice (the
-/// scan reads no escapes, which `plain` refuses in those).
-fn parameters(b: &[u8], at: usize) -> Option<(usize, bool)> {
+/// scan reads no escapes, which `plain` refuses in those). An object's tokens (the
+/// compact form `history::codec::put_json` writes of the same text) are left in
+/// `tokens`: written as the text is checked, where they were a second scan of it.
+fn parameters(s: &str, at: usize, tokens: &mut Vec<u8>) -> Option<(usize, bool)> {
+    let b = s.as_bytes();
     if b.get(at) != Some(&b'{') {
         return Some((value(b, at, 0)?, false));
     }
-    let (mut seen, mut plain) = (0u8, true);
-    let end = object(b, at, |key, value_at| {
+    tokens.clear();
+    let mut plain = Plain::default();
+    let mut out = Tokens(tokens);
+    if let Some(end) = compact_object(s, at, 0, &mut out, |key, v| plain.member(b, key, v)) {
+        return Some((end, plain.yes));
+    }
+    // Whitespace between tokens, nesting past what tokens hold, or not the plain form
+    // at all: checked again without tokens (rare), and kept whole.
+    let mut plain = Plain::default();
+    let end = object(b, at, |key, v| {
+        plain.member(b, key, v);
+        value(b, v, 1)
+    })?;
+    tokens.clear();
+    Tokens(tokens).whole(s.get(at..end)?);
+    Some((end, plain.yes))
+}
+
+/// What `parameters` finds of `shape::plain` on its way through the members.
+struct Plain {
+    seen: u8,
+    yes: bool,
+}
+
+impl Default for Plain {
+    fn default() -> Self {
+        Plain { seen: 0, yes: true }
+    }
+}
+
+impl Plain {
+    fn member(&mut self, b: &[u8], key: &[u8], value_at: usize) {
         if let Some((bit, start)) = super::shape::checked(key) {
             let first = b.get(value_at).copied();
-            plain &= seen & (1 << bit) == 0 && (first == Some(start) || first == Some(b'n'));
-            seen |= 1 << bit;
+            self.yes &=
+                self.seen & (1 << bit) == 0 && (first == Some(start) || first == Some(b'n'));
+            self.seen |= 1 << bit;
         }
-        value(b, value_at, 1)
-    })?;
-    Some((end, plain))
+    }
+}
+
+/// Past the value at `at`, checked as `value` checks it, its tokens written to `out`;
+/// `None` also for text `value` accepts that tokens cannot hold as it is (whitespace
+/// between tokens, containers nested `Tokens::MAX_DEPTH` deep).
+fn compact_value(s: &str, at: usize, depth: usize, out: &mut Tokens<'_>) -> Option<usize> {
+    let b = s.as_bytes();
+    match *b.get(at)? {
+        b'"' => {
+            let end = plain_str(b, at)?;
+            out.string(s.get(at + 1..end - 1)?);
+            Some(end)
+        }
+        b'{' | b'[' if depth >= Tokens::MAX_DEPTH => None,
+        b'{' => compact_object(s, at, depth, out, |_, _| ()),
+        b'[' => {
+            out.array();
+            let mut i = at + 1;
+            if b.get(i) != Some(&b']') {
+                loop {
+                    i = compact_value(s, i, depth + 1, out)?;
+                    match *b.get(i)? {
+                        b',' => i += 1,
+                        b']' => break,
+                        _ => return None,
+                    }
+                }
+            }
+            out.array_end();
+            Some(i + 1)
+        }
+        b't' => compact_literal(b, at, b"true", Literal::True, out),
+        b'f' => compact_literal(b, at, b"false", Literal::False, out),
+        b'n' => compact_literal(b, at, b"null", Literal::Null, out),
+        _ => {
+            let end = number(b, at)?;
+            out.number(s.get(at..end)?);
+            Some(end)
+        }
+    }
+}
+
+/// `compact_value` of the object at `at`, telling `member` each key and where its
+/// value starts.
+fn compact_object(
+    s: &str,
+    at: usize,
+    depth: usize,
+    out: &mut Tokens<'_>,
+    mut member: impl FnMut(&[u8], usize),
+) -> Option<usize> {
+    let b = s.as_bytes();
+    out.object();
+    let mut i = at + 1;
+    if b.get(i) != Some(&b'}') {
+        loop {
+            let key_end = plain_str(b, i)?;
+            let key = s.get(i + 1..key_end - 1)?;
+            if b.get(key_end) != Some(&b':') {
+                return None;
+            }
+            out.key(key);
+            member(key.as_bytes(), key_end + 1);
+            i = compact_value(s, key_end + 1, depth + 1, out)?;
+            match *b.get(i)? {
+                b',' => i += 1,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    out.object_end();
+    Some(i + 1)
+}
+
+fn compact_literal(
+    b: &[u8],
+    at: usize,
+    word: &[u8],
+    tag: Literal,
+    out: &mut Tokens<'_>,
+) -> Option<usize> {
+    let end = literal(b, at, word)?;
+    out.literal(tag);
+    Some(end)
 }
 
 fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
@@ -391,11 +516,22 @@ pub(crate) mod tests {
         if !s.starts_with('{') {
             return None;
         }
-        let read = wire_event(s);
+        let mut tokens = Vec::new();
+        let read = wire_event(s, &mut tokens);
         if let Some(w) = &read {
             assert_eq!(Some(view(w)), by_serde(s), "{s}");
+            if let Some(p) = w.checked_parameters.filter(|p| p.text.starts_with('{')) {
+                assert_eq!(tokens, tokens_of(p.text), "{s}");
+            }
         }
         Some(read.is_some())
+    }
+
+    /// What the history's tokenizer writes of `json`.
+    fn tokens_of(json: &str) -> Vec<u8> {
+        let mut tokens = Vec::new();
+        crate::history::codec::put_json(&mut tokens, json);
+        tokens
     }
 
     /// Whatever the scan reads, serde reads the same of the same text; and the scan
@@ -482,16 +618,50 @@ pub(crate) mod tests {
             }
         }
         for json in &objects {
-            let (end, plain) = parameters(json.as_bytes(), 0).expect(json);
+            let mut tokens = Vec::new();
+            let (end, plain) = parameters(json, 0, &mut tokens).expect(json);
             assert_eq!(end, json.len(), "{json}");
             assert_eq!(plain, super::super::shape::plain(json), "{json}");
+            assert_eq!(tokens, tokens_of(json), "{json}");
+        }
+    }
+
+    /// The scan's tokens are the history tokenizer's, where the text nests as deep as
+    /// tokens may and deeper (kept whole), and where it has whitespace (kept whole).
+    #[test]
+    fn the_scans_tokens_are_the_tokenizers_at_every_depth_and_spacing() {
+        let mut cases = Vec::new();
+        for depth in [1, 30, 31, 32, 33, MAX_DEPTH - 1] {
+            let inner = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            cases.push(format!(r#"{{"a":{inner},"b":"x"}}"#));
+            let objects = format!("{}1{}", r#"{"k":"#.repeat(depth), "}".repeat(depth));
+            cases.push(format!(r#"{{"a":{objects}}}"#));
+        }
+        for spaced in [
+            r#"{"a": 1}"#,
+            r#"{"a":[1 ,2]}"#,
+            "{\"a\":{\"b\":\t1}}",
+            r#"{ "utm_source":"g"}"#,
+            r#"{"utm_source":"g" }"#,
+        ] {
+            cases.push(spaced.to_string());
+        }
+        for json in &cases {
+            let msg = format!(r#"{{"user_id":"u","event_type":"c","parameters":{json}}}"#);
+            let mut tokens = Vec::new();
+            let w = wire_event(&msg, &mut tokens).expect(json);
+            assert_eq!(w.checked_parameters.map(|p| p.text), Some(json.as_str()));
+            assert_eq!(tokens, tokens_of(json), "{json}");
+            let mut back = Vec::new();
+            crate::history::codec::write_json(&mut back, &tokens);
+            assert_eq!(String::from_utf8(back).unwrap(), *json);
         }
     }
 
     #[test]
     fn the_plain_forms_are_read_and_the_others_left_to_serde() {
         for s in SEEDS {
-            assert!(wire_event(s).is_some(), "{s}");
+            assert!(wire_event(s, &mut Vec::new()).is_some(), "{s}");
         }
         for s in [
             "{}",
@@ -517,13 +687,13 @@ pub(crate) mod tests {
             r#"{"user_id":"u","event_type":"c","parameters":{"a":tru}}"#,
             r#"{"user_id":"u","event_type":"c","parameters":{"a":nulll}}"#,
         ] {
-            assert!(wire_event(s).is_none(), "{s}");
+            assert!(wire_event(s, &mut Vec::new()).is_none(), "{s}");
         }
         let deep = format!(
             r#"{{"user_id":"u","event_type":"c","parameters":{}{}}}"#,
             "[".repeat(MAX_DEPTH + 1),
             "]".repeat(MAX_DEPTH + 1)
         );
-        assert!(wire_event(&deep).is_none());
+        assert!(wire_event(&deep, &mut Vec::new()).is_none());
     }
 }
