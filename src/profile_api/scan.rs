@@ -17,8 +17,8 @@ use std::sync::Arc;
 use super::Skipped;
 use super::answer::{self, Fields, PartMembers};
 use crate::coerce;
-use crate::model::{HistoryEntry, Profile, ProfileData, Visit};
-use crate::wire::fast::{members, value};
+use crate::model::{HistoryEntry, Profile, ProfileData, RawJson, Visit};
+use crate::wire::fast::{members, parameters, value};
 use crate::wire::shape::skip_ws;
 
 /// Values below the line's own members: nested as deep as the event scan allows.
@@ -124,21 +124,6 @@ pub(super) fn history_answer(s: &str) -> Option<Vec<HistoryEntry>> {
     Some(h)
 }
 
-/// The object at `at`, its fields read into `out` by `set` (of a repeated key the
-/// last, as `RawObject` keeps it); past the object.
-fn object<'a, T>(
-    s: &'a str,
-    at: usize,
-    out: &mut T,
-    set: impl Fn(&mut T, &str, &'a str) -> Option<()>,
-) -> Option<usize> {
-    members(s, at, |key, at| {
-        let v = value_at(s, at)?;
-        set(out, key, v)?;
-        Some(at + v.len())
-    })
-}
-
 /// The profile or visit object at `at` read into `out` by `read`, `Answers`' own reader
 /// of that part, over the members as found; `None` if it skipped a field. Past the
 /// object.
@@ -178,9 +163,10 @@ fn history(s: &str, at: usize, out: &mut Vec<HistoryEntry>) -> Option<usize> {
     if b.get(i) == Some(&b']') {
         return Some(i + 1);
     }
+    let mut tokens = Vec::new();
     loop {
         let mut f = EntryFields::default();
-        i = skip_ws(b, object(s, i, &mut f, entry)?);
+        i = skip_ws(b, entry_object(s, i, &mut f, &mut tokens)?);
         out.push(f.into_entry());
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
@@ -197,7 +183,7 @@ struct EntryFields<'a> {
     event_name: Option<Cow<'a, str>>,
     event_type: Option<Cow<'a, str>>,
     timestamp: i64,
-    parameters: Option<crate::model::RawJson>,
+    parameters: Option<RawJson>,
 }
 
 impl EntryFields<'_> {
@@ -211,6 +197,30 @@ impl EntryFields<'_> {
             parameters: self.parameters,
         }
     }
+}
+
+/// The history entry at `at` read into `f` (of a repeated key the last, as `RawObject`
+/// keeps it); past it. Its `parameters`, when an object, are checked and tokenized in
+/// one pass, as an event's are (`wire::fast::parameters`).
+fn entry_object<'a>(
+    s: &'a str,
+    at: usize,
+    f: &mut EntryFields<'a>,
+    tokens: &mut Vec<u8>,
+) -> Option<usize> {
+    members(s, at, |key, at| {
+        if key == "parameters" && s.as_bytes().get(at) == Some(&b'{') {
+            let (end, plain) = parameters(s, at, tokens)?;
+            f.parameters = match plain {
+                true => Some(RawJson::from_tokens(tokens)),
+                false => crate::wire::checked_parameters(s.get(at..end)?, false).ok()?,
+            };
+            return Some(end);
+        }
+        let v = value_at(s, at)?;
+        entry(f, key, v)?;
+        Some(at + v.len())
+    })
 }
 
 fn entry<'a>(f: &mut EntryFields<'a>, key: &str, v: &'a str) -> Option<()> {

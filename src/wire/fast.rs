@@ -251,7 +251,7 @@ pub(crate) fn object<'a>(
 /// scan reads no escapes, which `plain` refuses in those). An object's tokens (the
 /// compact form `history::codec::put_json` writes of the same text) are left in
 /// `tokens`: written as the text is checked, where they were a second scan of it.
-fn parameters(s: &str, at: usize, tokens: &mut Vec<u8>) -> Option<(usize, bool)> {
+pub(crate) fn parameters(s: &str, at: usize, tokens: &mut Vec<u8>) -> Option<(usize, bool)> {
     let b = s.as_bytes();
     if b.get(at) != Some(&b'{') {
         return Some((value(b, at, 0)?, false));
