@@ -9,7 +9,7 @@
 //! or `MAX_BYTES` bytes, nothing new is added and callers keep the string inline, so a
 //! producer sending unique values costs memory once, up to the bound, not without limit.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
@@ -43,8 +43,9 @@ thread_local! {
     /// table's own memory).
     static CACHE: RefCell<StrMap<&'static str, u32, 4>> = RefCell::default();
     /// In front of `CACHE`: the ids of strings seen lately, found without hashing the
-    /// string (see `Front`).
-    static FRONT: RefCell<Front> = RefCell::new(Front::new());
+    /// string (see `Front`). Made in place (`const`): no check that it was made, and
+    /// cells rather than a `RefCell`, on a path of ~25 look-ups an event.
+    static FRONT: Front = const { Front::new() };
 }
 
 /// A direct-mapped cache of the ids of strings of up to 16 bytes by their length and
@@ -55,7 +56,7 @@ thread_local! {
 /// small enough to stay in the CPU's first-level cache (the strings of small
 /// vocabularies are a few hundred); a longer string, a miss, or a slot taken by another
 /// string goes on to `CACHE`.
-struct Front(Box<[Slot]>);
+struct Front([Cell<Slot>; 1 << Front::BITS]);
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -82,15 +83,15 @@ fn ends(s: &[u8]) -> (u64, u64) {
 impl Front {
     const BITS: u32 = 10;
 
-    fn new() -> Self {
+    const fn new() -> Self {
         // No string has length `u32::MAX` here (`FRONT_LEN` at most).
-        let empty = Slot {
+        const EMPTY: Slot = Slot {
             first: 0,
             last: 0,
             len: u32::MAX,
             id: 0,
         };
-        Front(vec![empty; 1 << Self::BITS].into_boxed_slice())
+        Front([const { Cell::new(EMPTY) }; 1 << Self::BITS])
     }
 
     #[inline]
@@ -106,23 +107,23 @@ impl Front {
             return None;
         }
         let (first, last) = ends(b);
-        let slot = &self.0[Self::index(first, last, b.len())];
+        let slot = self.0[Self::index(first, last, b.len())].get();
         (slot.first == first && slot.last == last && slot.len as usize == b.len())
             .then_some(slot.id)
     }
 
-    fn put(&mut self, text: &str, id: u32) {
+    fn put(&self, text: &str, id: u32) {
         let b = text.as_bytes();
         if b.len() > FRONT_LEN {
             return;
         }
         let (first, last) = ends(b);
-        self.0[Self::index(first, last, b.len())] = Slot {
+        self.0[Self::index(first, last, b.len())].set(Slot {
             first,
             last,
             len: b.len() as u32,
             id,
-        };
+        });
     }
 }
 
@@ -154,11 +155,21 @@ pub fn len() -> usize {
 /// assert_eq!(dict::intern("page_view"), Some(id));
 /// assert_eq!(dict::get(id), Some("page_view"));
 /// ```
+#[inline]
 pub fn intern(s: &str) -> Option<u32> {
+    // The front cache's hit inlined where strings are interned; the rest is a call.
+    match in_front(s) {
+        Some(id) => Some(id),
+        None => intern_behind(s),
+    }
+}
+
+#[inline(never)]
+fn intern_behind(s: &str) -> Option<u32> {
     if s.len() > MAX_LEN {
         return None;
     }
-    if let Some(id) = seen(s) {
+    if let Some(id) = in_cache(s) {
         return Some(id);
     }
     let (id, text) = intern_shared(s)?;
@@ -166,25 +177,27 @@ pub fn intern(s: &str) -> Option<u32> {
     Some(id)
 }
 
-/// The id of `s` if this thread has seen it.
+/// The id of `s` if this thread's front cache holds it.
 #[inline]
-fn seen(s: &str) -> Option<u32> {
+fn in_front(s: &str) -> Option<u32> {
     // A longer string (a URL, one an event) goes straight to `CACHE`.
-    let short = s.len() <= FRONT_LEN;
-    if short && let Some(id) = FRONT.with_borrow(|f| f.get(s)) {
-        return Some(id);
+    if s.len() > FRONT_LEN {
+        return None;
     }
+    FRONT.with(|f| f.get(s))
+}
+
+/// The id of `s` if this thread has seen it, from `CACHE` (filling the front cache).
+fn in_cache(s: &str) -> Option<u32> {
     let (text, id) = CACHE.with_borrow(|c| c.get_key_value(s).map(|(t, id)| (*t, *id)))?;
-    if short {
-        FRONT.with_borrow_mut(|f| f.put(text, id));
-    }
+    FRONT.with(|f| f.put(text, id));
     Some(id)
 }
 
 /// That this thread has seen `text` (the dictionary's copy), with id `id`.
 fn remember(text: &'static str, id: u32) {
     CACHE.with_borrow_mut(|c| c.insert_new(text, id));
-    FRONT.with_borrow_mut(|f| f.put(text, id));
+    FRONT.with(|f| f.put(text, id));
 }
 
 fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
@@ -213,7 +226,7 @@ fn intern_shared(s: &str) -> Option<(u32, &'static str)> {
 
 /// The id of `s` if the dictionary has it (without adding it).
 pub fn id_of(s: &str) -> Option<u32> {
-    if let Some(id) = seen(s) {
+    if let Some(id) = in_front(s).or_else(|| in_cache(s)) {
         return Some(id);
     }
     let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,7 +309,7 @@ mod tests {
     /// strings past `FRONT_LEN` bytes not at all.
     #[test]
     fn the_front_cache_gives_only_the_id_of_the_same_string() {
-        let mut front = Front::new();
+        let front = Front::new();
         let mut strings: Vec<String> = (0..40).map(|n| "a".repeat(n)).collect();
         for n in 0..=20 {
             let head = "h".repeat(n.min(8));

@@ -626,6 +626,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// Integers of every length up to past `i64`'s, either sign, read as Rust reads
+    /// them (`None` where they overflow).
+    #[test]
+    fn integers_read_as_rust_parses_them() {
+        for len in 1..=21 {
+            for digits in ["9".repeat(len), format!("1{}", "0".repeat(len - 1))] {
+                for text in [digits.clone(), format!("-{digits}")] {
+                    let at_end = format!("{text},");
+                    let read = long(at_end.as_bytes(), 0).map(|(v, end)| {
+                        assert_eq!(end, text.len());
+                        v
+                    });
+                    assert_eq!(read, text.parse::<i64>().ok(), "{text}");
+                }
+            }
+        }
+        for edge in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+        ] {
+            assert_eq!(long(edge.as_bytes(), 0).map(|r| r.0), edge.parse().ok());
+        }
+    }
+
     /// The scan's tokens are the history tokenizer's, where the text nests as deep as
     /// tokens may and deeper (kept whole), and where it has whitespace (kept whole).
     #[test]
