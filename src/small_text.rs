@@ -169,7 +169,13 @@ mod tests {
     fn texts_of_every_length_come_back_and_serialize_as_strings() {
         for n in 0..=INLINE + 3 {
             for unit in ["a", "é"] {
-                let s: String = unit.repeat(n);
+                // Distinct characters, so that a byte copied to the wrong place shows.
+                let s: String = (0..n)
+                    .map(|i| match i % 3 {
+                        2 => unit.to_string(),
+                        _ => char::from(b'b' + i as u8).to_string(),
+                    })
+                    .collect();
                 let t = SmallText::from(s.as_str());
                 assert_eq!(&*t, s);
                 assert_eq!(t, SmallText::from(s.clone()));
