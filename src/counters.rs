@@ -79,7 +79,7 @@ counters! {
     fired: "delayed actions that came due and fired",
     cancelled: "delayed actions cancelled by `cancel-if` before they fired",
     capped: "firings refused by `cooldown` or `max-per-user` (not failures)",
-    timers_dropped: "delayed actions not scheduled: the user had `state.max-timers-per-user` pending",
+    timers_dropped: "delayed actions not scheduled (the user had `state.max-timers-per-user` pending) or lost (logged)",
 }
 
 /// What one action did on one worker.

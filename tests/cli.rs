@@ -1746,6 +1746,65 @@ fn a_restore_into_rocksdb_that_cannot_write_fails_and_loses_nothing() {
     assert_eq!(summary_of(&again.stdout).restored, users, "{log}");
 }
 
+/// Delayed actions of events whose users' look-ups (over HTTP) come back after the input
+/// has ended fire and are delivered, every one, before a bounded run ends. Found by a
+/// new user's trial: the operator let its clock go when the input ended with nothing
+/// scheduled yet, and the firings that came later were counted and dropped (exit 0,
+/// nothing delivered).
+#[test]
+fn delayed_actions_of_events_waiting_for_a_look_up_when_the_input_ends_are_delivered() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = |i: usize| {
+        (
+            format!("u{i}"),
+            Behaviour::Slow {
+                delay: Duration::from_millis(300),
+                profile: json!({"country": "US"}),
+                visit: json!(null),
+                history: json!([]),
+            },
+        )
+    };
+    let api = ProfileApi::start(&rt, (0..8).map(slow));
+    let receiver = Receiver::start(&rt);
+    let mut lines = String::new();
+    for i in 0..40 {
+        let ev = json!({"event_id": format!("e{i}"), "user_id": format!("u{}", i % 8), "event_type": "c"});
+        lines += &format!("{ev}\n");
+    }
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let filter = dir.path().join("filter.rhai");
+    std::fs::write(&filter, "true").unwrap();
+    let cfg = dir.path().join("job.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{ type: file, path: \"{}\" }}\nprofile-api: {{ base-url: \"{}\" }}\nfilter: {{ script-path: \"{}\" }}\nactions:\n  - type: webhook\n    name: later\n    url: \"{}\"\n    delay: 200ms\nengine: {{ checkpoint-interval-ms: 0, checkpoint-dir: \"{}\" }}\nmetrics: {{ listen: \"\" }}\n",
+            events.display(),
+            api.base_url(),
+            filter.display(),
+            receiver.url(),
+            dir.path().join("ck").display()
+        ),
+    )
+    .unwrap();
+    for workers in ["1", "2"] {
+        let before = receiver.received();
+        let out = run_ok(["run", "--config", cfg.to_str().unwrap(), "-w", workers]);
+        let counts = summary_of(&out.stdout);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (counts.scheduled, counts.fired, counts.timers_dropped),
+            (40, 40, 0),
+            "-w {workers}: {log}"
+        );
+        assert_eq!(counts.actions_ok, 40, "-w {workers}: {log}");
+        assert_eq!(receiver.received() - before, 40, "-w {workers}");
+    }
+}
+
 /// A run stopped with SIGTERM leaves its pending delayed actions to the final
 /// checkpoint unfired, and the next run fires each of them once: none is lost and none
 /// repeated. Found by a new user's trial: actions that came due while the final part

@@ -74,6 +74,11 @@ impl HeldTimes {
         self.counts.is_empty()
     }
 
+    /// The least time held, if any.
+    pub fn least(&self) -> Option<Time> {
+        self.counts.keys().next().copied()
+    }
+
     /// Holds in total (work items in progress).
     pub fn len(&self) -> usize {
         self.total

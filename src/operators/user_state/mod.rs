@@ -93,15 +93,16 @@ pub struct UserStateSettings {
     pub stop: StopFlag,
 }
 
-/// The clock capability moved to the least of the inputs' frontier `input` and `next`
-/// (the earliest timer due), never back; none when there is neither.
+/// The clock capability moved to the least of `pending` (the inputs' frontier and the
+/// times of events still held, which may schedule timers once applied) and `next` (the
+/// earliest timer due), never back; none when there is neither.
 fn hold_clock(
     clock: Option<Capability<Time>>,
-    input: Option<Time>,
+    pending: Option<Time>,
     next: Option<Time>,
 ) -> Option<Capability<Time>> {
     let mut clock = clock?;
-    let least = input.into_iter().chain(next).min()?;
+    let least = pending.into_iter().chain(next).min()?;
     if least > *clock.time() {
         clock.downgrade(&least);
     }
@@ -235,16 +236,31 @@ fn operator<'s>(
                 // that (from a snapshot file) are done at once.
                 m.complete_lookups(&mut emit);
                 let fired = m.applier.timers.take_fired();
-                if let Some(c) = &clock {
-                    for (due, out) in fired {
-                        let at = due.max(*c.time());
-                        output.session(&c.delayed(&at)).give(out);
+                match &clock {
+                    Some(c) => {
+                        for (due, out) in fired {
+                            let at = due.max(*c.time());
+                            output.session(&c.delayed(&at)).give(out);
+                        }
                     }
+                    // The clock is held while anything can still schedule a timer: a
+                    // firing without it is a bug, counted and said, never silent.
+                    None if !fired.is_empty() => {
+                        Counters::add(&m.stats.timers_dropped, fired.len() as u64);
+                        tracing::error!(
+                            firings = fired.len(),
+                            "delayed actions fired after their operator let its clock go: dropped"
+                        );
+                    }
+                    None => {}
                 }
                 let inputs = [frontier.frontier(), restore_frontier.frontier()];
                 let least = inputs.iter().flat_map(|f| f.first()).copied().min();
                 let next = m.next_timer();
-                clock = hold_clock(clock.take(), least, next);
+                // Events waiting for a look-up may schedule timers when it comes back,
+                // after the input has ended: the clock stays for them.
+                let pending = least.into_iter().chain(m.held.least()).min();
+                clock = hold_clock(clock.take(), pending, next);
                 // Timers fire by the wall clock when the frontier is not there to move
                 // them: the input ended, or the frontier is ahead of the clock.
                 if let Some(due) = next
