@@ -77,12 +77,27 @@ pub fn write_json_record(
     line.push(b',');
     line.extend_from_slice(&quoted(doc_field));
     line.push(b':');
-    line.extend_from_slice(doc);
+    line.extend_from_slice(&one_line(doc));
     line.extend_from_slice(b"},\"target\":");
     line.extend_from_slice(&quoted(target));
     line.extend_from_slice(b"}\n");
     // One write of the whole line, under stderr's lock: lines of workers do not mix.
     let _ = std::io::stderr().lock().write_all(&line);
+}
+
+/// `json` (one JSON value) on one line: its line breaks made spaces. In JSON a line
+/// break can only be whitespace between tokens (inside a string it is escaped), so the
+/// value is the same; such whitespace comes from parameters kept as they arrived (a
+/// Profile API's history written with line breaks), and split a record over lines.
+pub fn one_line(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !json.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let flat = json
+        .iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect();
+    std::borrow::Cow::Owned(flat)
 }
 
 /// Now as `2026-12-02T01:31:35.438149Z`, as tracing's JSON log writes its timestamps.
@@ -118,6 +133,22 @@ fn rfc3339(secs: u64, micros: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value with line breaks between its tokens (parameters kept as a Profile API
+    /// wrote them) is written on one line and reads as the same value; a line break
+    /// escaped inside a string stays escaped. Found by a trial: JSON log records split
+    /// over lines.
+    #[test]
+    fn a_value_with_line_breaks_between_tokens_goes_on_one_line() {
+        let spaced = "{\n\t\"a\" :\r\n [1,\n2],\"s\":\"x\\ny\"\r}";
+        let flat = one_line(spaced.as_bytes());
+        assert!(!flat.contains(&b'\n') && !flat.contains(&b'\r'));
+        let value = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+        assert_eq!(value(&flat), value(spaced.as_bytes()));
+        assert_eq!(value(&flat)["s"], "x\ny");
+        let compact = br#"{"a":[1,2]}"#;
+        assert!(matches!(one_line(compact), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn timestamps_are_rfc3339_in_utc() {

@@ -191,7 +191,12 @@ fn print_triggered(ev: &EnrichedEvent, action: &str, pretty: bool) -> bool {
             true
         }
         Ok(json) => {
-            let json = String::from_utf8_lossy(&json);
+            // One line a record, as in a JSON log, unless asked for indented JSON.
+            let flat = match pretty {
+                true => std::borrow::Cow::Borrowed(&json[..]),
+                false => crate::logging::one_line(&json),
+            };
+            let json = String::from_utf8_lossy(&flat);
             tracing::info!(target: TARGET, action, "triggered: {json}");
             true
         }
