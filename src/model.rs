@@ -81,9 +81,14 @@ impl RawJson {
         &self.0
     }
 
+    /// The tokens, as a history entry's parameters are read.
+    pub fn params(&self) -> crate::history::Params<'_> {
+        crate::history::Params::of(&self.0)
+    }
+
     /// Appends the JSON text, as it arrived.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        crate::history::codec::write_json(out, &self.0);
+        self.params().write_json(out);
     }
 
     /// The JSON text, as it arrived.

@@ -12,24 +12,8 @@ pub enum Field<'a> {
     Bool(bool),
     Int(i64),
     Str(&'a str),
-    Params(Params<'a>),
-}
-
-/// `parameters`: an event's as it arrived, or a history entry's compact form.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Params<'a> {
-    Raw(&'a RawJson),
-    Compact(history::Params<'a>),
-}
-
-impl Params<'_> {
-    /// The JSON text, for the interpreter (which parses it when a script reads inside).
-    pub fn to_raw(self) -> RawJson {
-        match self {
-            Params::Raw(raw) => raw.clone(),
-            Params::Compact(p) => p.to_raw(),
-        }
-    }
+    /// `parameters`, an event's or a history entry's: the same compact form.
+    Params(history::Params<'a>),
 }
 
 fn opt<S: AsRef<str>>(s: &Option<S>) -> Field<'_> {
@@ -38,7 +22,7 @@ fn opt<S: AsRef<str>>(s: &Option<S>) -> Field<'_> {
 
 fn params(p: &Option<RawJson>) -> Field<'_> {
     p.as_ref()
-        .map_or(Field::Unit, |p| Field::Params(Params::Raw(p)))
+        .map_or(Field::Unit, |p| Field::Params(p.params()))
 }
 
 /// `(json name, Flink job's camelCase name)`; one name when they agree. A field may
@@ -165,9 +149,7 @@ pub fn history<'a>(h: &Entry<'a>, name: &str) -> Field<'a> {
         "event_name" => s(h.event_name),
         "event_type" => s(h.event_type),
         "timestamp" => Field::Int(h.timestamp),
-        "parameters" => h
-            .parameters
-            .map_or(Field::Unit, |p| Field::Params(Params::Compact(p))),
+        "parameters" => h.parameters.map_or(Field::Unit, Field::Params),
         _ => Field::Unit,
     }
 }

@@ -57,7 +57,12 @@ impl PartialEq for Params<'_> {
     }
 }
 
-impl Params<'_> {
+impl<'a> Params<'a> {
+    /// Tokens `codec` wrote of one JSON value.
+    pub(crate) fn of(tokens: &'a [u8]) -> Self {
+        Params(tokens)
+    }
+
     /// Appends the JSON text, as it arrived.
     pub fn write_json(self, out: &mut Vec<u8>) {
         codec::write_json(out, self.0);
