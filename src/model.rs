@@ -298,6 +298,22 @@ pub struct UserState {
     /// `SavedUser` carry it.
     #[serde(skip)]
     pub triggers: Option<Box<crate::triggers::UserTriggers>>,
+    /// Which checkpoint interval last listed this user as changed, so that a delta part
+    /// lists each user once without a set of them (`UserTable`). Not saved.
+    #[serde(skip)]
+    pub changed_in: ChangeMark,
+}
+
+/// The serial of the checkpoint interval in which a user's state last changed (0: none
+/// yet). Bookkeeping of the users' table, not part of the state's value: two states
+/// that differ only in it are equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChangeMark(pub u32);
+
+impl PartialEq for ChangeMark {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl UserState {
@@ -310,6 +326,7 @@ impl UserState {
             ttl_mark: now,
             refetch_after: None,
             triggers: None,
+            changed_in: ChangeMark::default(),
         }
     }
 

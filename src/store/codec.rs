@@ -278,6 +278,7 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
         ttl_mark,
         refetch_after,
         triggers,
+        changed_in: Default::default(),
     })
 }
 

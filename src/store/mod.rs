@@ -154,10 +154,17 @@ impl Store {
     /// the bytes it keeps for a user outside its cache, undecoded.
     pub fn states_of<'a>(
         &self,
-        users: impl Iterator<Item = &'a Text>,
+        users: impl Iterator<Item = &'a str>,
         into: Records,
     ) -> Result<StoreSnapshot, StateError> {
         each_store!(self, s => s.states_of(users, into))
+    }
+
+    /// Whether a state's `changed_in` mark can be lost while the store holds the user:
+    /// RocksDB's are in its cache only, and a user evicted then read again comes back
+    /// unmarked.
+    pub fn forgets_marks(&self) -> bool {
+        !matches!(self, Store::Memory(_))
     }
 
     /// `user`'s state if it is in memory (RocksDB: in its cache), read only: for
@@ -219,11 +226,14 @@ impl MemoryStore {
 
     fn states_of<'a>(
         &self,
-        users: impl Iterator<Item = &'a Text>,
+        users: impl Iterator<Item = &'a str>,
         mut into: Records,
     ) -> Result<StoreSnapshot, StateError> {
         into.clear();
-        into.extend(users.filter_map(|u| Some((u.clone(), self.users.get(u)?.clone()))));
+        into.extend(users.filter_map(|u| {
+            let (user, state) = self.users.get_key_value(u)?;
+            Some((user.clone(), state.clone()))
+        }));
         Ok(StoreSnapshot {
             records: into,
             encoded: None,
@@ -289,13 +299,13 @@ impl TtlIndex {
         }
     }
 
-    /// Removes every user idle for the TTL as of `now`, telling `removed` of each;
-    /// returns how many.
+    /// Removes every user idle for the TTL as of `now`, telling `removed` of each (and
+    /// the state it had); returns how many.
     pub fn expire(
         &mut self,
         now: Time,
         store: &mut impl StateStore,
-        mut removed: impl FnMut(&Text),
+        mut removed: impl FnMut(&Text, &UserState),
     ) -> u64 {
         let mut expired = 0;
         while let Some(Reverse((t, _))) = self.queue.peek() {
@@ -312,8 +322,9 @@ impl TtlIndex {
                 continue; // a later entry of this user is queued
             }
             if self.is_expired(state, now) {
-                store.remove(&user);
-                removed(&user);
+                if let Some(state) = store.remove(&user) {
+                    removed(&user, &state);
+                }
                 expired += 1;
             } else {
                 // Kept by its triggers past its TTL: looked at again a TTL from now.
@@ -347,7 +358,7 @@ mod tests {
 
     impl TtlIndex {
         fn expire_all(&mut self, now: Time, store: &mut MemoryStore) -> u64 {
-            self.expire(now, store, |_| ())
+            self.expire(now, store, |_, _| ())
         }
     }
 
@@ -394,7 +405,10 @@ mod tests {
         let snapshot = store.snapshot(Vec::new()).unwrap().records;
         assert_eq!(snapshot.len(), ids.len() - 1);
         let wanted: Vec<Text> = vec![ids[0].as_str().into(), ids[4].as_str().into()];
-        let some = store.states_of(wanted.iter(), snapshot).unwrap().records;
+        let some = store
+            .states_of(wanted.iter().map(|u| &**u), snapshot)
+            .unwrap()
+            .records;
         assert_eq!(some.len(), 1);
         assert_eq!(&*some[0].0, "u1");
     }

@@ -320,19 +320,19 @@ impl RocksStore {
     /// were written when evicted), copied into the part without decoding.
     pub(super) fn states_of<'a>(
         &self,
-        users: impl Iterator<Item = &'a Text>,
+        users: impl Iterator<Item = &'a str>,
         mut records: Records,
     ) -> Result<StoreSnapshot, StateError> {
         debug_assert!(self.bulk.is_empty(), "a delta is taken after the restore");
         records.clear();
         let mut stored: Vec<(Text, Vec<u8>)> = Vec::new();
         for user in users {
-            if let Some(slot) = self.cache.get(user) {
+            if let Some((user, slot)) = self.cache.get_key_value(user) {
                 records.push((user.clone(), slot.state.clone()));
                 continue;
             }
             match self.db.get_pinned(user.as_bytes()) {
-                Ok(Some(bytes)) => stored.push((user.clone(), bytes.to_vec())),
+                Ok(Some(bytes)) => stored.push((user.into(), bytes.to_vec())),
                 Ok(None) => {}
                 Err(e) => {
                     let reason = format!("reading user {user} for a delta part: {e}");
@@ -629,13 +629,13 @@ mod tests {
         );
         let from_rocks = dir.path().join("rocks.bin");
         let from_memory = dir.path().join("memory.bin");
-        let s = rocks.states_of(users.iter(), Vec::new()).unwrap();
+        let s = rocks.states_of(users.iter().map(|u| &**u), Vec::new()).unwrap();
         assert!(
             s.encoded.is_some(),
             "evicted users go as their stored bytes"
         );
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.states_of(users.iter(), Vec::new()).unwrap();
+        let s = memory.states_of(users.iter().map(|u| &**u), Vec::new()).unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());

@@ -814,3 +814,49 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
         assert_eq!(strip(&run(10, true)), strip(&whole), "RocksDB");
     }
 }
+
+/// A delta lists each changed user once: one changed by several events; on RocksDB with a
+/// cache of one user, one evicted between its events (its listing mark is in the cache
+/// only); and one removed and back in the same interval (its look-up failed, the next
+/// event looked it up again).
+#[test]
+fn a_delta_holds_each_changed_user_once() {
+    let run = |rocksdb: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        timely::execute_directly(move |worker| {
+            let (mut r, start, cfg) = delta_rig(worker, path, 10, rocksdb.then_some(1), 60_000);
+            three_users_looked_up(&mut r, worker, start);
+            r.events.advance_to(start + 1000);
+            assert_eq!(completed(&r, worker, &cfg, start + 1000).1, None, "whole");
+            for (t, u, id) in [(1100, "u1", "d"), (1200, "u2", "e"), (1300, "u1", "f")] {
+                r.send(start + t, u, id);
+            }
+            r.send(start + 1400, "u4", "g");
+            r.events.advance_to(start + 1401);
+            r.step_until(worker, |r| r.started().len() == 4);
+            let down = crate::profile_api::FetchError::Status {
+                url: "test".into(),
+                status: 503,
+            };
+            r.profiles.answer("u4", Err(down));
+            r.step_until(worker, |r| r.counters.counts().fetch_errors == 1);
+            // The failed look-up's empty state is kept, then taken out for a new one.
+            r.send(start + 1500, "u4", "h");
+            r.events.advance_to(start + 1501);
+            r.step_until(worker, |r| r.started().len() == 5);
+            r.profiles.answer("u4", Ok(profile("DE")));
+            r.send(start + 1600, "u2", "i");
+            r.events.advance_to(start + 2000);
+            let (users, records) = completed(&r, worker, &cfg, start + 2000);
+            assert_eq!(users, ["u1:a,d,f", "u2:b,e,i", "u3:c", "u4:g,h"]);
+            std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+            r.step_until(worker, |r| r.probe.done());
+            records
+        })
+    };
+    assert_eq!(run(false), Some(3), "u1, u2 and u4, once each");
+    if cfg!(feature = "rocksdb") {
+        assert_eq!(run(true), Some(3), "RocksDB: u1, u2 and u4, once each");
+    }
+}
