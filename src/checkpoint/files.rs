@@ -452,7 +452,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Reco
     while let Some((user, state)) = states.next() {
         let ahead = states.as_slice();
         if let Some((user, state)) = ahead.get(PREFETCH_PARTS) {
-            codec::prefetch_parts(user, state);
+            codec::prefetch_record(user, state);
         }
         if let Some((_, state)) = ahead.get(PREFETCH_CONTENTS) {
             codec::prefetch_contents(state);

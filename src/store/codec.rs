@@ -138,6 +138,30 @@ pub fn prefetch_parts(user: &str, state: &UserState) {
     prefetch(Arc::as_ptr(&state.history));
 }
 
+/// As `prefetch_parts`, with the whole of the profile and the visit, for their encoding,
+/// which reads every field: a visit spans five cache lines, a profile three, and with
+/// only their first lines asked for, the part writer's encoding waited on the others
+/// (perf: four loads of the visit's fields took ~75% of its samples outside LZ4).
+pub fn prefetch_record(user: &str, state: &UserState) {
+    prefetch(user.as_ptr());
+    prefetch_whole(Arc::as_ptr(&state.profile));
+    if let Some(v) = &state.visit {
+        prefetch_whole(Arc::as_ptr(v));
+    }
+    prefetch(Arc::as_ptr(&state.history));
+}
+
+/// Asks for every cache line of the `T` at `p`.
+#[inline(always)]
+fn prefetch_whole<T>(p: *const T) {
+    let (start, size) = (p.cast::<u8>(), std::mem::size_of::<T>());
+    for at in (0..size).step_by(64) {
+        prefetch(start.wrapping_add(at));
+    }
+    // The last line, where `p` is not at a line's start.
+    prefetch(start.wrapping_add(size.saturating_sub(1)));
+}
+
 /// Then what those parts point to (call it a few records after `prefetch_parts`, once
 /// they are in): the strings of the user's own and the history's bytes.
 pub fn prefetch_contents(state: &UserState) {
