@@ -629,13 +629,17 @@ mod tests {
         );
         let from_rocks = dir.path().join("rocks.bin");
         let from_memory = dir.path().join("memory.bin");
-        let s = rocks.states_of(users.iter().map(|u| &**u), Vec::new()).unwrap();
+        let s = rocks
+            .states_of(users.iter().map(|u| &**u), Vec::new())
+            .unwrap();
         assert!(
             s.encoded.is_some(),
             "evicted users go as their stored bytes"
         );
         write_part(&from_rocks, s.into_part(Vec::new())).unwrap();
-        let s = memory.states_of(users.iter().map(|u| &**u), Vec::new()).unwrap();
+        let s = memory
+            .states_of(users.iter().map(|u| &**u), Vec::new())
+            .unwrap();
         write_part(&from_memory, s.into_part(Vec::new())).unwrap();
         assert_eq!(sorted(&from_rocks), sorted(&from_memory));
         assert_eq!(sorted(&from_rocks).len(), memory.len());

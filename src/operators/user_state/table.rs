@@ -93,7 +93,8 @@ impl Changes {
     /// Lists each changed user once, if `changed` may hold one twice (`forgets`: the
     /// store loses marks).
     fn unique(&mut self, forgets: bool) {
-        if !self.repeats && !(forgets && self.checked < self.changed.len()) {
+        let unchecked = forgets && self.checked < self.changed.len();
+        if !self.repeats && !unchecked {
             return;
         }
         let keep: Vec<bool> = {
