@@ -976,6 +976,7 @@ impl config::Source for ConfigFile {
     fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
         let file = config::File::from(self.0.as_path()).format(config::FileFormat::Yaml);
         let mut map = config::Source::collect(&file)?;
+        map.values_mut().for_each(fractions_as_text);
         let Some(flink) = map.remove("flink") else {
             return Ok(map);
         };
@@ -1003,6 +1004,22 @@ impl config::Source for ConfigFile {
         let engine = config::Value::new(origin.as_ref(), config::ValueKind::Table(engine));
         map.insert("engine".into(), engine);
         Ok(map)
+    }
+}
+
+/// Gives numbers with a fraction as their text, which a key that takes a whole number
+/// refuses and one that takes a fraction (or text) reads as before. The `config` crate
+/// rounds a fraction into an integer key: `checkpoint-interval-ms: 0.4` turned
+/// checkpoints off without a word (Spring's binder, which read the original's file,
+/// refuses it).
+fn fractions_as_text(value: &mut config::Value) {
+    match &mut value.kind {
+        config::ValueKind::Float(f) if f.fract() != 0.0 || !f.is_finite() => {
+            value.kind = config::ValueKind::String(f.to_string());
+        }
+        config::ValueKind::Table(table) => table.values_mut().for_each(fractions_as_text),
+        config::ValueKind::Array(items) => items.iter_mut().for_each(fractions_as_text),
+        _ => {}
     }
 }
 
@@ -1112,7 +1129,7 @@ impl Settings {
             },
         };
         let mut settings: Settings = serde_path_to_error::deserialize(built).map_err(|e| {
-            let reason = list_form_hint(without_key(e.inner().to_string()));
+            let reason = list_form_hint(number_hint(without_key(e.inner().to_string())));
             invalid(e.path().to_string(), reason)
         })?;
         settings.kafka.properties.extend(properties);
@@ -1292,6 +1309,30 @@ const LIST_FORM_KEYS: [&str; 6] = [
 
 /// An unknown-field error for a key of the list form given in the single-action map
 /// (`actions.webhook.delay`) says where the key goes.
+/// What is wrong with a number given to a key that takes a whole number from 0 up, in
+/// words: the `config` crate says a negative one from the file is not "an unsigned 64
+/// bit or less integer", and one from the environment (text) or with a fraction is not
+/// "an integer".
+fn number_hint(reason: String) -> String {
+    let given = reason
+        .strip_prefix("invalid type: string \"")
+        .and_then(|r| r.strip_suffix("\", expected an integer"))
+        .or_else(|| {
+            reason
+                .strip_prefix("invalid type: 64-bit integer `")
+                .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
+        });
+    match given {
+        Some(n) if n.parse::<i64>().is_ok_and(|n| n < 0) => {
+            format!("{n} is negative: give a whole number from 0 up")
+        }
+        Some(n) if n.trim().parse::<f64>().is_ok() => {
+            format!("{n} is not a whole number: give one without a fraction")
+        }
+        _ => reason,
+    }
+}
+
 fn list_form_hint(reason: String) -> String {
     let Some(key) = LIST_FORM_KEYS
         .iter()
@@ -1612,6 +1653,52 @@ mod tests {
             err.starts_with("environment variable EVENT_TRIGGER__ENGIN__PARALLELISM"),
             "{err}"
         );
+    }
+
+    /// A fraction given to a key that takes a whole number is refused, not rounded
+    /// (`checkpoint-interval-ms: 0.4` turned checkpoints off); a negative one says so,
+    /// from the file and from the environment; keys that take fractions still do.
+    #[test]
+    fn a_number_a_key_cannot_take_is_refused_saying_why() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let with = |engine: &str| format!("{src}engine:\n  {engine}\n");
+        let err = |yaml: &str, vars: &[(&str, &str)]| load(yaml, vars).unwrap_err().to_string();
+        let e = err(&with("checkpoint-interval-ms: 0.4"), &[]);
+        assert!(
+            e.contains("`engine.checkpoint-interval-ms`: 0.4 is not a whole number"),
+            "{e}"
+        );
+        let e = err(&format!("{src}flink:\n  parallelism: 1.5\n"), &[]);
+        assert!(
+            e.contains("`flink.parallelism`: 1.5 is not a whole number"),
+            "{e}"
+        );
+        let e = err(&with("checkpoint-interval-ms: -5"), &[]);
+        assert!(
+            e.contains("-5 is negative: give a whole number from 0 up"),
+            "{e}"
+        );
+        let var = "EVENT_TRIGGER__ENGINE__CHECKPOINT_INTERVAL_MS";
+        let e = err(src, &[(var, "-5")]);
+        assert!(
+            e.starts_with(&format!("environment variable {var}: "))
+                && e.contains("-5 is negative: give a whole number from 0 up"),
+            "{e}"
+        );
+        let e = err(src, &[(var, "2.5")]);
+        assert!(e.contains("2.5 is not a whole number"), "{e}");
+        let e = err(src, &[(var, "abc")]);
+        assert!(
+            e.contains("invalid type: string \"abc\", expected an integer"),
+            "{e}"
+        );
+        let s = load(
+            &with("state-ttl-minutes: 0.5\n  checkpoint-interval-ms: 1e3"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.engine.state_ttl_minutes, 0.5);
+        assert_eq!(s.engine.checkpoint_interval_ms, 1000);
     }
 
     #[test]
