@@ -125,41 +125,40 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     }
 }
 
-/// Asks the CPU for what `encode_into` reads of `user`'s record first: its id and its
-/// profile, visit and history, each behind a pointer of its own. Over a part's users in
-/// a hash map's order these are cold: without it, the part writer waited on memory for
-/// most of its time.
+/// Asks the CPU for the first lines of `user`'s id and of its state's profile, visit
+/// and history, each behind a pointer of its own (cold over many users): what applying
+/// an event reads first.
 pub fn prefetch_parts(user: &str, state: &UserState) {
-    prefetch(user.as_ptr());
-    prefetch(Arc::as_ptr(&state.profile));
-    if let Some(v) = &state.visit {
-        prefetch(Arc::as_ptr(v));
-    }
-    prefetch(Arc::as_ptr(&state.history));
+    prefetch_state(user, state, false);
 }
 
-/// As `prefetch_parts`, with the whole of the profile and the visit, for their encoding,
-/// which reads every field: a visit spans five cache lines, a profile three, and with
-/// only their first lines asked for, the part writer's encoding waited on the others
-/// (perf: four loads of the visit's fields took ~75% of its samples outside LZ4).
+/// As `prefetch_parts`, with every line of the profile and the visit, for `encode_into`,
+/// which reads every field. Over a part's users in a hash map's order these are cold:
+/// without any, the part writer waited on memory for most of its time; with the first
+/// lines only (a visit spans five, a profile three), four loads of the visit's later
+/// fields still took ~75% of its samples outside LZ4.
 pub fn prefetch_record(user: &str, state: &UserState) {
-    prefetch(user.as_ptr());
-    prefetch_whole(Arc::as_ptr(&state.profile));
-    if let Some(v) = &state.visit {
-        prefetch_whole(Arc::as_ptr(v));
-    }
-    prefetch(Arc::as_ptr(&state.history));
+    prefetch_state(user, state, true);
 }
 
-/// Asks for every cache line of the `T` at `p`.
-#[inline(always)]
-fn prefetch_whole<T>(p: *const T) {
-    let (start, size) = (p.cast::<u8>(), std::mem::size_of::<T>());
-    for at in (0..size).step_by(64) {
-        prefetch(start.wrapping_add(at));
+fn prefetch_state(user: &str, state: &UserState, whole: bool) {
+    fn ask<T>(p: *const T, whole: bool) {
+        if !whole {
+            return prefetch(p);
+        }
+        let (start, size) = (p.cast::<u8>(), std::mem::size_of::<T>());
+        for at in (0..size).step_by(64) {
+            prefetch(start.wrapping_add(at));
+        }
+        // The last line, where `p` is not at a line's start.
+        prefetch(start.wrapping_add(size.saturating_sub(1)));
     }
-    // The last line, where `p` is not at a line's start.
-    prefetch(start.wrapping_add(size.saturating_sub(1)));
+    prefetch(user.as_ptr());
+    ask(Arc::as_ptr(&state.profile), whole);
+    if let Some(v) = &state.visit {
+        ask(Arc::as_ptr(v), whole);
+    }
+    prefetch(Arc::as_ptr(&state.history));
 }
 
 /// Then what those parts point to (call it a few records after `prefetch_parts`, once
