@@ -1007,14 +1007,77 @@ impl config::Source for ConfigFile {
     }
 }
 
-/// Gives numbers with a fraction as their text, which a key that takes a whole number
-/// refuses and one that takes a fraction (or text) reads as before. The `config` crate
-/// rounds a fraction into an integer key: `checkpoint-interval-ms: 0.4` turned
-/// checkpoints off without a word (Spring's binder, which read the original's file,
-/// refuses it).
+/// A key given `true` or `false` (or `yes`, `on` ...) that takes a number, and what it
+/// was given: the `config` crate reads them as 1 and 0 (`checkpoint-interval-ms: false`
+/// turned checkpoints off). Each key given one is tried again with text that only a key
+/// of text takes: a key of numbers refuses it as not a number.
+fn bool_given_to_a_number(path: &Path, env: &EnvOverrides) -> Option<(String, String)> {
+    let mut given = Vec::new();
+    if let Ok(map) = config::Source::collect(&ConfigFile(path.to_path_buf())) {
+        for (key, value) in map {
+            bools_under(key, &value, &mut given);
+        }
+    }
+    let words = ["true", "false", "yes", "no", "on", "off"];
+    given.extend(
+        env.keys
+            .iter()
+            .filter(|(_, v)| words.contains(&v.trim().to_ascii_lowercase().as_str()))
+            .cloned(),
+    );
+    given.into_iter().find(|(key, _)| {
+        let probe = config::Config::builder()
+            .add_source(ConfigFile(path.to_path_buf()))
+            .add_source(env.clone())
+            .set_override(key.as_str(), "not a number")
+            .and_then(|b| b.build());
+        let Ok(probe) = probe else {
+            return false;
+        };
+        let Err(e) = serde_path_to_error::deserialize::<_, Settings>(probe) else {
+            return false;
+        };
+        let reason = e.inner().to_string();
+        e.path().to_string() == *key
+            && reason.starts_with("invalid type: string \"not a number\"")
+            && ["an integer", "a floating point", "u", "i", "f"]
+                .iter()
+                .any(|what| reason.contains(&format!("expected {what}")))
+    })
+}
+
+/// The keys under `key` (and it) whose value is a boolean, with it.
+fn bools_under(key: String, value: &config::Value, out: &mut Vec<(String, String)>) {
+    match &value.kind {
+        config::ValueKind::Boolean(b) => out.push((key, b.to_string())),
+        config::ValueKind::Table(table) => {
+            for (k, v) in table {
+                bools_under(format!("{key}.{k}"), v, out);
+            }
+        }
+        config::ValueKind::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                bools_under(format!("{key}[{i}]"), v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Most workers one process runs (`engine.parallelism`, `-w`).
+pub const MAX_PARALLELISM: usize = 1024;
+
+/// Floats from here up are not all whole numbers exactly (2^53).
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// Gives numbers with a fraction (or too large to be exact) as their text, which a key
+/// that takes a whole number refuses and one that takes a fraction (or text) reads as
+/// before. The `config` crate rounds a fraction into an integer key and caps one too
+/// large: `checkpoint-interval-ms: 0.4` turned checkpoints off without a word, `1e30`
+/// became 2^64 - 1 (Spring's binder, which read the original's file, refuses both).
 fn fractions_as_text(value: &mut config::Value) {
     match &mut value.kind {
-        config::ValueKind::Float(f) if f.fract() != 0.0 || !f.is_finite() => {
+        config::ValueKind::Float(f) if f.fract() != 0.0 || !f.is_finite() || f.abs() >= EXACT => {
             value.kind = config::ValueKind::String(f.to_string());
         }
         config::ValueKind::Table(table) => table.values_mut().for_each(fractions_as_text),
@@ -1132,6 +1195,10 @@ impl Settings {
             let reason = list_form_hint(number_hint(without_key(e.inner().to_string())));
             invalid(e.path().to_string(), reason)
         })?;
+        if let Some((key, given)) = bool_given_to_a_number(path, &env) {
+            let reason = format!("`{given}` is not a number, which this key takes");
+            return Err(invalid(key, reason));
+        }
         settings.kafka.properties.extend(properties);
         settings
             .validate()
@@ -1217,6 +1284,14 @@ impl Settings {
             && let Some(problem) = http_url_problem(&self.actions.webhook.url)
         {
             return Err(("actions.webhook.url", problem));
+        }
+        if self.engine.parallelism > MAX_PARALLELISM {
+            let reason = format!(
+                "{} workers in one process: at most {MAX_PARALLELISM} (each is a thread with \
+                 its own state; more processes share a job: README, \"A cluster of processes\")",
+                self.engine.parallelism
+            );
+            return Err(("engine.parallelism", reason));
         }
         for (key, value) in [
             ("profile-api.max-in-flight", self.profile_api.max_in_flight),
@@ -1309,27 +1384,41 @@ const LIST_FORM_KEYS: [&str; 6] = [
 
 /// An unknown-field error for a key of the list form given in the single-action map
 /// (`actions.webhook.delay`) says where the key goes.
-/// What is wrong with a number given to a key that takes a whole number from 0 up, in
-/// words: the `config` crate says a negative one from the file is not "an unsigned 64
-/// bit or less integer", and one from the environment (text) or with a fraction is not
-/// "an integer".
+/// What is wrong with a number given to a key that takes a whole number, in words: the
+/// `config` crate says a negative one from the file is not "an unsigned 64 bit or less
+/// integer", and any it cannot read as one from the environment (text) or with a
+/// fraction is not "an integer".
 fn number_hint(reason: String) -> String {
-    let given = reason
+    let text = reason
         .strip_prefix("invalid type: string \"")
-        .and_then(|r| r.strip_suffix("\", expected an integer"))
+        .and_then(|r| r.rsplit_once("\", expected "))
+        .filter(|(_, what)| *what == "an integer" || what.starts_with('u') || what.starts_with('i'))
+        .map(|(n, _)| n)
         .or_else(|| {
             reason
                 .strip_prefix("invalid type: 64-bit integer `")
                 .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
         });
-    match given {
-        Some(n) if n.parse::<i64>().is_ok_and(|n| n < 0) => {
-            format!("{n} is negative: give a whole number from 0 up")
-        }
-        Some(n) if n.trim().parse::<f64>().is_ok() => {
+    let Some(n) = text else {
+        return reason;
+    };
+    if n.trim() != n {
+        return format!("\"{n}\" has spaces around the number: write it alone");
+    }
+    if n.parse::<i128>().is_ok_and(|v| v < 0) {
+        return format!("{n} is negative, which this key cannot be");
+    }
+    if n.parse::<u128>().is_ok() {
+        return format!("{n} is too large for this key");
+    }
+    match n.parse::<f64>() {
+        Ok(f) if f.fract() != 0.0 => {
             format!("{n} is not a whole number: give one without a fraction")
         }
-        _ => reason,
+        Ok(f) if f.abs() >= EXACT => format!("{n} is too large for this key"),
+        Ok(f) if f < 0.0 => format!("{n} is negative, which this key cannot be"),
+        Ok(f) => format!("write {n} as digits alone: {}", f.abs() as u64),
+        Err(_) => reason,
     }
 }
 
@@ -1675,14 +1764,14 @@ mod tests {
         );
         let e = err(&with("checkpoint-interval-ms: -5"), &[]);
         assert!(
-            e.contains("-5 is negative: give a whole number from 0 up"),
+            e.contains("-5 is negative, which this key cannot be"),
             "{e}"
         );
         let var = "EVENT_TRIGGER__ENGINE__CHECKPOINT_INTERVAL_MS";
         let e = err(src, &[(var, "-5")]);
         assert!(
             e.starts_with(&format!("environment variable {var}: "))
-                && e.contains("-5 is negative: give a whole number from 0 up"),
+                && e.contains("-5 is negative, which this key cannot be"),
             "{e}"
         );
         let e = err(src, &[(var, "2.5")]);
@@ -1692,6 +1781,29 @@ mod tests {
             e.contains("invalid type: string \"abc\", expected an integer"),
             "{e}"
         );
+        for (given, says) in [
+            ("5.0", "write 5.0 as digits alone: 5"),
+            ("1e3", "write 1e3 as digits alone: 1000"),
+            (
+                " 5000 ",
+                "\" 5000 \" has spaces around the number: write it alone",
+            ),
+            (
+                "18446744073709551616",
+                "18446744073709551616 is too large for this key",
+            ),
+        ] {
+            let e = err(src, &[(var, given)]);
+            assert!(e.contains(says), "{given}: {e}");
+        }
+        // A number too large to be exact is refused, not capped at 2^64 - 1.
+        let e = err(&with("checkpoint-interval-ms: 1e30"), &[]);
+        assert!(e.contains("is too large for this key"), "{e}");
+        let e = err(&with("parallelism: 100000"), &[]);
+        assert!(
+            e.contains("100000 workers in one process: at most 1024"),
+            "{e}"
+        );
         let s = load(
             &with("state-ttl-minutes: 0.5\n  checkpoint-interval-ms: 1e3"),
             &[],
@@ -1699,6 +1811,44 @@ mod tests {
         .unwrap();
         assert_eq!(s.engine.state_ttl_minutes, 0.5);
         assert_eq!(s.engine.checkpoint_interval_ms, 1000);
+    }
+
+    /// `true` and `false` given to a key that takes a number are refused, not read as 1
+    /// and 0 (`checkpoint-interval-ms: false` turned checkpoints off), from the file, the
+    /// list form of `actions` and the environment; keys that take booleans still do.
+    #[test]
+    fn a_boolean_given_to_a_number_is_refused() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n  resume: true\n";
+        let err = |yaml: &str, vars: &[(&str, &str)]| load(yaml, vars).unwrap_err().to_string();
+        let e = err(
+            &format!("{src}engine:\n  checkpoint-interval-ms: false\n"),
+            &[],
+        );
+        assert!(
+            e.contains("`engine.checkpoint-interval-ms`: `false` is not a number"),
+            "{e}"
+        );
+        let e = err(&format!("{src}flink:\n  state-ttl-minutes: true\n"), &[]);
+        assert!(
+            e.contains("`flink.state-ttl-minutes`: `true` is not a number"),
+            "{e}"
+        );
+        let var = "EVENT_TRIGGER__STATE__MAX_HISTORY";
+        let e = err(src, &[(var, "Yes")]);
+        assert!(
+            e.starts_with(&format!("environment variable {var}: "))
+                && e.contains("`Yes` is not a number"),
+            "{e}"
+        );
+        let list = "actions:\n  - type: webhook\n    url: http://x/\n    timeout-ms: true\n";
+        let e = err(&format!("{src}{list}"), &[]);
+        assert!(
+            e.contains("`actions[0].timeout-ms`: `true` is not a number"),
+            "{e}"
+        );
+        let fine = format!("{src}actions:\n  debug:\n    enabled: true\n    pretty: false\n");
+        let s = load(&fine, &[("EVENT_TRIGGER__SOURCE__STRICT_TYPES", "true")]).unwrap();
+        assert!(s.source.resume && s.source.strict_types && s.actions.debug.enabled);
     }
 
     #[test]

@@ -272,9 +272,14 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn timely_config(args: &RunArgs, parallelism: usize) -> anyhow::Result<timely::Config> {
+    let threads = args.threads.unwrap_or(parallelism);
+    let most = event_trigger::config::MAX_PARALLELISM;
+    if !(1..=most).contains(&threads) {
+        anyhow::bail!("-w {threads}: give 1 to {most} workers per process (each is a thread)");
+    }
     let mut argv = vec![
         "-w".to_string(),
-        args.threads.unwrap_or(parallelism).to_string(),
+        threads.to_string(),
         "-n".to_string(),
         args.processes.to_string(),
         "-p".to_string(),
