@@ -1078,7 +1078,13 @@ const EXACT: f64 = 9_007_199_254_740_992.0;
 fn fractions_as_text(value: &mut config::Value) {
     match &mut value.kind {
         config::ValueKind::Float(f) if f.fract() != 0.0 || !f.is_finite() || f.abs() >= EXACT => {
-            value.kind = config::ValueKind::String(f.to_string());
+            // A large one as the exponent form it was most likely written in (1e30).
+            let text = if f.abs() >= EXACT {
+                format!("{f:e}")
+            } else {
+                f.to_string()
+            };
+            value.kind = config::ValueKind::String(text);
         }
         config::ValueKind::Table(table) => table.values_mut().for_each(fractions_as_text),
         config::ValueKind::Array(items) => items.iter_mut().for_each(fractions_as_text),
@@ -1798,7 +1804,7 @@ mod tests {
         }
         // A number too large to be exact is refused, not capped at 2^64 - 1.
         let e = err(&with("checkpoint-interval-ms: 1e30"), &[]);
-        assert!(e.contains("is too large for this key"), "{e}");
+        assert!(e.contains("1e30 is too large for this key"), "{e}");
         let e = err(&with("parallelism: 100000"), &[]);
         assert!(
             e.contains("100000 workers in one process: at most 1024"),
