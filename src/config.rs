@@ -1468,9 +1468,14 @@ mod tests {
         )
     }
 
+    /// The error `yaml` with `vars` fails to load with, as the user reads it.
+    fn load_err(yaml: &str, vars: &[(&str, &str)]) -> String {
+        load(yaml, vars).unwrap_err().to_string()
+    }
+
     /// Asserts `yaml` fails to load with an error that names `key`.
     fn fails_naming(yaml: &str, key: &str) {
-        let err = load(yaml, &[]).unwrap_err().to_string();
+        let err = load_err(yaml, &[]);
         assert!(err.contains(key), "{err}");
     }
 
@@ -1757,7 +1762,7 @@ mod tests {
     fn a_number_a_key_cannot_take_is_refused_saying_why() {
         let src = "source:\n  type: file\n  path: x.jsonl\n";
         let with = |engine: &str| format!("{src}engine:\n  {engine}\n");
-        let err = |yaml: &str, vars: &[(&str, &str)]| load(yaml, vars).unwrap_err().to_string();
+        let err = load_err;
         let e = err(&with("checkpoint-interval-ms: 0.4"), &[]);
         assert!(
             e.contains("`engine.checkpoint-interval-ms`: 0.4 is not a whole number"),
@@ -1825,7 +1830,7 @@ mod tests {
     #[test]
     fn a_boolean_given_to_a_number_is_refused() {
         let src = "source:\n  type: file\n  path: x.jsonl\n  resume: true\n";
-        let err = |yaml: &str, vars: &[(&str, &str)]| load(yaml, vars).unwrap_err().to_string();
+        let err = load_err;
         let e = err(
             &format!("{src}engine:\n  checkpoint-interval-ms: false\n"),
             &[],
