@@ -98,6 +98,14 @@ macro_rules! webhook_keys {
                 false $(|| <$ty as Key>::is_given(&self.$key))*
             }
 
+            /// Whether `key` (as written: `timeout-ms`) is a webhook key with a default,
+            /// which a key written without a value does not take (an optional key's
+            /// absence is its value).
+            fn needs_a_value(key: &str) -> bool {
+                let key = key.replace('-', "_");
+                false $(|| (key == stringify!($key) && !<$ty as Key>::OPTIONAL))*
+            }
+
             /// The single webhook of the map form, as a list-form action.
             fn from_webhook(w: &WebhookSettings) -> ActionSpec {
                 ActionSpec {
@@ -113,6 +121,8 @@ macro_rules! webhook_keys {
 /// A webhook key's type, and how a list-form action gives it: a key with a default is
 /// given or not (`Option<T>`); an optional key (`Option<T>`) is given as itself.
 pub trait Key: Sized {
+    /// Whether the key is optional (`Option<T>`), not one with a default.
+    const OPTIONAL: bool;
     type Given;
     fn given(value: Self) -> Self::Given;
     fn or(given: Self::Given, default: Self) -> Self;
@@ -122,6 +132,7 @@ pub trait Key: Sized {
 macro_rules! key_with_default {
     ($($t:ty),*) => {$(
         impl Key for $t {
+            const OPTIONAL: bool = false;
             type Given = Option<$t>;
             fn given(value: Self) -> Option<$t> {
                 Some(value)
@@ -139,6 +150,7 @@ macro_rules! key_with_default {
 key_with_default!(String, u64, u32, usize, Concurrency, CallOrder);
 
 impl<T> Key for Option<T> {
+    const OPTIONAL: bool = true;
     type Given = Option<T>;
     fn given(value: Self) -> Option<T> {
         value
@@ -436,6 +448,12 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// An empty secret signs with a key anyone has, an empty header sends nothing:
+    /// most likely a variable or a mounted file that was not filled in.
+    #[error("{key}: the value is empty: give it, or leave the key out")]
+    Empty { key: &'static str },
+    #[error("{key}-file: {} is empty: give the value in it, or leave the key out", path.display())]
+    EmptyFile { key: &'static str, path: PathBuf },
 }
 
 /// A secret given as `KEY` or in the file `KEY-file`, not both.
@@ -446,14 +464,22 @@ fn secret_from(
 ) -> Result<Option<Secret>, SecretError> {
     match (value, file) {
         (Some(_), Some(_)) => Err(SecretError::Both { key }),
+        (Some(s), None) if s.0.is_empty() => Err(SecretError::Empty { key }),
         (Some(s), None) => Ok(Some(s.clone())),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
-            .map_err(|source| SecretError::Read {
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
                 key,
                 path: path.clone(),
                 source,
-            }),
+            })?;
+            match text.trim_end_matches(['\n', '\r']) {
+                "" => Err(SecretError::EmptyFile {
+                    key,
+                    path: path.clone(),
+                }),
+                s => Ok(Some(Secret(s.to_string()))),
+            }
+        }
         (None, None) => Ok(None),
     }
 }
@@ -975,7 +1001,8 @@ impl config::Source for ConfigFile {
 
     fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
         let file = config::File::from(self.0.as_path()).format(config::FileFormat::Yaml);
-        let mut map = config::Source::collect(&file)?;
+        let mut map =
+            config::Source::collect(&file).map_err(|e| unreadable_number(&self.0).unwrap_or(e))?;
         map.values_mut().for_each(fractions_as_text);
         let Some(flink) = map.remove("flink") else {
             return Ok(map);
@@ -1004,6 +1031,44 @@ impl config::Source for ConfigFile {
         let engine = config::Value::new(origin.as_ref(), config::ValueKind::Table(engine));
         map.insert("engine".into(), engine);
         Ok(map)
+    }
+}
+
+/// The `config` crate fails the whole file on a YAML float it cannot read (`.inf`, `.nan`)
+/// without naming its key ("Parsing .inf as floating point number failed"): the first
+/// such value, named by its key as the file writes it.
+fn unreadable_number(path: &Path) -> Option<config::ConfigError> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).ok()?;
+    let (key, value) = first_unreadable_number(String::new(), docs.first()?)?;
+    Some(config::ConfigError::Message(format!(
+        "`{key}`: `{value}` is not a number this job can take: give a finite one"
+    )))
+}
+
+fn first_unreadable_number(key: String, value: &yaml_rust2::Yaml) -> Option<(String, String)> {
+    use yaml_rust2::Yaml;
+    match value {
+        Yaml::Real(text) if text.parse::<f64>().is_err() => Some((key, text.clone())),
+        Yaml::Hash(members) => members.iter().find_map(|(k, v)| {
+            let name = match k {
+                Yaml::String(s) | Yaml::Real(s) => s.clone(),
+                Yaml::Integer(i) => i.to_string(),
+                Yaml::Boolean(b) => b.to_string(),
+                _ => return None,
+            };
+            let path = if key.is_empty() {
+                name
+            } else {
+                format!("{key}.{name}")
+            };
+            first_unreadable_number(path, v)
+        }),
+        Yaml::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_unreadable_number(format!("{key}[{i}]"), v)),
+        _ => None,
     }
 }
 
@@ -1205,6 +1270,9 @@ impl Settings {
             let reason = format!("`{given}` is not a number, which this key takes");
             return Err(invalid(key, reason));
         }
+        if let Some(key) = list_key_without_value(path) {
+            return Err(invalid(key, NO_VALUE.into()));
+        }
         settings.kafka.properties.extend(properties);
         settings
             .validate()
@@ -1334,14 +1402,38 @@ impl Settings {
     }
 }
 
+/// What a key with a default that is written without a value is told.
+const NO_VALUE: &str = "no value is given (nothing after the colon, or `~`): give one, or remove the key for \
+     its default";
+
+/// The first webhook key with a default that an action of the list form gives without a
+/// value (`timeout-ms:`, `retry-attempts: ~`), as `actions[i].key`. The map form refuses
+/// one (its keys are not optional); the list form's are, to fall back on the defaults of
+/// `actions.webhook`, so serde took the empty value for the default without a word.
+fn list_key_without_value(path: &Path) -> Option<String> {
+    let map = config::Source::collect(&ConfigFile(path.to_path_buf())).ok()?;
+    let config::ValueKind::Array(items) = &map.get("actions")?.kind else {
+        return None;
+    };
+    items.iter().enumerate().find_map(|(i, item)| {
+        let config::ValueKind::Table(keys) = &item.kind else {
+            return None;
+        };
+        keys.iter()
+            .filter(|(k, v)| {
+                matches!(v.kind, config::ValueKind::Nil) && ActionSpec::needs_a_value(k)
+            })
+            .map(|(k, _)| format!("actions[{i}].{k}"))
+            .min()
+    })
+}
+
 /// A deserializing error's text without the `config` crate's " for key `...`" (in its
 /// own spelling, `actions[0]type`): the error names the key already. Keys it names
 /// inside the text get their dot back (`actions[0].max-per-user.per`).
 fn without_key(reason: String) -> String {
     if reason.starts_with("invalid type: unit value") {
-        return "no value is given (nothing after the colon, or `~`): give one, or remove \
-                the key for its default"
-            .into();
+        return NO_VALUE.into();
     }
     // The key (and the file after it) are shown before the reason already.
     let reason = match reason.rfind(" for key `") {
@@ -1644,6 +1736,52 @@ mod tests {
         assert!(err.contains("`engine.state-backend`"), "{err}");
     }
 
+    /// A webhook key with a default written without a value is refused in the list form
+    /// as in the map form (serde read it as not given, and the default took its place);
+    /// an optional key without a value is not given, in both forms.
+    #[test]
+    fn a_list_form_action_key_without_a_value_is_refused_as_in_the_map_form() {
+        let src = "source:\n  type: file\n  path: /dev/null\n";
+        for (action, key) in [
+            ("url: http://a/x\n    timeout-ms:", "actions[0].timeout-ms"),
+            (
+                "url: http://a/x\n    retry-attempts: ~",
+                "actions[0].retry-attempts",
+            ),
+            ("url:", "actions[0].url"),
+            (
+                "url: http://a/x\n    ordering:\n    concurrency:",
+                "actions[0].concurrency",
+            ),
+        ] {
+            for (form, named) in [
+                ("- type: webhook\n    ", key.to_string()),
+                (
+                    "webhook:\n    ",
+                    key.replace("actions[0]", "actions.webhook"),
+                ),
+            ] {
+                let yaml = format!("{src}actions:\n  {form}{action}\n");
+                let err = load_err(&yaml, &[]);
+                assert!(
+                    err.contains(&format!("`{named}`: no value is given")),
+                    "{yaml}: {err}"
+                );
+            }
+        }
+        let second = "- type: debug\n  - type: webhook\n    url: http://a/x\n    max-in-flight:";
+        let err = load_err(&format!("{src}actions:\n  {second}\n"), &[]);
+        assert!(
+            err.contains("`actions[1].max-in-flight`: no value"),
+            "{err}"
+        );
+        for form in ["- type: webhook\n    ", "webhook:\n    "] {
+            let yaml = format!("{src}actions:\n  {form}url: http://a/x\n    ca-file:\n");
+            let s = load(&yaml, &[]).unwrap();
+            assert_eq!(s.actions.specs()[0].1.webhook().ca_file, None, "{yaml}");
+        }
+    }
+
     #[test]
     fn the_flink_section_takes_environment_overrides_and_merges_with_engine() {
         let flink = "source:\n  type: file\n  path: x.jsonl\nflink:\n  parallelism: 1\n  state-ttl-minutes: 5\n";
@@ -1860,6 +1998,44 @@ mod tests {
         let fine = format!("{src}actions:\n  debug:\n    enabled: true\n    pretty: false\n");
         let s = load(&fine, &[("EVENT_TRIGGER__SOURCE__STRICT_TYPES", "true")]).unwrap();
         assert!(s.source.resume && s.source.strict_types && s.actions.debug.enabled);
+    }
+
+    /// YAML's infinities and not-a-number, which the `config` crate cannot read, are
+    /// refused naming their key (the whole file failed with "Parsing .inf as floating
+    /// point number failed" and no key).
+    #[test]
+    fn an_infinite_number_is_refused_naming_its_key() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        for (yaml, key, value) in [
+            (
+                "engine:\n  checkpoint-interval-ms: .inf\n",
+                "engine.checkpoint-interval-ms",
+                ".inf",
+            ),
+            (
+                "flink:\n  state-ttl-minutes: -.Inf\n",
+                "flink.state-ttl-minutes",
+                "-.Inf",
+            ),
+            (
+                "state: { max-history: .nan }\n",
+                "state.max-history",
+                ".nan",
+            ),
+            (
+                "actions:\n  - type: webhook\n    timeout-ms: .NaN\n",
+                "actions[0].timeout-ms",
+                ".NaN",
+            ),
+        ] {
+            let e = load_err(&format!("{src}{yaml}"), &[]);
+            assert!(
+                e.contains(&format!(
+                    "`{key}`: `{value}` is not a number this job can take"
+                )),
+                "{yaml}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -2158,6 +2334,46 @@ mod tests {
         let env = [("EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET", "from-env")];
         let s = load("source:\n  type: kafka\n", &env).unwrap();
         assert_eq!(secret(&s), "from-env");
+    }
+
+    /// An empty secret (a variable or a mounted file not filled in) would sign with a
+    /// key anyone has, or send an empty `Authorization` header: refused, naming the key.
+    #[test]
+    fn an_empty_secret_or_secret_file_is_refused() {
+        let s = load("actions:\n  webhook:\n    secret: \"\"\n", &[]).unwrap();
+        let e = s.actions.webhook.signing_secret().unwrap_err().to_string();
+        assert!(
+            e.starts_with("actions.webhook.secret: the value is empty"),
+            "{e}"
+        );
+        let env = [("EVENT_TRIGGER__PROFILE_API__AUTH_HEADER", "")];
+        let s = load("source:\n  type: kafka\n", &env).unwrap();
+        let e = s.profile_api.auth_header().unwrap_err().to_string();
+        assert!(
+            e.starts_with("profile-api.auth-header: the value is empty"),
+            "{e}"
+        );
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"\n").unwrap();
+        let path = file.path().display();
+        let s = load(
+            &format!("actions:\n  webhook:\n    secret-file: {path}\n"),
+            &[],
+        )
+        .unwrap();
+        let e = s.actions.webhook.signing_secret().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("actions.webhook.secret-file: {path} is empty")),
+            "{e}"
+        );
+        std::fs::write(file.path(), "s3cret\n").unwrap();
+        let s = load(
+            &format!("actions:\n  webhook:\n    secret-file: {path}\n"),
+            &[],
+        )
+        .unwrap();
+        let secret = s.actions.webhook.signing_secret().unwrap().unwrap();
+        assert_eq!(secret.expose(), "s3cret");
     }
 
     #[test]

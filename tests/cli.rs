@@ -241,6 +241,8 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     // `validate` reads a file:// snapshot as `run` does (it said "ok" to this before).
     let bad_profiles = dir.path().join("profiles.jsonl");
     std::fs::write(&bad_profiles, "{\"user_id\":\"a\"}\n{\"profile\":{}}\n").unwrap();
+    let empty = dir.path().join("empty.secret");
+    std::fs::write(&empty, "\n").unwrap();
     let cases = [
         ("profile-api:\n  timeot-ms: 5\n".to_string(), "timeot-ms"),
         (
@@ -300,6 +302,29 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
                 bad_profiles.display()
             ),
             "profiles.jsonl: line 2: missing field `user_id`",
+        ),
+        // `validate` checks what `run` checks before it connects (it said "ok" to these).
+        (
+            format!(
+                "filter:\n  script-path: {}\nsource:\n  type: kafka\nkafka:\n  bootstrap-servers: 127.0.0.1:1\n  properties:\n    sesion.timeout.ms: 6000\n",
+                good_script.display()
+            ),
+            "No such configuration property: \"sesion.timeout.ms\"",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nactions:\n  - type: webhook\n    url: http://127.0.0.1:9/x\n    secret-file: /no/secret\n",
+                good_script.display()
+            ),
+            "actions.webhook.secret-file: /no/secret",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nactions:\n  webhook:\n    url: http://127.0.0.1:9/x\n    secret-file: {}\n",
+                good_script.display(),
+                empty.display()
+            ),
+            "is empty: give the value in it, or leave the key out",
         ),
     ];
     for (yaml, needle) in cases {

@@ -100,6 +100,15 @@ fn consumer(
     consumer_config(s, index, bounded).create_with_context(JobContext::default())
 }
 
+/// `kafka.properties` checked as librdkafka takes them (each name and value), with the
+/// settings the job's consumers add, without connecting: what `run` fails on when it
+/// creates its consumers, found by `validate`.
+pub fn check_properties(s: &KafkaSettings) -> Result<(), KafkaError> {
+    consumer_config(s, 0, false)
+        .create_native_config()
+        .map(drop)
+}
+
 /// The configuration of worker `index`'s consumer: the user's properties, with the
 /// settings reading by the job needs over them.
 fn consumer_config(s: &KafkaSettings, index: usize, bounded: bool) -> ClientConfig {
