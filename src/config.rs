@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::concurrency::Concurrency;
+use yaml_text::Step;
+
+mod yaml_text;
 
 /// Why `state-backend: rocksdb` is refused by a binary built without it, and the fix. A
 /// default build leaves RocksDB out: bundled, it compiles for ~20 minutes on 2 cores, and
@@ -1003,6 +1006,11 @@ impl config::Source for ConfigFile {
         let file = config::File::from(self.0.as_path()).format(config::FileFormat::Yaml);
         let mut map =
             config::Source::collect(&file).map_err(|e| unreadable_number(&self.0).unwrap_or(e))?;
+        // Keys of text take `0123` and `1.50` as written, not as YAML prints the number.
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for (place, written) in yaml_text::numbers_written_otherwise(&text) {
+            give_as_text(&mut map, &place, written);
+        }
         map.values_mut().for_each(fractions_as_text);
         let Some(flink) = map.remove("flink") else {
             return Ok(map);
@@ -1039,36 +1047,36 @@ impl config::Source for ConfigFile {
 /// such value, named by its key as the file writes it.
 fn unreadable_number(path: &Path) -> Option<config::ConfigError> {
     let text = std::fs::read_to_string(path).ok()?;
-    let docs = yaml_rust2::YamlLoader::load_from_str(&text).ok()?;
-    let (key, value) = first_unreadable_number(String::new(), docs.first()?)?;
+    let (key, value) = yaml_text::unreadable_number(&text)?;
     Some(config::ConfigError::Message(format!(
         "`{key}`: `{value}` is not a number this job can take: give a finite one"
     )))
 }
 
-fn first_unreadable_number(key: String, value: &yaml_rust2::Yaml) -> Option<(String, String)> {
-    use yaml_rust2::Yaml;
-    match value {
-        Yaml::Real(text) if text.parse::<f64>().is_err() => Some((key, text.clone())),
-        Yaml::Hash(members) => members.iter().find_map(|(k, v)| {
-            let name = match k {
-                Yaml::String(s) | Yaml::Real(s) => s.clone(),
-                Yaml::Integer(i) => i.to_string(),
-                Yaml::Boolean(b) => b.to_string(),
-                _ => return None,
-            };
-            let path = if key.is_empty() {
-                name
-            } else {
-                format!("{key}.{name}")
-            };
-            first_unreadable_number(path, v)
-        }),
-        Yaml::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| first_unreadable_number(format!("{key}[{i}]"), v)),
-        _ => None,
+/// Gives the value at `place` as `text`, if it is a number there.
+fn give_as_text(map: &mut config::Map<String, config::Value>, place: &[Step], text: String) {
+    let Some((Step::Key(first), rest)) = place.split_first() else {
+        return;
+    };
+    let Some(mut value) = map.get_mut(first) else {
+        return;
+    };
+    for step in rest {
+        let next = match (step, &mut value.kind) {
+            (Step::Key(k), config::ValueKind::Table(t)) => t.get_mut(k),
+            (Step::Item(i), config::ValueKind::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return;
+        };
+        value = next;
+    }
+    if matches!(
+        value.kind,
+        config::ValueKind::I64(_) | config::ValueKind::Float(_)
+    ) {
+        value.kind = config::ValueKind::String(text);
     }
 }
 
@@ -1750,7 +1758,7 @@ mod tests {
             ),
             ("url:", "actions[0].url"),
             (
-                "url: http://a/x\n    ordering:\n    concurrency:",
+                "url: http://a/x\n    ordering: any\n    concurrency:",
                 "actions[0].concurrency",
             ),
         ] {
@@ -2334,6 +2342,29 @@ mod tests {
         let env = [("EVENT_TRIGGER__ACTIONS__WEBHOOK__SECRET", "from-env")];
         let s = load("source:\n  type: kafka\n", &env).unwrap();
         assert_eq!(secret(&s), "from-env");
+    }
+
+    /// A key of text takes an unquoted `0123` or `1.50` as written (the `config` crate
+    /// gave it YAML's number printed again: group `0123` became `123`, topic `v1.10`'s
+    /// `1.10` became `1.1`); a key of numbers reads the same numbers from them.
+    #[test]
+    fn text_keys_take_numbers_as_written_and_number_keys_the_same_numbers() {
+        let yaml = "source:\n  type: kafka\nkafka:\n  consumer-group-id: 0123\n  topic: 1.10\n  \
+                    properties:\n    client.rack: 007\nactions:\n  - type: webhook\n    url: \
+                    http://a/x\n    secret: +5\n    timeout-ms: 0250\nengine:\n  parallelism: \
+                    02\n  state-ttl-minutes: 0.50\n  checkpoint-interval-ms: 1e3\n";
+        let s = load(yaml, &[]).unwrap();
+        assert_eq!(s.kafka.consumer_group_id, "0123");
+        assert_eq!(s.kafka.topic, "1.10");
+        assert_eq!(s.kafka.properties["client.rack"], "007");
+        let action = s.actions.specs()[0].1.webhook();
+        assert_eq!(action.signing_secret().unwrap().unwrap().expose(), "+5");
+        assert_eq!(action.timeout_ms, 250);
+        assert_eq!(s.engine.parallelism, 2);
+        assert_eq!(s.engine.state_ttl_minutes, 0.5);
+        assert_eq!(s.engine.checkpoint_interval_ms, 1000);
+        let e = load_err("engine:\n  checkpoint-interval-ms: 010.50\n", &[]);
+        assert!(e.contains("010.50 is not a whole number"), "{e}");
     }
 
     /// An empty secret (a variable or a mounted file not filled in) would sign with a
