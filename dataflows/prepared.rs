@@ -17,6 +17,7 @@ use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::rules::Rules;
 use crate::filter::samples::Samples;
 use crate::filter::{Filter, FilterError, FilterLimits};
+use crate::kafka_client::KafkaConfigError;
 use crate::operators::user_state::UserStateConfig;
 use crate::profile_api::ProfileSource;
 use crate::shutdown::StopFlag;
@@ -115,6 +116,7 @@ impl Prepared {
         };
         warn(rules.check_rule()?);
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
+        check_kafka_clients(settings)?;
         let dead_letters = open_dead_letters(settings)?;
         let actions = Actions::from_settings(&settings.actions, dead_letters.clone())?;
         rules.action_filters = actions.filters();
@@ -257,6 +259,19 @@ fn warn_all(warnings: Vec<String>) {
 }
 
 /// Where invalid messages and failed deliveries go: a file, a topic, or nowhere.
+/// The settings of the Kafka clients the job will make, checked before any connects:
+/// librdkafka's refusal of a property would otherwise come from the first client made,
+/// with a secret's value in it.
+fn check_kafka_clients(settings: &Settings) -> Result<(), KafkaConfigError> {
+    if settings.source.kind == SourceType::Kafka {
+        crate::sources::kafka::check_properties(&settings.kafka)?;
+    }
+    if settings.dead_letter.path.is_none() && settings.dead_letter.topic.is_some() {
+        crate::dead_letter::check_properties(&settings.kafka)?;
+    }
+    Ok(())
+}
+
 fn open_dead_letters(settings: &Settings) -> anyhow::Result<Option<DeadLetters>> {
     Ok(
         match (&settings.dead_letter.path, &settings.dead_letter.topic) {
@@ -304,8 +319,9 @@ pub fn check_local_inputs(
     settings: &Settings,
     events: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    // In `run`'s order: the profiles, then the input.
+    // In `run`'s order: the profiles, the Kafka clients' settings, then the input.
     ProfileSource::from_settings(&settings.profile_api)?;
+    check_kafka_clients(settings)?;
     match events {
         Some(events) => check_input_file("--events", events),
         None if settings.source.kind == SourceType::File => file_source_path(settings).map(drop),

@@ -443,10 +443,10 @@ impl ProfileApiSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{key}: give `{key}` or `{key}-file`, not both")]
-    Both { key: &'static str },
+    Both { key: String },
     #[error("{key}-file: {}", path.display())]
     Read {
-        key: &'static str,
+        key: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -454,29 +454,33 @@ pub enum SecretError {
     /// An empty secret signs with a key anyone has, an empty header sends nothing:
     /// most likely a variable or a mounted file that was not filled in.
     #[error("{key}: the value is empty: give it, or leave the key out")]
-    Empty { key: &'static str },
+    Empty { key: String },
     #[error("{key}-file: {} is empty: give the value in it, or leave the key out", path.display())]
-    EmptyFile { key: &'static str, path: PathBuf },
+    EmptyFile { key: String, path: PathBuf },
+    #[error("{key}-file: no path is given: give the file's, or leave the key out")]
+    NoPath { key: String },
 }
 
 /// A secret given as `KEY` or in the file `KEY-file`, not both.
 fn secret_from(
-    key: &'static str,
+    key: &str,
     value: &Option<Secret>,
     file: &Option<PathBuf>,
 ) -> Result<Option<Secret>, SecretError> {
+    let key = key.to_string();
     match (value, file) {
         (Some(_), Some(_)) => Err(SecretError::Both { key }),
-        (Some(s), None) if s.0.is_empty() => Err(SecretError::Empty { key }),
+        (Some(s), None) if s.is_blank() => Err(SecretError::Empty { key }),
         (Some(s), None) => Ok(Some(s.clone())),
+        (None, Some(path)) if path.as_os_str().is_empty() => Err(SecretError::NoPath { key }),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-                key,
+                key: key.clone(),
                 path: path.clone(),
                 source,
             })?;
             match text.trim_end_matches(['\n', '\r']) {
-                "" => Err(SecretError::EmptyFile {
+                s if s.trim().is_empty() => Err(SecretError::EmptyFile {
                     key,
                     path: path.clone(),
                 }),
@@ -645,6 +649,9 @@ impl ActionsSettings {
                     if let Some(problem) = http_url_problem(url) {
                         return Err((format!("actions[{i}].url"), problem));
                     }
+                    if a.secret.as_ref().is_some_and(Secret::is_blank) {
+                        return Err((format!("actions[{i}].secret"), EMPTY_SECRET.into()));
+                    }
                     if a.pretty.is_some() {
                         return Err((
                             format!("actions[{i}].pretty"),
@@ -752,6 +759,10 @@ pub enum CallOrder {
     PerUser,
 }
 
+/// What a secret given empty (or blank) is told: it would sign with a key anyone has, or
+/// send an empty header; most likely a variable that was not filled in.
+const EMPTY_SECRET: &str = "the value is empty: give it, or leave the key out";
+
 /// A secret value: never printed (`Debug` shows `***`).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -765,6 +776,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Empty, or only whitespace.
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -776,7 +792,12 @@ impl std::fmt::Debug for Secret {
 impl WebhookSettings {
     /// The signing secret, from `secret` or read from `secret-file`.
     pub fn signing_secret(&self) -> Result<Option<Secret>, SecretError> {
-        secret_from("actions.webhook.secret", &self.secret, &self.secret_file)
+        self.signing_secret_at("actions.webhook")
+    }
+
+    /// The same, naming the keys of the webhook at `at` (`actions[1]` in the list form).
+    pub fn signing_secret_at(&self, at: &str) -> Result<Option<Secret>, SecretError> {
+        secret_from(&format!("{at}.secret"), &self.secret, &self.secret_file)
     }
 }
 
@@ -1049,7 +1070,8 @@ fn unreadable_number(path: &Path) -> Option<config::ConfigError> {
     let text = std::fs::read_to_string(path).ok()?;
     let (key, value) = yaml_text::unreadable_number(&text)?;
     Some(config::ConfigError::Message(format!(
-        "`{key}`: `{value}` is not a number this job can take: give a finite one"
+        "`{key}`: `{value}` is YAML's infinity or not-a-number, which no key takes: give a \
+         finite number, or quote it (\"{value}\") if it is text"
     )))
 }
 
@@ -1091,11 +1113,10 @@ fn bool_given_to_a_number(path: &Path, env: &EnvOverrides) -> Option<(String, St
             bools_under(key, &value, &mut given);
         }
     }
-    let words = ["true", "false", "yes", "no", "on", "off"];
     given.extend(
         env.keys
             .iter()
-            .filter(|(_, v)| words.contains(&v.trim().to_ascii_lowercase().as_str()))
+            .filter(|(_, v)| BOOL_WORDS.contains(&v.trim().to_ascii_lowercase().as_str()))
             .cloned(),
     );
     given.into_iter().find(|(key, _)| {
@@ -1119,10 +1140,19 @@ fn bool_given_to_a_number(path: &Path, env: &EnvOverrides) -> Option<(String, St
     })
 }
 
-/// The keys under `key` (and it) whose value is a boolean, with it.
+/// The words the `config` crate reads as 1 and 0 where a number is taken.
+const BOOL_WORDS: [&str; 6] = ["true", "false", "yes", "no", "on", "off"];
+
+/// The keys under `key` (and it) whose value is a boolean, or a word the `config` crate
+/// reads as one (`yes`, `off`: YAML reads them as text), with it.
 fn bools_under(key: String, value: &config::Value, out: &mut Vec<(String, String)>) {
     match &value.kind {
         config::ValueKind::Boolean(b) => out.push((key, b.to_string())),
+        config::ValueKind::String(s)
+            if BOOL_WORDS.contains(&s.trim().to_ascii_lowercase().as_str()) =>
+        {
+            out.push((key, s.clone()))
+        }
         config::ValueKind::Table(table) => {
             for (k, v) in table {
                 bools_under(format!("{key}.{k}"), v, out);
@@ -1398,6 +1428,14 @@ impl Settings {
                 return Err((key, "must be at least 1".into()));
             }
         }
+        for (key, secret) in [
+            ("actions.webhook.secret", &self.actions.webhook.secret),
+            ("profile-api.auth-header", &self.profile_api.auth_header),
+        ] {
+            if secret.as_ref().is_some_and(Secret::is_blank) {
+                return Err((key, EMPTY_SECRET.into()));
+            }
+        }
         self.engine.check_backend(cfg!(feature = "rocksdb"))?;
         let ttl = self.engine.state_ttl_minutes;
         if !(ttl.is_finite() && ttl * 60_000.0 >= 1.0) {
@@ -1429,7 +1467,9 @@ fn list_key_without_value(path: &Path) -> Option<String> {
         };
         keys.iter()
             .filter(|(k, v)| {
-                matches!(v.kind, config::ValueKind::Nil) && ActionSpec::needs_a_value(k)
+                // `pretty` too: `actions.debug.pretty` has a default.
+                let needs = ActionSpec::needs_a_value(k) || *k == "pretty";
+                matches!(v.kind, config::ValueKind::Nil) && needs
             })
             .map(|(k, _)| format!("actions[{i}].{k}"))
             .min()
@@ -1518,6 +1558,9 @@ fn number_hint(reason: String) -> String {
         return format!("{n} is too large for this key");
     }
     match n.parse::<f64>() {
+        // `inf`, `nan` (Rust reads them as floats; no JSON or YAML number is written so).
+        Ok(_) if !n.bytes().any(|b| b.is_ascii_digit()) => format!("{n} is not a number"),
+        Ok(f) if !f.is_finite() => format!("{n} is too large for this key"),
         Ok(f) if f.fract() != 0.0 => {
             format!("{n} is not a whole number: give one without a fraction")
         }
@@ -1777,6 +1820,11 @@ mod tests {
                 );
             }
         }
+        let e = load_err(
+            &format!("{src}actions:\n  - type: debug\n    pretty: ~\n"),
+            &[],
+        );
+        assert!(e.contains("`actions[0].pretty`: no value"), "{e}");
         let second = "- type: debug\n  - type: webhook\n    url: http://a/x\n    max-in-flight:";
         let err = load_err(&format!("{src}actions:\n  {second}\n"), &[]);
         assert!(
@@ -1941,6 +1989,8 @@ mod tests {
         for (given, says) in [
             ("5.0", "write 5.0 as digits alone: 5"),
             ("1e3", "write 1e3 as digits alone: 1000"),
+            ("inf", "inf is not a number"),
+            ("NaN", "NaN is not a number"),
             (
                 " 5000 ",
                 "\" 5000 \" has spaces around the number: write it alone",
@@ -1997,15 +2047,40 @@ mod tests {
                 && e.contains("`Yes` is not a number"),
             "{e}"
         );
+        // YAML reads `yes`, `on`, `off` and `no` as text, which the `config` crate read
+        // as 1 and 0 where a number is taken.
+        for (yaml, key, given) in [
+            ("state: { max-history: yes }\n", "state.max-history", "yes"),
+            (
+                "engine:\n  checkpoint-interval-ms: off\n",
+                "engine.checkpoint-interval-ms",
+                "off",
+            ),
+            ("flink:\n  parallelism: \"ON\"\n", "flink.parallelism", "ON"),
+        ] {
+            let e = err(&format!("{src}{yaml}"), &[]);
+            assert!(
+                e.contains(&format!("`{key}`: `{given}` is not a number")),
+                "{e}"
+            );
+        }
         let list = "actions:\n  - type: webhook\n    url: http://x/\n    timeout-ms: true\n";
         let e = err(&format!("{src}{list}"), &[]);
         assert!(
             e.contains("`actions[0].timeout-ms`: `true` is not a number"),
             "{e}"
         );
-        let fine = format!("{src}actions:\n  debug:\n    enabled: true\n    pretty: false\n");
+        let e = err(&format!("{src}{}", list.replace("true", "no")), &[]);
+        assert!(
+            e.contains("`actions[0].timeout-ms`: `no` is not a number"),
+            "{e}"
+        );
+        let fine = format!("{src}actions:\n  debug:\n    enabled: yes\n    pretty: off\n");
         let s = load(&fine, &[("EVENT_TRIGGER__SOURCE__STRICT_TYPES", "true")]).unwrap();
         assert!(s.source.resume && s.source.strict_types && s.actions.debug.enabled);
+        assert!(!s.actions.debug.pretty);
+        let s = load(&format!("{src}kafka:\n  consumer-group-id: on\n"), &[]).unwrap();
+        assert_eq!(s.kafka.consumer_group_id, "on");
     }
 
     /// YAML's infinities and not-a-number, which the `config` crate cannot read, are
@@ -2039,7 +2114,8 @@ mod tests {
             let e = load_err(&format!("{src}{yaml}"), &[]);
             assert!(
                 e.contains(&format!(
-                    "`{key}`: `{value}` is not a number this job can take"
+                    "`{key}`: `{value}` is YAML's infinity or not-a-number, which no key \
+                     takes: give a finite number, or quote it (\"{value}\") if it is text"
                 )),
                 "{yaml}: {e}"
             );
@@ -2365,27 +2441,47 @@ mod tests {
         assert_eq!(s.engine.checkpoint_interval_ms, 1000);
         let e = load_err("engine:\n  checkpoint-interval-ms: 010.50\n", &[]);
         assert!(e.contains("010.50 is not a whole number"), "{e}");
+        // Past 64 bits YAML reads a whole number as a float (`1.2345678901234568e22`).
+        let s = load("kafka:\n  topic: 12345678901234567890123\n", &[]).unwrap();
+        assert_eq!(s.kafka.topic, "12345678901234567890123");
+        let s = load(
+            "engine:\n  checkpoint-interval-ms: 18446744073709551615\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.engine.checkpoint_interval_ms, u64::MAX);
+        for big in ["18446744073709551616", "1e400"] {
+            let e = load_err(&format!("engine:\n  checkpoint-interval-ms: {big}\n"), &[]);
+            assert!(
+                e.contains(&format!("{big} is too large for this key")),
+                "{e}"
+            );
+        }
     }
 
     /// An empty secret (a variable or a mounted file not filled in) would sign with a
     /// key anyone has, or send an empty `Authorization` header: refused, naming the key.
     #[test]
     fn an_empty_secret_or_secret_file_is_refused() {
-        let s = load("actions:\n  webhook:\n    secret: \"\"\n", &[]).unwrap();
-        let e = s.actions.webhook.signing_secret().unwrap_err().to_string();
+        let e = load_err("actions:\n  webhook:\n    secret: \"\"\n", &[]);
         assert!(
-            e.starts_with("actions.webhook.secret: the value is empty"),
+            e.contains("`actions.webhook.secret`: the value is empty"),
             "{e}"
         );
-        let env = [("EVENT_TRIGGER__PROFILE_API__AUTH_HEADER", "")];
-        let s = load("source:\n  type: kafka\n", &env).unwrap();
-        let e = s.profile_api.auth_header().unwrap_err().to_string();
+        let list =
+            "actions:\n  - type: debug\n  - type: webhook\n    url: http://a/x\n    secret: ' '\n";
+        let e = load_err(list, &[]);
+        assert!(e.contains("`actions[1].secret`: the value is empty"), "{e}");
+        let var = "EVENT_TRIGGER__PROFILE_API__AUTH_HEADER";
+        let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
         assert!(
-            e.starts_with("profile-api.auth-header: the value is empty"),
+            e.starts_with(&format!(
+                "environment variable {var}: `profile-api.auth-header`: the value is empty"
+            )),
             "{e}"
         );
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(b"\n").unwrap();
+        file.write_all(b"  \n").unwrap();
         let path = file.path().display();
         let s = load(
             &format!("actions:\n  webhook:\n    secret-file: {path}\n"),
@@ -2397,6 +2493,13 @@ mod tests {
             e.starts_with(&format!("actions.webhook.secret-file: {path} is empty")),
             "{e}"
         );
+        let e = s
+            .actions
+            .webhook
+            .signing_secret_at("actions[3]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("actions[3].secret-file: "), "{e}");
         std::fs::write(file.path(), "s3cret\n").unwrap();
         let s = load(
             &format!("actions:\n  webhook:\n    secret-file: {path}\n"),
@@ -2405,6 +2508,12 @@ mod tests {
         .unwrap();
         let secret = s.actions.webhook.signing_secret().unwrap().unwrap();
         assert_eq!(secret.expose(), "s3cret");
+        let s = load("actions:\n  webhook:\n    secret-file: ''\n", &[]).unwrap();
+        let e = s.actions.webhook.signing_secret().unwrap_err().to_string();
+        assert!(
+            e.contains("actions.webhook.secret-file: no path is given"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use crate::kafka_client::{ClientKind, KafkaConfigError, check_config, redacted};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,23 @@ impl std::fmt::Debug for DeadLetters {
     }
 }
 
+/// The dead-letter producer's settings: the user's, acks from all in-sync replicas,
+/// idempotent.
+fn producer_config(kafka: &crate::config::KafkaSettings) -> rdkafka::ClientConfig {
+    let mut config = crate::kafka_client::client_config(kafka);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    config
+}
+
+/// `kafka.properties` checked as the dead-letter producer takes them, without
+/// connecting (`kafka_client::check_config`).
+pub fn check_properties(kafka: &crate::config::KafkaSettings) -> Result<(), KafkaConfigError> {
+    check_config(&producer_config(kafka), ClientKind::Producer)
+}
+
 impl DeadLetters {
     /// Produces to `topic` on the brokers of `kafka` (acks from all in-sync replicas,
     /// idempotent).
@@ -137,19 +155,16 @@ impl DeadLetters {
             topic: topic.to_string(),
             reason,
         };
-        let producer: BaseProducer<Failures> = crate::kafka_client::client_config(kafka)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+        let producer: BaseProducer<Failures> = producer_config(kafka)
             .create_with_context(Failures::default())
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(redacted(&e)))?;
         // Fails the start, naming the key, if the brokers or the topic are not there. All
         // topics are asked for: asking for this one would create it on brokers that
         // create topics on demand.
         let metadata = producer
             .client()
             .fetch_metadata(None, Duration::from_millis(kafka.connect_timeout_ms))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(redacted(&e)))?;
         match metadata.topics().iter().find(|t| t.name() == topic) {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
             Some(t) => {

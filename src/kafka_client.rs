@@ -30,6 +30,84 @@ pub enum KafkaSetupError {
     Client(String),
 }
 
+/// A client setting librdkafka refuses, found before the job connects anywhere.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    /// A property's name or value (a secret's value left out).
+    #[error("kafka.properties: {0}")]
+    Property(String),
+    /// The properties together, refused when a client is made (an unknown SASL
+    /// mechanism, `fetch.max.bytes` below `message.max.bytes`, ...).
+    #[error("kafka.properties: {0}")]
+    Client(String),
+}
+
+/// Where librdkafka's properties are listed, for a name it does not know.
+const PROPERTIES_DOC: &str =
+    "https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md";
+
+/// The text of a Kafka client error, without the value of a secret property: librdkafka
+/// repeats a refused value in its message, and rdkafka adds the name and the value
+/// (`sasl.password hunter2`), where `kafka.properties` promises never to print it.
+pub fn redacted(e: &KafkaError) -> String {
+    let KafkaError::ClientConfig(_, desc, key, value) = e else {
+        return e.to_string();
+    };
+    let mut reason = if crate::config::is_secret_property(key) && !value.is_empty() {
+        desc.replace(value.as_str(), "***")
+    } else {
+        desc.clone()
+    };
+    if reason.starts_with("No such configuration property") {
+        reason.push_str(&format!(" (librdkafka's properties: {PROPERTIES_DOC})"));
+    }
+    format!("`{key}`: {reason}")
+}
+
+/// A client context that says nothing: the clients `check_config` makes have no broker
+/// to reach, and librdkafka would say so.
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Which kind of client a configuration is for.
+#[derive(Clone, Copy, Debug)]
+pub enum ClientKind {
+    Consumer,
+    Producer,
+}
+
+/// Checks `config` as librdkafka takes it, without connecting: each property's name and
+/// value, then the whole, by making a client with no brokers to reach (and dropping it).
+/// What `run` would fail on when it makes its clients, found by `validate` too.
+pub fn check_config(config: &ClientConfig, kind: ClientKind) -> Result<(), KafkaConfigError> {
+    let mut config = config.clone();
+    config.set("bootstrap.servers", "");
+    let made = match kind {
+        ClientKind::Consumer => config
+            .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
+            .map(drop),
+        ClientKind::Producer => config
+            .create_with_context::<_, BaseProducer<Quiet>>(Quiet)
+            .map(drop),
+    };
+    made.map_err(|e| match e {
+        KafkaError::ClientConfig(..) => KafkaConfigError::Property(redacted(&e)),
+        KafkaError::ClientCreation(reason) => KafkaConfigError::Client(reason),
+        e => KafkaConfigError::Client(redacted(&e)),
+    })
+}
+
 /// The job's librdkafka client context: its log lines go to `tracing`, and the
 /// end-of-partition notices of bounded reads (which librdkafka also reports as a
 /// "global error") are logged at debug, not as errors.
@@ -115,7 +193,7 @@ pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
     let consumer: BaseConsumer<JobContext> = client_config(s)
         .set("group.id", &s.consumer_group_id)
         .create_with_context(JobContext::default())
-        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        .map_err(|e| KafkaSetupError::Client(redacted(&e)))?;
     let waited = Duration::from_millis(s.connect_timeout_ms);
     let md = consumer
         .fetch_metadata(Some(&s.topic), waited)
@@ -145,7 +223,7 @@ pub async fn ensure_topic(
 ) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(s)
         .create()
-        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        .map_err(|e| KafkaSetupError::Client(redacted(&e)))?;
     let waited = Duration::from_millis(s.connect_timeout_ms);
     let unreachable = |reason: String| KafkaSetupError::Unreachable {
         servers: s.bootstrap_servers.clone(),
@@ -232,7 +310,7 @@ pub fn produce(
         .set("queue.buffering.max.kbytes", "1048576")
         .set("compression.type", "lz4")
         .create()
-        .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
+        .map_err(|e| KafkaSetupError::Client(redacted(&e)))?;
     let mut done = Produced {
         messages: 0,
         bytes: 0,
@@ -268,6 +346,52 @@ pub fn produce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A property librdkafka refuses is named, with the fix for an unknown name; a
+    /// secret's value is never in the text (librdkafka repeats it, rdkafka appends it);
+    /// settings refused only together are found by making a client that reaches no
+    /// broker.
+    #[test]
+    fn refused_properties_are_named_without_a_secrets_value() {
+        let check = |props: &[(&str, &str)]| {
+            let mut s = KafkaSettings::default();
+            for (k, v) in props {
+                s.properties.insert(k.to_string(), v.to_string());
+            }
+            check_config(&client_config(&s), ClientKind::Consumer)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = check(&[("sesion.timeout.ms", "6000")]).unwrap();
+        assert!(
+            e.starts_with("kafka.properties: `sesion.timeout.ms`: No such configuration property")
+                && e.contains(PROPERTIES_DOC),
+            "{e}"
+        );
+        let e = check(&[("fetch.max.bytes", "100"), ("message.max.bytes", "1000000")]).unwrap();
+        assert!(e.contains("fetch.max.bytes"), "{e}");
+        assert_eq!(check(&[("sasl.password", "hunter2")]), None);
+        // librdkafka's own message for a secret refused in this build names its value.
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Unsupported value \"hunter2\" for configuration property \"ssl.key.password\"".into(),
+            "ssl.key.password".into(),
+            "hunter2".into(),
+        );
+        assert!(e.to_string().contains("hunter2"));
+        let text = redacted(&e);
+        assert!(
+            !text.contains("hunter2") && text.contains("\"***\""),
+            "{text}"
+        );
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"x\" for configuration property \"fetch.min.bytes\"".into(),
+            "fetch.min.bytes".into(),
+            "x".into(),
+        );
+        assert!(redacted(&e).contains("\"x\""));
+    }
 
     #[test]
     fn properties_pass_through_and_win() {

@@ -488,18 +488,8 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         None => Ok(()),
     };
     ca("profile-api.ca-file", &settings.profile_api.ca_file)?;
-    for (_, action) in &specs {
-        ca("actions.webhook.ca-file", &action.ca_file)?;
-    }
-    // What `run` checks before it connects: the actions' secrets and URLs, and the
-    // properties the Kafka clients are made with.
+    // What `run` checks before it connects: the actions' secrets, URLs and CA files.
     event_trigger::actions::Actions::from_settings(&settings.actions, None)?;
-    let uses_kafka =
-        settings.source.kind == SourceType::Kafka || settings.dead_letter.topic.is_some();
-    if uses_kafka {
-        event_trigger::sources::kafka::check_properties(&settings.kafka)
-            .map_err(|e| anyhow::anyhow!("kafka.properties: {e}"))?;
-    }
     event_trigger::dataflows::prepared::check_local_inputs(&settings, events)?;
     warnings.extend(rules.check_action_filters()?);
     for w in &warnings {

@@ -316,7 +316,7 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
                 "filter:\n  script-path: {}\nactions:\n  - type: webhook\n    url: http://127.0.0.1:9/x\n    secret-file: /no/secret\n",
                 good_script.display()
             ),
-            "actions.webhook.secret-file: /no/secret",
+            "actions[0].secret-file: /no/secret",
         ),
         (
             format!(

@@ -70,13 +70,15 @@ pub enum ActionError {
     #[error(transparent)]
     Secret(#[from] crate::config::SecretError),
     #[error(transparent)]
-    Webhook(#[from] webhook::WebhookError),
+    Webhook(#[from] Box<webhook::WebhookError>),
 }
 
 impl Action {
-    /// The runnable action `spec` describes; `name` names its metrics.
+    /// The runnable action `spec` describes; `name` names its metrics, `at` its keys in
+    /// messages (`actions.webhook`, or `actions[1]` in the list form).
     fn build(
         name: &str,
+        at: &str,
         spec: &ActionSpec,
         dead_letters: Option<DeadLetters>,
     ) -> Result<Action, ActionError> {
@@ -95,10 +97,11 @@ impl Action {
                 let client = WebhookClient::new(
                     &w.url,
                     ms(w.timeout_ms),
-                    w.signing_secret()?,
+                    w.signing_secret_at(at)?,
                     retry,
                     w.ca_file.as_deref(),
-                )?
+                )
+                .map_err(|e| Box::new(e.at(at)))?
                 .with_concurrency(&format!("webhook:{name}"), w.concurrency);
                 Action::Webhook {
                     client,
@@ -118,8 +121,12 @@ impl Actions {
         dead_letters: Option<DeadLetters>,
     ) -> Result<Actions, ActionError> {
         let mut out = Vec::new();
-        for (name, spec) in s.specs() {
-            let action = Action::build(&name, &spec, dead_letters.clone())?;
+        for (i, (name, spec)) in s.specs().into_iter().enumerate() {
+            let at = match s.list {
+                Some(_) => format!("actions[{i}]"),
+                None => "actions.webhook".to_string(),
+            };
+            let action = Action::build(&name, &at, &spec, dead_letters.clone())?;
             out.push(NamedAction {
                 name,
                 action,

@@ -60,14 +60,46 @@ pub struct Delivery {
 /// A webhook client that cannot be built; each names its key, its cause is its source.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("actions.webhook.url")]
-    Url(#[from] url::ParseError),
-    #[error("actions.webhook.url: {0}")]
-    Uri(#[source] hyper::http::uri::InvalidUri),
-    #[error("actions.webhook.ca-file")]
-    Ca(#[source] crate::http_client::CaError),
-    #[error("actions.webhook")]
-    Tls(#[source] crate::http_client::TlsError),
+    #[error("{at}.url")]
+    Url {
+        at: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{at}.url: {source}")]
+    Uri {
+        at: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    #[error("{at}.ca-file")]
+    Ca {
+        at: String,
+        #[source]
+        source: crate::http_client::CaError,
+    },
+    #[error("{at}")]
+    Tls {
+        at: String,
+        #[source]
+        source: crate::http_client::TlsError,
+    },
+}
+
+/// Where a webhook's keys are, unless said otherwise (`WebhookError::at`).
+const WEBHOOK_KEYS: &str = "actions.webhook";
+
+impl WebhookError {
+    /// The same error, naming the keys of the webhook at `key` (`actions[1]` in the
+    /// list form).
+    pub fn at(mut self, key: &str) -> Self {
+        let (Self::Url { at, .. }
+        | Self::Uri { at, .. }
+        | Self::Ca { at, .. }
+        | Self::Tls { at, .. }) = &mut self;
+        *at = key.to_string();
+        self
+    }
 }
 
 /// The most of an answer's body read (then dropped: only its status counts), so that
@@ -108,11 +140,17 @@ impl WebhookClient {
         retry: RetryPolicy,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, WebhookError> {
-        let (url, credentials) = crate::http_client::split_credentials(&url::Url::parse(url)?);
-        let uri = url.as_str().parse().map_err(WebhookError::Uri)?;
+        let at = || WEBHOOK_KEYS.to_string();
+        let parsed =
+            url::Url::parse(url).map_err(|source| WebhookError::Url { at: at(), source })?;
+        let (url, credentials) = crate::http_client::split_credentials(&parsed);
+        let uri = url
+            .as_str()
+            .parse()
+            .map_err(|source| WebhookError::Uri { at: at(), source })?;
         let client = crate::http_client::hyper_client(ca).map_err(|e| match e {
-            crate::http_client::TlsError::Ca(e) => WebhookError::Ca(e),
-            e => WebhookError::Tls(e),
+            crate::http_client::TlsError::Ca(source) => WebhookError::Ca { at: at(), source },
+            source => WebhookError::Tls { at: at(), source },
         })?;
         Ok(WebhookClient {
             endpoint: Arc::new(Endpoint {
@@ -373,6 +411,10 @@ mod tests {
         assert_eq!(
             crate::http_client::error_chain(&e),
             "actions.webhook.url: relative URL without a base"
+        );
+        assert_eq!(
+            crate::http_client::error_chain(&e.at("actions[2]")),
+            "actions[2].url: relative URL without a base"
         );
     }
 

@@ -1,6 +1,7 @@
 //! What the `config` crate's reading of the YAML file loses, found by reading the file's
 //! own text: numbers written in a form that does not print back the same (`0123`,
-//! `1.50`), which keys of text would otherwise take as the number's text (`123`, `1.5`),
+//! `1.50`, `12345678901234567890123`), which keys of text would otherwise take as the
+//! number's text (`123`, `1.5`, `1.2345678901234568e22`),
 //! and numbers it cannot read at all (`.inf`), which fail the whole file without a key.
 
 use yaml_rust2::Yaml;
@@ -17,10 +18,12 @@ pub enum Step {
 /// The unquoted scalars of `text` that YAML reads as a number printed otherwise than
 /// written, each with its place and its text, where reading that text as a number gives
 /// the same number: leading zeros and a `+` (`0123`, `+5`: 123, 5) and fractions with
-/// trailing zeros (`1.50`: 1.5). Given as their text, a key of text takes them as
-/// written and a key of numbers reads the same number from it. Other forms (`0x1F`,
-/// `0o17`, `1e3`, `5.0`) are left as YAML reads them: their text is not a number to the
-/// `config` crate, and a key of numbers took them before.
+/// trailing zeros (`1.50`: 1.5); and numbers no key of numbers takes as YAML reads them:
+/// whole numbers past 64 bits (a float in YAML) and exponents past a float's range
+/// (`1e400`, `1e-400`). Given as their text, a key of text takes them as written and a
+/// key of numbers reads the same number from it (or refuses it, saying why). Other forms
+/// (`0x1F`, `0o17`, `1e3`, `5.0`) are left as YAML reads them: their text is not a number
+/// to the `config` crate, and a key of numbers took them before.
 pub fn numbers_written_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
     let mut walk = Walk::default();
     // A file that does not parse has failed to load already, with the parser's message.
@@ -61,15 +64,25 @@ fn first_unreadable(key: String, value: &Yaml) -> Option<(String, String)> {
 }
 
 /// Whether the unquoted `text` is a number YAML prints otherwise, which reads back as the
-/// same number.
+/// same number (or one no key of numbers takes: too large, or past what a float holds).
 fn written_otherwise(text: &str) -> bool {
     match Yaml::from_str(text) {
         Yaml::Integer(n) => text.parse::<i64>() == Ok(n) && n.to_string() != text,
         Yaml::Real(_) => {
-            let exponent = text.contains(['e', 'E']);
-            text.parse::<f64>().is_ok_and(|f| {
-                f.is_finite() && f.fract() != 0.0 && !exponent && f.to_string() != text
-            })
+            let Ok(f) = text.parse::<f64>() else {
+                return false;
+            };
+            let digits = text.trim_start_matches(['-', '+']);
+            // Whole numbers past i64 (YAML makes them floats: 1.2345678901234568e22).
+            let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            // Exponents past a float's range: `1e400` is inf, `1e-400` is 0.
+            let lost = !f.is_finite()
+                || (f == 0.0
+                    && text.split(['e', 'E']).next().is_some_and(|m| {
+                        m.contains(['1', '2', '3', '4', '5', '6', '7', '8', '9'])
+                    }));
+            let fraction = f.fract() != 0.0 && !text.contains(['e', 'E']) && f.to_string() != text;
+            whole || lost || (f.is_finite() && fraction)
         }
         _ => false,
     }
@@ -164,7 +177,8 @@ mod tests {
     #[test]
     fn numbers_printed_otherwise_are_found_with_their_place() {
         let text = "a:\n  group: 0123\n  b: [1, 007, {c: 1.50}]\n  d: +5\n  'q': \"0123\"\n\
-                    e: 1.5\nf: 5.0\ng: 1e3\nh: 0x1F\ni: -08\n? [x]\n: 012\nj: &k 01\nl: *k\n";
+                    e: 1.5\nf: 5.0\ng: 1e3\nh: 0x1F\ni: -08\n? [x]\n: 012\nj: &k 01\nl: *k\n\
+                    m: 12345678901234567890123\nn: 1e400\no: 1e-400\np: 0e5\n";
         let key = |s: &str| Step::Key(s.into());
         assert_eq!(
             numbers_written_otherwise(text),
@@ -178,6 +192,9 @@ mod tests {
                 (vec![key("a"), key("d")], "+5".into()),
                 (vec![key("i")], "-08".into()),
                 (vec![key("j")], "01".into()),
+                (vec![key("m")], "12345678901234567890123".into()),
+                (vec![key("n")], "1e400".into()),
+                (vec![key("o")], "1e-400".into()),
             ]
         );
     }

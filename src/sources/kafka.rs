@@ -25,7 +25,7 @@ use timely::dataflow::ProbeHandle;
 
 use crate::checkpoint::Position;
 use crate::config::{KafkaSettings, StartFrom};
-use crate::kafka_client::{JobContext, client_config};
+use crate::kafka_client::{ClientKind, JobContext, KafkaConfigError, check_config, client_config};
 use crate::log_limit::LogLimiter;
 use crate::model::Time;
 use crate::sources::driver::{BATCH, IDLE_POLL, Next, Reader, SLICE};
@@ -100,13 +100,12 @@ fn consumer(
     consumer_config(s, index, bounded).create_with_context(JobContext::default())
 }
 
-/// `kafka.properties` checked as librdkafka takes them (each name and value), with the
-/// settings the job's consumers add, without connecting: what `run` fails on when it
-/// creates its consumers, found by `validate`.
-pub fn check_properties(s: &KafkaSettings) -> Result<(), KafkaError> {
-    consumer_config(s, 0, false)
-        .create_native_config()
-        .map(drop)
+/// `kafka.properties` checked as librdkafka takes them, without connecting
+/// (`kafka_client::check_config`): as they are (the start's look at the topic), and with
+/// the settings the job's consumers set over them.
+pub fn check_properties(s: &KafkaSettings) -> Result<(), KafkaConfigError> {
+    check_config(&client_config(s), ClientKind::Consumer)?;
+    check_config(&consumer_config(s, 0, false), ClientKind::Consumer)
 }
 
 /// The configuration of worker `index`'s consumer: the user's properties, with the
