@@ -517,7 +517,7 @@ pub struct FilterSettings {
     /// rhai operations one evaluation may take before it is stopped (and rejected).
     pub max_operations: u64,
     /// `run` reads the script again this often and switches to it if it changed and
-    /// compiles (also on SIGHUP); 0: never.
+    /// compiles (also on SIGHUP); 0: only on SIGHUP.
     pub reload_interval_ms: u64,
 }
 

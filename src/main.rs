@@ -329,19 +329,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
-    // Process 0 watches; its worker 0 broadcasts new versions to the cluster.
-    if settings.filter.reload_interval_ms > 0 && args.process == 0 {
+    // Process 0 watches (every interval, and on SIGHUP: with an interval of 0, only on
+    // SIGHUP); its worker 0 broadcasts new versions to the cluster.
+    if args.process == 0 {
         // Time for the broadcast to reach the other processes before the switch.
         let delay = Duration::from_secs(if args.processes > 1 { 5 } else { 1 });
+        let every = settings.filter.reload_interval_ms;
         runtime.spawn(event_trigger::filter::reload::watch(
             settings.filter.script_path.clone(),
             prepared.limits.clone(),
             prepared.filter_versions.clone(),
-            Duration::from_millis(settings.filter.reload_interval_ms),
+            (every > 0).then(|| Duration::from_millis(every)),
             delay,
             prepared.script.clone(),
             prepared.checkpoints.as_ref().map_or(0, |c| c.floor_epoch),
         ));
+    } else {
+        runtime.spawn(event_trigger::filter::reload::ignore_hangups(args.process));
     }
     prepared
         .stop

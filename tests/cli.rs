@@ -1963,3 +1963,67 @@ fn only_an_unfinished_checkpoint_says_where_the_run_starts() {
         "{err}"
     );
 }
+
+/// With `filter.reload-interval-ms: 0` the script is read again on SIGHUP only (the
+/// signal ended the process before: exit 129, no summary, no last commit); a change
+/// without the signal is not taken.
+#[test]
+fn sighup_reloads_the_filter_when_it_is_not_polled() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..400)
+        .map(|i| {
+            format!(
+                "{{\"user_id\":\"u{}\",\"event_type\":\"page_view\",\"timestamp\":{i}}}\n",
+                i % 10
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let rule = dir.path().join("rule.rhai");
+    std::fs::write(&rule, "false").unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{ type: file, path: {}, max-events-per-second: 100 }}\n\
+             profile-api: {{ base-url: \"file://{}\" }}\n\
+             filter: {{ script-path: {}, reload-interval-ms: 0 }}\n\
+             actions: {{ debug: {{ enabled: true }} }}\nmetrics: {{ listen: \"\" }}\n",
+            events.display(),
+            profiles.display(),
+            rule.display()
+        ),
+    )
+    .unwrap();
+    let child: Job = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info,event_trigger::action::debug=off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .into();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&rule, "true").unwrap();
+    // Not polled: without the signal, the change waits.
+    std::thread::sleep(Duration::from_millis(600));
+    let kill = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = wait_ok(child);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("SIGHUP: reading the filter script again"),
+        "{log}"
+    );
+    assert!(log.contains("filter reloaded"), "{log}");
+    let counts = summary_of(&out.stdout);
+    assert_eq!(counts.events_read, 400);
+    // ~160 events were read before the signal, and a version takes effect a second on.
+    assert!(counts.passed > 0 && counts.passed < 240, "{counts:?}");
+}

@@ -371,8 +371,21 @@ fn step(kind: Kind, var: &str, rhs: &Expr, out: &mut Vec<Problem>) {
     if !field(fields, name, pos, &kind.describe(var), out) || name != "parameters" {
         return;
     }
-    if let Some((param, pos, _)) = rest.and_then(first_property) {
+    if let Some((param, pos)) = rest.and_then(param_name) {
         field(PARAM_FIELDS, param, pos, " of `parameters`", out);
+    }
+}
+
+/// The field of `parameters` a chain after it starts with: `.utm_source` or
+/// `["utm_source"]`.
+fn param_name(e: &Expr) -> Option<(&str, Position)> {
+    match e {
+        Expr::StringConstant(s, pos) => Some((s.as_str(), *pos)),
+        Expr::Dot(b, ..) | Expr::Index(b, ..) => match &b.lhs {
+            Expr::StringConstant(s, pos) => Some((s.as_str(), *pos)),
+            _ => first_property(e).map(|(name, pos, _)| (name, pos)),
+        },
+        _ => first_property(e).map(|(name, pos, _)| (name, pos)),
     }
 }
 
@@ -401,8 +414,9 @@ fn first_property(e: &Expr) -> Option<(&str, Position, Option<&Expr>)> {
             Expr::Property(p, pos) => Some((p.2.as_str(), *pos, Some(&b.rhs))),
             _ => None,
         },
+        // `.prop[...]`: the rest is the index, and what follows it.
         Expr::Index(b, ..) => match &b.lhs {
-            Expr::Property(p, pos) => Some((p.2.as_str(), *pos, None)),
+            Expr::Property(p, pos) => Some((p.2.as_str(), *pos, Some(&b.rhs))),
             _ => None,
         },
         _ => None,
@@ -534,6 +548,14 @@ mod tests {
                 "`utm_sorce` of `parameters` (did you mean `utm_source`",
             ),
             (
+                "event.parameters[\"utm_sorce\"] == \"g\"",
+                "`utm_sorce` of `parameters` (did you mean `utm_source`",
+            ),
+            (
+                "event.parameters[\"utm_sorce\"].len() > 0",
+                "`utm_sorce` of `parameters`",
+            ),
+            (
                 "event.parameters.utmSource.len() > 0 && event.paramters != ()",
                 "`paramters` of `event`",
             ),
@@ -614,7 +636,8 @@ mod tests {
             "for (h, i) in history { if i > 1 && h.eventType == \"x\" { return true; } } false",
             "try { event.duration / 0 > 1 } catch (err) { err != () }",
             "history.filter(|event| event.timestamp > 1).len() > 0",
-            "event.parameters.custom_params.anything == () && event.parameters[\"utm_x\"] == ()",
+            "event.parameters.custom_params.anything == () && event.parameters[\"utm_id\"] == ()",
+            "event.parameters[\"utmSource\"].len() > 0 && event[\"parameters\"].utm_term == ()",
             "let f = Fn(\"is_def_var\"); type_of(f) == \"Fn\" && \"a\" in [\"a\"]",
             "visit?.landing_page == \"/sale\"",
         ] {

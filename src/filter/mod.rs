@@ -230,6 +230,15 @@ fn engine(limits: &FilterLimits, bound: Rc<RefCell<Option<Bound>>>) -> Engine {
             engine.register_get(camel, move |p: &mut ParamsRef| param_field(&p.0, json));
         }
     }
+    // `parameters["utm_source"]`, by either name, as the other types answer to indexing.
+    engine.register_indexer_get(
+        |p: &mut ParamsRef, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            match PARAM_FIELDS.iter().find(|(j, c)| *j == key || *c == key) {
+                Some((json, _)) => param_field(&p.0, json),
+                None => Err(format!("no field `{key}` of `parameters`").into()),
+            }
+        },
+    );
     #[allow(deprecated)] // `on_var` is marked volatile, not deprecated
     engine.on_var(move |name, _index, ctx| {
         if !matches!(name, "event" | "user" | "visit" | "history") || ctx.scope().contains(name) {
@@ -524,6 +533,8 @@ mod tests {
             r#"event.parameters.utm_source == "google" && event.parameters.utmSource == "google""#,
             r#"event.parameters.custom_params.page_title == "Sale" && event.parameters.customParams.value > 12.0"#,
             r#"event["event_type"] == "page_view" && event["eventType"] == "page_view""#,
+            r#"event.parameters["utm_source"] == "google" && event["parameters"]["utmSource"] == "google""#,
+            r#"event.parameters["customParams"].page_title == "Sale" && event.parameters["utm_id"] == ()"#,
             "event.domain == ()",
         ] {
             assert_eq!(judge(script, &ev, &st), Verdict::Pass, "{script}");

@@ -211,28 +211,29 @@ impl Filters {
     }
 }
 
-/// Watches `path`: every `every`, and on SIGHUP, reads it; a changed script that
-/// compiles is published to take effect `delay` later (rounded up to a second), one that
-/// does not is logged. `floor`: the sources' clocks start there (a restored epoch may be
-/// ahead of the wall clock); a switch is never before it.
+/// Watches `path`: every `every` (`None`: only on SIGHUP), and on SIGHUP, reads it; a
+/// changed script that compiles is published to take effect `delay` later (rounded up to
+/// a second), one that does not is logged. `floor`: the sources' clocks start there (a
+/// restored epoch may be ahead of the wall clock); a switch is never before it.
 pub async fn watch(
     path: PathBuf,
     limits: FilterLimits,
     versions: FilterVersions,
-    every: Duration,
+    every: Option<Duration>,
     delay: Duration,
     mut current: String,
     floor: Time,
 ) {
     let origin = path.display().to_string();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut ticker = tokio::time::interval(every);
+    let mut ticker = every.map(tokio::time::interval);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            Some(_) = async { match &mut ticker { Some(t) => Some(t.tick().await), None => None } } => {}
             Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => None } } => {
                 tracing::info!("SIGHUP: reading the filter script again");
             }
+            else => return,
         }
         let script = match read_changed(&path, &current).await {
             Ok(Some(s)) => s,
@@ -267,6 +268,21 @@ pub async fn watch(
             }
         }
         current = script;
+    }
+}
+
+/// On a process that does not watch the script (not process 0 of a cluster), SIGHUP is
+/// logged and ignored: its default would end the process, and the cluster with it.
+pub async fn ignore_hangups(process: usize) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::warn!(
+            "SIGHUP ignored: process {process} does not read the filter script (send it to \
+             process 0)"
+        );
     }
 }
 
