@@ -243,6 +243,8 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
     std::fs::write(&bad_profiles, "{\"user_id\":\"a\"}\n{\"profile\":{}}\n").unwrap();
     let empty = dir.path().join("empty.secret");
     std::fs::write(&empty, "\n").unwrap();
+    let commented = dir.path().join("commented.rhai");
+    std::fs::write(&commented, "// event.event_type == \"purchase\"\n").unwrap();
     let cases = [
         ("profile-api:\n  timeot-ms: 5\n".to_string(), "timeot-ms"),
         (
@@ -302,6 +304,17 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
                 bad_profiles.display()
             ),
             "profiles.jsonl: line 2: missing field `user_id`",
+        ),
+        (
+            format!("filter:\n  script-path: {}\n", commented.display()),
+            "commented.rhai: the rule is empty",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nactions:\n  - type: debug\n    filter: ''\n",
+                good_script.display()
+            ),
+            "actions[0].filter: the rule is empty",
         ),
         // `validate` checks what `run` checks before it connects (it said "ok" to these).
         (

@@ -50,6 +50,11 @@ pub enum FilterError {
         /// What to write instead, when the mistake looks like an AviatorScript habit.
         hint: Option<Hint>,
     },
+    /// Nothing to evaluate (empty, or only comments): it would reject every event.
+    #[error(
+        "{path}: the rule is empty (nothing but comments or blanks): a rule that judges nothing would reject every event"
+    )]
+    Empty { path: String },
     /// The script compiles but reads what does not exist (see `check`).
     #[error("{}", problems.render(path))]
     Check { path: String, problems: Problems },
@@ -302,6 +307,11 @@ impl Filter {
             hint: hints::for_parse_error(script, &e.0, e.1).map(Hint),
             message: e.0.to_string(),
         })?;
+        if ast.statements().is_empty() {
+            return Err(FilterError::Empty {
+                path: origin.to_string(),
+            });
+        }
         let native = compiled::compile(&ast);
         tracing::debug!(native = native.is_some(), "filter {origin} compiled");
         Ok(Filter {
@@ -613,6 +623,24 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.starts_with("rules/f.rhai:2:"), "{err}");
+    }
+
+    /// A rule with nothing to evaluate would reject every event: refused at the start
+    /// and on reload alike (a reload refused only a blank file; a comment-only one ran,
+    /// and every event was a script error).
+    #[test]
+    fn a_rule_of_nothing_but_comments_or_blanks_is_refused() {
+        for script in ["", " \n\t", "// disabled for now\n", "/* off */ ;"] {
+            let err = Filter::compile(script, "r.rhai", &FilterLimits::default())
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.starts_with("r.rhai: the rule is empty")),
+                "{script:?}: {err:?}"
+            );
+        }
+        assert!(Filter::compile("// on\ntrue", "r.rhai", &FilterLimits::default()).is_ok());
     }
 }
 

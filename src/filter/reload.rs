@@ -245,15 +245,6 @@ pub async fn watch(
                 continue;
             }
         };
-        if script.trim().is_empty() {
-            crate::metrics::global().filter_reload_failures.inc();
-            tracing::error!(
-                "filter not reloaded, the current one stays: {origin} is empty (a rule that \
-                 judges nothing would reject every event)"
-            );
-            current = script;
-            continue;
-        }
         match check(&script, &origin, &limits) {
             Ok(()) => {
                 let now = crate::clock::now_ms().max(floor);
