@@ -516,11 +516,22 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
 /// profiles), its actions turned into debug prints with their filters, their log off:
 /// the counts are those `run` gives on this file, and nothing is called or written.
 fn test_rule(mut settings: Settings, events: &Path, show: usize) -> anyhow::Result<()> {
+    // A paced file source stays paced: cooldowns, caps, delays and the TTL follow
+    // processing time, so a faster read gives other counts than `run`.
+    if settings.source.kind != SourceType::File {
+        settings.source.max_events_per_second = None;
+    }
     settings.source.kind = SourceType::File;
     settings.source.path = Some(events.to_path_buf());
     // The tester reads the whole file from empty state and writes no checkpoint.
     settings.source.resume = false;
-    settings.source.max_events_per_second = None;
+    if let Some(rate) = settings.source.max_events_per_second {
+        println!(
+            "reading {} at source.max-events-per-second ({rate} a second), as run does: \
+             cooldowns, caps, delays and the TTL follow processing time",
+            events.display()
+        );
+    }
     settings.dead_letter = Default::default();
     // `validate` has shown the rules' warnings.
     let mut prepared = Prepared::without_rule_warnings(&settings, true)?;

@@ -2040,3 +2040,52 @@ fn sighup_reloads_the_filter_when_it_is_not_polled() {
     // ~160 events were read before the signal, and a version takes effect a second on.
     assert!(counts.passed > 0 && counts.passed < 240, "{counts:?}");
 }
+
+/// The rule tester keeps a file source's pace: a cooldown follows processing time, so the
+/// counts of a paced `run` are those of a paced read (at full speed, every event after
+/// the first fell within the cooldown, where `run` let some through).
+#[test]
+fn the_rule_tester_reads_a_paced_file_at_its_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..6)
+        .map(|i| format!("{{\"user_id\":\"u1\",\"event_type\":\"page_view\",\"timestamp\":{i}}}\n"))
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let profiles = dir.path().join("profiles.jsonl");
+    std::fs::write(&profiles, "").unwrap();
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        "true",
+        &format!(
+            "profile-api:\n  base-url: file://{}\nactions:\n  - type: debug\n    name: d\n    cooldown: 700ms\n",
+            profiles.display()
+        ),
+    );
+    let paced = cfg.replace(".yml", "-paced.yml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "  type: file\n",
+        "  type: file\n  max-events-per-second: 2\n",
+    );
+    std::fs::write(&paced, text).unwrap();
+    let capped = |cfg: &str| {
+        let (code, out, err) = run_binary(&[
+            "validate",
+            "--config",
+            cfg,
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        (counts_of(&out, "actions' caps and delays")["capped"], out)
+    };
+    let (fast, _) = capped(&cfg);
+    assert_eq!(fast, 5);
+    let (slow, out) = capped(&paced);
+    assert!(
+        out.contains("at source.max-events-per-second (2 a second)"),
+        "{out}"
+    );
+    assert!(slow < 5, "{out}");
+}
