@@ -307,13 +307,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     PROCESSES.store(args.processes, std::sync::atomic::Ordering::Relaxed);
     exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;
-    let mut prepared = Prepared::new(&settings, args.bounded)?;
-    prepared.processes = args.processes;
+    // Before anything connects: a mistake in them is not hidden behind a broker's error.
     let from = match (&args.from_offset, &args.from_timestamp) {
         (Some(o), _) => Some(ReplayFrom::parse_offsets(o)?),
         (None, Some(t)) => Some(ReplayFrom::parse_timestamp(t)?),
         (None, None) => None,
     };
+    let mut prepared = Prepared::new(&settings, args.bounded)?;
+    prepared.processes = args.processes;
     if from.is_some() || args.dry_run {
         prepared.replay(from, args.dry_run)?;
     }

@@ -1300,6 +1300,29 @@ fn a_dry_run_reads_a_file_and_calls_nothing() {
         err.contains("--from-offset and --from-timestamp read a Kafka source"),
         "{err}"
     );
+    // A mistake in the replay's point is found before the broker is asked anything (an
+    // unreachable one hid it behind its own error).
+    let kafka = dir.path().join("kafka.yml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("source:\n  type: file\n  path: {}\n", events.display()),
+        "kafka:\n  bootstrap-servers: 127.0.0.1:1\n  connect-timeout-ms: 60000\nsource:\n  type: kafka\n",
+    );
+    assert!(text.contains("type: kafka"), "{text}");
+    std::fs::write(&kafka, text).unwrap();
+    let kafka = kafka.to_str().unwrap();
+    for (args, says) in [
+        (
+            ["--from-timestamp", "2026-13-45T10:00:00Z"],
+            "--from-timestamp: `2026-13-45T10:00:00Z`",
+        ),
+        (["--from-offset", "0:1,0:2"], "partition 0 is given twice"),
+    ] {
+        let started = std::time::Instant::now();
+        let (code, _, err) = run_binary(&["run", "--config", kafka, args[0], args[1]]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    }
 }
 
 /// A rule failing on more than 1% of the events it judges is flagged with its first

@@ -17,6 +17,8 @@ pub enum ReplayFrom {
 pub enum ReplayError {
     #[error("--from-offset: `{0}` is not PARTITION:OFFSET[,PARTITION:OFFSET...]")]
     Offsets(String),
+    #[error("--from-offset: partition {0} is given twice: give one offset for each")]
+    Repeated(i32),
     #[error(
         "--from-timestamp: `{0}` is neither ms since the epoch nor RFC 3339 (2026-11-27T10:00:00Z)"
     )]
@@ -31,6 +33,10 @@ impl ReplayFrom {
     /// let from = ReplayFrom::parse_offsets("0:1500, 3:0").unwrap();
     /// assert_eq!(from, ReplayFrom::Offsets([(0, 1500), (3, 0)].into()));
     /// assert!(ReplayFrom::parse_offsets("0=1500").is_err());
+    /// assert_eq!(
+    ///     ReplayFrom::parse_offsets("0:1,0:2").unwrap_err().to_string(),
+    ///     "--from-offset: partition 0 is given twice: give one offset for each"
+    /// );
     /// ```
     pub fn parse_offsets(text: &str) -> Result<ReplayFrom, ReplayError> {
         let bad = || ReplayError::Offsets(text.to_string());
@@ -39,8 +45,11 @@ impl ReplayFrom {
             let (p, o) = pair.trim().split_once(':').ok_or_else(bad)?;
             let p: i32 = p.trim().parse().map_err(|_| bad())?;
             let o: i64 = o.trim().parse().map_err(|_| bad())?;
-            if p < 0 || o < 0 || offsets.insert(p, o).is_some() {
+            if p < 0 || o < 0 {
                 return Err(bad());
+            }
+            if offsets.insert(p, o).is_some() {
+                return Err(ReplayError::Repeated(p));
             }
         }
         Ok(ReplayFrom::Offsets(offsets))
