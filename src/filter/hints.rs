@@ -13,6 +13,9 @@ const STRING: &str = "AviatorScript's `string.contains(s, x)` is a method of the
 const SEQ: &str = "AviatorScript's `seq.*` functions are methods of arrays in rhai, taking closures `|x| ...`: `history.filter(|h| h.event_type == \"click\").len()`, `[\"a\", \"b\"].contains(x)`";
 const INCLUDE: &str = "AviatorScript's `include(seq, x)` is `seq.contains(x)` in rhai";
 const AND_OR: &str = "rhai writes `and`, `or` and `not` as `&&`, `||` and `!`";
+const REGEX: &str = "rhai has no `=~` or regular expressions: use the string's methods, as in `s.contains(\"_page\")`, `s.starts_with(x)`, `s.ends_with(x)`";
+const TERNARY: &str = "rhai writes `c ? a : b` as `if c { a } else { b }`";
+const MATH: &str = "AviatorScript's `math.abs(x)` is a method of the number in rhai: `x.abs()` (likewise `x.floor()`, `x.round()`, `x.sqrt()` of a float)";
 
 /// A hint for a syntax error at `pos` of `script`, if it looks like AviatorScript.
 pub fn for_parse_error(script: &str, err: &ParseErrorType, pos: Position) -> Option<&'static str> {
@@ -21,6 +24,9 @@ pub fn for_parse_error(script: &str, err: &ParseErrorType, pos: Position) -> Opt
         ParseErrorType::Reserved(word) if word == "nil" => Some(NIL),
         // `lambda(x) -> x > 1 end`: rhai stops at the arrow, a reserved symbol.
         ParseErrorType::Reserved(word) if word == "->" => Some(LAMBDA),
+        // `s =~ /re/`: rhai stops at the tilde.
+        ParseErrorType::Reserved(word) if word == "~" => Some(REGEX),
+        ParseErrorType::UnknownOperator(op) if op == "?" => Some(TERNARY),
         _ if line_of(script, pos).is_some_and(|l| l.contains("lambda")) => Some(LAMBDA),
         _ if line_of(script, pos).is_some_and(|l| {
             l.split(|c: char| !c.is_alphanumeric() && c != '_')
@@ -39,6 +45,7 @@ pub fn for_unknown_function(name: &str) -> Option<&'static str> {
         "count" => Some(COUNT),
         "lambda" => Some(LAMBDA),
         "include" => Some(INCLUDE),
+        "not" | "and" | "or" => Some(AND_OR),
         _ => None,
     }
 }
@@ -50,6 +57,7 @@ pub fn for_unknown_variable(name: &str) -> Option<&'static str> {
         "seq" => Some(SEQ),
         "nil" => Some(NIL),
         "lambda" | "end" => Some(LAMBDA),
+        "math" => Some(MATH),
         _ => None,
     }
 }
@@ -77,6 +85,13 @@ mod tests {
             Some(LAMBDA)
         );
         assert_eq!(parse_hint("event.duration > (1"), None);
+        assert_eq!(parse_hint("event.event_name =~ /.*_page/"), Some(REGEX));
+        assert_eq!(
+            parse_hint("event.duration > 1 ? true : false"),
+            Some(TERNARY)
+        );
+        assert_eq!(for_unknown_function("not"), Some(AND_OR));
+        assert_eq!(for_unknown_variable("math"), Some(MATH));
         assert_eq!(
             parse_hint("event.event_type == \"page_view\" and user.country == \"US\""),
             Some(AND_OR)
