@@ -103,6 +103,10 @@ pub fn check(engine: &mut Engine, ast: &AST, script: &str) -> Vec<Problem> {
     ast.walk(&mut |path: &[ASTNode]| {
         match path.last() {
             Some(ASTNode::Expr(e)) => names.expr(e, &functions, &mut problems),
+            // A whole rule that is one comparison is a statement.
+            Some(ASTNode::Stmt(Stmt::FnCall(f, pos))) if f.op_token.is_some() => {
+                names.comparison(f, *pos, &mut problems)
+            }
             Some(ASTNode::Stmt(Stmt::FnCall(f, pos))) => {
                 names.call(f, *pos, &functions, &mut problems)
             }
@@ -316,6 +320,7 @@ impl Names {
                 }
                 _ => {}
             },
+            Expr::FnCall(f, pos) if f.op_token.is_some() => self.comparison(f, *pos, out),
             Expr::FnCall(f, pos) => self.call(f, *pos, functions, out),
             Expr::MethodCall(f, pos) if !self.has_maps && !functions.contains(f.name.as_str()) => {
                 out.push(unknown_call(*pos, "method", &f.name, functions));
@@ -334,6 +339,59 @@ impl Names {
         if let Some(kind) = self.kind(&v.1) {
             step(kind, &v.1, rhs, out);
         }
+    }
+
+    /// A `utm_*` of `parameters` (always text) compared with a number: never equal, and
+    /// `<`/`>` of text and a number is an error on every event.
+    fn comparison(&self, f: &FnCallExpr, pos: Position, out: &mut Vec<Problem>) {
+        if !is_comparison(&f.name) || f.args.len() != 2 {
+            return;
+        }
+        for (a, b) in [(&f.args[0], &f.args[1]), (&f.args[1], &f.args[0])] {
+            let Some(field) = self.utm_field(a) else {
+                continue;
+            };
+            let number = match b {
+                Expr::IntegerConstant(n, _) => n.to_string(),
+                Expr::FloatConstant(n, _) => n.to_string(),
+                _ => continue,
+            };
+            out.push(Problem::at(
+                pos,
+                format!(
+                    "`{field}` of `parameters` is text, compared here with the number \
+                     {number}: a number is never equal to text (write \"{number}\")"
+                ),
+            ));
+        }
+    }
+
+    /// The `utm_*` field `e` reads: `event.parameters.utm_id`, `h.parameters["utmId"]`.
+    fn utm_field<'e>(&self, e: &'e Expr) -> Option<&'e str> {
+        let Expr::Dot(b, ..) = e else {
+            return None;
+        };
+        let Expr::Variable(v, ..) = &b.lhs else {
+            return None;
+        };
+        if !matches!(self.kind(&v.1), Some(Kind::Event | Kind::Entry)) || !v.2.is_empty() {
+            return None;
+        }
+        let (Expr::Dot(d, ..) | Expr::Index(d, ..)) = &b.rhs else {
+            return None;
+        };
+        if !matches!(&d.lhs, Expr::Property(p, _) if p.2.as_str() == "parameters") {
+            return None;
+        }
+        let name = match &d.rhs {
+            Expr::Property(p, _) => p.2.as_str(),
+            Expr::StringConstant(s, _) => s.as_str(),
+            _ => return None,
+        };
+        PARAM_FIELDS
+            .iter()
+            .any(|(j, c)| (*j == name || *c == name) && j.starts_with("utm_"))
+            .then_some(name)
     }
 
     fn call(
@@ -430,6 +488,10 @@ fn root_var(e: &Expr) -> Option<&str> {
         Expr::Dot(x, ..) | Expr::Index(x, ..) => root_var(&x.lhs),
         _ => None,
     }
+}
+
+fn is_comparison(op: &str) -> bool {
+    matches!(op, "==" | "!=" | "<" | ">" | "<=" | ">=")
 }
 
 fn is_var(e: &Expr, name: &str) -> bool {
@@ -548,6 +610,18 @@ mod tests {
                 "`utm_sorce` of `parameters` (did you mean `utm_source`",
             ),
             (
+                "event.parameters.utm_id == 7",
+                "`utm_id` of `parameters` is text, compared here with the number 7",
+            ),
+            (
+                "history.filter(|h| h.parameters[\"utmId\"] != 7.5).len() > 0",
+                "`utmId` of `parameters` is text, compared here with the number 7.5",
+            ),
+            (
+                "3 < event.parameters.utm_term",
+                "`utm_term` of `parameters` is text",
+            ),
+            (
                 "event.parameters[\"utm_sorce\"] == \"g\"",
                 "`utm_sorce` of `parameters` (did you mean `utm_source`",
             ),
@@ -640,6 +714,9 @@ mod tests {
             "event.parameters[\"utmSource\"].len() > 0 && event[\"parameters\"].utm_term == ()",
             "let f = Fn(\"is_def_var\"); type_of(f) == \"Fn\" && \"a\" in [\"a\"]",
             "visit?.landing_page == \"/sale\"",
+            "event.parameters.utm_id == \"7\" && event.parameters.utm_id.len() > 1",
+            "event.parameters.custom_params.value > 100 && event.duration == 7",
+            "let event = #{ parameters: #{ utm_id: 7 } }; event.parameters.utm_id == 7",
         ] {
             assert_eq!(problems(script), "", "{script}");
         }
