@@ -599,6 +599,19 @@ pub struct Progress {
     pub lag: Option<i64>,
 }
 
+impl Progress {
+    /// The filter's verdicts since `last`: a progress line flags the rule on what it did
+    /// since the previous line, so one that stopped failing (a reload) stops being
+    /// flagged; the last line of a run, from nothing, gives the whole run.
+    pub fn judged_since(&self, last: &Progress) -> crate::filter::health::Judged {
+        crate::filter::health::Judged {
+            passed: self.passed.saturating_sub(last.passed),
+            rejected: self.rejected.saturating_sub(last.rejected),
+            script_errors: self.script_errors.saturating_sub(last.script_errors),
+        }
+    }
+}
+
 /// Logs a line every `every`: the totals and the rate of events since the last line.
 pub async fn log_progress(every: Duration) {
     let mut last = global().progress();
@@ -628,13 +641,13 @@ pub fn log_progress_line(last: &Progress, every: Duration) -> Progress {
             script_errors = now.script_errors,
             "progress"
         );
-        let judged = crate::filter::health::Judged {
-            passed: now.passed,
-            rejected: now.rejected,
-            script_errors: now.script_errors,
-        };
-        if let Some(alarm) = judged.alarm() {
-            tracing::warn!("{alarm}");
+        if let Some(alarm) = now.judged_since(last).alarm() {
+            let since = if *last == Progress::default() {
+                ""
+            } else {
+                " (since the previous progress line)"
+            };
+            tracing::warn!("{alarm}{since}");
         }
         now
     }
@@ -660,6 +673,20 @@ pub async fn serve(listen: std::net::SocketAddr) -> std::io::Result<std::net::So
 
 #[cfg(test)]
 mod tests {
+    /// A rule that failed early and was replaced is not flagged on later lines: the
+    /// share is of what was judged since the previous line.
+    #[test]
+    fn a_progress_line_judges_the_rule_on_what_it_did_since_the_last_line() {
+        let at = |passed, script_errors| super::Progress {
+            passed,
+            script_errors,
+            ..Default::default()
+        };
+        let (first, second) = (at(50, 50), at(150, 50));
+        assert!(first.judged_since(&Default::default()).alarm().is_some());
+        assert_eq!(second.judged_since(&first).alarm(), None);
+        assert!(second.judged_since(&Default::default()).alarm().is_some());
+    }
     use super::*;
 
     /// The metric names the registry declares (`# TYPE <name> <type>`), each family given
