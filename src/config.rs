@@ -296,6 +296,22 @@ pub struct KafkaSettings {
     pub max_message_bytes: usize,
 }
 
+impl KafkaSettings {
+    /// A property librdkafka would take that is surely a mistake: a secret given empty,
+    /// or a NUL character (which a C string cannot hold), with why.
+    fn property_problem(&self) -> Option<(String, String)> {
+        self.properties.iter().find_map(|(k, v)| {
+            if k.contains('\0') || v.contains('\0') {
+                Some((k.replace('\0', "\\0"), "holds a NUL character".into()))
+            } else if is_secret_property(k) && v.trim().is_empty() {
+                Some((k.clone(), EMPTY_SECRET.into()))
+            } else {
+                None
+            }
+        })
+    }
+}
+
 /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
 /// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, ...): its value is never printed.
 pub fn is_secret_property(name: &str) -> bool {
@@ -1301,8 +1317,14 @@ impl Settings {
             },
         };
         let mut settings: Settings = serde_path_to_error::deserialize(built).map_err(|e| {
-            let reason = list_form_hint(number_hint(without_key(e.inner().to_string())));
-            invalid(e.path().to_string(), reason)
+            let path = e.path().to_string();
+            // Not serde's words, which repeat the value: it may be a secret.
+            let reason = if path == "kafka.properties" {
+                "give a map of librdkafka properties (`sasl.username: me`)".into()
+            } else {
+                list_form_hint(number_hint(without_key(e.inner().to_string())))
+            };
+            invalid(path, reason)
         })?;
         if let Some((key, given)) = bool_given_to_a_number(path, &env) {
             let reason = format!("`{given}` is not a number, which this key takes");
@@ -1312,6 +1334,9 @@ impl Settings {
             return Err(invalid(key, NO_VALUE.into()));
         }
         settings.kafka.properties.extend(properties);
+        if let Some((key, reason)) = settings.kafka.property_problem() {
+            return Err(invalid(format!("kafka.properties.{key}"), reason));
+        }
         settings
             .validate()
             .map_err(|(key, reason)| (key.to_string(), reason))
@@ -1383,7 +1408,10 @@ impl Settings {
         {
             return Err((
                 "profile-api.base-url",
-                format!("`{base}` must start with http://, https:// or file://"),
+                format!(
+                    "`{}` must start with http://, https:// or file://",
+                    without_password(base)
+                ),
             ));
         }
         if !base.starts_with("file://")
@@ -1467,8 +1495,11 @@ fn list_key_without_value(path: &Path) -> Option<String> {
         };
         keys.iter()
             .filter(|(k, v)| {
-                // `pretty` too: `actions.debug.pretty` has a default.
-                let needs = ActionSpec::needs_a_value(k) || *k == "pretty";
+                // `pretty` too (`actions.debug.pretty` has a default), and the keys of the
+                // list form alone: `filter:` left empty fired the action on every event.
+                let needs = ActionSpec::needs_a_value(k)
+                    || *k == "pretty"
+                    || LIST_FORM_KEYS.contains(&k.as_str());
                 matches!(v.kind, config::ValueKind::Nil) && needs
             })
             .map(|(k, _)| format!("actions[{i}].{k}"))
@@ -1587,13 +1618,36 @@ fn list_form_hint(reason: String) -> String {
 /// request to it could never be made: better refused at the start than failed on
 /// every call).
 fn http_url_problem(url: &str) -> Option<String> {
+    let shown = without_password(url);
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Some(format!("`{url}` must start with http:// or https://"));
+        return Some(format!("`{shown}` must start with http:// or https://"));
     }
     match url::Url::parse(url) {
         Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => None,
-        Ok(_) => Some(format!("`{url}` has no host")),
-        Err(e) => Some(format!("`{url}` is not a valid URL: {e}")),
+        Ok(_) => Some(format!("`{shown}` has no host")),
+        Err(e) => Some(format!("`{shown}` is not a valid URL: {e}")),
+    }
+}
+
+/// `url` as messages show it: a password written in it (`http://user:pass@host`) as
+/// `***`, found by the text alone (the URL may not parse: that is what the message says).
+pub fn without_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_string(),
     }
 }
 
@@ -1647,6 +1701,28 @@ mod tests {
             "`x` is not one of `a`"
         );
         assert!(http_url_problem("http://").is_some());
+        // A password in the URL is not shown, whether or not the URL parses.
+        for (url, shown) in [
+            (
+                "http://alice:hunter2@exa mple.com/x",
+                "http://alice:***@exa mple.com/x",
+            ),
+            ("ftp://a:b@c/d@e", "ftp://a:***@c/d@e"),
+            ("http://alice@host:99999/x", "http://alice@host:99999/x"),
+            ("http://h/x?u=a:b@c", "http://h/x?u=a:b@c"),
+        ] {
+            assert_eq!(without_password(url), shown);
+        }
+        let e = load_err(
+            "actions:\n  webhook:\n    url: 'http://alice:hunter2@exa mple.com/x'\n",
+            &[],
+        );
+        assert!(!e.contains("hunter2") && e.contains("alice:***@"), "{e}");
+        let e = load_err(
+            "profile-api:\n  base-url: 'ftp://alice:hunter2@host/'\n",
+            &[],
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
     #[test]
     fn actions_come_as_the_single_map_or_as_a_list() {
@@ -1820,11 +1896,13 @@ mod tests {
                 );
             }
         }
-        let e = load_err(
-            &format!("{src}actions:\n  - type: debug\n    pretty: ~\n"),
-            &[],
-        );
-        assert!(e.contains("`actions[0].pretty`: no value"), "{e}");
+        for key in ["pretty", "filter", "cancel-if", "cooldown", "name"] {
+            let e = load_err(
+                &format!("{src}actions:\n  - type: debug\n    {key}: ~\n"),
+                &[],
+            );
+            assert!(e.contains(&format!("`actions[0].{key}`: no value")), "{e}");
+        }
         let second = "- type: debug\n  - type: webhook\n    url: http://a/x\n    max-in-flight:";
         let err = load_err(&format!("{src}actions:\n  {second}\n"), &[]);
         assert!(
@@ -2512,6 +2590,30 @@ mod tests {
         let e = s.actions.webhook.signing_secret().unwrap_err().to_string();
         assert!(
             e.contains("actions.webhook.secret-file: no path is given"),
+            "{e}"
+        );
+    }
+
+    /// `kafka.properties` given text, a secret property given empty, a NUL character:
+    /// refused naming the key, without the value.
+    #[test]
+    fn kafka_properties_that_cannot_be_meant_are_refused_without_their_value() {
+        let e = load_err("kafka:\n  properties: Hunter2Secret\n", &[]);
+        assert!(
+            e.contains("`kafka.properties`: give a map") && !e.contains("Hunter2"),
+            "{e}"
+        );
+        let e = load_err("kafka:\n  properties:\n    sasl.password: ' '\n", &[]);
+        assert!(
+            e.contains("`kafka.properties.sasl.password`: the value is empty"),
+            "{e}"
+        );
+        let var = "EVENT_TRIGGER__KAFKA__PROPERTIES__SASL_PASSWORD";
+        let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
+        assert!(e.contains("sasl.password`: the value is empty"), "{e}");
+        let e = load_err("kafka:\n  properties:\n    client.id: \"a\\0b\"\n", &[]);
+        assert!(
+            e.contains("`kafka.properties.client.id`: holds a NUL character"),
             "{e}"
         );
     }

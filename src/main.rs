@@ -293,6 +293,12 @@ fn timely_config(args: &RunArgs, parallelism: usize) -> anyhow::Result<timely::C
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // SIGHUP ends a process by default; until the filter's watcher (or, on the other
+    // processes of a cluster, the task that logs it) takes it, it is ignored: a reload
+    // asked for while the job starts must not end it.
+    // SAFETY: sets the process's disposition of one signal to "ignore": no code of ours
+    // runs in a signal handler.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let settings = Settings::load(&args.config);
     init_logging(
         settings

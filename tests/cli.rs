@@ -2112,3 +2112,41 @@ fn the_rule_tester_reads_a_paced_file_at_its_pace() {
     );
     assert!(slow < 5, "{out}");
 }
+
+/// A SIGHUP while the job starts (here: waiting for an unreachable broker) does not end
+/// it (exit 129 before): the start goes on and fails as it would have.
+#[test]
+fn sighup_while_starting_does_not_end_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("rule.rhai");
+    std::fs::write(&rule, "true").unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{ type: kafka }}\nkafka: {{ bootstrap-servers: \"127.0.0.1:1\", connect-timeout-ms: 3000 }}\n\
+             filter: {{ script-path: {} }}\nmetrics: {{ listen: \"\" }}\n",
+            rule.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("kafka.bootstrap-servers: cannot reach"),
+        "{err}"
+    );
+}

@@ -313,6 +313,21 @@ impl Names {
                         field(kind.fields(), s, *pos, &kind.describe(&v.1), out);
                     }
                 }
+                // `event["parameters"]["utm_source"]`, `event["parameters"].utm_source`
+                (Expr::Variable(v, ..), Expr::Index(c, ..) | Expr::Dot(c, ..))
+                    if v.2.is_empty() && matches!(c.lhs, Expr::StringConstant(..)) =>
+                {
+                    let (Some(kind), Expr::StringConstant(s, pos)) = (self.kind(&v.1), &c.lhs)
+                    else {
+                        return;
+                    };
+                    if field(kind.fields(), s, *pos, &kind.describe(&v.1), out)
+                        && s == "parameters"
+                        && let Some((param, pos)) = param_name(&c.rhs)
+                    {
+                        field(PARAM_FIELDS, param, pos, " of `parameters`", out);
+                    }
+                }
                 (lhs, Expr::Dot(d, ..))
                     if is_var(lhs, "history") && !self.defined.contains("history") =>
                 {
@@ -627,6 +642,18 @@ mod tests {
             ),
             (
                 "event.parameters[\"utm_sorce\"].len() > 0",
+                "`utm_sorce` of `parameters`",
+            ),
+            (
+                "event[\"parameters\"][\"utmSorce\"] == \"g\"",
+                "`utmSorce` of `parameters` (did you mean `utmSource`",
+            ),
+            (
+                "event[\"paramters\"][\"utm_source\"] == \"g\"",
+                "`paramters` of `event` (did you mean `parameters`",
+            ),
+            (
+                "event[\"parameters\"].utm_sorce.len() > 1",
                 "`utm_sorce` of `parameters`",
             ),
             (

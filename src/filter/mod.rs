@@ -52,7 +52,7 @@ pub enum FilterError {
     },
     /// Nothing to evaluate (empty, or only comments): it would reject every event.
     #[error(
-        "{path}: the rule is empty (nothing but comments or blanks): a rule that judges nothing would reject every event"
+        "{path}: the rule is empty (nothing but comments or blanks): give it an expression (a filter of nothing would reject every event)"
     )]
     Empty { path: String },
     /// The script compiles but reads what does not exist (see `check`).
@@ -281,13 +281,18 @@ impl Filter {
     /// The script at `path`, with an error naming the key, the file and, for a relative
     /// path, the directory it was looked for in.
     pub fn read(path: &Path) -> Result<String, FilterError> {
-        std::fs::read_to_string(path).map_err(|e| FilterError::Read {
+        let script = std::fs::read_to_string(path).map_err(|e| FilterError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
             relative: path
                 .is_relative()
                 .then(|| std::env::current_dir().map(|d| d.display().to_string()))
                 .and_then(Result::ok),
+        })?;
+        // A byte order mark, as Windows editors write: not part of the rule.
+        Ok(match script.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => script,
         })
     }
 
@@ -641,6 +646,17 @@ mod tests {
             );
         }
         assert!(Filter::compile("// on\ntrue", "r.rhai", &FilterLimits::default()).is_ok());
+    }
+
+    /// A rule file that starts with a byte order mark (Windows editors write one) is read
+    /// without it ("Unexpected '\u{feff}'" at 1:1 before).
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_rule() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "\u{feff}event.duration > 1").unwrap();
+        let script = Filter::read(file.path()).unwrap();
+        assert_eq!(script, "event.duration > 1");
+        assert!(Filter::compile(&script, "r.rhai", &FilterLimits::default()).is_ok());
     }
 }
 

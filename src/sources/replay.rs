@@ -23,6 +23,8 @@ pub enum ReplayError {
         "--from-timestamp: `{0}` is neither ms since the epoch nor RFC 3339 (2026-11-27T10:00:00Z)"
     )]
     Timestamp(String),
+    #[error("--from-timestamp: `{0}` is before 1970: Kafka's times start there")]
+    BeforeEpoch(String),
 }
 
 impl ReplayFrom {
@@ -61,15 +63,21 @@ impl ReplayFrom {
     /// # use event_trigger::sources::replay::ReplayFrom;
     /// assert_eq!(ReplayFrom::parse_timestamp("1795824784000").unwrap(), ReplayFrom::Timestamp(1795824784000));
     /// assert_eq!(ReplayFrom::parse_timestamp("1970-01-02T00:00:00Z").unwrap(), ReplayFrom::Timestamp(86_400_000));
+    /// assert!(ReplayFrom::parse_timestamp("-5").is_err());
+    /// assert!(ReplayFrom::parse_timestamp("2026-11-27T10:00:00+25:00").is_err());
+    /// assert!(ReplayFrom::parse_timestamp("1969-12-31T23:59:59.999Z").is_err());
     /// ```
     pub fn parse_timestamp(text: &str) -> Result<ReplayFrom, ReplayError> {
         let t = text.trim();
-        if let Ok(ms) = t.parse::<i64>() {
-            return Ok(ReplayFrom::Timestamp(ms));
+        let ms = match t.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => rfc3339_ms(t).ok_or_else(|| ReplayError::Timestamp(text.to_string()))?,
+        };
+        // Kafka reads -1 and -2 as "the end" and "the beginning", not as times.
+        if ms < 0 {
+            return Err(ReplayError::BeforeEpoch(text.to_string()));
         }
-        rfc3339_ms(t)
-            .map(ReplayFrom::Timestamp)
-            .ok_or_else(|| ReplayError::Timestamp(text.to_string()))
+        Ok(ReplayFrom::Timestamp(ms))
     }
 }
 
@@ -93,7 +101,11 @@ fn rfc3339_ms(t: &str) -> Option<i64> {
         let (time, zone) = rest.split_at(at);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let (h, mi) = zone[1..].split_once(':')?;
-        (time, sign * (num(h)? * 60 + num(mi)?))
+        let (h, mi) = (num(h)?, num(mi)?);
+        if h > 23 || mi > 59 {
+            return None;
+        }
+        (time, sign * (h * 60 + mi))
     };
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
     let mut c = hms.split(':');
