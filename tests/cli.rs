@@ -625,10 +625,7 @@ fn a_process_stopped_while_waiting_for_its_peers_exits_at_once() {
     let cfg = write_config(dir.path(), "cluster.yml", &s, "");
     let alone = start_members(dir.path(), 2, &[(&cfg, &[])], &[]).remove(0);
     std::thread::sleep(Duration::from_millis(1500));
-    Command::new("kill")
-        .args(["-TERM", &alone.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(alone.id(), "-TERM");
     let out = wait_within(alone, Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -722,11 +719,7 @@ fn a_stop_of_one_process_stops_the_whole_cluster() {
     let (_servers, mut cluster) = paced_cluster(&rt, dir.path(), &[("RUST_LOG", "info")]);
     std::thread::sleep(Duration::from_millis(2500));
     // Process 1: worker 0 of process 0 reads the file.
-    let kill = Command::new("kill")
-        .args(["-TERM", &cluster[1].id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(cluster[1].id(), "-TERM"));
     let one = wait_within(cluster.remove(1), Duration::from_secs(20));
     let zero = wait_within(cluster.remove(0), Duration::from_secs(20));
     let (err0, err1) = (
@@ -1462,11 +1455,7 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
     let child = start(&split_cfg);
     std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..2 {
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        assert!(send_signal(child.id(), "-TERM"));
         std::thread::sleep(Duration::from_millis(20));
     }
     let first = wait_ok(child);
@@ -1901,11 +1890,7 @@ fn delayed_actions_pending_at_a_stop_fire_once_after_the_restart() {
     while receiver.received() == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(first.id(), "-TERM"));
     let first = wait_ok(first);
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(
@@ -2046,11 +2031,7 @@ fn sighup_reloads_the_filter_when_it_is_not_polled() {
     std::fs::write(&rule, "true").unwrap();
     // Not polled: without the signal, the change waits.
     std::thread::sleep(Duration::from_millis(600));
-    let kill = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(child.id(), "-HUP"));
     let out = wait_ok(child);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -2137,11 +2118,7 @@ fn sighup_while_starting_does_not_end_the_job() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let kill = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(child.id(), "-HUP"));
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

@@ -760,11 +760,7 @@ fn sigterm_finishes_the_work_in_flight_commits_and_exits_0() {
         assert!(Instant::now() < deadline, "the job delivered too little");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(child.id(), "-TERM"));
     let out = wait_ok(child);
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop signal"));
     let counts = summary_of(&out.stdout);
@@ -995,8 +991,7 @@ fn a_cluster_restores_from_a_shared_checkpoint_directory() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for process in &cluster {
-        let pid = process.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        send_signal(process.id(), "-TERM");
     }
     let outs: Vec<_> = cluster.into_iter().map(wait_ok).collect();
     assert_eq!(summary_of(&outs[0].stdout).events_read, first.len() as u64);
@@ -1066,11 +1061,7 @@ fn a_stop_that_cannot_drain_exits_after_the_shutdown_timeout() {
     // Long enough to read the topic and call the webhook.
     std::thread::sleep(Duration::from_secs(3));
     let stopped = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    assert!(send_signal(child.id(), "-TERM"));
     let out = child.wait_with_output().unwrap();
     let waited = stopped.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -1362,10 +1353,7 @@ fn metrics_are_served_and_agree_with_the_work_done() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(child.id(), "-TERM");
     let out = wait_ok(child);
     let counts = summary_of(&out.stdout);
 
@@ -1619,10 +1607,7 @@ fn reload_under_load(processes: usize, pause_ms: u64) {
         }
     }
     for child in &children {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        send_signal(child.id(), "-TERM");
     }
     let outs: Vec<_> = children.into_iter().map(wait_ok).collect();
     assert_eq!(

@@ -717,6 +717,16 @@ pub fn wait_ok(child: impl Into<Job>) -> std::process::Output {
     out
 }
 
+/// Sends `signal` (`-TERM`, `-HUP`, ...) to the process `pid`, as a user would with
+/// `kill`; whether it was delivered.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
+
 /// Parses the summary line out of a run's standard output.
 pub fn summary_of(stdout: &[u8]) -> Counts {
     let out = String::from_utf8_lossy(stdout);
