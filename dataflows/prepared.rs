@@ -432,7 +432,22 @@ impl Prepared {
     /// group offsets, no dead letters. A file source can have a dry run, not a replay.
     pub fn replay(&mut self, from: Option<ReplayFrom>, dry_run: bool) -> anyhow::Result<()> {
         match &mut self.input {
-            Input::Kafka { replay, .. } => {
+            Input::Kafka {
+                replay,
+                partitions,
+                settings,
+                ..
+            } => {
+                if let Some(ReplayFrom::Offsets(offsets)) = &from
+                    && let Some(p) = offsets.keys().find(|&&p| p >= *partitions)
+                {
+                    bail!(
+                        "--from-offset: partition {p}: topic `{}` has {partitions} partitions \
+                         (0 to {})",
+                        settings.topic,
+                        *partitions - 1
+                    );
+                }
                 if let Some(from) = from {
                     if let Some(r) = self.restore.take() {
                         tracing::info!(

@@ -296,12 +296,41 @@ pub struct KafkaSettings {
     pub max_message_bytes: usize,
 }
 
+/// librdkafka properties the job sets itself (over the user's, or from its own keys),
+/// and what to write instead: given in `kafka.properties`, they were overridden, or
+/// overrode `kafka.bootstrap-servers` while messages named it, without a word.
+const JOB_OWNED_PROPERTIES: [(&str, &str); 6] = [
+    (
+        "bootstrap.servers",
+        "give the brokers as `kafka.bootstrap-servers`",
+    ),
+    ("group.id", "give the group as `kafka.consumer-group-id`"),
+    (
+        "auto.offset.reset",
+        "where reading starts is `kafka.start-from` (committed, earliest or latest)",
+    ),
+    (
+        "enable.auto.commit",
+        "it commits offsets itself, once their events are done: leave it out",
+    ),
+    (
+        "enable.auto.offset.store",
+        "it stores offsets itself, once their events are done: leave it out",
+    ),
+    (
+        "enable.partition.eof",
+        "`run --bounded` reads to the partitions' ends: leave it out",
+    ),
+];
+
 impl KafkaSettings {
     /// A property librdkafka would take that is surely a mistake: a secret given empty,
     /// or a NUL character (which a C string cannot hold), with why.
     fn property_problem(&self) -> Option<(String, String)> {
         self.properties.iter().find_map(|(k, v)| {
-            if k.contains('\0') || v.contains('\0') {
+            if let Some((_, instead)) = JOB_OWNED_PROPERTIES.iter().find(|(name, _)| name == k) {
+                Some((k.clone(), format!("the job sets it: {instead}")))
+            } else if k.contains('\0') || v.contains('\0') {
                 Some((k.replace('\0', "\\0"), "holds a NUL character".into()))
             } else if is_secret_property(k) && v.trim().is_empty() {
                 Some((k.clone(), EMPTY_SECRET.into()))
@@ -952,6 +981,8 @@ struct EnvOverrides {
     vars: Vec<String>,
     /// librdkafka properties (`sasl.password`) for `kafka.properties`.
     kafka_properties: Vec<(String, String)>,
+    /// The variable each of `kafka_properties` came from, in the same order.
+    property_vars: Vec<String>,
 }
 
 impl EnvOverrides {
@@ -962,6 +993,10 @@ impl EnvOverrides {
     /// The variable that set `key` (for an unknown field too: its path ends with it).
     /// A section named only by a variable (`EVENT_TRIGGER__ENGIN__X`) is its too.
     fn var_for(&self, key: &str) -> Option<&str> {
+        if let Some(name) = key.strip_prefix("kafka.properties.") {
+            let i = self.kafka_properties.iter().position(|(k, _)| k == name)?;
+            return Some(self.property_vars[i].as_str());
+        }
         let i = self.keys.iter().position(|(k, _)| {
             k == key
                 || k.strip_prefix(key)
@@ -997,6 +1032,7 @@ impl EnvOverrides {
             if let Some(name) = rest.strip_prefix("KAFKA__PROPERTIES__") {
                 env.kafka_properties
                     .push((name.to_ascii_lowercase().replace('_', "."), v));
+                env.property_vars.push(k);
                 continue;
             }
             let key = rest
@@ -1625,29 +1661,46 @@ fn http_url_problem(url: &str) -> Option<String> {
     match url::Url::parse(url) {
         Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => None,
         Ok(_) => Some(format!("`{shown}` has no host")),
-        Err(e) => Some(format!("`{shown}` is not a valid URL: {e}")),
+        Err(e) => Some(format!(
+            "`{shown}` is not a valid URL: {e}{}",
+            credentials_hint(url)
+        )),
     }
 }
 
-/// `url` as messages show it: a password written in it (`http://user:pass@host`) as
-/// `***`, found by the text alone (the URL may not parse: that is what the message says).
+/// `url` as messages show it: a password written in it (`user:pass@host`) as `***`,
+/// found by the text alone (the URL may not parse: that is what the message says; the
+/// scheme may be missing or misspelled, the password may hold an unencoded `/`).
 pub fn without_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+    let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
-    let rest = &url[scheme_end..];
-    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    match authority[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &url[scheme_end + at..]
-        ),
+    let mut start = url[..at].find("//").map_or(0, |i| i + 2);
+    // A scheme without its slashes (`http:alice:pw@...`) is not the user.
+    if start == 0
+        && let Some(colon) = url[..at].find(':')
+        && url[..colon].bytes().all(|b| b.is_ascii_alphabetic())
+        && url[colon + 1..at].contains(':')
+    {
+        start = colon + 1;
+    }
+    while url[start..at].starts_with('/') {
+        start += 1;
+    }
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
         None => url.to_string(),
+    }
+}
+
+/// What a URL that does not parse needs when it holds credentials: a password's `/`,
+/// `?`, `#` or `@` ends the part before the host (the error is then about a port).
+fn credentials_hint(url: &str) -> &'static str {
+    if url.contains('@') {
+        " (a user or password in the URL must have `/`, `?`, `#`, `@` and `:` percent-encoded: \
+         `%2F`, `%3F`, `%23`, `%40`, `%3A`)"
+    } else {
+        ""
     }
 }
 
@@ -1707,12 +1760,31 @@ mod tests {
                 "http://alice:hunter2@exa mple.com/x",
                 "http://alice:***@exa mple.com/x",
             ),
-            ("ftp://a:b@c/d@e", "ftp://a:***@c/d@e"),
+            ("ftp://a:b@c/d", "ftp://a:***@c/d"),
             ("http://alice@host:99999/x", "http://alice@host:99999/x"),
-            ("http://h/x?u=a:b@c", "http://h/x?u=a:b@c"),
+            ("alice:PwD9x@127.0.0.1:8080/w", "alice:***@127.0.0.1:8080/w"),
+            ("http//alice:PwD9x@h/w", "http//alice:***@h/w"),
+            ("http:/alice:PwD9x@h/w", "http:/alice:***@h/w"),
+            ("http:alice:PwD9x@h/w", "http:alice:***@h/w"),
+            (
+                "http://alice:Pw/D9x@127.0.0.1/w",
+                "http://alice:***@127.0.0.1/w",
+            ),
+            ("http://alice:p@ss@h/w", "http://alice:***@h/w"),
+            ("http://h/x", "http://h/x"),
         ] {
-            assert_eq!(without_password(url), shown);
+            assert_eq!(without_password(url), shown, "{url}");
         }
+        let e = load_err(
+            "actions:\n  webhook:\n    url: 'http://alice:Pw/D9x@127.0.0.1/w'\n",
+            &[],
+        );
+        assert!(!e.contains("D9x") && e.contains("percent-encoded"), "{e}");
+        let e = load_err(
+            "actions:\n  - type: webhook\n    url: 'alice:PwD9x@127.0.0.1:8080/w'\n",
+            &[],
+        );
+        assert!(!e.contains("PwD9x") && e.contains("actions[0].url"), "{e}");
         let e = load_err(
             "actions:\n  webhook:\n    url: 'http://alice:hunter2@exa mple.com/x'\n",
             &[],
@@ -2610,7 +2682,20 @@ mod tests {
         );
         let var = "EVENT_TRIGGER__KAFKA__PROPERTIES__SASL_PASSWORD";
         let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
-        assert!(e.contains("sasl.password`: the value is empty"), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "environment variable {var}: `kafka.properties.sasl.password`: the value is empty"
+            )),
+            "{e}"
+        );
+        // What the job sets itself, named with the key to use.
+        let e = load_err("kafka:\n  properties:\n    bootstrap.servers: a:1\n", &[]);
+        assert!(e.contains("`kafka.properties.bootstrap.servers`: the job sets it: give the brokers as `kafka.bootstrap-servers`"), "{e}");
+        let e = load_err(
+            "kafka:\n  properties:\n    auto.offset.reset: earliest\n",
+            &[],
+        );
+        assert!(e.contains("`kafka.start-from`"), "{e}");
         let e = load_err("kafka:\n  properties:\n    client.id: \"a\\0b\"\n", &[]);
         assert!(
             e.contains("`kafka.properties.client.id`: holds a NUL character"),

@@ -61,7 +61,23 @@ pub fn redacted(e: &KafkaError) -> String {
     if reason.starts_with("No such configuration property") {
         reason.push_str(&format!(" (librdkafka's properties: {PROPERTIES_DOC})"));
     }
-    format!("`{key}`: {reason}")
+    format!("`{key}`: {}", with_hint(reason))
+}
+
+/// librdkafka's words, and what to do about them where they do not say.
+fn with_hint(reason: String) -> String {
+    let hint = if reason.contains("OpenSSL not available at build time") {
+        " (this binary was built without TLS for Kafka: `source scripts/kafka-tls.sh` installs \
+         OpenSSL's headers, then `cargo build --release --features kafka-tls`)"
+    } else if reason.contains("Unsupported SASL mechanism")
+        || reason.contains("No provider for SASL mechanism")
+    {
+        " (`sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER; GSSAPI \
+         needs a build with Kerberos)"
+    } else {
+        ""
+    };
+    reason + hint
 }
 
 /// A client context that says nothing: the clients `check_config` makes have no broker
@@ -103,7 +119,7 @@ pub fn check_config(config: &ClientConfig, kind: ClientKind) -> Result<(), Kafka
     };
     made.map_err(|e| match e {
         KafkaError::ClientConfig(..) => KafkaConfigError::Property(redacted(&e)),
-        KafkaError::ClientCreation(reason) => KafkaConfigError::Client(reason),
+        KafkaError::ClientCreation(reason) => KafkaConfigError::Client(with_hint(reason)),
         e => KafkaConfigError::Client(redacted(&e)),
     })
 }
@@ -115,6 +131,9 @@ pub struct JobContext {
     /// A broker down at the start makes librdkafka report every failed connection
     /// (dozens a second): a few, then a count.
     errors: std::sync::Mutex<crate::log_limit::LogLimiter>,
+    /// The last error librdkafka reported, for a start that gives up (an authentication
+    /// failure looks like an unreachable broker from the metadata request alone).
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl JobContext {
@@ -122,6 +141,17 @@ impl JobContext {
         // A poisoned lock only means a log line panicked; the counts are still usable.
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         errors.allow()
+    }
+
+    fn remember(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -131,6 +161,7 @@ impl Default for JobContext {
             crate::log_limit::LogLimiter::new("Kafka client errors", 3, Duration::from_secs(10));
         JobContext {
             errors: std::sync::Mutex::new(limiter),
+            last_error: std::sync::Mutex::new(None),
         }
     }
 }
@@ -146,6 +177,7 @@ impl rdkafka::ClientContext for JobContext {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
+                self.remember(format!("{fac}: {message}"));
                 if self.allow() {
                     tracing::error!(target: "librdkafka", "{fac}: {message}");
                 }
@@ -167,6 +199,7 @@ impl rdkafka::ClientContext for JobContext {
                 tracing::debug!("kafka: {reason}")
             }
             e => {
+                self.remember(format!("{e}: {reason}"));
                 if self.allow() {
                     tracing::error!("kafka: {e}: {reason}");
                 }
@@ -200,7 +233,7 @@ pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
         .map_err(|e| KafkaSetupError::Unreachable {
             servers: s.bootstrap_servers.clone(),
             waited,
-            reason: e.to_string(),
+            reason: with_said(&consumer, e.to_string()),
         })?;
     let topic = md
         .topics()
@@ -211,6 +244,26 @@ pub fn topic_partitions(s: &KafkaSettings) -> Result<i32, KafkaSetupError> {
         return Err(KafkaSetupError::NoTopic(s.topic.clone()));
     }
     Ok(topic.partitions().len() as i32)
+}
+
+/// `reason`, with what librdkafka said while the client tried: its errors wait in the
+/// client's queue until polled (an authentication failure is one, where the metadata
+/// request alone only timed out).
+fn with_said(consumer: &BaseConsumer<JobContext>, reason: String) -> String {
+    // Serves the queued events (a bounded number: an error may repeat).
+    for _ in 0..1000 {
+        if consumer.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
+    match consumer.context().last_error() {
+        Some(said) if said.contains("uthentication") || said.contains("SASL") => format!(
+            "{reason}; librdkafka: {said} (check `sasl.mechanism`, `sasl.username` and \
+             `sasl.password` in kafka.properties)"
+        ),
+        Some(said) => format!("{reason}; librdkafka: {said}"),
+        None => reason,
+    }
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists. Gives up on a broker
@@ -370,6 +423,14 @@ mod tests {
         );
         let e = check(&[("fetch.max.bytes", "100"), ("message.max.bytes", "1000000")]).unwrap();
         assert!(e.contains("fetch.max.bytes"), "{e}");
+        let e = check(&[
+            ("sasl.mechanism", "BOGUS"),
+            ("security.protocol", "SASL_PLAINTEXT"),
+        ]);
+        assert!(
+            e.unwrap()
+                .contains("`sasl.mechanism`: PLAIN, SCRAM-SHA-256")
+        );
         assert_eq!(check(&[("sasl.password", "hunter2")]), None);
         // librdkafka's own message for a secret refused in this build names its value.
         let e = KafkaError::ClientConfig(
@@ -391,6 +452,24 @@ mod tests {
             "x".into(),
         );
         assert!(redacted(&e).contains("\"x\""));
+    }
+
+    /// A start that gives up on the brokers says what librdkafka said while it tried
+    /// (an authentication failure looked like an unreachable broker).
+    #[test]
+    fn a_start_that_gives_up_says_what_librdkafka_said() {
+        let s = KafkaSettings {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            connect_timeout_ms: 1000,
+            ..Default::default()
+        };
+        let e = topic_partitions(&s).unwrap_err().to_string();
+        assert!(
+            e.starts_with("kafka.bootstrap-servers: cannot reach 127.0.0.1:1")
+                && e.contains("; librdkafka: ")
+                && e.contains("Connection refused"),
+            "{e}"
+        );
     }
 
     #[test]

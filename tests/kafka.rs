@@ -1488,6 +1488,22 @@ fn replays_re_trigger_exactly_the_events_from_their_start() {
     assert!(!want.is_empty());
     assert_eq!(new_deliveries(before), want, "--from-offset");
 
+    // A partition the topic does not have is refused (it was ignored: nothing replayed,
+    // exit 0).
+    let before = receiver.received();
+    let out = start_run(&cfg, &["--bounded", "--from-offset", "4:0"], &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--from-offset: partition 4: topic `{topic}` has 4 partitions (0 to 3)"
+        )),
+        "{err}"
+    );
+    assert_eq!(receiver.received(), before);
+
     // A dry run of partition 1: printed, not delivered, nothing committed or checkpointed.
     let before = receiver.received();
     let committed = committed_total(&topic, &group, 4);
