@@ -322,6 +322,14 @@ pub fn check_local_inputs(
     // In `run`'s order: the profiles, the Kafka clients' settings, then the input.
     ProfileSource::from_settings(&settings.profile_api)?;
     check_kafka_clients(settings)?;
+    if let Some(path) = &settings.dead_letter.path
+        && path.is_dir()
+    {
+        bail!(
+            "dead-letter.path: {} is a directory: give a file (records are appended to it)",
+            path.display()
+        );
+    }
     match events {
         Some(events) => check_input_file("--events", events),
         None if settings.source.kind == SourceType::File => file_source_path(settings).map(drop),

@@ -1369,6 +1369,13 @@ impl Settings {
         if let Some(key) = list_key_without_value(path) {
             return Err(invalid(key, NO_VALUE.into()));
         }
+        if let Some((key, written)) = secret_read_as_a_number(path) {
+            let reason = format!(
+                "YAML reads the unquoted `{written}` as a number, and the secret would be its \
+                 digits: quote it (\"{written}\")"
+            );
+            return Err(invalid(key, reason));
+        }
         settings.kafka.properties.extend(properties);
         if let Some((key, reason)) = settings.kafka.property_problem() {
             return Err(invalid(format!("kafka.properties.{key}"), reason));
@@ -1522,6 +1529,21 @@ const NO_VALUE: &str = "no value is given (nothing after the colon, or `~`): giv
 /// `actions.webhook`, so serde took the empty value for the default without a word.
 fn list_key_without_value(path: &Path) -> Option<String> {
     let map = config::Source::collect(&ConfigFile(path.to_path_buf())).ok()?;
+    // A secret written without a value: signing silently off (`secret:` where the
+    // variable meant to fill it was not), where an empty one is refused.
+    let at = |section: &str, key: &str| {
+        let table = map.get(section)?.clone().into_table().ok()?;
+        let inner = match section {
+            "actions" => table.get("webhook")?.clone().into_table().ok()?,
+            _ => table,
+        };
+        matches!(inner.get(key)?.kind, config::ValueKind::Nil).then_some(())
+    };
+    for (section, key, name) in SECRET_KEYS {
+        if at(section, key).is_some() {
+            return Some(name.to_string());
+        }
+    }
     let config::ValueKind::Array(items) = &map.get("actions")?.kind else {
         return None;
     };
@@ -1535,13 +1557,48 @@ fn list_key_without_value(path: &Path) -> Option<String> {
                 // list form alone: `filter:` left empty fired the action on every event.
                 let needs = ActionSpec::needs_a_value(k)
                     || *k == "pretty"
-                    || LIST_FORM_KEYS.contains(&k.as_str());
+                    || LIST_FORM_KEYS.contains(&k.as_str())
+                    || *k == "secret"
+                    || *k == "secret-file";
                 matches!(v.kind, config::ValueKind::Nil) && needs
             })
             .map(|(k, _)| format!("actions[{i}].{k}"))
             .min()
     })
 }
+
+/// A secret written as a number YAML prints otherwise (`secret: 0x1F2A` signed with
+/// `7978`, without a word: only the receiver's checks failed), with its key.
+fn secret_read_as_a_number(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    yaml_text::numbers_read_otherwise(&text)
+        .into_iter()
+        .find_map(|(place, written)| {
+            let key = match place.as_slice() {
+                [Step::Key(a), Step::Key(w), Step::Key(k)] if a == "actions" && w == "webhook" => {
+                    format!("actions.webhook.{k}")
+                }
+                [Step::Key(a), Step::Item(i), Step::Key(k)] if a == "actions" => {
+                    format!("actions[{i}].{k}")
+                }
+                [Step::Key(p), Step::Key(k)] if p == "profile-api" => format!("profile-api.{k}"),
+                _ => return None,
+            };
+            (key.ends_with(".secret") || key.ends_with(".auth-header")).then_some((key, written))
+        })
+}
+
+/// The keys of secrets: (section, key, as messages name it).
+const SECRET_KEYS: [(&str, &str, &str); 4] = [
+    ("actions", "secret", "actions.webhook.secret"),
+    ("actions", "secret-file", "actions.webhook.secret-file"),
+    ("profile-api", "auth-header", "profile-api.auth-header"),
+    (
+        "profile-api",
+        "auth-header-file",
+        "profile-api.auth-header-file",
+    ),
+];
 
 /// A deserializing error's text without the `config` crate's " for key `...`" (in its
 /// own spelling, `actions[0]type`): the error names the key already. Keys it names
@@ -2700,6 +2757,78 @@ mod tests {
         assert!(
             e.contains("`kafka.properties.client.id`: holds a NUL character"),
             "{e}"
+        );
+    }
+
+    /// A secret written without a value turned signing off where an empty one is
+    /// refused; one YAML reads as a number signed with its digits (`0x1F2A`: `7978`).
+    #[test]
+    fn a_secret_without_a_value_or_read_as_a_number_is_refused() {
+        for (yaml, key) in [
+            (
+                "actions:\n  webhook:\n    secret:\n",
+                "actions.webhook.secret",
+            ),
+            (
+                "actions:\n  webhook:\n    secret-file: ~\n",
+                "actions.webhook.secret-file",
+            ),
+            ("profile-api:\n  auth-header:\n", "profile-api.auth-header"),
+            (
+                "actions:\n  - type: webhook\n    url: http://a/x\n    secret:\n",
+                "actions[0].secret",
+            ),
+        ] {
+            let e = load_err(yaml, &[]);
+            assert!(
+                e.contains(&format!("`{key}`: no value is given")),
+                "{yaml}: {e}"
+            );
+        }
+        for (yaml, key, written) in [
+            (
+                "actions:\n  webhook:\n    secret: 0x1F2A\n",
+                "actions.webhook.secret",
+                "0x1F2A",
+            ),
+            (
+                "actions:\n  - type: webhook\n    url: http://a/x\n    secret: 1e3\n",
+                "actions[0].secret",
+                "1e3",
+            ),
+            (
+                "profile-api:\n  auth-header: 5.0\n",
+                "profile-api.auth-header",
+                "5.0",
+            ),
+        ] {
+            let e = load_err(yaml, &[]);
+            assert!(
+                e.contains(&format!(
+                    "`{key}`: YAML reads the unquoted `{written}` as a number"
+                )),
+                "{yaml}: {e}"
+            );
+        }
+        let s = load("actions:\n  webhook:\n    secret: \"0x1F2A\"\n", &[]).unwrap();
+        assert_eq!(
+            s.actions
+                .webhook
+                .signing_secret()
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "0x1F2A"
+        );
+        let s = load("actions:\n  webhook:\n    secret: 0123\n", &[]).unwrap();
+        assert_eq!(
+            s.actions
+                .webhook
+                .signing_secret()
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "0123"
         );
     }
 

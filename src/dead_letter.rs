@@ -25,10 +25,12 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("dead-letter.path: {path}: {source}")]
+    /// The cause is in the message, not the source: printed with its sources, it came
+    /// twice ("Is a directory (os error 21): Is a directory (os error 21)").
+    #[error("dead-letter.path: {path}: {cause}")]
     File {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("dead-letter.topic: {topic}: {reason}")]
     Kafka { topic: String, reason: String },
@@ -186,9 +188,9 @@ impl DeadLetters {
 
     /// Opens `path` for appending, creating it (and its directory) if need be.
     pub fn open(path: &Path) -> Result<DeadLetters, DeadLetterError> {
-        let err = |source| DeadLetterError::File {
+        let err = |cause| DeadLetterError::File {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
@@ -213,9 +215,9 @@ impl DeadLetters {
         }
         match &*self.sink {
             Sink::File { file, path } => {
-                let err = |source| DeadLetterError::File {
+                let err = |cause| DeadLetterError::File {
                     path: path.clone(),
-                    source,
+                    cause,
                 };
                 let mut buf = Vec::new();
                 for letter in letters {

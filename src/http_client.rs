@@ -247,6 +247,25 @@ pub fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
 /// The credentials written into a URL (`https://user:pass@host/...`), as the
 /// `Authorization: Basic` value they stand for (marked sensitive), and the URL without
 /// them: what is sent, and what messages show.
+/// `url` as messages show it: each value of its query as `***` (`?token=***&x=***`),
+/// where a receiver's token is often passed.
+pub fn without_query_values(url: &url::Url) -> String {
+    let Some(query) = url.query() else {
+        return url.to_string();
+    };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}=***"),
+            None if pair.is_empty() => String::new(),
+            None => "***".to_string(),
+        })
+        .collect();
+    let mut shown = url.clone();
+    shown.set_query(Some(&masked.join("&")));
+    shown.to_string()
+}
+
 pub fn split_credentials(url: &url::Url) -> (url::Url, Option<hyper::header::HeaderValue>) {
     use base64::Engine;
     if url.username().is_empty() && url.password().is_none() {

@@ -379,6 +379,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(alarm) = judged.alarm() {
             tracing::warn!("{alarm}");
         }
+        for warning in nothing_worked(&summary.counts, &settings) {
+            tracing::warn!("{warning}");
+        }
         if let Some(e) = summary.final_checkpoint_error {
             return Err(RunFailed(e).into());
         }
@@ -517,6 +520,35 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         Some(events) => test_rule(settings, events, show),
         None => Ok(()),
     }
+}
+
+/// What a run whose every look-up or every action failed says after its summary: its
+/// exit code is 0 (the events were handled: failures counted, dead-lettered), and the
+/// counts alone were easy to miss.
+fn nothing_worked(c: &event_trigger::counters::Counts, settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.fetched > 0 && c.fetch_errors >= c.fetched {
+        out.push(format!(
+            "every Profile API look-up failed ({} of {}): check profile-api.base-url ({}) and \
+             the API's answers in the log above",
+            c.fetch_errors,
+            c.fetched,
+            event_trigger::config::without_password(&settings.profile_api.base_url)
+        ));
+    }
+    if c.actions_failed > 0 && c.actions_ok == 0 {
+        out.push(format!(
+            "every action failed ({} calls): check the receivers (actions.webhook.url) and \
+             the failures in the log above{}",
+            c.actions_failed,
+            if c.dead_letters > 0 {
+                format!("; {} dead letters hold them", c.dead_letters)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
 }
 
 /// The rule tester: the job itself over `events` (a file source, the config's

@@ -316,6 +316,21 @@ fn bad_config_and_scripts_fail_at_start_with_exit_2_naming_the_cause() {
             ),
             "actions[0].filter: the rule is empty",
         ),
+        (
+            format!(
+                "filter:\n  script-path: {}\nactions:\n  - type: debug\n    filter: !event.is_https\n",
+                good_script.display()
+            ),
+            "unquoted, YAML reads a leading `!` as a tag",
+        ),
+        (
+            format!(
+                "filter:\n  script-path: {}\ndead-letter:\n  path: {}\n",
+                good_script.display(),
+                dir.path().display()
+            ),
+            "dead-letter.path: ",
+        ),
         // `validate` checks what `run` checks before it connects (it said "ok" to these).
         (
             format!(
@@ -2126,4 +2141,32 @@ fn sighup_while_starting_does_not_end_the_job() {
         err.contains("kafka.bootstrap-servers: cannot reach"),
         "{err}"
     );
+}
+
+/// A run in which every look-up and every webhook call failed says so after its summary
+/// (it exits 0: the events were handled, the failures counted).
+#[test]
+fn a_run_where_every_look_up_and_call_failed_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..5)
+        .map(|i| format!("{{\"user_id\":\"u{i}\",\"event_type\":\"page_view\"}}\n"))
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        "true",
+        "profile-api:\n  base-url: http://127.0.0.1:9\n  retry-attempts: 0\n  max-wait-on-failure-ms: 0\n\
+         actions:\n  webhook:\n    url: http://127.0.0.1:9/hook\n    retry-attempts: 0\n",
+    );
+    let (code, out, err) = run_binary(&["run", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    let ran = counts_of(&out, "summary:");
+    assert_eq!((ran["actions_ok"], ran["actions_failed"]), (0, 5), "{out}");
+    assert!(
+        err.contains("every Profile API look-up failed (5 of 5)"),
+        "{err}"
+    );
+    assert!(err.contains("every action failed (5 calls)"), "{err}");
 }

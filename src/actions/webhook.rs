@@ -109,7 +109,8 @@ const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// Where calls go, and how: shared by a client's clones.
 struct Endpoint {
     client: crate::http_client::HyperClient,
-    /// The URL as the `url` crate wrote it (for messages, and the retries' jitter).
+    /// The URL as the `url` crate wrote it, its query's values as `***` (a token is
+    /// often passed there): for messages and dead letters, and the retries' jitter.
     url: String,
     /// `url` as hyper takes it (parsed once: a clone shares its bytes), without the
     /// credentials written in it, if any,
@@ -155,7 +156,7 @@ impl WebhookClient {
         Ok(WebhookClient {
             endpoint: Arc::new(Endpoint {
                 client,
-                url: url.into(),
+                url: crate::http_client::without_query_values(&url),
                 uri,
                 credentials,
                 timeout,
@@ -593,7 +594,8 @@ mod tests {
         let rt = runtime();
         let seen = rt.block_on(async {
             let (addr, seen) = recording("authorization", hyper::StatusCode::UNAUTHORIZED).await;
-            let url = format!("http://wu:w%40p@{addr}/hook");
+            // A token in the query is a secret too: its value is not shown either.
+            let url = format!("http://wu:w%40p@{addr}/hook?token=abc123secret&v=2");
             let client =
                 WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
             let e = client
@@ -603,7 +605,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(
                 e.reason,
-                format!("POST http://{addr}/hook answered HTTP 401")
+                format!("POST http://{addr}/hook?token=***&v=*** answered HTTP 401")
             );
             seen
         });

@@ -25,10 +25,30 @@ pub enum Step {
 /// (`0x1F`, `0o17`, `1e3`, `5.0`) are left as YAML reads them: their text is not a number
 /// to the `config` crate, and a key of numbers took them before.
 pub fn numbers_written_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
+    walk(text).found
+}
+
+/// The unquoted scalars of `text` that keys of text take as YAML's number printed
+/// (`0x1F2A` is `7978`, `1e3` is `1000`, `5.0` is `5`), with their places: the forms
+/// `numbers_written_otherwise` leaves to YAML.
+pub fn numbers_read_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
+    walk(text).changed
+}
+
+fn walk(text: &str) -> Walk {
     let mut walk = Walk::default();
     // A file that does not parse has failed to load already, with the parser's message.
     let _ = Parser::new_from_str(text).load(&mut walk, false);
-    walk.found
+    walk
+}
+
+/// Whether YAML reads the unquoted `text` as a number that prints otherwise.
+fn printed_otherwise(text: &str) -> bool {
+    match Yaml::from_str(text) {
+        Yaml::Integer(n) => n.to_string() != text,
+        Yaml::Real(_) => text.parse::<f64>().is_ok_and(|f| f.to_string() != text),
+        _ => false,
+    }
 }
 
 /// The first number of `text` the `config` crate cannot read (YAML's `.inf`, `.nan`), as
@@ -102,6 +122,7 @@ enum Level {
 struct Walk {
     levels: Vec<Level>,
     found: Vec<(Vec<Step>, String)>,
+    changed: Vec<(Vec<Step>, String)>,
 }
 
 impl Walk {
@@ -157,10 +178,13 @@ impl EventReceiver for Walk {
                 }
                 if style == TScalarStyle::Plain
                     && tag.is_none()
-                    && written_otherwise(&text)
                     && let Some(place) = self.place()
                 {
-                    self.found.push((place, text));
+                    if written_otherwise(&text) {
+                        self.found.push((place, text));
+                    } else if printed_otherwise(&text) {
+                        self.changed.push((place, text));
+                    }
                 }
                 self.ended(None);
             }
@@ -195,6 +219,20 @@ mod tests {
                 (vec![key("m")], "12345678901234567890123".into()),
                 (vec![key("n")], "1e400".into()),
                 (vec![key("o")], "1e-400".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn numbers_yaml_prints_otherwise_are_found_with_their_place() {
+        let text = "s: 0x1F2A\nt: [1e3, 5.0, 1.5, 7, 0123, \"0x1\"]\n";
+        let key = |s: &str| Step::Key(s.into());
+        assert_eq!(
+            numbers_read_otherwise(text),
+            vec![
+                (vec![key("s")], "0x1F2A".to_string()),
+                (vec![key("t"), Step::Item(0)], "1e3".into()),
+                (vec![key("t"), Step::Item(1)], "5.0".into()),
             ]
         );
     }

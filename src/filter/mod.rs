@@ -52,12 +52,23 @@ pub enum FilterError {
     },
     /// Nothing to evaluate (empty, or only comments): it would reject every event.
     #[error(
-        "{path}: the rule is empty (nothing but comments or blanks): give it an expression (a filter of nothing would reject every event)"
+        "{path}: the rule is empty (nothing but comments or blanks): give it an expression (a filter of nothing would reject every event){}",
+        yaml_quote_hint(path)
     )]
     Empty { path: String },
     /// The script compiles but reads what does not exist (see `check`).
     #[error("{}", problems.render(path))]
     Check { path: String, problems: Problems },
+}
+
+/// For a rule written in the config file (an action's `filter` or `cancel-if`): YAML
+/// reads an unquoted `!event.is_https` as a tag on an empty value.
+fn yaml_quote_hint(path: &str) -> &'static str {
+    if path.starts_with("actions[") {
+        " (in the config file, quote a rule: `filter: '!event.is_https'`; unquoted, YAML reads a leading `!` as a tag)"
+    } else {
+        ""
+    }
 }
 
 /// A suggestion appended to an error message.
