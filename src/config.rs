@@ -1780,6 +1780,13 @@ mod tests {
         load(yaml, vars).unwrap_err().to_string()
     }
 
+    /// Asserts the secret `key` set empty by the variable `var` is refused naming both.
+    fn empty_from_the_environment_is_refused_naming_it(var: &str, key: &str) {
+        let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
+        let want = format!("environment variable {var}: `{key}`: the value is empty");
+        assert!(e.starts_with(&want), "{e}");
+    }
+
     /// Asserts `yaml` fails to load with an error that names `key`.
     fn fails_naming(yaml: &str, key: &str) {
         let err = load_err(yaml, &[]);
@@ -1832,26 +1839,32 @@ mod tests {
         ] {
             assert_eq!(without_password(url), shown, "{url}");
         }
-        let e = load_err(
-            "actions:\n  webhook:\n    url: 'http://alice:Pw/D9x@127.0.0.1/w'\n",
-            &[],
-        );
-        assert!(!e.contains("D9x") && e.contains("percent-encoded"), "{e}");
-        let e = load_err(
-            "actions:\n  - type: webhook\n    url: 'alice:PwD9x@127.0.0.1:8080/w'\n",
-            &[],
-        );
-        assert!(!e.contains("PwD9x") && e.contains("actions[0].url"), "{e}");
-        let e = load_err(
-            "actions:\n  webhook:\n    url: 'http://alice:hunter2@exa mple.com/x'\n",
-            &[],
-        );
-        assert!(!e.contains("hunter2") && e.contains("alice:***@"), "{e}");
-        let e = load_err(
-            "profile-api:\n  base-url: 'ftp://alice:hunter2@host/'\n",
-            &[],
-        );
-        assert!(!e.contains("hunter2"), "{e}");
+        // (file, the password, what the message says)
+        for (yaml, password, says) in [
+            (
+                "actions:\n  webhook:\n    url: 'http://alice:Pw/D9x@127.0.0.1/w'\n",
+                "D9x",
+                "percent-encoded",
+            ),
+            (
+                "actions:\n  - type: webhook\n    url: 'alice:PwD9x@127.0.0.1:8080/w'\n",
+                "PwD9x",
+                "actions[0].url",
+            ),
+            (
+                "actions:\n  webhook:\n    url: 'http://alice:hunter2@exa mple.com/x'\n",
+                "hunter2",
+                "alice:***@",
+            ),
+            (
+                "profile-api:\n  base-url: 'ftp://alice:hunter2@host/'\n",
+                "hunter2",
+                "profile-api.base-url",
+            ),
+        ] {
+            let e = load_err(yaml, &[]);
+            assert!(!e.contains(password) && e.contains(says), "{e}");
+        }
     }
     #[test]
     fn actions_come_as_the_single_map_or_as_a_list() {
@@ -2679,13 +2692,9 @@ mod tests {
             "actions:\n  - type: debug\n  - type: webhook\n    url: http://a/x\n    secret: ' '\n";
         let e = load_err(list, &[]);
         assert!(e.contains("`actions[1].secret`: the value is empty"), "{e}");
-        let var = "EVENT_TRIGGER__PROFILE_API__AUTH_HEADER";
-        let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
-        assert!(
-            e.starts_with(&format!(
-                "environment variable {var}: `profile-api.auth-header`: the value is empty"
-            )),
-            "{e}"
+        empty_from_the_environment_is_refused_naming_it(
+            "EVENT_TRIGGER__PROFILE_API__AUTH_HEADER",
+            "profile-api.auth-header",
         );
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(b"  \n").unwrap();
@@ -2737,13 +2746,9 @@ mod tests {
             e.contains("`kafka.properties.sasl.password`: the value is empty"),
             "{e}"
         );
-        let var = "EVENT_TRIGGER__KAFKA__PROPERTIES__SASL_PASSWORD";
-        let e = load_err("source:\n  type: kafka\n", &[(var, "")]);
-        assert!(
-            e.starts_with(&format!(
-                "environment variable {var}: `kafka.properties.sasl.password`: the value is empty"
-            )),
-            "{e}"
+        empty_from_the_environment_is_refused_naming_it(
+            "EVENT_TRIGGER__KAFKA__PROPERTIES__SASL_PASSWORD",
+            "kafka.properties.sasl.password",
         );
         // What the job sets itself, named with the key to use.
         let e = load_err("kafka:\n  properties:\n    bootstrap.servers: a:1\n", &[]);
