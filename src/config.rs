@@ -324,12 +324,36 @@ const JOB_OWNED_PROPERTIES: [(&str, &str); 6] = [
 ];
 
 impl KafkaSettings {
+    /// Whether the job sets the property `name` it owns to `value` itself (a consumer's
+    /// settings carried over from another job often say what the job does anyway).
+    fn job_sets_the_same(&self, name: &str, value: &str) -> bool {
+        let value = value.trim();
+        match name {
+            "bootstrap.servers" => value == self.bootstrap_servers,
+            "group.id" => value == self.consumer_group_id,
+            "auto.offset.reset" => {
+                let reset = match self.start_from {
+                    StartFrom::Earliest => ["earliest", "smallest", "beginning"],
+                    StartFrom::Committed | StartFrom::Latest => ["latest", "largest", "end"],
+                };
+                reset.contains(&value.to_ascii_lowercase().as_str())
+            }
+            "enable.auto.commit" | "enable.auto.offset.store" => {
+                value.eq_ignore_ascii_case("false")
+            }
+            // Set by the run (`--bounded` or not), either way right for it.
+            "enable.partition.eof" => true,
+            _ => false,
+        }
+    }
+
     /// A property librdkafka would take that is surely a mistake: a secret given empty,
     /// or a NUL character (which a C string cannot hold), with why.
     fn property_problem(&self) -> Option<(String, String)> {
         self.properties.iter().find_map(|(k, v)| {
-            if let Some((_, instead)) = JOB_OWNED_PROPERTIES.iter().find(|(name, _)| name == k) {
-                Some((k.clone(), format!("the job sets it: {instead}")))
+            let owned = JOB_OWNED_PROPERTIES.iter().find(|(name, _)| name == k);
+            if let Some((_, instead)) = owned.filter(|_| !self.job_sets_the_same(k, v)) {
+                Some((k.clone(), format!("the job sets it otherwise: {instead}")))
             } else if k.contains('\0') || v.contains('\0') {
                 Some((k.replace('\0', "\\0"), "holds a NUL character".into()))
             } else if is_secret_property(k) && v.trim().is_empty() {
@@ -1079,11 +1103,6 @@ impl config::Source for ConfigFile {
         let file = config::File::from(self.0.as_path()).format(config::FileFormat::Yaml);
         let mut map =
             config::Source::collect(&file).map_err(|e| unreadable_number(&self.0).unwrap_or(e))?;
-        // Keys of text take `0123` and `1.50` as written, not as YAML prints the number.
-        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
-        for (place, written) in yaml_text::numbers_written_otherwise(&text) {
-            give_as_text(&mut map, &place, written);
-        }
         map.values_mut().for_each(fractions_as_text);
         let Some(flink) = map.remove("flink") else {
             return Ok(map);
@@ -1125,33 +1144,6 @@ fn unreadable_number(path: &Path) -> Option<config::ConfigError> {
         "`{key}`: `{value}` is YAML's infinity or not-a-number, which no key takes: give a \
          finite number, or quote it (\"{value}\") if it is text"
     )))
-}
-
-/// Gives the value at `place` as `text`, if it is a number there.
-fn give_as_text(map: &mut config::Map<String, config::Value>, place: &[Step], text: String) {
-    let Some((Step::Key(first), rest)) = place.split_first() else {
-        return;
-    };
-    let Some(mut value) = map.get_mut(first) else {
-        return;
-    };
-    for step in rest {
-        let next = match (step, &mut value.kind) {
-            (Step::Key(k), config::ValueKind::Table(t)) => t.get_mut(k),
-            (Step::Item(i), config::ValueKind::Array(a)) => a.get_mut(*i),
-            _ => None,
-        };
-        let Some(next) = next else {
-            return;
-        };
-        value = next;
-    }
-    if matches!(
-        value.kind,
-        config::ValueKind::I64(_) | config::ValueKind::Float(_)
-    ) {
-        value.kind = config::ValueKind::String(text);
-    }
 }
 
 /// A key given `true` or `false` (or `yes`, `on` ...) that takes a number, and what it
@@ -1369,15 +1361,20 @@ impl Settings {
         if let Some(key) = list_key_without_value(path) {
             return Err(invalid(key, NO_VALUE.into()));
         }
-        if let Some((key, written)) = secret_read_as_a_number(path) {
+        if let Some((key, written)) = text_given_a_number(path, &env) {
             let reason = format!(
-                "YAML reads the unquoted `{written}` as a number, and the secret would be its \
-                 digits: quote it (\"{written}\")"
+                "YAML reads the unquoted `{written}` as a number, which this key of text would \
+                 take as the number printed again (releases before this one did): quote it \
+                 (\"{written}\") for the text as written"
             );
             return Err(invalid(key, reason));
         }
         settings.kafka.properties.extend(properties);
-        if let Some((key, reason)) = settings.kafka.property_problem() {
+        // Only where a Kafka client is made from them: a file job's leftover properties
+        // (from a Kafka job's config) are not its concern.
+        let uses_kafka =
+            settings.source.kind == SourceType::Kafka || settings.dead_letter.topic.is_some();
+        if uses_kafka && let Some((key, reason)) = settings.kafka.property_problem() {
             return Err(invalid(format!("kafka.properties.{key}"), reason));
         }
         settings
@@ -1567,25 +1564,47 @@ fn list_key_without_value(path: &Path) -> Option<String> {
     })
 }
 
-/// A secret written as a number YAML prints otherwise (`secret: 0x1F2A` signed with
-/// `7978`, without a word: only the receiver's checks failed), with its key.
-fn secret_read_as_a_number(path: &Path) -> Option<(String, String)> {
+/// A key of text given an unquoted number that YAML prints otherwise (`0123` is `123`,
+/// `0x1F2A` is `7978`, `1.10` is `1.1`), with the text as written: a secret signed with
+/// other digits, a group or topic other than the one meant, without a word. Refused
+/// rather than read as written: releases before this one took the printed number, and
+/// a group's committed offsets or a checkpoint directory hold that name.
+fn text_given_a_number(path: &Path, env: &EnvOverrides) -> Option<(String, String)> {
     let text = std::fs::read_to_string(path).ok()?;
-    yaml_text::numbers_read_otherwise(&text)
-        .into_iter()
-        .find_map(|(place, written)| {
-            let key = match place.as_slice() {
-                [Step::Key(a), Step::Key(w), Step::Key(k)] if a == "actions" && w == "webhook" => {
-                    format!("actions.webhook.{k}")
-                }
-                [Step::Key(a), Step::Item(i), Step::Key(k)] if a == "actions" => {
-                    format!("actions[{i}].{k}")
-                }
-                [Step::Key(p), Step::Key(k)] if p == "profile-api" => format!("profile-api.{k}"),
-                _ => return None,
-            };
-            (key.ends_with(".secret") || key.ends_with(".auth-header")).then_some((key, written))
-        })
+    let mut places = yaml_text::numbers_written_otherwise(&text);
+    places.extend(yaml_text::numbers_read_otherwise(&text));
+    places.into_iter().find_map(|(place, written)| {
+        let key = place_key(&place)?;
+        let text_key = key.starts_with("kafka.properties.") || takes_text(path, env, &key);
+        text_key.then_some((key, written))
+    })
+}
+
+/// `place` as a key of the settings (`engine.x` for `flink.x`, `actions[0].secret`).
+fn place_key(place: &[Step]) -> Option<String> {
+    let mut key = String::new();
+    for step in place {
+        match step {
+            Step::Key(k) if key.is_empty() && k == "flink" => key.push_str("engine"),
+            Step::Key(k) if key.is_empty() => key.push_str(k),
+            Step::Key(k) => {
+                key.push('.');
+                key.push_str(k);
+            }
+            Step::Item(i) => key.push_str(&format!("[{i}]")),
+        }
+    }
+    (!key.is_empty()).then_some(key)
+}
+
+/// Whether `key` takes text: the settings still load with text in its place.
+fn takes_text(path: &Path, env: &EnvOverrides, key: &str) -> bool {
+    config::Config::builder()
+        .add_source(ConfigFile(path.to_path_buf()))
+        .add_source(env.clone())
+        .set_override(key, "not a number")
+        .and_then(|b| b.build())
+        .is_ok_and(|probe| serde_path_to_error::deserialize::<_, Settings>(probe).is_ok())
 }
 
 /// The keys of secrets: (section, key, as messages name it).
@@ -2640,43 +2659,65 @@ mod tests {
         assert_eq!(secret(&s), "from-env");
     }
 
-    /// A key of text takes an unquoted `0123` or `1.50` as written (the `config` crate
-    /// gave it YAML's number printed again: group `0123` became `123`, topic `v1.10`'s
-    /// `1.10` became `1.1`); a key of numbers reads the same numbers from them.
+    /// A key of text given an unquoted number that YAML prints otherwise is refused,
+    /// naming it (a group `0123` was `123`, a secret `+5` signed with `5`, without a
+    /// word); quoted, it is taken as written; keys of numbers read the same numbers.
     #[test]
-    fn text_keys_take_numbers_as_written_and_number_keys_the_same_numbers() {
-        let yaml = "source:\n  type: kafka\nkafka:\n  consumer-group-id: 0123\n  topic: 1.10\n  \
-                    properties:\n    client.rack: 007\nactions:\n  - type: webhook\n    url: \
-                    http://a/x\n    secret: +5\n    timeout-ms: 0250\nengine:\n  parallelism: \
-                    02\n  state-ttl-minutes: 0.50\n  checkpoint-interval-ms: 1e3\n";
-        let s = load(yaml, &[]).unwrap();
+    fn text_keys_given_numbers_yaml_prints_otherwise_are_refused() {
+        for (yaml, key, written) in [
+            (
+                "kafka:\n  consumer-group-id: 0123\n",
+                "kafka.consumer-group-id",
+                "0123",
+            ),
+            ("kafka:\n  topic: 1.10\n", "kafka.topic", "1.10"),
+            (
+                "kafka:\n  properties:\n    client.rack: 007\n",
+                "kafka.properties.client.rack",
+                "007",
+            ),
+            (
+                "actions:\n  - type: webhook\n    url: http://a/x\n    secret: +5\n",
+                "actions[0].secret",
+                "+5",
+            ),
+            (
+                "kafka:\n  topic: 12345678901234567890123\n",
+                "kafka.topic",
+                "12345678901234567890123",
+            ),
+            (
+                "flink:\n  checkpoint-dir: 0x1F\n",
+                "flink.checkpoint-dir",
+                "0x1F",
+            ),
+        ] {
+            let e = load_err(yaml, &[]);
+            let want = format!("`{key}`: YAML reads the unquoted `{written}` as a number");
+            assert!(e.contains(&want), "{yaml}: {e}");
+        }
+        let s = load(
+            "kafka:\n  consumer-group-id: \"0123\"\n  topic: '1.10'\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.kafka.consumer_group_id, "0123");
         assert_eq!(s.kafka.topic, "1.10");
-        assert_eq!(s.kafka.properties["client.rack"], "007");
-        let action = s.actions.specs()[0].1.webhook();
-        assert_eq!(action.signing_secret().unwrap().unwrap().expose(), "+5");
-        assert_eq!(action.timeout_ms, 250);
+        let yaml = "actions:\n  - type: webhook\n    url: http://a/x\n    timeout-ms: 0250\n\
+                    engine:\n  parallelism: 02\n  state-ttl-minutes: 0.50\n  \
+                    checkpoint-interval-ms: 1e3\n";
+        let s = load(yaml, &[]).unwrap();
+        assert_eq!(s.actions.specs()[0].1.webhook().timeout_ms, 250);
         assert_eq!(s.engine.parallelism, 2);
         assert_eq!(s.engine.state_ttl_minutes, 0.5);
         assert_eq!(s.engine.checkpoint_interval_ms, 1000);
         let e = load_err("engine:\n  checkpoint-interval-ms: 010.50\n", &[]);
-        assert!(e.contains("010.50 is not a whole number"), "{e}");
-        // Past 64 bits YAML reads a whole number as a float (`1.2345678901234568e22`).
-        let s = load("kafka:\n  topic: 12345678901234567890123\n", &[]).unwrap();
-        assert_eq!(s.kafka.topic, "12345678901234567890123");
-        let s = load(
-            "engine:\n  checkpoint-interval-ms: 18446744073709551615\n",
+        assert!(e.contains("is not a whole number"), "{e}");
+        let e = load_err(
+            "engine:\n  checkpoint-interval-ms: 18446744073709551616\n",
             &[],
-        )
-        .unwrap();
-        assert_eq!(s.engine.checkpoint_interval_ms, u64::MAX);
-        for big in ["18446744073709551616", "1e400"] {
-            let e = load_err(&format!("engine:\n  checkpoint-interval-ms: {big}\n"), &[]);
-            assert!(
-                e.contains(&format!("{big} is too large for this key")),
-                "{e}"
-            );
-        }
+        );
+        assert!(e.contains("is too large for this key"), "{e}");
     }
 
     /// An empty secret (a variable or a mounted file not filled in) would sign with a
@@ -2752,12 +2793,21 @@ mod tests {
         );
         // What the job sets itself, named with the key to use.
         let e = load_err("kafka:\n  properties:\n    bootstrap.servers: a:1\n", &[]);
-        assert!(e.contains("`kafka.properties.bootstrap.servers`: the job sets it: give the brokers as `kafka.bootstrap-servers`"), "{e}");
+        assert!(e.contains("`kafka.properties.bootstrap.servers`: the job sets it otherwise: give the brokers as `kafka.bootstrap-servers`"), "{e}");
         let e = load_err(
             "kafka:\n  properties:\n    auto.offset.reset: earliest\n",
             &[],
         );
         assert!(e.contains("`kafka.start-from`"), "{e}");
+        // The same as the job sets them: taken (a Java consumer's settings carried over).
+        let same = "kafka:\n  bootstrap-servers: a:1\n  start-from: earliest\n  properties:\n    \
+                    bootstrap.servers: a:1\n    auto.offset.reset: earliest\n    \
+                    enable.auto.commit: \"false\"\n    enable.partition.eof: \"false\"\n";
+        load(same, &[]).unwrap();
+        // A job that makes no Kafka client does not judge its properties.
+        let file = "source:\n  type: file\n  path: x.jsonl\nkafka:\n  properties:\n    \
+                    enable.auto.commit: \"true\"\n    sasl.password: ''\n";
+        load(file, &[]).unwrap();
         let e = load_err("kafka:\n  properties:\n    client.id: \"a\\0b\"\n", &[]);
         assert!(
             e.contains("`kafka.properties.client.id`: holds a NUL character"),
@@ -2825,15 +2875,10 @@ mod tests {
                 .expose(),
             "0x1F2A"
         );
-        let s = load("actions:\n  webhook:\n    secret: 0123\n", &[]).unwrap();
-        assert_eq!(
-            s.actions
-                .webhook
-                .signing_secret()
-                .unwrap()
-                .unwrap()
-                .expose(),
-            "0123"
+        let e = load_err("actions:\n  webhook:\n    secret: 0123\n", &[]);
+        assert!(
+            e.contains("YAML reads the unquoted `0123` as a number"),
+            "{e}"
         );
     }
 

@@ -1,8 +1,8 @@
 //! What the `config` crate's reading of the YAML file loses, found by reading the file's
-//! own text: numbers written in a form that does not print back the same (`0123`,
-//! `1.50`, `12345678901234567890123`), which keys of text would otherwise take as the
-//! number's text (`123`, `1.5`, `1.2345678901234568e22`),
-//! and numbers it cannot read at all (`.inf`), which fail the whole file without a key.
+//! own text: unquoted numbers that YAML prints otherwise than written (`0123` is `123`,
+//! `1.10` is `1.1`, `0x1F2A` is `7978`), which a key of text would take as the number
+//! printed again (the settings refuse them there: quote them), and numbers the crate
+//! cannot read at all (`.inf`), which fail the whole file without a key.
 
 use yaml_rust2::Yaml;
 use yaml_rust2::parser::{Event, EventReceiver, Parser};
@@ -16,21 +16,16 @@ pub enum Step {
 }
 
 /// The unquoted scalars of `text` that YAML reads as a number printed otherwise than
-/// written, each with its place and its text, where reading that text as a number gives
-/// the same number: leading zeros and a `+` (`0123`, `+5`: 123, 5) and fractions with
-/// trailing zeros (`1.50`: 1.5); and numbers no key of numbers takes as YAML reads them:
-/// whole numbers past 64 bits (a float in YAML) and exponents past a float's range
-/// (`1e400`, `1e-400`). Given as their text, a key of text takes them as written and a
-/// key of numbers reads the same number from it (or refuses it, saying why). Other forms
-/// (`0x1F`, `0o17`, `1e3`, `5.0`) are left as YAML reads them: their text is not a number
-/// to the `config` crate, and a key of numbers took them before.
+/// written, each with its place and its text, where the text read as a number is the
+/// same number: leading zeros and a `+` (`0123`, `+5`: 123, 5), fractions with trailing
+/// zeros (`1.50`: 1.5); and whole numbers past 64 bits (a float in YAML) and exponents
+/// past a float's range (`1e400`, `1e-400`).
 pub fn numbers_written_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
     walk(text).found
 }
 
-/// The unquoted scalars of `text` that keys of text take as YAML's number printed
-/// (`0x1F2A` is `7978`, `1e3` is `1000`, `5.0` is `5`), with their places: the forms
-/// `numbers_written_otherwise` leaves to YAML.
+/// The other unquoted scalars of `text` that YAML prints otherwise (`0x1F2A` is `7978`,
+/// `1e3` is `1000`, `5.0` is `5`), with their places.
 pub fn numbers_read_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
     walk(text).changed
 }
