@@ -328,8 +328,10 @@ impl KafkaSettings {
     /// settings carried over from another job often say what the job does anyway).
     fn job_sets_the_same(&self, name: &str, value: &str) -> bool {
         let value = value.trim();
+        let servers =
+            |list: &str| -> Vec<String> { list.split(',').map(|s| s.trim().to_string()).collect() };
         match name {
-            "bootstrap.servers" => value == self.bootstrap_servers,
+            "bootstrap.servers" => servers(value) == servers(&self.bootstrap_servers),
             "group.id" => value == self.consumer_group_id,
             "auto.offset.reset" => {
                 let reset = match self.start_from {
@@ -338,8 +340,9 @@ impl KafkaSettings {
                 };
                 reset.contains(&value.to_ascii_lowercase().as_str())
             }
+            // librdkafka's words for false.
             "enable.auto.commit" | "enable.auto.offset.store" => {
-                value.eq_ignore_ascii_case("false")
+                ["false", "f", "0"].contains(&value.to_ascii_lowercase().as_str())
             }
             // Set by the run (`--bounded` or not), either way right for it.
             "enable.partition.eof" => true,
@@ -349,9 +352,13 @@ impl KafkaSettings {
 
     /// A property librdkafka would take that is surely a mistake: a secret given empty,
     /// or a NUL character (which a C string cannot hold), with why.
-    fn property_problem(&self) -> Option<(String, String)> {
+    fn property_problem(&self, consumes: bool) -> Option<(String, String)> {
         self.properties.iter().find_map(|(k, v)| {
-            let owned = JOB_OWNED_PROPERTIES.iter().find(|(name, _)| name == k);
+            // The consumer's settings do not concern a job that only produces (its dead
+            // letters).
+            let owned = JOB_OWNED_PROPERTIES
+                .iter()
+                .find(|(name, _)| name == k && (consumes || *name == "bootstrap.servers"));
             if let Some((_, instead)) = owned.filter(|_| !self.job_sets_the_same(k, v)) {
                 Some((k.clone(), format!("the job sets it otherwise: {instead}")))
             } else if k.contains('\0') || v.contains('\0') {
@@ -1374,7 +1381,8 @@ impl Settings {
         // (from a Kafka job's config) are not its concern.
         let uses_kafka =
             settings.source.kind == SourceType::Kafka || settings.dead_letter.topic.is_some();
-        if uses_kafka && let Some((key, reason)) = settings.kafka.property_problem() {
+        let consumes = settings.source.kind == SourceType::Kafka;
+        if uses_kafka && let Some((key, reason)) = settings.kafka.property_problem(consumes) {
             return Err(invalid(format!("kafka.properties.{key}"), reason));
         }
         settings
@@ -2804,6 +2812,13 @@ mod tests {
                     bootstrap.servers: a:1\n    auto.offset.reset: earliest\n    \
                     enable.auto.commit: \"false\"\n    enable.partition.eof: \"false\"\n";
         load(same, &[]).unwrap();
+        let same = "kafka:\n  bootstrap-servers: 'a:1,b:2'\n  properties:\n    \
+                    bootstrap.servers: 'a:1, b:2'\n    enable.auto.commit: '0'\n";
+        load(same, &[]).unwrap();
+        // A job that only produces (its dead letters) has no consumer to set.
+        let producer = "source:\n  type: file\n  path: x.jsonl\ndead-letter:\n  topic: dl\n\
+                        kafka:\n  properties:\n    group.id: other\n";
+        load(producer, &[]).unwrap();
         // A job that makes no Kafka client does not judge its properties.
         let file = "source:\n  type: file\n  path: x.jsonl\nkafka:\n  properties:\n    \
                     enable.auto.commit: \"true\"\n    sasl.password: ''\n";
