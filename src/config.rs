@@ -1579,13 +1579,13 @@ fn list_key_without_value(path: &Path) -> Option<String> {
 /// a group's committed offsets or a checkpoint directory hold that name.
 fn text_given_a_number(path: &Path, env: &EnvOverrides) -> Option<(String, String)> {
     let text = std::fs::read_to_string(path).ok()?;
-    let mut places = yaml_text::numbers_written_otherwise(&text);
-    places.extend(yaml_text::numbers_read_otherwise(&text));
-    places.into_iter().find_map(|(place, written)| {
-        let key = place_key(&place)?;
-        let text_key = key.starts_with("kafka.properties.") || takes_text(path, env, &key);
-        text_key.then_some((key, written))
-    })
+    yaml_text::numbers_printed_otherwise(&text)
+        .into_iter()
+        .find_map(|(place, written)| {
+            let key = place_key(&place)?;
+            let text_key = key.starts_with("kafka.properties.") || takes_text(path, env, &key);
+            text_key.then_some((key, written))
+        })
 }
 
 /// `place` as a key of the settings (`engine.x` for `flink.x`, `actions[0].secret`).

@@ -16,25 +16,13 @@ pub enum Step {
 }
 
 /// The unquoted scalars of `text` that YAML reads as a number printed otherwise than
-/// written, each with its place and its text, where the text read as a number is the
-/// same number: leading zeros and a `+` (`0123`, `+5`: 123, 5), fractions with trailing
-/// zeros (`1.50`: 1.5); and whole numbers past 64 bits (a float in YAML) and exponents
-/// past a float's range (`1e400`, `1e-400`).
-pub fn numbers_written_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
-    walk(text).found
-}
-
-/// The other unquoted scalars of `text` that YAML prints otherwise (`0x1F2A` is `7978`,
-/// `1e3` is `1000`, `5.0` is `5`), with their places.
-pub fn numbers_read_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
-    walk(text).changed
-}
-
-fn walk(text: &str) -> Walk {
+/// written (`0123` is `123`, `1.10` is `1.1`, `0x1F2A` is `7978`, `1e3` is `1000`, a
+/// 25-digit number a float), each with its place and its text.
+pub fn numbers_printed_otherwise(text: &str) -> Vec<(Vec<Step>, String)> {
     let mut walk = Walk::default();
     // A file that does not parse has failed to load already, with the parser's message.
     let _ = Parser::new_from_str(text).load(&mut walk, false);
-    walk
+    walk.found
 }
 
 /// Whether YAML reads the unquoted `text` as a number that prints otherwise.
@@ -78,31 +66,6 @@ fn first_unreadable(key: String, value: &Yaml) -> Option<(String, String)> {
     }
 }
 
-/// Whether the unquoted `text` is a number YAML prints otherwise, which reads back as the
-/// same number (or one no key of numbers takes: too large, or past what a float holds).
-fn written_otherwise(text: &str) -> bool {
-    match Yaml::from_str(text) {
-        Yaml::Integer(n) => text.parse::<i64>() == Ok(n) && n.to_string() != text,
-        Yaml::Real(_) => {
-            let Ok(f) = text.parse::<f64>() else {
-                return false;
-            };
-            let digits = text.trim_start_matches(['-', '+']);
-            // Whole numbers past i64 (YAML makes them floats: 1.2345678901234568e22).
-            let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            // Exponents past a float's range: `1e400` is inf, `1e-400` is 0.
-            let lost = !f.is_finite()
-                || (f == 0.0
-                    && text.split(['e', 'E']).next().is_some_and(|m| {
-                        m.contains(['1', '2', '3', '4', '5', '6', '7', '8', '9'])
-                    }));
-            let fraction = f.fract() != 0.0 && !text.contains(['e', 'E']) && f.to_string() != text;
-            whole || lost || (f.is_finite() && fraction)
-        }
-        _ => false,
-    }
-}
-
 /// Where the walk is in one mapping or list.
 #[derive(Debug)]
 enum Level {
@@ -117,7 +80,6 @@ enum Level {
 struct Walk {
     levels: Vec<Level>,
     found: Vec<(Vec<Step>, String)>,
-    changed: Vec<(Vec<Step>, String)>,
 }
 
 impl Walk {
@@ -173,13 +135,10 @@ impl EventReceiver for Walk {
                 }
                 if style == TScalarStyle::Plain
                     && tag.is_none()
+                    && printed_otherwise(&text)
                     && let Some(place) = self.place()
                 {
-                    if written_otherwise(&text) {
-                        self.found.push((place, text));
-                    } else if printed_otherwise(&text) {
-                        self.changed.push((place, text));
-                    }
+                    self.found.push((place, text));
                 }
                 self.ended(None);
             }
@@ -197,10 +156,10 @@ mod tests {
     fn numbers_printed_otherwise_are_found_with_their_place() {
         let text = "a:\n  group: 0123\n  b: [1, 007, {c: 1.50}]\n  d: +5\n  'q': \"0123\"\n\
                     e: 1.5\nf: 5.0\ng: 1e3\nh: 0x1F\ni: -08\n? [x]\n: 012\nj: &k 01\nl: *k\n\
-                    m: 12345678901234567890123\nn: 1e400\no: 1e-400\np: 0e5\n";
+                    m: 12345678901234567890123\nn: 1e400\no: 1e-400\np: 7\n";
         let key = |s: &str| Step::Key(s.into());
         assert_eq!(
-            numbers_written_otherwise(text),
+            numbers_printed_otherwise(text),
             vec![
                 (vec![key("a"), key("group")], "0123".to_string()),
                 (vec![key("a"), key("b"), Step::Item(1)], "007".into()),
@@ -209,25 +168,14 @@ mod tests {
                     "1.50".into()
                 ),
                 (vec![key("a"), key("d")], "+5".into()),
+                (vec![key("f")], "5.0".into()),
+                (vec![key("g")], "1e3".into()),
+                (vec![key("h")], "0x1F".into()),
                 (vec![key("i")], "-08".into()),
                 (vec![key("j")], "01".into()),
                 (vec![key("m")], "12345678901234567890123".into()),
                 (vec![key("n")], "1e400".into()),
                 (vec![key("o")], "1e-400".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn numbers_yaml_prints_otherwise_are_found_with_their_place() {
-        let text = "s: 0x1F2A\nt: [1e3, 5.0, 1.5, 7, 0123, \"0x1\"]\n";
-        let key = |s: &str| Step::Key(s.into());
-        assert_eq!(
-            numbers_read_otherwise(text),
-            vec![
-                (vec![key("s")], "0x1F2A".to_string()),
-                (vec![key("t"), Step::Item(0)], "1e3".into()),
-                (vec![key("t"), Step::Item(1)], "5.0".into()),
             ]
         );
     }
