@@ -1467,6 +1467,18 @@ impl Settings {
         {
             return Err(("profile-api.base-url", problem));
         }
+        // Look-ups append `/users/<id>/...` to the text: a query would end up before it
+        // (`/api?key=x/users/u1/profile`), and every look-up fail.
+        if !base.starts_with("file://") && base.contains(['?', '#']) {
+            return Err((
+                "profile-api.base-url",
+                format!(
+                    "`{}` has a query or fragment: look-ups add `/users/<id>/...` to its \
+                     path, which would follow them; give a token as `auth-header` instead",
+                    without_password(base)
+                ),
+            ));
+        }
         if !self.actions.debug.enabled
             && self.actions.list.is_none()
             && let Some(problem) = http_url_problem(&self.actions.webhook.url)
@@ -1845,6 +1857,11 @@ mod tests {
             "`x` is not one of `a`"
         );
         assert!(http_url_problem("http://").is_some());
+        let e = load_err("profile-api:\n  base-url: 'http://h/api/v1?key=abc'\n", &[]);
+        assert!(
+            e.contains("`profile-api.base-url`: `http://h/api/v1?key=abc` has a query"),
+            "{e}"
+        );
         // A password in the URL is not shown, whether or not the URL parses.
         for (url, shown) in [
             (

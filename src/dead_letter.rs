@@ -93,7 +93,14 @@ pub struct DeadLetters {
 }
 
 enum Sink {
-    File { file: Mutex<File>, path: PathBuf },
+    /// `synced`: a regular file, synced after each write; a pipe or a terminal
+    /// (`/dev/stdout`, for a container's log) cannot be (EINVAL), and every record was
+    /// lost to that error.
+    File {
+        file: Mutex<File>,
+        path: PathBuf,
+        synced: bool,
+    },
     Kafka(KafkaSink),
 }
 
@@ -200,10 +207,12 @@ impl DeadLetters {
             .append(true)
             .open(path)
             .map_err(err)?;
+        let synced = file.metadata().map_err(err)?.is_file();
         Ok(DeadLetters {
             sink: Arc::new(Sink::File {
                 file: Mutex::new(file),
                 path: path.to_path_buf(),
+                synced,
             }),
         })
     }
@@ -214,7 +223,7 @@ impl DeadLetters {
             return Ok(());
         }
         match &*self.sink {
-            Sink::File { file, path } => {
+            Sink::File { file, path, synced } => {
                 let err = |cause| DeadLetterError::File {
                     path: path.clone(),
                     cause,
@@ -227,7 +236,10 @@ impl DeadLetters {
                 // A worker that panicked while holding the lock left the file as it was.
                 let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
                 file.write_all(&buf).map_err(err)?;
-                file.sync_data().map_err(err)
+                match synced {
+                    true => file.sync_data().map_err(err),
+                    false => Ok(()),
+                }
             }
             Sink::Kafka(k) => k.write(letters),
         }
@@ -338,6 +350,16 @@ mod tests {
             line.starts_with(r#"{"kind":"invalid_message","reason":"bad_json""#),
             "{line}"
         );
+    }
+
+    /// A path that is not a regular file (`/dev/stdout` for a container's log; here
+    /// `/dev/null`, the same kind of file) takes the records: it cannot be synced, and
+    /// every write failed on that (EINVAL) before.
+    #[test]
+    fn letters_go_to_a_device_or_a_pipe_without_a_sync() {
+        let dl = DeadLetters::open(Path::new("/dev/null")).unwrap();
+        let letter = DeadLetter::new(Kind::WebhookFailed, "HTTP 500", b"{}", 1);
+        dl.write(std::slice::from_ref(&letter)).unwrap();
     }
 
     #[test]
