@@ -1365,7 +1365,7 @@ impl Settings {
             let reason = format!("`{given}` is not a number, which this key takes");
             return Err(invalid(key, reason));
         }
-        if let Some(key) = list_key_without_value(path) {
+        if let Some(key) = key_without_value(path) {
             return Err(invalid(key, NO_VALUE.into()));
         }
         if let Some((key, written)) = text_given_a_number(path, &env) {
@@ -1540,11 +1540,13 @@ impl Settings {
 const NO_VALUE: &str = "no value is given (nothing after the colon, or `~`): give one, or remove the key for \
      its default";
 
-/// The first webhook key with a default that an action of the list form gives without a
-/// value (`timeout-ms:`, `retry-attempts: ~`), as `actions[i].key`. The map form refuses
-/// one (its keys are not optional); the list form's are, to fall back on the defaults of
-/// `actions.webhook`, so serde took the empty value for the default without a word.
-fn list_key_without_value(path: &Path) -> Option<String> {
+/// The first key written without a value that serde would take as not given, where that
+/// is silently wrong: a secret (signing off where an empty one is refused), and a key of
+/// an action of the list form that has a default or is the list form's own
+/// (`timeout-ms:`, `filter: ~`, as `actions[i].key`). The map form's keys with defaults
+/// refuse it themselves (they are not optional); the list form's are, to fall back on
+/// the defaults of `actions.webhook`.
+fn key_without_value(path: &Path) -> Option<String> {
     let map = config::Source::collect(&ConfigFile(path.to_path_buf())).ok()?;
     // A secret written without a value: signing silently off (`secret:` where the
     // variable meant to fill it was not), where an empty one is refused.
