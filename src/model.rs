@@ -299,16 +299,25 @@ pub struct UserState {
     #[serde(skip)]
     pub triggers: Option<Box<crate::triggers::UserTriggers>>,
     /// Which checkpoint interval last listed this user as changed, so that a delta part
-    /// lists each user once without a set of them (`UserTable`). Not saved.
+    /// lists each user once without a set of them, and what its history gained since
+    /// (`UserTable`). Not saved.
     #[serde(skip)]
     pub changed_in: ChangeMark,
 }
 
-/// The serial of the checkpoint interval in which a user's state last changed (0: none
-/// yet). Bookkeeping of the users' table, not part of the state's value: two states
-/// that differ only in it are equal.
+/// Bookkeeping of the users' table for delta parts, not part of the state's value: two
+/// states that differ only in it are equal.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ChangeMark(pub u32);
+pub struct ChangeMark {
+    /// The serial of the checkpoint interval in which the state last changed (0: none
+    /// yet).
+    pub interval: u32,
+    /// How many entries the history gained since the state the checkpoint chain holds
+    /// (the one it had when it was first changed in `interval`), so that a delta part
+    /// writes only those (`store::codec::encode_tail_into`); `None` when the chain may
+    /// not hold it: a new state, a history replaced or merged, a store that loses marks.
+    pub appended: Option<u32>,
+}
 
 impl PartialEq for ChangeMark {
     fn eq(&self, _: &Self) -> bool {
@@ -343,6 +352,9 @@ impl UserState {
         let history = Arc::make_mut(&mut self.history);
         history.push_event(ev);
         history.keep_newest(max);
+        if let Some(n) = &mut self.changed_in.appended {
+            *n = n.saturating_add(1);
+        }
     }
 
     /// Appends `entries`, then keeps the newest `max`, as `append_event`.
@@ -350,6 +362,7 @@ impl UserState {
         let history = Arc::make_mut(&mut self.history);
         history.extend(entries);
         history.keep_newest(max);
+        self.changed_in.appended = None;
     }
 }
 

@@ -1,15 +1,18 @@
 //! Reading a worker's part with the parts it builds on (a delta part's chain), newest
 //! first: a user's newest record is the one that counts (its state, its pending events,
-//! or its removal); older ones are skipped.
+//! or its removal); older ones are skipped. A newest record that gives only what the
+//! user's history gained (a tail) is kept until the record it builds on is read, and
+//! given merged with it.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::files::{CheckpointError, PartReader, open_chain};
+use super::files::{CheckpointError, PartReader, Saved, open_chain};
 use super::manifest::Restore;
-use crate::model::{SavedUser, Text};
+use crate::model::{SavedUser, Text, UserState};
+use crate::store::codec;
 
 pub struct ChainReader {
     /// Newest first, until they are opened (all at once: a delta's dictionary extends
@@ -19,6 +22,11 @@ pub struct ChainReader {
     parts: VecDeque<PartReader>,
     /// Users already given (or removed) by a newer part; kept for a delta chain only.
     seen: Option<FxHashSet<Text>>,
+    /// Users whose newest record is a tail, with how many entries it keeps of the
+    /// record before it (several tails of a user combined): given once that is read.
+    tails: FxHashMap<Text, (UserState, usize)>,
+    /// The chain's oldest part, which every tail builds on in the end.
+    oldest: PathBuf,
 }
 
 impl ChainReader {
@@ -26,8 +34,10 @@ impl ChainReader {
     pub fn new(parts: Vec<PathBuf>) -> ChainReader {
         ChainReader {
             seen: (parts.len() > 1).then(FxHashSet::default),
+            oldest: parts.last().cloned().unwrap_or_default(),
             paths: parts,
             parts: VecDeque::new(),
+            tails: FxHashMap::default(),
         }
     }
 
@@ -46,24 +56,28 @@ impl ChainReader {
         }
         loop {
             // A user's newest record counts: those of users a newer part had are
-            // skipped (undecoded). The oldest part, read last, needs no new ids kept.
+            // skipped (undecoded), but for the record a tail builds on. The oldest part,
+            // read last, needs no new ids kept.
             let last = self.parts.len() == 1;
             let Some(reader) = self.parts.front_mut() else {
-                return Ok(None);
+                return self.ended();
             };
-            let seen = &mut self.seen;
+            let (seen, tails) = (&mut self.seen, &self.tails);
             let mut keep = |user: &Text| match seen {
+                _ if !tails.is_empty() && tails.contains_key(user) => true,
                 Some(seen) if last => !seen.contains(user),
                 Some(seen) => seen.insert(user.clone()),
                 None => true,
             };
             match reader.next_records_of(max, &mut keep) {
-                Ok(Some(records)) => {
-                    let users = records
-                        .into_iter()
-                        .filter_map(|(user, saved)| saved.map(|s| (user, s)));
-                    return Ok(Some(users.collect()));
-                }
+                Ok(Some(records)) => match self.settle(records) {
+                    Ok(users) => return Ok(Some(users)),
+                    Err(reason) => {
+                        let path = self.parts[0].path().to_path_buf();
+                        self.parts.clear();
+                        return Err(CheckpointError::corrupt(&path, reason));
+                    }
+                },
                 Ok(None) => {
                     self.parts.pop_front();
                 }
@@ -71,6 +85,57 @@ impl ChainReader {
                     self.parts.clear();
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// The users `records` give now: states, pending users, and tails merged onto the
+    /// record they build on; tails wait for theirs.
+    fn settle(&mut self, records: Vec<(Text, Saved)>) -> Result<Vec<(Text, SavedUser)>, String> {
+        let mut users = Vec::with_capacity(records.len());
+        for (user, saved) in records {
+            let newer = self.tails.remove(&user);
+            match (saved, newer) {
+                (Saved::User(saved), None) => users.push((user, saved)),
+                (Saved::Removed, None) => {}
+                (Saved::Tail { state, keep }, None) => {
+                    self.tails.insert(user, (state, keep));
+                }
+                (Saved::Tail { state, keep }, Some(newer)) => {
+                    let Some(both) = codec::combine_tails(newer, (state, keep)) else {
+                        return Err(format!(
+                            "user {user}'s delta records do not follow each other"
+                        ));
+                    };
+                    self.tails.insert(user, both);
+                }
+                (Saved::User(SavedUser::State(base)), Some((tail, keep))) => {
+                    let Some(state) = codec::merge_tail(&base, tail, keep) else {
+                        return Err(format!(
+                            "user {user}'s delta record keeps more entries than its base holds"
+                        ));
+                    };
+                    users.push((user, SavedUser::State(state)));
+                }
+                (_, Some(_)) => {
+                    return Err(format!("user {user}'s delta record builds on no state"));
+                }
+            }
+        }
+        Ok(users)
+    }
+
+    /// The chain is read: every tail must have met the record it builds on.
+    fn ended(&mut self) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
+        match self.tails.keys().next() {
+            None => Ok(None),
+            Some(user) => {
+                let reason = format!(
+                    "{} users' delta records (user {user}'s the first) build on no state in their chain",
+                    self.tails.len()
+                );
+                self.tails.clear();
+                Err(CheckpointError::corrupt(&self.oldest, reason))
             }
         }
     }
@@ -132,6 +197,7 @@ mod tests {
             file: None,
         };
         manifest::write_offsets(c, epoch, 0, &offsets).unwrap();
+        let tails = removed.is_some();
         let records = PartRecords {
             base: None,
             states: states.into_iter().map(|(u, s)| (u.into(), s)).collect(),
@@ -153,6 +219,7 @@ mod tests {
             removed: removed.map(|r| r.into_iter().map(Text::from).collect()),
             chain: chain.map(|ch| (c.chain_path(epoch, 0), ch)),
             words_before: 0,
+            tails,
         };
         // Chains mix compressed parts and parts as they are (the setting changed between
         // runs): the parts of odd seconds are written uncompressed.
@@ -245,6 +312,110 @@ mod tests {
         let at_2000 = manifest::find_latest(&c.dir).unwrap();
         let want = [("a", "state@1000"), ("b", "state@2000"), ("d", "pending")];
         assert_eq!(restored(&at_2000), pairs(&want));
+    }
+
+    /// A state whose history holds `ids`, the newest `gained` of them since the chain's
+    /// record of it.
+    fn with_history(ids: &[&str], gained: Option<u32>) -> UserState {
+        let mut s = UserState::empty(1000);
+        let mut history = crate::history::History::default();
+        for id in ids {
+            history.push(&crate::model::HistoryEntry {
+                event_id: Some((*id).into()),
+                event_name: None,
+                event_type: Some("x".into()),
+                timestamp: 1,
+                parameters: None,
+            });
+        }
+        s.history = std::sync::Arc::new(history);
+        s.changed_in.appended = gained;
+        s
+    }
+
+    fn name(c: &CheckpointConfig, epoch: u64) -> BasePart {
+        let path = c.state_path(epoch, 0);
+        BasePart {
+            file: CheckpointConfig::part_name(epoch, 0),
+            bytes: std::fs::metadata(&path).unwrap().len(),
+            hash: crate::checkpoint::files::part_hash(&path).unwrap(),
+            records: Some(crate::checkpoint::files::verify_part(&path).unwrap().0),
+        }
+    }
+
+    /// Deltas give what a history gained since the user's record before (whole parts
+    /// never do): the restore merges them onto it, through several deltas; a tail
+    /// whose user has no state in the chain is refused.
+    #[test]
+    fn what_histories_gained_is_merged_onto_the_record_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        // A whole part writes every state whole, whatever it gained.
+        let a1 = with_history(&["h1", "h2"], Some(1));
+        part(
+            &c,
+            1000,
+            vec![("a", a1), ("b", with_history(&["b1"], None))],
+            vec![],
+            None,
+            None,
+        );
+        let chain = ChainPart {
+            users: 2,
+            base: vec![name(&c, 1000)],
+        };
+        let a2 = with_history(&["h2", "h3"], Some(1));
+        part(&c, 2000, vec![("a", a2)], vec![], Some(vec![]), Some(chain));
+        let base = vec![name(&c, 1000), name(&c, 2000)];
+        let chain = ChainPart { users: 2, base };
+        let a3 = with_history(&["h3", "h4", "h5"], Some(2));
+        let b3 = with_history(&["b1", "b2"], Some(1));
+        part(
+            &c,
+            3000,
+            vec![("a", a3), ("b", b3)],
+            vec![],
+            Some(vec![]),
+            Some(chain),
+        );
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        let mut users: Vec<(String, Vec<String>)> = latest
+            .read_users()
+            .unwrap()
+            .into_iter()
+            .map(|(u, saved)| match saved {
+                SavedUser::State(s) => (
+                    u.to_string(),
+                    s.history
+                        .iter()
+                        .map(|e| e.event_id.unwrap().to_string())
+                        .collect(),
+                ),
+                SavedUser::Pending(_) => unreachable!(),
+            })
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            [
+                (
+                    "a".to_string(),
+                    vec!["h3".to_string(), "h4".into(), "h5".into()]
+                ),
+                ("b".into(), vec!["b1".into(), "b2".into()])
+            ]
+        );
+        // A delta of a user the chain has no state of.
+        let base = vec![name(&c, 1000), name(&c, 2000), name(&c, 3000)];
+        let chain = ChainPart { users: 3, base };
+        let z = with_history(&["z1", "z2"], Some(1));
+        part(&c, 4000, vec![("z", z)], vec![], Some(vec![]), Some(chain));
+        let latest = manifest::find_latest(&c.dir).unwrap();
+        let err = latest.read_users().unwrap_err().to_string();
+        assert!(
+            err.contains("user z's the first) build on no state"),
+            "{err}"
+        );
     }
 
     /// Flips the bits `mask` of the byte of `path` that `at` picks from its length.

@@ -16,6 +16,10 @@
 //! dictionary size); ids before it are the previous parts'. A chain is read with the
 //! dictionaries of all its parts (`ChainReader`).
 //!
+//! A delta part of the hash map (`MAGIC_DELTA_TAILS`) may give a user's state with,
+//! in place of its whole history, what the history gained since the user's record in
+//! the part before (`store::codec::encode_tail_into`), merged on restore.
+//!
 //! Parts of the earlier formats are still read: `MAGIC_V2`, the same body uncompressed,
 //! `MAGIC_DELTA` and `MAGIC_DELTA_PLAIN`, deltas with the whole dictionary, and
 //! `MAGIC_V1`: no dictionary, states as bincode of `UserState` with the history as its
@@ -52,9 +56,18 @@ const MAGIC_DELTA_PLAIN: &[u8; 8] = b"ETDELTA0";
 const MAGIC_DELTA_EXT: &[u8; 8] = b"ETDELTA3";
 /// The same, uncompressed.
 const MAGIC_DELTA_EXT_PLAIN: &[u8; 8] = b"ETDELTA2";
+/// A delta part as `MAGIC_DELTA_EXT` whose records may give what a user's history
+/// gained since its record in the part before (`codec::encode_tail_into`): a magic of
+/// its own so that a release that cannot merge them refuses the part at its check,
+/// before restoring any of it.
+const MAGIC_DELTA_TAILS: &[u8; 8] = b"ETDELTA5";
+/// The same, uncompressed.
+const MAGIC_DELTA_TAILS_PLAIN: &[u8; 8] = b"ETDELTA4";
 /// The magic numbers of the parts this build reads.
-const MAGICS: [&[u8; 8]; 7] = [
+const MAGICS: [&[u8; 8]; 9] = [
     MAGIC,
+    MAGIC_DELTA_TAILS,
+    MAGIC_DELTA_TAILS_PLAIN,
     MAGIC_DELTA_EXT,
     MAGIC_DELTA_EXT_PLAIN,
     MAGIC_DELTA,
@@ -217,6 +230,10 @@ pub struct PartRecords {
     /// A delta part: the strings of the process's dictionary its chain's previous part
     /// holds (`PartInfo::words`), which it leaves out.
     pub words_before: usize,
+    /// A delta part whose base holds each of `states` as it was when first changed
+    /// since (`ChangeMark::appended` counts from there): those with a count are written
+    /// as what their history gained (`codec::encode_tail_into`).
+    pub tails: bool,
 }
 
 /// Called from another thread when a part writer is done.
@@ -309,6 +326,8 @@ struct Encoder<'a> {
     users: u64,
     /// How many strings the part's dictionary holds: the ids records may use.
     words: usize,
+    /// Whether states may be written as what their history gained (`PartRecords::tails`).
+    tails: bool,
 }
 
 impl Encoder<'_> {
@@ -318,7 +337,13 @@ impl Encoder<'_> {
         // The state's length goes before it (as bincode writes bytes): filled in after.
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 8]);
-        codec::encode_into(&mut self.buf, state, Words::Below(self.words));
+        let words = Words::Below(self.words);
+        match state.changed_in.appended.map(|n| n as usize) {
+            Some(gained) if self.tails && gained < state.history.len() => {
+                codec::encode_tail_into(&mut self.buf, state, gained, words)
+            }
+            _ => codec::encode_into(&mut self.buf, state, words),
+        }
         let n = (self.buf.len() - at - 8) as u64;
         self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
         self.done_one()
@@ -396,7 +421,10 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
             inner: out,
             hasher: Xxh3Default::new(),
         };
+        let tails = records.tails && records.removed.is_some();
         let magic = match (records.removed.is_some(), compress) {
+            (true, true) if tails => MAGIC_DELTA_TAILS,
+            (true, false) if tails => MAGIC_DELTA_TAILS_PLAIN,
             (true, true) => MAGIC_DELTA_EXT,
             (false, true) => MAGIC,
             (true, false) => MAGIC_DELTA_EXT_PLAIN,
@@ -432,6 +460,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Reco
         buf: Vec::with_capacity(2 * BLOCK),
         users: 0,
         words: 0,
+        tails: records.tails && records.removed.is_some(),
     };
     let from = match records.removed {
         Some(_) => {
@@ -520,6 +549,7 @@ pub fn write_states(path: &Path, states: Records) -> io::Result<(u64, u64)> {
             removed: None,
             chain: None,
             words_before: 0,
+            tails: false,
         },
     )
 }
@@ -645,9 +675,22 @@ impl Body {
     }
 }
 
-/// A record of a part: a user and what it is saved as, or `None` for a user removed
-/// (in a delta part).
-pub type Record = (Text, Option<SavedUser>);
+/// A record of a part: a user and what it is saved as.
+pub type Record = (Text, Saved);
+
+/// What a part holds of a user.
+pub enum Saved {
+    User(SavedUser),
+    /// In a delta: its state, with what its history gained since the user's record in
+    /// the part before (`codec::decode_record`): the history is the newest `keep`
+    /// entries of that record's, then these (`ChainReader` merges them).
+    Tail {
+        state: UserState,
+        keep: usize,
+    },
+    /// In a delta: gone since the part before.
+    Removed,
+}
 
 /// Reads a state part's users a chunk at a time, so that restoring a part takes memory
 /// for a chunk, not for the part; the checksum and count are checked at its end.
@@ -667,6 +710,8 @@ pub struct PartReader {
     extension: Option<(u64, Vec<String>)>,
     /// A delta part (it may have `REMOVED` records).
     delta: bool,
+    /// A delta part whose records may give what a history gained (`Saved::Tail`).
+    tails: bool,
     /// The encoded state of the record being read (one buffer for them all).
     scratch: Vec<u8>,
     /// What stopped the reading, given after the records read before it.
@@ -685,16 +730,23 @@ impl PartReader {
         body.read_exact(&mut magic)
             .map_err(|e| CheckpointError::io(path, e))?;
         let mut body = match &magic {
-            MAGIC | MAGIC_DELTA | MAGIC_DELTA_EXT => {
+            MAGIC | MAGIC_DELTA | MAGIC_DELTA_EXT | MAGIC_DELTA_TAILS => {
                 Body::Lz4(lz4_flex::frame::FrameDecoder::new(body))
             }
-            MAGIC_V2 | MAGIC_V1 | MAGIC_DELTA_PLAIN | MAGIC_DELTA_EXT_PLAIN => Body::Plain(body),
+            MAGIC_V2
+            | MAGIC_V1
+            | MAGIC_DELTA_PLAIN
+            | MAGIC_DELTA_EXT_PLAIN
+            | MAGIC_DELTA_TAILS_PLAIN => Body::Plain(body),
             _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
         };
         let dictionary = |e: io::Error| CheckpointError::corrupt(path, format!("dictionary: {e}"));
         let (ids, words, extension) = match &magic {
             MAGIC_V1 => (None, 0, None),
-            MAGIC_DELTA_EXT | MAGIC_DELTA_EXT_PLAIN => {
+            MAGIC_DELTA_EXT
+            | MAGIC_DELTA_EXT_PLAIN
+            | MAGIC_DELTA_TAILS
+            | MAGIC_DELTA_TAILS_PLAIN => {
                 let mut from = [0u8; 8];
                 body.read_exact(&mut from).map_err(dictionary)?;
                 let from = u64::from_le_bytes(from);
@@ -708,13 +760,15 @@ impl PartReader {
                 (Some(Ids::of_dictionary(dict)), words, None)
             }
         };
-        let delta = [
-            MAGIC_DELTA,
-            MAGIC_DELTA_PLAIN,
-            MAGIC_DELTA_EXT,
-            MAGIC_DELTA_EXT_PLAIN,
-        ]
-        .contains(&&magic);
+        let tails = [MAGIC_DELTA_TAILS, MAGIC_DELTA_TAILS_PLAIN].contains(&&magic);
+        let delta = tails
+            || [
+                MAGIC_DELTA,
+                MAGIC_DELTA_PLAIN,
+                MAGIC_DELTA_EXT,
+                MAGIC_DELTA_EXT_PLAIN,
+            ]
+            .contains(&&magic);
         Ok(PartReader {
             path: path.to_path_buf(),
             body,
@@ -726,12 +780,17 @@ impl PartReader {
             words,
             extension,
             delta,
+            tails,
             scratch: Vec::new(),
             failed: None,
         })
     }
 
     /// Its whole dictionary (a part that is not a delta extending another's).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn dictionary(&self) -> Vec<String> {
         match &self.ids {
             Some(Ids::Here) => crate::dict::prefix(self.words as usize)
@@ -743,21 +802,31 @@ impl PartReader {
     }
 
     /// Up to `max` more users; `None` once the part is read to its end and checked.
-    /// (A delta part's removed users are left out: `next_records` has them.)
+    /// (A delta part's removed users are left out: `next_records` has them; a delta's
+    /// record of what a history gained is refused: read it with its chain.)
     pub fn next_chunk(
         &mut self,
         max: usize,
     ) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
-        Ok(self.next_records(max)?.map(|records| {
-            records
-                .into_iter()
-                .filter_map(|(user, saved)| saved.map(|s| (user, s)))
-                .collect()
-        }))
+        let Some(records) = self.next_records(max)? else {
+            return Ok(None);
+        };
+        let mut users = Vec::with_capacity(records.len());
+        for (user, saved) in records {
+            match saved {
+                Saved::User(s) => users.push((user, s)),
+                Saved::Removed => {}
+                Saved::Tail { .. } => {
+                    let reason = format!("user {user}'s record builds on a part not read");
+                    return Err(CheckpointError::corrupt(&self.path, reason));
+                }
+            }
+        }
+        Ok(Some(users))
     }
 
-    /// Up to `max` more records: a user and what it is saved as, or `None` for a user
-    /// removed (in a delta part); `None` once the part is read to its end and checked.
+    /// Up to `max` more records: a user and what it is saved as; `None` once the part
+    /// is read to its end and checked.
     pub fn next_records(&mut self, max: usize) -> Result<Option<Vec<Record>>, CheckpointError> {
         self.next_records_of(max, &mut |_| true)
     }
@@ -854,11 +923,20 @@ impl PartReader {
                         .ids
                         .as_ref()
                         .ok_or_else(|| corrupt("no dictionary".into()))?;
-                    let state = codec::decode_with(&self.scratch, ids);
-                    Some(SavedUser::State(state.map_err(|e| corrupt(e.to_string()))?))
+                    let state = codec::decode_record(&self.scratch, ids);
+                    match state.map_err(|e| corrupt(e.to_string()))? {
+                        (state, None) => Saved::User(SavedUser::State(state)),
+                        (state, Some(keep)) if self.tails => Saved::Tail { state, keep },
+                        (_, Some(_)) => {
+                            let reason = format!(
+                                "user {user}'s record builds on a part before, in a part that cannot"
+                            );
+                            return Err(corrupt(reason));
+                        }
+                    }
                 }
-                RawRecord::Saved(saved) => Some(saved),
-                RawRecord::Removed => None,
+                RawRecord::Saved(saved) => Saved::User(saved),
+                RawRecord::Removed => Saved::Removed,
             };
             chunk.push((user, saved));
         }
@@ -1155,6 +1233,7 @@ mod tests {
             removed: words_before.map(|_| Vec::new()),
             chain: None,
             words_before: words_before.unwrap_or_default() as usize,
+            tails: false,
         };
         for compress in [true, false] {
             let old = format!("files-test-chain-old-{compress}");
@@ -1259,6 +1338,7 @@ mod tests {
                 removed: None,
                 chain: None,
                 words_before: 0,
+                tails: false,
             };
             let written = write_part_as(&path, records, compress).unwrap();
             assert_eq!(written.0, 101);
@@ -1316,6 +1396,7 @@ mod tests {
             removed: None,
             chain: None,
             words_before: 0,
+            tails: false,
         };
         write_part_as(&path, records, false).unwrap();
         // The last user's state length (after its id): one no state has.
@@ -1385,6 +1466,7 @@ mod encoded_tests {
                 removed: None,
                 chain: None,
                 words_before: 0,
+                tails: false,
             },
         )
         .unwrap();

@@ -245,6 +245,19 @@ impl History {
         &self.bytes[self.head..]
     }
 
+    /// The encoding of the newest `n` entries (all of them, if it has fewer).
+    pub fn newest_encoded(&self, n: usize) -> &[u8] {
+        // Skipped by their lengths, undecoded.
+        let mut at = self.head;
+        for _ in 0..self.len.saturating_sub(n) {
+            let Some(body) = body_at(&self.bytes, at) else {
+                break;
+            };
+            at = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+        }
+        &self.bytes[at..]
+    }
+
     /// A history from `encoded` bytes, their ids looked up through `lookup` (`None`:
     /// they are this process's own) and given this process's ids.
     ///

@@ -17,6 +17,11 @@ const VERSION: u8 = 1;
 /// bincode. A state without triggers is written as `VERSION`, readable by releases that
 /// predate them.
 const WITH_TRIGGERS: u8 = 2;
+/// As `VERSION` and `WITH_TRIGGERS`, of a delta part's state whose history is given as
+/// what it gained since the record the delta builds on: how many of that record's
+/// newest entries it keeps, then the entries gained (`encode_tail_into`).
+const TAIL: u8 = 3;
+const TAIL_WITH_TRIGGERS: u8 = 4;
 
 /// How the string ids of what is read map to this process's: the same (written here),
 /// or through the writer's dictionary.
@@ -76,9 +81,27 @@ fn inline(_: &str) -> Option<u32> {
 
 /// Appends `state`'s encoding to `out`.
 pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
+    encode_as(out, state, words, None);
+}
+
+/// Appends `state`'s encoding to `out` with, in place of its whole history, its newest
+/// `gained` entries and how many before them to keep of the record this one builds on
+/// (the state's previous record in a chain of parts, whose history these entries
+/// followed; `decode_record` gives the count, `merge_tail` the state). Fewer than the
+/// history's entries: those the record holds too are what a delta need not repeat.
+pub fn encode_tail_into(out: &mut Vec<u8>, state: &UserState, gained: usize, words: Words) {
+    debug_assert!(gained < state.history.len());
+    encode_as(out, state, words, Some(gained));
+}
+
+fn encode_as(out: &mut Vec<u8>, state: &UserState, words: Words, gained: Option<usize>) {
     let word = |s: &str| words.id(s);
-    let at = out.len();
-    out.push(VERSION);
+    out.push(match (gained, &state.triggers) {
+        (None, None) => VERSION,
+        (None, Some(_)) => WITH_TRIGGERS,
+        (Some(_), None) => TAIL,
+        (Some(_), Some(_)) => TAIL_WITH_TRIGGERS,
+    });
     let p = &*state.profile;
     put_opt_str(out, p.user_id.as_deref(), inline);
     for s in [&p.country, &p.city, &p.language, &p.continent, &p.timezone] {
@@ -111,11 +134,16 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
     put_varint(out, state.last_activity);
     put_varint(out, state.ttl_mark);
     put_varint(out, state.refetch_after.map_or(0, |t| t + 1));
-    let history = state.history.encoded();
+    let history = match gained {
+        None => state.history.encoded(),
+        Some(n) => {
+            put_varint(out, state.history.len().saturating_sub(n) as u64);
+            state.history.newest_encoded(n)
+        }
+    };
     put_varint(out, history.len() as u64);
     out.extend_from_slice(history);
     if let Some(t) = &state.triggers {
-        out[at] = WITH_TRIGGERS;
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         // Its encoding cannot fail: plain structs, strings and numbers.
@@ -249,9 +277,19 @@ fn visit(r: &mut Reader<'_>, ids: &Ids) -> Result<Visit, Malformed> {
 
 /// A state from its encoding, its string ids mapped through `ids`.
 pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
+    match decode_record(bytes, ids)? {
+        (state, None) => Ok(state),
+        (_, Some(_)) => Err(Malformed(0)),
+    }
+}
+
+/// A state from its encoding, or from what `encode_tail_into` wrote: then its history
+/// holds only the entries gained, and the count is how many newest entries of the
+/// record it builds on go before them (`merge_tail`).
+pub fn decode_record(bytes: &[u8], ids: &Ids) -> Result<(UserState, Option<usize>), Malformed> {
     let mut r = Reader::new(bytes);
     let version = r.byte();
-    if version != VERSION && version != WITH_TRIGGERS {
+    if !matches!(version, VERSION | WITH_TRIGGERS | TAIL | TAIL_WITH_TRIGGERS) {
         return Err(Malformed(0));
     }
     let profile = Profile {
@@ -269,9 +307,10 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
     let last_activity = r.varint();
     let ttl_mark = r.varint();
     let refetch_after = r.varint().checked_sub(1);
+    let keep = matches!(version, TAIL | TAIL_WITH_TRIGGERS).then(|| r.varint() as usize);
     let n = r.varint() as usize;
     let encoded = r.bytes(n);
-    let triggers = if version == WITH_TRIGGERS {
+    let triggers = if matches!(version, WITH_TRIGGERS | TAIL_WITH_TRIGGERS) {
         let len = r.bytes(4);
         let n = len.try_into().map_or(0, u32::from_le_bytes) as usize;
         let at = r.pos;
@@ -293,7 +332,7 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
         Ids::Here => History::from_encoded(encoded, None)?,
         Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
     };
-    Ok(UserState {
+    let state = UserState {
         profile: Arc::new(profile),
         visit,
         history: Arc::new(history),
@@ -302,7 +341,41 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
         refetch_after,
         triggers,
         changed_in: Default::default(),
-    })
+    };
+    Ok((state, keep))
+}
+
+/// The state a tail record (`decode_record`'s, keeping `keep` entries) stands for, on
+/// `base`, the user's record it builds on: the tail's state, its history the newest
+/// `keep` entries of `base`'s then its own. `None` if `base` has fewer entries.
+pub fn merge_tail(base: &UserState, mut tail: UserState, keep: usize) -> Option<UserState> {
+    if base.history.len() < keep {
+        return None;
+    }
+    let mut history = (*base.history).clone();
+    history.keep_newest(keep);
+    history.extend(&tail.history);
+    tail.history = Arc::new(history);
+    Some(tail)
+}
+
+/// Two tail records of a user as one on the record the older builds on: the newer's
+/// state, its history the newest entries the newer keeps of the older's, then its own.
+/// `None` if the newer keeps more than the older has.
+pub fn combine_tails(
+    (mut newer, newer_keeps): (UserState, usize),
+    (older, older_keeps): (UserState, usize),
+) -> Option<(UserState, usize)> {
+    let gained = older.history.len();
+    let keep = newer_keeps.saturating_sub(gained);
+    if keep > older_keeps {
+        return None;
+    }
+    let mut history = (*older.history).clone();
+    history.keep_newest(newer_keeps);
+    history.extend(&newer.history);
+    newer.history = Arc::new(history);
+    Some((newer, keep))
 }
 
 /// A state encoded by this process (RocksDB's values).
@@ -380,6 +453,80 @@ mod tests {
         for cut in 1..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    fn entry(id: &str) -> HistoryEntry {
+        HistoryEntry {
+            event_id: Some(id.into()),
+            event_name: None,
+            event_type: Some("page_view".into()),
+            timestamp: 7,
+            parameters: None,
+        }
+    }
+
+    fn ids(s: &UserState) -> Vec<String> {
+        s.history
+            .iter()
+            .map(|e| e.event_id.unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn with_history(ids: &[&str]) -> UserState {
+        let mut s = state();
+        s.history = Arc::new(History::from_entries(
+            &ids.iter().map(|i| entry(i)).collect::<Vec<_>>(),
+        ));
+        s
+    }
+
+    /// A delta's record of what a history gained gives, on the record it builds on,
+    /// the state itself: with the base's entries the history dropped since left out.
+    #[test]
+    fn a_tail_merged_onto_its_base_is_the_state() {
+        let base = with_history(&["a", "b", "c"]);
+        let mut now = with_history(&["b", "c", "d", "e"]);
+        if let Some(v) = now.visit.as_mut() {
+            Arc::make_mut(v).actions = 9;
+        }
+        now.triggers = Some(Box::new(crate::triggers::example()));
+        let mut bytes = Vec::new();
+        encode_tail_into(&mut bytes, &now, 2, Words::Any);
+        assert_eq!(bytes[0], TAIL_WITH_TRIGGERS);
+        assert!(bytes.len() < encode(&now).len());
+        let (tail, keep) = decode_record(&bytes, &Ids::Here).unwrap();
+        assert_eq!((ids(&tail), keep), (vec!["d".into(), "e".into()], Some(2)));
+        assert_eq!(merge_tail(&base, tail.clone(), 2).unwrap(), now);
+        assert!(
+            merge_tail(&with_history(&["c"]), tail, 2).is_none(),
+            "base too short"
+        );
+        assert!(
+            decode_with(&bytes, &Ids::Here).is_err(),
+            "not a state alone"
+        );
+        for cut in 1..bytes.len() {
+            assert!(
+                decode_record(&bytes[..cut], &Ids::Here).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// Two tails of a user, the newer keeping some of the older's entries or reaching
+    /// into the base, combine into one on the older's base.
+    #[test]
+    fn tails_combine_into_one_on_the_older_ones_base() {
+        let base = with_history(&["a", "b", "c"]);
+        // Older: b c | d (keeps 2 of the base); newer: keeps n of "b c d", adds e f.
+        let older = (with_history(&["d"]), 2);
+        for (newer_keeps, want) in [(0, "e f"), (1, "d e f"), (2, "c d e f"), (3, "b c d e f")] {
+            let newer = (with_history(&["e", "f"]), newer_keeps);
+            let (both, keep) = combine_tails(newer, older.clone()).unwrap();
+            let merged = merge_tail(&base, both, keep).unwrap();
+            assert_eq!(ids(&merged).join(" "), want, "newer keeps {newer_keeps}");
+        }
+        assert!(combine_tails((with_history(&["e"]), 4), older).is_none());
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl StoreSnapshot {
             removed: None,
             chain: None,
             words_before: 0,
+            tails: false,
         }
     }
 }

@@ -307,6 +307,7 @@ impl Snapshots {
             removed: Some(removed),
             chain: Some((self.cfg.chain_path(epoch, self.worker), chain)),
             words_before: self.chain.words as usize,
+            tails: delta.tails,
         };
         (records, delta.taken)
     }

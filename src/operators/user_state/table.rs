@@ -41,6 +41,15 @@ pub(super) struct Changes {
     /// How many of `changed` `unique` has seen (it lists users once up to there).
     checked: usize,
     pub(super) removed: FxHashSet<Text>,
+    /// Whether states count the entries their history gained since the chain's record
+    /// of them (`ChangeMark::appended`): not in a store that loses marks (RocksDB lets
+    /// a user out of its cache and reads it back unmarked, its changes of the interval
+    /// in it).
+    tails: bool,
+    /// Whether these changes hold those of a part that was not written: counts of
+    /// entries gained are then since a part the chain lacks, and the next part writes
+    /// its states whole.
+    unwritten: bool,
 }
 
 impl Default for Changes {
@@ -51,6 +60,8 @@ impl Default for Changes {
             repeats: false,
             checked: 0,
             removed: FxHashSet::default(),
+            tails: false,
+            unwritten: false,
         }
     }
 }
@@ -58,15 +69,19 @@ impl Default for Changes {
 impl Changes {
     #[inline]
     fn changed(&mut self, user: &str, state: &mut UserState) {
-        if state.changed_in.0 != self.serial {
-            state.changed_in = ChangeMark(self.serial);
+        if state.changed_in.interval != self.serial {
+            // Unchanged since the previous part: the chain holds it as it is now.
+            state.changed_in = ChangeMark {
+                interval: self.serial,
+                appended: self.tails.then_some(0),
+            };
             self.changed.push(SmallText::from(user));
         }
     }
 
     /// `user` is gone from the store; `state` is what it had, if it had one.
     fn removed(&mut self, user: &str, state: Option<&UserState>) {
-        if state.is_some_and(|s| s.changed_in.0 == self.serial) {
+        if state.is_some_and(|s| s.changed_in.interval == self.serial) {
             self.repeats = true;
         }
         self.removed.insert(Text::from(user));
@@ -78,6 +93,7 @@ impl Changes {
         self.removed.clear();
         self.repeats = false;
         self.checked = 0;
+        self.unwritten = false;
         self.serial = self.serial.checked_add(1).unwrap_or(1);
     }
 
@@ -87,6 +103,7 @@ impl Changes {
     fn merge(&mut self, older: Changes) {
         self.changed.extend(older.changed);
         self.repeats = true;
+        self.unwritten = true;
         self.removed.extend(older.removed);
     }
 
@@ -115,6 +132,9 @@ pub(super) struct Delta {
     pub(super) states: StoreSnapshot,
     pub(super) removed: Vec<Text>,
     pub(super) taken: Changes,
+    /// Whether the states may be written as what their history gained since the
+    /// previous part (`ChangeMark::appended`).
+    pub(super) tails: bool,
 }
 
 pub(super) struct UserTable {
@@ -196,6 +216,8 @@ impl UserTable {
         if let Some(c) = &mut self.changes {
             c.changed(&user, &mut state);
         }
+        // Not in the chain as it is: a delta writes it whole.
+        state.changed_in.appended = None;
         self.store.insert(user, state);
         out
     }
@@ -296,7 +318,11 @@ impl UserTable {
 
     /// Keeps the users changed and removed from now on, for delta parts.
     pub(super) fn track_changes(&mut self) {
-        self.changes = Some(Changes::default());
+        let tails = !self.store.forgets_marks();
+        self.changes = Some(Changes {
+            tails,
+            ..Changes::default()
+        });
     }
 
     /// The users now, for a whole checkpoint part (the changes so far are in it), in
@@ -314,7 +340,7 @@ impl UserTable {
     pub(super) fn delta(&mut self, into: Records) -> Option<Result<Delta, StateError>> {
         let changes = self.changes.as_mut()?;
         let mut next = std::mem::take(&mut self.spare_changes);
-        next.serial = changes.serial;
+        (next.serial, next.tails) = (changes.serial, changes.tails);
         next.next_interval();
         let mut taken = std::mem::replace(changes, next);
         taken.unique(self.store.forgets_marks());
@@ -335,6 +361,7 @@ impl UserTable {
         Some(Ok(Delta {
             states,
             removed,
+            tails: taken.tails && !taken.unwritten,
             taken,
         }))
     }

@@ -763,8 +763,53 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
     assert_eq!(at(3), "u3:e u4:f", "u1 expired, u3 and u4 looked up");
 }
 
+/// Every user the latest checkpoint restores, with all of its state (the history's
+/// entries whole, the visit, the times since `start` and triggers).
+fn restored_in_full(cfg: &CheckpointConfig, start: Time) -> Vec<String> {
+    let latest = crate::checkpoint::manifest::find_latest(&cfg.dir).unwrap();
+    let mut users: Vec<String> = latest
+        .read_users()
+        .unwrap()
+        .into_iter()
+        .map(|(u, saved)| match saved {
+            SavedUser::State(s) => format!(
+                "{u}: {:?} {:?} {:?} {} {} {:?} {:?}",
+                s.profile,
+                s.visit,
+                s.history,
+                s.last_activity - start,
+                s.ttl_mark - start,
+                s.refetch_after.map(|t| t - start),
+                s.triggers
+            ),
+            SavedUser::Pending(p) => format!("{u}: pending {p:?}"),
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// How many of the latest checkpoint's records (worker 0's part) give only what a
+/// user's history gained since the part before.
+fn tail_records(cfg: &CheckpointConfig) -> usize {
+    use crate::checkpoint::files::{Saved, open_chain};
+    let latest = crate::checkpoint::manifest::find_latest(&cfg.dir).unwrap();
+    let chain = latest.part_chains().into_iter().next().unwrap();
+    let mut parts = open_chain(&chain).unwrap();
+    let records = parts[0]
+        .next_records(usize::MAX)
+        .unwrap()
+        .unwrap_or_default();
+    records
+        .iter()
+        .filter(|(_, s)| matches!(s, Saved::Tail { .. }))
+        .count()
+}
+
 /// Deltas restore what whole parts hold over many epochs of events to random users, with
-/// RocksDB letting most users out of its cache of two between their events.
+/// RocksDB letting most users out of its cache of two between their events. Histories
+/// reach their limit (10 entries), so a delta's records of what they gained drop some
+/// of the entries before them too.
 #[test]
 fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
     let run = |full_every: usize, rocksdb: bool| {
@@ -790,15 +835,16 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
             });
             let mut rng = crate::history::tests::Rng::new(7);
             let mut seen = Vec::new();
-            for epoch in 1..=8u64 {
+            for epoch in 1..=16u64 {
                 for n in 0..10 {
                     let u = &users[rng.next(users.len() as u64) as usize];
                     let at = start + (epoch - 1) * 1000 + 200 + n * 10;
                     r.send(at, u, &format!("{u}-{epoch}.{n}"));
                 }
                 r.events.advance_to(start + epoch * 1000);
-                let (users, records) = completed(&r, worker, &cfg, start + epoch * 1000);
-                seen.push((users, records.is_some()));
+                let (_, records) = completed(&r, worker, &cfg, start + epoch * 1000);
+                let tails = records.map(|_| tail_records(&cfg));
+                seen.push((restored_in_full(&cfg, start), tails));
             }
             std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
             r.step_until(worker, |r| r.probe.done());
@@ -806,13 +852,57 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
         })
     };
     let whole = run(1, false);
-    let strip = |v: &[(Vec<String>, bool)]| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
+    let strip =
+        |v: &[(Vec<String>, Option<usize>)]| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
     let deltas = run(10, false);
-    assert!(deltas.iter().filter(|(_, d)| *d).count() >= 4, "{deltas:?}");
+    let tails: Vec<usize> = deltas.iter().filter_map(|(_, t)| *t).collect();
+    assert!(tails.len() >= 8, "{tails:?}");
+    assert!(tails.iter().filter(|&&t| t > 0).count() >= 6, "{tails:?}");
     assert_eq!(strip(&deltas), strip(&whole), "hash map");
     if cfg!(feature = "rocksdb") {
-        assert_eq!(strip(&run(10, true)), strip(&whole), "RocksDB");
+        let rocks = run(10, true);
+        assert_eq!(strip(&rocks), strip(&whole), "RocksDB");
+        assert!(
+            rocks.iter().all(|(_, t)| t.unwrap_or(0) == 0),
+            "RocksDB loses marks"
+        );
     }
+}
+
+/// A delta part that could not be written gives its changes to the next one, whose
+/// records are then whole states: what a history gained is counted since the part that
+/// failed, which the chain lacks.
+#[test]
+fn a_delta_after_one_not_written_holds_whole_states() {
+    let run = |full_every: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        timely::execute_directly(move |worker| {
+            let (mut r, start, cfg) = delta_rig(worker, path, full_every, None, 60_000);
+            three_users_looked_up(&mut r, worker, start);
+            r.events.advance_to(start + 1000);
+            completed(&r, worker, &cfg, start + 1000);
+            r.send(start + 1100, "u1", "d");
+            // The part of 2000 cannot take its place: a directory holds it.
+            std::fs::create_dir_all(cfg.state_path(start + 2000, 0)).unwrap();
+            r.events.advance_to(start + 2000);
+            r.step_until(worker, |r| !r.probe.less_than(&(start + 2000)));
+            r.send(start + 2100, "u1", "e");
+            r.send(start + 2200, "u2", "f");
+            r.events.advance_to(start + 3000);
+            let (users, records) = completed(&r, worker, &cfg, start + 3000);
+            assert_eq!(users, ["u1:a,d,e", "u2:b,f", "u3:c"]);
+            let tails = records.map(|_| tail_records(&cfg));
+            let full = restored_in_full(&cfg, start);
+            std::mem::replace(&mut r.events, timely::dataflow::InputHandleVec::new()).close();
+            r.step_until(worker, |r| r.probe.done());
+            (full, tails)
+        })
+    };
+    let (whole, _) = run(1);
+    let (deltas, tails) = run(10);
+    assert_eq!(tails, Some(0), "a delta of whole states");
+    assert_eq!(deltas, whole);
 }
 
 /// A delta lists each changed user once: one changed by several events; on RocksDB with a
