@@ -232,23 +232,45 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9898";
 #[error("`{text}` is not host:port ({reason})")]
 pub struct BadListen {
     text: String,
-    reason: std::net::AddrParseError,
+    reason: String,
 }
 
 impl MetricsSettings {
-    /// The address to serve on, if any, and whether it was given explicitly.
+    /// The address to serve on, if any, and whether it was given explicitly. A host
+    /// name (`localhost:9898`) is resolved, its first IPv4 address taken if it has one.
     pub fn listen_addr(&self) -> Result<Option<(std::net::SocketAddr, bool)>, BadListen> {
+        use std::net::{SocketAddr, ToSocketAddrs};
         let (text, explicit) = match self.listen.as_deref().map(str::trim) {
             Some("") => return Ok(None),
             Some(a) => (a, true),
             None => (DEFAULT_METRICS_LISTEN, false),
         };
-        text.parse()
-            .map(|a| Some((a, explicit)))
-            .map_err(|reason| BadListen {
-                text: text.to_string(),
-                reason,
-            })
+        let bad = |reason: String| BadListen {
+            text: text.to_string(),
+            reason,
+        };
+        let parsed = match text.parse::<SocketAddr>() {
+            Ok(a) => return Ok(Some((a, explicit))),
+            Err(e) => e,
+        };
+        let addrs: Vec<SocketAddr> = match text.to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            // Not host:port at all: the parser's words; a name that does not resolve:
+            // the resolver's.
+            Err(e)
+                if text
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                return Err(bad(e.to_string()));
+            }
+            Err(_) => return Err(bad(parsed.to_string())),
+        };
+        let first = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+        match first {
+            Some(a) => Ok(Some((*a, explicit))),
+            None => Err(bad("the name has no address".into())),
+        }
     }
 }
 
@@ -1693,23 +1715,29 @@ const LIST_FORM_KEYS: [&str; 6] = [
     "cancel-if",
 ];
 
-/// An unknown-field error for a key of the list form given in the single-action map
-/// (`actions.webhook.delay`) says where the key goes.
 /// What is wrong with a number given to a key that takes a whole number, in words: the
 /// `config` crate says a negative one from the file is not "an unsigned 64 bit or less
 /// integer", and any it cannot read as one from the environment (text) or with a
-/// fraction is not "an integer".
+/// fraction is not "an integer"; serde says a quoted one in an action's map (`count:
+/// "3"`) is a string where it expected a `u32`.
 fn number_hint(reason: String) -> String {
-    let text = reason
+    let quoted = reason
         .strip_prefix("invalid type: string \"")
         .and_then(|r| r.rsplit_once("\", expected "))
-        .filter(|(_, what)| *what == "an integer" || what.starts_with('u') || what.starts_with('i'))
-        .map(|(n, _)| n)
-        .or_else(|| {
-            reason
-                .strip_prefix("invalid type: 64-bit integer `")
-                .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
+        .filter(|(_, what)| {
+            *what == "an integer" || what.starts_with('u') || what.starts_with('i')
         });
+    // The type, before any words a key's own hint added (`u32: takes a count ...`).
+    if let Some((n, what)) = quoted
+        && fits(n, what.split([':', ' ']).next().unwrap_or(what))
+    {
+        return format!("\"{n}\" is quoted, which makes it text: write the number without quotes");
+    }
+    let text = quoted.map(|(n, _)| n).or_else(|| {
+        reason
+            .strip_prefix("invalid type: 64-bit integer `")
+            .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
+    });
     let Some(n) = text else {
         return reason;
     };
@@ -1736,6 +1764,26 @@ fn number_hint(reason: String) -> String {
     }
 }
 
+/// Whether `n` is a whole number serde's type `what` (`u32`, `i64` ...) holds.
+fn fits(n: &str, what: &str) -> bool {
+    let Ok(v) = n.parse::<i128>() else {
+        return false;
+    };
+    let bits = match what.trim_start_matches(['u', 'i']) {
+        "8" => 8,
+        "16" => 16,
+        "32" => 32,
+        "64" | "size" => 64,
+        _ => return false,
+    };
+    match what.starts_with('u') {
+        true => v >= 0 && v < 1i128 << bits,
+        false => v >= -(1i128 << (bits - 1)) && v < 1i128 << (bits - 1),
+    }
+}
+
+/// An unknown-field error for a key of the list form given in the single-action map
+/// (`actions.webhook.delay`) says where the key goes.
 fn list_form_hint(reason: String) -> String {
     let Some(key) = LIST_FORM_KEYS
         .iter()
@@ -1832,6 +1880,33 @@ mod tests {
     fn fails_naming(yaml: &str, key: &str) {
         let err = load_err(yaml, &[]);
         assert!(err.contains(key), "{err}");
+    }
+
+    /// `metrics.listen` takes an address or a host name with a port (resolved, IPv4
+    /// first); anything else is refused with what is wrong.
+    #[test]
+    fn metrics_listen_takes_an_address_or_a_host_name() {
+        let listen = |text: &str| {
+            MetricsSettings {
+                listen: Some(text.into()),
+                ..Default::default()
+            }
+            .listen_addr()
+        };
+        let (addr, explicit) = listen("localhost:9898").unwrap().unwrap();
+        assert!(
+            addr.ip().is_loopback() && addr.port() == 9898 && explicit,
+            "{addr}"
+        );
+        assert_eq!(
+            listen("0.0.0.0:1").unwrap().unwrap().0.to_string(),
+            "0.0.0.0:1"
+        );
+        assert!(listen(" ").unwrap().is_none());
+        for bad in ["nonsense", "localhost", "localhost:http", ":9898"] {
+            let e = listen(bad).unwrap_err().to_string();
+            assert!(e.contains("is not host:port"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -2505,6 +2580,11 @@ mod tests {
                 "    max-per-user: 3\n",
                 "actions[0].max-per-user",
                 "{count: 3, per: 24h}",
+            ),
+            (
+                "    max-per-user: {count: \"3\", per: 1h}\n",
+                "actions[0].max-per-user",
+                "\"3\" is quoted, which makes it text: write the number without quotes",
             ),
             ("    delay: 400d\n", "actions[0].delay", "at most 365d"),
             (
