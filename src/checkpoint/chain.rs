@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::files::{CheckpointError, PartReader, Saved, open_chain};
+use super::files::{CheckpointError, PartReader, Saved, Want, open_chain};
 use super::manifest::Restore;
+use crate::history::History;
 use crate::model::{SavedUser, Text, UserState};
 use crate::store::codec;
 
@@ -63,13 +64,16 @@ impl ChainReader {
                 return self.ended();
             };
             let (seen, tails) = (&mut self.seen, &self.tails);
-            let mut keep = |user: &Text| match seen {
-                _ if !tails.is_empty() && tails.contains_key(user) => true,
-                Some(seen) if last => !seen.contains(user),
-                Some(seen) => seen.insert(user.clone()),
-                None => true,
+            let mut want = |user: &Text| {
+                let new = match seen {
+                    _ if !tails.is_empty() && tails.contains_key(user) => return Want::History,
+                    Some(seen) if last => !seen.contains(user),
+                    Some(seen) => seen.insert(user.clone()),
+                    None => true,
+                };
+                if new { Want::Record } else { Want::Skip }
             };
-            match reader.next_records_of(max, &mut keep) {
+            match reader.next_records_of(max, &mut want) {
                 Ok(Some(records)) => match self.settle(records) {
                     Ok(users) => return Ok(Some(users)),
                     Err(reason) => {
@@ -89,40 +93,67 @@ impl ChainReader {
         }
     }
 
-    /// The users `records` give now: states, pending users, and tails merged onto the
-    /// record they build on; tails wait for theirs.
+    /// The users `records` give now: states, pending users, and tails merged with the
+    /// history of the record they build on; tails wait for theirs.
     fn settle(&mut self, records: Vec<(Text, Saved)>) -> Result<Vec<(Text, SavedUser)>, String> {
         let mut users = Vec::with_capacity(records.len());
         for (user, saved) in records {
-            let newer = self.tails.remove(&user);
+            let newer = match self.tails.is_empty() {
+                true => None,
+                false => self.tails.remove(&user),
+            };
             match (saved, newer) {
                 (Saved::User(saved), None) => users.push((user, saved)),
                 (Saved::Removed, None) => {}
                 (Saved::Tail { state, keep }, None) => {
                     self.tails.insert(user, (state, keep));
                 }
+                (Saved::History { .. }, None) => {
+                    return Err(format!("user {user}'s history read for no newer record"));
+                }
+                (Saved::History { history, keeps }, Some(newer)) => {
+                    self.follow(user, (history, keeps), newer, &mut users)?;
+                }
+                // Read whole: a part of a format without histories alone (v1).
+                (Saved::User(SavedUser::State(base)), Some(newer)) => {
+                    let history = (*base.history).clone();
+                    self.follow(user, (history, None), newer, &mut users)?;
+                }
                 (Saved::Tail { state, keep }, Some(newer)) => {
-                    let Some(both) = codec::combine_tails(newer, (state, keep)) else {
-                        return Err(format!(
-                            "user {user}'s delta records do not follow each other"
-                        ));
-                    };
-                    self.tails.insert(user, both);
+                    let history = (*state.history).clone();
+                    self.follow(user, (history, Some(keep)), newer, &mut users)?;
                 }
-                (Saved::User(SavedUser::State(base)), Some((tail, keep))) => {
-                    let Some(state) = codec::merge_tail(&base, tail, keep) else {
-                        return Err(format!(
-                            "user {user}'s delta record keeps more entries than its base holds"
-                        ));
-                    };
-                    users.push((user, SavedUser::State(state)));
-                }
-                (_, Some(_)) => {
+                (Saved::User(SavedUser::Pending(_)) | Saved::Removed, Some(_)) => {
                     return Err(format!("user {user}'s delta record builds on no state"));
                 }
             }
         }
         Ok(users)
+    }
+
+    /// `newer`, a tail of `user`, on `older`, the history of the user's record before it
+    /// (with its count if a tail too): given, or waiting for the record before that.
+    fn follow(
+        &mut self,
+        user: Text,
+        (older, older_keeps): (History, Option<usize>),
+        (mut newer, keeps): (UserState, usize),
+        users: &mut Vec<(Text, SavedUser)>,
+    ) -> Result<(), String> {
+        let Some((history, still)) = codec::follow(older, older_keeps, &newer.history, keeps)
+        else {
+            return Err(format!(
+                "user {user}'s delta record keeps more entries than the record before it holds"
+            ));
+        };
+        newer.history = std::sync::Arc::new(history);
+        match older_keeps {
+            None => users.push((user, SavedUser::State(newer))),
+            Some(_) => {
+                self.tails.insert(user, (newer, still));
+            }
+        }
+        Ok(())
     }
 
     /// The chain is read: every tail must have met the record it builds on.

@@ -36,6 +36,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 use super::direct::DirectWriter;
 
 use super::lz4_frame::{BLOCK, Lz4Frame};
+use crate::history::History;
 use crate::model::{PendingUser, SavedUser, Text, UserState};
 use crate::store::Records;
 use crate::store::codec::{self, Ids, Words};
@@ -690,6 +691,21 @@ pub enum Saved {
     },
     /// In a delta: gone since the part before.
     Removed,
+    /// A state's or a tail's history alone (`Want::History`), with the tail's count.
+    History {
+        history: History,
+        keeps: Option<usize>,
+    },
+}
+
+/// What a reader of a chain wants of a user's record.
+pub enum Want {
+    /// Nothing: a newer part has the user.
+    Skip,
+    /// The record.
+    Record,
+    /// Its history alone: a newer part gave the user's state as what its history gained.
+    History,
 }
 
 /// Reads a state part's users a chunk at a time, so that restoring a part takes memory
@@ -816,7 +832,7 @@ impl PartReader {
             match saved {
                 Saved::User(s) => users.push((user, s)),
                 Saved::Removed => {}
-                Saved::Tail { .. } => {
+                Saved::Tail { .. } | Saved::History { .. } => {
                     let reason = format!("user {user}'s record builds on a part not read");
                     return Err(CheckpointError::corrupt(&self.path, reason));
                 }
@@ -828,15 +844,16 @@ impl PartReader {
     /// Up to `max` more records: a user and what it is saved as; `None` once the part
     /// is read to its end and checked.
     pub fn next_records(&mut self, max: usize) -> Result<Option<Vec<Record>>, CheckpointError> {
-        self.next_records_of(max, &mut |_| true)
+        self.next_records_of(max, &mut |_| Want::Record)
     }
 
-    /// As `next_records`, of the users `keep` says yes to (asked once per record, in the
-    /// part's order): the others' states are skipped undecoded (a chain's older parts).
+    /// As `next_records`, of what `want` asks of each user's record (once per record,
+    /// in the part's order): the others' states are skipped undecoded (a chain's older
+    /// parts), and of some only the history is read.
     pub fn next_records_of(
         &mut self,
         max: usize,
-        keep: &mut dyn FnMut(&Text) -> bool,
+        want: &mut dyn FnMut(&Text) -> Want,
     ) -> Result<Option<Vec<Record>>, CheckpointError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
@@ -849,7 +866,7 @@ impl PartReader {
             return Err(CheckpointError::corrupt(&self.path, reason));
         }
         let mut chunk = Vec::with_capacity(max.min(4096));
-        match self.read_records(max, keep, &mut chunk) {
+        match self.read_records(max, want, &mut chunk) {
             Ok(()) => {}
             // The records decoded before the failure are given, then the failure: a
             // part damaged after the start's check loses the users not read yet.
@@ -869,7 +886,7 @@ impl PartReader {
     fn read_records(
         &mut self,
         max: usize,
-        keep: &mut dyn FnMut(&Text) -> bool,
+        want: &mut dyn FnMut(&Text) -> Want,
         chunk: &mut Vec<Record>,
     ) -> Result<(), CheckpointError> {
         let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
@@ -913,7 +930,8 @@ impl PartReader {
                 other => return Err(corrupt(format!("unknown record tag {other}"))),
             };
             self.read += 1;
-            if !keep(&user) {
+            let want = want(&user);
+            if matches!(want, Want::Skip) {
                 continue;
             }
             let saved = match raw {
@@ -923,15 +941,27 @@ impl PartReader {
                         .ids
                         .as_ref()
                         .ok_or_else(|| corrupt("no dictionary".into()))?;
-                    let state = codec::decode_record(&self.scratch, ids);
-                    match state.map_err(|e| corrupt(e.to_string()))? {
-                        (state, None) => Saved::User(SavedUser::State(state)),
-                        (state, Some(keep)) if self.tails => Saved::Tail { state, keep },
-                        (_, Some(_)) => {
-                            let reason = format!(
-                                "user {user}'s record builds on a part before, in a part that cannot"
-                            );
-                            return Err(corrupt(reason));
+                    let cannot = || {
+                        let reason = format!(
+                            "user {user}'s record builds on a part before, in a part that cannot"
+                        );
+                        corrupt(reason)
+                    };
+                    match want {
+                        Want::History => {
+                            let read = codec::decode_history(&self.scratch, ids);
+                            match read.map_err(|e| corrupt(e.to_string()))? {
+                                (_, Some(_)) if !self.tails => return Err(cannot()),
+                                (history, keeps) => Saved::History { history, keeps },
+                            }
+                        }
+                        _ => {
+                            let read = codec::decode_record(&self.scratch, ids);
+                            match read.map_err(|e| corrupt(e.to_string()))? {
+                                (state, None) => Saved::User(SavedUser::State(state)),
+                                (state, Some(keep)) if self.tails => Saved::Tail { state, keep },
+                                (_, Some(_)) => return Err(cannot()),
+                            }
                         }
                     }
                 }

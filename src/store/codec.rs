@@ -87,7 +87,7 @@ pub fn encode_into(out: &mut Vec<u8>, state: &UserState, words: Words) {
 /// Appends `state`'s encoding to `out` with, in place of its whole history, its newest
 /// `gained` entries and how many before them to keep of the record this one builds on
 /// (the state's previous record in a chain of parts, whose history these entries
-/// followed; `decode_record` gives the count, `merge_tail` the state). Fewer than the
+/// followed; `decode_record` gives the count, `follow` the history). Fewer than the
 /// history's entries: those the record holds too are what a delta need not repeat.
 pub fn encode_tail_into(out: &mut Vec<u8>, state: &UserState, gained: usize, words: Words) {
     debug_assert!(gained < state.history.len());
@@ -285,7 +285,7 @@ pub fn decode_with(bytes: &[u8], ids: &Ids) -> Result<UserState, Malformed> {
 
 /// A state from its encoding, or from what `encode_tail_into` wrote: then its history
 /// holds only the entries gained, and the count is how many newest entries of the
-/// record it builds on go before them (`merge_tail`).
+/// record it builds on go before them (`follow`).
 pub fn decode_record(bytes: &[u8], ids: &Ids) -> Result<(UserState, Option<usize>), Malformed> {
     let mut r = Reader::new(bytes);
     let version = r.byte();
@@ -345,37 +345,68 @@ pub fn decode_record(bytes: &[u8], ids: &Ids) -> Result<(UserState, Option<usize
     Ok((state, keep))
 }
 
-/// The state a tail record (`decode_record`'s, keeping `keep` entries) stands for, on
-/// `base`, the user's record it builds on: the tail's state, its history the newest
-/// `keep` entries of `base`'s then its own. `None` if `base` has fewer entries.
-pub fn merge_tail(base: &UserState, mut tail: UserState, keep: usize) -> Option<UserState> {
-    if base.history.len() < keep {
-        return None;
+/// The history of a record, read without its other fields (a record older than a tail
+/// of the same user needs only its history: the tail has the rest), and the count of a
+/// tail record (`decode_record`).
+pub fn decode_history(bytes: &[u8], ids: &Ids) -> Result<(History, Option<usize>), Malformed> {
+    let mut r = Reader::new(bytes);
+    let version = r.byte();
+    if !matches!(version, VERSION | WITH_TRIGGERS | TAIL | TAIL_WITH_TRIGGERS) {
+        return Err(Malformed(0));
     }
-    let mut history = (*base.history).clone();
-    history.keep_newest(keep);
-    history.extend(&tail.history);
-    tail.history = Arc::new(history);
-    Some(tail)
+    // The profile's six strings, then the visit's fields, as `encode_as` writes them.
+    for _ in 0..6 {
+        r.opt_str_ref();
+    }
+    if r.byte() != 0 {
+        r.opt_str_ref();
+        r.i64();
+        for _ in 0..7 {
+            r.opt_str_ref();
+        }
+        r.i64();
+        r.i64();
+        r.byte();
+        r.opt_str_ref();
+        r.opt_str_ref();
+    }
+    for _ in 0..3 {
+        r.varint();
+    }
+    let keep = matches!(version, TAIL | TAIL_WITH_TRIGGERS).then(|| r.varint() as usize);
+    let n = r.varint() as usize;
+    let encoded = r.bytes(n);
+    if let Some(at) = r.bad {
+        return Err(Malformed(at));
+    }
+    let history = match ids {
+        Ids::Here => History::from_encoded(encoded, None)?,
+        Ids::Theirs(_) => History::from_encoded(encoded, Some(&|id| ids.text(id)))?,
+    };
+    Ok((history, keep))
 }
 
-/// Two tail records of a user as one on the record the older builds on: the newer's
-/// state, its history the newest entries the newer keeps of the older's, then its own.
-/// `None` if the newer keeps more than the older has.
-pub fn combine_tails(
-    (mut newer, newer_keeps): (UserState, usize),
-    (older, older_keeps): (UserState, usize),
-) -> Option<(UserState, usize)> {
-    let gained = older.history.len();
-    let keep = newer_keeps.saturating_sub(gained);
-    if keep > older_keeps {
+/// The history a tail record stands for: the newest `keeps` entries of `older`'s (the
+/// user's history in the record before it), then the entries it `gained`. `older`
+/// from a tail too (`older_keeps`: its count), the result is a tail on the record that
+/// one builds on, with its count; `None` if `older` does not hold what is kept.
+pub fn follow(
+    mut older: History,
+    older_keeps: Option<usize>,
+    gained: &History,
+    keeps: usize,
+) -> Option<(History, usize)> {
+    let still = match older_keeps {
+        None if older.len() < keeps => return None,
+        None => 0,
+        Some(_) => keeps.saturating_sub(older.len()),
+    };
+    if older_keeps.is_some_and(|k| still > k) {
         return None;
     }
-    let mut history = (*older.history).clone();
-    history.keep_newest(newer_keeps);
-    history.extend(&newer.history);
-    newer.history = Arc::new(history);
-    Some((newer, keep))
+    older.keep_newest(keeps);
+    older.extend(gained);
+    Some((older, still))
 }
 
 /// A state encoded by this process (RocksDB's values).
@@ -466,8 +497,11 @@ mod tests {
     }
 
     fn ids(s: &UserState) -> Vec<String> {
-        s.history
-            .iter()
+        ids_of(&s.history)
+    }
+
+    fn ids_of(h: &History) -> Vec<String> {
+        h.iter()
             .map(|e| e.event_id.unwrap_or("").to_string())
             .collect()
     }
@@ -483,7 +517,7 @@ mod tests {
     /// A delta's record of what a history gained gives, on the record it builds on,
     /// the state itself: with the base's entries the history dropped since left out.
     #[test]
-    fn a_tail_merged_onto_its_base_is_the_state() {
+    fn a_tail_followed_from_its_base_is_the_state() {
         let base = with_history(&["a", "b", "c"]);
         let mut now = with_history(&["b", "c", "d", "e"]);
         if let Some(v) = now.visit.as_mut() {
@@ -494,11 +528,22 @@ mod tests {
         encode_tail_into(&mut bytes, &now, 2, Words::Any);
         assert_eq!(bytes[0], TAIL_WITH_TRIGGERS);
         assert!(bytes.len() < encode(&now).len());
-        let (tail, keep) = decode_record(&bytes, &Ids::Here).unwrap();
+        let (mut tail, keep) = decode_record(&bytes, &Ids::Here).unwrap();
         assert_eq!((ids(&tail), keep), (vec!["d".into(), "e".into()], Some(2)));
-        assert_eq!(merge_tail(&base, tail.clone(), 2).unwrap(), now);
+        let (history, keep) = decode_history(&bytes, &Ids::Here).unwrap();
+        assert_eq!(
+            (ids_of(&history), keep),
+            (vec!["d".into(), "e".into()], Some(2))
+        );
+        let (base_history, none) = decode_history(&encode(&base), &Ids::Here).unwrap();
+        assert_eq!(none, None);
+        let (history, still) = follow(base_history, None, &tail.history, 2).unwrap();
+        assert_eq!(still, 0);
+        tail.history = Arc::new(history);
+        assert_eq!(tail, now);
+        let short = with_history(&["c"]).history;
         assert!(
-            merge_tail(&with_history(&["c"]), tail, 2).is_none(),
+            follow((*short).clone(), None, &tail.history, 2).is_none(),
             "base too short"
         );
         assert!(
@@ -514,19 +559,19 @@ mod tests {
     }
 
     /// Two tails of a user, the newer keeping some of the older's entries or reaching
-    /// into the base, combine into one on the older's base.
+    /// into the base, follow each other into one on the older one's base.
     #[test]
-    fn tails_combine_into_one_on_the_older_ones_base() {
-        let base = with_history(&["a", "b", "c"]);
+    fn tails_follow_each_other_into_one_on_the_older_ones_base() {
+        let base = with_history(&["a", "b", "c"]).history;
         // Older: b c | d (keeps 2 of the base); newer: keeps n of "b c d", adds e f.
-        let older = (with_history(&["d"]), 2);
+        let older = with_history(&["d"]).history;
+        let newer = with_history(&["e", "f"]).history;
         for (newer_keeps, want) in [(0, "e f"), (1, "d e f"), (2, "c d e f"), (3, "b c d e f")] {
-            let newer = (with_history(&["e", "f"]), newer_keeps);
-            let (both, keep) = combine_tails(newer, older.clone()).unwrap();
-            let merged = merge_tail(&base, both, keep).unwrap();
-            assert_eq!(ids(&merged).join(" "), want, "newer keeps {newer_keeps}");
+            let (both, keep) = follow((*older).clone(), Some(2), &newer, newer_keeps).unwrap();
+            let (merged, _) = follow((*base).clone(), None, &both, keep).unwrap();
+            assert_eq!(ids_of(&merged).join(" "), want, "newer keeps {newer_keeps}");
         }
-        assert!(combine_tails((with_history(&["e"]), 4), older).is_none());
+        assert!(follow((*older).clone(), Some(2), &newer, 4).is_none());
     }
 
     #[test]
