@@ -284,15 +284,6 @@ mod tests {
 
     /// Writes a whole part at 1000 and deltas at 2000 and 3000.
     fn three_epochs(c: &CheckpointConfig) {
-        let name = |epoch: u64| {
-            let path = c.state_path(epoch, 0);
-            BasePart {
-                file: CheckpointConfig::part_name(epoch, 0),
-                bytes: std::fs::metadata(&path).unwrap().len(),
-                hash: crate::checkpoint::files::part_hash(&path).unwrap(),
-                records: Some(crate::checkpoint::files::verify_part(&path).unwrap().0),
-            }
-        };
         part(
             c,
             1000,
@@ -301,7 +292,7 @@ mod tests {
             None,
             None,
         );
-        let base = vec![name(1000)];
+        let base = vec![name(c, 1000)];
         let chain = ChainPart { users: 3, base };
         part(
             c,
@@ -311,7 +302,7 @@ mod tests {
             Some(vec!["c"]),
             Some(chain),
         );
-        let base = vec![name(1000), name(2000)];
+        let base = vec![name(c, 1000), name(c, 2000)];
         let chain = ChainPart { users: 4, base };
         part(
             c,
