@@ -1333,6 +1333,21 @@ impl Settings {
         Self::load_with_env(path, EnvOverrides::from_env())
     }
 
+    /// The log format the config at `path` and the environment ask for, read alone: a
+    /// config the job refuses is reported in its log's format when that much of it can
+    /// be read (text otherwise).
+    pub fn log_format_of(path: &Path) -> LogFormat {
+        let built = config::Config::builder()
+            .add_source(ConfigFile(path.to_path_buf()))
+            .add_source(EnvOverrides::from_env())
+            .build();
+        built
+            .ok()
+            .and_then(|c| c.get_string("logging.format").ok())
+            .and_then(|f| LogFormat::try_from(f).ok())
+            .unwrap_or_default()
+    }
+
     /// Loads `path` with the given variables as the environment (for tests).
     pub fn load_with_vars(
         path: &Path,

@@ -300,11 +300,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // runs in a signal handler.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let settings = Settings::load(&args.config);
-    init_logging(
-        settings
-            .as_ref()
-            .map_or(LogFormat::Text, |s| s.logging.format),
-    );
+    init_logging(match &settings {
+        Ok(s) => s.logging.format,
+        Err(_) => Settings::log_format_of(&args.config),
+    });
     let mut settings = settings?;
     if args.dry_run {
         // A dry run writes no dead letters: their file is not even opened (created).

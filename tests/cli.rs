@@ -196,6 +196,38 @@ fn debug_prints_are_one_record_per_event_and_json_in_a_json_log() {
             .contains("/no/such.rhai"),
         "{last}"
     );
+
+    // A config the job refuses is reported in the log's format too, from the file or the
+    // environment.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = dir.path().join("refused.yml");
+    let sample = std::fs::read_to_string("config/application.yml").unwrap();
+    let json = sample.replace("  format: text ", "  format: json ");
+    assert_ne!(json, sample);
+    std::fs::write(&refused, format!("{json}\nnot-a-key: 1\n")).unwrap();
+    let from_file = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&refused)
+        .output()
+        .unwrap();
+    let from_env = Command::new(binary())
+        .args(["run"])
+        .env("EVENT_TRIGGER__LOGGING__FORMAT", "json")
+        .env("EVENT_TRIGGER__ENGINE__CHECKPOINT_INTERVAL_MS", "off")
+        .output()
+        .unwrap();
+    for (out, needle) in [
+        (from_file, "not-a-key"),
+        (from_env, "CHECKPOINT_INTERVAL_MS"),
+    ] {
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap())
+            .unwrap_or_else(|e| panic!("{stderr}: {e}"));
+        assert_eq!(last["level"], "ERROR");
+        let message = last["fields"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{last}");
+    }
 }
 
 /// The README's example summary line has every field the program prints, and `run
