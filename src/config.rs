@@ -253,6 +253,19 @@ impl MetricsSettings {
             Ok(a) => return Ok(Some((a, explicit))),
             Err(e) => e,
         };
+        if let Some((scheme, rest)) = text.split_once("://") {
+            let host_port = rest.split('/').next().unwrap_or(rest);
+            return Err(bad(format!(
+                "give the host and port alone, `{host_port}`, without `{scheme}://` (the path is always /metrics)"
+            )));
+        }
+        if let Some((_, port)) = text.rsplit_once(':')
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_err()
+        {
+            return Err(bad(format!("port {port} is past 65535")));
+        }
         let addrs: Vec<SocketAddr> = match text.to_socket_addrs() {
             Ok(addrs) => addrs.collect(),
             // Not host:port at all: the parser's words; a name that does not resolve:
@@ -1922,6 +1935,15 @@ mod tests {
             let e = listen(bad).unwrap_err().to_string();
             assert!(e.contains("is not host:port"), "{bad}: {e}");
         }
+        let e = listen("localhost:99999").unwrap_err().to_string();
+        assert!(e.contains("port 99999 is past 65535"), "{e}");
+        let e = listen("http://localhost:9898/metrics")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("alone, `localhost:9898`, without `http://`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -610,6 +610,15 @@ fn trailer_of(path: &Path) -> Result<(u64, u64, u64), CheckpointError> {
     f.seek(SeekFrom::End(-(TRAILER as i64))).map_err(io)?;
     f.read_exact(&mut t).map_err(io)?;
     let (users, hash) = trailer(path, &t)?;
+    // The magic at the start is under the checksum, the trailer's is not: a byte of it
+    // changed can make another format's magic, so the two must agree.
+    let mut head = [0u8; MAGIC.len()];
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    f.read_exact(&mut head).map_err(io)?;
+    if head[..] != t[16..] {
+        let reason = "its magic at the end is not the one at its start (damaged)";
+        return Err(CheckpointError::corrupt(path, reason));
+    }
     Ok((users, hash, len))
 }
 
@@ -1460,6 +1469,20 @@ mod tests {
         std::fs::write(&path, &good[..good.len() - 5]).unwrap();
         let err = verify_part(&path).unwrap_err().to_string();
         assert!(err.contains("its end is missing or damaged"), "{err}");
+        // The trailer's magic, outside the checksum, turned into another format's.
+        let mut other = good.clone();
+        *other.last_mut().unwrap() ^= 0x01;
+        assert!(MAGICS.iter().any(|m| other.ends_with(*m)));
+        std::fs::write(&path, &other).unwrap();
+        for err in [
+            verify_part(&path).unwrap_err(),
+            read_part(&path).unwrap_err(),
+        ] {
+            assert!(
+                err.to_string().contains("not the one at its start"),
+                "{err}"
+            );
+        }
     }
 }
 
