@@ -1765,6 +1765,13 @@ fn number_hint(reason: String) -> String {
         reason
             .strip_prefix("invalid type: 64-bit integer `")
             .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
+            // serde's own, of an action's map (`count: -1`).
+            .or_else(|| {
+                reason
+                    .strip_prefix("invalid value: integer `")
+                    .and_then(|r| r.split_once("`, expected u"))
+                    .map(|(n, _)| n)
+            })
     });
     let Some(n) = text else {
         return reason;
@@ -2596,6 +2603,13 @@ mod tests {
             Some((3, 86_400_000))
         );
         assert!(a.cancel_if.is_some());
+        // A count in quotes is the number, as in every number key.
+        let quoted = load(
+            &format!("{src}    max-per-user: {{count: \"3\", per: 1h}}\n"),
+            &[],
+        );
+        let (_, a) = &quoted.unwrap().actions.specs()[0];
+        assert_eq!(a.max_per_user.map(|m| m.count), Some(3));
         for (yaml, key, says) in [
             (
                 "    cooldown: 3600\n",
@@ -2619,9 +2633,19 @@ mod tests {
                 "{count: 3, per: 24h}",
             ),
             (
-                "    max-per-user: {count: \"3\", per: 1h}\n",
+                "    max-per-user: {count: \"99999999999\", per: 1h}\n",
                 "actions[0].max-per-user",
-                "\"3\" is quoted, which makes it text: write the number without quotes",
+                "99999999999 is too large for this key",
+            ),
+            (
+                "    max-per-user: {count: \"3.0\", per: 1h}\n",
+                "actions[0].max-per-user",
+                "write 3.0 as digits alone: 3",
+            ),
+            (
+                "    max-per-user: {count: -1, per: 1h}\n",
+                "actions[0].max-per-user",
+                "-1 is negative, which this key cannot be",
             ),
             ("    delay: 400d\n", "actions[0].delay", "at most 365d"),
             (

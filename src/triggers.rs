@@ -84,7 +84,7 @@ impl<'de> Deserialize<'de> for MaxPerUser {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Given {
-            count: u32,
+            count: serde_json::Value,
             per: DurationMs,
         }
         let shape = "takes a count and a window, as in {count: 3, per: 24h}";
@@ -92,10 +92,21 @@ impl<'de> Deserialize<'de> for MaxPerUser {
         if !value.is_object() {
             return Err(serde::de::Error::custom(format!("`{value}`: {shape}")));
         }
-        let given = Given::deserialize(value)
-            .map_err(|e| serde::de::Error::custom(format!("{e}: {shape}")))?;
+        let error = |e: &dyn std::fmt::Display| serde::de::Error::custom(format!("{e}: {shape}"));
+        let given = Given::deserialize(value).map_err(|e| error(&e))?;
+        // Digits in quotes are the number, as every other number key of the config
+        // takes them.
+        let count = match &given.count {
+            serde_json::Value::String(s)
+                if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                s.parse::<u32>()
+                    .map_err(|_| error(&format!("invalid type: string \"{s}\", expected u32")))?
+            }
+            v => u32::deserialize(v).map_err(|e| error(&e))?,
+        };
         Ok(MaxPerUser {
-            count: given.count,
+            count,
             per: given.per,
         })
     }
