@@ -315,7 +315,7 @@ pub struct ChangeMark {
     /// How many entries the history gained since the state the checkpoint chain holds
     /// (the one it had when it was first changed in `interval`), so that a delta part
     /// writes only those (`store::codec::encode_tail_into`); `None` when the chain may
-    /// not hold it: a new state, a history replaced or merged, a store that loses marks.
+    /// not hold it: a new state, a history replaced or merged.
     pub appended: Option<u32>,
 }
 

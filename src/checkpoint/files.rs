@@ -16,7 +16,7 @@
 //! dictionary size); ids before it are the previous parts'. A chain is read with the
 //! dictionaries of all its parts (`ChainReader`).
 //!
-//! A delta part of the hash map (`MAGIC_DELTA_TAILS`) may give a user's state with,
+//! A delta part (`MAGIC_DELTA_TAILS`) may give a user's state with,
 //! in place of its whole history, what the history gained since the user's record in
 //! the part before (`store::codec::encode_tail_into`), merged on restore.
 //!

@@ -161,11 +161,14 @@ impl Store {
         each_store!(self, s => s.states_of(users, into))
     }
 
-    /// Whether a state's `changed_in` mark can be lost while the store holds the user:
-    /// RocksDB's are in its cache only, and a user evicted then read again comes back
-    /// unmarked.
-    pub fn forgets_marks(&self) -> bool {
-        !matches!(self, Store::Memory(_))
+    /// A checkpoint interval ended (its delta or whole part was taken): RocksDB lets go
+    /// of the marks of the users it let out of its cache in it.
+    pub fn interval_ended(&mut self) {
+        match self {
+            Store::Memory(_) => {}
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(s) => s.interval_ended(),
+        }
     }
 
     /// `user`'s state if it is in memory (RocksDB: in its cache), read only: for

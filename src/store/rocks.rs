@@ -24,7 +24,7 @@ use super::bulk_load::BulkLoad;
 use super::{Records, StateError, StateStore, StoreSnapshot};
 use crate::checkpoint::files::{EncodedRecords, RecordSink};
 use crate::log_limit::LogLimiter;
-use crate::model::{Text, UserState};
+use crate::model::{ChangeMark, Text, UserState};
 
 /// The hot data blocks of the worker's tables.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -56,6 +56,12 @@ pub struct RocksStore {
     /// Restored users the cache had no room for, on their way into SST files.
     bulk: BulkLoad,
     errors: LogLimiter,
+    /// The checkpoint marks (`UserState::changed_in`) of users let out of the cache in
+    /// this checkpoint interval, given back when they are read again: a user's mark says
+    /// it is listed for the next delta part already and what its history gained since
+    /// the part before, which its stored bytes do not hold. Emptied as an interval ends
+    /// (`interval_ended`): the marks of one that ended are not this interval's.
+    marks: FxHashMap<Text, ChangeMark>,
 }
 
 /// Checks `dir` can hold the workers' databases, before any worker starts.
@@ -151,6 +157,7 @@ impl RocksStore {
             write,
             snapshots: 0,
             errors: LogLimiter::per_10s("state store errors"),
+            marks: FxHashMap::default(),
         })
     }
 
@@ -262,6 +269,9 @@ impl RocksStore {
             let Some(slot) = self.cache.remove(&user) else {
                 continue;
             };
+            if slot.state.changed_in.interval != 0 {
+                self.marks.insert(user.clone(), slot.state.changed_in);
+            }
             if slot.dirty {
                 evicted.push((user, super::codec::encode(&slot.state)));
             }
@@ -350,6 +360,11 @@ impl RocksStore {
         Ok(StoreSnapshot { records, encoded })
     }
 
+    /// A checkpoint interval ended: the marks of users out of the cache are of it.
+    pub(super) fn interval_ended(&mut self) {
+        self.marks.clear();
+    }
+
     pub(super) fn holds(&self, user: &str) -> bool {
         debug_assert!(self.bulk.is_empty(), "looked for after the restore");
         self.cache.contains_key(user) || matches!(self.db.get_pinned(user.as_bytes()), Ok(Some(_)))
@@ -424,7 +439,10 @@ impl StateStore for RocksStore {
     fn get_mut(&mut self, user: &str) -> Option<&mut UserState> {
         if !self.cache.contains_key(user) {
             self.ingest_restored();
-            let state = self.read(user)?;
+            let mut state = self.read(user)?;
+            if let Some(mark) = self.marks.remove(user) {
+                state.changed_in = mark;
+            }
             // Dirty from here on: the caller is handed it to change.
             return Some(&mut self.cache_insert(user.into(), state, true).state);
         }
@@ -466,9 +484,16 @@ impl StateStore for RocksStore {
 
     fn remove(&mut self, user: &str) -> Option<UserState> {
         self.ingest_restored();
+        let mark = self.marks.remove(user);
         let state = match self.cache.remove(user) {
             Some(slot) => Some(slot.state),
-            None => self.read(user),
+            None => self.read(user).map(|mut state| {
+                // Whether it was listed in this interval: said of it as it is removed.
+                if let Some(mark) = mark {
+                    state.changed_in = mark;
+                }
+                state
+            }),
         }?;
         // It may have been written before, cached or not.
         if let Err(e) = self.db.delete_opt(user.as_bytes(), &self.write) {

@@ -34,18 +34,12 @@ pub(super) struct Changes {
     serial: u32,
     /// The users changed, each once unless `repeats`.
     pub(super) changed: Vec<SmallText>,
-    /// Whether `changed` may hold a user twice: it was listed, then removed (or, in
-    /// RocksDB, evicted: the mark is in its cache only) and listed again when it came
-    /// back; or the changes of a part not written were put back.
+    /// Whether `changed` may hold a user twice: it was listed, then removed and
+    /// listed again when it came back; or the changes of a part not written were put
+    /// back. (RocksDB gives a user it let out of its cache its mark back when it reads
+    /// it again: `RocksStore::marks`.)
     repeats: bool,
-    /// How many of `changed` `unique` has seen (it lists users once up to there).
-    checked: usize,
     pub(super) removed: FxHashSet<Text>,
-    /// Whether states count the entries their history gained since the chain's record
-    /// of them (`ChangeMark::appended`): not in a store that loses marks (RocksDB lets
-    /// a user out of its cache and reads it back unmarked, its changes of the interval
-    /// in it).
-    tails: bool,
     /// Whether these changes hold those of a part that was not written: counts of
     /// entries gained are then since a part the chain lacks, and the next part writes
     /// its states whole.
@@ -58,9 +52,7 @@ impl Default for Changes {
             serial: 1,
             changed: Vec::new(),
             repeats: false,
-            checked: 0,
             removed: FxHashSet::default(),
-            tails: false,
             unwritten: false,
         }
     }
@@ -73,7 +65,7 @@ impl Changes {
             // Unchanged since the previous part: the chain holds it as it is now.
             state.changed_in = ChangeMark {
                 interval: self.serial,
-                appended: self.tails.then_some(0),
+                appended: Some(0),
             };
             self.changed.push(SmallText::from(user));
         }
@@ -92,7 +84,6 @@ impl Changes {
         self.changed.clear();
         self.removed.clear();
         self.repeats = false;
-        self.checked = 0;
         self.unwritten = false;
         self.serial = self.serial.checked_add(1).unwrap_or(1);
     }
@@ -107,11 +98,9 @@ impl Changes {
         self.removed.extend(older.removed);
     }
 
-    /// Lists each changed user once, if `changed` may hold one twice (`forgets`: the
-    /// store loses marks).
-    fn unique(&mut self, forgets: bool) {
-        let unchecked = forgets && self.checked < self.changed.len();
-        if !self.repeats && !unchecked {
+    /// Lists each changed user once, if `changed` may hold one twice.
+    fn unique(&mut self) {
+        if !self.repeats {
             return;
         }
         let keep: Vec<bool> = {
@@ -122,7 +111,6 @@ impl Changes {
         let mut keep = keep.into_iter();
         self.changed.retain(|_| keep.next().unwrap_or(true));
         self.repeats = false;
-        self.checked = self.changed.len();
     }
 }
 
@@ -318,11 +306,7 @@ impl UserTable {
 
     /// Keeps the users changed and removed from now on, for delta parts.
     pub(super) fn track_changes(&mut self) {
-        let tails = !self.store.forgets_marks();
-        self.changes = Some(Changes {
-            tails,
-            ..Changes::default()
-        });
+        self.changes = Some(Changes::default());
     }
 
     /// The users now, for a whole checkpoint part (the changes so far are in it), in
@@ -331,6 +315,7 @@ impl UserTable {
         if let Some(c) = &mut self.changes {
             c.next_interval();
         }
+        self.store.interval_ended();
         self.store.snapshot(into)
     }
 
@@ -340,10 +325,11 @@ impl UserTable {
     pub(super) fn delta(&mut self, into: Records) -> Option<Result<Delta, StateError>> {
         let changes = self.changes.as_mut()?;
         let mut next = std::mem::take(&mut self.spare_changes);
-        (next.serial, next.tails) = (changes.serial, changes.tails);
+        next.serial = changes.serial;
         next.next_interval();
         let mut taken = std::mem::replace(changes, next);
-        taken.unique(self.store.forgets_marks());
+        self.store.interval_ended();
+        taken.unique();
         let users = taken.changed.iter().map(|u| &**u);
         let states = match self.store.states_of(users, into) {
             Ok(states) => states,
@@ -361,7 +347,7 @@ impl UserTable {
         Some(Ok(Delta {
             states,
             removed,
-            tails: taken.tails && !taken.unwritten,
+            tails: !taken.unwritten,
             taken,
         }))
     }
@@ -386,9 +372,8 @@ impl UserTable {
 
     /// How many users changed since the last part (0 when changes are not kept).
     pub(super) fn changed(&mut self) -> usize {
-        let forgets = self.store.forgets_marks();
         self.changes.as_mut().map_or(0, |c| {
-            c.unique(forgets);
+            c.unique();
             c.changed.len()
         })
     }

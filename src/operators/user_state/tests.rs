@@ -807,7 +807,8 @@ fn tail_records(cfg: &CheckpointConfig) -> usize {
 }
 
 /// Deltas restore what whole parts hold over many epochs of events to random users, with
-/// RocksDB letting most users out of its cache of two between their events. Histories
+/// RocksDB letting most users out of its cache of two between their events (and giving
+/// them their marks back when it reads them again). Histories
 /// reach their limit (10 entries), so a delta's records of what they gained drop some
 /// of the entries before them too.
 #[test]
@@ -862,10 +863,10 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
     if cfg!(feature = "rocksdb") {
         let rocks = run(10, true);
         assert_eq!(strip(&rocks), strip(&whole), "RocksDB");
-        assert!(
-            rocks.iter().all(|(_, t)| t.unwrap_or(0) == 0),
-            "RocksDB loses marks"
-        );
+        // Users in its cache (of two) are written as what they gained; those let out
+        // of it whole, as the bytes it keeps.
+        let rocks_tails: Vec<usize> = rocks.iter().filter_map(|(_, t)| *t).collect();
+        assert!(rocks_tails.iter().any(|&t| t > 0), "{rocks_tails:?}");
     }
 }
 
