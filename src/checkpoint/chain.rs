@@ -5,7 +5,7 @@
 //! given merged with it.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -74,14 +74,14 @@ impl ChainReader {
                 if new { Want::Record } else { Want::Skip }
             };
             match reader.next_records_of(max, &mut want) {
-                Ok(Some(records)) => match self.settle(records) {
-                    Ok(users) => return Ok(Some(users)),
-                    Err(reason) => {
-                        let path = self.parts[0].path().to_path_buf();
+                Ok(Some(records)) => {
+                    let path = reader.path().to_path_buf();
+                    let settled = self.settle(records, &path);
+                    if settled.is_err() {
                         self.parts.clear();
-                        return Err(CheckpointError::corrupt(&path, reason));
                     }
-                },
+                    return settled.map(Some);
+                }
                 Ok(None) => {
                     self.parts.pop_front();
                 }
@@ -95,7 +95,12 @@ impl ChainReader {
 
     /// The users `records` give now: states, pending users, and tails merged with the
     /// history of the record they build on; tails wait for theirs.
-    fn settle(&mut self, records: Vec<(Text, Saved)>) -> Result<Vec<(Text, SavedUser)>, String> {
+    fn settle(
+        &mut self,
+        records: Vec<(Text, Saved)>,
+        path: &Path,
+    ) -> Result<Vec<(Text, SavedUser)>, CheckpointError> {
+        let corrupt = |reason: String| CheckpointError::corrupt(path, reason);
         let mut users = Vec::with_capacity(records.len());
         for (user, saved) in records {
             let newer = match self.tails.is_empty() {
@@ -109,22 +114,26 @@ impl ChainReader {
                     self.tails.insert(user, (state, keep));
                 }
                 (Saved::History { .. }, None) => {
-                    return Err(format!("user {user}'s history read for no newer record"));
+                    return Err(corrupt(format!(
+                        "user {user}'s history read for no newer record"
+                    )));
                 }
                 (Saved::History { history, keeps }, Some(newer)) => {
-                    self.follow(user, (history, keeps), newer, &mut users)?;
+                    self.follow(user, (history, keeps), newer, &mut users, path)?;
                 }
                 // Read whole: a part of a format without histories alone (v1).
                 (Saved::User(SavedUser::State(base)), Some(newer)) => {
                     let history = (*base.history).clone();
-                    self.follow(user, (history, None), newer, &mut users)?;
+                    self.follow(user, (history, None), newer, &mut users, path)?;
                 }
                 (Saved::Tail { state, keep }, Some(newer)) => {
                     let history = (*state.history).clone();
-                    self.follow(user, (history, Some(keep)), newer, &mut users)?;
+                    self.follow(user, (history, Some(keep)), newer, &mut users, path)?;
                 }
                 (Saved::User(SavedUser::Pending(_)) | Saved::Removed, Some(_)) => {
-                    return Err(format!("user {user}'s delta record builds on no state"));
+                    return Err(corrupt(format!(
+                        "user {user}'s delta record builds on no state"
+                    )));
                 }
             }
         }
@@ -139,12 +148,14 @@ impl ChainReader {
         (older, older_keeps): (History, Option<usize>),
         (mut newer, keeps): (UserState, usize),
         users: &mut Vec<(Text, SavedUser)>,
-    ) -> Result<(), String> {
+        path: &Path,
+    ) -> Result<(), CheckpointError> {
         let Some((history, still)) = codec::follow(older, older_keeps, &newer.history, keeps)
         else {
-            return Err(format!(
+            let reason = format!(
                 "user {user}'s delta record keeps more entries than the record before it holds"
-            ));
+            );
+            return Err(CheckpointError::corrupt(path, reason));
         };
         newer.history = std::sync::Arc::new(history);
         match older_keeps {
