@@ -237,6 +237,14 @@ pub struct PartRecords {
     pub tails: bool,
 }
 
+impl PartRecords {
+    /// Whether the part's states may be written as what their histories gained: a
+    /// delta whose records allow it.
+    fn may_hold_tails(&self) -> bool {
+        self.tails && self.removed.is_some()
+    }
+}
+
 /// Called from another thread when a part writer is done.
 pub type WakeUp = Box<dyn FnOnce() + Send>;
 
@@ -422,7 +430,7 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
             inner: out,
             hasher: Xxh3Default::new(),
         };
-        let tails = records.tails && records.removed.is_some();
+        let tails = records.may_hold_tails();
         let magic = match (records.removed.is_some(), compress) {
             (true, true) if tails => MAGIC_DELTA_TAILS,
             (true, false) if tails => MAGIC_DELTA_TAILS_PLAIN,
@@ -461,7 +469,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Reco
         buf: Vec::with_capacity(2 * BLOCK),
         users: 0,
         words: 0,
-        tails: records.tails && records.removed.is_some(),
+        tails: records.may_hold_tails(),
     };
     let from = match records.removed {
         Some(_) => {
