@@ -298,17 +298,21 @@ impl Core {
             } else {
                 "without checkpoints they are lost"
             };
-            tracing::warn!(pending = n, "stopped with delayed actions pending: {kept}");
+            tracing::warn!(
+                pending = n,
+                "stopped with delayed actions pending (this worker's): {kept}"
+            );
             return;
         }
         if !self.waiting_logged {
             self.waiting_logged = true;
             let last = timers.last_due().unwrap_or(0);
             let in_s = last.saturating_sub(now_ms()) as f64 / 1000.0;
+            // Each worker says so of its own timers (the users it holds).
             tracing::info!(
                 pending = timers.pending(),
                 last_due_in_s = in_s,
-                "input read: waiting for the delayed actions pending to come due (a stop leaves them to the final checkpoint)"
+                "input read: waiting for the delayed actions pending to come due (a stop leaves them to the final checkpoint; a line per worker, each giving its own)"
             );
         }
         let limit = if self.fire_pending_at_end {
