@@ -1746,33 +1746,26 @@ const LIST_FORM_KEYS: [&str; 6] = [
 /// What is wrong with a number given to a key that takes a whole number, in words: the
 /// `config` crate says a negative one from the file is not "an unsigned 64 bit or less
 /// integer", and any it cannot read as one from the environment (text) or with a
-/// fraction is not "an integer"; serde says a quoted one in an action's map (`count:
-/// "3"`) is a string where it expected a `u32`.
+/// fraction is not "an integer"; serde says a negative one in an action's map
+/// (`count: -1`) is not a `u32`.
 fn number_hint(reason: String) -> String {
-    let quoted = reason
+    let text = reason
         .strip_prefix("invalid type: string \"")
         .and_then(|r| r.rsplit_once("\", expected "))
-        .filter(|(_, what)| {
-            *what == "an integer" || what.starts_with('u') || what.starts_with('i')
+        .filter(|(_, what)| *what == "an integer" || what.starts_with('u') || what.starts_with('i'))
+        .map(|(n, _)| n)
+        .or_else(|| {
+            reason
+                .strip_prefix("invalid type: 64-bit integer `")
+                .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
+        })
+        // serde's own, of an action's map (`count: -1`).
+        .or_else(|| {
+            reason
+                .strip_prefix("invalid value: integer `")
+                .and_then(|r| r.split_once("`, expected u"))
+                .map(|(n, _)| n)
         });
-    // The type, before any words a key's own hint added (`u32: takes a count ...`).
-    if let Some((n, what)) = quoted
-        && fits(n, what.split([':', ' ']).next().unwrap_or(what))
-    {
-        return format!("\"{n}\" is quoted, which makes it text: write the number without quotes");
-    }
-    let text = quoted.map(|(n, _)| n).or_else(|| {
-        reason
-            .strip_prefix("invalid type: 64-bit integer `")
-            .and_then(|r| r.strip_suffix("`, expected an unsigned 64 bit or less integer"))
-            // serde's own, of an action's map (`count: -1`).
-            .or_else(|| {
-                reason
-                    .strip_prefix("invalid value: integer `")
-                    .and_then(|r| r.split_once("`, expected u"))
-                    .map(|(n, _)| n)
-            })
-    });
     let Some(n) = text else {
         return reason;
     };
@@ -1796,24 +1789,6 @@ fn number_hint(reason: String) -> String {
         Ok(f) if f < 0.0 => format!("{n} is negative, which this key cannot be"),
         Ok(f) => format!("write {n} as digits alone: {}", f.abs() as u64),
         Err(_) => reason,
-    }
-}
-
-/// Whether `n` is a whole number serde's type `what` (`u32`, `i64` ...) holds.
-fn fits(n: &str, what: &str) -> bool {
-    let Ok(v) = n.parse::<i128>() else {
-        return false;
-    };
-    let bits = match what.trim_start_matches(['u', 'i']) {
-        "8" => 8,
-        "16" => 16,
-        "32" => 32,
-        "64" | "size" => 64,
-        _ => return false,
-    };
-    match what.starts_with('u') {
-        true => v >= 0 && v < 1i128 << bits,
-        false => v >= -(1i128 << (bits - 1)) && v < 1i128 << (bits - 1),
     }
 }
 

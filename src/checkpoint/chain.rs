@@ -100,41 +100,22 @@ impl ChainReader {
         records: Vec<(Text, Saved)>,
         path: &Path,
     ) -> Result<Vec<(Text, SavedUser)>, CheckpointError> {
-        let corrupt = |reason: String| CheckpointError::corrupt(path, reason);
         let mut users = Vec::with_capacity(records.len());
         for (user, saved) in records {
-            let newer = match self.tails.is_empty() {
-                true => None,
-                false => self.tails.remove(&user),
-            };
-            match (saved, newer) {
-                (Saved::User(saved), None) => users.push((user, saved)),
-                (Saved::Removed, None) => {}
-                (Saved::Tail { state, keep }, None) => {
+            match saved {
+                Saved::User(saved) => users.push((user, saved)),
+                Saved::Removed => {}
+                Saved::Tail { state, keep } => {
                     self.tails.insert(user, (state, keep));
                 }
-                (Saved::History { .. }, None) => {
-                    return Err(corrupt(format!(
-                        "user {user}'s history read for no newer record"
-                    )));
-                }
-                (Saved::History { history, keeps }, Some(newer)) => {
-                    self.follow(user, (history, keeps), newer, &mut users, path)?;
-                }
-                // Read whole: a part of a format without histories alone (v1).
-                (Saved::User(SavedUser::State(base)), Some(newer)) => {
-                    let history = (*base.history).clone();
-                    self.follow(user, (history, None), newer, &mut users, path)?;
-                }
-                (Saved::Tail { state, keep }, Some(newer)) => {
-                    let history = (*state.history).clone();
-                    self.follow(user, (history, Some(keep)), newer, &mut users, path)?;
-                }
-                (Saved::User(SavedUser::Pending(_)) | Saved::Removed, Some(_)) => {
-                    return Err(corrupt(format!(
-                        "user {user}'s delta record builds on no state"
-                    )));
-                }
+                // Asked for a user whose newer record is waiting (`Want::History`).
+                Saved::History { history, keeps } => match self.tails.remove(&user) {
+                    Some(newer) => self.follow(user, (history, keeps), newer, &mut users, path)?,
+                    None => {
+                        let reason = format!("user {user}'s history read for no newer record");
+                        return Err(CheckpointError::corrupt(path, reason));
+                    }
+                },
             }
         }
         Ok(users)

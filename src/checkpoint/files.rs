@@ -982,6 +982,17 @@ impl PartReader {
                         }
                     }
                 }
+                // A v1 part's state, decoded whole: its history is what was asked.
+                RawRecord::Saved(SavedUser::State(state)) if matches!(want, Want::History) => {
+                    Saved::History {
+                        history: (*state.history).clone(),
+                        keeps: None,
+                    }
+                }
+                RawRecord::Saved(_) | RawRecord::Removed if matches!(want, Want::History) => {
+                    let reason = format!("user {user}'s delta record builds on no state");
+                    return Err(corrupt(reason));
+                }
                 RawRecord::Saved(saved) => Saved::User(saved),
                 RawRecord::Removed => Saved::Removed,
             };

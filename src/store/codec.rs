@@ -94,6 +94,8 @@ pub fn encode_tail_into(out: &mut Vec<u8>, state: &UserState, gained: usize, wor
     encode_as(out, state, words, Some(gained));
 }
 
+// The layout `decode_record` reads, and `decode_history` walks over to the history: a
+// field added here goes into both.
 fn encode_as(out: &mut Vec<u8>, state: &UserState, words: Words, gained: Option<usize>) {
     let word = |s: &str| words.id(s);
     out.push(match (gained, &state.triggers) {
