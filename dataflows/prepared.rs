@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 
 use crate::actions::{Action, Actions, NamedAction};
 use crate::checkpoint::manifest::{self, find_latest};
@@ -331,10 +331,19 @@ pub fn check_local_inputs(
         );
     }
     match events {
-        Some(events) => check_input_file("--events", events),
-        None if settings.source.kind == SourceType::File => file_source_path(settings).map(drop),
-        None => Ok(()),
+        Some(events) => check_input_file("--events", events)?,
+        None if settings.source.kind == SourceType::File => {
+            file_source_path(settings)?;
+        }
+        None => {}
     }
+    // Where `run` would checkpoint: written into, or created, there.
+    let checkpointed = settings.source.kind == SourceType::Kafka || settings.source.resume;
+    if checkpointed && settings.engine.checkpoint_interval_ms > 0 {
+        manifest::check_dir_as_is(&settings.engine.checkpoint_dir)
+            .context("engine.checkpoint-dir: checkpoints cannot be written")?;
+    }
+    Ok(())
 }
 
 /// The input `settings.source` names; a Kafka topic is asked for its partitions.

@@ -605,8 +605,9 @@ fn a_cluster_without_a_shared_checkpoint_directory_fails_at_start_naming_the_fix
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// A checkpoint directory that cannot be written (here a file) fails the start, naming
-/// the key, instead of every checkpoint failing while the run acts on its events.
+/// A checkpoint directory that cannot be written (a file, or under one) fails the start,
+/// naming the key, instead of every checkpoint failing while the run acts on its events;
+/// `validate` says so too, and creates nothing.
 #[test]
 fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
     let rt = runtime();
@@ -615,21 +616,43 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
     let (_api, receiver, s) = served_job(&rt, dir.path(), &w);
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
-    let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", file.display());
-    let cfg = write_config(dir.path(), "job.yml", &s, &engine);
-    resume_file_source(&cfg);
-    let out = Command::new(binary())
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("engine.checkpoint-dir: checkpoints cannot be written")
-            && err.contains("it is a file, not a directory"),
-        "{err}"
-    );
+    let config = |ck: &std::path::Path| {
+        let engine = format!("engine:\n  checkpoint-dir: \"{}\"\n", ck.display());
+        let cfg = write_config(dir.path(), "job.yml", &s, &engine);
+        resume_file_source(&cfg);
+        cfg
+    };
+    let start = |command: &str, cfg: &std::path::Path| {
+        let out = Command::new(binary())
+            .args([command, "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (ck, cause) in [
+        (file.clone(), "it is a file, not a directory"),
+        (file.join("ck"), "a-file is a file"),
+    ] {
+        let cfg = config(&ck);
+        for command in ["run", "validate"] {
+            let (code, err) = start(command, &cfg);
+            assert_eq!(code, Some(2), "{command} {}: {err}", ck.display());
+            assert!(
+                err.contains("engine.checkpoint-dir: checkpoints cannot be written"),
+                "{command}: {err}"
+            );
+            assert!(err.contains(cause), "{command} {}: {err}", ck.display());
+        }
+    }
     assert_eq!(receiver.received(), 0);
+    // A directory to be made is checked where it would be made, and not made.
+    let ck = dir.path().join("new").join("ck");
+    let (code, err) = start("validate", &config(&ck));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!dir.path().join("new").exists());
 }
 
 /// Processes of one cluster started with different worker counts fail in timely's

@@ -214,9 +214,52 @@ pub fn complete(
 /// Checks, before a run starts, that checkpoints can be written into `dir` (created if
 /// missing): otherwise every checkpoint of the run would fail while it acts on events.
 pub fn check_dir(dir: &Path) -> Result<(), CheckpointError> {
+    check_dir_as_is(dir)?;
+    if !dir.exists() {
+        let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        ensure_dir(dir).map_err(|e| CheckpointError::io(&shown, e))?;
+        probe(dir, &shown)?;
+    }
+    Ok(())
+}
+
+/// What `check_dir` checks, creating nothing (`validate`'s look): `dir` is a directory
+/// checkpoints can be written into, or, if it does not exist yet, its nearest existing
+/// ancestor is a directory it can be created in.
+pub fn check_dir_as_is(dir: &Path) -> Result<(), CheckpointError> {
     let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let fail = |e: std::io::Error| CheckpointError::io(&shown, e);
-    ensure_dir(dir).map_err(fail)?;
+    let fail = |cause: String| CheckpointError::io(&shown, std::io::Error::other(cause));
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(fail("it is a file, not a directory".into()));
+        }
+        return probe(dir, &shown);
+    }
+    let Some(parent) = shown.ancestors().skip(1).find(|a| a.exists()) else {
+        return Ok(());
+    };
+    if !parent.is_dir() {
+        return Err(fail(format!(
+            "cannot be created: {} is a file",
+            parent.display()
+        )));
+    }
+    let c_path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let cause = std::io::Error::last_os_error();
+        return Err(fail(format!(
+            "cannot be created in {}: {cause}",
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes and removes a file in `dir` (`shown` in errors).
+fn probe(dir: &Path, shown: &Path) -> Result<(), CheckpointError> {
+    let fail = |e: std::io::Error| CheckpointError::io(shown, e);
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
