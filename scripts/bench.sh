@@ -40,7 +40,15 @@ if [ ! -s "$WL/events.jsonl" ]; then
   python3 "$GEN" "$WL" --events "$EVENTS" --users "$USERS"
 fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
-cargo build --release --quiet --bin event-trigger --example bare_consumer
+cargo build --release --quiet --bin event-trigger
+# The bare consumer (benches/bare_consumer.rs) is a benchmark target: its executable's
+# name has a hash, which cargo reports.
+BARE_BIN=$(cargo build --release --quiet --bench bare_consumer --message-format=json \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_consumer" and m.get("executable"):
+        print(m["executable"])')
 BIN=target/release/event-trigger
 TMP=$(mktemp -d)
 MOCK=
@@ -157,7 +165,7 @@ if has kafka; then
   echo; echo "== kafka: Tansu on this machine, 4 partitions, run --bounded =="
   declare -A BARE
   for t in 1 2; do
-    BARE[$t]=$(target/release/examples/bare_consumer "$EVENT_TRIGGER_TEST_BROKER" "$TOPIC" $t 2>&1 \
+    BARE[$t]=$("$BARE_BIN" "$EVENT_TRIGGER_TEST_BROKER" "$TOPIC" $t 2>&1 \
       | sed -n 's/.* \([0-9]*\) msg\/s.*/\1/p')
     echo "bare rdkafka consumer, $t thread(s): ${BARE[$t]} msg/s"
   done
