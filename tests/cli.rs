@@ -2225,3 +2225,164 @@ fn a_run_where_every_look_up_and_call_failed_says_so() {
     );
     assert!(err.contains("every action failed (5 calls)"), "{err}");
 }
+
+/// State parts being written in `ck`, with their epochs (a part is written under a
+/// temporary name, then renamed).
+fn parts_being_written(ck: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
+    let Ok(epochs) = std::fs::read_dir(ck) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for dir in epochs.filter_map(|e| e.ok()) {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let Some(epoch) = name.strip_prefix("chk-").and_then(|e| e.parse().ok()) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for f in files.filter_map(|f| f.ok()) {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with("state-") && name.contains(".tmp-") {
+                found.push((epoch, f.path()));
+            }
+        }
+    }
+    found
+}
+
+/// Issue #17's crash test on a resumable file, with deltas: a run SIGKILLed while it
+/// writes a whole part, one (of the other backend) while it writes a delta that builds on
+/// deltas, that delta's complete predecessor then damaged, and a last run at another `-w`
+/// to the end. The last run says it skipped the damaged checkpoint, restores the one
+/// before, and ends with the users and histories of one uninterrupted run; every event
+/// that run delivered was delivered.
+#[test]
+fn runs_killed_while_writing_parts_and_a_damaged_delta_end_as_one_run() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(24_000, 2_000, 43);
+    let (once, split) = (Receiver::start(&rt), Receiver::start(&rt));
+    let s = file_job(dir.path(), &w, &once.url(), SEED_FILTER);
+    let config = |name: &str, url: &str| {
+        let mut s = s.clone();
+        s.actions.webhook.url = url.to_string();
+        let extra = format!(
+            "engine:\n  checkpoint-dir: \"{}\"\n  checkpoint-interval-ms: 150\n  checkpoint-full-every: 3\n  state-dir: \"{}\"\n",
+            dir.path().join(format!("ck-{name}")).display(),
+            dir.path().join(format!("state-{name}")).display(),
+        );
+        let cfg = write_config(dir.path(), &format!("{name}.yml"), &s, &extra);
+        resume_file_source(&cfg);
+        cfg
+    };
+    let log_of = |run: usize| dir.path().join(format!("run-{run}.log"));
+    let start = |cfg: &std::path::Path, run: usize, workers: &str, backend: &str| {
+        Job::spawn(
+            Command::new(binary())
+                .args(["run", "--config", cfg.to_str().unwrap(), "-w", workers])
+                .env("EVENT_TRIGGER__ENGINE__STATE_BACKEND", backend)
+                .env("EVENT_TRIGGER__SOURCE__MAX_EVENTS_PER_SECOND", "4000")
+                .env(
+                    "RUST_LOG",
+                    "warn,event_trigger::operators::user_state::snapshots=debug",
+                )
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(log_of(run)).unwrap()),
+        )
+    };
+    let whole = wait_ok(start(&config("once", &once.url()), 9, "2", "hashmap"));
+    assert!(summary_of(&whole.stdout).passed > 0);
+
+    let cfg = config("split", &split.url());
+    let ck = dir.path().join("ck-split");
+    let newest = || event_trigger::checkpoint::manifest::find_latest(&ck);
+    let has_delta = |r: &event_trigger::checkpoint::Restore| {
+        r.manifest.parts.iter().any(|p| !p.base.is_empty())
+    };
+    let rocksdb = if cfg!(feature = "rocksdb") {
+        "rocksdb"
+    } else {
+        "hashmap"
+    };
+    // (workers, backend, whether the part to be killed in is a delta). One worker: the
+    // log's last started part is the one being written.
+    for (run, (workers, backend, delta)) in [("1", "hashmap", false), ("1", rocksdb, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut job = start(&cfg, run, workers, backend);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let log = || std::fs::read_to_string(log_of(run)).unwrap_or_default();
+            assert!(
+                job.try_wait().unwrap().is_none(),
+                "run {run} ended: {}",
+                log()
+            );
+            assert!(std::time::Instant::now() < deadline, "run {run}: {}", log());
+            let writing: Vec<_> = parts_being_written(&ck)
+                .into_iter()
+                .filter(|p| seen.insert(p.clone()))
+                .collect();
+            if let Some((epoch, _)) = writing.last() {
+                let log = log();
+                // The part being written is the one the log's last started line is of.
+                let last = log.lines().rfind(|l| l.contains("checkpoint started"));
+                let is_delta = last.is_some_and(|l| {
+                    l.contains("(delta)") && l.contains(&format!(" epoch={epoch} "))
+                });
+                let is_whole = last.is_some_and(|l| {
+                    !l.contains("(delta)") && l.contains(&format!(" epoch={epoch} "))
+                });
+                // A run restores from its predecessor's checkpoint; the killed run's own
+                // first part is whole, so a whole part after it is a later one.
+                let restorable = newest().is_some_and(|r| !delta || has_delta(&r));
+                if (if delta { is_delta } else { is_whole }) && restorable && seen.len() > 1 {
+                    job.kill().unwrap(); // SIGKILL
+                    job.wait().unwrap();
+                    eprintln!("run {run}: killed writing {writing:?} ({})", last.unwrap());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // The newest checkpoint holds a delta: damaged in its middle, it cannot be restored.
+    let damaged = newest().expect("a checkpoint before the kills");
+    let delta = damaged
+        .manifest
+        .parts
+        .iter()
+        .find(|p| !p.base.is_empty())
+        .expect("the newest checkpoint holds a delta");
+    let path = damaged.dir.join(&delta.file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+
+    let last = wait_ok(start(&cfg, 2, "2", "hashmap"));
+    let log = std::fs::read_to_string(log_of(2)).unwrap();
+    assert!(
+        log.contains("checkpoint skipped, trying an older one") && log.contains(&delta.file),
+        "{log}"
+    );
+    assert!(summary_of(&last.stdout).restored > 0, "{log}");
+    let latest = |ck: &std::path::Path| {
+        event_trigger::checkpoint::manifest::find_latest(ck).expect("a final checkpoint")
+    };
+    assert_eq!(
+        final_users(&latest(&ck)),
+        final_users(&latest(&dir.path().join("ck-once"))),
+        "the state of one run"
+    );
+    let delivered: std::collections::HashSet<String> = split.event_ids().into_iter().collect();
+    let missing: Vec<String> = once
+        .event_ids()
+        .into_iter()
+        .filter(|id| !delivered.contains(id))
+        .collect();
+    assert!(missing.is_empty(), "not delivered: {missing:?}");
+}
