@@ -11,7 +11,7 @@ use crate::actions::{Action, Actions, NamedAction};
 use crate::checkpoint::manifest::{self, find_latest};
 use crate::checkpoint::{CheckpointConfig, Restore};
 use crate::clock::now_ms;
-use crate::config::{KafkaSettings, Settings, SourceType};
+use crate::config::{CheckpointCompression, KafkaSettings, Settings, SourceType};
 use crate::dead_letter::DeadLetters;
 use crate::filter::reload::{FilterVersions, Filters};
 use crate::filter::rules::Rules;
@@ -381,8 +381,9 @@ fn checkpoints(
                 retained: settings.engine.checkpoints_retained,
                 floor_epoch: 0,
                 full_every: settings.engine.checkpoint_full_every,
-                compress: settings.engine.checkpoint_compression
-                    == crate::config::CheckpointCompression::Lz4,
+                compress: settings.engine.checkpoint_compression != CheckpointCompression::None,
+                compress_deltas: settings.engine.checkpoint_compression
+                    == CheckpointCompression::Lz4,
             })
         }
         _ => None,

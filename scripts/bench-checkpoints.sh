@@ -8,7 +8,8 @@
 #   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
 #   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 10:
 #                                                                 # deltas in between)
-#   COMPRESSION=none scripts/bench-checkpoints.sh ...             # parts uncompressed (default lz4)
+#   COMPRESSION=none scripts/bench-checkpoints.sh ...             # parts uncompressed (lz4: every part
+#                                                                 # compressed; default lz4-whole, as the job)
 #   BIN=path/to/event-trigger scripts/bench-checkpoints.sh ...    # a binary built already (for
 #                                                                 # RocksDB: --features rocksdb)
 #
@@ -31,7 +32,7 @@ fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
 BACKENDS=${BACKENDS:-hashmap}
 FULL_EVERY=${FULL_EVERY:-10}
-COMPRESSION=${COMPRESSION:-lz4}
+COMPRESSION=${COMPRESSION:-lz4-whole}
 FEATURES=""
 if [[ " $BACKENDS " == *" rocksdb "* ]]; then
   # shellcheck source=scripts/rocksdb.sh

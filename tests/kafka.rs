@@ -1140,6 +1140,7 @@ fn a_final_checkpoint_that_cannot_be_written_fails_the_run() {
         floor_epoch: 0,
         full_every: 1,
         compress: true,
+        compress_deltas: true,
     };
     for i in 0..=5 {
         std::fs::write(cfg.epoch_dir(cfg.epoch_at(now) + i * 60_000), "in the way").unwrap();

@@ -197,6 +197,7 @@ mod tests {
             floor_epoch: 0,
             full_every: 3,
             compress: true,
+            compress_deltas: true,
         }
     }
 

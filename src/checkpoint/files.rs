@@ -182,6 +182,9 @@ pub struct PartInfo {
     pub words: u64,
     /// Its checksum (the trailer's): which file a delta built on it names.
     pub hash: u64,
+    /// Its body's bytes before compression (`bytes` less the magic and trailer, for a
+    /// part written as it is).
+    pub raw: u64,
     /// From the start of the snapshot to the part being on disk.
     pub duration: Duration,
     /// The writer thread's CPU time: what the part cost beside the worker's.
@@ -270,6 +273,7 @@ impl PartWriter {
                         bytes: written.bytes,
                         words: written.words,
                         hash,
+                        raw: written.raw,
                         duration: started.elapsed(),
                         cpu: crate::clock::thread_cpu_time(),
                         spare: written.spare,
@@ -333,6 +337,8 @@ struct Encoder<'a> {
     // bincode's many small writes through the hasher were most of the cost.
     buf: Vec<u8>,
     users: u64,
+    /// The body's bytes given to `out` so far.
+    raw: u64,
     /// How many strings the part's dictionary holds: the ids records may use.
     words: usize,
     /// Whether states may be written as what their history gained (`PartRecords::tails`).
@@ -394,7 +400,9 @@ impl Encoder<'_> {
     fn done_one(&mut self) -> io::Result<()> {
         self.users += 1;
         if self.buf.len() >= BLOCK {
+            let before = self.buf.len();
             self.out.drain(&mut self.buf)?;
+            self.raw += (before - self.buf.len()) as u64;
         }
         Ok(())
     }
@@ -415,6 +423,7 @@ pub fn write_part_as(path: &Path, records: PartRecords, compress: bool) -> io::R
 struct Written {
     users: u64,
     bytes: u64,
+    raw: u64,
     words: u64,
     spare: Records,
 }
@@ -424,7 +433,7 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
         let json = serde_json::to_vec(chain).map_err(io::Error::other)?;
         write_atomic(chain_path, |w| w.write_all(&json))?;
     }
-    let (mut users, mut words, mut spare) = (0u64, 0u64, Vec::new());
+    let (mut body, mut spare) = (BodyWritten::default(), Vec::new());
     let bytes = write_atomic_direct(path, |out| {
         let mut hashed = Hashing {
             inner: out,
@@ -447,27 +456,38 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
             true => Sink::Lz4(Lz4Frame::start(&mut hashed)?),
             false => Sink::Plain(&mut hashed),
         };
-        (users, words, spare) = write_body(sink, records)?;
+        (body, spare) = write_body(sink, records)?;
         let hash = hashed.hasher.digest();
-        out.write_all(&users.to_le_bytes())?;
+        out.write_all(&body.users.to_le_bytes())?;
         out.write_all(&hash.to_le_bytes())?;
         out.write_all(magic)
     })?;
     Ok(Written {
-        users,
+        users: body.users,
         bytes,
-        words,
+        raw: body.raw,
+        words: body.words,
         spare,
     })
 }
 
-/// Writes a part's body (the dictionary, then the records) to `out`; returns how many
-/// records it wrote, the strings its dictionary reaches and the states' vector, emptied.
-fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Records)> {
+/// What `write_body` wrote: records, bytes before compression, and the strings its
+/// dictionary reaches.
+#[derive(Default)]
+struct BodyWritten {
+    users: u64,
+    raw: u64,
+    words: u64,
+}
+
+/// Writes a part's body (the dictionary, then the records) to `out`; returns what it
+/// wrote and the states' vector, emptied.
+fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(BodyWritten, Records)> {
     let mut e = Encoder {
         out,
         buf: Vec::with_capacity(2 * BLOCK),
         users: 0,
+        raw: 0,
         words: 0,
         tails: records.may_hold_tails(),
     };
@@ -506,7 +526,12 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(u64, u64, Reco
     }
     e.buf.push(END);
     e.out.finish(&e.buf)?;
-    Ok((e.users, e.words as u64, all))
+    let body = BodyWritten {
+        users: e.users,
+        raw: e.raw + e.buf.len() as u64,
+        words: e.words as u64,
+    };
+    Ok((body, all))
 }
 
 /// The dictionary as it is now, from id `from` on: every id the records use was given
@@ -1308,6 +1333,15 @@ mod tests {
             let u2 = named(&new, 6);
             let states = vec![("u2".into(), u2.clone())];
             let d = write_part_with(&delta, records(states, Some(w.words)), compress).unwrap();
+            // Its body before compression: all of it but the magic and trailer when
+            // written as it is.
+            for part in [&w, &d] {
+                let outside = (MAGIC.len() + TRAILER) as u64;
+                assert!(part.raw > 0);
+                if !compress {
+                    assert_eq!(part.raw, part.bytes - outside);
+                }
+            }
             let alone = PartReader::open(&delta).unwrap();
             let (from, strings) = alone.extension.clone().unwrap();
             assert_eq!(from, w.words);

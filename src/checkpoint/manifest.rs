@@ -460,6 +460,7 @@ mod tests {
             floor_epoch: 0,
             full_every: 1,
             compress: true,
+            compress_deltas: true,
         }
     }
 

@@ -73,8 +73,10 @@ pub struct CheckpointConfig {
     /// A whole state part every this many parts of a worker; the others are deltas of
     /// the users changed since the previous part (1: every part whole).
     pub full_every: usize,
-    /// Parts are LZ4-compressed (else written as they are).
+    /// Whole parts are LZ4-compressed (else written as they are).
     pub compress: bool,
+    /// Delta parts are LZ4-compressed.
+    pub compress_deltas: bool,
 }
 
 impl CheckpointConfig {
@@ -133,6 +135,7 @@ mod tests {
             floor_epoch: 0,
             full_every: 1,
             compress: true,
+            compress_deltas: true,
         };
         assert_eq!(c.epoch_at(1999), 1000);
         assert_eq!(c.epoch_at(2000), 2000);

@@ -346,6 +346,7 @@ mod tests {
             floor_epoch: 0,
             full_every: 1,
             compress: true,
+            compress_deltas: true,
         };
         let stop = StopFlag::default();
         stop.set();

@@ -79,6 +79,8 @@ struct Chain {
     /// Oldest (the whole part) first.
     parts: Vec<BasePart>,
     whole_bytes: u64,
+    /// The whole part's body before compression.
+    whole_raw: u64,
     /// The records of the whole part.
     whole_users: u64,
     delta_bytes: u64,
@@ -112,16 +114,37 @@ impl Chain {
         (per_user * users as f64) as u64
     }
 
-    fn written(&mut self, part: BasePart, whole: bool, words: u64) {
-        let bytes = part.bytes;
+    /// The bytes `part` counts for against the state whole: its own, or, for a delta
+    /// written as it is after a compressed whole part, its body (`raw`) at that part's
+    /// compression ratio (plain deltas would otherwise outgrow the whole part about
+    /// twice as soon).
+    fn counted(&self, part: &BasePart, raw: u64, plain_after_lz4: bool) -> u64 {
+        if !plain_after_lz4 || self.whole_raw == 0 {
+            return part.bytes;
+        }
+        (raw as f64 * self.whole_bytes as f64 / self.whole_raw as f64) as u64
+    }
+
+    /// `part` is on disk: `raw`, its body's bytes before compression; whether it is a
+    /// delta written as it is after a compressed whole part (see `counted`).
+    fn written(
+        &mut self,
+        part: BasePart,
+        whole: bool,
+        words: u64,
+        raw: u64,
+        plain_after_lz4: bool,
+    ) {
+        let counted = self.counted(&part, raw, plain_after_lz4);
         self.words = words;
         if whole {
             self.parts.clear();
-            self.whole_bytes = bytes;
+            self.whole_bytes = part.bytes;
+            self.whole_raw = raw;
             self.whole_users = part.records.unwrap_or(0);
             self.delta_bytes = 0;
         } else {
-            self.delta_bytes += bytes;
+            self.delta_bytes += counted;
         }
         self.parts.push(part);
     }
@@ -319,7 +342,11 @@ impl Snapshots {
             // The operator is gone once the run has ended: nothing left to wake.
             let _ = activator.activate();
         });
-        let writer = PartWriter::start(path, records, self.cfg.compress, wake);
+        let compress = match taken {
+            Some(_) => self.cfg.compress_deltas,
+            None => self.cfg.compress,
+        };
+        let writer = PartWriter::start(path, records, compress, wake);
         self.in_progress = Some(InProgress {
             epoch,
             writer,
@@ -350,7 +377,11 @@ impl Snapshots {
                         hash: info.hash,
                         records: Some(info.users),
                     };
-                    self.chain.written(part, whole, info.words);
+                    // A delta written as it is after an LZ4 whole part (`lz4-whole`)
+                    // counts as what it would take compressed as that part was.
+                    let plain_after_lz4 = !whole && !self.cfg.compress_deltas && self.cfg.compress;
+                    self.chain
+                        .written(part, whole, info.words, info.raw, plain_after_lz4);
                     self.spare = std::mem::take(&mut info.spare);
                     if let Some(changes) = taken {
                         table.recycle_changes(changes);
@@ -425,9 +456,9 @@ mod tests {
     fn deltas_go_on_until_they_outgrow_the_state_as_it_is_now() {
         let mut chain = Chain::default();
         assert!(!chain.next_is_delta(10, 0), "nothing to build on");
-        chain.written(part(1_000_000, 1_000), true, 0);
+        chain.written(part(1_000_000, 1_000), true, 0, 1_000_000, false);
         assert!(chain.next_is_delta(10, 1_000));
-        chain.written(part(900_000, 300), false, 0);
+        chain.written(part(900_000, 300), false, 0, 900_000, false);
         assert!(
             chain.next_is_delta(10, 800),
             "900 KB of deltas: a state of 800 users is measured as the 1 MB part"
@@ -436,11 +467,11 @@ mod tests {
             chain.next_is_delta(10, 2_000),
             "2,000 users take about 2 MB whole: deltas go on"
         );
-        chain.written(part(1_200_000, 400), false, 0);
+        chain.written(part(1_200_000, 400), false, 0, 1_200_000, false);
         assert!(!chain.next_is_delta(10, 2_000), "2.1 MB of deltas");
         assert!(!chain.next_is_delta(10, 500), "more than the 1 MB part");
         assert!(!chain.next_is_delta(3, 1_000_000), "every 3 parts whole");
-        chain.written(part(3_000_000, 3_000), true, 0);
+        chain.written(part(3_000_000, 3_000), true, 0, 3_000_000, false);
         assert_eq!(chain.parts.len(), 1);
         assert!(chain.next_is_delta(3, 3_000));
     }
@@ -450,9 +481,25 @@ mod tests {
     #[test]
     fn a_whole_part_of_no_users_is_outgrown_by_its_size() {
         let mut chain = Chain::default();
-        chain.written(part(800, 0), true, 0);
+        chain.written(part(800, 0), true, 0, 800, false);
         assert!(chain.next_is_delta(10, 50_000));
-        chain.written(part(900, 10), false, 0);
+        chain.written(part(900, 10), false, 0, 900, false);
         assert!(!chain.next_is_delta(10, 50_000));
+    }
+
+    /// With `lz4-whole`, a delta written as it is counts as what its body would take
+    /// at the whole part's compression ratio; a compressed delta, as its bytes.
+    #[test]
+    fn plain_deltas_after_a_compressed_whole_part_count_as_compressed() {
+        let mut chain = Chain::default();
+        // 1 MB compressed from 2.5 MB.
+        chain.written(part(1_000_000, 1_000), true, 0, 2_500_000, false);
+        // 1.5 MB plain: 600 KB at that ratio.
+        chain.written(part(1_500_000, 300), false, 0, 1_500_000, true);
+        assert_eq!(chain.delta_bytes, 600_000);
+        assert!(chain.next_is_delta(10, 1_000));
+        chain.written(part(500_000, 300), false, 0, 1_000_000, false);
+        assert_eq!(chain.delta_bytes, 1_100_000);
+        assert!(!chain.next_is_delta(10, 1_000));
     }
 }

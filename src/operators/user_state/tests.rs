@@ -190,6 +190,7 @@ fn pinned(dir: std::path::PathBuf, full_every: usize) -> (Time, CheckpointConfig
         floor_epoch: start,
         full_every,
         compress: true,
+        compress_deltas: true,
     };
     (start, cfg)
 }
@@ -545,7 +546,7 @@ fn a_state_the_ttl_emptied_goes_on_with_deltas() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let seen = timely::execute_directly(move |worker| {
-        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 1500);
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 1500, true);
         three_users_looked_up(&mut r, worker, start);
         let mut seen = Vec::new();
         for epoch in 1..=5 {
@@ -571,7 +572,7 @@ fn the_state_size_follows_deltas() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let (whole, after_delta) = timely::execute_directly(move |worker| {
-        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000);
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000, true);
         three_users_looked_up(&mut r, worker, start);
         r.events.advance_to(start + 1000);
         assert_eq!(completed(&r, worker, &cfg, start + 1000).1, None, "whole");
@@ -649,7 +650,7 @@ fn each_delta_holds_only_the_users_changed_since_the_part_before() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     timely::execute_directly(move |worker| {
-        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000);
+        let (mut r, start, cfg) = delta_rig(worker, path, 10, None, 60_000, true);
         let users: Vec<String> = (1..=9).map(|i| format!("u{i}")).collect();
         for (i, u) in users.iter().enumerate() {
             r.send(start + 100 + i as Time, u, &format!("e{i}"));
@@ -683,6 +684,7 @@ fn delta_rig(
     full_every: usize,
     rocksdb_cache: Option<usize>,
     ttl_ms: u64,
+    compress_deltas: bool,
 ) -> (Rig, Time, CheckpointConfig) {
     let backend = match rocksdb_cache {
         Some(cache_users) => Backend::Rocksdb {
@@ -692,7 +694,8 @@ fn delta_rig(
         None => Backend::Memory,
     };
     let store = backend.open(0).unwrap();
-    let (start, cfg) = pinned(path, full_every);
+    let (start, mut cfg) = pinned(path, full_every);
+    cfg.compress_deltas = compress_deltas;
     let checkpoints = Some((cfg.clone(), Ending::default()));
     let mut r = rig_in(worker, config(ttl_ms), checkpoints, store);
     r.no_restore();
@@ -709,7 +712,7 @@ fn delta_parts_restore_the_same_users_as_whole_ones() {
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
             let (mut r, start, cfg) =
-                delta_rig(worker, path, full_every, rocksdb.then_some(1), 1500);
+                delta_rig(worker, path, full_every, rocksdb.then_some(1), 1500, true);
             let mut seen = Vec::new();
             let mut complete = |r: &Rig, worker: &mut Worker, epoch: Time| {
                 let (users, records) = completed(r, worker, &cfg, epoch);
@@ -813,12 +816,18 @@ fn tail_records(cfg: &CheckpointConfig) -> usize {
 /// of the entries before them too.
 #[test]
 fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
-    let run = |full_every: usize, rocksdb: bool| {
+    let run_as = |full_every: usize, rocksdb: bool, compress_deltas: bool| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let (mut r, start, cfg) =
-                delta_rig(worker, path, full_every, rocksdb.then_some(2), 600_000);
+            let (mut r, start, cfg) = delta_rig(
+                worker,
+                path,
+                full_every,
+                rocksdb.then_some(2),
+                600_000,
+                compress_deltas,
+            );
             let users: Vec<String> = (0..12).map(|u| format!("u{u}")).collect();
             for (n, u) in users.iter().enumerate() {
                 r.send(start + 1 + n as Time, u, &format!("{u}-0"));
@@ -852,10 +861,17 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
             seen
         })
     };
+    let run = |full_every: usize, rocksdb: bool| run_as(full_every, rocksdb, true);
     let whole = run(1, false);
     let strip =
         |v: &[(Vec<String>, Option<usize>)]| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
     let deltas = run(10, false);
+    // `lz4-whole`: whole parts compressed, deltas as they are; a chain mixes them.
+    assert_eq!(
+        strip(&run_as(10, false, false)),
+        strip(&whole),
+        "plain deltas"
+    );
     let tails: Vec<usize> = deltas.iter().filter_map(|(_, t)| *t).collect();
     assert!(tails.len() >= 8, "{tails:?}");
     assert!(tails.iter().filter(|&&t| t > 0).count() >= 6, "{tails:?}");
@@ -879,7 +895,7 @@ fn a_delta_after_one_not_written_holds_whole_states() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let (mut r, start, cfg) = delta_rig(worker, path, full_every, None, 60_000);
+            let (mut r, start, cfg) = delta_rig(worker, path, full_every, None, 60_000, true);
             three_users_looked_up(&mut r, worker, start);
             r.events.advance_to(start + 1000);
             completed(&r, worker, &cfg, start + 1000);
@@ -916,7 +932,8 @@ fn a_delta_holds_each_changed_user_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         timely::execute_directly(move |worker| {
-            let (mut r, start, cfg) = delta_rig(worker, path, 10, rocksdb.then_some(1), 60_000);
+            let (mut r, start, cfg) =
+                delta_rig(worker, path, 10, rocksdb.then_some(1), 60_000, true);
             three_users_looked_up(&mut r, worker, start);
             r.events.advance_to(start + 1000);
             assert_eq!(completed(&r, worker, &cfg, start + 1000).1, None, "whole");
