@@ -853,6 +853,12 @@ fn deltas_restore_what_whole_parts_hold_over_many_epochs() {
                 }
                 r.events.advance_to(start + epoch * 1000);
                 let (_, records) = completed(&r, worker, &cfg, start + epoch * 1000);
+                if records.is_some() {
+                    // A delta: LZ4 or as it is, as configured.
+                    let part = std::fs::read(cfg.state_path(start + epoch * 1000, 0)).unwrap();
+                    let plain = [&b"ETDELTA4"[..], b"ETDELTA2"].contains(&&part[..8]);
+                    assert_eq!(plain, !compress_deltas, "epoch {epoch}");
+                }
                 let tails = records.map(|_| tail_records(&cfg));
                 seen.push((restored_in_full(&cfg, start), tails));
             }
