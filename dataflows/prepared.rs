@@ -404,6 +404,13 @@ fn checkpoints(
             Arc::new(r)
         });
     if let Some(c) = &mut checkpoints {
+        tracing::info!(
+            dir = %c.dir.display(),
+            interval_ms = c.interval_ms,
+            full_every = c.full_every,
+            compression = settings.engine.checkpoint_compression.name(),
+            "checkpoints"
+        );
         let restored = restore.as_ref().map_or(0, |r| r.manifest.epoch);
         let floor = manifest::floor(&c.dir, restored, now_ms(), c.interval_ms);
         c.floor_epoch = floor.epoch;

@@ -949,6 +949,17 @@ pub enum CheckpointCompression {
     None,
 }
 
+impl CheckpointCompression {
+    /// The value as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointCompression::Lz4 => "lz4",
+            CheckpointCompression::Lz4Whole => "lz4-whole",
+            CheckpointCompression::None => "none",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String")]
 pub enum StateBackend {
@@ -1574,6 +1585,17 @@ impl Settings {
         ] {
             if secret.as_ref().is_some_and(Secret::is_blank) {
                 return Err((key, EMPTY_SECRET.into()));
+            }
+        }
+        // An empty path wrote checkpoints into the working directory, where no restart
+        // looked for them.
+        for (key, dir) in [
+            ("engine.checkpoint-dir", &self.engine.checkpoint_dir),
+            ("engine.state-dir", &self.engine.state_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                let why = "must not be empty: give a directory (`.` for the working directory)";
+                return Err((key, why.into()));
             }
         }
         self.engine.check_backend(cfg!(feature = "rocksdb"))?;
@@ -2320,6 +2342,37 @@ mod tests {
             err.starts_with("environment variable EVENT_TRIGGER__ENGIN__PARALLELISM"),
             "{err}"
         );
+    }
+
+    /// Checkpoints compress whole parts and write deltas as they are unless told
+    /// otherwise; an empty checkpoint or state directory is refused (from the file and
+    /// from the environment, naming it), not taken for the working directory.
+    #[test]
+    fn checkpoint_defaults_and_empty_directories() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let s = load(src, &[]).unwrap();
+        assert_eq!(
+            s.engine.checkpoint_compression,
+            CheckpointCompression::Lz4Whole
+        );
+        for c in [
+            CheckpointCompression::Lz4,
+            CheckpointCompression::Lz4Whole,
+            CheckpointCompression::None,
+        ] {
+            let yaml = format!("{src}engine:\n  checkpoint-compression: {}\n", c.name());
+            assert_eq!(load(&yaml, &[]).unwrap().engine.checkpoint_compression, c);
+        }
+        for key in ["checkpoint-dir", "state-dir"] {
+            let e = load_err(&format!("{src}engine:\n  {key}: \"\"\n"), &[]);
+            assert!(
+                e.contains(&format!("engine.{key}")) && e.contains("must not be empty"),
+                "{e}"
+            );
+        }
+        let var = "EVENT_TRIGGER__ENGINE__CHECKPOINT_DIR";
+        let e = load_err(src, &[(var, "")]);
+        assert!(e.contains(var) && e.contains("must not be empty"), "{e}");
     }
 
     /// A fraction given to a key that takes a whole number is refused, not rounded

@@ -632,9 +632,19 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere").join("x"), &dangling).unwrap();
+    let trailing = std::path::PathBuf::from(format!("{}/", file.display()));
     for (ck, cause) in [
         (file.clone(), "it is a file, not a directory"),
-        (file.join("ck"), "a-file is a file"),
+        (trailing, "it is a file, not a directory"),
+        (file.join("ck"), "a-file is not a directory"),
+        (dangling, "it is a link to a path that does not exist"),
+        // A file system that makes no directories (as root too).
+        (
+            "/proc/event-trigger/ck".into(),
+            "cannot be created in /proc",
+        ),
     ] {
         let cfg = config(&ck);
         for command in ["run", "validate"] {

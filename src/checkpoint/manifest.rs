@@ -223,38 +223,45 @@ pub fn check_dir(dir: &Path) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// What `check_dir` checks, creating nothing (`validate`'s look): `dir` is a directory
-/// checkpoints can be written into, or, if it does not exist yet, its nearest existing
-/// ancestor is a directory it can be created in.
+/// What `check_dir` checks, leaving nothing behind (`validate`'s look): `dir` is a
+/// directory checkpoints can be written into, or, if it does not exist yet, it can be
+/// created: the first missing directory of its path is made and removed again (a
+/// permission, a read-only or special file system, or a file in the way fails it).
 pub fn check_dir_as_is(dir: &Path) -> Result<(), CheckpointError> {
-    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let fail = |cause: String| CheckpointError::io(&shown, std::io::Error::other(cause));
-    if dir.exists() {
-        if !dir.is_dir() {
-            return Err(fail("it is a file, not a directory".into()));
-        }
-        return probe(dir, &shown);
+    // Without a trailing `/` or `.`: `afile/` is the file `afile`.
+    let path: PathBuf = std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .components()
+        .collect();
+    let fail = |cause: String| CheckpointError::io(&path, std::io::Error::other(cause));
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        return match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => probe(&path, &path),
+            Ok(_) => Err(fail("it is a file, not a directory".into())),
+            Err(_) if meta.is_symlink() => {
+                Err(fail("it is a link to a path that does not exist".into()))
+            }
+            Err(e) => Err(CheckpointError::io(&path, e)),
+        };
     }
-    let Some(parent) = shown.ancestors().skip(1).find(|a| a.exists()) else {
+    // The first directory of the path that is missing: its parent exists.
+    let Some(first) = path
+        .ancestors()
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .last()
+    else {
         return Ok(());
     };
+    let parent = first.parent().unwrap_or(Path::new("/"));
     if !parent.is_dir() {
         return Err(fail(format!(
-            "cannot be created: {} is a file",
+            "cannot be created: {} is not a directory",
             parent.display()
         )));
     }
-    let c_path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    // SAFETY: `c_path` is a NUL-terminated string that outlives the call.
-    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        let cause = std::io::Error::last_os_error();
-        return Err(fail(format!(
-            "cannot be created in {}: {cause}",
-            parent.display()
-        )));
-    }
-    Ok(())
+    std::fs::create_dir(first)
+        .and_then(|()| std::fs::remove_dir(first))
+        .map_err(|e| fail(format!("cannot be created in {}: {e}", parent.display())))
 }
 
 /// Writes and removes a file in `dir` (`shown` in errors).
