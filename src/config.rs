@@ -1593,8 +1593,9 @@ impl Settings {
             ("engine.checkpoint-dir", &self.engine.checkpoint_dir),
             ("engine.state-dir", &self.engine.state_dir),
         ] {
-            if dir.as_os_str().is_empty() {
-                let why = "must not be empty: give a directory (`.` for the working directory)";
+            if dir.to_str().is_some_and(|d| d.trim().is_empty()) {
+                let why =
+                    "must not be empty or blank: give a directory (`.` for the working directory)";
                 return Err((key, why.into()));
             }
         }
@@ -2363,8 +2364,12 @@ mod tests {
             let yaml = format!("{src}engine:\n  checkpoint-compression: {}\n", c.name());
             assert_eq!(load(&yaml, &[]).unwrap().engine.checkpoint_compression, c);
         }
-        for key in ["checkpoint-dir", "state-dir"] {
-            let e = load_err(&format!("{src}engine:\n  {key}: \"\"\n"), &[]);
+        for (key, value) in [
+            ("checkpoint-dir", ""),
+            ("state-dir", ""),
+            ("checkpoint-dir", "  "),
+        ] {
+            let e = load_err(&format!("{src}engine:\n  {key}: \"{value}\"\n"), &[]);
             assert!(
                 e.contains(&format!("engine.{key}")) && e.contains("must not be empty"),
                 "{e}"

@@ -640,6 +640,8 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
         (trailing, "it is a file, not a directory"),
         (file.join("ck"), "a-file is not a directory"),
         (dangling, "it is a link to a path that does not exist"),
+        // An existing directory nothing can be written into.
+        ("/proc/1".into(), "a file cannot be written into it"),
         // A file system that makes no directories (as root too).
         (
             "/proc/event-trigger/ck".into(),

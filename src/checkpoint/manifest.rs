@@ -238,9 +238,9 @@ pub fn check_dir_as_is(dir: &Path) -> Result<(), CheckpointError> {
         return match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => probe(&path, &path),
             Ok(_) => Err(fail("it is a file, not a directory".into())),
-            Err(_) if meta.is_symlink() => {
-                Err(fail("it is a link to a path that does not exist".into()))
-            }
+            Err(e) if meta.is_symlink() => Err(fail(format!(
+                "it is a link to a path that does not exist ({e})"
+            ))),
             Err(e) => Err(CheckpointError::io(&path, e)),
         };
     }
@@ -266,7 +266,10 @@ pub fn check_dir_as_is(dir: &Path) -> Result<(), CheckpointError> {
 
 /// Writes and removes a file in `dir` (`shown` in errors).
 fn probe(dir: &Path, shown: &Path) -> Result<(), CheckpointError> {
-    let fail = |e: std::io::Error| CheckpointError::io(shown, e);
+    let fail = |e: std::io::Error| {
+        let cause = format!("a file cannot be written into it: {e}");
+        CheckpointError::io(shown, std::io::Error::other(cause))
+    };
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
