@@ -338,8 +338,7 @@ pub fn check_local_inputs(
         None => {}
     }
     // Where `run` would checkpoint: written into, or created, there.
-    let checkpointed = settings.source.kind == SourceType::Kafka || settings.source.resume;
-    if checkpointed && settings.engine.checkpoint_interval_ms > 0 {
+    if checkpointed(settings) {
         manifest::check_dir_as_is(&settings.engine.checkpoint_dir)
             .context("engine.checkpoint-dir: checkpoints cannot be written")?;
     }
@@ -367,27 +366,27 @@ fn input(settings: &Settings, bounded: bool) -> anyhow::Result<Input> {
     })
 }
 
-/// The checkpoints to take (a Kafka source with an interval) and the latest one to
-/// restore, which must be of this job's topic and group.
+/// Whether the job checkpoints: a Kafka source or a resumable file, with an interval.
+fn checkpointed(settings: &Settings) -> bool {
+    let source = settings.source.kind == SourceType::Kafka || settings.source.resume;
+    source && settings.engine.checkpoint_interval_ms > 0
+}
+
+/// The checkpoints to take (`checkpointed`) and the latest one to restore, which must be
+/// of this job's topic and group.
 fn checkpoints(
     settings: &Settings,
     input: &Input,
 ) -> anyhow::Result<(Option<CheckpointConfig>, Option<Arc<Restore>>)> {
-    let mut checkpoints = match (input, settings.engine.checkpoint_interval_ms) {
-        (Input::Kafka { .. } | Input::File { resume: true, .. }, interval) if interval > 0 => {
-            Some(CheckpointConfig {
-                dir: settings.engine.checkpoint_dir.clone(),
-                interval_ms: interval,
-                retained: settings.engine.checkpoints_retained,
-                floor_epoch: 0,
-                full_every: settings.engine.checkpoint_full_every,
-                compress: settings.engine.checkpoint_compression != CheckpointCompression::None,
-                compress_deltas: settings.engine.checkpoint_compression
-                    == CheckpointCompression::Lz4,
-            })
-        }
-        _ => None,
-    };
+    let mut checkpoints = checkpointed(settings).then(|| CheckpointConfig {
+        dir: settings.engine.checkpoint_dir.clone(),
+        interval_ms: settings.engine.checkpoint_interval_ms,
+        retained: settings.engine.checkpoints_retained,
+        floor_epoch: 0,
+        full_every: settings.engine.checkpoint_full_every,
+        compress: settings.engine.checkpoint_compression != CheckpointCompression::None,
+        compress_deltas: settings.engine.checkpoint_compression == CheckpointCompression::Lz4,
+    });
     let restore = checkpoints
         .as_ref()
         .and_then(|c| find_latest(&c.dir))
