@@ -24,8 +24,9 @@ pub struct ChainReader {
     /// Users already given (or removed) by a newer part; kept for a delta chain only.
     seen: Option<FxHashSet<Text>>,
     /// Users whose newest record is a tail, with how many entries it keeps of the
-    /// record before it (several tails of a user combined): given once that is read.
-    tails: FxHashMap<Text, (UserState, usize)>,
+    /// record before it and whether it takes its profile and visit from there (several
+    /// tails of a user combined): given once that is read.
+    tails: FxHashMap<Text, (UserState, codec::Follows)>,
     /// The chain's oldest part, which every tail builds on in the end.
     oldest: PathBuf,
 }
@@ -66,7 +67,11 @@ impl ChainReader {
             let (seen, tails) = (&mut self.seen, &self.tails);
             let mut want = |user: &Text| {
                 let new = match seen {
-                    _ if !tails.is_empty() && tails.contains_key(user) => return Want::History,
+                    _ if !tails.is_empty()
+                        && let Some((_, f)) = tails.get(user) =>
+                    {
+                        return Want::History { base: f.inherits };
+                    }
                     Some(seen) if last => !seen.contains(user),
                     Some(seen) => seen.insert(user.clone()),
                     None => true,
@@ -105,12 +110,18 @@ impl ChainReader {
             match saved {
                 Saved::User(saved) => users.push((user, saved)),
                 Saved::Removed => {}
-                Saved::Tail { state, keep } => {
-                    self.tails.insert(user, (state, keep));
+                Saved::Tail { state, follows } => {
+                    self.tails.insert(user, (state, follows));
                 }
                 // Asked for a user whose newer record is waiting (`Want::History`).
-                Saved::History { history, keeps } => match self.tails.remove(&user) {
-                    Some(newer) => self.follow(user, (history, keeps), newer, &mut users, path)?,
+                Saved::History {
+                    history,
+                    keeps,
+                    base,
+                } => match self.tails.remove(&user) {
+                    Some(newer) => {
+                        self.follow(user, (history, keeps, base), newer, &mut users, path)?
+                    }
                     None => {
                         let reason = format!("user {user}'s history read for no newer record");
                         return Err(CheckpointError::corrupt(path, reason));
@@ -122,27 +133,44 @@ impl ChainReader {
     }
 
     /// `newer`, a tail of `user`, on `older`, the history of the user's record before it
-    /// (with its count if a tail too): given, or waiting for the record before that.
+    /// (with its count if a tail too, and its profile and visit if `newer` inherits them
+    /// and it has them): given, or waiting for the record before that.
     fn follow(
         &mut self,
         user: Text,
-        (older, older_keeps): (History, Option<usize>),
-        (mut newer, keeps): (UserState, usize),
+        (older, older_keeps, base): (History, Option<usize>, Option<codec::Base>),
+        (mut newer, follows): (UserState, codec::Follows),
         users: &mut Vec<(Text, SavedUser)>,
         path: &Path,
     ) -> Result<(), CheckpointError> {
-        let Some((history, still)) = codec::follow(older, older_keeps, &newer.history, keeps)
+        let corrupt = |what: &str| {
+            let reason = format!("user {user}'s delta record {what}");
+            Err(CheckpointError::corrupt(path, reason))
+        };
+        let Some((history, still)) =
+            codec::follow(older, older_keeps, &newer.history, follows.keep)
         else {
-            let reason = format!(
-                "user {user}'s delta record keeps more entries than the record before it holds"
-            );
-            return Err(CheckpointError::corrupt(path, reason));
+            return corrupt("keeps more entries than the record before it holds");
         };
         newer.history = std::sync::Arc::new(history);
+        let mut inherits = follows.inherits;
+        if let Some(base) = base.filter(|_| inherits) {
+            if codec::inherit(&mut newer, &base).is_none() {
+                return corrupt(
+                    "has a visit where the record before it has none, or none where it has one",
+                );
+            }
+            inherits = false;
+        }
         match older_keeps {
+            None if inherits => return corrupt("builds on a state without a profile"),
             None => users.push((user, SavedUser::State(newer))),
             Some(_) => {
-                self.tails.insert(user, (newer, still));
+                let follows = codec::Follows {
+                    keep: still,
+                    inherits,
+                };
+                self.tails.insert(user, (newer, follows));
             }
         }
         Ok(())
@@ -570,27 +598,46 @@ mod tests {
 
     /// A chain written by the release before deltas' dictionaries extended their base's
     /// (a whole part and an `ETDELTA1` delta with the whole dictionary, from the first
-    /// 300 demo events read with `source.resume`) restores: every user of those events,
-    /// each history ending with its events in order.
+    /// 300 demo events read with `source.resume`) restores.
     #[test]
     fn a_chain_of_the_release_before_restores() {
+        restores_as_written("chain-delta1", 1);
+    }
+
+    /// A chain of `ETDELTA5` deltas, whose tails repeat the profile and visit (written by
+    /// the release before tails left them out: the demo's first 300 events at 200 a
+    /// second, read with `source.resume`, checkpoints every 300 ms), restores.
+    #[test]
+    fn a_chain_of_tails_with_their_profiles_restores() {
+        restores_as_written("chain-tails5", 4);
+    }
+
+    /// The latest checkpoint of fixture `name`, of `deltas` deltas on a whole part,
+    /// restores every user of the demo events before its file offset: each history
+    /// ending with its events in order, and a user the demo's Profile API knows with its
+    /// profile and its visit, an action counted for each of its events.
+    fn restores_as_written(name: &str, deltas: usize) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let restore = manifest::find_latest(&root.join("tests/fixtures/chain-delta1")).unwrap();
-        assert_eq!(
-            restore.manifest.parts[0].base.len(),
-            1,
-            "a delta and its base"
-        );
-        let events = std::fs::read_to_string(root.join("config/demo/events.jsonl")).unwrap();
+        let restore = manifest::find_latest(&root.join("tests/fixtures").join(name)).unwrap();
+        assert_eq!(restore.manifest.parts[0].base.len(), deltas, "{name}");
+        let offset = restore.manifest.file.as_ref().unwrap().offset as usize;
+        let events = std::fs::read(root.join("config/demo/events.jsonl")).unwrap();
         let mut want: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for line in events.lines().take(300) {
-            if let Ok(ev) = crate::wire::decode(line.as_bytes()) {
+        for line in events[..offset].split(|&b| b == b'\n') {
+            if let Ok(ev) = crate::wire::decode(line) {
                 let id = ev.event_id.as_deref().unwrap_or_default().to_string();
                 want.entry(ev.user_id.to_string()).or_default().push(id);
             }
         }
+        let profiles = std::fs::read_to_string(root.join("config/demo/profiles.jsonl")).unwrap();
+        let known: std::collections::HashMap<String, serde_json::Value> = profiles
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["user_id"].as_str().unwrap().to_string(), v))
+            .collect();
         let users = restore.read_users().unwrap();
-        assert_eq!(users.len(), want.len());
+        assert_eq!(users.len(), want.len(), "{name}");
+        let mut with_visits = 0;
         for (user, saved) in users {
             let SavedUser::State(s) = saved else {
                 panic!("{user} pending in a final checkpoint")
@@ -600,7 +647,19 @@ mod tests {
                 .iter()
                 .map(|h| h.event_id.unwrap_or_default().to_string())
                 .collect();
-            assert!(ids.ends_with(&want[&*user]), "{user}: {ids:?}");
+            let events = &want[&*user];
+            assert!(ids.ends_with(events), "{name}: {user}: {ids:?}");
+            let Some(p) = known.get(&*user) else {
+                continue;
+            };
+            let country = p["profile"]["country"].as_str();
+            assert_eq!(s.profile.country.as_deref(), country, "{name}: {user}");
+            let v = s.visit.as_deref().unwrap();
+            assert_eq!(v.uuid.as_deref(), p["visit"]["uuid"].as_str(), "{user}");
+            let actions = p["visit"]["actions"].as_i64().unwrap() + events.len() as i64;
+            assert_eq!(v.actions, actions, "{name}: {user}");
+            with_visits += 1;
         }
+        assert!(with_visits > 100, "{name}: {with_visits}");
     }
 }

@@ -64,9 +64,17 @@ const MAGIC_DELTA_EXT_PLAIN: &[u8; 8] = b"ETDELTA2";
 const MAGIC_DELTA_TAILS: &[u8; 8] = b"ETDELTA5";
 /// The same, uncompressed.
 const MAGIC_DELTA_TAILS_PLAIN: &[u8; 8] = b"ETDELTA4";
+/// A delta part as `MAGIC_DELTA_TAILS` whose tails may leave out what they share with
+/// the record they build on (`codec::encode_tail_into`, `codec::inherit`): a magic of
+/// its own, so that a release that cannot fill them in refuses the part.
+const MAGIC_DELTA_SAME: &[u8; 8] = b"ETDELTA7";
+/// The same, uncompressed.
+const MAGIC_DELTA_SAME_PLAIN: &[u8; 8] = b"ETDELTA6";
 /// The magic numbers of the parts this build reads.
-const MAGICS: [&[u8; 8]; 9] = [
+const MAGICS: [&[u8; 8]; 11] = [
     MAGIC,
+    MAGIC_DELTA_SAME,
+    MAGIC_DELTA_SAME_PLAIN,
     MAGIC_DELTA_TAILS,
     MAGIC_DELTA_TAILS_PLAIN,
     MAGIC_DELTA_EXT,
@@ -353,15 +361,20 @@ impl Encoder<'_> {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 8]);
         let words = Words::Below(self.words);
-        match state.changed_in.appended.map(|n| n as usize) {
-            Some(gained) if self.tails && gained < state.history.len() => {
-                codec::encode_tail_into(&mut self.buf, state, gained, words)
-            }
-            _ => codec::encode_into(&mut self.buf, state, words),
+        match self.tail_of(state) {
+            Some(gained) => codec::encode_tail_into(&mut self.buf, state, gained, words),
+            None => codec::encode_into(&mut self.buf, state, words),
         }
         let n = (self.buf.len() - at - 8) as u64;
         self.buf[at..at + 8].copy_from_slice(&n.to_le_bytes());
         self.done_one()
+    }
+
+    /// How many entries `state`'s history gained since its record in the part before,
+    /// if it is written as that (a tail).
+    fn tail_of(&self, state: &UserState) -> Option<usize> {
+        let gained = state.changed_in.appended? as usize;
+        (self.tails && gained < state.history.len()).then_some(gained)
     }
 
     fn removed(&mut self, user: &Text) -> io::Result<()> {
@@ -441,8 +454,8 @@ fn write_part_with(path: &Path, records: PartRecords, compress: bool) -> io::Res
         };
         let tails = records.may_hold_tails();
         let magic = match (records.removed.is_some(), compress) {
-            (true, true) if tails => MAGIC_DELTA_TAILS,
-            (true, false) if tails => MAGIC_DELTA_TAILS_PLAIN,
+            (true, true) if tails => MAGIC_DELTA_SAME,
+            (true, false) if tails => MAGIC_DELTA_SAME_PLAIN,
             (true, true) => MAGIC_DELTA_EXT,
             (false, true) => MAGIC,
             (true, false) => MAGIC_DELTA_EXT_PLAIN,
@@ -729,14 +742,16 @@ pub enum Saved {
     /// entries of that record's, then these (`ChainReader` merges them).
     Tail {
         state: UserState,
-        keep: usize,
+        follows: codec::Follows,
     },
     /// In a delta: gone since the part before.
     Removed,
-    /// A state's or a tail's history alone (`Want::History`), with the tail's count.
+    /// A state's or a tail's history alone (`Want::History`), with the tail's count,
+    /// and the profile and visit if asked for and given.
     History {
         history: History,
         keeps: Option<usize>,
+        base: Option<codec::Base>,
     },
 }
 
@@ -746,8 +761,9 @@ pub enum Want {
     Skip,
     /// The record.
     Record,
-    /// Its history alone: a newer part gave the user's state as what its history gained.
-    History,
+    /// Its history alone: a newer part gave the user's state as what its history gained;
+    /// `base`: and its profile and visit, which that newer record left out.
+    History { base: bool },
 }
 
 /// Reads a state part's users a chunk at a time, so that restoring a part takes memory
@@ -788,14 +804,15 @@ impl PartReader {
         body.read_exact(&mut magic)
             .map_err(|e| CheckpointError::io(path, e))?;
         let mut body = match &magic {
-            MAGIC | MAGIC_DELTA | MAGIC_DELTA_EXT | MAGIC_DELTA_TAILS => {
+            MAGIC | MAGIC_DELTA | MAGIC_DELTA_EXT | MAGIC_DELTA_TAILS | MAGIC_DELTA_SAME => {
                 Body::Lz4(lz4_flex::frame::FrameDecoder::new(body))
             }
             MAGIC_V2
             | MAGIC_V1
             | MAGIC_DELTA_PLAIN
             | MAGIC_DELTA_EXT_PLAIN
-            | MAGIC_DELTA_TAILS_PLAIN => Body::Plain(body),
+            | MAGIC_DELTA_TAILS_PLAIN
+            | MAGIC_DELTA_SAME_PLAIN => Body::Plain(body),
             _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
         };
         let dictionary = |e: io::Error| CheckpointError::corrupt(path, format!("dictionary: {e}"));
@@ -804,7 +821,9 @@ impl PartReader {
             MAGIC_DELTA_EXT
             | MAGIC_DELTA_EXT_PLAIN
             | MAGIC_DELTA_TAILS
-            | MAGIC_DELTA_TAILS_PLAIN => {
+            | MAGIC_DELTA_TAILS_PLAIN
+            | MAGIC_DELTA_SAME
+            | MAGIC_DELTA_SAME_PLAIN => {
                 let mut from = [0u8; 8];
                 body.read_exact(&mut from).map_err(dictionary)?;
                 let from = u64::from_le_bytes(from);
@@ -818,7 +837,13 @@ impl PartReader {
                 (Some(Ids::of_dictionary(dict)), words, None)
             }
         };
-        let tails = [MAGIC_DELTA_TAILS, MAGIC_DELTA_TAILS_PLAIN].contains(&&magic);
+        let tails = [
+            MAGIC_DELTA_TAILS,
+            MAGIC_DELTA_TAILS_PLAIN,
+            MAGIC_DELTA_SAME,
+            MAGIC_DELTA_SAME_PLAIN,
+        ]
+        .contains(&&magic);
         let delta = tails
             || [
                 MAGIC_DELTA,
@@ -990,31 +1015,42 @@ impl PartReader {
                         corrupt(reason)
                     };
                     match want {
-                        Want::History => {
-                            let read = codec::decode_history(&self.scratch, ids);
+                        Want::History { base } => {
+                            let read = codec::decode_history(&self.scratch, ids, base);
                             match read.map_err(|e| corrupt(e.to_string()))? {
-                                (_, Some(_)) if !self.tails => return Err(cannot()),
-                                (history, keeps) => Saved::History { history, keeps },
+                                (_, Some(_), _) if !self.tails => return Err(cannot()),
+                                (history, keeps, base) => Saved::History {
+                                    history,
+                                    keeps,
+                                    base,
+                                },
                             }
                         }
                         _ => {
                             let read = codec::decode_record(&self.scratch, ids);
                             match read.map_err(|e| corrupt(e.to_string()))? {
                                 (state, None) => Saved::User(SavedUser::State(state)),
-                                (state, Some(keep)) if self.tails => Saved::Tail { state, keep },
+                                (state, Some(follows)) if self.tails => {
+                                    Saved::Tail { state, follows }
+                                }
                                 (_, Some(_)) => return Err(cannot()),
                             }
                         }
                     }
                 }
                 // A v1 part's state, decoded whole: its history is what was asked.
-                RawRecord::Saved(SavedUser::State(state)) if matches!(want, Want::History) => {
+                RawRecord::Saved(SavedUser::State(state))
+                    if matches!(want, Want::History { .. }) =>
+                {
                     Saved::History {
                         history: (*state.history).clone(),
                         keeps: None,
+                        base: Some(codec::Base::of(&state)),
                     }
                 }
-                RawRecord::Saved(_) | RawRecord::Removed if matches!(want, Want::History) => {
+                RawRecord::Saved(_) | RawRecord::Removed
+                    if matches!(want, Want::History { .. }) =>
+                {
                     let reason = format!("user {user}'s delta record builds on no state");
                     return Err(corrupt(reason));
                 }
