@@ -505,6 +505,20 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    // A warning, not a failure: the job this config is for may be running, holding it.
+    if let Some((listen, explicit)) = settings.metrics.listen_addr()?
+        && let Err(e) = std::net::TcpListener::bind(listen)
+    {
+        let fails = if explicit {
+            "`run` fails to start unless it is free then"
+        } else {
+            "`run` goes on without metrics unless it is free then"
+        };
+        eprintln!(
+            "warning: metrics.listen: {listen} cannot be listened on now: {e}; {fails} (expected \
+             if a job running with this config holds it; \"\" serves no metrics)"
+        );
+    }
     println!(
         "{}: ok (filter {} compiles and reads only known names; {} warning{} on the built-in sample states)",
         config.display(),

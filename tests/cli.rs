@@ -440,27 +440,47 @@ fn a_taken_default_metrics_port_is_a_warning() {
 }
 
 /// A metrics address that is not `host:port`, or a port taken, fails the start naming
-/// `metrics.listen`.
+/// `metrics.listen`; `validate` fails the first and warns of the second (the job the
+/// config is for may be the one holding it).
 #[test]
 fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
+    let start = |command: &str, listen: &str| {
+        let out = Command::new(binary())
+            .args([command, "--config", "config/application.yml"])
+            .env("EVENT_TRIGGER__METRICS__LISTEN", listen)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
     for (listen, needle) in [
         ("nonsense", "not host:port"),
         (busy.as_str(), "cannot listen"),
     ] {
-        let out = Command::new(binary())
-            .args(["run", "--config", "config/application.yml"])
-            .env("EVENT_TRIGGER__METRICS__LISTEN", listen)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{listen}: {err}");
+        let (code, err) = start("run", listen);
+        assert_eq!(code, Some(2), "{listen}: {err}");
         assert!(
             err.contains("metrics.listen") && err.contains(needle),
             "{listen}: {err}"
         );
     }
+    let (code, err) = start("validate", "nonsense");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("metrics.listen") && err.contains("not host:port"));
+    let (code, err) = start("validate", &busy);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: metrics.listen: {busy} cannot be listened on now"
+        )) && err.contains("`run` fails to start unless it is free then"),
+        "{err}"
+    );
+    drop(taken);
+    let (code, err) = start("validate", &busy);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("metrics.listen"), "free again: {err}");
 }
 
 /// A rule that depends on each user's order (the event before this one was a click)
