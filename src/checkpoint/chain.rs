@@ -155,7 +155,7 @@ impl ChainReader {
         newer.history = std::sync::Arc::new(history);
         let mut inherits = follows.inherits;
         if let Some(base) = base.filter(|_| inherits) {
-            if codec::inherit(&mut newer, &base).is_none() {
+            if codec::inherit(&mut newer, base).is_none() {
                 return corrupt(
                     "has a visit where the record before it has none, or none where it has one",
                 );

@@ -369,18 +369,19 @@ impl Base {
 
 /// `tail`'s profile and visit from `base`, the visit's timestamp and actions kept
 /// (a tail that `Follows::inherits`); `None` if one has a visit and the other not.
-pub fn inherit(tail: &mut UserState, base: &Base) -> Option<()> {
-    tail.visit = match (tail.visit.take(), &base.visit) {
+pub fn inherit(tail: &mut UserState, base: Base) -> Option<()> {
+    tail.visit = match (tail.visit.take(), base.visit) {
         (None, None) => None,
-        (Some(own), Some(theirs)) => {
-            let mut v = (**theirs).clone();
+        (Some(own), Some(mut theirs)) => {
+            // The base's own, read for this tail: changed in place, not copied.
+            let v = Arc::make_mut(&mut theirs);
             v.timestamp = own.timestamp;
             v.actions = own.actions;
-            Some(Arc::new(v))
+            Some(theirs)
         }
         _ => return None,
     };
-    tail.profile = base.profile.clone();
+    tail.profile = base.profile;
     Some(())
 }
 
@@ -722,7 +723,7 @@ mod tests {
             tail.history = Arc::new(history);
             if let Some(given) = given {
                 assert_ne!(tail, now, "a stand-in profile and visit");
-                inherit(&mut tail, &given).unwrap();
+                inherit(&mut tail, given).unwrap();
             }
             assert_eq!(tail, now);
             assert!(decode_with(bytes, &Ids::Here).is_err(), "not a state alone");
@@ -745,7 +746,7 @@ mod tests {
             visit: None,
         };
         assert!(
-            inherit(&mut no_visit, &without).is_none(),
+            inherit(&mut no_visit, without).is_none(),
             "a visit from nowhere"
         );
     }
