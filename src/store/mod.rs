@@ -221,7 +221,7 @@ impl MemoryStore {
     /// A shallow copy: the parts of each state are `Arc`s.
     fn snapshot(&mut self, mut into: Records) -> Result<StoreSnapshot, StateError> {
         into.clear();
-        into.extend(self.users.iter().map(|(u, st)| (u.clone(), st.clone())));
+        copy_ahead(self.users.iter(), &mut into);
         Ok(StoreSnapshot {
             records: into,
             encoded: None,
@@ -234,10 +234,7 @@ impl MemoryStore {
         mut into: Records,
     ) -> Result<StoreSnapshot, StateError> {
         into.clear();
-        into.extend(users.filter_map(|u| {
-            let (user, state) = self.users.get_key_value(u)?;
-            Some((user.clone(), state.clone()))
-        }));
+        copy_ahead(users.filter_map(|u| self.users.get_key_value(u)), &mut into);
         Ok(StoreSnapshot {
             records: into,
             encoded: None,
@@ -247,6 +244,32 @@ impl MemoryStore {
     fn holds(&self, user: &str) -> bool {
         self.users.get(user).is_some()
     }
+}
+
+/// How many users ahead of the one it copies `copy_ahead` asks for their parts.
+const COPY_AHEAD: usize = 16;
+
+/// Appends a copy of each of `users` to `into`, asking the CPU for a user's id and
+/// parts (`codec::prefetch_parts`) `COPY_AHEAD` users before copying it. A copy adds one
+/// to four reference counts, each on a line of its own that is cold over many users:
+/// copied one after another, the worker waited on each in turn (a `perf` of a checkpoint
+/// every second put half of the copying's samples on the instruction after one).
+fn copy_ahead<'a>(users: impl Iterator<Item = (&'a Text, &'a UserState)>, into: &mut Records) {
+    let mut ahead = std::collections::VecDeque::with_capacity(COPY_AHEAD);
+    for (user, state) in users {
+        codec::prefetch_parts(user, state);
+        if ahead.len() == COPY_AHEAD
+            && let Some((u, s)) = ahead.pop_front()
+        {
+            into.push(copy(u, s));
+        }
+        ahead.push_back((user, state));
+    }
+    into.extend(ahead.into_iter().map(|(u, s)| copy(u, s)));
+}
+
+fn copy(user: &Text, state: &UserState) -> (Text, UserState) {
+    (user.clone(), state.clone())
 }
 
 impl StateStore for MemoryStore {

@@ -157,6 +157,8 @@ struct InProgress {
     /// A delta's changes (given back if it is not written) and the worker's users in
     /// all; `None`: a whole part (whose records are its users).
     taken: Option<(Changes, u64)>,
+    /// How long the worker took to copy the users for it (its pause for the part).
+    copy: std::time::Duration,
 }
 
 impl Snapshots {
@@ -255,6 +257,7 @@ impl Snapshots {
         lookups: &mut Lookups,
         held: &mut HeldTimes,
     ) {
+        let started = std::time::Instant::now();
         // A delta of every user would be a whole part and more to read back. (Of no
         // users, it is smaller than a whole part, which holds the dictionary.)
         if self.chain.next_is_delta(self.cfg.full_every, table.len())
@@ -266,7 +269,7 @@ impl Snapshots {
                     let pending = lookups.save_pending(epoch, held);
                     let users = (table.len() + pending.len()) as u64;
                     let (records, taken) = self.delta_part(epoch, delta, users, pending);
-                    self.write(epoch, records, Some((taken, users)));
+                    self.write(epoch, records, Some((taken, users)), started);
                 }
                 // Without its part this epoch's checkpoint never completes; the next
                 // epoch tries again, with these changes.
@@ -295,7 +298,7 @@ impl Snapshots {
             pending = pending.len(),
             "checkpoint started"
         );
-        self.write(epoch, copy.into_part(pending), None);
+        self.write(epoch, copy.into_part(pending), None, started);
     }
 
     /// A delta part of `epoch`: `delta`'s users, and `pending` (of `users` in all).
@@ -335,7 +338,14 @@ impl Snapshots {
         (records, delta.taken)
     }
 
-    fn write(&mut self, epoch: Time, records: PartRecords, taken: Option<(Changes, u64)>) {
+    fn write(
+        &mut self,
+        epoch: Time,
+        records: PartRecords,
+        taken: Option<(Changes, u64)>,
+        started: std::time::Instant,
+    ) {
+        let copy = started.elapsed();
         let path = self.cfg.state_path(epoch, self.worker);
         let activator = (self.activator)();
         let wake = Box::new(move || {
@@ -351,6 +361,7 @@ impl Snapshots {
             epoch,
             writer,
             taken,
+            copy,
         });
     }
 
@@ -414,6 +425,7 @@ impl Snapshots {
                         ms = info.duration.as_millis() as u64,
                         cpu_ms = info.cpu.as_millis() as u64,
                         delta = !whole,
+                        copy_us = p.copy.as_micros() as u64,
                         "checkpoint part written"
                     )
                 }
