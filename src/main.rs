@@ -467,7 +467,10 @@ fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyh
             Err(e) if !explicit => tracing::warn!(
                 "metrics not served: {listen}: {e} (set metrics.listen to choose a port, or \"\" for none)"
             ),
-            Err(e) => bail!("metrics.listen: cannot listen on {listen}: {e}"),
+            Err(e) => bail!(
+                "metrics.listen: cannot listen on {listen}: {e} (choose a free port or an address \
+                 of this machine, or \"\" for no metrics)"
+            ),
         }
     }
     if settings.metrics.log_interval_s > 0 {
@@ -505,19 +508,12 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    // A warning, not a failure: the job this config is for may be running, holding it.
+    // A warning, not a failure: the job this config is for may be running and holding
+    // it, or be run on another host.
     if let Some((listen, explicit)) = settings.metrics.listen_addr()?
         && let Err(e) = std::net::TcpListener::bind(listen)
     {
-        let fails = if explicit {
-            "`run` fails to start unless it is free then"
-        } else {
-            "`run` goes on without metrics unless it is free then"
-        };
-        eprintln!(
-            "warning: metrics.listen: {listen} cannot be listened on now: {e}; {fails} (expected \
-             if a job running with this config holds it; \"\" serves no metrics)"
-        );
+        eprintln!("{}", metrics_warning(listen, explicit, &e));
     }
     println!(
         "{}: ok (filter {} compiles and reads only known names; {} warning{} on the built-in sample states)",
@@ -529,6 +525,26 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     match events {
         Some(events) => test_rule(settings, events, show),
         None => Ok(()),
+    }
+}
+
+/// `validate`'s warning when `metrics.listen` cannot be listened on now.
+fn metrics_warning(listen: std::net::SocketAddr, explicit: bool, e: &std::io::Error) -> String {
+    let run = match explicit {
+        true => "`run` fails to start",
+        false => "`run` goes on without metrics",
+    };
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "warning: metrics.listen: {listen} cannot be listened on now: {e}; {run} unless it \
+             is free then (expected if a job running with this config holds it; \"\" serves no \
+             metrics)"
+        )
+    } else {
+        format!(
+            "warning: metrics.listen: {listen} cannot be listened on here: {e}; {run} on this \
+             machine (right only if the config is for another host)"
+        )
     }
 }
 

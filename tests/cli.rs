@@ -477,10 +477,19 @@ fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
         )) && err.contains("`run` fails to start unless it is free then"),
         "{err}"
     );
+    let (_, err) = start("run", &busy);
+    assert!(err.contains("choose a free port"), "the fix named: {err}");
     drop(taken);
     let (code, err) = start("validate", &busy);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("metrics.listen"), "free again: {err}");
+    // An address of another host: never free here, and no job of this one holds it.
+    let (code, err) = start("validate", "192.0.2.1:9898");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("cannot be listened on here") && err.contains("another host"),
+        "{err}"
+    );
 }
 
 /// A rule that depends on each user's order (the event before this one was a click)
