@@ -1505,6 +1505,13 @@ fn deltas_log_their_records_and_the_users(log: &str) {
         let end = value.find(' ').unwrap_or(value.len());
         value[..end].parse().unwrap()
     };
+    // Every part says how long its worker paused to copy the users (a number of µs).
+    for line in log
+        .lines()
+        .filter(|l| l.contains("checkpoint part written"))
+    {
+        field(line, "copy_us");
+    }
     let deltas: Vec<(u64, u64)> = log
         .lines()
         .filter(|l| l.contains("checkpoint part written") && l.contains("delta=true"))
