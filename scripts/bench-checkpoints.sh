@@ -12,6 +12,10 @@
 #                                                                 # compressed; default lz4-whole, as the job)
 #   BIN=path/to/event-trigger scripts/bench-checkpoints.sh ...    # a binary built already (for
 #                                                                 # RocksDB: --features rocksdb)
+#   REPEAT=3 scripts/bench-checkpoints.sh ...                     # each backend's intervals run
+#                                                                 # this many times, alternating;
+#                                                                 # the ratios to "off" of each
+#                                                                 # round and their median
 #
 # Defaults: /tmp/event-trigger-wl-1m, 2,000,000 events over 1,000,000 users (from
 # ../shared/bench/gen_events.py). The filter passes nothing, so the figures are the
@@ -72,11 +76,17 @@ run() { # config -> "wall user sys rss" and the log in $TMP/err
 
 printf '%-8s %-9s %10s %10s %10s %12s %14s %12s %12s %12s %12s\n' backend interval events/s cpu_s/1M rss_MiB checkpoints last_ck_users last_ck_MiB part_ms avg_ck_MiB writer_cpu_s
 INTERVALS=${INTERVALS:-0 60000 1000}
+REPEAT=${REPEAT:-1}
 last_interval=${INTERVALS##* }
+declare -A EVS # events/s by "backend interval round"
 for backend in $BACKENDS; do
+for round in $(seq "$REPEAT"); do
 for interval in $INTERVALS; do
-  dir=$TMP/ck-$backend-$interval
-  cfg=$(config $interval "g$backend$interval" "$dir" "$backend")
+  # A round of its own: a fresh consumer group and directory (the round before's goes,
+  # a checkpoint of the 6M-event workload being ~1 GB).
+  rm -rf "$TMP/ck-$backend-$interval"*
+  dir=$TMP/ck-$backend-$interval-$round
+  cfg=$(config $interval "g$backend$interval-$round" "$dir" "$backend")
   read -r wall user sys rss <<<"$(run "$cfg")"
   el=$(sed -n 's/.* elapsed_s=\([0-9.]*\).*/\1/p' "$TMP/out")
   n=$(grep -c 'checkpoint complete' "$TMP/err" || true)
@@ -97,11 +107,12 @@ for interval in $INTERVALS; do
       -v users="${users:-0}" -v bytes="${bytes:-0}" -v pms="${part_ms:-0}" -v avg="$avg" \
     -v wcpu="$writer_cpu" \
     'BEGIN { printf "%-8s %-9s %10.0f %10.2f %10.0f %12d %14d %12.1f %12d %12s %12.2f\n", b, i, n/el, (u+s)/(n/1e6), rss/1024, c, users, bytes/1048576, pms, avg, wcpu }'
+  EVS[$backend $interval $round]=$(awk -v n="$EVENTS" -v el="$el" 'BEGIN { printf "%.0f", n/el }')
   if [ "$interval" = 1000 ]; then
     echo "part writes at 1 s (ms: snapshot to disk, cpu_ms: the writer's CPU; the last ones are the final checkpoint's):"
     grep 'checkpoint part written' "$TMP/err" | sed -n 's/.* worker=\([0-9]*\) users=\([0-9]*\) records=\([0-9]*\) bytes=\([0-9]*\) ms=\([0-9]*\) cpu_ms=\([0-9]*\) delta=\([a-z]*\).*/  w\1 users=\2 records=\3 bytes=\4 ms=\5 cpu_ms=\6 delta=\7/p' | tail -6
   fi
-  if [ "$interval" = "$last_interval" ] && [ "$interval" != 0 ]; then
+  if [ "$interval" = "$last_interval" ] && [ "$interval" != 0 ] && [ "$round" = "$REPEAT" ]; then
     # Restart on the same group and directory: restores every user, reads nothing new.
     # A copy of the directory is restored again below (a restart writes a checkpoint).
     rm -rf "$dir.copy" && cp -a "$dir" "$dir.copy"
@@ -122,3 +133,19 @@ for interval in $INTERVALS; do
   fi
 done
 done
+done
+
+# Each round's events/s at each interval over its run without checkpoints, and the median
+# (the machine's noise moves a single run by 10-20%).
+if [[ " $INTERVALS " == *" 0 "* ]]; then
+  for backend in $BACKENDS; do
+    for interval in $INTERVALS; do
+      [ "$interval" = 0 ] && continue
+      ratios=$(for round in $(seq "$REPEAT"); do
+        awk -v a="${EVS[$backend $interval $round]}" -v b="${EVS[$backend 0 $round]}" 'BEGIN { printf "%.1f\n", 100 * a / b }'
+      done)
+      median=$(sort -n <<<"$ratios" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+      echo "$backend $interval ms / off, each round: $(tr '\n' ' ' <<<"$ratios")(%); median $median%"
+    done
+  done
+fi
