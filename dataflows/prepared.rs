@@ -403,11 +403,14 @@ fn checkpoints(
             Arc::new(r)
         });
     if let Some(c) = &mut checkpoints {
+        // In full: a relative directory is the working directory's, which the log
+        // does not say.
+        let dir = std::path::absolute(&c.dir).unwrap_or_else(|_| c.dir.clone());
         tracing::info!(
-            dir = %c.dir.display(),
+            dir = %dir.display(),
             interval_ms = c.interval_ms,
             full_every = c.full_every,
-            compression = settings.engine.checkpoint_compression.name(),
+            compression = %settings.engine.checkpoint_compression.name(),
             "checkpoints"
         );
         let restored = restore.as_ref().map_or(0, |r| r.manifest.epoch);

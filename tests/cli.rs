@@ -1084,6 +1084,41 @@ fn rule_config(dir: &std::path::Path, events: &str, script: &str, extra: &str) -
     cfg.to_str().unwrap().to_string()
 }
 
+/// The start logs the checkpoint settings in effect, the directory in full: a relative
+/// `engine.checkpoint-dir` is the working directory's, which the log does not say.
+#[test]
+fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let extra = format!(
+        "profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\nengine:\n  checkpoint-dir: ck\n  checkpoint-interval-ms: 500\n"
+    );
+    let events = format!("{root}/config/demo/events.jsonl");
+    let cfg = rule_config(dir.path(), &events, "false", &extra);
+    resume_file_source(std::path::Path::new(&cfg));
+    let out = Command::new(binary())
+        .args(["run", "--config", &cfg])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let ck = dir.path().join("ck");
+    let line = format!(
+        "checkpoints dir={} interval_ms=500 full_every=10 compression=lz4-whole",
+        ck.display()
+    );
+    assert!(err.contains(&line), "{line}: {err}");
+    let written = std::fs::read_dir(&ck).unwrap().flatten();
+    assert!(
+        written
+            .map(|e| e.file_name())
+            .any(|n| n.to_string_lossy().starts_with("chk-")),
+        "the checkpoint is where the line says"
+    );
+}
+
 /// Rules with mistakes rhai would only find on each event, or with AviatorScript's
 /// habits, are refused by `validate` and at the start of `run` (exit 2), naming the
 /// place, the name, the nearest known names or the rhai way; in an action's filter too.
