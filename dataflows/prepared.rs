@@ -337,7 +337,13 @@ pub fn check_local_inputs(
         }
         None => {}
     }
-    // Where `run` would checkpoint: written into, or created, there.
+    check_checkpoint_dir(settings)
+}
+
+/// Where the job would checkpoint, if it does: written into, or created, there (making
+/// nothing: `manifest::check_dir_as_is`). `run` asks before it contacts a broker, so that
+/// a local mistake is not hidden behind (or after) a broker's error.
+pub fn check_checkpoint_dir(settings: &Settings) -> anyhow::Result<()> {
     if checkpointed(settings) {
         manifest::check_dir_as_is(&settings.engine.checkpoint_dir)
             .context("engine.checkpoint-dir: checkpoints cannot be written")?;

@@ -318,6 +318,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, Some(t)) => Some(ReplayFrom::parse_timestamp(t)?),
         (None, None) => None,
     };
+    if args.processes == 1 {
+        event_trigger::dataflows::prepared::check_checkpoint_dir(&settings)?;
+    }
     let mut prepared = Prepared::new(&settings, args.bounded)?;
     prepared.processes = args.processes;
     if from.is_some() || args.dry_run {

@@ -689,6 +689,30 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
         }
     }
     assert_eq!(receiver.received(), 0);
+    // With a Kafka source whose broker cannot be reached, the directory is named first
+    // (at once: the broker would be waited for a minute).
+    let kafka = dir.path().join("kafka.yml");
+    std::fs::write(
+        &kafka,
+        format!(
+            "source:\n  type: kafka\nkafka:\n  bootstrap-servers: 127.0.0.1:1\n  connect-timeout-ms: 60000\nfilter:\n  script-path: {}\nmetrics:\n  listen: \"\"\nengine:\n  checkpoint-dir: \"{}\"\n",
+            dir.path().join("kafka.rhai").display(),
+            file.join("ck").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("kafka.rhai"), "false").unwrap();
+    let started = std::time::Instant::now();
+    let (code, err) = start("run", &kafka);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("engine.checkpoint-dir: checkpoints cannot be written"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{err}"
+    );
     // A directory to be made is checked where it would be made, and not made.
     let ck = dir.path().join("new").join("ck");
     let (code, err) = start("validate", &config(&ck));
