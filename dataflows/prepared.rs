@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 
 use crate::actions::{Action, Actions, NamedAction};
-use crate::checkpoint::manifest::{self, find_latest};
+use crate::checkpoint::manifest::{self, find_readable};
 use crate::checkpoint::{CheckpointConfig, Restore};
 use crate::clock::now_ms;
 use crate::config::{CheckpointCompression, KafkaSettings, Settings, SourceType};
@@ -395,7 +395,14 @@ fn checkpoints(
     });
     let restore = checkpoints
         .as_ref()
-        .and_then(|c| find_latest(&c.dir))
+        .map(|c| find_readable(&c.dir))
+        .transpose()
+        .context(
+            "engine.checkpoint-dir: a checkpoint cannot be read: give the user the job runs \
+             as access to it (skipped, the run would start over from an older one, or from \
+             nothing, and repeat the actions since)",
+        )?
+        .flatten()
         .map(|r| {
             tracing::info!(
                 epoch = r.manifest.epoch,

@@ -318,8 +318,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, Some(t)) => Some(ReplayFrom::parse_timestamp(t)?),
         (None, None) => None,
     };
-    if args.processes == 1 {
+    // A dry run writes no checkpoint (`Prepared::replay`).
+    if args.processes == 1 && !args.dry_run {
         event_trigger::dataflows::prepared::check_checkpoint_dir(&settings)?;
+    }
+    // An explicit metrics address that cannot be listened on, before a broker is waited
+    // for (`serve_metrics` binds it for good).
+    if let Some((listen, true)) = settings.metrics.listen_addr()?
+        && let Err(e) = std::net::TcpListener::bind(listen)
+    {
+        return Err(metrics_listen_failed(listen, &e));
     }
     let mut prepared = Prepared::new(&settings, args.bounded)?;
     prepared.processes = args.processes;
@@ -470,10 +478,7 @@ fn serve_metrics(settings: &Settings, runtime: &tokio::runtime::Runtime) -> anyh
             Err(e) if !explicit => tracing::warn!(
                 "metrics not served: {listen}: {e} (set metrics.listen to choose a port, or \"\" for none)"
             ),
-            Err(e) => bail!(
-                "metrics.listen: cannot listen on {listen}: {e} (choose a free port or an address \
-                 of this machine, or \"\" for no metrics)"
-            ),
+            Err(e) => return Err(metrics_listen_failed(listen, &e)),
         }
     }
     if settings.metrics.log_interval_s > 0 {
@@ -529,6 +534,13 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         Some(events) => test_rule(settings, events, show),
         None => Ok(()),
     }
+}
+
+fn metrics_listen_failed(listen: std::net::SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "metrics.listen: cannot listen on {listen}: {e} (choose a free port or an address of \
+         this machine, or \"\" for no metrics)"
+    )
 }
 
 /// `validate`'s warning when `metrics.listen` cannot be listened on now.

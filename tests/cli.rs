@@ -479,6 +479,30 @@ fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
     );
     let (_, err) = start("run", &busy);
     assert!(err.contains("choose a free port"), "the fix named: {err}");
+    // Said at once, not after a broker that cannot be reached was waited for.
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = dir.path().join("kafka.yml");
+    std::fs::write(dir.path().join("k.rhai"), "false").unwrap();
+    std::fs::write(
+        &kafka,
+        format!(
+            "source:\n  type: kafka\nkafka:\n  bootstrap-servers: 127.0.0.1:1\n  connect-timeout-ms: 60000\nfilter:\n  script-path: {}\nmetrics:\n  listen: \"{busy}\"\n",
+            dir.path().join("k.rhai").display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(binary())
+        .args(["run", "--config", kafka.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("metrics.listen: cannot listen on"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{err}"
+    );
     drop(taken);
     let (code, err) = start("validate", &busy);
     assert_eq!(code, Some(0), "{err}");
@@ -713,6 +737,14 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "{err}"
     );
+    // A dry run writes no checkpoint: its directory is not looked at.
+    let cfg = config(&file);
+    let out = Command::new(binary())
+        .args(["run", "--dry-run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
     // A directory to be made is checked where it would be made, and not made.
     let ck = dir.path().join("new").join("ck");
     let (code, err) = start("validate", &config(&ck));

@@ -326,17 +326,35 @@ pub fn floor(dir: &Path, restored: Time, now: Time, interval_ms: u64) -> Floor {
 /// the price of choosing before the dataflow starts, when falling back to an older
 /// checkpoint is still possible (a bad part found mid-restore could only be dropped).
 pub fn find_latest(dir: &Path) -> Option<Restore> {
+    find_readable(dir).ok().flatten()
+}
+
+/// As `find_latest`, but a checkpoint this process may not read (its permissions) is an
+/// error, not skipped: falling back past it would start over from an older checkpoint,
+/// or from nothing, and repeat the actions since.
+pub fn find_readable(dir: &Path) -> Result<Option<Restore>, CheckpointError> {
     for (epoch, path) in epochs(dir).into_iter().rev() {
         let manifest_path = path.join(MANIFEST);
-        if !manifest_path.exists() {
-            continue; // never completed: a crash or a skipped epoch
+        match std::fs::metadata(&manifest_path) {
+            Ok(_) => {}
+            Err(e) if not_allowed(&e) => return Err(CheckpointError::io(&manifest_path, e)),
+            // Never completed (a crash or a skipped epoch), or not a directory.
+            Err(_) => continue,
         }
         match load(&path, &manifest_path) {
-            Ok(restore) => return Some(restore),
+            Ok(restore) => return Ok(Some(restore)),
+            Err(CheckpointError::Io { path, cause }) if not_allowed(&cause) => {
+                return Err(CheckpointError::Io { path, cause });
+            }
             Err(e) => tracing::warn!(epoch, "checkpoint skipped, trying an older one: {e}"),
         }
     }
-    None
+    Ok(None)
+}
+
+/// A file this process may not read: not damage, a mistake to fix.
+fn not_allowed(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::PermissionDenied
 }
 
 fn read_manifest(manifest_path: &Path) -> Result<Manifest, CheckpointError> {
@@ -564,6 +582,31 @@ mod tests {
         bytes[10] ^= 1;
         std::fs::write(&part, bytes).unwrap();
         assert_eq!(find_latest(dir.path()).unwrap().manifest.epoch, 1000);
+    }
+
+    /// What cannot be read for want of permission is an error (a checkpoint skipped so
+    /// would make the run start over and repeat its actions); a newer epoch that is
+    /// unfinished, not a directory, or damaged is skipped. (Root reads past permissions:
+    /// the refusal itself is checked on the error's kind.)
+    #[test]
+    fn an_unreadable_checkpoint_is_an_error_and_a_damaged_one_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        write_epoch(&c, 1000, 1, true);
+        complete(&c, 1000, 1).unwrap();
+        write_epoch(&c, 2000, 1, false);
+        std::fs::write(c.epoch_dir(3000), b"not a directory").unwrap();
+        let found = find_readable(dir.path()).unwrap().unwrap();
+        assert_eq!(found.manifest.epoch, 1000);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(not_allowed(&denied));
+        for skipped in [
+            std::io::ErrorKind::NotFound,
+            std::io::ErrorKind::NotADirectory,
+            std::io::ErrorKind::InvalidData,
+        ] {
+            assert!(!not_allowed(&std::io::Error::from(skipped)), "{skipped:?}");
+        }
     }
 
     #[test]
