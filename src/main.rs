@@ -308,6 +308,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.dry_run {
         // A dry run writes no dead letters: their file is not even opened (created).
         settings.dead_letter = Default::default();
+        // It reads a file whole from empty state: no checkpoint is looked for (one it
+        // may not read, or a damaged one, is nothing to it) or written.
+        settings.source.resume = false;
     }
     PROCESSES.store(args.processes, std::sync::atomic::Ordering::Relaxed);
     exit_on_panic();

@@ -737,14 +737,24 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "{err}"
     );
-    // A dry run writes no checkpoint: its directory is not looked at.
-    let cfg = config(&file);
-    let out = Command::new(binary())
-        .args(["run", "--dry-run", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    // A dry run writes no checkpoint: its directory is not looked at, nor the
+    // checkpoints in one (here a damaged one, which a run would skip).
+    for ck in [file.clone(), dir.path().join("ck-damaged")] {
+        let damaged = ck.join("chk-0000000000001000");
+        if ck != file {
+            std::fs::create_dir_all(&damaged).unwrap();
+            std::fs::write(damaged.join("MANIFEST.json"), b"{").unwrap();
+        }
+        let cfg = config(&ck);
+        let out = Command::new(binary())
+            .args(["run", "--dry-run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(!err.contains("checkpoint"), "{err}");
+    }
     // A directory to be made is checked where it would be made, and not made.
     let ck = dir.path().join("new").join("ck");
     let (code, err) = start("validate", &config(&ck));
