@@ -345,8 +345,10 @@ pub fn check_local_inputs(
 /// a local mistake is not hidden behind (or after) a broker's error.
 pub fn check_checkpoint_dir(settings: &Settings) -> anyhow::Result<()> {
     if checkpointed(settings) {
-        manifest::check_dir_as_is(&settings.engine.checkpoint_dir)
-            .context("engine.checkpoint-dir: checkpoints cannot be written")?;
+        manifest::check_dir_as_is(&settings.engine.checkpoint_dir).with_context(|| {
+            let key = crate::config::key_as_set("engine.checkpoint-dir");
+            format!("{key}: checkpoints cannot be written")
+        })?;
     }
     Ok(())
 }

@@ -169,6 +169,16 @@ impl<T> Key for Option<T> {
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EVENT_TRIGGER__";
 
+/// `key` as an error about its value names it: with the environment variable that set
+/// it, if one did (`engine.checkpoint-dir (environment variable
+/// EVENT_TRIGGER__ENGINE__CHECKPOINT_DIR)`), for values checked after loading.
+pub fn key_as_set(key: &str) -> String {
+    match EnvOverrides::from_env().var_for(key) {
+        Some(var) => format!("{key} (environment variable {var})"),
+        None => key.to_string(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Shown once: the `config` crate's error is not given as this one's source too

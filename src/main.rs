@@ -344,8 +344,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| args.processes == 1)
     {
-        event_trigger::checkpoint::manifest::check_dir(&c.dir)
-            .context("engine.checkpoint-dir: checkpoints cannot be written")?;
+        event_trigger::checkpoint::manifest::check_dir(&c.dir).with_context(|| {
+            let key = event_trigger::config::key_as_set("engine.checkpoint-dir");
+            format!("{key}: checkpoints cannot be written")
+        })?;
     }
     let runtime = tokio_runtime()?;
     serve_metrics(&settings, &runtime)?;
@@ -540,9 +542,10 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
 }
 
 fn metrics_listen_failed(listen: std::net::SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let key = event_trigger::config::key_as_set("metrics.listen");
     anyhow::anyhow!(
-        "metrics.listen: cannot listen on {listen}: {e} (choose a free port or an address of \
-         this machine, or \"\" for no metrics)"
+        "{key}: cannot listen on {listen}: {e} (choose a free port or an address of this \
+         machine, or \"\" for no metrics)"
     )
 }
 

@@ -479,6 +479,10 @@ fn a_bad_or_busy_metrics_address_fails_the_start_naming_the_key() {
     );
     let (_, err) = start("run", &busy);
     assert!(err.contains("choose a free port"), "the fix named: {err}");
+    assert!(
+        err.contains("metrics.listen (environment variable EVENT_TRIGGER__METRICS__LISTEN)"),
+        "the variable named: {err}"
+    );
     // Said at once, not after a broker that cannot be reached was waited for.
     let dir = tempfile::tempdir().unwrap();
     let kafka = dir.path().join("kafka.yml");
@@ -737,6 +741,24 @@ fn a_checkpoint_directory_that_cannot_be_written_fails_at_start() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "{err}"
     );
+    // Set by an environment variable: the message names it.
+    let cfg = config(&dir.path().join("ck-fine"));
+    for command in ["run", "validate"] {
+        let out = Command::new(binary())
+            .args([command, "--config", cfg.to_str().unwrap()])
+            .env("EVENT_TRIGGER__ENGINE__CHECKPOINT_DIR", &file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains(
+                "engine.checkpoint-dir (environment variable EVENT_TRIGGER__ENGINE__CHECKPOINT_DIR): \
+                 checkpoints cannot be written"
+            ),
+            "{command}: {err}"
+        );
+    }
     // A dry run writes no checkpoint: its directory is not looked at, nor the
     // checkpoints in one (here a damaged one, which a run would skip).
     for ck in [file.clone(), dir.path().join("ck-damaged")] {
