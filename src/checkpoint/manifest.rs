@@ -319,19 +319,20 @@ pub fn floor(dir: &Path, restored: Time, now: Time, interval_ms: u64) -> Floor {
     }
 }
 
-/// The newest checkpoint whose manifest and parts are all whole; newer ones that are
-/// not are skipped with a warning.
-///
-/// Every part is read and hashed here, and again when it is restored: reading twice is
-/// the price of choosing before the dataflow starts, when falling back to an older
-/// checkpoint is still possible (a bad part found mid-restore could only be dropped).
+/// As `find_readable`, a checkpoint this process may not read taken as none: for tests
+/// and tools looking at a directory the job wrote (`run` uses `find_readable`).
 pub fn find_latest(dir: &Path) -> Option<Restore> {
     find_readable(dir).ok().flatten()
 }
 
-/// As `find_latest`, but a checkpoint this process may not read (its permissions) is an
-/// error, not skipped: falling back past it would start over from an older checkpoint,
-/// or from nothing, and repeat the actions since.
+/// The newest checkpoint whose manifest and parts are all whole; newer ones that are
+/// not are skipped with a warning. One this process may not read (its permissions) is
+/// an error, not skipped: falling back past it would start over from an older
+/// checkpoint, or from nothing, and repeat the actions since.
+///
+/// Every part is read and hashed here, and again when it is restored: reading twice is
+/// the price of choosing before the dataflow starts, when falling back to an older
+/// checkpoint is still possible (a bad part found mid-restore could only be dropped).
 pub fn find_readable(dir: &Path) -> Result<Option<Restore>, CheckpointError> {
     for (epoch, path) in epochs(dir).into_iter().rev() {
         let manifest_path = path.join(MANIFEST);
