@@ -7,7 +7,9 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
+use rustc_hash::FxBuildHasher;
 
 use super::files::{CheckpointError, PartReader, Saved, Want, open_chain};
 use super::manifest::Restore;
@@ -21,25 +23,34 @@ pub struct ChainReader {
     paths: Vec<PathBuf>,
     /// Newest first; the front one is being read.
     parts: VecDeque<PartReader>,
-    /// Users already given (or removed) by a newer part; kept for a delta chain only.
-    seen: Option<FxHashSet<Text>>,
-    /// Users whose newest record is a tail, with how many entries it keeps of the
-    /// record before it and whether it takes its profile and visit from there (several
-    /// tails of a user combined): given once that is read.
-    tails: FxHashMap<Text, (UserState, codec::Follows)>,
+    /// The users a newer part had (given, removed, or waiting: their newest record is
+    /// a tail, given once the record it builds on is read). One map for both, so that
+    /// each record costs one look-up; empty for a chain of one part.
+    users: HashMap<Text, Option<Box<Waiting>>, FxBuildHasher>,
+    /// How many of `users` are waiting.
+    waiting: usize,
     /// The chain's oldest part, which every tail builds on in the end.
     oldest: PathBuf,
+}
+
+/// A user's newest record, a tail: its state (the history taken out into `gained`),
+/// how many entries it keeps of the record before it and whether it takes its profile
+/// and visit from there (several tails of a user combined).
+struct Waiting {
+    state: UserState,
+    follows: codec::Follows,
+    gained: codec::Gained,
 }
 
 impl ChainReader {
     /// `parts`: newest first (`Restore::part_chains`).
     pub fn new(parts: Vec<PathBuf>) -> ChainReader {
         ChainReader {
-            seen: (parts.len() > 1).then(FxHashSet::default),
             oldest: parts.last().cloned().unwrap_or_default(),
             paths: parts,
             parts: VecDeque::new(),
-            tails: FxHashMap::default(),
+            users: HashMap::default(),
+            waiting: 0,
         }
     }
 
@@ -57,27 +68,12 @@ impl ChainReader {
             self.parts = open_chain(&paths)?.into();
         }
         loop {
-            // A user's newest record counts: those of users a newer part had are
-            // skipped (undecoded), but for the record a tail builds on. The oldest part,
-            // read last, needs no new ids kept.
             let last = self.parts.len() == 1;
             let Some(reader) = self.parts.front_mut() else {
                 return self.ended();
             };
-            let (seen, tails) = (&mut self.seen, &self.tails);
-            let mut want = |user: &Text| {
-                let new = match seen {
-                    _ if !tails.is_empty()
-                        && let Some((_, f)) = tails.get(user) =>
-                    {
-                        return Want::History { base: f.inherits };
-                    }
-                    Some(seen) if last => !seen.contains(user),
-                    Some(seen) => seen.insert(user.clone()),
-                    None => true,
-                };
-                if new { Want::Record } else { Want::Skip }
-            };
+            let users = &mut self.users;
+            let mut want = |user: &str| want(users, user, last);
             match reader.next_records_of(max, &mut want) {
                 Ok(Some(records)) => {
                     let path = reader.path().to_path_buf();
@@ -110,16 +106,25 @@ impl ChainReader {
             match saved {
                 Saved::User(saved) => users.push((user, saved)),
                 Saved::Removed => {}
-                Saved::Tail { state, follows } => {
-                    self.tails.insert(user, (state, follows));
+                Saved::Tail { mut state, follows } => {
+                    let history = std::mem::take(&mut state.history);
+                    let gained = codec::Gained::of(std::sync::Arc::unwrap_or_clone(history));
+                    let waiting = Waiting {
+                        state,
+                        follows,
+                        gained,
+                    };
+                    self.users.insert(user, Some(Box::new(waiting)));
+                    self.waiting += 1;
                 }
                 // Asked for a user whose newer record is waiting (`Want::History`).
                 Saved::History {
                     history,
                     keeps,
                     base,
-                } => match self.tails.remove(&user) {
+                } => match self.users.get_mut(&user).and_then(Option::take) {
                     Some(newer) => {
+                        self.waiting -= 1;
                         self.follow(user, (history, keeps, base), newer, &mut users, path)?
                     }
                     None => {
@@ -139,7 +144,7 @@ impl ChainReader {
         &mut self,
         user: Text,
         (older, older_keeps, base): (History, Option<usize>, Option<codec::Base>),
-        (mut newer, follows): (UserState, codec::Follows),
+        mut newer: Box<Waiting>,
         users: &mut Vec<(Text, SavedUser)>,
         path: &Path,
     ) -> Result<(), CheckpointError> {
@@ -147,15 +152,13 @@ impl ChainReader {
             let reason = format!("user {user}'s delta record {what}");
             Err(CheckpointError::corrupt(path, reason))
         };
-        let Some((history, still)) =
-            codec::follow(older, older_keeps, &newer.history, follows.keep)
+        let Some(still) = codec::follow(older, older_keeps, &mut newer.gained, newer.follows.keep)
         else {
             return corrupt("keeps more entries than the record before it holds");
         };
-        newer.history = std::sync::Arc::new(history);
-        let mut inherits = follows.inherits;
+        let mut inherits = newer.follows.inherits;
         if let Some(base) = base.filter(|_| inherits) {
-            if codec::inherit(&mut newer, base).is_none() {
+            if codec::inherit(&mut newer.state, base).is_none() {
                 return corrupt(
                     "has a visit where the record before it has none, or none where it has one",
                 );
@@ -164,13 +167,20 @@ impl ChainReader {
         }
         match older_keeps {
             None if inherits => return corrupt("builds on a state without a profile"),
-            None => users.push((user, SavedUser::State(newer))),
+            None => {
+                let Waiting {
+                    mut state, gained, ..
+                } = *newer;
+                state.history = std::sync::Arc::new(gained.joined());
+                users.push((user, SavedUser::State(state)));
+            }
             Some(_) => {
-                let follows = codec::Follows {
+                newer.follows = codec::Follows {
                     keep: still,
                     inherits,
                 };
-                self.tails.insert(user, (newer, follows));
+                self.users.insert(user, Some(newer));
+                self.waiting += 1;
             }
         }
         Ok(())
@@ -178,16 +188,48 @@ impl ChainReader {
 
     /// The chain is read: every tail must have met the record it builds on.
     fn ended(&mut self) -> Result<Option<Vec<(Text, SavedUser)>>, CheckpointError> {
-        match self.tails.keys().next() {
-            None => Ok(None),
-            Some(user) => {
-                let reason = format!(
-                    "{} users' delta records (user {user}'s the first) build on no state in their chain",
-                    self.tails.len()
-                );
-                self.tails.clear();
-                Err(CheckpointError::corrupt(&self.oldest, reason))
-            }
+        if self.waiting == 0 {
+            return Ok(None);
+        }
+        let first = self.users.iter().find(|(_, w)| w.is_some()).map(|(u, _)| u);
+        let reason = format!(
+            "{} users' delta records (user {}'s the first) build on no state in their chain",
+            self.waiting,
+            first.map_or("?", |u| u)
+        );
+        self.users.clear();
+        self.waiting = 0;
+        Err(CheckpointError::corrupt(&self.oldest, reason))
+    }
+}
+
+/// What a chain's reader wants of `user`'s record in the part being read: its record
+/// if no newer part had the user, the history of one whose newer record is a tail, or
+/// nothing. The ids of the users of all but the chain's oldest part are kept (the
+/// record is given the same id).
+fn want(
+    users: &mut HashMap<Text, Option<Box<Waiting>>, FxBuildHasher>,
+    user: &str,
+    last: bool,
+) -> Want {
+    let older = |waiting: &Option<Box<Waiting>>| match waiting {
+        Some(w) => Want::History {
+            base: w.follows.inherits,
+        },
+        None => Want::Skip,
+    };
+    if last {
+        return match users.get(user) {
+            Some(waiting) => older(waiting),
+            None => Want::Record(None),
+        };
+    }
+    match users.entry_ref(user) {
+        EntryRef::Occupied(e) => older(e.get()),
+        EntryRef::Vacant(e) => {
+            let id = Text::from(user);
+            e.insert_with_key(id.clone(), None);
+            Want::Record(Some(id))
         }
     }
 }

@@ -26,7 +26,7 @@
 //! list of entries.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -759,8 +759,8 @@ pub enum Saved {
 pub enum Want {
     /// Nothing: a newer part has the user.
     Skip,
-    /// The record.
-    Record,
+    /// The record; with the user's id if the asker made one (given with the record).
+    Record(Option<Text>),
     /// Its history alone: a newer part gave the user's state as what its history gained;
     /// `base`: and its profile and visit, which that newer record left out.
     History { base: bool },
@@ -770,7 +770,9 @@ pub enum Want {
 /// for a chunk, not for the part; the checksum and count are checked at its end.
 pub struct PartReader {
     path: PathBuf,
-    body: Body,
+    /// Read through a buffer of its own, so that most records are read in place
+    /// (`record_in_buffer`).
+    body: io::BufReader<Body>,
     users: u64,
     hash: u64,
     read: u64,
@@ -854,7 +856,7 @@ impl PartReader {
             .contains(&&magic);
         Ok(PartReader {
             path: path.to_path_buf(),
-            body,
+            body: io::BufReader::with_capacity(READ_BUFFER, body),
             users,
             hash,
             read: 0,
@@ -911,7 +913,7 @@ impl PartReader {
     /// Up to `max` more records: a user and what it is saved as; `None` once the part
     /// is read to its end and checked.
     pub fn next_records(&mut self, max: usize) -> Result<Option<Vec<Record>>, CheckpointError> {
-        self.next_records_of(max, &mut |_| Want::Record)
+        self.next_records_of(max, &mut |_: &str| Want::Record(None))
     }
 
     /// As `next_records`, of what `want` asks of each user's record (once per record,
@@ -920,7 +922,7 @@ impl PartReader {
     pub fn next_records_of(
         &mut self,
         max: usize,
-        want: &mut dyn FnMut(&Text) -> Want,
+        want: &mut dyn FnMut(&str) -> Want,
     ) -> Result<Option<Vec<Record>>, CheckpointError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
@@ -953,12 +955,15 @@ impl PartReader {
     fn read_records(
         &mut self,
         max: usize,
-        want: &mut dyn FnMut(&Text) -> Want,
+        want: &mut dyn FnMut(&str) -> Want,
         chunk: &mut Vec<Record>,
     ) -> Result<(), CheckpointError> {
-        let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
-        let decode = |e: bincode::Error| corrupt(e.to_string());
         while chunk.len() < max {
+            if self.record_in_buffer(want, chunk)? {
+                continue;
+            }
+            let corrupt = |reason: String| CheckpointError::corrupt(&self.path, reason);
+            let decode = |e: bincode::Error| corrupt(e.to_string());
             let mut tag = [0u8; 1];
             self.body
                 .read_exact(&mut tag)
@@ -966,7 +971,8 @@ impl PartReader {
             let (user, raw) = match tag[0] {
                 END => {
                     self.ended = true;
-                    if !self.body.ends_whole(self.hash) {
+                    if !self.body.buffer().is_empty() || !self.body.get_mut().ends_whole(self.hash)
+                    {
                         return Err(corrupt("checksum mismatch".into()));
                     }
                     if self.read != self.users {
@@ -1003,40 +1009,12 @@ impl PartReader {
             }
             let saved = match raw {
                 // Encoded states come only from parts with a dictionary (`ids`).
-                RawRecord::Encoded => {
+                RawRecord::Encoded(n) => {
                     let ids = self
                         .ids
                         .as_ref()
                         .ok_or_else(|| corrupt("no dictionary".into()))?;
-                    let cannot = || {
-                        let reason = format!(
-                            "user {user}'s record builds on a part before, in a part that cannot"
-                        );
-                        corrupt(reason)
-                    };
-                    match want {
-                        Want::History { base } => {
-                            let read = codec::decode_history(&self.scratch, ids, base);
-                            match read.map_err(|e| corrupt(e.to_string()))? {
-                                (_, Some(_), _) if !self.tails => return Err(cannot()),
-                                (history, keeps, base) => Saved::History {
-                                    history,
-                                    keeps,
-                                    base,
-                                },
-                            }
-                        }
-                        _ => {
-                            let read = codec::decode_record(&self.scratch, ids);
-                            match read.map_err(|e| corrupt(e.to_string()))? {
-                                (state, None) => Saved::User(SavedUser::State(state)),
-                                (state, Some(follows)) if self.tails => {
-                                    Saved::Tail { state, follows }
-                                }
-                                (_, Some(_)) => return Err(cannot()),
-                            }
-                        }
-                    }
+                    encoded(&self.scratch[..n], ids, want, self.tails, &user).map_err(corrupt)?
                 }
                 // A v1 part's state, decoded whole: its history is what was asked.
                 RawRecord::Saved(SavedUser::State(state))
@@ -1063,10 +1041,97 @@ impl PartReader {
     }
 }
 
+impl PartReader {
+    /// Reads the next record if it is a state whole in the read buffer, its id and
+    /// state read where they are: no copy, and no allocation for a record skipped (most
+    /// of a long chain's). False if none was read (another kind of record, one that
+    /// straddles the buffer's end, a part without a dictionary): the caller reads it.
+    fn record_in_buffer(
+        &mut self,
+        want: &mut dyn FnMut(&str) -> Want,
+        chunk: &mut Vec<Record>,
+    ) -> Result<bool, CheckpointError> {
+        let Some(ids) = &self.ids else {
+            return Ok(false);
+        };
+        let Ok(buf) = self.body.fill_buf() else {
+            return Ok(false);
+        };
+        let Some((user, state, len)) = framed_state(buf) else {
+            return Ok(false);
+        };
+        let Ok(user) = std::str::from_utf8(user) else {
+            return Ok(false);
+        };
+        self.read += 1;
+        let record = match want(user) {
+            Want::Skip => None,
+            want => {
+                let id = match &want {
+                    Want::Record(Some(id)) => id.clone(),
+                    _ => Text::from(user),
+                };
+                let saved = encoded(state, ids, want, self.tails, user)
+                    .map_err(|reason| CheckpointError::corrupt(&self.path, reason))?;
+                Some((id, saved))
+            }
+        };
+        chunk.extend(record);
+        self.body.consume(len);
+        Ok(true)
+    }
+}
+
+/// The read buffer of a part: records longer than it are read by a copy.
+const READ_BUFFER: usize = 256 << 10;
+
+/// A state record (`STATE`, the user's id, its encoded state) at the start of `buf`,
+/// if it is there whole: the id's and the state's bytes, and the record's length.
+fn framed_state(buf: &[u8]) -> Option<(&[u8], &[u8], usize)> {
+    let (&STATE, rest) = buf.split_first()? else {
+        return None;
+    };
+    let length = |at: usize| -> Option<usize> {
+        let bytes = rest.get(at..at.checked_add(8)?)?;
+        usize::try_from(u64::from_le_bytes(bytes.try_into().ok()?)).ok()
+    };
+    let user_len = length(0)?;
+    let user = rest.get(8..8usize.checked_add(user_len)?)?;
+    let at = 8 + user_len;
+    let state_len = length(at)?;
+    if state_len > MAX_STATE_BYTES {
+        return None;
+    }
+    let state = rest.get(at + 8..(at + 8).checked_add(state_len)?)?;
+    Some((user, state, 1 + at + 8 + state_len))
+}
+
+/// What an encoded state record (`bytes`) gives of `user`, as `want` asks (not `Skip`).
+fn encoded(bytes: &[u8], ids: &Ids, want: Want, tails: bool, user: &str) -> Result<Saved, String> {
+    let cannot = || format!("user {user}'s record builds on a part before, in a part that cannot");
+    Ok(match want {
+        Want::History { base } => {
+            match codec::decode_history(bytes, ids, base).map_err(|e| e.to_string())? {
+                (_, Some(_), _) if !tails => return Err(cannot()),
+                (history, keeps, base) => Saved::History {
+                    history,
+                    keeps,
+                    base,
+                },
+            }
+        }
+        _ => match codec::decode_record(bytes, ids).map_err(|e| e.to_string())? {
+            (state, None) => Saved::User(SavedUser::State(state)),
+            (state, Some(follows)) if tails => Saved::Tail { state, follows },
+            (_, Some(_)) => return Err(cannot()),
+        },
+    })
+}
+
 /// A record as read, before `keep` is asked: a state stays encoded until then.
 enum RawRecord {
-    /// In the reader's `scratch`.
-    Encoded,
+    /// In the reader's `scratch`, of this many bytes.
+    Encoded(usize),
     Saved(SavedUser),
     Removed,
 }
@@ -1095,10 +1160,12 @@ fn state_record(
     if n > MAX_STATE_BYTES {
         return Err(format!("a state of {n} bytes (user {user})"));
     }
-    scratch.clear();
-    scratch.resize(n, 0);
-    r.read_exact(scratch).map_err(|e| e.to_string())?;
-    Ok((user, RawRecord::Encoded))
+    // Grown, not cleared: zeroing it for each record cost as much as the copy.
+    if scratch.len() < n {
+        scratch.resize(n, 0);
+    }
+    r.read_exact(&mut scratch[..n]).map_err(|e| e.to_string())?;
+    Ok((user, RawRecord::Encoded(n)))
 }
 
 /// Opens a chain's parts (`paths` newest first, as `Restore::part_chains` gives them):
@@ -1482,6 +1549,49 @@ mod tests {
             sizes[0] < sizes[1],
             "compressed parts are smaller: {sizes:?}"
         );
+    }
+
+    /// Records are read in place from the read buffer when they are whole in it, and by
+    /// a copy when they straddle its end or are longer than it: all read back the same.
+    #[test]
+    fn records_across_and_beyond_the_read_buffer_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state-0.bin");
+        let entry = |i: usize| HistoryEntry {
+            event_id: Some(format!("event-{i}").into()),
+            event_name: Some("click".into()),
+            event_type: Some("page_view".into()),
+            timestamp: i as i64,
+            parameters: Some(RawJson::parse(&format!(r#"{{"n":{i},"s":"x{i}"}}"#)).unwrap()),
+        };
+        let states: Vec<(Text, UserState)> = (0..60)
+            .map(|u| {
+                // One user's state alone is larger than the buffer.
+                let entries = if u == 30 { 12_000 } else { 40 + u * 97 % 400 };
+                let mut data = ProfileData::default();
+                data.history
+                    .extend((0..entries).map(|i| entry(u * 100_000 + i)));
+                (format!("user-{u}").into(), UserState::from_profile(data, 7))
+            })
+            .collect();
+        let expected: Vec<(Text, SavedUser)> = states
+            .iter()
+            .map(|(u, s)| (u.clone(), SavedUser::State(s.clone())))
+            .collect();
+        for compress in [true, false] {
+            let records = PartRecords {
+                base: None,
+                states: states.clone(),
+                pending: vec![],
+                removed: None,
+                chain: None,
+                words_before: 0,
+                tails: false,
+            };
+            let (_, bytes) = write_part_as(&path, records, compress).unwrap();
+            assert!(compress || bytes > 4 * READ_BUFFER as u64, "{bytes}");
+            assert_eq!(read_part(&path).unwrap(), expected, "compress: {compress}");
+        }
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl History {
     /// by half, with 128 bytes kept free, held about a third more than the entries (191
     /// MB of buffers at the peak of the 100k-user benchmark; 45 MiB less peak RSS
     /// since). Copies on a class change cost a few bytes per byte appended.
-    fn reserve(&mut self, additional: usize) {
+    pub(crate) fn reserve(&mut self, additional: usize) {
         self.bytes.reserve_exact(additional);
     }
 

@@ -549,16 +549,41 @@ pub fn decode_history(
     Ok((history_of(encoded, ids)?, keep, given))
 }
 
-/// The history a tail record stands for: the newest `keeps` entries of `older`'s (the
-/// user's history in the record before it), then the entries it `gained`. `older`
-/// from a tail too (`older_keeps`: its count), the result is a tail on the record that
-/// one builds on, with its count; `None` if `older` does not hold what is kept.
+/// What a user's tail records gained, newest first, while the chain is read back to
+/// the record they build on: joined once there (`Gained::joined`), not once a tail,
+/// which copied the newer tails' entries again for each older one.
+#[derive(Debug, Default)]
+pub struct Gained(Vec<History>);
+
+impl Gained {
+    /// The entries the newest tail gained.
+    pub fn of(newest: History) -> Gained {
+        Gained(vec![newest])
+    }
+
+    /// The history: every tail's entries, oldest first.
+    pub fn joined(mut self) -> History {
+        let total: usize = self.0.iter().map(History::encoded_len).sum();
+        let mut history = self.0.pop().unwrap_or_default();
+        history.reserve(total - history.encoded_len());
+        for newer in self.0.iter().rev() {
+            history.extend(newer);
+        }
+        history
+    }
+}
+
+/// The history a tail record stands for is the newest `keeps` entries of `older`'s
+/// (the user's history in the record before it), then the entries it gained: `older`'s
+/// go into `gained` (what it and the tails after it gained). `older` from a tail too
+/// (`older_keeps`: its count), they stand for a tail on the record that one builds on:
+/// its count is given; `None` if `older` does not hold what is kept.
 pub fn follow(
     mut older: History,
     older_keeps: Option<usize>,
-    gained: &History,
+    gained: &mut Gained,
     keeps: usize,
-) -> Option<(History, usize)> {
+) -> Option<usize> {
     let still = match older_keeps {
         None if older.len() < keeps => return None,
         None => 0,
@@ -568,8 +593,8 @@ pub fn follow(
         return None;
     }
     older.keep_newest(keeps);
-    older.extend(gained);
-    Some((older, still))
+    gained.0.push(older);
+    Some(still)
 }
 
 /// A state encoded by this process (RocksDB's values).
@@ -718,9 +743,9 @@ mod tests {
             let (base_history, none, given) =
                 decode_history(&encode(&base), &Ids::Here, inherits).unwrap();
             assert_eq!((none, given.is_some()), (None, inherits));
-            let (history, still) = follow(base_history, None, &tail.history, 2).unwrap();
-            assert_eq!(still, 0);
-            tail.history = Arc::new(history);
+            let mut gained = Gained::of((*tail.history).clone());
+            assert_eq!(follow(base_history, None, &mut gained, 2), Some(0));
+            tail.history = Arc::new(gained.joined());
             if let Some(given) = given {
                 assert_ne!(tail, now, "a stand-in profile and visit");
                 inherit(&mut tail, given).unwrap();
@@ -737,7 +762,13 @@ mod tests {
         let short = with_history(&["c"]).history;
         let (tail, _) = decode_record(&bytes, &Ids::Here).unwrap();
         assert!(
-            follow((*short).clone(), None, &tail.history, 2).is_none(),
+            follow(
+                (*short).clone(),
+                None,
+                &mut Gained::of((*tail.history).clone()),
+                2
+            )
+            .is_none(),
             "base too short"
         );
         let mut no_visit = tail.clone();
@@ -760,11 +791,14 @@ mod tests {
         let older = with_history(&["d"]).history;
         let newer = with_history(&["e", "f"]).history;
         for (newer_keeps, want) in [(0, "e f"), (1, "d e f"), (2, "c d e f"), (3, "b c d e f")] {
-            let (both, keep) = follow((*older).clone(), Some(2), &newer, newer_keeps).unwrap();
-            let (merged, _) = follow((*base).clone(), None, &both, keep).unwrap();
+            let mut gained = Gained::of((*newer).clone());
+            let keep = follow((*older).clone(), Some(2), &mut gained, newer_keeps).unwrap();
+            assert_eq!(follow((*base).clone(), None, &mut gained, keep), Some(0));
+            let merged = gained.joined();
             assert_eq!(ids_of(&merged).join(" "), want, "newer keeps {newer_keeps}");
         }
-        assert!(follow((*older).clone(), Some(2), &newer, 4).is_none());
+        let mut gained = Gained::of((*newer).clone());
+        assert!(follow((*older).clone(), Some(2), &mut gained, 4).is_none());
     }
 
     #[test]

@@ -91,12 +91,16 @@ struct Chain {
 
 impl Chain {
     /// Whether the next part may be a delta: there is a whole part to build on, fewer
-    /// than `full_every` parts since, and the deltas are still smaller than the state of
-    /// `users` would be whole (so a restore reads at most about twice the state).
+    /// than `full_every` parts since, and the chain (the whole part and its deltas) is
+    /// still smaller than three times what the state of `users` would take whole, so
+    /// that a restore reads at most about three times the state. (Twice made whole parts
+    /// as often as every fourth part where histories grow: a state measured by its last
+    /// whole part's bytes per user is smaller than it is, and the deltas' records are
+    /// mostly what the histories gained, which a whole part holds too.)
     fn next_is_delta(&self, full_every: usize, users: usize) -> bool {
         !self.parts.is_empty()
             && self.parts.len() < full_every
-            && self.delta_bytes < self.state_bytes(users)
+            && self.whole_bytes + self.delta_bytes < 3 * self.state_bytes(users)
     }
 
     /// The bytes of a whole part of `users` users, estimated from the last whole part's
@@ -462,26 +466,30 @@ mod tests {
         }
     }
 
-    /// Deltas go on until they add up to what the state would take whole now: in a
-    /// state that grows, that is more than its last whole part took.
+    /// Deltas go on until the chain adds up to three times what the state would take
+    /// whole now: in a state that grows, that is more than its last whole part took.
     #[test]
-    fn deltas_go_on_until_they_outgrow_the_state_as_it_is_now() {
+    fn deltas_go_on_until_the_chain_outgrows_the_state_as_it_is_now() {
         let mut chain = Chain::default();
         assert!(!chain.next_is_delta(10, 0), "nothing to build on");
         chain.written(part(1_000_000, 1_000), true, 0, 1_000_000, false);
         assert!(chain.next_is_delta(10, 1_000));
-        chain.written(part(900_000, 300), false, 0, 900_000, false);
+        chain.written(part(1_900_000, 300), false, 0, 1_900_000, false);
         assert!(
             chain.next_is_delta(10, 800),
-            "900 KB of deltas: a state of 800 users is measured as the 1 MB part"
+            "2.9 MB in the chain: a state of 800 users is measured as the 1 MB part"
         );
         assert!(
             chain.next_is_delta(10, 2_000),
             "2,000 users take about 2 MB whole: deltas go on"
         );
-        chain.written(part(1_200_000, 400), false, 0, 1_200_000, false);
-        assert!(!chain.next_is_delta(10, 2_000), "2.1 MB of deltas");
-        assert!(!chain.next_is_delta(10, 500), "more than the 1 MB part");
+        chain.written(part(3_200_000, 400), false, 0, 3_200_000, false);
+        assert!(!chain.next_is_delta(10, 2_000), "6.1 MB in the chain");
+        assert!(chain.next_is_delta(10, 2_100), "2,100 users: 6.3 MB");
+        assert!(
+            !chain.next_is_delta(10, 500),
+            "more than 3 times the 1 MB part"
+        );
         assert!(!chain.next_is_delta(3, 1_000_000), "every 3 parts whole");
         chain.written(part(3_000_000, 3_000), true, 0, 3_000_000, false);
         assert_eq!(chain.parts.len(), 1);
@@ -495,8 +503,13 @@ mod tests {
         let mut chain = Chain::default();
         chain.written(part(800, 0), true, 0, 800, false);
         assert!(chain.next_is_delta(10, 50_000));
-        chain.written(part(900, 10), false, 0, 900, false);
-        assert!(!chain.next_is_delta(10, 50_000));
+        chain.written(part(1_500, 10), false, 0, 1_500, false);
+        assert!(chain.next_is_delta(10, 50_000), "2,300 bytes in the chain");
+        chain.written(part(200, 2), false, 0, 200, false);
+        assert!(
+            !chain.next_is_delta(10, 50_000),
+            "2,500: more than 3 times 800"
+        );
     }
 
     /// With `lz4-whole`, a delta written as it is counts as what its body would take
@@ -510,8 +523,11 @@ mod tests {
         chain.written(part(1_500_000, 300), false, 0, 1_500_000, true);
         assert_eq!(chain.delta_bytes, 600_000);
         assert!(chain.next_is_delta(10, 1_000));
-        chain.written(part(500_000, 300), false, 0, 1_000_000, false);
-        assert_eq!(chain.delta_bytes, 1_100_000);
-        assert!(!chain.next_is_delta(10, 1_000));
+        chain.written(part(1_400_000, 300), false, 0, 1_400_000, false);
+        assert_eq!(chain.delta_bytes, 2_000_000);
+        assert!(
+            !chain.next_is_delta(10, 1_000),
+            "1 MB whole and 2 MB of deltas"
+        );
     }
 }
