@@ -6,7 +6,7 @@
 #   scripts/bench-checkpoints.sh [WORKLOAD_DIR] [EVENTS] [USERS]
 #   BACKENDS="hashmap rocksdb" scripts/bench-checkpoints.sh ...   # the state backends to run
 #   INTERVALS="60000" scripts/bench-checkpoints.sh ...            # the intervals (0 = off)
-#   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 10:
+#   FULL_EVERY=1 scripts/bench-checkpoints.sh ...                 # whole parts only (default 30, as the job:
 #                                                                 # deltas in between)
 #   COMPRESSION=none scripts/bench-checkpoints.sh ...             # parts uncompressed (lz4: every part
 #                                                                 # compressed; default lz4-whole, as the job)
@@ -35,7 +35,7 @@ if [ ! -s "$WL/events.jsonl" ]; then
 fi
 EVENTS=$(wc -l < "$WL/events.jsonl")
 BACKENDS=${BACKENDS:-hashmap}
-FULL_EVERY=${FULL_EVERY:-10}
+FULL_EVERY=${FULL_EVERY:-30}
 COMPRESSION=${COMPRESSION:-lz4-whole}
 FEATURES=""
 if [[ " $BACKENDS " == *" rocksdb "* ]]; then

@@ -989,8 +989,8 @@ pub struct EngineSettings {
     pub checkpoint_dir: PathBuf,
     /// Completed checkpoints kept; older ones are deleted.
     pub checkpoints_retained: usize,
-    /// A worker's checkpoint part is whole every this many checkpoints; in between, a
-    /// delta of the users changed since its previous part (1: always whole).
+    /// A worker's checkpoint part is whole at least every this many checkpoints; in
+    /// between, a delta of the users changed since its previous part (1: always whole).
     pub checkpoint_full_every: usize,
     /// Whether checkpoint parts are compressed (`lz4`) or not (`none`).
     pub checkpoint_compression: CheckpointCompression,
@@ -1017,7 +1017,7 @@ impl Default for EngineSettings {
             checkpoint_interval_ms: 60_000,
             checkpoint_dir: PathBuf::from("checkpoints"),
             checkpoints_retained: 3,
-            checkpoint_full_every: 10,
+            checkpoint_full_every: 30,
             checkpoint_compression: CheckpointCompression::Lz4Whole,
             state_backend: StateBackend::Hashmap,
             state_dir: PathBuf::from("state"),
