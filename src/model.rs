@@ -317,6 +317,9 @@ pub struct ChangeMark {
     /// writes only those (`store::codec::encode_tail_into`); `None` when the chain may
     /// not hold it: a new state, a history replaced or merged.
     pub appended: Option<u32>,
+    /// The bytes those entries take in the history's buffer (saturating), so that a
+    /// delta finds them from its end (`History::newest_encoded`).
+    pub appended_bytes: u32,
 }
 
 impl PartialEq for ChangeMark {
@@ -350,10 +353,14 @@ impl UserState {
     /// appended).
     pub fn append_event(&mut self, ev: &UserEvent, max: usize) {
         let history = Arc::make_mut(&mut self.history);
-        history.push_event(ev);
+        let bytes = history.push_event(ev);
         history.keep_newest(max);
-        if let Some(n) = &mut self.changed_in.appended {
+        let mark = &mut self.changed_in;
+        if let Some(n) = &mut mark.appended {
             *n = n.saturating_add(1);
+            mark.appended_bytes = mark
+                .appended_bytes
+                .saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX));
         }
     }
 
@@ -549,6 +556,45 @@ mod tests {
         );
         let long = "x".repeat(crate::dict::MAX_LEN + 1);
         assert!(matches!(Str::shared(&long), Str::Owned(_)));
+    }
+
+    /// The bytes an interval's appended entries take are counted as they are appended,
+    /// and stay right as the oldest entries are dropped: a delta takes the newest entries
+    /// by them, from the history's end.
+    #[test]
+    fn the_appended_entries_are_found_by_their_bytes_from_the_end() {
+        let mut state = UserState::empty(0);
+        for i in 0..6 {
+            state.append_event(&event(&format!("old-{i}")), 8);
+        }
+        state.changed_in = ChangeMark {
+            interval: 1,
+            appended: Some(0),
+            appended_bytes: 0,
+        };
+        for i in 0..5 {
+            let params = "x".repeat(i * 40);
+            let mut ev = event(&format!("new-{i}"));
+            ev.parameters = Some(RawJson::parse(&format!(r#"{{"p":"{params}"}}"#)).unwrap());
+            state.append_event(&ev, 8);
+        }
+        assert_eq!(state.history.len(), 8, "three of the old ones dropped");
+        let mark = state.changed_in;
+        assert_eq!(mark.appended, Some(5));
+        let walked = state.history.newest_encoded(5, None);
+        assert_eq!(walked.len(), mark.appended_bytes as usize);
+        let found = state
+            .history
+            .newest_encoded(5, Some(mark.appended_bytes as usize));
+        assert!(std::ptr::eq(found, walked));
+        // A count that does not end on the entries' bounds is not taken.
+        for wrong in [0, 1, mark.appended_bytes as usize - 1, 10_000] {
+            assert_eq!(
+                state.history.newest_encoded(5, Some(wrong)),
+                walked,
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

@@ -526,7 +526,7 @@ fn write_body(out: Sink<'_>, records: PartRecords) -> io::Result<(BodyWritten, R
             codec::prefetch_record(user, state);
         }
         if let Some((_, state)) = ahead.get(PREFETCH_CONTENTS) {
-            codec::prefetch_contents(state);
+            codec::prefetch_contents(state, e.tail_of(state).is_some());
         }
         e.typed(&user, &state)?;
     }
@@ -616,7 +616,7 @@ pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
             break;
         }
         if first && !MAGICS.iter().any(|m| buf[..n].starts_with(*m)) {
-            return Err(CheckpointError::corrupt(path, "not a whole state part"));
+            return Err(CheckpointError::corrupt(path, NOT_A_PART));
         }
         first = false;
         hasher.update(&buf[..n]);
@@ -627,9 +627,13 @@ pub fn verify_part(path: &Path) -> Result<(u64, u64), CheckpointError> {
     Ok((users, len))
 }
 
+/// A file that does not start as a state part does.
+const NOT_A_PART: &str = "not a state part (whole or delta)";
+
 /// A part without its trailer at its end: cut short (or its last bytes changed), or not
 /// a state part at all.
-const CUT_SHORT: &str = "not a whole state part: its end is missing or damaged (cut short?)";
+const CUT_SHORT: &str =
+    "not a complete state part (whole or delta): its end is missing or damaged (cut short?)";
 
 /// The users and size a state part says it has, from its trailer alone (the part is
 /// checked in full when it is restored).
@@ -815,7 +819,7 @@ impl PartReader {
             | MAGIC_DELTA_EXT_PLAIN
             | MAGIC_DELTA_TAILS_PLAIN
             | MAGIC_DELTA_SAME_PLAIN => Body::Plain(body),
-            _ => return Err(CheckpointError::corrupt(path, "not a whole state part")),
+            _ => return Err(CheckpointError::corrupt(path, NOT_A_PART)),
         };
         let dictionary = |e: io::Error| CheckpointError::corrupt(path, format!("dictionary: {e}"));
         let (ids, words, extension) = match &magic {

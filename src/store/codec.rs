@@ -161,7 +161,8 @@ fn encode_as(out: &mut Vec<u8>, state: &UserState, words: Words, form: Form) {
         None => state.history.encoded(),
         Some(n) => {
             put_varint(out, state.history.len().saturating_sub(n) as u64);
-            state.history.newest_encoded(n)
+            let bytes = state.changed_in.appended_bytes as usize;
+            state.history.newest_encoded(n, Some(bytes))
         }
     };
     put_varint(out, history.len() as u64);
@@ -248,8 +249,9 @@ fn prefetch_state(user: &str, state: &UserState, whole: bool) {
 }
 
 /// Then what those parts point to (call it a few records after `prefetch_parts`, once
-/// they are in): the strings of the user's own and the history's bytes.
-pub fn prefetch_contents(state: &UserState) {
+/// they are in): the strings of the user's own and the history's bytes: its first, or
+/// for a `tail`, the entries it gained, at its end (`ChangeMark::appended_bytes`).
+pub fn prefetch_contents(state: &UserState, tail: bool) {
     let own = |s: &Option<Str>| {
         if let Some(Str::Owned(s)) = s {
             prefetch(s.as_ptr());
@@ -261,7 +263,13 @@ pub fn prefetch_contents(state: &UserState) {
         own(&v.ip);
     }
     let history = state.history.encoded();
-    for line in history.chunks(64).take(4) {
+    let from = match tail {
+        true => history
+            .len()
+            .saturating_sub(state.changed_in.appended_bytes as usize),
+        false => 0,
+    };
+    for line in history[from..].chunks(64).take(4) {
         prefetch(line.as_ptr());
     }
 }

@@ -66,6 +66,7 @@ impl Changes {
             state.changed_in = ChangeMark {
                 interval: self.serial,
                 appended: Some(0),
+                appended_bytes: 0,
             };
             self.changed.push(SmallText::from(user));
         }
