@@ -276,6 +276,14 @@ impl MetricsSettings {
         {
             return Err(bad(format!("port {port} is past 65535")));
         }
+        // `:9898`, as some servers take it for every interface: here a host is given.
+        if let Some(port) = text.strip_prefix(':')
+            && port.parse::<u16>().is_ok()
+        {
+            return Err(bad(format!(
+                "no host: `127.0.0.1:{port}` for this machine only, `0.0.0.0:{port}` for every interface"
+            )));
+        }
         let addrs: Vec<SocketAddr> = match text.to_socket_addrs() {
             Ok(addrs) => addrs.collect(),
             // Not host:port at all: the parser's words; a name that does not resolve:
@@ -1952,6 +1960,11 @@ mod tests {
             let e = listen(bad).unwrap_err().to_string();
             assert!(e.contains("is not host:port"), "{bad}: {e}");
         }
+        let e = listen(":9898").unwrap_err().to_string();
+        assert!(
+            e.contains("`127.0.0.1:9898` for this machine only, `0.0.0.0:9898` for every"),
+            "{e}"
+        );
         let e = listen("localhost:99999").unwrap_err().to_string();
         assert!(e.contains("port 99999 is past 65535"), "{e}");
         let e = listen("http://localhost:9898/metrics")
