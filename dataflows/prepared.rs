@@ -412,7 +412,8 @@ fn checkpoints(
                 workers = r.manifest.workers,
                 offsets = ?r.manifest.offsets,
                 file_offset = r.manifest.file.as_ref().map(|f| f.offset),
-                dir = %r.dir.display(),
+                // In full, as the `checkpoints` line below.
+                dir = %std::path::absolute(&r.dir).unwrap_or_else(|_| r.dir.clone()).display(),
                 "found the latest complete checkpoint"
             );
             Arc::new(r)

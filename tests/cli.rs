@@ -1205,6 +1205,21 @@ fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
             .any(|n| n.to_string_lossy().starts_with("chk-")),
         "the checkpoint is where the line says"
     );
+    // Run again: the checkpoint it restores is named in full too.
+    let out = Command::new(binary())
+        .args(["run", "--config", &cfg])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let found = format!("dir={}/chk-", ck.display());
+    assert!(
+        err.lines()
+            .any(|l| l.contains("found the latest complete checkpoint") && l.contains(&found)),
+        "{found}: {err}"
+    );
 }
 
 /// Rules with mistakes rhai would only find on each event, or with AviatorScript's
