@@ -1184,14 +1184,18 @@ fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
     let events = format!("{root}/config/demo/events.jsonl");
     let cfg = rule_config(dir.path(), &events, "false", &extra);
     resume_file_source(std::path::Path::new(&cfg));
-    let out = Command::new(binary())
-        .args(["run", "--config", &cfg])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let run = || {
+        let out = Command::new(binary())
+            .args(["run", "--config", &cfg])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        err
+    };
+    let err = run();
     let ck = dir.path().join("ck");
     let line = format!(
         "checkpoints dir={} interval_ms=500 full_every=30 compression=lz4-whole",
@@ -1206,14 +1210,7 @@ fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
         "the checkpoint is where the line says"
     );
     // Run again: the checkpoint it restores is named in full too.
-    let out = Command::new(binary())
-        .args(["run", "--config", &cfg])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let err = run();
     let found = format!("dir={}/chk-", ck.display());
     assert!(
         err.lines()
