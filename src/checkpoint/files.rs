@@ -1043,9 +1043,7 @@ impl PartReader {
         }
         Ok(())
     }
-}
 
-impl PartReader {
     /// Reads the next record if it is a state whole in the read buffer, its id and
     /// state read where they are: no copy, and no allocation for a record skipped (most
     /// of a long chain's). False if none was read (another kind of record, one that

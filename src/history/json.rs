@@ -112,7 +112,7 @@ pub(super) fn write_entries(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut at = 0;
     let mut sep: &[u8] = b"";
     while let Some(body) = super::body_at(bytes, at) {
-        at = (body.as_ptr() as usize - bytes.as_ptr() as usize) + body.len();
+        at = super::end_of(bytes, body);
         put3(out, sep, b"{", b"\"event_id\":");
         sep = b",";
         write_entry(out, &mut Reader::new(body));

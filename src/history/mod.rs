@@ -108,7 +108,7 @@ impl<'a> Iterator for Entries<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let at = self.pos;
         let body = body_at(self.bytes, at)?;
-        self.pos = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+        self.pos = end_of(self.bytes, body);
         Some((
             at,
             Entry::from_fields(codec::read_entry(&mut Reader::new(body))),
@@ -125,6 +125,11 @@ fn body_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     rest.get(start..start + n)
 }
 
+/// Where the entry whose `body` is in `bytes` ends (the next one starts).
+fn end_of(bytes: &[u8], body: &[u8]) -> usize {
+    (body.as_ptr() as usize - bytes.as_ptr() as usize) + body.len()
+}
+
 /// Whether `bytes` are `n` entries exactly.
 fn entries_fill(bytes: &[u8], n: usize) -> bool {
     let mut at = 0;
@@ -132,7 +137,7 @@ fn entries_fill(bytes: &[u8], n: usize) -> bool {
         let Some(body) = body_at(bytes, at) else {
             return false;
         };
-        at = (body.as_ptr() as usize - bytes.as_ptr() as usize) + body.len();
+        at = end_of(bytes, body);
     }
     at == bytes.len()
 }
@@ -172,8 +177,7 @@ impl History {
             .map(|b| Entry::from_fields(codec::read_entry(&mut Reader::new(b))))
     }
 
-    /// Appends the entry an event makes.
-    /// Appends `ev`'s entry; returns the bytes it takes (its length and body).
+    /// Appends the entry an event makes; returns the bytes it takes (its length and body).
     pub fn push_event(&mut self, ev: &UserEvent) -> usize {
         self.push_fields(&Fields {
             event_id: ev.event_id.as_deref(),
@@ -232,7 +236,7 @@ impl History {
             let Some(body) = body_at(&self.bytes, self.head) else {
                 break;
             };
-            self.head = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+            self.head = end_of(&self.bytes, body);
             self.len -= 1;
         }
         // Dropped entries are reclaimed once they are a quarter of the buffer: moving
@@ -282,7 +286,7 @@ impl History {
             let Some(body) = body_at(&self.bytes, at) else {
                 break;
             };
-            at = (body.as_ptr() as usize - self.bytes.as_ptr() as usize) + body.len();
+            at = end_of(&self.bytes, body);
         }
         &self.bytes[at..]
     }
@@ -306,7 +310,7 @@ impl History {
         let mut at = 0;
         while at < encoded.len() {
             let body = body_at(encoded, at).ok_or(Malformed(at))?;
-            let end = (body.as_ptr() as usize - encoded.as_ptr() as usize) + body.len();
+            let end = end_of(encoded, body);
             match lookup {
                 None => h.len += 1,
                 Some(lookup) => {
