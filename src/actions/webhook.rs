@@ -283,6 +283,8 @@ impl WebhookClient {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.endpoint.uri.clone();
         let headers = request.headers_mut();
+        // Room for every header below at once (an empty map grew on the first insert).
+        headers.reserve(8);
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         headers.insert(
             header::CONTENT_TYPE,
