@@ -38,6 +38,7 @@ pub fn run_actions<'s>(
         "Actions",
         move |_cap, info| {
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let pace = scope.activator_for(info.address.clone());
             let mut runner = Runner::new(
                 actions,
                 AsyncBridge::new(runtime, activator),
@@ -47,7 +48,9 @@ pub fn run_actions<'s>(
             move |(input, _frontier), _output| {
                 // In arrival order, so a user's actions start in the order of its events.
                 input.for_each(|cap, batch| runner.take(&cap, batch));
-                runner.settle();
+                if runner.settle() {
+                    pace.activate_after(crate::async_bridge::PACE);
+                }
                 runner.start_calls();
                 runner.publish();
             }
@@ -74,6 +77,8 @@ struct Runner {
     debug: Vec<(usize, bool)>,
     lanes: Vec<WebhookLane>,
     bridge: AsyncBridge<Ended>,
+    /// The calls taken from `bridge` in one activation (kept for its room).
+    ended: Vec<Ended>,
     held: HeldTimes,
     fail_log: LogLimiter,
     backlog: Backlog,
@@ -100,6 +105,7 @@ impl Runner {
             lanes: webhook_lanes(&actions),
             actions,
             bridge,
+            ended: Vec::new(),
             held: HeldTimes::default(),
             fail_log: LogLimiter::per_10s("failed webhook calls"),
             backlog,
@@ -135,9 +141,12 @@ impl Runner {
         }
     }
 
-    /// Counts and logs the calls that ended, and releases their times.
-    fn settle(&mut self) {
-        for (lane, time, user, outcome) in self.bridge.drain() {
+    /// Counts and logs the calls that ended, and releases their times. True: look again
+    /// after `async_bridge::PACE` (see `AsyncBridge::drain_paced`).
+    fn settle(&mut self) -> bool {
+        let mut ended = std::mem::take(&mut self.ended);
+        let again = self.bridge.drain_paced(|e| ended.push(e));
+        for (lane, time, user, outcome) in ended.drain(..) {
             self.lanes[lane].calls.ended(&user);
             let stats = &self.stats;
             count(
@@ -165,6 +174,8 @@ impl Runner {
             }
             self.held.release(time);
         }
+        self.ended = ended;
+        again
     }
 
     /// Starts the calls each lane has room for.
