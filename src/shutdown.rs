@@ -190,7 +190,12 @@ impl Lifecycle {
 
     /// The source's clock goes to its final epoch.
     pub fn begin_ending(&self) {
-        self.ending.0.set(true);
+        self.ending.on.set(true);
+    }
+
+    /// The final epoch, with checkpoints on (it need not be on the interval's grid).
+    pub fn end_at(&self, epoch: Time) {
+        self.ending.at.set(Some(epoch));
     }
 
     /// What the user-state operator reads to know the next checkpoint is the final one.
@@ -212,11 +217,19 @@ impl Lifecycle {
 /// checkpoint then waits for the look-ups running, so that a graceful restart repeats
 /// nothing; other checkpoints save those users' events instead of waiting.
 #[derive(Clone, Default)]
-pub struct Ending(Rc<Cell<bool>>);
+pub struct Ending {
+    on: Rc<Cell<bool>>,
+    at: Rc<Cell<Option<Time>>>,
+}
 
 impl Ending {
     pub fn get(&self) -> bool {
-        self.0.get()
+        self.on.get()
+    }
+
+    /// The epoch the run ends at, once the source knows it.
+    pub fn final_epoch(&self) -> Option<Time> {
+        self.at.get()
     }
 }
 

@@ -1219,6 +1219,56 @@ fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
     );
 }
 
+/// Runs restarted one after another, each within the interval of the last one's final
+/// checkpoint (a supervisor's loop, bounded runs in a row), keep the clock near the
+/// wall clock: each moved the next run's start an interval (a minute here) ahead, and
+/// ten restarts put the job ten minutes in the future (users expired by a TTL that had
+/// not passed, no checkpoint until the wall clock caught up).
+#[test]
+fn quick_restarts_do_not_move_the_clock_ahead_an_interval_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let extra = format!(
+        "profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\nengine:\n  checkpoint-dir: ck\n  checkpoint-interval-ms: 60000\n"
+    );
+    let events = format!("{root}/config/demo/events.jsonl");
+    let cfg = rule_config(dir.path(), &events, "false", &extra);
+    resume_file_source(std::path::Path::new(&cfg));
+    let ck = dir.path().join("ck");
+    let newest = || -> u64 {
+        std::fs::read_dir(&ck)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("MANIFEST.json").exists())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+            .max()
+            .expect("a complete checkpoint")
+    };
+    for _ in 0..4 {
+        let out = Command::new(binary())
+            .args(["run", "--config", &cfg])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // The first run ends at the next minute; the three after it a second later each.
+    let ahead = newest().saturating_sub(now);
+    assert!(
+        ahead <= 60_000 + 3_000,
+        "the final checkpoint is {ahead} ms ahead"
+    );
+}
+
 /// Rules with mistakes rhai would only find on each event, or with AviatorScript's
 /// habits, are refused by `validate` and at the start of `run` (exit 2), naming the
 /// place, the name, the nearest known names or the rhai way; in an action's filter too.

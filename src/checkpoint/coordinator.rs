@@ -19,6 +19,10 @@ use crate::model::Time;
 /// long skips checkpoints anyway).
 const MAX_EPOCHS_CROSSED: usize = 3;
 
+/// How far past the restored checkpoint's epoch a run stopped within it ends (when the
+/// interval is longer): see `Coordinator::final_epoch`.
+const FINAL_STEP_MS: Time = 1000;
+
 /// Where a source is: what its next run goes on from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Position {
@@ -65,6 +69,8 @@ pub struct Coordinator {
     to_complete: VecDeque<Time>,
     /// Worker 0: the last epoch it tried to complete, and why it could not (if so).
     last_outcome: Option<(Time, Option<String>)>,
+    /// The epoch the run ends at, once it is ending.
+    final_epoch: Option<Time>,
 }
 
 impl Coordinator {
@@ -75,6 +81,7 @@ impl Coordinator {
             peers,
             to_complete: VecDeque::new(),
             last_outcome: None,
+            final_epoch: None,
         }
     }
 
@@ -86,13 +93,37 @@ impl Coordinator {
 
     /// The epoch a source stops at when stopped at `stopped_at`: its clock goes to it
     /// and no further, so every worker's state reaches it and the final checkpoint is
-    /// taken there.
-    pub fn final_epoch(&self, stopped_at: Time) -> Time {
-        self.cfg.epoch_after(stopped_at.max(self.cfg.floor_epoch))
+    /// taken there. Every worker of every process computes the same one from the same
+    /// stop time (a stop is broadcast; a bounded run's end is agreed).
+    ///
+    /// Usually the next epoch of the interval's grid, up to an interval ahead of the
+    /// clock: the next run's clock starts there. A run stopped before its clock left the
+    /// restored checkpoint's epoch (a restart within an interval of the last stop: a
+    /// supervisor's loop, bounded runs one after another) ends `FINAL_STEP_MS` after
+    /// it, not at the next epoch of the grid: each such run moved the clock a whole
+    /// interval ahead of the wall clock, which added up (ten quick restarts, ten
+    /// minutes: users expired by a TTL counted in minutes that had not passed, and no
+    /// checkpoint until the wall clock caught up). The step is the same on every worker
+    /// (the restored epoch is), whatever their stop times.
+    pub fn final_epoch(&mut self, stopped_at: Time) -> Time {
+        let floor = self.cfg.floor_epoch;
+        let step = self.cfg.interval_ms.min(FINAL_STEP_MS);
+        let epoch = if floor > 0 && stopped_at < floor.saturating_add(step) {
+            floor + step
+        } else {
+            self.cfg.epoch_after(stopped_at.max(floor))
+        };
+        self.final_epoch = Some(epoch);
+        epoch
     }
 
     /// The epochs a clock moving from `from` to `to` crosses, oldest first.
     fn epochs_crossed(&self, from: Time, to: Time) -> Vec<Time> {
+        // The jump to a final epoch off the grid crosses only it: the state operator
+        // snapshots the final epoch, not the grid's epochs it jumped over.
+        if self.final_epoch == Some(to) && self.cfg.epoch_at(to) != to {
+            return vec![to];
+        }
         let mut epochs: Vec<Time> = Vec::new();
         let mut e = self.cfg.epoch_at(to);
         // From 0 (the dataflow's start) only the current epoch is crossed for real.
@@ -227,6 +258,44 @@ mod tests {
         assert_eq!(part.file, Some(file));
         assert!(!c.completed_through(2000));
         assert_eq!(c.final_epoch(2500), 3000);
+    }
+
+    /// A run stopped before its clock left the restored epoch ends a step after it, not
+    /// at the grid's next epoch (runs restarted in a loop moved the clock an interval
+    /// ahead each); later stops, and runs not restored, end on the grid. The jump to an
+    /// epoch off the grid records the position for it alone.
+    #[test]
+    fn a_run_stopped_within_its_restored_epoch_ends_a_step_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = coordinator(dir.path(), 0);
+        c.cfg.interval_ms = 60_000;
+        assert_eq!(c.final_epoch(61_000), 120_000, "not restored: the grid");
+        c.cfg.floor_epoch = 120_000;
+        // Stopped before the wall clock reached the restored epoch, or just after.
+        for stopped_at in [5_000, 119_999, 120_000, 120_999] {
+            assert_eq!(
+                c.final_epoch(stopped_at),
+                121_000,
+                "stopped at {stopped_at}"
+            );
+        }
+        assert_eq!(c.final_epoch(121_000), 180_000);
+        // Each quick restart moves the clock a step, not an interval.
+        c.cfg.floor_epoch = 121_000;
+        assert_eq!(c.final_epoch(30_000), 122_000);
+        assert_eq!(c.epochs_crossed(121_000, 122_000), vec![122_000]);
+        // Over a grid epoch on the way: only the final one (the state operator
+        // snapshots it alone).
+        c.cfg.floor_epoch = 179_500;
+        assert_eq!(c.final_epoch(179_600), 180_500);
+        assert_eq!(c.epochs_crossed(179_600, 180_500), vec![180_500]);
+        c.crossed(179_600, 180_500, || Position::Nothing);
+        assert!(c.cfg.offsets_path(180_500, 0).exists());
+        assert!(!c.cfg.epoch_dir(180_000).exists());
+        // An interval shorter than the step: the step is the interval.
+        c.cfg.interval_ms = 200;
+        c.cfg.floor_epoch = 5_000;
+        assert_eq!(c.final_epoch(5_100), 5_200);
     }
 
     #[test]

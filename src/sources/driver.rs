@@ -135,8 +135,11 @@ impl Driver {
         // offsets committed.
         let final_epoch = self
             .ending
-            .zip(coordinator.as_ref())
+            .zip(coordinator.as_mut())
             .map(|(t, c)| c.final_epoch(t));
+        if let Some(f) = final_epoch {
+            self.life.end_at(f);
+        }
         let now = final_epoch
             .unwrap_or_else(|| coordinator.as_ref().map_or_else(now_ms, Coordinator::clock));
         if now > *cap.time() {

@@ -221,7 +221,13 @@ impl Snapshots {
     /// The epoch whose snapshot the frontier `now` calls for, unless one is being
     /// written: the stash's events before it go first.
     pub(super) fn due(&self, now: Time) -> Option<Time> {
-        let epoch = self.cfg.epoch_at(now);
+        let mut epoch = self.cfg.epoch_at(now);
+        // The final epoch may be off the interval's grid (`Coordinator::final_epoch`).
+        if let Some(f) = self.ending.final_epoch()
+            && now >= f
+        {
+            epoch = epoch.max(f);
+        }
         (self.in_progress.is_none() && epoch > self.last).then_some(epoch)
     }
 

@@ -489,6 +489,33 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
     });
 }
 
+/// A run stopped within its restored epoch ends a step after it, off the interval's grid
+/// (`Coordinator::final_epoch`): its final snapshot is taken there, with every user.
+#[test]
+fn the_final_snapshot_is_taken_at_a_final_epoch_off_the_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    timely::execute_directly(move |worker| {
+        let (start, cfg) = pinned(path, 1);
+        let life = crate::shutdown::Lifecycle::new(StopFlag::default());
+        let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
+        r.no_restore();
+        r.send(start, "u1", "a");
+        r.events.advance_to(start + 1);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        r.profiles.answer("u1", Ok(profile("FR")));
+        r.step_until(worker, |r| r.emitted() == ["a"]);
+        let last = start + 400;
+        life.begin_ending();
+        life.end_at(last);
+        r.events.advance_to(last);
+        r.step_until(worker, |_| cfg.state_path(last, 0).exists());
+        let part = read_part(&cfg.state_path(last, 0)).unwrap();
+        let users: Vec<&str> = part.iter().map(|(u, _)| &**u).collect();
+        assert_eq!(users, ["u1"]);
+    });
+}
+
 /// Waits for this worker's part of `epoch`, completes the checkpoint and reads it back:
 /// each user as `id:history ids` (or `id:pendingN`), and the part's `records` (a delta's).
 fn completed(
