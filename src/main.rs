@@ -277,6 +277,19 @@ fn timely_config(args: &RunArgs, parallelism: usize) -> anyhow::Result<timely::C
     if !(1..=most).contains(&threads) {
         anyhow::bail!("-w {threads}: give 1 to {most} workers per process (each is a thread)");
     }
+    // timely panics on these (a capacity overflow in its networking), which read as a
+    // failed run to restart.
+    if args.processes == 0 {
+        anyhow::bail!("-n 0: a cluster has at least one process");
+    }
+    if args.process >= args.processes {
+        anyhow::bail!(
+            "-p {}: process indices go from 0 to {} (-n {} processes)",
+            args.process,
+            args.processes - 1,
+            args.processes
+        );
+    }
     let mut argv = vec![
         "-w".to_string(),
         threads.to_string(),

@@ -1219,6 +1219,42 @@ fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
     );
 }
 
+/// A process index outside the cluster (`-p` at or past `-n`), or a cluster of no
+/// process, is a usage mistake (exit 2, naming the range), not a panic in timely's
+/// networking that reads as a run to restart.
+#[test]
+fn a_process_index_outside_the_cluster_is_refused_naming_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let extra = format!("profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\n");
+    let events = format!("{root}/config/demo/events.jsonl");
+    let cfg = rule_config(dir.path(), &events, "false", &extra);
+    for (args, said) in [
+        (
+            &["-n", "2", "-p", "2"][..],
+            "-p 2: process indices go from 0 to 1 (-n 2 processes)",
+        ),
+        (
+            &["-n", "2", "-p", "5"],
+            "-p 5: process indices go from 0 to 1",
+        ),
+        (&["-n", "0"], "-n 0: a cluster has at least one process"),
+    ] {
+        let out = Command::new(binary())
+            .args(["run", "--config", &cfg])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(said) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// Runs restarted one after another, each within the interval of the last one's final
 /// checkpoint (a supervisor's loop, bounded runs in a row), keep the clock near the
 /// wall clock: each moved the next run's start an interval (a minute here) ahead, and
