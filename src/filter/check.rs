@@ -175,11 +175,60 @@ impl Kind {
         }
     }
 
+    /// What the field of JSON name `name` holds, if a scalar (for comparisons with a
+    /// constant of another type, which rhai never finds equal).
+    fn scalar(self, name: &str) -> Option<Scalar> {
+        Some(match (self, name) {
+            (_, "parameters") => return None,
+            (_, "timestamp" | "duration") | (Kind::Visit, "actions") => Scalar::Number,
+            (Kind::Event, "triggerable") | (Kind::Visit, "is_first_visit") => Scalar::Bool,
+            (Kind::Event, n) if n.starts_with("is_") => Scalar::Bool,
+            _ => Scalar::Text,
+        })
+    }
+
     /// Whose property it is, as the message ends.
     fn describe(self, var: &str) -> String {
         match self {
             Kind::Entry => format!(" of a history entry (`{var}`)"),
             _ => format!(" of `{var}`"),
+        }
+    }
+}
+
+/// The type of a scalar field, or of a constant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scalar {
+    Number,
+    Bool,
+    Text,
+}
+
+impl Scalar {
+    fn of_constant(e: &Expr) -> Option<(Scalar, String)> {
+        Some(match e {
+            Expr::IntegerConstant(n, _) => (Scalar::Number, n.to_string()),
+            Expr::FloatConstant(n, _) => (Scalar::Number, n.to_string()),
+            Expr::BoolConstant(b, _) => (Scalar::Bool, b.to_string()),
+            Expr::StringConstant(t, _) => (Scalar::Text, format!("{:?}", t.as_str())),
+            _ => return None,
+        })
+    }
+
+    fn named(self) -> &'static str {
+        match self {
+            Scalar::Number => "a number",
+            Scalar::Bool => "true or false",
+            Scalar::Text => "text",
+        }
+    }
+
+    /// How a constant of this type is introduced in a message.
+    fn constant(self) -> &'static str {
+        match self {
+            Scalar::Number => "the number",
+            Scalar::Bool => "the boolean",
+            Scalar::Text => "the text",
         }
     }
 }
@@ -356,13 +405,41 @@ impl Names {
         }
     }
 
-    /// A `utm_*` of `parameters` (always text) compared with a number: never equal, and
-    /// `<`/`>` of text and a number is an error on every event.
+    /// A `utm_*` of `parameters` (always text) compared with a number, or a field of
+    /// the event, visit, profile or a history entry compared with a constant of another
+    /// type (`event.duration > "500"`, `event.is_https == "true"`): never equal, never
+    /// ordered, on every event.
     fn comparison(&self, f: &FnCallExpr, pos: Position, out: &mut Vec<Problem>) {
         if !is_comparison(&f.name) || f.args.len() != 2 {
             return;
         }
         for (a, b) in [(&f.args[0], &f.args[1]), (&f.args[1], &f.args[0])] {
+            if let Some((field, holds)) = self.typed_field(a)
+                && let Some((constant, text)) = Scalar::of_constant(b)
+                && holds != constant
+            {
+                let fix = match (holds, constant) {
+                    (Scalar::Number, Scalar::Text)
+                        if text.trim_matches('"').parse::<f64>().is_ok() =>
+                    {
+                        format!("write {}", text.trim_matches('"'))
+                    }
+                    (Scalar::Bool, Scalar::Text) if matches!(&*text, "\"true\"" | "\"false\"") => {
+                        format!("write {}", text.trim_matches('"'))
+                    }
+                    (Scalar::Text, _) => format!("write \"{text}\""),
+                    _ => format!("compare it with {}", holds.named()),
+                };
+                out.push(Problem::at(
+                    pos,
+                    format!(
+                        "`{field}` holds {}, compared here with {} {text}: never equal, \
+                         nor ordered ({fix})",
+                        holds.named(),
+                        constant.constant()
+                    ),
+                ));
+            }
             let Some(field) = self.utm_field(a) else {
                 continue;
             };
@@ -379,6 +456,24 @@ impl Names {
                 ),
             ));
         }
+    }
+
+    /// The scalar field `e` reads (`event.duration`, `visit.isFirstVisit`, `h.timestamp`),
+    /// as written, and what it holds.
+    fn typed_field(&self, e: &Expr) -> Option<(String, Scalar)> {
+        let Expr::Dot(b, ..) = e else {
+            return None;
+        };
+        let (Expr::Variable(v, ..), Expr::Property(p, _)) = (&b.lhs, &b.rhs) else {
+            return None;
+        };
+        let kind = self.kind(&v.1).filter(|_| v.2.is_empty())?;
+        let name = p.2.as_str();
+        let (json, _) = kind
+            .fields()
+            .iter()
+            .find(|(j, c)| *j == name || *c == name)?;
+        Some((format!("{}.{name}", v.1), kind.scalar(json)?))
     }
 
     /// The `utm_*` field `e` reads: `event.parameters.utm_id`, `h.parameters["utmId"]`.
@@ -627,6 +722,34 @@ mod tests {
             (
                 "event.parameters.utm_id == 7",
                 "`utm_id` of `parameters` is text, compared here with the number 7",
+            ),
+            (
+                "event.duration > \"500\"",
+                "`event.duration` holds a number, compared here with the text \"500\": never equal, nor ordered (write 500)",
+            ),
+            (
+                "event.isHttps == \"true\"",
+                "`event.isHttps` holds true or false, compared here with the text \"true\": never equal, nor ordered (write true)",
+            ),
+            (
+                "visit != () && \"10\" < visit.actions",
+                "`visit.actions` holds a number, compared here with the text \"10\"",
+            ),
+            (
+                "event.timestamp > \"2025-01-01\"",
+                "`event.timestamp` holds a number, compared here with the text \"2025-01-01\": never equal, nor ordered (compare it with a number)",
+            ),
+            (
+                "user.country == 7",
+                "`user.country` holds text, compared here with the number 7: never equal, nor ordered (write \"7\")",
+            ),
+            (
+                "history.filter(|h| h.timestamp > \"1\").len() > 0",
+                "`h.timestamp` holds a number, compared here with the text \"1\"",
+            ),
+            (
+                "event.triggerable == 1",
+                "`event.triggerable` holds true or false, compared here with the number 1: never equal, nor ordered (compare it with true or false)",
             ),
             (
                 "history.filter(|h| h.parameters[\"utmId\"] != 7.5).len() > 0",
