@@ -1746,6 +1746,11 @@ fn without_key(reason: String) -> String {
         Some(at) => reason[..at].to_string(),
         None => reason,
     };
+    // Its type's name (`expected struct ProfileApiSettings`) says a section of keys.
+    let reason = match reason.find(", expected struct ") {
+        Some(at) => format!("{}, expected a section of keys (a map)", &reason[..at]),
+        None => reason,
+    };
     let mut out = String::with_capacity(reason.len() + 4);
     let mut chars = reason.chars().peekable();
     while let Some(c) = chars.next() {
@@ -1854,6 +1859,9 @@ fn list_form_hint(reason: String) -> String {
 /// every call).
 fn http_url_problem(url: &str) -> Option<String> {
     let shown = without_password(url);
+    if url.trim().is_empty() {
+        return Some("missing: give the receiver's URL (http://... or https://...)".into());
+    }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Some(format!("`{shown}` must start with http:// or https://"));
     }
@@ -2001,6 +2009,16 @@ mod tests {
             "`x` is not one of `a`"
         );
         assert!(http_url_problem("http://").is_some());
+        let e = load_err("profile-api: \"http://h\"\n", &[]);
+        assert!(
+            e.contains("`profile-api`: invalid type: string \"http://h\", expected a section of keys (a map)"),
+            "{e}"
+        );
+        let e = load_err("actions:\n  - type: webhook\n    name: w\n", &[]);
+        assert!(
+            e.contains("`actions[0].url`: missing: give the receiver's URL"),
+            "{e}"
+        );
         let e = load_err("profile-api:\n  base-url: 'http://h/api/v1?key=abc'\n", &[]);
         assert!(
             e.contains("`profile-api.base-url`: `http://h/api/v1?key=abc` has a query"),

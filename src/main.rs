@@ -37,8 +37,9 @@ enum Command {
     /// the run then prints its summary on standard output and exits. A topic without
     /// --bounded is read until SIGTERM or Ctrl-C, with checkpoints for recovery.
     ///
-    /// Exit codes: 0 done; 1 the job started but did not end as it should (an input not
-    /// read to its end, a final checkpoint not written, the shutdown timeout passed);
+    /// Exit codes: 0 done (a run stopped by SIGTERM or Ctrl-C too, its final checkpoint
+    /// taken); 1 the job started but did not end as it should (an input that failed
+    /// before its end, a final checkpoint not written, the shutdown timeout passed);
     /// 2 it could not start (config, script, input, broker); 3 a bounded or file run in
     /// which the rule failed on every event it judged.
     ///
