@@ -183,7 +183,7 @@ pub fn key_as_set(key: &str) -> String {
 pub enum ConfigError {
     /// Shown once: the `config` crate's error is not given as this one's source too
     /// (which `{:#}` would print again).
-    #[error("{file}: {cause}")]
+    #[error("{file}: {}", without_origin(.cause, .file))]
     Load {
         file: String,
         cause: config::ConfigError,
@@ -194,6 +194,17 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+}
+
+/// The `config` crate's text of `cause` without the file it names once or twice at its
+/// end (" in rules.yml in rules.yml"): the message starts with the file already.
+fn without_origin(cause: &config::ConfigError, file: &str) -> String {
+    let mut text = cause.to_string();
+    let suffix = format!(" in {file}");
+    while let Some(rest) = text.strip_suffix(&suffix) {
+        text = rest.to_string();
+    }
+    text
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -3148,5 +3159,16 @@ mod tests {
     fn missing_file_is_an_error() {
         let err = Settings::load_with_vars(Path::new("/nonexistent.yml"), []).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.yml"));
+    }
+
+    /// A file that is not a map of keys (a rule given as `--config`) is named once.
+    #[test]
+    fn a_file_that_is_not_a_map_is_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rule.rhai");
+        std::fs::write(&path, "x == 1\n").unwrap();
+        let err = Settings::load_with_vars(&path, []).unwrap_err().to_string();
+        assert_eq!(err.matches("rule.rhai").count(), 1, "{err}");
+        assert!(err.contains("expected a map"), "{err}");
     }
 }
