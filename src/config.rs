@@ -200,9 +200,13 @@ pub enum ConfigError {
 /// end (" in rules.yml in rules.yml"): the message starts with the file already.
 fn without_origin(cause: &config::ConfigError, file: &str) -> String {
     let mut text = cause.to_string();
-    let suffix = format!(" in {file}");
-    while let Some(rest) = text.strip_suffix(&suffix) {
-        text = rest.to_string();
+    // It names the file by another path (relative to the working directory).
+    let name = Path::new(file).file_name();
+    while let Some(at) = text.rfind(" in ") {
+        if name.is_none() || Path::new(&text[at + 4..]).file_name() != name {
+            break;
+        }
+        text.truncate(at);
     }
     text
 }
