@@ -463,10 +463,7 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     timely::execute_directly(move |worker| {
-        let (start, cfg) = pinned(path, 1);
-        let life = crate::shutdown::Lifecycle::new(StopFlag::default());
-        let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
-        r.no_restore();
+        let (mut r, life, start, cfg) = ending_rig(worker, path);
         r.send(start + 100, "u1", "a");
         r.send(start + 200, "u2", "b");
         r.events.advance_to(start + 300);
@@ -480,13 +477,39 @@ fn an_ending_run_expires_no_user_by_its_clock_jump_to_the_final_epoch() {
         r.idle(worker);
         r.profiles.answer("u2", Ok(profile("DE")));
         r.step_until(worker, |r| r.emitted() == ["a", "b"]);
-        r.step_until(worker, |_| cfg.state_path(last, 0).exists());
-        let mut part = read_part(&cfg.state_path(last, 0)).unwrap();
-        part.sort_by(|a, b| a.0.cmp(&b.0));
-        let users: Vec<&str> = part.iter().map(|(u, _)| &**u).collect();
-        assert_eq!(users, ["u1", "u2"]);
+        assert_eq!(final_part_users(&r, worker, &cfg, last), ["u1", "u2"]);
         assert_eq!(r.counters.counts().expired, 0);
     });
+}
+
+/// A rig whose checkpoints are pinned to start in the future, and the lifecycle whose
+/// ending it reads.
+fn ending_rig(
+    worker: &mut Worker,
+    path: std::path::PathBuf,
+) -> (Rig, crate::shutdown::Lifecycle, Time, CheckpointConfig) {
+    let (start, cfg) = pinned(path, 1);
+    let life = crate::shutdown::Lifecycle::new(StopFlag::default());
+    let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
+    r.no_restore();
+    (r, life, start, cfg)
+}
+
+/// The users of this worker's part of `epoch`, once written, sorted.
+fn final_part_users(
+    r: &Rig,
+    worker: &mut Worker,
+    cfg: &CheckpointConfig,
+    epoch: Time,
+) -> Vec<String> {
+    r.step_until(worker, |_| cfg.state_path(epoch, 0).exists());
+    let mut users: Vec<String> = read_part(&cfg.state_path(epoch, 0))
+        .unwrap()
+        .into_iter()
+        .map(|(u, _)| u.to_string())
+        .collect();
+    users.sort();
+    users
 }
 
 /// A run stopped within its restored epoch ends a step after it, off the interval's grid
@@ -496,10 +519,7 @@ fn the_final_snapshot_is_taken_at_a_final_epoch_off_the_grid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     timely::execute_directly(move |worker| {
-        let (start, cfg) = pinned(path, 1);
-        let life = crate::shutdown::Lifecycle::new(StopFlag::default());
-        let mut r = rig(worker, config(2000), Some((cfg.clone(), life.ending())));
-        r.no_restore();
+        let (mut r, life, start, cfg) = ending_rig(worker, path);
         r.send(start, "u1", "a");
         r.events.advance_to(start + 1);
         r.step_until(worker, |r| r.started() == ["u1"]);
@@ -509,10 +529,7 @@ fn the_final_snapshot_is_taken_at_a_final_epoch_off_the_grid() {
         life.begin_ending();
         life.end_at(last);
         r.events.advance_to(last);
-        r.step_until(worker, |_| cfg.state_path(last, 0).exists());
-        let part = read_part(&cfg.state_path(last, 0)).unwrap();
-        let users: Vec<&str> = part.iter().map(|(u, _)| &**u).collect();
-        assert_eq!(users, ["u1"]);
+        assert_eq!(final_part_users(&r, worker, &cfg, last), ["u1"]);
     });
 }
 
