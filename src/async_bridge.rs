@@ -75,30 +75,26 @@ impl<R: Send + 'static> AsyncBridge<R> {
         })
     }
 
-    /// As `drain`, but while results keep coming it leaves the wake-ups off: the caller
-    /// must look again after `PACE` when this returns true. Results that arrive a few
-    /// every tens of microseconds (webhook calls to a fast receiver) each woke the
-    /// worker, which then polled its channels and parked again for the next: ~6% of a
-    /// webhook run's CPU was that waiting. Taken every `PACE` instead, a batch of results
-    /// costs one wake-up; when none came since the last look, or none is under way,
-    /// each wakes the operator again as soon as it arrives (as with `drain`).
-    pub fn drain_paced(&mut self, mut each: impl FnMut(R)) -> bool {
+    /// Results that have arrived, taken without turning the wake-ups back on (`drain`
+    /// does): for an operator that, while results keep coming, takes them every
+    /// `PACE` (`hold_wakeups`). True if any came.
+    pub fn take_ready(&mut self, mut each: impl FnMut(R)) -> bool {
         let mut taken = false;
         while let Ok(r) = self.receiver.try_recv() {
             self.in_flight -= 1;
             taken = true;
             each(r);
         }
-        if taken && self.in_flight > 0 {
-            // No result activates the operator now; the caller's look after `PACE`
-            // takes every one that comes meanwhile.
-            self.woken.store(true, Ordering::SeqCst);
-            return true;
-        }
-        for r in self.drain() {
-            each(r);
-        }
-        false
+        taken
+    }
+
+    /// No result activates the operator until the next `drain`: the caller looks again
+    /// (`take_ready` or `drain`) after `PACE`. Results that arrive a few every tens of
+    /// microseconds (webhook calls to a fast receiver) each woke the worker, which then
+    /// polled its channels and parked again for the next: ~6% of a webhook run's CPU
+    /// was that waiting; one look every `PACE` takes them all.
+    pub fn hold_wakeups(&self) {
+        self.woken.store(true, Ordering::SeqCst);
     }
 
     /// Futures started and not yet drained.
@@ -118,8 +114,9 @@ mod tests {
     use super::*;
 
     /// Runs `CALLS` futures finishing at staggered times through a bridge whose operator
-    /// takes results with `drain` (or `drain_paced`, looking again after `PACE` when
-    /// told); the worker parks between activations. Fails on its deadline when a result
+    /// takes results with `drain` (or, `paced`, with `take_ready`, holding the wake-ups
+    /// and looking again after `PACE` while results keep coming, as the actions operator
+    /// does); the worker parks between activations. Fails on its deadline when a result
     /// was left without a wake-up, or when it took more activations than results.
     fn take_every_result(paced: bool) {
         const CALLS: u64 = 3_000;
@@ -153,10 +150,10 @@ mod tests {
                             let mut cap = Some(cap);
                             move |_output| {
                                 w.set(w.get() + 1);
-                                if paced {
-                                    if bridge.drain_paced(|_| t.set(t.get() + 1)) {
-                                        pace.activate_after(PACE);
-                                    }
+                                let came = paced && bridge.take_ready(|_| t.set(t.get() + 1));
+                                if came && bridge.in_flight() > 0 {
+                                    bridge.hold_wakeups();
+                                    pace.activate_after(PACE);
                                 } else {
                                     t.set(t.get() + bridge.drain().count() as u64);
                                 }
@@ -196,12 +193,11 @@ mod tests {
         take_every_result(true);
     }
 
-    /// `drain_paced` asks to be called again while results came and more are under way
-    /// (the wake-ups left off); not once a look finds none (then each result wakes the
-    /// operator again), nor once nothing is under way. Results are put in the channel
-    /// by hand, where a finished future puts them, so that no timing decides.
+    /// `take_ready` takes what came and leaves the wake-ups as they are; `hold_wakeups`
+    /// turns them off and `drain` on again. Results are put in the channel by hand,
+    /// where a finished future puts them, so that no timing decides.
     #[test]
-    fn a_paced_drain_looks_again_only_while_results_keep_coming() {
+    fn held_wake_ups_stay_off_until_a_drain() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -211,16 +207,16 @@ mod tests {
             let mut bridge = AsyncBridge::new(runtime.handle().clone(), activator);
             bridge.in_flight = 2;
             let mut taken = Vec::new();
+            assert!(!bridge.take_ready(|r| taken.push(r)), "none came");
             bridge.sender.send(1u64).unwrap();
-            assert!(
-                bridge.drain_paced(|r| taken.push(r)),
-                "one came, one under way"
-            );
+            assert!(bridge.take_ready(|r| taken.push(r)));
+            assert!(!bridge.woken.load(Ordering::SeqCst), "left as it was");
+            bridge.hold_wakeups();
             assert!(bridge.woken.load(Ordering::SeqCst), "wake-ups off");
-            assert!(!bridge.drain_paced(|r| taken.push(r)), "none came");
-            assert!(!bridge.woken.load(Ordering::SeqCst), "wake-ups on again");
             bridge.sender.send(2).unwrap();
-            assert!(!bridge.drain_paced(|r| taken.push(r)), "nothing under way");
+            assert!(bridge.woken.load(Ordering::SeqCst), "still off");
+            taken.extend(bridge.drain());
+            assert!(!bridge.woken.load(Ordering::SeqCst), "on again");
             assert_eq!(taken, [1, 2]);
             assert_eq!(bridge.in_flight(), 0);
         });

@@ -48,10 +48,16 @@ pub fn run_actions<'s>(
             move |(input, _frontier), _output| {
                 // In arrival order, so a user's actions start in the order of its events.
                 input.for_each(|cap, batch| runner.take(&cap, batch));
-                if runner.settle() {
-                    pace.activate_after(crate::async_bridge::PACE);
-                }
+                let came = runner.settle(Take::Ready);
                 runner.start_calls();
+                if came > 0 && runner.may_pace(came) {
+                    runner.bridge.hold_wakeups();
+                    pace.activate_after(crate::async_bridge::PACE);
+                } else {
+                    // Wake-ups on; what came meanwhile frees room for calls too.
+                    runner.settle(Take::Drain);
+                    runner.start_calls();
+                }
                 runner.publish();
             }
         },
@@ -65,6 +71,31 @@ struct WebhookLane {
     client: WebhookClient,
     dead_letters: Option<DeadLetters>,
     calls: lane::Lane,
+}
+
+/// Calls under way from which the ends of calls are taken every `async_bridge::PACE`
+/// even while others wait for room (see `Runner::may_pace`).
+const PACED_UNDER_WAY: usize = 128;
+
+/// How `Runner::settle` takes the calls that ended.
+enum Take {
+    /// Those there, the wake-ups left as they are.
+    Ready,
+    /// Those there with the wake-ups back on (`AsyncBridge::drain`).
+    Drain,
+}
+
+/// Whether the ends of calls may be taken every `async_bridge::PACE` (one wake-up for
+/// many) rather than each as it comes: calls are under way, and an end noticed late
+/// delays no call much. That holds where no call is held back by an end
+/// (`none_held_back`), or many calls are under way and the ends of one look are few
+/// against them (each end noticed up to `PACE` late leaves its place unused that long:
+/// with `came` at most a quarter of `PACED_UNDER_WAY` or more, an eighth of the places
+/// on average). Otherwise each end starts a waiting call at once: with few calls at
+/// once (`max-in-flight` 4 or 16, or `per-user` ordering with a few busy users) ends
+/// noticed a millisecond late cut the calls a second by two to five.
+fn pace_ends(under_way: usize, came: usize, none_held_back: bool) -> bool {
+    under_way > 0 && (none_held_back || (under_way >= PACED_UNDER_WAY && came * 4 <= under_way))
 }
 
 /// A finished call: its lane, its event's time and user, and how it ended.
@@ -141,11 +172,29 @@ impl Runner {
         }
     }
 
-    /// Counts and logs the calls that ended, and releases their times. True: look again
-    /// after `async_bridge::PACE` (see `AsyncBridge::drain_paced`).
-    fn settle(&mut self) -> bool {
+    /// Whether the ends of calls may be taken every `async_bridge::PACE` rather than as
+    /// they come (`pace_ends`), `came` having just ended.
+    fn may_pace(&self, came: usize) -> bool {
+        // A call waiting in a lane is held back by the end of another unless the
+        // receiver's permits are all taken already (then an end hands its permit on at
+        // once, whenever it is noticed).
+        let none_held_back = self.lanes.iter().all(|l| {
+            let limiter = l.client.calls();
+            l.calls.waiting() == 0 || limiter.queued() >= limiter.limit()
+        });
+        pace_ends(self.bridge.in_flight(), came, none_held_back)
+    }
+
+    /// Counts and logs the calls that ended, and releases their times. How many did.
+    fn settle(&mut self, take: Take) -> usize {
         let mut ended = std::mem::take(&mut self.ended);
-        let again = self.bridge.drain_paced(|e| ended.push(e));
+        match take {
+            Take::Ready => {
+                self.bridge.take_ready(|e| ended.push(e));
+            }
+            Take::Drain => ended.extend(self.bridge.drain()),
+        }
+        let came = ended.len();
         for (lane, time, user, outcome) in ended.drain(..) {
             self.lanes[lane].calls.ended(&user);
             let stats = &self.stats;
@@ -175,7 +224,7 @@ impl Runner {
             self.held.release(time);
         }
         self.ended = ended;
-        again
+        came
     }
 
     /// Starts the calls each lane has room for.
@@ -275,6 +324,23 @@ mod tests {
     use crate::filter::rules::Rules;
     use crate::http_server::{handler, reply, serve};
     use crate::model::{EnrichedView, UserState};
+
+    /// Ends are taken every `PACE` only where that holds back no call much: never with
+    /// nothing under way, nor while a call waits for room that an end would give (a few
+    /// calls at once), unless many are under way and few ended.
+    #[test]
+    fn ends_are_paced_only_where_no_waiting_call_needs_them() {
+        assert!(!pace_ends(0, 3, true), "nothing under way: each end wakes");
+        assert!(pace_ends(4, 1, true), "no call held back");
+        assert!(
+            !pace_ends(4, 1, false),
+            "max-in-flight 4, a call waits for room"
+        );
+        assert!(!pace_ends(16, 2, false));
+        assert!(!pace_ends(PACED_UNDER_WAY - 1, 1, false));
+        assert!(pace_ends(PACED_UNDER_WAY, PACED_UNDER_WAY / 4, false));
+        assert!(!pace_ends(PACED_UNDER_WAY, PACED_UNDER_WAY / 4 + 1, false));
+    }
 
     /// The calls a receiver got: path and event id.
     type Calls = Arc<Mutex<Vec<(String, String)>>>;

@@ -82,6 +82,8 @@ struct Shared {
     metrics: std::sync::OnceLock<crate::metrics::TargetMetrics>,
     permits: Arc<Semaphore>,
     control: Mutex<Control>,
+    /// Calls waiting for a permit.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 struct Control {
@@ -114,6 +116,7 @@ impl Limiter {
                     debt: 0,
                     ceiling: 0,
                 }),
+                queued: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -141,9 +144,17 @@ impl Limiter {
         }
     }
 
+    /// Calls waiting for room now (of this process, every worker's).
+    pub fn queued(&self) -> usize {
+        self.shared
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits for room for one call (in arrival order). The call's round trip is timed
     /// from here; it ends with `Permit::finish` (or, unfinished, when the permit drops).
     pub async fn acquire(&self) -> Permit {
+        let queued = Queued::new(&self.shared.queued);
         let permit = self
             .shared
             .permits
@@ -151,6 +162,7 @@ impl Limiter {
             .acquire_owned()
             .await
             .expect("the limiter's semaphore is never closed");
+        drop(queued);
         let (in_flight, limit) = {
             let mut c = self.shared.lock();
             c.in_flight += 1;
@@ -249,6 +261,23 @@ impl Shared {
     }
 }
 
+/// Counts a call waiting for a permit while it waits (a call given up while waiting,
+/// its future dropped, stops counting too).
+struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Queued(count)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Room for one call; give it back with `finish`.
 pub struct Permit {
     shared: Arc<Shared>,
@@ -324,6 +353,30 @@ mod tests {
             let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
             assert!(third.is_ok(), "and goes once one is back");
             assert_eq!(l.limit(), 2);
+        });
+    }
+
+    /// Calls waiting for room are counted while they wait: not once they have it, nor
+    /// once given up (their future dropped).
+    #[test]
+    fn calls_waiting_for_room_are_counted_while_they_wait() {
+        runtime().block_on(async {
+            let l = Limiter::new("queued-test", Concurrency::Fixed(1));
+            let a = l.acquire().await;
+            assert_eq!(l.queued(), 0);
+            let mut second = Box::pin(l.acquire());
+            let mut third = Box::pin(l.acquire());
+            for waiting in [&mut second, &mut third] {
+                let polled = tokio::time::timeout(Duration::from_millis(10), waiting).await;
+                assert!(polled.is_err(), "no room");
+            }
+            assert_eq!(l.queued(), 2);
+            drop(third);
+            assert_eq!(l.queued(), 1, "given up");
+            a.answered();
+            let b = second.await;
+            assert_eq!(l.queued(), 0, "in");
+            b.answered();
         });
     }
 
