@@ -414,7 +414,7 @@ impl Names {
             return;
         }
         for (a, b) in [(&f.args[0], &f.args[1]), (&f.args[1], &f.args[0])] {
-            if let Some((field, holds)) = self.typed_field(a)
+            if let Some((field, holds, json)) = self.typed_field(a)
                 && let Some((constant, text)) = Scalar::of_constant(b)
                 && holds != constant
             {
@@ -428,13 +428,20 @@ impl Names {
                         format!("write {}", text.trim_matches('"'))
                     }
                     (Scalar::Text, _) => format!("write \"{text}\""),
+                    _ if json == "timestamp" => {
+                        "compare it with a number of ms since 1970, as 1735689600000".to_string()
+                    }
                     _ => format!("compare it with {}", holds.named()),
+                };
+                let outcome = match f.name.as_str() {
+                    "==" => "never equal: `==` is false on every event",
+                    "!=" => "never equal: `!=` is true on every event",
+                    _ => "never ordered: the comparison is false on every event",
                 };
                 out.push(Problem::at(
                     pos,
                     format!(
-                        "`{field}` holds {}, compared here with {} {text}: never equal, \
-                         nor ordered ({fix})",
+                        "`{field}` holds {}, compared here with {} {text}: {outcome} ({fix})",
                         holds.named(),
                         constant.constant()
                     ),
@@ -458,22 +465,32 @@ impl Names {
         }
     }
 
-    /// The scalar field `e` reads (`event.duration`, `visit.isFirstVisit`, `h.timestamp`),
-    /// as written, and what it holds.
-    fn typed_field(&self, e: &Expr) -> Option<(String, Scalar)> {
-        let Expr::Dot(b, ..) = e else {
+    /// The scalar field `e` reads (`event.duration`, `event["duration"]`,
+    /// `visit.isFirstVisit`, `h.timestamp`, `history[0].timestamp`), as written, and what
+    /// it holds.
+    fn typed_field(&self, e: &Expr) -> Option<(String, Scalar, &'static str)> {
+        let (Expr::Dot(b, ..) | Expr::Index(b, ..)) = e else {
             return None;
         };
-        let (Expr::Variable(v, ..), Expr::Property(p, _)) = (&b.lhs, &b.rhs) else {
-            return None;
+        let (kind, written, name) = match (&b.lhs, named_key(e, &b.rhs)) {
+            (Expr::Variable(v, ..), Some(name)) if v.2.is_empty() => {
+                (self.kind(&v.1)?, as_written(&v.1, e, name), name)
+            }
+            // `history[i].field`, `history[i]["field"]`: the key is one step further on
+            (lhs, None) if is_var(lhs, "history") && !self.defined.contains("history") => {
+                let (Expr::Dot(d, ..) | Expr::Index(d, ..)) = &b.rhs else {
+                    return None;
+                };
+                let name = named_key(&b.rhs, &d.rhs)?;
+                (Kind::Entry, as_written("history[...]", &b.rhs, name), name)
+            }
+            _ => return None,
         };
-        let kind = self.kind(&v.1).filter(|_| v.2.is_empty())?;
-        let name = p.2.as_str();
         let (json, _) = kind
             .fields()
             .iter()
             .find(|(j, c)| *j == name || *c == name)?;
-        Some((format!("{}.{name}", v.1), kind.scalar(json)?))
+        Some((written, kind.scalar(json)?, json))
     }
 
     /// The `utm_*` field `e` reads: `event.parameters.utm_id`, `h.parameters["utmId"]`.
@@ -608,6 +625,24 @@ fn is_var(e: &Expr, name: &str) -> bool {
     matches!(e, Expr::Variable(v, ..) if v.2.is_empty() && v.1 == name)
 }
 
+/// `var` and `key` as `chain` reads them: `var.key` or `var["key"]`.
+fn as_written(var: &str, chain: &Expr, key: &str) -> String {
+    match chain {
+        Expr::Index(..) => format!("{var}[{key:?}]"),
+        _ => format!("{var}.{key}"),
+    }
+}
+
+/// The key `key` names as the last step of `chain`: a property after a dot
+/// (`.duration`), a text constant in brackets (`["duration"]`).
+fn named_key<'e>(chain: &Expr, key: &'e Expr) -> Option<&'e str> {
+    match (chain, key) {
+        (Expr::Dot(..), Expr::Property(p, _)) => Some(p.2.as_str()),
+        (Expr::Index(..), Expr::StringConstant(s, _)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
 /// The name of the closure `e` is (a function pointer, possibly with captured
 /// variables curried in: `Stmt` blocks of `Share` and `curry(...)`), and how many
 /// captured variables come before its declared parameters.
@@ -725,11 +760,11 @@ mod tests {
             ),
             (
                 "event.duration > \"500\"",
-                "`event.duration` holds a number, compared here with the text \"500\": never equal, nor ordered (write 500)",
+                "`event.duration` holds a number, compared here with the text \"500\": never ordered: the comparison is false on every event (write 500)",
             ),
             (
                 "event.isHttps == \"true\"",
-                "`event.isHttps` holds true or false, compared here with the text \"true\": never equal, nor ordered (write true)",
+                "`event.isHttps` holds true or false, compared here with the text \"true\": never equal: `==` is false on every event (write true)",
             ),
             (
                 "visit != () && \"10\" < visit.actions",
@@ -737,11 +772,11 @@ mod tests {
             ),
             (
                 "event.timestamp > \"2025-01-01\"",
-                "`event.timestamp` holds a number, compared here with the text \"2025-01-01\": never equal, nor ordered (compare it with a number)",
+                "`event.timestamp` holds a number, compared here with the text \"2025-01-01\": never ordered: the comparison is false on every event (compare it with a number of ms since 1970, as 1735689600000)",
             ),
             (
                 "user.country == 7",
-                "`user.country` holds text, compared here with the number 7: never equal, nor ordered (write \"7\")",
+                "`user.country` holds text, compared here with the number 7: never equal: `==` is false on every event (write \"7\")",
             ),
             (
                 "history.filter(|h| h.timestamp > \"1\").len() > 0",
@@ -749,7 +784,31 @@ mod tests {
             ),
             (
                 "event.triggerable == 1",
-                "`event.triggerable` holds true or false, compared here with the number 1: never equal, nor ordered (compare it with true or false)",
+                "`event.triggerable` holds true or false, compared here with the number 1: never equal: `==` is false on every event (compare it with true or false)",
+            ),
+            (
+                "event[\"duration\"] > \"500\"",
+                "`event[\"duration\"]` holds a number, compared here with the text \"500\": never ordered",
+            ),
+            (
+                "event.isHttps != \"true\"",
+                "compared here with the text \"true\": never equal: `!=` is true on every event (write true)",
+            ),
+            (
+                "history.len() > 0 && history[0].timestamp == \"x\"",
+                "`history[...].timestamp` holds a number, compared here with the text \"x\"",
+            ),
+            (
+                "history.len() > 0 && history[0][\"timestamp\"] >= \"5\"",
+                "`history[...][\"timestamp\"]` holds a number, compared here with the text \"5\": never ordered: the comparison is false on every event (write 5)",
+            ),
+            (
+                "history.filter(|h| h[\"timestamp\"] < \"1\").len() > 0",
+                "`h[\"timestamp\"]` holds a number, compared here with the text \"1\"",
+            ),
+            (
+                "visit != () && visit[\"isFirstVisit\"] == \"true\"",
+                "`visit[\"isFirstVisit\"]` holds true or false",
             ),
             (
                 "history.filter(|h| h.parameters[\"utmId\"] != 7.5).len() > 0",

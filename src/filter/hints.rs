@@ -4,8 +4,8 @@
 
 use rhai::{LexError, ParseErrorType, Position};
 
-const QUOTES: &str =
-    "rhai strings take double quotes: \"page_view\" (single quotes hold one character)";
+const QUOTES: &str = "rhai strings take double quotes: \"page_view\" (single quotes hold one \
+     character); numbers and booleans take none: 500, true";
 const NIL: &str = "rhai has no `nil`: the empty value is `()`, as in `visit != ()`";
 const LAMBDA: &str = "AviatorScript's `lambda(x) -> ... end` is a closure in rhai: `|x| ...`, as in `history.filter(|h| h.event_type == \"click\")`";
 const COUNT: &str = "AviatorScript's `count(x)` is `x.len()` in rhai";
