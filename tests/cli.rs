@@ -2468,13 +2468,16 @@ fn sighup_while_starting_does_not_end_the_job() {
 }
 
 /// A run in which every look-up and every webhook call failed says so after its summary
-/// (it exits 0: the events were handled, the failures counted).
+/// (it exits 0: the events were handled, the failures counted); a failed call's line
+/// names its user and event.
 #[test]
 fn a_run_where_every_look_up_and_call_failed_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let lines: String = (0..5)
-        .map(|i| format!("{{\"user_id\":\"u{i}\",\"event_type\":\"page_view\"}}\n"))
+        .map(|i| {
+            format!("{{\"user_id\":\"u{i}\",\"event_id\":\"e{i}\",\"event_type\":\"page_view\"}}\n")
+        })
         .collect();
     std::fs::write(&events, lines).unwrap();
     let cfg = rule_config(
@@ -2493,6 +2496,15 @@ fn a_run_where_every_look_up_and_call_failed_says_so() {
         "{err}"
     );
     assert!(err.contains("every action failed (5 calls)"), "{err}");
+    let failed = err
+        .lines()
+        .find(|l| l.contains("webhook call failed"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let user = (0..5).find(|i| failed.contains(&format!("user=u{i}")));
+    assert!(
+        user.is_some_and(|i| failed.contains(&format!("event_id=e{i}"))),
+        "{failed}"
+    );
 }
 
 /// State parts being written in `ck`, with their epochs (a part is written under a

@@ -22,6 +22,7 @@ use crate::config::{ActionKind, ActionSpec, ActionsSettings};
 use crate::dead_letter::{DeadLetter, DeadLetters, Kind};
 use crate::model::{EnrichedEvent, Time};
 use crate::retry::RetryPolicy;
+use crate::small_text::SmallText;
 use crate::triggers::{ActionSchedule, Schedule, Schedules};
 
 /// One action, shared by the workers of a process.
@@ -226,7 +227,8 @@ enum NotDeadLettered {
 /// How a webhook action ended.
 struct Outcome {
     retries: u32,
-    failure: Option<String>,
+    /// Why the call failed for good, and its event's id (for the log line).
+    failure: Option<(String, Option<SmallText>)>,
     /// For a failure, with a dead-letter file: whether it was written.
     dead_lettered: Option<Result<(), NotDeadLettered>>,
 }
@@ -267,7 +269,7 @@ async fn deliver(
     };
     Outcome {
         retries: delivery.retries,
-        failure: Some(reason),
+        failure: Some((reason, event_id)),
         dead_lettered,
     }
 }

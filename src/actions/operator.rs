@@ -207,7 +207,7 @@ impl Runner {
             Counters::add(&stats.actions_retried, u64::from(outcome.retries));
             match outcome.failure {
                 None => Counters::add(&stats.actions_ok, 1),
-                Some(e) => {
+                Some((e, event_id)) => {
                     Counters::add(&stats.actions_failed, 1);
                     match outcome.dead_lettered {
                         Some(Ok(())) => Counters::add(&stats.dead_letters, 1),
@@ -217,7 +217,12 @@ impl Runner {
                         None => {}
                     }
                     if self.fail_log.allow() {
-                        tracing::error!(retries = outcome.retries, "webhook call failed: {e}");
+                        tracing::error!(
+                            retries = outcome.retries,
+                            user = %user,
+                            event_id = %event_id.as_ref().map_or("", |id| id.as_str()),
+                            "webhook call failed: {e}"
+                        );
                     }
                 }
             }
