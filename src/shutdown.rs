@@ -118,9 +118,10 @@ impl StopFlag {
                         actions_ok = done.actions_ok,
                         actions_failed = done.actions_failed,
                         "the work in flight outlasted engine.shutdown-timeout-ms: exiting \
-                         without a final checkpoint (the next run goes on from the last one \
-                         and sends the actions after it again; a slow service's backlog \
-                         drains at its pace: raise engine.shutdown-timeout-ms to wait for it)"
+                         without a final checkpoint (the next run goes on from the last one, \
+                         or from the input's start where there is none, and sends the \
+                         actions after that point again; a slow service's backlog drains \
+                         at its pace: raise engine.shutdown-timeout-ms to wait for it)"
                     );
                     exit_now(1);
                 });

@@ -196,6 +196,15 @@ impl Kind {
     }
 }
 
+/// What a chain of names reads (`Names::chain`).
+struct Chain<'e> {
+    /// Whose data it is.
+    kind: Kind,
+    /// As the script writes it (`history[...]` for any index of the history).
+    written: String,
+    names: Vec<&'e str>,
+}
+
 /// The type of a scalar field, or of a constant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Scalar {
@@ -405,10 +414,10 @@ impl Names {
         }
     }
 
-    /// A `utm_*` of `parameters` (always text) compared with a number, or a field of
-    /// the event, visit, profile or a history entry compared with a constant of another
-    /// type (`event.duration > "500"`, `event.is_https == "true"`): never equal, never
-    /// ordered, on every event.
+    /// A field of the event, visit, profile or a history entry, or a `utm_*` of
+    /// `parameters` (always text), compared with a constant of another type
+    /// (`event.duration > "500"`, `event.is_https == "true"`, `event.parameters.utm_id ==
+    /// 7`): never equal, never ordered, on every event.
     fn comparison(&self, f: &FnCallExpr, pos: Position, out: &mut Vec<Problem>) {
         if !is_comparison(&f.name) || f.args.len() != 2 {
             return;
@@ -447,78 +456,101 @@ impl Names {
                     ),
                 ));
             }
-            let Some(field) = self.utm_field(a) else {
-                continue;
-            };
-            let number = match b {
-                Expr::IntegerConstant(n, _) => n.to_string(),
-                Expr::FloatConstant(n, _) => n.to_string(),
-                _ => continue,
-            };
-            out.push(Problem::at(
-                pos,
-                format!(
-                    "`{field}` of `parameters` is text, compared here with the number \
-                     {number}: a number is never equal to text (write \"{number}\")"
-                ),
-            ));
         }
     }
 
     /// The scalar field `e` reads (`event.duration`, `event["duration"]`,
-    /// `visit.isFirstVisit`, `h.timestamp`, `history[0].timestamp`), as written, and what
-    /// it holds.
+    /// `visit.isFirstVisit`, `h.timestamp`, `history[0].timestamp`, a `utm_*` of
+    /// `parameters`), as written, what it holds, and its JSON name.
     fn typed_field(&self, e: &Expr) -> Option<(String, Scalar, &'static str)> {
-        let (Expr::Dot(b, ..) | Expr::Index(b, ..)) = e else {
-            return None;
-        };
-        let (kind, written, name) = match (&b.lhs, named_key(e, &b.rhs)) {
-            (Expr::Variable(v, ..), Some(name)) if v.2.is_empty() => {
-                (self.kind(&v.1)?, as_written(&v.1, e, name), name)
+        let chain = self.chain(e)?;
+        let json = match chain.names[..] {
+            [name] => {
+                chain
+                    .kind
+                    .fields()
+                    .iter()
+                    .find(|(j, c)| *j == name || *c == name)?
+                    .0
             }
-            // `history[i].field`, `history[i]["field"]`: the key is one step further on
-            (lhs, None) if is_var(lhs, "history") && !self.defined.contains("history") => {
-                let (Expr::Dot(d, ..) | Expr::Index(d, ..)) = &b.rhs else {
-                    return None;
-                };
-                let name = named_key(&b.rhs, &d.rhs)?;
-                (Kind::Entry, as_written("history[...]", &b.rhs, name), name)
+            // The original's model has every `utm_*` as text.
+            ["parameters", name] if matches!(chain.kind, Kind::Event | Kind::Entry) => {
+                PARAM_FIELDS
+                    .iter()
+                    .find(|(j, c)| (*j == name || *c == name) && j.starts_with("utm_"))?
+                    .0
             }
             _ => return None,
         };
-        let (json, _) = kind
-            .fields()
-            .iter()
-            .find(|(j, c)| *j == name || *c == name)?;
-        Some((written, kind.scalar(json)?, json))
+        let holds = match chain.names.len() {
+            1 => chain.kind.scalar(json)?,
+            _ => Scalar::Text,
+        };
+        Some((chain.written, holds, json))
     }
 
-    /// The `utm_*` field `e` reads: `event.parameters.utm_id`, `h.parameters["utmId"]`.
-    fn utm_field<'e>(&self, e: &'e Expr) -> Option<&'e str> {
-        let Expr::Dot(b, ..) = e else {
+    /// The names `e` reads, one after another, from a variable whose data the checker
+    /// knows: `event.parameters["utm_id"]` reads `parameters`, then `utm_id`, of `event`;
+    /// `history[i].timestamp` reads `timestamp` of a history entry. None where the
+    /// chain holds anything else (a method call, a computed key).
+    fn chain<'e>(&self, e: &'e Expr) -> Option<Chain<'e>> {
+        let (Expr::Dot(b, ..) | Expr::Index(b, ..)) = e else {
             return None;
         };
         let Expr::Variable(v, ..) = &b.lhs else {
             return None;
         };
-        if !matches!(self.kind(&v.1), Some(Kind::Event | Kind::Entry)) || !v.2.is_empty() {
+        if !v.2.is_empty() {
             return None;
         }
-        let (Expr::Dot(d, ..) | Expr::Index(d, ..)) = &b.rhs else {
-            return None;
-        };
-        if !matches!(&d.lhs, Expr::Property(p, _) if p.2.as_str() == "parameters") {
-            return None;
+        // How each step is taken, as the step before says: `.name` or `["name"]`.
+        let in_brackets = matches!(e, Expr::Index(..));
+        let (kind, mut written, mut step) =
+            if v.1 == "history" && in_brackets && !self.defined.contains("history") {
+                // `history[i]`, then what is read of the entry
+                let (Expr::Dot(d, ..) | Expr::Index(d, ..)) = &b.rhs else {
+                    return None;
+                };
+                let entry = matches!(b.rhs, Expr::Index(..));
+                (
+                    Kind::Entry,
+                    "history[...]".to_string(),
+                    Some((&d.rhs, entry)),
+                )
+            } else {
+                (
+                    self.kind(&v.1)?,
+                    v.1.to_string(),
+                    Some((&b.rhs, in_brackets)),
+                )
+            };
+        let mut names = Vec::new();
+        while let Some((e, in_brackets)) = step {
+            let (name, next) = match e {
+                Expr::Dot(d, ..) | Expr::Index(d, ..) => {
+                    (&d.lhs, Some((&d.rhs, matches!(e, Expr::Index(..)))))
+                }
+                _ => (e, None),
+            };
+            let name = match (name, in_brackets) {
+                (Expr::Property(p, _), false) => p.2.as_str(),
+                (Expr::StringConstant(s, _), true) => s.as_str(),
+                _ => return None,
+            };
+            if in_brackets {
+                written.push_str(&format!("[{name:?}]"));
+            } else {
+                written.push('.');
+                written.push_str(name);
+            }
+            names.push(name);
+            step = next;
         }
-        let name = match &d.rhs {
-            Expr::Property(p, _) => p.2.as_str(),
-            Expr::StringConstant(s, _) => s.as_str(),
-            _ => return None,
-        };
-        PARAM_FIELDS
-            .iter()
-            .any(|(j, c)| (*j == name || *c == name) && j.starts_with("utm_"))
-            .then_some(name)
+        Some(Chain {
+            kind,
+            written,
+            names,
+        })
     }
 
     fn call(
@@ -623,24 +655,6 @@ fn is_comparison(op: &str) -> bool {
 
 fn is_var(e: &Expr, name: &str) -> bool {
     matches!(e, Expr::Variable(v, ..) if v.2.is_empty() && v.1 == name)
-}
-
-/// `var` and `key` as `chain` reads them: `var.key` or `var["key"]`.
-fn as_written(var: &str, chain: &Expr, key: &str) -> String {
-    match chain {
-        Expr::Index(..) => format!("{var}[{key:?}]"),
-        _ => format!("{var}.{key}"),
-    }
-}
-
-/// The key `key` names as the last step of `chain`: a property after a dot
-/// (`.duration`), a text constant in brackets (`["duration"]`).
-fn named_key<'e>(chain: &Expr, key: &'e Expr) -> Option<&'e str> {
-    match (chain, key) {
-        (Expr::Dot(..), Expr::Property(p, _)) => Some(p.2.as_str()),
-        (Expr::Index(..), Expr::StringConstant(s, _)) => Some(s.as_str()),
-        _ => None,
-    }
 }
 
 /// The name of the closure `e` is (a function pointer, possibly with captured
@@ -756,7 +770,7 @@ mod tests {
             ),
             (
                 "event.parameters.utm_id == 7",
-                "`utm_id` of `parameters` is text, compared here with the number 7",
+                "`event.parameters.utm_id` holds text, compared here with the number 7: never equal: `==` is false on every event (write \"7\")",
             ),
             (
                 "event.duration > \"500\"",
@@ -812,11 +826,35 @@ mod tests {
             ),
             (
                 "history.filter(|h| h.parameters[\"utmId\"] != 7.5).len() > 0",
-                "`utmId` of `parameters` is text, compared here with the number 7.5",
+                "`h.parameters[\"utmId\"]` holds text, compared here with the number 7.5: never equal: `!=` is true on every event",
+            ),
+            (
+                "event[\"parameters\"][\"utm_id\"] == 7",
+                "`event[\"parameters\"][\"utm_id\"]` holds text, compared here with the number 7",
+            ),
+            (
+                "event[\"parameters\"].utm_id == 7",
+                "`event[\"parameters\"].utm_id` holds text",
+            ),
+            (
+                "history.len() > 0 && history[0].parameters.utm_id == 7",
+                "`history[...].parameters.utm_id` holds text",
+            ),
+            (
+                "history.len() > 0 && history[0].parameters[\"utm_id\"] == 7",
+                "`history[...].parameters[\"utm_id\"]` holds text",
+            ),
+            (
+                "history.len() > 0 && history[0][\"parameters\"].utm_id == 7",
+                "`history[...][\"parameters\"].utm_id` holds text",
+            ),
+            (
+                "event.parameters.utm_source == true",
+                "`event.parameters.utm_source` holds text, compared here with the boolean true: never equal: `==` is false on every event (write \"true\")",
             ),
             (
                 "3 < event.parameters.utm_term",
-                "`utm_term` of `parameters` is text",
+                "`event.parameters.utm_term` holds text, compared here with the number 3: never ordered",
             ),
             (
                 "event.parameters[\"utm_sorce\"] == \"g\"",
@@ -926,6 +964,12 @@ mod tests {
             "event.parameters.utm_id == \"7\" && event.parameters.utm_id.len() > 1",
             "event.parameters.custom_params.value > 100 && event.duration == 7",
             "let event = #{ parameters: #{ utm_id: 7 } }; event.parameters.utm_id == 7",
+            "event.duration.to_string() == \"5\" && event[\"duration\"] > 5",
+            "history.len() > 1 && history[1][\"timestamp\"] < event.timestamp",
+            "history.len() > 0 && history[0].parameters.custom_params.n == 7",
+            "history.len() > 0 && history[0].parameters.utm_id.len() == 7",
+            "event[\"parameters\"][\"custom_params\"][\"utm_id\"] == 7",
+            "let i = 0; history.len() > i && history[i].timestamp > 0",
         ] {
             assert_eq!(problems(script), "", "{script}");
         }
