@@ -1364,14 +1364,22 @@ fn broken_rules_are_refused_before_the_run_with_place_and_hint() {
         dir.path(),
         "/dev/null",
         "true",
-        "actions:\n  - type: debug\n    filter: 'visit.landingpage == \"/\"'\n",
+        "actions:\n  - type: debug\n    filter: 'visit.landingpage == \"/\"'\n  \
+         - type: debug\n    name: later\n    delay: 1s\n    cancel-if: 'event.duration > \"5\"'\n",
     );
-    let (code, _, err) = run_binary(&["validate", "--config", &cfg]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("actions[0].filter:1:7: unknown property `landingpage` of `visit` (did you mean `landingPage`"),
-        "{err}"
-    );
+    for cmd in ["validate", "run"] {
+        let (code, _, err) = run_binary(&[cmd, "--config", &cfg]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("actions[0].filter:1:7: unknown property `landingpage` of `visit` (did you mean `landingPage`"),
+            "{cmd}: {err}"
+        );
+        // Every broken script at once, not one a round.
+        assert!(
+            err.contains("actions[1].cancel-if:1:16: `event.duration` holds a number"),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 /// Every example rule of the README passes `validate` with no warning; a rule that

@@ -59,6 +59,14 @@ pub enum FilterError {
     /// The script compiles but reads what does not exist (see `check`).
     #[error("{}", problems.render(path))]
     Check { path: String, problems: Problems },
+    /// Several scripts failed: each error as it would be alone, one after another.
+    #[error("{}", render_each(.0))]
+    Several(Vec<FilterError>),
+}
+
+fn render_each(errors: &[FilterError]) -> String {
+    let each: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    each.join("\n")
 }
 
 /// For a rule written in the config file (an action's `filter` or `cancel-if`): YAML

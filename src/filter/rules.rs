@@ -35,17 +35,28 @@ impl Rules<'_> {
     }
 
     /// Compiles and checks each action's filter and `cancel-if`, in order; returns
-    /// their warnings.
+    /// their warnings, or the errors of every one that fails (not only the first: a
+    /// config with two broken scripts is fixed in one round).
     pub fn check_action_filters(&self) -> Result<Vec<String>, FilterError> {
         let mut warnings = Vec::new();
+        let mut errors = Vec::new();
         for (i, f) in self.action_filters.iter().enumerate() {
             if let Some(f) = f {
-                warnings.extend(Filter::compile_checked(f, &action_origin(i), self.limits)?.1);
+                match Filter::compile_checked(f, &action_origin(i), self.limits) {
+                    Ok((_, w)) => warnings.extend(w),
+                    Err(e) => errors.push(e),
+                }
             }
         }
         for (i, f) in self.cancels.iter().enumerate() {
             if let Some(f) = f {
-                let checked = Filter::compile_checked(f, &cancel_origin(i), self.limits)?.1;
+                let checked = match Filter::compile_checked(f, &cancel_origin(i), self.limits) {
+                    Ok((_, w)) => w,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
                 // A cancel condition that fails rejects nothing: it cancels nothing.
                 warnings.extend(checked.into_iter().map(|w| {
                     w.replace(
@@ -55,7 +66,11 @@ impl Rules<'_> {
                 }));
             }
         }
-        Ok(warnings)
+        match errors.len() {
+            0 => Ok(warnings),
+            1 => Err(errors.remove(0)),
+            _ => Err(FilterError::Several(errors)),
+        }
     }
 
     /// Each of `scripts` compiled, named by `origin` and its position.
@@ -137,6 +152,29 @@ mod tests {
         let e = rules.check_action_filters().unwrap_err().to_string();
         assert!(e.starts_with("actions[1].cancel-if:"), "{e}");
         assert!(e.contains("event_type"), "names the fix: {e}");
+    }
+
+    #[test]
+    fn every_broken_action_script_is_reported_not_only_the_first() {
+        let limits = limits();
+        let rules = Rules {
+            script: "true",
+            origin: "rule.rhai",
+            action_filters: vec![Some("event.evnt_type == \"x\""), None, Some("true")],
+            cancels: vec![None, Some("event.duration > \"5\""), None],
+            limits: &limits,
+        };
+        let e = rules.check_action_filters().unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(
+            lines[0].starts_with("actions[0].filter:1:7: unknown property"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("actions[1].cancel-if:1:16: `event.duration`"),
+            "{e}"
+        );
     }
 
     #[test]
