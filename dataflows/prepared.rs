@@ -107,21 +107,19 @@ impl Prepared {
         let script_path = &settings.filter.script_path;
         let script = Filter::read(script_path)?;
         let script_origin = script_path.display().to_string();
-        let mut rules = Rules {
+        let specs = settings.actions.specs();
+        let rules = Rules {
             script: &script,
             origin: &script_origin,
-            action_filters: Vec::new(),
-            cancels: Vec::new(),
+            action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
+            cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
             limits: &limits,
         };
-        warn(rules.check_rule()?);
+        warn(rules.check()?);
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         check_kafka_clients(settings)?;
         let dead_letters = open_dead_letters(settings)?;
         let actions = Actions::from_settings(&settings.actions, dead_letters.clone())?;
-        rules.action_filters = actions.filters();
-        rules.cancels = actions.cancels();
-        warn(rules.check_action_filters()?);
         let schedules = actions.schedules();
         let input = input(settings, bounded)?;
         let (checkpoints, restore) = checkpoints(settings, &input)?;

@@ -523,7 +523,7 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
         cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
         limits: &limits,
     };
-    let mut warnings = rules.check_rule()?;
+    let warnings = rules.check()?;
     if let Some(path) = &settings.profile_api.ca_file {
         event_trigger::http_client::ca_certs(path)
             .map_err(|e| anyhow::Error::new(e).context("profile-api.ca-file"))?;
@@ -531,7 +531,6 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     // What `run` checks before it connects: the actions' secrets, URLs and CA files.
     event_trigger::actions::Actions::from_settings(&settings.actions, None)?;
     event_trigger::dataflows::prepared::check_local_inputs(&settings, events)?;
-    warnings.extend(rules.check_action_filters()?);
     for w in &warnings {
         eprintln!("warning: {w}");
     }

@@ -1360,13 +1360,18 @@ fn broken_rules_are_refused_before_the_run_with_place_and_hint() {
             );
         }
     }
-    let cfg = rule_config(
-        dir.path(),
-        "/dev/null",
-        "true",
-        "actions:\n  - type: debug\n    filter: 'visit.landingpage == \"/\"'\n  \
-         - type: debug\n    name: later\n    delay: 1s\n    cancel-if: 'event.duration > \"5\"'\n",
+    let actions = "actions:\n  - type: debug\n    filter: 'visit.landingpage == \"/\"'\n  \
+         - type: debug\n    name: later\n    delay: 1s\n    cancel-if: 'event.duration > \"5\"'\n";
+    // Every broken script at once, not one a round: the rule's too.
+    let cfg = rule_config(dir.path(), "/dev/null", "user.contry == \"US\"", actions);
+    let (code, _, err) = run_binary(&["run", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("rule.rhai:1:6: unknown property `contry`"),
+        "{err}"
     );
+    assert!(err.contains("actions[1].cancel-if:1:16:"), "{err}");
+    let cfg = rule_config(dir.path(), "/dev/null", "true", actions);
     for cmd in ["validate", "run"] {
         let (code, _, err) = run_binary(&[cmd, "--config", &cfg]);
         assert_eq!(code, Some(2), "{err}");
@@ -1374,7 +1379,6 @@ fn broken_rules_are_refused_before_the_run_with_place_and_hint() {
             err.contains("actions[0].filter:1:7: unknown property `landingpage` of `visit` (did you mean `landingPage`"),
             "{cmd}: {err}"
         );
-        // Every broken script at once, not one a round.
         assert!(
             err.contains("actions[1].cancel-if:1:16: `event.duration` holds a number"),
             "{cmd}: {err}"

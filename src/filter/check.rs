@@ -200,7 +200,7 @@ impl Kind {
 struct Chain<'e> {
     /// Whose data it is.
     kind: Kind,
-    /// As the script writes it (`history[...]` for any index of the history).
+    /// As the script writes it (`history[...]` for an index computed by the script).
     written: String,
     names: Vec<&'e str>,
 }
@@ -423,7 +423,7 @@ impl Names {
             return;
         }
         for (a, b) in [(&f.args[0], &f.args[1]), (&f.args[1], &f.args[0])] {
-            if let Some((field, holds, json)) = self.typed_field(a)
+            if let Some((field, holds, json, kind)) = self.typed_field(a)
                 && let Some((constant, text)) = Scalar::of_constant(b)
                 && holds != constant
             {
@@ -436,16 +436,26 @@ impl Names {
                     (Scalar::Bool, Scalar::Text) if matches!(&*text, "\"true\"" | "\"false\"") => {
                         format!("write {}", text.trim_matches('"'))
                     }
+                    (Scalar::Text, Scalar::Number) if !matches!(f.name.as_str(), "==" | "!=") => {
+                        format!(
+                            "write \"{text}\" to order it as text, or `parse_float({field})` \
+                             to order it as a number"
+                        )
+                    }
                     (Scalar::Text, _) => format!("write \"{text}\""),
                     _ if json == "timestamp" => {
                         "compare it with a number of ms since 1970, as 1735689600000".to_string()
                     }
                     _ => format!("compare it with {}", holds.named()),
                 };
+                let every = match kind {
+                    Kind::Entry => "for every history entry",
+                    _ => "on every event",
+                };
                 let outcome = match f.name.as_str() {
-                    "==" => "never equal: `==` is false on every event",
-                    "!=" => "never equal: `!=` is true on every event",
-                    _ => "never ordered: the comparison is false on every event",
+                    "==" => format!("never equal: `==` is false {every}"),
+                    "!=" => format!("never equal: `!=` is true {every}"),
+                    _ => format!("never ordered: the comparison is false {every}"),
                 };
                 out.push(Problem::at(
                     pos,
@@ -461,8 +471,8 @@ impl Names {
 
     /// The scalar field `e` reads (`event.duration`, `event["duration"]`,
     /// `visit.isFirstVisit`, `h.timestamp`, `history[0].timestamp`, a `utm_*` of
-    /// `parameters`), as written, what it holds, and its JSON name.
-    fn typed_field(&self, e: &Expr) -> Option<(String, Scalar, &'static str)> {
+    /// `parameters`), as written, what it holds, its JSON name, and whose it is.
+    fn typed_field(&self, e: &Expr) -> Option<(String, Scalar, &'static str, Kind)> {
         let chain = self.chain(e)?;
         let json = match chain.names[..] {
             [name] => {
@@ -486,7 +496,7 @@ impl Names {
             1 => chain.kind.scalar(json)?,
             _ => Scalar::Text,
         };
-        Some((chain.written, holds, json))
+        Some((chain.written, holds, json, chain.kind))
     }
 
     /// The names `e` reads, one after another, from a variable whose data the checker
@@ -512,11 +522,11 @@ impl Names {
                     return None;
                 };
                 let entry = matches!(b.rhs, Expr::Index(..));
-                (
-                    Kind::Entry,
-                    "history[...]".to_string(),
-                    Some((&d.rhs, entry)),
-                )
+                let written = match &d.lhs {
+                    Expr::IntegerConstant(i, _) => format!("history[{i}]"),
+                    _ => "history[...]".to_string(),
+                };
+                (Kind::Entry, written, Some((&d.rhs, entry)))
             } else {
                 (
                     self.kind(&v.1)?,
@@ -810,11 +820,15 @@ mod tests {
             ),
             (
                 "history.len() > 0 && history[0].timestamp == \"x\"",
-                "`history[...].timestamp` holds a number, compared here with the text \"x\"",
+                "`history[0].timestamp` holds a number, compared here with the text \"x\": never equal: `==` is false for every history entry",
             ),
             (
                 "history.len() > 0 && history[0][\"timestamp\"] >= \"5\"",
-                "`history[...][\"timestamp\"]` holds a number, compared here with the text \"5\": never ordered: the comparison is false on every event (write 5)",
+                "`history[0][\"timestamp\"]` holds a number, compared here with the text \"5\": never ordered: the comparison is false for every history entry (write 5)",
+            ),
+            (
+                "let i = 1; history.len() > i && history[i].timestamp == \"x\"",
+                "`history[...].timestamp` holds a number",
             ),
             (
                 "history.filter(|h| h[\"timestamp\"] < \"1\").len() > 0",
@@ -826,7 +840,7 @@ mod tests {
             ),
             (
                 "history.filter(|h| h.parameters[\"utmId\"] != 7.5).len() > 0",
-                "`h.parameters[\"utmId\"]` holds text, compared here with the number 7.5: never equal: `!=` is true on every event",
+                "`h.parameters[\"utmId\"]` holds text, compared here with the number 7.5: never equal: `!=` is true for every history entry",
             ),
             (
                 "event[\"parameters\"][\"utm_id\"] == 7",
@@ -838,15 +852,15 @@ mod tests {
             ),
             (
                 "history.len() > 0 && history[0].parameters.utm_id == 7",
-                "`history[...].parameters.utm_id` holds text",
+                "`history[0].parameters.utm_id` holds text",
             ),
             (
                 "history.len() > 0 && history[0].parameters[\"utm_id\"] == 7",
-                "`history[...].parameters[\"utm_id\"]` holds text",
+                "`history[0].parameters[\"utm_id\"]` holds text",
             ),
             (
                 "history.len() > 0 && history[0][\"parameters\"].utm_id == 7",
-                "`history[...][\"parameters\"].utm_id` holds text",
+                "`history[0][\"parameters\"].utm_id` holds text",
             ),
             (
                 "event.parameters.utm_source == true",
@@ -854,7 +868,7 @@ mod tests {
             ),
             (
                 "3 < event.parameters.utm_term",
-                "`event.parameters.utm_term` holds text, compared here with the number 3: never ordered",
+                "`event.parameters.utm_term` holds text, compared here with the number 3: never ordered: the comparison is false on every event (write \"3\" to order it as text, or `parse_float(event.parameters.utm_term)` to order it as a number)",
             ),
             (
                 "event.parameters[\"utm_sorce\"] == \"g\"",

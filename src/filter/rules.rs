@@ -34,6 +34,24 @@ impl Rules<'_> {
         Ok(Filter::compile_checked(self.script, self.origin, self.limits)?.1)
     }
 
+    /// Checks the rule and every action's filter and `cancel-if`; returns their
+    /// warnings, or the errors of every one that fails (a broken rule hides no broken
+    /// action script).
+    pub fn check(&self) -> Result<Vec<String>, FilterError> {
+        match (self.check_rule(), self.check_action_filters()) {
+            (Ok(mut warnings), Ok(more)) => {
+                warnings.extend(more);
+                Ok(warnings)
+            }
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(rule), Err(FilterError::Several(mut all))) => {
+                all.insert(0, rule);
+                Err(FilterError::Several(all))
+            }
+            (Err(rule), Err(action)) => Err(FilterError::Several(vec![rule, action])),
+        }
+    }
+
     /// Compiles and checks each action's filter and `cancel-if`, in order; returns
     /// their warnings, or the errors of every one that fails (not only the first: a
     /// config with two broken scripts is fixed in one round).
@@ -175,6 +193,32 @@ mod tests {
             lines[1].starts_with("actions[1].cancel-if:1:16: `event.duration`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_broken_rule_hides_no_broken_action_script() {
+        let limits = limits();
+        let mut rules = Rules {
+            script: "user.contry == \"US\"",
+            origin: "rule.rhai",
+            action_filters: vec![Some("event.evnt_type == \"x\"")],
+            cancels: vec![None],
+            limits: &limits,
+        };
+        let e = rules.check().unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(
+            lines[0].starts_with("rule.rhai:1:6: unknown property"),
+            "{e}"
+        );
+        assert!(lines[1].starts_with("actions[0].filter:1:7:"), "{e}");
+        rules.cancels = vec![Some("event.duration > \"5\"")];
+        assert_eq!(rules.check().unwrap_err().to_string().lines().count(), 3);
+        rules.script = "true";
+        rules.action_filters = vec![None];
+        rules.cancels = vec![None];
+        assert!(rules.check().unwrap().is_empty());
     }
 
     #[test]
