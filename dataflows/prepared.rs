@@ -108,14 +108,7 @@ impl Prepared {
         let script = Filter::read(script_path)?;
         let script_origin = script_path.display().to_string();
         let specs = settings.actions.specs();
-        let rules = Rules {
-            script: &script,
-            origin: &script_origin,
-            action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
-            cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
-            limits: &limits,
-        };
-        warn(rules.check()?);
+        warn(Rules::of_specs(&script, &script_origin, &specs, &limits).check()?);
         let profiles = ProfileSource::from_settings(&settings.profile_api)?;
         check_kafka_clients(settings)?;
         let dead_letters = open_dead_letters(settings)?;

@@ -516,14 +516,8 @@ fn validate(config: &Path, events: Option<&Path>, show: usize) -> anyhow::Result
     let script_path = &settings.filter.script_path;
     let script = Filter::read(script_path)?;
     let specs = settings.actions.specs();
-    let rules = Rules {
-        script: &script,
-        origin: &script_path.display().to_string(),
-        action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
-        cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
-        limits: &limits,
-    };
-    let warnings = rules.check()?;
+    let origin = script_path.display().to_string();
+    let warnings = Rules::of_specs(&script, &origin, &specs, &limits).check()?;
     if let Some(path) = &settings.profile_api.ca_file {
         event_trigger::http_client::ca_certs(path)
             .map_err(|e| anyhow::Error::new(e).context("profile-api.ca-file"))?;

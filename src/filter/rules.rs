@@ -27,7 +27,23 @@ pub struct Rules<'a> {
     pub limits: &'a FilterLimits,
 }
 
-impl Rules<'_> {
+impl<'a> Rules<'a> {
+    /// The rule and the filters and `cancel-if`s of the actions `specs` configure.
+    pub fn of_specs(
+        script: &'a str,
+        origin: &'a str,
+        specs: &'a [(String, crate::config::ActionSpec)],
+        limits: &'a FilterLimits,
+    ) -> Self {
+        Rules {
+            script,
+            origin,
+            action_filters: specs.iter().map(|(_, a)| a.filter.as_deref()).collect(),
+            cancels: specs.iter().map(|(_, a)| a.cancel_if.as_deref()).collect(),
+            limits,
+        }
+    }
+
     /// Compiles and checks the rule (`Filter::compile_checked`); returns the warnings on
     /// the sample states.
     pub fn check_rule(&self) -> Result<Vec<String>, FilterError> {
@@ -135,22 +151,32 @@ impl Rules<'_> {
 mod tests {
     use super::*;
 
-    fn limits() -> FilterLimits {
-        FilterLimits {
-            max_operations: 10_000,
+    const LIMITS: FilterLimits = FilterLimits {
+        max_operations: 10_000,
+    };
+
+    /// The rule `script` (`rule.rhai`) with the actions' `filters` and `cancels`.
+    fn rules<'a>(
+        script: &'a str,
+        filters: Vec<Option<&'a str>>,
+        cancels: Vec<Option<&'a str>>,
+    ) -> Rules<'a> {
+        Rules {
+            script,
+            origin: "rule.rhai",
+            action_filters: filters,
+            cancels,
+            limits: &LIMITS,
         }
     }
 
     #[test]
     fn an_action_filter_is_named_by_its_position_in_errors() {
-        let limits = limits();
-        let rules = Rules {
-            script: "true",
-            origin: "rule.rhai",
-            action_filters: vec![None, Some("event.no_such_field ==")],
-            cancels: Vec::new(),
-            limits: &limits,
-        };
+        let rules = rules(
+            "true",
+            vec![None, Some("event.no_such_field ==")],
+            Vec::new(),
+        );
         assert!(rules.check_rule().is_ok());
         let e = rules.check_action_filters().unwrap_err().to_string();
         assert!(e.starts_with("actions[1].filter:"), "{e}");
@@ -159,14 +185,11 @@ mod tests {
 
     #[test]
     fn a_cancel_condition_is_checked_like_a_filter_and_named_by_its_action() {
-        let limits = limits();
-        let rules = Rules {
-            script: "true",
-            origin: "rule.rhai",
-            action_filters: vec![None, None],
-            cancels: vec![None, Some("event.event_tipe == \"purchase\"")],
-            limits: &limits,
-        };
+        let rules = rules(
+            "true",
+            vec![None, None],
+            vec![None, Some("event.event_tipe == \"purchase\"")],
+        );
         let e = rules.check_action_filters().unwrap_err().to_string();
         assert!(e.starts_with("actions[1].cancel-if:"), "{e}");
         assert!(e.contains("event_type"), "names the fix: {e}");
@@ -174,14 +197,11 @@ mod tests {
 
     #[test]
     fn every_broken_action_script_is_reported_not_only_the_first() {
-        let limits = limits();
-        let rules = Rules {
-            script: "true",
-            origin: "rule.rhai",
-            action_filters: vec![Some("event.evnt_type == \"x\""), None, Some("true")],
-            cancels: vec![None, Some("event.duration > \"5\""), None],
-            limits: &limits,
-        };
+        let rules = rules(
+            "true",
+            vec![Some("event.evnt_type == \"x\""), None, Some("true")],
+            vec![None, Some("event.duration > \"5\""), None],
+        );
         let e = rules.check_action_filters().unwrap_err().to_string();
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 2, "{e}");
@@ -197,14 +217,11 @@ mod tests {
 
     #[test]
     fn a_broken_rule_hides_no_broken_action_script() {
-        let limits = limits();
-        let mut rules = Rules {
-            script: "user.contry == \"US\"",
-            origin: "rule.rhai",
-            action_filters: vec![Some("event.evnt_type == \"x\"")],
-            cancels: vec![None],
-            limits: &limits,
-        };
+        let mut rules = rules(
+            "user.contry == \"US\"",
+            vec![Some("event.evnt_type == \"x\"")],
+            vec![None],
+        );
         let e = rules.check().unwrap_err().to_string();
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 2, "{e}");
@@ -223,14 +240,11 @@ mod tests {
 
     #[test]
     fn compiles_the_rule_and_the_action_filters_for_a_worker() {
-        let limits = limits();
-        let rules = Rules {
-            script: "true",
-            origin: "rule.rhai",
-            action_filters: vec![None, Some("false")],
-            cancels: vec![None, Some("event.event_type == \"purchase\"")],
-            limits: &limits,
-        };
+        let rules = rules(
+            "true",
+            vec![None, Some("false")],
+            vec![None, Some("event.event_type == \"purchase\"")],
+        );
         assert!(rules.check_action_filters().unwrap().is_empty());
         assert!(rules.compile(FilterVersions::default(), None).is_ok());
     }
