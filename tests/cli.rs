@@ -1172,18 +1172,25 @@ fn rule_config(dir: &std::path::Path, events: &str, script: &str, extra: &str) -
     cfg.to_str().unwrap().to_string()
 }
 
+/// A config in `dir` for the demo's events and profiles (the rule `false`), resumed
+/// from checkpoints in `dir/ck` (relative: runs start in `dir`) every `interval_ms`.
+fn demo_resumed_config(dir: &std::path::Path, interval_ms: u64) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let extra = format!(
+        "profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\nengine:\n  checkpoint-dir: ck\n  checkpoint-interval-ms: {interval_ms}\n"
+    );
+    let events = format!("{root}/config/demo/events.jsonl");
+    let cfg = rule_config(dir, &events, "false", &extra);
+    resume_file_source(std::path::Path::new(&cfg));
+    cfg
+}
+
 /// The start logs the checkpoint settings in effect, the directory in full: a relative
 /// `engine.checkpoint-dir` is the working directory's, which the log does not say.
 #[test]
 fn the_start_logs_the_checkpoint_settings_with_the_directory_in_full() {
     let dir = tempfile::tempdir().unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let extra = format!(
-        "profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\nengine:\n  checkpoint-dir: ck\n  checkpoint-interval-ms: 500\n"
-    );
-    let events = format!("{root}/config/demo/events.jsonl");
-    let cfg = rule_config(dir.path(), &events, "false", &extra);
-    resume_file_source(std::path::Path::new(&cfg));
+    let cfg = demo_resumed_config(dir.path(), 500);
     let run = || {
         let out = Command::new(binary())
             .args(["run", "--config", &cfg])
@@ -1263,13 +1270,7 @@ fn a_process_index_outside_the_cluster_is_refused_naming_the_range() {
 #[test]
 fn quick_restarts_do_not_move_the_clock_ahead_an_interval_each() {
     let dir = tempfile::tempdir().unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let extra = format!(
-        "profile-api:\n  base-url: file://{root}/config/demo/profiles.jsonl\nengine:\n  checkpoint-dir: ck\n  checkpoint-interval-ms: 60000\n"
-    );
-    let events = format!("{root}/config/demo/events.jsonl");
-    let cfg = rule_config(dir.path(), &events, "false", &extra);
-    resume_file_source(std::path::Path::new(&cfg));
+    let cfg = demo_resumed_config(dir.path(), 60000);
     let ck = dir.path().join("ck");
     let newest = || -> u64 {
         std::fs::read_dir(&ck)

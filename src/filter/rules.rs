@@ -46,7 +46,7 @@ impl<'a> Rules<'a> {
 
     /// Compiles and checks the rule (`Filter::compile_checked`); returns the warnings on
     /// the sample states.
-    pub fn check_rule(&self) -> Result<Vec<String>, FilterError> {
+    fn check_rule(&self) -> Result<Vec<String>, FilterError> {
         Ok(Filter::compile_checked(self.script, self.origin, self.limits)?.1)
     }
 
@@ -71,7 +71,7 @@ impl<'a> Rules<'a> {
     /// Compiles and checks each action's filter and `cancel-if`, in order; returns
     /// their warnings, or the errors of every one that fails (not only the first: a
     /// config with two broken scripts is fixed in one round).
-    pub fn check_action_filters(&self) -> Result<Vec<String>, FilterError> {
+    fn check_action_filters(&self) -> Result<Vec<String>, FilterError> {
         let mut warnings = Vec::new();
         let mut errors = Vec::new();
         for (i, f) in self.action_filters.iter().enumerate() {
