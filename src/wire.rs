@@ -346,7 +346,7 @@ fn decode_with(
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let s = std::str::from_utf8(trimmed).map_err(|_| DecodeError::NotUtf8)?;
+    let s = simdutf8::basic::from_utf8(trimmed).map_err(|_| DecodeError::NotUtf8)?;
     // serde would read a JSON array as a struct's fields in order; only objects are events.
     if !s.starts_with('{') {
         return Err(DecodeError::Json("not a JSON object".into()));

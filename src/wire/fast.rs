@@ -28,36 +28,162 @@ pub(super) struct Parameters<'a> {
     pub plain: bool,
 }
 
+/// The members `WireEvent` reads, each with `"key":` as it is written without spaces,
+/// in the order the original's producers write them (its model's, as the reference
+/// events have them). The scan expects each member to be the one after the member it
+/// read last and compares the next bytes with its `"key":`, where it scanned the key
+/// and matched it against every name (~150 instructions a member, a sixth of an
+/// event's); another key, or spaces, go the long way.
+static MEMBERS: [Key; 18] = [
+    Key::new(Member::EventId, b"\"event_id\":"),
+    Key::new(Member::UserId, b"\"user_id\":"),
+    Key::new(Member::Domain, b"\"domain\":"),
+    Key::new(Member::IsFirstInVisit, b"\"is_first_in_visit\":"),
+    Key::new(Member::IsLastInVisit, b"\"is_last_in_visit\":"),
+    Key::new(Member::IsFirstEvent, b"\"is_first_event\":"),
+    Key::new(Member::IsCurrent, b"\"is_current\":"),
+    Key::new(Member::EventName, b"\"event_name\":"),
+    Key::new(Member::EventDisplayname, b"\"event_displayname\":"),
+    Key::new(Member::Integration, b"\"integration\":"),
+    Key::new(Member::App, b"\"app\":"),
+    Key::new(Member::Platform, b"\"platform\":"),
+    Key::new(Member::IsHttps, b"\"is_https\":"),
+    Key::new(Member::EventType, b"\"event_type\":"),
+    Key::new(Member::Duration, b"\"duration\":"),
+    Key::new(Member::Timestamp, b"\"timestamp\":"),
+    Key::new(Member::Triggerable, b"\"triggerable\":"),
+    Key::new(Member::Parameters, b"\"parameters\":"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Member {
+    EventId,
+    UserId,
+    Domain,
+    IsFirstInVisit,
+    IsLastInVisit,
+    IsFirstEvent,
+    IsCurrent,
+    EventName,
+    EventDisplayname,
+    Integration,
+    App,
+    Platform,
+    IsHttps,
+    EventType,
+    Duration,
+    Timestamp,
+    Triggerable,
+    Parameters,
+}
+
+/// A member's `"key":`, and the same as words to compare the input with (three loads
+/// instead of a call to `memcmp`).
+struct Key {
+    member: Member,
+    text: &'static [u8],
+    words: [u64; 3],
+    masks: [u64; 3],
+}
+
+impl Key {
+    const fn new(member: Member, text: &'static [u8]) -> Key {
+        assert!(text.len() <= 24);
+        let (mut words, mut masks, mut i) = ([0u64; 3], [0u64; 3], 0);
+        while i < text.len() {
+            words[i / 8] |= (text[i] as u64) << (8 * (i % 8));
+            masks[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        Key {
+            member,
+            text,
+            words,
+            masks,
+        }
+    }
+
+    /// Whether `b[at..]` starts with this key.
+    #[inline]
+    fn at(&self, b: &[u8], at: usize) -> bool {
+        let Some(Ok(next)) = b.get(at..at + 24).map(<[u8; 24]>::try_from) else {
+            return b[at..].starts_with(self.text);
+        };
+        let word = |i: usize| {
+            let w = u64::from_le_bytes(next[8 * i..8 * i + 8].try_into().unwrap_or_default());
+            (w ^ self.words[i]) & self.masks[i]
+        };
+        word(0) | word(1) | word(2) == 0
+    }
+
+    /// The key as written between its quotes.
+    fn name(&self) -> &'static [u8] {
+        &self.text[1..self.text.len() - 2]
+    }
+}
+
+/// The place in `MEMBERS` of the member named `key` (as written between its quotes).
+fn member_named(key: &[u8]) -> Option<usize> {
+    MEMBERS.iter().position(|k| k.name() == key)
+}
+
 /// The event in `s` (trimmed, starting with `{`) as serde would read it, or `None`:
 /// let serde decide. An object in `parameters` leaves its tokens in `tokens`.
 pub(super) fn wire_event<'a>(s: &'a str, tokens: &mut Vec<u8>) -> Option<WireEvent<'a>> {
     let b = s.as_bytes();
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_ws(b, 1);
     // An empty object is left to serde, which names the missing fields.
-    if b.get(skip_ws(b, 1)) == Some(&b'}') {
+    if b.get(i) == Some(&b'}') {
         return None;
     }
     let mut w = WireEvent::default();
     let mut seen = 0u32;
-    let end = members(s, 0, |key, at| {
-        let (bit, end) = member(s, at, key, &mut w, tokens)?;
-        if seen & bit != 0 {
-            return None;
+    let mut next = 0;
+    loop {
+        let (place, at) = match MEMBERS.get(next) {
+            Some(key) if key.at(b, i) => (Some(next), skip_ws(b, i + key.text.len())),
+            _ => {
+                let key_end = plain_str(b, i)?;
+                let colon = skip_ws(b, key_end);
+                if b.get(colon) != Some(&b':') {
+                    return None;
+                }
+                (member_named(&b[i + 1..key_end - 1]), skip_ws(b, colon + 1))
+            }
+        };
+        let end = match place {
+            Some(place) => {
+                // serde refuses a member named twice.
+                if seen & (1 << place) != 0 {
+                    return None;
+                }
+                seen |= 1 << place;
+                next = place + 1;
+                member(s, at, MEMBERS[place].member, &mut w, tokens)?
+            }
+            // serde skips other members, checking that they are JSON.
+            None => value(b, at, 0)?,
+        };
+        i = skip_ws(b, end);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return (skip_ws(b, i + 1) == b.len()).then_some(w),
+            _ => return None,
         }
-        seen |= bit;
-        Some(end)
-    })?;
-    (skip_ws(b, end) == b.len()).then_some(w)
+    }
 }
 
-/// Reads the value at `at` of member `key` into `w`: the member's bit (0 for a member
-/// serde ignores) and where the value ends.
+/// Reads the value at `at` of member `m` into `w`: where the value ends.
 fn member<'a>(
     s: &'a str,
     at: usize,
-    key: &str,
+    m: Member,
     w: &mut WireEvent<'a>,
     tokens: &mut Vec<u8>,
-) -> Option<(u32, usize)> {
+) -> Option<usize> {
     let b = s.as_bytes();
     let text = |slot: &mut Option<Cow<'a, str>>| -> Option<usize> {
         let (v, end) = string(s, at)?;
@@ -74,36 +200,34 @@ fn member<'a>(
         *slot = v;
         Some(end)
     };
-    Some(match key {
-        "event_id" => (1 << 0, text(&mut w.event_id)?),
-        "user_id" => (1 << 1, text(&mut w.user_id)?),
-        "domain" => (1 << 2, text(&mut w.domain)?),
-        "is_first_in_visit" => (1 << 3, flag(&mut w.is_first_in_visit)?),
-        "is_last_in_visit" => (1 << 4, flag(&mut w.is_last_in_visit)?),
-        "is_first_event" => (1 << 5, flag(&mut w.is_first_event)?),
-        "is_current" => (1 << 6, flag(&mut w.is_current)?),
-        "event_name" => (1 << 7, text(&mut w.event_name)?),
-        "event_displayname" => (1 << 8, text(&mut w.event_displayname)?),
-        "integration" => (1 << 9, text(&mut w.integration)?),
-        "app" => (1 << 10, text(&mut w.app)?),
-        "platform" => (1 << 11, text(&mut w.platform)?),
-        "is_https" => (1 << 12, flag(&mut w.is_https)?),
-        "event_type" => (1 << 13, text(&mut w.event_type)?),
-        "duration" => (1 << 14, number(&mut w.duration)?),
-        "timestamp" => (1 << 15, number(&mut w.timestamp)?),
-        "triggerable" => (1 << 16, flag(&mut w.triggerable)?),
-        "parameters" => {
+    match m {
+        Member::EventId => text(&mut w.event_id),
+        Member::UserId => text(&mut w.user_id),
+        Member::Domain => text(&mut w.domain),
+        Member::IsFirstInVisit => flag(&mut w.is_first_in_visit),
+        Member::IsLastInVisit => flag(&mut w.is_last_in_visit),
+        Member::IsFirstEvent => flag(&mut w.is_first_event),
+        Member::IsCurrent => flag(&mut w.is_current),
+        Member::EventName => text(&mut w.event_name),
+        Member::EventDisplayname => text(&mut w.event_displayname),
+        Member::Integration => text(&mut w.integration),
+        Member::App => text(&mut w.app),
+        Member::Platform => text(&mut w.platform),
+        Member::IsHttps => flag(&mut w.is_https),
+        Member::EventType => text(&mut w.event_type),
+        Member::Duration => number(&mut w.duration),
+        Member::Timestamp => number(&mut w.timestamp),
+        Member::Triggerable => flag(&mut w.triggerable),
+        Member::Parameters => {
             let (end, plain) = parameters(s, at, tokens)?;
             w.checked_parameters = Some(Parameters {
                 text: &s[at..end],
                 plain,
             })
             .filter(|p| p.text != "null");
-            (1 << 17, end)
+            Some(end)
         }
-        // serde skips other members, checking that they are JSON.
-        _ => (0, value(b, at, 0)?),
-    })
+    }
 }
 
 /// Past the closing quote of the string at `at`, if it has no escape and no control
@@ -147,8 +271,13 @@ fn long(b: &[u8], at: usize) -> Option<(i64, usize)> {
     }
     let negative = b.get(at) == Some(&b'-');
     let first = at + usize::from(negative);
-    let digits = b[first..].iter().take_while(|c| c.is_ascii_digit()).count();
-    let end = first + digits;
+    // The digits and their value in one pass, unchecked: 18 digits fit.
+    let (mut end, mut v) = (first, 0u64);
+    while let Some(d) = b.get(end).map(|c| c.wrapping_sub(b'0')).filter(|d| *d < 10) {
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+        end += 1;
+    }
+    let digits = end - first;
     // A leading zero before another digit is not JSON, serde reads `-0` as a float
     // (-0.0), and a fraction or exponent makes a float too.
     if digits == 0
@@ -156,6 +285,10 @@ fn long(b: &[u8], at: usize) -> Option<(i64, usize)> {
         || matches!(b.get(end), Some(b'.' | b'e' | b'E'))
     {
         return None;
+    }
+    if digits <= 18 {
+        let v = v as i64;
+        return Some((if negative { -v } else { v }, end));
     }
     let mut v: i64 = 0;
     for &c in &b[first..end] {
@@ -720,5 +853,69 @@ pub(crate) mod tests {
             "]".repeat(MAX_DEPTH + 1)
         );
         assert!(wire_event(&deep, &mut Vec::new()).is_none());
+    }
+
+    /// The members in the producers' order are found by their `"key":`; in another
+    /// order, with spaces, among unknown members or short of the words the key compare
+    /// loads, the scan reads them as serde does, and a member named twice, wherever, is
+    /// left to serde (which refuses it).
+    #[test]
+    fn members_in_any_order_read_as_serde_reads_them() {
+        let value = |m: Member| match m {
+            Member::Duration | Member::Timestamp => "-12",
+            Member::IsFirstInVisit
+            | Member::IsLastInVisit
+            | Member::IsFirstEvent
+            | Member::IsCurrent
+            | Member::IsHttps
+            | Member::Triggerable => "true",
+            Member::Parameters => r#"{"utm_source":"a","custom_params":{"k":1}}"#,
+            _ => r#""v""#,
+        };
+        let members: Vec<(String, &str)> = MEMBERS
+            .iter()
+            .map(|k| {
+                (
+                    String::from_utf8_lossy(k.text).into_owned(),
+                    value(k.member),
+                )
+            })
+            .collect();
+        let event = |order: &[usize], member: &dyn Fn(&str, &str) -> String| {
+            let inner: Vec<String> = order
+                .iter()
+                .map(|&i| member(&members[i].0, members[i].1))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        let plain = |k: &str, v: &str| format!("{k}{v}");
+        let n = members.len();
+        let in_order: Vec<usize> = (0..n).collect();
+        let mut reversed = in_order.clone();
+        reversed.reverse();
+        let rotated: Vec<usize> = (0..n).map(|i| (i + 5) % n).collect();
+        let mut read = vec![
+            event(&in_order, &plain),
+            event(&reversed, &plain),
+            event(&rotated, &plain),
+            event(&in_order, &|k, v| format!("{k} {v}")),
+            event(&in_order, &|k, v| format!(" {} : {v} ", &k[..k.len() - 1])),
+            event(&in_order, &|k, v| format!(r#""x":[1],{k}{v}"#)),
+            // Shorter than the three words a key is compared by, as the last member.
+            r#"{"user_id":"u","event_type":"c"}"#.to_string(),
+        ];
+        read.extend((2..n).map(|i| event(&[0, 1, i], &plain)));
+        for s in &read {
+            assert_eq!(read_alike(s), Some(true), "{s}");
+        }
+        for twice in 0..n {
+            for at in [twice + 1, n] {
+                let mut order = in_order.clone();
+                order.insert(at, twice);
+                let s = event(&order, &plain);
+                assert_eq!(read_alike(&s), Some(false), "{s}");
+                assert_eq!(by_serde(&s), None, "{s}");
+            }
+        }
     }
 }

@@ -9,16 +9,18 @@
 /// For a member the typed check looks at: its bit, and the first byte its value may
 /// start with besides `n` (`null`). (A match: the parameters' keys are mostly these.)
 pub(super) fn checked(key: &[u8]) -> Option<(u8, u8)> {
-    Some(match key {
-        b"custom_params" => (0, b'{'),
-        b"utm_source" => (1, b'"'),
-        b"utm_campaign" => (2, b'"'),
-        b"utm_content" => (3, b'"'),
-        b"utm_medium" => (4, b'"'),
-        b"utm_term" => (5, b'"'),
-        b"utm_id" => (6, b'"'),
+    // By length first: one compare at most (a match on the names compared them in turn).
+    let (bit, start, name): (u8, u8, &[u8]) = match key.len() {
+        13 => (0, b'{', b"custom_params"),
+        10 if key[4] == b's' => (1, b'"', b"utm_source"),
+        12 => (2, b'"', b"utm_campaign"),
+        11 => (3, b'"', b"utm_content"),
+        10 => (4, b'"', b"utm_medium"),
+        8 => (5, b'"', b"utm_term"),
+        6 => (6, b'"', b"utm_id"),
         _ => return None,
-    })
+    };
+    (key == name).then_some((bit, start))
 }
 
 /// Whether the typed check accepts `json`, an object serde has validated; `false` when
@@ -157,6 +159,42 @@ mod tests {
     fn typed_accepts(json: &str) -> bool {
         let raw: &RawValue = serde_json::from_str(json).expect("valid JSON");
         crate::wire::typed_parameters(raw, true).is_ok()
+    }
+
+    /// Each checked member by its name, and no other key: names of the same lengths,
+    /// prefixes, other cases.
+    #[test]
+    fn the_checked_members_are_known_by_name_alone() {
+        let names = [
+            "custom_params",
+            "utm_source",
+            "utm_campaign",
+            "utm_content",
+            "utm_medium",
+            "utm_term",
+            "utm_id",
+        ];
+        for (bit, name) in names.iter().enumerate() {
+            let start = if bit == 0 { b'{' } else { b'"' };
+            assert_eq!(checked(name.as_bytes()), Some((bit as u8, start)), "{name}");
+        }
+        for other in [
+            "",
+            "utm_",
+            "utm_ix",
+            "utm_sourcf",
+            "utm_mediux",
+            "utm_xource",
+            "UTM_ID",
+            "utm_termx",
+            "custom_param",
+            "custom_paramz",
+            "utm_campaigm",
+            "utm_contenx",
+            "page_title",
+        ] {
+            assert_eq!(checked(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]
