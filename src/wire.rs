@@ -11,6 +11,7 @@
 //! well-typed messages cost what they did before coercion existed.
 
 pub(crate) mod fast;
+mod keys;
 mod lenient;
 pub mod route;
 pub(crate) mod shape;

@@ -347,12 +347,21 @@ impl Tokens<'_> {
         self.0.push(OBJ);
     }
 
-    /// A key of the object begun last, as written between its quotes.
+    /// A key of the object begun last, as written between its quotes: its id in the
+    /// dictionary, if it has one (`key_id` writes the same again).
     #[inline]
-    pub fn key(&mut self, key: &str) {
+    pub fn key(&mut self, key: &str) -> Option<u32> {
         // Written as an optional string is (its reference plus one), so that `KEY_END`
         // (0) cannot be mistaken for one.
-        put_opt_str(self.0, Some(key), dict::intern);
+        let id = dict::intern(key);
+        put_opt_str(self.0, Some(key), |_| id);
+        id
+    }
+
+    /// The key with id `id` in the dictionary, as `key` writes it.
+    #[inline]
+    pub fn key_id(&mut self, id: u32) {
+        put_varint(self.0, ((u64::from(id) << 1) | 1) + 1);
     }
 
     #[inline]

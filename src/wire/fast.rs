@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use super::WireEvent;
+use super::keys::{KeyPlaces, Pattern};
 use super::shape::skip_ws;
 use crate::history::codec::{Literal, Tokens};
 
@@ -82,38 +83,19 @@ enum Member {
 struct Key {
     member: Member,
     text: &'static [u8],
-    words: [u64; 3],
-    masks: [u64; 3],
+    pattern: Pattern,
 }
 
 impl Key {
     const fn new(member: Member, text: &'static [u8]) -> Key {
-        assert!(text.len() <= 24);
-        let (mut words, mut masks, mut i) = ([0u64; 3], [0u64; 3], 0);
-        while i < text.len() {
-            words[i / 8] |= (text[i] as u64) << (8 * (i % 8));
-            masks[i / 8] |= 0xff << (8 * (i % 8));
-            i += 1;
-        }
+        let Some(pattern) = Pattern::new(text) else {
+            panic!("a member's key is longer than a pattern holds");
+        };
         Key {
             member,
             text,
-            words,
-            masks,
+            pattern,
         }
-    }
-
-    /// Whether `b[at..]` starts with this key.
-    #[inline]
-    fn at(&self, b: &[u8], at: usize) -> bool {
-        let Some(Ok(next)) = b.get(at..at + 24).map(<[u8; 24]>::try_from) else {
-            return b[at..].starts_with(self.text);
-        };
-        let word = |i: usize| {
-            let w = u64::from_le_bytes(next[8 * i..8 * i + 8].try_into().unwrap_or_default());
-            (w ^ self.words[i]) & self.masks[i]
-        };
-        word(0) | word(1) | word(2) == 0
     }
 
     /// The key as written between its quotes.
@@ -144,7 +126,7 @@ pub(super) fn wire_event<'a>(s: &'a str, tokens: &mut Vec<u8>) -> Option<WireEve
     let mut next = 0;
     loop {
         let (place, at) = match MEMBERS.get(next) {
-            Some(key) if key.at(b, i) => (Some(next), skip_ws(b, i + key.text.len())),
+            Some(key) if key.pattern.at(b, i) => (Some(next), skip_ws(b, i + key.text.len())),
             _ => {
                 let key_end = plain_str(b, i)?;
                 let colon = skip_ws(b, key_end);
@@ -391,8 +373,14 @@ pub(crate) fn parameters(s: &str, at: usize, tokens: &mut Vec<u8>) -> Option<(us
     }
     tokens.clear();
     let mut plain = Plain::default();
-    let mut out = Tokens(tokens);
-    if let Some(end) = compact_object(s, at, 0, &mut out, |key, v| plain.member(b, key, v)) {
+    let compact = KeyPlaces::with(|places| {
+        let mut out = Writer {
+            tokens: Tokens(tokens),
+            places,
+        };
+        compact_object(s, at, 0, &mut out, |key, v| plain.member(b, key, v))
+    });
+    if let Some(end) = compact {
         return Some((end, plain.yes));
     }
     // Whitespace between tokens, nesting past what tokens hold, or not the plain form
@@ -433,18 +421,24 @@ impl Plain {
 /// Past the value at `at`, checked as `value` checks it, its tokens written to `out`;
 /// `None` also for text `value` accepts that tokens cannot hold as it is (whitespace
 /// between tokens, containers nested `Tokens::MAX_DEPTH` deep).
-fn compact_value(s: &str, at: usize, depth: usize, out: &mut Tokens<'_>) -> Option<usize> {
+/// Where `compact_value` writes: the tokens, and the keys last seen by their place.
+struct Writer<'a> {
+    tokens: Tokens<'a>,
+    places: &'a KeyPlaces,
+}
+
+fn compact_value(s: &str, at: usize, depth: usize, out: &mut Writer<'_>) -> Option<usize> {
     let b = s.as_bytes();
     match *b.get(at)? {
         b'"' => {
             let end = plain_str(b, at)?;
-            out.string(s.get(at + 1..end - 1)?);
+            out.tokens.string(s.get(at + 1..end - 1)?);
             Some(end)
         }
         b'{' | b'[' if depth >= Tokens::MAX_DEPTH => None,
         b'{' => compact_object(s, at, depth, out, |_, _| ()),
         b'[' => {
-            out.array();
+            out.tokens.array();
             let mut i = at + 1;
             if b.get(i) != Some(&b']') {
                 loop {
@@ -456,15 +450,15 @@ fn compact_value(s: &str, at: usize, depth: usize, out: &mut Tokens<'_>) -> Opti
                     }
                 }
             }
-            out.array_end();
+            out.tokens.array_end();
             Some(i + 1)
         }
-        b't' => compact_literal(b, at, b"true", Literal::True, out),
-        b'f' => compact_literal(b, at, b"false", Literal::False, out),
-        b'n' => compact_literal(b, at, b"null", Literal::Null, out),
+        b't' => compact_literal(b, at, b"true", Literal::True, &mut out.tokens),
+        b'f' => compact_literal(b, at, b"false", Literal::False, &mut out.tokens),
+        b'n' => compact_literal(b, at, b"null", Literal::Null, &mut out.tokens),
         _ => {
             let end = number(b, at)?;
-            out.number(s.get(at..end)?);
+            out.tokens.number(s.get(at..end)?);
             Some(end)
         }
     }
@@ -476,22 +470,35 @@ fn compact_object(
     s: &str,
     at: usize,
     depth: usize,
-    out: &mut Tokens<'_>,
+    out: &mut Writer<'_>,
     mut member: impl FnMut(&[u8], usize),
 ) -> Option<usize> {
     let b = s.as_bytes();
-    out.object();
+    out.tokens.object();
     let mut i = at + 1;
     if b.get(i) != Some(&b'}') {
-        loop {
-            let key_end = plain_str(b, i)?;
-            let key = s.get(i + 1..key_end - 1)?;
-            if b.get(key_end) != Some(&b':') {
-                return None;
-            }
-            out.key(key);
-            member(key.as_bytes(), key_end + 1);
-            i = compact_value(s, key_end + 1, depth + 1, out)?;
+        for place in 0.. {
+            // The key this place had in the last such object, or the long way.
+            let slot = KeyPlaces::slot(depth, place);
+            let (key, value_at) = match slot.and_then(|k| out.places.hit(k, b, i)) {
+                Some((id, len)) => {
+                    out.tokens.key_id(id);
+                    (&b[i + 1..i + len - 2], i + len)
+                }
+                None => {
+                    let key_end = plain_str(b, i)?;
+                    let key = s.get(i + 1..key_end - 1)?;
+                    if b.get(key_end) != Some(&b':') {
+                        return None;
+                    }
+                    if let (Some(slot), Some(id)) = (slot, out.tokens.key(key)) {
+                        out.places.remember(slot, &b[i..key_end + 1], id);
+                    }
+                    (key.as_bytes(), key_end + 1)
+                }
+            };
+            member(key, value_at);
+            i = compact_value(s, value_at, depth + 1, out)?;
             match *b.get(i)? {
                 b',' => i += 1,
                 b'}' => break,
@@ -499,7 +506,7 @@ fn compact_object(
             }
         }
     }
-    out.object_end();
+    out.tokens.object_end();
     Some(i + 1)
 }
 
@@ -853,6 +860,40 @@ pub(crate) mod tests {
             "]".repeat(MAX_DEPTH + 1)
         );
         assert!(wire_event(&deep, &mut Vec::new()).is_none());
+    }
+
+    /// A key of `parameters` found in the place it had in the object before is written
+    /// as the long way writes it: the same keys again, other keys in those places
+    /// (longer, shorter, a prefix, more of them, fewer), nested objects, the end of the
+    /// text right after a key.
+    #[test]
+    fn keys_found_in_their_place_are_written_as_the_long_way_writes_them() {
+        let objects = [
+            r#"{"custom_params":{"page_title":"Home","value":1.5},"utm_source":"g","utm_id":"c1"}"#,
+            r#"{"custom_params":{"page_title":"Cart","value":2},"utm_source":"f","utm_id":"c2"}"#,
+            r#"{"custom_params":{"page_titl":"x","value_":[1]},"utm_sourc":"g","utm_id_":"c"}"#,
+            r#"{"custom_params":{"page_title":{"page_title":{"a":1}}},"utm_source":null}"#,
+            r#"{"utm_source":"g","custom_params":{},"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17}"#,
+            r#"{"utm_source":"g","custom_params":{},"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17}"#,
+            r#"{"a_key_longer_than_a_pattern_holds":1,"utm_source":"g"}"#,
+            r#"{"a_key_longer_than_a_pattern_holds":1,"utm_source":"g"}"#,
+            r#"{"utm_source":"g"}"#,
+            r#"{"utm_source":"g","utm_id":"x"}"#,
+            "{}",
+        ];
+        for round in 0..2 {
+            for json in objects {
+                let mut tokens = Vec::new();
+                let (end, _) = parameters(json, 0, &mut tokens).expect(json);
+                assert_eq!(end, json.len(), "{json}");
+                assert_eq!(tokens, tokens_of(json), "round {round}: {json}");
+            }
+        }
+        // A key cut short by the end of the text, where the last object had it whole.
+        let mut tokens = Vec::new();
+        assert!(parameters(r#"{"utm_source":"g"}"#, 0, &mut tokens).is_some());
+        assert!(parameters(r#"{"utm_source""#, 0, &mut tokens).is_none());
+        assert!(parameters(r#"{"utm_source":"#, 0, &mut tokens).is_none());
     }
 
     /// The members in the producers' order are found by their `"key":`; in another
