@@ -32,9 +32,9 @@ pub(super) struct Parameters<'a> {
 /// The members `WireEvent` reads, each with `"key":` as it is written without spaces,
 /// in the order the original's producers write them (its model's, as the reference
 /// events have them). The scan expects each member to be the one after the member it
-/// read last and compares the next bytes with its `"key":`, where it scanned the key
-/// and matched it against every name (~150 instructions a member, a sixth of an
-/// event's); another key, or spaces, go the long way.
+/// read last and compares the next bytes with its `"key":`: scanning a key and matching
+/// it against every name costs ~150 instructions a member, a sixth of an event's.
+/// Another key, or spaces, go that long way.
 static MEMBERS: [Key; 18] = [
     Key::new(Member::EventId, b"\"event_id\":"),
     Key::new(Member::UserId, b"\"user_id\":"),
