@@ -334,6 +334,15 @@ pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
     decode_with(bytes, &mut Interner::default(), &mut Vec::new(), false)
 }
 
+/// `b` without JSON's whitespace around it, as Jackson skips it (`trim_ascii` also
+/// takes a form feed, with which Jackson refuses a message).
+fn trim_json_space(b: &[u8]) -> &[u8] {
+    let space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = b.iter().position(|c| !space(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !space(c)).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
 fn decode_with(
     bytes: &[u8],
     interner: &mut Interner,
@@ -343,7 +352,7 @@ fn decode_with(
     // Jackson skips a UTF-8 byte order mark at the start of its input, so the original
     // took such messages (some producers' encoders write one).
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let trimmed = bytes.trim_ascii();
+    let trimmed = trim_json_space(bytes);
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -539,6 +548,29 @@ mod tests {
         assert_eq!(decode("\u{feff}".as_bytes()), Err(DecodeError::Empty));
         let inside = format!("{{\u{feff}{}", &FULL[1..]);
         assert_eq!(decode(inside.as_bytes()).unwrap_err().reason(), "bad_json");
+    }
+
+    /// Found by a trial: a form feed before or after the object was trimmed away, and
+    /// the message taken; JSON's whitespace is space, tab, CR and LF, and Jackson
+    /// refuses a form feed between tokens.
+    #[test]
+    fn only_jsons_whitespace_is_trimmed_around_a_message() {
+        let plain = decode(FULL.as_bytes()).unwrap();
+        let spaced = format!(" \t\r\n{FULL} \t\r\n");
+        assert_eq!(decode(spaced.as_bytes()), Ok(plain));
+        for fed in [
+            format!("\u{c}{FULL}"),
+            format!("{FULL}\u{c}"),
+            format!("\u{b}{FULL}"),
+        ] {
+            assert_eq!(
+                decode(fed.as_bytes()).unwrap_err().reason(),
+                "bad_json",
+                "{fed}"
+            );
+        }
+        assert_eq!(decode(b" \r\n\t"), Err(DecodeError::Empty));
+        assert_eq!(decode(b"\x0c").unwrap_err().reason(), "bad_json");
     }
 
     #[test]
