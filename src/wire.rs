@@ -263,7 +263,9 @@ fn message(e: &serde_json::Error) -> String {
 
 /// A type error, as opposed to malformed JSON: worth reading again with coercions.
 fn is_type_error(e: &serde_json::Error) -> bool {
-    e.classify() == Category::Data
+    // A number too large for a double too: serde refuses it before it looks at the
+    // field's type, where Jackson gives a string field the number's text.
+    e.classify() == Category::Data || e.to_string().starts_with("number out of range")
 }
 
 /// Validates a `parameters` value and returns it as raw JSON (`None` for `null`); unless
@@ -571,6 +573,26 @@ mod tests {
         }
         assert_eq!(decode(b" \r\n\t"), Err(DecodeError::Empty));
         assert_eq!(decode(b"\x0c").unwrap_err().reason(), "bad_json");
+    }
+
+    /// Found by a trial: a number too large for a double in a string field (or a
+    /// `utm_*`) was refused as out of range; the field takes its text, as it takes any
+    /// number's. An integer field cannot hold it, and strict types refuse it as before.
+    #[test]
+    fn a_number_past_a_double_in_a_string_field_is_its_text() {
+        let msg = br#"{"user_id":1e400,"event_type":"click","parameters":{"utm_id":-1e400}}"#;
+        let ev = decode(msg).unwrap();
+        assert_eq!(&*ev.user_id, "1e400");
+        assert!(
+            ev.parameters
+                .unwrap()
+                .text()
+                .contains(r#""utm_id":"-1e400""#)
+        );
+        let long = br#"{"user_id":"u","event_type":"click","duration":1e400}"#;
+        assert_eq!(decode(long).unwrap_err().reason(), "bad_json");
+        let strict = Decoder::default().strict_types(true).decode(msg);
+        assert_eq!(strict.unwrap_err().reason(), "bad_json");
     }
 
     #[test]
