@@ -30,6 +30,17 @@ pub enum CoerceError {
     LoneSurrogate(String),
 }
 
+/// The value an error names, as much of it as a message shows: its first 40 characters
+/// and `...` when it is longer (a value may be as long as a message, and the error is
+/// logged and dead-lettered with each message it refuses).
+fn excerpt(value: &str) -> String {
+    const SHOWN: usize = 40;
+    match value.char_indices().nth(SHOWN) {
+        None => value.to_string(),
+        Some((end, _)) => format!("{}...", &value[..end]),
+    }
+}
+
 /// What half of a surrogate pair (`"\ud800"`) is, for the messages that refuse one.
 pub const LONE_SURROGATE: &str = "half of a UTF-16 surrogate pair (a \\uD800-\\uDFFF escape \
      without its other half), which text cannot hold";
@@ -90,7 +101,7 @@ fn unescape(literal: &str) -> Result<Cow<'_, str>, CoerceError> {
     // fails here is half of a surrogate pair (`"\ud800"`), which has no UTF-8 form.
     serde_json::from_str::<String>(literal)
         .map(Cow::Owned)
-        .map_err(|_| CoerceError::LoneSurrogate(literal.chars().take(40).collect()))
+        .map_err(|_| CoerceError::LoneSurrogate(excerpt(literal)))
 }
 
 /// Java's `String.trim()`: every character up to U+0020 goes, not only Unicode spaces.
@@ -146,7 +157,7 @@ pub(crate) fn long_of(s: &str) -> Result<i64, CoerceError> {
         Token::Null => Ok(0),
         Token::Int => s
             .parse::<i64>()
-            .map_err(|_| CoerceError::OutOfRange(s.into())),
+            .map_err(|_| CoerceError::OutOfRange(excerpt(s))),
         Token::Float => float_to_long(s),
         Token::String => string_to_long(&unescape(s)?),
         t @ (Token::Bool(_) | Token::Object | Token::Array) => Err(wrong(t, "an integer")),
@@ -159,7 +170,7 @@ fn float_to_long(s: &str) -> Result<i64, CoerceError> {
     const BOUND: f64 = 9_223_372_036_854_775_808.0;
     match s.parse::<f64>() {
         Ok(f) if (-BOUND..=BOUND).contains(&f) => Ok(f as i64),
-        _ => Err(CoerceError::OutOfRange(s.into())),
+        _ => Err(CoerceError::OutOfRange(excerpt(s))),
     }
 }
 
@@ -172,12 +183,12 @@ fn string_to_long(s: &str) -> Result<i64, CoerceError> {
     let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CoerceError::BadText {
-            text: s.into(),
+            text: excerpt(s),
             expected: "an integer",
         });
     }
     t.parse::<i64>()
-        .map_err(|_| CoerceError::OutOfRange(t.into()))
+        .map_err(|_| CoerceError::OutOfRange(excerpt(t)))
 }
 
 /// A `boolean` field (Java's primitive): `null` is false; an integer is `!= 0`; a string
@@ -212,7 +223,7 @@ fn string_to_bool(s: &str) -> Result<bool, CoerceError> {
         "true" | "True" | "TRUE" => Ok(true),
         "false" | "False" | "FALSE" | "" | "null" => Ok(false),
         _ => Err(CoerceError::BadText {
-            text: s.into(),
+            text: excerpt(s),
             expected: "a boolean (true or false)",
         }),
     }
@@ -224,6 +235,37 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    /// Found by a trial: a 500,000-digit `timestamp` made a 500 KB warning and
+    /// dead-letter reason; an error names at most the first 40 characters of a value.
+    #[test]
+    fn an_error_names_the_start_of_a_long_value() {
+        let nines = "9".repeat(500_000);
+        let long_string = format!("\"{}é\"", "x".repeat(100_000));
+        let surrogate = format!("\"\\ud800{}\"", "y".repeat(100_000));
+        for e in [
+            long_of(&nines).unwrap_err(),
+            long_of(&format!("{nines}.5")).unwrap_err(),
+            long_of(&format!("\"{nines}\"")).unwrap_err(),
+            long_of(&long_string).unwrap_err(),
+            boolean_of(&long_string).unwrap_err(),
+            text_of(&surrogate).unwrap_err(),
+        ] {
+            let message = e.to_string();
+            assert!(
+                message.len() < 300,
+                "{} bytes: {}",
+                message.len(),
+                &message[..300]
+            );
+            assert!(message.contains("..."), "{message}");
+        }
+        assert_eq!(
+            long_of(&"9".repeat(40)).unwrap_err().to_string(),
+            format!("{} is out of the range of a 64-bit integer", "9".repeat(40))
+        );
+        assert_eq!(excerpt(&"é".repeat(41)), format!("{}...", "é".repeat(40)));
     }
 
     #[test]
