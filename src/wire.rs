@@ -339,9 +339,11 @@ pub fn decode(bytes: &[u8]) -> Result<UserEvent, DecodeError> {
 /// `b` without JSON's whitespace around it, as Jackson skips it (`trim_ascii` also
 /// takes a form feed, with which Jackson refuses a message).
 fn trim_json_space(b: &[u8]) -> &[u8] {
-    let space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
-    let start = b.iter().position(|c| !space(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !space(c)).map_or(start, |e| e + 1);
+    let start = shape::skip_ws(b, 0);
+    let end = b
+        .iter()
+        .rposition(|&c| !shape::is_space(c))
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 

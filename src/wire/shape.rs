@@ -77,11 +77,14 @@ pub(super) fn plain(json: &str) -> bool {
     }
 }
 
+/// JSON's whitespace: space, tab, LF, CR (not a form feed, which `is_ascii_whitespace`
+/// also takes).
+pub(crate) fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 pub(crate) fn skip_ws(b: &[u8], mut at: usize) -> usize {
-    while b
-        .get(at)
-        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-    {
+    while b.get(at).is_some_and(|&c| is_space(c)) {
         at += 1;
     }
     at
@@ -140,7 +143,7 @@ pub(crate) fn value_end(b: &[u8], at: usize) -> Option<usize> {
             let mut i = at;
             while b
                 .get(i)
-                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .is_some_and(|&c| !(matches!(c, b',' | b'}' | b']') || is_space(c)))
             {
                 i += 1;
             }
