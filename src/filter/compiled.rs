@@ -43,10 +43,19 @@ pub enum Cmp {
     Ge,
 }
 
+/// A field's getter, by the root it reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Get {
+    Event(fields::EventGetter),
+    User(fields::ProfileGetter),
+    Visit(fields::VisitGetter),
+    Entry(fields::EntryGetter),
+}
+
 #[derive(Debug)]
 pub enum Node {
     Lit(LitVal),
-    Field(Root, &'static str),
+    Field(Get),
     HistoryLen,
     /// `history.filter(|h| pred).len()`.
     HistoryCount(Box<Node>),
@@ -54,6 +63,13 @@ pub enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Compare(Cmp, Box<Node>, Box<Node>),
+    /// `field == "text"` (`equal`) or `field != "text"`, either way round: the usual
+    /// comparison of a rule, read without the general one's steps.
+    FieldIs {
+        get: Get,
+        text: Box<str>,
+        equal: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -121,11 +137,18 @@ impl Compiler<'_> {
             (">=", [_, _]) => Cmp::Ge,
             _ => return None,
         };
-        Some(Node::Compare(
-            cmp,
-            Box::new(self.expr(&f.args[0])?),
-            Box::new(self.expr(&f.args[1])?),
-        ))
+        let (a, b) = (self.expr(&f.args[0])?, self.expr(&f.args[1])?);
+        Some(match (cmp, a, b) {
+            (Cmp::Eq | Cmp::Ne, Node::Field(get), Node::Lit(LitVal::Str(text)))
+            | (Cmp::Eq | Cmp::Ne, Node::Lit(LitVal::Str(text)), Node::Field(get)) => {
+                Node::FieldIs {
+                    get,
+                    text,
+                    equal: matches!(cmp, Cmp::Eq),
+                }
+            }
+            (cmp, a, b) => Node::Compare(cmp, Box::new(a), Box::new(b)),
+        })
     }
 
     fn variable(e: &Expr) -> Option<&str> {
@@ -149,7 +172,13 @@ impl Compiler<'_> {
             return None;
         };
         let field = canonical(root, p.2.as_str())?;
-        Some(Node::Field(root, field))
+        let get = match root {
+            Root::Event => Get::Event(fields::event_getter(field)?),
+            Root::User => Get::User(fields::profile_getter(field)?),
+            Root::Visit => Get::Visit(fields::visit_getter(field)?),
+            Root::Entry => Get::Entry(fields::entry_getter(field)?),
+        };
+        Some(Node::Field(get))
     }
 
     /// `history.len()` or `history.filter(|h| ...).len()`.
@@ -241,6 +270,18 @@ fn boolean(v: Val<'_>) -> Result<bool, Undecided> {
     }
 }
 
+impl Get {
+    fn read<'x>(self, view: &EnrichedView<'x>, entry: Option<&Entry<'x>>) -> Res<'x> {
+        Ok(match self {
+            Get::Event(get) => get(view.event),
+            Get::User(get) => get(&view.state.profile),
+            // A field of a missing visit is an error in rhai.
+            Get::Visit(get) => get(view.state.visit.as_deref().ok_or(Undecided)?),
+            Get::Entry(get) => get(entry.ok_or(Undecided)?),
+        })
+    }
+}
+
 impl Node {
     /// The script's result for `view`, or `Undecided`.
     pub fn eval(&self, view: &EnrichedView<'_>) -> Result<bool, Undecided> {
@@ -255,13 +296,7 @@ impl Node {
                 LitVal::Int(i) => Val::Int(*i),
                 LitVal::Str(s) => Val::Str(s),
             }),
-            Node::Field(root, name) => Ok(match root {
-                Root::Event => fields::event(view.event, name),
-                Root::User => fields::profile(&view.state.profile, name),
-                // A field of a missing visit is an error in rhai.
-                Root::Visit => fields::visit(view.state.visit.as_deref().ok_or(Undecided)?, name),
-                Root::Entry => fields::history(entry.ok_or(Undecided)?, name),
-            }),
+            Node::Field(get) => get.read(view, entry),
             Node::HistoryLen => Ok(Val::Int(view.state.history.len() as i64)),
             Node::HistoryCount(pred) => {
                 let mut n = 0;
@@ -290,6 +325,13 @@ impl Node {
                 Ok(Val::Bool(false))
             }
             Node::Compare(op, a, b) => compare(*op, a.value(view, entry)?, b.value(view, entry)?),
+            Node::FieldIs { get, text, equal } => Ok(Val::Bool(match get.read(view, entry)? {
+                Val::Str(s) => (s == &**text) == *equal,
+                // As `compare` has it: parameters are the interpreter's; any other
+                // type differs from a string (`==` false, `!=` true).
+                Val::Params(_) => return Err(Undecided),
+                _ => !*equal,
+            })),
         }
     }
 }
@@ -324,6 +366,7 @@ mod tests {
     use super::super::fields::{EVENT_FIELDS, HISTORY_FIELDS, PROFILE_FIELDS, VISIT_FIELDS};
     use super::super::fixtures::{history_entry, user_state};
     use super::super::{Filter, FilterLimits, Verdict};
+    use super::{Node, Undecided};
     use crate::model::{EnrichedView, Profile, UserEvent, UserState, Visit};
 
     /// A small deterministic generator (no dependency needed for this).
@@ -536,6 +579,78 @@ mod tests {
                 "{script}"
             );
             assert_eq!(f.interpret(view), Verdict::Pass, "{script}");
+        }
+    }
+
+    /// A field compared with a string by `==` or `!=`, either way round, is read the short
+    /// way (`Node::FieldIs`), with rhai's verdicts: a string equal or not, a missing
+    /// string, a number or a boolean (different types: `==` false, `!=` true), a field
+    /// of a missing visit and an entry's field (the interpreter's).
+    #[test]
+    fn a_field_compared_with_a_string_is_read_the_short_way_as_rhai_reads_it() {
+        let ev = UserEvent {
+            event_type: "click".into(),
+            duration: 5,
+            ..Default::default()
+        };
+        let with_visit = user_state(Profile::default(), Some(Visit::default()), Vec::new());
+        let with_history = user_state(
+            Profile::default(),
+            None,
+            vec![history_entry(0, Some("e0"), Some("click"))],
+        );
+        let fields = [
+            "event.eventType",
+            "event.event_id",
+            "event.duration",
+            "event.is_https",
+            "user.country",
+            "visit.os",
+        ];
+        for st in [UserState::empty(0), with_visit, with_history] {
+            let view = EnrichedView {
+                event: &ev,
+                state: &st,
+            };
+            for field in fields {
+                for text in ["click", "", "5", "false"] {
+                    for op in ["==", "!="] {
+                        let lit = format!("{text:?}");
+                        for script in [
+                            format!("{field} {op} {lit}"),
+                            format!("{lit} {op} {field}"),
+                            format!("history.filter(|h| h.event_type {op} {lit}).len() == 1"),
+                        ] {
+                            let f = Filter::compile(&script, "t", &FilterLimits::default());
+                            let f = f.unwrap();
+                            let node = f.native.as_ref().expect("translated");
+                            let is_short = |n: &Node| matches!(n, Node::FieldIs { .. });
+                            let short = match node {
+                                Node::Compare(_, a, _) => match &**a {
+                                    Node::HistoryCount(p) => is_short(p),
+                                    _ => false,
+                                },
+                                n => is_short(n),
+                            };
+                            assert!(short, "{script}: {node:?}");
+                            let reference = f.interpret(view);
+                            match node.eval(&view) {
+                                Ok(pass) => assert!(
+                                    same(
+                                        &if pass { Verdict::Pass } else { Verdict::Reject },
+                                        &reference
+                                    ),
+                                    "{script} on {st:?}: rhai {reference:?}"
+                                ),
+                                Err(Undecided) => assert!(
+                                    script.starts_with("visit") || script.contains("visit."),
+                                    "{script} undecided"
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
