@@ -46,15 +46,15 @@ impl Applier {
     }
 
     /// Applies `ev` to `state` (history, visit, activity) as the original did, then
-    /// judges it; returns the event to emit when it passes.
+    /// judges it; returns the event to emit when it passes (a copy: most do not).
     pub(super) fn apply(
         &mut self,
         time: Time,
-        ev: UserEvent,
+        ev: &UserEvent,
         state: &mut UserState,
     ) -> Option<EnrichedEvent> {
         state.last_activity = state.last_activity.max(time);
-        state.append_event(&ev, self.max_history);
+        state.append_event(ev, self.max_history);
         if let Some(visit) = &mut state.visit {
             let visit = std::sync::Arc::make_mut(visit);
             if ev.is_first_in_visit {
@@ -62,23 +62,28 @@ impl Applier {
             }
             visit.actions += 1;
         }
-        self.timers.cancel(time, &ev, &self.filters, state);
+        self.timers.cancel(time, ev, &self.filters, state);
         self.judge(time, ev, state)
     }
 
-    fn judge(&mut self, time: Time, ev: UserEvent, state: &mut UserState) -> Option<EnrichedEvent> {
-        match self.filters.judge(time, EnrichedView { event: &ev, state }) {
+    fn judge(
+        &mut self,
+        time: Time,
+        ev: &UserEvent,
+        state: &mut UserState,
+    ) -> Option<EnrichedEvent> {
+        match self.filters.judge(time, EnrichedView { event: ev, state }) {
             Verdict::Pass => {
                 Counters::add(&self.stats.passed, 1);
-                let (targets, errors) = self.filters.targets(EnrichedView { event: &ev, state });
+                let (targets, errors) = self.filters.targets(EnrichedView { event: ev, state });
                 for reason in errors {
                     Counters::add(&self.stats.script_errors, 1);
                     if self.script_log.allow() {
                         tracing::warn!(user = ?ev.user_id, "an action's filter failed, that action skipped: {reason}");
                     }
                 }
-                let targets = self.timers.on_pass(time, &ev, state, targets);
-                (targets != 0).then(|| EnrichedEvent::snapshot(ev, state, targets))
+                let targets = self.timers.on_pass(time, ev, state, targets);
+                (targets != 0).then(|| EnrichedEvent::snapshot(ev.clone(), state, targets))
             }
             Verdict::Reject => {
                 Counters::add(&self.stats.rejected, 1);

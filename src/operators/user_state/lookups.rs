@@ -117,15 +117,9 @@ impl Lookups {
         }
     }
 
-    /// Queues `ev` behind its user's look-up if one is under way; else hands it back.
-    pub(super) fn queue_behind(&mut self, time: Time, ev: UserEvent) -> Option<UserEvent> {
-        match self.pending.get_mut(&*ev.user_id) {
-            Some(queue) => {
-                queue.push_back(Queued::at(time, ev));
-                None
-            }
-            None => Some(ev),
-        }
+    /// The events waiting for `user`'s look-up, if one is under way.
+    pub(super) fn queue_of(&mut self, user: &str) -> Option<&mut VecDeque<Queued>> {
+        self.pending.get_mut(user)
     }
 
     /// Looks `user` up, its `queue` of events waiting for it; `before`: its state, kept

@@ -153,35 +153,35 @@ impl UserTable {
         }
     }
 
-    /// Runs `f` on `ev` and its user's live state at `time` (its activity moved to
-    /// `time`); without one, hands `ev` back with the reason.
+    /// Runs `f` on `user`'s live state at `time` (its activity moved to `time`);
+    /// without one, says why.
     // The error is matched at once, never stored: boxing would only add an allocation.
     #[allow(clippy::result_large_err)]
     pub(super) fn with_live<R>(
         &mut self,
         time: Time,
-        ev: UserEvent,
-        f: impl FnOnce(UserEvent, &mut UserState) -> R,
-    ) -> Result<R, (Miss, UserEvent)> {
-        let Some(state) = self.store.get_mut(&ev.user_id) else {
-            return Err((Miss::Absent, ev));
+        user: &str,
+        f: impl FnOnce(&mut UserState) -> R,
+    ) -> Result<R, Miss> {
+        let Some(state) = self.store.get_mut(user) else {
+            return Err(Miss::Absent);
         };
         let expired = self.ttl.is_expired(state, time);
         let retry_due = state.refetch_after.is_some_and(|t| time >= t);
         if !expired && !retry_due {
             state.last_activity = state.last_activity.max(time);
-            self.ttl.touched(&ev.user_id, state, false);
+            self.ttl.touched(user, state, false);
             if let Some(c) = &mut self.changes {
-                c.changed(&ev.user_id, state);
+                c.changed(user, state);
             }
-            return Ok(f(ev, state));
+            return Ok(f(state));
         }
         if let Some(c) = &mut self.changes {
-            c.removed(&ev.user_id, Some(state));
+            c.removed(user, Some(state));
         }
-        match self.store.remove(&ev.user_id) {
-            Some(state) if !expired => Err((Miss::RefetchDue(state), ev)),
-            _ => Err((Miss::Expired, ev)),
+        match self.store.remove(user) {
+            Some(state) if !expired => Err(Miss::RefetchDue(state)),
+            _ => Err(Miss::Expired),
         }
     }
 
