@@ -30,6 +30,12 @@ pub fn tune() {
     }
 }
 
+/// The size of the block mimalloc gives for `n` bytes (its size class; at least `n`).
+pub fn block_size(n: usize) -> usize {
+    // SAFETY: a pure computation on a number; it touches no memory.
+    unsafe { libmimalloc_sys::mi_good_size(n) }.max(n)
+}
+
 /// The purge delay in effect, in ms.
 pub fn purge_delay_ms() -> c_long {
     // SAFETY: reads a number from mimalloc's option table.
@@ -39,6 +45,17 @@ pub fn purge_delay_ms() -> c_long {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block holds what was asked, within a size class of it: 12-25% apart, at most
+    /// a page's rounding for large blocks.
+    #[test]
+    fn blocks_are_sizes_rounded_up_to_their_class() {
+        for n in [0, 1, 7, 8, 9, 54, 100, 1000, 1025, 5_000, 70_000, 1 << 20] {
+            let b = block_size(n);
+            assert!(b >= n && b <= n + n / 4 + 64 * 1024, "{n}: {b}");
+            assert_eq!(block_size(b), b, "a block's size is its own class");
+        }
+    }
 
     /// Anchors the option's number: the one before it keeps its name and number, and
     /// the purge delay reads mimalloc's documented default (10 ms) until it is set.

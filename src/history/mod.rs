@@ -213,14 +213,20 @@ impl History {
         self.bytes.len() - before
     }
 
-    /// Grows by exactly `additional`: the allocator rounds a block up to its size class
-    /// and reallocates in place within it (mimalloc's classes are 12-25% apart), so the
-    /// spare room is at most a class's rounding. Histories are many and small: growing
-    /// by half, with 128 bytes kept free, held about a third more than the entries (191
-    /// MB of buffers at the peak of the 100k-user benchmark; 45 MiB less peak RSS
-    /// since). Copies on a class change cost a few bytes per byte appended.
+    /// Grows to the allocator's block for the bytes needed, no further: mimalloc rounds
+    /// a block up to its size class (classes are 12-25% apart), so the spare room is at
+    /// most a class's rounding, which the block has anyway. Histories are many and
+    /// small: growing by half, with 128 bytes kept free, held about a third more than
+    /// the entries (191 MB of buffers at the peak of the 100k-user benchmark; 45 MiB
+    /// less peak RSS since). Growing by exactly what was needed left no room in the
+    /// buffer as `Vec` saw it, so every entry appended was a call to `realloc` (~200
+    /// instructions, mostly to find that the block had room); now one in several is.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        self.bytes.reserve_exact(additional);
+        let need = self.bytes.len() + additional;
+        if need > self.bytes.capacity() {
+            let block = crate::allocator::block_size(need);
+            self.bytes.reserve_exact(block - self.bytes.len());
+        }
     }
 
     /// Appends `other`'s entries (ids are the same in the whole process).

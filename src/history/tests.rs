@@ -132,19 +132,33 @@ fn the_newest_entries_are_kept_and_space_is_reclaimed() {
     assert!(h.is_empty() && h.bytes.is_empty());
 }
 
-/// Spare room is memory every user pays for: the buffer asks for no more than its
-/// entries (the allocator's size classes round that up, by at most a quarter).
+/// Spare room is memory every user pays for: the buffer asks for no more than the
+/// allocator's block for its entries (their bytes rounded up to a size class, by at most
+/// a quarter), which the allocator would give it anyway; and it grows only when that is
+/// full, not at every entry.
 #[test]
 fn a_history_asks_for_no_room_beyond_its_entries() {
+    let fits = |b: &Vec<u8>| {
+        b.len() <= b.capacity() && b.capacity() <= crate::allocator::block_size(b.len())
+    };
     let mut rng = Rng::new(11);
     let mut h = History::default();
+    let mut grown = 0;
     for _ in 0..200 {
+        let before = h.bytes.capacity();
         h.push(&rng.entry());
-        assert_eq!(h.bytes.capacity(), h.bytes.len());
+        assert!(
+            fits(&h.bytes),
+            "{} of {}",
+            h.bytes.len(),
+            h.bytes.capacity()
+        );
+        grown += usize::from(h.bytes.capacity() != before);
     }
+    assert!(grown < 150, "grew at {grown} of 200 entries");
     let mut other = History::default();
     other.extend(&h);
-    assert_eq!(other.bytes.capacity(), other.bytes.len());
+    assert!(fits(&other.bytes));
 }
 
 #[test]
