@@ -92,7 +92,7 @@ fn filter(c: &mut Criterion) {
                 ..Default::default()
             },
             visit: None,
-            history,
+            history: history.into(),
         },
         0,
     );

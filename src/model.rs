@@ -267,12 +267,13 @@ pub struct HistoryEntry {
     pub parameters: Option<RawJson>,
 }
 
-/// What the Profile API knows of a user: the three answers together.
+/// What the Profile API knows of a user: the three answers together. The history is
+/// read straight into its compact form, as the state keeps it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProfileData {
     pub profile: Profile,
     pub visit: Option<Visit>,
-    pub history: Vec<HistoryEntry>,
+    pub history: History,
 }
 
 /// The per-user state kept by the state operator (the original's `UserCheckpoint`).
@@ -333,7 +334,7 @@ impl UserState {
         UserState {
             profile: Arc::new(data.profile),
             visit: data.visit.map(Arc::new),
-            history: Arc::new(History::from_entries(&data.history)),
+            history: Arc::new(data.history),
             last_activity: now,
             ttl_mark: now,
             refetch_after: None,

@@ -76,7 +76,7 @@ mod tests {
                     actions: 2,
                     ..Default::default()
                 }),
-                history: vec![],
+                history: Default::default(),
             },
             0,
         );

@@ -1273,7 +1273,7 @@ mod tests {
             .map(|i| {
                 let mut data = ProfileData::default();
                 data.profile.country = Some("US".into());
-                data.history.push(HistoryEntry {
+                data.history.push(&HistoryEntry {
                     event_id: Some(format!("e{i}").into()),
                     event_name: None,
                     event_type: Some("page_view".into()),
@@ -1374,7 +1374,7 @@ mod tests {
         let mut data = ProfileData::default();
         data.profile.country = Some("files-test-country-never-seen".into());
         data.profile.city = Some(crate::model::Str::shared("files-test-city-shared"));
-        data.history.push(HistoryEntry {
+        data.history.push(&HistoryEntry {
             event_id: Some("e".into()),
             event_name: Some("files-test-name".into()),
             event_type: None,
@@ -1398,7 +1398,7 @@ mod tests {
     fn named(name: &str, at: u64) -> UserState {
         crate::dict::intern(name);
         let mut data = ProfileData::default();
-        data.history.push(HistoryEntry {
+        data.history.push(&HistoryEntry {
             event_id: Some("e".into()),
             event_name: Some(name.into()),
             event_type: None,
@@ -1571,8 +1571,7 @@ mod tests {
                 // One user's state alone is larger than the buffer.
                 let entries = if u == 30 { 12_000 } else { 40 + u * 97 % 400 };
                 let mut data = ProfileData::default();
-                data.history
-                    .extend((0..entries).map(|i| entry(u * 100_000 + i)));
+                data.history = (0..entries).map(|i| entry(u * 100_000 + i)).collect();
                 (format!("user-{u}").into(), UserState::from_profile(data, 7))
             })
             .collect();

@@ -441,7 +441,7 @@ pub(crate) mod fixtures {
             ProfileData {
                 profile,
                 visit,
-                history,
+                history: history.into(),
             },
             0,
         )

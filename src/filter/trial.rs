@@ -111,7 +111,8 @@ fn known_user(event: &UserEvent) -> UserState {
                 event_type: Some("page_view".into()),
                 timestamp: event.timestamp - 60_000,
                 parameters: event.parameters.clone(),
-            }],
+            }]
+            .into(),
         },
         0,
     )

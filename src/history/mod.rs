@@ -198,7 +198,9 @@ impl History {
         });
     }
 
-    fn push_fields(&mut self, f: &Fields<&[u8], &str>) -> usize {
+    /// Appends an entry of these fields (`parameters`: their tokens); returns the bytes
+    /// it takes.
+    pub(crate) fn push_fields(&mut self, f: &Fields<&[u8], &str>) -> usize {
         let before = self.bytes.len();
         // The body is encoded aside first, so that the buffer grows by exactly the
         // entry (length, then body): see `reserve`.
@@ -375,6 +377,16 @@ impl<'de> Deserialize<'de> for History {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let entries = Vec::<HistoryEntry>::deserialize(d)?;
         Ok(History::from_entries(&entries))
+    }
+}
+
+impl FromIterator<HistoryEntry> for History {
+    fn from_iter<I: IntoIterator<Item = HistoryEntry>>(entries: I) -> Self {
+        let mut h = History::default();
+        for e in entries {
+            h.push(&e);
+        }
+        h
     }
 }
 

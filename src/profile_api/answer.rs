@@ -321,8 +321,8 @@ mod tests {
         assert_eq!(visit.duration, 1);
         assert!(visit.is_first_visit);
         assert_eq!(data.history.len(), 1);
-        assert_eq!(data.history[0].event_id.as_deref(), Some("7"));
-        assert_eq!(data.history[0].timestamp, 5);
+        assert_eq!(data.history.to_entries()[0].event_id.as_deref(), Some("7"));
+        assert_eq!(data.history.to_entries()[0].timestamp, 5);
     }
 
     #[test]
@@ -356,15 +356,15 @@ mod tests {
             r#"[{"event_id":"a","timestamp":1},null,"x",{"event_id":"b"},{"event_id":"c","timestamp":"yesterday"},{"event_id":"d","event_type":["x"]},{"event_id":"e","parameters":{"utm_id":5}},{"event_id":"f","parameters":[]}]"#,
         )
         .read();
-        let ids: Vec<_> = data
-            .history
-            .iter()
-            .map(|h| h.event_id.as_deref().unwrap())
-            .collect();
+        let ids: Vec<_> = data.history.iter().map(|h| h.event_id.unwrap()).collect();
         assert_eq!(ids, ["a", "b", "e"], "without a timestamp: 0, as Jackson");
-        assert_eq!(data.history[1].timestamp, 0);
+        assert_eq!(data.history.to_entries()[1].timestamp, 0);
         assert_eq!(
-            data.history[2].parameters.as_ref().unwrap().text(),
+            data.history.to_entries()[2]
+                .parameters
+                .as_ref()
+                .unwrap()
+                .text(),
             r#"{"utm_id":"5"}"#
         );
         assert_eq!(skipped.history_entries, 5);
@@ -390,9 +390,12 @@ mod tests {
         .read();
         assert_eq!(data.profile.country, None);
         assert_eq!(data.profile.city.as_deref(), Some("Paris"));
-        let ids: Vec<_> = data.history.iter().map(|h| h.event_id.as_deref()).collect();
+        let ids: Vec<_> = data.history.iter().map(|h| h.event_id).collect();
         assert_eq!(ids, [Some("ok")]);
-        assert_eq!(data.history[0].event_name.as_deref(), Some("😀"));
+        assert_eq!(
+            data.history.to_entries()[0].event_name.as_deref(),
+            Some("😀")
+        );
         assert_eq!((skipped.fields, skipped.history_entries), (1, 1));
         let first = skipped.first.unwrap();
         assert!(first.starts_with("profile.country: the string"), "{first}");
@@ -408,7 +411,7 @@ mod tests {
         )
         .read();
         assert_eq!(data.profile.country.as_deref(), Some("US"));
-        assert_eq!(data.history[0].event_id.as_deref(), Some("b"));
+        assert_eq!(data.history.to_entries()[0].event_id.as_deref(), Some("b"));
     }
 
     /// An entry's member names are read borrowed, and unescaped where they have escapes.
@@ -421,7 +424,8 @@ mod tests {
         )
         .read();
         assert_eq!(skipped, Skipped::default());
-        let entry = &data.history[0];
+        let entries = data.history.to_entries();
+        let entry = &entries[0];
         assert_eq!(entry.event_id.as_deref(), Some("a"));
         assert_eq!(entry.event_type.as_deref(), Some("click"));
         assert_eq!(entry.timestamp, 2);

@@ -12,12 +12,13 @@
 //! shared workload's profiles.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use super::Skipped;
 use super::answer::{self, Fields, PartMembers};
 use crate::coerce;
-use crate::model::{HistoryEntry, Profile, ProfileData, RawJson, Visit};
+use crate::history::History;
+use crate::history::codec;
+use crate::model::{Profile, ProfileData, RawJson, Visit};
 use crate::wire::fast::{members, parameters, value};
 use crate::wire::shape::skip_ws;
 
@@ -118,8 +119,8 @@ pub(super) fn visit_answer(s: &str) -> Option<Option<Visit>> {
 }
 
 /// The body of `GET /users/{id}/history` as `Answers` reads it.
-pub(super) fn history_answer(s: &str) -> Option<Vec<HistoryEntry>> {
-    let mut h = Vec::new();
+pub(super) fn history_answer(s: &str) -> Option<History> {
+    let mut h = History::default();
     whole(s, |at| history(s, at, &mut h))?;
     Some(h)
 }
@@ -153,8 +154,10 @@ fn long(v: &str) -> Option<i64> {
     coerce::long_of(v).ok()
 }
 
-/// The array of history entries at `at` into `out`; past it.
-fn history(s: &str, at: usize, out: &mut Vec<HistoryEntry>) -> Option<usize> {
+/// The array of history entries at `at` into `out`, each written straight into the
+/// compact form (an entry read into a `HistoryEntry`, three strings and the parameters
+/// allocated, then encoded, took ~1,000 instructions more); past it.
+fn history(s: &str, at: usize, out: &mut History) -> Option<usize> {
     let b = s.as_bytes();
     if b.get(at) != Some(&b'[') {
         return None;
@@ -167,7 +170,7 @@ fn history(s: &str, at: usize, out: &mut Vec<HistoryEntry>) -> Option<usize> {
     loop {
         let mut f = EntryFields::default();
         i = skip_ws(b, entry_object(s, i, &mut f, &mut tokens)?);
-        out.push(f.into_entry());
+        f.push_to(out, &tokens);
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
             b']' => return Some(i + 1),
@@ -183,19 +186,33 @@ struct EntryFields<'a> {
     event_name: Option<Cow<'a, str>>,
     event_type: Option<Cow<'a, str>>,
     timestamp: i64,
-    parameters: Option<RawJson>,
+    parameters: Parameters,
+}
+
+/// An entry's `parameters`: none (absent or `null`), the tokens the scan left in its
+/// buffer, or read by the typed check (rare).
+#[derive(Default)]
+enum Parameters {
+    #[default]
+    None,
+    Scanned,
+    Checked(RawJson),
 }
 
 impl EntryFields<'_> {
-    fn into_entry(self) -> HistoryEntry {
-        let text = |s: Option<Cow<'_, str>>| s.map(|s| Arc::<str>::from(&*s));
-        HistoryEntry {
-            event_id: text(self.event_id),
-            event_name: text(self.event_name),
-            event_type: text(self.event_type),
+    /// Appends the entry; `tokens`: the scan's tokens of its parameters.
+    fn push_to(&self, out: &mut History, tokens: &[u8]) {
+        out.push_fields(&codec::Fields {
+            event_id: self.event_id.as_deref(),
+            event_name: self.event_name.as_deref(),
+            event_type: self.event_type.as_deref(),
             timestamp: self.timestamp,
-            parameters: self.parameters,
-        }
+            parameters: match &self.parameters {
+                Parameters::None => None,
+                Parameters::Scanned => Some(tokens),
+                Parameters::Checked(p) => Some(p.tokens()),
+            },
+        });
     }
 }
 
@@ -212,8 +229,8 @@ fn entry_object<'a>(
         if key == "parameters" && s.as_bytes().get(at) == Some(&b'{') {
             let (end, plain) = parameters(s, at, tokens)?;
             f.parameters = match plain {
-                true => Some(RawJson::from_tokens(tokens)),
-                false => crate::wire::checked_parameters(s.get(at..end)?, false).ok()?,
+                true => Parameters::Scanned,
+                false => checked(s.get(at..end)?)?,
             };
             return Some(end);
         }
@@ -229,10 +246,16 @@ fn entry<'a>(f: &mut EntryFields<'a>, key: &str, v: &'a str) -> Option<()> {
         "event_name" => f.event_name = coerce::text_of(v).ok()?,
         "event_type" => f.event_type = coerce::text_of(v).ok()?,
         "timestamp" => f.timestamp = long(v)?,
-        "parameters" => f.parameters = crate::wire::checked_parameters(v, false).ok()?,
+        "parameters" => f.parameters = checked(v)?,
         _ => {}
     }
     Some(())
+}
+
+/// Parameters of an entry read by the typed check, as an event's are.
+fn checked(v: &str) -> Option<Parameters> {
+    let p = crate::wire::checked_parameters(v, false).ok()?;
+    Some(p.map_or(Parameters::None, Parameters::Checked))
 }
 
 #[cfg(test)]
@@ -356,9 +379,12 @@ mod tests {
         assert_eq!((visit.timestamp, visit.duration), (1_704_067_200_000, 1));
         assert!(visit.is_first_visit);
         assert_eq!(visit.uuid.as_deref(), Some("12"));
-        assert_eq!(data.history[0].event_id.as_deref(), Some("7"));
+        assert_eq!(data.history.to_entries()[0].event_id.as_deref(), Some("7"));
         assert_eq!(
-            data.history[0].parameters.as_ref().map(|p| p.text()),
+            data.history.to_entries()[0]
+                .parameters
+                .as_ref()
+                .map(|p| p.text()),
             Some(r#"{"utm_source":"3","custom_params":null}"#.to_string())
         );
         let data = answers(LINES[2]).unwrap();

@@ -637,7 +637,8 @@ mod tests {
                     event_type: Some("page_view".into()),
                     timestamp: 5,
                     parameters: Some(RawJson::parse(r#"{"utm_source":"codec_test"}"#).unwrap()),
-                }],
+                }]
+                .into(),
             },
             10,
         );

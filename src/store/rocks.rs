@@ -525,7 +525,7 @@ mod tests {
     fn state(i: u64) -> UserState {
         let mut data = ProfileData::default();
         data.profile.country = Some(format!("C{i}").into());
-        data.history.push(HistoryEntry {
+        data.history.push(&HistoryEntry {
             event_id: Some(format!("e{i}").into()),
             event_name: None,
             event_type: Some("page_view".into()),

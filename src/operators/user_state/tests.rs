@@ -211,7 +211,7 @@ pub(super) fn profile(country: &str) -> ProfileData {
             ..Profile::default()
         },
         visit: None,
-        history: Vec::new(),
+        history: Default::default(),
     }
 }
 
@@ -445,7 +445,7 @@ fn a_failed_lookup_is_tried_again_after_the_interval_keeping_the_events_since() 
         r.events.advance_to(1101);
         r.step_until(worker, |r| r.started() == ["u1", "u1"]);
         let mut data = profile("FR");
-        data.history = vec![entry("api")];
+        data.history = vec![entry("api")].into();
         r.profiles.answer("u1", Ok(data));
         r.settle(worker, 1101);
         assert_eq!(r.emitted(), ["a", "b", "c"]);
