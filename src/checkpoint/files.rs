@@ -1570,8 +1570,10 @@ mod tests {
             .map(|u| {
                 // One user's state alone is larger than the buffer.
                 let entries = if u == 30 { 12_000 } else { 40 + u * 97 % 400 };
-                let mut data = ProfileData::default();
-                data.history = (0..entries).map(|i| entry(u * 100_000 + i)).collect();
+                let data = ProfileData {
+                    history: (0..entries).map(|i| entry(u * 100_000 + i)).collect(),
+                    ..Default::default()
+                };
                 (format!("user-{u}").into(), UserState::from_profile(data, 7))
             })
             .collect();
