@@ -10,6 +10,7 @@
 pub mod codec;
 mod json;
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -255,10 +256,11 @@ impl History {
         }
     }
 
-    pub fn from_entries<'e>(entries: impl IntoIterator<Item = &'e HistoryEntry>) -> Self {
+    /// A history of `entries` (borrowed or owned), oldest first.
+    pub fn from_entries<E: Borrow<HistoryEntry>>(entries: impl IntoIterator<Item = E>) -> Self {
         let mut h = History::default();
         for e in entries {
-            h.push(e);
+            h.push(e.borrow());
         }
         h
     }
@@ -382,11 +384,7 @@ impl<'de> Deserialize<'de> for History {
 
 impl FromIterator<HistoryEntry> for History {
     fn from_iter<I: IntoIterator<Item = HistoryEntry>>(entries: I) -> Self {
-        let mut h = History::default();
-        for e in entries {
-            h.push(&e);
-        }
-        h
+        History::from_entries(entries)
     }
 }
 

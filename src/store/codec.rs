@@ -705,9 +705,7 @@ mod tests {
 
     fn with_history(ids: &[&str]) -> UserState {
         let mut s = state();
-        s.history = Arc::new(History::from_entries(
-            &ids.iter().map(|i| entry(i)).collect::<Vec<_>>(),
-        ));
+        s.history = Arc::new(ids.iter().map(|i| entry(i)).collect());
         s
     }
 
