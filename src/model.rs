@@ -460,12 +460,13 @@ pub struct EnrichedView<'a> {
 }
 
 /// An event that passed the filter, with a snapshot of its user's data, on its way to
-/// the actions (the history shared with the state until the user's next event).
+/// the actions (the visit and history shared with the state until the user's next
+/// event, which copies them only if the snapshot is still on its way).
 #[derive(Clone, Debug)]
 pub struct EnrichedEvent {
     pub event: UserEvent,
     pub profile: Arc<Profile>,
-    pub visit: Option<Visit>,
+    pub visit: Option<Arc<Visit>>,
     pub history: Arc<History>,
     /// The actions it is for (bit `i`: the `i`-th configured action).
     pub targets: u64,
@@ -479,7 +480,7 @@ impl EnrichedEvent {
         EnrichedEvent {
             event,
             profile: state.profile.clone(),
-            visit: state.visit.as_deref().cloned(),
+            visit: state.visit.clone(),
             history: state.history.clone(),
             targets,
             read_at: None,

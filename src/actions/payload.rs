@@ -24,7 +24,7 @@ impl<'a> Payload<'a> {
         Payload {
             event: &ev.event,
             user_profile: &ev.profile,
-            current_visit: ev.visit.as_ref(),
+            current_visit: ev.visit.as_deref(),
             event_history: &ev.history,
             triggered_at,
         }

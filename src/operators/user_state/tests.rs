@@ -243,6 +243,46 @@ fn a_users_first_event_is_looked_up_applied_judged_and_emitted() {
     });
 }
 
+/// A passing event's visit and history are shared with the state, not copied: the
+/// user's next event copies them only while the snapshot is still on its way, so each
+/// output keeps what the state was when its own event passed, even when the events
+/// are applied in one batch.
+#[test]
+fn each_passing_event_keeps_the_visit_and_history_of_its_own_time() {
+    timely::execute_directly(|worker| {
+        let mut r = rig(worker, config(60_000), None);
+        r.no_restore();
+        for id in ["a", "b", "c"] {
+            r.send(1000, "u1", id);
+        }
+        r.events.advance_to(1001);
+        r.step_until(worker, |r| r.started() == ["u1"]);
+        let mut data = profile("FR");
+        data.visit = Some(crate::model::Visit {
+            uuid: Some("v1".into()),
+            actions: 1,
+            ..Default::default()
+        });
+        r.profiles.answer("u1", Ok(data));
+        r.settle(worker, 1001);
+        assert_eq!(r.emitted(), ["a", "b", "c"]);
+        let out = r.out.borrow();
+        let seen: Vec<(i64, Vec<String>)> = out
+            .iter()
+            .map(|e| (e.visit.as_ref().unwrap().actions, history_ids(&e.history)))
+            .collect();
+        let ids = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            [
+                (2, ids(&["a"])),
+                (3, ids(&["a", "b"])),
+                (4, ids(&["a", "b", "c"]))
+            ]
+        );
+    });
+}
+
 #[test]
 fn events_during_a_lookup_wait_and_are_applied_in_order_once_it_completes() {
     timely::execute_directly(|worker| {
