@@ -29,6 +29,7 @@ pub mod partition;
 pub mod profile_api;
 pub mod retry;
 pub mod shutdown;
+pub mod small_pages;
 pub mod small_text;
 pub mod sources;
 pub mod store;
