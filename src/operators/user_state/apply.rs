@@ -9,6 +9,17 @@ use crate::filter::reload::Filters;
 use crate::log_limit::LogLimiter;
 use crate::model::{EnrichedEvent, EnrichedView, Time, UserEvent, UserState};
 
+/// What an event that passed leaves: its user's data as the event left it, to be
+/// joined by the event itself (`with`), which the caller owns: a passing event is
+/// moved to the output, not copied.
+pub(super) struct Passed(EnrichedEvent);
+
+impl Passed {
+    pub(super) fn with(self, event: UserEvent) -> EnrichedEvent {
+        EnrichedEvent { event, ..self.0 }
+    }
+}
+
 /// Applies events to a user's state and judges them.
 pub(super) struct Applier {
     pub(super) max_history: usize,
@@ -46,13 +57,13 @@ impl Applier {
     }
 
     /// Applies `ev` to `state` (history, visit, activity) as the original did, then
-    /// judges it; returns the event to emit when it passes (a copy: most do not).
+    /// judges it; what it leaves when it passes.
     pub(super) fn apply(
         &mut self,
         time: Time,
         ev: &UserEvent,
         state: &mut UserState,
-    ) -> Option<EnrichedEvent> {
+    ) -> Option<Passed> {
         state.last_activity = state.last_activity.max(time);
         state.append_event(ev, self.max_history);
         if let Some(visit) = &mut state.visit {
@@ -66,12 +77,7 @@ impl Applier {
         self.judge(time, ev, state)
     }
 
-    fn judge(
-        &mut self,
-        time: Time,
-        ev: &UserEvent,
-        state: &mut UserState,
-    ) -> Option<EnrichedEvent> {
+    fn judge(&mut self, time: Time, ev: &UserEvent, state: &mut UserState) -> Option<Passed> {
         match self.filters.judge(time, EnrichedView { event: ev, state }) {
             Verdict::Pass => {
                 Counters::add(&self.stats.passed, 1);
@@ -83,7 +89,13 @@ impl Applier {
                     }
                 }
                 let targets = self.timers.on_pass(time, ev, state, targets);
-                (targets != 0).then(|| EnrichedEvent::snapshot(ev.clone(), state, targets))
+                (targets != 0).then(|| {
+                    Passed(EnrichedEvent::snapshot(
+                        UserEvent::default(),
+                        state,
+                        targets,
+                    ))
+                })
             }
             Verdict::Reject => {
                 Counters::add(&self.stats.rejected, 1);

@@ -126,7 +126,7 @@ impl Core {
             .table
             .with_live(time, &ev.user_id, |state| applier.apply(time, &ev, state));
         let before = match live {
-            Ok(out) => return Offer::Applied(out),
+            Ok(out) => return Offer::Applied(out.map(|p| p.with(ev))),
             Err(Miss::RefetchDue(state)) => Some(state),
             Err(Miss::Expired) => {
                 Counters::add(&self.stats.expired, 1);
@@ -143,7 +143,7 @@ impl Core {
             let out = self
                 .table
                 .insert_with(user, state, |state| self.applier.apply(time, &ev, state));
-            return Offer::Applied(out);
+            return Offer::Applied(out.map(|p| p.with(ev)));
         }
         self.lookups
             .start(user, VecDeque::from([Queued::at(time, ev)]), before);
@@ -163,8 +163,8 @@ impl Core {
                 // Its timers, kept through a look-up again, are indexed anew.
                 applier.timers.looked_up(&key, state);
                 for q in queue {
-                    if let Some(out) = applier.apply(q.time, &q.event, state) {
-                        emit(held, q.held, out);
+                    if let Some(passed) = applier.apply(q.time, &q.event, state) {
+                        emit(held, q.held, passed.with(q.event));
                     }
                     held.release(q.held);
                 }
