@@ -20,8 +20,13 @@ use crate::sources::messages::Messages;
 use crate::sources::router::Router;
 
 /// Messages per activation at most, and how long one activation may read before it
-/// yields to the rest of the dataflow.
-pub const BATCH: usize = 4096;
+/// yields to the rest of the dataflow. What one activation reads, the decoder and the
+/// users' state take in turn: 1,024 reference events are ~650 KB of messages and
+/// ~330 KB decoded, within a core's second-level cache. A file read for a whole slice
+/// (~25,000 lines) left both in main memory by the time the next operator read them,
+/// and held them all at once: 25-35 MiB more peak RSS on the 2M-event benchmark, and
+/// more CPU (README, "A batch per activation").
+pub const BATCH: usize = 1024;
 /// The bytes of a batch of messages the source hands on: ~50 of the reference events
 /// (256 KiB measured no better).
 pub const BATCH_BYTES: usize = 1 << 15;
