@@ -200,7 +200,7 @@ fn history(c: &mut Criterion) {
         let wire = Wire {
             event: &enriched.event,
             user_profile: &enriched.profile,
-            current_visit: enriched.visit.as_ref(),
+            current_visit: enriched.visit.as_deref(),
             event_history: &entries,
             triggered_at: 1,
         };
