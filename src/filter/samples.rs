@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use crate::model::{EnrichedView, UserEvent};
 
-/// Where an event comes in the lists.
+/// Where an event comes in the lists (kept: its time and id).
 type Key = (i64, String);
 
-fn key(event: &UserEvent) -> Key {
-    let id = event.event_id.as_deref().unwrap_or_default();
-    (event.timestamp, id.to_string())
+/// An event's place, borrowed: compared before anything is copied.
+fn key(event: &UserEvent) -> (i64, &str) {
+    (
+        event.timestamp,
+        event.event_id.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The `keep` entries of the smallest keys, in their order.
@@ -25,13 +28,14 @@ struct List(Vec<(Key, String)>);
 
 impl List {
     /// Adds the entry `text()` makes for `key`, if it is among the `keep` smallest.
-    fn offer(&mut self, keep: usize, key: Key, text: impl FnOnce() -> String) {
-        if self.0.len() >= keep && self.0.last().is_none_or(|(last, _)| *last <= key) {
+    fn offer(&mut self, keep: usize, key: (i64, &str), text: impl FnOnce() -> String) {
+        let before_or_at = |(t, id): &Key| (*t, id.as_str()) <= key;
+        if self.0.len() >= keep && self.0.last().is_none_or(|(k, _)| before_or_at(k)) {
             return;
         }
         // After the entries of equal keys: of events of one time, the first judged.
-        let at = self.0.partition_point(|(k, _)| *k <= key);
-        self.0.insert(at, (key, text()));
+        let at = self.0.partition_point(|(k, _)| before_or_at(k));
+        self.0.insert(at, ((key.0, key.1.to_string()), text()));
         self.0.truncate(keep);
     }
 

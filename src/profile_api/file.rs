@@ -7,6 +7,7 @@ use std::path::Path;
 use super::{Answers, FetchError, ProfileSourceError};
 use crate::model::ProfileData;
 use crate::small_pages::SmallPages;
+use crate::sources::file::LineReader;
 
 /// `profiles.jsonl` held in memory, one JSON line per known user.
 ///
@@ -56,7 +57,8 @@ impl ProfileSnapshot {
     }
 
     /// Reads the snapshot; a line without a string `user_id` is an error naming the line.
-    pub fn from_reader(mut reader: impl BufRead) -> Result<Self, SnapshotError> {
+    pub fn from_reader(reader: impl BufRead) -> Result<Self, SnapshotError> {
+        let mut reader = LineReader::over(reader);
         let mut text = SmallPages::default();
         let mut lines = HashMap::new();
         let (mut repeated, mut repeats) = (None::<(Box<str>, usize)>, 0usize);
@@ -66,7 +68,11 @@ impl ProfileSnapshot {
                 source,
             };
             let start = text.len();
-            if !read_line(&mut reader, &mut text).map_err(read_err)? {
+            let mut copied = Ok(());
+            let read = reader.read_line(&mut |line| copied = text.extend_from_slice(line));
+            let more = read.map_err(read_err)?;
+            copied.map_err(read_err)?;
+            if !more {
                 break;
             }
             let Ok(line) = std::str::from_utf8(&text.as_slice()[start..]) else {
@@ -156,33 +162,6 @@ impl ProfileSnapshot {
         let parsed: Answers =
             serde_json::from_str(line).map_err(|e| FetchError::BadSnapshot(e.to_string()))?;
         Ok(parsed.into_data(user_id))
-    }
-}
-
-/// Appends the next line of `reader` to `text`, its end included; `false` at the end of
-/// the input. The line is copied once, from the reader's buffer.
-fn read_line(reader: &mut impl BufRead, text: &mut SmallPages) -> std::io::Result<bool> {
-    let mut any = false;
-    loop {
-        let buf = match reader.fill_buf() {
-            Ok(buf) => buf,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(any);
-        }
-        any = true;
-        let (piece, done) = match memchr::memchr(b'\n', buf) {
-            Some(i) => (&buf[..=i], true),
-            None => (buf, false),
-        };
-        text.extend_from_slice(piece)?;
-        let n = piece.len();
-        reader.consume(n);
-        if done {
-            return Ok(true);
-        }
     }
 }
 

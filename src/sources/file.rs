@@ -18,8 +18,7 @@ use crate::model::Time;
 use crate::sources::driver::{BATCH, IDLE_POLL, Next, PAUSE, Reader, SLICE};
 use crate::sources::messages::Messages;
 
-/// Lines per batch: what a reader thread hands over at once, and what a paced read
-/// asks its pace for at once.
+/// Lines per batch: what a reader thread (of a stream) hands over at once.
 const BATCH_LINES: usize = 1024;
 
 /// Holds a reader to a steady rate, for offering a fixed load (benchmarks, load tests):
@@ -48,8 +47,8 @@ impl Pace {
 
 /// The lines of the input, each handed out as a slice of the read buffer (or, for a
 /// line across two reads, of a carry buffer): no allocation per line.
-pub struct LineReader {
-    reader: BufReader<Box<dyn Read + Send>>,
+pub struct LineReader<R = BufReader<Box<dyn Read + Send>>> {
+    reader: R,
     /// The start of a line the buffer ended in, while the rest is read.
     partial: Vec<u8>,
     /// Bytes of the lines returned so far, line endings included.
@@ -77,6 +76,13 @@ impl LineReader {
     }
 
     fn with_buffer(reader: BufReader<Box<dyn Read + Send>>) -> LineReader {
+        LineReader::over(reader)
+    }
+}
+
+impl<R: BufRead> LineReader<R> {
+    /// The lines of `reader` (the profile snapshot reads its lines with this too).
+    pub fn over(reader: R) -> LineReader<R> {
         LineReader {
             reader,
             partial: Vec::new(),
@@ -115,7 +121,9 @@ impl LineReader {
             return Ok(true);
         }
     }
+}
 
+impl LineReader {
     /// True when the next line can be read without waiting on the underlying reader.
     fn has_buffered_line(&self) -> bool {
         self.reader.buffer().contains(&b'\n')
@@ -298,32 +306,26 @@ impl Reader for FileReader {
 /// error that ended it, if one did).
 type ReadOutcome = (Next, Option<Option<io::Error>>);
 
-/// Reads up to `BATCH` lines of a regular file, for one slice at most, as its pace
-/// allows.
+/// Reads up to `BATCH` lines of a regular file, as its pace allows (so few that a read
+/// needs no time limit of its own).
 fn read_file(
     r: &mut LineReader,
     mut pace: Option<&mut Pace>,
     give: &mut dyn FnMut(&[u8]),
 ) -> ReadOutcome {
-    let started = Instant::now();
-    for _ in 0..BATCH.div_ceil(BATCH_LINES) {
-        if started.elapsed() >= SLICE {
-            break;
-        }
-        let room = pace.as_ref().map_or(BATCH_LINES, |p| p.room(BATCH_LINES));
-        if room == 0 {
-            return (Next::After(PAUSE), None);
-        }
-        for _ in 0..room {
-            match r.read_line(give) {
-                Ok(true) => {
-                    if let Some(p) = pace.as_mut() {
-                        p.read += 1;
-                    }
+    let room = pace.as_ref().map_or(BATCH, |p| p.room(BATCH));
+    if room == 0 {
+        return (Next::After(PAUSE), None);
+    }
+    for _ in 0..room {
+        match r.read_line(give) {
+            Ok(true) => {
+                if let Some(p) = pace.as_mut() {
+                    p.read += 1;
                 }
-                Ok(false) => return (Next::Now, Some(None)),
-                Err(e) => return (Next::Now, Some(Some(e))),
             }
+            Ok(false) => return (Next::Now, Some(None)),
+            Err(e) => return (Next::Now, Some(Some(e))),
         }
     }
     (Next::Now, None)
