@@ -24,7 +24,7 @@ use crate::filter::FilterError;
 use crate::filter::reload::{Filters, Version};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
-use crate::operators::backpressure::{Backlog, Gate};
+use crate::operators::backpressure::{Backlog, Gate, Trail};
 use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateSettings, user_state};
@@ -40,6 +40,9 @@ use crate::wire::Decoder;
 const PENDING_PER_LOOKUP: usize = 64;
 /// Events that may wait for a webhook slot, per slot, before the source pauses.
 const QUEUED_PER_DELIVERY: usize = 4;
+/// How far (ms) the decoding may trail what the sources emitted before they pause: at
+/// the job's pace of up to ~1M events/s, some 20,000 messages waiting between workers.
+const MAX_TRAIL_MS: Time = 20;
 /// The run loop parks at most this long, so the metrics stay fresh while nothing
 /// happens.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
@@ -210,7 +213,8 @@ fn build_graph(
     // Bounds on what waits for the outside world; past them the source pauses.
     let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
     let deliveries = Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY);
-    let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
+    let trail = Trail::new(MAX_TRAIL_MS);
+    let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]).with_trail(trail.clone());
     let probe = ProbeHandle::new();
     let name = match p.input {
         Input::File { .. } => "FileSource",
@@ -233,8 +237,10 @@ fn build_graph(
             probe.clone(),
             gate,
             life.clone(),
-        );
-        let events = decode(messages, decoder(), p.dead_letters.clone(), stats.clone());
+        )
+        .probe_with(trail.sourced());
+        let events = decode(messages, decoder(), p.dead_letters.clone(), stats.clone())
+            .probe_with(trail.decoded());
         let restored = restore_source(scope, p.restore.clone());
         let settings = UserStateSettings {
             config: p.state.clone(),

@@ -390,3 +390,141 @@ mod tests {
         assert!(error.unwrap().contains(&format!("epoch {final_epoch}")));
     }
 }
+
+#[cfg(test)]
+mod trail_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::operators::generic::Operator;
+
+    use super::*;
+    use crate::operators::backpressure::Trail;
+    use crate::shutdown::StopFlag;
+    use crate::sources::router::Place;
+
+    /// `end` messages of users `u0`, `u1` ..., 64 a read, counted in `read`.
+    struct Counting {
+        next: usize,
+        end: usize,
+        read: Arc<AtomicUsize>,
+    }
+
+    impl Reader for Counting {
+        fn read(&mut self, _time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
+            for _ in 0..64.min(self.end - self.next) {
+                give(format!(r#"{{"user_id":"u{}","event_type":"t"}}"#, self.next).as_bytes());
+                self.next += 1;
+            }
+            self.read.store(self.next, Ordering::SeqCst);
+            Next::Now
+        }
+        fn finished(&self) -> bool {
+            self.next == self.end
+        }
+        fn position(&self) -> Position {
+            Position::Nothing
+        }
+    }
+
+    /// Whether `done` came true within a minute.
+    fn wait_for(done: impl Fn() -> bool) -> bool {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > Duration::from_secs(60) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// At two workers, worker 0 reads; worker 1's decoder takes nothing until released.
+    /// Worker 0's source reads on for about the trail's length, then waits, however
+    /// long worker 1 takes (without the trail it read on: 71,488 messages at the first
+    /// look, more at the second, all queued for worker 1); released, every message
+    /// arrives.
+    #[test]
+    fn a_source_waits_while_another_worker_has_not_decoded_what_it_sent() {
+        const N: usize = 200_000;
+        let stuck = Arc::new(AtomicBool::new(true));
+        let (read, got) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = StopFlag::default();
+        let (s, r, g, st) = (stuck.clone(), read.clone(), got.clone(), stop.clone());
+        let guards = timely::execute(timely::Config::process(2), move |worker| {
+            let index = worker.index();
+            let reader = Counting {
+                next: 0,
+                end: if index == 0 { N } else { 0 },
+                read: r.clone(),
+            };
+            let shared = Source::shared(Box::new(reader), None);
+            let place = Place {
+                index,
+                peers: 2,
+                per_process: 2,
+            };
+            let router = Router::new(place, crate::wire::Decoder::default(), BATCH_BYTES);
+            let trail = Trail::new(20);
+            let gate = Gate::new(Vec::new()).with_trail(trail.clone());
+            let probe = ProbeHandle::new();
+            let (stuck, got) = (s.clone(), g.clone());
+            let life = Lifecycle::new(st.clone());
+            worker.dataflow::<Time, _, _>(|scope| {
+                drive(scope, "Counting", shared, router, probe.clone(), gate, life)
+                    .probe_with(trail.sourced())
+                    .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                        Exchange::new(|b: &Messages| u64::from(b.worker)),
+                        "Decode",
+                        |_, info| {
+                            let activator = scope.activator_for(info.address);
+                            move |input, _output| {
+                                if index == 1 && stuck.load(Ordering::SeqCst) {
+                                    activator.activate_after(Duration::from_millis(1));
+                                    return;
+                                }
+                                input.for_each(|_, batches| {
+                                    let n = batches.iter().map(Messages::len).sum::<usize>();
+                                    got.fetch_add(n, Ordering::SeqCst);
+                                });
+                            }
+                        },
+                    )
+                    .probe_with(trail.decoded())
+                    .probe_with(&probe);
+            });
+            while !probe.done() {
+                worker.step();
+            }
+        })
+        .unwrap();
+        // The workers are stopped and joined before any assertion (a panic here would
+        // wait for them for ever).
+        let started = wait_for(|| read.load(Ordering::SeqCst) > 0);
+        std::thread::sleep(Duration::from_millis(150));
+        let early = read.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(150));
+        let later = read.load(Ordering::SeqCst);
+        stuck.store(false, Ordering::SeqCst);
+        let all = wait_for(|| got.load(Ordering::SeqCst) == N);
+        stop.set();
+        guards.join();
+        assert!(
+            started && all,
+            "{} of {N} arrived",
+            got.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            early, later,
+            "the source read on while worker 1 took nothing"
+        );
+        assert!(
+            later < N / 2,
+            "{later} of {N} read while worker 1 took nothing"
+        );
+    }
+}
