@@ -351,6 +351,7 @@ fn state(c: &mut Criterion) {
                                 backlog: Backlog::new(usize::MAX),
                                 counters: Rc::new(Counters::default()),
                                 stop: Default::default(),
+                                arrived: None,
                             };
                             let (probe, _) = user_state(stream, restored, settings)
                                 .inspect(|e| {

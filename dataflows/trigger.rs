@@ -40,7 +40,8 @@ use crate::wire::Decoder;
 const PENDING_PER_LOOKUP: usize = 64;
 /// Events that may wait for a webhook slot, per slot, before the source pauses.
 const QUEUED_PER_DELIVERY: usize = 4;
-/// How far (ms) the decoding may trail what the sources emitted before they pause: at
+/// How far (ms) the events' arrival at their users' workers may trail what the sources
+/// emitted before they pause: at
 /// the job's pace of up to ~1M events/s, some 20,000 messages waiting between workers.
 const MAX_TRAIL_MS: Time = 20;
 /// The run loop parks at most this long, so the metrics stay fresh while nothing
@@ -239,8 +240,7 @@ fn build_graph(
             life.clone(),
         )
         .probe_with(trail.sourced());
-        let events = decode(messages, decoder(), p.dead_letters.clone(), stats.clone())
-            .probe_with(trail.decoded());
+        let events = decode(messages, decoder(), p.dead_letters.clone(), stats.clone());
         let restored = restore_source(scope, p.restore.clone());
         let settings = UserStateSettings {
             config: p.state.clone(),
@@ -252,6 +252,7 @@ fn build_graph(
             backlog: lookups,
             counters: stats.clone(),
             stop: p.stop.clone(),
+            arrived: Some(trail.arrived().clone()),
         };
         let triggered = user_state(events, restored, settings);
         run_actions(

@@ -6,11 +6,13 @@
 //! nothing while any backlog is over its limit. Events are exchanged by user, so every
 //! worker sees about the same load and a worker's own backlogs stand for the cluster's.
 //!
-//! Between workers, what a source emits waits in timely's channels until its decoding
-//! worker takes it, and nothing bounds those: a worker that falls behind (descheduled,
-//! or with more users' events than the reading one) let the reader run on, and at `-w 2`
-//! on two cores the 2M-event run's peak RSS varied from 430 to 915 MB with what piled up.
-//! So the source also waits while the decoding trails the sources (`Trail`).
+//! Between workers and processes, what a source emits waits in timely's channels until
+//! its decoding worker takes it, and the decoded event again until its user's worker
+//! does, and nothing bounded those: a worker that falls behind (descheduled, or with
+//! more users' events than the reading one) let the reader run on, and at `-w 2` on two
+//! cores the 2M-event run's peak RSS varied from 430 to 915 MB with what piled up. So
+//! the source also waits while the events' arrival at their users' workers trails the
+//! sources (`Trail`).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -43,25 +45,26 @@ impl Backlog {
     }
 }
 
-/// How far the decoded events may trail what the sources have emitted, in their time
-/// (ms of processing time): both are frontiers of the whole cluster, so the distance is
-/// what still waits to be decoded somewhere (or for its dead letters to be written),
-/// whatever the processes' clocks say (a process whose clock is behind holds both back
-/// alike).
+/// How far the events' arrival at their users' workers may trail what the sources have
+/// emitted, in their time (ms of processing time): both are frontiers of the whole
+/// cluster, so the distance is what is still on its way somewhere (to be decoded, for
+/// its dead letters to be written, or to its user's worker), whatever the processes'
+/// clocks say (a process whose clock is behind holds both back alike).
 #[derive(Clone)]
 pub struct Trail {
     sourced: ProbeHandle<Time>,
-    decoded: ProbeHandle<Time>,
+    arrived: ProbeHandle<Time>,
     max_ms: Time,
 }
 
 impl Trail {
     /// A trail of at most `max_ms`; attach its probes with `probe_with` to the sources'
-    /// output (`sourced`) and to the decoded events (`decoded`).
+    /// output (`sourced`) and to the events as they reach their users' workers
+    /// (`arrived`).
     pub fn new(max_ms: Time) -> Self {
         Trail {
             sourced: ProbeHandle::new(),
-            decoded: ProbeHandle::new(),
+            arrived: ProbeHandle::new(),
             max_ms,
         }
     }
@@ -70,22 +73,22 @@ impl Trail {
         &self.sourced
     }
 
-    pub fn decoded(&self) -> &ProbeHandle<Time> {
-        &self.decoded
+    pub fn arrived(&self) -> &ProbeHandle<Time> {
+        &self.arrived
     }
 
-    /// True while something emitted more than `max_ms` before the sources' frontier is
-    /// not decoded yet.
+    /// True while something emitted more than `max_ms` before the sources' frontier has
+    /// not arrived yet.
     pub fn is_over(&self) -> bool {
         match self.sourced.with_frontier(|f| f.first().copied()) {
-            Some(sourced) => self.decoded.less_than(&sourced.saturating_sub(self.max_ms)),
+            Some(sourced) => self.arrived.less_than(&sourced.saturating_sub(self.max_ms)),
             None => false,
         }
     }
 }
 
 /// What the source consults: the backlogs of the stages after it, and how far the
-/// decoding trails.
+/// arrivals trail.
 #[derive(Clone, Default)]
 pub struct Gate {
     backlogs: Vec<Backlog>,
@@ -137,10 +140,10 @@ mod tests {
     use super::*;
 
     /// The gate closes while an event emitted more than the trail's length before the
-    /// sources' frontier is held short of decoding, and opens once it is through or
+    /// sources' frontier is held short of arriving, and opens once it is through or
     /// within the length.
     #[test]
-    fn the_gate_closes_while_the_decoding_trails_too_far() {
+    fn the_gate_closes_while_the_arrivals_trail_too_far() {
         timely::execute_directly(|worker| {
             let trail = Trail::new(20);
             let gate = Gate::new(vec![Backlog::new(1)]).with_trail(trail.clone());
@@ -164,7 +167,7 @@ mod tests {
                             }
                         },
                     )
-                    .probe_with(trail.decoded());
+                    .probe_with(trail.arrived());
                 input
             });
             let mut step_to = |t: Time, input: &mut InputHandleVec<Time, u8>| {

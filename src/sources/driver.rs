@@ -494,7 +494,7 @@ mod trail_tests {
                             }
                         },
                     )
-                    .probe_with(trail.decoded())
+                    .probe_with(trail.arrived())
                     .probe_with(&probe);
             });
             while !probe.done() {

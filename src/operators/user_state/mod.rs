@@ -31,10 +31,10 @@ mod timers;
 
 use std::rc::Rc;
 
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, Exchange as _, Probe};
+use timely::dataflow::{ProbeHandle, Stream};
 use timely::scheduling::SyncActivator;
 
 use crate::checkpoint::CheckpointConfig;
@@ -91,6 +91,9 @@ pub struct UserStateSettings {
     pub counters: Rc<Counters>,
     /// Set when the run is asked to stop.
     pub stop: StopFlag,
+    /// Told the frontier of the events as they reach their user's worker, before any
+    /// waits here (the sources' `Trail`).
+    pub arrived: Option<ProbeHandle<Time>>,
 }
 
 /// The clock capability moved to the least of `pending` (the inputs' frontier and the
@@ -139,11 +142,15 @@ fn operator<'s>(
     source: impl FnOnce(&UserStateSettings, SyncActivator) -> Source + 'static,
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
     let scope = events.scope();
-    let by_user = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
+    // Exchanged ahead of the operator, so that the arrivals can be probed.
+    let mut events = events.exchange(|ev: &UserEvent| user_hash(&ev.user_id));
+    if let Some(arrived) = &settings.arrived {
+        events = events.probe_with(arrived);
+    }
     let by_restored_user = Exchange::new(|r: &(Text, SavedUser)| user_hash(&r.0));
     events.binary_frontier(
         restored,
-        by_user,
+        Pipeline,
         by_restored_user,
         "UserState",
         move |cap, info| {

@@ -107,6 +107,7 @@ pub(super) fn rig_with(
         backlog: Backlog::new(usize::MAX),
         counters: counters.clone(),
         stop,
+        arrived: None,
     };
     let profiles = FakeProfiles::default();
     let out = Rc::new(RefCell::new(Vec::new()));
