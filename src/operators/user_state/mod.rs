@@ -33,7 +33,7 @@ use std::rc::Rc;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Capability, Exchange as _, Probe};
+use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 use timely::scheduling::SyncActivator;
 
@@ -134,6 +134,20 @@ pub fn user_state<'s>(
     })
 }
 
+/// `events` on their users' workers, in the order they arrive there: a user's events
+/// stay in the order they were read. (Not timely's `exchange`, which sorts the batches
+/// it holds by time, unstably, and so swapped batches of one time.)
+pub(super) fn to_users_workers<'s>(
+    events: Stream<'s, Time, Vec<UserEvent>>,
+) -> Stream<'s, Time, Vec<UserEvent>> {
+    let by_user = Exchange::new(|ev: &UserEvent| user_hash(&ev.user_id));
+    events.unary(by_user, "ToUsersWorkers", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, batch| output.session(&cap).give_container(batch));
+        }
+    })
+}
+
 /// The operator, its answers from `source`.
 fn operator<'s>(
     events: Stream<'s, Time, Vec<UserEvent>>,
@@ -143,7 +157,7 @@ fn operator<'s>(
 ) -> Stream<'s, Time, Vec<EnrichedEvent>> {
     let scope = events.scope();
     // Exchanged ahead of the operator, so that the arrivals can be probed.
-    let mut events = events.exchange(|ev: &UserEvent| user_hash(&ev.user_id));
+    let mut events = to_users_workers(events);
     if let Some(arrived) = &settings.arrived {
         events = events.probe_with(arrived);
     }

@@ -284,6 +284,61 @@ fn each_passing_event_keeps_the_visit_and_history_of_its_own_time() {
     });
 }
 
+/// A user's batches keep their order on their way to the user's worker, among batches
+/// of other times too. timely's own `exchange` sorts the batches it takes at once by
+/// time, unstably: of 100 batches of each of three users at three times, interleaved,
+/// some came out swapped (found by the Kafka tests at two workers).
+#[test]
+fn batches_keep_their_order_on_the_way_to_the_users_worker() {
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::generic::operator::source;
+    timely::execute_directly(|worker| {
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let sink = got.clone();
+        let probe = worker.dataflow::<Time, _, _>(|scope| {
+            let batches = source(scope, "Interleaved", |cap, _| {
+                let mut cap = Some(cap);
+                move |output| {
+                    let Some(cap) = cap.take() else { return };
+                    let caps: Vec<_> = [0, 500, 1000].iter().map(|t| cap.delayed(t)).collect();
+                    for i in 0..100 {
+                        for (n, cap) in caps.iter().enumerate() {
+                            let mut batch = vec![event(&format!("u{n}"), &format!("{i:03}"))];
+                            output.session(cap).give_container(&mut batch);
+                        }
+                    }
+                }
+            });
+            let (probe, arrived) = super::to_users_workers(batches).probe();
+            // In arrival order (`inspect` too sorts what it takes by time).
+            arrived.sink(Pipeline, "Collect", move |(input, _)| {
+                input.for_each(|_, batch| {
+                    for e in batch.iter() {
+                        let id = e.event_id.as_deref().unwrap_or_default().to_string();
+                        sink.borrow_mut().push((e.user_id.to_string(), id));
+                    }
+                })
+            });
+            probe
+        });
+        while !probe.done() {
+            worker.step();
+        }
+        let got = got.borrow();
+        let want: Vec<String> = (0..100).map(|i| format!("{i:03}")).collect();
+        for n in 0..3 {
+            let user = format!("u{n}");
+            let ids: Vec<String> = got
+                .iter()
+                .filter(|(u, _)| *u == user)
+                .map(|(_, id)| id.clone())
+                .collect();
+            assert_eq!(ids, want, "{user}");
+        }
+    });
+}
+
 #[test]
 fn events_during_a_lookup_wait_and_are_applied_in_order_once_it_completes() {
     timely::execute_directly(|worker| {
