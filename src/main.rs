@@ -596,7 +596,16 @@ fn nothing_worked(c: &event_trigger::counters::Counts, settings: &Settings) -> V
              the failures in the log above{}",
             c.actions_failed,
             if c.dead_letters > 0 {
-                format!("; {} dead letters hold them", c.dead_letters)
+                // The count is of every record written, invalid messages' too.
+                let invalid = if c.invalid > 0 {
+                    ", invalid messages included"
+                } else {
+                    ""
+                };
+                format!(
+                    "; the dead-letter file holds them ({} records written{invalid})",
+                    c.dead_letters
+                )
             } else {
                 String::new()
             }

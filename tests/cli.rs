@@ -2494,24 +2494,31 @@ fn sighup_while_starting_does_not_end_the_job() {
 }
 
 /// A run in which every look-up and every webhook call failed says so after its summary
-/// (it exits 0: the events were handled, the failures counted); a failed call's line
-/// names its user and event.
+/// (it exits 0: the events were handled, the failures counted), with how many records
+/// the dead-letter file got (an invalid message's among them: a trial read the count as
+/// the failed calls'); a failed call's line names its user and event.
 #[test]
 fn a_run_where_every_look_up_and_call_failed_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
-    let lines: String = (0..5)
+    let mut lines: String = (0..5)
         .map(|i| {
             format!("{{\"user_id\":\"u{i}\",\"event_id\":\"e{i}\",\"event_type\":\"page_view\"}}\n")
         })
         .collect();
+    lines.push_str("not json\n");
     std::fs::write(&events, lines).unwrap();
+    let dead = dir.path().join("dead.jsonl");
     let cfg = rule_config(
         dir.path(),
         events.to_str().unwrap(),
         "true",
-        "profile-api:\n  base-url: http://127.0.0.1:9\n  retry-attempts: 0\n  max-wait-on-failure-ms: 0\n\
-         actions:\n  webhook:\n    url: http://127.0.0.1:9/hook\n    retry-attempts: 0\n",
+        &format!(
+            "profile-api:\n  base-url: http://127.0.0.1:9\n  retry-attempts: 0\n  max-wait-on-failure-ms: 0\n\
+             actions:\n  webhook:\n    url: http://127.0.0.1:9/hook\n    retry-attempts: 0\n\
+             dead-letter:\n  path: {}\n",
+            dead.display()
+        ),
     );
     let (code, out, err) = run_binary(&["run", "--config", &cfg]);
     assert_eq!(code, Some(0), "{err}");
@@ -2522,6 +2529,12 @@ fn a_run_where_every_look_up_and_call_failed_says_so() {
         "{err}"
     );
     assert!(err.contains("every action failed (5 calls)"), "{err}");
+    assert!(
+        err.contains(
+            "the dead-letter file holds them (6 records written, invalid messages included)"
+        ),
+        "{err}"
+    );
     let failed = err
         .lines()
         .find(|l| l.contains("webhook call failed"))
