@@ -41,8 +41,8 @@ const PENDING_PER_LOOKUP: usize = 64;
 /// Events that may wait for a webhook slot, per slot, before the source pauses.
 const QUEUED_PER_DELIVERY: usize = 4;
 /// How far (ms) the events' arrival at their users' workers may trail what the sources
-/// emitted before they pause: at
-/// the job's pace of up to ~1M events/s, some 20,000 messages waiting between workers.
+/// emitted before they pause: at the job's pace of up to ~1M events/s, some 20,000
+/// messages on their way between workers.
 const MAX_TRAIL_MS: Time = 20;
 /// The run loop parks at most this long, so the metrics stay fresh while nothing
 /// happens.

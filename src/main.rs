@@ -592,8 +592,8 @@ fn nothing_worked(c: &event_trigger::counters::Counts, settings: &Settings) -> V
     }
     if c.actions_failed > 0 && c.actions_ok == 0 {
         out.push(format!(
-            "every action failed ({} calls): check the receivers (actions.webhook.url) and \
-             the failures in the log above{}",
+            "every action failed ({} events' actions): check the receivers (actions.webhook.url) \
+             and the failures in the log above{}",
             c.actions_failed,
             if c.dead_letters > 0 {
                 // The count is of every record written, invalid messages' too.
@@ -602,8 +602,13 @@ fn nothing_worked(c: &event_trigger::counters::Counts, settings: &Settings) -> V
                 } else {
                     ""
                 };
+                let place = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
+                    (Some(path), _) => format!("the dead-letter file {}", path.display()),
+                    (None, Some(topic)) => format!("the dead-letter topic {topic}"),
+                    (None, None) => "the dead letters".to_string(),
+                };
                 format!(
-                    "; the dead-letter file holds them ({} records written{invalid})",
+                    "; {place} holds them ({} records written{invalid})",
                     c.dead_letters
                 )
             } else {
