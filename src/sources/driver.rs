@@ -504,10 +504,12 @@ mod trail_tests {
         .unwrap();
         // The workers are stopped and joined before any assertion (a panic here would
         // wait for them for ever).
+        // Looks well past the trail's 20 ms, so that a loaded machine's late progress
+        // updates (which keep the gate open longer) are through by the first.
         let started = wait_for(|| read.load(Ordering::SeqCst) > 0);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(300));
         let early = read.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(300));
         let later = read.load(Ordering::SeqCst);
         stuck.store(false, Ordering::SeqCst);
         let all = wait_for(|| got.load(Ordering::SeqCst) == N);
