@@ -271,6 +271,10 @@ fn build_graph(
 /// 0 and publishing the metrics.
 fn step_until_done(worker: &mut Worker, p: &Prepared, probe: &ProbeHandle<Time>, stats: &Counters) {
     // New filter versions, from worker 0 (process 0 watches the file) to every worker.
+    // `adopt` takes only the next number, so they must arrive in order: `inspect` sorts
+    // what it takes at once by time, and all of them are sent at one time (the input is
+    // never advanced): the standard library's sort finds them already in order and
+    // leaves them as they came.
     let versions = p.filter_versions.clone();
     let mut reloads = worker.dataflow::<u64, _, _>(|scope| {
         let (input, stream) = scope.new_input::<Version>();
