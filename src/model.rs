@@ -353,7 +353,7 @@ impl UserState {
     /// entries (the Profile API's own history is kept whole until the first event is
     /// appended).
     pub fn append_event(&mut self, ev: &UserEvent, max: usize) {
-        let history = Arc::make_mut(&mut self.history);
+        let history = sole_mut(&mut self.history);
         let bytes = history.push_event(ev);
         history.keep_newest(max);
         let mark = &mut self.changed_in;
@@ -367,11 +367,34 @@ impl UserState {
 
     /// Appends `entries`, then keeps the newest `max`, as `append_event`.
     pub fn append_history(&mut self, entries: &History, max: usize) {
-        let history = Arc::make_mut(&mut self.history);
+        let history = sole_mut(&mut self.history);
         history.extend(entries);
         history.keep_newest(max);
         self.changed_in.appended = None;
     }
+}
+
+/// `Arc::make_mut` without its locked instruction where the value is not shared: the
+/// state operator changes a user's history and visit on every event, and the lock (a
+/// full fence on x86) made each event wait for every load and store before it.
+///
+/// Sound as `Arc::get_mut`: with `&mut` on the only `Arc` (strong count 1) and no
+/// `Weak` (which this crate never makes, and which the check refuses), no other thread
+/// can reach the value or make a new handle to it; the acquire fence after reading the
+/// count orders this thread's writes after whatever another thread did before it
+/// dropped its handle (its decrement is a release). Shared values are copied, as
+/// `make_mut` does.
+pub fn sole_mut<T: Clone>(a: &mut Arc<T>) -> &mut T {
+    if Arc::strong_count(a) == 1 {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        if Arc::weak_count(a) == 0 {
+            // SAFETY: unique as argued above; the pointer is the allocation's own (not
+            // derived from a shared reference), valid while `a` is, and `a` stays
+            // borrowed mutably for the returned reference's lifetime.
+            return unsafe { &mut *Arc::as_ptr(a).cast_mut() };
+        }
+    }
+    Arc::make_mut(a)
 }
 
 /// A user whose Profile API look-up had not finished when a checkpoint was taken, as the
@@ -499,6 +522,41 @@ mod tests {
             event_type: "click".into(),
             ..Default::default()
         }
+    }
+
+    /// A value only its own handle reaches is changed where it is; one another handle
+    /// (here or on another thread) or a `Weak` still reaches is copied first, and what
+    /// the other sees does not change.
+    #[test]
+    fn sole_mut_changes_in_place_only_what_nothing_else_reaches() {
+        let mut alone = Arc::new(vec![1]);
+        let at = Arc::as_ptr(&alone);
+        sole_mut(&mut alone).push(2);
+        assert_eq!((Arc::as_ptr(&alone), &*alone), (at, &vec![1, 2]));
+
+        let mut shared = Arc::new(vec![1]);
+        let other = Arc::clone(&shared);
+        sole_mut(&mut shared).push(2);
+        assert_eq!((&*shared, &*other), (&vec![1, 2], &vec![1]));
+        assert_ne!(Arc::as_ptr(&shared), Arc::as_ptr(&other));
+
+        let mut watched = Arc::new(vec![1]);
+        let weak = Arc::downgrade(&watched);
+        let at = Arc::as_ptr(&watched);
+        sole_mut(&mut watched).push(2);
+        assert_eq!(*watched, vec![1, 2]);
+        assert_ne!(Arc::as_ptr(&watched), at, "moved away from the `Weak`");
+        assert!(weak.upgrade().is_none_or(|w| *w == vec![1]));
+
+        // A handle another thread dropped: the value is this one's again, in place.
+        let mut back = Arc::new(vec![1]);
+        let there = Arc::clone(&back);
+        std::thread::spawn(move || assert_eq!(*there, vec![1]))
+            .join()
+            .unwrap();
+        let at = Arc::as_ptr(&back);
+        sole_mut(&mut back).push(2);
+        assert_eq!((Arc::as_ptr(&back), &*back), (at, &vec![1, 2]));
     }
 
     #[test]

@@ -244,6 +244,9 @@ fn prefetch_state(user: &str, state: &UserState, whole: bool) {
     ask(Arc::as_ptr(&state.profile), whole);
     if let Some(v) = &state.visit {
         ask(Arc::as_ptr(v), whole);
+        // What every event changes (`Applier::apply`), some lines into the visit.
+        prefetch(&v.timestamp);
+        prefetch(&v.actions);
     }
     prefetch(Arc::as_ptr(&state.history));
 }

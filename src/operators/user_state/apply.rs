@@ -67,7 +67,7 @@ impl Applier {
         state.last_activity = state.last_activity.max(time);
         state.append_event(ev, self.max_history);
         if let Some(visit) = &mut state.visit {
-            let visit = std::sync::Arc::make_mut(visit);
+            let visit = crate::model::sole_mut(visit);
             if ev.is_first_in_visit {
                 visit.timestamp = ev.timestamp;
             }
