@@ -66,7 +66,7 @@ fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
         Some(id) => put_varint(out, (u64::from(id) << 1) | 1),
         None => {
             put_varint(out, (s.len() as u64) << 1);
-            put3(out, b"", s.as_bytes(), b"");
+            out.extend_from_slice(s.as_bytes());
         }
     }
 }
@@ -278,9 +278,7 @@ pub fn put_entry(out: &mut Vec<u8>, f: &Fields<&[u8], &str>) {
         put_str(out, ty, true);
     }
     if let Some(tokens) = f.parameters {
-        // Most are 17-64 bytes: copied in place, where `extend_from_slice` called
-        // `memcpy` (as for the ids in `put_str`).
-        put3(out, b"", tokens, b"");
+        out.extend_from_slice(tokens);
     }
 }
 

@@ -10,10 +10,8 @@
 use super::codec::{self, Reader};
 
 /// Appends `a`, `b` and `c`. `a` and `c` are meant to be short literals (their copies
-/// become plain stores once this is inlined); `b` of up to 64 bytes is copied by
-/// overlapping loads and stores instead of a call to `memcpy` (URLs, titles and
-/// campaign names are 17-64 bytes: in a webhook run, the calls for them were a third of
-/// the time in `memmove`).
+/// become plain stores once this is inlined); `b` of up to 16 bytes is copied by two
+/// overlapping loads and stores instead of a call to `memcpy`.
 #[inline(always)]
 pub fn put3(out: &mut Vec<u8>, a: &[u8], b: &[u8], c: &[u8]) {
     let n = a.len() + b.len() + c.len();
@@ -44,26 +42,6 @@ unsafe fn copy_short(src: &[u8], dst: *mut u8) {
     // promised room for.
     unsafe {
         match n {
-            33..=64 => {
-                let (a, b) = (s.cast::<u128>(), s.add(16).cast::<u128>());
-                let (c, d) = (s.add(n - 32).cast::<u128>(), s.add(n - 16).cast::<u128>());
-                let (a, b, c, d) = (
-                    a.read_unaligned(),
-                    b.read_unaligned(),
-                    c.read_unaligned(),
-                    d.read_unaligned(),
-                );
-                dst.cast::<u128>().write_unaligned(a);
-                dst.add(16).cast::<u128>().write_unaligned(b);
-                dst.add(n - 32).cast::<u128>().write_unaligned(c);
-                dst.add(n - 16).cast::<u128>().write_unaligned(d);
-            }
-            17..=32 => {
-                let head = s.cast::<u128>().read_unaligned();
-                let tail = s.add(n - 16).cast::<u128>().read_unaligned();
-                dst.cast::<u128>().write_unaligned(head);
-                dst.add(n - 16).cast::<u128>().write_unaligned(tail);
-            }
             8..=16 => {
                 let head = s.cast::<u64>().read_unaligned();
                 let tail = s.add(n - 8).cast::<u64>().read_unaligned();
@@ -273,8 +251,8 @@ mod tests {
         }
     }
 
-    /// Every length through each of `copy_short`'s ways (0-3, 4-7, 8-16, 17-32, 33-64,
-    /// longer), onto buffers with no room left and with room, lands the same bytes as
+    /// Every length through each of `copy_short`'s ways (0-3, 4-7, 8-16, longer), onto
+    /// buffers with no room left and with room, lands the same bytes as
     /// `extend_from_slice`, and nothing else.
     #[test]
     fn put3_writes_pieces_of_every_length() {
