@@ -279,8 +279,9 @@ pub struct ProfileData {
 /// The per-user state kept by the state operator (the original's `UserCheckpoint`).
 ///
 /// The parts are behind `Arc`s so the filter and the actions can look at them without a
-/// copy; the operator mutates them with `Arc::make_mut`, which copies only if a reader
-/// still holds one. The history is compact (`crate::history`). Serialized through the
+/// copy; the operator mutates them with `sole_mut` (`Arc::make_mut` without its lock),
+/// which copies only if a reader still holds one. The history is compact
+/// (`crate::history`). Serialized through the
 /// exchange when a checkpoint is restored onto the workers (and in v1 checkpoints);
 /// checkpoint parts and RocksDB use `crate::store::codec`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
