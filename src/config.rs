@@ -767,6 +767,22 @@ impl ActionsSettings {
         }
     }
 
+    /// Said at the start of a run whose action is the debug print (the map form with
+    /// `debug.enabled`): the webhook's settings beside it, which the shipped config has
+    /// as the Flink job's had, are not used, and a URL given for them (say by the
+    /// environment) would otherwise be ignored without a word.
+    pub fn debug_note(&self) -> Option<String> {
+        (self.list.is_none() && self.debug.enabled).then(|| {
+            format!(
+                "actions.debug.enabled is true: each passing event is logged (the debug print) \
+                 and the webhook {} (actions.webhook.url) is not called; set \
+                 actions.debug.enabled: false (EVENT_TRIGGER__ACTIONS__DEBUG__ENABLED=false) \
+                 to call it",
+                without_password(&self.webhook.url)
+            )
+        })
+    }
+
     /// Checks of the list form; the key named is `actions[i].<key>`.
     fn check_list(&self) -> Result<(), (String, String)> {
         let Some(list) = &self.list else {
@@ -1938,6 +1954,30 @@ mod tests {
             f.path(),
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    /// A run whose action is the debug print says that the webhook beside it (here
+    /// given by the environment, with a password) is not called, and how to call it;
+    /// a webhook run or the list form says nothing.
+    #[test]
+    fn the_debug_print_says_the_webhook_beside_it_is_not_called() {
+        let src = "source:\n  type: file\n  path: x.jsonl\n";
+        let url = [(
+            "EVENT_TRIGGER__ACTIONS__WEBHOOK__URL",
+            "http://me:secret@hooks.example/in",
+        )];
+        let debug = format!("{src}actions:\n  debug:\n    enabled: true\n");
+        let note = load(&debug, &url).unwrap().actions.debug_note().unwrap();
+        assert!(
+            note.contains(
+                "the webhook http://me:***@hooks.example/in (actions.webhook.url) is not called"
+            ) && note.contains("EVENT_TRIGGER__ACTIONS__DEBUG__ENABLED=false"),
+            "{note}"
+        );
+        let off = debug.replace("true", "false");
+        assert_eq!(load(&off, &url).unwrap().actions.debug_note(), None);
+        let list = format!("{src}actions:\n  - type: debug\n");
+        assert_eq!(load(&list, &[]).unwrap().actions.debug_note(), None);
     }
 
     /// The error `yaml` with `vars` fails to load with, as the user reads it.

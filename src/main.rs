@@ -326,6 +326,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // may not read, or a damaged one, is nothing to it) or written.
         settings.source.resume = false;
     }
+    if let Some(note) = settings.actions.debug_note().filter(|_| !args.dry_run) {
+        tracing::info!("{note}");
+    }
     PROCESSES.store(args.processes, std::sync::atomic::Ordering::Relaxed);
     exit_on_panic();
     let config = timely_config(&args, settings.engine.parallelism)?;

@@ -101,6 +101,9 @@ fn warnings_held_back_by_the_rate_limit_are_reported_as_a_count() {
     assert!(!log.contains("held_back"), "{log}");
 }
 
+/// With the shipped config (the debug print on), one print per passing event when its
+/// log target is on, none when it is off, the same work either way; and the start says
+/// that the webhook configured beside it is not called.
 #[test]
 fn debug_prints_are_rendered_only_when_their_log_is_on() {
     let run = |log: &str| {
@@ -114,15 +117,19 @@ fn debug_prints_are_rendered_only_when_their_log_is_on() {
         let out = wait_ok(child);
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &*String::from_utf8_lossy(&out.stderr);
-        (
-            summary_of(&out.stdout),
-            text.matches("triggered:").count() as u64,
-        )
+        let printed = text.matches("triggered:").count() as u64;
+        (summary_of(&out.stdout), printed, text)
     };
-    let (shown, printed) = run("info");
+    let (shown, printed, text) = run("info");
     assert!(shown.passed > 0);
     assert_eq!(printed, shown.passed, "one print per passing event");
-    let (silent, printed) = run("info,event_trigger::action::debug=off");
+    assert!(
+        text.contains(
+            "the webhook http://localhost:8080/webhook (actions.webhook.url) is not called"
+        ),
+        "{text}"
+    );
+    let (silent, printed, _) = run("info,event_trigger::action::debug=off");
     assert_eq!(printed, 0);
     assert_eq!(silent, shown, "the same work, counted as done");
 }
