@@ -598,28 +598,33 @@ fn nothing_worked(c: &event_trigger::counters::Counts, settings: &Settings) -> V
             "every action failed ({} events' actions): check the receivers (actions.webhook.url) \
              and the failures in the log above{}",
             c.actions_failed,
-            if c.dead_letters > 0 {
-                // The count is of every record written, invalid messages' too.
-                let invalid = if c.invalid > 0 {
-                    ", invalid messages included"
-                } else {
-                    ""
-                };
-                let place = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
-                    (Some(path), _) => format!("the dead-letter file {}", path.display()),
-                    (None, Some(topic)) => format!("the dead-letter topic {topic}"),
-                    (None, None) => "the dead letters".to_string(),
-                };
-                format!(
-                    "; {place} holds them ({} records written{invalid})",
-                    c.dead_letters
-                )
-            } else {
-                String::new()
-            }
+            dead_letters_hold(c, settings)
         ));
     }
     out
+}
+
+/// Where the failed actions went, for `nothing_worked`: `; <the file or topic> holds
+/// them (<n> records written ...)`, or nothing without dead letters.
+fn dead_letters_hold(c: &event_trigger::counters::Counts, settings: &Settings) -> String {
+    if c.dead_letters == 0 {
+        return String::new();
+    }
+    // The count is of every record written, invalid messages' too.
+    let invalid = if c.invalid > 0 {
+        ", invalid messages included"
+    } else {
+        ""
+    };
+    let place = match (&settings.dead_letter.path, &settings.dead_letter.topic) {
+        (Some(path), _) => format!("the dead-letter file {}", path.display()),
+        (None, Some(topic)) => format!("the dead-letter topic {topic}"),
+        (None, None) => "the dead letters".to_string(),
+    };
+    format!(
+        "; {place} holds them ({} records written{invalid})",
+        c.dead_letters
+    )
 }
 
 /// The rule tester: the job itself over `events` (a file source, the config's
