@@ -1,3 +1,5 @@
+use std::cell::Cell;
+
 use serde::Serialize;
 
 use super::body_json;
@@ -33,9 +35,12 @@ impl<'a> Payload<'a> {
     /// The body, byte for byte what serde_json writes for this struct, written by hand
     /// (`body_json`; the history, most of it, straight from its compact form).
     pub fn to_json(&self) -> Vec<u8> {
-        // Sized for the usual body up front (entries' JSON is about three times their
-        // compact form): growing a ~30 KB buffer by doubling copied it several times.
-        let mut out = Vec::with_capacity(2048 + 4 * self.event_history.encoded_len());
+        // Sized up front from what this thread's bodies took: a ~30 KB body grown by
+        // doubling was copied once or twice (a fixed 4 bytes of JSON per compact byte
+        // was short by half on the reference events: ~3,000 instructions a call).
+        let sizing = SIZING.get();
+        let encoded = self.event_history.encoded_len();
+        let mut out = Vec::with_capacity(sizing.capacity(encoded));
         out.extend_from_slice(b"{\"event\":");
         body_json::event(&mut out, self.event);
         out.extend_from_slice(b",\"userProfile\":");
@@ -43,10 +48,13 @@ impl<'a> Payload<'a> {
         out.extend_from_slice(b",\"currentVisit\":");
         body_json::visit(&mut out, self.current_visit);
         out.extend_from_slice(b",\"eventHistory\":");
+        let history_at = out.len();
         self.event_history.write_json(&mut out);
+        let history = out.len() - history_at;
         out.extend_from_slice(b",\"triggeredAt\":");
         write_u64(&mut out, self.triggered_at);
         out.push(b'}');
+        SIZING.set(sizing.after(out.len() - history, history, encoded));
         out
     }
 
@@ -55,10 +63,66 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// How big to make a body's buffer: the most bytes the rest of a body took, and the
+/// most JSON per byte of compact history (in sixteenths), over this thread's bodies,
+/// each bounded (one outsized body must not make every later buffer as big).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sizing {
+    rest: usize,
+    per_byte_16ths: usize,
+}
+
+/// Bounds on what `Sizing` learns: the rest of a body, and JSON per compact byte.
+const MAX_REST: usize = 16 << 10;
+const MAX_PER_BYTE_16THS: usize = 16 * 16;
+
+thread_local! {
+    static SIZING: Cell<Sizing> = const {
+        Cell::new(Sizing {
+            rest: 2048,
+            per_byte_16ths: 4 * 16,
+        })
+    };
+}
+
+impl Sizing {
+    fn capacity(self, encoded: usize) -> usize {
+        self.rest + encoded * self.per_byte_16ths / 16
+    }
+
+    /// After a body of `rest` bytes besides `history` bytes of history JSON, written
+    /// from `encoded` compact bytes; with a sixteenth to spare.
+    fn after(self, rest: usize, history: usize, encoded: usize) -> Sizing {
+        let per_byte = (history * 16).div_ceil(encoded.max(1)) + 1;
+        Sizing {
+            rest: self.rest.max(rest + rest / 16).min(MAX_REST),
+            per_byte_16ths: self.per_byte_16ths.max(per_byte).min(MAX_PER_BYTE_16THS),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{ProfileData, UserState};
+
+    /// A body's buffer is sized from the bodies before: big enough for one like them
+    /// (no growing), never past the bounds for an outsized one.
+    #[test]
+    fn a_body_is_sized_from_the_ones_before() {
+        let first = Sizing {
+            rest: 2048,
+            per_byte_16ths: 64,
+        };
+        let after = first.after(1200, 33_000, 5_400);
+        assert!(after.capacity(5_400) >= 1200 + 33_000, "{after:?}");
+        assert!(after.capacity(5_400) < 2048 + 33_000 * 9 / 8, "{after:?}");
+        assert_eq!(after.after(100, 10, 5_400), after, "it keeps the most");
+        let huge = after.after(1 << 30, 1 << 30, 1);
+        assert_eq!(huge.rest, MAX_REST);
+        assert_eq!(huge.per_byte_16ths, MAX_PER_BYTE_16THS);
+        assert_eq!(first.after(10, 0, 0).capacity(0), 2048, "an empty history");
+    }
 
     #[test]
     fn body_has_the_flink_jobs_shape() {
