@@ -55,7 +55,7 @@ impl<'a> Payload<'a> {
         write_u64(&mut out, self.triggered_at);
         out.push(b'}');
         SIZING.set(sizing.after(out.len() - history, history, encoded));
-        out
+        fitted(out)
     }
 
     pub fn to_pretty_json(&self) -> serde_json::Result<String> {
@@ -63,9 +63,11 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// How big to make a body's buffer: the most bytes the rest of a body took, and the
-/// most JSON per byte of compact history (in sixteenths), over this thread's bodies,
-/// each bounded (one outsized body must not make every later buffer as big).
+/// How big to make a body's buffer: the bytes the rest of a body took, and the JSON per
+/// byte of compact history (in sixteenths), as this thread's recent bodies had them:
+/// up at once to a bigger body's, down by a sixteenth of the difference a smaller one
+/// (bodies alike get buffers that fit; after an outsized one, smaller ones do not keep
+/// its size), each bounded.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Sizing {
     rest: usize,
@@ -95,10 +97,27 @@ impl Sizing {
     fn after(self, rest: usize, history: usize, encoded: usize) -> Sizing {
         let per_byte = (history * 16).div_ceil(encoded.max(1)) + 1;
         Sizing {
-            rest: self.rest.max(rest + rest / 16).min(MAX_REST),
-            per_byte_16ths: self.per_byte_16ths.max(per_byte).min(MAX_PER_BYTE_16THS),
+            rest: follow(self.rest, rest + rest / 16).min(MAX_REST),
+            per_byte_16ths: follow(self.per_byte_16ths, per_byte).min(MAX_PER_BYTE_16THS),
         }
     }
+}
+
+/// `seen` if it is more than `was`, else `was` moved a sixteenth of the way to it.
+fn follow(was: usize, seen: usize) -> usize {
+    match seen >= was {
+        true => seen,
+        false => was - (was - seen).div_ceil(16),
+    }
+}
+
+/// A body whose buffer is more than half as big again as the body: given back down to
+/// its size (bodies wait in queues and in flight, each with its buffer).
+fn fitted(mut body: Vec<u8>) -> Vec<u8> {
+    if body.capacity() > body.len() + body.len() / 2 {
+        body.shrink_to_fit();
+    }
+    body
 }
 
 #[cfg(test)]
@@ -107,21 +126,43 @@ mod tests {
     use crate::model::{ProfileData, UserState};
 
     /// A body's buffer is sized from the bodies before: big enough for one like them
-    /// (no growing), never past the bounds for an outsized one.
+    /// (no growing), back down to the usual size after an outsized one, never past the
+    /// bounds.
     #[test]
     fn a_body_is_sized_from_the_ones_before() {
         let first = Sizing {
             rest: 2048,
             per_byte_16ths: 64,
         };
-        let after = first.after(1200, 33_000, 5_400);
-        assert!(after.capacity(5_400) >= 1200 + 33_000, "{after:?}");
-        assert!(after.capacity(5_400) < 2048 + 33_000 * 9 / 8, "{after:?}");
-        assert_eq!(after.after(100, 10, 5_400), after, "it keeps the most");
-        let huge = after.after(1 << 30, 1 << 30, 1);
+        let usual = first.after(1200, 33_000, 5_400);
+        assert!(usual.capacity(5_400) >= 1200 + 33_000, "{usual:?}");
+        assert!(usual.capacity(5_400) < 2048 + 33_000 * 9 / 8, "{usual:?}");
+        let huge = usual.after(1 << 30, 1 << 30, 1);
         assert_eq!(huge.rest, MAX_REST);
         assert_eq!(huge.per_byte_16ths, MAX_PER_BYTE_16THS);
-        assert_eq!(first.after(10, 0, 0).capacity(0), 2048, "an empty history");
+        let mut back = huge;
+        for _ in 0..100 {
+            back = back.after(1200, 33_000, 5_400);
+        }
+        let (need, got) = (1200 + 33_000, back.capacity(5_400));
+        assert!(got >= need && got < need + need / 8, "{need} {got}");
+        assert_eq!(first.after(10, 0, 0).capacity(0), 2048 - (2048 - 10_usize).div_ceil(16));
+    }
+
+    /// A body's buffer is at most half as big again as the body, whatever it was made
+    /// for; one that fits keeps its place.
+    #[test]
+    fn a_body_does_not_keep_a_buffer_much_bigger_than_itself() {
+        let mut big = Vec::with_capacity(1 << 20);
+        big.extend_from_slice(&[b'x'; 1000]);
+        let body = fitted(big);
+        assert_eq!(body.len(), 1000);
+        assert!(body.capacity() <= 1500, "{}", body.capacity());
+        let mut close = Vec::with_capacity(1100);
+        close.extend_from_slice(&[b'x'; 1000]);
+        let at = close.as_ptr();
+        let body = fitted(close);
+        assert_eq!((body.as_ptr(), body.capacity()), (at, 1100));
     }
 
     #[test]
