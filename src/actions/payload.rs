@@ -146,7 +146,10 @@ mod tests {
         }
         let (need, got) = (1200 + 33_000, back.capacity(5_400));
         assert!(got >= need && got < need + need / 8, "{need} {got}");
-        assert_eq!(first.after(10, 0, 0).capacity(0), 2048 - (2048 - 10_usize).div_ceil(16));
+        assert_eq!(
+            first.after(10, 0, 0).capacity(0),
+            2048 - (2048 - 10_usize).div_ceil(16)
+        );
     }
 
     /// A body's buffer is at most half as big again as the body, whatever it was made
