@@ -58,11 +58,7 @@ fn scan<'m>(msg: &'m [u8], layout: &Layout) -> Option<&'m [u8]> {
         }
         if key == b"user_id" {
             layout.keep(before);
-        } else {
-            before = layout.note(before, b.get(key_at..=at)?);
-        }
-        at = skip_ws(b, at + 1);
-        if key == b"user_id" {
+            at = skip_ws(b, at + 1);
             return match b.get(at)? {
                 b'"' => string(b, at).filter(|s| !s.1).map(|s| s.0),
                 b'{' | b'[' => None,
@@ -70,7 +66,8 @@ fn scan<'m>(msg: &'m [u8], layout: &Layout) -> Option<&'m [u8]> {
                 _ => value_end(b, at).map(|end| &b[at..end]),
             };
         }
-        at = skip_ws(b, value_end(b, at)?);
+        before = layout.note(before, b.get(key_at..=at)?);
+        at = skip_ws(b, value_end(b, skip_ws(b, at + 1))?);
         match b.get(at)? {
             b',' => at += 1,
             _ => return None,
@@ -84,7 +81,7 @@ const MAX_BEFORE: usize = 8;
 /// `"user_id":`
 const USER_ID: Pattern = match Pattern::new(b"\"user_id\":") {
     Some(p) => p,
-    None => Pattern::EMPTY,
+    None => panic!("`\"user_id\":` is longer than a pattern holds"),
 };
 
 /// The `"key":` of each member before `user_id` in the last message this thread
