@@ -35,9 +35,8 @@ impl<'a> Payload<'a> {
     /// The body, byte for byte what serde_json writes for this struct, written by hand
     /// (`body_json`; the history, most of it, straight from its compact form).
     pub fn to_json(&self) -> Vec<u8> {
-        // Sized up front from what this thread's bodies took: a ~30 KB body grown by
-        // doubling was copied once or twice (a fixed 4 bytes of JSON per compact byte
-        // was short by half on the reference events: ~3,000 instructions a call).
+        // Sized up front from what this thread's bodies took (`Sizing`): a ~30 KB body
+        // grown by doubling is copied once or twice, ~3,000 instructions a call.
         let sizing = SIZING.get();
         let encoded = self.event_history.encoded_len();
         let mut out = Vec::with_capacity(sizing.capacity(encoded));

@@ -60,7 +60,7 @@ fn scan<'m>(msg: &'m [u8], layout: &Layout) -> Option<&'m [u8]> {
             layout.keep(before);
             at = skip_ws(b, at + 1);
             return match b.get(at)? {
-                b'"' => string(b, at).filter(|s| !s.1).map(|s| s.0),
+                b'"' => plain_string(b, at),
                 b'{' | b'[' => None,
                 // A number or boolean: coerced to its text as written (`coerce::text_of`).
                 _ => value_end(b, at).map(|end| &b[at..end]),
@@ -133,7 +133,7 @@ impl Layout {
         }
         at += USER_ID.len();
         match b.get(at)? {
-            b'"' => string(b, at).filter(|s| !s.1).map(|s| s.0),
+            b'"' => plain_string(b, at),
             _ => None,
         }
     }
@@ -163,6 +163,11 @@ impl Layout {
 fn string(b: &[u8], at: usize) -> Option<(&[u8], bool, usize)> {
     let (end, escaped) = string_end(b, at)?;
     Some((&b[at + 1..end - 1], escaped, end))
+}
+
+/// The text of the string at `at` if it holds no escape (a user id taken as written).
+fn plain_string(b: &[u8], at: usize) -> Option<&[u8]> {
+    string(b, at).filter(|s| !s.1).map(|s| s.0)
 }
 
 #[cfg(test)]
