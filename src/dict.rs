@@ -247,6 +247,48 @@ pub fn prefix(n: usize) -> impl Iterator<Item = &'static str> {
     (0..n as u32).map_while(get)
 }
 
+/// Ids a thread's `View` holds (16 bytes each: 1 MiB at most).
+const VIEW_MAX: usize = 1 << 16;
+
+thread_local! {
+    static VIEW: RefCell<View> = const { RefCell::new(View(Vec::new())) };
+}
+
+/// This thread's copy of the dictionary's texts by id, filled as ids are read: one
+/// bounds check and one load where `get` finds the chunk and checks two `OnceLock`s
+/// (~30 instructions, one for every key and string of a webhook body's history).
+pub struct View(Vec<Option<&'static str>>);
+
+impl View {
+    /// The string with id `id`, as `get` gives it.
+    #[inline]
+    pub fn get(&mut self, id: u32) -> Option<&'static str> {
+        match self.0.get(id as usize) {
+            Some(Some(text)) => Some(text),
+            _ => self.miss(id),
+        }
+    }
+
+    #[inline(never)]
+    fn miss(&mut self, id: u32) -> Option<&'static str> {
+        let text = get(id)?;
+        let at = id as usize;
+        if at < VIEW_MAX {
+            if at >= self.0.len() {
+                self.0
+                    .resize((at + 1).next_power_of_two().min(VIEW_MAX), None);
+            }
+            self.0[at] = Some(text);
+        }
+        Some(text)
+    }
+}
+
+/// Runs `f` with this thread's `View` (not to be called again inside `f`).
+pub fn with_view<R>(f: impl FnOnce(&mut View) -> R) -> R {
+    VIEW.with_borrow_mut(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +389,25 @@ mod tests {
     #[test]
     fn long_strings_stay_inline() {
         assert_eq!(intern(&"x".repeat(MAX_LEN + 1)), None);
+    }
+
+    /// A thread's view gives what `get` gives, for ids it holds, ids past what it
+    /// holds, and ids the dictionary has not given out.
+    #[test]
+    fn the_view_reads_what_the_dictionary_holds() {
+        let ids: Vec<u32> = (0..3_000)
+            .map(|i| intern(&format!("view-{i}")).unwrap())
+            .collect();
+        with_view(|view| {
+            for round in 0..2 {
+                for &id in ids.iter().rev() {
+                    assert_eq!(view.get(id), get(id), "round {round}");
+                }
+            }
+            // Ids the dictionary never gives (other tests add strings meanwhile).
+            assert_eq!(view.get(MAX_STRINGS as u32), None);
+            assert_eq!(view.get(u32::MAX), None);
+            assert_eq!(view.get(ids[7]), get(ids[7]));
+        });
     }
 }

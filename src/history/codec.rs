@@ -144,14 +144,20 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub fn varint(&mut self) -> u64 {
-        // Most are one byte (tags, ids under 64, short lengths).
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return u64::from(b);
+        // Most are one byte (tags, ids under 64, short lengths), and most others two (a
+        // string id under 8,192: a webhook body reads ~30 such a history entry, each a
+        // call to `long_varint` of ~90 instructions).
+        match self.buf.get(self.pos..) {
+            Some(&[b, ..]) if b < 0x80 => {
+                self.pos += 1;
+                u64::from(b)
+            }
+            Some(&[low, high, ..]) if high < 0x80 => {
+                self.pos += 2;
+                u64::from(low & 0x7f) | u64::from(high) << 7
+            }
+            _ => self.long_varint(),
         }
-        self.long_varint()
     }
 
     #[inline(never)]
@@ -219,12 +225,12 @@ impl<'a> Reader<'a> {
     /// A string reference resolved in this process's dictionary, its text as stored:
     /// as `str` reads it, but an inline string's bytes not checked for UTF-8 (for a
     /// writer that checks them on its way).
-    pub fn stored(&mut self) -> &'a [u8] {
+    pub fn stored(&mut self, view: &mut dict::View) -> &'a [u8] {
         let v = self.varint();
         if v & 1 == 0 {
             return self.bytes((v >> 1) as usize);
         }
-        match dict::get((v >> 1) as u32) {
+        match view.get((v >> 1) as u32) {
             Some(s) => s.as_bytes(),
             None => {
                 self.fail();
@@ -289,13 +295,16 @@ pub fn read_entry<'a>(r: &mut Reader<'a>) -> Fields<&'a [u8], &'a str> {
 
 /// Reads the body of one entry as `read_entry` does, its strings' bytes as stored
 /// (`Reader::stored`: inline ones not checked for UTF-8).
-pub fn read_entry_stored<'a>(r: &mut Reader<'a>) -> Fields<&'a [u8], &'a [u8]> {
-    read_fields(r, Reader::stored)
+pub fn read_entry_stored<'a>(
+    r: &mut Reader<'a>,
+    view: &mut dict::View,
+) -> Fields<&'a [u8], &'a [u8]> {
+    read_fields(r, |r| r.stored(view))
 }
 
 fn read_fields<'a, S>(
     r: &mut Reader<'a>,
-    string: impl Fn(&mut Reader<'a>) -> S,
+    mut string: impl FnMut(&mut Reader<'a>) -> S,
 ) -> Fields<&'a [u8], S> {
     let flags = r.byte();
     let timestamp = unzigzag(r.varint());
@@ -529,14 +538,121 @@ fn string<'j>(text: &'j str, pos: &mut usize) -> Option<&'j str> {
 /// Appends the JSON text of the value at the start of `tokens` (tokens this process
 /// wrote, or read back from a checkpoint part or RocksDB: ids are its dictionary's).
 pub fn write_json(out: &mut Vec<u8>, tokens: &[u8]) {
-    let here = |id: u32| dict::get(id).map(str::as_bytes);
+    dict::with_view(|view| write_json_in(out, tokens, view));
+}
+
+/// `write_json`, ids read through `view` (this thread's, taken once for many values).
+pub fn write_json_in(out: &mut Vec<u8>, tokens: &[u8], view: &mut dict::View) {
     let mark = out.len();
+    if write_plain(out, tokens, view).is_some() {
+        return;
+    }
+    out.truncate(mark);
+    let here = |id: u32| dict::get(id).map(str::as_bytes);
     // Tokens that do not decode (damage that got past a checksum: see
     // `History::from_encoded`) are written as `null`, not as part of a value.
     if write_value(out, &mut Reader::new(tokens), &here, 0).is_err() {
         out.truncate(mark);
         out.extend_from_slice(b"null");
     }
+}
+
+/// Containers nested this deep at most are `write_plain`'s; deeper ones `write_value`'s.
+const PLAIN_DEPTH: u32 = 16;
+
+/// `write_json` of the usual value, in one loop with the open containers as bits of a
+/// word: `write_value`'s call, depth check and `Result` for each member were ~150
+/// instructions of the ~200 a member of a webhook body's history took. `None`, having
+/// written part of the value, for anything else (tokens that do not decode, a string id
+/// the dictionary has not, containers nested deeper than `PLAIN_DEPTH`): `write_value`
+/// then writes it, or refuses it, as it always has.
+fn write_plain(out: &mut Vec<u8>, t: &[u8], view: &mut dict::View) -> Option<()> {
+    let mut r = Reader::new(t);
+    // Bit `d` of `objects`: the container open at depth `d` is an object (else an array).
+    let (mut objects, mut depth, mut first) = (0u32, 0u32, true);
+    loop {
+        // A value.
+        let tag = r.byte();
+        match tag {
+            NULL => out.extend_from_slice(b"null"),
+            FALSE => out.extend_from_slice(b"false"),
+            TRUE => out.extend_from_slice(b"true"),
+            NUM | RAW => plain_piece(out, &mut r, view, b"", b"")?,
+            STR => plain_piece(out, &mut r, view, b"\"", b"\"")?,
+            OBJ | ARR if depth < PLAIN_DEPTH => {
+                objects = (objects & !(1 << depth)) | (u32::from(tag == OBJ) << depth);
+                depth += 1;
+                first = true;
+                out.push(if tag == OBJ { b'{' } else { b'[' });
+            }
+            _ => return None,
+        }
+        // Past the value: the next member or element, or the ends of containers.
+        loop {
+            if r.bad.is_some() {
+                return None;
+            }
+            if depth == 0 {
+                return Some(());
+            }
+            if objects & (1 << (depth - 1)) != 0 {
+                match r.varint() {
+                    0 if r.bad.is_none() => out.push(b'}'),
+                    0 => return None,
+                    k => {
+                        // The separator apart: `put3`'s ends are constants, plain stores.
+                        if !first {
+                            out.push(b',');
+                        }
+                        plain_ref(out, &mut r, view, k - 1, b"\"", b"\":")?;
+                        first = false;
+                        break;
+                    }
+                }
+            } else if r.peek() == Some(END) {
+                r.pos += 1;
+                out.push(b']');
+            } else {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                break;
+            }
+            depth -= 1;
+            first = false;
+        }
+    }
+}
+
+/// `put_piece` of the string reference read next, ids through this process's dictionary.
+#[inline(always)]
+fn plain_piece(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    view: &mut dict::View,
+    before: &[u8],
+    after: &[u8],
+) -> Option<()> {
+    let v = r.varint();
+    plain_ref(out, r, view, v, before, after)
+}
+
+#[inline(always)]
+fn plain_ref(
+    out: &mut Vec<u8>,
+    r: &mut Reader<'_>,
+    view: &mut dict::View,
+    v: u64,
+    before: &[u8],
+    after: &[u8],
+) -> Option<()> {
+    if v & 1 == 1 {
+        put3(out, before, view.get((v >> 1) as u32)?.as_bytes(), after);
+    } else {
+        put3(out, before, r.bytes((v >> 1) as usize), after);
+    }
+    Some(())
 }
 
 /// Appends the JSON text of one value, the text of string ids from `text` (this
@@ -727,6 +843,120 @@ mod tests {
             put_varint(&mut out, v);
             assert_eq!(varint_len(v), out.len(), "{v}");
         }
+    }
+
+    /// Every varint reads back as written, whatever its length and whatever follows it;
+    /// one cut short is bad, and a longer form of a value (not written here) still reads
+    /// as that value.
+    #[test]
+    fn varints_read_back_as_written_and_a_cut_one_is_bad() {
+        let mut values = vec![u64::MAX, u64::from(u32::MAX)];
+        for bits in 0..64 {
+            let v = 1u64 << bits;
+            values.extend([v - 1, v, v + 1]);
+        }
+        for v in values {
+            let mut bytes = Vec::new();
+            put_varint(&mut bytes, v);
+            for tail in [&[][..], &[0x00], &[0xff, 0x01]] {
+                let mut buf = bytes.clone();
+                buf.extend_from_slice(tail);
+                let mut r = Reader::new(&buf);
+                assert_eq!((r.varint(), r.pos, r.bad), (v, bytes.len(), None), "{v}");
+            }
+            for cut in 0..bytes.len() {
+                let mut r = Reader::new(&bytes[..cut]);
+                r.varint();
+                assert!(r.bad.is_some(), "{v} cut to {cut} bytes");
+            }
+        }
+        for (bytes, v) in [(&[0x81, 0x00][..], 1), (&[0x80, 0x80, 0x01], 1 << 14)] {
+            let mut r = Reader::new(bytes);
+            assert_eq!((r.varint(), r.pos), (v, bytes.len()));
+        }
+    }
+
+    /// `write_json` as it was before `write_plain`: `write_value`, or `null`.
+    fn by_write_value(tokens: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let here = |id: u32| dict::get(id).map(str::as_bytes);
+        if write_value(&mut out, &mut Reader::new(tokens), &here, 0).is_err() {
+            out = b"null".to_vec();
+        }
+        out
+    }
+
+    /// Some compact JSON text: scalars, long strings (kept inline), and containers
+    /// nested up to `deep`, past `write_plain`'s depth at times.
+    fn some_json(rng: &mut crate::history::tests::Rng, depth: u32, deep: u32) -> String {
+        let pick = if depth >= deep { 5 } else { 8 };
+        match rng.next(pick) {
+            0 => "null".into(),
+            1 => ["true", "false"][rng.next(2) as usize].into(),
+            2 => format!("{}", rng.next(1 << 40) as i64 - (1 << 39)),
+            3 => format!("{}.{}e-{}", rng.next(1000), rng.next(100), rng.next(9)),
+            4 => {
+                let s = [
+                    "",
+                    "a",
+                    "utm_source",
+                    "q\\\"x",
+                    "\\u00e9",
+                    "https://x.example/p/1",
+                ][rng.next(6) as usize];
+                format!("\"{s}{}\"", "z".repeat(rng.next(2) as usize * 300))
+            }
+            5 if depth >= deep => "[]".into(),
+            5 | 6 => {
+                let items: Vec<String> = (0..rng.next(4))
+                    .map(|_| some_json(rng, depth + 1, deep))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                let members: Vec<String> = (0..rng.next(5))
+                    .map(|i| format!("\"k{}\":{}", i, some_json(rng, depth + 1, deep)))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    /// The one-loop writer writes what the recursive one writes, for any value it takes
+    /// (and leaves the rest to it): values nested past its depth, long inline strings,
+    /// and damaged tokens (bytes changed, cut short) come out as they did.
+    #[test]
+    fn the_plain_writer_writes_what_write_value_writes() {
+        let mut rng = crate::history::tests::Rng::new(7);
+        let mut plain = 0;
+        for case in 0..4_000 {
+            let deep = [2, 4, 20][case % 3];
+            let json = some_json(&mut rng, 0, deep);
+            let mut tokens = Vec::new();
+            put_json(&mut tokens, &json);
+            let mut out = Vec::new();
+            if dict::with_view(|view| write_plain(&mut out, &tokens, view)).is_some() {
+                plain += 1;
+                assert_eq!(out, json.as_bytes(), "{json}");
+            }
+            let mut out = Vec::new();
+            write_json(&mut out, &tokens);
+            assert_eq!(out, json.as_bytes(), "{json}");
+            for _ in 0..8 {
+                let mut damaged = tokens.clone();
+                match rng.next(3) {
+                    0 => damaged.truncate(rng.next(tokens.len() as u64) as usize),
+                    _ => {
+                        let at = rng.next(tokens.len() as u64) as usize;
+                        damaged[at] = rng.next(256) as u8;
+                    }
+                }
+                let mut out = Vec::new();
+                write_json(&mut out, &damaged);
+                assert_eq!(out, by_write_value(&damaged), "{json} damaged: {damaged:?}");
+            }
+        }
+        assert!(plain > 3_000, "only {plain} written by the plain writer");
     }
 
     /// A value nested up to `MAX_DEPTH` deep is written; a deeper one (never written by

@@ -149,19 +149,21 @@ pub(super) fn write_entries(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'[');
     let mut at = 0;
     let mut sep: &[u8] = b"";
-    while let Some(body) = super::body_at(bytes, at) {
-        at = super::end_of(bytes, body);
-        put3(out, sep, b"{", b"\"event_id\":");
-        sep = b",";
-        write_entry(out, &mut Reader::new(body));
-        out.push(b'}');
-    }
+    crate::dict::with_view(|view| {
+        while let Some(body) = super::body_at(bytes, at) {
+            at = super::end_of(bytes, body);
+            put3(out, sep, b"{", b"\"event_id\":");
+            sep = b",";
+            write_entry(out, &mut Reader::new(body), view);
+            out.push(b'}');
+        }
+    });
     out.push(b']');
 }
 
 /// The members of one entry, from `"event_id"`'s value on.
-fn write_entry(out: &mut Vec<u8>, r: &mut Reader<'_>) {
-    let f = codec::read_entry_stored(r);
+fn write_entry(out: &mut Vec<u8>, r: &mut Reader<'_>, view: &mut crate::dict::View) {
+    let f = codec::read_entry_stored(r, view);
     match f.event_id {
         Some(id) => write_stored(out, id),
         None => out.extend_from_slice(b"null"),
@@ -183,7 +185,7 @@ fn write_entry(out: &mut Vec<u8>, r: &mut Reader<'_>) {
     match f.parameters {
         Some(p) => {
             out.extend_from_slice(b",\"parameters\":");
-            codec::write_json(out, p);
+            codec::write_json_in(out, p, view);
         }
         None => out.extend_from_slice(b",\"parameters\":null"),
     }
