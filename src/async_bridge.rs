@@ -49,6 +49,10 @@ impl<R: Send + 'static> AsyncBridge<R> {
         let activator = self.activator.clone();
         let woken = self.woken.clone();
         self.in_flight += 1;
+        // Boxed: the runtime moves a task's future, and later its output, whole, three
+        // times a task; a webhook call's future (hyper's request and answer in it) is
+        // kilobytes, a box a pointer.
+        let work = Box::pin(work);
         self.runtime.spawn(async move {
             let result = work.await;
             // The operator is gone only when the dataflow was dropped; nothing to tell.
