@@ -72,7 +72,7 @@ const FRONT_LEN: usize = 16;
 /// The first and last eight bytes of `s` (of up to 16 bytes) as words (for fewer than
 /// eight, its bytes and zeros, and 0): with its length, all of `s`.
 #[inline]
-fn ends(s: &[u8]) -> (u64, u64) {
+pub(crate) fn ends(s: &[u8]) -> (u64, u64) {
     let word = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
     match s.len() {
         n @ 8.. => (word(0), word(n - 8)),

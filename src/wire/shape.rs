@@ -23,22 +23,14 @@ pub(super) fn checked(key: &[u8]) -> Option<(u8, u8)> {
     same(key, name).then_some((bit, start))
 }
 
-/// `key == name` for a `name` of 4 to 16 bytes, as two overlapping words each: every
-/// event's parameters compare ~9 keys here, and `==` was a call to `memcmp` each.
+/// `key == name`, for names of up to 16 bytes as the dictionary's front cache compares
+/// strings (`dict::ends`: two words and the length): every event's parameters compare
+/// ~9 keys here, and `==` was a call to `memcmp` each.
 #[inline(always)]
 fn same(key: &[u8], name: &[u8]) -> bool {
-    let n = name.len();
-    if key.len() != n || !(4..=16).contains(&n) {
-        return key == name;
-    }
-    if n >= 8 {
-        let word =
-            |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
-        word(key, 0) == word(name, 0) && word(key, n - 8) == word(name, n - 8)
-    } else {
-        let word =
-            |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or_default());
-        word(key, 0) == word(name, 0) && word(key, n - 4) == word(name, n - 4)
+    match name.len() {
+        n @ ..=16 => key.len() == n && crate::dict::ends(key) == crate::dict::ends(name),
+        _ => key == name,
     }
 }
 
