@@ -648,12 +648,15 @@ fn plain_ref(
     before: &[u8],
     after: &[u8],
 ) -> Option<()> {
-    if v & 1 == 1 {
-        put3(out, before, view.get((v >> 1) as u32)?.as_bytes(), after);
-    } else {
-        put3(out, before, r.bytes((v >> 1) as usize), after);
-    }
-    Some(())
+    put_piece(
+        out,
+        r,
+        v,
+        |id| view.get(id).map(str::as_bytes),
+        before,
+        after,
+    )
+    .ok()
 }
 
 /// Appends the JSON text of one value, the text of string ids from `text` (this
@@ -759,11 +762,11 @@ fn write_container<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
 /// Appends `before`, the text of the string reference `v` (a dictionary id through
 /// `text`, or inline bytes read from `r`), and `after`.
 #[inline(always)]
-fn put_piece<T: AsRef<[u8]>, F: Fn(u32) -> Option<T> + ?Sized>(
+fn put_piece<T: AsRef<[u8]>>(
     out: &mut Vec<u8>,
     r: &mut Reader<'_>,
     v: u64,
-    text: &F,
+    text: impl FnOnce(u32) -> Option<T>,
     before: &[u8],
     after: &[u8],
 ) -> Result<(), Malformed> {
