@@ -117,6 +117,8 @@ struct Endpoint {
     uri: Uri,
     /// which go in `Authorization: Basic` (as reqwest, the client before, sent them).
     credentials: Option<HeaderValue>,
+    /// `Host`, as the client would write it for `uri` (see `http_client::host_header`).
+    host: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -157,6 +159,7 @@ impl WebhookClient {
             endpoint: Arc::new(Endpoint {
                 client,
                 url: crate::http_client::without_query_values(&url),
+                host: crate::http_client::host_header(&uri),
                 uri,
                 credentials,
                 timeout,
@@ -300,6 +303,9 @@ impl WebhookClient {
         }
         if let Some(basic) = &self.endpoint.credentials {
             headers.insert(header::AUTHORIZATION, basic.clone());
+        }
+        if let Some(host) = &self.endpoint.host {
+            headers.insert(header::HOST, host.clone());
         }
         let Endpoint {
             client,
@@ -587,6 +593,50 @@ mod tests {
                 started.elapsed()
             );
         });
+    }
+
+    /// A call's `Host`, set once for the endpoint, is what the client writes for a
+    /// request without one (the receiver's address as the URL names it).
+    #[test]
+    fn a_calls_host_is_the_one_the_client_writes() {
+        let rt = runtime();
+        let seen = rt.block_on(async {
+            let (addr, seen) = recording("host", hyper::StatusCode::OK).await;
+            for url in [
+                format!("http://{addr}/hook"),
+                format!("http://localhost:{}/hook", addr.port()),
+            ] {
+                let client =
+                    WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None)
+                        .unwrap();
+                client
+                    .deliver(Bytes::from_static(b"{}"), None, 1)
+                    .await
+                    .result
+                    .unwrap();
+                let mut bare = Request::new(Full::new(Bytes::new()));
+                *bare.uri_mut() = url.parse().unwrap();
+                let answer = crate::http_client::send(&client.endpoint.client, bare, 1024).await;
+                assert_eq!(answer.unwrap().status, hyper::StatusCode::OK);
+            }
+            seen
+        });
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(seen[2], seen[3]);
+        assert!(
+            seen[0]
+                .as_deref()
+                .is_some_and(|h| h.starts_with(b"127.0.0.1:")),
+            "{seen:?}"
+        );
+        assert!(
+            seen[2]
+                .as_deref()
+                .is_some_and(|h| h.starts_with(b"localhost:")),
+            "{seen:?}"
+        );
     }
 
     /// Credentials written in the URL go as `Authorization: Basic` (as reqwest sent

@@ -52,6 +52,8 @@ pub struct HttpProfileApi {
     /// configured one, else `Basic` for the credentials written in the base URL
     /// (`http://user:pass@host`; `base` is without them).
     auth: Option<HeaderValue>,
+    /// `Host` for requests to `base` (see `http_client::host_header`).
+    host: Option<HeaderValue>,
     /// Requests at once to the API from this process.
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
@@ -88,9 +90,14 @@ impl HttpProfileApi {
             }
             Err(_) => (base_url.to_string(), None),
         };
+        let host = base
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|uri| crate::http_client::host_header(&uri));
         Ok(HttpProfileApi {
             client: Arc::new(client),
             timeout,
+            host,
             base: base.trim_end_matches('/').to_string(),
             retry: RetryPolicy {
                 retries: 0,
@@ -256,6 +263,10 @@ impl HttpProfileApi {
                 && (hop == 0 || same_origin(&at, &self.base))
             {
                 headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+            // A redirect's target gets the client's own.
+            if let Some(host) = self.host.as_ref().filter(|_| hop == 0) {
+                headers.insert(header::HOST, host.clone());
             }
             let answer = send(&self.client, request, MAX_BODY_BYTES).await?;
             match redirect(&answer, &at) {
@@ -478,6 +489,61 @@ mod tests {
             let e = api.fetch("loop").await.expect_err("a loop ends");
             assert!(e.to_string().contains("more than 10 redirects"), "{e}");
             assert!(e.is_transient());
+        });
+    }
+
+    /// Each request's `Host` names the server it goes to: the API's for a look-up (set
+    /// once for the base URL), a redirect's target for the request that follows it.
+    #[test]
+    fn each_request_names_the_host_it_goes_to() {
+        let rt = runtime();
+        rt.block_on(async {
+            let hosts: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+            let serve_logging = |to: Option<String>| {
+                let log = hosts.clone();
+                let h = handler(move |req: Request<Bytes>| {
+                    let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
+                    let host = String::from_utf8_lossy(host.unwrap_or(b"(none)")).into_owned();
+                    log.lock()
+                        .unwrap()
+                        .push((req.uri().path().to_string(), host));
+                    let what = req.uri().path().rsplit('/').next().unwrap_or_default();
+                    let body = match what {
+                        "profile" => "{}",
+                        "visit" => "null",
+                        _ => "[]",
+                    };
+                    let mut r = reply(hyper::StatusCode::OK, body);
+                    if let Some(to) = &to {
+                        *r.status_mut() = hyper::StatusCode::TEMPORARY_REDIRECT;
+                        r.headers_mut().insert(
+                            header::LOCATION,
+                            format!("{to}/there/{what}").parse().unwrap(),
+                        );
+                    }
+                    async move { r }
+                });
+                serve("127.0.0.1:0".parse().unwrap(), h)
+            };
+            let other = serve_logging(None).await.unwrap();
+            let base = serve_logging(Some(format!("http://localhost:{}", other.port())))
+                .await
+                .unwrap();
+            let api =
+                HttpProfileApi::new(&format!("http://{base}/"), Duration::from_secs(5)).unwrap();
+            api.fetch("u1").await.expect("followed to the other server");
+            let mut seen = hosts.lock().unwrap().clone();
+            seen.sort();
+            let expected: Vec<(String, String)> = ["history", "profile", "visit"]
+                .iter()
+                .map(|w| (format!("/there/{w}"), format!("localhost:{}", other.port())))
+                .chain(
+                    ["history", "profile", "visit"]
+                        .iter()
+                        .map(|w| (format!("/users/u1/{w}"), base.to_string())),
+                )
+                .collect();
+            assert_eq!(seen, expected);
         });
     }
 
