@@ -1,6 +1,6 @@
-//! The one way the job builds HTTP clients: hyper's own pooled client, rustls with the
-//! `ring` provider and the platform's root certificates (plus a private CA's, from
-//! `ca-file`), keep-alive pools.
+//! The one way the job builds HTTP clients: hyper's HTTP/1.1 connections, kept alive
+//! in a pool of the job's own (`crate::http_pool`), over rustls with the `ring` provider
+//! and the platform's root certificates (plus a private CA's, from `ca-file`).
 //!
 //! Not reqwest, which is built on the same crates: it parses each request's URL twice
 //! more (its redirect layer and its response, through the `url` crate: ~12,000
@@ -13,7 +13,6 @@ use std::sync::{Arc, Once};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -26,8 +25,7 @@ fn install_provider() {
     });
 }
 
-/// A pooled HTTP/1.1 client on hyper, over TLS where the URL says `https`.
-pub type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use crate::http_pool::HyperClient;
 
 /// Why an answer's body could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +93,9 @@ pub async fn head(
     client: &HyperClient,
     request: hyper::Request<Full<Bytes>>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
-    client
-        .request(request)
-        .await
-        .map_err(|e| SendError(error_chain(&e)))
+    // Boxed, as hyper-util's client boxed its own: the callers' futures (three look-ups
+    // joined in a fetch) held it inline, kilobytes moved as each was built and spawned.
+    Box::pin(client.request(request)).await
 }
 
 /// The `Host` header hyper's client writes for a request to `uri`: its host, with
@@ -186,10 +183,11 @@ pub fn hyper_client(ca: Option<&Path>) -> Result<HyperClient, TlsError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(https))
+    Ok(HyperClient::new(
+        https,
+        1024,
+        crate::http_pool::IDLE_TIMEOUT,
+    ))
 }
 
 /// A CA file that cannot be trusted; each names the file, its cause is its source.

@@ -15,6 +15,7 @@ pub mod dict;
 pub mod filter;
 pub mod history;
 pub mod http_client;
+pub mod http_pool;
 pub mod http_server;
 pub mod intern;
 pub mod json_scan;
