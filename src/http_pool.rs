@@ -5,7 +5,9 @@
 //! several times (checkout, the set of connections being made, the idle list: ~2,300
 //! instructions a request) and built a checkout raced against a connect, where the job
 //! sends its requests to one or two origins. Here a request takes the most recently
-//! parked connection of its origin from a short list under a lock, or connects.
+//! parked connection of its origin from a short list under a lock; else it connects, and
+//! takes a connection parked meanwhile if that comes first (the new one is parked when
+//! made), as hyper-util did.
 //! callgrind: ~2,500 instructions a request in this module where hyper-util's client
 //! took ~7,500 (webhook calls: 94,500 -> 89,300 instructions a call; a Profile API
 //! look-up, three requests, ~16,000 fewer).
@@ -18,7 +20,7 @@
 //! read as the client's did ("client error (Connect): tcp connect error: ...").
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -61,6 +63,25 @@ struct Pool {
     idle_timeout: Duration,
     /// Whether a task closes expired connections (one at a time, while any is parked).
     reaping: AtomicBool,
+    /// Requests waiting for a connection to be parked, and their wake-up.
+    waiting: AtomicUsize,
+    parked: tokio::sync::Notify,
+}
+
+/// A request counted among those waiting for a parked connection, while it lives.
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn on(pool: &'a Pool) -> Self {
+        pool.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Parked {
@@ -92,6 +113,8 @@ impl HyperClient {
                 max_idle_per_origin,
                 idle_timeout,
                 reaping: AtomicBool::new(false),
+                waiting: AtomicUsize::new(0),
+                parked: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -126,9 +149,7 @@ impl HyperClient {
         loop {
             let (mut sender, reused) = match self.pool.take(&origin) {
                 Some(sender) => (sender, true),
-                // Boxed: the connector's and the handshake's futures are kilobytes,
-                // which every request's future held (and its callers moved) inline.
-                None => (Box::pin(self.connect(&origin)).await?, false),
+                None => self.connect_or_wait(&origin).await?,
             };
             match sender.try_send_request(request).await {
                 Ok(answer) => {
@@ -142,6 +163,40 @@ impl HyperClient {
                     Some(_) => return Err(client_error("Canceled", e.error())),
                     None => return Err(client_error("SendRequest", e.error())),
                 },
+            }
+        }
+    }
+
+    /// A new connection to `origin`, or one parked while it is being made, whichever
+    /// comes first (as hyper-util raced them: a slow connect, a TLS handshake far away,
+    /// does not hold a request that a connection freed meanwhile can take); whether it
+    /// is a parked one. A new connection not taken is parked when made.
+    async fn connect_or_wait(&self, origin: &Origin) -> Result<(Sender, bool), SendError> {
+        let (made, mut connected) = tokio::sync::oneshot::channel();
+        let (client, to) = (self.clone(), origin.clone());
+        // Its own task: the connect goes on when a parked connection is taken instead.
+        tokio::spawn(async move {
+            if let Err(Ok(sender)) = made.send(client.connect(&to).await) {
+                client.pool.park_when_ready(to, sender);
+            }
+        });
+        let _waiting = Waiting::on(&self.pool);
+        loop {
+            let parked = self.pool.parked.notified();
+            tokio::pin!(parked);
+            // Told of a connection parked from here on, before looking.
+            parked.as_mut().enable();
+            if let Some(sender) = self.pool.take(origin) {
+                return Ok((sender, true));
+            }
+            tokio::select! {
+                new = &mut connected => {
+                    let new = new.unwrap_or_else(|_| Err(SendError::new(
+                        "client error (Connect): the connecting task ended".to_string(),
+                    )));
+                    return new.map(|sender| (sender, false));
+                }
+                () = &mut parked => {}
             }
         }
     }
@@ -235,6 +290,9 @@ impl Pool {
             }
             parked.senders.push_back((sender, Instant::now()));
         }
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.parked.notify_waiters();
+        }
         self.reap_later();
     }
 
@@ -269,7 +327,6 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// What a raw HTTP server on 127.0.0.1 saw: connections accepted, connections the

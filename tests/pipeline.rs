@@ -927,6 +927,58 @@ fn several_actions_each_get_the_events_their_filters_pass() {
     assert_eq!(counts.actions_ok, (expected.len() + want_long.len()) as u64);
 }
 
+/// A request that has to connect takes a connection freed while its own is being made
+/// (here a TLS handshake that takes 3 s), as hyper-util's client did, rather than waiting
+/// for its own (found by a trial: against a server slow to take new connections, requests
+/// waited on handshakes while kept connections went idle); its own is still made.
+#[test]
+fn a_request_takes_a_connection_freed_while_its_own_is_being_made() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, acceptor) = test_ca(dir.path());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let handler = event_trigger::http_server::handler(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        event_trigger::http_server::reply(hyper::StatusCode::OK, "{}")
+    });
+    let addr = rt
+        .block_on(event_trigger::http_server::serve_over(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+            move |stream| {
+                let (acceptor, n) = (acceptor.clone(), count.fetch_add(1, Ordering::SeqCst));
+                async move {
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    acceptor.accept(stream).await
+                }
+            },
+        ))
+        .unwrap();
+    let client = event_trigger::http_client::hyper_client(Some(&ca_file)).unwrap();
+    let url = format!("https://localhost:{}/x", addr.port());
+    let get = || event_trigger::http_client::get(&client, &url, 1024);
+    let waited = rt.block_on(async {
+        assert_eq!(get().await.unwrap().status, 200);
+        // Parked once its answer is read (a moment after, by its own task).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first connection is busy for 200 ms when the second request comes.
+        let (first, second) = tokio::join!(get(), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let started = Instant::now();
+            get().await.map(|answer| (answer.status, started.elapsed()))
+        });
+        assert_eq!(first.unwrap().status, 200);
+        let (status, waited) = second.unwrap();
+        assert_eq!(status, 200);
+        waited
+    });
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 /// A Profile API and a webhook receiver over TLS on 127.0.0.1, with certificates of a
 /// private CA: with `ca-file` set to that CA, look-ups and deliveries go through; without
 /// it the certificate is refused (verification is on), the look-ups fail and the
