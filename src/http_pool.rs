@@ -13,7 +13,7 @@
 //! look-up, three requests, ~16,000 fewer).
 //!
 //! What it keeps of hyper-util's behaviour: a request without `Host` gets the one the
-//! URL names (`http_client::host_header`) and goes in origin form (`/path?query`); a
+//! URL names (`http_client::host_header`, made once per origin) and goes in origin form (`/path?query`); a
 //! request that a parked connection could not take (closed as it was taken) is sent again
 //! on another, one that was written is not; a connection goes back to the pool once its
 //! answer has been read to its end, and is closed after `IDLE_TIMEOUT` unused; errors
@@ -55,6 +55,17 @@ struct Origin {
     authority: Authority,
 }
 
+impl Origin {
+    /// Its root URL (`scheme://authority/`).
+    fn uri(&self) -> Result<hyper::Uri, hyper::http::Error> {
+        hyper::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+    }
+}
+
 struct Pool {
     /// Parked connections by origin (a job talks to one or two), each list the oldest
     /// first: taken from the back, expired from the front.
@@ -86,10 +97,35 @@ impl Drop for Waiting<'_> {
 
 struct Parked {
     origin: Origin,
+    /// The `Host` the origin's URLs name (`http_client::host_header`), made once.
+    host: Option<hyper::header::HeaderValue>,
     senders: VecDeque<(Sender, Instant)>,
 }
 
 impl Parked {
+    fn new(origin: Origin) -> Self {
+        Parked {
+            host: origin
+                .uri()
+                .ok()
+                .and_then(|uri| crate::http_client::host_header(&uri)),
+            origin,
+            senders: VecDeque::new(),
+        }
+    }
+
+    /// The most recently parked open connection; closed ones met on the way, and
+    /// expired ones, are dropped.
+    fn take(&mut self, timeout: Duration) -> Option<Sender> {
+        self.expire(timeout);
+        while let Some((sender, _)) = self.senders.pop_back() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
     /// Drops the connections unused for `timeout` and the closed ones among them.
     fn expire(&mut self, timeout: Duration) {
         while self
@@ -135,19 +171,19 @@ impl HyperClient {
             scheme: scheme.clone(),
             authority: authority.clone(),
         };
-        let host = (!request.headers().contains_key(hyper::header::HOST))
-            .then(|| crate::http_client::host_header(uri))
-            .flatten();
+        let (host, mut parked) = self.pool.checkout(&origin);
         let path = uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if let Some(host) = host {
+        if let Some(host) = host
+            && !request.headers().contains_key(hyper::header::HOST)
+        {
             request.headers_mut().insert(hyper::header::HOST, host);
         }
         *request.uri_mut() = hyper::Uri::from(path);
         loop {
-            let (mut sender, reused) = match self.pool.take(&origin) {
+            let (mut sender, reused) = match parked.take().or_else(|| self.pool.take(&origin)) {
                 Some(sender) => (sender, true),
                 None => self.connect_or_wait(&origin).await?,
             };
@@ -203,12 +239,7 @@ impl HyperClient {
 
     async fn connect(&self, origin: &Origin) -> Result<Sender, SendError> {
         let mut connector = self.connector.clone();
-        let target = hyper::Uri::builder()
-            .scheme(origin.scheme.clone())
-            .authority(origin.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| client_error("Connect", &e))?;
+        let target = origin.uri().map_err(|e| client_error("Connect", &e))?;
         let connect = async {
             std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
             connector.call(target).await
@@ -237,18 +268,25 @@ fn client_error(kind: &str, e: &(dyn std::error::Error + 'static)) -> SendError 
 }
 
 impl Pool {
-    /// The most recently parked open connection to `origin`; closed ones met on the
-    /// way, and expired ones, are dropped.
+    /// The `Host` for `uri` (to `origin`), and a parked connection to it if one is
+    /// open: one look-up, under the lock each request takes anyway.
+    fn checkout(&self, origin: &Origin) -> (Option<hyper::header::HeaderValue>, Option<Sender>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let parked = match idle.iter().position(|p| p.origin == *origin) {
+            Some(at) => &mut idle[at],
+            None => {
+                idle.push(Parked::new(origin.clone()));
+                idle.last_mut().expect("just pushed")
+            }
+        };
+        (parked.host.clone(), parked.take(self.idle_timeout))
+    }
+
+    /// The most recently parked open connection to `origin`.
     fn take(&self, origin: &Origin) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let parked = idle.iter_mut().find(|p| p.origin == *origin)?;
-        parked.expire(self.idle_timeout);
-        while let Some((sender, _)) = parked.senders.pop_back() {
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        parked.take(self.idle_timeout)
     }
 
     /// Parks `sender` once its connection can take another request (its answer read to
@@ -276,10 +314,7 @@ impl Pool {
             let at = match idle.iter().position(|p| p.origin == origin) {
                 Some(at) => at,
                 None => {
-                    idle.push(Parked {
-                        origin,
-                        senders: VecDeque::new(),
-                    });
+                    idle.push(Parked::new(origin));
                     idle.len() - 1
                 }
             };

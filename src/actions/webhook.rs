@@ -117,8 +117,6 @@ struct Endpoint {
     uri: Uri,
     /// which go in `Authorization: Basic` (as reqwest, the client before, sent them).
     credentials: Option<HeaderValue>,
-    /// `Host`, as the client would write it for `uri` (see `http_client::host_header`).
-    host: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -159,7 +157,6 @@ impl WebhookClient {
             endpoint: Arc::new(Endpoint {
                 client,
                 url: crate::http_client::without_query_values(&url),
-                host: crate::http_client::host_header(&uri),
                 uri,
                 credentials,
                 timeout,
@@ -303,9 +300,6 @@ impl WebhookClient {
         }
         if let Some(basic) = &self.endpoint.credentials {
             headers.insert(header::AUTHORIZATION, basic.clone());
-        }
-        if let Some(host) = &self.endpoint.host {
-            headers.insert(header::HOST, host.clone());
         }
         let Endpoint {
             client,

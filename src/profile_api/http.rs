@@ -52,8 +52,6 @@ pub struct HttpProfileApi {
     /// configured one, else `Basic` for the credentials written in the base URL
     /// (`http://user:pass@host`; `base` is without them).
     auth: Option<HeaderValue>,
-    /// `Host` for requests to `base` (see `http_client::host_header`).
-    host: Option<HeaderValue>,
     /// Requests at once to the API from this process.
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
@@ -90,14 +88,9 @@ impl HttpProfileApi {
             }
             Err(_) => (base_url.to_string(), None),
         };
-        let host = base
-            .parse::<hyper::Uri>()
-            .ok()
-            .and_then(|uri| crate::http_client::host_header(&uri));
         Ok(HttpProfileApi {
             client: Arc::new(client),
             timeout,
-            host,
             base: base.trim_end_matches('/').to_string(),
             retry: RetryPolicy {
                 retries: 0,
@@ -263,10 +256,6 @@ impl HttpProfileApi {
                 && (hop == 0 || same_origin(&at, &self.base))
             {
                 headers.insert(header::AUTHORIZATION, auth.clone());
-            }
-            // A redirect's target gets the client's own.
-            if let Some(host) = self.host.as_ref().filter(|_| hop == 0) {
-                headers.insert(header::HOST, host.clone());
             }
             let answer = send(&self.client, request, MAX_BODY_BYTES).await?;
             match redirect(&answer, &at) {
