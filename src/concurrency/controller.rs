@@ -29,6 +29,44 @@ const MIN_PERIOD: Duration = Duration::from_millis(5);
 const DECREASE_ON_RTT: f64 = 0.9;
 const DECREASE_ON_OVERLOAD: f64 = 0.5;
 
+/// What a period's end decided, and why (for the log: a user finding a run slow against
+/// a service can see what the limit did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A call timed out, could not connect, or was answered 429/502/503/504: halved.
+    Overloaded,
+    /// The period's mean round trip passed the baseline's tolerance: a tenth off.
+    RoundTripsGrew { mean: Duration, baseline: Duration },
+    /// Calls wanted more room, and round trips stayed near the baseline: grown.
+    Grew { mean: Duration, baseline: Duration },
+    /// Nothing to act on (no answers, or the limit not reached).
+    Held,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        match self {
+            Change::Overloaded => {
+                f.write_str("a call timed out, could not connect, or was answered 429/502/503/504")
+            }
+            Change::RoundTripsGrew { mean, baseline } => write!(
+                f,
+                "round trips grew to {:.1} ms on average, the unloaded one is {:.1} ms",
+                ms(mean),
+                ms(baseline)
+            ),
+            Change::Grew { mean, baseline } => write!(
+                f,
+                "calls wanted more room; round trips {:.1} ms on average, the unloaded one {:.1} ms",
+                ms(mean),
+                ms(baseline)
+            ),
+            Change::Held => f.write_str("nothing to act on"),
+        }
+    }
+}
+
 /// What one call tells the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -55,6 +93,8 @@ pub struct Controller {
     overloaded: bool,
     /// No decrease yet: the limit doubles where it would grow by one.
     slow_start: bool,
+    /// What the last period's end decided.
+    last: Change,
 }
 
 impl Controller {
@@ -73,6 +113,7 @@ impl Controller {
             reached: false,
             overloaded: false,
             slow_start: true,
+            last: Change::Held,
         }
     }
 
@@ -82,6 +123,11 @@ impl Controller {
 
     pub fn baseline(&self) -> Option<Duration> {
         self.baseline
+    }
+
+    /// What the last period's end decided, and why.
+    pub fn last_change(&self) -> Change {
+        self.last
     }
 
     /// A higher ceiling (another worker came to use the target); the limit stays.
@@ -112,8 +158,10 @@ impl Controller {
             return None;
         }
         let mean = (self.samples > 0).then(|| self.rtt_sum / self.samples);
+        self.last = Change::Held;
         if self.overloaded {
             self.limit = self.decreased(DECREASE_ON_OVERLOAD);
+            self.last = Change::Overloaded;
         } else if let Some(mean) = mean {
             let baseline = match self.baseline {
                 Some(b) if self.limit > self.floor => b.min(mean),
@@ -122,9 +170,11 @@ impl Controller {
             self.baseline = Some(baseline);
             if mean > baseline.mul_f64(RTT_TOLERANCE) + RTT_SLACK {
                 self.limit = self.decreased(DECREASE_ON_RTT);
+                self.last = Change::RoundTripsGrew { mean, baseline };
             } else if self.reached {
                 let step = if self.slow_start { self.limit } else { 1 };
                 self.limit = (self.limit + step).min(self.ceiling);
+                self.last = Change::Grew { mean, baseline };
             }
         }
         self.period_start = now;
@@ -243,6 +293,35 @@ mod tests {
         let tail = &limits[150..];
         assert!(tail.iter().all(|l| (8..=14).contains(l)), "{tail:?}");
         assert!(c.baseline().unwrap() >= 50 * MS);
+    }
+
+    #[test]
+    fn each_period_says_what_it_decided_and_why() {
+        let now = Instant::now();
+        let mut c = Controller::new(1, 100, now);
+        c.started(1);
+        assert_eq!(
+            c.ended(Outcome::Answered(10 * MS), 0, now + 10 * MS),
+            Some(2)
+        );
+        let (mean, baseline) = (10 * MS, 10 * MS);
+        assert_eq!(c.last_change(), Change::Grew { mean, baseline });
+        c.started(1);
+        c.started(2);
+        let at = now + 110 * MS;
+        assert_eq!(c.ended(Outcome::Answered(100 * MS), 1, at), Some(1));
+        let (mean, baseline) = (100 * MS, 10 * MS);
+        assert_eq!(c.last_change(), Change::RoundTripsGrew { mean, baseline });
+        let at = now + 300 * MS;
+        assert_eq!(c.ended(Outcome::Overloaded, 0, at), Some(1));
+        assert_eq!(c.last_change(), Change::Overloaded);
+        let at = now + 500 * MS;
+        assert_eq!(c.ended(Outcome::Ignored, 0, at), Some(1));
+        assert_eq!(c.last_change(), Change::Held);
+        assert_eq!(
+            Change::RoundTripsGrew { mean, baseline }.to_string(),
+            "round trips grew to 100.0 ms on average, the unloaded one is 10.0 ms"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 mod controller;
 
-pub use controller::{Controller, Outcome};
+pub use controller::{Change, Controller, Outcome};
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -218,10 +218,19 @@ impl Shared {
             drop(permit);
         }
         let in_flight = c.in_flight;
-        let changed = c
-            .adaptive
-            .as_mut()
-            .and_then(|a| a.ended(outcome, in_flight, Instant::now()));
+        let changed = c.adaptive.as_mut().and_then(|a| {
+            let before = a.limit();
+            let limit = a.ended(outcome, in_flight, Instant::now())?;
+            if limit != before {
+                tracing::debug!(
+                    target: "event_trigger::concurrency",
+                    "{}: calls at once {before} -> {limit}: {}",
+                    self.target,
+                    a.last_change()
+                );
+            }
+            Some(limit)
+        });
         if let Some(limit) = changed {
             self.resize(&mut c, limit);
         }
@@ -378,6 +387,59 @@ mod tests {
             assert_eq!(l.queued(), 0, "in");
             b.answered();
         });
+    }
+
+    /// A log line, at debug level, for each move of an adaptive limit: the target, the
+    /// limits before and after, and why (the only view of its decisions but the gauge).
+    #[test]
+    fn an_adaptive_limits_moves_are_logged_with_their_reason() {
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("event_trigger::concurrency=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime().block_on(async {
+                let l = Limiter::new("logged-test", Concurrency::Adaptive);
+                l.register(4);
+                let one = l.acquire().await;
+                tokio::time::sleep(Duration::from_millis(6)).await;
+                one.answered();
+                assert_eq!(l.limit(), 2);
+                let (a, b) = (l.acquire().await, l.acquire().await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                a.overloaded();
+                drop(b);
+                assert_eq!(l.limit(), 1);
+            })
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("logged-test: calls at once 1 -> 2: calls wanted more room"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains(
+                "logged-test: calls at once 2 -> 1: a call timed out, could not connect, \
+                 or was answered 429/502/503/504"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
