@@ -15,9 +15,16 @@
 //! What it keeps of hyper-util's behaviour: a request without `Host` gets the one the
 //! URL names (`http_client::host_header`, made once per origin) and goes in origin form (`/path?query`); a
 //! request that a parked connection could not take (closed as it was taken) is sent again
-//! on another, one that was written is not; a connection goes back to the pool once its
+//! on another; a connection goes back to the pool once its
 //! answer has been read to its end, and is closed after `IDLE_TIMEOUT` unused; errors
 //! read as the client's did ("client error (Connect): tcp connect error: ...").
+//!
+//! Beyond it, as Go's client: a request written on a parked connection that the server
+//! closed (or reset) without answering is sent again on another when sending it twice is
+//! safe (GET, HEAD, or an `Idempotency-Key`). A server closes an idle connection when it
+//! likes (Node's after 5 s), and a request can cross its close on the wire: hyper-util
+//! failed such a request, the caller retried it after a backoff, and the adaptive limit
+//! read it as overload and halved.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -187,6 +194,7 @@ impl HyperClient {
                 Some(sender) => (sender, true),
                 None => self.connect_or_wait(&origin).await?,
             };
+            let again = (reused && replayable(&request)).then(|| copy(&request));
             match sender.try_send_request(request).await {
                 Ok(answer) => {
                     self.pool.park_when_ready(origin, sender);
@@ -194,10 +202,23 @@ impl HyperClient {
                 }
                 // Not written: the connection closed as it was taken. Another is tried,
                 // as hyper-util did; a new connection that cannot take it fails.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    Some(_) => return Err(client_error("Canceled", e.error())),
-                    None => return Err(client_error("SendRequest", e.error())),
+                Err(mut e) => match (e.take_message(), again) {
+                    (Some(unsent), _) if reused => request = unsent,
+                    (Some(_), _) => return Err(client_error("Canceled", e.error())),
+                    // Written, and the server closed the kept connection without a word:
+                    // it closed it as idle as the request went (the race every HTTP/1.1
+                    // client meets). Sent again on another, as Go's client and browsers
+                    // do, when sending twice is safe: a look-up (GET), or a call the
+                    // receiver tells apart by its `Idempotency-Key`. Else it fails, and
+                    // the caller's retries decide.
+                    (None, Some(copy)) if closed_unanswered(e.error()) => {
+                        tracing::debug!(
+                            "a kept connection closed without answering; sent again: {}",
+                            crate::http_client::error_chain(e.error())
+                        );
+                        request = copy;
+                    }
+                    (None, _) => return Err(client_error("SendRequest", e.error())),
                 },
             }
         }
@@ -257,6 +278,43 @@ impl HyperClient {
         });
         Ok(sender)
     }
+}
+
+/// Whether `request` may go to the server twice: a GET or HEAD, or a request carrying an
+/// `Idempotency-Key` (the receiver drops repeats by it). Go's client asks the same.
+fn replayable(request: &hyper::Request<Full<Bytes>>) -> bool {
+    matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
+        || request.headers().contains_key("idempotency-key")
+}
+
+/// `request` to send again (its body is shared, not copied).
+fn copy(request: &hyper::Request<Full<Bytes>>) -> hyper::Request<Full<Bytes>> {
+    let mut again = hyper::Request::new(request.body().clone());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    again
+}
+
+/// Whether the connection ended before its answer began: closed (no answer), or reset.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An error as hyper-util's client wrote it: its kind, then its causes.
@@ -531,6 +589,109 @@ mod tests {
             get(&c, &base).await.unwrap();
             get(&c, &base).await.unwrap();
             assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    /// A server whose first connection answers `answered` requests, then closes as the
+    /// next one arrives, without a word (as a server closing an idle connection while a
+    /// request crosses its close); later connections answer every request.
+    async fn closing_first_after(answered: usize) -> (String, Arc<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Seen::default());
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let first = log.accepted.fetch_add(1, Ordering::SeqCst) == 0;
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (mut read, mut buf, mut served) = (Vec::new(), [0u8; 4096], 0);
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        read.extend_from_slice(&buf[..n]);
+                        while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = read.drain(..end + 4).collect();
+                            let head = String::from_utf8(head).unwrap();
+                            let body = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map_or(0, |n| n.parse().unwrap());
+                            read.drain(..body);
+                            log.heads.lock().unwrap().push(head);
+                            if first && served == answered {
+                                return;
+                            }
+                            served += 1;
+                            if socket.write_all(OK).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    async fn post(c: &HyperClient, url: &str, key: Option<&str>) -> Result<(), SendError> {
+        let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"{}")));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = url.parse().unwrap();
+        if let Some(key) = key {
+            let key = hyper::header::HeaderValue::from_str(key).unwrap();
+            request.headers_mut().insert("idempotency-key", key);
+        }
+        let answer = c.request(request).await?;
+        crate::http_client::read_body(answer.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        Ok(())
+    }
+
+    /// A request written on a kept connection that the server closes without answering
+    /// goes again on a new one when it is safe to send twice: a GET, or a POST with an
+    /// `Idempotency-Key`; a POST without one fails (the caller's retries decide).
+    #[test]
+    fn a_request_crossing_the_close_of_a_kept_connection_is_sent_again_when_safe() {
+        runtime().block_on(async {
+            let (base, seen) = closing_first_after(1).await;
+            let c = client(8, IDLE_TIMEOUT);
+            assert_eq!(get(&c, &base).await.unwrap(), b"ok");
+            assert_eq!(get(&c, &base).await.unwrap(), b"ok");
+            assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+            assert_eq!(seen.heads.lock().unwrap().len(), 3);
+
+            let (base, seen) = closing_first_after(1).await;
+            let c = client(8, IDLE_TIMEOUT);
+            post(&c, &base, Some("e-1")).await.unwrap();
+            post(&c, &base, Some("e-2")).await.unwrap();
+            let heads = seen.heads.lock().unwrap().clone();
+            assert_eq!(heads.len(), 3);
+            assert!(heads[1].contains("idempotency-key: e-2"), "{heads:?}");
+            assert_eq!(heads[1], heads[2], "the same request again");
+
+            let (base, seen) = closing_first_after(1).await;
+            let c = client(8, IDLE_TIMEOUT);
+            post(&c, &base, None).await.unwrap();
+            let e = post(&c, &base, None).await.unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "client error (SendRequest): connection closed before message completed"
+            );
+            assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "not sent again");
+            assert_eq!(seen.heads.lock().unwrap().len(), 2);
+        });
+    }
+
+    /// A new connection closed without an answer is not tried again (the server may
+    /// close every one so).
+    #[test]
+    fn a_new_connection_closed_without_an_answer_fails_the_request() {
+        runtime().block_on(async {
+            let (base, seen) = closing_first_after(0).await;
+            let c = client(8, IDLE_TIMEOUT);
+            let e = get(&c, &base).await.unwrap_err().to_string();
+            assert!(e.starts_with("client error (SendRequest): "), "{e}");
+            assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
         });
     }
 

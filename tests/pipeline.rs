@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -977,6 +978,80 @@ fn a_request_takes_a_connection_freed_while_its_own_is_being_made() {
     });
     assert!(waited < Duration::from_millis(1500), "{waited:?}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A webhook receiver that answers the first request of each connection (200, the
+/// connection kept alive) and closes the connection without a word when the next request
+/// arrives on it: what a client meets when a server closes idle connections as requests
+/// cross the close on the wire. Returns its address and the keys of the calls answered.
+fn answering_once_per_connection(
+    rt: &tokio::runtime::Runtime,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = answered.clone();
+    rt.spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (mut read, mut buf, mut served) = (Vec::new(), [0u8; 8192], false);
+                while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    read.extend_from_slice(&buf[..n]);
+                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .map(|v| v.trim().to_string())
+                    };
+                    let length: usize = header("content-length:").map_or(0, |n| n.parse().unwrap());
+                    if read.len() < end + 4 + length {
+                        continue;
+                    }
+                    if served {
+                        return;
+                    }
+                    served = true;
+                    read.drain(..end + 4 + length);
+                    log.lock()
+                        .unwrap()
+                        .push(header("idempotency-key:").unwrap_or_default());
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    if socket.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// Calls that cross a receiver's close of their kept connection go again on a new one
+/// (they carry an `Idempotency-Key`): every event delivered once, none counted as a
+/// retry (and none read as overload by the adaptive limit).
+#[test]
+fn calls_crossing_the_receivers_close_of_a_kept_connection_are_sent_again_at_once() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, answered) = answering_once_per_connection(&rt);
+    let w = Workload::generate(300, 30, 5);
+    let s = file_job(dir.path(), &w, &format!("http://{addr}/x"), SEED_FILTER);
+    let counts = run(&s, 2, &rt);
+    let expected = w.expected_us_page_views();
+    assert!(expected.len() > 5);
+    assert_eq!(counts.actions_ok, expected.len() as u64);
+    assert_eq!(counts.actions_retried, 0);
+    assert_eq!(counts.actions_failed, 0);
+    let mut keys = answered.lock().unwrap().clone();
+    keys.sort();
+    assert_eq!(keys, expected, "each answered once");
 }
 
 /// A Profile API and a webhook receiver over TLS on 127.0.0.1, with certificates of a
