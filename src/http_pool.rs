@@ -280,11 +280,15 @@ impl HyperClient {
     }
 }
 
+/// Named once (a `&str` is parsed into a name at each look-up).
+const IDEMPOTENCY_KEY: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("idempotency-key");
+
 /// Whether `request` may go to the server twice: a GET or HEAD, or a request carrying an
 /// `Idempotency-Key` (the receiver drops repeats by it). Go's client asks the same.
 fn replayable(request: &hyper::Request<Full<Bytes>>) -> bool {
     matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
-        || request.headers().contains_key("idempotency-key")
+        || request.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
 /// `request` to send again (its body is shared, not copied).
