@@ -435,43 +435,53 @@ mod tests {
         heads: Mutex<Vec<String>>,
     }
 
-    /// Answers each request (a head without a body) with `answer` after `delay`, and
-    /// closes the connection after each answer if `close`.
-    async fn server(answer: &'static [u8], delay: Duration, close: bool) -> (String, Arc<Seen>) {
+    /// A raw server on 127.0.0.1: each connection accepted is counted and handed to
+    /// `serve` with its number (from 0) and the log.
+    async fn listen<F, S>(serve: F) -> (String, Arc<Seen>)
+    where
+        F: Fn(tokio::net::TcpStream, usize, Arc<Seen>) -> S + Send + 'static,
+        S: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Seen::default());
         let log = seen.clone();
         tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                log.accepted.fetch_add(1, Ordering::SeqCst);
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let (mut read, mut buf) = (Vec::new(), [0u8; 4096]);
-                    loop {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                log.closed_by_client.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => read.extend_from_slice(&buf[..n]),
-                        }
-                        while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = read.drain(..end + 4).collect();
-                            log.heads
-                                .lock()
-                                .unwrap()
-                                .push(String::from_utf8(head).unwrap());
-                            tokio::time::sleep(delay).await;
-                            if socket.write_all(answer).await.is_err() || close {
-                                return;
-                            }
-                        }
-                    }
-                });
+            while let Ok((socket, _)) = listener.accept().await {
+                let n = log.accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(socket, n, log.clone()));
             }
         });
         (base, seen)
+    }
+
+    /// Answers each request (a head without a body) with `answer` after `delay`, and
+    /// closes the connection after each answer if `close`.
+    async fn server(answer: &'static [u8], delay: Duration, close: bool) -> (String, Arc<Seen>) {
+        listen(move |mut socket, _, log| async move {
+            let (mut read, mut buf) = (Vec::new(), [0u8; 4096]);
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        log.closed_by_client.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                }
+                while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = read.drain(..end + 4).collect();
+                    log.heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8(head).unwrap());
+                    tokio::time::sleep(delay).await;
+                    if socket.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -600,40 +610,30 @@ mod tests {
     /// next one arrives, without a word (as a server closing an idle connection while a
     /// request crosses its close); later connections answer every request.
     async fn closing_first_after(answered: usize) -> (String, Arc<Seen>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Seen::default());
-        let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let first = log.accepted.fetch_add(1, Ordering::SeqCst) == 0;
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let (mut read, mut buf, mut served) = (Vec::new(), [0u8; 4096], 0);
-                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
-                        read.extend_from_slice(&buf[..n]);
-                        while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = read.drain(..end + 4).collect();
-                            let head = String::from_utf8(head).unwrap();
-                            let body = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length: "))
-                                .map_or(0, |n| n.parse().unwrap());
-                            read.drain(..body);
-                            log.heads.lock().unwrap().push(head);
-                            if first && served == answered {
-                                return;
-                            }
-                            served += 1;
-                            if socket.write_all(OK).await.is_err() {
-                                return;
-                            }
-                        }
+        listen(move |mut socket, n, log| async move {
+            let (mut read, mut buf, mut served) = (Vec::new(), [0u8; 4096], 0);
+            while let Ok(got @ 1..) = socket.read(&mut buf).await {
+                read.extend_from_slice(&buf[..got]);
+                while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = read.drain(..end + 4).collect();
+                    let head = String::from_utf8(head).unwrap();
+                    let body = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.parse().unwrap());
+                    read.drain(..body);
+                    log.heads.lock().unwrap().push(head);
+                    if n == 0 && served == answered {
+                        return;
                     }
-                });
+                    served += 1;
+                    if socket.write_all(OK).await.is_err() {
+                        return;
+                    }
+                }
             }
-        });
-        (base, seen)
+        })
+        .await
     }
 
     async fn post(c: &HyperClient, url: &str, key: Option<&str>) -> Result<(), SendError> {
