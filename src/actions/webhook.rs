@@ -203,7 +203,7 @@ impl WebhookClient {
                 )
                 .await;
             match &result {
-                Err(e) if e.overload => permit.overloaded(),
+                Err(e) if e.overload => permit.overloaded(e.reason.as_str()),
                 _ => permit.answered(),
             }
             // With the permit given back: a receiver's slow body is not its latency.

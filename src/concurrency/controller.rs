@@ -52,13 +52,13 @@ impl std::fmt::Display for Change {
             }
             Change::RoundTripsGrew { mean, baseline } => write!(
                 f,
-                "round trips grew to {:.1} ms on average, the unloaded one is {:.1} ms",
+                "round trips grew to {:.1} ms on average, unloaded {:.1} ms",
                 ms(mean),
                 ms(baseline)
             ),
             Change::Grew { mean, baseline } => write!(
                 f,
-                "calls wanted more room; round trips {:.1} ms on average, the unloaded one {:.1} ms",
+                "calls wanted more room; round trips {:.1} ms on average, unloaded {:.1} ms",
                 ms(mean),
                 ms(baseline)
             ),
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(c.last_change(), Change::Held);
         assert_eq!(
             Change::RoundTripsGrew { mean, baseline }.to_string(),
-            "round trips grew to 100.0 ms on average, the unloaded one is 10.0 ms"
+            "round trips grew to 100.0 ms on average, unloaded 10.0 ms"
         );
     }
 

@@ -95,6 +95,8 @@ struct Control {
     debt: usize,
     /// The sum of what the workers using the target may have under way.
     ceiling: usize,
+    /// What the last call read as overload said (for the log of the limit's moves).
+    last_overload: Option<String>,
 }
 
 impl Limiter {
@@ -115,6 +117,7 @@ impl Limiter {
                     in_flight: 0,
                     debt: 0,
                     ceiling: 0,
+                    last_overload: None,
                 }),
                 queued: std::sync::atomic::AtomicUsize::new(0),
             }),
@@ -180,6 +183,7 @@ impl Limiter {
             permit: Some(permit),
             started: Instant::now(),
             outcome: None,
+            overload: None,
         }
     }
 }
@@ -207,9 +211,19 @@ impl Shared {
     }
 
     /// Returns (or retires) `permit` and tells the controller how the call went; `took`:
-    /// from the permit to the end of the call.
-    fn release(&self, permit: OwnedSemaphorePermit, outcome: Outcome, took: std::time::Duration) {
+    /// from the permit to the end of the call; `overload`: what a call read as overload
+    /// said.
+    fn release(
+        &self,
+        permit: OwnedSemaphorePermit,
+        outcome: Outcome,
+        took: std::time::Duration,
+        overload: Option<String>,
+    ) {
         let mut c = self.lock();
+        if overload.is_some() {
+            c.last_overload = overload;
+        }
         c.in_flight -= 1;
         if c.debt > 0 {
             c.debt -= 1;
@@ -218,15 +232,23 @@ impl Shared {
             drop(permit);
         }
         let in_flight = c.in_flight;
-        let changed = c.adaptive.as_mut().and_then(|a| {
+        let Control {
+            adaptive,
+            last_overload,
+            ..
+        } = &mut *c;
+        let changed = adaptive.as_mut().and_then(|a| {
             let before = a.limit();
             let limit = a.ended(outcome, in_flight, Instant::now())?;
             if limit != before {
+                let why = match (a.last_change(), last_overload.take()) {
+                    (Change::Overloaded, Some(said)) => format!("overload: {said}"),
+                    (change, _) => change.to_string(),
+                };
                 tracing::debug!(
                     target: "event_trigger::concurrency",
-                    "{}: calls at once {before} -> {limit}: {}",
+                    "{}: calls at once {before} -> {limit}: {why}",
                     self.target,
-                    a.last_change()
                 );
             }
             Some(limit)
@@ -293,6 +315,8 @@ pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     started: Instant,
     outcome: Option<Outcome>,
+    /// What the call said when it read as overload.
+    overload: Option<String>,
 }
 
 impl Permit {
@@ -301,9 +325,11 @@ impl Permit {
         self.outcome = Some(Outcome::Answered(self.started.elapsed()));
     }
 
-    /// The call timed out, could not connect, or the target said it is overloaded.
-    pub fn overloaded(mut self) {
+    /// The call timed out, could not connect, or the target said it is overloaded;
+    /// `said`: how (for the log of the limit's moves).
+    pub fn overloaded(mut self, said: impl Into<String>) {
         self.outcome = Some(Outcome::Overloaded);
+        self.overload = Some(said.into());
     }
 }
 
@@ -311,7 +337,9 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             let outcome = self.outcome.unwrap_or(Outcome::Ignored);
-            self.shared.release(permit, outcome, self.started.elapsed());
+            let overload = self.overload.take();
+            self.shared
+                .release(permit, outcome, self.started.elapsed(), overload);
         }
     }
 }
@@ -421,7 +449,7 @@ mod tests {
                 assert_eq!(l.limit(), 2);
                 let (a, b) = (l.acquire().await, l.acquire().await);
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                a.overloaded();
+                a.overloaded("answered HTTP 503");
                 drop(b);
                 assert_eq!(l.limit(), 1);
             })
@@ -434,10 +462,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[1].contains(
-                "logged-test: calls at once 2 -> 1: a call timed out, could not connect, \
-                 or was answered 429/502/503/504"
-            ),
+            lines[1].contains("logged-test: calls at once 2 -> 1: overload: answered HTTP 503"),
             "{text}"
         );
     }
@@ -472,7 +497,7 @@ mod tests {
                 out.push(l.acquire().await);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            out.pop().unwrap().overloaded();
+            out.pop().unwrap().overloaded("timed out after 1s");
             assert_eq!(l.limit(), 8);
             out.into_iter().for_each(drop);
             let mut held = Vec::new();

@@ -209,13 +209,14 @@ impl HttpProfileApi {
             Ok(answer) => answer,
             Err(e) => {
                 // No answer in time: a time-out, a refused or broken connection.
-                permit.overloaded();
-                return Err(request_err(e.to_string()));
+                let reason = e.to_string();
+                permit.overloaded(format!("GET {url}: {reason}"));
+                return Err(request_err(reason));
             }
         };
         if !status.is_success() {
             if is_overload_status(status.as_u16()) {
-                permit.overloaded();
+                permit.overloaded(format!("GET {url} answered HTTP {}", status.as_u16()));
             } else {
                 permit.answered();
             }
