@@ -1140,6 +1140,31 @@ fn demo_runs_with_no_external_services() {
     );
 }
 
+/// At debug level for `event_trigger::concurrency`, each move of an adaptive limit is
+/// logged with its reason: the first look-up answered ends the first period with the
+/// limit reached, which doubles it.
+#[test]
+fn the_adaptive_limits_moves_are_logged_at_debug_level() {
+    let out = Command::new(binary())
+        .arg("demo")
+        .env("RUST_LOG", "info,event_trigger::concurrency=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err
+        .lines()
+        .find(|l| l.contains("profile-api: calls at once"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        first.contains("DEBUG")
+            && first.contains(
+                "profile-api: calls at once 1 -> 2: calls wanted more room; round trips "
+            ),
+        "{first}"
+    );
+}
+
 /// Runs the binary with `args` (logs at `RUST_LOG=info`), without checking how it ended.
 fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(binary())
