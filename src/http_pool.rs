@@ -13,11 +13,11 @@
 //! look-up, three requests, ~16,000 fewer).
 //!
 //! What it keeps of hyper-util's behaviour: a request without `Host` gets the one the
-//! URL names (`http_client::host_header`, made once per origin) and goes in origin form (`/path?query`); a
-//! request that a parked connection could not take (closed as it was taken) is sent again
-//! on another; a connection goes back to the pool once its
-//! answer has been read to its end, and is closed after `IDLE_TIMEOUT` unused; errors
-//! read as the client's did ("client error (Connect): tcp connect error: ...").
+//! URL names (`http_client::host_header`, made once per origin) and goes in origin form
+//! (`/path?query`); a request that a parked connection could not take (closed as it was
+//! taken) is sent again on another; a connection goes back to the pool once its answer
+//! has been read to its end, and is closed after `IDLE_TIMEOUT` unused; errors read as
+//! the client's did ("client error (Connect): tcp connect error: ...").
 //!
 //! Beyond it, as Go's client: a request written on a parked connection that the server
 //! closed (or reset) without answering is sent again on another when sending it twice is
