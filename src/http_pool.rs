@@ -280,9 +280,20 @@ impl HyperClient {
     }
 }
 
-/// Named once (a `&str` is parsed into a name at each look-up).
-const IDEMPOTENCY_KEY: hyper::header::HeaderName =
+/// Named once (a `&str` is parsed into a name at each look-up); the webhook sets it.
+pub(crate) const IDEMPOTENCY_KEY: hyper::header::HeaderName =
     hyper::header::HeaderName::from_static("idempotency-key");
+
+/// `origin`'s entry in the list, added if it has none.
+fn entry<'a>(idle: &'a mut Vec<Parked>, origin: &Origin) -> &'a mut Parked {
+    match idle.iter().position(|p| p.origin == *origin) {
+        Some(at) => &mut idle[at],
+        None => {
+            idle.push(Parked::new(origin.clone()));
+            idle.last_mut().expect("just pushed")
+        }
+    }
+}
 
 /// Whether `request` may go to the server twice: a GET or HEAD, or a request carrying an
 /// `Idempotency-Key` (the receiver drops repeats by it). Go's client asks the same.
@@ -334,13 +345,7 @@ impl Pool {
     /// open: one look-up, under the lock each request takes anyway.
     fn checkout(&self, origin: &Origin) -> (Option<hyper::header::HeaderValue>, Option<Sender>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let parked = match idle.iter().position(|p| p.origin == *origin) {
-            Some(at) => &mut idle[at],
-            None => {
-                idle.push(Parked::new(origin.clone()));
-                idle.last_mut().expect("just pushed")
-            }
-        };
+        let parked = entry(&mut idle, origin);
         (parked.host.clone(), parked.take(self.idle_timeout))
     }
 
@@ -373,14 +378,7 @@ impl Pool {
     fn park(self: &Arc<Self>, origin: Origin, sender: Sender) {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let at = match idle.iter().position(|p| p.origin == origin) {
-                Some(at) => at,
-                None => {
-                    idle.push(Parked::new(origin));
-                    idle.len() - 1
-                }
-            };
-            let parked = &mut idle[at];
+            let parked = entry(&mut idle, &origin);
             parked.expire(self.idle_timeout);
             if parked.senders.len() >= self.max_idle_per_origin {
                 return;

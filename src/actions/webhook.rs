@@ -34,7 +34,7 @@ pub const INGESTED_AT: HeaderName = HeaderName::from_static("x-event-ingested-at
 
 /// The other headers of a call, by name (HTTP/1 sends them in lower case).
 const TIMESTAMP_HEADER: HeaderName = HeaderName::from_static("x-webhook-timestamp");
-const KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+const KEY_HEADER: HeaderName = crate::http_pool::IDEMPOTENCY_KEY;
 const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("x-signature-256");
 
 /// A delivery that did not succeed.
