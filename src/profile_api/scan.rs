@@ -142,11 +142,17 @@ fn fields<T>(
         Some(at + v.len())
     })?;
     let mut skipped = Skipped::default();
-    *out = read(&mut Fields::new(
-        PartMembers::Pairs(&pairs),
-        part,
-        &mut skipped,
-    ));
+    let mut fields = Fields::new(PartMembers::in_order(&pairs), part, &mut skipped);
+    *out = read(&mut fields);
+    if !fields.read_in_order() {
+        // Out of the reader's order, a member missing or extra, or a key twice: by name.
+        skipped = Skipped::default();
+        *out = read(&mut Fields::new(
+            PartMembers::Pairs(&pairs),
+            part,
+            &mut skipped,
+        ));
+    }
     (skipped == Skipped::default()).then_some(end)
 }
 
@@ -390,6 +396,73 @@ mod tests {
         let data = answers(LINES[2]).unwrap();
         assert_eq!(data.profile.country.as_deref(), Some("US"), "the last one");
         assert_eq!(data.profile.city.as_deref(), Some("true"));
+    }
+
+    /// A part whose members come in the reader's order is read without a look-up by
+    /// name; anything else (a member moved, missing, added, or named twice, before or
+    /// after its place) is read by name: in every case as serde and `Answers` read it,
+    /// the last of a repeated key counting.
+    #[test]
+    fn parts_in_the_readers_order_or_not_read_as_serde_reads_them() {
+        let profile = r#""user_id":"u1","country":"FR","city":"D-city","language":"ja","continent":"EU","timezone":"Europe/Paris""#;
+        let in_order = |body: &str| {
+            let mut pairs = Vec::new();
+            members(body, 0, |k, at| {
+                let v = value_at(body, at)?;
+                pairs.push((k, v));
+                Some(at + v.len())
+            })
+            .unwrap();
+            let mut skipped = Skipped::default();
+            let mut fields = Fields::new(PartMembers::in_order(&pairs), "profile", &mut skipped);
+            answer::profile(&mut fields);
+            fields.read_in_order()
+        };
+        let cases = [
+            (format!("{{{profile}}}"), true),
+            (format!(r#"{{{profile},"country":"DE"}}"#), false),
+            (format!(r#"{{"country":"DE",{profile}}}"#), false),
+            (profile.replace(r#""city":"D-city","#, ""), false),
+            (
+                format!(
+                    "{{{}}}",
+                    profile.replace(r#""city":"D-city","#, r#""x":1,"city":"D-city","#)
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "{{{}}}",
+                    profile.replace(
+                        r#""city":"D-city","language":"ja""#,
+                        r#""language":"ja","city":"D-city""#
+                    )
+                ),
+                false,
+            ),
+        ];
+        for (body, fast) in cases {
+            let body = if body.starts_with('{') {
+                body
+            } else {
+                format!("{{{body}}}")
+            };
+            assert_eq!(in_order(&body), fast, "{body}");
+            let scanned = profile_answer(&body).map(|profile| ProfileData {
+                profile,
+                ..Default::default()
+            });
+            let by_serde = by_serde(&format!(r#"{{"profile":{body}}}"#));
+            assert!(scanned.is_some(), "{body}");
+            assert_eq!(scanned, by_serde, "{body}");
+        }
+        let last = profile_answer(&format!(r#"{{{profile},"country":"DE"}}"#)).unwrap();
+        assert_eq!(last.country.as_deref(), Some("DE"));
+        let visit = &LINES[0]
+            [LINES[0].find(r#""visit":"#).unwrap() + 8..LINES[0].find(r#","history""#).unwrap()];
+        let data = answers(LINES[0]).unwrap();
+        assert_eq!(data.visit, visit_answer(visit).unwrap());
+        assert_eq!(data.visit.unwrap().ip.as_deref(), Some("203.0.113.81"));
     }
 
     /// Lines with something `Answers` skips and counts, or serde refuses, are left to
