@@ -25,7 +25,7 @@ fn install_provider() {
     });
 }
 
-pub use crate::http_pool::HyperClient;
+pub use crate::http_pool::{HyperClient, Make, Request};
 
 /// Why an answer's body could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +71,16 @@ pub async fn within<T>(
         .unwrap_or_else(|_| Err(SendError::timed_out(limit)))
 }
 
-/// Sends `request` and reads its answer, the body up to `max_body` bytes: read to its
-/// end, the connection goes back to the pool; past `max_body` the rest is not read (the
-/// body is `TooLarge`, the connection closed).
+/// Sends the request `make` makes (`HyperClient::request`: made again only to send it
+/// once more) and reads its answer, the body up to `max_body` bytes: read to its end,
+/// the connection goes back to the pool; past `max_body` the rest is not read (the body
+/// is `TooLarge`, the connection closed).
 pub async fn send(
     client: &HyperClient,
-    request: hyper::Request<Full<Bytes>>,
+    make: Make<'_>,
     max_body: usize,
 ) -> Result<Answer, SendError> {
-    let (parts, body) = head(client, request).await?.into_parts();
+    let (parts, body) = head(client, make).await?.into_parts();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,
@@ -87,15 +88,15 @@ pub async fn send(
     })
 }
 
-/// Sends `request`: the answer's head, its body still to be read (`read_body`; a body
-/// not read to its end closes its connection).
+/// Sends the request `make` makes: the answer's head, its body still to be read
+/// (`read_body`; a body not read to its end closes its connection).
 pub async fn head(
     client: &HyperClient,
-    request: hyper::Request<Full<Bytes>>,
+    make: Make<'_>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
     // Boxed, as hyper-util's client boxed its own: the callers' futures (three look-ups
     // joined in a fetch) held it inline, kilobytes moved as each was built and spawned.
-    Box::pin(client.request(request)).await
+    Box::pin(client.request(make)).await
 }
 
 /// The `Host` header hyper's client writes for a request to `uri`: its host, with
@@ -119,9 +120,12 @@ pub async fn get(client: &HyperClient, url: &str, max_body: usize) -> Result<Ans
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| SendError(format!("not a URL: {e}")))?;
-    let mut request = hyper::Request::new(Full::new(Bytes::new()));
-    *request.uri_mut() = uri;
-    send(client, request, max_body).await
+    let make = move || {
+        let mut request = hyper::Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = uri.clone();
+        request
+    };
+    send(client, &make, max_body).await
 }
 
 /// A body, up to `max` bytes: read to its end, its connection goes back to the pool.

@@ -47,6 +47,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Sender = SendRequest<Full<Bytes>>;
 
+/// A request as the job's clients send it.
+pub type Request = hyper::Request<Full<Bytes>>;
+type Response = hyper::Response<hyper::body::Incoming>;
+
+/// What makes a request for `HyperClient::request`: the same request at every call.
+pub type Make<'a> = &'a (dyn Fn() -> Request + Send + Sync);
+
 /// A pooled HTTP/1.1 client on hyper, over TLS where the URL says `https`. Clones share
 /// the pool.
 #[derive(Clone)]
@@ -162,12 +169,13 @@ impl HyperClient {
         }
     }
 
-    /// Sends `request` (its URI absolute: `http` or `https`): its answer's head, the body
-    /// to be read (a body not read to its end closes its connection).
-    pub async fn request(
-        &self,
-        mut request: hyper::Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, SendError> {
+    /// Sends the request `make` makes (its URI absolute: `http` or `https`): its answer's
+    /// head, the body to be read (a body not read to its end closes its connection).
+    /// `make` is called once, and again only for a request to send once more (below):
+    /// a copy of every request, made in case, was ~2,000 instructions of a webhook
+    /// call's ~90,000.
+    pub async fn request(&self, make: Make<'_>) -> Result<Response, SendError> {
+        let mut request = make();
         let uri = request.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::new(
@@ -179,22 +187,13 @@ impl HyperClient {
             authority: authority.clone(),
         };
         let (host, mut parked) = self.pool.checkout(&origin);
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if let Some(host) = host
-            && !request.headers().contains_key(hyper::header::HOST)
-        {
-            request.headers_mut().insert(hyper::header::HOST, host);
-        }
-        *request.uri_mut() = hyper::Uri::from(path);
+        origin_form(&mut request, host.as_ref());
         loop {
             let (mut sender, reused) = match parked.take().or_else(|| self.pool.take(&origin)) {
                 Some(sender) => (sender, true),
                 None => self.connect_or_wait(&origin).await?,
             };
-            let again = (reused && replayable(&request)).then(|| copy(&request));
+            let again = reused && replayable(&request);
             match sender.try_send_request(request).await {
                 Ok(answer) => {
                     self.pool.park_when_ready(origin, sender);
@@ -202,23 +201,24 @@ impl HyperClient {
                 }
                 // Not written: the connection closed as it was taken. Another is tried,
                 // as hyper-util did; a new connection that cannot take it fails.
-                Err(mut e) => match (e.take_message(), again) {
-                    (Some(unsent), _) if reused => request = unsent,
-                    (Some(_), _) => return Err(client_error("Canceled", e.error())),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    Some(_) => return Err(client_error("Canceled", e.error())),
                     // Written, and the server closed the kept connection without a word:
                     // it closed it as idle as the request went (the race every HTTP/1.1
                     // client meets). Sent again on another, as Go's client and browsers
                     // do, when sending twice is safe: a look-up (GET), or a call the
                     // receiver tells apart by its `Idempotency-Key`. Else it fails, and
                     // the caller's retries decide.
-                    (None, Some(copy)) if closed_unanswered(e.error()) => {
+                    None if again && closed_unanswered(e.error()) => {
                         tracing::debug!(
                             "a kept connection closed without answering; sent again: {}",
                             crate::http_client::error_chain(e.error())
                         );
-                        request = copy;
+                        request = make();
+                        origin_form(&mut request, host.as_ref());
                     }
-                    (None, _) => return Err(client_error("SendRequest", e.error())),
+                    None => return Err(client_error("SendRequest", e.error())),
                 },
             }
         }
@@ -297,19 +297,27 @@ fn entry<'a>(idle: &'a mut Vec<Parked>, origin: &Origin) -> &'a mut Parked {
 
 /// Whether `request` may go to the server twice: a GET or HEAD, or a request carrying an
 /// `Idempotency-Key` (the receiver drops repeats by it). Go's client asks the same.
-fn replayable(request: &hyper::Request<Full<Bytes>>) -> bool {
+fn replayable(request: &Request) -> bool {
     matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
         || request.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
-/// `request` to send again (its body is shared, not copied).
-fn copy(request: &hyper::Request<Full<Bytes>>) -> hyper::Request<Full<Bytes>> {
-    let mut again = hyper::Request::new(request.body().clone());
-    *again.method_mut() = request.method().clone();
-    *again.uri_mut() = request.uri().clone();
-    *again.version_mut() = request.version();
-    *again.headers_mut() = request.headers().clone();
-    again
+/// `request` as it goes on the connection: the origin's `Host` (unless it has one) and
+/// the path and query alone as its target.
+fn origin_form(request: &mut Request, host: Option<&hyper::header::HeaderValue>) {
+    if let Some(host) = host
+        && !request.headers().contains_key(hyper::header::HOST)
+    {
+        request
+            .headers_mut()
+            .insert(hyper::header::HOST, host.clone());
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = hyper::Uri::from(path);
 }
 
 /// Whether the connection ended before its answer began: closed (no answer), or reset.
@@ -489,10 +497,18 @@ mod tests {
         HyperClient::new(tls.connector, max_idle, idle_timeout)
     }
 
+    /// A GET of `url`, as often as it is called.
+    fn bare(url: &str) -> impl Fn() -> Request + Send + Sync {
+        let uri: hyper::Uri = url.parse().unwrap();
+        move || {
+            let mut request = hyper::Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = uri.clone();
+            request
+        }
+    }
+
     async fn get(client: &HyperClient, url: &str) -> Result<Vec<u8>, SendError> {
-        let mut request = hyper::Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = url.parse().unwrap();
-        let answer = client.request(request).await?;
+        let answer = client.request(&bare(url)).await?;
         Ok(crate::http_client::read_body(answer.into_body(), 1 << 20)
             .await
             .unwrap())
@@ -559,14 +575,10 @@ mod tests {
         runtime().block_on(async {
             let (base, seen) = server(BIG, Duration::ZERO, false).await;
             let c = client(8, IDLE_TIMEOUT);
-            let mut request = hyper::Request::new(Full::new(Bytes::new()));
-            *request.uri_mut() = base.parse().unwrap();
-            drop(c.request(request).await.unwrap());
+            drop(c.request(&bare(&base)).await.unwrap());
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(seen.closed_by_client.load(Ordering::SeqCst), 1);
-            let mut request = hyper::Request::new(Full::new(Bytes::new()));
-            *request.uri_mut() = base.parse().unwrap();
-            c.request(request).await.unwrap();
+            c.request(&bare(&base)).await.unwrap();
             assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
         });
     }
@@ -634,24 +646,31 @@ mod tests {
         .await
     }
 
-    async fn post(c: &HyperClient, url: &str, key: Option<&str>) -> Result<(), SendError> {
-        let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"{}")));
-        *request.method_mut() = hyper::Method::POST;
-        *request.uri_mut() = url.parse().unwrap();
-        if let Some(key) = key {
-            let key = hyper::header::HeaderValue::from_str(key).unwrap();
-            request.headers_mut().insert("idempotency-key", key);
-        }
-        let answer = c.request(request).await?;
+    /// A POST to `url`; how many times its request was made.
+    async fn post(c: &HyperClient, url: &str, key: Option<&str>) -> Result<usize, SendError> {
+        let made = AtomicUsize::new(0);
+        let make = || {
+            made.fetch_add(1, Ordering::SeqCst);
+            let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"{}")));
+            *request.method_mut() = hyper::Method::POST;
+            *request.uri_mut() = url.parse().unwrap();
+            if let Some(key) = key {
+                let key = hyper::header::HeaderValue::from_str(key).unwrap();
+                request.headers_mut().insert("idempotency-key", key);
+            }
+            request
+        };
+        let answer = c.request(&make).await?;
         crate::http_client::read_body(answer.into_body(), 1 << 20)
             .await
             .unwrap();
-        Ok(())
+        Ok(made.into_inner())
     }
 
     /// A request written on a kept connection that the server closes without answering
     /// goes again on a new one when it is safe to send twice: a GET, or a POST with an
-    /// `Idempotency-Key`; a POST without one fails (the caller's retries decide).
+    /// `Idempotency-Key`; a POST without one fails (the caller's retries decide). The
+    /// request is made again only then.
     #[test]
     fn a_request_crossing_the_close_of_a_kept_connection_is_sent_again_when_safe() {
         runtime().block_on(async {
@@ -664,8 +683,8 @@ mod tests {
 
             let (base, seen) = closing_first_after(1).await;
             let c = client(8, IDLE_TIMEOUT);
-            post(&c, &base, Some("e-1")).await.unwrap();
-            post(&c, &base, Some("e-2")).await.unwrap();
+            assert_eq!(post(&c, &base, Some("e-1")).await.unwrap(), 1);
+            assert_eq!(post(&c, &base, Some("e-2")).await.unwrap(), 2);
             let heads = seen.heads.lock().unwrap().clone();
             assert_eq!(heads.len(), 3);
             assert!(heads[1].contains("idempotency-key: e-2"), "{heads:?}");
@@ -673,7 +692,7 @@ mod tests {
 
             let (base, seen) = closing_first_after(1).await;
             let c = client(8, IDLE_TIMEOUT);
-            post(&c, &base, None).await.unwrap();
+            assert_eq!(post(&c, &base, None).await.unwrap(), 1);
             let e = post(&c, &base, None).await.unwrap_err().to_string();
             assert_eq!(
                 e,

@@ -1077,13 +1077,15 @@ fn mock_api_serves_profiles_and_counts_webhooks() {
             event_trigger::profile_api::HttpProfileApi::new(&base, Duration::from_secs(2)).unwrap();
         let known = api.fetch("a/b").await;
         let unknown = api.fetch("nobody").await;
-        let post = |ingested: Option<String>| {
-            let mut request = hyper::Request::post(format!("{base}/webhook"));
-            if let Some(ms) = ingested {
-                request = request.header(event_trigger::actions::INGESTED_AT, ms);
-            }
-            let request = request.body(http_body_util::Full::from("{}")).unwrap();
-            send(&client, request, 1 << 20)
+        let post = async |ingested: Option<String>| {
+            let make = || {
+                let mut request = hyper::Request::post(format!("{base}/webhook"));
+                if let Some(ms) = &ingested {
+                    request = request.header(event_trigger::actions::INGESTED_AT, ms);
+                }
+                request.body(http_body_util::Full::from("{}")).unwrap()
+            };
+            send(&client, &make, 1 << 20).await
         };
         let posted = post(None).await.unwrap().status;
         // A call read 250 ms ago: the receiver measures its latency from the header.

@@ -279,28 +279,31 @@ impl WebhookClient {
         let signature = self.secret.as_ref().and_then(|secret| {
             HeaderValue::try_from(signature(secret.expose().as_bytes(), &body)).ok()
         });
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.endpoint.uri.clone();
-        let headers = request.headers_mut();
-        // Room for every header below at once (an empty map grew on the first insert).
-        headers.reserve(8);
-        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(TIMESTAMP_HEADER, HeaderValue::from(now_ms));
-        headers.insert(INGESTED_AT, HeaderValue::from(ingested_ms));
-        if let Some(key) = key {
-            headers.insert(KEY_HEADER, key);
-        }
-        if let Some(sig) = signature {
-            headers.insert(SIGNATURE_HEADER, sig);
-        }
-        if let Some(basic) = &self.endpoint.credentials {
-            headers.insert(header::AUTHORIZATION, basic.clone());
-        }
+        let make = || {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = self.endpoint.uri.clone();
+            let headers = request.headers_mut();
+            // Room for every header below at once (an empty map grew on the first insert).
+            headers.reserve(8);
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(TIMESTAMP_HEADER, HeaderValue::from(now_ms));
+            headers.insert(INGESTED_AT, HeaderValue::from(ingested_ms));
+            if let Some(key) = &key {
+                headers.insert(KEY_HEADER, key.clone());
+            }
+            if let Some(sig) = &signature {
+                headers.insert(SIGNATURE_HEADER, sig.clone());
+            }
+            if let Some(basic) = &self.endpoint.credentials {
+                headers.insert(header::AUTHORIZATION, basic.clone());
+            }
+            request
+        };
         let Endpoint {
             client,
             url,
@@ -308,8 +311,7 @@ impl WebhookClient {
             ..
         } = &*self.endpoint;
         let started = tokio::time::Instant::now();
-        let answer =
-            crate::http_client::within(*timeout, crate::http_client::head(client, request));
+        let answer = crate::http_client::within(*timeout, crate::http_client::head(client, &make));
         let answer = match answer.await {
             Ok(answer) => answer,
             Err(cause) => {
@@ -608,9 +610,7 @@ mod tests {
                     .await
                     .result
                     .unwrap();
-                let mut bare = Request::new(Full::new(Bytes::new()));
-                *bare.uri_mut() = url.parse().unwrap();
-                let answer = crate::http_client::send(&client.endpoint.client, bare, 1024).await;
+                let answer = crate::http_client::get(&client.endpoint.client, &url, 1024).await;
                 assert_eq!(answer.unwrap().status, hyper::StatusCode::OK);
             }
             seen

@@ -246,19 +246,25 @@ impl HttpProfileApi {
     async fn exchange(&self, url: &str) -> Result<Answer, SendError> {
         let mut at = std::borrow::Cow::Borrowed(url);
         for hop in 0..=MAX_REDIRECTS {
-            let mut request = Request::new(Full::new(Bytes::new()));
-            *request.uri_mut() = at
+            let uri: hyper::Uri = at
                 .parse()
                 .map_err(|e| SendError::new(format!("not a URL: {e}")))?;
-            let headers = request.headers_mut();
-            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
             // `url` is the base's own (only a redirect's target is compared).
-            if let Some(auth) = &self.auth
-                && (hop == 0 || same_origin(&at, &self.base))
-            {
-                headers.insert(header::AUTHORIZATION, auth.clone());
-            }
-            let answer = send(&self.client, request, MAX_BODY_BYTES).await?;
+            let auth = self
+                .auth
+                .as_ref()
+                .filter(|_| hop == 0 || same_origin(&at, &self.base));
+            let make = || {
+                let mut request = Request::new(Full::new(Bytes::new()));
+                *request.uri_mut() = uri.clone();
+                let headers = request.headers_mut();
+                headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+                if let Some(auth) = auth {
+                    headers.insert(header::AUTHORIZATION, auth.clone());
+                }
+                request
+            };
+            let answer = send(&self.client, &make, MAX_BODY_BYTES).await?;
             match redirect(&answer, &at) {
                 Some(next) => at = std::borrow::Cow::Owned(next),
                 None => return Ok(answer),
