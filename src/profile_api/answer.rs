@@ -171,9 +171,10 @@ pub(super) enum PartMembers<'a> {
     /// found, plus one: a Profile API (Jackson) writes an object's fields in the order
     /// of its class, the order in which they are read. By name, every field looked
     /// through the pairs from the end, ~70 instructions a field, ~1,500 a look-up.
-    /// Right only when every name was where it was looked for first and no pair was
-    /// left over (so no key came twice): `in_order` says; else the part is read again
-    /// by `Pairs`.
+    /// From the first name not found in place on, names are looked for as `Pairs` does.
+    /// What was found in place is right unless a pair after those read in place has
+    /// one of their keys again (the last counts): `read_as_by_name` says, else the part
+    /// is read again by `Pairs`.
     InOrder {
         pairs: &'a [(&'a str, &'a str)],
         next: usize,
@@ -213,16 +214,17 @@ impl<'a> PartMembers<'a> {
         }
     }
 
-    /// Whether every member was read where `InOrder` looked first, and no pair was left:
-    /// what was read is what `Pairs` reads.
-    fn read_in_order(&self) -> bool {
+    /// Whether what was read is what `Pairs` reads: no key of the pairs read in place
+    /// comes again after them.
+    fn read_as_by_name(&self) -> bool {
         match self {
-            PartMembers::InOrder {
-                pairs,
-                next,
-                strayed,
-            } => !strayed && *next == pairs.len(),
-            _ => false,
+            PartMembers::InOrder { pairs, next, .. } => {
+                let (in_place, after) = pairs.split_at(*next);
+                !after
+                    .iter()
+                    .any(|(k, _)| in_place.iter().any(|(p, _)| same_key(k, p)))
+            }
+            _ => true,
         }
     }
 }
@@ -268,9 +270,9 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Whether the members were all read in the order they came (`PartMembers::InOrder`).
-    pub(super) fn read_in_order(&self) -> bool {
-        self.members.read_in_order()
+    /// Whether what was read is what reading by name reads (`PartMembers::InOrder`).
+    pub(super) fn read_as_by_name(&self) -> bool {
+        self.members.read_as_by_name()
     }
 
     fn read<T: Default>(
@@ -374,6 +376,34 @@ mod tests {
     fn answers(profile: &str, visit: &str, history: &str) -> Answers {
         let line = format!(r#"{{"profile":{profile},"visit":{visit},"history":{history}}}"#);
         serde_json::from_str(&line).unwrap()
+    }
+
+    /// Names are found in place while they come in order, by name from the first one
+    /// out of place on; a key read in place that comes again after calls for reading
+    /// the part again by name (its last value counts).
+    #[test]
+    fn names_are_read_in_place_while_in_order_and_repeats_after_are_caught() {
+        let pairs = [("a", "1"), ("b", "2"), ("c", "3")];
+        let mut m = PartMembers::in_order(&pairs);
+        assert_eq!(
+            (m.get("a"), m.get("b"), m.get("c")),
+            (Some("1"), Some("2"), Some("3"))
+        );
+        assert!(m.read_as_by_name());
+        let mut m = PartMembers::in_order(&pairs);
+        assert_eq!(
+            (m.get("a"), m.get("c"), m.get("b")),
+            (Some("1"), Some("3"), Some("2"))
+        );
+        assert!(m.read_as_by_name(), "b and c by name");
+        let mut m = PartMembers::in_order(&pairs);
+        assert_eq!((m.get("x"), m.get("c")), (None, Some("3")));
+        assert!(m.read_as_by_name());
+        let repeated = [("a", "1"), ("b", "2"), ("a", "3")];
+        let mut m = PartMembers::in_order(&repeated);
+        assert_eq!((m.get("a"), m.get("b")), (Some("1"), Some("2")));
+        assert!(!m.read_as_by_name(), "a comes again after its place");
+        assert_eq!(PartMembers::Pairs(&repeated).get("a"), Some("3"));
     }
 
     #[test]
