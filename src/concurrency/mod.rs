@@ -297,12 +297,11 @@ fn describe_move(
     change: Change,
     said: Option<String>,
 ) -> String {
-    match (change, said) {
-        (Change::Overloaded, Some(said)) => {
-            format!("{target}: calls at once {from} -> {to}: overload: {said}")
-        }
-        (change, _) => format!("{target}: calls at once {from} -> {to}: {change}"),
-    }
+    let why = match (change, said) {
+        (Change::Overloaded, Some(said)) => format!("overload: {said}"),
+        (change, _) => change.to_string(),
+    };
+    format!("{target}: calls at once {from} -> {to}: {why}")
 }
 
 /// Counts a call waiting for a permit while it waits (a call given up while waiting,
