@@ -135,12 +135,7 @@ fn fields<T>(
     out: &mut T,
     read: fn(&mut Fields<'_>) -> T,
 ) -> Option<usize> {
-    let mut pairs = Vec::with_capacity(16);
-    let end = members(s, at, |key, at| {
-        let v = value_at(s, at)?;
-        pairs.push((key, v));
-        Some(at + v.len())
-    })?;
+    let (pairs, end) = pairs(s, at)?;
     let mut skipped = Skipped::default();
     let mut fields = Fields::new(PartMembers::in_order(&pairs), part, &mut skipped);
     *out = read(&mut fields);
@@ -154,6 +149,17 @@ fn fields<T>(
         ));
     }
     (skipped == Skipped::default()).then_some(end)
+}
+
+/// The members of the object at `at` as key and value text, in order; past it.
+fn pairs(s: &str, at: usize) -> Option<(Vec<(&str, &str)>, usize)> {
+    let mut pairs = Vec::with_capacity(16);
+    let end = members(s, at, |key, at| {
+        let v = value_at(s, at)?;
+        pairs.push((key, v));
+        Some(at + v.len())
+    })?;
+    Some((pairs, end))
 }
 
 fn long(v: &str) -> Option<i64> {
@@ -407,13 +413,7 @@ mod tests {
     fn parts_in_the_readers_order_or_not_read_as_serde_reads_them() {
         let profile = r#""user_id":"u1","country":"FR","city":"D-city","language":"ja","continent":"EU","timezone":"Europe/Paris""#;
         let one_pass = |body: &str| {
-            let mut pairs = Vec::new();
-            members(body, 0, |k, at| {
-                let v = value_at(body, at)?;
-                pairs.push((k, v));
-                Some(at + v.len())
-            })
-            .unwrap();
+            let (pairs, _) = pairs(body, 0).unwrap();
             let mut skipped = Skipped::default();
             let mut fields = Fields::new(PartMembers::in_order(&pairs), "profile", &mut skipped);
             answer::profile(&mut fields);
