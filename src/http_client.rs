@@ -120,12 +120,16 @@ pub async fn get(client: &HyperClient, url: &str, max_body: usize) -> Result<Ans
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| SendError(format!("not a URL: {e}")))?;
-    let make = move || {
+    send(client, &bare_get(uri), max_body).await
+}
+
+/// What makes a GET of `uri` with no headers of its own (`HyperClient::request`).
+pub fn bare_get(uri: hyper::Uri) -> impl Fn() -> Request + Send + Sync {
+    move || {
         let mut request = hyper::Request::new(Full::new(Bytes::new()));
         *request.uri_mut() = uri.clone();
         request
-    };
-    send(client, &make, max_body).await
+    }
 }
 
 /// A body, up to `max` bytes: read to its end, its connection goes back to the pool.

@@ -497,14 +497,8 @@ mod tests {
         HyperClient::new(tls.connector, max_idle, idle_timeout)
     }
 
-    /// A GET of `url`, as often as it is called.
     fn bare(url: &str) -> impl Fn() -> Request + Send + Sync {
-        let uri: hyper::Uri = url.parse().unwrap();
-        move || {
-            let mut request = hyper::Request::new(Full::new(Bytes::new()));
-            *request.uri_mut() = uri.clone();
-            request
-        }
+        crate::http_client::bare_get(url.parse().unwrap())
     }
 
     async fn get(client: &HyperClient, url: &str) -> Result<Vec<u8>, SendError> {
