@@ -27,6 +27,7 @@ pub mod mock_api;
 pub mod model;
 pub mod operators;
 pub mod partition;
+pub mod prefetch;
 pub mod profile_api;
 pub mod retry;
 pub mod shutdown;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::history::History;
 use crate::history::codec::{Malformed, Reader, StrRef, put_i64, put_opt_str, put_varint};
 use crate::model::{Profile, Str, UserState, Visit};
+use crate::prefetch;
 
 /// The first byte of an encoded state.
 const VERSION: u8 = 1;
@@ -230,25 +231,20 @@ pub fn prefetch_record(user: &str, state: &UserState) {
 
 fn prefetch_state(user: &str, state: &UserState, whole: bool) {
     fn ask<T>(p: *const T, whole: bool) {
-        if !whole {
-            return prefetch(p);
+        match whole {
+            true => prefetch::lines(p),
+            false => prefetch::line(p),
         }
-        let (start, size) = (p.cast::<u8>(), std::mem::size_of::<T>());
-        for at in (0..size).step_by(64) {
-            prefetch(start.wrapping_add(at));
-        }
-        // The last line, where `p` is not at a line's start.
-        prefetch(start.wrapping_add(size.saturating_sub(1)));
     }
-    prefetch(user.as_ptr());
+    prefetch::line(user.as_ptr());
     ask(Arc::as_ptr(&state.profile), whole);
     if let Some(v) = &state.visit {
         ask(Arc::as_ptr(v), whole);
         // What every event changes (`Applier::apply`), some lines into the visit.
-        prefetch(&v.timestamp);
-        prefetch(&v.actions);
+        prefetch::line(&v.timestamp);
+        prefetch::line(&v.actions);
     }
-    prefetch(Arc::as_ptr(&state.history));
+    prefetch::line(Arc::as_ptr(&state.history));
 }
 
 /// Then what those parts point to (call it a few records after `prefetch_parts`, once
@@ -257,7 +253,7 @@ fn prefetch_state(user: &str, state: &UserState, whole: bool) {
 pub fn prefetch_contents(state: &UserState, tail: bool) {
     let own = |s: &Option<Str>| {
         if let Some(Str::Owned(s)) = s {
-            prefetch(s.as_ptr());
+            prefetch::line(s.as_ptr());
         }
     };
     own(&state.profile.user_id);
@@ -273,7 +269,7 @@ pub fn prefetch_contents(state: &UserState, tail: bool) {
         false => 0,
     };
     for line in history[from..].chunks(64).take(4) {
-        prefetch(line.as_ptr());
+        prefetch::line(line.as_ptr());
     }
 }
 
@@ -282,20 +278,8 @@ pub fn prefetch_contents(state: &UserState, tail: bool) {
 /// is in).
 pub fn prefetch_history_end(state: &UserState) {
     if let Some(last) = state.history.encoded().last() {
-        prefetch(last);
+        prefetch::line(last);
     }
-}
-
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it reads nothing the program sees and never faults,
-    // whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 pub fn encode(state: &UserState) -> Vec<u8> {

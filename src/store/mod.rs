@@ -182,6 +182,18 @@ impl Store {
         }
     }
 
+    /// Asks the CPU for where `user`'s state is in memory, without waiting for it (the
+    /// hash map: its slot; RocksDB: nothing), so that a `peek` of it soon after does
+    /// not wait either.
+    #[inline]
+    pub fn prefetch(&self, user: &str) {
+        match self {
+            Store::Memory(s) => s.users.prefetch(user),
+            #[cfg(feature = "rocksdb")]
+            Store::Rocks(_) => {}
+        }
+    }
+
     /// Whether the store holds `user` (a read only, as `states_of`).
     pub fn holds(&self, user: &str) -> bool {
         each_store!(self, s => s.holds(user))

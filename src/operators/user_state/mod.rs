@@ -236,10 +236,10 @@ fn operator<'s>(
                 input.for_each(|cap, batch| {
                     let Some(&time) = cap.least() else { return };
                     let mut session = output.session(&cap);
-                    m.table.prefetch_batch(batch);
+                    m.table.prefetch_start(batch);
                     let mut events = batch.drain(..);
                     while let Some(ev) = events.next() {
-                        m.table.prefetch_next(events.as_slice());
+                        m.table.prefetch_ahead(events.as_slice());
                         if let Some(out) = m.arrive(restoring, time, ev, || cap.delayed(&time, 0)) {
                             session.give(out);
                         }
