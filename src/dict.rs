@@ -8,6 +8,11 @@
 //! lock only for a string this thread has not seen. Bounded: past `MAX_STRINGS` strings
 //! or `MAX_BYTES` bytes, nothing new is added and callers keep the string inline, so a
 //! producer sending unique values costs memory once, up to the bound, not without limit.
+//!
+//! Values (`intern_repeated`: the strings of events' `parameters`) are taken only when a
+//! thread meets them a second time: a value seen once (an order's id, a URL with a
+//! session in it) stays inline in its entry, and neither fills the dictionary with
+//! strings no other entry shares nor takes its lock.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Mutex, OnceLock};
@@ -175,6 +180,78 @@ fn intern_behind(s: &str) -> Option<u32> {
     let (id, text) = intern_shared(s)?;
     remember(text, id);
     Some(id)
+}
+
+/// The id of `s` as `intern` gives it, for a string that this thread has met before
+/// (or that has an id already); the first time, `None`: keep it inline. For values,
+/// where a producer may send strings that never come again: those are not worth an id,
+/// a copy kept for the life of the process, or the lock to take one (see `Seen`).
+///
+/// ```
+/// use event_trigger::dict;
+/// assert_eq!(dict::intern_repeated("order-20261207-000123"), None);
+/// let id = dict::intern_repeated("order-20261207-000123").unwrap();
+/// assert_eq!(dict::intern_repeated("order-20261207-000123"), Some(id));
+/// assert_eq!(dict::get(id), Some("order-20261207-000123"));
+/// ```
+#[inline]
+pub fn intern_repeated(s: &str) -> Option<u32> {
+    match in_front(s) {
+        Some(id) => Some(id),
+        None => intern_repeated_behind(s),
+    }
+}
+
+#[inline(never)]
+fn intern_repeated_behind(s: &str) -> Option<u32> {
+    if s.len() > MAX_LEN {
+        return None;
+    }
+    if let Some(id) = in_cache(s) {
+        return Some(id);
+    }
+    if !SEEN.with(|seen| seen.again(s)) {
+        return None;
+    }
+    let (id, text) = intern_shared(s)?;
+    remember(text, id);
+    Some(id)
+}
+
+thread_local! {
+    static SEEN: Seen = const { Seen::new() };
+}
+
+/// The strings this thread offered to `intern_repeated` once and did not intern, as
+/// fingerprints of their hashes in a direct-mapped table: a string is taken when its
+/// fingerprint is still in its slot, i.e. when it comes again before ~`1 << BITS` other
+/// once-seen strings have passed (a value of a small vocabulary comes again soon; a
+/// URL of the shared workload every ~200 events). Two strings alike in fingerprint and
+/// slot let the second in early: that only gives it an id.
+struct Seen([Cell<u32>; 1 << Seen::BITS]);
+
+impl Seen {
+    /// 16,384 slots, 64 KiB a thread.
+    const BITS: u32 = 14;
+
+    const fn new() -> Self {
+        Seen([const { Cell::new(0) }; 1 << Self::BITS])
+    }
+
+    /// Whether `s` was offered before (its fingerprint is in its slot); if not, it is
+    /// now.
+    fn again(&self, s: &str) -> bool {
+        use std::hash::BuildHasher;
+        let hash = rustc_hash::FxBuildHasher.hash_one(s);
+        let slot = &self.0[(hash >> (64 - Self::BITS)) as usize];
+        // Never 0, the empty slot's.
+        let print = (hash as u32) | 1;
+        if slot.get() == print {
+            return true;
+        }
+        slot.set(print);
+        false
+    }
 }
 
 /// The id of `s` if this thread's front cache holds it.

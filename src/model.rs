@@ -118,8 +118,9 @@ impl From<Box<RawValue>> for RawJson {
 }
 
 impl PartialEq for RawJson {
-    /// The same text (the same tokens, unless one was made when the dictionary had no
-    /// room for a string the other holds by id).
+    /// The same text (the same tokens, unless one holds a string inline that the other
+    /// holds by id: made when the dictionary had no room for it, or when the thread
+    /// that made it met the value for the first time).
     fn eq(&self, other: &Self) -> bool {
         self.0 == other.0 || self.text() == other.text()
     }
@@ -581,6 +582,9 @@ mod tests {
     #[test]
     fn parameters_cross_processes_as_their_text() {
         let text = r#"{"utm_source":"model-test-src","custom_params":{"v":[1.50,-2e3,null,true],"t":"a\"b"},"x":{}}"#;
+        // Its values met once before, so that they are written by id both here and on
+        // arrival (see `dict::intern_repeated`): the tokens compare byte for byte.
+        RawJson::parse(text).unwrap();
         let mut ev = event("e");
         ev.parameters = Some(RawJson::parse(text).unwrap());
         let bytes = bincode::serialize(&ev).unwrap();

@@ -64,11 +64,14 @@ fn unzigzag(v: u64) -> i64 {
 fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
     match share.then(|| dict::intern(s)).flatten() {
         Some(id) => put_varint(out, (u64::from(id) << 1) | 1),
-        None => {
-            put_varint(out, (s.len() as u64) << 1);
-            out.extend_from_slice(s.as_bytes());
-        }
+        None => put_inline(out, s),
     }
+}
+
+/// Writes a string reference to `s` itself (not by id).
+fn put_inline(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, (s.len() as u64) << 1);
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// Writes an optional string: 0 for none, else its reference plus one; by the id `id`
@@ -388,11 +391,15 @@ impl Tokens<'_> {
         self.0.push(END);
     }
 
-    /// A string value, as written between its quotes (escapes kept).
+    /// A string value, as written between its quotes (escapes kept): by id once this
+    /// thread has met it before (`dict::intern_repeated`), else inline.
     #[inline]
     pub fn string(&mut self, s: &str) {
         self.0.push(STR);
-        put_str(self.0, s, true);
+        match dict::intern_repeated(s) {
+            Some(id) => put_varint(self.0, (u64::from(id) << 1) | 1),
+            None => put_inline(self.0, s),
+        }
     }
 
     /// A number, as written.
@@ -831,9 +838,14 @@ pub fn translate_entry(
 mod tests {
     use super::*;
 
-    fn round_trip(json: &str) -> (String, bool) {
+    fn tokens_of(json: &str) -> Vec<u8> {
         let mut tokens = Vec::new();
         put_json(&mut tokens, json);
+        tokens
+    }
+
+    fn round_trip(json: &str) -> (String, bool) {
+        let tokens = tokens_of(json);
         let raw = tokens[0] == RAW;
         let mut out = Vec::new();
         write_json(&mut out, &tokens);
@@ -994,6 +1006,33 @@ mod tests {
         }
     }
 
+    /// A string value is written inline the first time this thread meets it and by
+    /// id from the second on (`dict::intern_repeated`), and reads back the same either
+    /// way; keys are ids at once. Values met once never enter the dictionary.
+    #[test]
+    fn values_take_an_id_when_met_again_and_read_back_the_same() {
+        let value = "codec-test-order-20261207-000123";
+        let text = format!(r#"{{"order_id":"{value}","n":1}}"#);
+        let first = tokens_of(&text);
+        assert!(first.windows(value.len()).any(|w| w == value.as_bytes()));
+        assert_eq!(dict::id_of(value), None, "not in the dictionary after one");
+        let second = tokens_of(&text);
+        assert!(!second.windows(value.len()).any(|w| w == value.as_bytes()));
+        assert!(dict::id_of(value).is_some());
+        assert!(dict::id_of("order_id").is_some(), "a key has an id at once");
+        for tokens in [&first, &second] {
+            let mut json = Vec::new();
+            write_json(&mut json, tokens);
+            assert_eq!(String::from_utf8(json).unwrap(), text);
+        }
+
+        let once: Vec<String> = (0..2_000).map(|i| format!("codec-test-once-{i}")).collect();
+        for v in &once {
+            tokens_of(&format!(r#"{{"order_id":"{v}"}}"#));
+        }
+        assert!(once.iter().all(|v| dict::id_of(v).is_none()));
+    }
+
     #[test]
     fn parameters_come_back_as_they_arrived() {
         for json in [
@@ -1019,6 +1058,9 @@ mod tests {
     #[test]
     fn an_entry_reads_back_and_translates() {
         let text = r#"{"utm_source":"google","v":[1.5]}"#;
+        // Met once before: "google" is written by id (see `dict::intern_repeated`), as
+        // the translation, which meets it again, writes it.
+        put_json(&mut Vec::new(), text);
         let mut tokens = Vec::new();
         put_json(&mut tokens, text);
         let fields = Fields {
