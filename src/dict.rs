@@ -9,10 +9,10 @@
 //! or `MAX_BYTES` bytes, nothing new is added and callers keep the string inline, so a
 //! producer sending unique values costs memory once, up to the bound, not without limit.
 //!
-//! Values (`intern_repeated`: the strings of events' `parameters`) are taken only when a
-//! thread meets them a second time: a value seen once (an order's id, a URL with a
-//! session in it) stays inline in its entry, and neither fills the dictionary with
-//! strings no other entry shares nor takes its lock.
+//! The keys and string values of events' `parameters` (`intern_repeated`) are taken
+//! only when a thread meets them a second time: one seen once (an order's id, a URL
+//! with a session in it) stays inline in its entry, and neither fills the dictionary
+//! with strings no other entry shares nor takes its lock.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Mutex, OnceLock};
@@ -183,9 +183,10 @@ fn intern_behind(s: &str) -> Option<u32> {
 }
 
 /// The id of `s` as `intern` gives it, for a string that this thread has met before
-/// (or that has an id already); the first time, `None`: keep it inline. For values,
-/// where a producer may send strings that never come again: those are not worth an id,
-/// a copy kept for the life of the process, or the lock to take one (see `Seen`).
+/// (or that has an id already); the first time, `None`: keep it inline. For events'
+/// keys and values, where a producer may send strings that never come again: those are
+/// not worth an id, a copy kept for the life of the process, or the lock to take one
+/// (see `Seen`).
 ///
 /// ```
 /// use event_trigger::dict;

@@ -360,12 +360,13 @@ impl Tokens<'_> {
     }
 
     /// A key of the object begun last, as written between its quotes: its id in the
-    /// dictionary, if it has one (`key_id` writes the same again).
+    /// dictionary, if it has one (`key_id` writes the same again). Taken as values are
+    /// (`string`): a producer may name keys by ids too.
     #[inline]
     pub fn key(&mut self, key: &str) -> Option<u32> {
         // Written as an optional string is (its reference plus one), so that `KEY_END`
         // (0) cannot be mistaken for one.
-        let id = dict::intern(key);
+        let id = dict::intern_repeated(key);
         put_opt_str(self.0, Some(key), |_| id);
         id
     }
@@ -1006,20 +1007,20 @@ mod tests {
         }
     }
 
-    /// A string value is written inline the first time this thread meets it and by
-    /// id from the second on (`dict::intern_repeated`), and reads back the same either
-    /// way; keys are ids at once. Values met once never enter the dictionary.
+    /// A string value or key is written inline the first time this thread meets it
+    /// and by id from the second on (`dict::intern_repeated`), and reads back the same
+    /// either way. Strings met once never enter the dictionary.
     #[test]
-    fn values_take_an_id_when_met_again_and_read_back_the_same() {
-        let value = "codec-test-order-20261207-000123";
-        let text = format!(r#"{{"order_id":"{value}","n":1}}"#);
+    fn strings_take_an_id_when_met_again_and_read_back_the_same() {
+        let (key, value) = ("codec-test-key-7", "codec-test-order-20261207-000123");
+        let text = format!(r#"{{"{key}":"{value}","n":1}}"#);
+        let inline = |tokens: &[u8], s: &str| tokens.windows(s.len()).any(|w| w == s.as_bytes());
         let first = tokens_of(&text);
-        assert!(first.windows(value.len()).any(|w| w == value.as_bytes()));
-        assert_eq!(dict::id_of(value), None, "not in the dictionary after one");
+        assert!(inline(&first, key) && inline(&first, value));
+        assert_eq!((dict::id_of(key), dict::id_of(value)), (None, None));
         let second = tokens_of(&text);
-        assert!(!second.windows(value.len()).any(|w| w == value.as_bytes()));
-        assert!(dict::id_of(value).is_some());
-        assert!(dict::id_of("order_id").is_some(), "a key has an id at once");
+        assert!(!inline(&second, key) && !inline(&second, value));
+        assert!(dict::id_of(key).is_some() && dict::id_of(value).is_some());
         for tokens in [&first, &second] {
             let mut json = Vec::new();
             write_json(&mut json, tokens);
@@ -1027,10 +1028,12 @@ mod tests {
         }
 
         let once: Vec<String> = (0..2_000).map(|i| format!("codec-test-once-{i}")).collect();
-        for v in &once {
-            tokens_of(&format!(r#"{{"order_id":"{v}"}}"#));
+        for s in &once {
+            tokens_of(&format!(r#"{{"{s}-key":"{s}"}}"#));
         }
-        assert!(once.iter().all(|v| dict::id_of(v).is_none()));
+        let has_id =
+            |s: &String| dict::id_of(s).is_some() || dict::id_of(&format!("{s}-key")).is_some();
+        assert!(!once.iter().any(has_id));
     }
 
     #[test]
