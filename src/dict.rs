@@ -165,17 +165,28 @@ pub fn intern(s: &str) -> Option<u32> {
     // The front cache's hit inlined where strings are interned; the rest is a call.
     match in_front(s) {
         Some(id) => Some(id),
-        None => intern_behind(s),
+        None => intern_behind(s, Take::AtOnce),
     }
 }
 
+/// When a string without an id gets one.
+#[derive(Clone, Copy, PartialEq)]
+enum Take {
+    AtOnce,
+    /// When this thread meets it again (`intern_repeated`).
+    Again,
+}
+
 #[inline(never)]
-fn intern_behind(s: &str) -> Option<u32> {
+fn intern_behind(s: &str, take: Take) -> Option<u32> {
     if s.len() > MAX_LEN {
         return None;
     }
     if let Some(id) = in_cache(s) {
         return Some(id);
+    }
+    if take == Take::Again && !SEEN.with(|seen| seen.again(s)) {
+        return None;
     }
     let (id, text) = intern_shared(s)?;
     remember(text, id);
@@ -199,24 +210,8 @@ fn intern_behind(s: &str) -> Option<u32> {
 pub fn intern_repeated(s: &str) -> Option<u32> {
     match in_front(s) {
         Some(id) => Some(id),
-        None => intern_repeated_behind(s),
+        None => intern_behind(s, Take::Again),
     }
-}
-
-#[inline(never)]
-fn intern_repeated_behind(s: &str) -> Option<u32> {
-    if s.len() > MAX_LEN {
-        return None;
-    }
-    if let Some(id) = in_cache(s) {
-        return Some(id);
-    }
-    if !SEEN.with(|seen| seen.again(s)) {
-        return None;
-    }
-    let (id, text) = intern_shared(s)?;
-    remember(text, id);
-    Some(id)
 }
 
 thread_local! {
