@@ -11,7 +11,9 @@ use crate::store::recent::RecentLookups;
 use crate::store::{Records, StateError, StateStore, Store, StoreSnapshot, TtlIndex};
 
 /// How many events before it is applied an event's user's table slot is asked for, and
-/// then its state's parts (`UserTable::prefetch_ahead`).
+/// then its state's parts (`UserTable::prefetch_ahead`): the slot in time to be read
+/// for the parts, all within a few events' worth of lines. Not tuned: on this project's
+/// machines the run-to-run noise is larger than what another distance could change.
 const SLOTS_AHEAD: usize = 8;
 const PARTS_AHEAD: usize = 4;
 
