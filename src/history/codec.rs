@@ -836,13 +836,23 @@ pub fn translate_entry(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tokens_of(json: &str) -> Vec<u8> {
+    /// What the tokenizer writes of `json`.
+    pub(crate) fn tokens_of(json: &str) -> Vec<u8> {
         let mut tokens = Vec::new();
         put_json(&mut tokens, json);
         tokens
+    }
+
+    /// What the tokenizer writes of `json` once its strings have been met before, and
+    /// what any writing of the same strings writes after it: a string is written inline
+    /// the first time a thread meets it, by id from the second (`dict::intern_repeated`),
+    /// so two writings compare token for token once both come after a first.
+    pub(crate) fn settled_tokens_of(json: &str) -> Vec<u8> {
+        tokens_of(json);
+        tokens_of(json)
     }
 
     fn round_trip(json: &str) -> (String, bool) {

@@ -559,6 +559,7 @@ fn number(b: &[u8], at: usize) -> Option<usize> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::history::codec::tests::settled_tokens_of;
     use crate::history::tests::Rng;
 
     /// `w` with its parameters' text wherever the reader put it, for comparison.
@@ -667,23 +668,6 @@ pub(crate) mod tests {
             }
         }
         Some(read.is_some())
-    }
-
-    /// What the history's tokenizer writes of `json`.
-    fn tokens_of(json: &str) -> Vec<u8> {
-        let mut tokens = Vec::new();
-        crate::history::codec::put_json(&mut tokens, json);
-        tokens
-    }
-
-    /// What the history's tokenizer writes of `json` once its string values have been
-    /// met before, and what any writing of the same values writes after it: a value is
-    /// written inline the first time a thread meets it, by id from the second
-    /// (`dict::intern_repeated`), so two writings compare token for token once both
-    /// come after a first.
-    pub(crate) fn settled_tokens_of(json: &str) -> Vec<u8> {
-        tokens_of(json);
-        tokens_of(json)
     }
 
     /// Whatever the scan reads, serde reads the same of the same text; and the scan
