@@ -194,10 +194,9 @@ fn intern_behind(s: &str, take: Take) -> Option<u32> {
 }
 
 /// The id of `s` as `intern` gives it, once this thread has met `s` before (or holds its
-/// id already); the first time, `None`: keep it inline. For events'
-/// keys and values, where a producer may send strings that never come again: those are
-/// not worth an id, a copy kept for the life of the process, or the lock to take one
-/// (see `Seen`).
+/// id already); the first time, `None`: keep it inline. For events' keys and values,
+/// where a producer may send strings that never come again: those are not worth an id,
+/// a copy kept for the life of the process, or the lock to take one (see `Seen`).
 ///
 /// ```
 /// use event_trigger::dict;

@@ -62,16 +62,18 @@ fn unzigzag(v: u64) -> i64 {
 
 /// Writes a string reference: by id when `share` and the dictionary takes it.
 fn put_str(out: &mut Vec<u8>, s: &str, share: bool) {
-    match share.then(|| dict::intern(s)).flatten() {
-        Some(id) => put_varint(out, (u64::from(id) << 1) | 1),
-        None => put_inline(out, s),
-    }
+    put_ref(out, s, share.then(|| dict::intern(s)).flatten());
 }
 
-/// Writes a string reference to `s` itself (not by id).
-fn put_inline(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, (s.len() as u64) << 1);
-    out.extend_from_slice(s.as_bytes());
+/// Writes a string reference to `s`: by `id` if it has one, else its bytes.
+fn put_ref(out: &mut Vec<u8>, s: &str, id: Option<u32>) {
+    match id {
+        Some(id) => put_varint(out, (u64::from(id) << 1) | 1),
+        None => {
+            put_varint(out, (s.len() as u64) << 1);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
 }
 
 /// Writes an optional string: 0 for none, else its reference plus one; by the id `id`
@@ -397,10 +399,7 @@ impl Tokens<'_> {
     #[inline]
     pub fn string(&mut self, s: &str) {
         self.0.push(STR);
-        match dict::intern_repeated(s) {
-            Some(id) => put_varint(self.0, (u64::from(id) << 1) | 1),
-            None => put_inline(self.0, s),
-        }
+        put_ref(self.0, s, dict::intern_repeated(s));
     }
 
     /// A number, as written.
