@@ -29,13 +29,19 @@ use crate::kafka_client::{ClientKind, JobContext, KafkaConfigError, check_config
 use crate::log_limit::LogLimiter;
 use crate::model::Time;
 use crate::sources::driver::{BATCH, IDLE_POLL, Next, Reader, SLICE};
+use crate::sources::fetch_queue::{FetchQueue, Fetched};
 use crate::sources::replay::ReplayFrom;
+
+/// The most messages taken from librdkafka at once (the clock is read between takes).
+const TAKE: usize = 256;
 
 /// How often done offsets are committed while running.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// One worker's consumer and the offsets it owes the group.
 pub struct KafkaReader {
+    /// The partitions' messages; dropped before `consumer`, which it refers to.
+    fetch: FetchQueue,
     consumer: BaseConsumer<JobContext>,
     topic: String,
     group: String,
@@ -332,6 +338,7 @@ impl KafkaReader {
                 .collect();
             tracing::info!(worker = at.index, ?from, "replay: reading from");
         }
+        let fetch = FetchQueue::forward(&consumer, &s.topic, &partitions)?;
         consumer.assign(&tpl)?;
         let unchecked_starts = starts(&tpl);
         if partitions.is_empty() {
@@ -345,6 +352,7 @@ impl KafkaReader {
             tracing::info!(worker = at.index, ?partitions, from = ?unchecked_starts, topic = %s.topic, "reading");
         }
         Ok(KafkaReader {
+            fetch,
             consumer,
             topic: s.topic.clone(),
             group: s.consumer_group_id.clone(),
@@ -373,52 +381,80 @@ impl KafkaReader {
     /// arrived. Records the batch's offsets under `time`.
     fn read_batch(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> usize {
         self.errors.tick();
-        let started = Instant::now();
         let mut next: Vec<(i32, i64)> = Vec::new();
         let mut n = 0;
-        let mut ended = self.at_end_everywhere();
-        // The clock is read once every 64 messages (a slice is 5 ms, a message a couple
-        // of µs), and the positions are set once a batch from its offsets: read and set
-        // per message, they were ~1% of a worker's samples.
-        while !ended && n < BATCH && !(n % 64 == 0 && started.elapsed() >= SLICE) {
-            let Some(result) = self.consumer.poll(Duration::ZERO) else {
-                break;
-            };
-            match result {
-                Ok(msg) => {
-                    n += 1;
-                    give(msg.payload().unwrap_or_default());
-                    let (p, o) = (msg.partition(), msg.offset() + 1);
-                    match next.iter_mut().find(|(q, _)| *q == p) {
-                        Some(entry) => entry.1 = entry.1.max(o),
-                        None => next.push((p, o)),
-                    }
-                    if !self.unchecked_starts.is_empty() {
-                        let _ = self.check_start(p, msg.offset());
-                    }
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    if !self.at_end.contains(&p) {
-                        tracing::debug!(partition = p, "reached the end of the partition");
-                        self.at_end.push(p);
-                        crate::metrics::global().partition_at_end(&self.topic, p);
-                        ended = self.at_end_everywhere();
-                    }
-                }
-                Err(e) => {
-                    // librdkafka reconnects by itself; we keep polling where we were.
-                    if self.errors.allow() {
-                        tracing::warn!("kafka: {e}");
-                    }
-                    break;
-                }
+        // The consumer's own queue: commit results, errors, statistics. The partitions'
+        // messages come through `fetch`; one that came here would be read all the same.
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Ok(m)) => {
+                let (p, o) = (m.partition(), m.offset());
+                let payload = m.payload().unwrap_or_default().to_vec();
+                drop(m);
+                n += self.received(Ok((p, o, &payload)), &mut next, give);
             }
+            Some(Err(e)) => n += self.received(Err(e), &mut next, give),
+            None => {}
+        }
+        let started = Instant::now();
+        // The clock is read once a take (a slice is 5 ms, a message a couple of µs), and
+        // the positions are set once a batch from its offsets: read and set per
+        // message, they were ~1% of a worker's samples.
+        'read: while n < BATCH && started.elapsed() < SLICE {
+            let taken = self.fetch.take((BATCH - n).min(TAKE));
+            if taken.is_empty() {
+                break;
+            }
+            for i in 0..taken.len() {
+                // Messages taken after the last partition's end are read again next run.
+                if self.at_end_everywhere() {
+                    break 'read;
+                }
+                n += self.received(taken.get(i), &mut next, give);
+            }
+            self.fetch.give_back(taken);
         }
         if !next.is_empty() {
             self.positions.extend(next.iter().copied());
             self.in_flight.push_back((time, next));
         }
         n
+    }
+
+    /// Hands a message's payload on, its next offset to `next` (and checks where its
+    /// partition started), or notes a partition's end, or warns of an error (librdkafka
+    /// reconnects by itself). Returns the messages handed on (0 or 1).
+    fn received(
+        &mut self,
+        fetched: Fetched<'_>,
+        next: &mut Vec<(i32, i64)>,
+        give: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        match fetched {
+            Ok((p, offset, payload)) => {
+                give(payload);
+                match next.iter_mut().find(|(q, _)| *q == p) {
+                    Some(entry) => entry.1 = entry.1.max(offset + 1),
+                    None => next.push((p, offset + 1)),
+                }
+                if !self.unchecked_starts.is_empty() {
+                    let _ = self.check_start(p, offset);
+                }
+                return 1;
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                if !self.at_end.contains(&p) {
+                    tracing::debug!(partition = p, "reached the end of the partition");
+                    self.at_end.push(p);
+                    crate::metrics::global().partition_at_end(&self.topic, p);
+                }
+            }
+            Err(e) => {
+                if self.errors.allow() {
+                    tracing::warn!("kafka: {e}");
+                }
+            }
+        }
+        0
     }
 
     /// Warns when the first message read from partition `p` comes more than one offset

@@ -3,6 +3,7 @@
 //! time, moving the capability with the clock, and the checkpoints with it.
 
 pub mod driver;
+pub mod fetch_queue;
 pub mod file;
 pub mod kafka;
 pub mod messages;
