@@ -29,6 +29,8 @@ pub(super) enum Offer {
 
 /// Where `Core::place` put an event: applied (`Some` if it passed), or to wait behind
 /// its user's look-up, or to start one (with the state to refresh, if any).
+// `Applied` is nearly every event's: boxed, it would be an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Place {
     Applied(Option<Passed>),
     Queue,
