@@ -27,13 +27,12 @@ pub(super) enum Offer {
     Queued,
 }
 
-/// Where `Core::place` put an event: applied (`Some` if it passed), or to wait behind
-/// its user's look-up, or to start one (with the state to refresh, if any).
+/// Where `Core::place` put an event: applied (`Some` if it passed), or to wait for its
+/// user's look-up, to start (with the state to refresh, if any).
 // `Applied` is nearly every event's: boxed, it would be an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum Place {
     Applied(Option<Passed>),
-    Queue,
     LookUp(Text, Option<UserState>),
 }
 
@@ -129,14 +128,12 @@ impl Core {
     // ~260 bytes was a `memcpy`.
     #[inline(always)]
     fn offer(&mut self, time: Time, ev: UserEvent) -> Offer {
+        if let Some(queue) = self.lookups.queue_of(&ev.user_id) {
+            queue.push_back(Queued::at(time, ev));
+            return Offer::Queued;
+        }
         match self.place(time, &ev) {
             Place::Applied(out) => Offer::Applied(out.map(|p| p.with(ev))),
-            Place::Queue => {
-                if let Some(queue) = self.lookups.queue_of(&ev.user_id) {
-                    queue.push_back(Queued::at(time, ev));
-                }
-                Offer::Queued
-            }
             Place::LookUp(user, before) => {
                 self.lookups
                     .start(user, VecDeque::from([Queued::at(time, ev)]), before);
@@ -145,11 +142,9 @@ impl Core {
         }
     }
 
-    /// Applies `ev` to its user's state if the state is here, or says where it waits.
+    /// Applies `ev` to its user's state if the state is here, or says which look-up
+    /// to start.
     fn place(&mut self, time: Time, ev: &UserEvent) -> Place {
-        if self.lookups.queue_of(&ev.user_id).is_some() {
-            return Place::Queue;
-        }
         let applier = &mut self.applier;
         let live = self
             .table
