@@ -16,7 +16,7 @@ use timely::dataflow::operators::{Exchange, Inspect, Probe, ToStream};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
-use crate::actions::run_actions;
+use crate::actions::{Action, run_actions};
 use crate::checkpoint::cluster::{ClusterCheckError, Marker, Sighting, unseen, verdict};
 use crate::checkpoint::{CheckpointConfig, Coordinator};
 use crate::counters::{Counters, Counts, Summary};
@@ -24,10 +24,11 @@ use crate::filter::FilterError;
 use crate::filter::reload::{Filters, Version};
 use crate::metrics::WorkerMetrics;
 use crate::model::Time;
-use crate::operators::backpressure::{Backlog, Gate, Trail};
+use crate::operators::backpressure::{Backlog, Gate, PerCall, Trail};
 use crate::operators::decode::decode;
 use crate::operators::restore::restore_source;
 use crate::operators::user_state::{UserStateSettings, user_state};
+use crate::profile_api::{ProfileSource, REQUESTS_PER_LOOKUP};
 use crate::shutdown::{Lifecycle, StopFlag};
 use crate::sources::driver::{BATCH_BYTES, Reader, SharedSource, Source, drive, finished_beacon};
 use crate::sources::file::FileReader;
@@ -200,6 +201,40 @@ fn open_reader(p: &Prepared, index: usize, peers: usize) -> Result<Box<dyn Reade
     })
 }
 
+/// Bounds on what waits for the outside world, past which the source pauses: events
+/// waiting for look-ups, and webhook calls waiting for a slot. Each follows its
+/// service's calls at once now.
+fn backlogs(p: &Prepared) -> (Backlog, Backlog, Gate) {
+    let mut lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
+    if let ProfileSource::Http(api) = &p.profiles {
+        lookups = lookups.following(vec![PerCall {
+            calls: api.calls().clone(),
+            registered: p.state.max_in_flight * REQUESTS_PER_LOOKUP,
+            calls_per_unit: REQUESTS_PER_LOOKUP,
+            per_unit: PENDING_PER_LOOKUP,
+        }]);
+    }
+    let webhooks: Vec<PerCall> = (p.actions.0.iter())
+        .filter_map(|a| match &a.action {
+            Action::Webhook {
+                client,
+                max_in_flight,
+                ..
+            } => Some(PerCall {
+                calls: client.calls().clone(),
+                registered: *max_in_flight,
+                calls_per_unit: 1,
+                per_unit: QUEUED_PER_DELIVERY,
+            }),
+            Action::Debug { .. } => None,
+        })
+        .collect();
+    let deliveries =
+        Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY).following(webhooks);
+    let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
+    (lookups, deliveries, gate)
+}
+
 /// The job's graph; returns the probe after the actions, which passes a time once every
 /// action for it is done: it ends bounded runs, and lets sources commit and
 /// checkpoints complete only for finished events.
@@ -211,11 +246,9 @@ fn build_graph(
     stats: &Rc<Counters>,
     runtime: &tokio::runtime::Handle,
 ) -> ProbeHandle<Time> {
-    // Bounds on what waits for the outside world; past them the source pauses.
-    let lookups = Backlog::new(p.state.max_in_flight * PENDING_PER_LOOKUP);
-    let deliveries = Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY);
+    let (lookups, deliveries, gate) = backlogs(p);
     let trail = Trail::new(MAX_TRAIL_MS);
-    let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]).with_trail(trail.clone());
+    let gate = gate.with_trail(trail.clone());
     let probe = ProbeHandle::new();
     let name = match p.input {
         Input::File { .. } => "FileSource",

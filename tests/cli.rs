@@ -1889,6 +1889,61 @@ fn a_file_run_stopped_with_sigterm_resumes_from_its_checkpoint() {
     assert!(log.contains("resuming the file at its end"), "{log}");
 }
 
+/// A stop against a slow Profile API and a slow receiver at once drains in moments and
+/// ends with its final checkpoint: what may wait for them follows how many calls they
+/// take at once now. With marks of the slots' ceiling (256 look-ups a worker,
+/// 64 events each) the whole input was read at once and waited for its users' look-ups,
+/// a minute of them at this API's pace: the stop outlasted its time-out and exited 1
+/// without the final checkpoint (found by a trial).
+#[test]
+fn a_stop_against_slow_services_drains_in_moments_and_checkpoints() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(40_000, 8_000, 41);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    // 4 (the API) and 2 (the receiver) requests served at once, 10 ms each.
+    let serve = |slots: usize| {
+        let api = event_trigger::mock_api::MockApi::load(&profiles, 0)
+            .unwrap()
+            .with_service(slots, Duration::from_millis(10));
+        let serving = std::sync::Arc::new(api).serve("127.0.0.1:0".parse().unwrap());
+        rt.block_on(serving).unwrap()
+    };
+    let (api, receiver) = (serve(4), serve(2));
+    let s = settings(
+        dir.path(),
+        &events,
+        &format!("http://{api}"),
+        &format!("http://{receiver}/webhook"),
+        SEED_FILTER,
+    );
+    let extra = format!(
+        "engine:\n  checkpoint-dir: \"{}\"\n  checkpoint-interval-ms: 500\n  shutdown-timeout-ms: 8000\n",
+        dir.path().join("ck").display()
+    );
+    let cfg = write_config(dir.path(), "slow.yml", &s, &extra);
+    let child = Command::new(binary())
+        .args(["run", "--config", cfg.to_str().unwrap(), "-w", "2"])
+        .env("RUST_LOG", "info")
+        .env("EVENT_TRIGGER__SOURCE__RESUME", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Job::from)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = std::time::Instant::now();
+    assert!(send_signal(child.id(), "-TERM"));
+    let out = wait_ok(child);
+    let drained = asked.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("checkpoint complete"), "{log}");
+    let read = summary_of(&out.stdout).events_read;
+    assert!(read > 0 && read < 40_000, "stopped mid-way: read {read}");
+    eprintln!("read {read} events; the stop took {drained:?}");
+}
+
 /// A run that crashed before its checkpoint's manifest leaves that epoch's directory with
 /// its part in it. A later run must write nothing there: started within that epoch's
 /// interval, it recorded its start position in the directory and completed the

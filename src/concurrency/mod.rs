@@ -147,6 +147,17 @@ impl Limiter {
         }
     }
 
+    /// A worker's part of the limit now: the worker registered `calls` of all the
+    /// process's workers registered (rounded up; at least 1).
+    pub fn share(&self, calls: usize) -> usize {
+        let c = self.shared.lock();
+        let limit = match &c.adaptive {
+            Some(a) => a.limit(),
+            None => self.shared.permits_in_circulation(&c),
+        };
+        (limit * calls).div_ceil(c.ceiling.max(calls).max(1)).max(1)
+    }
+
     /// Calls waiting for room now (of this process, every worker's).
     pub fn queued(&self) -> usize {
         self.shared
@@ -388,6 +399,23 @@ mod tests {
             .enable_time()
             .build()
             .unwrap()
+    }
+
+    /// A worker's share follows its part of what the workers registered, and the limit
+    /// where it stands (an adaptive one starts at 1: each worker's share is then 1).
+    #[test]
+    fn a_workers_share_of_the_limit_follows_what_it_registered() {
+        let fixed = Limiter::new("t", Concurrency::Fixed(10));
+        fixed.register(24);
+        fixed.register(24);
+        assert_eq!(fixed.share(24), 5);
+        fixed.register(48);
+        assert_eq!(fixed.share(24), 3, "10 x 24 / 96, rounded up");
+        assert_eq!(fixed.share(48), 5);
+        let adaptive = Limiter::new("t", Concurrency::Adaptive);
+        adaptive.register(256);
+        adaptive.register(256);
+        assert_eq!(adaptive.share(256), 1);
     }
 
     #[test]

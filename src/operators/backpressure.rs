@@ -3,8 +3,14 @@
 //! A timely operator cannot refuse input, so a stage that waits on the outside world
 //! (a webhook receiver, the Profile API) stashes what it cannot start yet. Each such
 //! stage publishes how much it holds in a `Backlog`; the source of the same worker reads
-//! nothing while any backlog is over its limit. Events are exchanged by user, so every
+//! nothing while any backlog is over its mark. Events are exchanged by user, so every
 //! worker sees about the same load and a worker's own backlogs stand for the cluster's.
+//!
+//! A mark follows how many calls the service takes at once now (its `concurrency`
+//! limit), not the most it ever may: what waits is then a few round trips' worth, and
+//! a stop drains it in about that long. Marks of the slots' ceiling (`max-in-flight`,
+//! 256 per worker) let 16k events per worker wait for a Profile API that served a
+//! hundred look-ups a second: minutes to drain, past the shutdown time-out.
 //!
 //! Between workers and processes, what a source emits waits in timely's channels until
 //! its decoding worker takes it, and the decoded event again until its user's worker
@@ -19,29 +25,77 @@ use std::rc::Rc;
 
 use timely::dataflow::ProbeHandle;
 
+use crate::concurrency::Limiter;
 use crate::model::Time;
 
 /// How much a stage holds, and the most it should.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Backlog {
     held: Rc<Cell<usize>>,
+    /// The mark when it follows no service, and the most it follows one to.
     limit: usize,
+    follows: Vec<PerCall>,
+}
+
+/// A part of a backlog's mark that follows a service's limit of calls at once.
+#[derive(Clone)]
+pub struct PerCall {
+    /// The service's limit (the process's, shared by its workers).
+    pub calls: Limiter,
+    /// The calls this worker registered with it: its part of the limit.
+    pub registered: usize,
+    /// Calls one unit of the stage's work makes (a look-up is three requests).
+    pub calls_per_unit: usize,
+    /// What may wait per unit of work the worker's part of the limit has room for.
+    pub per_unit: usize,
+}
+
+impl PerCall {
+    fn mark(&self) -> usize {
+        let units = self
+            .calls
+            .share(self.registered)
+            .div_ceil(self.calls_per_unit);
+        self.per_unit * units.max(1)
+    }
 }
 
 impl Backlog {
+    /// A backlog marked at `limit`.
     pub fn new(limit: usize) -> Self {
         Backlog {
             held: Rc::new(Cell::new(0)),
             limit,
+            follows: Vec::new(),
         }
+    }
+
+    /// The same backlog, marked at the sum of what `follows` allow now (at most its
+    /// limit).
+    pub fn following(self, follows: Vec<PerCall>) -> Self {
+        Backlog { follows, ..self }
     }
 
     pub fn set(&self, held: usize) {
         self.held.set(held);
     }
 
-    pub fn is_full(&self) -> bool {
-        self.held.get() >= self.limit
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    /// The most the stage should hold now.
+    pub fn mark(&self) -> usize {
+        if self.follows.is_empty() {
+            return self.limit;
+        }
+        let follows: usize = self.follows.iter().map(PerCall::mark).sum();
+        follows.min(self.limit)
+    }
+
+    /// How much more the stage may take before it reaches its mark.
+    pub fn room(&self) -> usize {
+        self.mark().saturating_sub(self.held())
     }
 }
 
@@ -111,6 +165,20 @@ impl Gate {
         }
     }
 
+    /// How many messages the source may read now: the least room of the stages after
+    /// it (events exchanged by user come to each worker's stages alike), none while the
+    /// arrivals trail too far.
+    pub fn room(&self) -> usize {
+        if self.trail.as_ref().is_some_and(Trail::is_over) {
+            return 0;
+        }
+        self.backlogs
+            .iter()
+            .map(Backlog::room)
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     /// True when every stage has room.
     ///
     /// ```
@@ -123,8 +191,7 @@ impl Gate {
     /// assert!(!gate.is_open());
     /// ```
     pub fn is_open(&self) -> bool {
-        self.backlogs.iter().all(|b| !b.is_full())
-            && !self.trail.as_ref().is_some_and(Trail::is_over)
+        self.room() > 0
     }
 }
 
@@ -138,6 +205,40 @@ mod tests {
     use timely::dataflow::operators::{Capability, Probe};
 
     use super::*;
+    use crate::concurrency::Concurrency;
+
+    /// A worker's part of a limit of 12 requests at once that two workers share.
+    fn following(limit: usize, calls_per_unit: usize, per_unit: usize) -> Backlog {
+        let calls = Limiter::new("t", Concurrency::Fixed(12));
+        calls.register(30);
+        calls.register(30);
+        Backlog::new(limit).following(vec![PerCall {
+            calls,
+            registered: 30,
+            calls_per_unit,
+            per_unit,
+        }])
+    }
+
+    /// A mark that follows a service is so much per unit of work the worker's part of
+    /// its limit has room for (6 requests: 2 look-ups of 3), at most the backlog's limit,
+    /// at least one unit's worth.
+    #[test]
+    fn a_mark_follows_the_workers_part_of_the_services_limit() {
+        let lookups = following(10_000, 3, 64);
+        assert_eq!(lookups.mark(), 128);
+        lookups.set(100);
+        assert_eq!(lookups.room(), 28);
+        lookups.set(128);
+        assert_eq!(lookups.room(), 0);
+        let gate = Gate::new(vec![lookups.clone()]);
+        assert!(!gate.is_open());
+        lookups.set(127);
+        assert_eq!(gate.room(), 1);
+        assert_eq!(following(100, 3, 64).mark(), 100, "at most the limit");
+        assert_eq!(following(10_000, 12, 64).mark(), 64, "at least one unit");
+        assert_eq!(Backlog::new(7).mark(), 7, "following nothing: its limit");
+    }
 
     /// The gate closes while an event emitted more than the trail's length before the
     /// sources' frontier is held short of arriving, and opens once it is through or

@@ -123,7 +123,7 @@ pub enum Fetcher {
 }
 
 /// Requests of one look-up: profile, visit and history.
-const REQUESTS_PER_LOOKUP: usize = 3;
+pub const REQUESTS_PER_LOOKUP: usize = 3;
 
 impl Fetcher {
     /// Look-ups for a worker that starts at most `max_in_flight` at once.

@@ -45,10 +45,11 @@ pub enum Next {
 
 /// What a source reads from.
 pub trait Reader {
-    /// Reads what is there now, for at most one `SLICE`, handing each message to
-    /// `give` (borrowed: the driver copies it into its batch); everything read is
-    /// stamped `time`.
-    fn read(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> Next;
+    /// Reads what is there now, for at most one `SLICE` and at most `max` messages
+    /// (the room the stages after it have; a stream's read may go over by the rest of
+    /// the batch it took), handing each message to `give` (borrowed: the driver copies
+    /// it into its batch); everything read is stamped `time`.
+    fn read(&mut self, time: Time, max: usize, give: &mut dyn FnMut(&[u8])) -> Next;
     /// True once the input is read to its end (never, for an unbounded one).
     fn finished(&self) -> bool;
     /// True if the input ended early on an error (logged by the reader).
@@ -94,7 +95,8 @@ impl Source {
 
 /// What the operator does on an activation.
 enum Decision {
-    Read,
+    /// Read at most so many messages.
+    Read(usize),
     Wait(Duration),
     Close,
 }
@@ -108,6 +110,8 @@ struct Driver {
     peers: usize,
     /// When this source began to end: a stop, or every source at its end.
     ending: Option<Time>,
+    /// The gate's looks in a row that found it closed.
+    closed: u32,
 }
 
 impl Driver {
@@ -169,10 +173,18 @@ impl Driver {
             // Done here; the clock and the checkpoints go on until all are done.
             return Decision::Wait(IDLE_POLL);
         }
-        if !self.gate.is_open() {
-            return Decision::Wait(PAUSE);
+        match self.gate.room() {
+            0 => {
+                // Closed a while: the stages wait on a slow service; look less often.
+                let wait = PAUSE * (1 << self.closed.min(3));
+                self.closed += 1;
+                Decision::Wait(wait)
+            }
+            room => {
+                self.closed = 0;
+                Decision::Read(room.min(BATCH))
+            }
         }
-        Decision::Read
     }
 }
 
@@ -199,6 +211,7 @@ pub fn drive<'s>(
             life,
             peers,
             ending: None,
+            closed: 0,
         };
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -208,7 +221,7 @@ pub fn drive<'s>(
                     driver.life.set_read_all_here();
                 }
                 Decision::Wait(d) => activator.activate_after(d),
-                Decision::Read => {
+                Decision::Read(max) => {
                     let time = *c.time();
                     let mut session = output.session(&*c);
                     let mut give = |batch: Messages| session.give(batch);
@@ -216,7 +229,7 @@ pub fn drive<'s>(
                         .source
                         .borrow_mut()
                         .reader
-                        .read(time, &mut |m| router.push(m, &mut give));
+                        .read(time, max, &mut |m| router.push(m, &mut give));
                     router.flush(&mut give);
                     match next {
                         Next::Now => activator.activate(),
@@ -274,7 +287,7 @@ mod tests {
     struct Fake(Vec<Vec<u8>>);
 
     impl Reader for Fake {
-        fn read(&mut self, _time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
+        fn read(&mut self, _time: Time, _max: usize, give: &mut dyn FnMut(&[u8])) -> Next {
             if let Some(m) = self.0.pop() {
                 give(&m);
             }
@@ -415,7 +428,7 @@ mod trail_tests {
     }
 
     impl Reader for Counting {
-        fn read(&mut self, _time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
+        fn read(&mut self, _time: Time, _max: usize, give: &mut dyn FnMut(&[u8])) -> Next {
             for _ in 0..64.min(self.end - self.next) {
                 give(format!(r#"{{"user_id":"u{}","event_type":"t"}}"#, self.next).as_bytes());
                 self.next += 1;

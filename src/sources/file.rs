@@ -267,15 +267,15 @@ impl FileReader {
 }
 
 impl Reader for FileReader {
-    fn read(&mut self, _time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
+    fn read(&mut self, _time: Time, max: usize, give: &mut dyn FnMut(&[u8])) -> Next {
         let (next, ended) = match &mut self.lines {
             Lines::Done => (Next::Now, Some(None)),
             Lines::File(r) => {
-                let read = read_file(r, self.pace.as_mut(), give);
+                let read = read_file(r, self.pace.as_mut(), max, give);
                 self.offset = self.start + r.consumed;
                 read
             }
-            Lines::Stream(rx) => read_stream(rx, self.pace.as_mut(), give),
+            Lines::Stream(rx) => read_stream(rx, self.pace.as_mut(), max, give),
         };
         if let Some(error) = ended {
             self.end(error);
@@ -306,14 +306,16 @@ impl Reader for FileReader {
 /// error that ended it, if one did).
 type ReadOutcome = (Next, Option<Option<io::Error>>);
 
-/// Reads up to `BATCH` lines of a regular file, as its pace allows (so few that a read
-/// needs no time limit of its own).
+/// Reads up to `max` lines (at most `BATCH`) of a regular file, as its pace allows (so
+/// few that a read needs no time limit of its own).
 fn read_file(
     r: &mut LineReader,
     mut pace: Option<&mut Pace>,
+    max: usize,
     give: &mut dyn FnMut(&[u8]),
 ) -> ReadOutcome {
-    let room = pace.as_ref().map_or(BATCH, |p| p.room(BATCH));
+    let most = max.min(BATCH);
+    let room = pace.as_ref().map_or(most, |p| p.room(most));
     if room == 0 {
         return (Next::After(PAUSE), None);
     }
@@ -337,9 +339,11 @@ fn read_file(
 fn read_stream(
     rx: &mpsc::Receiver<io::Result<Messages>>,
     mut pace: Option<&mut Pace>,
+    max: usize,
     give: &mut dyn FnMut(&[u8]),
 ) -> ReadOutcome {
     let started = Instant::now();
+    let mut n = 0;
     loop {
         if pace.as_ref().is_some_and(|p| p.room(1) == 0) {
             return (Next::After(PAUSE), None);
@@ -350,13 +354,14 @@ fn read_stream(
                     p.read += batch.len() as u64;
                 }
                 batch.iter().for_each(&mut *give);
+                n += batch.len();
             }
             Ok(Err(e)) => return (Next::Now, Some(Some(e))),
             Err(mpsc::TryRecvError::Disconnected) => return (Next::Now, Some(None)),
             // Nothing yet: look again soon, so time (and TTL) moves on.
             Err(mpsc::TryRecvError::Empty) => return (Next::After(IDLE_POLL), None),
         }
-        if started.elapsed() >= SLICE {
+        if n >= max || started.elapsed() >= SLICE {
             return (Next::Now, None);
         }
     }
@@ -416,7 +421,9 @@ mod tests {
     fn read_all(r: &mut FileReader) -> Vec<String> {
         let mut out = Vec::new();
         while !r.finished() {
-            r.read(0, &mut |l| out.push(String::from_utf8(l.to_vec()).unwrap()));
+            r.read(0, BATCH, &mut |l| {
+                out.push(String::from_utf8(l.to_vec()).unwrap())
+            });
         }
         out
     }
@@ -434,12 +441,23 @@ mod tests {
         let mut counts = Vec::new();
         while !r.finished() {
             let mut n = 0;
-            assert_eq!(r.read(0, &mut |_| n += 1), Next::Now);
+            assert_eq!(r.read(0, BATCH, &mut |_| n += 1), Next::Now);
             counts.push(n);
         }
         assert_eq!(counts.iter().sum::<usize>(), BATCH * 2 + 5);
         assert!(counts.iter().all(|&n| n <= BATCH), "{counts:?}");
         assert!(counts.len() >= 3, "{counts:?}");
+        // Asked for fewer (the room the stages after it have), it hands on no more, and
+        // goes on where it stopped.
+        let mut r = FileReader::open(f.path().to_path_buf(), 0, 0, None);
+        let mut got = Vec::new();
+        r.read(0, 3, &mut |l| {
+            got.push(String::from_utf8(l.to_vec()).unwrap())
+        });
+        r.read(0, 2, &mut |l| {
+            got.push(String::from_utf8(l.to_vec()).unwrap())
+        });
+        assert_eq!(got, ["0", "1", "2", "3", "4"]);
     }
 
     #[test]

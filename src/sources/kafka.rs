@@ -377,9 +377,9 @@ impl KafkaReader {
         self.bounded && self.partitions.iter().all(|p| self.at_end.contains(p))
     }
 
-    /// Reads up to a batch, handing each payload to `give`; returns how many messages
+    /// Reads up to `max` messages, handing each payload to `give`; returns how many
     /// arrived. Records the batch's offsets under `time`.
-    fn read_batch(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> usize {
+    fn read_batch(&mut self, time: Time, max: usize, give: &mut dyn FnMut(&[u8])) -> usize {
         self.errors.tick();
         let mut next: Vec<(i32, i64)> = Vec::new();
         let mut n = 0;
@@ -399,8 +399,8 @@ impl KafkaReader {
         // The clock is read once a take (a slice is 5 ms, a message a couple of µs), and
         // the positions are set once a batch from its offsets: read and set per
         // message, they were ~1% of a worker's samples.
-        'read: while n < BATCH && started.elapsed() < SLICE {
-            let taken = self.fetch.take((BATCH - n).min(TAKE));
+        'read: while n < max && started.elapsed() < SLICE {
+            let taken = self.fetch.take((max - n).min(TAKE));
             if taken.is_empty() {
                 break;
             }
@@ -531,8 +531,8 @@ impl KafkaReader {
 }
 
 impl Reader for KafkaReader {
-    fn read(&mut self, time: Time, give: &mut dyn FnMut(&[u8])) -> Next {
-        let n = self.read_batch(time, give);
+    fn read(&mut self, time: Time, max: usize, give: &mut dyn FnMut(&[u8])) -> Next {
+        let n = self.read_batch(time, max.min(BATCH), give);
         if n > 0 || self.at_end_everywhere() {
             Next::Now
         } else {
