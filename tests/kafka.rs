@@ -1505,6 +1505,27 @@ fn replays_re_trigger_exactly_the_events_from_their_start() {
     );
     assert_eq!(receiver.received(), before);
 
+    // An offset past its partition's end is warned of at the start, naming the end (a
+    // bounded run waited for it without end or word, found by a trial). Stopped once said.
+    let log = dir.path().join("past-the-end.log");
+    let mut past = Job::spawn(
+        Command::new(binary())
+            .args(["run", "--dry-run", "--from-offset", "0:999999"])
+            .args(["--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let said = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is past partition 0's end"))
+    });
+    past.kill().unwrap();
+    past.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(said, "{err}");
+    assert!(err.contains("give an offset up to "), "{err}");
+    assert_eq!(receiver.received(), before);
+
     // A dry run of partition 1: printed, not delivered, nothing committed or checkpointed.
     let before = receiver.received();
     let committed = committed_total(&topic, &group, 4);

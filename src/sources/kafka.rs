@@ -285,6 +285,7 @@ fn replay_start(
         Some(ReplayFrom::Offsets(offsets)) => {
             for &p in partitions {
                 if let Some(&o) = offsets.get(&p) {
+                    warn_past_the_end(s, consumer, p, o);
                     tpl.set_partition_offset(&s.topic, p, Offset::Offset(o))?;
                 }
             }
@@ -304,6 +305,26 @@ fn replay_start(
         _ => {}
     }
     Ok(())
+}
+
+/// Warns when a replay's offset is past its partition's end as the broker reports it:
+/// a broker resets an offset out of range (to `kafka.start-from`), or a bounded run
+/// waits for messages to reach it (seen on Tansu: no warning, no end). A warning, not a
+/// refusal: some Kafka-compatible brokers under-report the end.
+fn warn_past_the_end(s: &KafkaSettings, consumer: &BaseConsumer<JobContext>, p: i32, o: i64) {
+    let timeout = Duration::from_millis(s.connect_timeout_ms);
+    if let Ok((_, high)) = consumer.fetch_watermarks(&s.topic, p, timeout)
+        && o > high
+    {
+        tracing::warn!(
+            partition = p,
+            offset = o,
+            end = high,
+            "--from-offset: offset {o} is past partition {p}'s end as the broker reports it \
+             ({high}): the broker may reset it to kafka.start-from, and a bounded run waits \
+             for messages to reach it; give an offset up to {high}"
+        );
+    }
 }
 
 impl KafkaReader {
