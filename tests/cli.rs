@@ -1903,19 +1903,13 @@ fn a_stop_against_slow_services_drains_in_moments_and_checkpoints() {
     let events = w.write_events(dir.path());
     let profiles = w.write_profiles(dir.path());
     // 4 (the API) and 2 (the receiver) requests served at once, 10 ms each.
-    let serve = |slots: usize| {
-        let api = event_trigger::mock_api::MockApi::load(&profiles, 0)
-            .unwrap()
-            .with_service(slots, Duration::from_millis(10));
-        let serving = std::sync::Arc::new(api).serve("127.0.0.1:0".parse().unwrap());
-        rt.block_on(serving).unwrap()
-    };
-    let (api, receiver) = (serve(4), serve(2));
+    let (_api, api) = modest_service(&rt, &profiles, 4, Duration::from_millis(10));
+    let (_receiver, receiver) = modest_service(&rt, &profiles, 2, Duration::from_millis(10));
     let s = settings(
         dir.path(),
         &events,
-        &format!("http://{api}"),
-        &format!("http://{receiver}/webhook"),
+        &api,
+        &format!("{receiver}/webhook"),
         SEED_FILTER,
     );
     let extra = format!(

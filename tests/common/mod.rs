@@ -891,3 +891,22 @@ pub fn distinct(mut ids: Vec<String>) -> Vec<String> {
     ids.dedup();
     ids
 }
+
+/// A `mock-api` serving `profiles` on 127.0.0.1 as a modest service: `slots` requests at
+/// once, each taking `service`, the rest queueing inside it; it serves what it took to
+/// the end even when the caller gave up waiting (as a server with a thread per request).
+pub fn modest_service(
+    rt: &tokio::runtime::Runtime,
+    profiles: &std::path::Path,
+    slots: usize,
+    service: Duration,
+) -> (Arc<event_trigger::mock_api::MockApi>, String) {
+    let api = event_trigger::mock_api::MockApi::load(profiles, 0)
+        .unwrap()
+        .with_service(slots, service);
+    let api = Arc::new(api);
+    let addr = rt
+        .block_on(api.clone().serve("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    (api, format!("http://{addr}"))
+}
