@@ -39,8 +39,9 @@ use crate::wire::Decoder;
 
 /// Events that may wait for look-ups, per look-up slot, before the source pauses.
 const PENDING_PER_LOOKUP: usize = 64;
-/// Events that may wait for a webhook slot, per slot, before the source pauses.
-const QUEUED_PER_DELIVERY: usize = 4;
+/// Calls that may be under way or wait, per webhook slot, before the source pauses:
+/// one under way and four waiting.
+const CALLS_PER_DELIVERY: usize = 5;
 /// How far (ms) the events' arrival at their users' workers may trail what the sources
 /// emitted before they pause: at the job's pace of up to ~1M events/s, some 20,000
 /// messages on their way between workers.
@@ -224,13 +225,13 @@ fn backlogs(p: &Prepared) -> (Backlog, Backlog, Gate) {
                 calls: client.calls().clone(),
                 registered: *max_in_flight,
                 calls_per_unit: 1,
-                per_unit: QUEUED_PER_DELIVERY,
+                per_unit: CALLS_PER_DELIVERY,
             }),
             Action::Debug { .. } => None,
         })
         .collect();
     let deliveries =
-        Backlog::new(p.actions.max_in_flight() * QUEUED_PER_DELIVERY).following(webhooks);
+        Backlog::new(p.actions.max_in_flight() * CALLS_PER_DELIVERY).following(webhooks);
     let gate = Gate::new(vec![lookups.clone(), deliveries.clone()]);
     (lookups, deliveries, gate)
 }

@@ -32,6 +32,8 @@ use crate::model::Time;
 #[derive(Clone)]
 pub struct Backlog {
     held: Rc<Cell<usize>>,
+    /// What came into the stage per message the source read, lately.
+    per_message: Rc<Cell<PerMessage>>,
     /// The mark when it follows no service, and the most it follows one to.
     limit: usize,
     follows: Vec<PerCall>,
@@ -65,6 +67,7 @@ impl Backlog {
     pub fn new(limit: usize) -> Self {
         Backlog {
             held: Rc::new(Cell::new(0)),
+            per_message: Rc::default(),
             limit,
             follows: Vec::new(),
         }
@@ -78,6 +81,27 @@ impl Backlog {
 
     pub fn set(&self, held: usize) {
         self.held.set(held);
+    }
+
+    /// Sets what the stage holds, and how much came into it so far.
+    pub fn set_with_came(&self, held: usize, came: u64) {
+        self.held.set(held);
+        let mut p = self.per_message.get();
+        p.came = came;
+        self.per_message.set(p);
+    }
+
+    /// The messages the source may read before the stage reaches its mark, at what came
+    /// into it per message read lately (one before anything came: every message might).
+    fn messages(&self, read: u64) -> usize {
+        let room = self.room();
+        if room == 0 {
+            return 0;
+        }
+        let mut p = self.per_message.get();
+        let rate = p.rate(read);
+        self.per_message.set(p);
+        (room as f64 / rate) as usize
     }
 
     pub fn held(&self) -> usize {
@@ -96,6 +120,35 @@ impl Backlog {
     /// How much more the stage may take before it reaches its mark.
     pub fn room(&self) -> usize {
         self.mark().saturating_sub(self.held())
+    }
+}
+
+/// What came into a stage per message read, over the last few thousand messages.
+#[derive(Clone, Copy, Default)]
+struct PerMessage {
+    /// All that came so far (the stage's count).
+    came: u64,
+    /// The totals at the last look.
+    seen_came: u64,
+    seen_read: u64,
+    /// In the window (halved as it fills: older ones weigh less).
+    window_came: f64,
+    window_read: f64,
+}
+
+/// Messages in the window before it is halved.
+const WINDOW: f64 = 4096.0;
+
+impl PerMessage {
+    fn rate(&mut self, read: u64) -> f64 {
+        self.window_came += self.came.saturating_sub(self.seen_came) as f64;
+        self.window_read += read.saturating_sub(self.seen_read) as f64;
+        (self.seen_came, self.seen_read) = (self.came, read);
+        while self.window_read > WINDOW {
+            self.window_came /= 2.0;
+            self.window_read /= 2.0;
+        }
+        ((self.window_came + 1.0) / (self.window_read + 1.0)).min(1.0)
     }
 }
 
@@ -165,16 +218,17 @@ impl Gate {
         }
     }
 
-    /// How many messages the source may read now: the least room of the stages after
-    /// it (events exchanged by user come to each worker's stages alike), none while the
+    /// How many messages the source may read now, `read` read so far: the least room of
+    /// the stages after it, in messages at what came into each per message lately
+    /// (events exchanged by user come to each worker's stages alike), none while the
     /// arrivals trail too far.
-    pub fn room(&self) -> usize {
+    pub fn room(&self, read: u64) -> usize {
         if self.trail.as_ref().is_some_and(Trail::is_over) {
             return 0;
         }
         self.backlogs
             .iter()
-            .map(Backlog::room)
+            .map(|b| b.messages(read))
             .min()
             .unwrap_or(usize::MAX)
     }
@@ -191,7 +245,8 @@ impl Gate {
     /// assert!(!gate.is_open());
     /// ```
     pub fn is_open(&self) -> bool {
-        self.room() > 0
+        self.backlogs.iter().all(|b| b.room() > 0)
+            && !self.trail.as_ref().is_some_and(Trail::is_over)
     }
 }
 
@@ -234,7 +289,7 @@ mod tests {
         let gate = Gate::new(vec![lookups.clone()]);
         assert!(!gate.is_open());
         lookups.set(127);
-        assert_eq!(gate.room(), 1);
+        assert_eq!(gate.room(0), 1);
         assert_eq!(following(100, 3, 64).mark(), 100, "at most the limit");
         assert_eq!(following(10_000, 12, 64).mark(), 64, "at least one unit");
         assert_eq!(Backlog::new(7).mark(), 7, "following nothing: its limit");

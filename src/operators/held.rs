@@ -15,6 +15,8 @@ pub struct HeldTimes {
     counts: BTreeMap<Time, usize>,
     /// Holds in all of `counts`.
     total: usize,
+    /// Holds taken so far (`hold`; a move is not a new one).
+    taken: u64,
     /// A capability at the least time in `counts`, if any.
     cap: Option<Capability<Time>>,
 }
@@ -24,6 +26,7 @@ impl HeldTimes {
     pub fn hold(&mut self, time: Time, cap: impl FnOnce() -> Capability<Time>) {
         *self.counts.entry(time).or_insert(0) += 1;
         self.total += 1;
+        self.taken += 1;
         match &mut self.cap {
             None => self.cap = Some(cap().delayed(&time)),
             Some(held) if time < *held.time() => *held = cap().delayed(&time),
@@ -82,5 +85,10 @@ impl HeldTimes {
     /// Holds in total (work items in progress).
     pub fn len(&self) -> usize {
         self.total
+    }
+
+    /// Holds taken so far.
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 }

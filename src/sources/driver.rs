@@ -112,6 +112,8 @@ struct Driver {
     ending: Option<Time>,
     /// The gate's looks in a row that found it closed.
     closed: u32,
+    /// Messages read so far.
+    read: u64,
 }
 
 impl Driver {
@@ -173,7 +175,7 @@ impl Driver {
             // Done here; the clock and the checkpoints go on until all are done.
             return Decision::Wait(IDLE_POLL);
         }
-        match self.gate.room() {
+        match self.gate.room(self.read) {
             0 => {
                 // Closed a while: the stages wait on a slow service; look less often.
                 let wait = PAUSE * (1 << self.closed.min(3));
@@ -212,6 +214,7 @@ pub fn drive<'s>(
             peers,
             ending: None,
             closed: 0,
+            read: 0,
         };
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -225,11 +228,12 @@ pub fn drive<'s>(
                     let time = *c.time();
                     let mut session = output.session(&*c);
                     let mut give = |batch: Messages| session.give(batch);
-                    let next = driver
-                        .source
-                        .borrow_mut()
-                        .reader
-                        .read(time, max, &mut |m| router.push(m, &mut give));
+                    let mut read = 0;
+                    let next = driver.source.borrow_mut().reader.read(time, max, &mut |m| {
+                        read += 1;
+                        router.push(m, &mut give)
+                    });
+                    driver.read += read;
                     router.flush(&mut give);
                     match next {
                         Next::Now => activator.activate(),

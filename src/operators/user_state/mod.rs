@@ -294,7 +294,7 @@ fn operator<'s>(
                 if m.finish_activation(ended) {
                     wake.activate();
                 }
-                backlog.set(m.held.len());
+                backlog.set_with_came(m.held.len(), m.held.taken());
             }
         },
     )
