@@ -3,6 +3,8 @@
 //! not lost from view: once its window has passed, one line says how many more there
 //! were.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Lets through at most `burst` messages per `period`; the ones held back are reported
@@ -90,6 +92,96 @@ impl LogLimiter {
                 self.period.as_secs_f64()
             );
         }
+    }
+}
+
+/// One outage of a service told in a few lines, not one per failed request: a warning
+/// when it starts failing (then one every 10 s while it goes on), and one line when it
+/// answers again, with how long it failed. Shared by every caller of the service.
+#[derive(Debug, Default)]
+pub struct OutageLog {
+    /// Read on every answer: the answers of a service that works cost one load.
+    failing: AtomicBool,
+    outage: Mutex<Outage>,
+}
+
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<Instant>,
+    failures: u64,
+    /// Whether a warning told of this outage (its end is told only then).
+    told: bool,
+    last_told: Option<Instant>,
+    /// When the last outage ended: a try started before then failed in it.
+    ended: Option<Instant>,
+}
+
+/// How long a service has failed, and how many tries failed meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failing {
+    pub lasted: Duration,
+    pub failures: u64,
+}
+
+/// Between two warnings of one outage.
+const OUTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+impl OutageLog {
+    pub fn new() -> Self {
+        OutageLog::default()
+    }
+
+    /// A try started at `tried` failed: the outage so far, if it is to be warned of now.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use event_trigger::log_limit::OutageLog;
+    /// let log = OutageLog::new();
+    /// assert!(log.failed(Instant::now()).is_some(), "the first failure is told");
+    /// assert!(log.failed(Instant::now()).is_none(), "the next ones, within 10 s, are not");
+    /// let before = Instant::now();
+    /// assert_eq!(log.answered().map(|e| e.failures), Some(2));
+    /// assert_eq!(log.answered(), None, "told once");
+    /// assert!(log.failed(before).is_none(), "a try from before the end");
+    /// assert_eq!(log.answered(), None, "is not an outage");
+    /// ```
+    pub fn failed(&self, tried: Instant) -> Option<Failing> {
+        let mut o = self.outage.lock().ok()?;
+        if o.ended.is_some_and(|ended| tried < ended) {
+            return None;
+        }
+        let now = Instant::now();
+        self.failing.store(true, Ordering::Relaxed);
+        let since = *o.since.get_or_insert(now);
+        o.failures += 1;
+        if o.last_told
+            .is_some_and(|t| now.duration_since(t) < OUTAGE_WARNING_EVERY)
+        {
+            return None;
+        }
+        o.last_told = Some(now);
+        o.told = true;
+        Some(Failing {
+            lasted: now.duration_since(since),
+            failures: o.failures,
+        })
+    }
+
+    /// A try was answered: the outage it ends, if one was warned of.
+    pub fn answered(&self) -> Option<Failing> {
+        if !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut o = self.outage.lock().ok()?;
+        self.failing.store(false, Ordering::Relaxed);
+        let now = Instant::now();
+        o.ended = Some(now);
+        let since = o.since.take()?;
+        let failures = std::mem::take(&mut o.failures);
+        std::mem::take(&mut o.told).then(|| Failing {
+            lasted: now.duration_since(since),
+            failures,
+        })
     }
 }
 

@@ -2654,6 +2654,65 @@ fn a_run_where_every_look_up_and_call_failed_says_so() {
     );
 }
 
+/// A Profile API down at the start is warned of once, naming it and the wait
+/// (`max-wait-on-failure-ms`), not once per look-up, and its return is told; the
+/// look-ups that waited get the real profiles (a trial saw 20 s without a warning).
+#[test]
+fn a_profile_api_down_at_the_start_is_warned_of_once_and_its_return_told() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(400, 40, 7);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let receiver = Receiver::start(&rt);
+    let port = closed_port();
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        SEED_FILTER,
+        &format!(
+            "profile-api:\n  base-url: http://127.0.0.1:{port}\n  retry-attempts: 0\n  retry-backoff-ms: 50\n\
+             actions:\n  webhook:\n    url: {}\n",
+            receiver.url()
+        ),
+    );
+    let child = Command::new(binary())
+        .args(["run", "--config", &cfg, "-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Job::from)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let api = event_trigger::mock_api::MockApi::load(&profiles, 0).unwrap();
+    rt.block_on(std::sync::Arc::new(api).serve(format!("127.0.0.1:{port}").parse().unwrap()))
+        .unwrap();
+    let out = wait_ok(child);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("has failed for"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&format!(
+            "the Profile API at http://127.0.0.1:{port} has failed"
+        )) && warnings[0].contains("Connection refused")
+            && warnings[0].contains("max-wait-on-failure-ms (30000 ms)"),
+        "{log}"
+    );
+    let ends = log.matches("answers again, after failing for").count();
+    assert_eq!(
+        ends, 1,
+        "told once (tries from before its return fail too): {log}"
+    );
+    let mut got = receiver.event_ids();
+    got.sort();
+    let expected = w.expected_us_page_views();
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected, "judged on their profiles: {log}");
+}
+
 /// State parts being written in `ck`, with their epochs (a part is written under a
 /// temporary name, then renamed).
 fn parts_being_written(ck: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {

@@ -16,6 +16,7 @@ use super::scan;
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::http_client::{Answer, BodyError, HyperClient, SendError, error_chain, send, within};
+use crate::log_limit::{Failing, OutageLog};
 use crate::model::ProfileData;
 use crate::retry::{RetryPolicy, retry_after};
 
@@ -56,6 +57,8 @@ pub struct HttpProfileApi {
     calls: Limiter,
     /// How long a look-up failing transiently is tried again before it fails.
     max_wait_on_failure: Duration,
+    /// Tells an outage of the API in a few lines, shared by every clone.
+    outage: Arc<OutageLog>,
 }
 
 /// An `Authorization` value that cannot be sent.
@@ -101,6 +104,7 @@ impl HttpProfileApi {
             auth: url_credentials,
             calls: Limiter::new(TARGET, Concurrency::Adaptive),
             max_wait_on_failure: Duration::ZERO,
+            outage: Arc::new(OutageLog::new()),
         })
     }
 
@@ -283,12 +287,16 @@ impl HttpProfileApi {
         // The waits go on doubling from where the requests' own retries stopped.
         let mut attempt = self.retry.retries;
         loop {
+            let tried = Instant::now();
             let result = self.fetch_once(user_id).await;
             let now = Instant::now();
             match result {
                 Err(e) if e.is_transient() && now < deadline => {
                     let wait = self.retry.wait(attempt, None, user_id).min(deadline - now);
                     crate::metrics::global().lookup_waits.inc();
+                    if let Some(failing) = self.outage.failed(tried) {
+                        self.warn_failing(failing, &e);
+                    }
                     tracing::debug!(
                         user = user_id,
                         ?wait,
@@ -297,8 +305,40 @@ impl HttpProfileApi {
                     tokio::time::sleep(wait).await;
                     attempt = attempt.saturating_add(1);
                 }
-                result => return result,
+                result => {
+                    if !result.as_ref().is_err_and(FetchError::is_transient) {
+                        self.answered();
+                    }
+                    return result;
+                }
             }
+        }
+    }
+
+    /// Look-ups fail and wait: tells it, with how to see why.
+    fn warn_failing(&self, failing: Failing, e: &FetchError) {
+        tracing::warn!(
+            "the Profile API at {} has failed for {:.1} s ({} look-up tries, each after its \
+             retries), the last: {e}; the look-ups are tried again with backoff, their users' \
+             events waiting, each for up to profile-api.max-wait-on-failure-ms ({} ms) before \
+             its user gets the empty state; check that the API is up",
+            self.base,
+            failing.lasted.as_secs_f64(),
+            failing.failures,
+            self.max_wait_on_failure.as_millis()
+        );
+    }
+
+    /// An answer came: tells the end of an outage that was warned of, once.
+    fn answered(&self) {
+        if let Some(ended) = self.outage.answered() {
+            tracing::info!(
+                "the Profile API at {} answers again, after failing for {:.1} s ({} look-up \
+                 tries failed); the look-ups that waited go on",
+                self.base,
+                ended.lasted.as_secs_f64(),
+                ended.failures
+            );
         }
     }
 
