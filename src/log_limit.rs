@@ -109,6 +109,9 @@ pub struct OutageLog {
 struct Outage {
     since: Option<Instant>,
     failures: u64,
+    gave_up: u64,
+    /// Warnings given, over all outages.
+    warnings: u64,
     /// Whether a warning told of this outage (its end is told only then).
     told: bool,
     last_told: Option<Instant>,
@@ -116,11 +119,13 @@ struct Outage {
     ended: Option<Instant>,
 }
 
-/// How long a service has failed, and how many tries failed meanwhile.
+/// How long a service has failed, how many tries failed meanwhile, and how much work
+/// was given up on for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failing {
     pub lasted: Duration,
     pub failures: u64,
+    pub gave_up: u64,
 }
 
 /// Between two warnings of one outage.
@@ -161,10 +166,27 @@ impl OutageLog {
         }
         o.last_told = Some(now);
         o.told = true;
+        o.warnings += 1;
         Some(Failing {
             lasted: now.duration_since(since),
             failures: o.failures,
+            gave_up: o.gave_up,
         })
+    }
+
+    /// A piece of work was given up on because the service failed (counted in the
+    /// outage going on, if any).
+    pub fn gave_up(&self) {
+        if let Ok(mut o) = self.outage.lock()
+            && o.since.is_some()
+        {
+            o.gave_up += 1;
+        }
+    }
+
+    /// The warnings given so far.
+    pub fn warnings(&self) -> u64 {
+        self.outage.lock().map_or(0, |o| o.warnings)
     }
 
     /// A try was answered: the outage it ends, if one was warned of.
@@ -178,9 +200,11 @@ impl OutageLog {
         o.ended = Some(now);
         let since = o.since.take()?;
         let failures = std::mem::take(&mut o.failures);
+        let gave_up = std::mem::take(&mut o.gave_up);
         std::mem::take(&mut o.told).then(|| Failing {
             lasted: now.duration_since(since),
             failures,
+            gave_up,
         })
     }
 }

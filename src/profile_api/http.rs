@@ -177,7 +177,17 @@ impl HttpProfileApi {
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let mut attempt = 0;
         loop {
-            match self.get_once(url).await {
+            let tried = Instant::now();
+            let result = self.get_once(url).await;
+            match &result {
+                Err((e, _)) if e.is_transient() => {
+                    if let Some(failing) = self.outage.failed(tried) {
+                        self.warn_failing(failing, e);
+                    }
+                }
+                _ => self.answered(),
+            }
+            match result {
                 Err((e, retry_after)) if attempt < self.retry.retries && e.is_transient() => {
                     let wait = self.retry.wait(attempt, retry_after, url);
                     tracing::debug!(%url, attempt, ?wait, "profile look-up will be retried: {e}");
@@ -287,16 +297,12 @@ impl HttpProfileApi {
         // The waits go on doubling from where the requests' own retries stopped.
         let mut attempt = self.retry.retries;
         loop {
-            let tried = Instant::now();
             let result = self.fetch_once(user_id).await;
             let now = Instant::now();
             match result {
                 Err(e) if e.is_transient() && now < deadline => {
                     let wait = self.retry.wait(attempt, None, user_id).min(deadline - now);
                     crate::metrics::global().lookup_waits.inc();
-                    if let Some(failing) = self.outage.failed(tried) {
-                        self.warn_failing(failing, &e);
-                    }
                     tracing::debug!(
                         user = user_id,
                         ?wait,
@@ -306,39 +312,12 @@ impl HttpProfileApi {
                     attempt = attempt.saturating_add(1);
                 }
                 result => {
-                    if !result.as_ref().is_err_and(FetchError::is_transient) {
-                        self.answered();
+                    if result.as_ref().is_err_and(FetchError::is_transient) {
+                        self.outage.gave_up();
                     }
                     return result;
                 }
             }
-        }
-    }
-
-    /// Look-ups fail and wait: tells it, with how to see why.
-    fn warn_failing(&self, failing: Failing, e: &FetchError) {
-        tracing::warn!(
-            "the Profile API at {} has failed for {:.1} s ({} look-up tries, each after its \
-             retries), the last: {e}; the look-ups are tried again with backoff, their users' \
-             events waiting, each for up to profile-api.max-wait-on-failure-ms ({} ms) before \
-             its user gets the empty state; check that the API is up",
-            self.base,
-            failing.lasted.as_secs_f64(),
-            failing.failures,
-            self.max_wait_on_failure.as_millis()
-        );
-    }
-
-    /// An answer came: tells the end of an outage that was warned of, once.
-    fn answered(&self) {
-        if let Some(ended) = self.outage.answered() {
-            tracing::info!(
-                "the Profile API at {} answers again, after failing for {:.1} s ({} look-up \
-                 tries failed); the look-ups that waited go on",
-                self.base,
-                ended.lasted.as_secs_f64(),
-                ended.failures
-            );
         }
     }
 
@@ -374,6 +353,51 @@ impl HttpProfileApi {
             }
         }
     }
+
+    /// Requests fail: tells it, with what the look-ups do meanwhile.
+    fn warn_failing(&self, failing: Failing, e: &FetchError) {
+        let then = if self.max_wait_on_failure.is_zero() {
+            "then its user gets the empty state (profile-api.max-wait-on-failure-ms: 0)".to_string()
+        } else {
+            format!(
+                "then tried again with backoff, its user's events waiting, until \
+                 profile-api.max-wait-on-failure-ms ({} ms) has passed since its first try, \
+                 before its user gets the empty state",
+                self.max_wait_on_failure.as_millis()
+            )
+        };
+        tracing::warn!(
+            "the Profile API at {} has failed for {:.1} s ({} failed, {} given the empty state \
+             for it), the last: {e}; each look-up's requests are retried \
+             (profile-api.retry-attempts: {}), {then}; check that the API is up",
+            self.base,
+            failing.lasted.as_secs_f64(),
+            counted(failing.failures, "request"),
+            counted(failing.gave_up, "user"),
+            self.retry.retries,
+        );
+    }
+
+    /// An answer came: tells the end of an outage that was warned of, once.
+    fn answered(&self) {
+        if let Some(ended) = self.outage.answered() {
+            tracing::info!(
+                "the Profile API at {} answers again, after failing for {:.1} s ({} failed, {} \
+                 given the empty state for it); the look-ups waiting resume at their next try \
+                 (within {} s)",
+                self.base,
+                ended.lasted.as_secs_f64(),
+                counted(ended.failures, "request"),
+                counted(ended.gave_up, "user"),
+                self.retry.max_wait.as_secs()
+            );
+        }
+    }
+}
+
+/// `n` of `what`: "1 request", "2 requests".
+fn counted(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The URL a redirect answer points to (its `Location`, read against `from`).
@@ -525,6 +549,35 @@ mod tests {
             let e = api.fetch("loop").await.expect_err("a loop ends");
             assert!(e.to_string().contains("more than 10 redirects"), "{e}");
             assert!(e.is_transient());
+        });
+    }
+
+    /// An outage is warned of at its first failed request, not only once a look-up ran
+    /// out of retries: a 503 answered within the retries is told (a trial's API answering
+    /// 503 to everything got no warning for 24 s, its retries queued behind the limit),
+    /// and an answer ends it.
+    #[test]
+    fn an_outage_is_told_at_its_first_failed_request() {
+        let rt = runtime();
+        rt.block_on(async {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let left = Arc::new(AtomicUsize::new(2));
+            let (base, _) = server(move |path| {
+                let fail = path.ends_with("/profile")
+                    && left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok();
+                (if fail { 503 } else { 200 }, None)
+            })
+            .await;
+            let api = HttpProfileApi::new(&base, Duration::from_secs(5))
+                .unwrap()
+                .with_retries(2, Duration::from_millis(5));
+            assert_eq!(api.outage.warnings(), 0);
+            let data = api.fetch("u").await.expect("within its retries");
+            assert_eq!(data.profile.country.as_deref(), Some("US"));
+            assert_eq!(api.outage.warnings(), 1, "told at the first 503");
+            assert_eq!(api.outage.answered(), None, "its end told by the answer");
         });
     }
 
