@@ -136,7 +136,8 @@ impl OutageLog {
         OutageLog::default()
     }
 
-    /// A try started at `tried` failed: the outage so far, if it is to be warned of now.
+    /// A try started at `tried` failed: the outage so far (from the start of its first
+    /// failed try), if it is to be warned of now.
     ///
     /// ```
     /// use std::time::Instant;
@@ -157,7 +158,9 @@ impl OutageLog {
         }
         let now = Instant::now();
         self.failing.store(true, Ordering::Relaxed);
-        let since = *o.since.get_or_insert(now);
+        // From the failed try's start: a time-out fails a try that long after the
+        // service stopped answering.
+        let since = *o.since.get_or_insert(tried);
         o.failures += 1;
         if o.last_told
             .is_some_and(|t| now.duration_since(t) < OUTAGE_WARNING_EVERY)

@@ -381,15 +381,21 @@ impl HttpProfileApi {
     /// An answer came: tells the end of an outage that was warned of, once.
     fn answered(&self) {
         if let Some(ended) = self.outage.answered() {
+            let next = if self.max_wait_on_failure.is_zero() {
+                "the users looked up from now on get their profiles".to_string()
+            } else {
+                format!(
+                    "the look-ups waiting resume at their next try (within {} s)",
+                    self.retry.max_wait.as_secs()
+                )
+            };
             tracing::info!(
                 "the Profile API at {} answers again, after failing for {:.1} s ({} failed, {} \
-                 given the empty state for it); the look-ups waiting resume at their next try \
-                 (within {} s)",
+                 given the empty state for it); {next}",
                 self.base,
                 ended.lasted.as_secs_f64(),
                 counted(ended.failures, "request"),
                 counted(ended.gave_up, "user"),
-                self.retry.max_wait.as_secs()
             );
         }
     }
