@@ -95,6 +95,12 @@ impl LogLimiter {
     }
 }
 
+impl Drop for LogLimiter {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
 /// One outage of a service told in a few lines, not one per failed request: a warning
 /// when it starts failing (then one every 10 s while it goes on), and one line when it
 /// answers again, with how long it failed. Shared by every caller of the service.
@@ -209,12 +215,6 @@ impl OutageLog {
             failures,
             gave_up,
         })
-    }
-}
-
-impl Drop for LogLimiter {
-    fn drop(&mut self) {
-        self.report();
     }
 }
 

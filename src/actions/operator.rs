@@ -113,8 +113,6 @@ struct Runner {
     held: HeldTimes,
     fail_log: LogLimiter,
     backlog: Backlog,
-    /// Calls queued so far.
-    calls_started: u64,
     stats: Rc<Counters>,
 }
 
@@ -142,7 +140,6 @@ impl Runner {
             held: HeldTimes::default(),
             fail_log: LogLimiter::per_10s("failed webhook calls"),
             backlog,
-            calls_started: 0,
             stats,
         }
     }
@@ -170,7 +167,6 @@ impl Runner {
                 for lane in self.lanes.iter_mut().filter(|l| wanted(l.index)) {
                     self.held.hold(time, || cap.delayed(&time, 0));
                     lane.calls.push((time, ev.clone()));
-                    self.calls_started += 1;
                 }
             }
         }
@@ -263,7 +259,7 @@ impl Runner {
         // and those past the receiver's limit wait for its room all the same (found by
         // a trial: 256 a worker against a receiver of 10 calls a second, a stop of 50 s).
         self.backlog
-            .set_with_came(queued + in_flight, self.calls_started);
+            .set_with_came(queued + in_flight, self.held.taken()); // a hold per call queued
         self.stats.actions_in_flight.set(in_flight as u64);
         self.stats.action_backlog.set(queued as u64);
     }
