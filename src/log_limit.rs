@@ -4,7 +4,7 @@
 //! were.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Lets through at most `burst` messages per `period`; the ones held back are reported
@@ -102,13 +102,35 @@ impl Drop for LogLimiter {
 }
 
 /// One outage of a service told in a few lines, not one per failed request: a warning
-/// when it starts failing (then one every 10 s while it goes on), and one line when it
+/// once it is failing (then one every 10 s while it goes on), and one line when it
 /// answers again, with how long it failed. Shared by every caller of the service.
-#[derive(Debug, Default)]
+///
+/// It is failing once `OUTAGE_FAILURES` tries failed with no answer between, or a try
+/// failed `OUTAGE_SILENCE` or more after it started with no answer since (a time-out).
+/// A failure now and then among answers (a flaky service, or a slow one whose tries
+/// take seconds) is no outage, which told it as a warning and an "answers again" every
+/// 10 s.
+#[derive(Debug)]
 pub struct OutageLog {
-    /// Read on every answer: the answers of a service that works cost one load.
+    /// When the last answer came, in ns from `base` (0: none yet): a try that started
+    /// before it failed among answers.
+    last_answer: AtomicU64,
+    base: Instant,
+    /// Read on every answer: the answers of a service that works cost a clock read, a
+    /// store and a load.
     failing: AtomicBool,
     outage: Mutex<Outage>,
+}
+
+impl Default for OutageLog {
+    fn default() -> Self {
+        OutageLog {
+            last_answer: AtomicU64::new(0),
+            base: Instant::now(),
+            failing: AtomicBool::new(false),
+            outage: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -121,8 +143,6 @@ struct Outage {
     /// Whether a warning told of this outage (its end is told only then).
     told: bool,
     last_told: Option<Instant>,
-    /// When the last outage ended: a try started before then failed in it.
-    ended: Option<Instant>,
 }
 
 /// How long a service has failed, how many tries failed meanwhile, and how much work
@@ -136,6 +156,10 @@ pub struct Failing {
 
 /// Between two warnings of one outage.
 const OUTAGE_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Tries failed in a row that make an outage.
+pub const OUTAGE_FAILURES: u64 = 3;
+/// How long without an answer, from a failed try's start, makes an outage.
+pub const OUTAGE_SILENCE: Duration = Duration::from_secs(1);
 
 impl OutageLog {
     pub fn new() -> Self {
@@ -146,30 +170,46 @@ impl OutageLog {
     /// failed try), if it is to be warned of now.
     ///
     /// ```
-    /// use std::time::Instant;
+    /// use std::time::{Duration, Instant};
     /// use event_trigger::log_limit::OutageLog;
     /// let log = OutageLog::new();
-    /// assert!(log.failed(Instant::now()).is_some(), "the first failure is told");
+    /// assert!(log.failed(Instant::now()).is_none(), "a failure");
+    /// assert_eq!(log.answered(), None, "among answers is no outage");
+    /// assert!(log.failed(Instant::now()).is_none());
+    /// assert!(log.failed(Instant::now()).is_none());
+    /// assert!(log.failed(Instant::now()).is_some(), "the third in a row is told");
     /// assert!(log.failed(Instant::now()).is_none(), "the next ones, within 10 s, are not");
     /// let before = Instant::now();
-    /// assert_eq!(log.answered().map(|e| e.failures), Some(2));
+    /// assert_eq!(log.answered().map(|e| e.failures), Some(4));
     /// assert_eq!(log.answered(), None, "told once");
     /// assert!(log.failed(before).is_none(), "a try from before the end");
     /// assert_eq!(log.answered(), None, "is not an outage");
+    /// // A try failed 1 s or more after it started (a time-out) is told at once,
+    /// let log = OutageLog::new();
+    /// let long_ago = Instant::now() - Duration::from_millis(1500);
+    /// assert!(log.failed(long_ago).is_some());
+    /// // unless an answer came meanwhile (a slow service failing now and then).
+    /// let log = OutageLog::new();
+    /// let long_ago = Instant::now() - Duration::from_millis(1500);
+    /// assert_eq!(log.answered(), None);
+    /// assert!(log.failed(long_ago).is_none());
+    /// assert_eq!(log.answered(), None, "and no outage begun");
     /// ```
     pub fn failed(&self, tried: Instant) -> Option<Failing> {
-        let mut o = self.outage.lock().ok()?;
-        if o.ended.is_some_and(|ended| tried < ended) {
+        if self.answered_since(tried) {
             return None;
         }
+        let mut o = self.outage.lock().ok()?;
         let now = Instant::now();
         self.failing.store(true, Ordering::Relaxed);
         // From the failed try's start: a time-out fails a try that long after the
         // service stopped answering.
         let since = *o.since.get_or_insert(tried);
         o.failures += 1;
-        if o.last_told
-            .is_some_and(|t| now.duration_since(t) < OUTAGE_WARNING_EVERY)
+        let failing = o.failures >= OUTAGE_FAILURES || now.duration_since(since) >= OUTAGE_SILENCE;
+        if !failing
+            || o.last_told
+                .is_some_and(|t| now.duration_since(t) < OUTAGE_WARNING_EVERY)
         {
             return None;
         }
@@ -198,15 +238,22 @@ impl OutageLog {
         self.outage.lock().map_or(0, |o| o.warnings)
     }
 
+    /// Whether an answer came after `tried`.
+    fn answered_since(&self, tried: Instant) -> bool {
+        let last = self.last_answer.load(Ordering::Relaxed);
+        last > 0 && Duration::from_nanos(last - 1) > tried.saturating_duration_since(self.base)
+    }
+
     /// A try was answered: the outage it ends, if one was warned of.
     pub fn answered(&self) -> Option<Failing> {
+        let now = Instant::now();
+        let at = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        self.last_answer.fetch_max(at, Ordering::Relaxed);
         if !self.failing.load(Ordering::Relaxed) {
             return None;
         }
         let mut o = self.outage.lock().ok()?;
         self.failing.store(false, Ordering::Relaxed);
-        let now = Instant::now();
-        o.ended = Some(now);
         let since = o.since.take()?;
         let failures = std::mem::take(&mut o.failures);
         let gave_up = std::mem::take(&mut o.gave_up);
@@ -216,6 +263,11 @@ impl OutageLog {
             gave_up,
         })
     }
+}
+
+/// `n` of `what`: "1 request", "2 requests".
+pub fn counted(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]

@@ -2721,6 +2721,66 @@ fn a_profile_api_down_at_the_start_is_warned_of_once_and_its_return_told() {
     assert_eq!(got, expected, "judged on their profiles: {log}");
 }
 
+/// A webhook receiver down at the start is warned of once, naming it, and its return
+/// told once; the calls being retried meanwhile are delivered, none lost.
+#[test]
+fn a_webhook_receiver_down_at_the_start_is_warned_of_once_and_its_return_told() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workload::generate(400, 40, 7);
+    let events = w.write_events(dir.path());
+    let profiles = w.write_profiles(dir.path());
+    let port = closed_port();
+    let cfg = rule_config(
+        dir.path(),
+        events.to_str().unwrap(),
+        SEED_FILTER,
+        &format!(
+            "profile-api:\n  base-url: file://{}\n\
+             actions:\n  webhook:\n    url: http://127.0.0.1:{port}/webhook\n    retry-attempts: 6\n    retry-backoff-ms: 200\n",
+            profiles.display()
+        ),
+    );
+    let child = Command::new(binary())
+        .args(["run", "--config", &cfg, "-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Job::from)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let receiver = Receiver::start_on(&rt, addr, Duration::ZERO);
+    let out = wait_ok(child);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("has failed for"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&format!(
+            "the webhook receiver at http://127.0.0.1:{port}/webhook has failed"
+        )) && warnings[0].contains("Connection refused")
+            && warnings[0].contains("retry-attempts: 6"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("answers again, after failing for").count(),
+        1,
+        "{log}"
+    );
+    let mut got = receiver.event_ids();
+    got.sort();
+    got.dedup();
+    let expected = w.expected_us_page_views();
+    assert!(!expected.is_empty());
+    assert_eq!(
+        got, expected,
+        "every call delivered once the receiver is up: {log}"
+    );
+}
+
 /// State parts being written in `ck`, with their epochs (a part is written under a
 /// temporary name, then renamed).
 fn parts_being_written(ck: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {

@@ -9,7 +9,7 @@ use hyper::{Method, Request, Uri};
 
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::config::Secret;
-use crate::log_limit::LogLimiter;
+use crate::log_limit::{Failing, LogLimiter, OutageLog, counted};
 use crate::retry::{RetryPolicy, is_transient_status, retry_after};
 
 /// `sha256=<hex HMAC-SHA256 of body>`, the value of `X-Signature-256`.
@@ -131,6 +131,8 @@ pub struct WebhookClient {
     /// Warnings of calls without `Idempotency-Key`; what it held back is said when the
     /// last clone is dropped, at the end of the run.
     unkeyed: Arc<Mutex<LogLimiter>>,
+    /// Tells an outage of the receiver in a few lines, shared by every clone.
+    outage: Arc<OutageLog>,
 }
 
 impl WebhookClient {
@@ -167,6 +169,7 @@ impl WebhookClient {
             unkeyed: Arc::new(Mutex::new(LogLimiter::per_10s(
                 "calls without Idempotency-Key",
             ))),
+            outage: Arc::new(OutageLog::new()),
         })
     }
 
@@ -194,6 +197,7 @@ impl WebhookClient {
         let mut retries = 0;
         loop {
             let permit = self.calls.acquire().await;
+            let tried = std::time::Instant::now();
             let (result, unread) = self
                 .post(
                     body.clone(),
@@ -206,6 +210,7 @@ impl WebhookClient {
                 Err(e) if e.overload => permit.overloaded(e.reason.as_str()),
                 _ => permit.answered(),
             }
+            self.tell_outage(tried, &result);
             // With the permit given back: a receiver's slow body is not its latency.
             if let Some(unread) = unread {
                 unread.drain().await;
@@ -229,6 +234,9 @@ impl WebhookClient {
                     retries += 1;
                 }
                 Err(e) => {
+                    if e.transient {
+                        self.outage.gave_up();
+                    }
                     return Delivery {
                         result: Err(e),
                         retries,
@@ -236,6 +244,47 @@ impl WebhookClient {
                 }
             }
         }
+    }
+
+    /// A try started at `tried` ended in `result`: a transient failure may start or go on
+    /// with an outage of the receiver (warned of), anything else is an answer (which tells
+    /// an outage's end).
+    fn tell_outage(&self, tried: std::time::Instant, result: &Result<(), DeliveryError>) {
+        match result {
+            Err(e) if e.transient => {
+                if let Some(failing) = self.outage.failed(tried) {
+                    self.warn_failing(failing, e);
+                }
+            }
+            _ => {
+                if let Some(ended) = self.outage.answered() {
+                    tracing::info!(
+                        "the webhook receiver at {} answers again, after failing for {:.1} s \
+                         ({} failed, {} failed after all their retries); the calls being \
+                         retried are sent at their next try",
+                        self.endpoint.url,
+                        ended.lasted.as_secs_f64(),
+                        counted(ended.failures, "request"),
+                        counted(ended.gave_up, "call"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn warn_failing(&self, failing: Failing, e: &DeliveryError) {
+        tracing::warn!(
+            "the webhook receiver at {} has failed for {:.1} s ({} failed, {} failed after \
+             all their retries), the last: {}; each call is tried again (retry-attempts: {}), \
+             then goes to the dead letters if dead-letter is set, else it is logged and \
+             counted as failed; check that the receiver is up",
+            self.endpoint.url,
+            failing.lasted.as_secs_f64(),
+            counted(failing.failures, "request"),
+            counted(failing.gave_up, "call"),
+            e.reason,
+            self.retry.retries,
+        );
     }
 
     /// The event id as `Idempotency-Key`, so a receiver can drop the repeats of retries,
@@ -663,6 +712,51 @@ mod tests {
 
     /// The calls' values of `header` (as bytes; `None` where absent), kept by a receiver
     /// on 127.0.0.1 that answers every call `status`; and its address.
+    /// A receiver failing calls in a row is warned of once, with its end told by the
+    /// answer that follows; a failure among answers is not (a flaky receiver is no
+    /// outage). Calls that failed after all their retries are counted in it.
+    #[test]
+    fn a_receiver_failing_calls_in_a_row_is_warned_of_once() {
+        use crate::log_limit::OUTAGE_FAILURES;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let rt = runtime();
+        rt.block_on(async {
+            let left = Arc::new(AtomicU64::new(1));
+            let failing = left.clone();
+            let receiver = crate::http_server::handler(move |_: hyper::Request<Bytes>| {
+                let fail = failing
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                let status = if fail {
+                    hyper::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    hyper::StatusCode::OK
+                };
+                async move { crate::http_server::reply(status, "") }
+            });
+            let addr = crate::http_server::serve("127.0.0.1:0".parse().unwrap(), receiver)
+                .await
+                .unwrap();
+            let url = format!("http://{addr}/hook");
+            let client =
+                WebhookClient::new(&url, Duration::from_secs(5), None, retry_none(), None).unwrap();
+            let deliver = || client.deliver(Bytes::from_static(b"{}"), None, 1);
+            assert!(deliver().await.result.is_err(), "a 503");
+            assert_eq!(deliver().await.result, Ok(()));
+            assert_eq!(client.outage.warnings(), 0, "a failure among answers");
+
+            left.store(OUTAGE_FAILURES, Ordering::Relaxed);
+            for n in 1..=OUTAGE_FAILURES {
+                assert!(deliver().await.result.is_err());
+                let told = u64::from(n == OUTAGE_FAILURES);
+                assert_eq!(client.outage.warnings(), told, "after {n} failed in a row");
+            }
+            assert_eq!(deliver().await.result, Ok(()), "the receiver is back");
+            assert_eq!(client.outage.answered(), None, "its end told by the answer");
+            assert_eq!(client.outage.warnings(), 1);
+        });
+    }
+
     async fn recording(
         header: &'static str,
         status: hyper::StatusCode,

@@ -16,7 +16,7 @@ use super::scan;
 use super::{FetchError, ProfileSourceError};
 use crate::concurrency::{Concurrency, Limiter, is_overload_status};
 use crate::http_client::{Answer, BodyError, HyperClient, SendError, error_chain, send, within};
-use crate::log_limit::{Failing, OutageLog};
+use crate::log_limit::{Failing, OutageLog, counted};
 use crate::model::ProfileData;
 use crate::retry::{RetryPolicy, retry_after};
 
@@ -401,11 +401,6 @@ impl HttpProfileApi {
     }
 }
 
-/// `n` of `what`: "1 request", "2 requests".
-fn counted(n: u64, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
 /// The URL a redirect answer points to (its `Location`, read against `from`).
 fn redirect(answer: &Answer, from: &str) -> Option<String> {
     if !matches!(answer.status.as_u16(), 301 | 302 | 303 | 307 | 308) {
@@ -466,6 +461,7 @@ mod tests {
 
     use super::*;
     use crate::http_server::{handler, reply, serve};
+    use crate::log_limit::OUTAGE_FAILURES;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -558,31 +554,40 @@ mod tests {
         });
     }
 
-    /// An outage is warned of at its first failed request, not only once a look-up ran
-    /// out of retries: a 503 answered within the retries is told (a trial's API answering
-    /// 503 to everything got no warning for 24 s, its retries queued behind the limit),
-    /// and an answer ends it.
+    /// An outage is warned of once requests fail in a row, not only once a look-up ran
+    /// out of retries: 503s answered within the retries are told (a trial's API
+    /// answering 503 to everything got no warning for 24 s, its retries queued behind
+    /// the limit), and an answer ends it. A failure among answers is not told (an API
+    /// failing now and then got a warning and an "answers again" every 10 s).
     #[test]
-    fn an_outage_is_told_at_its_first_failed_request() {
+    fn an_outage_is_told_once_requests_fail_in_a_row() {
         let rt = runtime();
         rt.block_on(async {
             use std::sync::atomic::{AtomicUsize, Ordering};
-            let left = Arc::new(AtomicUsize::new(2));
-            let (base, _) = server(move |path| {
-                let fail = path.ends_with("/profile")
-                    && left
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok();
+            let left = Arc::new(AtomicUsize::new(OUTAGE_FAILURES as usize - 1));
+            let failing = left.clone();
+            let (base, _) = server(move |_| {
+                let fail = failing
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
                 (if fail { 503 } else { 200 }, None)
             })
             .await;
             let api = HttpProfileApi::new(&base, Duration::from_secs(5))
                 .unwrap()
-                .with_retries(2, Duration::from_millis(5));
-            assert_eq!(api.outage.warnings(), 0);
+                .with_retries(3, Duration::from_millis(5));
             let data = api.fetch("u").await.expect("within its retries");
             assert_eq!(data.profile.country.as_deref(), Some("US"));
-            assert_eq!(api.outage.warnings(), 1, "told at the first 503");
+            assert_eq!(
+                api.outage.warnings(),
+                0,
+                "503s short of a row are no outage"
+            );
+
+            left.store(OUTAGE_FAILURES as usize, Ordering::Relaxed);
+            let data = api.fetch("v").await.expect("within its retries");
+            assert_eq!(data.profile.country.as_deref(), Some("US"));
+            assert_eq!(api.outage.warnings(), 1, "told at the 503s in a row");
             assert_eq!(api.outage.answered(), None, "its end told by the answer");
         });
     }

@@ -199,6 +199,11 @@ impl Receiver {
 
     /// A receiver that takes `delay` to answer each call.
     pub fn start_slow(rt: &tokio::runtime::Runtime, delay: Duration) -> Receiver {
+        Self::start_on(rt, "127.0.0.1:0".parse().unwrap(), delay)
+    }
+
+    /// A receiver listening on `addr`.
+    pub fn start_on(rt: &tokio::runtime::Runtime, addr: SocketAddr, delay: Duration) -> Receiver {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));
         let sink = bodies.clone();
@@ -234,9 +239,7 @@ impl Receiver {
                 reply(StatusCode::OK, Bytes::from_static(b"{}"))
             }
         });
-        let addr = rt
-            .block_on(http_server::serve("127.0.0.1:0".parse().unwrap(), handler))
-            .unwrap();
+        let addr = rt.block_on(http_server::serve(addr, handler)).unwrap();
         Receiver { addr, bodies, raw }
     }
 
