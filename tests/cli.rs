@@ -2684,35 +2684,15 @@ fn a_profile_api_down_at_the_start_is_warned_of_once_and_its_return_told() {
             receiver.url()
         ),
     );
-    let child = Command::new(binary())
-        .args(["run", "--config", &cfg, "-w", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Job::from)
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let api = event_trigger::mock_api::MockApi::load(&profiles, 0).unwrap();
-    rt.block_on(std::sync::Arc::new(api).serve(format!("127.0.0.1:{port}").parse().unwrap()))
-        .unwrap();
-    let out = wait_ok(child);
-    let log = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<_> = log
-        .lines()
-        .filter(|l| l.contains("has failed for"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(
-        warnings[0].contains(&format!(
-            "the Profile API at http://127.0.0.1:{port} has failed"
-        )) && warnings[0].contains("Connection refused")
-            && warnings[0].contains("max-wait-on-failure-ms (30000 ms)"),
-        "{log}"
-    );
-    let ends = log.matches("answers again, after failing for").count();
-    assert_eq!(
-        ends, 1,
-        "told once (tries from before its return fail too): {log}"
+    let log = run_with_a_service_up_after_2s(&cfg, || {
+        let api = event_trigger::mock_api::MockApi::load(&profiles, 0).unwrap();
+        rt.block_on(std::sync::Arc::new(api).serve(format!("127.0.0.1:{port}").parse().unwrap()))
+            .unwrap();
+    });
+    told_once_with_its_return(
+        &log,
+        &format!("the Profile API at http://127.0.0.1:{port} has failed"),
+        "max-wait-on-failure-ms (30000 ms)",
     );
     let mut got = receiver.event_ids();
     got.sort();
@@ -2741,36 +2721,17 @@ fn a_webhook_receiver_down_at_the_start_is_warned_of_once_and_its_return_told() 
             profiles.display()
         ),
     );
-    let child = Command::new(binary())
-        .args(["run", "--config", &cfg, "-w", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Job::from)
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let receiver = Receiver::start_on(&rt, addr, Duration::ZERO);
-    let out = wait_ok(child);
-    let log = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<_> = log
-        .lines()
-        .filter(|l| l.contains("has failed for"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(
-        warnings[0].contains(&format!(
-            "the webhook receiver at http://127.0.0.1:{port}/webhook has failed"
-        )) && warnings[0].contains("Connection refused")
-            && warnings[0].contains("retry-attempts: 6"),
-        "{log}"
+    let mut receiver = None;
+    let log = run_with_a_service_up_after_2s(&cfg, || {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        receiver = Some(Receiver::start_on(&rt, addr, Duration::ZERO));
+    });
+    told_once_with_its_return(
+        &log,
+        &format!("the webhook receiver at http://127.0.0.1:{port}/webhook has failed"),
+        "retry-attempts: 6",
     );
-    assert_eq!(
-        log.matches("answers again, after failing for").count(),
-        1,
-        "{log}"
-    );
-    let mut got = receiver.event_ids();
+    let mut got = receiver.unwrap().event_ids();
     got.sort();
     got.dedup();
     let expected = w.expected_us_page_views();
@@ -2779,6 +2740,39 @@ fn a_webhook_receiver_down_at_the_start_is_warned_of_once_and_its_return_told() 
         got, expected,
         "every call delivered once the receiver is up: {log}"
     );
+}
+
+/// The stderr of a run of `cfg` (`-w 2`, to its end) whose service `start` brings up 2 s
+/// in.
+fn run_with_a_service_up_after_2s(cfg: &str, start: impl FnOnce()) -> String {
+    let child = Command::new(binary())
+        .args(["run", "--config", cfg, "-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Job::from)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    start();
+    let out = wait_ok(child);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `log` warned once of an outage (`starts` its line, with a refused connection and
+/// `names`) and told its end once (tries from before its return fail too).
+fn told_once_with_its_return(log: &str, starts: &str, names: &str) {
+    let warnings: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("has failed for"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    let w = warnings[0];
+    assert!(
+        w.contains(starts) && w.contains("Connection refused") && w.contains(names),
+        "{log}"
+    );
+    let ends = log.matches("answers again, after failing for").count();
+    assert_eq!(ends, 1, "{log}");
 }
 
 /// State parts being written in `ck`, with their epochs (a part is written under a
