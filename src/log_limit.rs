@@ -103,7 +103,8 @@ impl Drop for LogLimiter {
 
 /// One outage of a service told in a few lines, not one per failed request: a warning
 /// once it is failing (then one every 10 s while it goes on), and one line when it
-/// answers again, with how long it failed. Shared by every caller of the service.
+/// answers again, with how long it failed. Each outage is told, however soon after the
+/// last. Shared by every caller of the service.
 ///
 /// It is failing once `OUTAGE_FAILURES` tries failed with no answer between, or a try
 /// failed `OUTAGE_SILENCE` or more after it started with no answer since (a time-out).
@@ -184,6 +185,9 @@ impl OutageLog {
     /// assert_eq!(log.answered(), None, "told once");
     /// assert!(log.failed(before).is_none(), "a try from before the end");
     /// assert_eq!(log.answered(), None, "is not an outage");
+    /// let next: Vec<_> = (0..3).map(|_| log.failed(Instant::now())).collect();
+    /// assert!(next[2].is_some(), "the next outage is told at once, within 10 s");
+    /// assert_eq!(log.answered().map(|e| e.failures), Some(3));
     /// // A try failed 1 s or more after it started (a time-out) is told at once,
     /// let log = OutageLog::new();
     /// let long_ago = Instant::now() - Duration::from_millis(1500);
@@ -257,6 +261,11 @@ impl OutageLog {
         let since = o.since.take()?;
         let failures = std::mem::take(&mut o.failures);
         let gave_up = std::mem::take(&mut o.gave_up);
+        if o.told {
+            // The next outage is told at its start, not 10 s after this one's warning (a
+            // trial's second outage, 3 s after the first, went untold).
+            o.last_told = None;
+        }
         std::mem::take(&mut o.told).then(|| Failing {
             lasted: now.duration_since(since),
             failures,

@@ -2732,8 +2732,10 @@ fn a_webhook_receiver_down_at_the_start_is_warned_of_once_and_its_return_told() 
     });
     told_once_with_its_return(
         &log,
-        &format!("the webhook receiver at http://127.0.0.1:{port}/webhook has failed"),
-        "retry-attempts: 6",
+        &format!(
+            "the webhook receiver of action webhook at http://127.0.0.1:{port}/webhook has failed"
+        ),
+        "(actions.webhook.retry-attempts: 6), then goes to the dead letters;",
     );
     // The retries' waits are jittered: a call can run out of them before the receiver
     // is up, and is then in the dead letters.

@@ -103,7 +103,8 @@ impl Action {
                     w.ca_file.as_deref(),
                 )
                 .map_err(|e| Box::new(e.at(at)))?
-                .with_concurrency(&format!("webhook:{name}"), w.concurrency);
+                .with_concurrency(&format!("webhook:{name}"), w.concurrency)
+                .for_action(name, at, dead_letters.is_some());
                 Action::Webhook {
                     client,
                     max_in_flight: w.max_in_flight,

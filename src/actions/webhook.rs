@@ -133,6 +133,15 @@ pub struct WebhookClient {
     unkeyed: Arc<Mutex<LogLimiter>>,
     /// Tells an outage of the receiver in a few lines, shared by every clone.
     outage: Arc<OutageLog>,
+    about: Arc<About>,
+}
+
+/// What the outage lines say of the action: its name, its keys, and what becomes of a
+/// call out of retries.
+struct About {
+    action: String,
+    keys: String,
+    dead_letters: bool,
 }
 
 impl WebhookClient {
@@ -170,6 +179,11 @@ impl WebhookClient {
                 "calls without Idempotency-Key",
             ))),
             outage: Arc::new(OutageLog::new()),
+            about: Arc::new(About {
+                action: "webhook".to_string(),
+                keys: WEBHOOK_KEYS.to_string(),
+                dead_letters: false,
+            }),
         })
     }
 
@@ -177,6 +191,17 @@ impl WebhookClient {
     /// `crate::concurrency`); `target` names it in the metrics.
     pub fn with_concurrency(mut self, target: &str, concurrency: Concurrency) -> Self {
         self.calls = Limiter::new(target, concurrency);
+        self
+    }
+
+    /// The action's name and keys (`actions.webhook`, `actions[1]`), and whether calls
+    /// out of retries go to dead letters: for the outage lines.
+    pub fn for_action(mut self, action: &str, keys: &str, dead_letters: bool) -> Self {
+        self.about = Arc::new(About {
+            action: action.to_string(),
+            keys: keys.to_string(),
+            dead_letters,
+        });
         self
     }
 
@@ -259,9 +284,10 @@ impl WebhookClient {
             _ => {
                 if let Some(ended) = self.outage.answered() {
                     tracing::info!(
-                        "the webhook receiver at {} answers again, after failing for {:.1} s \
-                         ({} failed, {} failed after all their retries); the calls being \
-                         retried are sent at their next try",
+                        "the webhook receiver of action {} at {} answers again, after \
+                         failing for {:.1} s ({} failed, {} failed after all their retries); \
+                         the calls being retried are sent at their next try",
+                        self.about.action,
                         self.endpoint.url,
                         ended.lasted.as_secs_f64(),
                         counted(ended.failures, "request"),
@@ -273,11 +299,22 @@ impl WebhookClient {
     }
 
     fn warn_failing(&self, failing: Failing, e: &DeliveryError) {
+        let About {
+            action,
+            keys,
+            dead_letters,
+        } = &*self.about;
+        let then = if *dead_letters {
+            "then goes to the dead letters"
+        } else {
+            "then is lost, only logged and counted as failed (dead-letter.path or \
+             dead-letter.topic keeps such calls)"
+        };
         tracing::warn!(
-            "the webhook receiver at {} has failed for {:.1} s ({} failed, {} failed after \
-             all their retries), the last: {}; each call is tried again (retry-attempts: {}), \
-             then goes to the dead letters if dead-letter is set, else it is logged and \
-             counted as failed; check that the receiver is up",
+            "the webhook receiver of action {action} at {} has failed for {:.1} s ({} failed, \
+             {} failed after all their retries), the last: {}; each call is tried again \
+             ({keys}.retry-attempts: {}), {then}; check that the receiver is up and answering \
+             with 2xx",
             self.endpoint.url,
             failing.lasted.as_secs_f64(),
             counted(failing.failures, "request"),

@@ -369,7 +369,7 @@ impl HttpProfileApi {
         tracing::warn!(
             "the Profile API at {} has failed for {:.1} s ({} failed, {} given the empty state \
              for it), the last: {e}; each look-up's requests are retried \
-             (profile-api.retry-attempts: {}), {then}; check that the API is up",
+             (profile-api.retry-attempts: {}), {then}; check that the API is up and answering",
             self.base,
             failing.lasted.as_secs_f64(),
             counted(failing.failures, "request"),
