@@ -109,8 +109,8 @@ impl Drop for LogLimiter {
 /// It is failing once `OUTAGE_FAILURES` tries failed with no answer between, or a try
 /// failed `OUTAGE_SILENCE` or more after it started with no answer since (a time-out).
 /// A failure now and then among answers (a flaky service, or a slow one whose tries
-/// take seconds) is no outage, which told it as a warning and an "answers again" every
-/// 10 s.
+/// take seconds) is no outage: told, it would be a warning and an "answers again" every
+/// 10 s for as long as the service runs.
 #[derive(Debug)]
 pub struct OutageLog {
     /// When the last answer came, in ns from `base` (0: none yet): a try that started
@@ -262,8 +262,8 @@ impl OutageLog {
         let failures = std::mem::take(&mut o.failures);
         let gave_up = std::mem::take(&mut o.gave_up);
         if o.told {
-            // The next outage is told at its start, not 10 s after this one's warning (a
-            // trial's second outage, 3 s after the first, went untold).
+            // The next outage is told at its start: waiting out the 10 s since this one's
+            // warning would leave a shorter one untold.
             o.last_told = None;
         }
         std::mem::take(&mut o.told).then(|| Failing {
