@@ -117,8 +117,8 @@ pub struct OutageLog {
     /// before it failed among answers.
     last_answer: AtomicU64,
     base: Instant,
-    /// Read on every answer: the answers of a service that works cost a clock read, a
-    /// store and a load.
+    /// Read on every answer: the answers of a service that works cost a clock read, an
+    /// atomic max on `last_answer` and this load, no lock.
     failing: AtomicBool,
     outage: Mutex<Outage>,
 }
